@@ -91,9 +91,9 @@ def simulate(
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs in the cluster"),
     gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="cluster YAML (instead of --gpu/--gpus)"),
-    plan: str = typer.Option("dp=1,tp=1,pp=1", "--plan", help="dp=D,tp=T,pp=P[,ep=E]"),
+    plan: str = typer.Option("dp=1,tp=1,pp=1", "--plan", help="dp=D,tp=T,pp=P[,ep=E][,adp=A] (adp: attention-DP ranks)"),
     weight_dtype: str = typer.Option("bf16", "--weight-dtype"),
-    kv_dtype: str = typer.Option("bf16", "--kv-dtype"),
+    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="default: the engine's choice for the weight dtype"),
     trace: Optional[str] = typer.Option(None, "--trace", help="trace file: APEX .jsonl, CSV, BurstGPT or Azure CSV"),
     workload: Optional[str] = typer.Option(None, "--workload", help="preset: chat | summarization | creation"),
     rate: Optional[float] = typer.Option(None, "--rate", help="synthetic arrival rate, requests/s"),
@@ -104,13 +104,17 @@ def simulate(
     arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma"),
     burstiness_cv: float = typer.Option(1.0, "--burstiness-cv"),
     seed: int = typer.Option(0, "--seed"),
-    engine: str = typer.Option("vllm", "--engine"),
-    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
+    engine: str = typer.Option("vllm", "--engine", help="NAME[@VERSION]: vllm, sglang, trtllm (e.g. vllm@0.6.0), "
+                               "a profile name (vllm-v1) or a profile YAML"),
+    activation_scales: Optional[str] = typer.Option(None, "--activation-scales",
+                                                    help="fp8/int8 weights: dynamic | static (default: the engine's)"),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
+                                                           help="default: the engine's"),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
     no_custom_allreduce: bool = typer.Option(False, "--no-custom-allreduce"),
     chunked_prefill: Optional[bool] = typer.Option(None, "--chunked-prefill/--no-chunked-prefill",
-                                                    help="default: vLLM's rule (on when max_model_len > 32K)"),
-    max_num_seqs: int = typer.Option(256, "--max-num-seqs"),
+                                                    help="default: the engine profile's rule"),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="default: the engine's"),
     max_batched_tokens: Optional[int] = typer.Option(None, "--max-batched-tokens"),
     routing: str = typer.Option("round_robin", "--routing", help="round_robin | least_loaded (across replicas)"),
     ttft_slo: Optional[str] = typer.Option(None, "--ttft-slo", help="e.g. 500ms"),
@@ -128,16 +132,18 @@ def simulate(
     check_format(fmt)
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
+    eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
+                                chunked_prefill, max_num_seqs, max_batched_tokens, routing, activation_scales)
+    kv_dtype = kv_dtype or eng.profile.default_kv_dtype(weight_dtype)
     p = I.parse_plan(plan, weight_dtype, kv_dtype)
     I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
-    eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
-                                chunked_prefill, max_num_seqs, max_batched_tokens, routing)
     wl = I.workload_from_options(trace, workload, rate, num_requests, prompt_tokens, output_tokens, concurrency,
                                  arrival, burstiness_cv, seed)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
     res = run_sim(m, cl, p, eng, wl, slo)
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "plan": plan, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
+              "engine": engine_doc(eng.profile),
               "workload": {"trace": trace, "preset": workload, "rate_per_s": rate, "requests": len(wl.trace),
                            "mode": wl.mode, "concurrency": wl.concurrency, "seed": seed},
               "slo": _slo_doc(slo)}
@@ -263,6 +269,12 @@ def search(
               "slo": _slo_doc(slo)}
     emit(fmt, output, lambda: V.search_json(res, inputs, show_all), lambda: V.search_rows(res, show_all),
          lambda c: V.search_table(res, c, show_all))
+
+
+def engine_doc(profile) -> dict:
+    """The engine profile as echoed in every output: name, version asked for, file, calibration."""
+    return {"profile": profile.name, "family": profile.family, "version": profile.version,
+            "versions": f"[{profile.min_version}, {profile.max_version})", "calibration": profile.calibration}
 
 
 def _slo_doc(slo) -> dict:

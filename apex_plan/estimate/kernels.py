@@ -12,8 +12,15 @@ by `apex_plan.estimate.step_cost.build_step_cost`. Physical meaning of every ter
 * Prefill attention counts causal-attention FLOPs of each chunk against its cached context;
   decode attention counts the bytes of KV cache read.
 * Tensor-parallel all-reduce = latency + ring bandwidth term 2(tp-1)/tp * bytes / link bandwidth.
-* Without CUDA graphs (any step holding a prefill, as in vLLM 0.6.0), a step cannot run faster
-  than the host can launch its kernels.
+* Prefill attention runs at the GPU's attention efficiency times the SM occupancy of its query
+  tiles (128 query rows x one head per thread block): a 512-token chunk on 8 heads fills 32 of
+  132 SMs. The engine's backend scales it (e.g. vLLM 0.6's Triton prefix-prefill kernel for chunks
+  with cached context); decode attention reads the KV cache once per KV head, or once per query
+  head on backends without GQA sharing (vLLM 0.6 paged attention with an fp8 cache).
+* Steps outside a CUDA graph (per the engine profile's graph policy) cannot run faster than the
+  host launches their kernels. Host time per step (schedule, prepare, sample) either adds to the
+  GPU time or, on engines that overlap it (async scheduling, overlap schedulers), hides behind it:
+  step = max(GPU, overlap x host) + (1 - overlap) x host.
 """
 
 from __future__ import annotations
@@ -58,7 +65,18 @@ S_SEQ_OH = 32             # engine CPU time per scheduled sequence, s
 S_PF_TOK_OH = 33          # engine CPU time per prefill token, s
 S_ELEM_KERNELS = 34      # elementwise kernels per layer
 S_ATTN_PEAK = 35         # dense peak FLOP/s of the attention kernels (activation dtype)
-S_N = 36
+S_OVERLAP = 36           # fraction of host time per step that overlaps GPU work
+S_GRAPH_MODE = 37        # 0 decode-only graphs, 1 piecewise (attention eager in mixed steps), 2 full graphs
+S_GRAPH_MAX = 38         # largest step captured in a graph (sequences for decode-only, tokens otherwise)
+S_EAGER_MIXED = 39       # kernels per layer launched by the host in a piecewise-graphed mixed step
+S_DEC_KV_REREAD = 40     # decode KV reads per KV head (1: GQA shared; query heads per KV head otherwise)
+S_ATTN_HEADS = 41        # query heads on one GPU (attention thread blocks per 128-row query tile)
+S_SMS = 42               # streaming multiprocessors
+S_AE_FRESH = 43          # backend scale of attention efficiency for fresh prefill
+S_AE_PREFIX = 44         # backend scale for chunks attending to cached context
+S_N = 45
+
+ATTN_Q_TILE = 128        # query rows per attention thread block (FlashAttention-2/3 forward tile)
 
 # ---- columns of the GEMM table `tables` (one row per GEMM of a layer) ---------------------------
 G_K = 0                   # reduction dim (input features) on one GPU
@@ -95,9 +113,33 @@ def _allreduce_s(scal, msg_bytes):
     return lat + 2.0 * (tp - 1.0) / tp * msg_bytes / scal[S_LINK_BW]
 
 
+@njit(cache=True)
+def q_tiles(chunk_tokens):
+    """Attention query tiles of one prefill chunk (per head)."""
+    return (chunk_tokens + ATTN_Q_TILE - 1) // ATTN_Q_TILE
+
+
+@njit(cache=True)
+def host_launched_kernels(scal, tokens, n_decode, n_prefill, layer_kernels, eager):
+    """Kernels the host launches one by one this step (0 when a CUDA graph replays it all)."""
+    if eager == 1:
+        return layer_kernels
+    mode = scal[S_GRAPH_MODE]
+    gmax = scal[S_GRAPH_MAX]
+    if mode == 0.0:
+        # decode-only graphs: any prefill, or a batch above the largest capture, runs eager
+        return layer_kernels if (n_prefill > 0 or n_decode > gmax) else 0.0
+    if tokens > gmax:
+        return layer_kernels
+    if mode == 1.0 and n_prefill > 0:
+        # piecewise graphs: only the attention op of each layer is launched by the host
+        return (scal[S_LAYERS_DENSE] + scal[S_LAYERS_MOE]) * scal[S_EAGER_MIXED]
+    return 0.0
+
+
 @njit(cache=True, fastmath=False)
 def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_tokens, pf_ctx_tokens,
-              n_logits, eager, out):
+              n_logits, eager, out, pf_prefix_work, pf_q_tiles):
     """Seconds of one step; fills `out` (length B_N) with the breakdown, FLOPs and bytes.
 
     tokens: query tokens in the step (prefill chunk tokens + one per decode sequence).
@@ -105,7 +147,9 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     prefill chunks of c * (k + (c + 1) / 2) (query x key pairs of causal attention for a chunk of c
     tokens after k cached ones); dec_ctx_tokens: sum of decode context lengths (KV tokens read);
     pf_ctx_tokens: KV tokens read by prefill chunks; n_logits: sequences sampled this step;
-    eager: 1 when the step runs without a CUDA graph.
+    eager: 1 forces every kernel to be launched by the host, 0 follows the engine's graph policy;
+    pf_prefix_work: the part of pf_attn_work from chunks with cached context; pf_q_tiles: sum over
+    chunks of their 128-row query tiles.
     """
     for i in range(out.shape[0]):
         out[i] = 0.0
@@ -148,10 +192,16 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     attn_bytes = kv_b * (dec_ctx_tokens + pf_ctx_tokens)                  # KV cache read
     t_attn = 0.0
     if n_prefill > 0:
-        t_attn += max(scal[S_ATTN_FLOP_TOK] * pf_attn_work / (scal[S_ATTN_PEAK] * scal[S_AE]),
+        # occupancy: thread blocks (query tiles x heads) over SMs, at most full
+        occ = min(1.0, max(pf_q_tiles, 1.0) * scal[S_ATTN_HEADS] / scal[S_SMS])
+        fresh = pf_attn_work - pf_prefix_work
+        eff_work = fresh / scal[S_AE_FRESH] + pf_prefix_work / scal[S_AE_PREFIX]   # full-efficiency-equivalent pairs
+        t_attn += max(scal[S_ATTN_FLOP_TOK] * eff_work / (scal[S_ATTN_PEAK] * scal[S_AE] * occ),
                       kv_b * pf_ctx_tokens / bw) + klat
     if n_decode > 0:
-        t_attn += max(scal[S_ATTN_FLOP_TOK] * dec_ctx_tokens / (scal[S_ATTN_PEAK] * scal[S_AE]), kv_b * dec_ctx_tokens / bw) + klat
+        dec_bytes = kv_b * dec_ctx_tokens * scal[S_DEC_KV_REREAD]   # KV read, once per head group or per query head
+        attn_bytes += kv_b * dec_ctx_tokens * (scal[S_DEC_KV_REREAD] - 1.0)
+        t_attn += max(scal[S_ATTN_FLOP_TOK] * dec_ctx_tokens / (scal[S_ATTN_PEAK] * scal[S_AE]), dec_bytes / bw) + klat
 
     # --- elementwise kernels: norms, residual adds, rotary, activation, KV-cache write (bytes) ---
     elem_bytes = scal[S_ELEM_B_TOK] * m
@@ -196,24 +246,25 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
 
     # the largest stage sets the pace of every stage: latency of one pass = pp stages of it
     gpu = pp * (st_gemm + st_attn + st_elem + st_comm) + t_head + t_embed + t_p2p
-    busy = gpu
-    if eager == 1:
-        host_launch = pp * st_kernels * scal[S_EAGER]  # the host enqueues every kernel itself
-        busy = max(gpu, host_launch)                   # the GPU cannot run ahead of the launches
-    excess = busy - gpu
+    launched = host_launched_kernels(scal, tokens, n_decode, n_prefill, st_kernels, eager)
+    host_launch = pp * launched * scal[S_EAGER]    # the host enqueues these kernels itself
+    busy = max(gpu, host_launch)                   # the GPU cannot run ahead of the launches
+    # engine CPU time of the step: fixed + per scheduled sequence + per prefill token
     host = scal[S_STEP_OH] + scal[S_SEQ_OH] * (n_decode + n_prefill) + scal[S_PF_TOK_OH] * (m - n_decode)
+    ov = scal[S_OVERLAP]
+    wall = max(busy, ov * host) + (1.0 - ov) * host   # overlapped host time hides behind the GPU step
     out[B_GEMM] = pp * st_gemm
     out[B_ATTN] = pp * st_attn
     out[B_COMM] = pp * st_comm + t_p2p
     out[B_ELEM] = pp * st_elem
     out[B_HEAD] = t_head + t_embed
-    out[B_HOST] = host + excess
+    out[B_HOST] = wall - gpu
     out[B_SCHED] = host
     # per GPU of the largest stage: FLOPs and HBM bytes of this step
     out[B_FLOPS] = n_layers * (f_kind[0] + attn_flops) + n_dense * f_kind[2] + n_moe * (f_kind[1] + f_kind[3]) + head_flops
     out[B_BYTES] = (n_layers * (b_kind[0] + attn_bytes + elem_bytes) + n_dense * b_kind[2]
                     + n_moe * (b_kind[1] + b_kind[3]) + head_bytes)
-    return busy + host
+    return wall
 
 
 def new_breakdown() -> np.ndarray:

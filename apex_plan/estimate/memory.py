@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from apex_plan.engine.spec import MemoryPolicy
 from apex_plan.estimate.shard import EVERY_LAYER, DENSE_MLP, MOE_DENSE_PART, ROUTED_EXPERTS, Shard, Stage
 from apex_plan.hardware.spec import GpuSpec
 from apex_plan.model.spec import ModelSpec
@@ -84,16 +85,28 @@ def activation_bytes(model: ModelSpec, plan: Plan, shard: Shard, max_batched_tok
 
 
 def memory_report(model: ModelSpec, gpu: GpuSpec, plan: Plan, shard: Shard, *, gpu_memory_utilization: float,
-                  max_batched_tokens: int, max_num_seqs: int, block_size: int, max_model_len: int) -> MemoryReport:
-    """Memory of the fullest GPU of one replica and the KV-cache blocks vLLM would allocate."""
+                  max_batched_tokens: int, max_num_seqs: int, block_size: int, max_model_len: int,
+                  policy: MemoryPolicy | None = None) -> MemoryReport:
+    """Memory of the fullest GPU of one replica and the KV-cache blocks the engine would allocate.
+
+    `policy` (the engine profile's): profile -> util x total - weights - activations - reserve
+    (vLLM); static_fraction -> util x total - weights - reserve (SGLang mem_fraction_static, the
+    activations live outside it); free_fraction -> util x (total - weights - activations - reserve)
+    (TRT-LLM free_gpu_memory_fraction)."""
+    policy = policy or MemoryPolicy(accounting="profile", reserve_gib=0.5)
     total = gpu.memory_bytes
     budget = total * gpu_memory_utilization
-    reserve = gpu.calibration.engine_reserve_gib * GIB
+    reserve = (policy.reserve_gib + policy.cuda_graph_gib) * GIB
     act = activation_bytes(model, plan, shard, max_batched_tokens, max_num_seqs)
     worst = None
     for st in shard.stages:
         w = stage_weight_bytes(model, plan, shard, st)
-        pool = budget - w - act - reserve
+        if policy.accounting == "static_fraction":
+            pool = budget - w - reserve                                       # bytes left for KV
+        elif policy.accounting == "free_fraction":
+            pool = gpu_memory_utilization * (total - w - act - reserve)      # bytes left for KV
+        else:
+            pool = budget - w - act - reserve                                 # bytes left for KV
         kv_tok = st.layers * shard.kv_bytes_per_token_layer
         blocks = int(math.floor(pool / (kv_tok * block_size))) if pool > 0 else 0
         cand = (blocks, w, pool, kv_tok)
@@ -102,7 +115,7 @@ def memory_report(model: ModelSpec, gpu: GpuSpec, plan: Plan, shard: Shard, *, g
     blocks, w, pool, kv_tok = worst
     tokens = blocks * block_size
     reason = ""
-    if w + act + reserve > budget:
+    if pool <= 0:
         reason = (f"weights {w / GIB:.1f} GiB + activations {act / GIB:.1f} GiB + reserve {reserve / GIB:.1f} GiB "
                   f"exceed {gpu_memory_utilization:.2f} x {total / GIB:.1f} GiB = {budget / GIB:.1f} GiB per GPU")
     elif tokens < max_model_len:

@@ -128,9 +128,12 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     act_inter = inter
     if model.is_moe:
         E, k = model.num_experts, model.experts_per_token
+        adp = plan.adp
         e_local = E // ep                              # whole experts per expert-parallel rank
-        e_inter = model.expert_intermediate_size / (tp // ep)  # each expert sharded over tp/ep GPUs
-        route = k * e_local / E                        # expert-token copies per input token landing here
+        e_inter = model.expert_intermediate_size / (tp * adp // ep)  # each expert sharded over tp*adp/ep GPUs
+        # expert-token copies landing here per local input token: the MoE layer gathers the tokens of
+        # all adp attention ranks, so this GPU sees adp x its own share
+        route = k * e_local / E * adp
         gemms.append(Gemm("router", h, E, MOE_DENSE_PART))
         gemms.append(Gemm("experts_gate_up", h, int(2 * e_inter), ROUTED_EXPERTS, e_local, route, k / E, e_local))
         gemms.append(Gemm("experts_down", int(e_inter), h, ROUTED_EXPERTS, e_local, route, k / E, e_local))

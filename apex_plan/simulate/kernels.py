@@ -13,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from apex_plan.estimate.kernels import B_BYTES, B_FLOPS, B_N, B_SCHED, step_time
+from apex_plan.estimate.kernels import B_BYTES, B_FLOPS, B_N, B_SCHED, q_tiles, step_time
 
 INF = np.inf
-CUDA_GRAPH_MAX_BATCH = 256   # vLLM 0.6.0 captures decode graphs up to this batch size
 
 # per-engine statistics columns
 E_BUSY_S = 0       # time spent stepping
@@ -43,11 +42,13 @@ def _blocks_for(tokens, block):
 
 
 @njit(cache=True)
-def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, gen, computed, blocks, free, running, nrun,
-                   max_seqs, block, nblocks, watermark, t_sched, t_first, t_fin, sched_req, sched_tok):
+def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen, computed, blocks, free, running,
+                   nrun, max_seqs, block, nblocks, watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
+                   sched_tok):
     """FCFS admission of waiting requests of engine e into the step being built.
 
-    A request needs KV blocks for its whole sequence, leaving the watermark free; without chunking
+    A request needs KV blocks for its sequence so far (for prompt + every output token when
+    `reserve_full`, as TRT-LLM's GUARANTEED_NO_EVICT), leaving the watermark free; without chunking
     its whole prompt must fit the remaining token budget, with chunking it takes what is left.
     A request that could never fit the cache is refused (t_fin = -1). Returns the budget left,
     the number of scheduled entries, and how many requests were refused.
@@ -56,7 +57,7 @@ def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, gen, comp
     while head[e] != -1 and nrun[e] < max_seqs and left > 0:
         r = head[e]
         seq = prompt[r] + gen[r]
-        need = _blocks_for(seq, block)
+        need = _blocks_for(prompt[r] + output[r] if reserve_full else seq, block)
         ntok = seq - computed[r]
         if need > nblocks - watermark:
             pass
@@ -86,13 +87,67 @@ def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, gen, comp
 
 
 @njit(cache=True)
+def _schedule_running(e, only_prefill, left, ns, prompt, gen, computed, blocks, free, running, nrun, head, tail, nxt,
+                      block, n_preempt, estats, sched_req, sched_tok):
+    """Schedule engine e's running requests in order (only those still in prefill when
+    `only_prefill`), growing their KV blocks; when the pool runs dry, preempt from the back of the
+    running list by recompute (blocks freed, back to the front of the queue). Returns the budget
+    left, the number of scheduled entries, and whether anything was preempted."""
+    preempted = False
+    i = 0
+    while i < nrun[e]:
+        r = running[e, i]
+        seq = prompt[r] + gen[r]
+        rem = seq - computed[r]
+        if only_prefill and gen[r] > 0 and rem == 1:
+            i += 1
+            continue
+        ntok = rem if rem < left else left
+        if ntok <= 0:
+            i += 1
+            continue
+        need = _blocks_for(seq, block) - blocks[r]
+        self_preempted = False
+        while need > free[e]:
+            victim = running[e, nrun[e] - 1]
+            free[e] += blocks[victim]
+            blocks[victim] = 0
+            computed[victim] = 0
+            nrun[e] -= 1
+            n_preempt[victim] += 1
+            estats[e, E_PREEMPT] += 1
+            preempted = True
+            nxt[victim] = head[e]
+            head[e] = victim
+            if tail[e] == -1:
+                tail[e] = victim
+            if victim == r:
+                self_preempted = True
+                break
+        if self_preempted:
+            break
+        if need > 0:
+            free[e] -= need
+            blocks[r] += need
+        sched_req[e, ns] = r
+        sched_tok[e, ns] = ntok
+        left -= ntok
+        ns += 1
+        i += 1
+    return left, ns, preempted
+
+
+@njit(cache=True)
 def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, max_seqs, budget, chunked,
                     block, nblocks, watermark, tables, scal, epar,
-                    t_arr, t_first, t_fin, t_sched, n_preempt, estats):
+                    t_arr, t_first, t_fin, t_sched, n_preempt, estats, mixed, prefill_first, reserve_full,
+                    client_delay):
     """Replay all requests; fill per-request times (seconds) and per-engine statistics.
 
-    closed_conc > 0 runs closed loop: that many requests in flight, each finished request replaced at
-    once by the next (arrival times then come from finishes, not from `arrival`). Requests that can
+    closed_conc > 0 runs closed loop: that many requests in flight, each finished request replaced by
+    the next after that request's `client_delay` (arrival times then come from finishes, not from
+    `arrival`). `mixed`: prefill chunks join decode steps; `prefill_first`: waiting prompts run in a
+    prefill-only step first; `reserve_full`: admission reserves KV for the whole request. Requests that can
     never fit the KV cache are marked with t_fin = -1. Returns the time the last request finished.
     """
     n = prompt.shape[0]
@@ -119,7 +174,7 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
         t_sched[i] = -1.0
         n_preempt[i] = 0
         if closed_conc > 0:
-            t_arr[i] = 0.0 if i < closed_conc else INF
+            t_arr[i] = client_delay[i] if i < closed_conc else INF
         else:
             t_arr[i] = arrival[i]
     next_req = 0
@@ -200,7 +255,12 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
                                 k += 1
                         nrun[ev] = k
                         if closed_conc > 0 and next_release < n:
-                            t_arr[next_release] = now
+                            # the client sends the next request once this one is done (after its own
+                            # dispatch delay); arrivals stay in release order
+                            t_next = now + client_delay[next_release]
+                            if next_release > 0 and t_next < t_arr[next_release - 1]:
+                                t_next = t_arr[next_release - 1]
+                            t_arr[next_release] = t_next
                             next_release += 1
             nsched[ev] = 0
             busy_until[ev] = INF
@@ -210,58 +270,31 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
         left = budget
         ns = 0
         preempted_now = False
-        if not chunked:
-            # vLLM default scheduler: admit prefills first; a step with prefills runs only prefills
-            left, ns, refused = _admit_waiting(e, False, left, ns, now, head, tail, nxt, prompt, gen, computed, blocks,
-                                               free, running, nrun, max_seqs, block, nblocks, watermark, t_sched,
-                                               t_first, t_fin, sched_req, sched_tok)
-            done += refused
-            unfinished[e] -= refused
+        if prefill_first:
+            # prefill-priority engines (vLLM 0.6 unchunked, SGLang): prompts in progress, then waiting
+            # requests, fill a prefill-only step; running decodes wait for it
+            if chunked:
+                left, ns, preempted_now = _schedule_running(e, True, left, ns, prompt, gen, computed, blocks, free,
+                                                            running, nrun, head, tail, nxt, block, n_preempt, estats,
+                                                            sched_req, sched_tok)
+            if not preempted_now:
+                left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
+                                                   computed, blocks, free, running, nrun, max_seqs, block, nblocks,
+                                                   watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
+                                                   sched_tok)
+                done += refused
+                unfinished[e] -= refused
         if ns == 0:
-            # running sequences: decodes (1 token) and, with chunking, prefill chunks in progress
-            i = 0
-            while i < nrun[e]:
-                r = running[e, i]
-                seq = prompt[r] + gen[r]
-                rem = seq - computed[r]
-                ntok = rem if rem < left else left
-                if ntok <= 0:
-                    i += 1
-                    continue
-                need = _blocks_for(seq, block) - blocks[r]
-                self_preempted = False
-                while need > free[e]:
-                    victim = running[e, nrun[e] - 1]
-                    # preempt by recompute: free its blocks, back to the front of the queue
-                    free[e] += blocks[victim]
-                    blocks[victim] = 0
-                    computed[victim] = 0
-                    nrun[e] -= 1
-                    n_preempt[victim] += 1
-                    estats[e, E_PREEMPT] += 1
-                    preempted_now = True
-                    nxt[victim] = head[e]
-                    head[e] = victim
-                    if tail[e] == -1:
-                        tail[e] = victim
-                    if victim == r:
-                        self_preempted = True
-                        break
-                if self_preempted:
-                    break
-                if need > 0:
-                    free[e] -= need
-                    blocks[r] += need
-                sched_req[e, ns] = r
-                sched_tok[e, ns] = ntok
-                left -= ntok
-                ns += 1
-                i += 1
-            if chunked and not preempted_now:
-                # then new requests, FCFS, chunked to the remaining budget
-                left, ns, refused = _admit_waiting(e, True, left, ns, now, head, tail, nxt, prompt, gen, computed,
-                                                   blocks, free, running, nrun, max_seqs, block, nblocks, watermark,
-                                                   t_sched, t_first, t_fin, sched_req, sched_tok)
+            # running sequences first: decodes (1 token) and prefill chunks in progress
+            left, ns, preempted_now = _schedule_running(e, False, left, ns, prompt, gen, computed, blocks, free,
+                                                        running, nrun, head, tail, nxt, block, n_preempt, estats,
+                                                        sched_req, sched_tok)
+            if mixed and not preempted_now:
+                # then new requests, FCFS, in the budget left (chunked: cut to fit)
+                left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
+                                                   computed, blocks, free, running, nrun, max_seqs, block, nblocks,
+                                                   watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
+                                                   sched_tok)
                 done += refused
                 unfinished[e] -= refused
         nsched[e] = ns
@@ -273,6 +306,8 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
         n_pf = 0
         n_logits = 0
         pf_work = 0.0
+        pf_prefix = 0.0
+        pf_tiles = 0.0
         dec_ctx = 0.0
         pf_ctx = 0.0
         for j in range(ns):
@@ -286,12 +321,16 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
             else:
                 n_pf += 1
                 k0 = computed[r]
-                pf_work += c * (k0 + (c + 1) * 0.5)
+                w = c * (k0 + (c + 1) * 0.5)      # causal query x key pairs of this chunk
+                pf_work += w
+                if k0 > 0:
+                    pf_prefix += w
+                pf_tiles += q_tiles(c)
                 pf_ctx += k0 + c
             if computed[r] + c == seq:
                 n_logits += 1
-        eager = 1 if (n_pf > 0 or n_dec > CUDA_GRAPH_MAX_BATCH) else 0
-        dt = step_time(tables, scal, tokens, n_dec, n_pf, pf_work, dec_ctx, pf_ctx, n_logits, eager, out)
+        dt = step_time(tables, scal, tokens, n_dec, n_pf, pf_work, dec_ctx, pf_ctx, n_logits, 0, out, pf_prefix,
+                       pf_tiles)
         # the scheduler part of a step runs on the replica's single engine thread: virtual engines of
         # one replica (pipeline parallelism) queue for it; their GPU work overlaps
         rep = e // pp

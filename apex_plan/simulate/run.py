@@ -12,7 +12,7 @@ from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.simulate import kernels as SK
-from apex_plan.simulate.engine import WATERMARK_FRACTION, ResolvedEngine, resolve_engine
+from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
 from apex_plan.workload.spec import Slo, Workload
 
 
@@ -85,41 +85,57 @@ def distribution(x: np.ndarray, scale: float) -> dict:
             "p99": float(p99) * scale}
 
 
+CLIENT_DELAY_S = 0.0   # closed loop: the client's time between one response's end and the next request
+
+
+def client_delays_s(n: int, concurrency: int) -> np.ndarray:
+    """Per-request dispatch delay of a closed-loop benchmark client (seconds)."""
+    return np.full(n, CLIENT_DELAY_S if concurrency else 0.0)
+
+
 def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: EngineConfig, workload: Workload,
              slo: Slo | None = None, step_cost: StepCost | None = None) -> SimResult:
     """Replay `workload` on `plan.dp` replicas of `plan` and measure what a client would see."""
     eng = resolve_engine(engine_cfg, model)
     gpu = cluster.gpu
-    sc = step_cost or build_step_cost(model, gpu, plan, cluster, eng.custom_allreduce)
+    sc = step_cost or build_step_cost(model, gpu, plan, cluster, engine=eng)
     mem = memory_report(model, gpu, plan, sc.shard, gpu_memory_utilization=eng.gpu_memory_utilization,
                         max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs,
-                        block_size=eng.block_size, max_model_len=eng.max_model_len)
+                        block_size=eng.block_size, max_model_len=eng.max_model_len,
+                        policy=eng.profile.memory)
     if not mem.feasible:
         return SimResult(plan, eng, mem, False, mem.reason, step_cost=sc)
     if plan.num_gpus > cluster.num_gpus:
         reason = f"plan needs {plan.num_gpus} GPUs, the cluster has {cluster.num_gpus}"
         return SimResult(plan, eng, mem, False, reason, step_cost=sc)
     tr = workload.trace
-    # a prompt that does not fit max_model_len is refused, as vLLM does; outputs stop at max_model_len
+    # a prompt that does not fit max_model_len (or, unchunked, the step's token budget) is refused, as the
+    # engines do; outputs stop at max_model_len
     valid = tr.prompt_tokens < eng.max_model_len
+    if not eng.chunked_prefill:
+        valid &= tr.prompt_tokens <= eng.max_batched_tokens
     n = int(valid.sum())
     # vLLM keeps blocks per virtual engine: the pool is shared out over the pp schedulers
     nblocks = mem.kv_blocks // plan.pp
-    watermark = int(WATERMARK_FRACTION * nblocks)
+    watermark = int(eng.watermark_fraction * nblocks)
     t_arr, t_first, t_fin, t_sched = (np.empty(n) for _ in range(4))
     n_pre = np.zeros(n, np.int64)
-    estats = np.zeros((plan.dp * plan.pp, SK.E_NCOL))
-    epar = np.array([gpu.tdp_w, gpu.idle_w, sc.scal[0], gpu.mem_bw_gbps * 1e9, plan.gpus_per_replica, plan.pp], float)
+    # each attention-DP rank schedules its own batch: the kernel sees dp x adp engines of tp x pp GPUs
+    ranks = plan.dp * plan.adp
+    estats = np.zeros((ranks * plan.pp, SK.E_NCOL))
+    epar = np.array([gpu.tdp_w, gpu.idle_w, sc.scal[0], gpu.mem_bw_gbps * 1e9, plan.tp * plan.pp, plan.pp], float)
     prompt = np.ascontiguousarray(tr.prompt_tokens[valid], dtype=np.int64)
     output = np.minimum(np.maximum(tr.output_tokens[valid], 1), eng.max_model_len - prompt).astype(np.int64)
     arrival = np.ascontiguousarray(tr.arrival_s[valid], dtype=np.float64)
     conc = workload.concurrency if workload.mode == "closed" else 0
-    t_end = SK.simulate_kernel(arrival, prompt, output, conc, plan.dp, plan.pp, eng.routing == "least_loaded",
+    sch = eng.profile.scheduler
+    pf_first = eng.profile.prefill_first(eng.chunked_prefill)
+    delay = client_delays_s(n, conc)
+    t_end = SK.simulate_kernel(arrival, prompt, output, conc, ranks, plan.pp, eng.routing == "least_loaded",
                                eng.max_num_seqs, eng.max_batched_tokens, eng.chunked_prefill, eng.block_size,
                                nblocks, watermark, sc.tables, sc.scal, epar, t_arr, t_first, t_fin, t_sched,
-                               n_pre, estats)
-    c = gpu.calibration
-    times = RequestTimes(t_arr, t_first, t_fin, t_sched, n_pre, output, prompt, c.frontend_latency_ms * 1e-3)
+                               n_pre, estats, not pf_first, pf_first, sch.reserve_full_sequence, delay)
+    times = RequestTimes(t_arr, t_first, t_fin, t_sched, n_pre, output, prompt, eng.profile.host.frontend_ms * 1e-3)
     t0 = float(t_arr[0]) if n else 0.0
     makespan = max(float(t_end) - t0, 1e-9)
     energy = float(estats[:, SK.E_DYN_J].sum()) + gpu.idle_w * plan.num_gpus * makespan
