@@ -97,7 +97,9 @@ def simulate(
     trace: Optional[str] = typer.Option(None, "--trace", help="trace file: APEX .jsonl, CSV, BurstGPT or Azure CSV"),
     workload: Optional[str] = typer.Option(None, "--workload", help="preset: chat | summarization | creation"),
     rate: Optional[float] = typer.Option(None, "--rate", help="synthetic arrival rate, requests/s"),
-    num_requests: int = typer.Option(1000, "--num-requests"),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests",
+                                               help="synthetic requests (default: 1000; closed loop: "
+                                                    "5 x --concurrency, as a benchmark run)"),
     prompt_tokens: Optional[str] = typer.Option(None, "--prompt-tokens", help="512 | uniform:64-512 | lognormal:mean=74,std=120"),
     output_tokens: Optional[str] = typer.Option(None, "--output-tokens"),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="closed loop: requests kept in flight"),
@@ -137,6 +139,9 @@ def simulate(
     kv_dtype = kv_dtype or eng.profile.default_kv_dtype(weight_dtype)
     p = I.parse_plan(plan, weight_dtype, kv_dtype)
     I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
+    if num_requests is None:
+        from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
+        num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency and concurrency > 0 else 1000
     wl = I.workload_from_options(trace, workload, rate, num_requests, prompt_tokens, output_tokens, concurrency,
                                  arrival, burstiness_cv, seed)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
@@ -193,12 +198,13 @@ def search(
     weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="list, e.g. bf16,fp8"),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="list, e.g. bf16,fp8"),
     engine: str = typer.Option("vllm", "--engine"),
-    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
+                                                           help="default: the engine's"),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len",
                                                 help="default: the model's, lowered to what the KV cache holds"),
     no_custom_allreduce: bool = typer.Option(False, "--no-custom-allreduce"),
     chunked_prefill: str = typer.Option("auto", "--chunked-prefill", help="auto | on | off | both"),
-    max_num_seqs: str = typer.Option("256", "--max-num-seqs", help="list, e.g. 128,256"),
+    max_num_seqs: Optional[str] = typer.Option(None, "--max-num-seqs", help="list, e.g. 128,256 (default: the engine's)"),
     max_batched_tokens: Optional[str] = typer.Option(None, "--max-batched-tokens", help="list, e.g. 512,2048"),
     ttft_slo: Optional[str] = typer.Option("1s", "--ttft-slo"),
     tpot_slo: Optional[str] = typer.Option("100ms", "--tpot-slo"),
@@ -229,7 +235,7 @@ def search(
         raise InputError("--top", None, "must be at least 1", "e.g. --top 3")
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
-    base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, 256,
+    base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
     chunk_opts = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}
     if chunked_prefill not in chunk_opts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import typing
@@ -21,7 +22,8 @@ _SECTIONS = {"scheduler": SchedulerPolicy, "host": HostModel, "graphs": GraphPol
              "collectives": Collectives, "memory": MemoryPolicy, "layouts": Layouts}
 _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("decode_only", "piecewise", "full"),
             "accounting": ("profile", "static_fraction", "free_fraction"), "activation_scales": ("dynamic", "static"),
-            "batching_chunked": ("mixed", "prefill_first"), "batching_unchunked": ("mixed", "prefill_first")}
+            "batching_chunked": ("mixed", "prefill_first"), "batching_unchunked": ("mixed", "prefill_first"),
+            "closed_loop": ("desync", "lockstep")}
 
 
 def engine_dir() -> Path:
@@ -119,11 +121,14 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
                          calibration=str(doc.get("calibration", "")).strip(), path=where, **sections)
 
 
+@functools.lru_cache(maxsize=64)
+def _parse_cached(path: str, mtime_ns: int) -> EngineProfile:
+    return profile_from_dict(_read_yaml(Path(path)), path)
+
+
 def list_engine_profiles() -> list[EngineProfile]:
-    """Every built-in profile, oldest range first within a family."""
-    out = []
-    for p in sorted(engine_dir().glob("*.yaml")):
-        out.append(profile_from_dict(_read_yaml(p), str(p)))
+    """Every built-in profile, oldest range first within a family (parsed once per file version)."""
+    out = [_parse_cached(str(p), p.stat().st_mtime_ns) for p in sorted(engine_dir().glob("*.yaml"))]
     return sorted(out, key=lambda e: (e.family, release(e.min_version)))
 
 

@@ -74,7 +74,8 @@ S_ATTN_HEADS = 41        # query heads on one GPU (attention thread blocks per 1
 S_SMS = 42               # streaming multiprocessors
 S_AE_FRESH = 43          # backend scale of attention efficiency for fresh prefill
 S_AE_PREFIX = 44         # backend scale for chunks attending to cached context
-S_N = 45
+S_A2A = 45               # 1 when MoE tokens move by all-to-all (attention-DP ranks hold different tokens)
+S_N = 46
 
 ATTN_Q_TILE = 128        # query rows per attention thread block (FlashAttention-2/3 forward tile)
 
@@ -120,6 +121,13 @@ def q_tiles(chunk_tokens):
 
 
 @njit(cache=True)
+def padded_pairs(chunk_tokens, cached_tokens):
+    """Query x key pairs one chunk's attention thread blocks compute: whole 128-row query tiles, each
+    row attending to the cached context plus (causally) half the chunk on average."""
+    return q_tiles(chunk_tokens) * ATTN_Q_TILE * (cached_tokens + (chunk_tokens + 1) * 0.5)
+
+
+@njit(cache=True)
 def host_launched_kernels(scal, tokens, n_decode, n_prefill, layer_kernels, eager):
     """Kernels the host launches one by one this step (0 when a CUDA graph replays it all)."""
     if eager == 1:
@@ -139,7 +147,7 @@ def host_launched_kernels(scal, tokens, n_decode, n_prefill, layer_kernels, eage
 
 @njit(cache=True, fastmath=False)
 def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_tokens, pf_ctx_tokens,
-              n_logits, eager, out, pf_prefix_work, pf_q_tiles):
+              n_logits, eager, out, pf_pad_work, pf_pad_prefix, pf_q_tiles):
     """Seconds of one step; fills `out` (length B_N) with the breakdown, FLOPs and bytes.
 
     tokens: query tokens in the step (prefill chunk tokens + one per decode sequence).
@@ -148,8 +156,9 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     tokens after k cached ones); dec_ctx_tokens: sum of decode context lengths (KV tokens read);
     pf_ctx_tokens: KV tokens read by prefill chunks; n_logits: sequences sampled this step;
     eager: 1 forces every kernel to be launched by the host, 0 follows the engine's graph policy;
-    pf_prefix_work: the part of pf_attn_work from chunks with cached context; pf_q_tiles: sum over
-    chunks of their 128-row query tiles.
+    pf_pad_work: query x key pairs with each chunk's queries padded to whole 128-row tiles (what the
+    kernel's thread blocks compute, see `padded_pairs`); pf_pad_prefix: the part of it from chunks
+    with cached context; pf_q_tiles: sum over chunks of their query tiles.
     """
     for i in range(out.shape[0]):
         out[i] = 0.0
@@ -194,8 +203,8 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     if n_prefill > 0:
         # occupancy: thread blocks (query tiles x heads) over SMs, at most full
         occ = min(1.0, max(pf_q_tiles, 1.0) * scal[S_ATTN_HEADS] / scal[S_SMS])
-        fresh = pf_attn_work - pf_prefix_work
-        eff_work = fresh / scal[S_AE_FRESH] + pf_prefix_work / scal[S_AE_PREFIX]   # full-efficiency-equivalent pairs
+        # tile-padded pairs at the backend's efficiency: fresh prompts and chunks over cached context
+        eff_work = (pf_pad_work - pf_pad_prefix) / scal[S_AE_FRESH] + pf_pad_prefix / scal[S_AE_PREFIX]
         t_attn += max(scal[S_ATTN_FLOP_TOK] * eff_work / (scal[S_ATTN_PEAK] * scal[S_AE] * occ),
                       kv_b * pf_ctx_tokens / bw) + klat
     if n_decode > 0:
@@ -210,9 +219,10 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     # --- tensor-parallel all-reduces: after attention and after the MLP ---------------------------
     msg = m * hidden * act_b                      # activation bytes reduced per all-reduce
     t_ar = 2.0 * _allreduce_s(scal, msg)
-    # --- expert-parallel all-to-all: dispatch + combine of top-k token copies ---------------------
+    # --- expert-parallel all-to-all: dispatch + combine of top-k token copies; with tensor-parallel
+    # attention every rank already holds every token and the MoE output joins the all-reduce -------
     t_a2a = 0.0
-    if scal[S_EP] > 1.0:
+    if scal[S_EP] > 1.0 and scal[S_A2A] > 0.0:
         ep = scal[S_EP]
         a2a_bytes = m * scal[S_TOPK] * hidden * act_b * (ep - 1.0) / ep  # token copies leaving a GPU
         t_a2a = 2.0 * (scal[S_A2A_LAT] + scal[S_MOE_IMB] * a2a_bytes / scal[S_A2A_BW])

@@ -34,17 +34,17 @@ class StepCost:
 
     def time_s(self, tokens: int, n_decode: int = 0, n_prefill: int = 0, pf_attn_work: float = 0.0,
                dec_ctx_tokens: float = 0.0, pf_ctx_tokens: float = 0.0, n_logits: int = 0,
-               eager: bool = False, pf_prefix_work: float = 0.0,
-               pf_q_tiles: float | None = None) -> tuple[float, dict[str, float]]:
+               eager: bool = False) -> tuple[float, dict[str, float]]:
         """Seconds of one step and its breakdown (see `kernels.step_time`). eager=True forces every
-        kernel to be host-launched; False follows the engine's CUDA-graph policy. Prefill tokens
-        count as one chunk for attention occupancy unless `pf_q_tiles` is given."""
+        kernel to be host-launched; False follows the engine's CUDA-graph policy. The prefill
+        tokens count as one chunk after pf_ctx_tokens - chunk cached tokens for attention tiling."""
         out = K.new_breakdown()
-        if pf_q_tiles is None:
-            pf_q_tiles = float(K.q_tiles(int(tokens) - int(n_decode))) if n_prefill else 0.0
+        c = int(tokens) - int(n_decode)
+        cached_tokens = max(0, int(pf_ctx_tokens) - c)
+        pad = float(K.padded_pairs(c, cached_tokens)) if n_prefill else 0.0
         t = K.step_time(self.tables, self.scal, int(tokens), int(n_decode), int(n_prefill), float(pf_attn_work),
                         float(dec_ctx_tokens), float(pf_ctx_tokens), int(n_logits), 1 if eager else 0, out,
-                        float(pf_prefix_work), float(pf_q_tiles))
+                        pad, pad if cached_tokens > 0 else 0.0, float(K.q_tiles(c)) if n_prefill else 0.0)
         names = ("gemm", "attention", "communication", "elementwise", "embed_lm_head", "engine_host", "flops", "bytes",
                  "scheduler")
         return float(t), dict(zip(names, (float(x) for x in out)))
@@ -56,8 +56,7 @@ class StepCost:
         while done < prompt_tokens:
             c = min(chunk, prompt_tokens - done)
             work = c * (done + (c + 1) / 2)       # causal query x key pairs of this chunk
-            total += self.time_s(c, 0, 1, work, 0.0, done + c, 1 if done + c == prompt_tokens else 0, False,
-                                 work if done else 0.0, float(K.q_tiles(c)))[0]
+            total += self.time_s(c, 0, 1, work, 0.0, done + c, 1 if done + c == prompt_tokens else 0, False)[0]
             done += c
         return total
 
@@ -139,6 +138,7 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     s[K.S_P2P_LAT] = c.p2p_latency_us * 1e-6 + ((cluster.inter_node_latency_us if cluster else 10.0) * 1e-6 if pp_cross else 0.0)
     s[K.S_P2P_BW] = (inter_bw if pp_cross else intra_bw) * c.link_efficiency
     s[K.S_EP] = plan.ep
+    s[K.S_A2A] = 1.0 if plan.adp > 1 else 0.0
     s[K.S_A2A_LAT] = c.alltoall_latency_us * 1e-6
     s[K.S_A2A_BW] = link_bw
     s[K.S_MOE_IMB] = c.moe_imbalance

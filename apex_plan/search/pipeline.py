@@ -108,7 +108,8 @@ def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gp
         eng = resolve_engine(c, model)
         mem = memory_report(model, gpu, plan, shard, gpu_memory_utilization=eng.gpu_memory_utilization,
                             max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs,
-                            block_size=eng.block_size, max_model_len=eng.max_model_len)
+                            block_size=eng.block_size, max_model_len=eng.max_model_len,
+                            policy=eng.profile.memory)
         return eng, mem
 
     eng, mem = resolve(cfg)
@@ -162,7 +163,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             evals.append(PlanEval(p, e, key if seen[key] == 1 else f"{key} #{seen[key]}"))
     shard_cache: dict[tuple, Shard] = {}
     layer_cost_hits = 0
-    frontend_s = cluster.gpu.calibration.frontend_latency_ms * 1e-3
+    frontend_s = resolve_engine(inp.engines[0], model).profile.host.frontend_ms * 1e-3
     for i, ev in enumerate(evals):
         if progress:
             progress(i, len(evals))
@@ -179,7 +180,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             ev.status, ev.reason = "infeasible", "memory: " + why
             continue
         ev.engine = eng
-        sc = build_step_cost(model, cluster.gpu, ev.plan, cluster, eng.custom_allreduce, shard=shard)
+        sc = build_step_cost(model, cluster.gpu, ev.plan, cluster, shard=shard, engine=eng)
         ev.screen = screen_plan(sc, inp.trace, inp.slo, kv_tokens=mem.kv_tokens, max_num_seqs=eng.max_num_seqs,
                                 budget=eng.max_batched_tokens, chunked=eng.chunked_prefill, frontend_s=frontend_s)
         if not ev.screen.passed:

@@ -10,10 +10,30 @@ with the fewest unfinished requests, as vLLM's `add_request` does.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from numba import njit
 
-from apex_plan.estimate.kernels import B_BYTES, B_FLOPS, B_N, B_SCHED, q_tiles, step_time
+import apex_plan.estimate.kernels as _estimate_kernels
+
+
+def _drop_stale_cache() -> None:
+    """numba's on-disk cache of this module is keyed by this file alone, not by the step-cost kernel
+    it inlines from apex_plan/estimate/kernels.py: drop the cached entries older than that file."""
+    dep_mtime = Path(_estimate_kernels.__file__).stat().st_mtime
+    for index in (Path(__file__).parent / "__pycache__").glob(f"{Path(__file__).stem}.*.nbi"):
+        try:
+            if index.stat().st_mtime < dep_mtime:
+                for f in index.parent.glob(index.name.rsplit(".", 2)[0] + ".*.nb[ic]"):
+                    f.unlink(missing_ok=True)
+        except OSError:
+            pass   # a read-only install keeps its cache; numba then recompiles in memory
+
+
+_drop_stale_cache()
+
+from apex_plan.estimate.kernels import B_BYTES, B_FLOPS, B_N, B_SCHED, padded_pairs, q_tiles, step_time
 
 INF = np.inf
 
@@ -168,6 +188,7 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
     sched_tok = np.zeros((ne, max_seqs), np.int64)
     nsched = np.zeros(ne, np.int64)
     out = np.zeros(B_N)
+    todo = np.zeros(ne, np.int64)       # engines to schedule at the current event
     for i in range(n):
         t_first[i] = -1.0
         t_fin[i] = -1.0
@@ -223,10 +244,15 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
                 nxt[tail[e]] = r
             tail[e] = r
             unfinished[e] += 1
-            if busy_until[e] == INF:
-                now = t_a
-                ev = e
-            else:
+            if next_req < n and t_arr[next_req] <= t_a:
+                continue   # queue every request arriving at this instant before anything is scheduled
+            now = t_a
+            n_todo = 0
+            for e2 in range(ne):
+                if busy_until[e2] == INF and head[e2] != -1:
+                    todo[n_todo] = e2
+                    n_todo += 1
+            if n_todo == 0:
                 continue
         else:
             # ---- a step ends: apply its tokens ----------------------------------------------------
@@ -264,90 +290,95 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
                             next_release += 1
             nsched[ev] = 0
             busy_until[ev] = INF
+            todo[0] = ev
+            n_todo = 1
 
-        # ---- schedule the next step of engine ev at time `now` ----------------------------------
-        e = ev
-        left = budget
-        ns = 0
-        preempted_now = False
-        if prefill_first:
-            # prefill-priority engines (vLLM 0.6 unchunked, SGLang): prompts in progress, then waiting
-            # requests, fill a prefill-only step; running decodes wait for it
-            if chunked:
-                left, ns, preempted_now = _schedule_running(e, True, left, ns, prompt, gen, computed, blocks, free,
+        # ---- schedule the next step of each engine in `todo` at time `now` ----------------------
+        for ti in range(n_todo):
+            e = todo[ti]
+            left = budget
+            ns = 0
+            preempted_now = False
+            if prefill_first:
+                # prefill-priority engines (vLLM 0.6 unchunked, SGLang): prompts in progress, then waiting
+                # requests, fill a prefill-only step; running decodes wait for it
+                if chunked:
+                    left, ns, preempted_now = _schedule_running(e, True, left, ns, prompt, gen, computed, blocks, free,
+                                                                running, nrun, head, tail, nxt, block, n_preempt, estats,
+                                                                sched_req, sched_tok)
+                if not preempted_now:
+                    left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
+                                                       computed, blocks, free, running, nrun, max_seqs, block, nblocks,
+                                                       watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
+                                                       sched_tok)
+                    done += refused
+                    unfinished[e] -= refused
+            if ns == 0:
+                # running sequences first: decodes (1 token) and prefill chunks in progress
+                left, ns, preempted_now = _schedule_running(e, False, left, ns, prompt, gen, computed, blocks, free,
                                                             running, nrun, head, tail, nxt, block, n_preempt, estats,
                                                             sched_req, sched_tok)
-            if not preempted_now:
-                left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
-                                                   computed, blocks, free, running, nrun, max_seqs, block, nblocks,
-                                                   watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
-                                                   sched_tok)
-                done += refused
-                unfinished[e] -= refused
-        if ns == 0:
-            # running sequences first: decodes (1 token) and prefill chunks in progress
-            left, ns, preempted_now = _schedule_running(e, False, left, ns, prompt, gen, computed, blocks, free,
-                                                        running, nrun, head, tail, nxt, block, n_preempt, estats,
-                                                        sched_req, sched_tok)
-            if mixed and not preempted_now:
-                # then new requests, FCFS, in the budget left (chunked: cut to fit)
-                left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
-                                                   computed, blocks, free, running, nrun, max_seqs, block, nblocks,
-                                                   watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
-                                                   sched_tok)
-                done += refused
-                unfinished[e] -= refused
-        nsched[e] = ns
-        if ns == 0:
-            continue
-        # ---- cost the step ----------------------------------------------------------------------
-        tokens = 0
-        n_dec = 0
-        n_pf = 0
-        n_logits = 0
-        pf_work = 0.0
-        pf_prefix = 0.0
-        pf_tiles = 0.0
-        dec_ctx = 0.0
-        pf_ctx = 0.0
-        for j in range(ns):
-            r = sched_req[e, j]
-            c = sched_tok[e, j]
-            seq = prompt[r] + gen[r]
-            tokens += c
-            if gen[r] > 0 and seq - computed[r] == 1:
-                n_dec += 1
-                dec_ctx += seq
-            else:
-                n_pf += 1
-                k0 = computed[r]
-                w = c * (k0 + (c + 1) * 0.5)      # causal query x key pairs of this chunk
-                pf_work += w
-                if k0 > 0:
-                    pf_prefix += w
-                pf_tiles += q_tiles(c)
-                pf_ctx += k0 + c
-            if computed[r] + c == seq:
-                n_logits += 1
-        dt = step_time(tables, scal, tokens, n_dec, n_pf, pf_work, dec_ctx, pf_ctx, n_logits, 0, out, pf_prefix,
-                       pf_tiles)
-        # the scheduler part of a step runs on the replica's single engine thread: virtual engines of
-        # one replica (pipeline parallelism) queue for it; their GPU work overlaps
-        rep = e // pp
-        start = now if now > host_free[rep] else host_free[rep]
-        host_free[rep] = start + out[B_SCHED]
-        busy_until[e] = start + dt
-        used = nblocks - free[e]
-        estats[e, E_BUSY_S] += dt
-        estats[e, E_STEPS] += 1
-        estats[e, E_KV_INT] += used * dt
-        if used > estats[e, E_KV_PEAK]:
-            estats[e, E_KV_PEAK] = used
-        estats[e, E_TOKENS] += tokens
-        # dynamic power: (TDP - idle) x utilisation, utilisation = the busier of compute and memory
-        busy_gpu = dt / epar[P_PP]                      # each stage works 1/pp of the step
-        u = max(out[B_FLOPS] / (epar[P_PEAK_FLOPS] * busy_gpu), out[B_BYTES] / (epar[P_PEAK_BW] * busy_gpu))
-        if u > 1.0:
-            u = 1.0
-        estats[e, E_DYN_J] += (epar[P_TDP_W] - epar[P_IDLE_W]) * u * busy_gpu * epar[P_GPUS]
+                if mixed and not preempted_now:
+                    # then new requests, FCFS, in the budget left (chunked: cut to fit)
+                    left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
+                                                       computed, blocks, free, running, nrun, max_seqs, block, nblocks,
+                                                       watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
+                                                       sched_tok)
+                    done += refused
+                    unfinished[e] -= refused
+            nsched[e] = ns
+            if ns == 0:
+                continue
+            # ---- cost the step ----------------------------------------------------------------------
+            tokens = 0
+            n_dec = 0
+            n_pf = 0
+            n_logits = 0
+            pf_work = 0.0
+            pf_pad = 0.0
+            pf_pad_prefix = 0.0
+            pf_tiles = 0.0
+            dec_ctx = 0.0
+            pf_ctx = 0.0
+            for j in range(ns):
+                r = sched_req[e, j]
+                c = sched_tok[e, j]
+                seq = prompt[r] + gen[r]
+                tokens += c
+                if gen[r] > 0 and seq - computed[r] == 1:
+                    n_dec += 1
+                    dec_ctx += seq
+                else:
+                    n_pf += 1
+                    k0 = computed[r]
+                    pf_work += c * (k0 + (c + 1) * 0.5)   # causal query x key pairs of this chunk
+                    w = padded_pairs(c, k0)               # the same over whole query tiles
+                    pf_pad += w
+                    if k0 > 0:
+                        pf_pad_prefix += w
+                    pf_tiles += q_tiles(c)
+                    pf_ctx += k0 + c
+                if computed[r] + c == seq:
+                    n_logits += 1
+            dt = step_time(tables, scal, tokens, n_dec, n_pf, pf_work, dec_ctx, pf_ctx, n_logits, 0, out, pf_pad,
+                           pf_pad_prefix, pf_tiles)
+            # the scheduler part of a step runs on the replica's single engine thread: virtual engines of
+            # one replica (pipeline parallelism) queue for it; their GPU work overlaps
+            rep = e // pp
+            start = now if now > host_free[rep] else host_free[rep]
+            host_free[rep] = start + out[B_SCHED]
+            busy_until[e] = start + dt
+            used = nblocks - free[e]
+            estats[e, E_BUSY_S] += dt
+            estats[e, E_STEPS] += 1
+            estats[e, E_KV_INT] += used * dt
+            if used > estats[e, E_KV_PEAK]:
+                estats[e, E_KV_PEAK] = used
+            estats[e, E_TOKENS] += tokens
+            # dynamic power: (TDP - idle) x utilisation, utilisation = the busier of compute and memory
+            busy_gpu = dt / epar[P_PP]                      # each stage works 1/pp of the step
+            u = max(out[B_FLOPS] / (epar[P_PEAK_FLOPS] * busy_gpu), out[B_BYTES] / (epar[P_PEAK_BW] * busy_gpu))
+            if u > 1.0:
+                u = 1.0
+            estats[e, E_DYN_J] += (epar[P_TDP_W] - epar[P_IDLE_W]) * u * busy_gpu * epar[P_GPUS]
     return t_end
