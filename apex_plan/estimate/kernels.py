@@ -59,6 +59,9 @@ S_PF_TOK_OH = 33          # engine CPU time per prefill token, s
 S_ELEM_KERNELS = 34      # elementwise kernels per layer
 S_ATTN_PEAK = 35         # dense peak FLOP/s of the attention kernels (activation dtype)
 S_N = 36
+# layer-kind scalars follow the S_N scalars: scal[S_N + L_*] (built by apex_plan.estimate.shard.layer_scalars)
+L_FULL, L_WIN, L_SPARSE, L_LINEAR, L_MAMBA, L_MIXERLESS, L_NO_MLP, L_WINDOW = 0, 1, 2, 3, 4, 5, 6, 7
+L_IDX_KV_B, L_IDX_FLOP, L_STATE_LIN_B, L_STATE_MAMBA_B, L_LIN_FLOP_TOK, L_MAMBA_FLOP_TOK = 8, 9, 10, 11, 12, 13
 
 # ---- columns of the GEMM table `tables` (one row per GEMM of a layer) ---------------------------
 G_K = 0                   # reduction dim (input features) on one GPU
@@ -96,8 +99,19 @@ def _allreduce_s(scal, msg_bytes):
 
 
 @njit(cache=True, fastmath=False)
+def _attn_s(flop_pair, kv_b, pf_work, dec_ctx, pf_ctx, n_prefill, n_decode, a_peak, bw, klat):
+    """Seconds of one layer's attention: prefill chunks (FLOP-bound or KV-read-bound) and decode (KV read)."""
+    t = 0.0
+    if n_prefill > 0:
+        t += max(flop_pair * pf_work / a_peak, kv_b * pf_ctx / bw) + klat
+    if n_decode > 0:
+        t += max(flop_pair * dec_ctx / a_peak, kv_b * dec_ctx / bw) + klat
+    return t
+
+
+@njit(cache=True, fastmath=False)
 def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_tokens, pf_ctx_tokens,
-              n_logits, eager, out):
+              n_logits, eager, out, pf_attn_work_w=-1.0, dec_ctx_w=-1.0, pf_ctx_w=-1.0):
     """Seconds of one step; fills `out` (length B_N) with the breakdown, FLOPs and bytes.
 
     tokens: query tokens in the step (prefill chunk tokens + one per decode sequence).
@@ -105,7 +119,9 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     prefill chunks of c * (k + (c + 1) / 2) (query x key pairs of causal attention for a chunk of c
     tokens after k cached ones); dec_ctx_tokens: sum of decode context lengths (KV tokens read);
     pf_ctx_tokens: KV tokens read by prefill chunks; n_logits: sequences sampled this step;
-    eager: 1 when the step runs without a CUDA graph.
+    eager: 1 when the step runs without a CUDA graph. pf_attn_work_w / dec_ctx_w / pf_ctx_w: the same
+    three aggregates with each sequence's context capped at the model's window (sliding window, chunk
+    or sparse top-k; scal[S_N + L_WINDOW]); negative: not given, the uncapped figures are used.
     """
     for i in range(out.shape[0]):
         out[i] = 0.0
@@ -118,10 +134,11 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     hidden = scal[S_HIDDEN]
     m = float(tokens)
 
-    # --- GEMMs, summed per kind: 0 every layer, 1 routed experts, 2 dense MLP, 3 MoE-layer dense part
-    t_kind = np.zeros(4)
-    f_kind = np.zeros(4)
-    b_kind = np.zeros(4)
+    # --- GEMMs, summed per kind: 0 attention layers, 1 routed experts, 2 dense MLP, 3 MoE-layer dense part,
+    #     4 linear-attention layers, 5 Mamba layers
+    t_kind = np.zeros(6)
+    f_kind = np.zeros(6)
+    b_kind = np.zeros(6)
     for r in range(tables.shape[0]):
         k = tables[r, G_K]
         n = tables[r, G_N]
@@ -142,16 +159,39 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
         f_kind[kind] += flops
         b_kind[kind] += byts
 
-    # --- attention, per layer ---------------------------------------------------------------------
+    # --- attention, per layer kind ----------------------------------------------------------------
+    L0 = S_N
+    if pf_attn_work_w < 0.0:
+        pf_attn_work_w = pf_attn_work
+    if dec_ctx_w < 0.0:
+        dec_ctx_w = dec_ctx_tokens
+    if pf_ctx_w < 0.0:
+        pf_ctx_w = pf_ctx_tokens
     kv_b = scal[S_KV_TOK_B]
+    a_peak = scal[S_ATTN_PEAK] * scal[S_AE]      # achievable attention FLOP/s
+    n_prefill_dec = n_prefill + n_decode
+    # full attention: every cached token; windowed (sliding / chunked / sparse top-k): capped contexts
+    t_attn = _attn_s(scal[S_ATTN_FLOP_TOK], kv_b, pf_attn_work, dec_ctx_tokens, pf_ctx_tokens, n_prefill, n_decode,
+                     a_peak, bw, klat)
+    t_win = _attn_s(scal[S_ATTN_FLOP_TOK], kv_b, pf_attn_work_w, dec_ctx_w, pf_ctx_w, n_prefill, n_decode, a_peak, bw, klat)
     attn_flops = scal[S_ATTN_FLOP_TOK] * (pf_attn_work + dec_ctx_tokens)  # QK^T and PV multiply-adds
     attn_bytes = kv_b * (dec_ctx_tokens + pf_ctx_tokens)                  # KV cache read
-    t_attn = 0.0
-    if n_prefill > 0:
-        t_attn += max(scal[S_ATTN_FLOP_TOK] * pf_attn_work / (scal[S_ATTN_PEAK] * scal[S_AE]),
-                      kv_b * pf_ctx_tokens / bw) + klat
-    if n_decode > 0:
-        t_attn += max(scal[S_ATTN_FLOP_TOK] * dec_ctx_tokens / (scal[S_ATTN_PEAK] * scal[S_AE]), kv_b * dec_ctx_tokens / bw) + klat
+    win_flops = scal[S_ATTN_FLOP_TOK] * (pf_attn_work_w + dec_ctx_w)
+    win_bytes = kv_b * (dec_ctx_w + pf_ctx_w)
+    # sparse attention's indexer scores every cached token's key (then attention reads the top-k)
+    idx_flops = scal[L0 + L_IDX_FLOP] * (pf_attn_work + dec_ctx_tokens)
+    idx_bytes = scal[L0 + L_IDX_KV_B] * (dec_ctx_tokens + pf_ctx_tokens)
+    t_idx = 0.0
+    if scal[L0 + L_SPARSE] > 0.0:
+        t_idx = _attn_s(scal[L0 + L_IDX_FLOP], scal[L0 + L_IDX_KV_B], pf_attn_work, dec_ctx_tokens, pf_ctx_tokens,
+                        n_prefill, n_decode, a_peak, bw, klat)
+    # linear attention / Mamba: a recurrent step per token, each sequence's state read and written once
+    lin_flops = scal[L0 + L_LIN_FLOP_TOK] * m
+    lin_bytes = 2.0 * scal[L0 + L_STATE_LIN_B] * n_prefill_dec
+    mamba_flops = scal[L0 + L_MAMBA_FLOP_TOK] * m
+    mamba_bytes = 2.0 * scal[L0 + L_STATE_MAMBA_B] * n_prefill_dec
+    t_lin = max(lin_flops / a_peak, lin_bytes / bw) + klat
+    t_mamba = max(mamba_flops / a_peak, mamba_bytes / bw) + klat
 
     # --- elementwise kernels: norms, residual adds, rotary, activation, KV-cache write (bytes) ---
     elem_bytes = scal[S_ELEM_B_TOK] * m
@@ -169,12 +209,24 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
 
     n_dense = scal[S_LAYERS_DENSE]
     n_moe = scal[S_LAYERS_MOE]
-    n_layers = n_dense + n_moe
-    st_gemm = n_layers * t_kind[0] + n_dense * t_kind[2] + n_moe * (t_kind[1] + t_kind[3])
-    st_attn = n_layers * t_attn
+    n_full = scal[L0 + L_FULL]
+    n_win = scal[L0 + L_WIN]
+    n_sparse = scal[L0 + L_SPARSE]
+    n_lin = scal[L0 + L_LINEAR]
+    n_mamba = scal[L0 + L_MAMBA]
+    n_attn = n_full + n_win + n_sparse            # layers running the attention GEMMs
+    n_layers = n_dense + n_moe + scal[L0 + L_NO_MLP]
+    n_blocks = 2.0 * n_layers - scal[L0 + L_MIXERLESS] - scal[L0 + L_NO_MLP]   # mixers + MLPs: one all-reduce each
+    st_gemm = (n_attn * t_kind[0] + n_lin * t_kind[4] + n_mamba * t_kind[5] + n_dense * t_kind[2]
+               + n_moe * (t_kind[1] + t_kind[3]))
+    st_attn = n_full * t_attn + n_win * t_win + n_sparse * (t_win + t_idx) + n_lin * t_lin + n_mamba * t_mamba
     st_elem = n_layers * t_elem
-    st_comm = n_layers * t_ar + n_moe * t_a2a
+    st_comm = 0.5 * n_blocks * t_ar + n_moe * t_a2a
     st_kernels = n_dense * scal[S_KERNELS_DENSE] + n_moe * scal[S_KERNELS_MOE]
+    st_attn_flops = (n_full * attn_flops + (n_win + n_sparse) * win_flops + n_sparse * idx_flops + n_lin * lin_flops
+                     + n_mamba * mamba_flops)
+    st_attn_bytes = (n_full * attn_bytes + (n_win + n_sparse) * win_bytes + n_sparse * idx_bytes + n_lin * lin_bytes
+                     + n_mamba * mamba_bytes)
 
     # --- LM head for sampled rows, logits gather, and the vocab-parallel embedding ---------------
     t_head = 0.0
@@ -210,9 +262,10 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     out[B_HOST] = host + excess
     out[B_SCHED] = host
     # per GPU of the largest stage: FLOPs and HBM bytes of this step
-    out[B_FLOPS] = n_layers * (f_kind[0] + attn_flops) + n_dense * f_kind[2] + n_moe * (f_kind[1] + f_kind[3]) + head_flops
-    out[B_BYTES] = (n_layers * (b_kind[0] + attn_bytes + elem_bytes) + n_dense * b_kind[2]
-                    + n_moe * (b_kind[1] + b_kind[3]) + head_bytes)
+    out[B_FLOPS] = (n_attn * f_kind[0] + n_lin * f_kind[4] + n_mamba * f_kind[5] + st_attn_flops + n_dense * f_kind[2]
+                    + n_moe * (f_kind[1] + f_kind[3]) + head_flops)
+    out[B_BYTES] = (n_attn * b_kind[0] + n_lin * b_kind[4] + n_mamba * b_kind[5] + st_attn_bytes + n_layers * elem_bytes
+                    + n_dense * b_kind[2] + n_moe * (b_kind[1] + b_kind[3]) + head_bytes)
     return busy + host
 
 

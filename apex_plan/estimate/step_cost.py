@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apex_plan.estimate import kernels as K
-from apex_plan.estimate.shard import Shard, build_shard
+from apex_plan.estimate.shard import Shard, build_shard, layer_scalars
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import Plan
@@ -63,7 +63,7 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     wb = dtype_bytes(plan.weight_dtype)
     tables = np.zeros((len(shard.gemms), K.G_NCOL))
     for i, g in enumerate(shard.gemms):
-        tables[i] = (g.k, g.n, wb, g.kind, g.experts, g.route_frac, g.active_p)
+        tables[i] = (g.k, g.n, g.w_bytes, g.kind, g.experts, g.route_frac, g.active_p)
     gpn = cluster.gpus_per_node if cluster else 8
     in_node = plan.tp <= gpn
     intra_bw = (cluster.intra_node_bw_gbps if cluster else gpu.intra_node_bw_gbps) * 1e9
@@ -118,4 +118,5 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     s[K.S_STEP_OH] = c.step_overhead_ms * 1e-3
     s[K.S_SEQ_OH] = c.per_seq_overhead_ms * 1e-3
     s[K.S_PF_TOK_OH] = c.per_prefill_token_overhead_us * 1e-6
+    s = np.concatenate((s, layer_scalars(shard)))   # layer-kind counts of the largest stage (K.S_N + L_*)
     return StepCost(tables, s, shard, gpu, plan)

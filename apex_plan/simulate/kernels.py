@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from apex_plan.estimate.kernels import B_BYTES, B_FLOPS, B_N, B_SCHED, step_time
+from apex_plan.estimate.kernels import B_BYTES, B_FLOPS, B_N, B_SCHED, L_WINDOW, S_N, step_time
 
 INF = np.inf
 CUDA_GRAPH_MAX_BATCH = 256   # vLLM 0.6.0 captures decode graphs up to this batch size
@@ -83,6 +83,19 @@ def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, gen, comp
         left -= ntok
         ns += 1
     return left, ns, refused
+
+
+@njit(cache=True)
+def _window_pairs(k0, c, win):
+    """Query x key pairs of a causal chunk of c tokens after k0 cached ones when each query sees at
+    most `win` keys: sum over query positions x = k0+1 .. k0+c of min(x, win)."""
+    a = k0 + 1.0
+    b = k0 + c + 0.0
+    if b <= win:
+        return (a + b) * c * 0.5
+    if a >= win:
+        return c * win
+    return (a + win) * (win - a + 1.0) * 0.5 + (b - win) * win
 
 
 @njit(cache=True)
@@ -275,6 +288,10 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
         pf_work = 0.0
         dec_ctx = 0.0
         pf_ctx = 0.0
+        win = scal[S_N + L_WINDOW]     # tokens a sliding / chunked / sparse layer attends to (0: none)
+        pf_work_w = 0.0
+        dec_ctx_w = 0.0
+        pf_ctx_w = 0.0
         for j in range(ns):
             r = sched_req[e, j]
             c = sched_tok[e, j]
@@ -283,15 +300,21 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
             if gen[r] > 0 and seq - computed[r] == 1:
                 n_dec += 1
                 dec_ctx += seq
+                dec_ctx_w += min(seq, win)
             else:
                 n_pf += 1
                 k0 = computed[r]
                 pf_work += c * (k0 + (c + 1) * 0.5)
                 pf_ctx += k0 + c
+                pf_work_w += _window_pairs(k0, c, win)
+                pf_ctx_w += min(k0 + c, win + c)
             if computed[r] + c == seq:
                 n_logits += 1
         eager = 1 if (n_pf > 0 or n_dec > CUDA_GRAPH_MAX_BATCH) else 0
-        dt = step_time(tables, scal, tokens, n_dec, n_pf, pf_work, dec_ctx, pf_ctx, n_logits, eager, out)
+        if win <= 0.0:
+            pf_work_w, dec_ctx_w, pf_ctx_w = pf_work, dec_ctx, pf_ctx
+        dt = step_time(tables, scal, tokens, n_dec, n_pf, pf_work, dec_ctx, pf_ctx, n_logits, eager, out,
+                       pf_work_w, dec_ctx_w, pf_ctx_w)
         # the scheduler part of a step runs on the replica's single engine thread: virtual engines of
         # one replica (pipeline parallelism) queue for it; their GPU work overlaps
         rep = e // pp
