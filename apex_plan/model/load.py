@@ -406,6 +406,8 @@ def _qwen_hybrid_spec(cfg: dict, where: str, arch: str, common: dict) -> ModelSp
         linear_key_head_dim=_int(cfg, where, "linear_key_head_dim"),
         linear_value_head_dim=_int(cfg, where, "linear_value_head_dim"),
         linear_conv_kernel=_int(cfg, where, "linear_conv_kernel_dim", 4),
+        # recurrent state dtype (Qwen3.5 `mamba_ssm_dtype: float32`); 0: the activation dtype
+        mamba_state_bytes=4.0 if str(cfg.get("mamba_ssm_dtype", "")) in ("float32", "fp32") else 0.0,
     )
     if moe:
         shared_width = _int(cfg, where, "shared_expert_intermediate_size", 0, minimum=0)
