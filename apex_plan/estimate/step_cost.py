@@ -64,7 +64,7 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     tables = np.zeros((len(shard.gemms), K.G_NCOL))
     for i, g in enumerate(shard.gemms):
         tables[i] = (g.k, g.n, g.w_bytes, g.kind, g.experts, g.route_frac, g.active_p)
-    gpn = cluster.gpus_per_node if cluster else 8
+    gpn = cluster.nvlink_gpus if cluster else 8      # GPUs reached over NVLink (a node, or an NVL72 rack)
     in_node = plan.tp <= gpn
     intra_bw = (cluster.intra_node_bw_gbps if cluster else gpu.intra_node_bw_gbps) * 1e9
     inter_bw = (cluster.inter_node_bw_gbps if cluster else 50.0) * 1e9
