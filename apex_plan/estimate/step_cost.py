@@ -9,7 +9,7 @@ import numpy as np
 from apex_plan.engine.load import resolve_engine_profile
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
-from apex_plan.estimate.shard import Shard, build_shard
+from apex_plan.estimate.shard import Shard, build_shard, layer_scalars
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import Plan
@@ -85,8 +85,8 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     wb = dtype_bytes(plan.weight_dtype)
     tables = np.zeros((len(shard.gemms), K.G_NCOL))
     for i, g in enumerate(shard.gemms):
-        tables[i] = (g.k, g.n, wb, g.kind, g.experts, g.route_frac, g.active_p)
-    gpn = cluster.gpus_per_node if cluster else 8
+        tables[i] = (g.k, g.n, g.w_bytes, g.kind, g.experts, g.route_frac, g.active_p)
+    gpn = cluster.nvlink_gpus if cluster else 8      # GPUs reached over NVLink (a node, or an NVL72 rack)
     in_node = plan.tp <= gpn
     intra_bw = (cluster.intra_node_bw_gbps if cluster else gpu.intra_node_bw_gbps) * 1e9
     inter_bw = (cluster.inter_node_bw_gbps if cluster else 50.0) * 1e9
@@ -157,4 +157,5 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     s[K.S_SMS] = gpu.num_sms
     s[K.S_AE_FRESH] = backend.prefill_efficiency_scale
     s[K.S_AE_PREFIX] = backend.prefix_efficiency_scale
+    s = np.concatenate((s, layer_scalars(shard)))   # layer-kind counts of the largest stage (K.S_N + L_*)
     return StepCost(tables, s, shard, gpu, plan, prof)

@@ -42,10 +42,17 @@ class GpuSpec:
     num_sms: int                         # streaming multiprocessors / compute units
     calibration: Calibration = field(default_factory=Calibration)
     source: str = ""                     # datasheet reference
+    nvlink_domain_gpus: int = 0          # GPUs one NVLink/NVSwitch fabric joins at intra_node_bw (NVL72: 72); 0: the node
 
     def supports(self, dtype: str) -> bool:
         """True if the GPU has tensor-core support (a peak figure) for `dtype`."""
         return dtype in self.peak_tflops
+
+    def supports_weights(self, dtype: str) -> bool:
+        """True if weights in `dtype` can run: on tensor cores of that dtype, or 4-bit weights
+        dequantised on the fly to the activation dtype (weight-only kernels: Marlin / Machete on
+        NVIDIA Ampere and later, as vLLM runs MXFP4 gpt-oss on H100)."""
+        return self.supports(dtype) or (dtype in ("int4", "fp4") and "bf16" in self.peak_tflops)
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for matrix math in `dtype` (falls back to bf16 when absent)."""
@@ -65,6 +72,13 @@ class ClusterSpec:
     inter_node_latency_us: float
     price_per_gpu_hour: float = 0.0      # 0 when unknown
     name: str = ""
+    nvlink_domain_gpus: int = 0          # GPUs joined by one NVLink fabric across nodes (GB200/GB300 NVL72: 72); 0: a node
+
+    @property
+    def nvlink_gpus(self) -> int:
+        """GPUs a tensor- or expert-parallel group can span at NVLink speed: the NVLink domain
+        (at least a node, at most the cluster)."""
+        return min(self.num_gpus, max(self.gpus_per_node, self.nvlink_domain_gpus))
 
     @property
     def num_gpus(self) -> int:

@@ -275,6 +275,8 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
     """Map Hugging Face config fields (plus optional `name`/`source`) onto a validated `ModelSpec`."""
     arch = _architecture(cfg, where)
     cfg, notes = _text_config(cfg, where)
+    if arch == "NemotronHForCausalLM":
+        cfg = _nemotron_pattern(cfg, where)
     name = str(cfg.get("name") or default_name)
     source = str(cfg.get("source") or cfg.get("_name_or_path") or where)
     hidden = _int(cfg, where, "hidden_size")
@@ -406,6 +408,8 @@ def _qwen_hybrid_spec(cfg: dict, where: str, arch: str, common: dict) -> ModelSp
         linear_key_head_dim=_int(cfg, where, "linear_key_head_dim"),
         linear_value_head_dim=_int(cfg, where, "linear_value_head_dim"),
         linear_conv_kernel=_int(cfg, where, "linear_conv_kernel_dim", 4),
+        # recurrent state dtype (Qwen3.5 `mamba_ssm_dtype: float32`); 0: the activation dtype
+        mamba_state_bytes=4.0 if str(cfg.get("mamba_ssm_dtype", "")) in ("float32", "fp32") else 0.0,
     )
     if moe:
         shared_width = _int(cfg, where, "shared_expert_intermediate_size", 0, minimum=0)
@@ -442,6 +446,25 @@ def _minimax_m2_spec(cfg: dict, where: str, common: dict) -> ModelSpec:
                      expert_intermediate_size=common["intermediate_size"], num_dense_layers=0,
                      num_shared_experts=1 if shared_width else 0, shared_expert_intermediate_size=shared_width,
                      qk_norm=qk, score_bias=_bool(cfg, where, "use_routing_bias", False))
+
+
+_NEMOTRON_BLOCKS = {"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}
+
+
+def _nemotron_pattern(cfg: dict, where: str) -> dict:
+    """Newer Nemotron-H configs list `layers_block_type` names instead of `hybrid_override_pattern`
+    characters, and may leave `num_hidden_layers` to its length."""
+    if cfg.get("hybrid_override_pattern") is not None or cfg.get("layers_block_type") is None:
+        return cfg
+    blocks = cfg["layers_block_type"]
+    if not isinstance(blocks, list) or not blocks or any(b not in _NEMOTRON_BLOCKS for b in blocks):
+        raise InputError(where, "layers_block_type", f"must be a list of {', '.join(_NEMOTRON_BLOCKS)}, got {blocks!r}",
+                         "copy it from the model's config.json")
+    out = {**cfg, "hybrid_override_pattern": "".join(_NEMOTRON_BLOCKS[b] for b in blocks)}
+    out.setdefault("num_hidden_layers", len(blocks))
+    if out["num_hidden_layers"] is None:
+        out["num_hidden_layers"] = len(blocks)
+    return out
 
 
 def _nemotron_h_spec(cfg: dict, where: str, common: dict) -> ModelSpec:

@@ -247,15 +247,16 @@ def kv_cache_bytes_per_token_per_layer(spec: ModelSpec, kv_dtype: str, mixer: st
 
 def state_bytes_per_seq_per_layer(spec: ModelSpec, mixer: str, act_dtype: str = "bf16") -> float:
     """Bytes of the fixed-size recurrent state one sequence keeps in one linear-attention / Mamba layer:
-    the recurrent state (heads x key dim x value dim, or heads x head dim x state size) plus the
-    causal-conv window (conv_dim x (kernel - 1)), in the activation dtype (Mamba: its cache dtype)."""
+    the recurrent state (heads x key dim x value dim, or heads x head dim x state size; in the
+    checkpoint's state dtype when it names one, e.g. fp32) plus the causal-conv window
+    (conv_dim x (kernel - 1)) in the activation dtype."""
     ab = dtype_bytes(act_dtype, where="act_dtype")
     if mixer == LINEAR:
         key_dim = spec.linear_num_key_heads * spec.linear_key_head_dim
         value_dim = spec.linear_num_value_heads * spec.linear_value_head_dim
         rec = spec.linear_num_value_heads * spec.linear_key_head_dim * spec.linear_value_head_dim
         conv = (2 * key_dim + value_dim) * (spec.linear_conv_kernel - 1)
-        return (rec + conv) * ab
+        return rec * (spec.mamba_state_bytes or ab) + conv * ab
     if mixer == MAMBA:
         d_inner = spec.mamba_num_heads * spec.mamba_head_dim
         rec = spec.mamba_num_heads * spec.mamba_head_dim * spec.mamba_state_size
@@ -300,7 +301,9 @@ def weight_bytes(spec: ModelSpec, weight_dtype: str, act_dtype: str = "bf16") ->
     if not spec.weight_formats:
         dtype_bytes(weight_dtype, where="weight_dtype")
         return param_counts(spec).total * dtype_bytes(weight_dtype, where="weight_dtype")
-    return sum(n * format_bytes(component_format(dict(spec.weight_formats), comp, weight_dtype, act_dtype))
+    formats = dict(spec.weight_formats)
+    return sum(n * (dtype_bytes(act_dtype) if comp == "norms" else
+                    format_bytes(component_format(formats, comp, weight_dtype, act_dtype)))
                for comp, n in component_params(spec).items())
 
 

@@ -24,6 +24,7 @@ from apex_plan.errors import InputError
 # name -> (bytes per weight element, bytes of scales per element, tensor-core dtype it computes in;
 #          "" = weight-only: dequantised to the activation dtype)
 FORMATS: dict[str, tuple[float, float, str]] = {
+    "fp32": (4.0, 0.0, "fp32"),
     "bf16": (2.0, 0.0, "bf16"),
     "fp16": (2.0, 0.0, "fp16"),
     "fp8": (1.0, 0.0, "fp8"),
@@ -40,7 +41,7 @@ COMPONENTS = ("attention", "indexer", "linear_attn", "mamba", "mlp", "experts", 
               "embedding", "lm_head")
 
 # The format a plan's `--weight-dtype` means when the checkpoint says nothing.
-DEFAULT_FORMAT = {"bf16": "bf16", "fp16": "fp16", "fp32": "bf16", "fp8": "fp8", "int8": "int8", "fp4": "nvfp4",
+DEFAULT_FORMAT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "fp8": "fp8", "int8": "int8", "fp4": "nvfp4",
                   "int4": "int4"}
 
 _INT4 = re.compile(r"^int4(?:-g(\d+))?$")

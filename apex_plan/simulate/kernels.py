@@ -33,7 +33,7 @@ def _drop_stale_cache() -> None:
 
 _drop_stale_cache()
 
-from apex_plan.estimate.kernels import B_BYTES, B_FLOPS, B_N, B_SCHED, padded_pairs, q_tiles, step_time
+from apex_plan.estimate.kernels import B_BYTES, B_FLOPS, B_N, B_SCHED, L_WINDOW, S_N, padded_pairs, q_tiles, step_time  # noqa: E402
 
 INF = np.inf
 
@@ -155,6 +155,19 @@ def _schedule_running(e, only_prefill, left, ns, prompt, gen, computed, blocks, 
         ns += 1
         i += 1
     return left, ns, preempted
+
+
+@njit(cache=True)
+def _window_pairs(k0, c, win):
+    """Query x key pairs of a causal chunk of c tokens after k0 cached ones when each query sees at
+    most `win` keys: sum over query positions x = k0+1 .. k0+c of min(x, win)."""
+    a = k0 + 1.0
+    b = k0 + c + 0.0
+    if b <= win:
+        return (a + b) * c * 0.5
+    if a >= win:
+        return c * win
+    return (a + win) * (win - a + 1.0) * 0.5 + (b - win) * win
 
 
 @njit(cache=True)
@@ -340,6 +353,10 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
             pf_tiles = 0.0
             dec_ctx = 0.0
             pf_ctx = 0.0
+            win = scal[S_N + L_WINDOW]     # tokens a sliding / chunked / sparse layer attends to (0: none)
+            pf_work_w = 0.0
+            dec_ctx_w = 0.0
+            pf_ctx_w = 0.0
             for j in range(ns):
                 r = sched_req[e, j]
                 c = sched_tok[e, j]
@@ -348,6 +365,7 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
                 if gen[r] > 0 and seq - computed[r] == 1:
                     n_dec += 1
                     dec_ctx += seq
+                    dec_ctx_w += min(seq, win)
                 else:
                     n_pf += 1
                     k0 = computed[r]
@@ -358,10 +376,14 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
                         pf_pad_prefix += w
                     pf_tiles += q_tiles(c)
                     pf_ctx += k0 + c
+                    pf_work_w += _window_pairs(k0, c, win)
+                    pf_ctx_w += min(k0 + c, win + c)
                 if computed[r] + c == seq:
                     n_logits += 1
+            if win <= 0.0:
+                pf_work_w, dec_ctx_w, pf_ctx_w = pf_work, dec_ctx, pf_ctx
             dt = step_time(tables, scal, tokens, n_dec, n_pf, pf_work, dec_ctx, pf_ctx, n_logits, 0, out, pf_pad,
-                           pf_pad_prefix, pf_tiles)
+                           pf_pad_prefix, pf_tiles, pf_work_w, dec_ctx_w, pf_ctx_w)
             # the scheduler part of a step runs on the replica's single engine thread: virtual engines of
             # one replica (pipeline parallelism) queue for it; their GPU work overlaps
             rep = e // pp
