@@ -1,7 +1,8 @@
 """Joint fit of engine host constants and GPU physics to measured runs, inside physical bounds.
 
 Loss over all cases together (never one case at a time): mean |ln(pred / measured)| of TTFT and
-of TPOT (TPOT weighted x2: it is measured with less noise), plus a weak quadratic pull of each
+of TPOT, each capped at MAX_LOG_ERROR (TPOT weighted x2: it is measured with less noise), plus a weak
+quadratic pull of each
 constant towards its prior in units of its bound width. Coordinate search with shrinking steps:
 robust to the simulator's discrete behaviour (batch boundaries), no gradient needed.
 """
@@ -20,6 +21,8 @@ from apex_plan.engine.spec import EngineProfile
 
 TPOT_WEIGHT = 2.0
 PRIOR_WEIGHT = 0.05
+MAX_LOG_ERROR = 1.0     # a run's |ln(pred / measured)| counts at most this much (a 2.7x miss): robust to
+                        # runs no setting of these constants can explain
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def loss(cases: Sequence[Case], pred: np.ndarray, params: Sequence[Param], x: Se
     ok = np.isfinite(pred).all(axis=1)
     if not ok.any():
         return math.inf
-    lr = np.abs(np.log(pred[ok] / meas[ok]))
+    lr = np.minimum(np.abs(np.log(pred[ok] / meas[ok])), MAX_LOG_ERROR)
     miss = 1.0 - ok.mean()                              # an infeasible prediction costs as a 100% error
     fit = (lr[:, 0].mean() + TPOT_WEIGHT * lr[:, 1].mean()) * ok.mean() + miss * (1 + TPOT_WEIGHT)
     prior = sum(((v - p.prior) / (p.high - p.low)) ** 2 for p, v in zip(params, x))

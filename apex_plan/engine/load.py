@@ -126,6 +126,15 @@ def _parse_cached(path: str, mtime_ns: int) -> EngineProfile:
     return profile_from_dict(_read_yaml(Path(path)), path)
 
 
+def profile_to_dict(profile: EngineProfile) -> dict:
+    """The YAML mapping of a profile (what `profile_from_dict` reads back)."""
+    d = dataclasses.asdict(profile)
+    for key in ("version", "path"):
+        d.pop(key)
+    d["collectives"]["custom_allreduce_tp"] = list(d["collectives"]["custom_allreduce_tp"])
+    return d
+
+
 def list_engine_profiles() -> list[EngineProfile]:
     """Every built-in profile, oldest range first within a family (parsed once per file version)."""
     out = [_parse_cached(str(p), p.stat().st_mtime_ns) for p in sorted(engine_dir().glob("*.yaml"))]

@@ -26,6 +26,7 @@ class SchedulerPolicy:
     block_size: int = 16                  # KV-cache block, tokens
     watermark_fraction: float = 0.01      # KV blocks kept free at admission
     reserve_full_sequence: bool = False   # admission reserves KV for prompt + all output (no preemption)
+    held_slots: int = 0                   # batch slots the engine keeps from new requests (of max_num_seqs)
     closed_loop: str = "desync"           # how a benchmark's closed loop of identical requests evolves:
                                           # desync (requests drift apart) | lockstep (waves stay together)
 

@@ -67,6 +67,7 @@ def resolve_engine(cfg: EngineConfig, model: ModelSpec) -> ResolvedEngine:
     if not 0 < util <= 1:
         raise InputError("--gpu-memory-utilization", None, f"{util} is outside (0, 1]", "give a fraction such as 0.9")
     seqs = cfg.max_num_seqs if cfg.max_num_seqs is not None else sch.max_num_seqs
+    seqs = max(1, seqs - sch.held_slots)           # slots new requests can actually take
     block = cfg.block_size if cfg.block_size is not None else sch.block_size
     if seqs < 1 or block < 1:
         raise InputError("--max-num-seqs", None, "must be at least 1", "give a positive count")
