@@ -25,6 +25,23 @@ MAX_LOG_ERROR = 1.0     # a run's |ln(pred / measured)| counts at most this much
                         # runs no setting of these constants can explain
 
 
+# Bounds of each fittable constant (physically plausible ranges) and why.
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "host.frontend_ms": (0.0, 250.0, "API server + tokenizer + detokenizer + client, per request"),
+    "host.step_ms": (0.1, 8.0, "engine loop per step: V1/SGLang ~1 ms, V0 3 ms"),
+    "host.per_seq_ms": (0.0, 0.4, "per scheduled sequence per step"),
+    "host.per_prefill_token_us": (0.0, 20.0, "input preparation per prompt token"),
+    "host.overlap": (0.0, 1.0, "fraction of host time hidden behind the GPU step"),
+    "host.eager_kernel_us": (1.0, 40.0, "PyTorch eager launch per kernel"),
+    "gpu.compute_efficiency": (0.4, 0.9, "cuBLAS large-GEMM fraction of dense peak"),
+    "gpu.bandwidth_efficiency": (0.6, 0.95, "streaming-kernel fraction of HBM peak"),
+    "gpu.attention_efficiency": (0.2, 0.8, "FlashAttention forward fraction of peak"),
+    "gpu.kernel_latency_us": (0.5, 8.0, "launch gap + tail of a graphed kernel"),
+    "gpu.custom_allreduce_latency_us": (3.0, 15.0, "one-shot custom all-reduce, small message"),
+    "gpu.allreduce_latency_us": (8.0, 60.0, "NCCL all-reduce, small message"),
+}
+
+
 @dataclass(frozen=True)
 class Param:
     """One fitted constant: where it lives, its bounds and its prior (with the prior's source)."""
@@ -35,6 +52,19 @@ class Param:
     high: float
     prior: float
     source: str = ""
+
+
+def make_params(names: Sequence[str], profile: EngineProfile, gpu_calibration) -> list[Param]:
+    """Params for 'host.step_ms', 'gpu.compute_efficiency', ... with the current values as priors."""
+    out = []
+    for name in names:
+        if name not in BOUNDS:
+            raise KeyError(name)
+        target, field = name.split(".", 1)
+        prior = getattr(profile.host if target == "host" else gpu_calibration, field)
+        lo, hi, why = BOUNDS[name]
+        out.append(Param(target, field, lo, hi, float(prior), why))
+    return out
 
 
 def apply(params: Sequence[Param], x: Sequence[float], profile: EngineProfile, case: Case):

@@ -93,3 +93,36 @@ def read_silicon_csv(path: str | Path, requests_per_slot: int = 8) -> tuple[list
         except InputError as e:
             skipped.append((r.get("id", ""), str(e)))
     return cases, skipped
+
+
+def read_trace_runs(path: str | Path) -> list[Case]:
+    """Rows of a trace-replay CSV (the vllm-h100 bench columns: model, gpu, dp/tp/pp, dtypes, trace,
+    engine settings, measured ttft_mean_s / tpot_mean_s) as cases; traces relative to the CSV."""
+    from apex_plan.workload.trace import read_trace
+    path = Path(path)
+    cases = []
+    for r in csv.DictReader(open(path)):
+        engine_text = "vllm@" + r["engine"].split("-", 1)[1] if r.get("engine", "").startswith("vllm-") else "vllm"
+        profile = resolve_engine_profile(engine_text, where="engine")
+        plan = Plan(int(r["dp"]), int(r["tp"]), int(r["pp"]), 1, r["weight_dtype"], r["kv_dtype"])
+        eng = EngineConfig(gpu_memory_utilization=float(r["gpu_memory_utilization"]),
+                           max_model_len=int(r["max_model_len"]) if r.get("max_model_len") else None,
+                           custom_allreduce=r.get("custom_allreduce") != "False", name=engine_text, profile=profile,
+                           activation_scales=r.get("activation_scales") or None)
+        model = load_model(r["model"])
+        cluster = make_cluster(load_gpu(r["gpu"]), int(r["gpus"]))
+        wl = Workload(read_trace(path.parent / r["trace"]))
+        group = (r["gpu"], "vllm", r["model"], r["weight_dtype"])
+        ttft = float(r["ttft_mean_s"]) * 1e3 if r.get("ttft_mean_s") else float("nan")
+        tpot = float(r["tpot_mean_s"]) * 1e3 if r.get("tpot_mean_s") else float("nan")
+        cases.append(Case(r["experiment"], group, model, cluster, plan, eng, wl, ttft, tpot))
+    return cases
+
+
+def read_runs(path: str | Path, requests_per_slot: int = 5) -> tuple[list[Case], list[tuple[str, str]]]:
+    """Either CSV format, told apart by its columns."""
+    with open(path) as f:
+        header = f.readline()
+    if "silicon_ttft_ms" in header:
+        return read_silicon_csv(path, requests_per_slot)
+    return read_trace_runs(path), []
