@@ -66,15 +66,9 @@ _VALUE_WITH_UNIT = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s
 
 
 def hardware_dir() -> Path:
-    """Folder of built-in profiles: $APEX_PLAN_HARDWARE_DIR, else the repo's hardware_profiles/."""
-    override = os.environ.get(HARDWARE_DIR_ENV)
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_dir():
-            raise InputError(HARDWARE_DIR_ENV, None, f"'{override}' is not a folder",
-                             "point it at a folder of GPU profile .yaml files, or unset it")
-        return path
-    return Path(__file__).resolve().parents[2] / "hardware_profiles"
+    """Folder of built-in profiles: $APEX_PLAN_HARDWARE_DIR, else the packaged or checkout hardware_profiles/."""
+    from apex_plan.builtin import builtin_dir
+    return builtin_dir("hardware_profiles")
 
 
 def list_gpus() -> list[str]:

@@ -28,9 +28,9 @@ _MISSING = object()
 
 
 def models_dir() -> Path:
-    """Folder of built-in model files: $APEX_PLAN_MODELS_DIR, else the repo's `models/`."""
-    env = os.environ.get(MODELS_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    """Folder of built-in model files: $APEX_PLAN_MODELS_DIR, else the packaged or checkout `models/`."""
+    from apex_plan.builtin import builtin_dir
+    return builtin_dir("models")
 
 
 def list_models() -> list[str]:
