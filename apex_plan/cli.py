@@ -120,7 +120,7 @@ def hardware(name: Optional[str] = typer.Argument(None, help="built-in GPU profi
              lambda: D.gpus_rows(gs), lambda c: D.gpus_table(gs, c))
 
 
-@app.command(epilog="Example: apex-plan check models/llama-3.1-70b.yaml my-cluster.yaml trace.jsonl")
+@app.command(epilog="Example: apex-plan check models/llama-3.1-70b.yaml examples/cluster.yaml examples/chat.jsonl")
 def check(files: List[Path] = typer.Argument(..., help="model, GPU profile, cluster or trace files")) -> None:
     """Validate model, hardware, cluster and trace files; one line per file, exit 2 if any is bad."""
     from apex_plan.checkfiles import check_file
