@@ -295,7 +295,7 @@ def search(
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, 256,
                                  None, "round_robin")
     engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill)
-    wl = I.workload_from_options(trace, workload if (workload or trace or prompt_tokens) else "chat",
+    wl = I.workload_from_options(trace, workload if (workload is not None or trace or prompt_tokens is not None) else "chat",
                                  None if trace else (rate or 1.0), num_requests, prompt_tokens, output_tokens, None,
                                  arrival, burstiness_cv, seed)
     I.check_workload_fits(wl, m, max_model_len, trace)
@@ -440,12 +440,23 @@ def _vllm_spellings(argv: list[str]) -> list[str]:
     return out
 
 
+_COMMAND = []
+
+
+def _command():
+    """The click command typer builds from `app`, built once per process (it takes ~10-20 ms)."""
+    if not _COMMAND:
+        import typer.main
+        _COMMAND.append(typer.main.get_command(app))
+    return _COMMAND[0]
+
+
 def main() -> None:
     """Console entry point: bad input is one line on stderr and exit status 2; any other failure is
     one line and status 1; a closed stdout ends quietly."""
     _one_line_warnings()
     try:
-        rv = app(args=_vllm_spellings(sys.argv[1:]), standalone_mode=False)
+        rv = _command().main(args=_vllm_spellings(sys.argv[1:]), prog_name="apex-plan", standalone_mode=False)
         sys.stdout.flush()
     except SystemExit as e:            # click's own handling of a closed pipe exits here
         try:

@@ -146,23 +146,25 @@ def workload_from_options(trace: str | None, workload: str | None, rate: float |
                           arrival: str, burstiness_cv: float, seed: int) -> Workload:
     """`--trace FILE`, or a preset `--workload chat|summarization|creation`, or explicit lengths."""
     if trace:
-        if workload or prompt_tokens or output_tokens:
+        if workload is not None or prompt_tokens is not None or output_tokens is not None:
             raise InputError("--trace", None, "given together with a synthetic workload", "use one or the other")
         tr = read_trace(Path(trace))
     else:
         if rate is None and concurrency is None:
             raise InputError("--rate", None, "a synthetic workload needs an arrival rate or a concurrency",
                              "pass --rate 2 (requests/s) or --concurrency 32")
-        if prompt_tokens or output_tokens:
+        if prompt_tokens is not None or output_tokens is not None:
+            if workload is not None and workload not in PRESETS:
+                raise InputError("--workload", None, f"unknown preset '{workload}'", did_you_mean(workload, PRESETS))
             base = PRESETS[workload] if workload in PRESETS else None
-            p = parse_length(prompt_tokens, "--prompt-tokens") if prompt_tokens else (base.prompt if base else None)
-            o = parse_length(output_tokens, "--output-tokens") if output_tokens else (base.output if base else None)
+            p = parse_length(prompt_tokens, "--prompt-tokens") if prompt_tokens is not None else (base.prompt if base else None)
+            o = parse_length(output_tokens, "--output-tokens") if output_tokens is not None else (base.output if base else None)
             if p is None or o is None:
                 raise InputError("--prompt-tokens" if p is None else "--output-tokens", None, "missing",
                                  "give both lengths, or a --workload preset")
             tr = synthetic_trace(num_requests, p, o, None if concurrency else rate, arrival, burstiness_cv, seed)
         else:
-            name = workload or "chat"
+            name = "chat" if workload is None else workload
             if name not in PRESETS:
                 raise InputError("--workload", None, f"unknown preset '{name}'", did_you_mean(name, PRESETS))
             tr = preset_trace(name, None if concurrency else rate, num_requests, seed, arrival, burstiness_cv)

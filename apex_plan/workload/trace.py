@@ -238,7 +238,7 @@ def _apex_slow(where: str, text: str) -> _Columns:
         outputs.append(_json_count(at, "GeneratedTokens", obj["GeneratedTokens"]))
         lines.append(lineno)
     time_arr = np.array(times)
-    if all(float(t).is_integer() for t in times):
+    if all(float(t).is_integer() and abs(t) < 2**62 for t in times):      # else float64 (the span check refuses it)
         time_arr = np.array([int(t) for t in times], dtype=np.int64)
     return _Columns(time_arr, np.array(prompts, dtype=np.int64), np.array(outputs, dtype=np.int64),
                     np.array(lines, dtype=np.int64))
