@@ -10,7 +10,6 @@ profile, cluster, and the four trace formats), each file fed to every command th
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path

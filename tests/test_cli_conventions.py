@@ -14,7 +14,8 @@ import pytest
 import typer.main
 
 from apex_plan import __version__
-from apex_plan.cli import _exit_status, app, main
+from apex_plan.cli import app, main
+from apex_plan.console import exit_status as _exit_status
 from apex_plan.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,15 +145,15 @@ def test_every_failure_is_one_line(exc, code, text, capsys):
 def test_main_survives_a_click_without_exit(monkeypatch, capsys):
     """typer 0.29 vendors a click with no `Exit`; older ones use click itself. main() must not depend on
     either having any particular class: take every optional class away and fail with a plain error."""
-    import apex_plan.cli as cli
+    import apex_plan.console as cli
 
-    monkeypatch.setattr(cli, "_cli_exception_types", lambda: {k: () for k in
+    monkeypatch.setattr(cli, "cli_exception_types", lambda: {k: () for k in
                                                                ("NoArgsIsHelpError", "UsageError", "ClickException",
                                                                 "Exit", "Abort")})
     assert _exit_status(RuntimeError("boom")) == 1
     assert "internal error RuntimeError: boom" in capsys.readouterr().err
     monkeypatch.setattr(typer, "Exit", None, raising=False)
-    assert cli._cli_exception_types()["Exit"] == cli._cli_exception_types()["Exit"]   # no AttributeError
+    assert cli.cli_exception_types()["Exit"] == cli.cli_exception_types()["Exit"]   # no AttributeError
 
 
 def test_search_sweep_skips_invalid_settings(capsys, monkeypatch):
