@@ -292,6 +292,7 @@ def search(
         raise InputError("--top", None, "must be at least 1", "e.g. --top 3")
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
+    I.check_search_cluster(cl, cluster)
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, 256,
                                  None, "round_robin")
     engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill)

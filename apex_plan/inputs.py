@@ -9,7 +9,7 @@ from pathlib import Path
 from apex_plan.errors import InputError, did_you_mean
 from apex_plan.hardware.load import load_cluster, load_gpu, make_cluster
 from apex_plan.hardware.spec import ClusterSpec
-from apex_plan.limits import MAX_BATCHED_TOKENS, MAX_GPUS, MAX_NUM_SEQS, MAX_TOKENS_PER_REQUEST, check_count
+from apex_plan.limits import MAX_BATCHED_TOKENS, MAX_GPUS, MAX_NUM_SEQS, MAX_SEARCH_GPUS, MAX_TOKENS_PER_REQUEST, check_count
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.units import DTYPE_BYTES
@@ -217,6 +217,14 @@ def check_workload_fits(wl: Workload, model: ModelSpec, max_model_len: int | Non
                 f"tokens) do")
     ctx = "--max-model-len" if opt else f"the {model.name} context of"
     raise InputError(where, None, f"{what} not fit {ctx} {limit:,} tokens", fix)
+
+
+def check_search_cluster(cluster: ClusterSpec, cluster_file: str | None) -> None:
+    """`search` covers at most MAX_SEARCH_GPUS GPUs (its time grows with the cluster)."""
+    if cluster.num_gpus > MAX_SEARCH_GPUS:
+        raise InputError(cluster_file or "--gpus", "nodes" if cluster_file else None,
+                         f"search covers at most {MAX_SEARCH_GPUS:,} GPUs, the cluster has {cluster.num_gpus:,}",
+                         f"search one pod of up to {MAX_SEARCH_GPUS:,} GPUs and replicate its deployment")
 
 
 def trace_rate(trace: Trace, path: str) -> float:

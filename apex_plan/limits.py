@@ -26,6 +26,9 @@ MAX_TRACE_SPAN_S = 10 * 365 * 86400.0
 MAX_GPUS_PER_NODE = 576
 MAX_NODES = 2**20
 MAX_GPUS = 2**20
+# `search` enumerates plans and packs deployments over the whole cluster, and its time grows with it:
+# 4096 H100s take ~30 s of CPU for llama-3.1-70b on a 2-core machine (scripts/bench_search.py style run).
+MAX_SEARCH_GPUS = 4096
 # Engine settings: vLLM has no hard caps; these are 64x its default (256 sequences) and, for the token
 # budget, any model's context.
 MAX_NUM_SEQS = 16_384

@@ -155,6 +155,7 @@ def options_of(cmd: str, base: list[str]) -> None:
 
 options_of("simulate", SIM)
 options_of("search", SEARCH)
+case("search:cluster-too-big-to-search", with_opt(SEARCH, "--gpus", "8192"), "--gpus", "4,096")
 case("simulate:no-rate", with_opt(SIM, "--workload", "chat", drop=("--rate",)), "--rate")
 case("simulate:plan-too-big", with_opt(SIM, "--plan", "dp=2,tp=1"), "--plan")
 case("simulate:tp-contradicts-plan", with_opt(SIM, "--plan", "tp=1") + ["-tp", "2"], "--tensor-parallel-size")
@@ -431,6 +432,9 @@ long_ = add_file("too-long.csv", "arrival_s,prompt_tokens,output_tokens\n0,10,5\
 for base in (SIM, SEARCH):
     case(f"{base[0]}--trace:too-long", with_opt(base, "--trace", "{file:" + long_ + "}", drop=WORKLOAD_OPTS + (
         "--max-model-len",)), long_, "request 2")
+big_cluster = add_file("cluster-too-big-to-search.yaml", "gpu: h100-sxm-80gb\nnodes: 1024\ngpus_per_node: 8\n")
+case("search--cluster:too-big-to-search", with_opt(SEARCH, "--cluster", "{file:" + big_cluster + "}",
+                                                   drop=("--gpu", "--gpus")), big_cluster, "4,096")
 # size limits, refused before reading: a sparse 10 GiB trace
 for argv in (["check", "{big}"], with_opt(SIM, "--trace", "{big}", drop=WORKLOAD_OPTS),
              with_opt(SEARCH, "--trace", "{big}", drop=WORKLOAD_OPTS)):
