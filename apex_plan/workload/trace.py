@@ -187,12 +187,18 @@ _WS = r"[ \t]*"
 _ANY_JSON_VALUE = r'(?:"[^"\\\n]*(?:\\.[^"\\\n]*)*"|[-+0-9.eE]+|true|false|null)'
 
 
+_FAST_CHUNK_CHARS = 32 * 2**20      # parse ~32 MB of text at a time: bounded memory for the matches
+
+
 def _apex_fast(text: str) -> _Columns | None:
-    """One regex over the whole text, built from the first line's key order; None on any surprise."""
-    body = text.rstrip("\r\n\t ")
-    num_lines = body.count("\n") + 1
+    """A regex built from the first line's key order, run over the text chunk by chunk (each chunk ends at a
+    line end, so the matches of one chunk are freed before the next); None on any surprise."""
+    end = len(text)
+    while end and text[end - 1] in "\r\n\t ":       # trailing blank space, without copying the text
+        end -= 1
+    num_lines = text.count("\n", 0, end) + 1
     try:
-        first = json.loads(_first_line(body))
+        first = json.loads(_first_line(text))
     except ValueError:
         return None
     if not isinstance(first, dict) or not set(APEX_FIELDS) <= set(first):
@@ -200,10 +206,20 @@ def _apex_fast(text: str) -> _Columns | None:
     keys = list(first)
     parts = [_WS + json.dumps(k) + _WS + ":" + _WS + (r"(-?\d{1,18})" if k in APEX_FIELDS else _ANY_JSON_VALUE) + _WS
              for k in keys]
-    rows = re.findall(r"\{" + ",".join(parts) + r"\}", body)
-    if len(rows) != num_lines:
+    pattern = re.compile(r"\{" + ",".join(parts) + r"\}")
+    table = np.empty((num_lines, 3), np.int64)
+    row, pos = 0, 0
+    while pos < end:
+        stop = text.find("\n", min(pos + _FAST_CHUNK_CHARS, end), end)
+        stop = end if stop < 0 else stop
+        rows = pattern.findall(text, pos, stop)
+        if row + len(rows) > num_lines:
+            return None
+        table[row:row + len(rows)] = np.fromiter(map(int, itertools.chain.from_iterable(rows)), np.int64,
+                                                 3 * len(rows)).reshape(-1, 3)
+        row, pos = row + len(rows), stop + 1
+    if row != num_lines:
         return None
-    table = np.fromiter(map(int, itertools.chain.from_iterable(rows)), np.int64, 3 * len(rows)).reshape(-1, 3)
     in_line_order = sorted(APEX_FIELDS, key=keys.index)           # regex groups follow the line's key order
     col = {f: table[:, in_line_order.index(f)] for f in APEX_FIELDS}
     return _Columns(col["StartTimeOffset"], col["ContextTokens"], col["GeneratedTokens"], np.arange(1, num_lines + 1))
