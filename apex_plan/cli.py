@@ -300,7 +300,8 @@ def search(
                                  None if trace else (rate or 1.0), num_requests, prompt_tokens, output_tokens, None,
                                  arrival, burstiness_cv, seed)
     I.check_workload_fits(wl, m, max_model_len, trace)
-    demand = rate if rate is not None else (I.trace_rate(wl.trace, trace) if trace else None)
+    trace_rps = I.trace_rate(wl.trace, trace) if trace else None    # also refuses traces with no arrival spread
+    demand = rate if rate is not None else trace_rps
     if demand is not None and demand <= 0:
         raise InputError("--rate", None, "must be positive", "e.g. --rate 2")
     if demand is None and objective != "throughput":

@@ -228,10 +228,12 @@ def check_search_cluster(cluster: ClusterSpec, cluster_file: str | None) -> None
 
 
 def trace_rate(trace: Trace, path: str) -> float:
-    """The mean arrival rate of a trace, or an InputError when its arrivals span no time."""
+    """The mean arrival rate of a trace, or an InputError when its arrivals span no time (search finds each
+    plan's goodput by time-scaling the arrivals, which needs them spread over time)."""
     if len(trace) < 2 or trace.duration_s <= 0:
-        raise InputError(path, None, f"{len(trace)} request(s) arriving at the same time give no arrival rate",
-                         "pass --rate (requests/s), or give a trace whose requests arrive over time")
+        raise InputError(path, None, f"{len(trace)} request(s) arriving at the same time: no arrival rate to scale",
+                         "give a trace whose requests arrive over time, or a synthetic workload with "
+                         "--workload/--prompt-tokens and --rate")
     return trace.rate_per_s
 
 

@@ -426,8 +426,12 @@ for name, needles in TRACE_FILES:
 # search needs a rate from the trace; a prompt beyond the model's context fits nowhere
 one = add_file("one-request.jsonl", (EXAMPLES / "chat.jsonl").read_text().splitlines()[0] + "\n")
 case("search--trace:one-request", with_opt(SEARCH, "--trace", "{file:" + one + "}", drop=WORKLOAD_OPTS), one, "--rate")
+case("search--trace:one-request-with-rate", with_opt(SEARCH, "--trace", "{file:" + one + "}",
+                                                     drop=("--workload", "--num-requests")), one, "arrive")
 zero = add_file("all-at-zero.csv", "arrival_s,prompt_tokens,output_tokens\n0,10,5\n0,20,5\n0,30,5\n")
 case("search--trace:all-at-zero", with_opt(SEARCH, "--trace", "{file:" + zero + "}", drop=WORKLOAD_OPTS), zero, "--rate")
+case("search--trace:all-at-zero-with-rate", with_opt(SEARCH, "--trace", "{file:" + zero + "}",
+                                                     drop=("--workload", "--num-requests")), zero, "arrive")
 long_ = add_file("too-long.csv", "arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,200000,5\n2,30,5\n")
 for base in (SIM, SEARCH):
     case(f"{base[0]}--trace:too-long", with_opt(base, "--trace", "{file:" + long_ + "}", drop=WORKLOAD_OPTS + (
