@@ -51,9 +51,14 @@ def main() -> None:
         print("$", " ".join(cmd))
         p = subprocess.run(cmd, capture_output=True, text=True)
         wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", p.stderr)
+        user = re.search(r"User time \(seconds\): (\S+)", p.stderr)
+        system = re.search(r"System time \(seconds\): (\S+)", p.stderr)
         rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
-        print(f"exit {p.returncode}; wall {wall.group(1) if wall else '?'}; peak RSS "
-              f"{int(rss.group(1)) / 2**20:.2f} GiB" if rss else p.stderr[-2000:])
+        if not (wall and user and system and rss):
+            print(p.stderr[-2000:])
+            return
+        print(f"exit {p.returncode}; wall {wall.group(1)}; CPU {float(user.group(1)) + float(system.group(1)):.0f} s "
+              f"(user {user.group(1)}, system {system.group(1)}); peak RSS {int(rss.group(1)) / 2**20:.2f} GiB")
         if p.returncode == 0:
             import json
             m = json.loads((Path(tmp) / "out.json").read_text())["metrics"]
