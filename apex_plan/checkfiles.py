@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from apex_plan.errors import InputError
+from apex_plan.yamlio import load_yaml
 
 
 def check_file(path: Path) -> str:
@@ -26,7 +27,9 @@ def check_file(path: Path) -> str:
         return f"model {m.name} ({m.architecture}, {m.num_layers} layers)"
     if suffix in (".yaml", ".yml"):
         try:
-            doc = yaml.safe_load(path.read_text())
+            doc = load_yaml(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(str(path), None, "not UTF-8 text", "save the file as UTF-8") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark else ""

@@ -30,6 +30,62 @@ FormatOpt = typer.Option("table", "--format", "-f", help="table | json | csv")
 OutputOpt = typer.Option(None, "--output", "-o", help="write the result to FILE instead of stdout")
 
 
+def _count(low: int, high: int, example: str):
+    """Option callback: a whole number in [low, high] (limits in apex_plan/limits.py), else one line."""
+    def callback(param: typer.CallbackParam, value: Optional[int]) -> Optional[int]:
+        from apex_plan.limits import check_count
+        return None if value is None else check_count(param.opts[0], None, value, low, high, example)
+    return callback
+
+
+def _real(low: float, high: float, example: str, low_open: bool = True):
+    """Option callback: a finite number in (low, high] ([low, high] unless low_open), else one line."""
+    def callback(param: typer.CallbackParam, value: Optional[float]) -> Optional[float]:
+        from apex_plan.limits import check_real
+        return None if value is None else check_real(param.opts[0], None, value, low, high, example, low_open)
+    return callback
+
+
+def _version(value: bool) -> None:
+    if value:
+        from apex_plan import __version__
+        typer.echo(f"apex-plan {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="print the version and exit")) -> None:
+    """Pick the parallel execution plan for serving an LLM on a GPU cluster."""
+
+
+from apex_plan import limits as L  # noqa: E402  (light: constants only)
+
+# option help shared by simulate and search
+_H = {
+    "model": "built-in model name (see 'apex-plan models') or path to a .yaml / config.json",
+    "gpu": "GPU profile name (see 'apex-plan hardware') or path to a profile YAML",
+    "gpus": "GPUs in the cluster (with --gpu)",
+    "gpus_per_node": "GPUs per node (with --gpu); --gpus must fill whole nodes",
+    "cluster": "cluster YAML (instead of --gpu/--gpus); see examples/cluster.yaml",
+    "trace": "trace file: APEX .jsonl, plain CSV, BurstGPT or Azure CSV (see examples/)",
+    "workload": "synthetic preset: chat | summarization | creation",
+    "num_requests": f"synthetic requests (at most {L.MAX_REQUESTS:,})",
+    "prompt_tokens": "prompt lengths: 512 | uniform:64-512 | normal:mean=512,std=128 | lognormal:mean=74,std=120",
+    "output_tokens": "output lengths, same forms as --prompt-tokens",
+    "arrival": "synthetic arrival process: poisson | gamma",
+    "burstiness_cv": "gamma arrivals: coefficient of variation of the gaps (1 = Poisson-like, > 1 burstier)",
+    "seed": "random seed of the synthetic workload",
+    "engine": "serving engine",
+    "gmu": "fraction of GPU memory the engine may use, in (0, 1] (vLLM: --gpu-memory-utilization)",
+    "max_model_len": "longest request (prompt + output) in tokens; default: the model's (vLLM: --max-model-len)",
+    "no_car": "no custom all-reduce kernel (vLLM: --disable-custom-all-reduce)",
+    "ttft": "time-to-first-token target, with a unit: 500ms, 0.5s",
+    "tpot": "time-per-output-token target, with a unit: 50ms",
+    "pct": "percentile of TTFT and TPOT that must meet the targets, in (0, 100]",
+}
+
+
 # ------------------------------------------------------------------------------------------------
 @app.command(epilog="Example: apex-plan models llama-3.1-70b --format json")
 def models(name: Optional[str] = typer.Argument(None, help="built-in name or path to .yaml / config.json"),
@@ -55,7 +111,7 @@ def hardware(name: Optional[str] = typer.Argument(None, help="built-in GPU profi
     from apex_plan.report import describe as D
     check_format(fmt)
     if name:
-        g = load_gpu(name)
+        g = load_gpu(name, where="hardware NAME")
         emit(fmt, output, lambda: {"schema_version": D.SCHEMA_VERSION, **D.gpu_doc(g)},
              lambda: D.gpus_rows([g]), lambda c: D.gpu_table(g, c))
     else:
@@ -64,7 +120,7 @@ def hardware(name: Optional[str] = typer.Argument(None, help="built-in GPU profi
              lambda: D.gpus_rows(gs), lambda c: D.gpus_table(gs, c))
 
 
-@app.command(epilog="Example: apex-plan check models/llama-3.1-70b.yaml my-cluster.yaml trace.jsonl")
+@app.command(epilog="Example: apex-plan check models/llama-3.1-70b.yaml examples/cluster.yaml examples/chat.jsonl")
 def check(files: List[Path] = typer.Argument(..., help="model, GPU profile, cluster or trace files")) -> None:
     """Validate model, hardware, cluster and trace files; one line per file, exit 2 if any is bad."""
     from apex_plan.checkfiles import check_file
@@ -86,42 +142,60 @@ _SIM_EPILOG = ("Example: apex-plan simulate --model llama-3.1-70b --gpu h100-sxm
 
 @app.command(epilog=_SIM_EPILOG)
 def simulate(
-    model: str = typer.Option(..., "--model", "-m", help="built-in model name or path to .yaml / config.json"),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU profile name or path"),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs in the cluster"),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="cluster YAML (instead of --gpu/--gpus)"),
-    plan: str = typer.Option("dp=1,tp=1,pp=1", "--plan", help="dp=D,tp=T,pp=P[,ep=E][,adp=A] (adp: attention-DP ranks)"),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype"),
-    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="default: the engine's choice for the weight dtype"),
-    trace: Optional[str] = typer.Option(None, "--trace", help="trace file: APEX .jsonl, CSV, BurstGPT or Azure CSV"),
-    workload: Optional[str] = typer.Option(None, "--workload", help="preset: chat | summarization | creation"),
-    rate: Optional[float] = typer.Option(None, "--rate", help="synthetic arrival rate, requests/s"),
+    model: str = typer.Option(..., "--model", "-m", help=_H["model"]),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"]),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help=_H["gpus"], callback=_count(1, L.MAX_GPUS, "e.g. --gpus 8")),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help=_H["gpus_per_node"],
+                                      callback=_count(1, L.MAX_GPUS_PER_NODE, "e.g. --gpus-per-node 8")),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help=_H["cluster"]),
+    plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P[,ep=E][,adp=A] (adp: attention-DP "
+                                                             "ranks); unnamed degrees are 1 (default dp=1,tp=1,pp=1)"),
+    tp_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", "-tp", help="tp of --plan (vLLM spelling)",
+                                          callback=_count(1, L.MAX_GPUS, "e.g. --tensor-parallel-size 8")),
+    pp_size: Optional[int] = typer.Option(None, "--pipeline-parallel-size", "-pp", help="pp of --plan (vLLM spelling)",
+                                          callback=_count(1, L.MAX_GPUS, "e.g. --pipeline-parallel-size 2")),
+    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype: bf16 | fp16 | fp8 | int8 | fp4 | int4"),
+    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", "--kv-cache-dtype",
+                                           help="KV-cache dtype: bf16 | fp8 (default: the engine's for the weights)"),
+    trace: Optional[str] = typer.Option(None, "--trace", help=_H["trace"]),
+    workload: Optional[str] = typer.Option(None, "--workload", help=_H["workload"]),
+    rate: Optional[float] = typer.Option(None, "--rate", help="synthetic arrival rate, requests/s",
+                                         callback=_real(L.MIN_RATE_PER_S, L.MAX_RATE_PER_S, "e.g. --rate 2", False)),
     num_requests: Optional[int] = typer.Option(None, "--num-requests",
-                                               help="synthetic requests (default: 1000; closed loop: "
-                                                    "5 x --concurrency, as a benchmark run)"),
-    prompt_tokens: Optional[str] = typer.Option(None, "--prompt-tokens", help="512 | uniform:64-512 | lognormal:mean=74,std=120"),
-    output_tokens: Optional[str] = typer.Option(None, "--output-tokens"),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="closed loop: requests kept in flight"),
-    arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma"),
-    burstiness_cv: float = typer.Option(1.0, "--burstiness-cv"),
-    seed: int = typer.Option(0, "--seed"),
-    engine: str = typer.Option("vllm", "--engine", help="NAME[@VERSION]: vllm, sglang, trtllm (e.g. vllm@0.6.0), "
-                               "a profile name (vllm-v1) or a profile YAML"),
+                                               help=_H["num_requests"] + " (default 1000; closed loop: 5 x --concurrency)",
+                                               callback=_count(1, L.MAX_REQUESTS, "e.g. --num-requests 1000")),
+    prompt_tokens: Optional[str] = typer.Option(None, "--prompt-tokens", help=_H["prompt_tokens"]),
+    output_tokens: Optional[str] = typer.Option(None, "--output-tokens", help=_H["output_tokens"]),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="closed loop: requests kept in flight",
+                                              callback=_count(1, L.MAX_REQUESTS, "e.g. --concurrency 32")),
+    arrival: str = typer.Option("poisson", "--arrival", help=_H["arrival"]),
+    burstiness_cv: float = typer.Option(1.0, "--burstiness-cv", help=_H["burstiness_cv"],
+                                        callback=_real(0.0, 100.0, "e.g. --burstiness-cv 2")),
+    seed: int = typer.Option(0, "--seed", help=_H["seed"], callback=_count(0, L.MAX_SEED, "e.g. --seed 0")),
+    engine: str = typer.Option("vllm", "--engine", help=_H["engine"]),
     activation_scales: Optional[str] = typer.Option(None, "--activation-scales",
                                                     help="fp8/int8 weights: dynamic | static (default: the engine's)"),
     gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
-                                                           help="default: the engine's"),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
-    no_custom_allreduce: bool = typer.Option(False, "--no-custom-allreduce"),
-    chunked_prefill: Optional[bool] = typer.Option(None, "--chunked-prefill/--no-chunked-prefill",
-                                                    help="default: the engine profile's rule"),
-    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="default: the engine's"),
-    max_batched_tokens: Optional[int] = typer.Option(None, "--max-batched-tokens"),
+                                                           help=_H["gmu"] + " (default: the engine's)",
+                                                           callback=_real(0.0, 1.0, "e.g. --gpu-memory-utilization 0.9")),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help=_H["max_model_len"],
+                                                callback=_count(1, L.MAX_TOKENS_PER_REQUEST, "e.g. --max-model-len 8192")),
+    no_custom_allreduce: bool = typer.Option(False, "--no-custom-allreduce", "--disable-custom-all-reduce",
+                                             help=_H["no_car"]),
+    chunked_prefill: str = typer.Option("auto", "--chunked-prefill",
+                                        help="auto | on | off; auto: the engine profile's rule "
+                                             "(vLLM: --enable-chunked-prefill)"),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs",
+                                               help="most sequences in one batch (default: the engine's)",
+                                               callback=_count(1, L.MAX_NUM_SEQS, "e.g. --max-num-seqs 256")),
+    max_batched_tokens: Optional[int] = typer.Option(None, "--max-batched-tokens", "--max-num-batched-tokens",
+                                                     help="token budget of one step; default: vLLM's rule",
+                                                     callback=_count(1, L.MAX_BATCHED_TOKENS,
+                                                                     "e.g. --max-batched-tokens 2048")),
     routing: str = typer.Option("round_robin", "--routing", help="round_robin | least_loaded (across replicas)"),
-    ttft_slo: Optional[str] = typer.Option(None, "--ttft-slo", help="e.g. 500ms"),
-    tpot_slo: Optional[str] = typer.Option(None, "--tpot-slo", help="e.g. 50ms"),
-    slo_percentile: float = typer.Option(90.0, "--slo-percentile"),
+    ttft_slo: Optional[str] = typer.Option(None, "--ttft-slo", help=_H["ttft"]),
+    tpot_slo: Optional[str] = typer.Option(None, "--tpot-slo", help=_H["tpot"]),
+    slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
     fmt: str = FormatOpt,
     output: Optional[str] = OutputOpt,
 ) -> None:
@@ -134,21 +208,24 @@ def simulate(
     check_format(fmt)
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
+    (chunked,) = I.chunked_prefill_modes(chunked_prefill, sweep=False)
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
-                                chunked_prefill, max_num_seqs, max_batched_tokens, routing, activation_scales)
-    kv_dtype = kv_dtype or eng.profile.default_kv_dtype(weight_dtype)
-    p = I.parse_plan(plan, weight_dtype, kv_dtype)
+                                chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)
+    I.check_engine(eng, m)
+    kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
+    p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
     I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
     if num_requests is None:
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
-        num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency and concurrency > 0 else 1000
+        num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency else 1000
     wl = I.workload_from_options(trace, workload, rate, num_requests, prompt_tokens, output_tokens, concurrency,
                                  arrival, burstiness_cv, seed)
+    I.check_workload_fits(wl, m, max_model_len, trace)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
     res = run_sim(m, cl, p, eng, wl, slo)
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
-              "plan": plan, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
-              "engine": engine_doc(eng.profile),
+              "plan": plan if plan is not None else f"dp={p.dp},tp={p.tp},pp={p.pp}", "weight_dtype": weight_dtype,
+              "kv_dtype": kv_dtype, "engine": engine_doc(eng.profile),
               "workload": {"trace": trace, "preset": workload, "rate_per_s": rate, "requests": len(wl.trace),
                            "mode": wl.mode, "concurrency": wl.concurrency, "seed": seed},
               "slo": _slo_doc(slo)}
@@ -161,66 +238,59 @@ _SEARCH_EPILOG = ("Example: apex-plan search --model llama-3.1-70b --gpu h100-sx
                   "--rate 2 --ttft-slo 500ms --tpot-slo 50ms")
 
 
-def _csv_list(text: str, option: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise InputError(option, None, "empty list", "give one or more values separated by commas")
-    return items
-
-
-def _int_list(text: str | None, option: str) -> list[int | None]:
-    if not text:
-        return [None]
-    out = []
-    for t in _csv_list(text, option):
-        if not t.isdigit() or int(t) < 1:
-            raise InputError(option, None, f"'{t}' is not a positive whole number", "e.g. 128,256")
-        out.append(int(t))
-    return out
-
-
 @app.command(epilog=_SEARCH_EPILOG)
 def search(
-    model: str = typer.Option(..., "--model", "-m", help="built-in model name or path to .yaml / config.json"),
-    gpu: Optional[str] = typer.Option(None, "--gpu"),
-    gpus: Optional[int] = typer.Option(None, "--gpus"),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="cluster YAML (instead of --gpu/--gpus)"),
-    trace: Optional[str] = typer.Option(None, "--trace", help="request mix and rate from a trace file"),
-    workload: Optional[str] = typer.Option(None, "--workload", help="preset: chat | summarization | creation"),
-    rate: Optional[float] = typer.Option(None, "--rate", help="demanded arrival rate, requests/s (default: the trace's)"),
-    num_requests: int = typer.Option(1000, "--num-requests", help="synthetic requests per simulation"),
-    prompt_tokens: Optional[str] = typer.Option(None, "--prompt-tokens"),
-    output_tokens: Optional[str] = typer.Option(None, "--output-tokens"),
-    arrival: str = typer.Option("poisson", "--arrival"),
-    burstiness_cv: float = typer.Option(1.0, "--burstiness-cv"),
-    seed: int = typer.Option(0, "--seed"),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="list, e.g. bf16,fp8"),
-    kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="list, e.g. bf16,fp8"),
-    engine: str = typer.Option("vllm", "--engine"),
+    model: str = typer.Option(..., "--model", "-m", help=_H["model"]),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"]),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help=_H["gpus"], callback=_count(1, L.MAX_GPUS, "e.g. --gpus 8")),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help=_H["gpus_per_node"],
+                                      callback=_count(1, L.MAX_GPUS_PER_NODE, "e.g. --gpus-per-node 8")),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help=_H["cluster"]),
+    trace: Optional[str] = typer.Option(None, "--trace", help="request mix and rate from a trace file (see examples/)"),
+    workload: Optional[str] = typer.Option(None, "--workload", help=_H["workload"]),
+    rate: Optional[float] = typer.Option(None, "--rate", help="demanded arrival rate, requests/s (default: the trace's)",
+                                         callback=_real(L.MIN_RATE_PER_S, L.MAX_RATE_PER_S, "e.g. --rate 2", False)),
+    num_requests: int = typer.Option(1000, "--num-requests", help=f"synthetic requests per simulation (at most "
+                                     f"{L.MAX_REQUESTS:,})", callback=_count(1, L.MAX_REQUESTS, "e.g. --num-requests 1000")),
+    prompt_tokens: Optional[str] = typer.Option(None, "--prompt-tokens", help=_H["prompt_tokens"]),
+    output_tokens: Optional[str] = typer.Option(None, "--output-tokens", help=_H["output_tokens"]),
+    arrival: str = typer.Option("poisson", "--arrival", help=_H["arrival"]),
+    burstiness_cv: float = typer.Option(1.0, "--burstiness-cv", help=_H["burstiness_cv"],
+                                        callback=_real(0.0, 100.0, "e.g. --burstiness-cv 2")),
+    seed: int = typer.Option(0, "--seed", help=_H["seed"], callback=_count(0, L.MAX_SEED, "e.g. --seed 0")),
+    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtypes to try, e.g. bf16,fp8"),
+    kv_dtype: str = typer.Option("bf16", "--kv-dtype", "--kv-cache-dtype", help="KV-cache dtypes to try, e.g. bf16,fp8"),
+    engine: str = typer.Option("vllm", "--engine", help=_H["engine"]),
     gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
-                                                           help="default: the engine's"),
+                                                           help=_H["gmu"] + " (default: the engine's)",
+                                                           callback=_real(0.0, 1.0, "e.g. --gpu-memory-utilization 0.9")),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len",
-                                                help="default: the model's, lowered to what the KV cache holds"),
-    no_custom_allreduce: bool = typer.Option(False, "--no-custom-allreduce"),
-    chunked_prefill: str = typer.Option("auto", "--chunked-prefill", help="auto | on | off | both"),
-    max_num_seqs: Optional[str] = typer.Option(None, "--max-num-seqs", help="list, e.g. 128,256 (default: the engine's)"),
-    max_batched_tokens: Optional[str] = typer.Option(None, "--max-batched-tokens", help="list, e.g. 512,2048"),
-    ttft_slo: Optional[str] = typer.Option("1s", "--ttft-slo"),
-    tpot_slo: Optional[str] = typer.Option("100ms", "--tpot-slo"),
-    slo_percentile: float = typer.Option(90.0, "--slo-percentile"),
+                                                help="longest request in tokens; default: the model's, lowered to "
+                                                     "what the KV cache holds",
+                                                callback=_count(1, L.MAX_TOKENS_PER_REQUEST, "e.g. --max-model-len 8192")),
+    no_custom_allreduce: bool = typer.Option(False, "--no-custom-allreduce", "--disable-custom-all-reduce",
+                                             help=_H["no_car"]),
+    chunked_prefill: str = typer.Option("auto", "--chunked-prefill",
+                                        help="auto | on | off, or a list to sweep (on,off; 'both' = on,off)"),
+    max_num_seqs: Optional[str] = typer.Option(None, "--max-num-seqs",
+                                               help="most sequences in one batch; list, e.g. 128,256 (default: the engine's)"),
+    max_batched_tokens: Optional[str] = typer.Option(None, "--max-batched-tokens", "--max-num-batched-tokens",
+                                                     help="step token budgets to try, e.g. 512,2048"),
+    ttft_slo: Optional[str] = typer.Option("1s", "--ttft-slo", help=_H["ttft"]),
+    tpot_slo: Optional[str] = typer.Option("100ms", "--tpot-slo", help=_H["tpot"]),
+    slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
     objective: str = typer.Option("gpus", "--objective", help="gpus | energy | cost | latency | throughput"),
     homogeneous: bool = typer.Option(False, "--homogeneous", help="one plan for all replicas"),
-    top: int = typer.Option(3, "--top", help="deployments to show"),
+    top: int = typer.Option(3, "--top", help="deployments to show", callback=_count(1, 100, "e.g. --top 3")),
     show_all: bool = typer.Option(False, "--all", help="also list infeasible and rejected plans with reasons"),
-    allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp"),
-    max_gpus_per_replica: Optional[int] = typer.Option(None, "--max-gpus-per-replica"),
+    allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp", help="let tensor parallelism span nodes"),
+    max_gpus_per_replica: Optional[int] = typer.Option(None, "--max-gpus-per-replica", help="largest tp*pp to try",
+                                                       callback=_count(1, L.MAX_GPUS, "e.g. --max-gpus-per-replica 8")),
     no_symmetry_pruning: bool = typer.Option(False, "--no-symmetry-pruning", help="evaluate every raw layout"),
     fmt: str = FormatOpt,
     output: Optional[str] = OutputOpt,
 ) -> None:
     """Find the parallel plan and deployment that meet the SLOs at the demanded rate."""
-    import dataclasses
 
     from apex_plan import inputs as I
     from apex_plan.model.load import load_model
@@ -235,18 +305,16 @@ def search(
         raise InputError("--top", None, "must be at least 1", "e.g. --top 3")
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
+    I.check_search_cluster(cl, cluster)
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
-    chunk_opts = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}
-    if chunked_prefill not in chunk_opts:
-        raise InputError("--chunked-prefill", None, f"unknown value '{chunked_prefill}'", "use auto, on, off or both")
-    engines = tuple(dataclasses.replace(base, max_num_seqs=s, max_batched_tokens=b, chunked_prefill=c)
-                    for s in _int_list(max_num_seqs, "--max-num-seqs") for b in _int_list(max_batched_tokens, "--max-batched-tokens")
-                    for c in chunk_opts[chunked_prefill])
-    wl = I.workload_from_options(trace, workload if (workload or trace or prompt_tokens) else "chat",
+    engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill)
+    wl = I.workload_from_options(trace, workload if (workload is not None or trace or prompt_tokens is not None) else "chat",
                                  None if trace else (rate or 1.0), num_requests, prompt_tokens, output_tokens, None,
                                  arrival, burstiness_cv, seed)
-    demand = rate if rate is not None else (wl.trace.rate_per_s if trace else None)
+    I.check_workload_fits(wl, m, max_model_len, trace)
+    trace_rps = I.trace_rate(wl.trace, trace) if trace else None    # also refuses traces with no arrival spread
+    demand = rate if rate is not None else trace_rps
     if demand is not None and demand <= 0:
         raise InputError("--rate", None, "must be positive", "e.g. --rate 2")
     if demand is None and objective != "throughput":
@@ -255,11 +323,11 @@ def search(
     from apex_plan.units import DTYPE_BYTES
     from apex_plan.errors import did_you_mean
     for opt, lst in (("--weight-dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
-        for dt in _csv_list(lst, opt):
+        for dt in I.csv_list(lst, opt):
             if dt not in DTYPE_BYTES:
                 raise InputError(opt, None, f"unknown dtype '{dt}'", did_you_mean(dt, DTYPE_BYTES))
-    inp = SearchInputs(m, cl, wl.trace, demand, slo, tuple(_csv_list(weight_dtype, "--weight-dtype")),
-                       tuple(_csv_list(kv_dtype, "--kv-dtype")), engines, objective, homogeneous, top,
+    inp = SearchInputs(m, cl, wl.trace, demand, slo, tuple(I.csv_list(weight_dtype, "--weight-dtype")),
+                       tuple(I.csv_list(kv_dtype, "--kv-dtype")), engines, objective, homogeneous, top,
                        allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica)
     from rich.progress import Progress
     from rich.console import Console
@@ -272,7 +340,7 @@ def search(
                            "seed": seed},
               "demand_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
               "weight_dtypes": list(inp.weight_dtypes), "kv_dtypes": list(inp.kv_dtypes),
-              "slo": _slo_doc(slo)}
+              "slo": _slo_doc(slo), "rejected_engine_settings": [{"setting": k, "reason": r} for k, r in rejected_engines]}
     emit(fmt, output, lambda: V.search_json(res, inputs, show_all), lambda: V.search_rows(res, show_all),
          lambda c: V.search_table(res, c, show_all))
 
@@ -289,32 +357,33 @@ def _slo_doc(slo) -> dict:
             "tpot_ms": slo.tpot_s * 1e3 if slo.tpot_s else None, "percentile": slo.percentile}
 
 
+_COMMAND = []
+
+
+def _command():
+    """The click command typer builds from `app`, built once per process (it takes ~10-20 ms)."""
+    if not _COMMAND:
+        import typer.main
+        _COMMAND.append(typer.main.get_command(app))
+    return _COMMAND[0]
+
+
 def main() -> None:
-    """Console entry point: run the app; bad input is one line on stderr and exit status 2."""
+    """Console entry point: bad input is one line on stderr and exit status 2; any other failure is
+    one line and status 1; a closed stdout ends quietly."""
+    from apex_plan import console as C
+    C.one_line_warnings()
     try:
-        import click  # typer < 0.2x uses click itself
-    except ImportError:
-        from typer import _click as click  # newer typer vendors it
-    exc = click.exceptions
-    no_args = getattr(exc, "NoArgsIsHelpError", ())
-    try:
-        rv = app(standalone_mode=False)
-    except InputError as e:
-        print(f"apex-plan: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except no_args as e:   # bare `apex-plan` / `apex-plan search`: help (rich prints it while raising)
-        msg = e.format_message()
-        if msg.strip():
-            print(msg)
-        sys.exit(0)
-    except exc.UsageError as e:                      # bad flags: one line naming the option
-        cmd = e.ctx.command_path if e.ctx else "apex-plan"
-        print(f"apex-plan: error: {e.format_message()} (see '{cmd} --help')".replace("\n", " "), file=sys.stderr)
-        sys.exit(2)
-    except exc.Exit as e:
-        sys.exit(e.exit_code)
-    except (exc.Abort, KeyboardInterrupt):
-        sys.exit(130)
+        rv = _command().main(args=C.vllm_spellings(sys.argv[1:]), prog_name="apex-plan", standalone_mode=False)
+        sys.stdout.flush()
+    except SystemExit as e:            # click's own handling of a closed pipe exits here
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            C.stdout_closed()
+        raise SystemExit(e.code) from None
+    except BaseException as e:  # noqa: BLE001 -- the one place every failure becomes one line
+        sys.exit(C.exit_status(e))
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import math
 import re
 from pathlib import Path
 
 from apex_plan.errors import InputError, did_you_mean
 from apex_plan.hardware.load import load_cluster, load_gpu, make_cluster
 from apex_plan.hardware.spec import ClusterSpec
+from apex_plan.limits import MAX_BATCHED_TOKENS, MAX_GPUS, MAX_NUM_SEQS, MAX_SEARCH_GPUS, MAX_TOKENS_PER_REQUEST, check_count
+from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.units import DTYPE_BYTES
-from apex_plan.workload.spec import Workload
+from apex_plan.workload.spec import Trace, Workload
 from apex_plan.workload.synthetic import PRESETS, LengthDist, closed_loop, preset_trace, synthetic_trace
 from apex_plan.workload.trace import read_trace
 
@@ -29,17 +34,37 @@ def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int, 
     return make_cluster(load_gpu(gpu), gpus, gpus_per_node)
 
 
-def parse_plan(text: str, weight_dtype: str, kv_dtype: str) -> Plan:
-    """'dp=2,tp=4,pp=1[,ep=1][,adp=1]' -> Plan."""
+def parse_plan(text: str | None, weight_dtype: str, kv_dtype: str, tp: int | None = None, pp: int | None = None) -> Plan:
+    """'dp=2,tp=4,pp=1[,ep=1][,adp=1]' -> Plan; unnamed degrees are 1; `tp`/`pp` (vLLM's
+    --tensor-parallel-size, --pipeline-parallel-size) set those degrees when --plan does not name them
+    differently."""
     vals = {"dp": 1, "tp": 1, "pp": 1, "ep": 1, "adp": 1}
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        m = re.fullmatch(r"(dp|tp|pp|ep|adp)\s*=\s*(\d+)", part)
+    text = "dp=1" if text is None else text
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or not all(parts):
+        raise InputError("--plan", None, f"'{text}' has an empty part", "write it as dp=1,tp=8,pp=1")
+    named: set[str] = set()
+    for part in parts:
+        m = re.fullmatch(r"(dp|tp|pp|ep|adp)\s*=\s*(\d{1,7})", part)
         if not m:
-            raise InputError("--plan", None, f"cannot read '{part}' in '{text}'", "write it as dp=1,tp=8,pp=1")
+            raise InputError("--plan", None, f"cannot read '{part}' in '{text}'",
+                             "write it as dp=1,tp=8,pp=1 (degrees dp, tp, pp, ep, adp; whole numbers)")
+        if m.group(1) in named:
+            raise InputError("--plan", m.group(1), f"given twice in '{text}'", "name each degree once")
+        named.add(m.group(1))
         vals[m.group(1)] = int(m.group(2))
+    for key, opt, value in (("tp", "--tensor-parallel-size", tp), ("pp", "--pipeline-parallel-size", pp)):
+        if value is None:
+            continue
+        if key in named and vals[key] != value:
+            raise InputError(opt, None, f"{value} contradicts {key}={vals[key]} in --plan", "give the degree once")
+        vals[key] = value
     for k, v in vals.items():
         if v < 1:
             raise InputError("--plan", k, f"must be at least 1, got {v}", "use positive degrees")
+    if vals["dp"] * vals["tp"] * vals["pp"] > MAX_GPUS:
+        raise InputError("--plan", None, f"needs {vals['dp'] * vals['tp'] * vals['pp']:,} GPUs, above the limit of "
+                         f"{MAX_GPUS:,}", "lower the degrees")
     for opt, dt in (("--weight-dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
         if dt not in DTYPE_BYTES:
             raise InputError(opt, None, f"unknown dtype '{dt}'", did_you_mean(dt, DTYPE_BYTES))
@@ -64,21 +89,59 @@ def check_plan_fits(plan: Plan, cluster: ClusterSpec, num_heads: int, num_expert
                              "use " + ", ".join(k for k in cluster.gpu.peak_tflops if k in ("bf16", "fp16", "fp8", "fp4")))
 
 
+_LENGTH_FORMS = "512, uniform:64-512, normal:mean=512,std=128 or lognormal:mean=74,std=120"
+
+
 def parse_length(text: str, option: str) -> LengthDist:
     """'512' (constant), 'uniform:64-512', 'normal:mean=512,std=128', 'lognormal:mean=74,std=120'."""
     t = text.strip()
-    if re.fullmatch(r"\d+", t):
-        return LengthDist("constant", mean=float(t))
-    m = re.fullmatch(r"uniform:(\d+)-(\d+)", t)
+    number = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
+    m = re.fullmatch(number, t)
     if m:
-        return LengthDist("uniform", low=int(m.group(1)), high=int(m.group(2)))
-    m = re.fullmatch(r"(normal|lognormal):(.*)", t)
-    if m:
-        kv = dict(re.findall(r"(mean|std)\s*=\s*([0-9.]+)", m.group(2)))
-        if "mean" in kv:
-            return LengthDist(m.group(1), mean=float(kv["mean"]), std=float(kv.get("std", 0.0)))
-    raise InputError(option, None, f"cannot read length '{text}'",
-                     "use 512, uniform:64-512, normal:mean=512,std=128 or lognormal:mean=74,std=120")
+        dist = ("constant", {"mean": float(m.group(1))})
+    elif re.fullmatch(r"uniform:(\d+)\s*-\s*(\d+)", t):
+        low, high = (int(x) for x in re.fullmatch(r"uniform:(\d+)\s*-\s*(\d+)", t).groups())
+        if low > high:
+            raise InputError(option, None, f"uniform range {low}-{high} runs backwards", f"write uniform:{high}-{low}")
+        dist = ("uniform", {"low": low, "high": high})
+    elif re.fullmatch(r"(normal|lognormal):(.*)", t):
+        kind, rest = re.fullmatch(r"(normal|lognormal):(.*)", t).groups()
+        params: dict[str, float] = {}
+        for part in (p.strip() for p in rest.split(",")):
+            kv = re.fullmatch(r"(mean|std)\s*=\s*" + r"([-+]?[^,\s]*)", part)
+            if not kv:
+                raise InputError(option, None, f"cannot read '{part}' in '{text}'", f"use {_LENGTH_FORMS}")
+            try:
+                value = float(kv.group(2))
+            except ValueError:
+                raise InputError(option, kv.group(1), f"'{kv.group(2)}' is not a number", f"use {_LENGTH_FORMS}") from None
+            if kv.group(1) in params:
+                raise InputError(option, kv.group(1), "given twice", "name mean and std once each")
+            params[kv.group(1)] = value
+        if "mean" not in params:
+            raise InputError(option, "mean", "missing", f"use {_LENGTH_FORMS}")
+        for key, value in params.items():
+            if not math.isfinite(value) or value < 0 or (key == "mean" and value == 0):
+                need = "above 0" if key == "mean" else "at least 0"
+                raise InputError(option, key, f"must be a finite number of tokens {need}, got {value:g}",
+                                 f"e.g. {kind}:mean=512,std=128")
+        dist = (kind, params)
+    else:
+        raise InputError(option, None, f"cannot read length '{text}'", f"use {_LENGTH_FORMS}")
+    kind, params = dist
+    top = max(params.get("mean", 0.0), float(params.get("high", 0)))
+    if top > MAX_TOKENS_PER_REQUEST:
+        raise InputError(option, None, f"{top:,.0f} tokens is above the limit of {MAX_TOKENS_PER_REQUEST:,} per request",
+                         "give a shorter length")
+    if kind == "constant" and params["mean"] < 1:
+        raise InputError(option, None, f"a length of {params['mean']:g} tokens", "give at least 1 token")
+    if kind in ("normal", "lognormal"):
+        # samples are clipped to [1, MAX_TOKENS_PER_REQUEST]
+        return LengthDist(kind, mean=params["mean"], std=params.get("std", 0.0), max_tokens=MAX_TOKENS_PER_REQUEST)
+    try:
+        return LengthDist(kind, **params)
+    except InputError as e:        # name the option, not the internal class
+        raise InputError(option, e.field, e.problem, e.fix) from None
 
 
 def workload_from_options(trace: str | None, workload: str | None, rate: float | None, num_requests: int,
@@ -86,23 +149,25 @@ def workload_from_options(trace: str | None, workload: str | None, rate: float |
                           arrival: str, burstiness_cv: float, seed: int) -> Workload:
     """`--trace FILE`, or a preset `--workload chat|summarization|creation`, or explicit lengths."""
     if trace:
-        if workload or prompt_tokens or output_tokens:
+        if workload is not None or prompt_tokens is not None or output_tokens is not None:
             raise InputError("--trace", None, "given together with a synthetic workload", "use one or the other")
         tr = read_trace(Path(trace))
     else:
         if rate is None and concurrency is None:
             raise InputError("--rate", None, "a synthetic workload needs an arrival rate or a concurrency",
                              "pass --rate 2 (requests/s) or --concurrency 32")
-        if prompt_tokens or output_tokens:
+        if prompt_tokens is not None or output_tokens is not None:
+            if workload is not None and workload not in PRESETS:
+                raise InputError("--workload", None, f"unknown preset '{workload}'", did_you_mean(workload, PRESETS))
             base = PRESETS[workload] if workload in PRESETS else None
-            p = parse_length(prompt_tokens, "--prompt-tokens") if prompt_tokens else (base.prompt if base else None)
-            o = parse_length(output_tokens, "--output-tokens") if output_tokens else (base.output if base else None)
+            p = parse_length(prompt_tokens, "--prompt-tokens") if prompt_tokens is not None else (base.prompt if base else None)
+            o = parse_length(output_tokens, "--output-tokens") if output_tokens is not None else (base.output if base else None)
             if p is None or o is None:
                 raise InputError("--prompt-tokens" if p is None else "--output-tokens", None, "missing",
                                  "give both lengths, or a --workload preset")
             tr = synthetic_trace(num_requests, p, o, None if concurrency else rate, arrival, burstiness_cv, seed)
         else:
-            name = workload or "chat"
+            name = "chat" if workload is None else workload
             if name not in PRESETS:
                 raise InputError("--workload", None, f"unknown preset '{name}'", did_you_mean(name, PRESETS))
             tr = preset_trace(name, None if concurrency else rate, num_requests, seed, arrival, burstiness_cv)
@@ -125,3 +190,135 @@ def engine_from_options(engine: str, gpu_memory_utilization: float | None, max_m
                         max_model_len=max_model_len, custom_allreduce=custom_allreduce,
                         routing=routing.replace("-", "_"), name=engine, activation_scales=activation_scales,
                         profile=profile)
+
+
+# ------------------------------------------------------------------------------------------------
+# checks that need more than one option, and search's sweep lists
+
+def check_engine(cfg: EngineConfig, model: ModelSpec) -> None:
+    """Engine settings vLLM itself would refuse for this model, as one InputError."""
+    from apex_plan.simulate.engine import resolve_engine
+    eng = resolve_engine(cfg, model)
+    if eng.max_batched_tokens < eng.max_num_seqs:   # vLLM SchedulerConfig._verify_args refuses this
+        raise InputError("--max-batched-tokens", None,
+                         f"{eng.max_batched_tokens} is below --max-num-seqs {eng.max_num_seqs}",
+                         f"raise it to at least {eng.max_num_seqs} or lower --max-num-seqs")
+
+
+def check_workload_fits(wl: Workload, model: ModelSpec, max_model_len: int | None, trace: str | None) -> None:
+    """Every prompt must fit the context (vLLM refuses longer ones): else one line naming the request."""
+    limit = max_model_len or model.max_context
+    prompts = wl.trace.prompt_tokens
+    too_long = prompts >= limit
+    if not too_long.any():
+        return
+    i = int(too_long.argmax())
+    opt = "--max-model-len" if max_model_len else None
+    fix = (f"raise --max-model-len above {int(prompts.max())} (the model allows {model.max_context})"
+           if max_model_len and prompts.max() < model.max_context
+           else f"drop requests with prompts of {model.max_context} tokens or more, or use a longer-context model")
+    if trace:
+        where, what = trace, f"request {i + 1} of {len(prompts)} has a {int(prompts[i]):,}-token prompt, which does"
+    else:
+        where = "--prompt-tokens" if wl.trace.name not in ("chat", "summarization", "creation") else "--workload"
+        what = (f"{int(too_long.sum())} of {len(prompts)} sampled prompts (the longest {int(prompts.max()):,} "
+                f"tokens) do")
+    ctx = "--max-model-len" if opt else f"the {model.name} context of"
+    raise InputError(where, None, f"{what} not fit {ctx} {limit:,} tokens", fix)
+
+
+def check_search_cluster(cluster: ClusterSpec, cluster_file: str | None) -> None:
+    """`search` covers at most MAX_SEARCH_GPUS GPUs (its time grows with the cluster)."""
+    if cluster.num_gpus > MAX_SEARCH_GPUS:
+        raise InputError(cluster_file or "--gpus", "nodes" if cluster_file else None,
+                         f"search covers at most {MAX_SEARCH_GPUS:,} GPUs, the cluster has {cluster.num_gpus:,}",
+                         f"search one pod of up to {MAX_SEARCH_GPUS:,} GPUs and replicate its deployment")
+
+
+def trace_rate(trace: Trace, path: str) -> float:
+    """The mean arrival rate of a trace, or an InputError when its arrivals span no time (search finds each
+    plan's goodput by time-scaling the arrivals, which needs them spread over time)."""
+    if len(trace) < 2 or trace.duration_s <= 0:
+        raise InputError(path, None, f"{len(trace)} request(s) arriving at the same time: no arrival rate to scale",
+                         "give a trace whose requests arrive over time, or a synthetic workload with "
+                         "--workload/--prompt-tokens and --rate")
+    return trace.rate_per_s
+
+
+def csv_list(text: str, option: str) -> list[str]:
+    """'a,b' -> ['a', 'b']; an empty list or an empty item is an InputError."""
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or not all(items):
+        raise InputError(option, None, f"'{text}' has an empty item", "give one or more values separated by commas")
+    return items
+
+
+def int_list(text: str | None, option: str, high: int) -> list[int | None]:
+    """'128,256' -> [128, 256]; None -> [None] (the default)."""
+    if text is None:
+        return [None]
+    out: list[int | None] = []
+    for t in csv_list(text, option):
+        if not t.isdigit():
+            raise InputError(option, None, f"'{t}' is not a positive whole number", "e.g. 128,256")
+        out.append(check_count(option, None, int(t), 1, high, "e.g. 128,256"))
+    return out
+
+
+_CHUNKED = {"auto": None, "on": True, "off": False, "true": True, "false": False}
+
+
+def chunked_prefill_modes(text: str, sweep: bool) -> list[bool | None]:
+    """--chunked-prefill: auto | on | off (None/True/False); a search sweep also takes lists and 'both'."""
+    words = csv_list(text.lower(), "--chunked-prefill")
+    if sweep:
+        words = [w for word in words for w in (("on", "off") if word == "both" else (word,))]
+    if len(words) > 1 and not sweep:
+        raise InputError("--chunked-prefill", None, f"one value only in simulate, got '{text}'", "use auto, on or off")
+    out: list[bool | None] = []
+    for w in words:
+        if w not in _CHUNKED:
+            raise InputError("--chunked-prefill", None, f"unknown value '{w}'",
+                             "use auto, on or off" + (" (or a list, or both)" if sweep else ""))
+        if _CHUNKED[w] not in out:
+            out.append(_CHUNKED[w])
+    return out
+
+
+def _setting_label(cfg: EngineConfig) -> str:
+    budget = cfg.max_batched_tokens if cfg.max_batched_tokens is not None else "default"
+    if cfg.max_num_seqs is None and cfg.profile is not None:
+        cfg = dataclasses.replace(cfg, max_num_seqs=cfg.profile.scheduler.max_num_seqs)
+    chunk = {None: "auto", True: "on", False: "off"}[cfg.chunked_prefill]
+    return f"max_num_seqs={cfg.max_num_seqs} max_batched_tokens={budget} chunked_prefill={chunk}"
+
+
+def engine_sweep(base: EngineConfig, model: ModelSpec, max_num_seqs: str, max_batched_tokens: str | None,
+                 chunked_prefill: str) -> tuple[tuple[EngineConfig, ...], list[tuple[str, str]]]:
+    """Every combination of search's engine lists; combinations vLLM would refuse are skipped and
+    returned as (setting, reason). All of them refused is an InputError with the first reason."""
+    import dataclasses
+    seqs = int_list(max_num_seqs, "--max-num-seqs", MAX_NUM_SEQS)
+    budgets = int_list(max_batched_tokens, "--max-batched-tokens", MAX_BATCHED_TOKENS)
+    modes = chunked_prefill_modes(chunked_prefill, sweep=True)
+    kept: list[EngineConfig] = []
+    rejected: list[tuple[str, str]] = []
+    first: InputError | None = None
+    for s in seqs:
+        for b in budgets:
+            for c in modes:
+                cfg = dataclasses.replace(base, max_num_seqs=s, max_batched_tokens=b, chunked_prefill=c)
+                try:
+                    check_engine(cfg, model)
+                except InputError as e:
+                    first = first or e
+                    rejected.append((_setting_label(cfg), e.render()))
+                    continue
+                kept.append(cfg)
+    if not kept:
+        assert first is not None
+        if len(rejected) == 1:
+            raise first
+        raise InputError(first.where, first.field, f"all {len(rejected)} engine settings are invalid; first: "
+                         f"{first.problem}", first.fix)
+    return tuple(kept), rejected

@@ -12,10 +12,10 @@ from typing import Any
 
 from apex_plan.engine.spec import (AttentionBackend, Collectives, EngineProfile, GraphPolicy, HostModel, Layouts,
                                    MemoryPolicy, Quantization, SchedulerPolicy)
+from apex_plan.builtin import builtin_dir
 from apex_plan.errors import InputError, did_you_mean
 from apex_plan.hardware.load import _read_yaml
 
-ENGINE_DIR_ENV = "APEX_PLAN_ENGINE_DIR"
 FAMILIES = ("vllm", "sglang", "trtllm")
 _ALIASES = {"tensorrt-llm": "trtllm", "tensorrt_llm": "trtllm", "trt-llm": "trtllm", "trt_llm": "trtllm"}
 _SECTIONS = {"scheduler": SchedulerPolicy, "host": HostModel, "graphs": GraphPolicy, "quantization": Quantization,
@@ -27,15 +27,8 @@ _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("de
 
 
 def engine_dir() -> Path:
-    """Folder of built-in engine profiles: $APEX_PLAN_ENGINE_DIR, else the repo's engine_profiles/."""
-    override = os.environ.get(ENGINE_DIR_ENV)
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_dir():
-            raise InputError(ENGINE_DIR_ENV, None, f"'{override}' is not a folder",
-                             "point it at a folder of engine profile .yaml files, or unset it")
-        return path
-    return Path(__file__).resolve().parents[2] / "engine_profiles"
+    """Folder of built-in engine profiles ($APEX_PLAN_ENGINE_DIR, the wheel's copy, or the checkout's)."""
+    return builtin_dir("engine_profiles")
 
 
 def release(version: str) -> tuple[int, ...]:

@@ -13,6 +13,8 @@ import yaml
 
 from apex_plan.errors import InputError, did_you_mean
 from apex_plan.hardware.spec import Calibration, ClusterSpec, GpuSpec
+from apex_plan.limits import check_cluster_size, check_hardware_field
+from apex_plan.yamlio import load_yaml
 from apex_plan.units import DTYPE_BYTES
 
 HARDWARE_DIR_ENV = "APEX_PLAN_HARDWARE_DIR"
@@ -68,15 +70,9 @@ _VALUE_WITH_UNIT = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s
 
 
 def hardware_dir() -> Path:
-    """Folder of built-in profiles: $APEX_PLAN_HARDWARE_DIR, else the repo's hardware_profiles/."""
-    override = os.environ.get(HARDWARE_DIR_ENV)
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_dir():
-            raise InputError(HARDWARE_DIR_ENV, None, f"'{override}' is not a folder",
-                             "point it at a folder of GPU profile .yaml files, or unset it")
-        return path
-    return Path(__file__).resolve().parents[2] / "hardware_profiles"
+    """Folder of built-in profiles: $APEX_PLAN_HARDWARE_DIR, else the packaged or checkout hardware_profiles/."""
+    from apex_plan.builtin import builtin_dir
+    return builtin_dir("hardware_profiles")
 
 
 def list_gpus() -> list[str]:
@@ -113,7 +109,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise InputError(str(path), None, f"cannot read file: {exc.strerror or exc}", "check the path") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -157,6 +153,7 @@ def _number(doc: dict[str, Any], key: str, where: str, unit: str, *, default: fl
     if value < min_value or (value == min_value and not allow_min):
         bound = f">= {min_value:g}" if allow_min else f"> {min_value:g}"
         raise InputError(where, field, f"must be {bound}, got {value}", f"write a {'non-negative' if allow_min else 'positive'} number in {unit}")
+    check_hardware_field(where, field, float(value))
     return int(value) if integer else float(value)
 
 
@@ -261,6 +258,7 @@ def make_cluster(gpu: GpuSpec, gpus: int, gpus_per_node: int = 8, *, name: str =
     for option, value in (("--gpus", gpus), ("--gpus-per-node", gpus_per_node)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise InputError(option, None, f"must be a positive whole number, got {value!r}", "e.g. 8")
+    check_cluster_size("--gpus", None, gpus_per_node, total=gpus)
     if gpus < gpus_per_node:
         num_nodes, per_node = 1, gpus
     elif gpus % gpus_per_node:
@@ -295,10 +293,11 @@ def load_cluster(path: str | Path) -> ClusterSpec:
         gpu_ref = str(path.parent / gpu_ref)        # relative to the cluster file
     gpu = load_gpu(gpu_ref, where=where, field="gpu")
     num = lambda key, **kw: _number(doc, key, where, _CLUSTER_FIELDS[key], **kw)  # noqa: E731
+    nodes, per_node = check_cluster_size(where, int(num("nodes", integer=True)), int(num("gpus_per_node", integer=True)))
     return ClusterSpec(
         gpu=gpu,
-        num_nodes=int(num("nodes", integer=True)),
-        gpus_per_node=int(num("gpus_per_node", integer=True)),
+        num_nodes=nodes,
+        gpus_per_node=per_node,
         intra_node_bw_gbps=num("intra_node_bw_gbps", default=gpu.intra_node_bw_gbps),
         intra_node_latency_us=num("intra_node_latency_us", default=DEFAULT_INTRA_NODE_LATENCY_US, allow_min=True),
         inter_node_bw_gbps=num("inter_node_bw_gbps", default=DEFAULT_INTER_NODE_BW_GBPS),

@@ -23,9 +23,11 @@ from typing import Any, Callable
 import yaml
 
 from apex_plan.errors import InputError, did_you_mean
+from apex_plan.limits import check_model_field
 from apex_plan.model import spec as S
 from apex_plan.model.quant import formats_from_config
 from apex_plan.model.spec import LayerKind, ModelSpec, group_layers
+from apex_plan.yamlio import load_yaml
 
 MODELS_DIR_ENV = "APEX_PLAN_MODELS_DIR"
 
@@ -39,9 +41,9 @@ _QUANT_SUFFIX = re.compile(
 
 
 def models_dir() -> Path:
-    """Folder of built-in model files: $APEX_PLAN_MODELS_DIR, else the repo's `models/`."""
-    env = os.environ.get(MODELS_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    """Folder of built-in model files: $APEX_PLAN_MODELS_DIR, else the packaged or checkout `models/`."""
+    from apex_plan.builtin import builtin_dir
+    return builtin_dir("models")
 
 
 def list_models() -> list[str]:
@@ -150,7 +152,7 @@ def _load_file(path: Path) -> ModelSpec:
         raise InputError(where, None, f"cannot read file: {err}", "check the path and permissions") from None
     is_json = path.suffix.lower() == ".json"
     try:
-        data = json.loads(raw) if is_json else yaml.safe_load(raw)
+        data = json.loads(raw) if is_json else load_yaml(raw)
     except json.JSONDecodeError as err:
         raise InputError(where, None, f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}",
                          "fix the JSON syntax") from None
@@ -188,7 +190,7 @@ def _int(cfg: dict, where: str, field: str, default: Any = _MISSING, minimum: in
     if value < minimum:
         what = "positive" if minimum == 1 else f"at least {minimum}"
         raise InputError(where, field, f"must be {what}, got {value}", f"give '{field}' a value of {minimum} or more")
-    return value
+    return check_model_field(where, field, value)
 
 
 def _bool(cfg: dict, where: str, field: str, default: bool) -> bool:

@@ -60,7 +60,8 @@ def models_rows(models: list[ModelSpec]) -> list[dict]:
 def models_table(models: list[ModelSpec], console: Console) -> None:
     t = Table(title="Models")
     for c in ("name", "architecture", "params", "active", "layers", "hidden", "heads/kv", "experts", "KV/token bf16", "max ctx"):
-        t.add_column(c, justify="left" if c in ("name", "architecture") else "right")
+        t.add_column(c, justify="left" if c in ("name", "architecture") else "right", no_wrap=c == "name",
+                     min_width=max(len(m.name) for m in models) if c == "name" and models else None)
     for r in models_rows(models):
         t.add_row(r["name"], r["architecture"], f"{r['parameters_total'] / 1e9:.1f}B", f"{r['parameters_active'] / 1e9:.1f}B",
                   str(r["layers"]), str(r["hidden_size"]), f"{r['heads']}/{r['kv_heads']}",
@@ -89,7 +90,8 @@ def gpus_rows(gpus: list[GpuSpec]) -> list[dict]:
 def gpus_table(gpus: list[GpuSpec], console: Console) -> None:
     t = Table(title="GPU profiles (dense peak FLOP/s)")
     for c in ("name", "vendor", "memory", "HBM", "bf16", "fp8", "fp4", "link/dir", "TDP"):
-        t.add_column(c, justify="left" if c in ("name", "vendor") else "right")
+        t.add_column(c, justify="left" if c in ("name", "vendor") else "right", no_wrap=c == "name",
+                     min_width=max(len(g.name) for g in gpus) if c == "name" and gpus else None)
     for r in gpus_rows(gpus):
         t.add_row(r["name"], r["vendor"], f"{r['memory_gib']:.1f} GiB", f"{r['mem_bw_gbps']:,.0f} GB/s",
                   f"{r['bf16_tflops']:g} TF" if r["bf16_tflops"] else "-", f"{r['fp8_tflops']:g} TF" if r["fp8_tflops"] else "-",

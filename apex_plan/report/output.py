@@ -71,6 +71,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _pipe_width(default: int = 160) -> int:
+    """Table width when stdout is not a terminal: $COLUMNS when it is a sensible number, else `default`."""
+    import os
+    try:
+        width = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        return default
+    return width if 20 <= width <= 1000 else default
+
+
 def emit(fmt: str, output: str | None, json_doc: Callable[[], dict], csv_rows: Callable[[], list[dict]],
          table: Callable[[Console], None]) -> None:
     """Render in `fmt` and write to stdout or `output`."""
@@ -85,8 +95,9 @@ def emit(fmt: str, output: str | None, json_doc: Callable[[], dict], csv_rows: C
             text = buf.getvalue()
         else:
             import sys
-            # a pipe or file gets a wide, colourless console so that no column is cut
-            table(Console() if sys.stdout.isatty() else Console(width=160, color_system=None))
+            # a pipe or file gets a colourless console, as wide as $COLUMNS says, else wide enough
+            # that no column is cut
+            table(Console() if sys.stdout.isatty() else Console(width=_pipe_width(), color_system=None))
             return
     if output:
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apex_plan.errors import InputError, did_you_mean
+from apex_plan.limits import MAX_RATE_PER_S, MAX_REQUESTS, MAX_SEED, MIN_RATE_PER_S, check_count, check_real
 from apex_plan.workload.spec import Trace, Workload
 
 LENGTH_KINDS = ("constant", "uniform", "normal", "lognormal")
@@ -94,12 +95,17 @@ def synthetic_trace(num_requests: int, prompt: LengthDist, output: LengthDist, r
     """Open-loop synthetic trace; rate_per_s=None gives all arrivals at 0 (for closed-loop use)."""
     if isinstance(num_requests, bool) or not isinstance(num_requests, (int, np.integer)) or num_requests < 1:
         raise InputError("--num-requests", None, f"must be a positive whole number, got {num_requests!r}", "e.g. 1000")
+    check_count("--num-requests", None, int(num_requests), 1, MAX_REQUESTS, "e.g. --num-requests 1000")
     if arrival not in ARRIVALS:
         raise InputError("--arrival", None, f"unknown arrival process '{arrival}'", did_you_mean(arrival, ARRIVALS))
     if rate_per_s is not None and not (math.isfinite(rate_per_s) and rate_per_s > 0):
         raise InputError("--rate", None, f"must be a positive number of requests per second, got {rate_per_s}", "e.g. 2.5")
-    if not (math.isfinite(burstiness_cv) and burstiness_cv > 0):
-        raise InputError("--burstiness-cv", None, f"must be > 0, got {burstiness_cv}",
+    if rate_per_s is not None:
+        check_real("--rate", None, rate_per_s, MIN_RATE_PER_S, MAX_RATE_PER_S, "e.g. --rate 2.5")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise InputError("--seed", None, f"must be a whole number from 0 to {MAX_SEED}, got {seed!r}", "e.g. --seed 0")
+    if not (math.isfinite(burstiness_cv) and 0 < burstiness_cv <= 100):
+        raise InputError("--burstiness-cv", None, f"must be in (0, 100], got {burstiness_cv}",
                          "1.0 is Poisson-like; above 1 is burstier, below 1 more regular")
     rng = np.random.default_rng(seed)
     n = int(num_requests)
@@ -113,6 +119,7 @@ def closed_loop(trace: Trace, concurrency: int) -> Workload:
     """Closed-loop workload: `concurrency` requests in flight, arrival times unused."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, (int, np.integer)) or concurrency < 1:
         raise InputError("--concurrency", None, f"must be a positive whole number, got {concurrency!r}", "e.g. 32")
+    check_count("--concurrency", None, int(concurrency), 1, MAX_REQUESTS, "e.g. --concurrency 32")
     return Workload(trace=trace, mode="closed", concurrency=int(concurrency))
 
 

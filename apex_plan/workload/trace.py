@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from apex_plan.errors import InputError
+from apex_plan.limits import MAX_REQUESTS, MAX_TOKENS_PER_REQUEST, MAX_TRACE_BYTES, MAX_TRACE_SPAN_S
 from apex_plan.workload.spec import Trace
 
 APEX_FIELDS = ("StartTimeOffset", "ContextTokens", "GeneratedTokens")   # ns, tokens, tokens
@@ -121,6 +122,12 @@ def _read_as(path: str | Path, expected: str) -> Trace:
 
 def _read_text(path: Path) -> str:
     try:
+        size = path.stat().st_size
+        if size > MAX_TRACE_BYTES:            # refused from the file system, before reading a byte
+            raise InputError(str(path), None, f"trace file is {size / 2**30:.1f} GiB, above the limit of "
+                             f"{MAX_TRACE_BYTES / 2**30:g} GiB", "split it, or sample the requests you need")
+        if path.is_dir():
+            raise InputError(str(path), None, "is a folder, not a trace file", "give the path of a .jsonl or .csv file")
         data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(str(path), None, "trace file not found", "check the path") from None
@@ -180,23 +187,39 @@ _WS = r"[ \t]*"
 _ANY_JSON_VALUE = r'(?:"[^"\\\n]*(?:\\.[^"\\\n]*)*"|[-+0-9.eE]+|true|false|null)'
 
 
+_FAST_CHUNK_CHARS = 32 * 2**20      # parse ~32 MB of text at a time: bounded memory for the matches
+
+
 def _apex_fast(text: str) -> _Columns | None:
-    """One regex over the whole text, built from the first line's key order; None on any surprise."""
-    body = text.rstrip("\r\n\t ")
-    num_lines = body.count("\n") + 1
+    """A regex built from the first line's key order, run over the text chunk by chunk (each chunk ends at a
+    line end, so the matches of one chunk are freed before the next); None on any surprise."""
+    end = len(text)
+    while end and text[end - 1] in "\r\n\t ":       # trailing blank space, without copying the text
+        end -= 1
+    num_lines = text.count("\n", 0, end) + 1
     try:
-        first = json.loads(_first_line(body))
+        first = json.loads(_first_line(text))
     except ValueError:
         return None
     if not isinstance(first, dict) or not set(APEX_FIELDS) <= set(first):
         return None
     keys = list(first)
-    parts = [_WS + json.dumps(k) + _WS + ":" + _WS + (r"(-?\d+)" if k in APEX_FIELDS else _ANY_JSON_VALUE) + _WS
+    parts = [_WS + json.dumps(k) + _WS + ":" + _WS + (r"(-?\d{1,18})" if k in APEX_FIELDS else _ANY_JSON_VALUE) + _WS
              for k in keys]
-    rows = re.findall(r"\{" + ",".join(parts) + r"\}", body)
-    if len(rows) != num_lines:
+    pattern = re.compile(r"\{" + ",".join(parts) + r"\}")
+    table = np.empty((num_lines, 3), np.int64)
+    row, pos = 0, 0
+    while pos < end:
+        stop = text.find("\n", min(pos + _FAST_CHUNK_CHARS, end), end)
+        stop = end if stop < 0 else stop
+        rows = pattern.findall(text, pos, stop)
+        if row + len(rows) > num_lines:
+            return None
+        table[row:row + len(rows)] = np.fromiter(map(int, itertools.chain.from_iterable(rows)), np.int64,
+                                                 3 * len(rows)).reshape(-1, 3)
+        row, pos = row + len(rows), stop + 1
+    if row != num_lines:
         return None
-    table = np.fromiter(map(int, itertools.chain.from_iterable(rows)), np.int64, 3 * len(rows)).reshape(-1, 3)
     in_line_order = sorted(APEX_FIELDS, key=keys.index)           # regex groups follow the line's key order
     col = {f: table[:, in_line_order.index(f)] for f in APEX_FIELDS}
     return _Columns(col["StartTimeOffset"], col["ContextTokens"], col["GeneratedTokens"], np.arange(1, num_lines + 1))
@@ -231,7 +254,7 @@ def _apex_slow(where: str, text: str) -> _Columns:
         outputs.append(_json_count(at, "GeneratedTokens", obj["GeneratedTokens"]))
         lines.append(lineno)
     time_arr = np.array(times)
-    if all(float(t).is_integer() for t in times):
+    if all(float(t).is_integer() and abs(t) < 2**62 for t in times):      # else float64 (the span check refuses it)
         time_arr = np.array([int(t) for t in times], dtype=np.int64)
     return _Columns(time_arr, np.array(prompts, dtype=np.int64), np.array(outputs, dtype=np.int64),
                     np.array(lines, dtype=np.int64))
@@ -239,7 +262,10 @@ def _apex_slow(where: str, text: str) -> _Columns:
 
 def _json_number(at: str, field: str, value: object, unit: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(at, field, f"expected a number in {unit}, got {json.dumps(value)}", f"write a bare number in {unit}")
+        raise InputError(at, field, f"expected a number in {unit}, got {json.dumps(value)[:40]}",
+                         f"write a bare number in {unit}")
+    if isinstance(value, int) and abs(value) >= 2**63:
+        raise InputError(at, field, f"{value:.3g} does not fit a 64-bit integer", f"write a number in {unit}")
     return value
 
 
@@ -247,6 +273,9 @@ def _json_count(at: str, field: str, value: object) -> int:
     number = _json_number(at, field, value, "tokens")
     if not float(number).is_integer():
         raise InputError(at, field, f"token count {number} is not a whole number", "write an integer")
+    if abs(number) > MAX_TOKENS_PER_REQUEST:
+        raise InputError(at, field, f"{number:,} tokens is above the limit of {MAX_TOKENS_PER_REQUEST:,} per request",
+                         "check the column; token counts are per request")
     return int(number)
 
 
@@ -260,6 +289,12 @@ def _body_lines(text: str) -> tuple[str, bool]:
     body = "" if header_end < 0 else stripped[header_end + 1:].rstrip("\r\n")
     clean = text.startswith(stripped) and "\n\n" not in body and "\n\r\n" not in body and not body.startswith(("\r", "\n"))
     return body, clean
+
+
+def _same_width(body: str, header: list[str]) -> bool:
+    """Every row has the header's field count (checked by counting commas when nothing is quoted; a quoted
+    file goes to the row-by-row path, which checks each row)."""
+    return '"' not in body and body.count(",") == (body.count("\n") + 1) * (len(header) - 1)
 
 
 def _loadtxt(body: str, idx: list[int]) -> np.ndarray | None:
@@ -277,7 +312,7 @@ def _csv_columns(where: str, text: str, header: list[str], fields: tuple[str, st
     body, clean = _body_lines(text)
     if not body:
         raise InputError(where, None, "trace has a header but no requests", "add at least one data row")
-    table = _loadtxt(body, [header.index(f) for f in fields]) if clean else None
+    table = _loadtxt(body, [header.index(f) for f in fields]) if clean and _same_width(body, header) else None
     if table is not None:
         return _Columns(table[:, 0], table[:, 1], table[:, 2], np.arange(2, table.shape[0] + 2))
     return _csv_slow(where, text, header, fields, {})
@@ -326,7 +361,7 @@ def _azure_columns(where: str, text: str, header: list[str]) -> _Columns:
     body, clean = _body_lines(text)
     if not body:
         raise InputError(where, None, "trace has a header but no requests", "add at least one data row")
-    if clean:
+    if clean and _same_width(body, header):
         table = _loadtxt(body, [header.index("ContextTokens"), header.index("GeneratedTokens")])
         if table is not None:
             try:
@@ -372,6 +407,14 @@ def _check_tokens(where: str, fmt: str, cols: _Columns, allow_zero_output: bool)
             i = _first(values < 0)
             raise InputError(f"{where}:{cols.lines[i]}", field, f"token count {values[i]:g} is negative",
                              "token counts must be >= 0")
+        if (values > MAX_TOKENS_PER_REQUEST).any():
+            i = _first(values > MAX_TOKENS_PER_REQUEST)
+            raise InputError(f"{where}:{cols.lines[i]}", field, f"{values[i]:,.0f} tokens is above the limit of "
+                             f"{MAX_TOKENS_PER_REQUEST:,} per request", "check the column; token counts are per request")
+        if kind == "prompt" and (values == 0).any():
+            i = _first(values == 0)
+            raise InputError(f"{where}:{cols.lines[i]}", field, "0 prompt tokens",
+                             "every request needs at least 1 prompt token (vLLM refuses empty prompts)")
         if kind == "output" and not allow_zero_output and (values == 0).any():
             i = _first(values == 0)
             raise InputError(f"{where}:{cols.lines[i]}", field, "0 output tokens",
@@ -384,6 +427,9 @@ def _finish(where: str, fmt: str, cols: _Columns, to_s: float, name: str) -> Tra
     time = cols.time
     if len(time) == 0:
         raise InputError(where, None, "trace has no requests", "give at least one request")
+    if len(time) > MAX_REQUESTS:
+        raise InputError(where, None, f"{len(time):,} requests, above the limit of {MAX_REQUESTS:,}",
+                         "split the trace, or sample the requests you need")
     if time.dtype.kind == "f" and not np.isfinite(time).all():
         i = _first(~np.isfinite(time))
         raise InputError(f"{where}:{cols.lines[i]}", time_field, f"time {time[i]} is not a finite number",
@@ -418,6 +464,12 @@ def _finish(where: str, fmt: str, cols: _Columns, to_s: float, name: str) -> Tra
         cols = _Columns(time[order], cols.prompt[order], cols.output[order], cols.lines[order])
         time = cols.time
     arrival_s = (time - time[0]).astype(np.float64) * to_s
+    if arrival_s[-1] > MAX_TRACE_SPAN_S:
+        i = len(arrival_s) - 1
+        raise InputError(f"{where}:{cols.lines[i]}", time_field, f"the trace spans {arrival_s[-1]:.3g} s, above the "
+                         f"limit of {MAX_TRACE_SPAN_S:.3g} s (ten years)",
+                         "check the time unit: " + ("nanoseconds" if fmt == "apex" else
+                                                    "the timestamps" if fmt == "azure" else "seconds"))
     trace = Trace(arrival_s=arrival_s, prompt_tokens=cols.prompt.astype(np.int64),
                   output_tokens=cols.output.astype(np.int64), name=name)
     return TraceLoad(trace=trace, format=fmt, dropped_failed=dropped, notes=notes)

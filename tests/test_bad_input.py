@@ -1,0 +1,507 @@
+"""Generated bad-input suite: every input file kind and every flag of every command.
+
+Each case runs the console entry point in-process and must end with exit status 2, exactly one line
+on stderr that names the file or option (and the field, where there is one) and ends with the fix in
+parentheses, nothing on stdout, no traceback, within 10 s. Cases are built from tables: bad values per
+option kind, and mutations of a valid file of each kind (model YAML, Hugging Face config.json, GPU
+profile, cluster, and the four trace formats), each file fed to every command that reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from apex_plan.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+MODEL = "llama-3.1-8b"
+GPU = "h100-sxm-80gb"
+# cheap valid baselines: one GPU, 20 synthetic requests; each case changes one thing
+SIM = ["simulate", "--model", MODEL, "--gpu", GPU, "--gpus", "1", "--workload", "chat", "--rate", "1",
+       "--num-requests", "20", "--max-model-len", "8192"]
+SEARCH = ["search", "--model", MODEL, "--gpu", GPU, "--gpus", "1", "--workload", "chat", "--rate", "1",
+          "--num-requests", "20", "--max-model-len", "8192"]
+WORKLOAD_OPTS = ("--workload", "--rate", "--num-requests")
+
+# id -> (argv with {file:...} placeholders, needles); a needle is a string, or a tuple of alternatives
+# (any of an option's spellings); the error line must contain every needle
+CASES: dict[str, tuple[list[str], tuple]] = {}
+
+
+def case(cid: str, argv: list[str], *needles) -> None:
+    assert cid not in CASES, cid
+    CASES[cid] = (argv, needles)
+
+
+def with_opt(base: list[str], opt: str, value: str | None, drop: tuple[str, ...] = ()) -> list[str]:
+    """`base` with `opt` set to `value` (a flag when value is None), and options in `drop` removed."""
+    out, i = [], 0
+    while i < len(base):
+        if base[i] in (opt, *drop):
+            i += 2
+            continue
+        out.append(base[i])
+        i += 1
+    if value is None:
+        return out + [opt]
+    return out + ([f"{opt}={value}"] if value.startswith("-") else [opt, value])
+
+
+# ---------------------------------------------------------------------------------------------
+# bad values per kind of option
+
+INT_BAD = ["abc", "", "1.5", "1e3", "0x10", "99999999999999999999", "-1"]
+FLOAT_BAD = ["abc", "", "nan", "inf", "-inf", "1e999", "-1", "0"]
+SLO_BAD = ["", "500", "5xs", "-5ms", "0ms", "1e999ms", "ms", "500 mss", "2days", "100000s", "nan ms", "5 m s"]
+LENGTH_BAD = ["", "abc", "-5", "0", "uniform:512-64", "uniform:a-b", "uniform:5", "lognormal:mean=100,std=-3",
+              "lognormal:std=3", "normal:mean=0", "normal:mean=-1", "normal:mean=nan", "normal:mean=inf",
+              "poisson:mean=3", "lognormal:mean=1e30", "99999999999", "normal:mean=10,mean=20",
+              "normal:mean=10,foo=2", "uniform:1-99999999999", "1e400", "normal:", "normal:mean=,std=1",
+              "lognormal:mean=74;std=120", "normal:mean=5x"]
+PLAN_BAD = ["", ",", "dp=1,dp=2", "tp=0", "tp=-1", "xx=1", "tp", "tp=", "tp=1,,pp=1", "tp=1.5", "dp=1;tp=1",
+            "tp=99999999", "ep=2", "dp=2", "tp=3", "pp=0", "dp=0", "tp=a", "dp=1 tp=1", "tp=1,pp=1,dp=1,tp=1",
+            "dp=99999999999999999999"]
+FLAG_VALUE_BAD = ["1", "yes"]
+
+
+def _aliases(names: tuple[str, ...], value: str, base: list[str], kind: str, needle=None,
+             drop: tuple[str, ...] = ()) -> None:
+    """The bad value under every spelling of the option; the message may name any spelling."""
+    for name in names:
+        case(f"{base[0]}:{name}={value!r}:{kind}", with_opt(base, name, value, drop), needle or names)
+
+
+def options_of(cmd: str, base: list[str]) -> None:
+    s = cmd
+    ints = {  # option spellings -> bad values beyond INT_BAD
+        ("--gpus",): ["0", "-8", "2000000", "12"],               # 12 GPUs do not fill nodes of 8
+        ("--gpus-per-node",): ["0", "1000"],
+        ("--num-requests",): ["0", "1000000000000"],
+        ("--seed",): ["99999999999999999999999"],
+        ("--max-model-len",): ["0", "1", "99999999999", "200000"],
+    }
+    if s == "simulate":
+        ints.update({("--concurrency",): ["0"], ("--max-num-seqs",): ["0", "100000000000"],
+                     ("--max-batched-tokens", "--max-num-batched-tokens"): ["0", "99999999999", "100"],
+                     ("--tensor-parallel-size", "-tp"): ["0"], ("--pipeline-parallel-size", "-pp"): ["0"]})
+    else:
+        ints.update({("--top",): ["0", "1000"], ("--max-gpus-per-replica",): ["0", "99999999"]})
+    for names, extra in ints.items():
+        for v in INT_BAD + extra:
+            _aliases(names, v, base, "int")
+    floats = {("--rate",): ["1e308", "1e-12"], ("--burstiness-cv",): ["1000"],
+              ("--gpu-memory-utilization",): ["1.5", "-0.1"], ("--slo-percentile",): ["101", "1000"]}
+    for names, extra in floats.items():
+        for v in FLOAT_BAD + extra:
+            _aliases(names, v, base, "float")
+    for names in (("--ttft-slo",), ("--tpot-slo",)):
+        for v in SLO_BAD:
+            _aliases(names, v, base, "slo")
+    for names in (("--prompt-tokens",), ("--output-tokens",)):
+        for v in LENGTH_BAD:
+            _aliases(names, v, base, "length")
+    choices = {("--format", "-f"): ["", "xml", "yaml", "JSON"], ("--arrival",): ["", "poison", "gama"],
+               ("--workload",): ["", "chatt", "summary"], ("--engine",): ["", "vllmm", "foo", "vllm@0.1", "sglang@9.0", "trtllm@x"],
+               ("--model", "-m"): ["", "llama-3.1-7b", "nope.yaml", "/nonexistent/dir/config.json"],
+               ("--gpu",): ["", "h100", "rtx4090", "nope.yaml"],
+               ("--weight-dtype",): ["", "bf61", "BF16", "int3"] + (["fp4"] if s == "simulate" else []),
+               ("--kv-dtype", "--kv-cache-dtype"): ["", "bf61", "fp9"],
+               ("--trace",): ["/nonexistent/trace.jsonl", "nope.csv"],
+               ("--cluster",): ["/nonexistent/cluster.yaml"]}
+    if s == "simulate":
+        choices.update({("--routing",): ["", "random", "rr"], ("--chunked-prefill",): ["", "maybe", "both", "on,off"],
+                        ("--plan",): PLAN_BAD, ("--activation-scales",): ["", "dynamc", "per-token"]})
+    else:
+        choices.update({("--objective",): ["", "speed", "gpu"], ("--chunked-prefill",): ["", "maybe", "on,maybe", ","],
+                        ("--max-num-seqs",): ["", "0", "abc", "128,,256", "128,abc", "-1", "100000", "1.5", ","],
+                        ("--max-batched-tokens", "--max-num-batched-tokens"): ["", "0", ",", "512,x", "99999999999",
+                                                                              "100", "-5"]})
+    for names, values in choices.items():
+        for v in values:
+            drop = ("--gpu", "--gpus") if names == ("--cluster",) else (WORKLOAD_OPTS if names == ("--trace",) else ())
+            needle = None
+            if names[0] in ("--trace", "--cluster", "--model", "--gpu") and v not in ("", "h100", "rtx4090", "llama-3.1-7b"):
+                needle = Path(v).name
+            _aliases(names, v, base, "choice", needle, drop)
+    flags = ["--no-custom-allreduce", "--disable-custom-all-reduce"]
+    if s == "search":
+        flags += ["--homogeneous", "--all", "--allow-cross-node-tp", "--no-symmetry-pruning"]
+    for flag in flags:
+        for v in FLAG_VALUE_BAD:
+            case(f"{s}:{flag}={v}:flag", base + [f"{flag}={v}"], flag)
+    for v in ("maybe", "2"):
+        case(f"{s}:--enable-chunked-prefill={v}", base + [f"--enable-chunked-prefill={v}"], "--chunked-prefill")
+    # structure: unknown option, missing value, missing --model, conflicting sources
+    case(f"{s}:unknown-option", base + ["--bogus"], "--bogus")
+    case(f"{s}:typo-option", base + ["--max-num-seq", "8"], "--max-num-seq")
+    case(f"{s}:missing-value", base + ["--gpus"], "--gpus")
+    case(f"{s}:missing-model", [a for i, a in enumerate(base) if a != "--model" and base[i - 1] != "--model"],
+         "--model")
+    case(f"{s}:no-gpu", with_opt(base, "--gpus", "1", drop=("--gpu",)), "--gpu")
+    case(f"{s}:no-gpus", with_opt(base, "--gpu", GPU, drop=("--gpus",)), "--gpus")
+    case(f"{s}:cluster-and-gpu", base + ["--cluster", str(EXAMPLES / "cluster.yaml")], "--cluster")
+    case(f"{s}:trace-and-workload", base + ["--trace", str(EXAMPLES / "chat.jsonl")], "--trace")
+    case(f"{s}:extra-argument", base + ["surplus"], "surplus")
+    case(f"{s}:--output=unwritable", base + ["--format", "json", "--output", "/nonexistent/dir/x.json"], "x.json")
+    case(f"{s}:-o=folder", base + ["--format", "csv", "-o", "{dir}"], "--output")
+
+
+options_of("simulate", SIM)
+options_of("search", SEARCH)
+case("search:cluster-too-big-to-search", with_opt(SEARCH, "--gpus", "8192"), "--gpus", "4,096")
+case("simulate:no-rate", with_opt(SIM, "--workload", "chat", drop=("--rate",)), "--rate")
+case("simulate:plan-too-big", with_opt(SIM, "--plan", "dp=2,tp=1"), "--plan")
+case("simulate:tp-contradicts-plan", with_opt(SIM, "--plan", "tp=1") + ["-tp", "2"], "--tensor-parallel-size")
+case("simulate:budget-below-len-nochunk", SIM + ["--chunked-prefill", "off", "--max-batched-tokens", "4096"],
+     "--max-batched-tokens")
+case("simulate:long-prompts", with_opt(SIM, "--prompt-tokens", "20000"), "--prompt-tokens")
+for cmd in ("models", "hardware"):
+    for v in ("", "xml", "yaml"):
+        case(f"{cmd}:--format={v!r}", [cmd, "--format", v], "--format")
+    case(f"{cmd}:--output=unwritable", [cmd, "--format", "json", "--output", "/nonexistent/dir/x.json"], "x.json")
+    case(f"{cmd}:-o=folder", [cmd, "-o", "{dir}"], "--output")
+    case(f"{cmd}:-f=xml", [cmd, "-f", "xml"], "--format")
+    case(f"{cmd}:unknown-option", [cmd, "--bogus"], "--bogus")
+    case(f"{cmd}:two-names", [cmd, "a", "b"], "b")
+for v in ("llama-3.1-7b", "llama", "nope.yaml", "/nonexistent/config.json", " "):
+    case(f"models:{v!r}", ["models", v], v.strip() or "--model")
+for v in ("rtx4090", "h1OO", "nope.yaml", "/nonexistent/gpu.yaml", "h100"):
+    case(f"hardware:{v!r}", ["hardware", v], Path(v).name)
+case("root:unknown-command", ["frobnicate"], "frobnicate")
+case("root:unknown-option", ["--bogus"], "--bogus")
+case("root:version-with-value", ["--version=1"], "--version")
+case("check:no-files", ["check"], ("FILES", "files"))
+case("check:missing-file", ["check", "/nonexistent/x.yaml"], "x.yaml")
+case("check:folder", ["check", "{dir}"], "not found")
+case("check:unknown-suffix", ["check", "{file:notes.txt}"], "notes.txt")
+case("check:unknown-yaml", ["check", "{file:what.yaml}"], "what.yaml")
+case("check:unknown-option", ["check", "--bogus", str(EXAMPLES / "chat.jsonl")], "--bogus")
+
+# ---------------------------------------------------------------------------------------------
+# files: mutations of a valid file of each kind
+
+FILES: dict[str, bytes] = {"notes.txt": b"hello\n", "what.yaml": b"colour: blue\n"}
+
+
+def add_file(name: str, content: str | bytes) -> str:
+    assert name not in FILES, name
+    FILES[name] = content.encode() if isinstance(content, str) else content
+    return name
+
+
+NUM_BAD = {"neg": -1, "zero": 0, "frac": 1.5, "text": "abc", "huge": 1e30, "bigint": 10**23, "bool": True,
+           "list": [1, 2], "map": {"a": 1}, "inf": float("inf"), "nan": float("nan"), "unit": "3.35 TB/s"}
+_BROKEN = {"malformed": "name: x\nhidden_size: [1,\n", "empty": "", "list": "- 1\n- 2\n", "scalar": "just text\n",
+           "tabs": "name: x\n\thidden_size: 1\n"}
+
+
+def model_files() -> list[tuple[str, tuple[str, ...]]]:
+    """(file name, needles) of bad model files, YAML and config.json."""
+    out = []
+    for base_name in (MODEL, "mixtral-8x7b", "deepseek-v3"):
+        base = yaml.safe_load((ROOT / "models" / f"{base_name}.yaml").read_text())
+        ints = [k for k, v in base.items() if isinstance(v, int) and not isinstance(v, bool)]
+        if base_name != MODEL:
+            ints = [k for k in ints if "expert" in k or "lora" in k or "rope" in k or k.startswith("moe")]
+        for field in ints:
+            for tag, value in NUM_BAD.items():
+                if tag == "zero" and field in ("first_k_dense_replace", "n_shared_experts", "q_lora_rank"):
+                    continue
+                doc = dict(base, **{field: value})
+                if field in ("num_local_experts", "n_routed_experts") and tag in ("huge", "bigint"):
+                    pass
+                ext = "json" if tag in ("neg", "frac", "bool", "nan") else "yaml"
+                text = json.dumps(doc) if ext == "json" else yaml.safe_dump(doc)
+                name = add_file(f"model-{base_name}-{field}-{tag}.{ext}" if ext == "yaml"
+                                else f"cfg-{base_name}-{field}-{tag}/config.json", text)
+                out.append((name, (field,)))
+            if field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                         "max_position_embeddings", "num_local_experts", "n_routed_experts", "kv_lora_rank"):
+                doc = {k: v for k, v in base.items() if k != field}
+                out.append((add_file(f"model-{base_name}-no-{field}.yaml", yaml.safe_dump(doc)), (field,)))
+    base = yaml.safe_load((ROOT / "models" / f"{MODEL}.yaml").read_text())
+    for tag, doc, field in (("arch", dict(base, architectures=["FooForCausalLM"]), "architectures"),
+                            ("arch-num", dict(base, architectures=5), "architectures"),
+                            ("arch-none", {k: v for k, v in base.items() if k != "architectures"}, "architectures"),
+                            ("tie", dict(base, tie_word_embeddings="yes"), "tie_word_embeddings"),
+                            ("kvheads", dict(base, num_key_value_heads=3), "num_key_value_heads"),
+                            ("headdim", dict(base, hidden_size=4100, head_dim=None), "head_dim"),
+                            ("exp-per-tok", dict(yaml.safe_load((ROOT / "models" / "mixtral-8x7b.yaml").read_text()),
+                                                 num_experts_per_tok=9), "num_experts_per_tok"),
+                            ("yaml12", dict(base, hidden_size="1e30"), "hidden_size")):
+        text = yaml.safe_dump(doc).replace("'1e30'", "1e30")
+        out.append((add_file(f"model-{tag}.yaml", text), (field,)))
+    for tag, text in _BROKEN.items():
+        out.append((add_file(f"model-broken-{tag}.yaml", text), ()))
+    out.append((add_file("cfg-malformed/config.json", '{"hidden_size": 4096,'), ("config.json",)))
+    out.append((add_file("cfg-array/config.json", "[1, 2]"), ("config.json",)))
+    out.append((add_file("model-binary.yaml", b"\xff\xfe\x00bad"), ()))
+    return out
+
+
+def gpu_files() -> list[tuple[str, tuple[str, ...]]]:
+    text = (ROOT / "hardware_profiles" / f"{GPU}.yaml").read_text()
+    base = yaml.safe_load(text)
+    out = []
+    fields = [k for k, v in base.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for field in fields + ["peak_tflops.bf16", "peak_tflops.fp8"]:
+        for tag, value in NUM_BAD.items():
+            if (tag == "zero" and field == "idle_w") or (tag == "frac" and field != "num_sms"):
+                continue
+            doc = json.loads(json.dumps(base, allow_nan=True))
+            if field.startswith("peak_tflops."):
+                doc["peak_tflops"][field.split(".")[1]] = value
+            else:
+                doc[field] = value
+            out.append((add_file(f"gpu-{field}-{tag}.yaml", yaml.safe_dump(doc)), (field,)))
+        if not field.startswith("peak_tflops.") or field.endswith("bf16"):
+            doc = json.loads(json.dumps(base))
+            if "." in field:
+                del doc["peak_tflops"]["bf16"]
+            else:
+                del doc[field]
+            out.append((add_file(f"gpu-no-{field}.yaml", yaml.safe_dump(doc)), (field,)))
+    for tag, change, field in (("unknown-field", {"memory_gb": 80}, "memory_gb"),
+                               ("peak-not-map", {"peak_tflops": 989}, "peak_tflops"),
+                               ("peak-dtype", {"peak_tflops": {"bf16": 989, "bf61": 1}}, "bf61"),
+                               ("idle-above-tdp", {"idle_w": 900}, "idle_w"),
+                               ("calib-not-map", {"calibration": 5}, "calibration"),
+                               ("name-list", {"name": [1]}, "name")):
+        out.append((add_file(f"gpu-{tag}.yaml", yaml.safe_dump(dict(base, **change))), (field,)))
+    for tag, text in _BROKEN.items():
+        out.append((add_file(f"gpu-broken-{tag}.yaml", text), ()))
+    return out
+
+
+def cluster_files() -> list[tuple[str, tuple[str, ...]]]:
+    base = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())
+    out = []
+    for field in ("nodes", "gpus_per_node", "inter_node_bw_gbps", "inter_node_latency_us", "price_per_gpu_hour",
+                  "intra_node_bw_gbps"):
+        for tag, value in NUM_BAD.items():
+            if (tag == "zero" and field in ("inter_node_latency_us", "price_per_gpu_hour")) or (
+                    tag == "frac" and field not in ("nodes", "gpus_per_node")):
+                continue
+            out.append((add_file(f"cluster-{field}-{tag}.yaml", yaml.safe_dump(dict(base, **{field: value}))), (field,)))
+    for tag, change, field in (("gpu-unknown", {"gpu": "h100"}, "gpu"), ("gpu-num", {"gpu": 5}, "gpu"),
+                               ("gpu-path", {"gpu": "nope.yaml"}, "gpu"), ("unknown-field", {"gpu_count": 8}, "gpu_count"),
+                               ("tera-nodes", {"nodes": 10**12}, "nodes"), ("tera-per-node", {"gpus_per_node": 10**12},
+                                                                            "gpus_per_node"),
+                               ("too-many", {"nodes": 200000, "gpus_per_node": 8}, "nodes")):
+        out.append((add_file(f"cluster-{tag}.yaml", yaml.safe_dump(dict(base, **change))), (field,)))
+    out.append((add_file("cluster-yaml12.yaml", yaml.safe_dump(base).replace("nodes: 2", "nodes: 1e12")), ("nodes",)))
+    for field in ("gpu", "nodes", "gpus_per_node"):
+        doc = {k: v for k, v in base.items() if k != field}
+        out.append((add_file(f"cluster-no-{field}.yaml", yaml.safe_dump(doc)), (field,)))
+    for tag, text in _BROKEN.items():
+        if tag in ("malformed", "tabs"):
+            out.append((add_file(f"cluster-broken-{tag}.yaml", text.replace("hidden_size", "nodes")), ()))
+    return out
+
+
+def trace_files() -> list[tuple[str, tuple[str, ...]]]:
+    out = []
+    apex = (EXAMPLES / "chat.jsonl").read_text().splitlines()
+    row = json.loads(apex[3])
+
+    def jl(tag: str, line: str | None, field: str, at: int = 3, extra: tuple[str, ...] = ()) -> None:
+        lines = list(apex)
+        if line is not None:
+            lines[at] = line
+        out.append((add_file(f"apex-{tag}.jsonl", "\n".join(lines) + "\n"), (field,) + extra))
+
+    for field in ("StartTimeOffset", "ContextTokens", "GeneratedTokens"):
+        for tag, value in (("neg", -5), ("text", "abc"), ("null", None), ("bool", True), ("list", [1]), ("huge", 1e30),
+                           ("bigint", 10**23), ("nan", "NaN"), ("inf", "Infinity")):
+            if field == "StartTimeOffset" and tag == "neg":
+                continue
+            body = json.dumps(dict(row, **{field: value}))
+            if tag in ("nan", "inf"):
+                body = body.replace(f'"{value}"', value)
+            jl(f"{field}-{tag}", body, field)
+        jl(f"{field}-missing", json.dumps({k: v for k, v in row.items() if k != field}), field)
+        if field != "StartTimeOffset":
+            jl(f"{field}-frac", json.dumps(dict(row, **{field: 1.5})), field)
+    jl("prompt-zero", json.dumps(dict(row, ContextTokens=0)), "ContextTokens")
+    jl("output-zero", json.dumps(dict(row, GeneratedTokens=0)), "GeneratedTokens")
+    jl("unsorted", json.dumps(dict(row, StartTimeOffset=0)), "StartTimeOffset")
+    jl("not-json", "{oops", "JSON")
+    jl("array", "[1, 2, 3]", "object")
+    jl("span", json.dumps(dict(row, StartTimeOffset=10**18)), "StartTimeOffset", at=len(apex) - 1)
+    out.append((add_file("apex-empty.jsonl", ""), ("empty",)))
+    out.append((add_file("apex-blank.jsonl", "\n  \n"), ("empty",)))
+    out.append((add_file("apex-binary.jsonl", b"\xff\xfe" + b"\x00" * 10), ("UTF-8",)))
+    out.append((add_file("apex-csv-inside.jsonl", "a,b,c\n1,2,3\n"), ("JSON",)))
+
+    def csv_cases(fmt: str, base_file: str, cols: tuple[str, str, str], sorted_: bool) -> None:
+        lines = (EXAMPLES / base_file).read_text().splitlines()
+        header = lines[0].split(",")
+        idx = [header.index(c) for c in cols]
+
+        def put(tag: str, cells: dict[int, str] | None = None, line: str | None = None, needles: tuple[str, ...] = (),
+                at: int = 4) -> None:
+            new = list(lines)
+            if line is not None:
+                new[at] = line
+            elif cells:
+                parts = new[at].split(",")
+                for i, v in cells.items():
+                    parts[i] = v
+                new[at] = ",".join(parts)
+            out.append((add_file(f"{fmt}-{tag}.csv", "\n".join(new) + "\n"), needles))
+
+        for k, col in enumerate(cols):
+            bad = ["abc", "", "nan", "inf", "-5", "1e30"] + (["1.5"] if k else [])
+            if k == 0 and fmt == "azure":
+                bad = ["abc", "", "2023-13-45 99:00:00", "yesterday", "1.5"]
+            for j, v in enumerate(bad):
+                put(f"{col.replace(' ', '_')}-{j}", {idx[k]: v}, needles=(col,) if k == 0 else (":5", col))
+        put("prompt-zero", {idx[1]: "0"}, needles=(":5", cols[1]))
+        if fmt != "burstgpt":
+            put("output-zero", {idx[2]: "0"}, needles=(":5", cols[2]))
+        put("extra-field", line=lines[4] + ",7", needles=(":5", "fields"))
+        put("missing-field", line=",".join(lines[4].split(",")[:-1]), needles=(":5", "fields"))
+        put("quoted-extra", line=lines[4] + ',"7"', needles=(":5", "fields"))
+        if sorted_:
+            parts = lines[4].split(",")
+            parts[idx[0]] = "0"
+            put("unsorted", line=",".join(parts), needles=(":5", cols[0]))
+        for col in cols:
+            hdr = ",".join(c if c != col else col + "x" for c in header)
+            out.append((add_file(f"{fmt}-header-{col.replace(' ', '_')}.csv", "\n".join([hdr] + lines[1:]) + "\n"),
+                        (":1",)))
+        out.append((add_file(f"{fmt}-header-only.csv", lines[0] + "\n"), ("no requests",)))
+        if fmt == "csv":
+            put("span", {idx[0]: "1e300"}, needles=(cols[0],), at=len(lines) - 1)
+        if fmt == "burstgpt":
+            body = [ln.split(",") for ln in lines[1:]]
+            for parts in body:
+                parts[idx[2]] = "0"
+            out.append((add_file("burstgpt-all-failed.csv", "\n".join([lines[0]] + [",".join(p) for p in body]) + "\n"),
+                        ("Response tokens",)))
+
+    csv_cases("csv", "chat.csv", ("arrival_s", "prompt_tokens", "output_tokens"), True)
+    csv_cases("burstgpt", "burstgpt.csv", ("Timestamp", "Request tokens", "Response tokens"), False)
+    csv_cases("azure", "azure.csv", ("TIMESTAMP", "ContextTokens", "GeneratedTokens"), False)
+    out.append((add_file("csv-garbage-header.csv", "foo,bar\n1,2\n"), (":1",)))
+    out.append((add_file("csv-empty.csv", ""), ("empty",)))
+    return out
+
+
+MODEL_FILES = model_files()
+GPU_FILES = gpu_files()
+CLUSTER_FILES = cluster_files()
+TRACE_FILES = trace_files()
+
+for name, needles in MODEL_FILES:
+    shown = (Path(name).name,) + needles
+    case(f"check:{name}", ["check", "{file:" + name + "}"], *shown)
+    case(f"models:{name}", ["models", "{file:" + name + "}"], *shown)
+    case(f"simulate--model:{name}", with_opt(SIM, "--model", "{file:" + name + "}"), *shown)
+    case(f"search--model:{name}", with_opt(SEARCH, "--model", "{file:" + name + "}"), *shown)
+for name, needles in GPU_FILES:
+    shown = (name,) + needles
+    case(f"check:{name}", ["check", "{file:" + name + "}"], *shown)
+    case(f"hardware:{name}", ["hardware", "{file:" + name + "}"], *shown)
+    case(f"simulate--gpu:{name}", with_opt(SIM, "--gpu", "{file:" + name + "}"), *shown)
+for name, needles in CLUSTER_FILES:
+    shown = (name,) + needles
+    case(f"check:{name}", ["check", "{file:" + name + "}"], *shown)
+    case(f"simulate--cluster:{name}", with_opt(SIM, "--cluster", "{file:" + name + "}", drop=("--gpu", "--gpus")),
+         *shown)
+    case(f"search--cluster:{name}", with_opt(SEARCH, "--cluster", "{file:" + name + "}", drop=("--gpu", "--gpus")),
+         *shown)
+for name, needles in TRACE_FILES:
+    shown = (name,) + needles
+    case(f"check:{name}", ["check", "{file:" + name + "}"], *shown)
+    case(f"simulate--trace:{name}", with_opt(SIM, "--trace", "{file:" + name + "}", drop=WORKLOAD_OPTS), *shown)
+    case(f"search--trace:{name}", with_opt(SEARCH, "--trace", "{file:" + name + "}", drop=WORKLOAD_OPTS), *shown)
+# search needs a rate from the trace; a prompt beyond the model's context fits nowhere
+one = add_file("one-request.jsonl", (EXAMPLES / "chat.jsonl").read_text().splitlines()[0] + "\n")
+case("search--trace:one-request", with_opt(SEARCH, "--trace", "{file:" + one + "}", drop=WORKLOAD_OPTS), one, "--rate")
+case("search--trace:one-request-with-rate", with_opt(SEARCH, "--trace", "{file:" + one + "}",
+                                                     drop=("--workload", "--num-requests")), one, "arrive")
+zero = add_file("all-at-zero.csv", "arrival_s,prompt_tokens,output_tokens\n0,10,5\n0,20,5\n0,30,5\n")
+case("search--trace:all-at-zero", with_opt(SEARCH, "--trace", "{file:" + zero + "}", drop=WORKLOAD_OPTS), zero, "--rate")
+case("search--trace:all-at-zero-with-rate", with_opt(SEARCH, "--trace", "{file:" + zero + "}",
+                                                     drop=("--workload", "--num-requests")), zero, "arrive")
+long_ = add_file("too-long.csv", "arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,200000,5\n2,30,5\n")
+for base in (SIM, SEARCH):
+    case(f"{base[0]}--trace:too-long", with_opt(base, "--trace", "{file:" + long_ + "}", drop=WORKLOAD_OPTS + (
+        "--max-model-len",)), long_, "request 2")
+big_cluster = add_file("cluster-too-big-to-search.yaml", "gpu: h100-sxm-80gb\nnodes: 1024\ngpus_per_node: 8\n")
+case("search--cluster:too-big-to-search", with_opt(SEARCH, "--cluster", "{file:" + big_cluster + "}",
+                                                   drop=("--gpu", "--gpus")), big_cluster, "4,096")
+# size limits, refused before reading: a sparse 10 GiB trace
+for argv in (["check", "{big}"], with_opt(SIM, "--trace", "{big}", drop=WORKLOAD_OPTS),
+             with_opt(SEARCH, "--trace", "{big}", drop=WORKLOAD_OPTS)):
+    case(f"{argv[0]}:sparse-10GiB", argv, "big.jsonl", "GiB")
+
+
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad-input")
+    for name, content in FILES.items():
+        path = d / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    big = d / "big.jsonl"
+    with open(big, "wb") as f:
+        f.truncate(10 * 2**30)        # sparse: no disk used
+    (d / "folder").mkdir()
+    return d
+
+
+def _fill(arg: str, d: Path) -> str:
+    if arg.startswith("{file:"):
+        return str(d / arg[6:-1])
+    return {"{dir}": str(d / "folder"), "{big}": str(d / "big.jsonl")}.get(arg, arg)
+
+
+def test_suite_is_large_and_covers_everything():
+    assert len(CASES) >= 1000, len(CASES)
+    kinds = {"model-", "cfg-", "gpu-", "cluster-", "apex-", "csv-", "burstgpt-", "azure-"}
+    for k in kinds:
+        assert any(k in cid for cid in CASES), k
+    from apex_plan.cli import app
+    import typer.main
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        for p in cmd.params:
+            if p.param_type_name == "option" and "--help" not in p.opts:
+                spellings = p.opts + p.secondary_opts
+                assert any(any(f"{s}=" in c or f":{s}" in c for s in spellings) for c in CASES), (name, spellings)
+
+
+@pytest.mark.parametrize("cid", list(CASES))
+def test_bad_input(cid, workdir, capsys, monkeypatch):
+    argv, needles = CASES[cid]
+    monkeypatch.setattr(sys, "argv", ["apex-plan", *(_fill(a, workdir) for a in argv)])
+    monkeypatch.setenv("COLUMNS", "80")
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as e:
+        main()
+    elapsed = time.perf_counter() - t0
+    out, err = capsys.readouterr()
+    assert e.value.code == 2, (e.value.code, err, out[:300])
+    assert "Traceback" not in err + out
+    if argv[0] != "check":
+        assert out == "", out[:300]
+    lines = err.rstrip("\n").split("\n")
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith(("apex-plan: error: ", "bad ") if argv[0] == "check" else "apex-plan: error: "), line
+    assert line.rstrip().endswith(")") and " (" in line, f"no fix in: {line}"
+    for needle in needles:
+        alternatives = needle if isinstance(needle, tuple) else (needle,)
+        assert any(n in line for n in alternatives), (needle, line)
+    assert elapsed < 10.0, elapsed
