@@ -283,6 +283,26 @@ def search(
         search_outputs(res, inputs, report, plot)
 
 
+# ------------------------------------------------------------------------------------------------
+@app.command(epilog="Example: apex-plan sweep scenarios.yaml --output results.jsonl --report sweep.html")
+def sweep(
+    scenarios: Path = typer.Argument(..., help="sweep YAML: base options, a grid and/or a list of scenarios"),
+    output: Optional[str] = typer.Option(None, "--output", "-o",
+                                         help="JSON lines, one search result per scenario (default: SCENARIOS.jsonl)"),
+    executor: str = typer.Option("local", "--executor", help="local (process pool) | ray"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="existing Ray cluster (default: a local Ray)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="parallel searches (default: the CPUs)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="run failed scenarios again"),
+    report: Optional[str] = ReportOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Run many searches (a grid or list of scenarios), resumable; print a summary table."""
+    from apex_plan.sweep.command import sweep_command
+    check_format(fmt)
+    _check_outputs(report, None)
+    raise typer.Exit(sweep_command(scenarios, output, executor, ray_address, jobs, retry_failed, report, fmt))
+
+
 def _slo_doc(slo) -> dict:
     """The SLO as echoed in JSON inputs, in milliseconds."""
     return {"ttft_ms": slo.ttft_s * 1e3 if slo.ttft_s else None,
