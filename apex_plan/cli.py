@@ -154,7 +154,7 @@ def simulate(
          lambda c: V.simulate_table(res, c))
     if report or plot:
         from apex_plan.report.html import simulate_outputs
-        simulate_outputs(res, inputs, report, plot)
+        simulate_outputs(res, inputs, report, plot, m.source, cl.gpu.source)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ class Bars:
     categories: tuple[str, ...]
     parts: tuple[tuple[str, tuple[float, ...]], ...]    # (part label, value per category)
     totals: tuple[float | None, ...] = field(default=())  # optional outline length per category
+    show_values: bool = False                              # write each bar's total at its end
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,7 +203,8 @@ def svg_row(charts: list[Chart], width: int = 560, height: int = 380) -> str:
 
 def bars_svg(b: Bars, width: int = 560, bar_h: int = 22) -> str:
     """Horizontal stacked bars with a legend; each segment's hover text gives its value."""
-    left, right, top = 230, 20, 34
+    # label column wide enough for the longest label (about 6 px per character at 11 px), within limits
+    left, right, top = int(min(380, max(120, 6 * max((len(c) for c in b.categories), default=10) + 16))), 50, 34
     n = len(b.categories)
     legend_h = 20
     height = top + n * (bar_h + 10) + 30 + legend_h
@@ -224,7 +226,7 @@ def bars_svg(b: Bars, width: int = 560, bar_h: int = 22) -> str:
     out.append(f'<text x="{left + pw / 2}" y="{axis_y + 28}" text-anchor="middle">{escape(b.unit)}</text>')
     for i, cat in enumerate(b.categories):
         y = top + i * (bar_h + 10)
-        out.append(f'<text x="{left - 6}" y="{y + bar_h / 2 + 4}" text-anchor="end">{escape(cat[:40])}</text>')
+        out.append(f'<text x="{left - 6}" y="{y + bar_h / 2 + 4}" text-anchor="end">{escape(cat[:60])}</text>')
         x = left
         for j, (label, vals) in enumerate(b.parts):
             w = vals[i] * scale
@@ -233,6 +235,8 @@ def bars_svg(b: Bars, width: int = 560, bar_h: int = 22) -> str:
             out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{PALETTE[j % len(PALETTE)]}">'
                        f'<title>{escape(cat)}: {escape(label)} {_num(vals[i])} {escape(b.unit)}</title></rect>')
             x += w
+        if b.show_values:
+            out.append(f'<text x="{x + 4:.1f}" y="{y + bar_h / 2 + 4}">{_num(totals[i])}</text>')
         if outline[i]:
             out.append(f'<rect x="{left}" y="{y - 2}" width="{outline[i] * scale:.1f}" height="{bar_h + 4}" '
                        f'fill="none" stroke="#000" stroke-dasharray="3 2"><title>{escape(cat)}: total '

@@ -83,7 +83,8 @@ def pareto_charts(d: SearchReportData) -> list[Chart]:
         x_hi = max(xs_all + [(slo or 0) * 1.15, 1.0])
         charts.append(Chart(f"Throughput per GPU vs {name} ({len(ok)} plans meeting the SLO)",
                             f"{name} {pct} (ms)", "output tokens/s per GPU", tuple(series), rules, x_max=x_hi,
-                            note="lines: one replica plan from 30% of its goodput to it; hover a point for details"))
+                            note=("lines: one replica plan from 30% of its goodput to it; hover a point for details" if ok
+                                  else "no plan meets the SLO at any rate tried: the plan table gives each one's reason")))
     return charts
 
 

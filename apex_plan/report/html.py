@@ -66,8 +66,9 @@ def _page(title: str, body: list[str]) -> str:
 
 def _question(inputs: dict, model_source: str, gpu_source: str) -> str:
     rows = _kv_rows(inputs)
-    rows.append(f"<tr><td>model source</td><td>{escape(model_source)}</td></tr>")
-    rows.append(f"<tr><td>GPU profile source</td><td>{escape(gpu_source)}</td></tr>")
+    for name, text in (("model source", model_source), ("GPU profile source", gpu_source)):
+        if text:
+            rows.append(f"<tr><td>{name}</td><td>{escape(text)}</td></tr>")
     return f'<h2>The question</h2><table class="kv">{"".join(rows)}</table>'
 
 
@@ -140,9 +141,9 @@ def search_html(d: SearchReportData) -> str:
     return _page(f"apex-plan search: {q.get('model', '')} on {q.get('gpus', '')} x {q.get('gpu', '')}", body)
 
 
-def simulate_html(res, inputs: dict) -> str:
+def simulate_html(res, inputs: dict, model_source: str = "", gpu_source: str = "") -> str:
     """One simulation: the question, the plan's metrics, CDFs, phase/step/memory breakdowns."""
-    body = [_question(inputs, "", "")]
+    body = [_question(inputs, model_source, gpu_source)]
     label = res.plan.label()
     if not res.feasible:
         body.append(f'<h2>Result</h2><p class="rec bad">{escape(label)} is infeasible: {escape(res.reason)}</p>')
@@ -197,14 +198,15 @@ def search_outputs(res, inputs: dict, report: str | None, plot: str | None) -> N
     """`search --report/--plot`: the HTML page and the Pareto charts alone."""
     from apex_plan.report.chart import write_plot
     from apex_plan.report.report_data import from_search
-    d = from_search(res, inputs, top=TOP if report else 0)
+    d = from_search(res, inputs, top=TOP)
     if plot:
         write_plot(F.pareto_charts(d), plot)
     if report:
         write_report(report, search_html(d))
 
 
-def simulate_outputs(res, inputs: dict, report: str | None, plot: str | None) -> None:
+def simulate_outputs(res, inputs: dict, report: str | None, plot: str | None, model_source: str = "",
+                     gpu_source: str = "") -> None:
     """`simulate --report/--plot`: the HTML page and the TTFT/TPOT CDFs alone."""
     from apex_plan.report.chart import write_plot
     if plot:
@@ -213,4 +215,4 @@ def simulate_outputs(res, inputs: dict, report: str | None, plot: str | None) ->
                              "choose a plan that fits, or drop --plot")
         write_plot(simulate_charts(res), plot)
     if report:
-        write_report(report, simulate_html(res, inputs))
+        write_report(report, simulate_html(res, inputs, model_source, gpu_source))

@@ -18,8 +18,8 @@ TOP_DEPLOYMENTS = 3          # deployments whose latency distributions and break
 CDF_POINTS = 400             # at most this many points per CDF polyline
 # extra operating points per plan, as shares of its goodput; lighter loads cost more simulated steps
 LOAD_FRACTIONS = (0.3, 0.6)
-CURVE_PLANS = 10             # plans (best ranked first, plus deployment plans) that get a load curve
-CURVE_REQUESTS = 500         # requests simulated per extra operating point (the first of the trace)
+CURVE_PLANS = 8              # plans (best ranked first, plus deployment plans) that get a load curve
+CURVE_REQUESTS = 300         # requests simulated per extra operating point (the first of the trace)
 
 
 @dataclass(frozen=True)

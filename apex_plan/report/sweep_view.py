@@ -90,19 +90,20 @@ def sweep_html(rows: list[dict], title: str) -> str:
     """Scenarios side by side: GPUs needed and $/Mtok as bars, then the full table."""
     from apex_plan.report.html import _page, _table
     ok = [r for r in rows if r["status"] == "ok"]
-    body = [f"<p>{len(rows)} scenarios: {len(ok)} with a deployment meeting the SLO, "
-            f"{sum(r['status'] == 'failed' for r in rows)} failed.</p>"]
+    none = [r for r in rows if r["status"] not in ("ok", "failed")]
+    body = [f"<p>{len(rows)} scenarios: {len(ok)} with a deployment meeting the SLO, {len(none)} without one "
+            f"(not shown in the bars: see the reasons below), {sum(r['status'] == 'failed' for r in rows)} failed.</p>"]
     if ok:
         names = tuple(f"{r['n']}. {r['scenario']}" for r in ok)
         body.append("<h2>GPUs needed</h2>" + bars_svg(Bars("GPUs of the recommended deployment", "GPUs", names,
-                                                           (("GPUs", tuple(float(r["gpus_needed"]) for r in ok)),)),
+                                                           (("GPUs", tuple(float(r["gpus_needed"]) for r in ok)),), show_values=True),
                                                       width=900))
         priced = [r for r in ok if r["usd_per_mtok"] is not None]
         if priced:
             body.append("<h2>Cost per million output tokens</h2>" + bars_svg(Bars(
                 "$ per million output tokens at the demanded rate", "USD / Mtok",
                 tuple(f"{r['n']}. {r['scenario']}" for r in priced),
-                (("$/Mtok", tuple(r["usd_per_mtok"] for r in priced)),)), width=900))
+                (("$/Mtok", tuple(r["usd_per_mtok"] for r in priced)),), show_values=True), width=900))
         else:
             body.append('<p class="muted">No GPU price known: add a prices: section to the sweep file (or '
                         'price_per_gpu_hour to a cluster YAML) for $/Mtok.</p>')
