@@ -1,13 +1,13 @@
 """What `--report FILE.html` adds to a search: in process (best of N: the search, then the report
 data (re-simulating the top deployments and each plan's load curve) and the HTML page), and as a
-process (`apex-plan search` with and without --report, median of N).
+process (`apex-plan search` with and without --report, best of N each, interleaved), and the import
+time of the report modules in a fresh interpreter.
 
     python scripts/bench_report.py            # llama-3.1-70b on 8 x H100 (chat), deepseek-v3 on 64 x H100
 """
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +53,16 @@ def as_process(model: str, gpus: int, rate: float, ttft: str, tpot: str, reps: i
             t0 = time.perf_counter()
             subprocess.run(args, check=True, capture_output=True)
             acc.append(time.perf_counter() - t0)
-    return statistics.median(plain), statistics.median(rep)
+    return min(plain), min(rep)
+
+
+def import_cost_s() -> float:
+    """Seconds to import the report modules in a fresh interpreter that already has the search."""
+    code = ("import time, apex_plan.cli, apex_plan.search.pipeline; t = time.perf_counter(); "
+            "import apex_plan.report.html, apex_plan.report.report_data, apex_plan.report.figures; "
+            "print(time.perf_counter() - t)")
+    return min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+               for _ in range(3))
 
 
 def main() -> None:
@@ -64,11 +73,14 @@ def main() -> None:
         out = tmp / f"{case[0]}.html"
         s, r = in_process(*case, reps=reps, out=out)
         ps, pr = as_process(*case, reps=reps, out=out)
-        worst = max(worst, r, pr - ps)
+        worst = max(worst, r)
         print(f"{case[0]} on {case[1]} x H100: in process search {s:.2f} s + report {r:.2f} s "
               f"({out.stat().st_size / 1024:.0f} KiB); as a process {ps:.2f} s -> {pr:.2f} s with --report "
               f"(+{pr - ps:.2f} s)")
-    print(f"largest addition {worst:.2f} s (budget {BUDGET_S:.1f} s): {'ok' if worst <= BUDGET_S else 'OVER'}")
+    imp = import_cost_s()
+    print(f"importing the report modules: {imp:.3f} s")
+    worst += imp
+    print(f"largest addition in process, imports included: {worst:.2f} s (budget {BUDGET_S:.1f} s): {'ok' if worst <= BUDGET_S else 'OVER'}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ and a run killed halfway then restarted, which must finish without redoing finis
     python scripts/bench_sweep.py                      # local process pool, then local Ray
     python scripts/bench_sweep.py --executors local    # without Ray
     python scripts/bench_sweep.py --kill-only          # only the kill-and-restart check
+    python scripts/bench_sweep.py --executors ray,local --no-kill   # the other order, timings only
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--executors", default="local,ray")
     ap.add_argument("--kill-only", action="store_true")
+    ap.add_argument("--no-kill", action="store_true", help="skip the kill-and-restart check")
     ap.add_argument("--keep", help="folder to keep the JSON lines in (default: a temporary one)")
     a = ap.parse_args()
     tmp = Path(a.keep or tempfile.mkdtemp(prefix="apex-sweep-"))
@@ -91,7 +93,8 @@ def main() -> None:
             print(f"results identical across executors: {a_ == b_} ({len(a_)} scenarios)")
             assert a_ == b_
         ref = res.get("local")
-    kill_and_restart(tmp, ref)
+    if not a.no_kill:
+        kill_and_restart(tmp, ref)
     print(f"files in {tmp}")
 
 

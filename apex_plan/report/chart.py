@@ -106,6 +106,14 @@ def _bounds(chart: Chart) -> tuple[list[float], list[float]]:
     return nice_ticks(0.0, x_hi or 1.0), nice_ticks(0.0, y_hi or 1.0)
 
 
+def _free_spot(placed: list[tuple[float, float]], x: float, y: float, step: float = 12.0) -> tuple[float, float]:
+    """A label position near (x, y) that no earlier label occupies (coincident points stack upwards)."""
+    while any(abs(x - px) < 24 and abs(y - py) < step for px, py in placed):
+        y -= step
+    placed.append((x, y))
+    return x, y
+
+
 def svg(chart: Chart, width: int = 560, height: int = 380, standalone: bool = False) -> str:
     """One chart as an SVG element (with the xmlns declaration when `standalone`)."""
     legend = [s for s in chart.series if s.label]
@@ -147,6 +155,7 @@ def svg(chart: Chart, width: int = 560, height: int = 380, standalone: bool = Fa
             out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="{r.color}" '
                        f'stroke-dasharray="6 4" stroke-width="1.5"><title>{escape(r.label)}</title></line>'
                        f'<text x="{left + pw - 4}" y="{y - 4:.1f}" text-anchor="end" fill="{r.color}">{escape(r.label)}</text>')
+    placed: list[tuple[float, float]] = []
     for s in chart.series:
         if s.kind in ("line", "step") and s.x:
             pts = []
@@ -171,7 +180,8 @@ def svg(chart: Chart, width: int = 560, height: int = 380, standalone: bool = Fa
                              f'stroke="#333" stroke-width="0.6"/>')
                 label = ""
                 if i < len(s.names) and s.names[i]:
-                    label = f'<text x="{cx + 10:.1f}" y="{cy - 6:.1f}" font-weight="bold">{escape(s.names[i])}</text>'
+                    lx, ly = _free_spot(placed, cx + 10, cy - 6)
+                    label = f'<text x="{lx:.1f}" y="{ly:.1f}" font-weight="bold">{escape(s.names[i])}</text>'
                 out.append(f'<g class="pt">{shape}{label}<title>{tip}</title></g>')
     # legend: three entries a row under the x-axis label, then the note
     col_w = pw / 3
@@ -269,9 +279,13 @@ def png(charts: list[Chart], path: str | Path, width_in: float = 6.0, height_in:
                 ax.scatter(s.x, s.y, c=s.color, marker="D" if s.marker == "diamond" else "o",
                            s=70 if s.marker == "diamond" else 30, edgecolors="#333", linewidths=0.6, label=s.label or "_nolegend_",
                            zorder=3)
+                spots: list[tuple[float, float]] = []
                 for x, y, name in zip(s.x, s.y, s.names):
                     if name:
-                        ax.annotate(name, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8,
+                        near = sum(1 for sx, sy in spots if abs(sx - x) <= 0.03 * abs(x) and abs(sy - y) <= 0.03 * abs(y))
+                        dy = 5 - 10 * near
+                        spots.append((x, y))
+                        ax.annotate(name, (x, y), xytext=(6, dy), textcoords="offset points", fontsize=8,
                                     fontweight="bold")
             else:
                 ax.plot(s.x, s.y, color=s.color, lw=2, ls="--" if s.dashed else "-", label=s.label or "_nolegend_",
