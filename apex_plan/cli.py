@@ -288,7 +288,7 @@ def search(
 def sweep(
     scenarios: Path = typer.Argument(..., help="sweep YAML: base options, a grid and/or a list of scenarios"),
     output: Optional[str] = typer.Option(None, "--output", "-o",
-                                         help="JSON lines, one search result per scenario (default: SCENARIOS.jsonl)"),
+                                         help="JSON lines, one search result per scenario (default: STEM.jsonl here)"),
     executor: str = typer.Option("local", "--executor", help="local (process pool) | ray"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="existing Ray cluster (default: a local Ray)"),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="parallel searches (default: the CPUs)"),

@@ -14,7 +14,7 @@ def sweep_command(scenarios: Path, output: str | None, executor: str, ray_addres
                   retry_failed: bool, report: str | None, fmt: str) -> int:
     """Returns the exit status: 0 when every scenario ran (with or without a deployment), 1 when any failed."""
     scs, prices = load_scenarios(scenarios)
-    out = Path(output) if output else Path(scenarios).with_suffix(".jsonl")
+    out = Path(output) if output else Path(Path(scenarios).stem + ".jsonl")     # in the current folder
     lines, wall_s = run_sweep(scs, out, executor, jobs, ray_address, retry_failed)
     rows = V.summary_rows(scs, lines, prices)
     emit(fmt, None, lambda: V.sweep_json(rows, str(out), wall_s), lambda: rows,
