@@ -76,6 +76,9 @@ def search_html(d: SearchReportData) -> str:
     q = d.question
     pct = f"p{d.percentile:g}"
     body = [_question(q, d.model_source, d.gpu_source)]
+    if d.calibration:
+        body.append("<details><summary>GPU profile calibration constants (the profile YAML gives each one's "
+                    f'source)</summary><table class="kv">{"".join(_kv_rows(d.calibration))}</table></details>')
     cls = "rec" if d.deployments else "rec bad"
     body.append(f'<h2>Recommendation</h2><p class="{cls}">{escape(d.recommendation)}</p>')
     if d.deployments:

@@ -89,6 +89,7 @@ class SearchReportData:
     stats: dict
     gpu_source: str
     model_source: str
+    calibration: dict = dataclasses.field(default_factory=dict)   # the GPU profile's constants as loaded
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,7 +238,17 @@ def from_search(res, inputs: dict, top: int = TOP_DEPLOYMENTS, curves: bool = Tr
         tpot_slo_ms=inp.slo.tpot_s * 1e3 if inp.slo.tpot_s else None,
         recommendation=recommendation(res), plans=tuple(plans), deployments=tuple(deps),
         rejected=tuple((pl.replica_label(), r) for pl, r in res.rejected), stats=dict(res.stats),
-        gpu_source=inp.cluster.gpu.source, model_source=inp.model.source)
+        gpu_source=inp.cluster.gpu.source, model_source=inp.model.source,
+        calibration=_as_dict(getattr(inp.cluster.gpu, "calibration", None)))
+
+
+def _as_dict(obj) -> dict:
+    """A dataclass (or mapping) as a dict; anything else as its text."""
+    if obj is None:
+        return {}
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    return dict(obj) if isinstance(obj, dict) else {"value": str(obj)}
 
 
 def _dist_pct(samples_s: np.ndarray, p: float) -> float | None:
