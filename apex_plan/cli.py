@@ -28,6 +28,12 @@ app = typer.Typer(
 
 FormatOpt = typer.Option("table", "--format", "-f", help="table | json | csv")
 OutputOpt = typer.Option(None, "--output", "-o", help="write the result to FILE instead of stdout")
+ReportOpt = typer.Option(None, "--report", help="also write a self-contained HTML report to FILE.html")
+
+
+def _check_outputs(report: str | None, plot: str | None) -> None:
+    from apex_plan.report.html import check_outputs
+    check_outputs(report, plot)
 
 
 def _count(low: int, high: int, example: str):
@@ -198,6 +204,8 @@ def simulate(
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
     fmt: str = FormatOpt,
     output: Optional[str] = OutputOpt,
+    report: Optional[str] = ReportOpt,
+    plot: Optional[str] = typer.Option(None, "--plot", help="also draw the TTFT/TPOT CDFs to FILE.svg or FILE.png"),
 ) -> None:
     """Predict what a real server measures for one plan on one workload (latency, memory, energy)."""
     from apex_plan import inputs as I
@@ -206,6 +214,7 @@ def simulate(
     from apex_plan.simulate.run import simulate as run_sim
     from apex_plan.workload.slo import parse_slo
     check_format(fmt)
+    _check_outputs(report, plot)
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
     (chunked,) = I.chunked_prefill_modes(chunked_prefill, sweep=False)
@@ -231,6 +240,9 @@ def simulate(
               "slo": _slo_doc(slo)}
     emit(fmt, output, lambda: V.simulate_json(res, inputs), lambda: V.simulate_rows(res, inputs),
          lambda c: V.simulate_table(res, c))
+    if report or plot:
+        from apex_plan.report.html import simulate_outputs
+        simulate_outputs(res, inputs, report, plot, m.source, cl.gpu.source)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,6 +301,8 @@ def search(
     no_symmetry_pruning: bool = typer.Option(False, "--no-symmetry-pruning", help="evaluate every raw layout"),
     fmt: str = FormatOpt,
     output: Optional[str] = OutputOpt,
+    report: Optional[str] = ReportOpt,
+    plot: Optional[str] = typer.Option(None, "--plot", help="also draw the Pareto charts to FILE.svg or FILE.png"),
 ) -> None:
     """Find the parallel plan and deployment that meet the SLOs at the demanded rate."""
 
@@ -298,6 +312,7 @@ def search(
     from apex_plan.search.pipeline import OBJECTIVES, SearchInputs, run_search
     from apex_plan.workload.slo import parse_slo
     check_format(fmt)
+    _check_outputs(report, plot)
     if objective not in OBJECTIVES:
         from apex_plan.errors import did_you_mean
         raise InputError("--objective", None, f"unknown objective '{objective}'", did_you_mean(objective, OBJECTIVES))
@@ -343,6 +358,29 @@ def search(
               "slo": _slo_doc(slo), "rejected_engine_settings": [{"setting": k, "reason": r} for k, r in rejected_engines]}
     emit(fmt, output, lambda: V.search_json(res, inputs, show_all), lambda: V.search_rows(res, show_all),
          lambda c: V.search_table(res, c, show_all))
+    if report or plot:
+        from apex_plan.report.html import search_outputs
+        search_outputs(res, inputs, report, plot)
+
+
+# ------------------------------------------------------------------------------------------------
+@app.command(epilog="Example: apex-plan sweep scenarios.yaml --output results.jsonl --report sweep.html")
+def sweep(
+    scenarios: Path = typer.Argument(..., help="sweep YAML: base options, a grid and/or a list of scenarios"),
+    output: Optional[str] = typer.Option(None, "--output", "-o",
+                                         help="JSON lines, one search result per scenario (default: STEM.jsonl here)"),
+    executor: str = typer.Option("local", "--executor", help="local (process pool) | ray"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="existing Ray cluster (default: a local Ray)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="parallel searches (default: the CPUs)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="run failed scenarios again"),
+    report: Optional[str] = ReportOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Run many searches (a grid or list of scenarios), resumable; print a summary table."""
+    from apex_plan.sweep.command import sweep_command
+    check_format(fmt)
+    _check_outputs(report, None)
+    raise typer.Exit(sweep_command(scenarios, output, executor, ray_address, jobs, retry_failed, report, fmt))
 
 
 def engine_doc(profile) -> dict:
