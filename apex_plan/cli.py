@@ -207,7 +207,9 @@ def search(
     fmt: str = FormatOpt,
     output: Optional[str] = OutputOpt,
 ) -> None:
-    """Find the parallel plan and deployment that meet the SLOs at the demanded rate."""
+    """Find the parallel plan and deployment that meet the SLOs at the demanded rate.
+
+    Exit status: 0 a deployment meets the SLO, 1 none does (the closest is still printed), 2 bad input."""
     import dataclasses
 
     from apex_plan import inputs as I
@@ -249,12 +251,9 @@ def search(
     inp = SearchInputs(m, cl, wl.trace, demand, slo, tuple(_csv_list(weight_dtype, "--weight-dtype")),
                        tuple(_csv_list(kv_dtype, "--kv-dtype")), engines, objective, homogeneous, top,
                        allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica)
-    from rich.progress import Progress
-    from rich.console import Console
-    err = Console(stderr=True)
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("simulating plans", total=None)
-        res = run_search(inp, lambda i, n: bar.update(task, completed=i, total=n))
+    from apex_plan.report.search_view import progress_reporter
+    with progress_reporter() as report:
+        res = run_search(inp, report)
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "workload": {"trace": trace, "preset": workload if not trace else None, "requests": len(wl.trace),
                            "seed": seed},
@@ -263,6 +262,7 @@ def search(
               "slo": _slo_doc(slo)}
     emit(fmt, output, lambda: V.search_json(res, inputs, show_all), lambda: V.search_rows(res, show_all),
          lambda c: V.search_table(res, c, show_all))
+    return 0 if res.meets_slo else 1   # exit status 1: no deployment meets the SLO (the closest is shown)
 
 
 def _slo_doc(slo) -> dict:

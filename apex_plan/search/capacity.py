@@ -1,5 +1,5 @@
 """Goodput of one replica: the highest arrival rate of the workload mix that keeps the SLO
-percentile of both TTFT and TPOT, found by bisection on a time-scaled trace."""
+percentile of both TTFT and TPOT at steady state (see `steady`), found by geometric bisection."""
 
 from __future__ import annotations
 
@@ -33,10 +33,14 @@ def sustainable(metrics: dict, slo: Slo) -> bool:
 
 def meets_slo(metrics: dict, slo: Slo) -> bool:
     """The SLO percentile of TTFT and of per-request TPOT are within the limits, every request
-    completed, and queueing does not grow over the trace."""
+    completed, and the load is sustained: for steady-state metrics (`steady.steady_metrics`) the
+    backlog does not grow over the measured window; for a plain simulation, queueing does not grow
+    over the trace."""
     s = metrics.get("slo")
     if s is not None and not s["met"]:
         return False
+    if "steady" in metrics:
+        return metrics["steady"]["stable"] and metrics["completed"] == metrics["requests"]
     return metrics["completed"] == metrics["requests"] and sustainable(metrics, slo)
 
 
