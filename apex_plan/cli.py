@@ -178,7 +178,9 @@ def search(
     trace: Optional[str] = typer.Option(None, "--trace", help="request mix and rate from a trace file"),
     workload: Optional[str] = typer.Option(None, "--workload", help="preset: chat | summarization | creation"),
     rate: Optional[float] = typer.Option(None, "--rate", help="demanded arrival rate, requests/s (default: the trace's)"),
-    num_requests: int = typer.Option(1000, "--num-requests", help="synthetic requests per simulation"),
+    num_requests: int = typer.Option(1000, "--num-requests",
+                                     help="synthetic requests in the request mix (at least 40000 are drawn: steady-state "
+                                          "runs take as many as they need from it)"),
     prompt_tokens: Optional[str] = typer.Option(None, "--prompt-tokens"),
     output_tokens: Optional[str] = typer.Option(None, "--output-tokens"),
     arrival: str = typer.Option("poisson", "--arrival"),
@@ -204,6 +206,8 @@ def search(
     allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp"),
     max_gpus_per_replica: Optional[int] = typer.Option(None, "--max-gpus-per-replica"),
     no_symmetry_pruning: bool = typer.Option(False, "--no-symmetry-pruning", help="evaluate every raw layout"),
+    no_bound_pruning: bool = typer.Option(False, "--no-bound-pruning",
+                                          help="simulate plans whose analytic bound cannot beat a plan already found"),
     fmt: str = FormatOpt,
     output: Optional[str] = OutputOpt,
 ) -> None:
@@ -233,9 +237,11 @@ def search(
     engines = tuple(dataclasses.replace(base, max_num_seqs=s, max_batched_tokens=b, chunked_prefill=c)
                     for s in _int_list(max_num_seqs, "--max-num-seqs") for b in _int_list(max_batched_tokens, "--max-batched-tokens")
                     for c in chunk_opts[chunked_prefill])
+    from apex_plan.search.steady import MAX_HORIZON_REQUESTS
+    # a synthetic workload is a distribution: draw enough of it that its tail is represented
     wl = I.workload_from_options(trace, workload if (workload or trace or prompt_tokens) else "chat",
-                                 None if trace else (rate or 1.0), num_requests, prompt_tokens, output_tokens, None,
-                                 arrival, burstiness_cv, seed)
+                                 None if trace else (rate or 1.0), num_requests if trace else max(num_requests, MAX_HORIZON_REQUESTS),
+                                 prompt_tokens, output_tokens, None, arrival, burstiness_cv, seed)
     demand = rate if rate is not None else (wl.trace.rate_per_s if trace else None)
     if demand is not None and demand <= 0:
         raise InputError("--rate", None, "must be positive", "e.g. --rate 2")
@@ -250,7 +256,7 @@ def search(
                 raise InputError(opt, None, f"unknown dtype '{dt}'", did_you_mean(dt, DTYPE_BYTES))
     inp = SearchInputs(m, cl, wl.trace, demand, slo, tuple(_csv_list(weight_dtype, "--weight-dtype")),
                        tuple(_csv_list(kv_dtype, "--kv-dtype")), engines, objective, homogeneous, top,
-                       allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica)
+                       allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica, not no_bound_pruning)
     from apex_plan.report.search_view import progress_reporter
     with progress_reporter() as report:
         res = run_search(inp, report)

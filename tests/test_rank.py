@@ -82,7 +82,7 @@ def test_cp_sat_matches_brute_force(seed):
         for homogeneous in (False, True):
             kw = dict(num_nodes=NODES, gpus_per_node=PER_NODE, price_per_gpu_hour=PRICE,
                       demand_rps=demand, objective=objective, homogeneous=homogeneous, top_k=3)
-            got = solve_deployments(cands, **kw)
+            got = solve_deployments(cands, method="cp-sat", **kw)
             want = brute_force_deployments(cands, **kw)
             assert len(got) == len(want), (objective, homogeneous)
             assert [key(d, objective) for d in got] == approx_keys([key(d, objective) for d in want])

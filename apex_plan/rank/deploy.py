@@ -33,8 +33,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from ortools.sat.python import cp_model
-
 from apex_plan.errors import InputError, did_you_mean
 
 OBJECTIVES = ("gpus", "energy", "cost", "latency", "throughput")
@@ -91,6 +89,12 @@ class _Problem:
     demand_rps: float | None
     objective: str
     homogeneous: bool
+    groups: tuple[int, ...] | None = None      # layout group per candidate: top-K differ in groups used
+
+    def group_set(self, r: Sequence[int]) -> frozenset:
+        """The layout groups a replica vector uses (its candidates when no groups are given)."""
+        g = self.groups or tuple(range(len(self.cands)))
+        return frozenset(g[i] for i, k in enumerate(r) if k)
 
     @property
     def usable(self) -> tuple[int, ...]:
@@ -201,6 +205,7 @@ class _Model:
     """The CP-SAT model of one solve: variables plus constraints from exclusions and fixes."""
 
     def __init__(self, p: _Problem, excluded: Sequence[tuple[int, ...]], fix: _Fix):
+        from ortools.sat.python import cp_model   # imported on first use: small problems never need it
         self.p = p
         g, n_nodes = p.gpus_per_node, p.num_nodes
         m = self.m = cp_model.CpModel()
@@ -234,13 +239,25 @@ class _Model:
         self.gpus = sum(p.cands[i].gpus_per_replica * self.r[i] for i in usable)
         self.goodput = sum(_gp_int(p.cands[i].goodput_rps) * self.r[i] for i in usable)
         m.add(self.goodput >= p.demand_int)
-        for vec in excluded:                    # top-K: forbid earlier replica vectors
-            diff = []
+        if p.groups is None:
+            for vec in excluded:                    # top-K: forbid earlier replica vectors
+                diff = []
+                for i in usable:
+                    d = m.new_bool_var("")
+                    m.add(self.r[i] != vec[i]).only_enforce_if(d)
+                    diff.append(d)
+                m.add_bool_or(diff)
+        elif excluded:                              # top-K: forbid earlier sets of layout groups
             for i in usable:
-                d = m.new_bool_var("")
-                m.add(self.r[i] != vec[i]).only_enforce_if(d)
-                diff.append(d)
-            m.add_bool_or(diff)
+                m.add(self.r[i] >= self.use[i])     # use[i] exactly when replicas of i are placed
+            gids = sorted({p.groups[i] for i in usable})
+            gused = {}
+            for g in gids:
+                gused[g] = m.new_bool_var(f"g{g}")
+                m.add_max_equality(gused[g], [self.use[i] for i in usable if p.groups[i] == g])
+            for vec in excluded:
+                prev = p.group_set(vec)
+                m.add_bool_or([gused[g].Not() if g in prev else gused[g] for g in gids])
         self.ttft = self.tpot = None
         if p.objective == "latency":
             ttft = {i: _us(p.cands[i].ttft_p90_s) for i in usable}
@@ -265,6 +282,7 @@ class _Model:
 
     def solve(self, objective, maximize: bool, time_limit_s: float, seed: int):
         """Replica vector (over all candidates) and placement, or None if none was found."""
+        from ortools.sat.python import cp_model
         if maximize:
             self.m.maximize(objective)
         else:
@@ -348,7 +366,7 @@ def _solve_best(p: _Problem, excluded, time_limit_s: float, seed: int):
 
 
 def _problem(candidates, num_nodes, gpus_per_node, price_per_gpu_hour, demand_rps,
-             objective, homogeneous) -> _Problem:
+             objective, homogeneous, groups=None) -> _Problem:
     if objective not in OBJECTIVES:
         raise InputError("--objective", None, f"unknown objective '{objective}'",
                          did_you_mean(objective, OBJECTIVES))
@@ -365,8 +383,10 @@ def _problem(candidates, num_nodes, gpus_per_node, price_per_gpu_hour, demand_rp
             raise ValueError(f"candidate {c.key}: energy and latencies must be finite and >= 0")
     if demand_rps is not None and not (math.isfinite(demand_rps) and demand_rps >= 0):
         raise InputError("--demand", None, f"demand must be a finite rate >= 0, got {demand_rps}")
+    if groups is not None and len(groups) != len(candidates):
+        raise ValueError("groups must give one layout group per candidate")
     return _Problem(tuple(candidates), num_nodes, gpus_per_node, float(price_per_gpu_hour),
-                    demand_rps, objective, homogeneous)
+                    demand_rps, objective, homogeneous, tuple(groups) if groups is not None else None)
 
 
 def solve_deployments(
@@ -381,12 +401,21 @@ def solve_deployments(
     top_k: int = 1,
     time_limit_s: float = 3.0,
     seed: int = 0,
+    groups: Sequence[int] | None = None,
+    method: str = "auto",
 ) -> list[Deployment]:
-    """Up to `top_k` distinct deployments that meet the demand, best first; [] if none does."""
+    """Up to `top_k` distinct deployments that meet the demand, best first; [] if none does.
+
+    `groups` (a layout group per candidate): the deployments differ in the set of groups they use,
+    not only in replica counts. `method`: "cp-sat", "exhaustive" (enumerate replica vectors), or
+    "auto" (exhaustive when there are at most EXHAUSTIVE_MAX_VECTORS, which is exact and spares
+    loading the solver)."""
     p = _problem(candidates, num_nodes, gpus_per_node, price_per_gpu_hour, demand_rps,
-                 objective, homogeneous)
+                 objective, homogeneous, groups)
     if top_k < 1:
         raise InputError("--top-k", None, f"must be >= 1, got {top_k}")
+    if method == "exhaustive" or (method == "auto" and _vectors(p) <= EXHAUSTIVE_MAX_VECTORS):
+        return _exhaustive(p, top_k)
     found: list[tuple[tuple[int, ...], list[list[int]]]] = []
     for _ in range(top_k):
         got = _solve_best(p, [r for r, _ in found], time_limit_s, seed)
@@ -466,11 +495,28 @@ def brute_force_deployments(
     objective: str = "gpus",
     homogeneous: bool = False,
     top_k: int = 1,
+    groups: Sequence[int] | None = None,
 ) -> list[Deployment]:
     """Same contract as `solve_deployments`, by enumerating replica vectors (small cases only)."""
     p = _problem(candidates, num_nodes, gpus_per_node, price_per_gpu_hour, demand_rps,
-                 objective, homogeneous)
-    usable = p.usable
+                 objective, homogeneous, groups)
+    return _exhaustive(p, top_k)
+
+
+EXHAUSTIVE_MAX_VECTORS = 4096       # replica vectors enumerated instead of calling CP-SAT
+
+
+def _vectors(p: _Problem) -> int:
+    n = 1
+    for i in p.usable:
+        n *= p.max_replicas(i) + 1
+        if n > EXHAUSTIVE_MAX_VECTORS:
+            break
+    return n
+
+
+def _exhaustive(p: _Problem, top_k: int) -> list[Deployment]:
+    usable, homogeneous = p.usable, p.homogeneous
     ranked = []
     for counts in itertools.product(*(range(p.max_replicas(i) + 1) for i in usable)):
         r = [0] * len(p.cands)
@@ -480,11 +526,20 @@ def brute_force_deployments(
         if used == 0 or (homogeneous and used > 1):
             continue
         m = _metrics(p, r)
-        if m["gpus"] > num_nodes * gpus_per_node or not meets_demand(m["goodput"], demand_rps):
+        if m["gpus"] > p.num_nodes * p.gpus_per_node or not meets_demand(m["goodput"], p.demand_rps):
+            continue
+        ranked.append((objective_key(p.objective, m), tuple(r)))
+    ranked.sort()
+    out, seen = [], set()
+    for _, r in ranked:
+        sig = p.group_set(r) if p.groups is not None else r
+        if sig in seen:
             continue
         placement = _pack(p, r)
         if placement is None:
             continue
-        ranked.append((objective_key(objective, m), tuple(r), placement))
-    ranked.sort(key=lambda t: (t[0], t[1]))
-    return [_deployment(p, r, placement) for _, r, placement in ranked[:top_k]]
+        seen.add(sig)
+        out.append(_deployment(p, r, placement))
+        if len(out) == top_k:
+            break
+    return out

@@ -52,18 +52,22 @@ class Capacity:
 
 
 def find_goodput(run: Callable[[float], dict], slo: Slo, start_rps: float, *, max_doublings: int = 6,
-                 iterations: int = 7, floor_rps: float = 1e-3) -> Capacity:
+                 iterations: int = 7, floor_rps: float = 1e-3, ceiling_rps: float | None = None) -> Capacity:
     """Bisection (geometric) for the largest rate where `run(rate)` meets the SLO.
 
     Assumes more load never lowers latency (tested separately); precision is 2^(-iterations) of the
-    bracketing ratio, about 1.1% for the default bracket of 2x.
+    bracketing ratio, about 1.1% for the default bracket of 2x. With `ceiling_rps`, an upper bound
+    on the goodput (`bounds.goodput_bound_rps`), the search starts at half of it and takes the
+    ceiling as the failing end instead of doubling.
     """
     sims = 0
     best_rate, best_m = 0.0, None
-    hi = max(start_rps, floor_rps)
+    hi = max(ceiling_rps / 2 if ceiling_rps else start_rps, floor_rps)
     m = run(hi)
     sims += 1
-    if meets_slo(m, slo):
+    if meets_slo(m, slo) and ceiling_rps:
+        best_rate, best_m, hi = hi, m, ceiling_rps
+    elif meets_slo(m, slo):
         lo, lo_m = hi, m
         for _ in range(max_doublings):
             hi = lo * 2

@@ -30,6 +30,7 @@ from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Slo, Trace, Workload
 
 OBJECTIVES = ("gpus", "energy", "cost", "latency", "throughput")
+GOODPUT_ITERATIONS = 5      # bisection steps in [bound/2, bound]: 2^(1/32), a 2.2% bracket
 
 
 @dataclass(frozen=True, eq=False)
@@ -235,8 +236,8 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
                          f"{ev.plan.gpus_per_replica} GPUs")
             continue
         sc = costs[ev.key]
-        start = min(ev.bound_rps, ev.screen.capacity_ceiling_rps) * 0.5   # usually brackets in 1-2 runs
-        cap = find_goodput(lambda r: _one_replica_metrics(inp, ev, sc, r, mix), inp.slo, start)
+        cap = find_goodput(lambda r: _one_replica_metrics(inp, ev, sc, r, mix), inp.slo, ev.bound_rps / 2,
+                           ceiling_rps=ev.bound_rps, iterations=GOODPUT_ITERATIONS)
         ev.simulations += cap.simulations
         ev.goodput_rps, ev.at_goodput = cap.goodput_rps, cap.metrics
         if cap.goodput_rps <= 0:
@@ -315,6 +316,29 @@ def _attach_launch(d: DeploymentEval, by_key: dict, model: ModelSpec, family: st
                 for k, n in d.deployment.replicas]
 
 
+def _layout_groups(ok: list[PlanEval]) -> list[int]:
+    """One group per layout (tp, pp, dtypes, engine settings): ep variants of a layout are one plan."""
+    ids: dict[tuple, int] = {}
+    return [ids.setdefault((e.plan.tp, e.plan.pp, e.plan.weight_dtype, e.plan.kv_dtype, e.engine_cfg), len(ids))
+            for e in ok]
+
+
+VERIFY_STEPS = (0.98, 0.96, 0.94)    # max-throughput deployments: rates tried below the sum of goodputs
+
+
+def _verified_capacity(inp: SearchInputs, dep, by_key: dict, mix: RequestMix) -> DeploymentEval:
+    """A max-throughput deployment whose summed goodput failed its own steady-state run: the highest of
+    VERIFY_STEPS x that rate it sustains, with its capacity lowered to it (unverified if none)."""
+    dv = None
+    for f in VERIFY_STEPS:
+        rate = dep.goodput_rps * f
+        dv = verify_deployment(inp, dep, by_key, rate, mix)
+        if dv.verified:
+            dv.deployment = dataclasses.replace(dep, goodput_rps=rate, objective_value=rate)
+            break
+    return dv
+
+
 def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = None) -> SearchResult:
     mix = request_mix(inp.trace)
     evals, rejected, stats = evaluate_plans(inp, progress, mix)
@@ -332,15 +356,19 @@ def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = 
         found = solve_deployments(cands, num_nodes=cl.num_nodes, gpus_per_node=cl.gpus_per_node,
                                   price_per_gpu_hour=cl.price_per_gpu_hour, demand_rps=rate,
                                   objective=inp.objective if rate or inp.objective == "throughput" else "throughput",
-                                  homogeneous=inp.homogeneous, top_k=3 * inp.top_k + 3)
+                                  homogeneous=inp.homogeneous, top_k=inp.top_k + 3, groups=_layout_groups(ok))
         for dep in distinct_plans(found, by_key):
             dv = verify_deployment(inp, dep, by_key, rate or dep.goodput_rps, mix)
+            stats["verification_failures"] = stats.get("verification_failures", 0) + (not dv.verified)
+            if not dv.verified and not rate:
+                dv = _verified_capacity(inp, dep, by_key, mix)
             dv.placement = [[cands[i].key for i in node] for node in dep.placement]
             if dv.verified:
                 deployments.append(dv)
-            stats["verification_failures"] = stats.get("verification_failures", 0) + (not dv.verified)
             if len(deployments) == inp.top_k:
                 break
+        if not rate:                # capacities may have been verified lower: best first again
+            deployments.sort(key=lambda d: (-d.deployment.goodput_rps, d.deployment.gpus))
     family = (inp.engine_profile or engine_caps(inp.engines[0].name)).family
     for d in deployments:
         _attach_launch(d, by_key, inp.model, family)
