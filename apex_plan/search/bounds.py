@@ -13,10 +13,14 @@ takes the best `b` whose TPOT floor is within the SLO (with BOUND_SLACK), and is
 BOUND_SLACK for what a mean context and a p90 SLO leave open; tests check it never falls below a
 simulated goodput.
 
-Pruning (objectives throughput, gpus, cost): a plan P is skipped when a plan Q already simulated
-uses a divisor of P's GPUs and g_P/g_Q replicas of Q sustain more than P's bound: any deployment
-using P can swap each P replica for those Q replicas in the same GPUs with more goodput, so P
-cannot change the optimum GPU count or goodput.
+Pruning, by objective (never for energy or latency, whose tie-breaks a bound cannot settle):
+* throughput: a plan P is skipped when a plan Q already simulated uses a divisor of P's GPUs and
+  g_P/g_Q replicas of Q sustain more than P's bound: any deployment using P can swap each P
+  replica for those Q replicas in the same GPUs with strictly more goodput, so P is never in the
+  best deployment.
+* gpus, cost (with a demand): P is skipped when one replica of it needs more GPUs than each of
+  top-K distinct homogeneous deployments already found: every deployment using P has more GPUs
+  than K better ones, whatever the energy tie-break.
 """
 
 from __future__ import annotations
@@ -29,6 +33,18 @@ from apex_plan.workload.spec import Slo
 
 BOUND_SLACK = 1.15               # headroom for mean-context and percentile effects (see tests)
 PRUNE_OBJECTIVES = ("throughput", "gpus", "cost")
+
+
+def gpus_needed(demand_rps: float, goodput_rps: float, gpus_per_replica: int) -> int:
+    """GPUs of the homogeneous deployment of a plan that meets the demand."""
+    return math.ceil(demand_rps / goodput_rps - 1e-9) * gpus_per_replica
+
+
+def outranked(gpus: int, homogeneous_gpus: list[int], top_k: int) -> bool:
+    """A plan of `gpus` GPUs per replica cannot enter the top-K when K distinct layouts already
+    meet the demand with fewer GPUs."""
+    best = sorted(homogeneous_gpus)
+    return len(best) >= top_k and gpus > best[top_k - 1]
 
 
 def _decode(sc: StepCost, b: int, ctx: int) -> tuple[float, float]:

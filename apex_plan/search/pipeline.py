@@ -18,7 +18,7 @@ from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.enumerate import enumerate_replica_plans, layer_shard_key
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.rank.deploy import closest_deployment, solve_deployments
-from apex_plan.search.bounds import PRUNE_OBJECTIVES, dominated_by, goodput_bound_rps
+from apex_plan.search.bounds import PRUNE_OBJECTIVES, dominated_by, goodput_bound_rps, gpus_needed, outranked
 from apex_plan.search.capacity import find_goodput
 from apex_plan.search.layouts import engine_caps, supported_layout
 from apex_plan.search.screen import Screen, screen_plan
@@ -226,14 +226,20 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
     todo = sorted((e for e in evals if e.key in costs), key=lambda e: (-e.bound_rps / e.plan.gpus_per_replica, e.key))
     prune = inp.prune_bounds and inp.objective in PRUNE_OBJECTIVES
     found: list[tuple[str, int, float]] = []
+    homog: dict[tuple, int] = {}           # layout -> GPUs of its homogeneous deployment meeting the demand
     for i, ev in enumerate(todo):
         if progress:
             progress(i, len(todo))
-        by = dominated_by(ev.bound_rps, ev.plan.gpus_per_replica, found) if prune else None
-        if by:
+        g = ev.plan.gpus_per_replica
+        if prune and inp.objective == "throughput":
+            by = dominated_by(ev.bound_rps, g, found)
+            if by:
+                ev.status = "pruned"
+                ev.reason = f"bound {ev.bound_rps:.3g} req/s per replica is below what {by} delivers in the same {g} GPUs"
+                continue
+        elif prune and inp.demand_rps and outranked(g, list(homog.values()), inp.top_k):
             ev.status = "pruned"
-            ev.reason = (f"bound {ev.bound_rps:.3g} req/s per replica is below what {by} delivers in the same "
-                         f"{ev.plan.gpus_per_replica} GPUs")
+            ev.reason = f"one replica needs {g} GPUs; {inp.top_k} other plans meet the demand with fewer"
             continue
         sc = costs[ev.key]
         cap = find_goodput(lambda r: _one_replica_metrics(inp, ev, sc, r, mix), inp.slo, ev.bound_rps / 2,
@@ -245,6 +251,11 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             continue
         ev.status = "ok"
         found.append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
+        if inp.demand_rps:
+            need = gpus_needed(inp.demand_rps, ev.goodput_rps, g)
+            layout = (ev.plan.tp, ev.plan.pp, ev.plan.weight_dtype, ev.plan.kv_dtype, ev.engine_cfg)
+            if need <= cluster.num_gpus and need < homog.get(layout, math.inf):
+                homog[layout] = need
         if inp.demand_rps:
             n = math.ceil(inp.demand_rps / cap.goodput_rps - 1e-9)
             ev.replicas_for_demand = n
