@@ -46,7 +46,7 @@ def _plan_doc(rank: int | None, e: PlanEval, model) -> dict:
         "engine": e.engine.as_dict() if e.engine else None,
         "memory_per_gpu": e.memory.as_dict() if e.memory else None,
         "screen": ({"tpot_floor_ms": e.screen.tpot_floor_s * 1e3, "ttft_floor_ms": e.screen.ttft_floor_s * 1e3,
-                    "capacity_ceiling_rps": e.screen.capacity_ceiling_rps} if e.screen else None),
+                    "capacity_ceiling_rps": e.bound_rps} if e.screen else None),
         "goodput_rps_per_replica": e.goodput_rps,
         "bound_rps_per_replica": e.bound_rps,
         "max_model_len_lowered": e.lowered_max_model_len(model),

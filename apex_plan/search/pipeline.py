@@ -210,8 +210,8 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             continue
         ev.engine = eng
         sc = build_step_cost(model, cluster.gpu, ev.plan, cluster, eng.custom_allreduce, shard=shard)
-        ev.screen = screen_plan(sc, inp.trace, inp.slo, kv_tokens=mem.kv_tokens, max_num_seqs=eng.max_num_seqs,
-                                budget=eng.max_batched_tokens, chunked=eng.chunked_prefill, frontend_s=frontend_s)
+        ev.screen = screen_plan(sc, inp.trace, inp.slo, budget=eng.max_batched_tokens, chunked=eng.chunked_prefill,
+                                frontend_s=frontend_s)
         ev.bound_rps = goodput_bound_rps(sc, mean_prompt=mix.mean_prompt, mean_output=mix.mean_output,
                                          kv_tokens=mem.kv_tokens, max_num_seqs=eng.max_num_seqs,
                                          budget=eng.max_batched_tokens, chunked=eng.chunked_prefill, slo=inp.slo)
@@ -279,7 +279,6 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         "no_goodput": sum(e.status == "no_goodput" for e in evals),
         "with_goodput": len(ok),
         "layer_cost_memo_hits": layer_cost_hits,
-        "bound_below_goodput": sum(e.bound_rps < e.goodput_rps for e in ok),
         "sampling": mix.sampling_error(max((_drawn(e.at_goodput) for e in ok), default=0) or 1000),
     }
     return evals, rej, stats

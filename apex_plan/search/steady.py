@@ -15,8 +15,10 @@ never kept up with. So capacity is not measured on the given trace as it is:
   runs a warm-up of WARMUP_FACTOR x L arrivals, a measured window of max(WINDOW_MIN_REQUESTS,
   WINDOW_FACTOR x L) arrivals, and a tail of TAIL_FACTOR x L arrivals so the window's last
   requests are served under load, not in a drain.
-* The SLO percentiles are taken over the window's requests only, and the window must be stable:
-  the number of requests in the system (arrived, not finished) may grow by at most
+* The SLO is judged over the window's requests only: the share missing the TTFT target and the
+  share missing the TPOT target must each stay within 100 - percentile (%) after adding
+  CONFIDENCE_Z standard errors (batch means over BATCHES stretches of the window), and the window
+  must be stable: the number of requests in the system (arrived, not finished) may grow by at most
   GROWTH_TOLERANCE x the arrival rate (mean of the window's last quarter against its first).
   An overloaded engine's backlog grows at (arrival - service) rate, which a burst drain cannot
   hide, so a rate more than ~GROWTH_TOLERANCE above what the engine serves fails.
@@ -35,6 +37,8 @@ from apex_plan.workload.spec import Slo, Trace
 WARMUP_FACTOR = 3.0            # warm-up arrivals per request in flight (three times in system)
 WINDOW_FACTOR = 2.0            # measured arrivals per request in flight, at least ...
 WINDOW_MIN_REQUESTS = 2000     # ... this many, for the batch-means error of the miss share
+WINDOW_MIN_LIGHT = 500         # window when few requests are in flight, ...
+WINDOW_PER_IN_FLIGHT = 250     # ... growing with the requests in flight up to WINDOW_MIN_REQUESTS
 TAIL_FACTOR = 1.0              # arrivals after the window: one time in system keeps the load on
 MIN_WARMUP_REQUESTS = 100
 MAX_HORIZON_REQUESTS = 40_000  # a cap on one simulation; the window shrinks first when reached
@@ -122,7 +126,10 @@ def horizon(mix: RequestMix, rate_rps: float, slo: Slo, concurrency_cap: int | N
     tail_life_s = (slo.ttft_s or FALLBACK_TTFT_S) + mix.tail_output * (slo.tpot_s or FALLBACK_TPOT_S)
     warm = max(MIN_WARMUP_REQUESTS, math.ceil(WARMUP_FACTOR * L), math.ceil(WARMUP_TAIL_FACTOR * tail_life_s * rate_rps))
     tail = max(MIN_WARMUP_REQUESTS // 2, math.ceil(TAIL_FACTOR * L))
-    win = max(WINDOW_MIN_REQUESTS, math.ceil(WINDOW_FACTOR * L))
+    # light load: requests seldom share a step, so they are nearly independent samples and a shorter
+    # window carries the same information (its sampling error still enters the SLO test)
+    win_min = min(WINDOW_MIN_REQUESTS, max(WINDOW_MIN_LIGHT, math.ceil(WINDOW_PER_IN_FLIGHT * L)))
+    win = max(win_min, math.ceil(WINDOW_FACTOR * L))
     over = warm + win + tail - MAX_HORIZON_REQUESTS
     if over > 0:
         win = max(WINDOW_MIN_REQUESTS // 2, win - over)
