@@ -143,7 +143,7 @@ def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gp
 def _one_replica_metrics(inp: SearchInputs, ev: PlanEval, sc, rate: float, mix: RequestMix) -> dict:
     """One replica at `rate`, run to steady state and judged over its window."""
     h = horizon(mix, rate, inp.slo, ev.engine.max_num_seqs * ev.plan.pp)
-    tr = steady_trace(mix, rate, h.total)
+    tr = steady_trace(mix, rate, h.total, h.burst)
     res = simulate(inp.model, inp.cluster, ev.plan, ev.run_cfg, Workload(tr), inp.slo, step_cost=sc)
     t0, t1 = window_bounds(tr, h)
     return steady_metrics([window_of(res, t0, t1, rate)], [res], t0, t1, rate, inp.slo, h, inp.cluster.gpu.idle_w)

@@ -59,7 +59,7 @@ def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: Requ
     if horizon_scale != 1.0:
         h = dataclasses.replace(h, warmup=math.ceil(h.warmup * horizon_scale), window=math.ceil(h.window * horizon_scale),
                                 tail=math.ceil(h.tail * horizon_scale))
-    tr = steady_trace(mix, rate, h.total)
+    tr = steady_trace(mix, rate, h.total, h.burst)
     t0, t1 = window_bounds(tr, h)
     parts = split_trace(tr, [ev.goodput_rps * n for ev, n in groups]) if len(groups) > 1 else [np.arange(len(tr))]
     windows, sims, per_plan, ok_all = [], [], [], True
