@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 
-from apex_plan.estimate.kernels import B_SCHED
 from apex_plan.estimate.step_cost import StepCost
 from apex_plan.workload.spec import Slo
 
