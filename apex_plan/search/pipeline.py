@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from apex_plan.estimate.memory import MemoryReport, memory_report
+from apex_plan.estimate.memory import MemoryReport
 from apex_plan.estimate.shard import Shard, build_shard, split_layers
 from apex_plan.estimate.step_cost import build_step_cost
 from apex_plan.hardware.spec import ClusterSpec
@@ -20,12 +20,13 @@ from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.rank.deploy import closest_deployment, solve_deployments
 from apex_plan.search.bounds import PRUNE_OBJECTIVES, dominated_by, goodput_bound_rps, gpus_needed, outranked
 from apex_plan.search.capacity import find_goodput
+from apex_plan.search.fit import engine_label, fit_engine
 from apex_plan.search.layouts import engine_caps, supported_layout
 from apex_plan.search.screen import Screen, screen_plan
 from apex_plan.search.steady import RequestMix, horizon, request_mix, steady_metrics, steady_trace, window_bounds, window_of
 from apex_plan.search.verify import (DeploymentEval, candidate, distinct_plans, latency_deployments,  # noqa: F401
                                      verify_deployment)
-from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
+from apex_plan.simulate.engine import ResolvedEngine
 from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Slo, Trace, Workload
 
@@ -100,46 +101,6 @@ class SearchResult:
         return bool(self.deployments)
 
 
-def _engine_label(cfg: EngineConfig, base: EngineConfig) -> str:
-    parts = []
-    if cfg.max_num_seqs != base.max_num_seqs:
-        parts.append(f"seqs{cfg.max_num_seqs}")
-    if cfg.max_batched_tokens:
-        parts.append(f"budget{cfg.max_batched_tokens}")
-    if cfg.chunked_prefill is not None:
-        parts.append("chunked" if cfg.chunked_prefill else "nochunk")
-    return ("+" + ",".join(parts)) if parts else ""
-
-
-def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gpu, need_len: int
-               ) -> tuple[ResolvedEngine | None, MemoryReport, str]:
-    """Resolve engine settings for a plan; without --max-model-len, lower it (as a vLLM operator
-    would) to what the KV cache holds, but never below the longest request of the workload."""
-    def resolve(c: EngineConfig):
-        eng = resolve_engine(c, model)
-        mem = memory_report(model, gpu, plan, shard, gpu_memory_utilization=eng.gpu_memory_utilization,
-                            max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs,
-                            block_size=eng.block_size, max_model_len=eng.max_model_len)
-        return eng, mem
-
-    eng, mem = resolve(cfg)
-    if mem.feasible or cfg.max_model_len is not None or mem.kv_tokens <= 0:
-        return (eng if mem.feasible else None), mem, mem.reason
-    length = mem.kv_tokens
-    for _ in range(3):
-        length = (min(length, model.max_context) // 16) * 16
-        if length < need_len:
-            break
-        c2 = dataclasses.replace(cfg, max_model_len=length)
-        eng2, mem2 = resolve(c2)
-        if mem2.feasible:
-            return eng2, mem2, ""
-        length = mem2.kv_tokens
-    reason = (f"KV cache holds {mem.kv_tokens} tokens per replica, fewer than the longest request "
-              f"({need_len} tokens)" if mem.kv_tokens < need_len else mem.reason)
-    return None, mem, reason
-
-
 def _one_replica_metrics(inp: SearchInputs, ev: PlanEval, sc, rate: float, mix: RequestMix) -> dict:
     """One replica at `rate`, run to steady state and judged over its window."""
     h = horizon(mix, rate, inp.slo, ev.engine.max_num_seqs * ev.plan.pp)
@@ -186,7 +147,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
     seen: dict[str, int] = {}
     for p in kept:
         for e in inp.engines:
-            key = p.replica_label() + _engine_label(e, base)
+            key = p.replica_label() + engine_label(e, base)
             seen[key] = seen.get(key, 0) + 1
             # without symmetry pruning the same plan recurs once per equivalent layout: number them
             evals.append(PlanEval(p, e, key if seen[key] == 1 else f"{key} #{seen[key]}"))
