@@ -115,13 +115,14 @@ def distinct_plans(found: list[Deployment], by_key: dict) -> list[Deployment]:
 def latency_deployments(inp, ok: list, rate: float, top_k: int, mix: RequestMix) -> list[DeploymentEval]:
     """Latency objective: homogeneous deployments (plan, n replicas) ranked by their own steady-state
     simulation at the demanded rate; CP-SAT checks each fits the cluster (node packing). One entry
-    per plan layout (the replica count that gives it the lowest latency)."""
+    per plan layout: the replica count that gives it the lowest latency, tried from the fewest that
+    meet the demand upwards, doubling, until latency improves by less than LATENCY_GAIN."""
     options = []
     for ev in ok:
         n_min = max(1, math.ceil(rate / ev.goodput_rps - 1e-9))
         n_max = inp.cluster.num_gpus // ev.plan.gpus_per_replica
         best = None
-        for n in range(n_min, n_max + 1):
+        for n in _doubling(n_min, n_max):
             fit = solve_deployments([candidate(ev)], num_nodes=inp.cluster.num_nodes,
                                     gpus_per_node=inp.cluster.gpus_per_node, demand_rps=n * ev.goodput_rps * (1 - 1e-6),
                                     objective="gpus", top_k=1)
@@ -129,7 +130,14 @@ def latency_deployments(inp, ok: list, rate: float, top_k: int, mix: RequestMix)
                 continue
             dv = verify_deployment(inp, fit[0], {ev.key: ev}, rate, mix)
             dv.placement = [[ev.key for _ in node] for node in fit[0].placement]
-            if dv.verified and (best is None or _lat_key(dv) < _lat_key(best)):
+            if not dv.verified:
+                continue
+            if best is not None and _lat_key(dv)[0] > _lat_key(best)[0] * (1 - LATENCY_GAIN) \
+                    and (_lat_key(dv)[1] > _lat_key(best)[1] * (1 - LATENCY_GAIN)):
+                if _lat_key(dv) < _lat_key(best):
+                    best = dv
+                break                       # more replicas no longer buy latency
+            if best is None or _lat_key(dv) < _lat_key(best):
                 best = dv
         if best is not None:
             options.append(best)
@@ -142,6 +150,16 @@ def latency_deployments(inp, ok: list, rate: float, top_k: int, mix: RequestMix)
             seen.add(sig)
             kept.append(d)
     return kept[:top_k]
+
+
+LATENCY_GAIN = 0.02      # relative p90 TTFT or TPOT gain that justifies trying more replicas
+
+
+def _doubling(lo: int, hi: int):
+    n = lo
+    while n <= hi:
+        yield n
+        n *= 2
 
 
 def _lat_key(d: DeploymentEval) -> tuple:
