@@ -4,11 +4,13 @@ recommended. Flag spellings are each engine's own:
 * vLLM: `vllm serve MODEL` (vLLM docs, "OpenAI-compatible server" / engine arguments):
   --tensor-parallel-size, --pipeline-parallel-size, --enable-expert-parallel, --max-num-seqs,
   --max-num-batched-tokens, --max-model-len, --enable-chunked-prefill, --gpu-memory-utilization,
-  --block-size, --kv-cache-dtype, --quantization, --disable-custom-all-reduce.
+  --block-size, --kv-cache-dtype, --quantization, --disable-custom-all-reduce. In vLLM 0.6
+  `--enable-chunked-prefill` takes an optional boolean (arg_utils: StoreBoolean, nargs="?"), so
+  `--enable-chunked-prefill=False` pins it off where the length rule would turn it on.
 * SGLang: `python -m sglang.launch_server --model-path MODEL` (SGLang docs, "Server Arguments"):
   --tp-size, --pp-size, --ep-size, --enable-dp-attention, --max-running-requests,
-  --chunked-prefill-size, --context-length, --mem-fraction-static, --page-size, --kv-cache-dtype,
-  --quantization, --disable-custom-all-reduce.
+  --chunked-prefill-size (-1 disables chunking), --context-length, --mem-fraction-static,
+  --page-size, --kv-cache-dtype, --quantization, --disable-custom-all-reduce.
 * TensorRT-LLM: `trtllm-serve MODEL` (TensorRT-LLM docs, "trtllm-serve"): --backend pytorch,
   --tp_size, --pp_size, --ep_size, --max_batch_size, --max_num_tokens, --max_seq_len,
   --kv_cache_free_gpu_memory_fraction.

@@ -240,7 +240,12 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
     if show_all and res.rejected:
         console.print(escape("rejected before costing: " + "; ".join(sorted({r for _, r in res.rejected}))))
     if res.closest:
-        console.print(escape(f"closest: {res.closest}"))
+        c = res.closest
+        reps = " + ".join(f"{n} x {k}" for k, n in c["replicas"])
+        console.print(escape(f"closest: {reps} on {c['gpus']} GPUs sustains {c['goodput_rps']:.3g} req/s "
+                             f"({c['shortfall_rps']:.3g} req/s short of the demand)"))
+        for x in c.get("launch", []):
+            console.print(escape(f"  {x['replicas']} x {x['command']}"), soft_wrap=True)
     console.print("[bold]" + escape(recommendation(res)) + "[/bold]")
 
 
