@@ -91,26 +91,32 @@ def simulate(
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs in the cluster"),
     gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="cluster YAML (instead of --gpu/--gpus)"),
-    plan: str = typer.Option("dp=1,tp=1,pp=1", "--plan", help="dp=D,tp=T,pp=P[,ep=E]"),
+    plan: str = typer.Option("dp=1,tp=1,pp=1", "--plan", help="dp=D,tp=T,pp=P[,ep=E][,adp=A] (adp: attention-DP ranks)"),
     weight_dtype: str = typer.Option("bf16", "--weight-dtype"),
-    kv_dtype: str = typer.Option("bf16", "--kv-dtype"),
+    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="default: the engine's choice for the weight dtype"),
     trace: Optional[str] = typer.Option(None, "--trace", help="trace file: APEX .jsonl, CSV, BurstGPT or Azure CSV"),
     workload: Optional[str] = typer.Option(None, "--workload", help="preset: chat | summarization | creation"),
     rate: Optional[float] = typer.Option(None, "--rate", help="synthetic arrival rate, requests/s"),
-    num_requests: int = typer.Option(1000, "--num-requests"),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests",
+                                               help="synthetic requests (default: 1000; closed loop: "
+                                                    "5 x --concurrency, as a benchmark run)"),
     prompt_tokens: Optional[str] = typer.Option(None, "--prompt-tokens", help="512 | uniform:64-512 | lognormal:mean=74,std=120"),
     output_tokens: Optional[str] = typer.Option(None, "--output-tokens"),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="closed loop: requests kept in flight"),
     arrival: str = typer.Option("poisson", "--arrival", help="poisson | gamma"),
     burstiness_cv: float = typer.Option(1.0, "--burstiness-cv"),
     seed: int = typer.Option(0, "--seed"),
-    engine: str = typer.Option("vllm", "--engine"),
-    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
+    engine: str = typer.Option("vllm", "--engine", help="NAME[@VERSION]: vllm, sglang, trtllm (e.g. vllm@0.6.0), "
+                               "a profile name (vllm-v1) or a profile YAML"),
+    activation_scales: Optional[str] = typer.Option(None, "--activation-scales",
+                                                    help="fp8/int8 weights: dynamic | static (default: the engine's)"),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
+                                                           help="default: the engine's"),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
     no_custom_allreduce: bool = typer.Option(False, "--no-custom-allreduce"),
     chunked_prefill: Optional[bool] = typer.Option(None, "--chunked-prefill/--no-chunked-prefill",
-                                                    help="default: vLLM's rule (on when max_model_len > 32K)"),
-    max_num_seqs: int = typer.Option(256, "--max-num-seqs"),
+                                                    help="default: the engine profile's rule"),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="default: the engine's"),
     max_batched_tokens: Optional[int] = typer.Option(None, "--max-batched-tokens"),
     routing: str = typer.Option("round_robin", "--routing", help="round_robin | least_loaded (across replicas)"),
     ttft_slo: Optional[str] = typer.Option(None, "--ttft-slo", help="e.g. 500ms"),
@@ -128,16 +134,21 @@ def simulate(
     check_format(fmt)
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
+    eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
+                                chunked_prefill, max_num_seqs, max_batched_tokens, routing, activation_scales)
+    kv_dtype = kv_dtype or eng.profile.default_kv_dtype(weight_dtype)
     p = I.parse_plan(plan, weight_dtype, kv_dtype)
     I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
-    eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
-                                chunked_prefill, max_num_seqs, max_batched_tokens, routing)
+    if num_requests is None:
+        from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
+        num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency and concurrency > 0 else 1000
     wl = I.workload_from_options(trace, workload, rate, num_requests, prompt_tokens, output_tokens, concurrency,
                                  arrival, burstiness_cv, seed)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
     res = run_sim(m, cl, p, eng, wl, slo)
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "plan": plan, "weight_dtype": weight_dtype, "kv_dtype": kv_dtype,
+              "engine": engine_doc(eng.profile),
               "workload": {"trace": trace, "preset": workload, "rate_per_s": rate, "requests": len(wl.trace),
                            "mode": wl.mode, "concurrency": wl.concurrency, "seed": seed},
               "slo": _slo_doc(slo)}
@@ -189,12 +200,13 @@ def search(
     weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="list, e.g. bf16,fp8"),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="list, e.g. bf16,fp8"),
     engine: str = typer.Option("vllm", "--engine"),
-    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
+                                                           help="default: the engine's"),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len",
                                                 help="default: the model's, lowered to what the KV cache holds"),
     no_custom_allreduce: bool = typer.Option(False, "--no-custom-allreduce"),
     chunked_prefill: str = typer.Option("auto", "--chunked-prefill", help="auto | on | off | both"),
-    max_num_seqs: str = typer.Option("256", "--max-num-seqs", help="list, e.g. 128,256"),
+    max_num_seqs: Optional[str] = typer.Option(None, "--max-num-seqs", help="list, e.g. 128,256 (default: the engine's)"),
     max_batched_tokens: Optional[str] = typer.Option(None, "--max-batched-tokens", help="list, e.g. 512,2048"),
     ttft_slo: Optional[str] = typer.Option("1s", "--ttft-slo"),
     tpot_slo: Optional[str] = typer.Option("100ms", "--tpot-slo"),
@@ -229,7 +241,7 @@ def search(
         raise InputError("--top", None, "must be at least 1", "e.g. --top 3")
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
-    base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, 256,
+    base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
     chunk_opts = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}
     if chunked_prefill not in chunk_opts:
@@ -269,6 +281,12 @@ def search(
     emit(fmt, output, lambda: V.search_json(res, inputs, show_all), lambda: V.search_rows(res, show_all),
          lambda c: V.search_table(res, c, show_all))
     return 0 if res.meets_slo else 1   # exit status 1: no deployment meets the SLO (the closest is shown)
+
+
+def engine_doc(profile) -> dict:
+    """The engine profile as echoed in every output: name, version asked for, file, calibration."""
+    return {"profile": profile.name, "family": profile.family, "version": profile.version,
+            "versions": f"[{profile.min_version}, {profile.max_version})", "calibration": profile.calibration}
 
 
 def _slo_doc(slo) -> dict:

@@ -14,7 +14,6 @@ from apex_plan.workload.spec import Workload
 from apex_plan.workload.synthetic import PRESETS, LengthDist, closed_loop, preset_trace, synthetic_trace
 from apex_plan.workload.trace import read_trace
 
-ENGINES = ("vllm",)
 
 
 def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int, cluster: str | None) -> ClusterSpec:
@@ -31,10 +30,10 @@ def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int, 
 
 
 def parse_plan(text: str, weight_dtype: str, kv_dtype: str) -> Plan:
-    """'dp=2,tp=4,pp=1[,ep=1]' -> Plan."""
-    vals = {"dp": 1, "tp": 1, "pp": 1, "ep": 1}
+    """'dp=2,tp=4,pp=1[,ep=1][,adp=1]' -> Plan."""
+    vals = {"dp": 1, "tp": 1, "pp": 1, "ep": 1, "adp": 1}
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        m = re.fullmatch(r"(dp|tp|pp|ep)\s*=\s*(\d+)", part)
+        m = re.fullmatch(r"(dp|tp|pp|ep|adp)\s*=\s*(\d+)", part)
         if not m:
             raise InputError("--plan", None, f"cannot read '{part}' in '{text}'", "write it as dp=1,tp=8,pp=1")
         vals[m.group(1)] = int(m.group(2))
@@ -44,7 +43,7 @@ def parse_plan(text: str, weight_dtype: str, kv_dtype: str) -> Plan:
     for opt, dt in (("--weight-dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
         if dt not in DTYPE_BYTES:
             raise InputError(opt, None, f"unknown dtype '{dt}'", did_you_mean(dt, DTYPE_BYTES))
-    return Plan(vals["dp"], vals["tp"], vals["pp"], vals["ep"], weight_dtype, kv_dtype)
+    return Plan(vals["dp"], vals["tp"], vals["pp"], vals["ep"], weight_dtype, kv_dtype, adp=vals["adp"])
 
 
 def check_plan_fits(plan: Plan, cluster: ClusterSpec, num_heads: int, num_experts: int) -> None:
@@ -55,9 +54,10 @@ def check_plan_fits(plan: Plan, cluster: ClusterSpec, num_heads: int, num_expert
     if num_heads % plan.tp:
         raise InputError("--plan", "tp", f"tp={plan.tp} does not divide the model's {num_heads} attention heads",
                          "choose a tp that divides the head count")
-    if plan.ep > 1 and (not num_experts or num_experts % plan.ep or plan.tp % plan.ep):
-        raise InputError("--plan", "ep", f"ep={plan.ep} must divide tp={plan.tp} and the expert count ({num_experts})",
-                         "use ep=1 for dense models")
+    moe_gpus = plan.tp * plan.adp
+    if plan.ep > 1 and (not num_experts or num_experts % plan.ep or moe_gpus % plan.ep):
+        raise InputError("--plan", "ep", f"ep={plan.ep} must divide tp*adp={moe_gpus} and the expert count "
+                         f"({num_experts})", "use ep=1 for dense models")
     for opt, dt in (("--weight-dtype", plan.weight_dtype),):
         if dt in ("fp8", "fp4") and not cluster.gpu.supports(dt):
             raise InputError(opt, None, f"{cluster.gpu.name} has no {dt} tensor cores",
@@ -111,12 +111,17 @@ def workload_from_options(trace: str | None, workload: str | None, rate: float |
     return Workload(tr)
 
 
-def engine_from_options(engine: str, gpu_memory_utilization: float, max_model_len: int | None,
-                        custom_allreduce: bool, chunked_prefill: bool | None, max_num_seqs: int,
-                        max_batched_tokens: int | None, routing: str) -> EngineConfig:
-    if engine not in ENGINES:
-        raise InputError("--engine", None, f"unknown engine '{engine}'", did_you_mean(engine, ENGINES))
+def engine_from_options(engine: str, gpu_memory_utilization: float | None, max_model_len: int | None,
+                        custom_allreduce: bool, chunked_prefill: bool | None, max_num_seqs: int | None,
+                        max_batched_tokens: int | None, routing: str,
+                        activation_scales: str | None = None) -> EngineConfig:
+    """`--engine NAME[@VERSION]` resolved to its profile, plus the settings given (None: the profile's)."""
+    from apex_plan.engine.load import resolve_engine_profile
+    profile = resolve_engine_profile(engine)
+    if activation_scales is not None and activation_scales not in ("dynamic", "static"):
+        raise InputError("--activation-scales", None, f"unknown value '{activation_scales}'", "use dynamic or static")
     return EngineConfig(max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens,
                         chunked_prefill=chunked_prefill, gpu_memory_utilization=gpu_memory_utilization,
                         max_model_len=max_model_len, custom_allreduce=custom_allreduce,
-                        routing=routing.replace("-", "_"), name=engine)
+                        routing=routing.replace("-", "_"), name=engine, activation_scales=activation_scales,
+                        profile=profile)

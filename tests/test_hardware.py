@@ -19,7 +19,8 @@ from apex_plan.hardware.load import (
 )
 from apex_plan.hardware.spec import Calibration, GpuSpec
 
-EXPECTED_GPUS = ["a100-sxm-80gb", "b200-sxm-180gb", "h100-sxm-80gb", "h200-sxm-141gb", "l40s", "mi300x"]
+EXPECTED_GPUS = ["a100-sxm-80gb", "b200-sxm-180gb", "b300-sxm-288gb", "gb200-nvl72", "gb300-nvl72", "h100-sxm-80gb",
+                 "h200-sxm-141gb", "l40s", "mi300x", "mi325x", "mi355x"]
 
 
 def _h100_doc() -> dict:

@@ -28,7 +28,7 @@ def _inputs(gpus=4, per_node=2, rate=4.0, slo=Slo(0.5, 0.05, 90.0), objective="g
     cluster = make_cluster(load_gpu("h100-sxm-80gb"), gpus, per_node)
     trace = preset_trace("chat", 1.0, num_requests=300, seed=3)
     return SearchInputs(model, cluster, trace, rate, slo, ("bf16",), ("bf16",),
-                        (EngineConfig(gpu_memory_utilization=0.9, max_model_len=8192),), objective, homogeneous,
+                        (EngineConfig(gpu_memory_utilization=0.9, max_model_len=8192, name="vllm@0.6.0"),), objective, homogeneous,
                         3, False, prune, None)
 
 

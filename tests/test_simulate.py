@@ -98,12 +98,17 @@ def test_conservation_closed_loop_and_least_loaded():
     eng = EngineConfig(max_model_len=8192, routing="least_loaded")
     res = simulate(model(), cluster(), Plan(2, 4, 1), eng, closed_loop(tr, 24))
     check_conservation(res, tr, closed=True)
-    # closed loop: the first `concurrency` arrive at 0, each later one when an earlier one finishes
+    # closed loop: the first wave of `concurrency` requests is sent at 0; every later request is sent
+    # after an earlier one finished (de-synchronised profile: plus a small client jitter)
     t = res.times
     assert np.all(t.arrival_s[:24] == 0.0)
-    later = t.arrival_s[24:]
-    assert np.all(np.isin(later, t.finish_s))
-    assert np.all(np.diff(t.arrival_s) >= 0)
+    assert np.all(np.diff(t.arrival_s[24:]) >= 0)
+    # a lock-step engine profile: each later arrival is exactly an earlier finish
+    lock = simulate(model(), cluster(), Plan(1, 8, 1), EngineConfig(max_model_len=8192, name="sglang"),
+                    closed_loop(tr, 24))
+    check_conservation(lock, tr, closed=True)
+    assert np.all(lock.times.arrival_s[:24] == 0.0)
+    assert np.all(np.isin(lock.times.arrival_s[24:], lock.times.finish_s))
 
 
 def test_preemption_under_memory_pressure():
@@ -111,7 +116,7 @@ def test_preemption_under_memory_pressure():
     creation outputs at 4 req/s overflow them, so sequences are preempted and recomputed, and still
     every request completes with all its tokens."""
     tr = preset_trace("creation", 4.0, 150, seed=1)
-    eng = EngineConfig(gpu_memory_utilization=0.86, max_model_len=4096)
+    eng = EngineConfig(gpu_memory_utilization=0.86, max_model_len=4096, name="vllm@0.6.0")
     res = simulate(model(), cluster(), Plan(1, 2, 1), eng, Workload(tr))
     assert res.metrics["kv_cache"]["blocks_per_engine"] < 1000
     assert res.metrics["kv_cache"]["preemptions"] > 0
@@ -127,7 +132,7 @@ def test_preemption_under_memory_pressure():
 def test_preemption_with_chunked_prefill_small_max_model_len():
     tr = synthetic_trace(120, LengthDist("uniform", low=200, high=1500), LengthDist("uniform", low=500, high=2000),
                          6.0, seed=7)
-    eng = EngineConfig(gpu_memory_utilization=0.86, max_model_len=4096, chunked_prefill=True)
+    eng = EngineConfig(gpu_memory_utilization=0.86, max_model_len=4096, chunked_prefill=True, name="vllm@0.6.0")
     res = simulate(model(), cluster(), Plan(1, 2, 1), eng, Workload(tr))
     assert res.metrics["kv_cache"]["preemptions"] > 0
     check_conservation(res, tr)
@@ -181,7 +186,7 @@ def test_ttft_and_tpot_lower_bounds(chunked, dp, tp, pp):
     check_conservation(res, tr)
     sc = res.step_cost
     chunk = res.engine.max_batched_tokens if res.engine.chunked_prefill else None
-    frontend = gpu().calibration.frontend_latency_ms * 1e-3
+    frontend = res.engine.profile.host.frontend_ms * 1e-3
     alone = {p: sc.prefill_time_s(int(p), chunk) for p in np.unique(tr.prompt_tokens)}
     lower = np.array([alone[p] for p in tr.prompt_tokens]) + frontend
     ttft = res.times.ttft_s
@@ -200,7 +205,7 @@ def test_single_request_matches_step_costs():
                    Workload(tr))
     check_conservation(res, tr)
     sc = res.step_cost
-    frontend = gpu().calibration.frontend_latency_ms * 1e-3
+    frontend = res.engine.profile.host.frontend_ms * 1e-3
     assert res.times.ttft_s[0] == pytest.approx(sc.prefill_time_s(1000) + frontend, rel=1e-9)
     decode = sum(sc.decode_time_s(1, 1000 + i) for i in range(1, 50))
     assert res.times.finish_s[0] - res.times.first_token_s[0] == pytest.approx(decode, rel=1e-9)
@@ -216,7 +221,7 @@ def test_cli_bench_lmsys_tp8_tpot_within_10pct():
     cmd = [sys.executable, "-m", "apex_plan", "simulate", "--model", row["model"], "--gpu", row["gpu"],
            "--gpus", row["gpus"], "--plan", f"dp={row['dp']},tp={row['tp']},pp={row['pp']}",
            "--weight-dtype", row["weight_dtype"], "--kv-dtype", row["kv_dtype"],
-           "--trace", str(BENCH / row["trace"]), "--engine", "vllm",
+           "--trace", str(BENCH / row["trace"]), "--engine", "vllm@0.6.0",
            "--gpu-memory-utilization", row["gpu_memory_utilization"], "--format", "json"]
     if row.get("max_model_len"):
         cmd += ["--max-model-len", row["max_model_len"]]

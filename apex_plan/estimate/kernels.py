@@ -12,8 +12,15 @@ by `apex_plan.estimate.step_cost.build_step_cost`. Physical meaning of every ter
 * Prefill attention counts causal-attention FLOPs of each chunk against its cached context;
   decode attention counts the bytes of KV cache read.
 * Tensor-parallel all-reduce = latency + ring bandwidth term 2(tp-1)/tp * bytes / link bandwidth.
-* Without CUDA graphs (any step holding a prefill, as in vLLM 0.6.0), a step cannot run faster
-  than the host can launch its kernels.
+* Prefill attention runs at the GPU's attention efficiency times the SM occupancy of its query
+  tiles (128 query rows x one head per thread block): a 512-token chunk on 8 heads fills 32 of
+  132 SMs. The engine's backend scales it (e.g. vLLM 0.6's Triton prefix-prefill kernel for chunks
+  with cached context); decode attention reads the KV cache once per KV head, or once per query
+  head on backends without GQA sharing (vLLM 0.6 paged attention with an fp8 cache).
+* Steps outside a CUDA graph (per the engine profile's graph policy) cannot run faster than the
+  host launches their kernels. Host time per step (schedule, prepare, sample) either adds to the
+  GPU time or, on engines that overlap it (async scheduling, overlap schedulers), hides behind it:
+  step = max(GPU, overlap x host) + (1 - overlap) x host.
 """
 
 from __future__ import annotations
@@ -58,7 +65,22 @@ S_SEQ_OH = 32             # engine CPU time per scheduled sequence, s
 S_PF_TOK_OH = 33          # engine CPU time per prefill token, s
 S_ELEM_KERNELS = 34      # elementwise kernels per layer
 S_ATTN_PEAK = 35         # dense peak FLOP/s of the attention kernels (activation dtype)
-S_N = 36
+S_OVERLAP = 36           # fraction of host time per step that overlaps GPU work
+S_GRAPH_MODE = 37        # 0 decode-only graphs, 1 piecewise (attention eager in mixed steps), 2 full graphs
+S_GRAPH_MAX = 38         # largest step captured in a graph (sequences for decode-only, tokens otherwise)
+S_EAGER_MIXED = 39       # kernels per layer launched by the host in a piecewise-graphed mixed step
+S_DEC_KV_REREAD = 40     # decode KV reads per KV head (1: GQA shared; query heads per KV head otherwise)
+S_ATTN_HEADS = 41        # query heads on one GPU (attention thread blocks per 128-row query tile)
+S_SMS = 42               # streaming multiprocessors
+S_AE_FRESH = 43          # backend scale of attention efficiency for fresh prefill
+S_AE_PREFIX = 44         # backend scale for chunks attending to cached context
+S_A2A = 45               # 1 when MoE tokens move by all-to-all (attention-DP ranks hold different tokens)
+S_N = 46
+# layer-kind scalars follow the S_N scalars: scal[S_N + L_*] (built by apex_plan.estimate.shard.layer_scalars)
+L_FULL, L_WIN, L_SPARSE, L_LINEAR, L_MAMBA, L_MIXERLESS, L_NO_MLP, L_WINDOW = 0, 1, 2, 3, 4, 5, 6, 7
+L_IDX_KV_B, L_IDX_FLOP, L_STATE_LIN_B, L_STATE_MAMBA_B, L_LIN_FLOP_TOK, L_MAMBA_FLOP_TOK = 8, 9, 10, 11, 12, 13
+
+ATTN_Q_TILE = 128        # query rows per attention thread block (FlashAttention-2/3 forward tile)
 
 # ---- columns of the GEMM table `tables` (one row per GEMM of a layer) ---------------------------
 G_K = 0                   # reduction dim (input features) on one GPU
@@ -95,9 +117,58 @@ def _allreduce_s(scal, msg_bytes):
     return lat + 2.0 * (tp - 1.0) / tp * msg_bytes / scal[S_LINK_BW]
 
 
+@njit(cache=True)
+def q_tiles(chunk_tokens):
+    """Attention query tiles of one prefill chunk (per head)."""
+    return (chunk_tokens + ATTN_Q_TILE - 1) // ATTN_Q_TILE
+
+
+@njit(cache=True)
+def padded_pairs(chunk_tokens, cached_tokens):
+    """Query x key pairs one chunk's attention thread blocks compute: whole 128-row query tiles, each
+    row attending to the cached context plus (causally) half the chunk on average."""
+    return q_tiles(chunk_tokens) * ATTN_Q_TILE * (cached_tokens + (chunk_tokens + 1) * 0.5)
+
+
+@njit(cache=True)
+def host_launched_kernels(scal, tokens, n_decode, n_prefill, layer_kernels, eager):
+    """Kernels the host launches one by one this step (0 when a CUDA graph replays it all)."""
+    if eager == 1:
+        return layer_kernels
+    mode = scal[S_GRAPH_MODE]
+    gmax = scal[S_GRAPH_MAX]
+    if mode == 0.0:
+        # decode-only graphs: any prefill, or a batch above the largest capture, runs eager
+        return layer_kernels if (n_prefill > 0 or n_decode > gmax) else 0.0
+    if tokens > gmax:
+        return layer_kernels
+    if mode == 1.0 and n_prefill > 0:
+        # piecewise graphs: only the attention op of each layer is launched by the host
+        return (scal[S_LAYERS_DENSE] + scal[S_LAYERS_MOE]) * scal[S_EAGER_MIXED]
+    return 0.0
+
+
+@njit(cache=True, fastmath=False)
+def _attn_s(scal, flop_pair, kv_b, pf_pad, pf_pad_prefix, pf_tiles, dec_ctx, pf_ctx, n_prefill, n_decode, bw, klat,
+            reread):
+    """Seconds of one layer's attention. Prefill: tile-padded query x key pairs at the GPU's attention
+    efficiency x the backend's scale x SM occupancy (query tiles x heads over SMs), or the KV read if
+    slower. Decode: the KV read (`reread` times per KV head without GQA sharing), or its FLOPs."""
+    a_peak = scal[S_ATTN_PEAK] * scal[S_AE]      # achievable attention FLOP/s at full occupancy
+    t = 0.0
+    if n_prefill > 0:
+        occ = min(1.0, max(pf_tiles, 1.0) * scal[S_ATTN_HEADS] / scal[S_SMS])
+        eff = (pf_pad - pf_pad_prefix) / scal[S_AE_FRESH] + pf_pad_prefix / scal[S_AE_PREFIX]
+        t += max(flop_pair * eff / (a_peak * occ), kv_b * pf_ctx / bw) + klat
+    if n_decode > 0:
+        t += max(flop_pair * dec_ctx / a_peak, kv_b * dec_ctx * reread / bw) + klat
+    return t
+
+
 @njit(cache=True, fastmath=False)
 def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_tokens, pf_ctx_tokens,
-              n_logits, eager, out):
+              n_logits, eager, out, pf_pad_work, pf_pad_prefix, pf_q_tiles, pf_attn_work_w=-1.0, dec_ctx_w=-1.0,
+              pf_ctx_w=-1.0):
     """Seconds of one step; fills `out` (length B_N) with the breakdown, FLOPs and bytes.
 
     tokens: query tokens in the step (prefill chunk tokens + one per decode sequence).
@@ -105,7 +176,13 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     prefill chunks of c * (k + (c + 1) / 2) (query x key pairs of causal attention for a chunk of c
     tokens after k cached ones); dec_ctx_tokens: sum of decode context lengths (KV tokens read);
     pf_ctx_tokens: KV tokens read by prefill chunks; n_logits: sequences sampled this step;
-    eager: 1 when the step runs without a CUDA graph.
+    eager: 1 forces every kernel to be launched by the host, 0 follows the engine's graph policy;
+    pf_pad_work: query x key pairs with each chunk's queries padded to whole 128-row tiles (what the
+    kernel's thread blocks compute, see `padded_pairs`); pf_pad_prefix: the part of it from chunks
+    with cached context; pf_q_tiles: sum over chunks of their query tiles. pf_attn_work_w /
+    dec_ctx_w / pf_ctx_w: the same aggregates with each sequence's context capped at the model's
+    window (sliding window, chunk or sparse top-k; scal[S_N + L_WINDOW]); negative: not given, the
+    uncapped figures are used.
     """
     for i in range(out.shape[0]):
         out[i] = 0.0
@@ -118,10 +195,11 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     hidden = scal[S_HIDDEN]
     m = float(tokens)
 
-    # --- GEMMs, summed per kind: 0 every layer, 1 routed experts, 2 dense MLP, 3 MoE-layer dense part
-    t_kind = np.zeros(4)
-    f_kind = np.zeros(4)
-    b_kind = np.zeros(4)
+    # --- GEMMs, summed per kind: 0 attention layers, 1 routed experts, 2 dense MLP, 3 MoE-layer dense part,
+    #     4 linear-attention layers, 5 Mamba layers
+    t_kind = np.zeros(6)
+    f_kind = np.zeros(6)
+    b_kind = np.zeros(6)
     for r in range(tables.shape[0]):
         k = tables[r, G_K]
         n = tables[r, G_N]
@@ -142,16 +220,43 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
         f_kind[kind] += flops
         b_kind[kind] += byts
 
-    # --- attention, per layer ---------------------------------------------------------------------
+    # --- attention, per layer kind ----------------------------------------------------------------
+    L0 = S_N
+    if pf_attn_work_w < 0.0:
+        pf_attn_work_w = pf_attn_work
+    if dec_ctx_w < 0.0:
+        dec_ctx_w = dec_ctx_tokens
+    if pf_ctx_w < 0.0:
+        pf_ctx_w = pf_ctx_tokens
     kv_b = scal[S_KV_TOK_B]
-    attn_flops = scal[S_ATTN_FLOP_TOK] * (pf_attn_work + dec_ctx_tokens)  # QK^T and PV multiply-adds
-    attn_bytes = kv_b * (dec_ctx_tokens + pf_ctx_tokens)                  # KV cache read
-    t_attn = 0.0
-    if n_prefill > 0:
-        t_attn += max(scal[S_ATTN_FLOP_TOK] * pf_attn_work / (scal[S_ATTN_PEAK] * scal[S_AE]),
-                      kv_b * pf_ctx_tokens / bw) + klat
-    if n_decode > 0:
-        t_attn += max(scal[S_ATTN_FLOP_TOK] * dec_ctx_tokens / (scal[S_ATTN_PEAK] * scal[S_AE]), kv_b * dec_ctx_tokens / bw) + klat
+    a_peak = scal[S_ATTN_PEAK] * scal[S_AE]      # achievable attention FLOP/s
+    n_prefill_dec = n_prefill + n_decode
+    reread = scal[S_DEC_KV_REREAD]
+    # windowed layers see the capped contexts; their padded prefill pairs shrink in the same ratio
+    wr = pf_attn_work_w / pf_attn_work if pf_attn_work > 0.0 else 1.0
+    # full attention: every cached token; windowed (sliding / chunked / sparse top-k): capped contexts
+    t_attn = _attn_s(scal, scal[S_ATTN_FLOP_TOK], kv_b, pf_pad_work, pf_pad_prefix, pf_q_tiles, dec_ctx_tokens,
+                     pf_ctx_tokens, n_prefill, n_decode, bw, klat, reread)
+    t_win = _attn_s(scal, scal[S_ATTN_FLOP_TOK], kv_b, pf_pad_work * wr, pf_pad_prefix * wr, pf_q_tiles, dec_ctx_w,
+                    pf_ctx_w, n_prefill, n_decode, bw, klat, reread)
+    attn_flops = scal[S_ATTN_FLOP_TOK] * (pf_attn_work + dec_ctx_tokens)             # QK^T and PV multiply-adds
+    attn_bytes = kv_b * (dec_ctx_tokens * reread + pf_ctx_tokens)                    # KV cache read
+    win_flops = scal[S_ATTN_FLOP_TOK] * (pf_attn_work_w + dec_ctx_w)
+    win_bytes = kv_b * (dec_ctx_w * reread + pf_ctx_w)
+    # sparse attention's indexer scores every cached token's key (then attention reads the top-k)
+    idx_flops = scal[L0 + L_IDX_FLOP] * (pf_attn_work + dec_ctx_tokens)
+    idx_bytes = scal[L0 + L_IDX_KV_B] * (dec_ctx_tokens + pf_ctx_tokens)
+    t_idx = 0.0
+    if scal[L0 + L_SPARSE] > 0.0:
+        t_idx = _attn_s(scal, scal[L0 + L_IDX_FLOP], scal[L0 + L_IDX_KV_B], pf_pad_work, pf_pad_prefix, pf_q_tiles,
+                        dec_ctx_tokens, pf_ctx_tokens, n_prefill, n_decode, bw, klat, 1.0)
+    # linear attention / Mamba: a recurrent step per token, each sequence's state read and written once
+    lin_flops = scal[L0 + L_LIN_FLOP_TOK] * m
+    lin_bytes = 2.0 * scal[L0 + L_STATE_LIN_B] * n_prefill_dec
+    mamba_flops = scal[L0 + L_MAMBA_FLOP_TOK] * m
+    mamba_bytes = 2.0 * scal[L0 + L_STATE_MAMBA_B] * n_prefill_dec
+    t_lin = max(lin_flops / a_peak, lin_bytes / bw) + klat
+    t_mamba = max(mamba_flops / a_peak, mamba_bytes / bw) + klat
 
     # --- elementwise kernels: norms, residual adds, rotary, activation, KV-cache write (bytes) ---
     elem_bytes = scal[S_ELEM_B_TOK] * m
@@ -160,21 +265,34 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     # --- tensor-parallel all-reduces: after attention and after the MLP ---------------------------
     msg = m * hidden * act_b                      # activation bytes reduced per all-reduce
     t_ar = 2.0 * _allreduce_s(scal, msg)
-    # --- expert-parallel all-to-all: dispatch + combine of top-k token copies ---------------------
+    # --- expert-parallel all-to-all: dispatch + combine of top-k token copies; with tensor-parallel
+    # attention every rank already holds every token and the MoE output joins the all-reduce -------
     t_a2a = 0.0
-    if scal[S_EP] > 1.0:
+    if scal[S_EP] > 1.0 and scal[S_A2A] > 0.0:
         ep = scal[S_EP]
         a2a_bytes = m * scal[S_TOPK] * hidden * act_b * (ep - 1.0) / ep  # token copies leaving a GPU
         t_a2a = 2.0 * (scal[S_A2A_LAT] + scal[S_MOE_IMB] * a2a_bytes / scal[S_A2A_BW])
 
     n_dense = scal[S_LAYERS_DENSE]
     n_moe = scal[S_LAYERS_MOE]
-    n_layers = n_dense + n_moe
-    st_gemm = n_layers * t_kind[0] + n_dense * t_kind[2] + n_moe * (t_kind[1] + t_kind[3])
-    st_attn = n_layers * t_attn
+    n_full = scal[L0 + L_FULL]
+    n_win = scal[L0 + L_WIN]
+    n_sparse = scal[L0 + L_SPARSE]
+    n_lin = scal[L0 + L_LINEAR]
+    n_mamba = scal[L0 + L_MAMBA]
+    n_attn = n_full + n_win + n_sparse            # layers running the attention GEMMs
+    n_layers = n_dense + n_moe + scal[L0 + L_NO_MLP]
+    n_blocks = 2.0 * n_layers - scal[L0 + L_MIXERLESS] - scal[L0 + L_NO_MLP]   # mixers + MLPs: one all-reduce each
+    st_gemm = (n_attn * t_kind[0] + n_lin * t_kind[4] + n_mamba * t_kind[5] + n_dense * t_kind[2]
+               + n_moe * (t_kind[1] + t_kind[3]))
+    st_attn = n_full * t_attn + n_win * t_win + n_sparse * (t_win + t_idx) + n_lin * t_lin + n_mamba * t_mamba
     st_elem = n_layers * t_elem
-    st_comm = n_layers * t_ar + n_moe * t_a2a
+    st_comm = 0.5 * n_blocks * t_ar + n_moe * t_a2a
     st_kernels = n_dense * scal[S_KERNELS_DENSE] + n_moe * scal[S_KERNELS_MOE]
+    st_attn_flops = (n_full * attn_flops + (n_win + n_sparse) * win_flops + n_sparse * idx_flops + n_lin * lin_flops
+                     + n_mamba * mamba_flops)
+    st_attn_bytes = (n_full * attn_bytes + (n_win + n_sparse) * win_bytes + n_sparse * idx_bytes + n_lin * lin_bytes
+                     + n_mamba * mamba_bytes)
 
     # --- LM head for sampled rows, logits gather, and the vocab-parallel embedding ---------------
     t_head = 0.0
@@ -196,24 +314,26 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
 
     # the largest stage sets the pace of every stage: latency of one pass = pp stages of it
     gpu = pp * (st_gemm + st_attn + st_elem + st_comm) + t_head + t_embed + t_p2p
-    busy = gpu
-    if eager == 1:
-        host_launch = pp * st_kernels * scal[S_EAGER]  # the host enqueues every kernel itself
-        busy = max(gpu, host_launch)                   # the GPU cannot run ahead of the launches
-    excess = busy - gpu
+    launched = host_launched_kernels(scal, tokens, n_decode, n_prefill, st_kernels, eager)
+    host_launch = pp * launched * scal[S_EAGER]    # the host enqueues these kernels itself
+    busy = max(gpu, host_launch)                   # the GPU cannot run ahead of the launches
+    # engine CPU time of the step: fixed + per scheduled sequence + per prefill token
     host = scal[S_STEP_OH] + scal[S_SEQ_OH] * (n_decode + n_prefill) + scal[S_PF_TOK_OH] * (m - n_decode)
+    ov = scal[S_OVERLAP]
+    wall = max(busy, ov * host) + (1.0 - ov) * host   # overlapped host time hides behind the GPU step
     out[B_GEMM] = pp * st_gemm
     out[B_ATTN] = pp * st_attn
     out[B_COMM] = pp * st_comm + t_p2p
     out[B_ELEM] = pp * st_elem
     out[B_HEAD] = t_head + t_embed
-    out[B_HOST] = host + excess
+    out[B_HOST] = wall - gpu
     out[B_SCHED] = host
     # per GPU of the largest stage: FLOPs and HBM bytes of this step
-    out[B_FLOPS] = n_layers * (f_kind[0] + attn_flops) + n_dense * f_kind[2] + n_moe * (f_kind[1] + f_kind[3]) + head_flops
-    out[B_BYTES] = (n_layers * (b_kind[0] + attn_bytes + elem_bytes) + n_dense * b_kind[2]
-                    + n_moe * (b_kind[1] + b_kind[3]) + head_bytes)
-    return busy + host
+    out[B_FLOPS] = (n_attn * f_kind[0] + n_lin * f_kind[4] + n_mamba * f_kind[5] + st_attn_flops + n_dense * f_kind[2]
+                    + n_moe * (f_kind[1] + f_kind[3]) + head_flops)
+    out[B_BYTES] = (n_attn * b_kind[0] + n_lin * b_kind[4] + n_mamba * b_kind[5] + st_attn_bytes + n_layers * elem_bytes
+                    + n_dense * b_kind[2] + n_moe * (b_kind[1] + b_kind[3]) + head_bytes)
+    return wall
 
 
 def new_breakdown() -> np.ndarray:

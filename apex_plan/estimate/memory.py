@@ -10,7 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from apex_plan.estimate.shard import EVERY_LAYER, DENSE_MLP, MOE_DENSE_PART, ROUTED_EXPERTS, Shard, Stage
+from apex_plan.engine.spec import MemoryPolicy
+from apex_plan.estimate.shard import (
+    DENSE_MLP, EVERY_LAYER, LINEAR_ATTN, MAMBA_MIXER, MOE_DENSE_PART, ROUTED_EXPERTS, Shard, Stage,
+)
+from apex_plan.model import spec as S
 from apex_plan.hardware.spec import GpuSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import Plan
@@ -51,14 +55,17 @@ class MemoryReport:
 
 
 def stage_weight_bytes(model: ModelSpec, plan: Plan, shard: Shard, stage: Stage) -> float:
-    """Weight bytes on one GPU of `stage`: its layers' GEMM weights in the weight dtype; norms,
-    embedding and LM head in the activation dtype (vLLM quantises only the linear layers)."""
-    wb, ab = dtype_bytes(plan.weight_dtype), dtype_bytes(plan.act_dtype)
-    every = shard.layer_weight_params((EVERY_LAYER,))
-    dense = shard.layer_weight_params((DENSE_MLP,))
-    moe = shard.layer_weight_params((ROUTED_EXPERTS, MOE_DENSE_PART))
-    gemm_params = stage.layers * every + stage.dense_layers * dense + stage.moe_layers * moe
-    b = gemm_params * wb + stage.layers * shard.norm_params_per_layer * ab          # layers
+    """Weight bytes on one GPU of `stage`: each layer kind's GEMM weights in their format (scales
+    included, see `Gemm.w_bytes`); norms, embedding and LM head in the activation dtype (vLLM
+    quantises only the linear layers)."""
+    ab = dtype_bytes(plan.act_dtype)
+    attn_layers = stage.count(*S.ATTENTION_MIXERS) if stage.kinds else stage.layers
+    gemm_bytes = (attn_layers * shard.layer_weight_bytes((EVERY_LAYER,))
+                  + stage.count(S.LINEAR) * shard.layer_weight_bytes((LINEAR_ATTN,))
+                  + stage.count(S.MAMBA) * shard.layer_weight_bytes((MAMBA_MIXER,))
+                  + stage.dense_layers * shard.layer_weight_bytes((DENSE_MLP,))
+                  + stage.moe_layers * shard.layer_weight_bytes((ROUTED_EXPERTS, MOE_DENSE_PART)))
+    b = gemm_bytes + stage.layers * shard.norm_params_per_layer * ab                 # layers
     table = shard.vocab_per_gpu * model.hidden_size * ab                             # one vocab shard
     if stage.has_embedding:
         b += table
@@ -84,25 +91,44 @@ def activation_bytes(model: ModelSpec, plan: Plan, shard: Shard, max_batched_tok
 
 
 def memory_report(model: ModelSpec, gpu: GpuSpec, plan: Plan, shard: Shard, *, gpu_memory_utilization: float,
-                  max_batched_tokens: int, max_num_seqs: int, block_size: int, max_model_len: int) -> MemoryReport:
-    """Memory of the fullest GPU of one replica and the KV-cache blocks vLLM would allocate."""
+                  max_batched_tokens: int, max_num_seqs: int, block_size: int, max_model_len: int,
+                  policy: MemoryPolicy | None = None) -> MemoryReport:
+    """Memory of the fullest GPU of one replica and the KV-cache blocks the engine would allocate.
+
+    `policy` (the engine profile's): profile -> util x total - weights - activations - reserve
+    (vLLM); static_fraction -> util x total - weights - reserve (SGLang mem_fraction_static, the
+    activations live outside it); free_fraction -> util x (total - weights - activations - reserve)
+    (TRT-LLM free_gpu_memory_fraction)."""
+    policy = policy or MemoryPolicy(accounting="profile", reserve_gib=0.5)
     total = gpu.memory_bytes
     budget = total * gpu_memory_utilization
-    reserve = gpu.calibration.engine_reserve_gib * GIB
+    reserve = (policy.reserve_gib + policy.cuda_graph_gib) * GIB
     act = activation_bytes(model, plan, shard, max_batched_tokens, max_num_seqs)
     worst = None
     for st in shard.stages:
         w = stage_weight_bytes(model, plan, shard, st)
-        pool = budget - w - act - reserve
-        kv_tok = st.layers * shard.kv_bytes_per_token_layer
-        blocks = int(math.floor(pool / (kv_tok * block_size))) if pool > 0 else 0
+        if policy.accounting == "static_fraction":
+            pool = budget - w - reserve                                       # bytes left for KV
+        elif policy.accounting == "free_fraction":
+            pool = gpu_memory_utilization * (total - w - act - reserve)      # bytes left for KV
+        else:
+            pool = budget - w - act - reserve                                 # bytes left for KV
+        kv_tok = shard.kv_bytes_per_token_stage(st) if st.kinds else st.layers * shard.kv_bytes_per_token_layer
+        # windowed layers' KV and linear-attention / Mamba states take a fixed size per sequence:
+        # set aside for max_num_seqs sequences; the rest holds the per-token KV in blocks
+        seq_b = shard.seq_bytes_stage(st, max_model_len, block_size) if st.kinds else 0.0
+        token_pool = pool - seq_b * max_num_seqs
+        if kv_tok > 0:
+            blocks = int(math.floor(token_pool / (kv_tok * block_size))) if token_pool > 0 else 0
+        else:                                           # no layer keeps per-token KV: any length fits
+            blocks = max_num_seqs * math.ceil(max_model_len / block_size) if token_pool > 0 else 0
         cand = (blocks, w, pool, kv_tok)
         if worst is None or cand[0] < worst[0] or (cand[0] == worst[0] and w > worst[1]):
             worst = cand
     blocks, w, pool, kv_tok = worst
     tokens = blocks * block_size
     reason = ""
-    if w + act + reserve > budget:
+    if pool <= 0:
         reason = (f"weights {w / GIB:.1f} GiB + activations {act / GIB:.1f} GiB + reserve {reserve / GIB:.1f} GiB "
                   f"exceed {gpu_memory_utilization:.2f} x {total / GIB:.1f} GiB = {budget / GIB:.1f} GiB per GPU")
     elif tokens < max_model_len:

@@ -1,7 +1,7 @@
 """What one GPU holds and computes under a plan: per-GPU GEMM shapes, parameters, KV bytes.
 
-All layers of a kind are identical, so one dense layer and one MoE layer are described and the
-layer counts of the largest pipeline stage multiply them.
+All layers of a kind are identical, so each distinct layer kind (its token mixer and its MLP) is
+described once and the layer counts of the largest pipeline stage multiply it.
 """
 
 from __future__ import annotations
@@ -9,12 +9,36 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from apex_plan.model.spec import ModelSpec
+import numpy as np
+
+from apex_plan.model import spec as S
+from apex_plan.model.params import state_bytes_per_seq_per_layer
+from apex_plan.model.quant import component_format, format_bytes
+from apex_plan.model.spec import LayerKind, ModelSpec
 from apex_plan.plan.spec import Plan
 from apex_plan.units import dtype_bytes
 
 # GEMM kinds (see apex_plan.estimate.kernels, column G_MOE)
-EVERY_LAYER, ROUTED_EXPERTS, DENSE_MLP, MOE_DENSE_PART = 0, 1, 2, 3
+EVERY_LAYER, ROUTED_EXPERTS, DENSE_MLP, MOE_DENSE_PART = 0, 1, 2, 3   # EVERY_LAYER: attention-layer GEMMs
+LINEAR_ATTN, MAMBA_MIXER = 4, 5                                     # GEMMs of linear-attention / Mamba layers
+N_GEMM_KINDS = 6
+
+# Layer-kind scalars appended after the kernel's scalar vector (read at K.S_N + L_*).
+L_FULL = 0          # full-attention layers on the largest stage (KV of every token)
+L_WIN = 1           # sliding-window / chunked-attention layers on the largest stage
+L_SPARSE = 2        # DeepSeek-sparse-attention layers on the largest stage
+L_LINEAR = 3        # Gated DeltaNet linear-attention layers on the largest stage
+L_MAMBA = 4         # Mamba-2 layers on the largest stage
+L_MIXERLESS = 5     # blocks without a token mixer (Nemotron-H MLP/MoE blocks)
+L_NO_MLP = 6        # blocks without an MLP (Nemotron-H mixer blocks)
+L_WINDOW = 7        # tokens a windowed / sparse layer attends to (sliding window, chunk, index top-k); 0: none
+L_IDX_KV_B = 8      # sparse attention: indexer key bytes per cached token on one GPU
+L_IDX_FLOP = 9      # sparse attention: indexer FLOPs per (query x cached token) on one GPU
+L_STATE_LIN_B = 10  # linear attention: state bytes per sequence per layer on one GPU
+L_STATE_MAMBA_B = 11  # Mamba: state bytes per sequence per layer on one GPU
+L_LIN_FLOP_TOK = 12   # linear attention: recurrent FLOPs per token per layer on one GPU
+L_MAMBA_FLOP_TOK = 13  # Mamba: scan FLOPs per token per layer on one GPU
+L_N = 14
 
 
 @dataclass(frozen=True)
@@ -29,10 +53,15 @@ class Gemm:
     route_frac: float = 0.0   # expert-token copies reaching this GPU per input token
     active_p: float = 0.0     # chance that one token picks a given expert (topk / experts)
     copies: int = 1           # identical GEMMs (experts) on this GPU: weights = copies * k * n
+    w_bytes: float = 2.0      # bytes per weight element, scales included (see apex_plan.model.quant)
 
     @property
     def weight_params(self) -> int:
         return self.copies * self.k * self.n
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.weight_params * self.w_bytes
 
 
 @dataclass(frozen=True)
@@ -43,10 +72,16 @@ class Stage:
     moe_layers: int
     has_embedding: bool
     has_lm_head: bool
+    kinds: tuple[tuple[LayerKind, int], ...] = ()   # layer kinds and their counts on this stage
+    mlp_free_layers: int = 0                         # blocks without an MLP (Nemotron-H mixer blocks)
 
     @property
     def layers(self) -> int:
-        return self.dense_layers + self.moe_layers
+        return self.dense_layers + self.moe_layers + self.mlp_free_layers
+
+    def count(self, *mixers: str) -> int:
+        """Layers of this stage whose token mixer is one of `mixers`."""
+        return sum(n for k, n in self.kinds if k.mixer in mixers)
 
 
 @dataclass(frozen=True)
@@ -58,32 +93,65 @@ class Shard:
     heads_per_gpu: float
     kv_heads_per_gpu: int
     attn_flops_per_pair: float       # attention FLOPs per (query token x context token) per layer
-    kv_bytes_per_token_layer: float  # KV cache bytes per token per layer on one GPU
+    kv_bytes_per_token_layer: float  # KV cache bytes per token per attention layer on one GPU
     elem_bytes_per_token_layer: float  # elementwise-kernel bytes per token per layer on one GPU
     norm_params_per_layer: int
     vocab_per_gpu: int
+    window: int = 0                  # tokens a sliding / chunked / sparse layer attends to
+    index_kv_bytes_per_token: float = 0.0   # sparse attention: indexer key bytes per token per layer on one GPU
+    index_flops_per_pair: float = 0.0       # sparse attention: indexer FLOPs per (query x cached token)
+    state_bytes_linear: float = 0.0  # linear attention: state bytes per sequence per layer on one GPU
+    state_bytes_mamba: float = 0.0   # Mamba: state bytes per sequence per layer on one GPU
+    linear_flops_per_token: float = 0.0
+    mamba_flops_per_token: float = 0.0
 
     def layer_weight_params(self, kind_filter: tuple[int, ...]) -> int:
         return sum(g.weight_params for g in self.gemms if g.kind in kind_filter)
+
+    def layer_weight_bytes(self, kind_filter: tuple[int, ...]) -> float:
+        """Weight bytes (scales included) of this shard's GEMMs of the given kinds, one layer each."""
+        return sum(g.weight_bytes for g in self.gemms if g.kind in kind_filter)
 
     @property
     def largest_stage(self) -> Stage:
         """The stage with the most layers (MoE layers breaking ties): it sets the pipeline's pace."""
         return max(self.stages, key=lambda s: (s.layers, s.moe_layers))
 
+    def kv_bytes_per_token_stage(self, stage: Stage) -> float:
+        """KV bytes one token takes on one GPU of `stage`, over its layers that keep every token."""
+        return (stage.count(S.FULL) * self.kv_bytes_per_token_layer
+                + stage.count(S.SPARSE) * (self.kv_bytes_per_token_layer + self.index_kv_bytes_per_token))
+
+    def seq_bytes_stage(self, stage: Stage, max_model_len: int, block_size: int) -> float:
+        """Bytes one sequence holds on one GPU of `stage` whatever its length: windowed layers' KV
+        (the window plus one block, capped at max_model_len) and linear-attention / Mamba states."""
+        win_tokens = min(max_model_len, self.window + block_size) if self.window else 0
+        return (stage.count(S.SLIDING, S.CHUNKED) * win_tokens * self.kv_bytes_per_token_layer
+                + stage.count(S.LINEAR) * self.state_bytes_linear + stage.count(S.MAMBA) * self.state_bytes_mamba)
+
 
 def split_layers(model: ModelSpec, pp: int) -> tuple[Stage, ...]:
     """Contiguous, as-even-as-possible split of the layers into pp stages (earlier stages take the
-    remainder); dense layers come first, as in DeepSeek-V3 (first_k_dense_replace)."""
-    base, extra = divmod(model.num_layers, pp)
+    remainder), in model order, so repeated groups are spread as evenly as the split allows."""
+    layers = model.layers()
+    base, extra = divmod(len(layers), pp)
     stages, start = [], 0
     for s in range(pp):
         n = base + (1 if s < extra else 0)
-        end = start + n
-        dense = max(0, min(end, model.n_dense_layers) - start)
-        stages.append(Stage(dense, n - dense, s == 0, s == pp - 1))
-        start = end
+        part = layers[start:start + n]
+        counts: dict[LayerKind, int] = {}
+        for k in part:
+            counts[k] = counts.get(k, 0) + 1
+        dense = sum(1 for k in part if k.mlp == S.DENSE)
+        moe = sum(1 for k in part if k.mlp == S.MOE)
+        stages.append(Stage(dense, moe, s == 0, s == pp - 1, tuple(counts.items()), n - dense - moe))
+        start += n
     return tuple(stages)
+
+
+def _w(model: ModelSpec, plan: Plan, component: str) -> float:
+    """Bytes per weight element of `component` under the plan's weight dtype (scales included)."""
+    return format_bytes(component_format(dict(model.weight_formats), component, plan.weight_dtype, plan.act_dtype))
 
 
 def build_shard(model: ModelSpec, plan: Plan) -> Shard:
@@ -94,54 +162,106 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     kv_heads = max(1, math.ceil(model.num_kv_heads / tp))  # KV heads replicated when tp > KV heads
     kvb = dtype_bytes(plan.kv_dtype)
     ab = dtype_bytes(plan.act_dtype)
+    mixers = {k.mixer for k in model.layers()}
+    has_attn = bool(mixers & set(S.ATTENTION_MIXERS))
+    wa = _w(model, plan, "attention")
     gemms: list[Gemm] = []
+    q_out = k_out = 0
+    attn_flops = kv_tok = 0.0
+    norm_params = 2 * h
     if model.attention == "mla":
         qk = model.qk_nope_head_dim + model.qk_rope_head_dim
         hq = int(round(heads))
         if model.q_lora_rank:
-            gemms.append(Gemm("q_a", h, model.q_lora_rank, EVERY_LAYER))              # replicated
-            gemms.append(Gemm("q_b", model.q_lora_rank, hq * qk, EVERY_LAYER))
+            gemms.append(Gemm("q_a", h, model.q_lora_rank, EVERY_LAYER, w_bytes=wa))              # replicated
+            gemms.append(Gemm("q_b", model.q_lora_rank, hq * qk, EVERY_LAYER, w_bytes=wa))
         else:
-            gemms.append(Gemm("q", h, hq * qk, EVERY_LAYER))
-        gemms.append(Gemm("kv_a", h, model.kv_lora_rank + model.qk_rope_head_dim, EVERY_LAYER))  # replicated
-        gemms.append(Gemm("kv_b", model.kv_lora_rank, hq * (model.qk_nope_head_dim + model.v_head_dim), EVERY_LAYER))
-        gemms.append(Gemm("o", hq * model.v_head_dim, h, EVERY_LAYER))
+            gemms.append(Gemm("q", h, hq * qk, EVERY_LAYER, w_bytes=wa))
+        gemms.append(Gemm("kv_a", h, model.kv_lora_rank + model.qk_rope_head_dim, EVERY_LAYER, w_bytes=wa))  # replicated
+        gemms.append(Gemm("kv_b", model.kv_lora_rank, hq * (model.qk_nope_head_dim + model.v_head_dim), EVERY_LAYER,
+                          w_bytes=wa))
+        gemms.append(Gemm("o", hq * model.v_head_dim, h, EVERY_LAYER, w_bytes=wa))
         # absorbed MLA attention over the latent cache: scores over (kv_lora + rope), values over kv_lora
         attn_flops = 2.0 * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim)
         kv_tok = (model.kv_lora_rank + model.qk_rope_head_dim) * kvb   # latent cache, replicated per GPU
         q_out, k_out = hq * qk, model.qk_rope_head_dim
         norm_params = 2 * h + model.kv_lora_rank + model.q_lora_rank
-    else:
+    elif has_attn:
         d = model.head_dim
         hq = int(round(heads))
-        gemms.append(Gemm("qkv", h, (hq + 2 * kv_heads) * d, EVERY_LAYER))
-        gemms.append(Gemm("o", hq * d, h, EVERY_LAYER))
+        gate = hq if model.attn_output_gate else 0     # gated attention: q_proj also emits a gate per head
+        gemms.append(Gemm("qkv", h, (hq + gate + 2 * kv_heads) * d, EVERY_LAYER, w_bytes=wa))
+        gemms.append(Gemm("o", hq * d, h, EVERY_LAYER, w_bytes=wa))
         attn_flops = 2.0 * heads * d * 2.0            # QK^T and PV: 2 FLOPs per multiply-add each
         kv_tok = 2.0 * kv_heads * d * kvb             # K and V
         q_out, k_out = hq * d, kv_heads * d
-        norm_params = 2 * h
+    # DeepSeek sparse attention indexer (replicated key, heads split over tp)
+    idx_kv = idx_flops = 0.0
+    if S.SPARSE in mixers:
+        wi = _w(model, plan, "indexer")
+        ih = max(1, int(round(model.index_n_heads / tp)))
+        gemms.append(Gemm("index_q", model.q_lora_rank or h, ih * model.index_head_dim, EVERY_LAYER, w_bytes=wi))
+        gemms.append(Gemm("index_k_w", h, model.index_head_dim + ih, EVERY_LAYER, w_bytes=wi))  # wk + weights_proj
+        idx_kv = model.index_head_dim * kvb                            # indexer key cache per token
+        idx_flops = 2.0 * ih * model.index_head_dim                    # q.k score per head: 2 FLOPs per multiply-add
+    # Gated DeltaNet linear attention (heads split over tp)
+    st_lin = fl_lin = 0.0
+    if S.LINEAR in mixers:
+        wl = _w(model, plan, "linear_attn")
+        key_dim = model.linear_num_key_heads * model.linear_key_head_dim
+        value_dim = model.linear_num_value_heads * model.linear_value_head_dim
+        nv = model.linear_num_value_heads
+        gemms.append(Gemm("lin_in", h, int((2 * key_dim + 2 * value_dim + 2 * nv) / tp), LINEAR_ATTN, w_bytes=wl))
+        gemms.append(Gemm("lin_out", int(value_dim / tp), h, LINEAR_ATTN, w_bytes=wl))
+        st_lin = state_bytes_per_seq_per_layer(model, S.LINEAR, plan.act_dtype) / tp
+        # delta-rule step per value head: read-out q.S, k.S, and the rank-1 update (2 FLOPs per multiply-add each)
+        fl_lin = 6.0 * nv * model.linear_key_head_dim * model.linear_value_head_dim / tp
+    st_mamba = fl_mamba = 0.0
+    if S.MAMBA in mixers:
+        wm = _w(model, plan, "mamba")
+        d_inner = model.mamba_num_heads * model.mamba_head_dim
+        gs = model.mamba_n_groups * model.mamba_state_size
+        gemms.append(Gemm("mamba_in", h, int((2 * d_inner + 2 * gs + model.mamba_num_heads) / tp), MAMBA_MIXER, w_bytes=wm))
+        gemms.append(Gemm("mamba_out", int(d_inner / tp), h, MAMBA_MIXER, w_bytes=wm))
+        st_mamba = state_bytes_per_seq_per_layer(model, S.MAMBA, plan.act_dtype) / tp
+        # SSM scan per head: state update (B x) and read-out (C . state), 2 FLOPs per multiply-add, plus the decay
+        fl_mamba = 6.0 * d_inner * model.mamba_state_size / tp
+    n_mlp = 2 if model.mlp_gated else 1                # gate+up fused, or up alone
     # dense MLP (SwiGLU: gate and up fused, then down)
     inter = model.intermediate_size / tp
     if model.n_dense_layers > 0:
-        gemms.append(Gemm("gate_up", h, int(2 * inter), DENSE_MLP))
-        gemms.append(Gemm("down", int(inter), h, DENSE_MLP))
-    act_inter = inter
+        wd = _w(model, plan, "mlp")
+        gemms.append(Gemm("gate_up", h, int(n_mlp * inter), DENSE_MLP, w_bytes=wd))
+        gemms.append(Gemm("down", int(inter), h, DENSE_MLP, w_bytes=wd))
+    act_inter = inter if model.n_dense_layers else 0.0
     if model.is_moe:
         E, k = model.num_experts, model.experts_per_token
+        adp = plan.adp
         e_local = E // ep                              # whole experts per expert-parallel rank
-        e_inter = model.expert_intermediate_size / (tp // ep)  # each expert sharded over tp/ep GPUs
-        route = k * e_local / E                        # expert-token copies per input token landing here
-        gemms.append(Gemm("router", h, E, MOE_DENSE_PART))
-        gemms.append(Gemm("experts_gate_up", h, int(2 * e_inter), ROUTED_EXPERTS, e_local, route, k / E, e_local))
-        gemms.append(Gemm("experts_down", int(e_inter), h, ROUTED_EXPERTS, e_local, route, k / E, e_local))
+        e_inter = model.expert_intermediate_size / (tp * adp // ep)  # each expert sharded over tp*adp/ep GPUs
+        # expert-token copies landing here per local input token: the MoE layer gathers the tokens of
+        # all adp attention ranks, so this GPU sees adp x its own share
+        route = k * e_local / E * adp
+        width = model.moe_latent_size or h             # experts may work in a latent space
+        we = _w(model, plan, "experts")
+        gemms.append(Gemm("router", h, E, MOE_DENSE_PART, w_bytes=_w(model, plan, "router")))
+        if model.moe_latent_size:
+            gemms.append(Gemm("latent_in", h, model.moe_latent_size, MOE_DENSE_PART, w_bytes=we))
+            gemms.append(Gemm("latent_out", model.moe_latent_size, h, MOE_DENSE_PART, w_bytes=we))
+        gemms.append(Gemm("experts_gate_up", width, int(n_mlp * e_inter), ROUTED_EXPERTS, e_local, route, k / E, e_local,
+                          w_bytes=we))
+        gemms.append(Gemm("experts_down", int(e_inter), width, ROUTED_EXPERTS, e_local, route, k / E, e_local, w_bytes=we))
         if model.num_shared_experts:
+            ws = _w(model, plan, "shared_experts")
             s_inter = model.num_shared_experts * model.shared_expert_intermediate_size / tp
-            gemms.append(Gemm("shared_gate_up", h, int(2 * s_inter), MOE_DENSE_PART))
-            gemms.append(Gemm("shared_down", int(s_inter), h, MOE_DENSE_PART))
-        act_inter = max(inter if model.n_dense_layers else 0.0, k * model.expert_intermediate_size / tp)
+            gemms.append(Gemm("shared_gate_up", h, int(n_mlp * s_inter), MOE_DENSE_PART, w_bytes=ws))
+            gemms.append(Gemm("shared_down", int(s_inter), h, MOE_DENSE_PART, w_bytes=ws))
+        act_inter = max(act_inter, k * model.expert_intermediate_size / tp)
     # elementwise bytes per token: two fused add+RMSNorm (read x, residual; write both),
     # rotary on q and k (read + write), SwiGLU activation (read 2I, write I), KV-cache write
     elem = (8 * h + 2 * (q_out + k_out) + 3 * act_inter) * ab + kv_tok
+    windows = [k.window for k in model.layers() if k.mixer in (S.SLIDING, S.CHUNKED)]
+    window = max(windows) if windows else (model.index_topk if S.SPARSE in mixers else 0)
     return Shard(
         gemms=tuple(gemms),
         stages=split_layers(model, plan.pp),
@@ -152,4 +272,28 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         elem_bytes_per_token_layer=elem,
         norm_params_per_layer=norm_params,
         vocab_per_gpu=math.ceil(model.vocab_size / tp),
+        window=window, index_kv_bytes_per_token=idx_kv, index_flops_per_pair=idx_flops,
+        state_bytes_linear=st_lin, state_bytes_mamba=st_mamba,
+        linear_flops_per_token=fl_lin, mamba_flops_per_token=fl_mamba,
     )
+
+
+def layer_scalars(shard: Shard) -> np.ndarray:
+    """The layer-kind scalars (`L_*`) of the largest stage, appended to the kernel's scalar vector."""
+    st = shard.largest_stage
+    v = np.zeros(L_N)
+    v[L_FULL] = st.count(S.FULL)
+    v[L_WIN] = st.count(S.SLIDING, S.CHUNKED)
+    v[L_SPARSE] = st.count(S.SPARSE)
+    v[L_LINEAR] = st.count(S.LINEAR)
+    v[L_MAMBA] = st.count(S.MAMBA)
+    v[L_MIXERLESS] = st.count(S.NO_MIXER)
+    v[L_NO_MLP] = st.mlp_free_layers
+    v[L_WINDOW] = shard.window
+    v[L_IDX_KV_B] = shard.index_kv_bytes_per_token
+    v[L_IDX_FLOP] = shard.index_flops_per_pair
+    v[L_STATE_LIN_B] = shard.state_bytes_linear
+    v[L_STATE_MAMBA_B] = shard.state_bytes_mamba
+    v[L_LIN_FLOP_TOK] = shard.linear_flops_per_token
+    v[L_MAMBA_FLOP_TOK] = shard.mamba_flops_per_token
+    return v

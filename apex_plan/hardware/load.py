@@ -37,6 +37,7 @@ _GPU_FIELDS: dict[str, tuple[str, bool]] = {
     "idle_w": ("W", True),
     "num_sms": ("count", True),
     "calibration": ("mapping", False),
+    "nvlink_domain_gpus": ("count", False),
 }
 
 _CLUSTER_FIELDS: dict[str, str] = {
@@ -49,6 +50,7 @@ _CLUSTER_FIELDS: dict[str, str] = {
     "inter_node_bw_gbps": "GB/s per direction",
     "inter_node_latency_us": "microseconds",
     "price_per_gpu_hour": "USD per GPU-hour",
+    "nvlink_domain_gpus": "count",
 }
 
 # Unit suffixes a user might write, and their factor into each field unit, to suggest a fix.
@@ -242,6 +244,7 @@ def gpu_from_dict(doc: dict[str, Any], where: str) -> GpuSpec:
         num_sms=int(num("num_sms", integer=True)),
         calibration=_calibration(doc, where),
         source=_text(doc, "source", where, default=""),
+        nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=0, allow_min=True)),
     )
 
 
@@ -271,6 +274,7 @@ def make_cluster(gpu: GpuSpec, gpus: int, gpus_per_node: int = 8, *, name: str =
         intra_node_bw_gbps=gpu.intra_node_bw_gbps, intra_node_latency_us=DEFAULT_INTRA_NODE_LATENCY_US,
         inter_node_bw_gbps=inter_node_bw_gbps, inter_node_latency_us=DEFAULT_INTER_NODE_LATENCY_US,
         price_per_gpu_hour=price_per_gpu_hour, name=name or f"{num_nodes}x{per_node}-{gpu.name}",
+        nvlink_domain_gpus=min(gpu.nvlink_domain_gpus, gpus),
     )
 
 
@@ -301,4 +305,5 @@ def load_cluster(path: str | Path) -> ClusterSpec:
         inter_node_latency_us=num("inter_node_latency_us", default=DEFAULT_INTER_NODE_LATENCY_US, allow_min=True),
         price_per_gpu_hour=num("price_per_gpu_hour", default=0.0, allow_min=True),
         name=_text(doc, "name", where, default=path.stem),
+        nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=gpu.nvlink_domain_gpus, allow_min=True)),
     )

@@ -7,27 +7,22 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Calibration:
-    """Achievable fractions of datasheet peaks and fixed latencies of one GPU + serving stack.
+    """Achievable fractions of datasheet peaks and fixed latencies of one chip: physics only.
 
-    Each value's source is written beside it in the profile YAML. Semantics (used by
-    `apex_plan.estimate`):
+    Engine behaviour (host time per step, launch cost, memory reserves) lives in the engine profile
+    (`apex_plan.engine.spec.EngineProfile`). Each value's source is written beside it in the GPU
+    profile YAML.
     """
 
     compute_efficiency: float = 0.70        # achievable fraction of dense peak FLOP/s on large GEMMs
     bandwidth_efficiency: float = 0.80      # achievable fraction of HBM bandwidth on streaming kernels
-    attention_efficiency: float = 0.50      # achievable fraction of peak FLOP/s in prefill attention
+    attention_efficiency: float = 0.50      # achievable fraction of peak FLOP/s in prefill attention (full SMs)
     link_efficiency: float = 0.70           # achievable fraction of link bandwidth in collectives
     kernel_latency_us: float = 4.0          # fixed GPU cost per kernel (launch gap + tail), CUDA graphs on
-    eager_kernel_overhead_us: float = 8.0   # host time to launch one kernel without CUDA graphs (eager mode)
     allreduce_latency_us: float = 20.0      # NCCL all-reduce latency for a small message
-    custom_allreduce_latency_us: float = 8.0  # vLLM custom (one-shot) all-reduce latency, small message
+    custom_allreduce_latency_us: float = 8.0  # one-shot custom all-reduce (vLLM/SGLang/TRT-LLM) latency, small message
     p2p_latency_us: float = 10.0            # pipeline send/recv latency
     alltoall_latency_us: float = 25.0       # expert-parallel all-to-all latency
-    step_overhead_ms: float = 2.0           # engine CPU time per step (schedule, prepare, sample)
-    per_seq_overhead_ms: float = 0.05       # engine CPU time per running sequence per step
-    per_prefill_token_overhead_us: float = 0.0  # engine CPU time per prefill token per step
-    frontend_latency_ms: float = 10.0       # API server, tokenizer and streaming time added to TTFT
-    engine_reserve_gib: float = 1.0         # memory outside the KV pool: CUDA context, NCCL, workspaces
     moe_imbalance: float = 1.3              # busiest expert-parallel rank's load over the mean
 
 
@@ -47,10 +42,17 @@ class GpuSpec:
     num_sms: int                         # streaming multiprocessors / compute units
     calibration: Calibration = field(default_factory=Calibration)
     source: str = ""                     # datasheet reference
+    nvlink_domain_gpus: int = 0          # GPUs one NVLink/NVSwitch fabric joins at intra_node_bw (NVL72: 72); 0: the node
 
     def supports(self, dtype: str) -> bool:
         """True if the GPU has tensor-core support (a peak figure) for `dtype`."""
         return dtype in self.peak_tflops
+
+    def supports_weights(self, dtype: str) -> bool:
+        """True if weights in `dtype` can run: on tensor cores of that dtype, or 4-bit weights
+        dequantised on the fly to the activation dtype (weight-only kernels: Marlin / Machete on
+        NVIDIA Ampere and later, as vLLM runs MXFP4 gpt-oss on H100)."""
+        return self.supports(dtype) or (dtype in ("int4", "fp4") and "bf16" in self.peak_tflops)
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for matrix math in `dtype` (falls back to bf16 when absent)."""
@@ -70,6 +72,13 @@ class ClusterSpec:
     inter_node_latency_us: float
     price_per_gpu_hour: float = 0.0      # 0 when unknown
     name: str = ""
+    nvlink_domain_gpus: int = 0          # GPUs joined by one NVLink fabric across nodes (GB200/GB300 NVL72: 72); 0: a node
+
+    @property
+    def nvlink_gpus(self) -> int:
+        """GPUs a tensor- or expert-parallel group can span at NVLink speed: the NVLink domain
+        (at least a node, at most the cluster)."""
+        return min(self.num_gpus, max(self.gpus_per_node, self.nvlink_domain_gpus))
 
     @property
     def num_gpus(self) -> int:

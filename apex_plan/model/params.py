@@ -1,33 +1,36 @@
 """Exact parameter counts, weight bytes and KV-cache bytes derived from a `ModelSpec`.
 
-Counts follow the Hugging Face `transformers` modules for each architecture: bias-free
-linear layers except Qwen2's q/k/v biases, RMSNorm weights of `hidden_size`, SwiGLU MLPs
-(gate, up, down). DeepSeek-V3's multi-token-prediction module is not counted.
+Counts follow the Hugging Face `transformers` (or the checkpoint's own remote-code) modules of each
+architecture: bias-free linear layers unless the spec says otherwise (Qwen2 q/k/v biases, gpt-oss
+biases and sinks), RMSNorm weights of `hidden_size` before each mixer and each MLP, SwiGLU MLPs
+(gate, up, down) or plain up/down MLPs (Nemotron-H). Multi-token-prediction modules and vision
+towers are not counted (serving engines load them separately, if at all).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from apex_plan.model.spec import ModelSpec
+from apex_plan.model.spec import (
+    CHUNKED, DENSE, FULL, LINEAR, MAMBA, MOE, NO_MIXER, NO_MLP, SLIDING, SPARSE, LayerKind, ModelSpec,
+)
+from apex_plan.model.quant import component_format, format_bytes
 from apex_plan.units import dtype_bytes
 
-_QKV_BIAS = ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")      # q/k/v projections carry biases
-_QK_NORM = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")       # per-head RMSNorm on q and k
-_SCORE_BIAS = ("DeepseekV3ForCausalLM",)                     # router e_score_correction_bias
-_SHARED_GATE = ("Qwen2MoeForCausalLM",)                      # sigmoid gate on the shared expert
+_SCORE_BIAS = ("DeepseekV3ForCausalLM",)                     # router e_score_correction_bias (legacy flag)
+_SHARED_GATE = ("Qwen2MoeForCausalLM",)                      # sigmoid gate on the shared expert (legacy flag)
 
 
 @dataclass(frozen=True)
 class ParamCounts:
     """Parameters of one model, by component (per layer where named so) and in total."""
 
-    attention_per_layer: int
+    attention_per_layer: int         # one attention (KV-cache) layer's mixer; 0 when the model has none
     dense_mlp_per_layer: int         # in a dense layer (0 when no layer is dense)
     routed_experts_per_layer: int    # all routed experts of one MoE layer
     routed_expert_each: int          # one routed expert
     shared_experts_per_layer: int    # all shared experts of one MoE layer
-    router_per_layer: int            # gate (and any router bias / shared-expert gate) of one MoE layer
+    router_per_layer: int            # gate (and any router bias / shared-expert gate / latent projections) of one MoE layer
     norms_per_layer: int             # input and post-attention RMSNorm
     embedding: int
     lm_head: int                     # 0 when tied to the embedding
@@ -36,6 +39,8 @@ class ParamCounts:
     n_moe_layers: int
     total: int
     active: int                      # used per token, embedding and lm_head included
+    mixer_per_layer: dict = field(default_factory=dict)   # mixer kind -> parameters of one such mixer
+    layer_params: dict = field(default_factory=dict)      # LayerKind -> parameters of one such layer
 
     @property
     def dense_layer(self) -> int:
@@ -70,9 +75,28 @@ def swiglu_mlp_params(hidden_size: int, intermediate_size: int) -> int:
     return 3 * hidden_size * intermediate_size
 
 
-def attention_params(spec: ModelSpec) -> int:
-    """Parameters of one attention block (projections, their biases and q/k norms)."""
+def mlp_params(spec: ModelSpec, hidden: int, inter: int) -> int:
+    """One MLP of width `inter`: SwiGLU (3 matrices) or plain up/down (2 matrices)."""
+    return (3 if spec.mlp_gated else 2) * hidden * inter
+
+
+def indexer_params(spec: ModelSpec) -> int:
+    """DeepSeek sparse-attention indexer (DeepSeek-V3.2 `Indexer`): wq_b (q_lora x heads*dim),
+    wk (hidden x dim), k_norm LayerNorm (weight + bias of dim), weights_proj (hidden x heads)."""
+    n, d, h = spec.index_n_heads, spec.index_head_dim, spec.hidden_size
+    q_in = spec.q_lora_rank or h
+    return q_in * n * d + h * d + 2 * d + h * n
+
+
+def attention_params(spec: ModelSpec, mixer: str = FULL) -> int:
+    """Parameters of one token mixer of kind `mixer` (projections, biases, norms, sinks, state params)."""
     h = spec.hidden_size
+    if mixer == NO_MIXER:
+        return 0
+    if mixer == LINEAR:
+        return linear_attention_params(spec)
+    if mixer == MAMBA:
+        return mamba_params(spec)
     if spec.attention == "mla":
         n, nope, rope, v = spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
         if spec.q_lora_rank:
@@ -87,74 +111,222 @@ def attention_params(spec: ModelSpec) -> int:
         kv_b = spec.kv_lora_rank * n * (nope + v)
         # o_proj (heads*v x hidden)
         o = n * v * h
-        return q + kv_a + kv_b + o
-    q_out = spec.num_heads * spec.head_dim
-    kv_out = spec.num_kv_heads * spec.head_dim
-    # q_proj, k_proj, v_proj (hidden x out each) + o_proj (heads*head_dim x hidden)
-    params = h * q_out + 2 * h * kv_out + q_out * h
-    if spec.architecture in _QKV_BIAS:
-        params += q_out + 2 * kv_out            # q/k/v biases
-    if spec.architecture in _QK_NORM:
-        params += 2 * spec.head_dim             # q_norm + k_norm, one head_dim vector each
+        params = q + kv_a + kv_b + o
+    else:
+        q_out = spec.num_heads * spec.head_dim
+        kv_out = spec.num_kv_heads * spec.head_dim
+        gate = q_out if spec.attn_output_gate else 0         # q_proj also emits one gate per q element
+        # q_proj (+gate), k_proj, v_proj (hidden x out each) + o_proj (heads*head_dim x hidden)
+        params = h * (q_out + gate) + 2 * h * kv_out + q_out * h
+        if spec.qkv_bias:
+            params += q_out + gate + 2 * kv_out             # q/k/v biases
+        if spec.o_bias:
+            params += h                                     # o_proj bias
+        if spec.qk_norm == "head":
+            params += 2 * spec.head_dim                     # q_norm + k_norm, one head_dim vector each
+        elif spec.qk_norm == "layer":
+            params += q_out + kv_out                        # q_norm over all q heads, k_norm over all k heads
+    if spec.attention_sinks:
+        params += spec.num_heads                            # one sink logit per query head
+    if mixer == SPARSE:
+        params += indexer_params(spec)
     return params
+
+
+def linear_attention_params(spec: ModelSpec) -> int:
+    """Gated DeltaNet (Qwen3-Next / Qwen3.5 `linear_attn`): in_proj_qkvz (hidden x 2*key_dim + 2*value_dim),
+    in_proj_ba (hidden x 2*v_heads), depthwise conv1d over q,k,v (conv_dim x kernel, no bias), dt_bias and
+    A_log (v_heads each), gated RMSNorm (value head dim), out_proj (value_dim x hidden)."""
+    h = spec.hidden_size
+    key_dim = spec.linear_num_key_heads * spec.linear_key_head_dim
+    value_dim = spec.linear_num_value_heads * spec.linear_value_head_dim
+    conv_dim = 2 * key_dim + value_dim
+    return (h * (2 * key_dim + 2 * value_dim) + h * 2 * spec.linear_num_value_heads
+            + conv_dim * spec.linear_conv_kernel + 2 * spec.linear_num_value_heads
+            + spec.linear_value_head_dim + value_dim * h)
+
+
+def mamba_params(spec: ModelSpec) -> int:
+    """Mamba-2 mixer (Nemotron-H `NemotronHMamba2Mixer`): in_proj (hidden x 2*d_inner + 2*groups*state + heads),
+    conv1d (conv_dim x kernel + conv_dim bias), dt_bias, A_log, D (heads each), gated RMSNorm (d_inner),
+    out_proj (d_inner x hidden)."""
+    h = spec.hidden_size
+    d_inner = spec.mamba_num_heads * spec.mamba_head_dim
+    gs = spec.mamba_n_groups * spec.mamba_state_size
+    conv_dim = d_inner + 2 * gs
+    return (h * (2 * d_inner + 2 * gs + spec.mamba_num_heads) + conv_dim * spec.mamba_conv_kernel + conv_dim
+            + 3 * spec.mamba_num_heads + d_inner + d_inner * h)
+
+
+def _moe_parts(spec: ModelSpec) -> tuple[int, int, int]:
+    """(one routed expert, all shared experts, router and its extras) of one MoE layer."""
+    h = spec.hidden_size
+    width_in = spec.moe_latent_size or h                    # experts may work in a latent space
+    expert_each = mlp_params(spec, width_in, spec.expert_intermediate_size)
+    if spec.expert_bias:
+        # gate_up bias (2 * inter) + down bias (hidden), or up + down biases for a plain MLP
+        expert_each += (2 if spec.mlp_gated else 1) * spec.expert_intermediate_size + width_in
+    shared = spec.num_shared_experts * mlp_params(spec, h, spec.shared_expert_intermediate_size)
+    router = h * spec.num_experts                           # gate: hidden -> expert logits
+    if spec.router_bias:
+        router += spec.num_experts                          # gate bias
+    if spec.score_bias or spec.architecture in _SCORE_BIAS:
+        router += spec.num_experts                          # e_score_correction_bias
+    if (spec.shared_expert_gate or spec.architecture in _SHARED_GATE) and spec.num_shared_experts:
+        router += h                                         # shared_expert_gate: hidden -> 1
+    if spec.moe_latent_size:
+        router += 2 * h * spec.moe_latent_size              # fc1_latent_proj + fc2_latent_proj
+    return expert_each, shared, router
+
+
+def layer_params(spec: ModelSpec, kind: LayerKind) -> tuple[int, int]:
+    """(all, active per token) parameters of one layer of `kind`."""
+    h = spec.hidden_size
+    mixer = attention_params(spec, kind.mixer)
+    norms = (h if kind.mixer != NO_MIXER else 0) + (h if kind.mlp != NO_MLP else 0)   # pre-mixer + pre-MLP RMSNorm
+    if kind.mlp == DENSE:
+        mlp = mlp_params(spec, h, spec.intermediate_size)
+        return mixer + norms + mlp, mixer + norms + mlp
+    if kind.mlp == MOE:
+        each, shared, router = _moe_parts(spec)
+        base = mixer + norms + router + shared
+        return base + spec.num_experts * each, base + spec.experts_per_token * each
+    return mixer + norms, mixer + norms
 
 
 def param_counts(spec: ModelSpec) -> ParamCounts:
     """Exact parameter counts of `spec` (see module docstring for what is counted)."""
     h = spec.hidden_size
-    attention = attention_params(spec)
-    norms = 2 * h                                                   # input_layernorm + post_attention_layernorm
+    counts = spec.kind_counts()
+    attn_kinds = [k for k in counts if k.mixer in (FULL, SLIDING, CHUNKED, SPARSE)]
+    attention = attention_params(spec, attn_kinds[0].mixer) if attn_kinds else 0
     n_dense, n_moe = spec.n_dense_layers, spec.n_moe_layers
-    dense_mlp = swiglu_mlp_params(h, spec.intermediate_size) if n_dense else 0
-    expert_each = swiglu_mlp_params(h, spec.expert_intermediate_size) if spec.is_moe else 0
-    routed = spec.num_experts * expert_each                         # all routed experts of a layer
-    shared = spec.num_shared_experts * swiglu_mlp_params(h, spec.shared_expert_intermediate_size)
-    router = 0
-    if spec.is_moe:
-        router = h * spec.num_experts                               # gate: hidden -> expert logits
-        if spec.architecture in _SCORE_BIAS:
-            router += spec.num_experts                              # e_score_correction_bias
-        if spec.architecture in _SHARED_GATE and spec.num_shared_experts:
-            router += h                                             # shared_expert_gate: hidden -> 1
+    dense_mlp = mlp_params(spec, h, spec.intermediate_size) if n_dense else 0
+    each, shared, router = _moe_parts(spec) if spec.is_moe else (0, 0, 0)
     embedding = spec.vocab_size * h                                 # embed_tokens
     lm_head = 0 if spec.tie_word_embeddings else spec.vocab_size * h
     final_norm = h                                                  # model.norm
-
-    per_dense = attention + norms + dense_mlp
-    per_moe = attention + norms + router + shared + routed
-    active_moe = attention + norms + router + shared + spec.experts_per_token * expert_each
-    outside = embedding + lm_head + final_norm
+    total = active = embedding + lm_head + final_norm
+    per_kind = {}
+    for kind, n in counts.items():
+        all_p, act_p = layer_params(spec, kind)
+        per_kind[kind] = all_p
+        total += n * all_p
+        active += n * act_p
     return ParamCounts(
-        attention_per_layer=attention, dense_mlp_per_layer=dense_mlp, routed_experts_per_layer=routed,
-        routed_expert_each=expert_each, shared_experts_per_layer=shared, router_per_layer=router,
-        norms_per_layer=norms, embedding=embedding, lm_head=lm_head, final_norm=final_norm,
-        n_dense_layers=n_dense, n_moe_layers=n_moe,
-        total=outside + n_dense * per_dense + n_moe * per_moe,
-        active=outside + n_dense * per_dense + n_moe * active_moe,
+        attention_per_layer=attention, dense_mlp_per_layer=dense_mlp,
+        routed_experts_per_layer=spec.num_experts * each, routed_expert_each=each,
+        shared_experts_per_layer=shared, router_per_layer=router, norms_per_layer=2 * h,
+        embedding=embedding, lm_head=lm_head, final_norm=final_norm, n_dense_layers=n_dense, n_moe_layers=n_moe,
+        total=total, active=active, mixer_per_layer={k.mixer: attention_params(spec, k.mixer) for k in counts},
+        layer_params=per_kind,
     )
 
 
-def kv_cache_bytes_per_token_per_layer(spec: ModelSpec, kv_dtype: str) -> float:
-    """KV-cache bytes one token takes in one layer.
+# ---------------------------------------------------------------- KV cache and state
+
+def kv_cache_bytes_per_token_per_layer(spec: ModelSpec, kv_dtype: str, mixer: str = FULL) -> float:
+    """KV-cache bytes one token takes in one attention layer of kind `mixer`.
 
     GQA: K and V of every KV head. MLA: the compressed latent plus the shared rope key,
-    which is what vLLM/SGLang cache (not the up-projected per-head K/V).
+    which is what vLLM/SGLang cache (not the up-projected per-head K/V). Sparse attention also
+    caches the indexer's key (index_head_dim) per token. Linear attention / Mamba: 0 (a
+    per-sequence state instead, see `state_bytes_per_seq_per_layer`).
     """
     b = dtype_bytes(kv_dtype, where="kv_dtype")
+    if mixer in (LINEAR, MAMBA, NO_MIXER):
+        return 0.0
     if spec.attention == "mla":
-        return (spec.kv_lora_rank + spec.qk_rope_head_dim) * b
-    return 2 * spec.num_kv_heads * spec.head_dim * b
+        per = (spec.kv_lora_rank + spec.qk_rope_head_dim) * b
+    else:
+        per = 2 * spec.num_kv_heads * spec.head_dim * b
+    if mixer == SPARSE:
+        per += spec.index_head_dim * b                      # indexer key cache
+    return per
 
 
-def kv_cache_bytes_per_token(spec: ModelSpec, kv_dtype: str) -> float:
-    """KV-cache bytes one token takes over all layers."""
-    return spec.num_layers * kv_cache_bytes_per_token_per_layer(spec, kv_dtype)
+def state_bytes_per_seq_per_layer(spec: ModelSpec, mixer: str, act_dtype: str = "bf16") -> float:
+    """Bytes of the fixed-size recurrent state one sequence keeps in one linear-attention / Mamba layer:
+    the recurrent state (heads x key dim x value dim, or heads x head dim x state size; in the
+    checkpoint's state dtype when it names one, e.g. fp32) plus the causal-conv window
+    (conv_dim x (kernel - 1)) in the activation dtype."""
+    ab = dtype_bytes(act_dtype, where="act_dtype")
+    if mixer == LINEAR:
+        key_dim = spec.linear_num_key_heads * spec.linear_key_head_dim
+        value_dim = spec.linear_num_value_heads * spec.linear_value_head_dim
+        rec = spec.linear_num_value_heads * spec.linear_key_head_dim * spec.linear_value_head_dim
+        conv = (2 * key_dim + value_dim) * (spec.linear_conv_kernel - 1)
+        return rec * (spec.mamba_state_bytes or ab) + conv * ab
+    if mixer == MAMBA:
+        d_inner = spec.mamba_num_heads * spec.mamba_head_dim
+        rec = spec.mamba_num_heads * spec.mamba_head_dim * spec.mamba_state_size
+        conv = (d_inner + 2 * spec.mamba_n_groups * spec.mamba_state_size) * (spec.mamba_conv_kernel - 1)
+        return rec * (spec.mamba_state_bytes or ab) + conv * ab
+    return 0.0
 
 
-def weight_bytes(spec: ModelSpec, weight_dtype: str) -> float:
-    """Bytes of all weights, every parameter (norms, router and embeddings too) in `weight_dtype`.
+def kv_tokens_held(kind: LayerKind, context_tokens: int) -> int:
+    """Tokens whose KV one layer of `kind` keeps for a sequence of `context_tokens`: all of them for
+    full and sparse attention (the indexer picks among all), at most the window for sliding and
+    chunked attention, none for state mixers."""
+    if kind.mixer in (SLIDING, CHUNKED):
+        return min(context_tokens, kind.window)
+    if kind.mixer in (FULL, SPARSE):
+        return context_tokens
+    return 0
 
-    A simplification: real FP8/FP4 checkpoints keep norms, routers and often the embedding and
-    lm_head in bf16, and add per-block scales; these are well under 1% of a large model.
-    """
-    return param_counts(spec).total * dtype_bytes(weight_dtype, where="weight_dtype")
+
+def kv_cache_bytes_per_seq(spec: ModelSpec, kv_dtype: str, context_tokens: int, act_dtype: str = "bf16") -> float:
+    """KV cache plus recurrent state of one sequence of `context_tokens`, over all layers."""
+    total = 0.0
+    for kind, n in spec.kind_counts().items():
+        total += n * (kv_tokens_held(kind, context_tokens) * kv_cache_bytes_per_token_per_layer(spec, kv_dtype, kind.mixer)
+                      + state_bytes_per_seq_per_layer(spec, kind.mixer, act_dtype))
+    return total
+
+
+def kv_cache_bytes_per_token(spec: ModelSpec, kv_dtype: str, context_tokens: int | None = None) -> float:
+    """KV-cache bytes per token over all layers. Without `context_tokens`: every attention layer
+    holds every token (the classic figure; sliding windows not applied). With it: the average per
+    token of a sequence of that length, windows capped and per-sequence states spread over its tokens."""
+    if context_tokens is None:
+        return sum(n * kv_cache_bytes_per_token_per_layer(spec, kv_dtype, k.mixer) for k, n in spec.kind_counts().items())
+    return kv_cache_bytes_per_seq(spec, kv_dtype, context_tokens) / context_tokens
+
+
+def weight_bytes(spec: ModelSpec, weight_dtype: str, act_dtype: str = "bf16") -> float:
+    """Bytes of all weights. Without a checkpoint format: every parameter in `weight_dtype`. With
+    one (`spec.weight_formats`): each component in the format the checkpoint gives it, scales
+    included, norms in the activation dtype."""
+    if not spec.weight_formats:
+        dtype_bytes(weight_dtype, where="weight_dtype")
+        return param_counts(spec).total * dtype_bytes(weight_dtype, where="weight_dtype")
+    formats = dict(spec.weight_formats)
+    return sum(n * (dtype_bytes(act_dtype) if comp == "norms" else
+                    format_bytes(component_format(formats, comp, weight_dtype, act_dtype)))
+               for comp, n in component_params(spec).items())
+
+
+def component_params(spec: ModelSpec) -> dict[str, int]:
+    """Parameters by weight component (as `apex_plan.model.quant.COMPONENTS`), plus 'norms'."""
+    h = spec.hidden_size
+    out = dict(attention=0, indexer=0, linear_attn=0, mamba=0, mlp=0, experts=0, shared_experts=0, router=0,
+               norms=h, embedding=spec.vocab_size * h, lm_head=0 if spec.tie_word_embeddings else spec.vocab_size * h)
+    for kind, n in spec.kind_counts().items():
+        if kind.mixer == LINEAR:
+            out["linear_attn"] += n * linear_attention_params(spec)
+        elif kind.mixer == MAMBA:
+            out["mamba"] += n * mamba_params(spec)
+        elif kind.mixer != NO_MIXER:
+            idx = indexer_params(spec) if kind.mixer == SPARSE else 0
+            out["attention"] += n * (attention_params(spec, kind.mixer) - idx)
+            out["indexer"] += n * idx
+        out["norms"] += n * ((h if kind.mixer != NO_MIXER else 0) + (h if kind.mlp != NO_MLP else 0))
+        if kind.mlp == DENSE:
+            out["mlp"] += n * mlp_params(spec, h, spec.intermediate_size)
+        elif kind.mlp == MOE:
+            each, shared, router = _moe_parts(spec)
+            out["experts"] += n * spec.num_experts * each
+            out["shared_experts"] += n * shared
+            out["router"] += n * router
+    return out

@@ -2,12 +2,73 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+
+# Token mixers a layer can have.
+FULL = "full"            # causal attention over every cached token
+SLIDING = "sliding"      # attention over the last `window` tokens (gpt-oss, Gemma)
+CHUNKED = "chunked"      # attention inside fixed chunks of `window` tokens (Llama-4 local layers)
+SPARSE = "sparse"        # DeepSeek sparse attention: an indexer picks `index_topk` cached tokens
+LINEAR = "linear"        # Gated DeltaNet linear attention: a fixed-size state per sequence
+MAMBA = "mamba"          # Mamba-2 state-space mixer: a fixed-size state per sequence
+NO_MIXER = "none"        # a block with only an MLP (Nemotron-H '-' and 'E' blocks)
+MIXERS = (FULL, SLIDING, CHUNKED, SPARSE, LINEAR, MAMBA, NO_MIXER)
+ATTENTION_MIXERS = (FULL, SLIDING, CHUNKED, SPARSE)   # mixers that keep a per-token KV cache
+STATE_MIXERS = (LINEAR, MAMBA)                        # mixers that keep a per-sequence state
+
+# MLPs a layer can have.
+DENSE, MOE, NO_MLP = "dense", "moe", "none"
+
+
+@dataclass(frozen=True, order=True)
+class LayerKind:
+    """One kind of decoder block: its token mixer and its MLP."""
+
+    mixer: str = FULL
+    mlp: str = DENSE
+    window: int = 0          # SLIDING / CHUNKED: tokens a query sees; 0 otherwise
+
+    def label(self) -> str:
+        w = f"{self.window}" if self.mixer in (SLIDING, CHUNKED) else ""
+        return f"{self.mixer}{w}+{self.mlp}"
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """`kinds` in this order, repeated `repeat` times (e.g. 3 linear + 1 full, x15)."""
+
+    kinds: tuple[LayerKind, ...]
+    repeat: int = 1
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.kinds) * self.repeat
+
+
+def group_layers(layers: list[LayerKind]) -> tuple[LayerGroup, ...]:
+    """Compress a per-layer list into repeated groups: each run of a repeating pattern (shortest
+    period first, periods up to 8 layers) becomes one group."""
+    groups: list[LayerGroup] = []
+    i, n = 0, len(layers)
+    while i < n:
+        best = (1, 1)                                           # (period, repeats)
+        for period in range(1, min(8, n - i) + 1):
+            unit = layers[i:i + period]
+            reps = 1
+            while layers[i + reps * period:i + (reps + 1) * period] == unit:
+                reps += 1
+            if reps * period > best[0] * best[1] and reps > 1:
+                best = (period, reps)
+        period, reps = best
+        groups.append(LayerGroup(tuple(layers[i:i + period]), reps))
+        i += period * reps
+    return tuple(groups)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A dense or mixture-of-experts decoder, in normalised form.
+    """A dense, mixture-of-experts or hybrid decoder, in normalised form.
 
     Loaded from `models/*.yaml` or a Hugging Face `config.json` (see `apex_plan.model.load`);
     the YAML files use Hugging Face field names, this class uses one name per concept.
@@ -39,17 +100,84 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     qk_nope_head_dim: int = 0
     v_head_dim: int = 0
+    # --- layer structure: repeated groups of layer kinds; () means `num_dense_layers` dense
+    #     full-attention layers first, then MoE full-attention layers (the classic layout) ---
+    layer_groups: tuple[LayerGroup, ...] = ()
+    # --- attention details ---
+    qkv_bias: bool = False           # q/k/v projections carry biases (Qwen2, gpt-oss)
+    o_bias: bool = False             # o_proj carries a bias (gpt-oss)
+    qk_norm: str = ""                # "" none, "head": RMSNorm of head_dim on q and k, "layer": of the full q/k width
+    attention_sinks: bool = False    # one learned sink logit per query head (gpt-oss)
+    attn_output_gate: bool = False   # q_proj also emits a sigmoid gate per head (Qwen3.5/Qwen3-Next)
+    # --- DeepSeek sparse attention indexer (mixer SPARSE) ---
+    index_topk: int = 0              # cached tokens each query attends to
+    index_n_heads: int = 0
+    index_head_dim: int = 0
+    # --- Gated DeltaNet linear attention (mixer LINEAR) ---
+    linear_num_key_heads: int = 0
+    linear_num_value_heads: int = 0
+    linear_key_head_dim: int = 0
+    linear_value_head_dim: int = 0
+    linear_conv_kernel: int = 0
+    # --- Mamba-2 (mixer MAMBA) ---
+    mamba_num_heads: int = 0
+    mamba_head_dim: int = 0
+    mamba_state_size: int = 0
+    mamba_n_groups: int = 0
+    mamba_conv_kernel: int = 0
+    mamba_state_bytes: float = 0.0   # bytes per element of the cached state (fp32 per mamba_ssm_cache_dtype)
+    # --- MLP / MoE details ---
+    mlp_gated: bool = True           # SwiGLU (gate, up, down) vs a plain up/down MLP (Nemotron-H relu2)
+    router_bias: bool = False        # router Linear has a bias (gpt-oss)
+    expert_bias: bool = False        # expert projections carry biases (gpt-oss)
+    score_bias: bool = False         # e_score_correction_bias per expert (DeepSeek-V3, MiniMax-M2, GLM-5)
+    shared_expert_gate: bool = False  # sigmoid gate hidden -> 1 on the shared expert (Qwen2-MoE, Qwen3.5)
+    moe_latent_size: int = 0         # routed experts work in a projected latent of this width (Nemotron-3)
+    # --- checkpoint weight formats per component (see apex_plan.model.quant); () = all in the
+    #     plan's weight dtype ---
+    weight_formats: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()      # what the loader left out (vision tower, MTP modules)
 
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
 
     @property
+    def groups(self) -> tuple[LayerGroup, ...]:
+        """The layer groups; the classic layout when none were given."""
+        if self.layer_groups:
+            return self.layer_groups
+        n_dense = self.num_layers if (self.num_dense_layers < 0 or not self.is_moe) else self.num_dense_layers
+        out = []
+        if n_dense:
+            out.append(LayerGroup((LayerKind(FULL, DENSE),), n_dense))
+        if self.num_layers - n_dense:
+            out.append(LayerGroup((LayerKind(FULL, MOE),), self.num_layers - n_dense))
+        return tuple(out)
+
+    def layers(self) -> tuple[LayerKind, ...]:
+        """The kind of every layer, first to last."""
+        return tuple(k for g in self.groups for _ in range(g.repeat) for k in g.kinds)
+
+    def kind_counts(self) -> dict[LayerKind, int]:
+        """How many layers of each kind (first appearance order)."""
+        return dict(Counter(self.layers()))
+
+    @property
     def n_dense_layers(self) -> int:
         """Layers whose MLP is dense."""
-        return self.num_layers if (self.num_dense_layers < 0 or not self.is_moe) else self.num_dense_layers
+        return sum(n for k, n in self.kind_counts().items() if k.mlp == DENSE)
 
     @property
     def n_moe_layers(self) -> int:
         """Layers whose MLP is a mixture of experts."""
-        return self.num_layers - self.n_dense_layers
+        return sum(n for k, n in self.kind_counts().items() if k.mlp == MOE)
+
+    @property
+    def n_attention_layers(self) -> int:
+        """Layers that keep a per-token KV cache."""
+        return sum(n for k, n in self.kind_counts().items() if k.mixer in ATTENTION_MIXERS)
+
+    def weight_format(self, component: str) -> str:
+        """Checkpoint format of `component` ("" when the checkpoint gives none)."""
+        return dict(self.weight_formats).get(component, "")

@@ -120,9 +120,10 @@ def canonical_key(tp: int, pp: int, layout: Layout, gpus_per_node: int) -> tuple
 
 
 def _tp_reason(model: ModelSpec, cluster: ClusterSpec, tp: int, cross: bool) -> tuple[str, str] | None:
-    g = cluster.gpus_per_node
-    if tp > g and not cross:
-        return "placement", f"tp={tp} exceeds {g} GPUs per node (pass --allow-cross-node-tp)"
+    g, domain = cluster.gpus_per_node, cluster.nvlink_gpus
+    if tp > domain and not cross:
+        where = f"{g} GPUs per node" if domain == g else f"its {domain}-GPU NVLink domain"
+        return "placement", f"tp={tp} exceeds {where} (pass --allow-cross-node-tp)"
     if tp > g and tp % g:
         return "placement", f"tp={tp} spans nodes but is not a whole number of {g}-GPU nodes"
     if tp <= g and g % tp:
@@ -154,7 +155,7 @@ def _pp_reason(model: ModelSpec, cluster: ClusterSpec, tp: int, pp: int,
 def _dtype_reason(cluster: ClusterSpec, weight_dtype: str, kv_dtype: str) -> str | None:
     gpu = cluster.gpu
     missing = [f"{what} dtype {d}" for what, d in (("weight", weight_dtype), ("KV", kv_dtype))
-               if not gpu.supports(d)]
+               if not (gpu.supports_weights(d) if what == "weight" else gpu.supports(d))]
     if not missing:
         return None
     return f"{gpu.name} does not support " + " or ".join(missing)
@@ -186,6 +187,7 @@ def enumerate_replica_plans(
     w0, k0 = weight_dtypes[0], kv_dtypes[0]
 
     tps = set(_divisors(g)) | set(_powers_of_two(n_gpus))
+    tps |= {g * m for m in range(1, cluster.nvlink_gpus // g + 1)}   # whole nodes inside an NVLink domain
     if allow_cross_node_tp:
         tps |= {g * m for m in range(1, cluster.num_nodes + 1)}
     tps = sorted(t for t in tps if t <= n_gpus)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, order=True)
 class Plan:
-    """dp replicas, each on tp * pp GPUs; ep spreads a MoE model's experts over ep of them."""
+    """dp replicas, each on tp * adp * pp GPUs. Inside a replica, attention runs on adp data-parallel
+    ranks of tp GPUs each (attention-DP, each rank with its own batch and KV cache); a MoE model's
+    experts spread over ep of the tp * adp GPUs of a stage (expert TP = tp * adp / ep)."""
 
     dp: int = 1
     tp: int = 1
@@ -16,37 +19,43 @@ class Plan:
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
     act_dtype: str = "bf16"
+    adp: int = 1
 
     @property
     def gpus_per_replica(self) -> int:
-        return self.tp * self.pp
+        return self.tp * self.adp * self.pp
 
     @property
     def num_gpus(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.gpus_per_replica
 
     def replica_label(self) -> str:
         """Short name of one replica's layout and dtypes, e.g. 'tp4-pp1 bf16/bf16' (weights/KV)."""
-        s = f"tp{self.tp}-pp{self.pp}" + (f"-ep{self.ep}" if self.ep > 1 else "")
+        s = f"tp{self.tp}-pp{self.pp}" + (f"-ep{self.ep}" if self.ep > 1 else "") + (f"-adp{self.adp}" if self.adp > 1 else "")
         return s + f" {self.weight_dtype}/{self.kv_dtype}"
 
     def label(self) -> str:
         s = f"dp{self.dp}-tp{self.tp}-pp{self.pp}"
         if self.ep > 1:
             s += f"-ep{self.ep}"
+        if self.adp > 1:
+            s += f"-adp{self.adp}"
         return s + f" w:{self.weight_dtype} kv:{self.kv_dtype}"
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Settings of a vLLM-like engine (defaults are vLLM 0.6.0's)."""
+    """Settings a user gives a serving engine; None takes the engine profile's default
+    (see `apex_plan.simulate.engine.resolve_engine` and `engine_profiles/*.yaml`)."""
 
-    max_num_seqs: int = 256
-    max_batched_tokens: int | None = None   # None: vLLM's rule (512 chunked, else max(max_model_len, 2048))
-    chunked_prefill: bool | None = None     # None: vLLM's rule (on when max_model_len > 32K)
-    block_size: int = 16                    # KV-cache block, tokens
-    gpu_memory_utilization: float = 0.90
+    max_num_seqs: int | None = None
+    max_batched_tokens: int | None = None   # None: the profile's token budget rule
+    chunked_prefill: bool | None = None     # None: the profile's rule
+    block_size: int | None = None           # KV-cache block, tokens
+    gpu_memory_utilization: float | None = None
     max_model_len: int | None = None        # None: the model's max context
     custom_allreduce: bool = True
     routing: str = "round_robin"            # across data-parallel replicas: round_robin | least_loaded
-    name: str = "vllm"
+    name: str = "vllm"                      # --engine NAME[@VERSION]; resolved to a profile
+    activation_scales: str | None = None    # fp8/int8 W8A8: dynamic | static (None: the profile's)
+    profile: Any = None                     # an EngineProfile already resolved from `name` (optional)

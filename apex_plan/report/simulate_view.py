@@ -18,7 +18,7 @@ def step_breakdown(res: SimResult, batch: int, context: int) -> dict:
     sc = res.step_cost
     _, dec = sc.time_s(batch, batch, 0, 0.0, float(batch * context), 0.0, batch, False)
     chunk = min(512, res.engine.max_batched_tokens)
-    _, pf = sc.time_s(chunk, 0, 1, chunk * (chunk + 1) / 2, 0.0, float(chunk), 1, True)
+    _, pf = sc.time_s(chunk, 0, 1, chunk * (chunk + 1) / 2, 0.0, float(chunk), 1, False)
     keep = ("gemm", "attention", "communication", "elementwise", "embed_lm_head", "engine_host")
     return {"decode_step": {"batch": batch, "context_tokens": context, **{k + "_ms": dec[k] * 1e3 for k in keep}},
             "prefill_chunk": {"tokens": chunk, **{k + "_ms": pf[k] * 1e3 for k in keep}}}
@@ -52,7 +52,7 @@ def simulate_rows(res: SimResult, inputs: dict) -> list[dict]:
 
 def simulate_table(res: SimResult, console: Console) -> None:
     p = res.plan
-    console.print(f"[bold]{p.label()}[/bold] on {p.num_gpus} GPUs   engine: vLLM-like, chunked prefill "
+    console.print(f"[bold]{p.label()}[/bold] on {p.num_gpus} GPUs   engine: {res.engine.profile.label}, chunked prefill "
                   f"{'on' if res.engine.chunked_prefill else 'off'}, budget {res.engine.max_batched_tokens} tokens, "
                   f"max_num_seqs {res.engine.max_num_seqs}, max_model_len {res.engine.max_model_len}")
     mem = res.memory.as_dict()

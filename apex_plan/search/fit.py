@@ -30,7 +30,8 @@ def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gp
         eng = resolve_engine(c, model)
         mem = memory_report(model, gpu, plan, shard, gpu_memory_utilization=eng.gpu_memory_utilization,
                             max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs,
-                            block_size=eng.block_size, max_model_len=eng.max_model_len)
+                            block_size=eng.block_size, max_model_len=eng.max_model_len,
+                            policy=eng.profile.memory)
         return eng, mem
 
     eng, mem = resolve(cfg)

@@ -1,9 +1,9 @@
 """Which layouts the chosen engine can run: the plan space is the engine's, not the estimator's.
 
 `supported_layout(engine, plan)` takes any object with `family` ("vllm" | "sglang" | "trtllm"),
-`name`, `supports_ep`, `supports_pp`, `supports_attention_dp` (an engine profile), and says why
-the engine cannot run the plan, or None. `engine_caps(name)` gives those attributes from an
-engine name until profiles declare them.
+`name`, `supports_ep`, `supports_pp`, `supports_attention_dp`, and says why the engine cannot run the plan, or None.
+`profile_caps(profile)` reads them from an engine profile's `layouts` (engine_profiles/*.yaml);
+`engine_caps(name)` guesses them from a bare engine name.
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ class EngineCaps:
     supports_ep: bool
     supports_pp: bool
     supports_attention_dp: bool
+
+
+def profile_caps(profile) -> EngineCaps:
+    """The layouts an engine profile declares."""
+    lay = profile.layouts
+    return EngineCaps(profile.family, profile.label, lay.expert_parallel, lay.pipeline_parallel, lay.attention_dp)
 
 
 def engine_caps(name: str) -> EngineCaps:

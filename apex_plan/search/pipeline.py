@@ -21,12 +21,12 @@ from apex_plan.rank.deploy import closest_deployment, solve_deployments
 from apex_plan.search.bounds import PRUNE_OBJECTIVES, dominated_by, goodput_bound_rps, gpus_needed, outranked
 from apex_plan.search.capacity import find_goodput
 from apex_plan.search.fit import engine_label, fit_engine
-from apex_plan.search.layouts import engine_caps, supported_layout
+from apex_plan.search.layouts import profile_caps, supported_layout
 from apex_plan.search.screen import Screen, screen_plan
 from apex_plan.search.steady import RequestMix, horizon, request_mix, steady_metrics, steady_trace, window_bounds, window_of
-from apex_plan.search.verify import (DeploymentEval, candidate, distinct_plans, latency_deployments,  # noqa: F401
+from apex_plan.search.verify import (DeploymentEval, candidate, distinct_plans, latency_deployments, layout_of,  # noqa: F401
                                      verify_deployment)
-from apex_plan.simulate.engine import ResolvedEngine
+from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
 from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Slo, Trace, Workload
 
@@ -51,7 +51,7 @@ class SearchInputs:
     prune_symmetry: bool = True
     max_gpus_per_replica: int | None = None
     prune_bounds: bool = True           # skip plans whose analytic bound cannot beat one found
-    engine_profile: object | None = None  # family/name/supports_*; None: from the engine name
+    engine_profile: object | None = None  # family/name/supports_*; None: the layouts of engines[0]'s profile
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _enumerate(inp: SearchInputs) -> tuple[list[Plan], list[tuple[Plan, str]], o
         model, cluster, inp.weight_dtypes, inp.kv_dtypes, allow_cross_node_tp=inp.allow_cross_node_tp,
         max_gpus_per_replica=inp.max_gpus_per_replica, prune_symmetry=inp.prune_symmetry)
     rej = [(r.plan, r.reason) for r in rejected]
-    engine = inp.engine_profile or engine_caps(inp.engines[0].name)
+    engine = inp.engine_profile or profile_caps(resolve_engine(inp.engines[0], model).profile)
     kept = []
     for p in plans:
         why = supported_layout(engine, p)
@@ -153,7 +153,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             evals.append(PlanEval(p, e, key if seen[key] == 1 else f"{key} #{seen[key]}"))
     shard_cache: dict[tuple, Shard] = {}
     layer_cost_hits = 0
-    frontend_s = cluster.gpu.calibration.frontend_latency_ms * 1e-3
+    frontend_s = resolve_engine(inp.engines[0], model).profile.host.frontend_ms * 1e-3
     costs = {}
     # phase 1: memory, analytic screen and bound for every plan (no simulation)
     for ev in evals:
@@ -170,7 +170,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             ev.status, ev.reason = "infeasible", "memory: " + why
             continue
         ev.engine = eng
-        sc = build_step_cost(model, cluster.gpu, ev.plan, cluster, eng.custom_allreduce, shard=shard)
+        sc = build_step_cost(model, cluster.gpu, ev.plan, cluster, shard=shard, engine=eng)
         ev.screen = screen_plan(sc, inp.trace, inp.slo, budget=eng.max_batched_tokens, chunked=eng.chunked_prefill,
                                 frontend_s=frontend_s)
         ev.bound_rps = goodput_bound_rps(sc, mean_prompt=mix.mean_prompt, mean_output=mix.mean_output,
@@ -214,7 +214,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         found.append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
         if inp.demand_rps:
             need = gpus_needed(inp.demand_rps, ev.goodput_rps, g)
-            layout = (ev.plan.tp, ev.plan.pp, ev.plan.weight_dtype, ev.plan.kv_dtype, ev.engine_cfg)
+            layout = layout_of(ev)
             if need <= cluster.num_gpus and need < homog.get(layout, math.inf):
                 homog[layout] = need
         if inp.demand_rps:
@@ -290,8 +290,7 @@ def _attach_launch(d: DeploymentEval, by_key: dict, model: ModelSpec, family: st
 def _layout_groups(ok: list[PlanEval]) -> list[int]:
     """One group per layout (tp, pp, dtypes, engine settings): ep variants of a layout are one plan."""
     ids: dict[tuple, int] = {}
-    return [ids.setdefault((e.plan.tp, e.plan.pp, e.plan.weight_dtype, e.plan.kv_dtype, e.engine_cfg), len(ids))
-            for e in ok]
+    return [ids.setdefault(layout_of(e), len(ids)) for e in ok]
 
 
 VERIFY_STEPS = (0.98, 0.96, 0.94)    # max-throughput deployments: rates tried below the sum of goodputs
@@ -340,7 +339,7 @@ def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = 
                 break
         if not rate:                # capacities may have been verified lower: best first again
             deployments.sort(key=lambda d: (-d.deployment.goodput_rps, d.deployment.gpus))
-    family = (inp.engine_profile or engine_caps(inp.engines[0].name)).family
+    family = (inp.engine_profile or profile_caps(resolve_engine(inp.engines[0], inp.model).profile)).family
     for d in deployments:
         _attach_launch(d, by_key, inp.model, family)
     if not deployments:

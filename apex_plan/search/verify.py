@@ -93,12 +93,14 @@ def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: Requ
 def layout_signature(dep: Deployment, by_key: dict) -> tuple:
     """What makes two deployments different plans: the set of (tp, pp, dtypes, engine settings) used,
     ignoring replica counts and the expert-parallel degree (ep variants of one layout are one plan)."""
-    out = set()
-    for k, _ in dep.replicas:
-        ev = by_key[k]
-        p = ev.plan
-        out.add((p.tp, p.pp, p.weight_dtype, p.kv_dtype, ev.engine_cfg))
-    return tuple(sorted(out, key=repr))
+    return tuple(sorted({layout_of(by_key[k]) for k, _ in dep.replicas}, key=repr))
+
+
+def layout_of(ev) -> tuple:
+    """One plan's layout: parallel sizes but ep, dtypes and the engine settings the search varies."""
+    p, e = ev.plan, ev.engine_cfg
+    return (p.tp, getattr(p, "adp", 1), p.pp, p.weight_dtype, p.kv_dtype, e.max_num_seqs, e.max_batched_tokens,
+            e.chunked_prefill)
 
 
 def distinct_plans(found: list[Deployment], by_key: dict) -> list[Deployment]:

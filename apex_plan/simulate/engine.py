@@ -1,22 +1,19 @@
-"""Engine settings as vLLM 0.6.0 resolves them."""
+"""Engine settings as the chosen engine profile resolves them (cf. vLLM's vllm/config)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apex_plan.engine.load import resolve_engine_profile
+from apex_plan.engine.spec import EngineProfile
 from apex_plan.errors import InputError
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig
 
-LONG_CONTEXT_TOKENS = 32768        # vLLM 0.6.0 turns chunked prefill on above this max_model_len
-CHUNKED_BUDGET_TOKENS = 512        # its default max_num_batched_tokens with chunked prefill
-MIN_BUDGET_TOKENS = 2048           # without chunking: max(max_model_len, 2048)
-WATERMARK_FRACTION = 0.01          # block manager keeps 1% of blocks free at admission
-
 
 @dataclass(frozen=True)
 class ResolvedEngine:
-    """Concrete settings after applying vLLM's defaults."""
+    """Concrete settings after applying the engine profile's defaults."""
 
     max_num_seqs: int
     max_batched_tokens: int
@@ -26,30 +23,57 @@ class ResolvedEngine:
     max_model_len: int
     custom_allreduce: bool
     routing: str
+    profile: EngineProfile
+    activation_scales: str
+
+    @property
+    def watermark_fraction(self) -> float:
+        return self.profile.scheduler.watermark_fraction
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = {k: v for k, v in self.__dict__.items() if k != "profile"}
+        d["engine_profile"] = self.profile.label
+        return d
+
+
+def engine_profile(cfg: EngineConfig) -> EngineProfile:
+    """The profile `cfg` names (resolved once; a profile object passes through)."""
+    return cfg.profile if cfg.profile is not None else resolve_engine_profile(cfg.name)
 
 
 def resolve_engine(cfg: EngineConfig, model: ModelSpec) -> ResolvedEngine:
-    """Fill vLLM 0.6.0's defaults: chunked prefill on when max_model_len > 32K, budget 512 tokens
-    with chunking, else max(max_model_len, 2048)."""
+    """Fill the profile's defaults: chunking rule, token budget, batch cap, block size, memory fraction."""
+    prof = engine_profile(cfg)
+    sch = prof.scheduler
     max_len = cfg.max_model_len or model.max_context
     if max_len > model.max_context:
         raise InputError("--max-model-len", None, f"{max_len} exceeds the model's max context {model.max_context}",
                          f"use at most {model.max_context}")
-    chunked = cfg.chunked_prefill if cfg.chunked_prefill is not None else max_len > LONG_CONTEXT_TOKENS
-    budget = cfg.max_batched_tokens or (CHUNKED_BUDGET_TOKENS if chunked else max(max_len, MIN_BUDGET_TOKENS))
-    if not chunked and budget < max_len:
+    if cfg.chunked_prefill is not None:
+        chunked = cfg.chunked_prefill
+    else:
+        chunked = {"always": True, "never": False}.get(sch.chunked_prefill, max_len > sch.long_context_tokens)
+    # budget: the profile's chunked budget, else max(max_model_len, the unchunked minimum)
+    if chunked or not sch.unchunked_budget_covers_max_len:
+        default_budget = sch.token_budget
+    else:
+        default_budget = max(max_len, sch.unchunked_min_budget)
+    budget = cfg.max_batched_tokens or default_budget
+    if not chunked and budget < max_len and cfg.max_batched_tokens:
         raise InputError("--max-batched-tokens", None,
                          f"{budget} is below max_model_len {max_len} without chunked prefill",
                          "raise it, lower --max-model-len, or pass --chunked-prefill")
-    if not 0 < cfg.gpu_memory_utilization <= 1:
-        raise InputError("--gpu-memory-utilization", None, f"{cfg.gpu_memory_utilization} is outside (0, 1]",
-                         "give a fraction such as 0.9")
-    if cfg.max_num_seqs < 1 or cfg.block_size < 1:
+    util = cfg.gpu_memory_utilization if cfg.gpu_memory_utilization is not None else prof.memory.gpu_memory_utilization
+    if not 0 < util <= 1:
+        raise InputError("--gpu-memory-utilization", None, f"{util} is outside (0, 1]", "give a fraction such as 0.9")
+    seqs = cfg.max_num_seqs if cfg.max_num_seqs is not None else sch.max_num_seqs
+    block = cfg.block_size if cfg.block_size is not None else sch.block_size
+    if seqs < 1 or block < 1:
         raise InputError("--max-num-seqs", None, "must be at least 1", "give a positive count")
     if cfg.routing not in ("round_robin", "least_loaded"):
         raise InputError("--routing", None, f"unknown routing '{cfg.routing}'", "use round_robin or least_loaded")
-    return ResolvedEngine(cfg.max_num_seqs, int(budget), bool(chunked), cfg.block_size, cfg.gpu_memory_utilization,
-                          int(max_len), cfg.custom_allreduce, cfg.routing)
+    scales = cfg.activation_scales or prof.quantization.activation_scales
+    if scales not in ("dynamic", "static"):
+        raise InputError("--activation-scales", None, f"unknown value '{scales}'", "use dynamic or static")
+    return ResolvedEngine(int(seqs), int(budget), bool(chunked), int(block), float(util), int(max_len),
+                          cfg.custom_allreduce, cfg.routing, prof, scales)

@@ -10,13 +10,32 @@ with the fewest unfinished requests, as vLLM's `add_request` does.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from numba import njit
 
-from apex_plan.estimate.kernels import B_BYTES, B_FLOPS, B_N, B_SCHED, step_time
+import apex_plan.estimate.kernels as _estimate_kernels
+
+
+def _drop_stale_cache() -> None:
+    """numba's on-disk cache of this module is keyed by this file alone, not by the step-cost kernel
+    it inlines from apex_plan/estimate/kernels.py: drop the cached entries older than that file."""
+    dep_mtime = Path(_estimate_kernels.__file__).stat().st_mtime
+    for index in (Path(__file__).parent / "__pycache__").glob(f"{Path(__file__).stem}.*.nbi"):
+        try:
+            if index.stat().st_mtime < dep_mtime:
+                for f in index.parent.glob(index.name.rsplit(".", 2)[0] + ".*.nb[ic]"):
+                    f.unlink(missing_ok=True)
+        except OSError:
+            pass   # a read-only install keeps its cache; numba then recompiles in memory
+
+
+_drop_stale_cache()
+
+from apex_plan.estimate.kernels import B_BYTES, B_FLOPS, B_N, B_SCHED, L_WINDOW, S_N, padded_pairs, q_tiles, step_time  # noqa: E402
 
 INF = np.inf
-CUDA_GRAPH_MAX_BATCH = 256   # vLLM 0.6.0 captures decode graphs up to this batch size
 
 # per-engine statistics columns
 E_BUSY_S = 0       # time spent stepping
@@ -43,11 +62,13 @@ def _blocks_for(tokens, block):
 
 
 @njit(cache=True)
-def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, gen, computed, blocks, free, running, nrun,
-                   max_seqs, block, nblocks, watermark, t_sched, t_first, t_fin, sched_req, sched_tok):
+def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen, computed, blocks, free, running,
+                   nrun, max_seqs, block, nblocks, watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
+                   sched_tok):
     """FCFS admission of waiting requests of engine e into the step being built.
 
-    A request needs KV blocks for its whole sequence, leaving the watermark free; without chunking
+    A request needs KV blocks for its sequence so far (for prompt + every output token when
+    `reserve_full`, as TRT-LLM's GUARANTEED_NO_EVICT), leaving the watermark free; without chunking
     its whole prompt must fit the remaining token budget, with chunking it takes what is left.
     A request that could never fit the cache is refused (t_fin = -1). Returns the budget left,
     the number of scheduled entries, and how many requests were refused.
@@ -56,7 +77,7 @@ def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, gen, comp
     while head[e] != -1 and nrun[e] < max_seqs and left > 0:
         r = head[e]
         seq = prompt[r] + gen[r]
-        need = _blocks_for(seq, block)
+        need = _blocks_for(prompt[r] + output[r] if reserve_full else seq, block)
         ntok = seq - computed[r]
         if need > nblocks - watermark:
             pass
@@ -86,13 +107,80 @@ def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, gen, comp
 
 
 @njit(cache=True)
+def _schedule_running(e, only_prefill, left, ns, prompt, gen, computed, blocks, free, running, nrun, head, tail, nxt,
+                      block, n_preempt, estats, sched_req, sched_tok):
+    """Schedule engine e's running requests in order (only those still in prefill when
+    `only_prefill`), growing their KV blocks; when the pool runs dry, preempt from the back of the
+    running list by recompute (blocks freed, back to the front of the queue). Returns the budget
+    left, the number of scheduled entries, and whether anything was preempted."""
+    preempted = False
+    i = 0
+    while i < nrun[e]:
+        r = running[e, i]
+        seq = prompt[r] + gen[r]
+        rem = seq - computed[r]
+        if only_prefill and gen[r] > 0 and rem == 1:
+            i += 1
+            continue
+        ntok = rem if rem < left else left
+        if ntok <= 0:
+            i += 1
+            continue
+        need = _blocks_for(seq, block) - blocks[r]
+        self_preempted = False
+        while need > free[e]:
+            victim = running[e, nrun[e] - 1]
+            free[e] += blocks[victim]
+            blocks[victim] = 0
+            computed[victim] = 0
+            nrun[e] -= 1
+            n_preempt[victim] += 1
+            estats[e, E_PREEMPT] += 1
+            preempted = True
+            nxt[victim] = head[e]
+            head[e] = victim
+            if tail[e] == -1:
+                tail[e] = victim
+            if victim == r:
+                self_preempted = True
+                break
+        if self_preempted:
+            break
+        if need > 0:
+            free[e] -= need
+            blocks[r] += need
+        sched_req[e, ns] = r
+        sched_tok[e, ns] = ntok
+        left -= ntok
+        ns += 1
+        i += 1
+    return left, ns, preempted
+
+
+@njit(cache=True)
+def _window_pairs(k0, c, win):
+    """Query x key pairs of a causal chunk of c tokens after k0 cached ones when each query sees at
+    most `win` keys: sum over query positions x = k0+1 .. k0+c of min(x, win)."""
+    a = k0 + 1.0
+    b = k0 + c + 0.0
+    if b <= win:
+        return (a + b) * c * 0.5
+    if a >= win:
+        return c * win
+    return (a + win) * (win - a + 1.0) * 0.5 + (b - win) * win
+
+
+@njit(cache=True)
 def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, max_seqs, budget, chunked,
                     block, nblocks, watermark, tables, scal, epar,
-                    t_arr, t_first, t_fin, t_sched, n_preempt, estats):
+                    t_arr, t_first, t_fin, t_sched, n_preempt, estats, mixed, prefill_first, reserve_full,
+                    client_delay):
     """Replay all requests; fill per-request times (seconds) and per-engine statistics.
 
-    closed_conc > 0 runs closed loop: that many requests in flight, each finished request replaced at
-    once by the next (arrival times then come from finishes, not from `arrival`). Requests that can
+    closed_conc > 0 runs closed loop: that many requests in flight, each finished request replaced by
+    the next after that request's `client_delay` (arrival times then come from finishes, not from
+    `arrival`). `mixed`: prefill chunks join decode steps; `prefill_first`: waiting prompts run in a
+    prefill-only step first; `reserve_full`: admission reserves KV for the whole request. Requests that can
     never fit the KV cache are marked with t_fin = -1. Returns the time the last request finished.
     """
     n = prompt.shape[0]
@@ -113,13 +201,14 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
     sched_tok = np.zeros((ne, max_seqs), np.int64)
     nsched = np.zeros(ne, np.int64)
     out = np.zeros(B_N)
+    todo = np.zeros(ne, np.int64)       # engines to schedule at the current event
     for i in range(n):
         t_first[i] = -1.0
         t_fin[i] = -1.0
         t_sched[i] = -1.0
         n_preempt[i] = 0
         if closed_conc > 0:
-            t_arr[i] = 0.0 if i < closed_conc else INF
+            t_arr[i] = client_delay[i] if i < closed_conc else INF
         else:
             t_arr[i] = arrival[i]
     next_req = 0
@@ -168,10 +257,15 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
                 nxt[tail[e]] = r
             tail[e] = r
             unfinished[e] += 1
-            if busy_until[e] == INF:
-                now = t_a
-                ev = e
-            else:
+            if next_req < n and t_arr[next_req] <= t_a:
+                continue   # queue every request arriving at this instant before anything is scheduled
+            now = t_a
+            n_todo = 0
+            for e2 in range(ne):
+                if busy_until[e2] == INF and head[e2] != -1:
+                    todo[n_todo] = e2
+                    n_todo += 1
+            if n_todo == 0:
                 continue
         else:
             # ---- a step ends: apply its tokens ----------------------------------------------------
@@ -200,115 +294,113 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
                                 k += 1
                         nrun[ev] = k
                         if closed_conc > 0 and next_release < n:
-                            t_arr[next_release] = now
+                            # the client sends the next request once this one is done (after its own
+                            # dispatch delay); arrivals stay in release order
+                            t_next = now + client_delay[next_release]
+                            if next_release > 0 and t_next < t_arr[next_release - 1]:
+                                t_next = t_arr[next_release - 1]
+                            t_arr[next_release] = t_next
                             next_release += 1
             nsched[ev] = 0
             busy_until[ev] = INF
+            todo[0] = ev
+            n_todo = 1
 
-        # ---- schedule the next step of engine ev at time `now` ----------------------------------
-        e = ev
-        left = budget
-        ns = 0
-        preempted_now = False
-        if not chunked:
-            # vLLM default scheduler: admit prefills first; a step with prefills runs only prefills
-            left, ns, refused = _admit_waiting(e, False, left, ns, now, head, tail, nxt, prompt, gen, computed, blocks,
-                                               free, running, nrun, max_seqs, block, nblocks, watermark, t_sched,
-                                               t_first, t_fin, sched_req, sched_tok)
-            done += refused
-            unfinished[e] -= refused
-        if ns == 0:
-            # running sequences: decodes (1 token) and, with chunking, prefill chunks in progress
-            i = 0
-            while i < nrun[e]:
-                r = running[e, i]
+        # ---- schedule the next step of each engine in `todo` at time `now` ----------------------
+        for ti in range(n_todo):
+            e = todo[ti]
+            left = budget
+            ns = 0
+            preempted_now = False
+            if prefill_first:
+                # prefill-priority engines (vLLM 0.6 unchunked, SGLang): prompts in progress, then waiting
+                # requests, fill a prefill-only step; running decodes wait for it
+                if chunked:
+                    left, ns, preempted_now = _schedule_running(e, True, left, ns, prompt, gen, computed, blocks, free,
+                                                                running, nrun, head, tail, nxt, block, n_preempt, estats,
+                                                                sched_req, sched_tok)
+                if not preempted_now:
+                    left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
+                                                       computed, blocks, free, running, nrun, max_seqs, block, nblocks,
+                                                       watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
+                                                       sched_tok)
+                    done += refused
+                    unfinished[e] -= refused
+            if ns == 0:
+                # running sequences first: decodes (1 token) and prefill chunks in progress
+                left, ns, preempted_now = _schedule_running(e, False, left, ns, prompt, gen, computed, blocks, free,
+                                                            running, nrun, head, tail, nxt, block, n_preempt, estats,
+                                                            sched_req, sched_tok)
+                if mixed and not preempted_now:
+                    # then new requests, FCFS, in the budget left (chunked: cut to fit)
+                    left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
+                                                       computed, blocks, free, running, nrun, max_seqs, block, nblocks,
+                                                       watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
+                                                       sched_tok)
+                    done += refused
+                    unfinished[e] -= refused
+            nsched[e] = ns
+            if ns == 0:
+                continue
+            # ---- cost the step ----------------------------------------------------------------------
+            tokens = 0
+            n_dec = 0
+            n_pf = 0
+            n_logits = 0
+            pf_work = 0.0
+            pf_pad = 0.0
+            pf_pad_prefix = 0.0
+            pf_tiles = 0.0
+            dec_ctx = 0.0
+            pf_ctx = 0.0
+            win = scal[S_N + L_WINDOW]     # tokens a sliding / chunked / sparse layer attends to (0: none)
+            pf_work_w = 0.0
+            dec_ctx_w = 0.0
+            pf_ctx_w = 0.0
+            for j in range(ns):
+                r = sched_req[e, j]
+                c = sched_tok[e, j]
                 seq = prompt[r] + gen[r]
-                rem = seq - computed[r]
-                ntok = rem if rem < left else left
-                if ntok <= 0:
-                    i += 1
-                    continue
-                need = _blocks_for(seq, block) - blocks[r]
-                self_preempted = False
-                while need > free[e]:
-                    victim = running[e, nrun[e] - 1]
-                    # preempt by recompute: free its blocks, back to the front of the queue
-                    free[e] += blocks[victim]
-                    blocks[victim] = 0
-                    computed[victim] = 0
-                    nrun[e] -= 1
-                    n_preempt[victim] += 1
-                    estats[e, E_PREEMPT] += 1
-                    preempted_now = True
-                    nxt[victim] = head[e]
-                    head[e] = victim
-                    if tail[e] == -1:
-                        tail[e] = victim
-                    if victim == r:
-                        self_preempted = True
-                        break
-                if self_preempted:
-                    break
-                if need > 0:
-                    free[e] -= need
-                    blocks[r] += need
-                sched_req[e, ns] = r
-                sched_tok[e, ns] = ntok
-                left -= ntok
-                ns += 1
-                i += 1
-            if chunked and not preempted_now:
-                # then new requests, FCFS, chunked to the remaining budget
-                left, ns, refused = _admit_waiting(e, True, left, ns, now, head, tail, nxt, prompt, gen, computed,
-                                                   blocks, free, running, nrun, max_seqs, block, nblocks, watermark,
-                                                   t_sched, t_first, t_fin, sched_req, sched_tok)
-                done += refused
-                unfinished[e] -= refused
-        nsched[e] = ns
-        if ns == 0:
-            continue
-        # ---- cost the step ----------------------------------------------------------------------
-        tokens = 0
-        n_dec = 0
-        n_pf = 0
-        n_logits = 0
-        pf_work = 0.0
-        dec_ctx = 0.0
-        pf_ctx = 0.0
-        for j in range(ns):
-            r = sched_req[e, j]
-            c = sched_tok[e, j]
-            seq = prompt[r] + gen[r]
-            tokens += c
-            if gen[r] > 0 and seq - computed[r] == 1:
-                n_dec += 1
-                dec_ctx += seq
-            else:
-                n_pf += 1
-                k0 = computed[r]
-                pf_work += c * (k0 + (c + 1) * 0.5)
-                pf_ctx += k0 + c
-            if computed[r] + c == seq:
-                n_logits += 1
-        eager = 1 if (n_pf > 0 or n_dec > CUDA_GRAPH_MAX_BATCH) else 0
-        dt = step_time(tables, scal, tokens, n_dec, n_pf, pf_work, dec_ctx, pf_ctx, n_logits, eager, out)
-        # the scheduler part of a step runs on the replica's single engine thread: virtual engines of
-        # one replica (pipeline parallelism) queue for it; their GPU work overlaps
-        rep = e // pp
-        start = now if now > host_free[rep] else host_free[rep]
-        host_free[rep] = start + out[B_SCHED]
-        busy_until[e] = start + dt
-        used = nblocks - free[e]
-        estats[e, E_BUSY_S] += dt
-        estats[e, E_STEPS] += 1
-        estats[e, E_KV_INT] += used * dt
-        if used > estats[e, E_KV_PEAK]:
-            estats[e, E_KV_PEAK] = used
-        estats[e, E_TOKENS] += tokens
-        # dynamic power: (TDP - idle) x utilisation, utilisation = the busier of compute and memory
-        busy_gpu = dt / epar[P_PP]                      # each stage works 1/pp of the step
-        u = max(out[B_FLOPS] / (epar[P_PEAK_FLOPS] * busy_gpu), out[B_BYTES] / (epar[P_PEAK_BW] * busy_gpu))
-        if u > 1.0:
-            u = 1.0
-        estats[e, E_DYN_J] += (epar[P_TDP_W] - epar[P_IDLE_W]) * u * busy_gpu * epar[P_GPUS]
+                tokens += c
+                if gen[r] > 0 and seq - computed[r] == 1:
+                    n_dec += 1
+                    dec_ctx += seq
+                    dec_ctx_w += min(seq, win)
+                else:
+                    n_pf += 1
+                    k0 = computed[r]
+                    pf_work += c * (k0 + (c + 1) * 0.5)   # causal query x key pairs of this chunk
+                    w = padded_pairs(c, k0)               # the same over whole query tiles
+                    pf_pad += w
+                    if k0 > 0:
+                        pf_pad_prefix += w
+                    pf_tiles += q_tiles(c)
+                    pf_ctx += k0 + c
+                    pf_work_w += _window_pairs(k0, c, win)
+                    pf_ctx_w += min(k0 + c, win + c)
+                if computed[r] + c == seq:
+                    n_logits += 1
+            if win <= 0.0:
+                pf_work_w, dec_ctx_w, pf_ctx_w = pf_work, dec_ctx, pf_ctx
+            dt = step_time(tables, scal, tokens, n_dec, n_pf, pf_work, dec_ctx, pf_ctx, n_logits, 0, out, pf_pad,
+                           pf_pad_prefix, pf_tiles, pf_work_w, dec_ctx_w, pf_ctx_w)
+            # the scheduler part of a step runs on the replica's single engine thread: virtual engines of
+            # one replica (pipeline parallelism) queue for it; their GPU work overlaps
+            rep = e // pp
+            start = now if now > host_free[rep] else host_free[rep]
+            host_free[rep] = start + out[B_SCHED]
+            busy_until[e] = start + dt
+            used = nblocks - free[e]
+            estats[e, E_BUSY_S] += dt
+            estats[e, E_STEPS] += 1
+            estats[e, E_KV_INT] += used * dt
+            if used > estats[e, E_KV_PEAK]:
+                estats[e, E_KV_PEAK] = used
+            estats[e, E_TOKENS] += tokens
+            # dynamic power: (TDP - idle) x utilisation, utilisation = the busier of compute and memory
+            busy_gpu = dt / epar[P_PP]                      # each stage works 1/pp of the step
+            u = max(out[B_FLOPS] / (epar[P_PEAK_FLOPS] * busy_gpu), out[B_BYTES] / (epar[P_PEAK_BW] * busy_gpu))
+            if u > 1.0:
+                u = 1.0
+            estats[e, E_DYN_J] += (epar[P_TDP_W] - epar[P_IDLE_W]) * u * busy_gpu * epar[P_GPUS]
     return t_end

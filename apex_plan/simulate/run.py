@@ -12,7 +12,7 @@ from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.simulate import kernels as SK
-from apex_plan.simulate.engine import WATERMARK_FRACTION, ResolvedEngine, resolve_engine
+from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
 from apex_plan.workload.spec import Slo, Workload
 
 
@@ -85,42 +85,93 @@ def distribution(x: np.ndarray, scale: float) -> dict:
             "p99": float(p99) * scale}
 
 
+# Closed loops as benchmark clients run them (`vllm bench serve --max-concurrency C`, aiperf
+# `--concurrency C`): C requests start together, each finished one is replaced at once. Engines then
+# de-synchronise the loop (the measured TPOT of the shared rows falls with the output length as
+# 1 / osl, as when each request's prefill interrupts the others' decodes separately), so the steady
+# state is simulated with the C starts spread over one request lifetime, and the first wave, all
+# sent at t = 0, is simulated in lock-step on its own and counted with the rest, as a benchmark
+# that reports every request does. See README "Closed loops".
+BENCH_REQUESTS_PER_SLOT = 5   # requests per concurrency slot of a benchmark run (fitted, see README)
+STEADY_JITTER = 0.1    # replacement dispatch jitter, as a fraction of the mean gap lifetime / C
+
+
+def _lifetime_s(sc: StepCost, prompt: np.ndarray, output: np.ndarray, batch: int) -> float:
+    """One request's lifetime in a batch of `batch`: its prefill plus its decode steps (seconds)."""
+    ctx = int(prompt.mean() + output.mean() / 2)
+    return sc.prefill_time_s(int(prompt.mean())) + float(output.mean()) * sc.decode_time_s(batch, ctx)
+
+
+def client_delays_s(n: int, concurrency: int, lifetime_s: float, seed: int = 0) -> np.ndarray:
+    """Dispatch delays of a de-synchronised closed loop (seconds): the first `concurrency` starts
+    spread evenly over one lifetime, each replacement sent after a small uniform jitter."""
+    d = np.random.default_rng(seed).uniform(0.0, STEADY_JITTER * lifetime_s / max(concurrency, 1), n)
+    k = min(concurrency, n)
+    d[:k] = lifetime_s * np.arange(k) / max(k, 1)
+    return d
+
+
 def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: EngineConfig, workload: Workload,
              slo: Slo | None = None, step_cost: StepCost | None = None) -> SimResult:
     """Replay `workload` on `plan.dp` replicas of `plan` and measure what a client would see."""
     eng = resolve_engine(engine_cfg, model)
     gpu = cluster.gpu
-    sc = step_cost or build_step_cost(model, gpu, plan, cluster, eng.custom_allreduce)
+    sc = step_cost or build_step_cost(model, gpu, plan, cluster, engine=eng)
     mem = memory_report(model, gpu, plan, sc.shard, gpu_memory_utilization=eng.gpu_memory_utilization,
                         max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs,
-                        block_size=eng.block_size, max_model_len=eng.max_model_len)
+                        block_size=eng.block_size, max_model_len=eng.max_model_len,
+                        policy=eng.profile.memory)
     if not mem.feasible:
         return SimResult(plan, eng, mem, False, mem.reason, step_cost=sc)
     if plan.num_gpus > cluster.num_gpus:
         reason = f"plan needs {plan.num_gpus} GPUs, the cluster has {cluster.num_gpus}"
         return SimResult(plan, eng, mem, False, reason, step_cost=sc)
     tr = workload.trace
-    # a prompt that does not fit max_model_len is refused, as vLLM does; outputs stop at max_model_len
+    # a prompt that does not fit max_model_len (or, unchunked, the step's token budget) is refused, as the
+    # engines do; outputs stop at max_model_len
     valid = tr.prompt_tokens < eng.max_model_len
+    if not eng.chunked_prefill:
+        valid &= tr.prompt_tokens <= eng.max_batched_tokens
     n = int(valid.sum())
     # vLLM keeps blocks per virtual engine: the pool is shared out over the pp schedulers
     nblocks = mem.kv_blocks // plan.pp
-    watermark = int(WATERMARK_FRACTION * nblocks)
-    t_arr, t_first, t_fin, t_sched = (np.empty(n) for _ in range(4))
-    n_pre = np.zeros(n, np.int64)
-    estats = np.zeros((plan.dp * plan.pp, SK.E_NCOL))
-    epar = np.array([gpu.tdp_w, gpu.idle_w, sc.scal[0], gpu.mem_bw_gbps * 1e9, plan.gpus_per_replica, plan.pp], float)
+    watermark = int(eng.watermark_fraction * nblocks)
     prompt = np.ascontiguousarray(tr.prompt_tokens[valid], dtype=np.int64)
     output = np.minimum(np.maximum(tr.output_tokens[valid], 1), eng.max_model_len - prompt).astype(np.int64)
     arrival = np.ascontiguousarray(tr.arrival_s[valid], dtype=np.float64)
     conc = workload.concurrency if workload.mode == "closed" else 0
-    t_end = SK.simulate_kernel(arrival, prompt, output, conc, plan.dp, plan.pp, eng.routing == "least_loaded",
-                               eng.max_num_seqs, eng.max_batched_tokens, eng.chunked_prefill, eng.block_size,
-                               nblocks, watermark, sc.tables, sc.scal, epar, t_arr, t_first, t_fin, t_sched,
-                               n_pre, estats)
-    c = gpu.calibration
-    times = RequestTimes(t_arr, t_first, t_fin, t_sched, n_pre, output, prompt, c.frontend_latency_ms * 1e-3)
-    t0 = float(t_arr[0]) if n else 0.0
+    ranks = plan.dp * plan.adp           # each attention-DP rank schedules its own batch
+    epar = np.array([gpu.tdp_w, gpu.idle_w, sc.scal[0], gpu.mem_bw_gbps * 1e9, plan.tp * plan.pp, plan.pp], float)
+    pf_first = eng.profile.prefill_first(eng.chunked_prefill)
+    reserve = eng.profile.scheduler.reserve_full_sequence
+
+    def run(arr, prm, out, closed, delay):
+        """One pass of the event loop; per-request times and per-engine statistics."""
+        m = prm.size
+        ta, tf, tn, ts = (np.empty(m) for _ in range(4))
+        npre = np.zeros(m, np.int64)
+        st = np.zeros((ranks * plan.pp, SK.E_NCOL))
+        end = SK.simulate_kernel(arr, prm, out, closed, ranks, plan.pp, eng.routing == "least_loaded",
+                                 eng.max_num_seqs, eng.max_batched_tokens, eng.chunked_prefill, eng.block_size,
+                                 nblocks, watermark, sc.tables, sc.scal, epar, ta, tf, tn, ts, npre, st,
+                                 not pf_first, pf_first, reserve, delay)
+        return ta, tf, tn, ts, npre, st, end
+
+    if conc and eng.profile.scheduler.closed_loop == "lockstep":
+        t_arr, t_first, t_fin, t_sched, n_pre, estats, t_end = run(arrival, prompt, output, conc, np.zeros(n))
+    elif conc:
+        life = _lifetime_s(sc, prompt, output, max(1, min(conc, eng.max_num_seqs)))
+        t_arr, t_first, t_fin, t_sched, n_pre, estats, t_end = run(arrival, prompt, output, conc,
+                                                                   client_delays_s(n, conc, life))
+        k = min(conc, n)
+        # the first wave, sent at once: its own lock-step pass replaces the staggered starts
+        w = run(np.zeros(k), prompt[:k].copy(), output[:k].copy(), 0, np.zeros(k))
+        for dst, src in zip((t_arr, t_first, t_fin, t_sched, n_pre), w[:5]):
+            dst[:k] = src
+    else:
+        t_arr, t_first, t_fin, t_sched, n_pre, estats, t_end = run(arrival, prompt, output, 0, np.zeros(n))
+    times = RequestTimes(t_arr, t_first, t_fin, t_sched, n_pre, output, prompt, eng.profile.host.frontend_ms * 1e-3)
+    t0 = float(t_arr[:n].min()) if n else 0.0
     makespan = max(float(t_end) - t0, 1e-9)
     energy = float(estats[:, SK.E_DYN_J].sum()) + gpu.idle_w * plan.num_gpus * makespan
     metrics = compute_metrics(times, estats, makespan, energy, nblocks, slo)

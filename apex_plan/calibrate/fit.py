@@ -1,0 +1,102 @@
+"""Joint fit of engine host constants and GPU physics to measured runs, inside physical bounds.
+
+Loss over all cases together (never one case at a time): mean |ln(pred / measured)| of TTFT and
+of TPOT (TPOT weighted x2: it is measured with less noise), plus a weak quadratic pull of each
+constant towards its prior in units of its bound width. Coordinate search with shrinking steps:
+robust to the simulator's discrete behaviour (batch boundaries), no gradient needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from apex_plan.calibrate.runs import Case
+from apex_plan.engine.spec import EngineProfile
+
+TPOT_WEIGHT = 2.0
+PRIOR_WEIGHT = 0.05
+
+
+@dataclass(frozen=True)
+class Param:
+    """One fitted constant: where it lives, its bounds and its prior (with the prior's source)."""
+
+    target: str          # "host" (engine profile), "gpu" (GPU calibration)
+    field: str
+    low: float
+    high: float
+    prior: float
+    source: str = ""
+
+
+def apply(params: Sequence[Param], x: Sequence[float], profile: EngineProfile, case: Case):
+    """The profile and cluster of `case` with the values `x` for `params`."""
+    host = {p.field: v for p, v in zip(params, x) if p.target == "host"}
+    gpu = {p.field: v for p, v in zip(params, x) if p.target == "gpu"}
+    prof = dataclasses.replace(profile, host=dataclasses.replace(profile.host, **host)) if host else profile
+    cl = case.cluster
+    if gpu:
+        g = dataclasses.replace(cl.gpu, calibration=dataclasses.replace(cl.gpu.calibration, **gpu))
+        cl = dataclasses.replace(cl, gpu=g)
+    return prof, cl
+
+
+def predict(cases: Sequence[Case], params: Sequence[Param] = (), x: Sequence[float] = ()) -> np.ndarray:
+    """(n, 2) predicted mean TTFT and TPOT in ms (nan where infeasible)."""
+    out = np.full((len(cases), 2), np.nan)
+    for i, c in enumerate(cases):
+        prof, cl = apply(params, x, c.engine.profile, c)
+        r = c.run(prof, cl)
+        if r.feasible and r.metrics["completed"]:
+            m = r.metrics
+            out[i] = (m["ttft_ms"]["mean"], m["tpot_ms"]["mean"] if m["tpot_ms"]["mean"] is not None else np.nan)
+    return out
+
+
+def errors(cases: Sequence[Case], pred: np.ndarray) -> np.ndarray:
+    """(n, 2) relative errors (pred - measured) / measured of TTFT and TPOT."""
+    meas = np.array([[c.ttft_ms, c.tpot_ms] for c in cases])
+    return pred / meas - 1.0
+
+
+def loss(cases: Sequence[Case], pred: np.ndarray, params: Sequence[Param], x: Sequence[float]) -> float:
+    meas = np.array([[c.ttft_ms, c.tpot_ms] for c in cases])
+    ok = np.isfinite(pred).all(axis=1)
+    if not ok.any():
+        return math.inf
+    lr = np.abs(np.log(pred[ok] / meas[ok]))
+    miss = 1.0 - ok.mean()                              # an infeasible prediction costs as a 100% error
+    fit = (lr[:, 0].mean() + TPOT_WEIGHT * lr[:, 1].mean()) * ok.mean() + miss * (1 + TPOT_WEIGHT)
+    prior = sum(((v - p.prior) / (p.high - p.low)) ** 2 for p, v in zip(params, x))
+    return float(fit + PRIOR_WEIGHT * prior)
+
+
+def fit(cases: Sequence[Case], params: Sequence[Param], rounds: int = 3,
+        progress: Callable[[str], None] | None = None) -> tuple[list[float], float]:
+    """Coordinate search from the priors; returns the fitted values and the final loss."""
+    x = [p.prior for p in params]
+    best = loss(cases, predict(cases, params, x), params, x)
+    step = [0.25 * (p.high - p.low) for p in params]
+    for rnd in range(rounds):
+        for i, p in enumerate(params):
+            improved = True
+            while improved:
+                improved = False
+                for d in (+1, -1):
+                    trial = list(x)
+                    trial[i] = min(p.high, max(p.low, x[i] + d * step[i]))
+                    if trial[i] == x[i]:
+                        continue
+                    val = loss(cases, predict(cases, params, trial), params, trial)
+                    if val < best - 1e-6:
+                        x, best, improved = trial, val, True
+                        break
+            step[i] *= 0.4
+            if progress:
+                progress(f"round {rnd + 1} {p.target}.{p.field} = {x[i]:.4g}  loss {best:.4f}")
+    return x, best

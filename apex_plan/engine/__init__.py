@@ -1,0 +1,1 @@
+"""Serving-engine profiles: how vLLM, SGLang and TRT-LLM schedule, launch and account memory."""

@@ -1,0 +1,168 @@
+"""Load engine profiles (`engine_profiles/*.yaml`) and resolve `--engine NAME[@VERSION]`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+from apex_plan.engine.spec import (AttentionBackend, Collectives, EngineProfile, GraphPolicy, HostModel, Layouts,
+                                   MemoryPolicy, Quantization, SchedulerPolicy)
+from apex_plan.errors import InputError, did_you_mean
+from apex_plan.hardware.load import _read_yaml
+
+ENGINE_DIR_ENV = "APEX_PLAN_ENGINE_DIR"
+FAMILIES = ("vllm", "sglang", "trtllm")
+_ALIASES = {"tensorrt-llm": "trtllm", "tensorrt_llm": "trtllm", "trt-llm": "trtllm", "trt_llm": "trtllm"}
+_SECTIONS = {"scheduler": SchedulerPolicy, "host": HostModel, "graphs": GraphPolicy, "quantization": Quantization,
+             "collectives": Collectives, "memory": MemoryPolicy, "layouts": Layouts}
+_CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("decode_only", "piecewise", "full"),
+            "accounting": ("profile", "static_fraction", "free_fraction"), "activation_scales": ("dynamic", "static"),
+            "batching_chunked": ("mixed", "prefill_first"), "batching_unchunked": ("mixed", "prefill_first"),
+            "closed_loop": ("desync", "lockstep")}
+
+
+def engine_dir() -> Path:
+    """Folder of built-in engine profiles: $APEX_PLAN_ENGINE_DIR, else the repo's engine_profiles/."""
+    override = os.environ.get(ENGINE_DIR_ENV)
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_dir():
+            raise InputError(ENGINE_DIR_ENV, None, f"'{override}' is not a folder",
+                             "point it at a folder of engine profile .yaml files, or unset it")
+        return path
+    return Path(__file__).resolve().parents[2] / "engine_profiles"
+
+
+def release(version: str) -> tuple[int, ...]:
+    """Numeric release of a version string: '1.0.0rc3' -> (1, 0, 0), '0.5.1.post1' -> (0, 5, 1).
+
+    Pre-release and post-release tags are ignored: a release candidate runs its release's code."""
+    m = re.match(r"^\s*v?(\d+(?:\.\d+)*)", version or "")
+    if not m:
+        raise ValueError(version)
+    parts = [int(p) for p in m.group(1).split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def _value(raw: dict, key: str, ftype: Any, where: str, field: str) -> Any:
+    v = raw[key]
+    if ftype is bool:
+        if not isinstance(v, bool):
+            raise InputError(where, field, f"expected true or false, got '{v}'", "write true or false")
+        return v
+    if ftype in (int, float):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
+            raise InputError(where, field, f"expected a non-negative number, got '{v}'", "write a bare number")
+        if ftype is int and int(v) != v:
+            raise InputError(where, field, f"expected a whole number, got {v}", "write an integer")
+        return ftype(v)
+    if ftype is str:
+        if not isinstance(v, str):
+            raise InputError(where, field, f"expected text, got '{v}'", "write a word")
+        if key in _CHOICES and v not in _CHOICES[key]:
+            raise InputError(where, field, f"unknown value '{v}'", did_you_mean(v, _CHOICES[key]))
+        return v
+    if typing.get_origin(ftype) is tuple:
+        if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise InputError(where, field, f"expected a list of whole numbers, got '{v}'", "write e.g. [2, 4, 8]")
+        return tuple(v)
+    raise AssertionError(ftype)
+
+
+def _section(cls: type, raw: Any, where: str, prefix: str) -> Any:
+    """Build a section dataclass from a mapping; unknown keys refused, missing keys take defaults."""
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise InputError(where, prefix, f"expected a mapping, got '{raw}'", f"write '{prefix}:' then indented fields")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise InputError(where, f"{prefix}.{key}", "unknown field", did_you_mean(str(key), fields))
+    return cls(**{k: _value(raw, k, hints[k], where, f"{prefix}.{k}") for k in raw})
+
+
+def profile_from_dict(doc: dict, where: str) -> EngineProfile:
+    """Validate a parsed profile mapping and build an EngineProfile (errors name `where`)."""
+    top = {f.name for f in dataclasses.fields(EngineProfile)} - {"version", "path"}
+    for key in doc:
+        if key not in top:
+            raise InputError(where, str(key), "unknown field", did_you_mean(str(key), top))
+    for key in ("name", "family", "min_version", "max_version"):
+        if not isinstance(doc.get(key), (str, int, float)) or isinstance(doc.get(key), bool):
+            raise InputError(where, key, "missing", f"add '{key}: <text>'")
+    family = str(doc["family"])
+    if family not in FAMILIES:
+        raise InputError(where, "family", f"unknown engine family '{family}'", did_you_mean(family, FAMILIES))
+    for key in ("min_version", "max_version"):
+        try:
+            release(str(doc[key]))
+        except ValueError:
+            raise InputError(where, key, f"cannot read version '{doc[key]}'", "write e.g. 0.8.0") from None
+    sections = {k: _section(cls, doc.get(k), where, k) for k, cls in _SECTIONS.items()}
+    attn_raw = doc.get("attention") or {"bf16": {}}
+    if not isinstance(attn_raw, dict):
+        raise InputError(where, "attention", "expected a mapping of KV dtype to backend", "write 'attention: {bf16: {...}}'")
+    attention = {str(k): _section(AttentionBackend, v or {}, where, f"attention.{k}") for k, v in attn_raw.items()}
+    kv = doc.get("kv_cache_dtype") or {}
+    if not isinstance(kv, dict) or not all(isinstance(v, str) for v in kv.values()):
+        raise InputError(where, "kv_cache_dtype", "expected a mapping of weight dtype to KV dtype", "write e.g. {fp8: fp8}")
+    return EngineProfile(name=str(doc["name"]), family=family, min_version=str(doc["min_version"]),
+                         max_version=str(doc["max_version"]), source=str(doc.get("source", "")),
+                         attention=attention, kv_cache_dtype={str(k): v for k, v in kv.items()},
+                         calibration=str(doc.get("calibration", "")).strip(), path=where, **sections)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_cached(path: str, mtime_ns: int) -> EngineProfile:
+    return profile_from_dict(_read_yaml(Path(path)), path)
+
+
+def list_engine_profiles() -> list[EngineProfile]:
+    """Every built-in profile, oldest range first within a family (parsed once per file version)."""
+    out = [_parse_cached(str(p), p.stat().st_mtime_ns) for p in sorted(engine_dir().glob("*.yaml"))]
+    return sorted(out, key=lambda e: (e.family, release(e.min_version)))
+
+
+def load_engine_file(path: str | Path) -> EngineProfile:
+    """A profile from a YAML path (a user's own or calibrated overlay)."""
+    return profile_from_dict(_read_yaml(Path(path)), str(path))
+
+
+def resolve_engine_profile(text: str, where: str = "--engine") -> EngineProfile:
+    """'vllm' (newest vLLM profile), 'vllm@0.6.0', 'sglang@0.5.1.post1', a profile name ('vllm-v1'),
+    or a path to a profile YAML."""
+    text = (text or "").strip()
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        return load_engine_file(text)
+    name, _, version = text.partition("@")
+    name = _ALIASES.get(name.lower(), name.lower())
+    profiles = list_engine_profiles()
+    by_name = {p.name: p for p in profiles}
+    if name in by_name and not version:
+        return by_name[name]
+    family = by_name[name].family if name in by_name else name
+    cands = [p for p in profiles if p.family == family]
+    if not cands:
+        known = sorted(set(FAMILIES) | set(by_name))
+        raise InputError(where, None, f"unknown engine '{name}'",
+                         did_you_mean(name, known) + "; built-in profiles: " + ", ".join(sorted(by_name)))
+    if not version:
+        return cands[-1]
+    try:
+        rel = release(version)
+    except ValueError:
+        raise InputError(where, None, f"cannot read version '{version}'", "write e.g. vllm@0.11.2") from None
+    for p in cands:
+        if release(p.min_version) <= rel < release(p.max_version):
+            return dataclasses.replace(p, version=version)
+    ranges = ", ".join(f"{p.name} [{p.min_version}, {p.max_version})" for p in cands)
+    raise InputError(where, None, f"no {family} profile covers version {version}", f"profiles: {ranges}")

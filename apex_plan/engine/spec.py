@@ -1,0 +1,140 @@
+"""What the estimator and simulator need to know about one serving engine (family + version range).
+
+A profile is read from `engine_profiles/*.yaml` (see `apex_plan.engine.load`); every value there
+names its source (engine source file, docs, or the fit that produced it). GPU physics (peaks,
+achievable fractions, collective latencies) live in the GPU profile, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SchedulerPolicy:
+    """Iteration-level batching as the engine's scheduler does it."""
+
+    chunked_prefill: str = "always"       # always | never | long_context (on when max_model_len > long_context_tokens)
+    long_context_tokens: int = 32768      # threshold of the long_context rule (vLLM 0.6)
+    token_budget: int = 8192              # default max_num_batched_tokens when chunking
+    unchunked_min_budget: int = 2048      # without chunking: max(max_model_len, this) ...
+    unchunked_budget_covers_max_len: bool = True  # ... or, when false, token_budget (longer prompts refused)
+    batching_chunked: str = "mixed"       # with chunking: mixed (decodes first, then prefill chunks in the
+                                          # budget left) | prefill_first (prefill-only steps take priority)
+    batching_unchunked: str = "mixed"     # the same without chunking (whole prompts only)
+    max_num_seqs: int = 256               # default running-batch cap
+    block_size: int = 16                  # KV-cache block, tokens
+    watermark_fraction: float = 0.01      # KV blocks kept free at admission
+    reserve_full_sequence: bool = False   # admission reserves KV for prompt + all output (no preemption)
+    closed_loop: str = "desync"           # how a benchmark's closed loop of identical requests evolves:
+                                          # desync (requests drift apart) | lockstep (waves stay together)
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """CPU time of the engine loop and how much of it hides behind GPU work."""
+
+    step_ms: float = 2.0                  # per step: schedule, prepare inputs, sample, output processing
+    per_seq_ms: float = 0.05              # per scheduled sequence per step
+    per_prefill_token_us: float = 0.0     # per prefill token per step (input preparation)
+    overlap: float = 0.0                  # fraction of the step's host time that overlaps the previous GPU step
+    eager_kernel_us: float = 20.0         # host time to launch one kernel outside a CUDA graph
+    frontend_ms: float = 10.0             # API server, tokenizer, streaming added to TTFT
+
+
+@dataclass(frozen=True)
+class GraphPolicy:
+    """Which steps replay CUDA graphs (no per-kernel host launch)."""
+
+    mode: str = "decode_only"             # decode_only | piecewise | full
+    max_batch: int = 256                  # largest captured batch (sequences); larger steps run eager
+    eager_kernels_per_layer_mixed: int = 0  # piecewise: kernels launched eagerly per layer in a mixed step (attention)
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """The attention kernels chosen for one KV-cache dtype."""
+
+    name: str = "flash-attn"
+    gqa_shared_kv: bool = True            # decode reads each KV head once for its query-head group
+    prefill_efficiency_scale: float = 1.0  # x the GPU's attention_efficiency for fresh prefill
+    prefix_efficiency_scale: float = 1.0   # x the same for chunks attending to cached context
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """fp8/int8 W8A8 activation quantisation kernels."""
+
+    activation_scales: str = "static"     # dynamic (per-step scale: reduce + quantise) | static (quantise only)
+    kernels_per_gemm_dynamic: int = 2     # extra kernels per weight GEMM with dynamic scales
+    kernels_per_gemm_static: int = 1      # extra kernels per weight GEMM with static scales
+    fused_activation_quant: bool = False  # quantisation fused into the producing kernel (no extra pass)
+
+
+@dataclass(frozen=True)
+class Collectives:
+    """The engine's all-reduce choice."""
+
+    custom_allreduce_max_bytes: float = 8 * 1024 * 1024   # messages strictly below go to the custom kernel
+    custom_allreduce_tp: tuple[int, ...] = (2, 4, 6, 8)   # world sizes it supports
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    """How the engine sizes its KV-cache pool."""
+
+    accounting: str = "profile"           # profile: util*total - weights - activations - reserve
+                                          # static_fraction: util*total - weights - reserve (activations outside)
+                                          # free_fraction: util*(total - weights - activations - reserve)
+    gpu_memory_utilization: float = 0.9   # default fraction (vLLM gpu_memory_utilization, SGLang
+                                          # mem_fraction_static, TRT-LLM free_gpu_memory_fraction)
+    reserve_gib: float = 1.0              # CUDA context, NCCL, workspaces outside the pool
+    cuda_graph_gib: float = 0.0           # CUDA-graph memory pool
+
+
+@dataclass(frozen=True)
+class Layouts:
+    """Parallel layouts the engine supports."""
+
+    expert_parallel: bool = True
+    attention_dp: bool = False
+    pipeline_parallel: bool = True
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """One engine family over a range of versions [min_version, max_version)."""
+
+    name: str                              # e.g. vllm-v1
+    family: str                            # vllm | sglang | trtllm
+    min_version: str
+    max_version: str
+    source: str = ""
+    scheduler: SchedulerPolicy = field(default_factory=SchedulerPolicy)
+    host: HostModel = field(default_factory=HostModel)
+    graphs: GraphPolicy = field(default_factory=GraphPolicy)
+    attention: dict[str, AttentionBackend] = field(default_factory=lambda: {"bf16": AttentionBackend()})
+    quantization: Quantization = field(default_factory=Quantization)
+    collectives: Collectives = field(default_factory=Collectives)
+    kv_cache_dtype: dict[str, str] = field(default_factory=dict)   # weight dtype -> default KV dtype ('' = activation dtype)
+    memory: MemoryPolicy = field(default_factory=MemoryPolicy)
+    layouts: Layouts = field(default_factory=Layouts)
+    calibration: str = ""                  # provenance of the fitted constants (rows, date, error)
+    version: str | None = None             # the version asked for (set by resolve_engine_profile)
+    path: str = ""
+
+    def attention_backend(self, kv_dtype: str) -> AttentionBackend:
+        """Backend for a KV dtype (falls back to the bf16 entry)."""
+        return self.attention.get(kv_dtype) or self.attention.get("bf16") or AttentionBackend()
+
+    def default_kv_dtype(self, weight_dtype: str) -> str:
+        """KV-cache dtype the engine picks for `weight_dtype` weights when none is given."""
+        return self.kv_cache_dtype.get(weight_dtype) or "bf16"
+
+    def prefill_first(self, chunked: bool) -> bool:
+        """True when waiting prompts run in prefill-only steps ahead of decodes."""
+        return (self.scheduler.batching_chunked if chunked else self.scheduler.batching_unchunked) == "prefill_first"
+
+    @property
+    def label(self) -> str:
+        return self.name + (f"@{self.version}" if self.version else "")
