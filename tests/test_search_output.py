@@ -40,6 +40,13 @@ def test_launch_command_round_trips_plan_and_engine(family, plan):
         assert got["max_batched_tokens"] == 2048
 
 
+@pytest.mark.parametrize("family", ["vllm", "sglang"])
+def test_launch_command_round_trips_attention_dp(family):
+    plan = Plan(1, 2, 1, 8, adp=4)
+    got = parse_launch(launch_command(family, "org/model", plan, ENGINE))
+    assert (got["tp"], got["adp"], got["pp"], got["ep"]) == (2, 4, 1, 8)
+
+
 def test_vllm_launch_without_chunking():
     e = SimpleNamespace(**{**ENGINE.__dict__, "chunked_prefill": False, "custom_allreduce": True})
     got = parse_launch(launch_command("vllm", "m", Plan(1, 2, 1), e))
@@ -47,7 +54,12 @@ def test_vllm_launch_without_chunking():
 
 
 def test_engine_decides_the_plan_space():
-    v060 = engine_caps("vllm")
+    from apex_plan.engine.load import resolve_engine_profile
+    from apex_plan.search.layouts import profile_caps
+    old, new = profile_caps(resolve_engine_profile("vllm@0.6.0")), profile_caps(resolve_engine_profile("vllm-v1"))
+    assert "expert parallelism" in supported_layout(old, Plan(1, 8, 1, 8))
+    assert supported_layout(new, Plan(1, 8, 1, 8)) is None
+    v060 = engine_caps("vllm@0.6.0")
     assert v060.family == "vllm" and not v060.supports_ep
     assert "expert parallelism" in supported_layout(v060, Plan(1, 8, 1, 8))
     assert supported_layout(v060, Plan(1, 8, 2)) is None
@@ -57,6 +69,7 @@ def test_engine_decides_the_plan_space():
                             supports_attention_dp=True)
     assert supported_layout(newer, Plan(1, 8, 1, 8)) is None
     assert "ep must equal tp" in supported_layout(newer, Plan(1, 8, 1, 2))
+    assert engine_caps("vllm").supports_ep                    # a bare 'vllm' is the newest vLLM
     no_pp = SimpleNamespace(family="trtllm", name="x", supports_ep=True, supports_pp=False, supports_attention_dp=True)
     assert "pipeline" in supported_layout(no_pp, Plan(1, 4, 2))
 

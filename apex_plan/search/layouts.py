@@ -15,7 +15,7 @@ from apex_plan.plan.spec import Plan
 FAMILIES = ("vllm", "sglang", "trtllm")
 # vLLM releases without expert parallelism: 0.6.0 shards every expert over the TP ranks (fused_moe);
 # `--enable-expert-parallel` arrived in a later release
-VLLM_NO_EP = ("vllm", "vllm-0.6", "vllm-0.6.0", "vllm@0.6", "vllm@0.6.0", "vllm-v0")
+VLLM_NO_EP = ("vllm-0.6", "vllm-0.6.0", "vllm@0.6", "vllm@0.6.0", "vllm-v0")
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,9 @@ def profile_caps(profile) -> EngineCaps:
 
 
 def engine_caps(name: str) -> EngineCaps:
-    """Capabilities from an engine name: 'vllm' (the modelled vLLM 0.6.0: TP and PP, no EP),
-    other 'vllm*' names (EP, PP), 'sglang*' (EP, PP, attention-DP), 'trtllm*' (EP, PP, attention-DP)."""
+    """Capabilities from an engine name: vLLM 0.6 names ('vllm@0.6.0', 'vllm-0.6': TP and PP, no EP),
+    other 'vllm*' names (the newest vLLM: EP, PP, attention-DP), 'sglang*' and 'trtllm*' (EP, PP,
+    attention-DP)."""
     low = name.lower()
     family = next((f for f in FAMILIES if low.startswith(f)), "vllm")
     if family == "vllm":
@@ -49,11 +50,12 @@ def supported_layout(engine, plan: Plan) -> str | None:
     """Why `engine` cannot run `plan`, or None when it can."""
     if plan.ep > 1 and not engine.supports_ep:
         return f"engine {engine.name} has no expert parallelism (experts are sharded over the TP ranks)"
-    if engine.family == "vllm" and plan.ep > 1 and plan.ep != plan.tp:
-        return (f"engine {engine.name}: --enable-expert-parallel spreads the experts over all {plan.tp} TP ranks "
-                f"(ep must equal tp)")
+    ranks = plan.tp * getattr(plan, "adp", 1)
+    if engine.family == "vllm" and plan.ep > 1 and plan.ep != ranks:
+        return (f"engine {engine.name}: --enable-expert-parallel spreads the experts over all {ranks} TP x DP ranks "
+                f"(ep must equal tp x adp)")
     if plan.pp > 1 and not engine.supports_pp:
         return f"engine {engine.name} has no pipeline parallelism"
-    if getattr(plan, "attention_dp", 1) > 1 and not engine.supports_attention_dp:
+    if getattr(plan, "adp", 1) > 1 and not engine.supports_attention_dp:
         return f"engine {engine.name} has no data-parallel attention"
     return None
