@@ -48,8 +48,10 @@ def test_horizon_grows_with_time_in_system_not_trace_length():
     mix = S.request_mix(preset_trace("chat", 1.0, num_requests=1000, seed=0))
     h1 = S.horizon(mix, 5.0, SLO, 256)
     h2 = S.horizon(mix, 50.0, SLO, 256)
-    assert h1.window >= S.WINDOW_MIN_REQUESTS
+    assert S.WINDOW_MIN_LIGHT <= h1.window <= h2.window
+    assert h2.window >= S.WINDOW_MIN_REQUESTS                 # busy engine: the full window
     assert h2.warmup > h1.warmup                              # more in flight: longer warm-up
+    assert 0 < h2.burst <= h2.warmup // 2                     # the run starts near its operating point
     assert h2.total <= S.MAX_HORIZON_REQUESTS
 
 

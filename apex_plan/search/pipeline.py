@@ -184,7 +184,12 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             continue
         costs[ev.key] = sc
     # phase 2: simulate, most promising per GPU first, skipping plans a simulated one dominates
-    todo = sorted((e for e in evals if e.key in costs), key=lambda e: (-e.bound_rps / e.plan.gpus_per_replica, e.key))
+    # (for gpus/cost with a demand, smallest replicas first: they make the outranked rule bite early)
+    if inp.objective in ("gpus", "cost") and inp.demand_rps:
+        order = lambda e: (e.plan.gpus_per_replica, -e.bound_rps, e.key)  # noqa: E731
+    else:
+        order = lambda e: (-e.bound_rps / e.plan.gpus_per_replica, e.key)  # noqa: E731
+    todo = sorted((e for e in evals if e.key in costs), key=order)
     prune = inp.prune_bounds and inp.objective in PRUNE_OBJECTIVES
     found: list[tuple[str, int, float]] = []
     homog: dict[tuple, int] = {}           # layout -> GPUs of its homogeneous deployment meeting the demand

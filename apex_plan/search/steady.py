@@ -40,7 +40,7 @@ WARMUP_FACTOR = 3.0            # warm-up arrivals per request in flight (three t
 WINDOW_FACTOR = 2.0            # measured arrivals per request in flight, at least ...
 WINDOW_MIN_REQUESTS = 2000     # ... this many, for the batch-means error of the miss share
 WINDOW_MIN_LIGHT = 500         # window when few requests are in flight, ...
-WINDOW_PER_IN_FLIGHT = 250     # ... growing with the requests in flight up to WINDOW_MIN_REQUESTS
+WINDOW_PER_IN_FLIGHT = 100     # ... growing with the requests in flight up to WINDOW_MIN_REQUESTS
 TAIL_FACTOR = 1.0              # arrivals after the window: one time in system keeps the load on
 MIN_WARMUP_REQUESTS = 100
 MAX_HORIZON_REQUESTS = 40_000  # a cap on one simulation; the window shrinks first when reached
@@ -51,7 +51,7 @@ FALLBACK_TTFT_S = 10.0         # time-in-system terms when an SLO is not given
 FALLBACK_TPOT_S = 0.2
 STREAM_SEED = 20_240_601       # the fixed draw every simulation shares
 TAIL_QUANTILE = 99.0           # long requests set how long the running batch takes to settle
-WARMUP_TAIL_FACTOR = 2.0       # warm-up lasts at least this many lifetimes of a tail request
+WARMUP_TAIL_FACTOR = 1.0       # warm-up lasts at least this many lifetimes of a tail request
 
 
 @dataclass(frozen=True, eq=False)
