@@ -111,3 +111,17 @@ def test_bound_pruning_never_changes_the_winner(objective, rate, model, gpus):
     assert on.stats["simulations"] <= off.stats["simulations"]
     if model == "llama-3.1-70b":
         assert on.stats["pruned_by_bound"] > 0                # the bound does skip plans here
+
+
+def test_one_replica_deployment_reuses_the_identical_run(result):
+    from apex_plan.search.verify import single_replica
+    inp = result.inputs
+    by_key = {e.key: e for e in result.plans}
+    one = [d for d in result.deployments if len(d.deployment.replicas) == 1 and d.deployment.replicas[0][1] == 1]
+    assert one, "expected a one-replica deployment in this case"
+    d = one[0].deployment
+    reused = single_replica(d, by_key[d.replicas[0][0]], inp.demand_rps)
+    fresh = verify_deployment(inp, d, by_key, inp.demand_rps, result.mix)
+    assert reused is not None and reused.verified == fresh.verified
+    for k in ("ttft_ms", "tpot_ms", "e2e_s", "throughput", "energy", "steady"):
+        assert reused.metrics[k] == pytest.approx(fresh.metrics[k]), k

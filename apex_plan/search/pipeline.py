@@ -25,7 +25,7 @@ from apex_plan.search.layouts import profile_caps, supported_layout
 from apex_plan.search.screen import Screen, screen_plan
 from apex_plan.search.steady import RequestMix, horizon, request_mix, steady_metrics, steady_trace, window_bounds, window_of
 from apex_plan.search.verify import (DeploymentEval, candidate, distinct_plans, latency_deployments, layout_of,  # noqa: F401
-                                     verify_deployment)
+                                     single_replica, verify_deployment)
 from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
 from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Slo, Trace, Workload
@@ -333,7 +333,8 @@ def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = 
                                   objective=inp.objective if rate or inp.objective == "throughput" else "throughput",
                                   homogeneous=inp.homogeneous, top_k=inp.top_k + 3, groups=_layout_groups(ok))
         for dep in distinct_plans(found, by_key):
-            dv = verify_deployment(inp, dep, by_key, rate or dep.goodput_rps, mix)
+            dv = (rate and single_replica(dep, by_key[dep.replicas[0][0]], rate)) or \
+                verify_deployment(inp, dep, by_key, rate or dep.goodput_rps, mix)
             stats["verification_failures"] = stats.get("verification_failures", 0) + (not dv.verified)
             if not dv.verified and not rate:
                 dv = _verified_capacity(inp, dep, by_key, mix)

@@ -81,13 +81,27 @@ def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: Requ
     if not windows:
         return DeploymentEval(dep, False, {"rate_per_s": rate, "slo_met": False})
     m = steady_metrics(windows, sims, t0, t1, rate, inp.slo, h, inp.cluster.gpu.idle_w)
-    ok_all = ok_all and m["slo"]["met"]
-    # flat figures the tables and CSV read
+    return _with_flat(DeploymentEval(dep, ok_all and m["slo"]["met"], m, per_plan))
+
+
+def _with_flat(d: DeploymentEval) -> DeploymentEval:
+    """Add the flat figures the tables and CSV read."""
+    m = d.metrics
     m["output_tokens_per_s"] = m["throughput"]["output_tokens_per_s"]
     m["energy_j_per_output_token"] = m["energy"]["j_per_output_token"]
     m["energy_j_per_request"] = m["energy"]["j_per_request"]
-    m["slo_met"] = bool(ok_all)
-    return DeploymentEval(dep, bool(ok_all), m, per_plan)
+    m["slo_met"] = bool(d.verified)
+    return d
+
+
+def single_replica(dep: Deployment, ev, rate: float) -> DeploymentEval | None:
+    """A one-replica deployment at the rate its plan was already simulated at (`at_demand`): the
+    same steady-state run as `verify_deployment` would make (same draw, horizon and engine), reused."""
+    m = ev.at_demand
+    if dep.replicas != ((ev.key, 1),) or not m or m.get("rate_per_s") != rate:
+        return None
+    per_plan = [{"key": ev.key, "replicas": 1, "requests": m["requests"], "metrics": m}]
+    return _with_flat(DeploymentEval(dep, bool(m["slo"]["met"]), dict(m), per_plan))
 
 
 def layout_signature(dep: Deployment, by_key: dict) -> tuple:
