@@ -213,7 +213,7 @@ def simulate(
     from apex_plan.report import simulate_view as V
     from apex_plan.simulate.run import simulate as run_sim
     from apex_plan.workload.slo import parse_slo
-    check_format(fmt)
+    check_format(fmt, output)
     _check_outputs(report, plot)
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
@@ -262,8 +262,10 @@ def search(
     workload: Optional[str] = typer.Option(None, "--workload", help=_H["workload"]),
     rate: Optional[float] = typer.Option(None, "--rate", help="demanded arrival rate, requests/s (default: the trace's)",
                                          callback=_real(L.MIN_RATE_PER_S, L.MAX_RATE_PER_S, "e.g. --rate 2", False)),
-    num_requests: int = typer.Option(1000, "--num-requests", help=f"synthetic requests per simulation (at most "
-                                     f"{L.MAX_REQUESTS:,})", callback=_count(1, L.MAX_REQUESTS, "e.g. --num-requests 1000")),
+    num_requests: int = typer.Option(1000, "--num-requests",
+                                     help="synthetic requests in the request mix (at least 40000 are drawn: steady-state "
+                                          "runs take as many as they need from it)",
+                                     callback=_count(1, L.MAX_REQUESTS, "e.g. --num-requests 1000")),
     prompt_tokens: Optional[str] = typer.Option(None, "--prompt-tokens", help=_H["prompt_tokens"]),
     output_tokens: Optional[str] = typer.Option(None, "--output-tokens", help=_H["output_tokens"]),
     arrival: str = typer.Option("poisson", "--arrival", help=_H["arrival"]),
@@ -299,19 +301,23 @@ def search(
     max_gpus_per_replica: Optional[int] = typer.Option(None, "--max-gpus-per-replica", help="largest tp*pp to try",
                                                        callback=_count(1, L.MAX_GPUS, "e.g. --max-gpus-per-replica 8")),
     no_symmetry_pruning: bool = typer.Option(False, "--no-symmetry-pruning", help="evaluate every raw layout"),
+    no_bound_pruning: bool = typer.Option(False, "--no-bound-pruning",
+                                          help="simulate plans whose analytic bound cannot beat a plan already found"),
     fmt: str = FormatOpt,
     output: Optional[str] = OutputOpt,
     report: Optional[str] = ReportOpt,
     plot: Optional[str] = typer.Option(None, "--plot", help="also draw the Pareto charts to FILE.svg or FILE.png"),
 ) -> None:
-    """Find the parallel plan and deployment that meet the SLOs at the demanded rate."""
+    """Find the parallel plan and deployment that meet the SLOs at the demanded rate.
+
+    Exit status: 0 a deployment meets the SLO, 1 none does (the closest is still printed), 2 bad input."""
 
     from apex_plan import inputs as I
     from apex_plan.model.load import load_model
     from apex_plan.report import search_view as V
     from apex_plan.search.pipeline import OBJECTIVES, SearchInputs, run_search
     from apex_plan.workload.slo import parse_slo
-    check_format(fmt)
+    check_format(fmt, output)
     _check_outputs(report, plot)
     if objective not in OBJECTIVES:
         from apex_plan.errors import did_you_mean
@@ -324,9 +330,12 @@ def search(
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
     engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill)
+    from apex_plan.search.steady import MAX_HORIZON_REQUESTS
+    # a synthetic workload is a distribution: draw enough of it that its tail is represented
     wl = I.workload_from_options(trace, workload if (workload is not None or trace or prompt_tokens is not None) else "chat",
-                                 None if trace else (rate or 1.0), num_requests, prompt_tokens, output_tokens, None,
-                                 arrival, burstiness_cv, seed)
+                                 None if trace else (rate or 1.0),
+                                 num_requests if trace else max(num_requests, MAX_HORIZON_REQUESTS),
+                                 prompt_tokens, output_tokens, None, arrival, burstiness_cv, seed)
     I.check_workload_fits(wl, m, max_model_len, trace)
     trace_rps = I.trace_rate(wl.trace, trace) if trace else None    # also refuses traces with no arrival spread
     demand = rate if rate is not None else trace_rps
@@ -343,13 +352,10 @@ def search(
                 raise InputError(opt, None, f"unknown dtype '{dt}'", did_you_mean(dt, DTYPE_BYTES))
     inp = SearchInputs(m, cl, wl.trace, demand, slo, tuple(I.csv_list(weight_dtype, "--weight-dtype")),
                        tuple(I.csv_list(kv_dtype, "--kv-dtype")), engines, objective, homogeneous, top,
-                       allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica)
-    from rich.progress import Progress
-    from rich.console import Console
-    err = Console(stderr=True)
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("simulating plans", total=None)
-        res = run_search(inp, lambda i, n: bar.update(task, completed=i, total=n))
+                       allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica, not no_bound_pruning)
+    from apex_plan.report.search_view import progress_reporter
+    with progress_reporter() as report_progress:
+        res = run_search(inp, report_progress)
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "workload": {"trace": trace, "preset": workload if not trace else None, "requests": len(wl.trace),
                            "seed": seed},
@@ -361,6 +367,7 @@ def search(
     if report or plot:
         from apex_plan.report.html import search_outputs
         search_outputs(res, inputs, report, plot)
+    return 0 if res.meets_slo else 1   # exit status 1: no deployment meets the SLO (the closest is shown)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -177,6 +177,22 @@ for v in ("rtx4090", "h1OO", "nope.yaml", "/nonexistent/gpu.yaml", "h100"):
 case("root:unknown-command", ["frobnicate"], "frobnicate")
 case("root:unknown-option", ["--bogus"], "--bogus")
 case("root:version-with-value", ["--version=1"], "--version")
+for cmd_base in (SIM, SEARCH):
+    s_ = cmd_base[0]
+    for v in ("x.txt", "report", "", "/nonexistent/dir/r.html"):
+        case(f"{s_}:--report={v!r}", cmd_base + ["--report", v], "--report")
+    for v in ("x.jpg", "", "plot.pdf", "/nonexistent/dir/p.svg"):
+        case(f"{s_}:--plot={v!r}", cmd_base + ["--plot", v], "--plot")
+case("search:--no-bound-pruning=1", SEARCH + ["--no-bound-pruning=1"], "--no-bound-pruning")
+SWEEP = ["sweep", str(EXAMPLES / "sweep-48.yaml")]
+for opts, needle in ((["--executor", "spark"], "--executor"), (["--executor", ""], "--executor"),
+                     (["--jobs", "0"], "--jobs"), (["-j", "abc"], "--jobs"), (["--retry-failed=1"], "--retry-failed"),
+                     (["--report", "x.txt"], "--report"), (["--output", "/nonexistent/d/x.jsonl"], "--output"),
+                     (["-o", "{dir}"], "--output"), (["--format", "xml"], "--format"), (["-f", ""], "--format"),
+                     (["--ray-address", "127.0.0.1:1"], "--ray-address")):
+    case(f"sweep:{opts[0]}={opts[-1]!r}", SWEEP + opts, needle)
+case("sweep:missing-file", ["sweep", "/nonexistent/s.yaml"], "s.yaml")
+case("sweep:not-yaml-mapping", ["sweep", "{file:what.yaml}"], "what.yaml")
 case("check:no-files", ["check"], ("FILES", "files"))
 case("check:missing-file", ["check", "/nonexistent/x.yaml"], "x.yaml")
 case("check:folder", ["check", "{dir}"], "not found")

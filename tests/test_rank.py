@@ -82,7 +82,7 @@ def test_cp_sat_matches_brute_force(seed):
         for homogeneous in (False, True):
             kw = dict(num_nodes=NODES, gpus_per_node=PER_NODE, price_per_gpu_hour=PRICE,
                       demand_rps=demand, objective=objective, homogeneous=homogeneous, top_k=3)
-            got = solve_deployments(cands, **kw)
+            got = solve_deployments(cands, method="cp-sat", **kw)
             want = brute_force_deployments(cands, **kw)
             assert len(got) == len(want), (objective, homogeneous)
             assert [key(d, objective) for d in got] == approx_keys([key(d, objective) for d in want])
@@ -189,3 +189,20 @@ def test_larger_cluster_solves_quickly():
         assert deps and time.perf_counter() - t0 < 30
         for d in deps:
             assert d.gpus <= 128 and d.goodput_rps >= 400.0 * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_layout_groups_make_top_k_differ_in_plan(seed):
+    rng = random.Random(100 + seed)
+    cands, demand = random_case(rng)
+    groups = [i // 2 for i in range(len(cands))]          # pairs of candidates are one layout
+    for objective in ("gpus", "throughput"):
+        kw = dict(num_nodes=NODES, gpus_per_node=PER_NODE, demand_rps=demand, objective=objective, top_k=3,
+                  groups=groups)
+        got = solve_deployments(cands, method="cp-sat", **kw)
+        want = brute_force_deployments(cands, **kw)
+        assert [key(d, objective) for d in got] == approx_keys([key(d, objective) for d in want])
+        index = {c.key: i for i, c in enumerate(cands)}
+        sets = [frozenset(groups[index[k]] for k, _ in d.replicas) for d in got]
+        assert len(set(sets)) == len(sets)                 # no two share the same set of layouts
+        assert solve_deployments(cands, **kw) == want      # small: the exhaustive path answers

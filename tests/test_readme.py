@@ -26,7 +26,9 @@ def readme_commands() -> list[str]:
     return commands
 
 
-COMMANDS = readme_commands()
+# a sweep runs 48 searches (minutes; the Ray one needs the optional extra): tests/test_sweep.py runs
+# small sweep files through the same command instead
+COMMANDS = [c for c in readme_commands() if not c.startswith("apex-plan sweep ")]
 
 
 def test_readme_has_examples_of_every_command():

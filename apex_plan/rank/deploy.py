@@ -28,152 +28,14 @@ Solves are deterministic: one worker, a fixed seed, a deterministic time limit.
 
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from ortools.sat.python import cp_model
-
-from apex_plan.errors import InputError, did_you_mean
-
-OBJECTIVES = ("gpus", "energy", "cost", "latency", "throughput")
-GOODPUT_SCALE = 1_000_000    # integer goodput unit: micro-requests/s
-TIME_SCALE = 1_000_000       # integer latency unit: microseconds
-DEMAND_RTOL = 1e-9           # float noise allowed when checking a deployment meets the demand
-_ROUND_RTOL = 1e-10          # nudge before floor/ceil so 1.234 * 1e6 floors to 1234000
-_RATIO_RTOL = 1e-7           # slack when fixing the optimal energy ratio in a later stage
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One replica plan (with engine settings) and what one replica of it delivers."""
-
-    key: str                     # plan label, unique among the candidates
-    gpus_per_replica: int
-    goodput_rps: float           # max arrival rate one replica sustains within SLO; 0 if never
-    energy_j_per_request: float
-    ttft_p90_s: float
-    tpot_p90_s: float
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """Replica counts per candidate, where they sit, and what they deliver."""
-
-    replicas: tuple[tuple[str, int], ...]       # (candidate key, count), sorted, no zero counts
-    gpus: int
-    goodput_rps: float
-    objective_value: float
-    placement: tuple[tuple[int, ...], ...]      # per node, candidate index of each replica on it;
-                                                # a multi-node replica is listed on each of its nodes
-    energy_j_per_request: float                 # capacity-weighted over the replicas
-    cost_per_hour: float
-    ttft_p90_s: float                           # worst among the used candidates
-    tpot_p90_s: float
-
-
-@dataclass(frozen=True)
-class Closest:
-    """The best the whole cluster can do when no deployment meets the demand."""
-
-    deployment: Deployment | None               # max-goodput deployment; None if nothing fits
-    demand_rps: float
-    shortfall_rps: float
-
-
-@dataclass(frozen=True)
-class _Problem:
-    cands: tuple[Candidate, ...]
-    num_nodes: int
-    gpus_per_node: int
-    price_per_gpu_hour: float
-    demand_rps: float | None
-    objective: str
-    homogeneous: bool
-
-    @property
-    def usable(self) -> tuple[int, ...]:
-        """Candidates that can be placed and serve traffic."""
-        g, n = self.gpus_per_node, self.num_nodes
-        return tuple(i for i, c in enumerate(self.cands)
-                     if _gp_int(c.goodput_rps) > 0 and c.gpus_per_replica <= g * n
-                     and (c.gpus_per_replica <= g or c.gpus_per_replica % g == 0))
-
-    def max_replicas(self, i: int) -> int:
-        g, n, size = self.gpus_per_node, self.num_nodes, self.cands[i].gpus_per_replica
-        return n * (g // size) if size <= g else n // (size // g)
-
-    @property
-    def demand_int(self) -> int:
-        if self.demand_rps is None:
-            return 1
-        return max(1, math.ceil(self.demand_rps * GOODPUT_SCALE * (1 - _ROUND_RTOL)))
-
-
-def _gp_int(goodput_rps: float) -> int:
-    return math.floor(goodput_rps * GOODPUT_SCALE * (1 + _ROUND_RTOL))
-
-
-def _us(seconds: float) -> int:
-    return round(seconds * TIME_SCALE)
-
-
-def meets_demand(goodput_rps: float, demand_rps: float | None) -> bool:
-    """True if a deployment's goodput covers the demand (up to float noise)."""
-    if demand_rps is None:
-        return goodput_rps > 0
-    return goodput_rps > 0 and goodput_rps >= demand_rps * (1 - DEMAND_RTOL)
-
-
-# ---------------------------------------------------------------- metrics of a replica vector
-
-def _metrics(p: _Problem, r: Sequence[int]) -> dict[str, float]:
-    used = [i for i, k in enumerate(r) if k > 0]
-    gpus = sum(p.cands[i].gpus_per_replica * r[i] for i in used)
-    goodput = sum(p.cands[i].goodput_rps * r[i] for i in used)
-    joules = sum(p.cands[i].goodput_rps * p.cands[i].energy_j_per_request * r[i] for i in used)
-    # the ratio to 12 significant digits, so float noise does not break ties (e.g. homogeneous)
-    energy = float(f"{joules / goodput:.12g}") if goodput > 0 else math.inf
-    return {
-        "gpus": gpus,
-        "goodput": goodput,
-        "energy": energy,
-        "cost": gpus * p.price_per_gpu_hour,
-        "ttft": max((p.cands[i].ttft_p90_s for i in used), default=0.0),
-        "tpot": max((p.cands[i].tpot_p90_s for i in used), default=0.0),
-    }
-
-
-def objective_key(objective: str, m: dict[str, float]) -> tuple[float, ...]:
-    """Lexicographic key a deployment is ranked by (smaller is better)."""
-    return {
-        "gpus": (m["gpus"], m["energy"]),
-        "cost": (m["cost"], m["gpus"], m["energy"]),
-        "energy": (m["energy"], m["gpus"]),
-        "latency": (m["ttft"], m["tpot"], m["gpus"]),
-        "throughput": (-m["goodput"], m["gpus"]),
-    }[objective]
-
-
-def _objective_value(objective: str, m: dict[str, float]) -> float:
-    name = {"gpus": "gpus", "cost": "cost", "energy": "energy", "latency": "ttft", "throughput": "goodput"}
-    return float(m[name[objective]])
-
-
-def _deployment(p: _Problem, r: Sequence[int], placement: Sequence[Sequence[int]]) -> Deployment:
-    m = _metrics(p, r)
-    return Deployment(
-        replicas=tuple(sorted((p.cands[i].key, k) for i, k in enumerate(r) if k > 0)),
-        gpus=int(m["gpus"]),
-        goodput_rps=m["goodput"],
-        objective_value=_objective_value(p.objective, m),
-        placement=tuple(tuple(node) for node in placement),
-        energy_j_per_request=m["energy"],
-        cost_per_hour=m["cost"],
-        ttft_p90_s=m["ttft"],
-        tpot_p90_s=m["tpot"],
-    )
+from apex_plan.errors import InputError
+from apex_plan.rank.exhaustive import EXHAUSTIVE_MAX_VECTORS, _exhaustive, _pack, _vectors  # noqa: F401
+from apex_plan.rank.problem import (DEMAND_RTOL, GOODPUT_SCALE, OBJECTIVES, TIME_SCALE,  # noqa: F401 (re-exported)
+                                    _RATIO_RTOL, Candidate, Closest, Deployment, _deployment, _gp_int, _metrics,
+                                    _Problem, _problem, _us, meets_demand, objective_key)
 
 
 # ---------------------------------------------------------------- CP-SAT model
@@ -201,6 +63,7 @@ class _Model:
     """The CP-SAT model of one solve: variables plus constraints from exclusions and fixes."""
 
     def __init__(self, p: _Problem, excluded: Sequence[tuple[int, ...]], fix: _Fix):
+        from ortools.sat.python import cp_model   # imported on first use: small problems never need it
         self.p = p
         g, n_nodes = p.gpus_per_node, p.num_nodes
         m = self.m = cp_model.CpModel()
@@ -234,13 +97,25 @@ class _Model:
         self.gpus = sum(p.cands[i].gpus_per_replica * self.r[i] for i in usable)
         self.goodput = sum(_gp_int(p.cands[i].goodput_rps) * self.r[i] for i in usable)
         m.add(self.goodput >= p.demand_int)
-        for vec in excluded:                    # top-K: forbid earlier replica vectors
-            diff = []
+        if p.groups is None:
+            for vec in excluded:                    # top-K: forbid earlier replica vectors
+                diff = []
+                for i in usable:
+                    d = m.new_bool_var("")
+                    m.add(self.r[i] != vec[i]).only_enforce_if(d)
+                    diff.append(d)
+                m.add_bool_or(diff)
+        elif excluded:                              # top-K: forbid earlier sets of layout groups
             for i in usable:
-                d = m.new_bool_var("")
-                m.add(self.r[i] != vec[i]).only_enforce_if(d)
-                diff.append(d)
-            m.add_bool_or(diff)
+                m.add(self.r[i] >= self.use[i])     # use[i] exactly when replicas of i are placed
+            gids = sorted({p.groups[i] for i in usable})
+            gused = {}
+            for g in gids:
+                gused[g] = m.new_bool_var(f"g{g}")
+                m.add_max_equality(gused[g], [self.use[i] for i in usable if p.groups[i] == g])
+            for vec in excluded:
+                prev = p.group_set(vec)
+                m.add_bool_or([gused[g].Not() if g in prev else gused[g] for g in gids])
         self.ttft = self.tpot = None
         if p.objective == "latency":
             ttft = {i: _us(p.cands[i].ttft_p90_s) for i in usable}
@@ -265,6 +140,7 @@ class _Model:
 
     def solve(self, objective, maximize: bool, time_limit_s: float, seed: int):
         """Replica vector (over all candidates) and placement, or None if none was found."""
+        from ortools.sat.python import cp_model
         if maximize:
             self.m.maximize(objective)
         else:
@@ -347,28 +223,6 @@ def _solve_best(p: _Problem, excluded, time_limit_s: float, seed: int):
     return run(_Fix(goodput_ge=total), "gpus") or first
 
 
-def _problem(candidates, num_nodes, gpus_per_node, price_per_gpu_hour, demand_rps,
-             objective, homogeneous) -> _Problem:
-    if objective not in OBJECTIVES:
-        raise InputError("--objective", None, f"unknown objective '{objective}'",
-                         did_you_mean(objective, OBJECTIVES))
-    if num_nodes < 1 or gpus_per_node < 1:
-        raise ValueError(f"cluster needs >= 1 node and GPU, got {num_nodes} x {gpus_per_node}")
-    keys = [c.key for c in candidates]
-    if len(set(keys)) != len(keys):
-        raise ValueError("candidate keys must be unique")
-    for c in candidates:
-        if c.gpus_per_replica < 1 or not (c.goodput_rps >= 0) or not math.isfinite(c.goodput_rps):
-            raise ValueError(f"candidate {c.key}: bad gpus_per_replica or goodput_rps")
-        if c.goodput_rps > 0 and not all(math.isfinite(v) and v >= 0 for v in
-                                         (c.energy_j_per_request, c.ttft_p90_s, c.tpot_p90_s)):
-            raise ValueError(f"candidate {c.key}: energy and latencies must be finite and >= 0")
-    if demand_rps is not None and not (math.isfinite(demand_rps) and demand_rps >= 0):
-        raise InputError("--demand", None, f"demand must be a finite rate >= 0, got {demand_rps}")
-    return _Problem(tuple(candidates), num_nodes, gpus_per_node, float(price_per_gpu_hour),
-                    demand_rps, objective, homogeneous)
-
-
 def solve_deployments(
     candidates: Sequence[Candidate],
     *,
@@ -381,12 +235,21 @@ def solve_deployments(
     top_k: int = 1,
     time_limit_s: float = 3.0,
     seed: int = 0,
+    groups: Sequence[int] | None = None,
+    method: str = "auto",
 ) -> list[Deployment]:
-    """Up to `top_k` distinct deployments that meet the demand, best first; [] if none does."""
+    """Up to `top_k` distinct deployments that meet the demand, best first; [] if none does.
+
+    `groups` (a layout group per candidate): the deployments differ in the set of groups they use,
+    not only in replica counts. `method`: "cp-sat", "exhaustive" (enumerate replica vectors), or
+    "auto" (exhaustive when there are at most EXHAUSTIVE_MAX_VECTORS, which is exact and spares
+    loading the solver)."""
     p = _problem(candidates, num_nodes, gpus_per_node, price_per_gpu_hour, demand_rps,
-                 objective, homogeneous)
+                 objective, homogeneous, groups)
     if top_k < 1:
         raise InputError("--top-k", None, f"must be >= 1, got {top_k}")
+    if method == "exhaustive" or (method == "auto" and _vectors(p) <= EXHAUSTIVE_MAX_VECTORS):
+        return _exhaustive(p, top_k)
     found: list[tuple[tuple[int, ...], list[list[int]]]] = []
     for _ in range(top_k):
         got = _solve_best(p, [r for r, _ in found], time_limit_s, seed)
@@ -419,42 +282,7 @@ def closest_deployment(
     return Closest(dep, demand_rps, max(0.0, demand_rps - goodput))
 
 
-# ---------------------------------------------------------------- brute force (tests only)
-
-def _pack(p: _Problem, r: Sequence[int]) -> list[list[int]] | None:
-    """A placement of replica vector r on the nodes, or None if it does not fit."""
-    g = p.gpus_per_node
-    placement: list[list[int]] = [[] for _ in range(p.num_nodes)]
-    node = 0
-    for i, k in enumerate(r):
-        size = p.cands[i].gpus_per_replica
-        if k and size > g:
-            for _ in range(k * (size // g)):
-                if node >= p.num_nodes:
-                    return None
-                placement[node].append(i)
-                node += 1
-    items = sorted((i for i, k in enumerate(r) for _ in range(k) if p.cands[i].gpus_per_replica <= g),
-                   key=lambda i: -p.cands[i].gpus_per_replica)
-    free = [g] * (p.num_nodes - node)
-
-    def place(j: int) -> bool:
-        if j == len(items):
-            return True
-        size, tried = p.cands[items[j]].gpus_per_replica, set()
-        for b in range(len(free)):
-            if free[b] >= size and free[b] not in tried:
-                tried.add(free[b])
-                free[b] -= size
-                placement[node + b].append(items[j])
-                if place(j + 1):
-                    return True
-                free[b] += size
-                placement[node + b].pop()
-        return False
-
-    return [sorted(n) for n in placement] if place(0) else None
-
+# ---------------------------------------------------------------- brute force (tests' reference)
 
 def brute_force_deployments(
     candidates: Sequence[Candidate],
@@ -466,25 +294,9 @@ def brute_force_deployments(
     objective: str = "gpus",
     homogeneous: bool = False,
     top_k: int = 1,
+    groups: Sequence[int] | None = None,
 ) -> list[Deployment]:
     """Same contract as `solve_deployments`, by enumerating replica vectors (small cases only)."""
     p = _problem(candidates, num_nodes, gpus_per_node, price_per_gpu_hour, demand_rps,
-                 objective, homogeneous)
-    usable = p.usable
-    ranked = []
-    for counts in itertools.product(*(range(p.max_replicas(i) + 1) for i in usable)):
-        r = [0] * len(p.cands)
-        for i, k in zip(usable, counts):
-            r[i] = k
-        used = sum(1 for k in r if k)
-        if used == 0 or (homogeneous and used > 1):
-            continue
-        m = _metrics(p, r)
-        if m["gpus"] > num_nodes * gpus_per_node or not meets_demand(m["goodput"], demand_rps):
-            continue
-        placement = _pack(p, r)
-        if placement is None:
-            continue
-        ranked.append((objective_key(objective, m), tuple(r), placement))
-    ranked.sort(key=lambda t: (t[0], t[1]))
-    return [_deployment(p, r, placement) for _, r, placement in ranked[:top_k]]
+                 objective, homogeneous, groups)
+    return _exhaustive(p, top_k)

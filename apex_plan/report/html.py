@@ -191,10 +191,19 @@ def write_report(path: str, html: str) -> None:
 
 def check_outputs(report: str | None, plot: str | None) -> None:
     """Refuse a wrong --report / --plot file name before any work is done."""
-    if report and not report.lower().endswith((".html", ".htm")):
+    if report is not None and not report.lower().endswith((".html", ".htm")):
         raise InputError("--report", None, f"'{report}' is not an .html file", "name the report FILE.html")
-    if plot and not plot.lower().endswith((".svg", ".png")):
+    if plot is not None and not plot.lower().endswith((".svg", ".png")):
         raise InputError("--plot", None, f"'{plot}' is neither .svg nor .png", "name the chart FILE.svg or FILE.png")
+    if plot is not None and plot.lower().endswith(".png"):
+        try:                                              # refuse before the search, not after it
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot", None, "PNG output needs matplotlib, which is not installed",
+                             "pip install 'apex-plan[plot]', or write an .svg file instead") from None
+    for opt, path in (("--report", report), ("--plot", plot)):
+        if path is not None and not Path(path).expanduser().resolve().parent.is_dir():
+            raise InputError(opt, None, f"the folder of '{path}' does not exist", "create it or choose another path")
 
 
 def search_outputs(res, inputs: dict, report: str | None, plot: str | None) -> None:

@@ -17,9 +17,15 @@ SCHEMA_VERSION = "1.0"
 FORMATS = ("table", "json", "csv")
 
 
-def check_format(fmt: str) -> str:
+def check_format(fmt: str, output: str | None = None) -> str:
+    """Refuse an unknown format, or an --output path that cannot be written, before any work."""
     if fmt not in FORMATS:
         raise InputError("--format", None, f"unknown format '{fmt}'", "use table, json or csv")
+    if output is not None:
+        path = Path(output).expanduser()
+        if path.is_dir() or not path.resolve().parent.is_dir():
+            raise InputError(output, None, "cannot write: No such file or directory" if not path.is_dir()
+                             else "cannot write: it is a folder", "choose a writable --output path")
     return fmt
 
 

@@ -105,15 +105,8 @@ def _pct(metrics: dict | None, name: str, p: float) -> float | None:
 
 
 def launch_commands(model_source: str, plan, eng: dict | None, replicas: int) -> tuple[str, ...]:
-    """A `vllm serve` command for one replica of `plan` (vLLM CLI flags), and how many to start.
-
-    Uses the search's own launch module when one exists (it knows more engines)."""
-    try:
-        from apex_plan.report import launch as L          # provided by the search view when present
-        if hasattr(L, "launch_command"):
-            return (str(L.launch_command(model_source, plan, eng, replicas)),)
-    except ImportError:
-        pass
+    """A `vllm serve` command for one replica of `plan` (vLLM CLI flags), and how many to start: the
+    fallback when a deployment carries no launch commands of its engine (`DeploymentEval.launch`)."""
     parts = [f"vllm serve {model_source}", f"--tensor-parallel-size {plan.tp}"]
     if plan.pp > 1:
         parts.append(f"--pipeline-parallel-size {plan.pp}")
@@ -142,26 +135,17 @@ def _split(trace: Trace, weights: list[float]) -> list[np.ndarray]:
 
 
 def _rerun_deployment(res, dv) -> tuple[np.ndarray, np.ndarray, tuple[GroupRun, ...], float]:
-    """Simulate a deployment again, exactly as the search verified it, keeping per-request times."""
-    from apex_plan.search.capacity import scaled_trace
+    """Simulate a deployment again exactly as the search verified it (`search.verify`), keeping the
+    per-request times of the measured window."""
+    from apex_plan.search.verify import verify_deployment
     inp = res.inputs
     by_key = {e.key: e for e in res.plans}
-    rate = inp.demand_rps or dv.deployment.goodput_rps
-    tr = scaled_trace(inp.trace, rate)
-    groups = [(by_key[k], n) for k, n in dv.deployment.replicas]
-    parts = _split(tr, [ev.goodput_rps * n for ev, n in groups]) if len(groups) > 1 else [np.arange(len(tr))]
-    runs, ttft, tpot = [], [], []
-    for (ev, n), idx in zip(groups, parts):
-        if idx.size == 0:
-            continue
-        sub = Trace(tr.arrival_s[idx], tr.prompt_tokens[idx], tr.output_tokens[idx], tr.name)
-        sim = simulate(inp.model, inp.cluster, dataclasses.replace(ev.plan, dp=n), ev.run_cfg, Workload(sub), inp.slo)
-        runs.append(GroupRun(ev.key, n, sim))
-        if sim.times is not None:
-            ttft.append(sim.times.ttft_s)
-            tpot.append(sim.times.tpot_s)
+    rate = float(dv.metrics.get("rate_per_s") or inp.demand_rps or dv.deployment.goodput_rps)
+    keep: list = []
+    verify_deployment(inp, dv.deployment, by_key, rate, keep=keep)
+    runs = tuple(GroupRun(k, n, sim) for k, n, sim, _ in keep)
     cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))
-    return cat(ttft), cat(tpot), tuple(runs), rate
+    return cat([w.ttft_s for *_, w in keep]), cat([w.tpot_s for *_, w in keep]), runs, rate
 
 
 def _load_curve(res, ev, p: float) -> tuple:
@@ -220,11 +204,12 @@ def from_search(res, inputs: dict, top: int = TOP_DEPLOYMENTS, curves: bool = Tr
     deps = []
     for i, dv in enumerate(res.deployments[:top]):
         ttft, tpot, runs, rate = _rerun_deployment(res, dv)
-        launch: list[str] = []
-        for k, n in dv.deployment.replicas:
-            ev = by_key[k]
-            launch += launch_commands(inp.model.source or inp.model.name, ev.plan,
-                                      ev.engine.as_dict() if ev.engine else None, n)
+        launch: list[str] = [f"{item['replicas']} x: {item['command']}" for item in (dv.launch or [])]
+        if not launch:
+            for k, n in dv.deployment.replicas:
+                ev = by_key[k]
+                launch += launch_commands(inp.model.source or inp.model.name, ev.plan,
+                                          ev.engine.as_dict() if ev.engine else None, n)
         deps.append(DeploymentView(
             rank=i + 1, label=" + ".join(f"{n} x {k}" for k, n in dv.deployment.replicas), gpus=dv.deployment.gpus,
             goodput_rps=dv.deployment.goodput_rps, rate_rps=rate, cost_per_hour=dv.deployment.cost_per_hour,

@@ -1,5 +1,5 @@
 """Goodput of one replica: the highest arrival rate of the workload mix that keeps the SLO
-percentile of both TTFT and TPOT, found by bisection on a time-scaled trace."""
+percentile of both TTFT and TPOT at steady state (see `steady`), found by geometric bisection."""
 
 from __future__ import annotations
 
@@ -33,10 +33,14 @@ def sustainable(metrics: dict, slo: Slo) -> bool:
 
 def meets_slo(metrics: dict, slo: Slo) -> bool:
     """The SLO percentile of TTFT and of per-request TPOT are within the limits, every request
-    completed, and queueing does not grow over the trace."""
+    completed, and the load is sustained: for steady-state metrics (`steady.steady_metrics`) the
+    backlog does not grow over the measured window; for a plain simulation, queueing does not grow
+    over the trace."""
     s = metrics.get("slo")
     if s is not None and not s["met"]:
         return False
+    if "steady" in metrics:
+        return metrics["steady"]["stable"] and metrics["completed"] == metrics["requests"]
     return metrics["completed"] == metrics["requests"] and sustainable(metrics, slo)
 
 
@@ -48,18 +52,22 @@ class Capacity:
 
 
 def find_goodput(run: Callable[[float], dict], slo: Slo, start_rps: float, *, max_doublings: int = 6,
-                 iterations: int = 7, floor_rps: float = 1e-3) -> Capacity:
+                 iterations: int = 7, floor_rps: float = 1e-3, ceiling_rps: float | None = None) -> Capacity:
     """Bisection (geometric) for the largest rate where `run(rate)` meets the SLO.
 
     Assumes more load never lowers latency (tested separately); precision is 2^(-iterations) of the
-    bracketing ratio, about 1.1% for the default bracket of 2x.
+    bracketing ratio, about 1.1% for the default bracket of 2x. With `ceiling_rps`, an upper bound
+    on the goodput (`bounds.goodput_bound_rps`), the search starts at half of it and takes the
+    ceiling as the failing end instead of doubling.
     """
     sims = 0
     best_rate, best_m = 0.0, None
-    hi = max(start_rps, floor_rps)
+    hi = max(ceiling_rps / 2 if ceiling_rps else start_rps, floor_rps)
     m = run(hi)
     sims += 1
-    if meets_slo(m, slo):
+    if meets_slo(m, slo) and ceiling_rps:
+        best_rate, best_m, hi = hi, m, ceiling_rps
+    elif meets_slo(m, slo):
         lo, lo_m = hi, m
         for _ in range(max_doublings):
             hi = lo * 2

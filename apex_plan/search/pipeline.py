@@ -1,37 +1,44 @@
-"""`apex-plan search`: enumerate replica plans, prune by symmetry, screen analytically, find each
-survivor's goodput by simulation, choose deployments with CP-SAT, and verify them by simulation."""
+"""`apex-plan search`: enumerate the replica plans the engine supports, prune by symmetry, screen
+and bound analytically, find each survivor's steady-state goodput by simulation (skipping plans
+whose bound cannot beat what was found), choose deployments with CP-SAT, and verify them at
+steady state."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
-from apex_plan.estimate.memory import MemoryReport, memory_report
+from apex_plan.estimate.memory import MemoryReport
 from apex_plan.estimate.shard import Shard, build_shard, split_layers
 from apex_plan.estimate.step_cost import build_step_cost
 from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.enumerate import enumerate_replica_plans, layer_shard_key
 from apex_plan.plan.spec import EngineConfig, Plan
-from apex_plan.rank.deploy import Candidate, Deployment, closest_deployment, solve_deployments
-from apex_plan.search.capacity import find_goodput, meets_slo, scaled_trace
+from apex_plan.rank.deploy import closest_deployment, solve_deployments
+from apex_plan.search.bounds import PRUNE_OBJECTIVES, dominated_by, goodput_bound_rps, gpus_needed, outranked
+from apex_plan.search.capacity import find_goodput
+from apex_plan.search.fit import engine_label, fit_engine
+from apex_plan.search.layouts import profile_caps, supported_layout
 from apex_plan.search.screen import Screen, screen_plan
+from apex_plan.search.steady import RequestMix, horizon, request_mix, steady_metrics, steady_trace, window_bounds, window_of
+from apex_plan.search.verify import (DeploymentEval, candidate, distinct_plans, latency_deployments, layout_of,  # noqa: F401
+                                     single_replica, verify_deployment)
 from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
-from apex_plan.simulate.run import distribution, simulate
+from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Slo, Trace, Workload
 
 OBJECTIVES = ("gpus", "energy", "cost", "latency", "throughput")
+GOODPUT_ITERATIONS = 5      # bisection steps in [bound/2, bound]: 2^(1/32), a 2.2% bracket
 
 
 @dataclass(frozen=True, eq=False)
 class SearchInputs:
     model: ModelSpec
     cluster: ClusterSpec
-    trace: Trace                        # the request mix; its arrival times are rescaled per rate
+    trace: Trace                        # the request mix; steady-state runs draw from it (see `steady`)
     demand_rps: float | None            # None: maximise throughput on the whole cluster
     slo: Slo
     weight_dtypes: tuple[str, ...] = ("bf16",)
@@ -43,6 +50,8 @@ class SearchInputs:
     allow_cross_node_tp: bool = False
     prune_symmetry: bool = True
     max_gpus_per_replica: int | None = None
+    prune_bounds: bool = True           # skip plans whose analytic bound cannot beat one found
+    engine_profile: object | None = None  # family/name/supports_*; None: the layouts of engines[0]'s profile
 
 
 @dataclass
@@ -52,12 +61,13 @@ class PlanEval:
     plan: Plan
     engine_cfg: EngineConfig
     key: str
-    status: str = "pending"             # infeasible | screened | no_goodput | ok
+    status: str = "pending"             # infeasible | screened | pruned | no_goodput | ok
     reason: str = ""
     engine: ResolvedEngine | None = None
     memory: MemoryReport | None = None
     screen: Screen | None = None
-    goodput_rps: float = 0.0
+    bound_rps: float = 0.0              # analytic upper bound on goodput per replica
+    goodput_rps: float = 0.0            # steady state
     at_goodput: dict | None = None      # one replica at its goodput
     at_demand: dict | None = None       # one replica at its share of the demand
     replicas_for_demand: int = 0
@@ -68,14 +78,11 @@ class PlanEval:
         """The engine settings with the max_model_len this plan was fitted to."""
         return dataclasses.replace(self.engine_cfg, max_model_len=self.engine.max_model_len)
 
-
-@dataclass
-class DeploymentEval:
-    deployment: Deployment
-    verified: bool
-    metrics: dict                       # the whole deployment simulated at the demanded rate
-    per_plan: list[dict] = field(default_factory=list)
-    placement: list[list[str]] = field(default_factory=list)   # per node, the plan key of each replica there
+    def lowered_max_model_len(self, model: ModelSpec) -> int | None:
+        """max_model_len when the search lowered it below the model's to fit the KV cache, else None."""
+        if self.engine and self.engine_cfg.max_model_len is None and self.engine.max_model_len < model.max_context:
+            return self.engine.max_model_len
+        return None
 
 
 @dataclass
@@ -87,86 +94,69 @@ class SearchResult:
     deployments: list[DeploymentEval]
     closest: dict | None
     binding: str                        # which constraint binds when nothing meets the SLO
+    mix: RequestMix | None = None
+
+    @property
+    def meets_slo(self) -> bool:
+        return bool(self.deployments)
 
 
-def _engine_label(cfg: EngineConfig, base: EngineConfig) -> str:
-    parts = []
-    if cfg.max_num_seqs != base.max_num_seqs:
-        parts.append(f"seqs{cfg.max_num_seqs}")
-    if cfg.max_batched_tokens:
-        parts.append(f"budget{cfg.max_batched_tokens}")
-    if cfg.chunked_prefill is not None:
-        parts.append("chunked" if cfg.chunked_prefill else "nochunk")
-    return ("+" + ",".join(parts)) if parts else ""
+def _one_replica_metrics(inp: SearchInputs, ev: PlanEval, sc, rate: float, mix: RequestMix) -> dict:
+    """One replica at `rate`, run to steady state and judged over its window."""
+    h = horizon(mix, rate, inp.slo, ev.engine.max_num_seqs * ev.plan.pp)
+    tr = steady_trace(mix, rate, h.total, h.burst)
+    res = simulate(inp.model, inp.cluster, ev.plan, ev.run_cfg, Workload(tr), inp.slo, step_cost=sc)
+    t0, t1 = window_bounds(tr, h)
+    return steady_metrics([window_of(res, t0, t1, rate)], [res], t0, t1, rate, inp.slo, h, inp.cluster.gpu.idle_w)
 
 
-def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gpu, need_len: int
-               ) -> tuple[ResolvedEngine | None, MemoryReport, str]:
-    """Resolve engine settings for a plan; without --max-model-len, lower it (as a vLLM operator
-    would) to what the KV cache holds, but never below the longest request of the workload."""
-    def resolve(c: EngineConfig):
-        eng = resolve_engine(c, model)
-        mem = memory_report(model, gpu, plan, shard, gpu_memory_utilization=eng.gpu_memory_utilization,
-                            max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs,
-                            block_size=eng.block_size, max_model_len=eng.max_model_len,
-                            policy=eng.profile.memory)
-        return eng, mem
-
-    eng, mem = resolve(cfg)
-    if mem.feasible or cfg.max_model_len is not None or mem.kv_tokens <= 0:
-        return (eng if mem.feasible else None), mem, mem.reason
-    length = mem.kv_tokens
-    for _ in range(3):
-        length = (min(length, model.max_context) // 16) * 16
-        if length < need_len:
-            break
-        c2 = dataclasses.replace(cfg, max_model_len=length)
-        eng2, mem2 = resolve(c2)
-        if mem2.feasible:
-            return eng2, mem2, ""
-        length = mem2.kv_tokens
-    reason = (f"KV cache holds {mem.kv_tokens} tokens per replica, fewer than the longest request "
-              f"({need_len} tokens)" if mem.kv_tokens < need_len else mem.reason)
-    return None, mem, reason
-
-
-def _one_replica_metrics(inp: SearchInputs, ev: PlanEval, sc, rate: float) -> dict:
-    tr = scaled_trace(inp.trace, rate)
-    return simulate(inp.model, inp.cluster, ev.plan, ev.run_cfg, Workload(tr), inp.slo, step_cost=sc).metrics
-
-
-def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | None = None
-                   ) -> tuple[list[PlanEval], list[tuple[Plan, str]], dict]:
+def _enumerate(inp: SearchInputs) -> tuple[list[Plan], list[tuple[Plan, str]], object]:
     model, cluster = inp.model, inp.cluster
     plans, rejected, st = enumerate_replica_plans(
         model, cluster, inp.weight_dtypes, inp.kv_dtypes, allow_cross_node_tp=inp.allow_cross_node_tp,
         max_gpus_per_replica=inp.max_gpus_per_replica, prune_symmetry=inp.prune_symmetry)
     rej = [(r.plan, r.reason) for r in rejected]
-    # experts are spread over the GPUs of one pipeline stage: ep must divide tp
+    engine = inp.engine_profile or profile_caps(resolve_engine(inp.engines[0], model).profile)
     kept = []
     for p in plans:
-        if p.ep > 1 and p.tp % p.ep:
-            rej.append((p, f"ep={p.ep} does not divide tp={p.tp} (experts are spread within a pipeline stage)"))
+        why = supported_layout(engine, p)
+        if why is None and p.ep > 1 and p.tp % p.ep:
+            why = f"ep={p.ep} does not divide tp={p.tp} (experts are spread within a pipeline stage)"
+        if why:
+            rej.append((p, why))
         else:
             kept.append(p)
     if inp.prune_symmetry:
         kept = sorted(set(kept))          # a plan equal up to relabelling of GPUs/stages is evaluated once
+    return kept, rej, st
+
+
+def _drawn(m: dict | None) -> int:
+    st = (m or {}).get("steady") or {}
+    return st.get("warmup_requests", 0) + st.get("window_requests", 0) + st.get("tail_requests", 0)
+
+
+def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | None = None,
+                   mix: RequestMix | None = None) -> tuple[list[PlanEval], list[tuple[Plan, str]], dict]:
+    model, cluster = inp.model, inp.cluster
+    mix = mix or request_mix(inp.trace)
+    kept, rej, st = _enumerate(inp)
     need_len = int((inp.trace.prompt_tokens + inp.trace.output_tokens).max())
     base = inp.engines[0]
     evals = []
     seen: dict[str, int] = {}
     for p in kept:
         for e in inp.engines:
-            key = p.replica_label() + _engine_label(e, base)
+            key = p.replica_label() + engine_label(e, base)
             seen[key] = seen.get(key, 0) + 1
             # without symmetry pruning the same plan recurs once per equivalent layout: number them
             evals.append(PlanEval(p, e, key if seen[key] == 1 else f"{key} #{seen[key]}"))
     shard_cache: dict[tuple, Shard] = {}
     layer_cost_hits = 0
     frontend_s = resolve_engine(inp.engines[0], model).profile.host.frontend_ms * 1e-3
-    for i, ev in enumerate(evals):
-        if progress:
-            progress(i, len(evals))
+    costs = {}
+    # phase 1: memory, analytic screen and bound for every plan (no simulation)
+    for ev in evals:
         key = layer_shard_key(ev.plan)
         if key in shard_cache:
             layer_cost_hits += 1
@@ -181,26 +171,65 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             continue
         ev.engine = eng
         sc = build_step_cost(model, cluster.gpu, ev.plan, cluster, shard=shard, engine=eng)
-        ev.screen = screen_plan(sc, inp.trace, inp.slo, kv_tokens=mem.kv_tokens, max_num_seqs=eng.max_num_seqs,
-                                budget=eng.max_batched_tokens, chunked=eng.chunked_prefill, frontend_s=frontend_s)
+        ev.screen = screen_plan(sc, inp.trace, inp.slo, budget=eng.max_batched_tokens, chunked=eng.chunked_prefill,
+                                frontend_s=frontend_s)
+        ev.bound_rps = goodput_bound_rps(sc, mean_prompt=mix.mean_prompt, mean_output=mix.mean_output,
+                                         kv_tokens=mem.kv_tokens, max_num_seqs=eng.max_num_seqs,
+                                         budget=eng.max_batched_tokens, chunked=eng.chunked_prefill, slo=inp.slo)
         if not ev.screen.passed:
             ev.status, ev.reason = "screened", ev.screen.reason
             continue
-        start = ev.screen.capacity_ceiling_rps * 0.5   # analytic ceiling halved: usually brackets in 1-2 runs
-        cap = find_goodput(lambda r: _one_replica_metrics(inp, ev, sc, r), inp.slo, start)
+        if ev.bound_rps <= 0:
+            ev.status, ev.reason = "screened", "no decode batch keeps the TPOT SLO (analytic bound)"
+            continue
+        costs[ev.key] = sc
+    # phase 2: simulate, most promising per GPU first, skipping plans a simulated one dominates
+    # (for gpus/cost with a demand, smallest replicas first: they make the outranked rule bite early)
+    if inp.objective in ("gpus", "cost") and inp.demand_rps:
+        order = lambda e: (e.plan.gpus_per_replica, -e.bound_rps, e.key)  # noqa: E731
+    else:
+        order = lambda e: (-e.bound_rps / e.plan.gpus_per_replica, e.key)  # noqa: E731
+    todo = sorted((e for e in evals if e.key in costs), key=order)
+    prune = inp.prune_bounds and inp.objective in PRUNE_OBJECTIVES
+    found: list[tuple[str, int, float]] = []
+    homog: dict[tuple, int] = {}           # layout -> GPUs of its homogeneous deployment meeting the demand
+    for i, ev in enumerate(todo):
+        if progress:
+            progress(i, len(todo))
+        g = ev.plan.gpus_per_replica
+        if prune and inp.objective == "throughput":
+            by = dominated_by(ev.bound_rps, g, found)
+            if by:
+                ev.status = "pruned"
+                ev.reason = f"bound {ev.bound_rps:.3g} req/s per replica is below what {by} delivers in the same {g} GPUs"
+                continue
+        elif prune and inp.demand_rps and outranked(g, list(homog.values()), inp.top_k):
+            ev.status = "pruned"
+            ev.reason = f"one replica needs {g} GPUs; {inp.top_k} other plans meet the demand with fewer"
+            continue
+        sc = costs[ev.key]
+        cap = find_goodput(lambda r: _one_replica_metrics(inp, ev, sc, r, mix), inp.slo, ev.bound_rps / 2,
+                           ceiling_rps=ev.bound_rps, iterations=GOODPUT_ITERATIONS)
         ev.simulations += cap.simulations
         ev.goodput_rps, ev.at_goodput = cap.goodput_rps, cap.metrics
         if cap.goodput_rps <= 0:
-            ev.status, ev.reason = "no_goodput", "misses the SLO even at the lowest rate tried"
+            ev.status, ev.reason = "no_goodput", "misses the SLO at steady state even at the lowest rate tried"
             continue
         ev.status = "ok"
+        found.append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
+        if inp.demand_rps:
+            need = gpus_needed(inp.demand_rps, ev.goodput_rps, g)
+            layout = layout_of(ev)
+            if need <= cluster.num_gpus and need < homog.get(layout, math.inf):
+                homog[layout] = need
         if inp.demand_rps:
             n = math.ceil(inp.demand_rps / cap.goodput_rps - 1e-9)
             ev.replicas_for_demand = n
-            ev.at_demand = _one_replica_metrics(inp, ev, sc, inp.demand_rps / n)
+            ev.at_demand = _one_replica_metrics(inp, ev, sc, inp.demand_rps / n, mix)
             ev.simulations += 1
     if progress:
-        progress(len(evals), len(evals))
+        progress(len(todo), len(todo))
+    ok = [e for e in evals if e.status == "ok"]
     stats = {
         "enumerated": st.enumerated,
         "after_symmetry": st.after_symmetry,
@@ -210,139 +239,21 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         "rejected_reasons": dict(sorted({r: sum(1 for _, x in rej if x == r) for _, r in rej}.items())),
         "infeasible_memory": sum(e.status == "infeasible" for e in evals),
         "screened_out": sum(e.status == "screened" for e in evals),
+        "pruned_by_bound": sum(e.status == "pruned" for e in evals),
         "simulated": sum(e.simulations > 0 for e in evals),
         "simulations": sum(e.simulations for e in evals),
         "no_goodput": sum(e.status == "no_goodput" for e in evals),
-        "with_goodput": sum(e.status == "ok" for e in evals),
+        "with_goodput": len(ok),
         "layer_cost_memo_hits": layer_cost_hits,
+        "sampling": mix.sampling_error(max((_drawn(e.at_goodput) for e in ok), default=0) or 1000),
     }
     return evals, rej, stats
 
 
-def _candidate(ev: PlanEval) -> Candidate:
-    m = ev.at_demand or ev.at_goodput
-    return Candidate(key=ev.key, gpus_per_replica=ev.plan.gpus_per_replica, goodput_rps=ev.goodput_rps,
-                     energy_j_per_request=m["energy"]["j_per_request"],
-                     ttft_p90_s=m["ttft_ms"]["p90"] / 1e3, tpot_p90_s=(m["tpot_ms"]["p90"] or 0.0) / 1e3)
-
-
-def _split_trace(trace: Trace, weights: list[float]) -> list[np.ndarray]:
-    """Deterministic weighted round-robin of request indices over groups (smooth, by capacity)."""
-    w = np.asarray(weights, float) / sum(weights)
-    credit = np.zeros(len(w))
-    out: list[list[int]] = [[] for _ in w]
-    for i in range(len(trace)):
-        credit += w
-        g = int(np.argmax(credit))
-        credit[g] -= 1.0
-        out[g].append(i)
-    return [np.asarray(o, dtype=np.int64) for o in out]
-
-
-def verify_deployment(inp: SearchInputs, dep: Deployment, by_key: dict[str, PlanEval], rate: float) -> DeploymentEval:
-    """Simulate the whole deployment at `rate`: each plan group gets a capacity-weighted share of the
-    requests, spread round-robin over its replicas."""
-    tr = scaled_trace(inp.trace, rate)
-    groups = [(by_key[k], n) for k, n in dep.replicas]
-    parts = _split_trace(tr, [ev.goodput_rps * n for ev, n in groups]) if len(groups) > 1 else [np.arange(len(tr))]
-    per_plan = []
-    ttft, tpot_req, ok_all, energy, out_tok, span = [], [], True, 0.0, 0, 0.0
-    for (ev, n), idx in zip(groups, parts):
-        if idx.size == 0:
-            continue
-        sub = Trace(tr.arrival_s[idx], tr.prompt_tokens[idx], tr.output_tokens[idx], tr.name)
-        plan = dataclasses.replace(ev.plan, dp=n)
-        res = simulate(inp.model, inp.cluster, plan, ev.run_cfg, Workload(sub), inp.slo)
-        ok_all &= res.feasible and meets_slo(res.metrics, inp.slo)
-        per_plan.append({"key": ev.key, "replicas": n, "requests": int(idx.size), "metrics": res.metrics})
-        ttft.append(res.times.ttft_s)
-        tpot_req.append(res.times.tpot_s)
-        energy += res.energy_j
-        out_tok += int(res.times.output_tokens.sum())
-        span = max(span, res.makespan_s)
-    t = np.concatenate(ttft)
-    p = np.concatenate(tpot_req) if tpot_req else np.zeros(0)
-    metrics = {
-        "rate_per_s": rate,
-        "ttft_ms": distribution(t, 1e3),
-        "tpot_ms": distribution(p, 1e3),
-        "output_tokens_per_s": out_tok / span if span else 0.0,
-        "energy_j_per_output_token": energy / out_tok if out_tok else None,
-        "energy_j_per_request": energy / len(tr),
-        "slo_met": bool(ok_all),
-    }
-    return DeploymentEval(dep, bool(ok_all), metrics, per_plan)
-
-
-def _latency_deployments(inp: SearchInputs, ok: list[PlanEval], rate: float, top_k: int) -> list[DeploymentEval]:
-    """Latency objective: homogeneous deployments (plan, n replicas) ranked by their own simulation at
-    the demanded rate; CP-SAT checks each fits the cluster (node packing)."""
-    options = []
-    for ev in ok:
-        n_min = max(1, math.ceil(rate / ev.goodput_rps - 1e-9))
-        n_max = inp.cluster.num_gpus // ev.plan.gpus_per_replica
-        for n in range(n_min, n_max + 1):
-            fit = solve_deployments([_candidate(ev)], num_nodes=inp.cluster.num_nodes,
-                                    gpus_per_node=inp.cluster.gpus_per_node, demand_rps=n * ev.goodput_rps * (1 - 1e-6),
-                                    objective="gpus", top_k=1)
-            if not fit or dict(fit[0].replicas)[ev.key] != n:
-                continue
-            dv = verify_deployment(inp, fit[0], {ev.key: ev}, rate)
-            dv.placement = [[ev.key for _ in node] for node in fit[0].placement]
-            if dv.verified:
-                options.append(dv)
-    options.sort(key=lambda d: (d.metrics["ttft_ms"]["p90"], d.metrics["tpot_ms"]["p90"] or 0.0, d.deployment.gpus,
-                                d.deployment.replicas))
-    return options[:top_k]
-
-
-def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = None) -> SearchResult:
-    evals, rejected, stats = evaluate_plans(inp, progress)
-    ok = [e for e in evals if e.status == "ok"]
-    by_key = {e.key: e for e in ok}
-    cl = inp.cluster
-    deployments: list[DeploymentEval] = []
-    closest = None
-    binding = ""
-    rate = inp.demand_rps
-    if ok and inp.objective == "latency" and rate:
-        deployments = _latency_deployments(inp, ok, rate, inp.top_k)
-    elif ok:
-        cands = [_candidate(e) for e in ok]
-        found = solve_deployments(cands, num_nodes=cl.num_nodes, gpus_per_node=cl.gpus_per_node,
-                                  price_per_gpu_hour=cl.price_per_gpu_hour, demand_rps=rate,
-                                  objective=inp.objective if rate or inp.objective == "throughput" else "throughput",
-                                  homogeneous=inp.homogeneous, top_k=inp.top_k + 3)
-        for dep in found:
-            dv = verify_deployment(inp, dep, by_key, rate or dep.goodput_rps)
-            dv.placement = [[cands[i].key for i in node] for node in dep.placement]
-            if dv.verified:
-                deployments.append(dv)
-            stats["verification_failures"] = stats.get("verification_failures", 0) + (not dv.verified)
-            if len(deployments) == inp.top_k:
-                break
-    if not deployments:
-        if ok and rate:
-            cands = [_candidate(e) for e in ok]
-            c = closest_deployment(cands, num_nodes=cl.num_nodes, gpus_per_node=cl.gpus_per_node, demand_rps=rate,
-                                   price_per_gpu_hour=cl.price_per_gpu_hour, homogeneous=inp.homogeneous)
-            if c.deployment is not None:
-                closest = {"replicas": [list(r) for r in c.deployment.replicas], "gpus": c.deployment.gpus,
-                           "goodput_rps": c.deployment.goodput_rps, "shortfall_rps": c.shortfall_rps}
-            binding = (f"demand: the best deployment on {cl.num_gpus} GPUs sustains "
-                       f"{c.deployment.goodput_rps if c.deployment else 0:.3g} req/s within the SLO, "
-                       f"{rate:.3g} req/s demanded")
-        else:
-            binding = _binding_constraint(evals, inp.slo, rejected)
-    stats["deployments"] = len(deployments)
-    ordered = sorted(evals, key=lambda e: _plan_rank_key(e, inp.objective))
-    return SearchResult(inp, stats, ordered, rejected, deployments, closest, binding)
-
-
 def _plan_rank_key(e: PlanEval, objective: str) -> tuple:
-    order = {"ok": 0, "no_goodput": 1, "screened": 2, "infeasible": 3}
+    order = {"ok": 0, "no_goodput": 1, "pruned": 2, "screened": 3, "infeasible": 4}
     if e.status != "ok":
-        return (order.get(e.status, 4), e.key)
+        return (order.get(e.status, 5), e.key)
     m = e.at_demand or e.at_goodput
     gpus = (e.replicas_for_demand or 1) * e.plan.gpus_per_replica
     if objective == "latency":
@@ -371,4 +282,88 @@ def _binding_constraint(evals: list[PlanEval], slo: Slo, rejected: list[tuple[Pl
             return f"TPOT SLO: the fastest plan decodes at {best_tpot * 1e3:.1f} ms per token with no load"
         if slo.ttft_s and best_ttft > slo.ttft_s:
             return f"TTFT SLO: the fastest plan needs {best_ttft * 1e3:.0f} ms to prefill the percentile prompt"
-    return "SLO: every plan misses it even at the lowest rate tried"
+    return "SLO: every plan misses it at steady state even at the lowest rate tried"
+
+
+def _attach_launch(d: DeploymentEval, by_key: dict, model: ModelSpec, family: str) -> None:
+    from apex_plan.report.launch import launch_command
+    d.launch = [{"plan": k, "replicas": n,
+                 "command": launch_command(family, model.source or model.name, by_key[k].plan, by_key[k].engine)}
+                for k, n in d.deployment.replicas]
+
+
+def _layout_groups(ok: list[PlanEval]) -> list[int]:
+    """One group per layout (tp, pp, dtypes, engine settings): ep variants of a layout are one plan."""
+    ids: dict[tuple, int] = {}
+    return [ids.setdefault(layout_of(e), len(ids)) for e in ok]
+
+
+VERIFY_STEPS = (0.98, 0.96, 0.94)    # max-throughput deployments: rates tried below the sum of goodputs
+
+
+def _verified_capacity(inp: SearchInputs, dep, by_key: dict, mix: RequestMix) -> DeploymentEval:
+    """A max-throughput deployment whose summed goodput failed its own steady-state run: the highest of
+    VERIFY_STEPS x that rate it sustains, with its capacity lowered to it (unverified if none)."""
+    dv = None
+    for f in VERIFY_STEPS:
+        rate = dep.goodput_rps * f
+        dv = verify_deployment(inp, dep, by_key, rate, mix)
+        if dv.verified:
+            dv.deployment = dataclasses.replace(dep, goodput_rps=rate, objective_value=rate)
+            break
+    return dv
+
+
+def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = None) -> SearchResult:
+    mix = request_mix(inp.trace)
+    evals, rejected, stats = evaluate_plans(inp, progress, mix)
+    ok = [e for e in evals if e.status == "ok"]
+    by_key = {e.key: e for e in ok}
+    cl = inp.cluster
+    deployments: list[DeploymentEval] = []
+    closest = None
+    binding = ""
+    rate = inp.demand_rps
+    if ok and inp.objective == "latency" and rate:
+        deployments = latency_deployments(inp, ok, rate, inp.top_k, mix)
+    elif ok:
+        cands = [candidate(e) for e in ok]
+        found = solve_deployments(cands, num_nodes=cl.num_nodes, gpus_per_node=cl.gpus_per_node,
+                                  price_per_gpu_hour=cl.price_per_gpu_hour, demand_rps=rate,
+                                  objective=inp.objective if rate or inp.objective == "throughput" else "throughput",
+                                  homogeneous=inp.homogeneous, top_k=inp.top_k + 3, groups=_layout_groups(ok))
+        for dep in distinct_plans(found, by_key):
+            dv = (rate and single_replica(dep, by_key[dep.replicas[0][0]], rate)) or \
+                verify_deployment(inp, dep, by_key, rate or dep.goodput_rps, mix)
+            stats["verification_failures"] = stats.get("verification_failures", 0) + (not dv.verified)
+            if not dv.verified and not rate:
+                dv = _verified_capacity(inp, dep, by_key, mix)
+            dv.placement = [[cands[i].key for i in node] for node in dep.placement]
+            if dv.verified:
+                deployments.append(dv)
+            if len(deployments) == inp.top_k:
+                break
+        if not rate:                # capacities may have been verified lower: best first again
+            deployments.sort(key=lambda d: (-d.deployment.goodput_rps, d.deployment.gpus))
+    family = (inp.engine_profile or profile_caps(resolve_engine(inp.engines[0], inp.model).profile)).family
+    for d in deployments:
+        _attach_launch(d, by_key, inp.model, family)
+    if not deployments:
+        if ok and rate:
+            cands = [candidate(e) for e in ok]
+            c = closest_deployment(cands, num_nodes=cl.num_nodes, gpus_per_node=cl.gpus_per_node, demand_rps=rate,
+                                   price_per_gpu_hour=cl.price_per_gpu_hour, homogeneous=inp.homogeneous)
+            if c.deployment is not None:
+                dv = verify_deployment(inp, c.deployment, by_key, c.deployment.goodput_rps, mix)
+                _attach_launch(dv, by_key, inp.model, family)
+                closest = {"replicas": [list(r) for r in c.deployment.replicas], "gpus": c.deployment.gpus,
+                           "goodput_rps": c.deployment.goodput_rps, "shortfall_rps": c.shortfall_rps,
+                           "verified_at_goodput": dv.verified, "launch": dv.launch}
+            binding = (f"demand: the best deployment on {cl.num_gpus} GPUs sustains "
+                       f"{c.deployment.goodput_rps if c.deployment else 0:.3g} req/s within the SLO, "
+                       f"{rate:.3g} req/s demanded")
+        else:
+            binding = _binding_constraint(evals, inp.slo, rejected)
+    stats["deployments"] = len(deployments)
+    ordered = sorted(evals, key=lambda e: _plan_rank_key(e, inp.objective))
+    return SearchResult(inp, stats, ordered, rejected, deployments, closest, binding, mix)

@@ -4,9 +4,8 @@
   make decode faster, so a floor above the TPOT SLO rules the plan out.
 * TTFT floor: prefill of the SLO-percentile prompt alone on an idle engine, plus the frontend
   latency; at least that share of requests cannot start faster.
-* Capacity ceiling: requests/s one replica could at best sustain, with decode batches as large as
-  `max_num_seqs` and the KV cache allow and prefill at full chunk budget. Used to start the
-  goodput bisection, never to accept a plan.
+The capacity ceiling is `bounds.goodput_bound_rps` (it follows the simulator's pipeline and host
+accounting, so it is never below a simulated goodput).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from apex_plan.workload.spec import Slo, Trace
 class Screen:
     tpot_floor_s: float
     ttft_floor_s: float
-    capacity_ceiling_rps: float
     reason: str = ""        # non-empty: the plan cannot meet the SLO
 
     @property
@@ -31,8 +29,7 @@ class Screen:
         return not self.reason
 
 
-def screen_plan(sc: StepCost, trace: Trace, slo: Slo, *, kv_tokens: int, max_num_seqs: int, budget: int,
-                chunked: bool, frontend_s: float) -> Screen:
+def screen_plan(sc: StepCost, trace: Trace, slo: Slo, *, budget: int, chunked: bool, frontend_s: float) -> Screen:
     prompt = trace.prompt_tokens
     output = trace.output_tokens
     mean_p, mean_o = float(prompt.mean()), float(output.mean())
@@ -40,17 +37,10 @@ def screen_plan(sc: StepCost, trace: Trace, slo: Slo, *, kv_tokens: int, max_num
     tpot_floor = sc.decode_time_s(1, max(ctx, 1))
     p_prompt = int(np.percentile(prompt, slo.percentile))
     ttft_floor = sc.prefill_time_s(max(p_prompt, 1), budget if chunked else None) + frontend_s
-    # capacity: largest decode batch the engine and KV cache allow at the mean context
-    batch = int(max(1, min(max_num_seqs, kv_tokens // max(ctx, 1))))
-    t_dec = sc.decode_time_s(batch, max(ctx, 1))
-    chunk = min(budget, 2048) if chunked else max(int(mean_p), 1)
-    t_pf = sc.prefill_time_s(chunk, chunk) / chunk          # seconds per prefill token at full chunks
-    per_request_s = mean_o * t_dec / batch + mean_p * t_pf  # busy time one request costs at best
-    ceiling = 1.0 / per_request_s
     reason = ""
     if slo.tpot_s and tpot_floor > slo.tpot_s:
         reason = f"TPOT floor {tpot_floor * 1e3:.1f} ms (one sequence, no load) exceeds the {slo.tpot_s * 1e3:.0f} ms SLO"
     elif slo.ttft_s and ttft_floor > slo.ttft_s:
         reason = (f"TTFT floor {ttft_floor * 1e3:.0f} ms (p{slo.percentile:g} prompt of {p_prompt} tokens on an idle "
                   f"engine) exceeds the {slo.ttft_s * 1e3:.0f} ms SLO")
-    return Screen(tpot_floor, ttft_floor, ceiling, reason)
+    return Screen(tpot_floor, ttft_floor, reason)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from apex_plan.errors import InputError
+
 from apex_plan.report import sweep_view as V
 from apex_plan.report.output import emit
 from apex_plan.sweep.run import run_sweep
@@ -13,8 +15,12 @@ from apex_plan.sweep.scenarios import load_scenarios
 def sweep_command(scenarios: Path, output: str | None, executor: str, ray_address: str | None, jobs: int | None,
                   retry_failed: bool, report: str | None, fmt: str) -> int:
     """Returns the exit status: 0 when every scenario ran (with or without a deployment), 1 when any failed."""
+    if ray_address is not None and executor != "ray":
+        raise InputError("--ray-address", None, "given without --executor ray", "add --executor ray or drop it")
     scs, prices = load_scenarios(scenarios)
     out = Path(output) if output else Path(Path(scenarios).stem + ".jsonl")     # in the current folder
+    if not out.expanduser().resolve().parent.is_dir() or out.is_dir():
+        raise InputError("--output", None, f"cannot write results to '{out}'", "give a file in an existing folder")
     lines, wall_s = run_sweep(scs, out, executor, jobs, ray_address, retry_failed)
     rows = V.summary_rows(scs, lines, prices)
     emit(fmt, None, lambda: V.sweep_json(rows, str(out), wall_s), lambda: rows,

@@ -1,0 +1,132 @@
+"""The command that starts one replica of a plan on its engine, so a planner can run what was
+recommended. Flag spellings are each engine's own:
+
+* vLLM: `vllm serve MODEL` (vLLM docs, "OpenAI-compatible server" / engine arguments):
+  --tensor-parallel-size, --pipeline-parallel-size, --enable-expert-parallel, --max-num-seqs,
+  --max-num-batched-tokens, --max-model-len, --enable-chunked-prefill, --gpu-memory-utilization,
+  --block-size, --kv-cache-dtype, --quantization, --disable-custom-all-reduce, --data-parallel-size
+  (attention-DP ranks; with --enable-expert-parallel the experts span tp x dp GPUs). In vLLM 0.6
+  `--enable-chunked-prefill` takes an optional boolean (arg_utils: StoreBoolean, nargs="?"), so
+  `--enable-chunked-prefill=False` pins it off where the length rule would turn it on.
+* SGLang: `python -m sglang.launch_server --model-path MODEL` (SGLang docs, "Server Arguments"):
+  --tp-size, --pp-size, --ep-size, --dp-size with --enable-dp-attention, --max-running-requests,
+  --chunked-prefill-size (-1 disables chunking), --context-length, --mem-fraction-static,
+  --page-size, --kv-cache-dtype, --quantization, --disable-custom-all-reduce.
+* TensorRT-LLM: `trtllm-serve MODEL` (TensorRT-LLM docs, "trtllm-serve"): --backend pytorch,
+  --tp_size, --pp_size, --ep_size, --max_batch_size, --max_num_tokens, --max_seq_len,
+  --kv_cache_free_gpu_memory_fraction. Attention-DP is a YAML option there (enable_attention_dp in
+  --extra_llm_api_options), not a flag: for adp > 1 the command sets --tp_size to every GPU of a
+  stage and the YAML option must be added by hand.
+
+`parse_launch` reads a command back (tests check the round trip against the plan).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from apex_plan.plan.spec import Plan
+
+# KV-cache dtype names of each engine for the planner's dtypes
+_KV = {"vllm": {"fp8": "fp8"}, "sglang": {"fp8": "fp8_e4m3"}, "trtllm": {}}
+_QUANT_WEIGHTS = ("fp8", "int8", "fp4")
+
+
+def launch_command(family: str, model_repo: str, plan: Plan, engine) -> str:
+    """One replica's launch command. `engine` has the resolved settings: max_num_seqs,
+    max_batched_tokens, chunked_prefill, block_size, gpu_memory_utilization, max_model_len,
+    custom_allreduce."""
+    e = engine
+    if family == "sglang":
+        adp = getattr(plan, "adp", 1)
+        # attention-DP: --tp-size counts every GPU of a stage, --dp-size the attention ranks among them
+        a = ["python", "-m", "sglang.launch_server", "--model-path", model_repo, "--tp-size", str(plan.tp * adp)]
+        if adp > 1:
+            a += ["--dp-size", str(adp), "--enable-dp-attention"]
+        if plan.pp > 1:
+            a += ["--pp-size", str(plan.pp)]
+        if plan.ep > 1:
+            a += ["--ep-size", str(plan.ep)]
+        a += ["--max-running-requests", str(e.max_num_seqs), "--context-length", str(e.max_model_len),
+              "--chunked-prefill-size", str(e.max_batched_tokens if e.chunked_prefill else -1),
+              "--mem-fraction-static", f"{e.gpu_memory_utilization:g}", "--page-size", str(e.block_size)]
+        if plan.kv_dtype in _KV["sglang"]:
+            a += ["--kv-cache-dtype", _KV["sglang"][plan.kv_dtype]]
+        if plan.weight_dtype in _QUANT_WEIGHTS:
+            a += ["--quantization", plan.weight_dtype]
+        if not e.custom_allreduce:
+            a += ["--disable-custom-all-reduce"]
+    elif family == "trtllm":
+        a = ["trtllm-serve", model_repo, "--backend", "pytorch", "--tp_size", str(plan.tp * getattr(plan, "adp", 1)),
+             "--pp_size", str(plan.pp)]
+        if plan.ep > 1:
+            a += ["--ep_size", str(plan.ep)]
+        a += ["--max_batch_size", str(e.max_num_seqs), "--max_num_tokens", str(e.max_batched_tokens),
+              "--max_seq_len", str(e.max_model_len),
+              "--kv_cache_free_gpu_memory_fraction", f"{e.gpu_memory_utilization:g}"]
+    else:
+        a = ["vllm", "serve", model_repo, "--tensor-parallel-size", str(plan.tp)]
+        if getattr(plan, "adp", 1) > 1:      # attention on data-parallel ranks, experts over all of them
+            a += ["--data-parallel-size", str(plan.adp)]
+        if plan.pp > 1:
+            a += ["--pipeline-parallel-size", str(plan.pp)]
+        if plan.ep > 1:
+            a += ["--enable-expert-parallel"]
+        a += ["--max-num-seqs", str(e.max_num_seqs), "--max-num-batched-tokens", str(e.max_batched_tokens),
+              "--max-model-len", str(e.max_model_len), "--gpu-memory-utilization", f"{e.gpu_memory_utilization:g}",
+              "--block-size", str(e.block_size)]
+        a += ["--enable-chunked-prefill"] if e.chunked_prefill else ["--enable-chunked-prefill=False"]
+        if plan.kv_dtype in _KV["vllm"]:
+            a += ["--kv-cache-dtype", _KV["vllm"][plan.kv_dtype]]
+        if plan.weight_dtype in _QUANT_WEIGHTS:
+            a += ["--quantization", plan.weight_dtype]
+        if not e.custom_allreduce:
+            a += ["--disable-custom-all-reduce"]
+    return shlex.join(a)
+
+
+_INT_FLAGS = {
+    "--tensor-parallel-size": "tp", "--pipeline-parallel-size": "pp", "--data-parallel-size": "adp", "--dp-size": "adp", "--max-num-seqs": "max_num_seqs",
+    "--max-num-batched-tokens": "max_batched_tokens", "--max-model-len": "max_model_len", "--block-size": "block_size",
+    "--tp-size": "tp", "--pp-size": "pp", "--ep-size": "ep", "--max-running-requests": "max_num_seqs",
+    "--context-length": "max_model_len", "--page-size": "block_size", "--chunked-prefill-size": "chunk",
+    "--tp_size": "tp", "--pp_size": "pp", "--ep_size": "ep", "--max_batch_size": "max_num_seqs",
+    "--max_num_tokens": "max_batched_tokens", "--max_seq_len": "max_model_len",
+}
+_FLOAT_FLAGS = {"--gpu-memory-utilization", "--mem-fraction-static", "--kv_cache_free_gpu_memory_fraction"}
+
+
+def parse_launch(cmd: str) -> dict:
+    """The parallel sizes and engine settings a launch command sets (for the round-trip test)."""
+    a = shlex.split(cmd)
+    out: dict = {"tp": 1, "pp": 1, "ep": 1, "adp": 1, "custom_allreduce": True, "kv_cache_dtype": None,
+                 "quantization": None}
+    i = 0
+    while i < len(a):
+        f = a[i]
+        if f in _INT_FLAGS:
+            out[_INT_FLAGS[f]] = int(a[i + 1])
+            i += 1
+        elif f in _FLOAT_FLAGS:
+            out["gpu_memory_utilization"] = float(a[i + 1])
+            i += 1
+        elif f in ("--kv-cache-dtype", "--quantization"):
+            out[f[2:].replace("-", "_")] = a[i + 1]
+            i += 1
+        elif f.startswith("--enable-chunked-prefill"):
+            out["chunked_prefill"] = not f.endswith("=False")
+        elif f == "--enable-expert-parallel":
+            out["ep"] = out["tp"] * out["adp"]
+        elif f == "--enable-dp-attention":
+            out["dp_attention"] = True
+        elif f == "--disable-custom-all-reduce":
+            out["custom_allreduce"] = False
+        i += 1
+    if out.pop("dp_attention", False):       # SGLang: --tp-size counts the attention-DP ranks' GPUs too
+        out["tp"] //= out["adp"]
+    if "chunk" in out:
+        out["chunked_prefill"] = out["chunk"] > 0
+        if out["chunked_prefill"]:
+            out["max_batched_tokens"] = out["chunk"]
+        del out["chunk"]
+    return out

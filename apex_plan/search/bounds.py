@@ -1,0 +1,84 @@
+"""Analytic upper bound on one replica's goodput, and the rule that skips plans it rules out.
+
+The bound follows the simulator's own accounting (`simulate/kernels.py`): a replica runs `pp`
+virtual engines, each with up to `max_num_seqs` sequences and 1/pp of the KV blocks; their GPU
+work overlaps but the scheduler part of every step (`B_SCHED`) runs on the replica's one host
+thread. For a decode batch `b` per engine at the workload's mean context:
+
+    tokens/s <= min(pp * b / t(b), b / h(b))        t: step seconds, h: its host seconds
+    TPOT     >= max(t(b), pp * h(b))                (one token per step of the sequence's engine)
+
+and every request also costs its prompt's marginal prefill seconds inside mixed steps. The bound
+takes the best `b` whose TPOT floor is within the SLO (with BOUND_SLACK), and is multiplied by
+BOUND_SLACK for what a mean context and a p90 SLO leave open; tests check it never falls below a
+simulated goodput.
+
+Pruning, by objective (never for energy or latency, whose tie-breaks a bound cannot settle):
+* throughput: a plan P is skipped when a plan Q already simulated uses a divisor of P's GPUs and
+  g_P/g_Q replicas of Q sustain more than P's bound: any deployment using P can swap each P
+  replica for those Q replicas in the same GPUs with strictly more goodput, so P is never in the
+  best deployment.
+* gpus, cost (with a demand): P is skipped when one replica of it needs more GPUs than each of
+  top-K distinct homogeneous deployments already found: every deployment using P has more GPUs
+  than K better ones, whatever the energy tie-break.
+"""
+
+from __future__ import annotations
+
+import math
+
+from apex_plan.estimate.step_cost import StepCost
+from apex_plan.workload.spec import Slo
+
+BOUND_SLACK = 1.15               # headroom for mean-context and percentile effects (see tests)
+PRUNE_OBJECTIVES = ("throughput", "gpus", "cost")
+
+
+def gpus_needed(demand_rps: float, goodput_rps: float, gpus_per_replica: int) -> int:
+    """GPUs of the homogeneous deployment of a plan that meets the demand."""
+    return math.ceil(demand_rps / goodput_rps - 1e-9) * gpus_per_replica
+
+
+def outranked(gpus: int, homogeneous_gpus: list[int], top_k: int) -> bool:
+    """A plan of `gpus` GPUs per replica cannot enter the top-K when K distinct layouts already
+    meet the demand with fewer GPUs."""
+    best = sorted(homogeneous_gpus)
+    return len(best) >= top_k and gpus > best[top_k - 1]
+
+
+def _decode(sc: StepCost, b: int, ctx: int) -> tuple[float, float]:
+    """Seconds of a decode step of `b` sequences of `ctx` tokens, and its host (scheduler) seconds."""
+    t, br = sc.time_s(b, b, 0, 0.0, float(b * ctx), 0.0, b, False)
+    return t, br["scheduler"]
+
+
+def goodput_bound_rps(sc: StepCost, *, mean_prompt: float, mean_output: float, kv_tokens: int, max_num_seqs: int,
+                      budget: int, chunked: bool, slo: Slo) -> float:
+    """Requests/s one replica cannot exceed within the SLO (0 when no batch meets the TPOT SLO)."""
+    pp = sc.plan.pp
+    ctx = max(int(mean_prompt + mean_output / 2), 1)
+    b_max = int(max(1, min(max_num_seqs, kv_tokens // pp // ctx)))
+    tpot_cap = slo.tpot_s * BOUND_SLACK if slo.tpot_s else math.inf
+    chunk = max(1, min(budget, 2048) if chunked else int(mean_prompt))
+    sizes = sorted({b_max, *(2 ** k for k in range(0, 12) if 2 ** k < b_max)})
+    best = 0.0
+    for b in sizes:
+        t, h = _decode(sc, b, ctx)
+        if max(t, pp * h) > tpot_cap:
+            break                          # step time grows with the batch: larger ones miss too
+        # marginal seconds per prompt token when a chunk rides along with this decode batch
+        tm, _ = sc.time_s(b + chunk, b, 1, chunk * (chunk + 1) / 2, float(b * ctx), float(chunk), b, True)
+        pf_s_per_tok = max(tm - t, 0.0) / chunk
+        per_req_s = mean_output * t / (pp * b) + mean_prompt * pf_s_per_tok / pp   # GPU seconds per request
+        rate = min(1.0 / per_req_s, b / h / mean_output if h > 0 else math.inf)
+        best = max(best, rate)
+    return best * BOUND_SLACK
+
+
+def dominated_by(bound_rps: float, gpus: int, found: list[tuple[str, int, float]]) -> str | None:
+    """The key of a simulated plan (key, gpus, goodput) that dominates a plan with this bound and
+    GPU count in the same GPUs, or None."""
+    for key, g, gp in found:
+        if gpus % g == 0 and gp * (gpus // g) > bound_rps:
+            return key
+    return None
