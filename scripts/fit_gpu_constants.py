@@ -81,6 +81,8 @@ def fit_gemm(df: pd.DataFrame, peak_flops: float, bw_bytes_s: float, dtype: str)
     t_s = d.latency.to_numpy(float) * 1e-3                   # tables give milliseconds
     flops = 2.0 * m * n * k                                  # multiply-adds: 2 * M * K * N
     byts = k * n * WEIGHT_B[dtype] + m * (k + n) * ACT_B     # weights once + in/out activations
+    hbm = byts / t_s <= bw_bytes_s                           # faster than HBM: served from L2 (L40S, 96 MB), dropped
+    flops, byts, t_s = flops[hbm], byts[hbm], t_s[hbm]
 
     def resid(x):
         ce, be, lat_us = x
@@ -219,15 +221,22 @@ def calibration_block(gpu: str, version: str, fit_x: dict, fit_h: dict, vals: di
     ng = "/".join(str(n) for n in fit_x["comm_gpus"])
     lines = [
         "calibration:",
-        f"  # aiconfigurator-core {version} systems/data/{gpu} per-op tables ({'; '.join(fit_x['tables'])}),",
-        "  # fitted by scripts/fit_gpu_constants.py, ratio to H100: value = h100-sxm-80gb value x (fit here / fit on",
-        "  # h100_sxm), fractions clipped to <= 0.98. Fit error = rms of log(model / measured) as a percentage.",
+        f"  # aiconfigurator-core {version} systems/data/{gpu} per-op tables, fitted by scripts/fit_gpu_constants.py,",
+        "  # ratio to H100: value = h100-sxm-80gb value x (fit here / fit on h100_sxm), fractions clipped to <= 0.98.",
+        f"  # Tables: {'; '.join(fit_x['tables'])}.",
+        "  # Fit error = rms of log(model / measured time) as a percentage.",
     ]
+    if any("datasheet order" in v for v in notes.values()):
+        lines.append("  # Datasheet order: a GPU whose bf16 peak, HBM and link bandwidth match or beat another's keeps at")
+        lines.append("  # least its achievable FLOP/s and bytes/s (per-op tables of one chip scatter by a few %).")
 
     def row(key, note):
         fmt = "{:.3f}" if key in FRACTIONS else "{:.2f}"
-        extra = f"; {notes[key]}" if key in notes else ""
-        lines.append(f"  {key}: {fmt.format(vals[key])}".ljust(38) + f"# {note}{extra}")
+        if notes.get(key, "").startswith("NOT"):                   # collective constants kept: the note says why
+            note = f"{notes[key]} ({note})"
+        elif key in notes:
+            note = f"{note}; {notes[key]}"
+        lines.append(f"  {key}: {fmt.format(vals[key])}".ljust(38) + f"# {note}")
 
     f = lambda k: f"{fit_x[k]:.3f} vs H100 {fit_h[k]:.3f}"            # noqa: E731
     us = lambda k: f"{fit_x[k]:.2f} vs H100 {fit_h[k]:.2f} us"         # noqa: E731
@@ -302,8 +311,7 @@ def main() -> int:
     vals[GPUS[ANCHOR]] = {k: getattr(anchor, k) for k in FITTED}
     notes = keep_datasheet_order(vals, fixed={GPUS[ANCHOR]})
     for name in comm_kept:
-        notes[name].update({k: f"NOT from the fit (error above {COMM_MAX_ERROR_PCT}%): profile value kept"
-                            for k in COMM_KEYS})
+        notes[name].update({k: f"NOT fitted, value kept: the ring model misses this interconnect" for k in COMM_KEYS})
     print("\nprofile values (ratio to H100, then datasheet order):")
     print(f"{'profile':16} " + " ".join(f"{k.replace('_efficiency', '_eff'):>14}" for k in FITTED))
     for g, name in GPUS.items():
