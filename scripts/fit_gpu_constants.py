@@ -183,31 +183,47 @@ def dominates(a, b) -> bool:
             and a.intra_node_bw_gbps >= b.intra_node_bw_gbps)
 
 
+# datasheet figure each fitted constant multiplies (its achievable figure = figure x constant); latencies: 1
+SCALE = {"compute_efficiency": lambda s: s.peak_tflops["bf16"], "attention_efficiency": lambda s: s.peak_tflops["bf16"],
+         "bandwidth_efficiency": lambda s: s.mem_bw_gbps, "link_efficiency": lambda s: s.intra_node_bw_gbps}
+
+
+def same_chip(a, b) -> bool:
+    """Same die, clocks and fabric (SMs, bf16 peak and NVLink equal: H200/H100): fixed latencies are the chip's.
+    GB200/B200 differ in clocks and host (and GB tables measured 2-4 GPU trays): their latencies stay fitted."""
+    return (a.num_sms == b.num_sms and a.peak_tflops["bf16"] == b.peak_tflops["bf16"]
+            and a.intra_node_bw_gbps == b.intra_node_bw_gbps)
+
+
 def keep_datasheet_order(vals: dict[str, dict], fixed: set[str]) -> dict[str, dict[str, str]]:
-    """Raise (or, against a fixed profile, lower) efficiencies until no GPU that matches or beats another on
-    every datasheet figure has lower achievable FLOP/s (peak x compute_efficiency) or bytes/s (bandwidth x
-    bandwidth_efficiency). Per-op tables of one chip scatter by a few % (H200 vs H100, GB200 vs B200);
-    a datasheet tie must not turn into a predicted inversion. Returns notes per profile and field."""
+    """Where GPU a matches or beats b on every datasheet figure, give a at least b's achievable FLOP/s (GEMM and
+    attention), HBM bytes/s and link bytes/s, and on the same chip at most b's fixed latencies: raise a (or, when
+    a is fixed, lower b). Per-op tables of one chip scatter by a few % (H200 vs H100 GEMMs); a datasheet tie
+    must not turn into a predicted inversion. Returns notes per profile and field."""
     specs = {n: load_gpu(n) for n in vals}
-    peak = {"compute_efficiency": lambda s: s.peak_tflops["bf16"], "bandwidth_efficiency": lambda s: s.mem_bw_gbps}
     notes: dict[str, dict[str, str]] = {n: {} for n in vals}
-    for _ in range(len(vals) ** 2):
+    for _ in range(4 * len(vals) ** 2):
         changed = False
-        for a in vals:
-            for b in vals:
-                if a == b or specs[a].vendor != specs[b].vendor or not dominates(specs[a], specs[b]):
+        for a, b in ((a, b) for a in vals for b in vals if a != b):
+            sa, sb = specs[a], specs[b]
+            if sa.vendor != sb.vendor or not dominates(sa, sb):
+                continue
+            for key in FITTED:
+                if key in SCALE:          # achievable throughput: higher is better
+                    ok = vals[a][key] * SCALE[key](sa) >= vals[b][key] * SCALE[key](sb) * (1 - 1e-9)
+                    to_a, to_b = vals[b][key] * SCALE[key](sb) / SCALE[key](sa), vals[a][key] * SCALE[key](sa) / SCALE[key](sb)
+                else:                     # fixed latency: lower is better, ordered on the same chip only
+                    ok = not same_chip(sa, sb) or vals[a][key] <= vals[b][key]
+                    to_a = to_b = vals[a][key] if a in fixed else vals[b][key]
+                if ok:
                     continue
-                for key, p in peak.items():
-                    need = vals[b][key] * p(specs[b])            # b's achievable FLOP/s or bytes/s
-                    if vals[a][key] * p(specs[a]) >= need - 1e-9:
-                        continue
-                    if a not in fixed:
-                        vals[a][key] = need / p(specs[a])
-                        notes[a][key] = f"raised to match {b} (datasheet order)"
-                    else:
-                        vals[b][key] = vals[a][key] * p(specs[a]) / p(specs[b])
-                        notes[b][key] = f"lowered to match {a} (datasheet order)"
-                    changed = True
+                if a not in fixed:
+                    vals[a][key] = to_a
+                    notes[a][key] = f"set to match {b} (datasheet order)"
+                else:
+                    vals[b][key] = to_b
+                    notes[b][key] = f"set to match {a} (datasheet order)"
+                changed = True
         if not changed:
             return notes
     raise SystemExit("datasheet order could not be kept: profiles with equal datasheets but fixed values differ")
@@ -228,7 +244,7 @@ def calibration_block(gpu: str, version: str, fit_x: dict, fit_h: dict, vals: di
     ]
     if any("datasheet order" in v for v in notes.values()):
         lines.append("  # Datasheet order: a GPU whose bf16 peak, HBM and link bandwidth match or beat another's keeps at")
-        lines.append("  # least its achievable FLOP/s and bytes/s (per-op tables of one chip scatter by a few %).")
+        lines.append("  # least its achievable FLOP/s and bytes/s, and on the same chip (SMs, clocks) at most its latencies.")
 
     def row(key, note):
         fmt = "{:.3f}" if key in FRACTIONS else "{:.2f}"

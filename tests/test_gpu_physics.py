@@ -56,6 +56,15 @@ def test_achievable_figures_keep_datasheet_order(a, b):
         f"{a} computes slower than {b}: {achievable_tflops(ga):.0f} < {achievable_tflops(gb):.0f} TFLOP/s")
     assert achievable_gbps(ga) >= achievable_gbps(gb) * (1 - 1e-9), (
         f"{a} streams slower than {b}: {achievable_gbps(ga):.0f} < {achievable_gbps(gb):.0f} GB/s")
+    # prefill attention FLOP/s and collective link bytes/s follow the same datasheet figures
+    ca, cb = ga.calibration, gb.calibration
+    assert ga.peak_tflops["bf16"] * ca.attention_efficiency >= gb.peak_tflops["bf16"] * cb.attention_efficiency * (1 - 1e-9)
+    assert ga.intra_node_bw_gbps * ca.link_efficiency >= gb.intra_node_bw_gbps * cb.link_efficiency * (1 - 1e-9)
+    if (ga.num_sms, ga.peak_tflops["bf16"], ga.intra_node_bw_gbps) == (gb.num_sms, gb.peak_tflops["bf16"],
+                                                                      gb.intra_node_bw_gbps):   # same chip
+        assert ca.kernel_latency_us <= cb.kernel_latency_us
+        assert ca.allreduce_latency_us <= cb.allreduce_latency_us
+        assert ca.custom_allreduce_latency_us <= cb.custom_allreduce_latency_us
 
 
 def test_efficiencies_are_physical():
