@@ -47,14 +47,11 @@ COMM_KEYS = ("link_efficiency", "allreduce_latency_us", "custom_allreduce_latenc
 COMM_MAX_ERROR_PCT = 60.0               # above it the profile keeps its collective constants (L40S: PCIe, no P2P)
 
 
-def _ver(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", v))
-
-
 def table(root: Path, gpu: str, sub: str, name: str) -> tuple[pd.DataFrame, str]:
     """One measured table: the newest version the H100 anchor also has (same software), else the newest."""
     data = root / "aiconfigurator_core" / "systems" / "data"
-    have = sorted((p.parent.name for p in (data / gpu / sub).glob(f"*/{name}")), key=_ver)
+    have = sorted((p.parent.name for p in (data / gpu / sub).glob(f"*/{name}")),
+                  key=lambda v: tuple(int(x) for x in re.findall(r"\d+", v)))
     if not have:
         raise FileNotFoundError(f"{data / gpu / sub}/*/{name}: no such table")
     anchor = {p.parent.name for p in (data / ANCHOR / sub).glob(f"*/{name}")}
@@ -210,19 +207,17 @@ def keep_datasheet_order(vals: dict[str, dict], fixed: set[str]) -> dict[str, di
                 continue
             for key in FITTED:
                 if key in SCALE:          # achievable throughput: higher is better
-                    ok = vals[a][key] * SCALE[key](sa) >= vals[b][key] * SCALE[key](sb) * (1 - 1e-9)
-                    to_a, to_b = vals[b][key] * SCALE[key](sb) / SCALE[key](sa), vals[a][key] * SCALE[key](sa) / SCALE[key](sb)
+                    fa, fb = SCALE[key](sa), SCALE[key](sb)
+                    ok = vals[a][key] * fa >= vals[b][key] * fb * (1 - 1e-9)
+                    to_a, to_b = vals[b][key] * fb / fa, vals[a][key] * fa / fb
                 else:                     # fixed latency: lower is better, ordered on the same chip only
                     ok = not same_chip(sa, sb) or vals[a][key] <= vals[b][key]
                     to_a = to_b = vals[a][key] if a in fixed else vals[b][key]
                 if ok:
                     continue
-                if a not in fixed:
-                    vals[a][key] = to_a
-                    notes[a][key] = f"set to match {b} (datasheet order)"
-                else:
-                    vals[b][key] = to_b
-                    notes[b][key] = f"set to match {a} (datasheet order)"
+                moved, other, value = (a, b, to_a) if a not in fixed else (b, a, to_b)
+                vals[moved][key] = value
+                notes[moved][key] = f"set to match {other} (datasheet order)"
                 changed = True
         if not changed:
             return notes
@@ -243,8 +238,8 @@ def calibration_block(gpu: str, version: str, fit_x: dict, fit_h: dict, vals: di
         "  # Fit error = rms of log(model / measured time) as a percentage.",
     ]
     if any("datasheet order" in v for v in notes.values()):
-        lines.append("  # Datasheet order: a GPU whose bf16 peak, HBM and link bandwidth match or beat another's keeps at")
-        lines.append("  # least its achievable FLOP/s and bytes/s, and on the same chip (SMs, clocks) at most its latencies.")
+        lines += ["  # Datasheet order: a GPU whose bf16 peak, HBM and link bandwidth match or beat another's keeps at",
+                  "  # least its achievable FLOP/s and bytes/s, and on the same chip (SMs, clocks) at most its latencies."]
 
     def row(key, note):
         fmt = "{:.3f}" if key in FRACTIONS else "{:.2f}"
@@ -327,7 +322,7 @@ def main() -> int:
     vals[GPUS[ANCHOR]] = {k: getattr(anchor, k) for k in FITTED}
     notes = keep_datasheet_order(vals, fixed={GPUS[ANCHOR]})
     for name in comm_kept:
-        notes[name].update({k: f"NOT fitted, value kept: the ring model misses this interconnect" for k in COMM_KEYS})
+        notes[name].update({k: "NOT fitted, value kept: the ring model misses this interconnect" for k in COMM_KEYS})
     print("\nprofile values (ratio to H100, then datasheet order):")
     print(f"{'profile':16} " + " ".join(f"{k.replace('_efficiency', '_eff'):>14}" for k in FITTED))
     for g, name in GPUS.items():

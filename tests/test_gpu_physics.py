@@ -58,8 +58,9 @@ def test_achievable_figures_keep_datasheet_order(a, b):
         f"{a} streams slower than {b}: {achievable_gbps(ga):.0f} < {achievable_gbps(gb):.0f} GB/s")
     # prefill attention FLOP/s and collective link bytes/s follow the same datasheet figures
     ca, cb = ga.calibration, gb.calibration
-    assert ga.peak_tflops["bf16"] * ca.attention_efficiency >= gb.peak_tflops["bf16"] * cb.attention_efficiency * (1 - 1e-9)
-    assert ga.intra_node_bw_gbps * ca.link_efficiency >= gb.intra_node_bw_gbps * cb.link_efficiency * (1 - 1e-9)
+    tol = 1 - 1e-9
+    assert ga.peak_tflops["bf16"] * ca.attention_efficiency >= gb.peak_tflops["bf16"] * cb.attention_efficiency * tol
+    assert ga.intra_node_bw_gbps * ca.link_efficiency >= gb.intra_node_bw_gbps * cb.link_efficiency * tol
     if (ga.num_sms, ga.peak_tflops["bf16"], ga.intra_node_bw_gbps) == (gb.num_sms, gb.peak_tflops["bf16"],
                                                                       gb.intra_node_bw_gbps):   # same chip
         assert ca.kernel_latency_us <= cb.kernel_latency_us
