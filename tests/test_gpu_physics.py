@@ -1,0 +1,96 @@
+"""GPU physics keeps datasheet order: a GPU whose datasheet bf16 peak, HBM bandwidth and NVLink (GPU-to-GPU)
+bandwidth all match or beat another's of the same vendor must also reach at least its achievable FLOP/s
+(peak x compute_efficiency) and bytes/s (bandwidth x bandwidth_efficiency), and its estimated steps must
+not be slower. Guards the calibration sections fitted by scripts/fit_gpu_constants.py."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from apex_plan.estimate.step_cost import build_step_cost
+from apex_plan.hardware.load import hardware_dir, list_gpus, load_gpu, make_cluster
+from apex_plan.model.load import load_model
+from apex_plan.plan.spec import Plan
+
+GPUS = {name: load_gpu(name) for name in list_gpus()}
+NVIDIA = sorted(n for n, g in GPUS.items() if g.vendor == "nvidia")
+# NVIDIA profiles whose calibration is fitted to aiconfigurator-core's per-op tables (H100: end-to-end fit)
+TABLE_FITTED = ["h200-sxm-141gb", "b200-sxm-180gb", "b300-sxm-288gb", "gb200-nvl72", "gb300-nvl72",
+                "a100-sxm-80gb", "l40s"]
+
+
+def matches_or_beats(a, b) -> bool:
+    """Datasheet order: every one of a's bf16 peak, HBM bandwidth and NVLink bandwidth >= b's."""
+    return (a.peak_tflops["bf16"] >= b.peak_tflops["bf16"] and a.mem_bw_gbps >= b.mem_bw_gbps
+            and a.intra_node_bw_gbps >= b.intra_node_bw_gbps)
+
+
+def achievable_tflops(g) -> float:
+    return g.peak_tflops["bf16"] * g.calibration.compute_efficiency
+
+
+def achievable_gbps(g) -> float:
+    return g.mem_bw_gbps * g.calibration.bandwidth_efficiency
+
+
+PAIRS = [(a, b) for a, b in itertools.permutations(sorted(GPUS), 2)
+         if GPUS[a].vendor == GPUS[b].vendor and matches_or_beats(GPUS[a], GPUS[b])]
+
+
+def test_the_ordered_pairs_cover_the_nvidia_line_up():
+    assert len(NVIDIA) >= 8
+    for pair in [("h200-sxm-141gb", "h100-sxm-80gb"), ("h100-sxm-80gb", "a100-sxm-80gb"),
+                 ("b200-sxm-180gb", "h200-sxm-141gb"), ("gb200-nvl72", "b200-sxm-180gb"),
+                 ("gb300-nvl72", "b300-sxm-288gb"), ("b300-sxm-288gb", "b200-sxm-180gb"),
+                 ("b200-sxm-180gb", "b300-sxm-288gb")]:       # equal datasheets: ordered both ways
+        assert pair in PAIRS
+    assert ("a100-sxm-80gb", "l40s") not in PAIRS and ("l40s", "a100-sxm-80gb") not in PAIRS  # L40S: more FLOP/s
+
+
+@pytest.mark.parametrize("a,b", PAIRS, ids=[f"{a}>={b}" for a, b in PAIRS])
+def test_achievable_figures_keep_datasheet_order(a, b):
+    ga, gb = GPUS[a], GPUS[b]
+    assert achievable_tflops(ga) >= achievable_tflops(gb) * (1 - 1e-9), (
+        f"{a} computes slower than {b}: {achievable_tflops(ga):.0f} < {achievable_tflops(gb):.0f} TFLOP/s")
+    assert achievable_gbps(ga) >= achievable_gbps(gb) * (1 - 1e-9), (
+        f"{a} streams slower than {b}: {achievable_gbps(ga):.0f} < {achievable_gbps(gb):.0f} GB/s")
+    # prefill attention FLOP/s and collective link bytes/s follow the same datasheet figures
+    ca, cb = ga.calibration, gb.calibration
+    tol = 1 - 1e-9
+    assert ga.peak_tflops["bf16"] * ca.attention_efficiency >= gb.peak_tflops["bf16"] * cb.attention_efficiency * tol
+    assert ga.intra_node_bw_gbps * ca.link_efficiency >= gb.intra_node_bw_gbps * cb.link_efficiency * tol
+    if (ga.num_sms, ga.peak_tflops["bf16"], ga.intra_node_bw_gbps) == (gb.num_sms, gb.peak_tflops["bf16"],
+                                                                      gb.intra_node_bw_gbps):   # same chip
+        assert ca.kernel_latency_us <= cb.kernel_latency_us
+        assert ca.allreduce_latency_us <= cb.allreduce_latency_us
+        assert ca.custom_allreduce_latency_us <= cb.custom_allreduce_latency_us
+
+
+def test_efficiencies_are_physical():
+    for name, g in GPUS.items():
+        c = g.calibration
+        for frac in (c.compute_efficiency, c.bandwidth_efficiency, c.attention_efficiency, c.link_efficiency):
+            assert 0.0 < frac <= 0.98, name
+        assert c.kernel_latency_us >= 0 and c.custom_allreduce_latency_us >= 0, name
+        assert c.allreduce_latency_us >= c.custom_allreduce_latency_us, name
+
+
+def test_h200_steps_are_never_slower_than_h100():
+    model = load_model("llama-3.1-70b")
+    plan = Plan(tp=8, weight_dtype="bf16", kv_dtype="bf16")
+    h100, h200 = (build_step_cost(model, GPUS[n], plan, make_cluster(GPUS[n], 8))
+                  for n in ("h100-sxm-80gb", "h200-sxm-141gb"))
+    for batch, ctx in ((1, 512), (64, 2048), (256, 8192)):
+        assert h200.decode_time_s(batch, ctx) <= h100.decode_time_s(batch, ctx)
+    for prompt in (512, 8192):
+        assert h200.prefill_time_s(prompt) <= h100.prefill_time_s(prompt) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("name", TABLE_FITTED)
+def test_fitted_profiles_cite_their_tables(name):
+    text = (hardware_dir() / f"{name}.yaml").read_text()
+    cal = text[text.index("\ncalibration:"):]
+    assert "aiconfigurator-core" in cal and "scripts/fit_gpu_constants.py" in cal and "ratio to H100" in cal
+    assert "error" in cal and "default, not yet calibrated" not in cal and "NOT calibrated" not in cal
