@@ -91,6 +91,8 @@ class MemoryPolicy:
                                           # mem_fraction_static, TRT-LLM free_gpu_memory_fraction)
     reserve_gib: float = 1.0              # CUDA context, NCCL, workspaces outside the pool
     cuda_graph_gib: float = 0.0           # CUDA-graph memory pool
+    caps_max_model_len: bool = False      # a pool smaller than max_model_len lowers it (SGLang, TRT-LLM)
+                                          # instead of refusing to start (vLLM)
 
 
 @dataclass(frozen=True)

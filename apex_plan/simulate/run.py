@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,6 +122,13 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
                         max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs,
                         block_size=eng.block_size, max_model_len=eng.max_model_len,
                         policy=eng.profile.memory)
+    if (not mem.feasible and eng.profile.memory.caps_max_model_len and 0 < mem.kv_tokens < eng.max_model_len
+            and engine_cfg.max_model_len is None):
+        # the engine starts anyway with the context cut to what its KV pool holds
+        eng = dataclasses.replace(eng, max_model_len=int(mem.kv_tokens))
+        mem = memory_report(model, gpu, plan, sc.shard, gpu_memory_utilization=eng.gpu_memory_utilization,
+                            max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs,
+                            block_size=eng.block_size, max_model_len=eng.max_model_len, policy=eng.profile.memory)
     if not mem.feasible:
         return SimResult(plan, eng, mem, False, mem.reason, step_cost=sc)
     if plan.num_gpus > cluster.num_gpus:
