@@ -247,7 +247,8 @@ _QK_HEAD_NORM = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen3VLForCondition
                  "Qwen3VLMoeForConditionalGeneration") + _QWEN_HYBRID
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     _GQA_DENSE + ("MixtralForCausalLM",) + _QWEN_MOE + _MLA + _QWEN_HYBRID
-    + ("GptOssForCausalLM", "MiniMaxM2ForCausalLM", "NemotronHForCausalLM", "Llama4ForConditionalGeneration"))
+    + ("GptOssForCausalLM", "MiniMaxM2ForCausalLM", "NemotronHForCausalLM", "Llama4ForConditionalGeneration",
+       "Gemma4ForConditionalGeneration"))
 
 
 def _text_config(cfg: dict, where: str) -> tuple[dict, list[str]]:
@@ -318,11 +319,13 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
             spec = _nemotron_h_spec(cfg, where, common)
         elif arch == "Llama4ForConditionalGeneration":
             spec = _llama4_spec(cfg, where, common)
+        elif arch == "Gemma4ForConditionalGeneration":
+            spec = _gemma4_spec(cfg, where, common)
         else:
             spec = ModelSpec(**common)
 
     if spec.is_moe and spec.experts_per_token > spec.num_experts:
-        field = {"MixtralForCausalLM": "num_local_experts", "GptOssForCausalLM": "num_local_experts",
+        field = {"MixtralForCausalLM": "num_local_experts", "Gemma4ForConditionalGeneration": "num_experts", "GptOssForCausalLM": "num_local_experts",
                  "MiniMaxM2ForCausalLM": "num_local_experts", "Llama4ForConditionalGeneration": "num_local_experts",
                  }.get(arch, "n_routed_experts" if arch in _MLA or arch == "NemotronHForCausalLM" else "num_experts")
         raise InputError(where, "num_experts_per_tok",
@@ -514,6 +517,31 @@ def _llama4_spec(cfg: dict, where: str, common: dict) -> ModelSpec:
                      experts_per_token=_int(cfg, where, "num_experts_per_tok"), expert_intermediate_size=moe_width,
                      num_shared_experts=1, shared_expert_intermediate_size=moe_width,
                      num_dense_layers=sum(1 for k in layers if k.mlp == S.DENSE), layer_groups=group_layers(layers))
+
+
+def _gemma4_spec(cfg: dict, where: str, common: dict) -> ModelSpec:
+    """Gemma 4 (transformers `Gemma4TextDecoderLayer`): sliding-window and full attention per
+    `layer_types`, full layers with their own head dim and KV heads (`global_head_dim`,
+    `num_global_key_value_heads` when `attention_k_eq_v`: K reused as V, no v_proj); q/k RMSNorm of the
+    head dim; four norms per layer; GeGLU MLP, and with `enable_moe_block` routed experts beside it
+    (router with input and per-expert scales, three more norms)."""
+    if _int(cfg, where, "hidden_size_per_layer_input", 0, minimum=0) or _int(cfg, where, "num_kv_shared_layers", 0, minimum=0):
+        raise InputError(where, "hidden_size_per_layer_input", "per-layer embeddings and shared KV layers (Gemma 4 "
+                         "E2B/E4B) are not supported", "use a Gemma 4 model without them (26B-A4B, 31B)")
+    window = _int(cfg, where, "sliding_window")
+    moe = _bool(cfg, where, "enable_moe_block", False)
+    names = {"sliding_attention": (S.SLIDING, window), "full_attention": (S.FULL, 0)}
+    groups = _layers_from_types(cfg, where, "layer_types", common["num_layers"], lambda i: S.MOE if moe else S.DENSE, names)
+    k_eq_v = _bool(cfg, where, "attention_k_eq_v", False)
+    extra: dict[str, Any] = {}
+    if moe:
+        extra = dict(num_experts=_int(cfg, where, "num_experts"), experts_per_token=_int(cfg, where, "top_k_experts"),
+                     expert_intermediate_size=_int(cfg, where, "moe_intermediate_size"), num_dense_layers=0,
+                     moe_with_dense_mlp=True, router_scales=True)
+    return ModelSpec(**common, **extra, layer_groups=groups, qk_norm="head", extra_norms_per_layer=2,
+                     global_head_dim=_int(cfg, where, "global_head_dim", 0, minimum=0),
+                     global_num_kv_heads=_int(cfg, where, "num_global_key_value_heads", 0, minimum=0) if k_eq_v else 0,
+                     global_k_eq_v=k_eq_v)
 
 
 def _mla_spec(cfg: dict, where: str, arch: str, common: dict) -> ModelSpec:
