@@ -237,7 +237,7 @@ def _str_list(cfg: dict, where: str, field: str) -> list[str]:
 
 # Architectures we can cost, by family.
 _GQA_DENSE = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-              "Qwen3VLForConditionalGeneration")
+              "Qwen3VLForConditionalGeneration", "MiMoForCausalLM")
 _QWEN_MOE = ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "Qwen3VLMoeForConditionalGeneration")
 _MLA = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "KimiK25ForConditionalGeneration",
         "DeepseekV32ForCausalLM", "GlmMoeDsaForCausalLM")
@@ -352,6 +352,8 @@ def _gqa_fields(cfg: dict, where: str, arch: str, common: dict) -> None:
     common.update(num_kv_heads=num_kv_heads, head_dim=head_dim)
     if arch in ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM"):
         common["qkv_bias"] = True                                  # Qwen2 attention: q/k/v biases
+    elif arch == "MiMoForCausalLM":
+        common["qkv_bias"] = _bool(cfg, where, "attention_bias", True)   # MiMo: Qwen2 attention, q/k/v biases
     if arch in _QK_HEAD_NORM:
         common["qk_norm"] = "head"                                 # Qwen3: RMSNorm of head_dim on q and k
 
