@@ -59,7 +59,7 @@ def check_plan_fits(plan: Plan, cluster: ClusterSpec, num_heads: int, num_expert
         raise InputError("--plan", "ep", f"ep={plan.ep} must divide tp={plan.tp} and the expert count ({num_experts})",
                          "use ep=1 for dense models")
     for opt, dt in (("--weight-dtype", plan.weight_dtype),):
-        if dt in ("fp8", "fp4") and not cluster.gpu.supports(dt):
+        if dt in ("fp8", "fp4") and not cluster.gpu.supports_weights(dt):   # 4-bit weights may run weight-only
             raise InputError(opt, None, f"{cluster.gpu.name} has no {dt} tensor cores",
                              "use " + ", ".join(k for k in cluster.gpu.peak_tflops if k in ("bf16", "fp16", "fp8", "fp4")))
 
