@@ -78,11 +78,18 @@ def _repo_index(folder: str, stamp: float) -> dict[str, str]:
     return index
 
 
+_REVISION = re.compile(r"[-_.]v\d+$", re.IGNORECASE)     # a re-quantisation's revision: -FP4-v2
+
+
 def strip_quant_suffixes(repo_id: str) -> str:
-    """`Qwen/Qwen3-32B-FP8-Static-PerTensor` -> `Qwen/Qwen3-32B` (every trailing quantisation tag)."""
+    """`Qwen/Qwen3-32B-FP8-Static-PerTensor` -> `Qwen/Qwen3-32B` (every trailing quantisation tag,
+    and a revision tag right after one: `DeepSeek-R1-0528-FP4-v2` -> `DeepSeek-R1-0528`)."""
     prev, text = None, repo_id.strip()
     while prev != text:
         prev, text = text, _QUANT_SUFFIX.sub("", text)
+        rev = _REVISION.search(text)
+        if rev and _QUANT_SUFFIX.search(text[:rev.start()]):
+            text = text[:rev.start()]
     return text
 
 
