@@ -93,3 +93,12 @@ def test_mixed_formats_in_stage_weights():
     w = stage_weight_bytes(model, plan, shard, stage)
     # GEMM shapes leave out biases and sinks (< 0.1%); the rest is bf16
     assert w == pytest.approx(expected_experts + (sum(comp.values()) - comp["experts"]) * 2, rel=2e-3)
+
+
+def test_layer_scalar_indices_agree():
+    """shard.py writes the layer-kind scalars, kernels.py reads them: the two index lists must match."""
+    import apex_plan.estimate.shard as SH
+    names = [n for n in dir(SH) if n.startswith("L_") and n != "L_N"]
+    assert len(names) == SH.L_N
+    for n in names:
+        assert getattr(K, n) == getattr(SH, n), n
