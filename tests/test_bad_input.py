@@ -111,7 +111,7 @@ def options_of(cmd: str, base: list[str]) -> None:
                ("--workload",): ["", "chatt", "summary"], ("--engine",): ["", "vllmm", "foo", "vllm@0.1", "sglang@9.0", "trtllm@x"],
                ("--model", "-m"): ["", "llama-3.1-7b", "nope.yaml", "/nonexistent/dir/config.json"],
                ("--gpu",): ["", "h100", "rtx4090", "nope.yaml"],
-               ("--weight-dtype",): ["", "bf61", "BF16", "int3"] + (["fp4"] if s == "simulate" else []),
+               ("--weight-dtype",): ["", "bf61", "BF16", "int3"],   # fp4 on H100 runs weight-only (MXFP4 via Marlin)
                ("--kv-dtype", "--kv-cache-dtype"): ["", "bf61", "fp9"],
                ("--trace",): ["/nonexistent/trace.jsonl", "nope.csv"],
                ("--cluster",): ["/nonexistent/cluster.yaml"]}

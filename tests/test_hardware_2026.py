@@ -72,3 +72,11 @@ def test_missing_dtype_is_a_rejection_with_its_reason():
     # ... but a KV cache in fp4 needs the format itself
     plans, rejected, _ = enumerate_replica_plans(model, h100, ["bf16"], ["fp4"])
     assert not plans and any("does not support KV dtype fp4" in r.reason for r in rejected)
+
+
+def test_linear_attention_heads_bound_tensor_parallelism():
+    """Qwen3.5-397B: 16 Gated DeltaNet key heads, so tp=32 (which 32 query heads would allow) is out."""
+    model = load_model("qwen3.5-397b-a17b")
+    plans, rejected, _ = enumerate_replica_plans(model, make_cluster(load_gpu("gb300-nvl72"), 72), ["fp4"], ["fp8"])
+    assert plans and max(p.tp for p in plans) == 16
+    assert any("tp=32 does not divide 16 linear-attention key heads" in r.reason for r in rejected)

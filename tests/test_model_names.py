@@ -24,6 +24,10 @@ from apex_plan.model.load import load_model, resolve_repo_id, strip_quant_suffix
     ("Qwen/Qwen3-32B-FP8-Static-PerTensor", "qwen3-32b"),         # suffixes stripped
     ("RedHatAI/Qwen3-32B-FP8-dynamic", "qwen3-32b"),              # another organisation's re-quantisation
     ("Qwen/Qwen3-30B-A3B-GPTQ-Int4", "qwen3-30b-a3b"),
+    ("nvidia/DeepSeek-R1-0528-FP4-v2", "deepseek-r1"),
+    ("zai-org/GLM-5-FP8", "glm-5"),
+    ("nvidia/Qwen3.5-397B-A17B-NVFP4", "qwen3.5-397b-a17b"),
+    ("moonshotai/Kimi-K2.5", "kimi-k2.5"),
 ])
 def test_repo_ids_resolve(repo_id, name):
     assert resolve_repo_id(repo_id) == name
@@ -34,6 +38,8 @@ def test_strip_quant_suffixes():
     assert strip_quant_suffixes("nvidia/Qwen3-235B-A22B-NVFP4") == "nvidia/Qwen3-235B-A22B"
     assert strip_quant_suffixes("x/Model-7B-AWQ") == "x/Model-7B"
     assert strip_quant_suffixes("x/Model-7B-Instruct") == "x/Model-7B-Instruct"     # not a quantisation tag
+    assert strip_quant_suffixes("nvidia/DeepSeek-R1-0528-FP4-v2") == "nvidia/DeepSeek-R1-0528"   # revision after a tag
+    assert strip_quant_suffixes("mistralai/Mixtral-8x7B-v0.1") == "mistralai/Mixtral-8x7B-v0.1"  # a version, kept
 
 
 def test_unknown_repo_id_is_one_clear_error():

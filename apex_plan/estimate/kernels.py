@@ -79,6 +79,7 @@ S_N = 46
 # layer-kind scalars follow the S_N scalars: scal[S_N + L_*] (built by apex_plan.estimate.shard.layer_scalars)
 L_FULL, L_WIN, L_SPARSE, L_LINEAR, L_MAMBA, L_MIXERLESS, L_NO_MLP, L_WINDOW = 0, 1, 2, 3, 4, 5, 6, 7
 L_IDX_KV_B, L_IDX_FLOP, L_STATE_LIN_B, L_STATE_MAMBA_B, L_LIN_FLOP_TOK, L_MAMBA_FLOP_TOK = 8, 9, 10, 11, 12, 13
+L_FULL_KV_B, L_FULL_FLOP = 14, 15
 
 ATTN_Q_TILE = 128        # query rows per attention thread block (FlashAttention-2/3 forward tile)
 
@@ -234,13 +235,16 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     reread = scal[S_DEC_KV_REREAD]
     # windowed layers see the capped contexts; their padded prefill pairs shrink in the same ratio
     wr = pf_attn_work_w / pf_attn_work if pf_attn_work > 0.0 else 1.0
-    # full attention: every cached token; windowed (sliding / chunked / sparse top-k): capped contexts
-    t_attn = _attn_s(scal, scal[S_ATTN_FLOP_TOK], kv_b, pf_pad_work, pf_pad_prefix, pf_q_tiles, dec_ctx_tokens,
+    # full attention: every cached token (own geometry when given); windowed (sliding / chunked /
+    # sparse top-k): capped contexts
+    full_kv_b = scal[L0 + L_FULL_KV_B] if scal[L0 + L_FULL_KV_B] > 0.0 else kv_b
+    full_flop = scal[L0 + L_FULL_FLOP] if scal[L0 + L_FULL_FLOP] > 0.0 else scal[S_ATTN_FLOP_TOK]
+    t_attn = _attn_s(scal, full_flop, full_kv_b, pf_pad_work, pf_pad_prefix, pf_q_tiles, dec_ctx_tokens,
                      pf_ctx_tokens, n_prefill, n_decode, bw, klat, reread)
     t_win = _attn_s(scal, scal[S_ATTN_FLOP_TOK], kv_b, pf_pad_work * wr, pf_pad_prefix * wr, pf_q_tiles, dec_ctx_w,
                     pf_ctx_w, n_prefill, n_decode, bw, klat, reread)
-    attn_flops = scal[S_ATTN_FLOP_TOK] * (pf_attn_work + dec_ctx_tokens)             # QK^T and PV multiply-adds
-    attn_bytes = kv_b * (dec_ctx_tokens * reread + pf_ctx_tokens)                    # KV cache read
+    attn_flops = full_flop * (pf_attn_work + dec_ctx_tokens)                         # QK^T and PV multiply-adds
+    attn_bytes = full_kv_b * (dec_ctx_tokens * reread + pf_ctx_tokens)               # KV cache read
     win_flops = scal[S_ATTN_FLOP_TOK] * (pf_attn_work_w + dec_ctx_w)
     win_bytes = kv_b * (dec_ctx_w * reread + pf_ctx_w)
     # sparse attention's indexer scores every cached token's key (then attention reads the top-k)

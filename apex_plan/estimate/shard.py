@@ -38,7 +38,9 @@ L_STATE_LIN_B = 10  # linear attention: state bytes per sequence per layer on on
 L_STATE_MAMBA_B = 11  # Mamba: state bytes per sequence per layer on one GPU
 L_LIN_FLOP_TOK = 12   # linear attention: recurrent FLOPs per token per layer on one GPU
 L_MAMBA_FLOP_TOK = 13  # Mamba: scan FLOPs per token per layer on one GPU
-L_N = 14
+L_FULL_KV_B = 14    # full-attention layers' KV bytes per token on one GPU when their geometry differs (Gemma 4); 0: same
+L_FULL_FLOP = 15    # full-attention layers' FLOPs per (query x key) pair when their geometry differs; 0: same
+L_N = 16
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class Shard:
     state_bytes_mamba: float = 0.0   # Mamba: state bytes per sequence per layer on one GPU
     linear_flops_per_token: float = 0.0
     mamba_flops_per_token: float = 0.0
+    full_kv_bytes_per_token_layer: float = 0.0   # full-attention layers' KV bytes when they differ (Gemma 4); 0: same
+    full_attn_flops_per_pair: float = 0.0        # full-attention layers' FLOPs per pair when they differ; 0: same
 
     def layer_weight_params(self, kind_filter: tuple[int, ...]) -> int:
         return sum(g.weight_params for g in self.gemms if g.kind in kind_filter)
@@ -119,7 +123,7 @@ class Shard:
 
     def kv_bytes_per_token_stage(self, stage: Stage) -> float:
         """KV bytes one token takes on one GPU of `stage`, over its layers that keep every token."""
-        return (stage.count(S.FULL) * self.kv_bytes_per_token_layer
+        return (stage.count(S.FULL) * (self.full_kv_bytes_per_token_layer or self.kv_bytes_per_token_layer)
                 + stage.count(S.SPARSE) * (self.kv_bytes_per_token_layer + self.index_kv_bytes_per_token))
 
     def seq_bytes_stage(self, stage: Stage, max_model_len: int, block_size: int) -> float:
@@ -167,6 +171,7 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     wa = _w(model, plan, "attention")
     gemms: list[Gemm] = []
     q_out = k_out = 0
+    full_kv = full_flops = 0.0
     attn_flops = kv_tok = 0.0
     norm_params = 2 * h
     if model.attention == "mla":
@@ -195,6 +200,13 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         attn_flops = 2.0 * heads * d * 2.0            # QK^T and PV: 2 FLOPs per multiply-add each
         kv_tok = 2.0 * kv_heads * d * kvb             # K and V
         q_out, k_out = hq * d, kv_heads * d
+        gd, gkv = model.attention_dims(S.FULL)
+        if (gd, gkv) != (d, model.num_kv_heads) and S.FULL in mixers:
+            # full layers with their own geometry (Gemma 4): K and V of their KV heads; GEMMs costed at the
+            # sliding layers' shapes (the larger full-layer q/o projections are not modelled separately)
+            g_kv_heads = max(1, math.ceil(gkv / tp))
+            full_kv = 2.0 * g_kv_heads * gd * kvb
+            full_flops = 2.0 * heads * gd * 2.0
     # DeepSeek sparse attention indexer (replicated key, heads split over tp)
     idx_kv = idx_flops = 0.0
     if S.SPARSE in mixers:
@@ -251,6 +263,10 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         gemms.append(Gemm("experts_gate_up", width, int(n_mlp * e_inter), ROUTED_EXPERTS, e_local, route, k / E, e_local,
                           w_bytes=we))
         gemms.append(Gemm("experts_down", int(e_inter), width, ROUTED_EXPERTS, e_local, route, k / E, e_local, w_bytes=we))
+        if model.moe_with_dense_mlp:                   # the dense MLP runs beside the experts (Gemma 4)
+            wd = _w(model, plan, "mlp")
+            gemms.append(Gemm("mlp_gate_up", h, int(n_mlp * inter), MOE_DENSE_PART, w_bytes=wd))
+            gemms.append(Gemm("mlp_down", int(inter), h, MOE_DENSE_PART, w_bytes=wd))
         if model.num_shared_experts:
             ws = _w(model, plan, "shared_experts")
             s_inter = model.num_shared_experts * model.shared_expert_intermediate_size / tp
@@ -275,6 +291,7 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         window=window, index_kv_bytes_per_token=idx_kv, index_flops_per_pair=idx_flops,
         state_bytes_linear=st_lin, state_bytes_mamba=st_mamba,
         linear_flops_per_token=fl_lin, mamba_flops_per_token=fl_mamba,
+        full_kv_bytes_per_token_layer=full_kv, full_attn_flops_per_pair=full_flops,
     )
 
 
@@ -296,4 +313,6 @@ def layer_scalars(shard: Shard) -> np.ndarray:
     v[L_STATE_MAMBA_B] = shard.state_bytes_mamba
     v[L_LIN_FLOP_TOK] = shard.linear_flops_per_token
     v[L_MAMBA_FLOP_TOK] = shard.mamba_flops_per_token
+    v[L_FULL_KV_B] = shard.full_kv_bytes_per_token_layer
+    v[L_FULL_FLOP] = shard.full_attn_flops_per_pair
     return v

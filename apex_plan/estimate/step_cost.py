@@ -82,7 +82,6 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     c = gpu.calibration
     host = prof.host
     shard = shard or build_shard(model, plan)
-    wb = dtype_bytes(plan.weight_dtype)
     tables = np.zeros((len(shard.gemms), K.G_NCOL))
     for i, g in enumerate(shard.gemms):
         tables[i] = (g.k, g.n, g.w_bytes, g.kind, g.experts, g.route_frac, g.active_p)

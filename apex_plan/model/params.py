@@ -113,17 +113,19 @@ def attention_params(spec: ModelSpec, mixer: str = FULL) -> int:
         o = n * v * h
         params = q + kv_a + kv_b + o
     else:
-        q_out = spec.num_heads * spec.head_dim
-        kv_out = spec.num_kv_heads * spec.head_dim
+        head_dim, kv_heads = spec.attention_dims(mixer)
+        q_out = spec.num_heads * head_dim
+        kv_out = kv_heads * head_dim
         gate = q_out if spec.attn_output_gate else 0         # q_proj also emits one gate per q element
+        n_kv_proj = 1 if (spec.global_k_eq_v and mixer == FULL) else 2   # k_proj only when V reuses K
         # q_proj (+gate), k_proj, v_proj (hidden x out each) + o_proj (heads*head_dim x hidden)
-        params = h * (q_out + gate) + 2 * h * kv_out + q_out * h
+        params = h * (q_out + gate) + n_kv_proj * h * kv_out + q_out * h
         if spec.qkv_bias:
-            params += q_out + gate + 2 * kv_out             # q/k/v biases
+            params += q_out + gate + n_kv_proj * kv_out     # q/k/v biases
         if spec.o_bias:
             params += h                                     # o_proj bias
         if spec.qk_norm == "head":
-            params += 2 * spec.head_dim                     # q_norm + k_norm, one head_dim vector each
+            params += 2 * head_dim                          # q_norm + k_norm, one head_dim vector each
         elif spec.qk_norm == "layer":
             params += q_out + kv_out                        # q_norm over all q heads, k_norm over all k heads
     if spec.attention_sinks:
@@ -176,6 +178,10 @@ def _moe_parts(spec: ModelSpec) -> tuple[int, int, int]:
         router += h                                         # shared_expert_gate: hidden -> 1
     if spec.moe_latent_size:
         router += 2 * h * spec.moe_latent_size              # fc1_latent_proj + fc2_latent_proj
+    if spec.router_scales:
+        router += h + spec.num_experts                      # router input scale + per-expert scale
+    if spec.moe_with_dense_mlp:
+        shared += mlp_params(spec, h, spec.intermediate_size) + 3 * h   # the dense MLP beside the experts + its 3 norms
     return expert_each, shared, router
 
 
@@ -184,6 +190,7 @@ def layer_params(spec: ModelSpec, kind: LayerKind) -> tuple[int, int]:
     h = spec.hidden_size
     mixer = attention_params(spec, kind.mixer)
     norms = (h if kind.mixer != NO_MIXER else 0) + (h if kind.mlp != NO_MLP else 0)   # pre-mixer + pre-MLP RMSNorm
+    norms += spec.extra_norms_per_layer * h                                         # post-norms (Gemma)
     if kind.mlp == DENSE:
         mlp = mlp_params(spec, h, spec.intermediate_size)
         return mixer + norms + mlp, mixer + norms + mlp
@@ -239,7 +246,8 @@ def kv_cache_bytes_per_token_per_layer(spec: ModelSpec, kv_dtype: str, mixer: st
     if spec.attention == "mla":
         per = (spec.kv_lora_rank + spec.qk_rope_head_dim) * b
     else:
-        per = 2 * spec.num_kv_heads * spec.head_dim * b
+        head_dim, kv_heads = spec.attention_dims(mixer)
+        per = 2 * kv_heads * head_dim * b                   # K and V (engines cache V even when it equals K)
     if mixer == SPARSE:
         per += spec.index_head_dim * b                      # indexer key cache
     return per
@@ -321,7 +329,8 @@ def component_params(spec: ModelSpec) -> dict[str, int]:
             idx = indexer_params(spec) if kind.mixer == SPARSE else 0
             out["attention"] += n * (attention_params(spec, kind.mixer) - idx)
             out["indexer"] += n * idx
-        out["norms"] += n * ((h if kind.mixer != NO_MIXER else 0) + (h if kind.mlp != NO_MLP else 0))
+        out["norms"] += n * ((h if kind.mixer != NO_MIXER else 0) + (h if kind.mlp != NO_MLP else 0)
+                             + spec.extra_norms_per_layer * h)
         if kind.mlp == DENSE:
             out["mlp"] += n * mlp_params(spec, h, spec.intermediate_size)
         elif kind.mlp == MOE:

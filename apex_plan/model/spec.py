@@ -109,6 +109,10 @@ class ModelSpec:
     qk_norm: str = ""                # "" none, "head": RMSNorm of head_dim on q and k, "layer": of the full q/k width
     attention_sinks: bool = False    # one learned sink logit per query head (gpt-oss)
     attn_output_gate: bool = False   # q_proj also emits a sigmoid gate per head (Qwen3.5/Qwen3-Next)
+    global_head_dim: int = 0         # full-attention layers' head dim when it differs (Gemma 4); 0: head_dim
+    global_num_kv_heads: int = 0     # full-attention layers' KV heads when they differ (Gemma 4); 0: num_kv_heads
+    global_k_eq_v: bool = False      # full-attention layers reuse the key projection as value (Gemma 4 attention_k_eq_v)
+    extra_norms_per_layer: int = 0   # RMSNorms of hidden_size beyond the pre-mixer and pre-MLP ones (Gemma: post-norms)
     # --- DeepSeek sparse attention indexer (mixer SPARSE) ---
     index_topk: int = 0              # cached tokens each query attends to
     index_n_heads: int = 0
@@ -133,6 +137,8 @@ class ModelSpec:
     score_bias: bool = False         # e_score_correction_bias per expert (DeepSeek-V3, MiniMax-M2, GLM-5)
     shared_expert_gate: bool = False  # sigmoid gate hidden -> 1 on the shared expert (Qwen2-MoE, Qwen3.5)
     moe_latent_size: int = 0         # routed experts work in a projected latent of this width (Nemotron-3)
+    moe_with_dense_mlp: bool = False  # MoE layers also run the dense MLP beside the experts (Gemma 4 26B-A4B)
+    router_scales: bool = False      # router input scale (hidden) and per-expert output scale (Gemma 4)
     # --- checkpoint weight formats per component (see apex_plan.model.quant); () = all in the
     #     plan's weight dtype ---
     weight_formats: tuple[tuple[str, str], ...] = ()
@@ -177,6 +183,12 @@ class ModelSpec:
     def n_attention_layers(self) -> int:
         """Layers that keep a per-token KV cache."""
         return sum(n for k, n in self.kind_counts().items() if k.mixer in ATTENTION_MIXERS)
+
+    def attention_dims(self, mixer: str) -> tuple[int, int]:
+        """(head_dim, KV heads) of an attention layer of kind `mixer` (full layers may differ)."""
+        if mixer == FULL and (self.global_head_dim or self.global_num_kv_heads):
+            return self.global_head_dim or self.head_dim, self.global_num_kv_heads or self.num_kv_heads
+        return self.head_dim, self.num_kv_heads
 
     def weight_format(self, component: str) -> str:
         """Checkpoint format of `component` ("" when the checkpoint gives none)."""

@@ -130,6 +130,11 @@ def _tp_reason(model: ModelSpec, cluster: ClusterSpec, tp: int, cross: bool) -> 
         return "placement", f"tp={tp} does not divide {g} GPUs per node"
     if model.num_heads % tp:
         return "divisibility", f"tp={tp} does not divide {model.num_heads} attention heads"
+    # linear-attention and Mamba heads are split over tp too (vLLM GatedDeltaNet / MambaMixer2)
+    for heads, what in ((model.linear_num_key_heads, "linear-attention key"),
+                        (model.linear_num_value_heads, "linear-attention value"), (model.mamba_num_heads, "Mamba")):
+        if heads and heads % tp:
+            return "divisibility", f"tp={tp} does not divide {heads} {what} heads"
     kv = model.num_kv_heads
     if model.attention != "mla" and kv > 0:
         if tp <= kv and kv % tp:

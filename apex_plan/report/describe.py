@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from apex_plan.hardware.spec import GpuSpec
-from apex_plan.model.params import kv_cache_bytes_per_token, param_counts
+from apex_plan.model.params import kv_cache_bytes_per_seq, kv_cache_bytes_per_token, param_counts
 from apex_plan.model.spec import ModelSpec
 from apex_plan.report.output import SCHEMA_VERSION
 
@@ -36,6 +36,12 @@ def model_doc(m: ModelSpec) -> dict:
             "moe_layers": m.n_moe_layers,
         },
         "kv_cache_bytes_per_token": {dt: kv_cache_bytes_per_token(m, dt) for dt in ("bf16", "fp8")},
+        # layer groups, e.g. "3 x (linear+moe), 1 x (full+moe) repeated 15 times"; KV plus fixed per-sequence
+        # state of one bf16 sequence at 1K and 128K tokens (sliding windows capped)
+        "layer_groups": [{"kinds": [k.label() for k in g.kinds], "repeat": g.repeat} for g in m.groups],
+        "kv_cache_bytes_per_seq_bf16": {str(n): kv_cache_bytes_per_seq(m, "bf16", n) for n in (1024, 131072)},
+        "weight_formats": dict(m.weight_formats),
+        "notes": list(m.notes),
         "weights_gib": {dt: pc.total * b / GIB for dt, b in (("bf16", 2), ("fp8", 1))},
     }
 
