@@ -103,7 +103,8 @@ B_HOST = 5                # engine CPU time per step and launch-bound excess
 B_FLOPS = 6               # FLOPs on one GPU (all layers of its stage)
 B_BYTES = 7               # HBM bytes on one GPU
 B_SCHED = 8               # engine scheduler host time (one thread per replica, shared by its virtual engines)
-B_N = 9
+B_SCRATCH = 9             # 3 x 6 scratch slots (time, FLOPs, bytes per GEMM kind): no allocation per step
+B_N = B_SCRATCH + 18
 
 
 @njit(cache=True, fastmath=False)
@@ -198,9 +199,9 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
 
     # --- GEMMs, summed per kind: 0 attention layers, 1 routed experts, 2 dense MLP, 3 MoE-layer dense part,
     #     4 linear-attention layers, 5 Mamba layers
-    t_kind = np.zeros(6)
-    f_kind = np.zeros(6)
-    b_kind = np.zeros(6)
+    t_kind = out[B_SCRATCH:B_SCRATCH + 6]          # views into the caller's buffer (zeroed above)
+    f_kind = out[B_SCRATCH + 6:B_SCRATCH + 12]
+    b_kind = out[B_SCRATCH + 12:B_SCRATCH + 18]
     for r in range(tables.shape[0]):
         k = tables[r, G_K]
         n = tables[r, G_N]
@@ -241,8 +242,10 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     full_flop = scal[L0 + L_FULL_FLOP] if scal[L0 + L_FULL_FLOP] > 0.0 else scal[S_ATTN_FLOP_TOK]
     t_attn = _attn_s(scal, full_flop, full_kv_b, pf_pad_work, pf_pad_prefix, pf_q_tiles, dec_ctx_tokens,
                      pf_ctx_tokens, n_prefill, n_decode, bw, klat, reread)
-    t_win = _attn_s(scal, scal[S_ATTN_FLOP_TOK], kv_b, pf_pad_work * wr, pf_pad_prefix * wr, pf_q_tiles, dec_ctx_w,
-                    pf_ctx_w, n_prefill, n_decode, bw, klat, reread)
+    t_win = 0.0
+    if scal[L0 + L_WIN] + scal[L0 + L_SPARSE] > 0.0:
+        t_win = _attn_s(scal, scal[S_ATTN_FLOP_TOK], kv_b, pf_pad_work * wr, pf_pad_prefix * wr, pf_q_tiles, dec_ctx_w,
+                        pf_ctx_w, n_prefill, n_decode, bw, klat, reread)
     attn_flops = full_flop * (pf_attn_work + dec_ctx_tokens)                         # QK^T and PV multiply-adds
     attn_bytes = full_kv_b * (dec_ctx_tokens * reread + pf_ctx_tokens)               # KV cache read
     win_flops = scal[S_ATTN_FLOP_TOK] * (pf_attn_work_w + dec_ctx_w)
@@ -259,8 +262,8 @@ def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_t
     lin_bytes = 2.0 * scal[L0 + L_STATE_LIN_B] * n_prefill_dec
     mamba_flops = scal[L0 + L_MAMBA_FLOP_TOK] * m
     mamba_bytes = 2.0 * scal[L0 + L_STATE_MAMBA_B] * n_prefill_dec
-    t_lin = max(lin_flops / a_peak, lin_bytes / bw) + klat
-    t_mamba = max(mamba_flops / a_peak, mamba_bytes / bw) + klat
+    t_lin = max(lin_flops / a_peak, lin_bytes / bw) + klat if scal[L0 + L_LINEAR] > 0.0 else 0.0
+    t_mamba = max(mamba_flops / a_peak, mamba_bytes / bw) + klat if scal[L0 + L_MAMBA] > 0.0 else 0.0
 
     # --- elementwise kernels: norms, residual adds, rotary, activation, KV-cache write (bytes) ---
     elem_bytes = scal[S_ELEM_B_TOK] * m

@@ -56,12 +56,12 @@ P_GPUS = 4          # GPUs of one replica (all stages)
 P_PP = 5
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
 def _blocks_for(tokens, block):
     return (tokens + block - 1) // block
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
 def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen, computed, blocks, free, running,
                    nrun, max_seqs, block, nblocks, watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
                    sched_tok):
@@ -106,7 +106,7 @@ def _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, g
     return left, ns, refused
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
 def _schedule_running(e, only_prefill, left, ns, prompt, gen, computed, blocks, free, running, nrun, head, tail, nxt,
                       block, n_preempt, estats, sched_req, sched_tok):
     """Schedule engine e's running requests in order (only those still in prefill when
@@ -157,7 +157,7 @@ def _schedule_running(e, only_prefill, left, ns, prompt, gen, computed, blocks, 
     return left, ns, preempted
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
 def _window_pairs(k0, c, win):
     """Query x key pairs of a causal chunk of c tokens after k0 cached ones when each query sees at
     most `win` keys: sum over query positions x = k0+1 .. k0+c of min(x, win)."""
@@ -365,7 +365,8 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
                 if gen[r] > 0 and seq - computed[r] == 1:
                     n_dec += 1
                     dec_ctx += seq
-                    dec_ctx_w += min(seq, win)
+                    if win > 0.0:
+                        dec_ctx_w += min(seq, win)
                 else:
                     n_pf += 1
                     k0 = computed[r]
@@ -376,8 +377,9 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
                         pf_pad_prefix += w
                     pf_tiles += q_tiles(c)
                     pf_ctx += k0 + c
-                    pf_work_w += _window_pairs(k0, c, win)
-                    pf_ctx_w += min(k0 + c, win + c)
+                    if win > 0.0:
+                        pf_work_w += _window_pairs(k0, c, win)
+                        pf_ctx_w += min(k0 + c, win + c)
                 if computed[r] + c == seq:
                     n_logits += 1
             if win <= 0.0:
