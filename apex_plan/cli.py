@@ -361,7 +361,8 @@ def search(
                            "seed": seed},
               "demand_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
               "weight_dtypes": list(inp.weight_dtypes), "kv_dtypes": list(inp.kv_dtypes),
-              "slo": _slo_doc(slo), "rejected_engine_settings": [{"setting": k, "reason": r} for k, r in rejected_engines]}
+              "slo": _slo_doc(slo), "engine": engine_doc(base.profile),
+              "rejected_engine_settings": [{"setting": k, "reason": r} for k, r in rejected_engines]}
     emit(fmt, output, lambda: V.search_json(res, inputs, show_all), lambda: V.search_rows(res, show_all),
          lambda c: V.search_table(res, c, show_all))
     if report or plot:

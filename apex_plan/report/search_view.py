@@ -187,6 +187,9 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
                   f"demand {_f(inp.demand_rps, 'g') if inp.demand_rps else 'max throughput'} req/s; SLO p{inp.slo.percentile:g} "
                   f"TTFT {_f(inp.slo.ttft_s and inp.slo.ttft_s * 1e3, '.0f')} ms, TPOT {_f(inp.slo.tpot_s and inp.slo.tpot_s * 1e3, '.0f')} ms; "
                   f"objective {inp.objective}")
+    prof = inp.engines[0].profile if inp.engines and inp.engines[0].profile is not None else None
+    if prof is not None:
+        console.print(f"engine profile {prof.label} ({prof.calibration[:90] or 'not calibrated'})")
     console.print(f"plans: {s['enumerated']} layouts enumerated, {s['after_symmetry']} after symmetry, "
                   f"{s['unique_plans']} distinct plans x engine settings = {s['candidates']}; rejected {s['rejected']} "
                   f"(divisibility/dtype), {s['infeasible_memory']} out of memory, {s['screened_out']} screened out, "
