@@ -1,4 +1,4 @@
-"""Command line: `apex-plan models | hardware | check | simulate | search`.
+"""Command line: `apex-plan models | hardware | check | simulate | search | calibrate | validate | sweep`.
 
 Every bad input ends as one line on stderr naming the file or option, the field and the fix, and
 exit status 2 (see `apex_plan.errors.InputError`); results go to stdout (or --output), progress
@@ -368,6 +368,77 @@ def search(
         from apex_plan.report.html import search_outputs
         search_outputs(res, inputs, report, plot)
     return 0 if res.meets_slo else 1   # exit status 1: no deployment meets the SLO (the closest is shown)
+
+
+# ------------------------------------------------------------------------------------------------
+_RUNS_H = ("measured runs: 'vllm bench serve --save-result' JSON, SGLang bench_serving JSON lines, "
+           "aiperf / genai-perf profile export JSON, silicon or trace-replay CSV")
+
+
+def _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot):
+    from apex_plan.calibrate.formats import RunDefaults
+    return RunDefaults(engine, gpu, plan, model, weight_dtype, requests_per_slot)
+
+
+@app.command(epilog="Example: apex-plan calibrate runs/*.json --engine vllm@0.11.0 --gpu h100-sxm-80gb "
+                    "--plan tp=1 --output vllm-h100.yaml")
+def calibrate(
+    runs: List[str] = typer.Argument(..., help=_RUNS_H),
+    engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " whose constants to fit "
+                                         "(NAME[@VERSION] or a profile YAML; CSV rows of other engines are skipped)"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"] + " (runs whose file does not say it)"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P of runs whose file does not say it"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=_H["model"] + " (when the file names none)"),
+    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype of runs whose file does not say it"),
+    fit: Optional[str] = typer.Option(None, "--fit", help="constants to fit, comma separated (default: the host.* "
+                                      "times and overlap); any of host.*, gpu.* (gpu.* are reported, not written)"),
+    rounds: int = typer.Option(2, "--rounds", help="coordinate-search rounds", callback=_count(1, 10, "e.g. --rounds 2")),
+    requests_per_slot: int = typer.Option(5, "--requests-per-slot", help="closed loop: simulated requests per slot",
+                                          callback=_count(1, 100, "e.g. --requests-per-slot 5")),
+    overlay: Optional[str] = typer.Option(None, "--output", "-o", help="write the calibrated engine profile (YAML) here"),
+    fmt: str = FormatOpt,
+) -> None:
+    """Fit an engine x GPU pair's constants to measured runs, cross-validate, write a profile overlay."""
+    from apex_plan.calibrate import command as C
+    from apex_plan.calibrate.formats import read_measured
+    from apex_plan.report import calibrate_view as V
+    from apex_plan.report.output import emit
+    check_format(fmt)
+    names = C.parse_fit(fit)
+    if overlay is not None and not overlay.endswith((".yaml", ".yml")):
+        raise InputError("--output", None, f"'{overlay}' is not a .yaml path", "e.g. --output vllm-h100.yaml")
+    cases, _ = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
+    cal = C.calibrate(cases, names, runs, rounds, progress=lambda s: typer.echo("  " + s, err=True))
+    if overlay:
+        C.write_overlay(cal, overlay)
+    doc = C.calibrate_doc(cal, runs, overlay)
+    emit(fmt, None, lambda: V.calibrate_json(doc), lambda: V.calibrate_rows(doc), lambda c: V.calibrate_table(doc, c))
+
+
+@app.command(epilog="Example: apex-plan validate runs/*.json --engine vllm-h100.yaml --gpu h100-sxm-80gb --plan tp=1")
+def validate(
+    runs: List[str] = typer.Argument(..., help=_RUNS_H),
+    engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " (NAME[@VERSION] or a profile "
+                                         "YAML; default: each CSV row's own, vllm for JSON runs)"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"] + " (runs whose file does not say it)"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P of runs whose file does not say it"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=_H["model"] + " (when the file names none)"),
+    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype of runs whose file does not say it"),
+    requests_per_slot: int = typer.Option(5, "--requests-per-slot", help="closed loop: simulated requests per slot",
+                                          callback=_count(1, 100, "e.g. --requests-per-slot 5")),
+    fmt: str = FormatOpt,
+    output: Optional[str] = OutputOpt,
+) -> None:
+    """Predict each measured run and print its error, MAPE, bias and interval coverage per group."""
+    from apex_plan.calibrate.command import validate_doc
+    from apex_plan.calibrate.formats import read_measured
+    from apex_plan.report import calibrate_view as V
+    check_format(fmt, output)
+    cases, skipped = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
+    if not cases:
+        raise InputError("RUNS", None, "no run to validate", "give result files (CSV rows of --engine's profile)")
+    doc = validate_doc(cases, skipped)
+    emit(fmt, output, lambda: V.validate_json(doc), lambda: V.validate_rows(doc), lambda c: V.validate_table(doc, c))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""Prediction intervals from a profile's measured (held-out) error.
+
+A calibration stores the quantiles of the relative error e = pred / measured - 1 over runs the fit
+did not see (`calibration_error` in the profile: level, ttft_low, ttft_high, tpot_low, tpot_high).
+The measured value of a new run is then pred / (1 + e), so the interval at that level is
+[pred / (1 + e_high), pred / (1 + e_low)]. A profile with no such block is "uncalibrated": no
+interval is claimed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from apex_plan.engine.spec import EngineProfile
+
+LEVEL = 0.8                      # central 80% interval: the 10th and 90th percentile of held-out error
+KEYS = ("ttft", "tpot")
+
+
+def error_quantiles(rel_errors: np.ndarray, runs: int, level: float = LEVEL) -> dict[str, float]:
+    """The `calibration_error` block from (n, 2) relative errors of TTFT and TPOT (nan rows ignored)."""
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    out: dict[str, float] = {"level": level, "runs": float(runs)}
+    for j, key in enumerate(KEYS):
+        e = rel_errors[:, j]
+        e = e[np.isfinite(e)]
+        if e.size:
+            out[f"{key}_low"] = float(np.quantile(e, lo_q))
+            out[f"{key}_high"] = float(np.quantile(e, hi_q))
+    return out
+
+
+def interval(profile: EngineProfile, key: str, predicted: float | None) -> dict:
+    """{level, low, high, basis} for a predicted TTFT/TPOT (ms), or {status: uncalibrated}."""
+    ce = profile.calibration_error or {}
+    lo, hi = ce.get(f"{key}_low"), ce.get(f"{key}_high")
+    if predicted is None or lo is None or hi is None:
+        return {"status": "uncalibrated", "basis": "no measured error stored in engine profile " + profile.label}
+    # measured = pred / (1 + e): the largest over-prediction gives the low end (e > -1 always: pred > 0)
+    low = predicted / (1.0 + max(hi, -0.99))
+    high = predicted / (1.0 + max(lo, -0.99))
+    return {"level": ce.get("level", LEVEL), "low": low, "high": high,
+            "basis": f"held-out error of {int(ce.get('runs', 0))} runs ({profile.label})"}
+
+
+def metric_intervals(profile: EngineProfile, metrics: dict) -> dict:
+    """Intervals of the mean, p50 and p90 TTFT and TPOT of a simulate result (same error applied)."""
+    out = {}
+    for key in KEYS:
+        d = metrics.get(f"{key}_ms") or {}
+        out[f"{key}_ms"] = {stat: interval(profile, key, d.get(stat)) for stat in ("mean", "p50", "p90")}
+    return out
+
+
+def covered(profile: EngineProfile, predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """(n, 2) booleans: does each measured TTFT/TPOT fall inside the profile's interval (nan: no interval)."""
+    out = np.full(predicted.shape, np.nan)
+    for j, key in enumerate(KEYS):
+        for i in range(predicted.shape[0]):
+            iv = interval(profile, key, None if not np.isfinite(predicted[i, j]) else float(predicted[i, j]))
+            if "low" in iv and np.isfinite(measured[i, j]):
+                out[i, j] = float(iv["low"] <= measured[i, j] <= iv["high"])
+    return out
