@@ -61,3 +61,27 @@ def covered(profile: EngineProfile, predicted: np.ndarray, measured: np.ndarray)
             if "low" in iv and np.isfinite(measured[i, j]):
                 out[i, j] = float(iv["low"] <= measured[i, j] <= iv["high"])
     return out
+
+
+def goodput_interval(profile: EngineProfile, times, slo, makespan_s: float) -> dict:
+    """Goodput (requests/s meeting both SLOs) with every request's TTFT and TPOT moved to the pessimistic
+    and to the optimistic end of the interval (the makespan is kept: a first-order bound)."""
+    ce = profile.calibration_error or {}
+    if not all(k in ce for k in ("ttft_low", "ttft_high", "tpot_low", "tpot_high")):
+        return {"status": "uncalibrated", "basis": "no measured error stored in engine profile " + profile.label}
+    ok = times.ok
+    ttft, tpot = times.ttft_s, times.tpot_per_request_s
+
+    def good(ttft_scale: float, tpot_scale: float) -> float:
+        g = np.ones(int(ok.sum()), bool)
+        if slo.ttft_s:
+            g &= ttft * ttft_scale <= slo.ttft_s
+        if slo.tpot_s:
+            g &= tpot * tpot_scale <= slo.tpot_s
+        return float(g.sum()) / makespan_s
+
+    # measured = pred / (1 + e): e_low gives the slowest plausible server, e_high the fastest
+    slow = (1 / (1 + max(ce["ttft_low"], -0.99)), 1 / (1 + max(ce["tpot_low"], -0.99)))
+    fast = (1 / (1 + max(ce["ttft_high"], -0.99)), 1 / (1 + max(ce["tpot_high"], -0.99)))
+    return {"level": ce.get("level", LEVEL), "low": good(*slow), "high": good(*fast),
+            "basis": f"held-out error of {int(ce.get('runs', 0))} runs ({profile.label})"}

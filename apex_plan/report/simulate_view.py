@@ -38,7 +38,14 @@ def simulate_json(res: SimResult, inputs: dict) -> dict:
         "memory_per_gpu": res.memory.as_dict(),
     }
     if res.feasible:
-        doc["metrics"] = res.metrics
+        from apex_plan.calibrate.interval import goodput_interval, metric_intervals
+        iv = metric_intervals(res.engine.profile, res.metrics)       # from the profile's measured error
+        if "slo" in res.metrics:
+            from apex_plan.workload.spec import Slo
+            s = res.metrics["slo"]
+            slo = Slo(s["ttft_ms"] / 1e3 if s["ttft_ms"] else None, s["tpot_ms"] / 1e3 if s["tpot_ms"] else None)
+            iv["goodput_requests_per_s"] = goodput_interval(res.engine.profile, res.times, slo, res.makespan_s)
+        doc["metrics"] = {**res.metrics, "interval": iv}
         ctx = int(max(1, res.times.prompt_tokens.mean() + res.times.output_tokens.mean() / 2))
         doc["step_breakdown"] = step_breakdown(res, 8, ctx)
     return doc
