@@ -395,6 +395,8 @@ def calibrate(
     rounds: int = typer.Option(2, "--rounds", help="coordinate-search rounds", callback=_count(1, 10, "e.g. --rounds 2")),
     requests_per_slot: int = typer.Option(5, "--requests-per-slot", help="closed loop: simulated requests per slot",
                                           callback=_count(1, 100, "e.g. --requests-per-slot 5")),
+    folds: int = typer.Option(3, "--folds", help="cross-validation folds with >= 6 runs (fold j holds out every "
+                              "k-th run from j); 0: none", callback=_count(0, 20, "e.g. --folds 3")),
     overlay: Optional[str] = typer.Option(None, "--output", "-o", help="write the calibrated engine profile (YAML) here"),
     fmt: str = FormatOpt,
 ) -> None:
@@ -408,7 +410,7 @@ def calibrate(
     if overlay is not None and not overlay.endswith((".yaml", ".yml")):
         raise InputError("--output", None, f"'{overlay}' is not a .yaml path", "e.g. --output vllm-h100.yaml")
     cases, _ = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
-    cal = C.calibrate(cases, names, runs, rounds, progress=lambda s: typer.echo("  " + s, err=True))
+    cal = C.calibrate(cases, names, runs, rounds, progress=lambda s: typer.echo("  " + s, err=True), folds=folds)
     if overlay:
         C.write_overlay(cal, overlay)
     doc = C.calibrate_doc(cal, runs, overlay)

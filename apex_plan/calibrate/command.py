@@ -74,7 +74,7 @@ class Calibration:
 
 
 def calibrate(cases: Sequence[Case], names: Sequence[str], sources: Sequence[str], rounds: int = 2,
-              progress: Callable[[str], None] | None = None) -> Calibration:
+              progress: Callable[[str], None] | None = None, folds: int = CV_FOLDS) -> Calibration:
     """Joint fit on all runs; k-fold cross-validation from MIN_CV_RUNS runs; the overlay profile."""
     profile = one_profile(cases)
     gpu_cal = cases[0].cluster.gpu.calibration
@@ -84,15 +84,15 @@ def calibrate(cases: Sequence[Case], names: Sequence[str], sources: Sequence[str
     after_e = errors(cases, predict(cases, params, x))
     after = _stats(after_e)
     cv, held = None, after_e
-    if len(cases) >= MIN_CV_RUNS:
+    if folds >= 2 and len(cases) >= MIN_CV_RUNS:
         held = np.full((len(cases), 2), np.nan)
-        for j in range(CV_FOLDS):
-            test = list(range(j, len(cases), CV_FOLDS))
+        for j in range(folds):
+            test = list(range(j, len(cases), folds))
             train = [c for i, c in enumerate(cases) if i not in test]
             xj, _ = fit(train, params, rounds=rounds)
             held[test] = errors([cases[i] for i in test], predict([cases[i] for i in test], params, xj))
             if progress:
-                progress(f"cross-validation fold {j + 1}/{CV_FOLDS} done")
+                progress(f"cross-validation fold {j + 1}/{folds} done")
         cv = _stats(held)
     quant = error_quantiles(held, len(cases))
     quant["held_out"] = 1.0 if cv is not None else 0.0
@@ -102,8 +102,8 @@ def calibrate(cases: Sequence[Case], names: Sequence[str], sources: Sequence[str
             f"{', '.join(Path(s).name for s in sources)}; constants {', '.join(names)}; prior profile {profile.label}"
             f"{' (' + Path(profile.path).name + ')' if profile.path else ''}. Fit error: TTFT MAPE {_pct(after['ttft_mape'])}, "
             f"TPOT MAPE {_pct(after['tpot_mape'])} (before {_pct(before['ttft_mape'])}, {_pct(before['tpot_mape'])}). ")
-    text += (f"{CV_FOLDS}-fold cross-validated: TTFT MAPE {_pct(cv['ttft_mape'])}, TPOT MAPE {_pct(cv['tpot_mape'])}."
-             if cv else f"Not cross-validated (fewer than {MIN_CV_RUNS} runs): the error quantiles are in-sample.")
+    text += (f"{folds}-fold cross-validated: TTFT MAPE {_pct(cv['ttft_mape'])}, TPOT MAPE {_pct(cv['tpot_mape'])}."
+             if cv else "Not cross-validated (fewer than 6 runs or --folds 0): the error quantiles are in-sample.")
     fitted = dataclasses.replace(profile, host=dataclasses.replace(profile.host, **host), calibration=text,
                                  calibration_error=quant)
     return Calibration(profile, fitted, params, x, before, after, cv, cases[0].cluster.gpu.name)
