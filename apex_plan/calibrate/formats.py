@@ -104,8 +104,8 @@ def _bench_summary(where: str, d: dict, fmt: str, idx: str = "") -> Summary:
     conc = d.get("max_concurrency")
     conc = int(_num(where, "max_concurrency", conc)) if conc is not None else None
     model = d.get("model_id") or d.get("model") or d.get("tokenizer_id")
-    engine = "sglang" if fmt == "sglang-bench" and d.get("backend", "sglang").startswith("sglang") else None
-    if fmt == "vllm-bench" and str(d.get("backend", "vllm")).startswith(("vllm", "openai")):
+    engine = "sglang" if fmt == "sglang-bench" and str(d.get("backend") or "sglang").startswith("sglang") else None
+    if fmt == "vllm-bench" and str(d.get("backend") or "vllm").startswith(("vllm", "openai")):
         engine = "vllm"
     return Summary(Path(where).stem + idx, fmt, str(model) if model else None, engine, n, conc,
                    None if rate is None or math.isinf(rate) else rate,
@@ -127,27 +127,37 @@ def _metric(where: str, d: dict, key: str, required: bool = True) -> float | Non
     return x * {"s": 1e3, "sec": 1e3, "us": 1e-3, "ns": 1e-6}.get(unit, 1.0)   # latencies to ms
 
 
+def _dig(d, *keys):
+    """d[k1][k2]... or None where a level is missing or not a mapping."""
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
 def _perf_summary(where: str, d: dict) -> Summary:
     """An aiperf or genai-perf aggregated export."""
-    fmt = "aiperf" if "aiperf_version" in d or isinstance(d.get("input_config", {}).get("loadgen"), dict) else "genai-perf"
+    cfg = d.get("input_config") if isinstance(d.get("input_config"), dict) else {}
+    fmt = "aiperf" if "aiperf_version" in d or isinstance(cfg.get("loadgen"), dict) else "genai-perf"
     m = d.get("records") if isinstance(d.get("records"), dict) else d       # older aiperf nests metrics
-    cfg = d.get("input_config") or {}
     load = cfg.get("loadgen") if isinstance(cfg.get("loadgen"), dict) else cfg
-    ep = cfg.get("endpoint") if isinstance(cfg.get("endpoint"), dict) else {}
-    names = ep.get("model_names") or cfg.get("model") or []
+    names = _dig(cfg, "endpoint", "model_names") or cfg.get("model") or []
     model = names[0] if isinstance(names, list) and names else (names or None)
-    n = int(_metric(where, m, "request_count", False) or load.get("request_count") or 0)
-    if n < 1:
+    n = _metric(where, m, "request_count", False) or _num(where, "input_config.loadgen.request_count",
+                                                           load.get("request_count"), False)
+    if not n or n < 1:
         raise InputError(where, "request_count.avg", "missing", "export the aggregated profile of a finished run")
+    n = int(n)
     isl = _metric(where, m, "input_sequence_length", False)
     if isl is None:
-        isl = _num(where, "input_config.input.prompt.input_tokens.mean",
-                   ((cfg.get("input") or {}).get("prompt") or {}).get("input_tokens", {}).get("mean"))
+        isl = _num(where, "input_sequence_length.avg", _dig(cfg, "input", "prompt", "input_tokens", "mean"))
     osl = _metric(where, m, "output_sequence_length")
-    conc = load.get("concurrency")
-    rate = load.get("request_rate")
+    conc = _num(where, "input_config.loadgen.concurrency", load.get("concurrency"), False)
+    rate = _num(where, "input_config.loadgen.request_rate", load.get("request_rate"), False)
+    rate = rate if rate and math.isfinite(rate) else None
     return Summary(Path(where).stem, fmt, str(model) if model else None, None, n,
-                   int(conc) if conc and not rate else None, float(rate) if rate else None,
+                   int(conc) if conc and rate is None else None, rate,
                    np.full(n, max(1, int(round(isl))), dtype=np.int64),
                    np.full(n, max(1, int(round(osl))), dtype=np.int64),
                    float(_metric(where, m, "time_to_first_token")), float(_metric(where, m, "inter_token_latency")))
