@@ -222,3 +222,23 @@ def test_uncalibrated_components_named():
     text = " | ".join(b200_pp)
     for needle in ("pipeline", "expert parallelism across nodes", "b200-sxm-180gb", "fp8 GEMM"):
         assert needle in text, (needle, text)
+
+
+def test_error_band_widens_for_few_runs():
+    from apex_plan.calibrate.interval import error_quantiles
+    few = error_quantiles(np.array([[0.0, 0.0], [0.1, 0.0], [0.2, 0.0]]), 3)
+    assert few["ttft_low"] < np.quantile([0, 0.1, 0.2], 0.1) and few["ttft_high"] > np.quantile([0, 0.1, 0.2], 0.9)
+    assert few["tpot_low"] == few["tpot_high"] == 0.0
+    rng = np.random.default_rng(1)
+    many = error_quantiles(rng.normal(0.05, 0.1, size=(4000, 2)), 4000)
+    assert many["ttft_low"] == pytest.approx(0.05 - 0.128, abs=0.01)
+    assert many["ttft_high"] == pytest.approx(0.05 + 0.128, abs=0.01)
+
+
+def test_three_runs_leave_one_out(capsys, monkeypatch):
+    code, out, err = run(["calibrate", *VLLM[:3], "--engine", "vllm@0.11.0", *GPU, "--fit", "host.frontend_ms",
+                          "--rounds", "1", "-f", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["cross_validated"]["runs"] == 3 and "leave-one-out" in doc["calibration"]
+    assert doc["after"]["ttft_mape"] < doc["before"]["ttft_mape"]

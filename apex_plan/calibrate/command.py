@@ -18,7 +18,8 @@ from apex_plan.engine.spec import EngineProfile
 from apex_plan.errors import InputError, did_you_mean
 
 DEFAULT_FIT = ("host.frontend_ms", "host.step_ms", "host.per_seq_ms", "host.overlap", "host.per_prefill_token_us")
-MIN_CV_RUNS = 6          # cross-validate from this many runs on
+MIN_CV_RUNS = 6          # k-fold cross-validation from this many runs on
+MIN_LOO_RUNS = 3         # leave-one-out below MIN_CV_RUNS, from this many runs on
 CV_FOLDS = 3             # fold j holds out every 3rd run from j
 IDENTIFIED_REL = 0.01    # a fitted value within 1% of its prior: the runs did not move it
 
@@ -84,7 +85,8 @@ def calibrate(cases: Sequence[Case], names: Sequence[str], sources: Sequence[str
     after_e = errors(cases, predict(cases, params, x))
     after = _stats(after_e)
     cv, held = None, after_e
-    if folds >= 2 and len(cases) >= MIN_CV_RUNS:
+    if folds >= 2 and len(cases) >= MIN_LOO_RUNS:
+        folds = folds if len(cases) >= MIN_CV_RUNS else len(cases)     # few runs: leave one out
         held = np.full((len(cases), 2), np.nan)
         for j in range(folds):
             test = list(range(j, len(cases), folds))
@@ -102,8 +104,8 @@ def calibrate(cases: Sequence[Case], names: Sequence[str], sources: Sequence[str
             f"{', '.join(Path(s).name for s in sources)}; constants {', '.join(names)}; prior profile {profile.label}"
             f"{' (' + Path(profile.path).name + ')' if profile.path else ''}. Fit error: TTFT MAPE {_pct(after['ttft_mape'])}, "
             f"TPOT MAPE {_pct(after['tpot_mape'])} (before {_pct(before['ttft_mape'])}, {_pct(before['tpot_mape'])}). ")
-    text += (f"{folds}-fold cross-validated: TTFT MAPE {_pct(cv['ttft_mape'])}, TPOT MAPE {_pct(cv['tpot_mape'])}."
-             if cv else "Not cross-validated (fewer than 6 runs or --folds 0): the error quantiles are in-sample.")
+    text += (f"{'leave-one-out' if folds == len(cases) else str(folds) + '-fold'} cross-validated: TTFT MAPE {_pct(cv['ttft_mape'])}, TPOT MAPE {_pct(cv['tpot_mape'])}."
+             if cv else "Not cross-validated (fewer than 3 runs or --folds 0): the error quantiles are in-sample.")
     fitted = dataclasses.replace(profile, host=dataclasses.replace(profile.host, **host), calibration=text,
                                  calibration_error=quant)
     return Calibration(profile, fitted, params, x, before, after, cv, cases[0].cluster.gpu.name)

@@ -39,7 +39,7 @@ def calibrate_table(doc: dict, console: Console) -> None:
     console.print(_err_line("before", doc["before"]))
     console.print(_err_line("after (fitted runs)", doc["after"]))
     console.print(_err_line("cross-validated (held-out folds)", doc["cross_validated"])
-                  if doc["cross_validated"] else "cross-validated: not done (fewer than 6 runs, or --folds 0)")
+                  if doc["cross_validated"] else "cross-validated: not done (fewer than 3 runs, or --folds 0)")
     ce = doc["calibration_error"]
     if "ttft_low" in ce:
         console.print(f"{ce['level']:.0%} error band stored: TTFT [{_pct(ce['ttft_low'], True)}, "
