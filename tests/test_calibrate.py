@@ -119,7 +119,10 @@ def test_calibrate_vllm_bench_round_trip(vllm_overlay, capsys, monkeypatch):
            "--output-tokens", "128", "-f", "json", "--ttft-slo", "200ms", "--tpot-slo", "20ms"]
     code, out, err = run([*sim, "--engine", path], capsys, monkeypatch)
     assert code == 0, err
-    m = json.loads(out)["metrics"]
+    sim_doc = json.loads(out)
+    m = sim_doc["metrics"]
+    assert sim_doc["inputs"]["engine"]["calibration_error"]["ttft_high"] == pytest.approx(ce["ttft_high"], rel=1e-4)
+    assert "vllm-bench-llama8b-h100-c16.json" in sim_doc["inputs"]["engine"]["calibration"]
     iv = m["interval"]["ttft_ms"]["mean"]
     assert iv["low"] <= m["ttft_ms"]["mean"] / (1 + ce["ttft_high"]) * 1.0001 and iv["level"] == 0.8
     g = m["interval"]["goodput_requests_per_s"]
