@@ -293,6 +293,8 @@ def search(
     ttft_slo: Optional[str] = typer.Option("1s", "--ttft-slo", help=_H["ttft"]),
     tpot_slo: Optional[str] = typer.Option("100ms", "--tpot-slo", help=_H["tpot"]),
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
+    slo_margin: bool = typer.Option(False, "--slo-margin", help="meet the SLOs at the pessimistic end of the "
+                                    "engine profile's 80% error interval (needs a calibrated profile)"),
     objective: str = typer.Option("gpus", "--objective", help="gpus | energy | cost | latency | throughput"),
     homogeneous: bool = typer.Option(False, "--homogeneous", help="one plan for all replicas"),
     top: int = typer.Option(3, "--top", help="deployments to show", callback=_count(1, 100, "e.g. --top 3")),
@@ -344,6 +346,10 @@ def search(
     if demand is None and objective != "throughput":
         objective = "throughput"
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
+    asked_slo, margin = slo, None
+    if slo_margin:
+        from apex_plan.calibrate.interval import margin_slo
+        slo, margin = margin_slo(slo, base.profile)
     from apex_plan.units import DTYPE_BYTES
     from apex_plan.errors import did_you_mean
     for opt, lst in (("--weight-dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
@@ -361,7 +367,8 @@ def search(
                            "seed": seed},
               "demand_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
               "weight_dtypes": list(inp.weight_dtypes), "kv_dtypes": list(inp.kv_dtypes),
-              "slo": _slo_doc(slo), "rejected_engine_settings": [{"setting": k, "reason": r} for k, r in rejected_engines]}
+              "slo": _slo_doc(asked_slo), "slo_margin": margin and {**margin, "searched_slo": _slo_doc(slo)},
+              "rejected_engine_settings": [{"setting": k, "reason": r} for k, r in rejected_engines]}
     emit(fmt, output, lambda: V.search_json(res, inputs, show_all), lambda: V.search_rows(res, show_all),
          lambda c: V.search_table(res, c, show_all))
     if report or plot:

@@ -184,6 +184,8 @@ for cmd_base in (SIM, SEARCH):
     for v in ("x.jpg", "", "plot.pdf", "/nonexistent/dir/p.svg"):
         case(f"{s_}:--plot={v!r}", cmd_base + ["--plot", v], "--plot")
 case("search:--no-bound-pruning=1", SEARCH + ["--no-bound-pruning=1"], "--no-bound-pruning")
+case("search:--slo-margin=1", SEARCH + ["--slo-margin=1"], "--slo-margin")
+case("search:--slo-margin-uncalibrated", SEARCH + ["--slo-margin"], "--slo-margin", "calibrate")
 SWEEP = ["sweep", str(EXAMPLES / "sweep-48.yaml")]
 for opts, needle in ((["--executor", "spark"], "--executor"), (["--executor", ""], "--executor"),
                      (["--jobs", "0"], "--jobs"), (["-j", "abc"], "--jobs"), (["--retry-failed=1"], "--retry-failed"),

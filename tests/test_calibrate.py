@@ -129,6 +129,16 @@ def test_calibrate_vllm_bench_round_trip(vllm_overlay, capsys, monkeypatch):
     assert g["low"] <= g["high"]
     code, out, err = run(sim, capsys, monkeypatch)
     assert json.loads(out)["metrics"]["interval"]["ttft_ms"]["mean"]["status"] == "uncalibrated"
+    # search --slo-margin: the SLO searched is the asked one times (1 + the 10th-percentile error), never looser
+    code, out, err = run(["search", "-m", "llama-3.1-8b", *GPU, "--gpus", "1", "--workload", "chat", "--rate", "1",
+                          "--num-requests", "20", "--max-model-len", "8192", "--ttft-slo", "500ms", "--tpot-slo", "50ms",
+                          "--engine", path, "--slo-margin", "-f", "json"], capsys, monkeypatch)
+    assert code in (0, 1), err
+    inp = json.loads(out)["inputs"]
+    assert inp["slo"]["ttft_ms"] == 500
+    f = min(1.0, 1 + ce["ttft_low"])
+    assert inp["slo_margin"]["searched_slo"]["ttft_ms"] == pytest.approx(500 * f, rel=1e-4)
+    assert inp["slo_margin"]["searched_slo"]["tpot_ms"] <= 50
 
 
 def test_calibrate_aiperf_round_trip(tmp_path, capsys, monkeypatch):

@@ -124,3 +124,22 @@ def uncalibrated_components(plan, gpu_name: str, gpus_per_node: int, profile: En
     if not profile.calibration_error:
         out.append(f"engine profile {profile.label}: no held-out error stored (no interval)")
     return out
+
+
+def margin_slo(slo, profile: EngineProfile):
+    """The SLO a prediction must meet so that the pessimistic end of the interval meets `slo`:
+    measured = pred / (1 + e) <= limit  <=>  pred <= limit * (1 + e_low) (never loosened)."""
+    import dataclasses
+
+    from apex_plan.errors import InputError
+    ce = profile.calibration_error or {}
+    if not all(k in ce for k in ("ttft_low", "tpot_low")):
+        raise InputError("--slo-margin", None, f"engine profile {profile.label} carries no measured error",
+                         "calibrate it first (apex-plan calibrate RUNS --output FILE.yaml, then --engine FILE.yaml) "
+                         "or drop --slo-margin")
+    f_ttft = min(1.0, 1.0 + max(ce["ttft_low"], -0.99))
+    f_tpot = min(1.0, 1.0 + max(ce["tpot_low"], -0.99))
+    tight = dataclasses.replace(slo, ttft_s=slo.ttft_s * f_ttft if slo.ttft_s else slo.ttft_s,
+                                tpot_s=slo.tpot_s * f_tpot if slo.tpot_s else slo.tpot_s)
+    return tight, {"level": ce.get("level", LEVEL), "ttft_factor": f_ttft, "tpot_factor": f_tpot,
+                   "basis": f"held-out error of {int(ce.get('runs', 0))} runs ({profile.label})"}
