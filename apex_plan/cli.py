@@ -392,7 +392,7 @@ def _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot):
 def calibrate(
     runs: List[str] = typer.Argument(..., help=_RUNS_H),
     engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " whose constants to fit "
-                                         "(NAME[@VERSION] or a profile YAML; CSV rows of other engines are skipped)"),
+                                         "(NAME or NAME@VERSION or a profile YAML; CSV rows of other engines are skipped)"),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"] + " (runs whose file does not say it)"),
     plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P of runs whose file does not say it"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=_H["model"] + " (when the file names none)"),
@@ -427,7 +427,7 @@ def calibrate(
 @app.command(epilog="Example: apex-plan validate runs/*.json --engine vllm-h100.yaml --gpu h100-sxm-80gb --plan tp=1")
 def validate(
     runs: List[str] = typer.Argument(..., help=_RUNS_H),
-    engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " (NAME[@VERSION] or a profile "
+    engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " (NAME or NAME@VERSION or a profile "
                                          "YAML; default: each CSV row's own, vllm for JSON runs)"),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"] + " (runs whose file does not say it)"),
     plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P of runs whose file does not say it"),
