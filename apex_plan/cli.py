@@ -1,4 +1,4 @@
-"""Command line: `apex-plan models | hardware | check | simulate | search`.
+"""Command line: `apex-plan models | hardware | check | simulate | search | calibrate | validate | sweep`.
 
 Every bad input ends as one line on stderr naming the file or option, the field and the fix, and
 exit status 2 (see `apex_plan.errors.InputError`); results go to stdout (or --output), progress
@@ -293,6 +293,8 @@ def search(
     ttft_slo: Optional[str] = typer.Option("1s", "--ttft-slo", help=_H["ttft"]),
     tpot_slo: Optional[str] = typer.Option("100ms", "--tpot-slo", help=_H["tpot"]),
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
+    slo_margin: bool = typer.Option(False, "--slo-margin", help="meet the SLOs at the pessimistic end of the "
+                                    "engine profile's 80% error interval (needs a calibrated profile)"),
     objective: str = typer.Option("gpus", "--objective", help="gpus | energy | cost | latency | throughput"),
     homogeneous: bool = typer.Option(False, "--homogeneous", help="one plan for all replicas"),
     top: int = typer.Option(3, "--top", help="deployments to show", callback=_count(1, 100, "e.g. --top 3")),
@@ -344,6 +346,10 @@ def search(
     if demand is None and objective != "throughput":
         objective = "throughput"
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
+    asked_slo, margin = slo, None
+    if slo_margin:
+        from apex_plan.calibrate.interval import margin_slo
+        slo, margin = margin_slo(slo, base.profile)
     from apex_plan.units import DTYPE_BYTES
     from apex_plan.errors import did_you_mean
     for opt, lst in (("--weight-dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
@@ -361,7 +367,8 @@ def search(
                            "seed": seed},
               "demand_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
               "weight_dtypes": list(inp.weight_dtypes), "kv_dtypes": list(inp.kv_dtypes),
-              "slo": _slo_doc(slo), "engine": engine_doc(base.profile),
+              "slo": _slo_doc(asked_slo), "slo_margin": margin and {**margin, "searched_slo": _slo_doc(slo)},
+              "engine": engine_doc(base.profile),
               "rejected_engine_settings": [{"setting": k, "reason": r} for k, r in rejected_engines]}
     emit(fmt, output, lambda: V.search_json(res, inputs, show_all), lambda: V.search_rows(res, show_all),
          lambda c: V.search_table(res, c, show_all))
@@ -369,6 +376,79 @@ def search(
         from apex_plan.report.html import search_outputs
         search_outputs(res, inputs, report, plot)
     return 0 if res.meets_slo else 1   # exit status 1: no deployment meets the SLO (the closest is shown)
+
+
+# ------------------------------------------------------------------------------------------------
+_RUNS_H = ("measured runs: 'vllm bench serve --save-result' JSON, SGLang bench_serving JSON lines, "
+           "aiperf / genai-perf profile export JSON, silicon or trace-replay CSV")
+
+
+def _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot):
+    from apex_plan.calibrate.formats import RunDefaults
+    return RunDefaults(engine, gpu, plan, model, weight_dtype, requests_per_slot)
+
+
+@app.command(epilog="Example: apex-plan calibrate runs/*.json --engine vllm@0.11.0 --gpu h100-sxm-80gb "
+                    "--plan tp=1 --output vllm-h100.yaml")
+def calibrate(
+    runs: List[str] = typer.Argument(..., help=_RUNS_H),
+    engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " whose constants to fit "
+                                         "(NAME or NAME@VERSION or a profile YAML; CSV rows of other engines are skipped)"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"] + " (runs whose file does not say it)"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P of runs whose file does not say it"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=_H["model"] + " (when the file names none)"),
+    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype of runs whose file does not say it"),
+    fit: Optional[str] = typer.Option(None, "--fit", help="constants to fit, comma separated (default: the host.* "
+                                      "times and overlap); any of host.*, gpu.* (gpu.* are reported, not written)"),
+    rounds: int = typer.Option(2, "--rounds", help="coordinate-search rounds", callback=_count(1, 10, "e.g. --rounds 2")),
+    requests_per_slot: int = typer.Option(5, "--requests-per-slot", help="closed loop: simulated requests per slot",
+                                          callback=_count(1, 100, "e.g. --requests-per-slot 5")),
+    folds: int = typer.Option(3, "--folds", help="cross-validation folds with >= 6 runs (fold j holds out every "
+                              "k-th run from j); 0: none", callback=_count(0, 20, "e.g. --folds 3")),
+    overlay: Optional[str] = typer.Option(None, "--output", "-o", help="write the calibrated engine profile (YAML) here"),
+    fmt: str = FormatOpt,
+) -> None:
+    """Fit an engine x GPU pair's constants to measured runs, cross-validate, write a profile overlay."""
+    from apex_plan.calibrate import command as C
+    from apex_plan.calibrate.formats import read_measured
+    from apex_plan.report import calibrate_view as V
+    from apex_plan.report.output import emit
+    check_format(fmt)
+    names = C.parse_fit(fit)
+    if overlay is not None and not overlay.endswith((".yaml", ".yml")):
+        raise InputError("--output", None, f"'{overlay}' is not a .yaml path", "e.g. --output vllm-h100.yaml")
+    cases, _ = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
+    cal = C.calibrate(cases, names, runs, rounds, progress=lambda s: typer.echo("  " + s, err=True), folds=folds)
+    if overlay:
+        C.write_overlay(cal, overlay)
+    doc = C.calibrate_doc(cal, runs, overlay)
+    emit(fmt, None, lambda: V.calibrate_json(doc), lambda: V.calibrate_rows(doc), lambda c: V.calibrate_table(doc, c))
+
+
+@app.command(epilog="Example: apex-plan validate runs/*.json --engine vllm-h100.yaml --gpu h100-sxm-80gb --plan tp=1")
+def validate(
+    runs: List[str] = typer.Argument(..., help=_RUNS_H),
+    engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " (NAME or NAME@VERSION or a profile "
+                                         "YAML; default: each CSV row's own, vllm for JSON runs)"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"] + " (runs whose file does not say it)"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P of runs whose file does not say it"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=_H["model"] + " (when the file names none)"),
+    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype of runs whose file does not say it"),
+    requests_per_slot: int = typer.Option(5, "--requests-per-slot", help="closed loop: simulated requests per slot",
+                                          callback=_count(1, 100, "e.g. --requests-per-slot 5")),
+    fmt: str = FormatOpt,
+    output: Optional[str] = OutputOpt,
+) -> None:
+    """Predict each measured run and print its error, MAPE, bias and interval coverage per group."""
+    from apex_plan.calibrate.command import validate_doc
+    from apex_plan.calibrate.formats import read_measured
+    from apex_plan.report import calibrate_view as V
+    check_format(fmt, output)
+    cases, skipped = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
+    if not cases:
+        raise InputError("RUNS", None, "no run to validate", "give result files (CSV rows of --engine's profile)")
+    doc = validate_doc(cases, skipped)
+    emit(fmt, output, lambda: V.validate_json(doc), lambda: V.validate_rows(doc), lambda c: V.validate_table(doc, c))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,7 +474,8 @@ def sweep(
 def engine_doc(profile) -> dict:
     """The engine profile as echoed in every output: name, version asked for, file, calibration."""
     return {"profile": profile.name, "family": profile.family, "version": profile.version,
-            "versions": f"[{profile.min_version}, {profile.max_version})", "calibration": profile.calibration}
+            "versions": f"[{profile.min_version}, {profile.max_version})", "calibration": profile.calibration,
+            "calibration_error": profile.calibration_error or "uncalibrated (no measured error stored)"}
 
 
 def _slo_doc(slo) -> dict:

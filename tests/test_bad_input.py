@@ -184,6 +184,8 @@ for cmd_base in (SIM, SEARCH):
     for v in ("x.jpg", "", "plot.pdf", "/nonexistent/dir/p.svg"):
         case(f"{s_}:--plot={v!r}", cmd_base + ["--plot", v], "--plot")
 case("search:--no-bound-pruning=1", SEARCH + ["--no-bound-pruning=1"], "--no-bound-pruning")
+case("search:--slo-margin=1", SEARCH + ["--slo-margin=1"], "--slo-margin")
+case("search:--slo-margin-uncalibrated", SEARCH + ["--slo-margin"], "--slo-margin", "calibrate")
 SWEEP = ["sweep", str(EXAMPLES / "sweep-48.yaml")]
 for opts, needle in ((["--executor", "spark"], "--executor"), (["--executor", ""], "--executor"),
                      (["--jobs", "0"], "--jobs"), (["-j", "abc"], "--jobs"), (["--retry-failed=1"], "--retry-failed"),
@@ -199,6 +201,21 @@ case("check:folder", ["check", "{dir}"], "not found")
 case("check:unknown-suffix", ["check", "{file:notes.txt}"], "notes.txt")
 case("check:unknown-yaml", ["check", "{file:what.yaml}"], "what.yaml")
 case("check:unknown-option", ["check", "--bogus", str(EXAMPLES / "chat.jsonl")], "--bogus")
+# calibrate / validate: every option refused with one line
+_RUN = str(ROOT / "tests" / "fixtures" / "runs" / "profile_export_aiperf.json")
+CAL = ["calibrate", _RUN, "--gpu", GPU, "--engine", "vllm@0.11.0", "--fit", "host.frontend_ms", "--rounds", "1"]
+VAL = ["validate", _RUN, "--gpu", GPU, "--engine", "vllm@0.11.0"]
+for _base in (CAL, VAL):
+    for _opt, _v in (("--engine", "vllm@9.0"), ("--gpu", "h1OO"), ("--plan", "tp=0"), ("--model", "llama-3.1-7b"),
+                     ("--weight-dtype", "fp7"), ("--requests-per-slot", "0"), ("--format", "xml")):
+        case(f"{_base[0]}:{_opt}={_v!r}", with_opt(_base, _opt, _v), _opt)
+    case(f"{_base[0]}:missing-run", with_opt(_base, "--gpu", GPU) + ["/nonexistent/run.json"], "run.json")
+    case(f"{_base[0]}:not-a-run", [_base[0], "{file:what.yaml}", "--gpu", GPU], "what.yaml")
+case("calibrate:--fit='host.nope'", with_opt(CAL, "--fit", "host.nope"), "--fit")
+case("calibrate:--rounds='0'", with_opt(CAL, "--rounds", "0"), "--rounds")
+case("calibrate:--folds='-1'", with_opt(CAL, "--folds", "-1"), "--folds")
+case("calibrate:--output='x.txt'", with_opt(CAL, "--output", "x.txt"), "--output")
+case("validate:--output={dir}", with_opt(VAL, "--output", "{dir}"), "folder")
 
 # ---------------------------------------------------------------------------------------------
 # files: mutations of a valid file of each kind

@@ -42,7 +42,7 @@ def test_readme_has_examples_of_every_command():
 @pytest.mark.parametrize("command", COMMANDS, ids=[c[:60] for c in COMMANDS])
 def test_readme_example_runs(command, capsys, monkeypatch, tmp_path):
     # run where the README's relative paths resolve, but write outputs (--report l70.html) to a scratch folder
-    for name in ("examples", "models", "hardware_profiles", "engine_profiles"):
+    for name in ("examples", "models", "hardware_profiles", "engine_profiles", "tests"):
         (tmp_path / name).symlink_to(ROOT / name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", shlex.split(command))

@@ -21,6 +21,7 @@ from apex_plan.engine.spec import EngineProfile
 
 TPOT_WEIGHT = 2.0
 PRIOR_WEIGHT = 0.05
+SHRINKS = 2            # finer steps tried per constant and round when neither direction helps
 MAX_LOG_ERROR = 1.0     # a run's |ln(pred / measured)| counts at most this much (a 2.7x miss): robust to
                         # runs no setting of these constants can explain
 
@@ -117,7 +118,7 @@ def fit(cases: Sequence[Case], params: Sequence[Param], rounds: int = 3,
     step = [0.25 * (p.high - p.low) for p in params]
     for rnd in range(rounds):
         for i, p in enumerate(params):
-            improved = True
+            improved, moved, shrinks = True, False, 0
             while improved:
                 improved = False
                 for d in (+1, -1):
@@ -127,8 +128,11 @@ def fit(cases: Sequence[Case], params: Sequence[Param], rounds: int = 3,
                         continue
                     val = loss(cases, predict(cases, params, trial), params, trial)
                     if val < best - 1e-6:
-                        x, best, improved = trial, val, True
+                        x, best, improved, moved = trial, val, True, True
                         break
+                if not improved and not moved and shrinks < SHRINKS:
+                    step[i] *= 0.4                  # neither direction helped: try a finer step
+                    improved, shrinks = True, shrinks + 1
             step[i] *= 0.4
             if progress:
                 progress(f"round {rnd + 1} {p.target}.{p.field} = {x[i]:.4g}  loss {best:.4f}")

@@ -108,10 +108,16 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
     kv = doc.get("kv_cache_dtype") or {}
     if not isinstance(kv, dict) or not all(isinstance(v, str) for v in kv.values()):
         raise InputError(where, "kv_cache_dtype", "expected a mapping of weight dtype to KV dtype", "write e.g. {fp8: fp8}")
+    cal_err = doc.get("calibration_error") or {}
+    if not isinstance(cal_err, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+                                               for v in cal_err.values()):
+        raise InputError(where, "calibration_error", "expected a mapping of names to numbers",
+                         "write e.g. {level: 0.8, ttft_low: -0.2, ttft_high: 0.15, tpot_low: -0.1, tpot_high: 0.1}")
     return EngineProfile(name=str(doc["name"]), family=family, min_version=str(doc["min_version"]),
                          max_version=str(doc["max_version"]), source=str(doc.get("source", "")),
                          attention=attention, kv_cache_dtype={str(k): v for k, v in kv.items()},
-                         calibration=str(doc.get("calibration", "")).strip(), path=where, **sections)
+                         calibration=str(doc.get("calibration", "")).strip(),
+                         calibration_error={str(k): float(v) for k, v in cal_err.items()}, path=where, **sections)
 
 
 @functools.lru_cache(maxsize=64)

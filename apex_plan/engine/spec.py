@@ -123,6 +123,8 @@ class EngineProfile:
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
     layouts: Layouts = field(default_factory=Layouts)
     calibration: str = ""                  # provenance of the fitted constants (rows, date, error)
+    calibration_error: dict[str, float] = field(default_factory=dict)  # held-out relative error quantiles of
+                                           # (pred - measured) / measured: level, ttft_low/high, tpot_low/high, runs
     version: str | None = None             # the version asked for (set by resolve_engine_profile)
     path: str = ""
 

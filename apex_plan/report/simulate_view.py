@@ -38,7 +38,17 @@ def simulate_json(res: SimResult, inputs: dict) -> dict:
         "memory_per_gpu": res.memory.as_dict(),
     }
     if res.feasible:
-        doc["metrics"] = res.metrics
+        from apex_plan.calibrate.interval import goodput_interval, metric_intervals
+        iv = metric_intervals(res.engine.profile, res.metrics)       # from the profile's measured error
+        if "slo" in res.metrics:
+            from apex_plan.workload.spec import Slo
+            s = res.metrics["slo"]
+            slo = Slo(s["ttft_ms"] / 1e3 if s["ttft_ms"] else None, s["tpot_ms"] / 1e3 if s["tpot_ms"] else None)
+            iv["goodput_requests_per_s"] = goodput_interval(res.engine.profile, res.times, slo, res.makespan_s)
+        doc["metrics"] = {**res.metrics, "interval": iv}
+        from apex_plan.calibrate.interval import uncalibrated_components
+        doc["uncalibrated"] = uncalibrated_components(res.plan, inputs.get("gpu", ""), inputs.get("gpus_per_node", 8),
+                                                     res.engine.profile)
         ctx = int(max(1, res.times.prompt_tokens.mean() + res.times.output_tokens.mean() / 2))
         doc["step_breakdown"] = step_breakdown(res, 8, ctx)
     return doc

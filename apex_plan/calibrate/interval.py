@@ -1,0 +1,145 @@
+"""Prediction intervals from a profile's measured (held-out) error.
+
+A calibration stores the quantiles of the relative error e = pred / measured - 1 over runs the fit
+did not see (`calibration_error` in the profile: level, ttft_low, ttft_high, tpot_low, tpot_high).
+The measured value of a new run is then pred / (1 + e), so the interval at that level is
+[pred / (1 + e_high), pred / (1 + e_low)]. A profile with no such block is "uncalibrated": no
+interval is claimed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from apex_plan.engine.spec import EngineProfile
+
+LEVEL = 0.8                      # central 80% interval: the 10th and 90th percentile of held-out error
+KEYS = ("ttft", "tpot")
+
+
+# Student-t 90th percentiles by degrees of freedom (two-sided 80%; any statistics table); above 30: normal
+T90 = {1: 3.078, 2: 1.886, 3: 1.638, 4: 1.533, 5: 1.476, 6: 1.440, 7: 1.415, 8: 1.397, 9: 1.383, 10: 1.372,
+       12: 1.356, 15: 1.341, 20: 1.325, 30: 1.310}
+Z90 = 1.2816
+
+
+def _t90(df: int) -> float:
+    keys = [k for k in T90 if k <= df]
+    return T90[max(keys)] if df <= 30 and keys else Z90
+
+
+def error_quantiles(rel_errors: np.ndarray, runs: int, level: float = LEVEL) -> dict[str, float]:
+    """The `calibration_error` block from (n, 2) relative errors of TTFT and TPOT (nan rows ignored).
+
+    The band is the wider of the empirical 10th-90th percentiles and the normal prediction interval
+    mean +- t(n-1) * sd * sqrt(1 + 1/n): a few runs understate the spread of the next one."""
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    out: dict[str, float] = {"level": level, "runs": float(runs)}
+    for j, key in enumerate(KEYS):
+        e = rel_errors[:, j]
+        e = e[np.isfinite(e)]
+        if e.size:
+            lo, hi = float(np.quantile(e, lo_q)), float(np.quantile(e, hi_q))
+            if e.size >= 2 and abs(level - 0.8) < 1e-9:
+                half = _t90(e.size - 1) * float(e.std(ddof=1)) * (1 + 1 / e.size) ** 0.5
+                lo, hi = min(lo, float(e.mean()) - half), max(hi, float(e.mean()) + half)
+            out[f"{key}_low"], out[f"{key}_high"] = lo, hi
+    return out
+
+
+def interval(profile: EngineProfile, key: str, predicted: float | None) -> dict:
+    """{level, low, high, basis} for a predicted TTFT/TPOT (ms), or {status: uncalibrated}."""
+    ce = profile.calibration_error or {}
+    lo, hi = ce.get(f"{key}_low"), ce.get(f"{key}_high")
+    if predicted is None or lo is None or hi is None:
+        return {"status": "uncalibrated", "basis": "no measured error stored in engine profile " + profile.label}
+    # measured = pred / (1 + e): the largest over-prediction gives the low end (e > -1 always: pred > 0)
+    low = predicted / (1.0 + max(hi, -0.99))
+    high = predicted / (1.0 + max(lo, -0.99))
+    return {"level": ce.get("level", LEVEL), "low": low, "high": high,
+            "basis": f"held-out error of {int(ce.get('runs', 0))} runs ({profile.label})"}
+
+
+def metric_intervals(profile: EngineProfile, metrics: dict) -> dict:
+    """Intervals of the mean, p50 and p90 TTFT and TPOT of a simulate result (same error applied)."""
+    out = {}
+    for key in KEYS:
+        d = metrics.get(f"{key}_ms") or {}
+        out[f"{key}_ms"] = {stat: interval(profile, key, d.get(stat)) for stat in ("mean", "p50", "p90")}
+    return out
+
+
+def covered(profile: EngineProfile, predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """(n, 2) booleans: does each measured TTFT/TPOT fall inside the profile's interval (nan: no interval)."""
+    out = np.full(predicted.shape, np.nan)
+    for j, key in enumerate(KEYS):
+        for i in range(predicted.shape[0]):
+            iv = interval(profile, key, None if not np.isfinite(predicted[i, j]) else float(predicted[i, j]))
+            if "low" in iv and np.isfinite(measured[i, j]):
+                out[i, j] = float(iv["low"] <= measured[i, j] <= iv["high"])
+    return out
+
+
+def goodput_interval(profile: EngineProfile, times, slo, makespan_s: float) -> dict:
+    """Goodput (requests/s meeting both SLOs) with every request's TTFT and TPOT moved to the pessimistic
+    and to the optimistic end of the interval (the makespan is kept: a first-order bound)."""
+    ce = profile.calibration_error or {}
+    if not all(k in ce for k in ("ttft_low", "ttft_high", "tpot_low", "tpot_high")):
+        return {"status": "uncalibrated", "basis": "no measured error stored in engine profile " + profile.label}
+    ok = times.ok
+    ttft, tpot = times.ttft_s, times.tpot_per_request_s
+
+    def good(ttft_scale: float, tpot_scale: float) -> float:
+        g = np.ones(int(ok.sum()), bool)
+        if slo.ttft_s:
+            g &= ttft * ttft_scale <= slo.ttft_s
+        if slo.tpot_s:
+            g &= tpot * tpot_scale <= slo.tpot_s
+        return float(g.sum()) / makespan_s
+
+    # measured = pred / (1 + e): e_low gives the slowest plausible server, e_high the fastest
+    slow = (1 / (1 + max(ce["ttft_low"], -0.99)), 1 / (1 + max(ce["tpot_low"], -0.99)))
+    fast = (1 / (1 + max(ce["ttft_high"], -0.99)), 1 / (1 + max(ce["tpot_high"], -0.99)))
+    return {"level": ce.get("level", LEVEL), "low": good(*slow), "high": good(*fast),
+            "basis": f"held-out error of {int(ce.get('runs', 0))} runs ({profile.label})"}
+
+
+# GPUs whose physics constants were fitted to measured runs (hardware_profiles/h100-sxm-80gb.yaml:
+# fitted to shared/bench/vllm-h100); every other profile carries datasheet-derived defaults.
+CALIBRATED_GPUS = ("h100-sxm-80gb",)
+
+
+def uncalibrated_components(plan, gpu_name: str, gpus_per_node: int, profile: EngineProfile) -> list[str]:
+    """What a prediction relied on that no measured run has calibrated (README 'Calibration')."""
+    out = []
+    if plan.pp > 1:
+        out.append("pipeline parallelism: no pipeline-parallel run was measured")
+    if plan.ep > 1:
+        where = "across nodes" if plan.tp * plan.pp * max(plan.adp, 1) > gpus_per_node else "within a node"
+        out.append(f"expert parallelism {where}: all-to-all latency and expert imbalance are defaults")
+    if gpu_name not in CALIBRATED_GPUS:
+        out.append(f"GPU {gpu_name}: datasheet peaks with default achievable fractions")
+    if plan.weight_dtype in ("fp8", "fp4", "int4", "int8"):
+        out.append(f"{plan.weight_dtype} GEMM efficiency: not fitted")
+    if not profile.calibration_error:
+        out.append(f"engine profile {profile.label}: no held-out error stored (no interval)")
+    return out
+
+
+def margin_slo(slo, profile: EngineProfile):
+    """The SLO a prediction must meet so that the pessimistic end of the interval meets `slo`:
+    measured = pred / (1 + e) <= limit  <=>  pred <= limit * (1 + e_low) (never loosened)."""
+    import dataclasses
+
+    from apex_plan.errors import InputError
+    ce = profile.calibration_error or {}
+    if not all(k in ce for k in ("ttft_low", "tpot_low")):
+        raise InputError("--slo-margin", None, f"engine profile {profile.label} carries no measured error",
+                         "calibrate it first (apex-plan calibrate RUNS --output FILE.yaml, then --engine FILE.yaml) "
+                         "or drop --slo-margin")
+    f_ttft = min(1.0, 1.0 + max(ce["ttft_low"], -0.99))
+    f_tpot = min(1.0, 1.0 + max(ce["tpot_low"], -0.99))
+    tight = dataclasses.replace(slo, ttft_s=slo.ttft_s * f_ttft if slo.ttft_s else slo.ttft_s,
+                                tpot_s=slo.tpot_s * f_tpot if slo.tpot_s else slo.tpot_s)
+    return tight, {"level": ce.get("level", LEVEL), "ttft_factor": f_ttft, "tpot_factor": f_tpot,
+                   "basis": f"held-out error of {int(ce.get('runs', 0))} runs ({profile.label})"}

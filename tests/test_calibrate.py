@@ -1,0 +1,257 @@
+"""calibrate / validate: benchmark result files round-trip through the CLI; fitted constants stay in
+bounds; the overlay carries provenance and error quantiles and loads back; intervals follow the
+stored error; bad input is one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apex_plan.calibrate.fit import BOUNDS
+from apex_plan.calibrate.formats import RunDefaults, read_measured, read_summaries
+from apex_plan.calibrate.interval import covered, interval
+from apex_plan.cli import main
+from apex_plan.engine.load import load_engine_file, resolve_engine_profile
+
+RUNS = Path(__file__).resolve().parent / "fixtures" / "runs"
+VLLM = sorted(str(p) for p in RUNS.glob("vllm-bench-*.json"))
+AIPERF = str(RUNS / "profile_export_aiperf.json")
+SGLANG = str(RUNS / "sglang-bench-llama8b-h100.jsonl")
+GPU = ["--gpu", "h100-sxm-80gb"]
+
+
+def run(args, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["apex-plan", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def vllm_overlay(tmp_path_factory):
+    """Calibrate vLLM 0.11 on the six `vllm bench serve` results (once for the module)."""
+    path = tmp_path_factory.mktemp("cal") / "vllm-h100.yaml"
+    mp = pytest.MonkeyPatch()                # capsys is function-scoped: capture by hand
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    mp.setattr(sys, "argv", ["apex-plan", "calibrate", *VLLM, "--engine", "vllm@0.11.0", *GPU, "--output", str(path),
+                             "-f", "json"])
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+    mp.undo()
+    assert code == 0, err.getvalue()
+    return path, json.loads(out.getvalue())
+
+
+def test_readers_take_the_measured_figures():
+    (v,) = read_summaries(RUNS / "vllm-bench-llama8b-h100-c16.json")
+    assert (v.fmt, v.concurrency, v.rate_per_s, v.requests) == ("vllm-bench", 16, None, 160)
+    assert (v.ttft_ms, v.tpot_ms) == (77.6, 8.61) and set(v.prompt_tokens) == {1024}
+    (d,) = read_summaries(RUNS / "vllm-bench-llama8b-h100-c1.json")       # per-request lengths saved
+    raw = json.loads((RUNS / "vllm-bench-llama8b-h100-c1.json").read_text())
+    assert list(d.prompt_tokens) == raw["input_lens"] and list(d.output_tokens) == raw["output_lens"]
+    (a,) = read_summaries(AIPERF)
+    assert (a.fmt, a.concurrency, a.requests, a.ttft_ms, a.tpot_ms) == ("aiperf", 16, 160, 79.2, 8.58)
+    assert a.model == "meta-llama/Llama-3.1-8B-Instruct"
+    s = read_summaries(SGLANG)
+    assert [x.fmt for x in s] == ["sglang-bench"] * 3 and [x.concurrency for x in s] == [2, 8, 32]
+
+
+def test_genai_perf_export(tmp_path):
+    doc = {"time_to_first_token": {"unit": "ms", "avg": 41.0}, "inter_token_latency": {"unit": "ms", "avg": 7.1},
+           "input_sequence_length": {"unit": "tokens", "avg": 550}, "output_sequence_length": {"unit": "tokens", "avg": 200},
+           "request_count": {"unit": "requests", "avg": 40},
+           "input_config": {"model": ["meta-llama/Llama-3.1-8B-Instruct"], "concurrency": 4}}
+    p = tmp_path / "profile_export_genai_perf.json"
+    p.write_text(json.dumps(doc))
+    (s,) = read_summaries(p)
+    assert (s.fmt, s.concurrency, int(s.prompt_tokens[0]), int(s.output_tokens[0])) == ("genai-perf", 4, 550, 200)
+    (case,), _ = read_measured([p], RunDefaults(gpu="h100-sxm-80gb"))
+    assert case.workload.mode == "closed" and case.workload.concurrency == 4
+
+
+def test_calibrate_vllm_bench_round_trip(vllm_overlay, capsys, monkeypatch):
+    path, doc = vllm_overlay
+    # fitted constants stay inside their physical bounds
+    for c in doc["constants"]:
+        lo, hi, _ = BOUNDS[c["name"]]
+        assert lo <= c["value"] <= hi and c["prior"] is not None
+        assert c["identified"] == (abs(c["value"] - c["prior"]) > 0.01 * (abs(c["prior"]) or hi - lo))
+    # six runs: cross-validated; the fit improves on the defaults
+    assert doc["cross_validated"]["runs"] == 6
+    assert doc["after"]["ttft_mape"] < doc["before"]["ttft_mape"]
+    assert doc["after"]["tpot_mape"] < doc["before"]["tpot_mape"]
+    # the overlay loads back, with the fitted host values, provenance and error quantiles
+    prof = load_engine_file(path)
+    host = {c["name"].split(".", 1)[1]: c["value"] for c in doc["constants"]}
+    for k, v in host.items():
+        assert getattr(prof.host, k) == pytest.approx(v)
+    assert "vllm-bench-llama8b-h100-c16.json" in prof.calibration and "cross-validated" in prof.calibration
+    assert "6 runs" in prof.calibration
+    ce = prof.calibration_error
+    assert ce["level"] == 0.8 and ce["ttft_low"] <= ce["ttft_high"] and ce["tpot_low"] <= ce["tpot_high"]
+    # validate with the overlay: better than the built-in profile on the same runs, aiperf run included
+    code, out, err = run(["validate", *VLLM, AIPERF, "--engine", path, *GPU, "-f", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    after = json.loads(out)
+    code, out, err = run(["validate", *VLLM, AIPERF, "--engine", "vllm@0.11.0", *GPU, "-f", "json"], capsys, monkeypatch)
+    before = json.loads(out)
+    assert len(after["runs"]) == 7 and after["overall"]["ttft_mape"] < before["overall"]["ttft_mape"]
+    assert after["overall"]["ttft_in_interval"] is not None and before["overall"]["ttft_in_interval"] is None
+    # per-run error is predicted / measured - 1
+    r = after["runs"][0]
+    assert r["ttft_error"] == pytest.approx(r["predicted_ttft_ms"] / r["measured_ttft_ms"] - 1, abs=1e-4)
+    # simulate with the overlay states an interval around its prediction; the built-in one says uncalibrated
+    sim = ["simulate", "-m", "llama-3.1-8b", *GPU, "--gpus", "1", "--concurrency", "8", "--prompt-tokens", "1024",
+           "--output-tokens", "128", "-f", "json", "--ttft-slo", "200ms", "--tpot-slo", "20ms"]
+    code, out, err = run([*sim, "--engine", path], capsys, monkeypatch)
+    assert code == 0, err
+    sim_doc = json.loads(out)
+    m = sim_doc["metrics"]
+    assert sim_doc["inputs"]["engine"]["calibration_error"]["ttft_high"] == pytest.approx(ce["ttft_high"], rel=1e-4)
+    assert "vllm-bench-llama8b-h100-c16.json" in sim_doc["inputs"]["engine"]["calibration"]
+    iv = m["interval"]["ttft_ms"]["mean"]
+    assert iv["low"] <= m["ttft_ms"]["mean"] / (1 + ce["ttft_high"]) * 1.0001 and iv["level"] == 0.8
+    g = m["interval"]["goodput_requests_per_s"]
+    assert g["low"] <= g["high"]
+    code, out, err = run(sim, capsys, monkeypatch)
+    assert json.loads(out)["metrics"]["interval"]["ttft_ms"]["mean"]["status"] == "uncalibrated"
+    # search --slo-margin: the SLO searched is the asked one times (1 + the 10th-percentile error), never looser
+    code, out, err = run(["search", "-m", "llama-3.1-8b", *GPU, "--gpus", "1", "--workload", "chat", "--rate", "1",
+                          "--num-requests", "20", "--max-model-len", "8192", "--ttft-slo", "500ms", "--tpot-slo", "50ms",
+                          "--engine", path, "--slo-margin", "-f", "json"], capsys, monkeypatch)
+    assert code in (0, 1), err
+    inp = json.loads(out)["inputs"]
+    assert inp["slo"]["ttft_ms"] == 500
+    f = min(1.0, 1 + ce["ttft_low"])
+    assert inp["slo_margin"]["searched_slo"]["ttft_ms"] == pytest.approx(500 * f, rel=1e-4)
+    assert inp["slo_margin"]["searched_slo"]["tpot_ms"] <= 50
+
+
+def test_calibrate_aiperf_round_trip(tmp_path, capsys, monkeypatch):
+    ov = tmp_path / "aiperf.yaml"
+    code, out, err = run(["calibrate", AIPERF, "--engine", "vllm@0.11.0", *GPU, "--fit", "host.frontend_ms,host.step_ms",
+                          "--output", ov, "-f", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["cross_validated"] is None and "in-sample" in doc["calibration"]
+    for c in doc["constants"]:
+        lo, hi, _ = BOUNDS[c["name"]]
+        assert lo <= c["value"] <= hi
+    code, out, err = run(["validate", AIPERF, "--engine", ov, *GPU, "-f", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    after = json.loads(out)["runs"][0]
+    assert abs(after["ttft_error"]) < abs(doc["before"]["ttft_bias"])
+    # table and csv render
+    code, out, err = run(["validate", AIPERF, "--engine", ov, *GPU, "-f", "csv"], capsys, monkeypatch)
+    assert code == 0 and out.splitlines()[0].startswith("id,group")
+
+
+def test_csv_rows_filtered_to_engine(tmp_path):
+    p = tmp_path / "runs.csv"
+    head = ("id,backend,backend_version,model_path,system,precision,mode,isl,osl,batch_size,tp_size,pp_size,"
+            "attention_dp_size,moe_tp_size,moe_ep_size,silicon_ttft_ms,silicon_tpot_ms,concurrency\n")
+    p.write_text(head + "a,vllm,0.11.0,meta-llama/Llama-3.1-8B-Instruct,h100_sxm,,agg,1024,128,8,1,1,,1,1,60,7.5,8\n"
+                        "b,sglang,0.5.1,meta-llama/Llama-3.1-8B-Instruct,h100_sxm,,agg,1024,128,8,1,1,,1,1,55,7.1,8\n")
+    over = tmp_path / "v.yaml"
+    prof = resolve_engine_profile("vllm@0.11.0")
+    import dataclasses
+
+    import yaml
+
+    from apex_plan.engine.load import profile_to_dict
+    over.write_text(yaml.safe_dump(profile_to_dict(dataclasses.replace(prof, calibration_error={
+        "level": 0.8, "ttft_low": -0.1, "ttft_high": 0.1, "tpot_low": -0.1, "tpot_high": 0.1}))))
+    cases, skipped = read_measured([p], RunDefaults(engine=str(over)))
+    assert [c.id for c in cases] == ["a"] and skipped[0][0] == "b"
+    assert cases[0].engine.profile.calibration_error["ttft_high"] == 0.1
+
+
+def test_interval_math():
+    prof = resolve_engine_profile("vllm")
+    assert interval(prof, "ttft", 100.0)["status"] == "uncalibrated"
+    import dataclasses
+    p = dataclasses.replace(prof, calibration_error={"level": 0.8, "ttft_low": -0.2, "ttft_high": 0.25,
+                                                     "tpot_low": 0.0, "tpot_high": 0.0})
+    iv = interval(p, "ttft", 100.0)
+    assert iv["low"] == pytest.approx(80.0) and iv["high"] == pytest.approx(125.0)
+    cov = covered(p, np.array([[100.0, 10.0], [100.0, 10.0]]), np.array([[120.0, 10.0], [130.0, 11.0]]))
+    assert cov.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["calibrate", "nope.json", *GPU], ("nope.json", "not found")),
+    (["calibrate", AIPERF, *GPU, "--fit", "host.stepms"], ("--fit", "host.step_ms")),
+    (["calibrate", AIPERF], ("--gpu",)),
+    (["validate", SGLANG, *GPU], ("--model",)),
+    (["calibrate", AIPERF, *GPU, "--output", "x.txt"], ("--output", ".yaml")),
+    (["calibrate", *VLLM[:2], AIPERF, *GPU, "--engine", "vllm@0.11.0", "--fit", "gpu.nope"], ("--fit",)),
+    (["validate", "{bad}", *GPU], ("mean_ttft_ms",)),
+    (["validate", "{nottf}", *GPU], ("time_to_first_token.avg", "missing")),
+    (["validate", "{notjson}", *GPU], ("not JSON",)),
+    (["validate", VLLM[0], "--gpu", "h100-nope"], ("--gpu",)),
+    (["validate", VLLM[0], *GPU, "--engine", "vllm@9.0"], ("--engine",)),
+])
+def test_bad_input_one_line(args, needles, tmp_path, capsys, monkeypatch):
+    files = {"{bad}": ("bad.json", '{"foo": 1}'), "{notjson}": ("x.jsonl", "{\n]"),
+             "{nottf}": ("p.json", json.dumps({"time_to_first_token": {"unit": "ms"}, "request_count": {"avg": 3},
+                                                "output_sequence_length": {"avg": 3}, "input_sequence_length": {"avg": 3},
+                                                "inter_token_latency": {"avg": 3}}))}
+    argv = []
+    for a in args:
+        if a in files:
+            name, text = files[a]
+            (tmp_path / name).write_text(text)
+            a = str(tmp_path / name)
+        argv.append(a)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(argv, capsys, monkeypatch)
+    assert code == 2, (code, out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def test_uncalibrated_components_named():
+    from apex_plan.calibrate.interval import uncalibrated_components
+    from apex_plan.plan.spec import Plan
+    prof = resolve_engine_profile("vllm")
+    h100_tp = uncalibrated_components(Plan(1, 8, 1, 1, "bf16", "bf16"), "h100-sxm-80gb", 8, prof)
+    assert h100_tp == [f"engine profile {prof.label}: no held-out error stored (no interval)"]
+    b200_pp = uncalibrated_components(Plan(1, 8, 2, 8, "fp8", "fp8"), "b200-sxm-180gb", 8, prof)
+    text = " | ".join(b200_pp)
+    for needle in ("pipeline", "expert parallelism across nodes", "b200-sxm-180gb", "fp8 GEMM"):
+        assert needle in text, (needle, text)
+
+
+def test_error_band_widens_for_few_runs():
+    from apex_plan.calibrate.interval import error_quantiles
+    few = error_quantiles(np.array([[0.0, 0.0], [0.1, 0.0], [0.2, 0.0]]), 3)
+    assert few["ttft_low"] < np.quantile([0, 0.1, 0.2], 0.1) and few["ttft_high"] > np.quantile([0, 0.1, 0.2], 0.9)
+    assert few["tpot_low"] == few["tpot_high"] == 0.0
+    rng = np.random.default_rng(1)
+    many = error_quantiles(rng.normal(0.05, 0.1, size=(4000, 2)), 4000)
+    assert many["ttft_low"] == pytest.approx(0.05 - 0.128, abs=0.01)
+    assert many["ttft_high"] == pytest.approx(0.05 + 0.128, abs=0.01)
+
+
+def test_three_runs_leave_one_out(capsys, monkeypatch):
+    code, out, err = run(["calibrate", *VLLM[:3], "--engine", "vllm@0.11.0", *GPU, "--fit", "host.frontend_ms",
+                          "--rounds", "1", "-f", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["cross_validated"]["runs"] == 3 and "leave-one-out" in doc["calibration"]
+    assert doc["after"]["ttft_mape"] < doc["before"]["ttft_mape"]
