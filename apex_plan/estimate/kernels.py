@@ -167,7 +167,7 @@ def _attn_s(scal, flop_pair, kv_b, pf_pad, pf_pad_prefix, pf_tiles, dec_ctx, pf_
     return t
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, inline="always")
 def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_tokens, pf_ctx_tokens,
               n_logits, eager, out, pf_pad_work, pf_pad_prefix, pf_q_tiles, pf_attn_work_w=-1.0, dec_ctx_w=-1.0,
               pf_ctx_w=-1.0):
