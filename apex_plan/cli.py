@@ -383,6 +383,15 @@ _RUNS_H = ("measured runs: 'vllm bench serve --save-result' JSON, SGLang bench_s
            "aiperf / genai-perf profile export JSON, silicon or trace-replay CSV")
 
 
+# options of `calibrate` and `validate`: what a measured run's file does not say
+_RunGpuOpt = typer.Option(None, "--gpu", help=_H["gpu"] + " (runs whose file does not say it)")
+_RunPlanOpt = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P of runs whose file does not say it")
+_RunModelOpt = typer.Option(None, "--model", "-m", help=_H["model"] + " (when the file names none)")
+_RunDtypeOpt = typer.Option("bf16", "--weight-dtype", help="weight dtype of runs whose file does not say it")
+_RunSlotsOpt = typer.Option(5, "--requests-per-slot", help="closed loop: simulated requests per slot",
+                            callback=_count(1, 100, "e.g. --requests-per-slot 5"))
+
+
 def _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot):
     from apex_plan.calibrate.formats import RunDefaults
     return RunDefaults(engine, gpu, plan, model, weight_dtype, requests_per_slot)
@@ -394,15 +403,14 @@ def calibrate(
     runs: List[str] = typer.Argument(..., help=_RUNS_H),
     engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " whose constants to fit "
                                          "(NAME or NAME@VERSION or a profile YAML; CSV rows of other engines are skipped)"),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"] + " (runs whose file does not say it)"),
-    plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P of runs whose file does not say it"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=_H["model"] + " (when the file names none)"),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype of runs whose file does not say it"),
+    gpu: Optional[str] = _RunGpuOpt,
+    plan: Optional[str] = _RunPlanOpt,
+    model: Optional[str] = _RunModelOpt,
+    weight_dtype: str = _RunDtypeOpt,
     fit: Optional[str] = typer.Option(None, "--fit", help="constants to fit, comma separated (default: the host.* "
                                       "times and overlap); any of host.*, gpu.* (gpu.* are reported, not written)"),
     rounds: int = typer.Option(2, "--rounds", help="coordinate-search rounds", callback=_count(1, 10, "e.g. --rounds 2")),
-    requests_per_slot: int = typer.Option(5, "--requests-per-slot", help="closed loop: simulated requests per slot",
-                                          callback=_count(1, 100, "e.g. --requests-per-slot 5")),
+    requests_per_slot: int = _RunSlotsOpt,
     folds: int = typer.Option(3, "--folds", help="cross-validation folds with >= 6 runs (fold j holds out every "
                               "k-th run from j); 0: none", callback=_count(0, 20, "e.g. --folds 3")),
     overlay: Optional[str] = typer.Option(None, "--output", "-o", help="write the calibrated engine profile (YAML) here"),
@@ -430,12 +438,11 @@ def validate(
     runs: List[str] = typer.Argument(..., help=_RUNS_H),
     engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " (NAME or NAME@VERSION or a profile "
                                          "YAML; default: each CSV row's own, vllm for JSON runs)"),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"] + " (runs whose file does not say it)"),
-    plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P of runs whose file does not say it"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=_H["model"] + " (when the file names none)"),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype of runs whose file does not say it"),
-    requests_per_slot: int = typer.Option(5, "--requests-per-slot", help="closed loop: simulated requests per slot",
-                                          callback=_count(1, 100, "e.g. --requests-per-slot 5")),
+    gpu: Optional[str] = _RunGpuOpt,
+    plan: Optional[str] = _RunPlanOpt,
+    model: Optional[str] = _RunModelOpt,
+    weight_dtype: str = _RunDtypeOpt,
+    requests_per_slot: int = _RunSlotsOpt,
     fmt: str = FormatOpt,
     output: Optional[str] = OutputOpt,
 ) -> None:

@@ -17,6 +17,8 @@ from apex_plan.calibrate.interval import covered, interval
 from apex_plan.cli import main
 from apex_plan.engine.load import load_engine_file, resolve_engine_profile
 
+from test_cli import run_main
+
 RUNS = Path(__file__).resolve().parent / "fixtures" / "runs"
 VLLM = sorted(str(p) for p in RUNS.glob("vllm-bench-*.json"))
 AIPERF = str(RUNS / "profile_export_aiperf.json")
@@ -24,15 +26,7 @@ SGLANG = str(RUNS / "sglang-bench-llama8b-h100.jsonl")
 GPU = ["--gpu", "h100-sxm-80gb"]
 
 
-def run(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["apex-plan", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_main      # the console entry point in-process: (exit status, stdout, stderr)
 
 
 @pytest.fixture(scope="module")

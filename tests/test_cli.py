@@ -24,9 +24,11 @@ BASE = ["simulate", "--model", "llama-3.1-70b", "--gpu", "h100-sxm-80gb", "--gpu
         "--workload", "chat", "--rate", "1", "--num-requests", "10", "--max-model-len", "8192"]
 
 
-def run_main(args, capsys, monkeypatch):
-    """Run the console entry point in-process; returns (exit status, stdout, stderr)."""
+def run_main(args, capsys, monkeypatch, env=None):
+    """Run the console entry point in-process (with `env` variables set); returns (exit status, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["apex-plan", *map(str, args)])
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
     code = 0
     try:
         main()

@@ -18,17 +18,12 @@ from apex_plan.cli import app, main
 from apex_plan.console import exit_status as _exit_status
 from apex_plan.errors import InputError
 
+from test_cli import run_main  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(args, capsys, monkeypatch, env=None):
-    monkeypatch.setattr(sys, "argv", ["apex-plan", *map(str, args)])
-    for k, v in (env or {}).items():
-        monkeypatch.setenv(k, v)
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+run = run_main      # the console entry point in-process: (exit status, stdout, stderr)
 
 
 def test_version(capsys, monkeypatch):

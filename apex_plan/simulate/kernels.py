@@ -173,14 +173,14 @@ def _window_pairs(k0, c, win):
 @njit(cache=True)
 def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, max_seqs, budget, chunked,
                     block, nblocks, watermark, tables, scal, epar,
-                    t_arr, t_first, t_fin, t_sched, n_preempt, estats, mixed, prefill_first, reserve_full,
+                    t_arr, t_first, t_fin, t_sched, n_preempt, estats, prefill_first, reserve_full,
                     client_delay):
     """Replay all requests; fill per-request times (seconds) and per-engine statistics.
 
     closed_conc > 0 runs closed loop: that many requests in flight, each finished request replaced by
     the next after that request's `client_delay` (arrival times then come from finishes, not from
-    `arrival`). `mixed`: prefill chunks join decode steps; `prefill_first`: waiting prompts run in a
-    prefill-only step first; `reserve_full`: admission reserves KV for the whole request. Requests that can
+    `arrival`). `prefill_first`: waiting prompts run in a prefill-only step ahead of the decodes
+    (otherwise prefill chunks join the decode steps); `reserve_full`: admission reserves KV for the whole request. Requests that can
     never fit the KV cache are marked with t_fin = -1. Returns the time the last request finished.
     """
     n = prompt.shape[0]
@@ -312,33 +312,24 @@ def simulate_kernel(arrival, prompt, output, closed_conc, dp, pp, least_loaded, 
             left = budget
             ns = 0
             preempted_now = False
-            if prefill_first:
-                # prefill-priority engines (vLLM 0.6 unchunked, SGLang): prompts in progress, then waiting
-                # requests, fill a prefill-only step; running decodes wait for it
-                if chunked:
-                    left, ns, preempted_now = _schedule_running(e, True, left, ns, prompt, gen, computed, blocks, free,
-                                                                running, nrun, head, tail, nxt, block, n_preempt, estats,
-                                                                sched_req, sched_tok)
-                if not preempted_now:
-                    left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
-                                                       computed, blocks, free, running, nrun, max_seqs, block, nblocks,
-                                                       watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
-                                                       sched_tok)
-                    done += refused
-                    unfinished[e] -= refused
-            if ns == 0:
-                # running sequences first: decodes (1 token) and prefill chunks in progress
+            # running requests first (with prefill priority, as vLLM 0.6 unchunked and SGLang, only the prompts
+            # in progress), then waiting requests, FCFS, in the budget left (chunked: cut to fit)
+            if chunked or not prefill_first:
+                left, ns, preempted_now = _schedule_running(e, prefill_first, left, ns, prompt, gen, computed, blocks,
+                                                            free, running, nrun, head, tail, nxt, block, n_preempt,
+                                                            estats, sched_req, sched_tok)
+            if not preempted_now:
+                left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
+                                                   computed, blocks, free, running, nrun, max_seqs, block, nblocks,
+                                                   watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
+                                                   sched_tok)
+                done += refused
+                unfinished[e] -= refused
+            if prefill_first and ns == 0:
+                # no prompt to prefill: the running decodes get the step
                 left, ns, preempted_now = _schedule_running(e, False, left, ns, prompt, gen, computed, blocks, free,
                                                             running, nrun, head, tail, nxt, block, n_preempt, estats,
                                                             sched_req, sched_tok)
-                if mixed and not preempted_now:
-                    # then new requests, FCFS, in the budget left (chunked: cut to fit)
-                    left, ns, refused = _admit_waiting(e, chunked, left, ns, now, head, tail, nxt, prompt, output, gen,
-                                                       computed, blocks, free, running, nrun, max_seqs, block, nblocks,
-                                                       watermark, reserve_full, t_sched, t_first, t_fin, sched_req,
-                                                       sched_tok)
-                    done += refused
-                    unfinished[e] -= refused
             nsched[e] = ns
             if ns == 0:
                 continue

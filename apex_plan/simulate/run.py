@@ -162,7 +162,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
         end = SK.simulate_kernel(arr, prm, out, closed, ranks, plan.pp, eng.routing == "least_loaded",
                                  eng.max_num_seqs, eng.max_batched_tokens, eng.chunked_prefill, eng.block_size,
                                  nblocks, watermark, sc.tables, sc.scal, epar, ta, tf, tn, ts, npre, st,
-                                 not pf_first, pf_first, reserve, delay)
+                                 pf_first, reserve, delay)
         return ta, tf, tn, ts, npre, st, end
 
     if conc and eng.profile.scheduler.closed_loop == "lockstep":
