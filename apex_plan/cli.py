@@ -481,7 +481,8 @@ def sweep(
 def engine_doc(profile) -> dict:
     """The engine profile as echoed in every output: name, version asked for, file, calibration."""
     return {"profile": profile.name, "family": profile.family, "version": profile.version,
-            "versions": f"[{profile.min_version}, {profile.max_version})", "calibration": profile.calibration,
+            "versions": f"[{profile.min_version}, {profile.max_version})", "version_note": profile.version_note or None,
+            "calibration": profile.calibration,
             "calibration_error": profile.calibration_error or "uncalibrated (no measured error stored)"}
 
 

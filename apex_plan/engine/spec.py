@@ -126,6 +126,7 @@ class EngineProfile:
     calibration_error: dict[str, float] = field(default_factory=dict)  # held-out relative error quantiles of
                                            # (pred - measured) / measured: level, ttft_low/high, tpot_low/high, runs
     version: str | None = None             # the version asked for (set by resolve_engine_profile)
+    version_note: str = ""                 # how an unnumbered build tag was resolved (set by resolve_engine_profile)
     path: str = ""
 
     def attention_backend(self, kv_dtype: str) -> AttentionBackend:
