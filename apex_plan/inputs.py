@@ -21,7 +21,7 @@ from apex_plan.workload.trace import read_trace
 
 
 
-def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int, cluster: str | None) -> ClusterSpec:
+def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int | None, cluster: str | None) -> ClusterSpec:
     """`--cluster FILE` or `--gpu NAME --gpus N [--gpus-per-node G]`."""
     if cluster:
         if gpu or gpus:
