@@ -1,5 +1,5 @@
 """Engine settings per plan: the label of a settings variant (max_model_len is fitted to the KV cache by
-`apex_plan.simulate.engine.fit_max_model_len`, the rule `simulate` uses too)."""
+`apex_plan.simulate.fit.fit_engine`, the rule `simulate` uses too)."""
 
 from __future__ import annotations
 
