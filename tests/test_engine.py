@@ -30,7 +30,7 @@ from apex_plan.workload.synthetic import preset_trace
 @pytest.mark.parametrize("text,name", [
     ("vllm", "vllm-v1"), ("vllm@0.6.0", "vllm-0.6"), ("vllm@0.7.3", "vllm-0.6"), ("vllm@0.8.0", "vllm-v1"),
     ("vllm@0.11.2", "vllm-v1"), ("vllm@0.18.0", "vllm-v1"), ("sglang@0.5.1.post1", "sglang-0.5"),
-    ("sglang", "sglang-0.5"), ("trtllm@1.0.0rc3", "trtllm-1"), ("tensorrt-llm@1.2.0rc6.post1", "trtllm-1"),
+    ("sglang@0.5.3", "sglang-0.5.3"), ("sglang@0.5.9", "sglang-0.5.3"), ("sglang", "sglang-0.5.3"), ("trtllm@1.0.0rc3", "trtllm-1"), ("tensorrt-llm@1.2.0rc6.post1", "trtllm-1"),
     ("vllm-0.6", "vllm-0.6"), ("TRTLLM", "trtllm-1"),
 ])
 def test_engine_selection(text, name):
@@ -46,7 +46,7 @@ def test_release_ignores_pre_and_post_tags():
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("vlm", "did you mean 'vllm'"), ("lmdeploy", "built-in profiles: sglang-0.5, trtllm-1, vllm-0.6, vllm-v1"),
+    ("vlm", "did you mean 'vllm'"), ("lmdeploy", "built-in profiles: sglang-0.5, sglang-0.5.3, trtllm-1, vllm-0.6, vllm-v1"),
     ("vllm@0.5.4", "no vllm profile covers version 0.5.4"), ("trtllm@0.8.1", "trtllm-1 [0.20.0, 2.0.0)"),
     ("vllm@", "empty version after '@'"), ("sglang@ ", "empty version after '@'"),
 ])
@@ -56,8 +56,8 @@ def test_engine_errors_name_the_option_and_the_choices(text, needle):
     assert str(e.value).startswith("--engine") and needle in str(e.value)
 
 
-@pytest.mark.parametrize("text,name", [("vllm@nightly-5b8c30d6", "vllm-v1"), ("sglang@nightly-dev", "sglang-0.5"),
-                                       ("trtllm@gpt-oss-dev", "trtllm-1"), ("sglang@glm5-hopper", "sglang-0.5"),
+@pytest.mark.parametrize("text,name", [("vllm@nightly-5b8c30d6", "vllm-v1"), ("sglang@nightly-dev", "sglang-0.5.3"),
+                                       ("trtllm@gpt-oss-dev", "trtllm-1"), ("sglang@glm5-hopper", "sglang-0.5.3"),
                                        ("vllm@latest", "vllm-v1")])
 def test_unnumbered_build_tags_take_the_newest_profile_and_say_so(text, name):
     p = resolve_engine_profile(text)
