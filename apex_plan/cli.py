@@ -223,7 +223,7 @@ def simulate(
     I.check_engine(eng, m)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
     p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
-    I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
+    I.check_plan_fits(p, cl, m)
     if num_requests is None:
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
         num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency else 1000
@@ -423,8 +423,12 @@ def calibrate(
     from apex_plan.report.output import emit
     check_format(fmt)
     names = C.parse_fit(fit)
+    if folds == 1:
+        raise InputError("--folds", None, "one fold holds every run out and fits on none",
+                         "use --folds 0 (no cross-validation) or 2 or more")
     if overlay is not None and not overlay.endswith((".yaml", ".yml")):
         raise InputError("--output", None, f"'{overlay}' is not a .yaml path", "e.g. --output vllm-h100.yaml")
+    check_format(fmt, overlay)
     cases, _ = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
     cal = C.calibrate(cases, names, runs, rounds, progress=lambda s: typer.echo("  " + s, err=True), folds=folds)
     if overlay:

@@ -44,6 +44,42 @@ def _architecture(cfg: dict, where: str) -> str:
 
 
 
+# torch dtype names a config's `torch_dtype` / `dtype` may hold (transformers PretrainedConfig)
+TORCH_DTYPES = ("float32", "float16", "bfloat16", "float64", "float8_e4m3fn", "float8_e5m2", "auto")
+# quant_method values apex-plan reads the formats of (transformers QuantizationMethod)
+QUANT_METHODS = ("fp8", "mxfp4", "awq", "gptq", "compressed-tensors", "modelopt")
+
+
+def _check_dtype(cfg: dict, where: str) -> None:
+    """`torch_dtype` / `dtype`, when given, must be a torch dtype name (torch.bfloat16 or bfloat16)."""
+    for key in ("torch_dtype", "dtype"):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        name = str(value).removeprefix("torch.")
+        if not isinstance(value, str) or name not in TORCH_DTYPES:
+            raise InputError(where, key, f"unknown torch dtype {value!r}", "use one of " + ", ".join(TORCH_DTYPES))
+
+
+def _checkpoint_formats(qc: Any, where: str, num_layers: int) -> dict[str, str]:
+    """Per-component weight formats of a `quantization_config`; a config that is not a mapping, or names a
+    quant_method whose formats apex-plan cannot read, is an InputError (never silently bf16)."""
+    if qc is None:
+        return {}
+    if not isinstance(qc, dict):
+        raise InputError(where, "quantization_config", f"must be a mapping, got {type(qc).__name__} {qc!r:.40}",
+                         "copy the checkpoint's quantization_config object, or remove it for bf16 weights")
+    formats = formats_from_config(qc, num_layers)
+    method = qc.get("quant_method")
+    if method is not None and (not isinstance(method, str) or method.lower() not in QUANT_METHODS):
+        raise InputError(where, "quantization_config.quant_method", f"unknown method {method!r}",
+                         "apex-plan reads " + ", ".join(QUANT_METHODS) + " checkpoints")
+    if method is not None and not formats:
+        raise InputError(where, "quantization_config", f"quant_method '{method}' names no weight format apex-plan reads",
+                         "give num_bits/type in config_groups (compressed-tensors) or quant_algo (modelopt)")
+    return formats
+
+
 def _text_config(cfg: dict, where: str) -> tuple[dict, list[str]]:
     """A multimodal config's text decoder fields merged over the top level (the architecture and
     `name`/`source` stay the top level's), and notes on what is not planned."""
@@ -87,8 +123,9 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
         max_context=_int(cfg, where, "max_position_embeddings"),
         notes=tuple(notes),
     )
+    _check_dtype(cfg, where)
     qc = cfg.get("quantization_config")
-    formats = formats_from_config(qc, num_layers) if qc is not None else {}
+    formats = _checkpoint_formats(qc, where, num_layers)
     if formats:
         common["weight_formats"] = tuple(sorted(formats.items()))
 
