@@ -8,6 +8,7 @@ from typing import Any, Callable
 from apex_plan.errors import InputError
 from apex_plan.model import spec as S
 from apex_plan.model.fields import _MISSING, _bool, _count_dense, _get, _int, _int_list, _str_list
+from apex_plan.model.hf2026 import NO_DENSE_WIDTH, READERS
 from apex_plan.model.quant import formats_from_config
 from apex_plan.model.spec import LayerKind, ModelSpec, group_layers
 
@@ -26,7 +27,7 @@ _QK_HEAD_NORM = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen3VLForCondition
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     _GQA_DENSE + ("MixtralForCausalLM",) + _QWEN_MOE + _MLA + _QWEN_HYBRID
     + ("GptOssForCausalLM", "MiniMaxM2ForCausalLM", "NemotronHForCausalLM", "Llama4ForConditionalGeneration",
-       "Gemma4ForConditionalGeneration"))
+       "Gemma4ForConditionalGeneration") + tuple(READERS))
 
 
 def _architecture(cfg: dict, where: str) -> str:
@@ -114,7 +115,7 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
     num_heads = _int(cfg, where, "num_attention_heads")
     inter_field = "intermediate_size_mlp" if arch == "Llama4ForConditionalGeneration" else "intermediate_size"
     # all-MoE hybrids may carry no dense width at all
-    inter_default: Any = 0 if arch == "Qwen3_5MoeForConditionalGeneration" else _MISSING
+    inter_default: Any = 0 if arch in ("Qwen3_5MoeForConditionalGeneration",) + NO_DENSE_WIDTH else _MISSING
     common: dict[str, Any] = dict(
         name=name, source=source, architecture=arch, num_layers=num_layers, hidden_size=hidden,
         num_heads=num_heads, intermediate_size=_int(cfg, where, inter_field, inter_default, minimum=0 if inter_default is not _MISSING else 1),
@@ -131,6 +132,9 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
 
     if arch in _MLA:
         spec = _mla_spec(cfg, where, arch, common)
+    elif arch in READERS:
+        _gqa_fields(cfg, where, arch, common)
+        spec = READERS[arch](cfg, where, common)
     else:
         _gqa_fields(cfg, where, arch, common)
         if arch == "MixtralForCausalLM":

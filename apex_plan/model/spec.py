@@ -27,11 +27,17 @@ class LayerKind:
 
     mixer: str = FULL
     mlp: str = DENSE
-    window: int = 0          # SLIDING / CHUNKED: tokens a query sees; 0 otherwise
+    window: int = 0          # SLIDING / CHUNKED: tokens a query sees; compressed FULL / SPARSE: the raw
+                             # window kept beside the compressed rows (DeepSeek-V4); 0 otherwise
+    mlp_width: int = 0       # DENSE: this layer's MLP width when layers differ (DeciLM / Nemotron-NAS);
+                             # 0: the model's intermediate_size
+    compress: int = 0        # FULL / SPARSE: tokens pooled into one cached KV row (DeepSeek-V4 CSA 4, HCA 128)
 
     def label(self) -> str:
         w = f"{self.window}" if self.mixer in (SLIDING, CHUNKED) else ""
-        return f"{self.mixer}{w}+{self.mlp}"
+        c = f"/c{self.compress}" if self.compress else ""
+        m = f"{self.mlp_width}" if self.mlp_width else ""
+        return f"{self.mixer}{w}{c}+{self.mlp}{m}"
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,10 @@ class ModelSpec:
     global_num_kv_heads: int = 0     # full-attention layers' KV heads when they differ (Gemma 4); 0: num_kv_heads
     global_k_eq_v: bool = False      # full-attention layers reuse the key projection as value (Gemma 4 attention_k_eq_v)
     extra_norms_per_layer: int = 0   # RMSNorms of hidden_size beyond the pre-mixer and pre-MLP ones (Gemma: post-norms)
+    o_lora_rank: int = 0             # output projection through a low-rank bottleneck per group (DeepSeek-V4)
+    o_groups: int = 0                # groups of heads sharing one o_lora bottleneck (DeepSeek-V4)
+    kv_one_vector: bool = False      # one cached vector per token and KV head serves as K and V (DeepSeek-V4)
+    hc_mult: int = 0                 # manifold-constrained hyper-connections: residual streams (DeepSeek-V4 mHC)
     # --- DeepSeek sparse attention indexer (mixer SPARSE) ---
     index_topk: int = 0              # cached tokens each query attends to
     index_n_heads: int = 0
