@@ -160,7 +160,9 @@ def simulate(
                                           callback=_count(1, L.MAX_GPUS, "e.g. --tensor-parallel-size 8")),
     pp_size: Optional[int] = typer.Option(None, "--pipeline-parallel-size", "-pp", help="pp of --plan (vLLM spelling)",
                                           callback=_count(1, L.MAX_GPUS, "e.g. --pipeline-parallel-size 2")),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype: bf16 | fp16 | fp8 | int8 | fp4 | int4"),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype",
+                                               help="weight dtype: bf16 | fp16 | fp8 | int8 | fp4 | int4 (default: "
+                                                    "the checkpoint's own, e.g. fp8 for DeepSeek-V3 or a -FP8 repo)"),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", "--kv-cache-dtype",
                                            help="KV-cache dtype: bf16 | fp8 (default: the engine's for the weights)"),
     trace: Optional[str] = typer.Option(None, "--trace", help=_H["trace"]),
@@ -221,6 +223,7 @@ def simulate(
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
                                 chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)
     I.check_engine(eng, m)
+    weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
     p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
     I.check_plan_fits(p, cl, m)
@@ -272,7 +275,8 @@ def search(
     burstiness_cv: float = typer.Option(1.0, "--burstiness-cv", help=_H["burstiness_cv"],
                                         callback=_real(0.0, 100.0, "e.g. --burstiness-cv 2")),
     seed: int = typer.Option(0, "--seed", help=_H["seed"], callback=_count(0, L.MAX_SEED, "e.g. --seed 0")),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtypes to try, e.g. bf16,fp8"),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype",
+                                               help="weight dtypes to try, e.g. bf16,fp8 (default: the checkpoint's own)"),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", "--kv-cache-dtype", help="KV-cache dtypes to try, e.g. bf16,fp8"),
     engine: str = typer.Option("vllm", "--engine", help=_H["engine"]),
     gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
@@ -329,6 +333,7 @@ def search(
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
     I.check_search_cluster(cl, cluster)
+    weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
     engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill)

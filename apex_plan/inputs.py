@@ -34,6 +34,13 @@ def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int, 
     return make_cluster(load_gpu(gpu), gpus, gpus_per_node)
 
 
+def default_weight_dtype(model: ModelSpec, cluster: ClusterSpec) -> str:
+    """Without --weight-dtype: the checkpoint's own format (DeepSeek-V3 and '-FP8' repos fp8, '-NVFP4' fp4),
+    or bf16 when the GPU cannot run it (what an engine then loads: the dequantised weights)."""
+    dt = model.checkpoint_dtype
+    return dt if dt in ("bf16", "fp16") or cluster.gpu.supports_weights(dt) else "bf16"
+
+
 def parse_plan(text: str | None, weight_dtype: str, kv_dtype: str, tp: int | None = None, pp: int | None = None) -> Plan:
     """'dp=2,tp=4,pp=1[,ep=1][,adp=1]' -> Plan; unnamed degrees are 1; `tp`/`pp` (vLLM's
     --tensor-parallel-size, --pipeline-parallel-size) set those degrees when --plan does not name them

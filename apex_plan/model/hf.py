@@ -81,6 +81,17 @@ def _checkpoint_formats(qc: Any, where: str, num_layers: int) -> dict[str, str]:
     return formats
 
 
+def _aliases(cfg: dict, where: str) -> tuple[str, ...]:
+    """A model YAML's `aliases`: repo ids (ORG/NAME) of the same weights in other formats."""
+    value = cfg.get("aliases")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(a, str) and "/" in a for a in value):
+        raise InputError(where, "aliases", f"must be a list of Hugging Face repo ids, got {value!r:.60}",
+                         "write e.g. 'aliases: [Qwen/Qwen3-32B-FP8]'")
+    return tuple(value)
+
+
 def _text_config(cfg: dict, where: str) -> tuple[dict, list[str]]:
     """A multimodal config's text decoder fields merged over the top level (the architecture and
     `name`/`source` stay the top level's), and notes on what is not planned."""
@@ -123,6 +134,7 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
         tie_word_embeddings=_bool(cfg, where, "tie_word_embeddings", False),
         max_context=_int(cfg, where, "max_position_embeddings"),
         notes=tuple(notes),
+        aliases=_aliases(cfg, where),
     )
     _check_dtype(cfg, where)
     qc = cfg.get("quantization_config")

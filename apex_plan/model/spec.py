@@ -153,6 +153,8 @@ class ModelSpec:
     #     plan's weight dtype ---
     weight_formats: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()      # what the loader left out (vision tower, MTP modules)
+    aliases: tuple[str, ...] = ()    # other repo ids of the same weights in other formats (built-in YAML)
+    aliases_dtype: str = ""          # dtype of the aliases without a quantisation tag ("": the checkpoint's)
 
     @property
     def is_moe(self) -> bool:
@@ -199,6 +201,25 @@ class ModelSpec:
         if mixer == FULL and (self.global_head_dim or self.global_num_kv_heads):
             return self.global_head_dim or self.head_dim, self.global_num_kv_heads or self.num_kv_heads
         return self.head_dim, self.num_kv_heads
+
+    @property
+    def checkpoint_dtype(self) -> str:
+        """The dtype the checkpoint's weights are in (bf16 when it states no format): the default plan dtype."""
+        from apex_plan.model.quant import checkpoint_dtype
+        return checkpoint_dtype(dict(self.weight_formats))
+
+    def checkpoint_repo(self, weight_dtype: str) -> tuple[str, bool]:
+        """(repo id to serve, True when its config already says the quantisation) for weights in `weight_dtype`:
+        the source when its checkpoint is in that dtype, else an alias whose tag names it, else the source."""
+        from apex_plan.model.quant import format_dtype, repo_format
+        if self.checkpoint_dtype == weight_dtype:
+            return self.source, weight_dtype not in ("bf16", "fp16", "fp32")
+        untagged = self.aliases_dtype or self.checkpoint_dtype
+        for alias in self.aliases:
+            fmt = repo_format(alias)
+            if (format_dtype(fmt) if fmt else untagged) == weight_dtype:
+                return alias, (format_dtype(fmt) if fmt else untagged) not in ("bf16", "fp16", "fp32")
+        return self.source, False
 
     def weight_format(self, component: str) -> str:
         """Checkpoint format of `component` ("" when the checkpoint gives none)."""
