@@ -181,3 +181,19 @@ def test_faster_gpu_never_predicts_slower_nor_beyond_physics(engine):
         phys_a, phys_b = _physics(a), _physics(b)
         bound = max(phys_a[k] / phys_b[k] for k in ("flops", "bw", "attn", "link"))
         assert tb / ta <= bound * (1 + 1e-6) and pb / pa <= bound * (1 + 1e-6), (engine, a, b)
+
+
+def test_host_by_gpu_overrides_only_its_platform(tmp_path):
+    doc = profile_to_dict(resolve_engine_profile("vllm-v1"))
+    doc["host_by_gpu"] = {"h200-sxm-141gb": {"per_seq_ms": 0.03, "step_ms": 0.9}}
+    p = profile_from_dict(doc, "mine.yaml")
+    h200, h100 = p.on_gpu("h200-sxm-141gb"), p.on_gpu("h100-sxm-80gb")
+    assert (h200.host.per_seq_ms, h200.host.step_ms) == (0.03, 0.9)
+    assert h200.host.frontend_ms == p.host.frontend_ms          # fields it does not name stay the joint values
+    assert h100 is p and h100.host == p.host
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(profile_to_dict(p), sort_keys=False))
+    assert resolve_engine_profile(str(path)).host_by_gpu == p.host_by_gpu
+    doc["host_by_gpu"] = {"h200-sxm-141gb": {"per_seq_msec": 0.03}}
+    with pytest.raises(InputError, match="host_by_gpu.h200-sxm-141gb.per_seq_msec"):
+        profile_from_dict(doc, "mine.yaml")

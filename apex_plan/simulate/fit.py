@@ -43,7 +43,7 @@ def plan_defaults(eng: ResolvedEngine, cfg: EngineConfig, plan: Plan, gpu, longe
     """The defaults that depend on the GPU and the plan (and, for the token budget deployments size,
     the workload's longest prompt); values the user gave stay. The graph size goes into the resolved
     profile, so the step cost sees it."""
-    prof = eng.profile
+    prof = eng.profile.on_gpu(gpu.name)            # the host constants fitted on this GPU's platform
     sch, gr, mem = prof.scheduler, prof.graphs, prof.memory
     gib = gpu.memory_bytes / GIB
     gpus = plan.tp * plan.adp
