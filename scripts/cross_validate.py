@@ -11,12 +11,14 @@ inside the 80 % interval built from the training runs' error quantiles (as `cali
 A fold whose held-out model or GPU is the profile's only one is skipped (nothing to train on).
 
 usage: python scripts/cross_validate.py [CSV ...] [--engine NAME,...] [--fit host.frontend_ms,...]
-       [--folds model,gpu] [--train-every 3] [--rounds 1] [--requests-per-slot 3] [--jobs 2] [--json OUT]
+       [--folds model,gpu] [--train-every 3] [--rounds 1] [--requests-per-slot 3] [--jobs 2] [--by-gpu N]
+       [--json OUT]
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -47,13 +49,25 @@ def load(csvs, requests_per_slot: int, exclude: Path) -> list:
 
 
 def run_fold(job) -> dict:
-    """Fit on the training cases, predict the held-out ones; errors and interval hits of the held-out."""
-    name, kind, value, train, held, fit_names, rounds = job
+    """Fit on the training cases, predict the held-out ones; errors and interval hits of the held-out.
+    With `by_gpu` (model folds), the host constants are then refitted per GPU with enough training
+    runs, as the profiles' host_by_gpu are, and each held-out run is predicted with its GPU's."""
+    name, kind, value, train, held, fit_names, rounds, by_gpu = job
     params = make_params(fit_names, train[0].engine.profile, train[0].cluster.gpu.calibration)
     x, _ = fit(train, params, rounds=rounds)
     e_train = errors(train, predict(train, params, x))
-    q = error_quantiles(e_train, len(train))
     e_held = errors(held, predict(held, params, x))
+    if by_gpu and kind == "model":
+        for gpu in {c.cluster.gpu.name for c in held}:
+            tr = [i for i, c in enumerate(train) if c.cluster.gpu.name == gpu]
+            if len(tr) < by_gpu:
+                continue
+            gp = [dataclasses.replace(p, prior=v) for p, v in zip(params, x)]
+            xg, _ = fit([train[i] for i in tr], gp, rounds=rounds)
+            e_train[tr] = errors([train[i] for i in tr], predict([train[i] for i in tr], gp, xg))
+            ho = [i for i, c in enumerate(held) if c.cluster.gpu.name == gpu]
+            e_held[ho] = errors([held[i] for i in ho], predict([held[i] for i in ho], gp, xg))
+    q = error_quantiles(e_train, len(train))
     hits = np.full(e_held.shape, np.nan)
     for j, key in enumerate(("ttft", "tpot")):
         ok = np.isfinite(e_held[:, j])
@@ -64,7 +78,7 @@ def run_fold(job) -> dict:
             "errors": e_held.tolist(), "in_interval": hits.tolist()}
 
 
-def jobs_for(cases, names, kinds, fit_names, train_every: int, rounds: int) -> list:
+def jobs_for(cases, names, kinds, fit_names, train_every: int, rounds: int, by_gpu: int = 0) -> list:
     by_profile = defaultdict(list)
     for c in cases:
         by_profile[c.engine.profile.name].append(c)
@@ -81,7 +95,7 @@ def jobs_for(cases, names, kinds, fit_names, train_every: int, rounds: int) -> l
                 train = [c for c in rows if KEY[kind](c) != v][::train_every]
                 held = [c for c in rows if KEY[kind](c) == v]
                 if train and held:
-                    jobs.append((name, kind, v, train, held, fit_names, rounds))
+                    jobs.append((name, kind, v, train, held, fit_names, rounds, by_gpu))
     return jobs
 
 
@@ -116,6 +130,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--requests-per-slot", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--by-gpu", type=int, default=0, metavar="N",
+                    help="model folds: refit per GPU with at least N training runs (as host_by_gpu)")
     ap.add_argument("--exclude", default=str(SILICON / "excluded.csv"))
     ap.add_argument("--json", help="write every fold's fitted values and held-out errors here")
     args = ap.parse_args()
@@ -134,7 +150,7 @@ def main() -> int:
     t0 = time.perf_counter()
     cases = load(args.csv, args.requests_per_slot, Path(args.exclude))
     names = {n for n in args.engine.split(",") if n}
-    jobs = jobs_for(cases, names, kinds, fit_names, max(1, args.train_every), args.rounds)
+    jobs = jobs_for(cases, names, kinds, fit_names, max(1, args.train_every), args.rounds, args.by_gpu)
     print(f"{len(cases)} runs, {len(jobs)} folds; fitting {', '.join(fit_names)}", file=sys.stderr)
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
         results = list(pool.map(run_fold, jobs))
