@@ -193,27 +193,11 @@ def _gemm_sum(p, gemms, kind, m):
 
 
 @kernel(cache=True, fastmath=False, inline="always")
-def step_time(cost, sh):
-    """Seconds of one step of shape `sh` (a StepShape) on `cost` (CostTables), and its Breakdown."""
-    p = cost.params[0]
-    if sh.tokens <= 0:
-        return 0.0, Breakdown(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    peak = p.gemm_peak_flops_per_s * p.gemm_efficiency      # achievable GEMM FLOP/s
-    bw = p.hbm_bytes_per_s * p.hbm_efficiency               # achievable HBM bytes/s
+def _mixers(p, sh, m):
+    """Seconds, FLOPs and HBM bytes of the token mixers (attention kinds, linear attention, Mamba)
+    of one stage: each kind costed once and multiplied by its layer count."""
+    bw = p.hbm_bytes_per_s * p.hbm_efficiency                 # achievable HBM bytes/s
     klat = p.kernel_latency_s
-    act_b = p.act_bytes
-    hidden = p.hidden
-    m = float(sh.tokens)
-
-    # --- GEMMs of one layer, summed per kind (the layer counts multiply them below) -----------------
-    t_ag, f_ag, b_ag = _gemm_sum(p, cost.gemms, GEMM_ATTENTION, m)
-    t_ex, f_ex, b_ex = _gemm_sum(p, cost.gemms, GEMM_ROUTED_EXPERTS, m)
-    t_dm, f_dm, b_dm = _gemm_sum(p, cost.gemms, GEMM_DENSE_MLP, m)
-    t_md, f_md, b_md = _gemm_sum(p, cost.gemms, GEMM_MOE_DENSE, m)
-    t_lg, f_lg, b_lg = _gemm_sum(p, cost.gemms, GEMM_LINEAR_ATTN, m)
-    t_mg, f_mg, b_mg = _gemm_sum(p, cost.gemms, GEMM_MAMBA, m)
-
-    # --- attention, per layer kind ----------------------------------------------------------------
     kv_b = p.kv_bytes_per_token
     a_peak = p.attn_peak_flops_per_s * p.attn_efficiency      # achievable attention FLOP/s
     n_seqs = sh.n_prefill + sh.n_decode
@@ -245,6 +229,40 @@ def step_time(cost, sh):
     t_lin = max(lin_flops / a_peak, lin_bytes / bw) + klat if p.linear_layers > 0.0 else 0.0
     t_mamba = max(mamba_flops / a_peak, mamba_bytes / bw) + klat if p.mamba_layers > 0.0 else 0.0
 
+    n_full, n_win, n_sparse, n_lin, n_mamba = (p.full_layers, p.windowed_layers, p.sparse_layers, p.linear_layers,
+                                               p.mamba_layers)
+    st_attn = n_full * t_attn + n_win * t_win + n_sparse * (t_win + t_idx) + n_lin * t_lin + n_mamba * t_mamba
+    st_attn_flops = (n_full * attn_flops + (n_win + n_sparse) * win_flops + n_sparse * idx_flops + n_lin * lin_flops
+                     + n_mamba * mamba_flops)
+    st_attn_bytes = (n_full * attn_bytes + (n_win + n_sparse) * win_bytes + n_sparse * idx_bytes + n_lin * lin_bytes
+                     + n_mamba * mamba_bytes)
+    return st_attn, st_attn_flops, st_attn_bytes
+
+
+@kernel(cache=True, fastmath=False, inline="always")
+def step_time(cost, sh):
+    """Seconds of one step of shape `sh` (a StepShape) on `cost` (CostTables), and its Breakdown."""
+    p = cost.params[0]
+    if sh.tokens <= 0:
+        return 0.0, Breakdown(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    peak = p.gemm_peak_flops_per_s * p.gemm_efficiency      # achievable GEMM FLOP/s
+    bw = p.hbm_bytes_per_s * p.hbm_efficiency               # achievable HBM bytes/s
+    klat = p.kernel_latency_s
+    act_b = p.act_bytes
+    hidden = p.hidden
+    m = float(sh.tokens)
+
+    # --- GEMMs of one layer, summed per kind (the layer counts multiply them below) -----------------
+    t_ag, f_ag, b_ag = _gemm_sum(p, cost.gemms, GEMM_ATTENTION, m)
+    t_ex, f_ex, b_ex = _gemm_sum(p, cost.gemms, GEMM_ROUTED_EXPERTS, m)
+    t_dm, f_dm, b_dm = _gemm_sum(p, cost.gemms, GEMM_DENSE_MLP, m)
+    t_md, f_md, b_md = _gemm_sum(p, cost.gemms, GEMM_MOE_DENSE, m)
+    t_lg, f_lg, b_lg = _gemm_sum(p, cost.gemms, GEMM_LINEAR_ATTN, m)
+    t_mg, f_mg, b_mg = _gemm_sum(p, cost.gemms, GEMM_MAMBA, m)
+
+    # --- token mixers: attention per layer kind, linear attention, Mamba ----------------------------
+    st_attn, st_attn_flops, st_attn_bytes = _mixers(p, sh, m)
+
     # --- elementwise kernels: norms, residual adds, rotary, activation, KV-cache write (bytes) ---
     elem_bytes = p.elem_bytes_per_token * m
     t_elem = elem_bytes / bw + p.elem_kernels_per_layer * klat
@@ -271,14 +289,9 @@ def step_time(cost, sh):
     n_layers = n_dense + n_moe + p.mlp_free_layers
     n_blocks = 2.0 * n_layers - p.mixerless_layers - p.mlp_free_layers   # mixers + MLPs: one all-reduce each
     st_gemm = n_attn * t_ag + n_lin * t_lg + n_mamba * t_mg + n_dense * t_dm + n_moe * (t_ex + t_md)
-    st_attn = n_full * t_attn + n_win * t_win + n_sparse * (t_win + t_idx) + n_lin * t_lin + n_mamba * t_mamba
     st_elem = n_layers * t_elem
     st_comm = 0.5 * n_blocks * t_ar + n_moe * t_a2a
     st_kernels = n_dense * p.kernels_per_dense_layer + n_moe * p.kernels_per_moe_layer
-    st_attn_flops = (n_full * attn_flops + (n_win + n_sparse) * win_flops + n_sparse * idx_flops + n_lin * lin_flops
-                     + n_mamba * mamba_flops)
-    st_attn_bytes = (n_full * attn_bytes + (n_win + n_sparse) * win_bytes + n_sparse * idx_bytes + n_lin * lin_bytes
-                     + n_mamba * mamba_bytes)
 
     # --- LM head for sampled rows, logits gather, and the vocab-parallel embedding ---------------
     t_head = 0.0
