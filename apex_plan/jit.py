@@ -3,8 +3,8 @@
 numba keys a cached function on its own source file only, but the simulator's event loop inlines
 the step-cost kernel from another file: after an edit there, the loop's cache would be stale.
 Every function compiled with `kernel(cache=True)` instead carries a source stamp hashing all of
-`KERNEL_FILES` (the ABI records and both kernel modules), so an edit to any of them recompiles
-them all on the next run. The stamp is numba's own invalidation mechanism (the index's source
+`KERNEL_FILES` (the ABI records and every module of estimate/ and simulate/ defining a numba
+function), so an edit to any of them recompiles them all on the next run. The stamp is numba's own invalidation mechanism (the index's source
 stamp, `numba.core.caching`), given more files; nothing is deleted by hand. Cold start (empty
 cache) and warm start are measured by `scripts/bench_kernel_cache.py`.
 """
@@ -19,8 +19,20 @@ from numba import njit
 from numba.core import caching
 
 PACKAGE = Path(__file__).resolve().parent
-# every file whose code a cached kernel may compile in (inlined or called)
-KERNEL_FILES = tuple(PACKAGE / p for p in ("abi.py", "jit.py", "estimate/kernels.py", "simulate/kernels.py"))
+KERNEL_FOLDERS = ("estimate", "simulate")      # where numba kernels live (data flows estimate -> simulate)
+
+
+def _kernel_files() -> tuple[Path, ...]:
+    """The ABI, this file, and every module of KERNEL_FOLDERS that defines a numba function: all
+    the code a cached kernel may compile in (inlined or called)."""
+    found = [PACKAGE / "abi.py", PACKAGE / "jit.py"]
+    for folder in KERNEL_FOLDERS:
+        found += [f for f in sorted((PACKAGE / folder).glob("*.py")) if "@kernel(" in (t := f.read_text())
+                  or "@njit" in t]
+    return tuple(found)
+
+
+KERNEL_FILES = _kernel_files()
 
 
 def source_stamp(files=KERNEL_FILES) -> str:
