@@ -354,7 +354,7 @@ def formats(root: Path, version: str, fits: dict, vals: dict, write: bool) -> No
         out[name] = kf.profile_formats(dense, moe, mla, vals[name], fits[g]["attention_efficiency"])
         for op, d in (("gemm", dense), ("moe", moe)):
             print(f"{g:9} {op:4} " + "  ".join(f"{kf.DTYPES[t][0]}: {x[0]:.3f} {x[1]:.3f} {x[2]:.1f} {kf.pct(e):.0f}% {n}"
-                                             for t, (x, e, n) in d.items()))
+                                             for t, (x, e, n) in ((t, v) for t, v in d.items() if t[0] != "_")))
         if mla:
             pe, pe_err, _ = mla["prefill"]
             (dce, dbe, lat), d_err, _ = mla["decode"]

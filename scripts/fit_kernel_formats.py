@@ -120,7 +120,7 @@ def fit_moe(root: Path, gpu: str, spec) -> tuple[dict, list[str]]:
     df, sources = best_table(root, gpu, "moe", "moe_perf.parquet", keys)
     df = df[(df.distribution == "balanced") & (df.moe_ep_size == 1)]
     bw = spec.mem_bw_gbps * 1e9
-    out = {}
+    out, resids = {}, {}
     for dtype, (_, wb, peak_dt) in DTYPES.items():
         d = df[df.moe_dtype == dtype]
         if len(d) < 20 or not spec.supports(peak_dt):
@@ -132,8 +132,17 @@ def fit_moe(root: Path, gpu: str, spec) -> tuple[dict, list[str]]:
         def resid(x, flops=flops, byts=byts, t_s=t_s, peak=peak):
             return np.log(np.maximum(flops / (peak * x[0]), byts / (bw * x[1])) + x[2] * 1e-6) - np.log(t_s)
 
+        resids[dtype] = resid
         out[dtype] = _solve(resid, [(0.3, 0.7, 30.0), (0.6, 0.5, 10.0), (0.1, 0.9, 60.0)], [1e-3, 1e-3, 0.0],
                             [1.0, 1.0, 500.0])
+    # per-tensor fp8 experts do no more work than 128x128-block ones (one scale per tensor): where the block
+    # kernels run the per-tensor rows' shapes faster (Hopper: the tables' per-tensor MoE kernel is FlashInfer
+    # CUTLASS, several times slower than the Triton block kernel), per-tensor fp8 takes the block fit
+    if "fp8" in out and "fp8_block" in out:
+        own, block = resids["fp8"](out["fp8"][0]), resids["fp8"](out["fp8_block"][0])
+        if np.mean(block) < np.mean(own):         # mean log model time over the same measured rows
+            out["fp8"] = (out["fp8_block"][0], float(np.sqrt(np.mean(block ** 2))), len(block))
+            out["_notes"] = {"fp8": "the fp8-block kernels' fit (faster on these shapes than the per-tensor kernel measured)"}
     return out, sources
 
 
@@ -200,15 +209,16 @@ def profile_formats(dense: dict, moe: dict, mla: dict | None, cal: dict, attn_fi
                             "bandwidth_efficiency": clip(cal["bandwidth_efficiency"] * be / be0),
                             "latency_us": float(max(0.0, cal["kernel_latency_us"] + lat - lat0)),
                             "error_pct": pct(err), "n": n, "fit": (ce, be, lat)}
-    for dtype, ((ce, be, lat), err, n) in moe.items():
+    for dtype, ((ce, be, lat), err, n) in ((k, v) for k, v in moe.items() if not k.startswith("_")):
         fmt, _, peak = DTYPES[dtype]
         # a fused-MoE layer launches at least its two grouped GEMMs: never less fixed time than two GEMMs
         floor = 2.0 * (out["gemm"][fmt]["latency_us"] if fmt in out["gemm"] else cal["kernel_latency_us"])
         out["moe"][fmt] = {"peak": peak, "compute_efficiency": clip(cal["compute_efficiency"] * ce / ce0),
                            "bandwidth_efficiency": clip(cal["bandwidth_efficiency"] * be / be0),
                            "latency_us": float(max(lat, floor)), "error_pct": pct(err), "n": n, "fit": (ce, be, lat)}
+        out["moe"][fmt]["notes"] = {moe["_notes"][dtype]} if dtype in moe.get("_notes", {}) else set()
         if lat < floor:
-            out["moe"][fmt]["notes"] = {"latency raised to two GEMM latencies (the layer's two grouped GEMMs)"}
+            out["moe"][fmt]["notes"].add("latency raised to two GEMM latencies (the layer's two grouped GEMMs)")
     if mla and pct(mla["decode"][1]) <= MLA_MAX_ERROR_PCT:
         pe, perr, pn = mla["prefill"]
         (dce, dbe, lat), derr, dn = mla["decode"]

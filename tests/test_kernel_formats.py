@@ -119,10 +119,10 @@ def test_written_errors_match_a_refit_of_the_tables():
     g = GPUS["h200-sxm-141gb"]
     moe, _ = kf.fit_moe(WHEEL, "h200_sxm", g)
     dense, _ = kf.fit_dense(WHEEL, "h200_sxm", g)
-    for dtype, ((ce, be, lat), err, n) in moe.items():
+    for dtype, ((ce, be, lat), err, n) in ((k, v) for k, v in moe.items() if not k.startswith("_")):
         fmt = kf.DTYPES[dtype][0]
         assert abs(g.kernel_formats.moe[fmt].error_pct - kf.pct(err)) < 1.0, fmt
-        assert abs(g.kernel_formats.moe[fmt].latency_us - lat) < 0.01, fmt
+        assert abs(g.kernel_formats.moe[fmt].latency_us - max(lat, 2 * gemm_fit(g, fmt, "bf16").latency_us)) < 0.01, fmt
     for dtype, (_, err, n) in dense.items():
         if dtype != "bfloat16":
             assert abs(g.kernel_formats.gemm[kf.DTYPES[dtype][0]].error_pct - kf.pct(err)) < 1.0, dtype
