@@ -72,7 +72,8 @@ _H = {
     "model": "built-in model name (see 'apex-plan models') or path to a .yaml / config.json",
     "gpu": "GPU profile name (see 'apex-plan hardware') or path to a profile YAML",
     "gpus": "GPUs in the cluster (with --gpu)",
-    "gpus_per_node": "GPUs per node (with --gpu); --gpus must fill whole nodes",
+    "gpus_per_node": "GPUs per node (with --gpu; default: the GPU profile's, 8 on HGX boards, 4 per NVL72 tray); "
+                     "--gpus must fill whole nodes",
     "cluster": "cluster YAML (instead of --gpu/--gpus); see examples/cluster.yaml",
     "trace": "trace file: APEX .jsonl, plain CSV, BurstGPT or Azure CSV (see examples/)",
     "workload": "synthetic preset: chat | summarization | creation",
@@ -89,6 +90,12 @@ _H = {
     "ttft": "time-to-first-token target, with a unit: 500ms, 0.5s",
     "tpot": "time-per-output-token target, with a unit: 50ms",
     "pct": "percentile of TTFT and TPOT that must meet the targets, in (0, 100]",
+    "turns": "synthetic sessions of this many turns; each turn resends the conversation so far plus a new "
+             "message (--prompt-tokens: the new message)",
+    "prefix_tokens": "shared system prompt ahead of every synthetic session, tokens",
+    "num_prefixes": "distinct system prompts the sessions are spread over",
+    "think_time": "mean think time between a session's turns (exponential), e.g. 10s",
+    "hash_block_tokens": "tokens per prefix block of synthetic and session traces (default 64; Mooncake: 512)",
 }
 
 
@@ -151,7 +158,7 @@ def simulate(
     model: str = typer.Option(..., "--model", "-m", help=_H["model"]),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"]),
     gpus: Optional[int] = typer.Option(None, "--gpus", help=_H["gpus"], callback=_count(1, L.MAX_GPUS, "e.g. --gpus 8")),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help=_H["gpus_per_node"],
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help=_H["gpus_per_node"],
                                       callback=_count(1, L.MAX_GPUS_PER_NODE, "e.g. --gpus-per-node 8")),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=_H["cluster"]),
     plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P[,ep=E][,adp=A] (adp: attention-DP "
@@ -160,7 +167,9 @@ def simulate(
                                           callback=_count(1, L.MAX_GPUS, "e.g. --tensor-parallel-size 8")),
     pp_size: Optional[int] = typer.Option(None, "--pipeline-parallel-size", "-pp", help="pp of --plan (vLLM spelling)",
                                           callback=_count(1, L.MAX_GPUS, "e.g. --pipeline-parallel-size 2")),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype: bf16 | fp16 | fp8 | int8 | fp4 | int4"),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype",
+                                               help="weight dtype: bf16 | fp16 | fp8 | int8 | fp4 | int4 (default: "
+                                                    "the checkpoint's own, e.g. fp8 for DeepSeek-V3 or a -FP8 repo)"),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", "--kv-cache-dtype",
                                            help="KV-cache dtype: bf16 | fp8 (default: the engine's for the weights)"),
     trace: Optional[str] = typer.Option(None, "--trace", help=_H["trace"]),
@@ -178,6 +187,14 @@ def simulate(
     burstiness_cv: float = typer.Option(1.0, "--burstiness-cv", help=_H["burstiness_cv"],
                                         callback=_real(0.0, 100.0, "e.g. --burstiness-cv 2")),
     seed: int = typer.Option(0, "--seed", help=_H["seed"], callback=_count(0, L.MAX_SEED, "e.g. --seed 0")),
+    turns: int = typer.Option(1, "--turns", help=_H["turns"], callback=_count(1, 10_000, "e.g. --turns 8")),
+    prefix_tokens: int = typer.Option(0, "--prefix-tokens", help=_H["prefix_tokens"],
+                                      callback=_count(0, L.MAX_TOKENS_PER_REQUEST, "e.g. --prefix-tokens 2000")),
+    num_prefixes: int = typer.Option(1, "--num-prefixes", help=_H["num_prefixes"],
+                                     callback=_count(1, 1 << 20, "e.g. --num-prefixes 4")),
+    think_time: str = typer.Option("0s", "--think-time", help=_H["think_time"]),
+    hash_block_tokens: Optional[int] = typer.Option(None, "--hash-block-tokens", help=_H["hash_block_tokens"],
+                                                    callback=_count(1, 1 << 16, "e.g. --hash-block-tokens 64")),
     engine: str = typer.Option("vllm", "--engine", help=_H["engine"]),
     activation_scales: Optional[str] = typer.Option(None, "--activation-scales",
                                                     help="fp8/int8 weights: dynamic | static (default: the engine's)"),
@@ -221,14 +238,20 @@ def simulate(
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
                                 chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)
     I.check_engine(eng, m)
+    weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
     p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
-    I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
+    I.check_plan_fits(p, cl, m)
+    if p.num_gpus < cl.num_gpus:                       # say so: the other GPUs are not simulated
+        import warnings
+        warnings.warn(f"--plan {p.label().split()[0]} uses {p.num_gpus} of the {cl.num_gpus} GPUs; the figures are "
+                      f"for those only (give --plan dp=..,tp=..,pp=.. to use all {cl.num_gpus})")
     if num_requests is None:
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
         num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency else 1000
     wl = I.workload_from_options(trace, workload, rate, num_requests, prompt_tokens, output_tokens, concurrency,
-                                 arrival, burstiness_cv, seed)
+                                 arrival, burstiness_cv, seed,
+                                 I.session_options(turns, prefix_tokens, num_prefixes, think_time, hash_block_tokens))
     I.check_workload_fits(wl, m, max_model_len, trace)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
     res = run_sim(m, cl, p, eng, wl, slo)
@@ -255,7 +278,7 @@ def search(
     model: str = typer.Option(..., "--model", "-m", help=_H["model"]),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"]),
     gpus: Optional[int] = typer.Option(None, "--gpus", help=_H["gpus"], callback=_count(1, L.MAX_GPUS, "e.g. --gpus 8")),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help=_H["gpus_per_node"],
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help=_H["gpus_per_node"],
                                       callback=_count(1, L.MAX_GPUS_PER_NODE, "e.g. --gpus-per-node 8")),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=_H["cluster"]),
     trace: Optional[str] = typer.Option(None, "--trace", help="request mix and rate from a trace file (see examples/)"),
@@ -272,7 +295,16 @@ def search(
     burstiness_cv: float = typer.Option(1.0, "--burstiness-cv", help=_H["burstiness_cv"],
                                         callback=_real(0.0, 100.0, "e.g. --burstiness-cv 2")),
     seed: int = typer.Option(0, "--seed", help=_H["seed"], callback=_count(0, L.MAX_SEED, "e.g. --seed 0")),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtypes to try, e.g. bf16,fp8"),
+    turns: int = typer.Option(1, "--turns", help=_H["turns"], callback=_count(1, 10_000, "e.g. --turns 8")),
+    prefix_tokens: int = typer.Option(0, "--prefix-tokens", help=_H["prefix_tokens"],
+                                      callback=_count(0, L.MAX_TOKENS_PER_REQUEST, "e.g. --prefix-tokens 2000")),
+    num_prefixes: int = typer.Option(1, "--num-prefixes", help=_H["num_prefixes"],
+                                     callback=_count(1, 1 << 20, "e.g. --num-prefixes 4")),
+    think_time: str = typer.Option("0s", "--think-time", help=_H["think_time"]),
+    hash_block_tokens: Optional[int] = typer.Option(None, "--hash-block-tokens", help=_H["hash_block_tokens"],
+                                                    callback=_count(1, 1 << 16, "e.g. --hash-block-tokens 64")),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype",
+                                               help="weight dtypes to try, e.g. bf16,fp8 (default: the checkpoint's own)"),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", "--kv-cache-dtype", help="KV-cache dtypes to try, e.g. bf16,fp8"),
     engine: str = typer.Option("vllm", "--engine", help=_H["engine"]),
     gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
@@ -295,6 +327,9 @@ def search(
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
     slo_margin: bool = typer.Option(False, "--slo-margin", help="meet the SLOs at the pessimistic end of the "
                                     "engine profile's 80% error interval (needs a calibrated profile)"),
+    headroom: float = typer.Option(0.0, "--headroom", help="capacity kept above the demand, as a fraction: the "
+                                   "deployment must sustain demand x (1 + headroom) within the SLO (default 0: "
+                                   "just the demand)", callback=_real(0.0, 10.0, "e.g. --headroom 0.2", False)),
     objective: str = typer.Option("gpus", "--objective", help="gpus | energy | cost | latency | throughput"),
     homogeneous: bool = typer.Option(False, "--homogeneous", help="one plan for all replicas"),
     top: int = typer.Option(3, "--top", help="deployments to show", callback=_count(1, 100, "e.g. --top 3")),
@@ -329,6 +364,7 @@ def search(
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
     I.check_search_cluster(cl, cluster)
+    weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
     engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill)
@@ -337,7 +373,8 @@ def search(
     wl = I.workload_from_options(trace, workload if (workload is not None or trace or prompt_tokens is not None) else "chat",
                                  None if trace else (rate or 1.0),
                                  num_requests if trace else max(num_requests, MAX_HORIZON_REQUESTS),
-                                 prompt_tokens, output_tokens, None, arrival, burstiness_cv, seed)
+                                 prompt_tokens, output_tokens, None, arrival, burstiness_cv, seed,
+                                 I.session_options(turns, prefix_tokens, num_prefixes, think_time, hash_block_tokens))
     I.check_workload_fits(wl, m, max_model_len, trace)
     trace_rps = I.trace_rate(wl.trace, trace) if trace else None    # also refuses traces with no arrival spread
     demand = rate if rate is not None else trace_rps
@@ -345,6 +382,11 @@ def search(
         raise InputError("--rate", None, "must be positive", "e.g. --rate 2")
     if demand is None and objective != "throughput":
         objective = "throughput"
+    if headroom and demand is None:
+        raise InputError("--headroom", None, "needs a demanded rate (--rate, or a trace's)", "give --rate or drop --headroom")
+    asked_demand = demand
+    if demand is not None:
+        demand = demand * (1.0 + headroom)             # the rate every deployment must sustain within the SLO
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
     asked_slo, margin = slo, None
     if slo_margin:
@@ -365,7 +407,7 @@ def search(
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "workload": {"trace": trace, "preset": workload if not trace else None, "requests": len(wl.trace),
                            "seed": seed},
-              "demand_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
+              "demand_rps": asked_demand, "headroom": headroom, "searched_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
               "weight_dtypes": list(inp.weight_dtypes), "kv_dtypes": list(inp.kv_dtypes),
               "slo": _slo_doc(asked_slo), "slo_margin": margin and {**margin, "searched_slo": _slo_doc(slo)},
               "engine": engine_doc(base.profile),
@@ -423,8 +465,12 @@ def calibrate(
     from apex_plan.report.output import emit
     check_format(fmt)
     names = C.parse_fit(fit)
+    if folds == 1:
+        raise InputError("--folds", None, "one fold holds every run out and fits on none",
+                         "use --folds 0 (no cross-validation) or 2 or more")
     if overlay is not None and not overlay.endswith((".yaml", ".yml")):
         raise InputError("--output", None, f"'{overlay}' is not a .yaml path", "e.g. --output vllm-h100.yaml")
+    check_format(fmt, overlay)
     cases, _ = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
     cal = C.calibrate(cases, names, runs, rounds, progress=lambda s: typer.echo("  " + s, err=True), folds=folds)
     if overlay:
@@ -481,7 +527,8 @@ def sweep(
 def engine_doc(profile) -> dict:
     """The engine profile as echoed in every output: name, version asked for, file, calibration."""
     return {"profile": profile.name, "family": profile.family, "version": profile.version,
-            "versions": f"[{profile.min_version}, {profile.max_version})", "calibration": profile.calibration,
+            "versions": f"[{profile.min_version}, {profile.max_version})", "version_note": profile.version_note or None,
+            "calibration": profile.calibration,
             "calibration_error": profile.calibration_error or "uncalibrated (no measured error stored)"}
 
 

@@ -42,6 +42,7 @@ _GPU_FIELDS: dict[str, tuple[str, bool]] = {
     "calibration": ("mapping", False),
     "nvlink_domain_gpus": ("count", False),
     "kernel_formats": ("mapping", False),
+    "gpus_per_node": ("count", False),
 }
 
 _CLUSTER_FIELDS: dict[str, str] = {
@@ -194,6 +195,14 @@ def _peak_tflops(doc: dict[str, Any], where: str) -> dict[str, float]:
     return peaks
 
 
+# GPU-profile calibration keys of engine behaviour, moved to the engine profiles (engine_profiles/*.yaml)
+# when GPU profiles were cut down to chip physics: old key -> the engine-profile field that replaced it
+MOVED_TO_ENGINE = {"step_overhead_ms": "host.step_ms", "per_seq_overhead_ms": "host.per_seq_ms",
+                   "per_prefill_token_overhead_us": "host.per_prefill_token_us",
+                   "frontend_latency_ms": "host.frontend_ms", "eager_kernel_overhead_us": "host.eager_kernel_us",
+                   "engine_reserve_gib": "memory.reserve_gib"}
+
+
 def _calibration(doc: dict[str, Any], where: str) -> Calibration:
     """Calibration block: unknown keys refused, missing keys take the dataclass defaults."""
     raw = doc.get("calibration")
@@ -202,6 +211,11 @@ def _calibration(doc: dict[str, Any], where: str) -> Calibration:
     if not isinstance(raw, dict):
         raise InputError(where, "calibration", f"expected a mapping, got '{raw}'", "write 'calibration:' then indented 'field: value' lines")
     fields = {f.name: f for f in dataclasses.fields(Calibration)}
+    for key in raw:
+        if key in MOVED_TO_ENGINE:
+            raise InputError(where, f"calibration.{key}", "is engine behaviour, no longer read from a GPU profile: it "
+                             f"moved to the engine profile as '{MOVED_TO_ENGINE[key]}'",
+                             f"delete it here; set {MOVED_TO_ENGINE[key]} in an engine profile YAML (--engine FILE)")
     _check_keys(raw, fields, where, prefix="calibration.")
     values: dict[str, float] = {}
     for key in raw:
@@ -245,6 +259,7 @@ def gpu_from_dict(doc: dict[str, Any], where: str) -> GpuSpec:
         source=_text(doc, "source", where, default=""),
         nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=0, allow_min=True)),
         kernel_formats=kernel_formats(doc.get("kernel_formats"), where, _number),
+        gpus_per_node=int(num("gpus_per_node", integer=True, default=8)),
     )
 
 
@@ -254,10 +269,12 @@ def load_gpu(name_or_path: str | Path, where: str = "--gpu", field: str | None =
     return gpu_from_dict(_read_yaml(path), str(path))
 
 
-def make_cluster(gpu: GpuSpec, gpus: int, gpus_per_node: int = 8, *, name: str = "",
+def make_cluster(gpu: GpuSpec, gpus: int, gpus_per_node: int | None = None, *, name: str = "",
                  inter_node_bw_gbps: float = DEFAULT_INTER_NODE_BW_GBPS,
                  price_per_gpu_hour: float = 0.0) -> ClusterSpec:
-    """Cluster for `--gpu NAME --gpus N --gpus-per-node G` (N < G means one node of N GPUs)."""
+    """Cluster for `--gpu NAME --gpus N --gpus-per-node G` (N < G means one node of N GPUs; G defaults to
+    the GPU profile's node size: 8 on HGX boards, 4 on an NVL72 compute tray)."""
+    gpus_per_node = gpu.gpus_per_node if gpus_per_node is None else gpus_per_node
     for option, value in (("--gpus", gpus), ("--gpus-per-node", gpus_per_node)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise InputError(option, None, f"must be a positive whole number, got {value!r}", "e.g. 8")
