@@ -143,6 +143,9 @@ SCHED_FIELDS = (
     ("tdp_w", F8, "GPU board power at full load, W"),
     ("idle_w", F8, "GPU idle power, W"),
     ("gpus_per_engine", F8, "GPUs whose power one engine's steps draw (tp x pp)"),
+    ("adp_ranks", I8, "attention-DP ranks of one replica (consecutive ranks)"),
+    ("adp_balance_steps", I8, "attention-DP balance: new contexts wait until every rank of the replica has one, "
+                              "or this many steps (TRT-LLM attention_dp_config.timeout_iters); 0: off"),
 )
 
 # ---- requests: one row each; inputs, results, and the event loop's own per-request state -----------
@@ -179,6 +182,8 @@ ENGINE_FIELDS = (
     ("busy_until_s", F8, "state: end of the step in flight, s (inf: idle)"),
     ("scheduled", I8, "state: entries of the step in flight"),
     ("host_free_s", F8, "state: on a replica's first engine, when its scheduler thread is free, s"),
+    ("balance_steps", F8, "state: on an attention-DP replica's first engine, steps toward the balance timeout"),
+    ("balance_open", I8, "state: 1 when the balance timeout let this engine's held contexts in"),
 )
 
 # ---- the event loop's slot table: (engine, slot) -> running request and the step's entries ------------

@@ -125,3 +125,27 @@ def test_no_request_completing_is_a_reason_not_null_metrics():
     assert res.metrics == {}
     ok = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(max_model_len=8192), Workload(tr))
     assert ok.feasible and ok.metrics["completed"] == 8 and np.isfinite(ok.metrics["ttft_ms"]["mean"])
+
+
+def test_attention_dp_balance_holds_contexts_at_most_its_timeout():
+    """TRT-LLM with attention DP as the serving recipes run it: a new context waits until every rank
+    has one or 60 iterations pass; the wait shows in TTFT, bounded by 60 steps, and off without ADP."""
+    import dataclasses
+    model, gpu = load_model("qwen3-30b-a3b"), load_gpu("h100-sxm-80gb")
+    prof = resolve_engine_profile("trtllm@1.2.0")
+    assert prof.scheduler.adp_balance_steps == 60
+    tr = synthetic_trace(160, LengthDist("constant", mean=512), LengthDist("constant", mean=128), None,
+                         "poisson", 1.0, 0)
+    plan = Plan(tp=1, ep=2, adp=2, weight_dtype="bf16", kv_dtype="bf16")
+
+    def run(steps):
+        p = dataclasses.replace(prof, scheduler=dataclasses.replace(prof.scheduler, adp_balance_steps=steps))
+        res = simulate(model, make_cluster(gpu, 2), plan, EngineConfig(max_num_seqs=16, profile=p),
+                       closed_loop(tr, 32))
+        assert res.feasible and res.metrics["completed"] == 160, res.reason
+        return res.metrics
+
+    held, free = run(60), run(0)
+    wait_s = (held["ttft_ms"]["mean"] - free["ttft_ms"]["mean"]) / 1e3
+    assert wait_s > 0
+    assert wait_s < 60 * held["tpot_ms"]["mean"] / 1e3 * 1.5

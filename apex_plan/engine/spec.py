@@ -31,6 +31,8 @@ class SchedulerPolicy:
     token_budget_large_gpu: int = 0       # token budget on GPUs of at least large_gpu_gib (0: token_budget everywhere)
     large_gpu_gib: float = 0.0
     budget_per_adp_rank: bool = False     # the budget is split over attention-DP ranks (SGLang: chunk // dp_size)
+    adp_balance_steps: int = 0            # attention DP: contexts wait for every rank to have one, at most this
+                                          # many steps (TRT-LLM attention_dp_config timeout_iters; 0: off)
     budget_fits_prompt: bool = False      # deployments size the budget to hold the longest prompt beside a full
                                           # batch of decodes: max(token_budget, ceil64(max_num_seqs + prompt + 64))
     closed_loop: str = "desync"           # how a benchmark's closed loop of identical requests evolves:

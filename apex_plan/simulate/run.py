@@ -151,7 +151,8 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
         budget_tokens=eng.max_batched_tokens, chunked=eng.chunked_prefill, block_tokens=eng.block_size,
         kv_blocks=nblocks, watermark_blocks=watermark, prefill_first=eng.profile.prefill_first(eng.chunked_prefill),
         reserve_full=eng.profile.scheduler.reserve_full_sequence, closed_concurrency=0, tdp_w=gpu.tdp_w,
-        idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp)
+        idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp, adp_ranks=plan.adp,
+        adp_balance_steps=eng.profile.scheduler.adp_balance_steps)
 
     def run(arr, prm, out, closed, delay):
         """One pass of the event loop; per-request times and per-engine statistics."""
