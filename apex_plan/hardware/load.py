@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from apex_plan.errors import InputError, did_you_mean
-from apex_plan.hardware.spec import Calibration, ClusterSpec, GpuSpec
+from apex_plan.hardware.spec import Calibration, Clocks, ClusterSpec, GpuSpec
 from apex_plan.limits import check_cluster_size, check_hardware_field
 from apex_plan.yamlio import load_yaml
 from apex_plan.units import DTYPE_BYTES
@@ -40,6 +40,7 @@ _GPU_FIELDS: dict[str, tuple[str, bool]] = {
     "num_sms": ("count", True),
     "calibration": ("mapping", False),
     "nvlink_domain_gpus": ("count", False),
+    "clocks": ("mapping", False),
 }
 
 _CLUSTER_FIELDS: dict[str, str] = {
@@ -219,6 +220,34 @@ def _calibration(doc: dict[str, Any], where: str) -> Calibration:
     return Calibration(**values)
 
 
+def _clocks(doc: dict[str, Any], where: str, tdp_w: float) -> Clocks | None:
+    """The optional `clocks:` block: SM clock range, memory clock, lowest power limit, DVFS exponent."""
+    raw = doc.get("clocks")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InputError(where, "clocks", f"expected a mapping, got '{raw}'",
+                         "write 'clocks:' then indented 'sm_peak_mhz: 1830' style lines")
+    fields = {f.name: f for f in dataclasses.fields(Clocks)}
+    _check_keys(raw, fields, where, prefix="clocks.")
+    v = {}
+    for key in fields:
+        unit = "ratio" if key == "dvfs_power_exponent" else ("W" if key.endswith("_w") else "MHz")
+        v[key] = _number(raw, key, where, unit, field=f"clocks.{key}",
+                         default=3.0 if key == "dvfs_power_exponent" else None)
+    if not v["sm_min_mhz"] <= v["sm_peak_mhz"] <= v["sm_max_mhz"]:
+        raise InputError(where, "clocks.sm_peak_mhz", f"must lie in [sm_min_mhz, sm_max_mhz] = "
+                         f"[{v['sm_min_mhz']:g}, {v['sm_max_mhz']:g}], got {v['sm_peak_mhz']:g}",
+                         "give the SM clock the datasheet peaks are quoted at")
+    if not v["power_limit_min_w"] <= tdp_w:
+        raise InputError(where, "clocks.power_limit_min_w", f"{v['power_limit_min_w']:g} W exceeds tdp_w {tdp_w:g} W",
+                         "the lowest settable power limit (nvidia-smi -q -d POWER, 'Min Power Limit')")
+    if not 1.0 <= v["dvfs_power_exponent"] <= 4.0:
+        raise InputError(where, "clocks.dvfs_power_exponent", f"must be in [1, 4], got {v['dvfs_power_exponent']:g}",
+                         "3 for dynamic power ~ V^2 f with the voltage scaled with the clock")
+    return Clocks(**v)
+
+
 def gpu_from_dict(doc: dict[str, Any], where: str) -> GpuSpec:
     """Validate a parsed profile mapping and build a GpuSpec (errors name `where`)."""
     _check_keys(doc, _GPU_FIELDS, where)
@@ -242,6 +271,7 @@ def gpu_from_dict(doc: dict[str, Any], where: str) -> GpuSpec:
         calibration=_calibration(doc, where),
         source=_text(doc, "source", where, default=""),
         nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=0, allow_min=True)),
+        clocks=_clocks(doc, where, tdp_w),
     )
 
 

@@ -27,6 +27,18 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Clocks:
+    """Clock and power-limit ranges of one GPU (`apex_plan.hardware.power` uses them)."""
+
+    sm_peak_mhz: float          # SM clock the datasheet's peak FLOP/s hold at (and the chip sustains at TDP)
+    sm_max_mhz: float           # highest SM clock the driver accepts (nvidia-smi max clocks)
+    sm_min_mhz: float           # lowest supported SM clock
+    mem_mhz: float              # memory clock (HBM); power caps leave it unchanged
+    power_limit_min_w: float    # lowest settable power limit (the highest is tdp_w)
+    dvfs_power_exponent: float = 3.0   # k in P_dyn ~ (f / f_peak)^k; source in the profile YAML
+
+
+@dataclass(frozen=True)
 class GpuSpec:
     """One GPU's datasheet figures (dense, not sparse, FLOP/s) plus its calibration."""
 
@@ -43,6 +55,8 @@ class GpuSpec:
     calibration: Calibration = field(default_factory=Calibration)
     source: str = ""                     # datasheet reference
     nvlink_domain_gpus: int = 0          # GPUs one NVLink/NVSwitch fabric joins at intra_node_bw (NVL72: 72); 0: the node
+    clocks: Clocks | None = None         # SM clock and power-limit ranges; None: the profile gives none
+    operating_point: str = ""            # "" at the datasheet clock; else e.g. "cap 500 W: SM 1605 MHz"
 
     def supports(self, dtype: str) -> bool:
         """True if the GPU has tensor-core support (a peak figure) for `dtype`."""
