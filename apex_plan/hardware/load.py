@@ -232,9 +232,9 @@ def _clocks(doc: dict[str, Any], where: str, tdp_w: float) -> Clocks | None:
     _check_keys(raw, fields, where, prefix="clocks.")
     v = {}
     for key in fields:
-        unit = "ratio" if key == "dvfs_power_exponent" else ("W" if key.endswith("_w") else "MHz")
-        v[key] = _number(raw, key, where, unit, field=f"clocks.{key}",
-                         default=3.0 if key == "dvfs_power_exponent" else None)
+        unit = {"dvfs_power_exponent": "ratio", "hbm_pj_per_bit": "pJ per bit"}.get(key, "W" if key.endswith("_w") else "MHz")
+        v[key] = _number(raw, key, where, unit, field=f"clocks.{key}", allow_min=key == "hbm_pj_per_bit",
+                         default={"dvfs_power_exponent": 3.0, "hbm_pj_per_bit": 0.0}.get(key))
     if not v["sm_min_mhz"] <= v["sm_peak_mhz"] <= v["sm_max_mhz"]:
         raise InputError(where, "clocks.sm_peak_mhz", f"must lie in [sm_min_mhz, sm_max_mhz] = "
                          f"[{v['sm_min_mhz']:g}, {v['sm_max_mhz']:g}], got {v['sm_peak_mhz']:g}",
@@ -283,7 +283,7 @@ def load_gpu(name_or_path: str | Path, where: str = "--gpu", field: str | None =
 
 def make_cluster(gpu: GpuSpec, gpus: int, gpus_per_node: int = 8, *, name: str = "",
                  inter_node_bw_gbps: float = DEFAULT_INTER_NODE_BW_GBPS,
-                 price_per_gpu_hour: float = 0.0) -> ClusterSpec:
+                 price_per_gpu_hour: float | None = None) -> ClusterSpec:
     """Cluster for `--gpu NAME --gpus N --gpus-per-node G` (N < G means one node of N GPUs)."""
     for option, value in (("--gpus", gpus), ("--gpus-per-node", gpus_per_node)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -307,22 +307,31 @@ def make_cluster(gpu: GpuSpec, gpus: int, gpus_per_node: int = 8, *, name: str =
 
 
 def load_cluster(path: str | Path) -> ClusterSpec:
-    """A cluster from YAML: name, gpu, nodes, gpus_per_node, links (defaults as documented), price."""
+    """A cluster from YAML: name, gpu, nodes, gpus_per_node, links (defaults as documented), price.
+    A file with node groups (`groups:`) is a fleet: `apex_plan.hardware.fleet.load_fleet` reads it."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(str(path), None, "cluster file not found", "check the path")
-    where = str(path)
     doc = _read_yaml(path)
-    _check_keys(doc, _CLUSTER_FIELDS, where)
+    if "groups" in doc:
+        raise InputError(str(path), "groups", "this command takes one node group, the file has a list",
+                         "use `search` for a fleet of node groups, or a cluster file of one group here")
+    return cluster_from_dict(doc, path)
+
+
+def cluster_from_dict(doc: dict[str, Any], path: Path, prefix: str = "", default_name: str | None = None) -> ClusterSpec:
+    """Validate one cluster (or node-group) mapping read from `path`; fields are named `prefix`+key."""
+    where = str(path)
+    _check_keys(doc, _CLUSTER_FIELDS, where, prefix=prefix)
     gpu_ref = doc.get("gpu")
     if gpu_ref is None:
-        raise InputError(where, "gpu", "missing", "add 'gpu: <profile name or path>', e.g. one of: " + ", ".join(list_gpus()))
+        raise InputError(where, f"{prefix}gpu", "missing", "add 'gpu: <profile name or path>', e.g. one of: " + ", ".join(list_gpus()))
     if not isinstance(gpu_ref, str):
-        raise InputError(where, "gpu", f"expected a profile name or path, got '{gpu_ref}'", "e.g. 'gpu: h100-sxm-80gb'")
+        raise InputError(where, f"{prefix}gpu", f"expected a profile name or path, got '{gpu_ref}'", "e.g. 'gpu: h100-sxm-80gb'")
     if _looks_like_path(gpu_ref) and not Path(gpu_ref).is_absolute():
         gpu_ref = str(path.parent / gpu_ref)        # relative to the cluster file
-    gpu = load_gpu(gpu_ref, where=where, field="gpu")
-    num = lambda key, **kw: _number(doc, key, where, _CLUSTER_FIELDS[key], **kw)  # noqa: E731
+    gpu = load_gpu(gpu_ref, where=where, field=f"{prefix}gpu")
+    num = lambda key, **kw: _number(doc, key, where, _CLUSTER_FIELDS[key], field=prefix + key, **kw)  # noqa: E731
     nodes, per_node = check_cluster_size(where, int(num("nodes", integer=True)), int(num("gpus_per_node", integer=True)))
     return ClusterSpec(
         gpu=gpu,
@@ -332,7 +341,7 @@ def load_cluster(path: str | Path) -> ClusterSpec:
         intra_node_latency_us=num("intra_node_latency_us", default=DEFAULT_INTRA_NODE_LATENCY_US, allow_min=True),
         inter_node_bw_gbps=num("inter_node_bw_gbps", default=DEFAULT_INTER_NODE_BW_GBPS),
         inter_node_latency_us=num("inter_node_latency_us", default=DEFAULT_INTER_NODE_LATENCY_US, allow_min=True),
-        price_per_gpu_hour=num("price_per_gpu_hour", default=0.0, allow_min=True),
-        name=_text(doc, "name", where, default=path.stem),
+        price_per_gpu_hour=num("price_per_gpu_hour", required=False, allow_min=True),
+        name=_text(doc, "name", where, default=default_name or path.stem),
         nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=gpu.nvlink_domain_gpus, allow_min=True)),
     )

@@ -2,12 +2,14 @@
 
 Power model (per GPU, while stepping; the simulator's energy accounting, `simulate/kernels.py`):
 
-    P(f, u) = idle + (TDP - idle) x u x (f / f_peak)^k
+    P(f, u) = idle + [P_hbm + (TDP - idle - P_hbm) x (f / f_peak)^k] x u
 
 u is the busier of compute and memory utilisation relative to the peaks *at clock f*, f_peak the SM
 clock the datasheet peaks hold at (`Clocks.sm_peak_mhz`), k the profile's DVFS exponent (3: dynamic
-power a C V^2 f with the voltage scaled in proportion to the clock). At f = f_peak this is the
-model the project always used (P = idle + (TDP - idle) x u), so a cap at TDP changes nothing.
+power a C V^2 f with the voltage scaled in proportion to the clock). P_hbm is the part of the
+dynamic power an SM clock change leaves alone: HBM traffic at full bandwidth, peak bytes/s x 8 x
+the profile's HBM energy per bit (`Clocks.hbm_pj_per_bit`). At f = f_peak this is the model the
+project always used (P = idle + (TDP - idle) x u), so a cap at TDP changes nothing.
 
 Time: compute-bound kernel time scales as f_peak / f (peak FLOP/s x f / f_peak); memory-bound time
 with the memory clock, which power caps and SM-clock locks leave unchanged on HBM GPUs, so HBM
@@ -18,16 +20,13 @@ at that clock: the simulator's unchanged accounting, (tdp_w - idle) x u x busy t
 energy of the model above with no kernel change.
 
 A power cap C gives the highest clock whose power at the plan's utilisation stays within C
-(`cap_clock_mhz`; the utilisation comes from the caller, e.g. a representative step of the plan).
+(`apex_plan.search.power_point.plan_clock_mhz`, from a representative step of the plan).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Callable
-
 from apex_plan.errors import InputError
 from apex_plan.hardware.spec import Clocks, GpuSpec
 
@@ -62,8 +61,15 @@ def power_w(gpu: GpuSpec, sm_clock_mhz: float, utilisation: float) -> float:
     """Watts one GPU draws at this clock and utilisation (the model in the module docstring)."""
     c = _clocks(gpu, "--power-cap")
     u = min(max(utilisation, 0.0), 1.0)
-    # idle + dynamic at full clock x utilisation x the clock's share of dynamic power
-    return gpu.idle_w + (gpu.tdp_w - gpu.idle_w) * u * (sm_clock_mhz / c.sm_peak_mhz) ** c.dvfs_power_exponent
+    hbm_w = hbm_power_w(gpu)
+    # idle + (HBM watts + the SM-clock domain's dynamic watts scaled by (f / f_peak)^k) x utilisation
+    return gpu.idle_w + (hbm_w + (gpu.tdp_w - gpu.idle_w - hbm_w) * (sm_clock_mhz / c.sm_peak_mhz) ** c.dvfs_power_exponent) * u
+
+
+def hbm_power_w(gpu: GpuSpec) -> float:
+    """Watts of HBM traffic at full bandwidth: bytes/s x 8 bits x joules per bit (at most the dynamic range)."""
+    c = _clocks(gpu, "--power-cap")
+    return min(gpu.mem_bw_gbps * 1e9 * 8 * c.hbm_pj_per_bit * 1e-12, gpu.tdp_w - gpu.idle_w)
 
 
 def at_clock(gpu: GpuSpec, sm_clock_mhz: float, label: str = "") -> GpuSpec:
@@ -78,25 +84,6 @@ def at_clock(gpu: GpuSpec, sm_clock_mhz: float, label: str = "") -> GpuSpec:
         tdp_w=power_w(gpu, sm_clock_mhz, 1.0),                             # full-utilisation watts at this clock
         operating_point=label or f"SM {sm_clock_mhz:.0f} MHz",
     )
-
-
-def cap_clock_mhz(gpu: GpuSpec, cap_w: float, utilisation_at: Callable[[float], float]) -> float:
-    """Highest SM clock (on the 15 MHz table, at most the peak clock) at which P(f, u(f)) <= cap_w;
-    `utilisation_at(f)` is the plan's utilisation at clock f. The lowest clock when none fits."""
-    c = _clocks(gpu, "--power-cap")
-    if cap_w >= gpu.tdp_w or power_w(gpu, c.sm_peak_mhz, utilisation_at(c.sm_peak_mhz)) <= cap_w:
-        return c.sm_peak_mhz
-    lo = math.ceil(c.sm_min_mhz / CLOCK_STEP_MHZ)
-    hi = math.floor(c.sm_peak_mhz / CLOCK_STEP_MHZ)
-    if power_w(gpu, lo * CLOCK_STEP_MHZ, utilisation_at(lo * CLOCK_STEP_MHZ)) > cap_w:
-        return lo * CLOCK_STEP_MHZ
-    while hi - lo > 1:                     # power grows with the clock: bisect on the clock table
-        mid = (lo + hi) // 2
-        if power_w(gpu, mid * CLOCK_STEP_MHZ, utilisation_at(mid * CLOCK_STEP_MHZ)) <= cap_w:
-            lo = mid
-        else:
-            hi = mid
-    return lo * CLOCK_STEP_MHZ
 
 
 def check_point(gpu: GpuSpec, point: OperatingPoint, where: str) -> None:

@@ -36,6 +36,7 @@ class Clocks:
     mem_mhz: float              # memory clock (HBM); power caps leave it unchanged
     power_limit_min_w: float    # lowest settable power limit (the highest is tdp_w)
     dvfs_power_exponent: float = 3.0   # k in P_dyn ~ (f / f_peak)^k; source in the profile YAML
+    hbm_pj_per_bit: float = 0.0        # HBM access energy: the dynamic power an SM clock change leaves alone
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class ClusterSpec:
     intra_node_latency_us: float
     inter_node_bw_gbps: float            # per GPU per direction across nodes (NIC)
     inter_node_latency_us: float
-    price_per_gpu_hour: float = 0.0      # 0 when unknown
+    price_per_gpu_hour: float | None = None   # USD per GPU-hour; None when unknown (never a silent 0)
     name: str = ""
     nvlink_domain_gpus: int = 0          # GPUs joined by one NVLink fabric across nodes (GB200/GB300 NVL72: 72); 0: a node
 
