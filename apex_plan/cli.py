@@ -232,12 +232,7 @@ def simulate(
     I.check_workload_fits(wl, m, max_model_len, trace)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
     res = run_sim(m, cl, p, eng, wl, slo)
-    from apex_plan.hardware.fleet import group_doc
-    inputs = {"model": m.name, "gpu": "+".join(dict.fromkeys(g.cluster.gpu.name for g in fleet.groups)),
-              "gpus": fleet.num_gpus, "gpus_per_node": cl.gpus_per_node,
-              "groups": [group_doc(g) for g in fleet.groups], "prices_file": prices,
-              "operating_points": [{"power_cap_w": p.power_cap_w, "sm_clock_mhz": p.sm_clock_mhz} for p in points],
-              "max_power_kw": max_power_kw,
+    inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "plan": plan if plan is not None else f"dp={p.dp},tp={p.tp},pp={p.pp}", "weight_dtype": weight_dtype,
               "kv_dtype": kv_dtype, "engine": engine_doc(eng.profile),
               "workload": {"trace": trace, "preset": workload, "rate_per_s": rate, "requests": len(wl.trace),
