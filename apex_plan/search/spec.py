@@ -13,6 +13,7 @@ from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.search.screen import Screen
 from apex_plan.simulate.engine import ResolvedEngine
+from apex_plan.simulate.fit import lowered_max_model_len
 from apex_plan.workload.spec import Slo, Trace
 
 
@@ -77,6 +78,4 @@ class PlanEval:
 
     def lowered_max_model_len(self, model: ModelSpec) -> int | None:
         """max_model_len when the search lowered it below the model's to fit the KV cache, else None."""
-        if self.engine and self.engine_cfg.max_model_len is None and self.engine.max_model_len < model.max_context:
-            return self.engine.max_model_len
-        return None
+        return lowered_max_model_len(self.engine, self.engine_cfg, model)

@@ -13,12 +13,13 @@ from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.plan.enumerate import enumerate_replica_plans, layer_shard_key
 from apex_plan.plan.spec import Plan
 from apex_plan.search.bounds import goodput_bound_rps
-from apex_plan.search.fit import engine_label, fit_engine
+from apex_plan.search.fit import engine_label
 from apex_plan.search.layouts import profile_caps, supported_layout
 from apex_plan.search.power_point import plan_clock_mhz, point_cluster, representative_step, step_cost_builder
 from apex_plan.search.screen import screen_plan
 from apex_plan.search.spec import PlanEval, SearchInputs
 from apex_plan.simulate.engine import resolve_engine
+from apex_plan.simulate.fit import fit_engine
 
 
 def enumerate_group(inp: SearchInputs, cluster: ClusterSpec) -> tuple[list[Plan], list[tuple[Plan, str]], object]:
@@ -87,6 +88,7 @@ def prepare(inp: SearchInputs, evals: list[PlanEval], mix) -> tuple[dict, int]:
     it at the clock of an earlier variant of the same plan is the same run: marked 'duplicate'."""
     model = inp.model
     need_len = int((inp.trace.prompt_tokens + inp.trace.output_tokens).max())
+    longest_prompt = int(inp.trace.prompt_tokens.max())
     shard_cache: dict[tuple, Shard] = {}
     fitted: dict[tuple, tuple] = {}
     first_at_clock: dict[tuple, str] = {}
@@ -104,7 +106,8 @@ def prepare(inp: SearchInputs, evals: list[PlanEval], mix) -> tuple[dict, int]:
             shard_cache[key] = shard
         fkey = (ev.pool, id(ev.plan), id(ev.engine_cfg))   # one plan, engine and group: memory does not depend on the clock
         if fkey not in fitted:
-            fitted[fkey] = fit_engine(model, ev.plan, shard, ev.engine_cfg, group_cluster.gpu, need_len)
+            fitted[fkey] = fit_engine(model, ev.plan, shard, ev.engine_cfg, group_cluster.gpu, need_len,
+                                      longest_prompt)
         eng, mem, why = fitted[fkey]
         ev.memory = mem
         if eng is None:
