@@ -357,7 +357,7 @@ def _deployments(res: SearchResult, console: Console) -> None:
                   f"{m['output_tokens_per_s']:.0f}", _f(m["energy_j_per_output_token"], ".2f"),
                   _f(ec["mean_power_w_at_demand"], ".0f"), money(ec["cost_per_hour"]),
                   money(ec["usd_per_mtok_output_at_demand"], ".3g"), money(ec["usd_per_mtok_input_at_demand"], ".3g"))
-    _fit_columns(t, console, ("$/Mtok in", "mean W", "J/tok", "demand out tok/s"))
+    _fit_columns(t, console, ("$/Mtok in", "$/Mtok out", "mean W", "$/h", "J/tok", "demand out tok/s"))
     console.print(t)
     for i, d in enumerate(res.deployments):
         for x in d.launch:
