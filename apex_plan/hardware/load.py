@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from apex_plan.errors import InputError, did_you_mean
+from apex_plan.hardware.formats import kernel_formats
 from apex_plan.hardware.spec import Calibration, Clocks, ClusterSpec, GpuSpec
 from apex_plan.limits import check_cluster_size, check_hardware_field
 from apex_plan.yamlio import load_yaml
@@ -41,6 +42,7 @@ _GPU_FIELDS: dict[str, tuple[str, bool]] = {
     "calibration": ("mapping", False),
     "nvlink_domain_gpus": ("count", False),
     "clocks": ("mapping", False),
+    "kernel_formats": ("mapping", False),
     "gpus_per_node": ("count", False),
 }
 
@@ -286,6 +288,7 @@ def gpu_from_dict(doc: dict[str, Any], where: str) -> GpuSpec:
         source=_text(doc, "source", where, default=""),
         nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=0, allow_min=True)),
         clocks=_clocks(doc, where, tdp_w),
+        kernel_formats=kernel_formats(doc.get("kernel_formats"), where, _number),
         gpus_per_node=int(num("gpus_per_node", integer=True, default=8)),
     )
 
