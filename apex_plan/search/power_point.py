@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from apex_plan.estimate import kernels as K
 from apex_plan.estimate.step_cost import StepCost, build_step_cost
 from apex_plan.hardware.power import CLOCK_STEP_MHZ, OperatingPoint, at_clock, power_w
 from apex_plan.hardware.spec import ClusterSpec
@@ -47,12 +46,14 @@ def representative_step(sc: StepCost, mean_prompt: float, mean_output: float, kv
 def utilisation(sc: StepCost, step: RepStep) -> float:
     """The simulator's utilisation of this step: the busier of compute and HBM relative to the peaks
     of `sc`'s GPU (as `simulate/kernels.py` accounts it), at most 1."""
-    b, c = step.batch, step.chunk
-    t, br = sc.time_s(b + c, b, 1, c * (c + 1) / 2, float(b * step.ctx), float(c), b, True)
+    t, br = sc.step_s(decodes=step.batch, context=step.ctx, chunk=step.chunk, cached=0, eager=True)
     busy_s = t / sc.plan.pp                       # each stage works 1/pp of the step
     if busy_s <= 0:
         return 0.0
-    u = max(br["flops"] / (sc.scal[K.S_PEAK_FLOPS] * busy_s), br["bytes"] / (sc.scal[K.S_BW] * busy_s))
+    peak_flops = float(sc.params["gemm_peak_flops_per_s"][0])
+    peak_bytes = float(sc.params["hbm_bytes_per_s"][0])
+    # utilisation: the busier of FLOPs and HBM bytes per GPU over the busy seconds, relative to the peaks
+    u = max(br["flops"] / (peak_flops * busy_s), br["bytes"] / (peak_bytes * busy_s))
     return min(u, 1.0)
 
 
