@@ -94,6 +94,11 @@ _H = {
     "prefix_tokens": "shared system prompt ahead of every synthetic session, tokens",
     "num_prefixes": "distinct system prompts the sessions are spread over",
     "think_time": "mean think time between a session's turns (exponential), e.g. 10s",
+    "prefix_caching": "automatic prefix caching on/off (default: the engine profile's: on for vLLM V1, SGLang, "
+                      "TRT-LLM; off for vLLM 0.6)",
+    "speculative": "speculative decoding: mtp:K (the model's MTP module) or eagle3:K, K draft tokens per step",
+    "acceptance": "draft acceptance: one conditional rate (0.8) or vLLM's per-position rates (0.9,0.7,0.5); "
+                  "default only for mtp:1 (0.85, DeepSeek-V3 report)",
     "hash_block_tokens": "tokens per prefix block of synthetic and session traces (default 64; Mooncake: 512)",
 }
 
@@ -212,7 +217,13 @@ def simulate(
                                                      help="token budget of one step; default: vLLM's rule",
                                                      callback=_count(1, L.MAX_BATCHED_TOKENS,
                                                                      "e.g. --max-batched-tokens 2048")),
-    routing: str = typer.Option("round_robin", "--routing", help="round_robin | least_loaded (across replicas)"),
+    routing: str = typer.Option("round_robin", "--routing",
+                                help="across replicas: round_robin | least_loaded | session (a session's turns "
+                                     "stay on one replica) | prefix (longest cached prefix)"),
+    prefix_caching: Optional[bool] = typer.Option(None, "--enable-prefix-caching/--no-enable-prefix-caching",
+                                                  help=_H["prefix_caching"], show_default=False),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help=_H["speculative"]),
+    speculative_acceptance: Optional[str] = typer.Option(None, "--speculative-acceptance", help=_H["acceptance"]),
     ttft_slo: Optional[str] = typer.Option(None, "--ttft-slo", help=_H["ttft"]),
     tpot_slo: Optional[str] = typer.Option(None, "--tpot-slo", help=_H["tpot"]),
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
@@ -233,7 +244,8 @@ def simulate(
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
     (chunked,) = I.chunked_prefill_modes(chunked_prefill, sweep=False)
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
-                                chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)
+                                chunked, max_num_seqs, max_batched_tokens, routing, activation_scales,
+                                prefix_caching, I.speculative_option(speculative, speculative_acceptance))
     I.check_engine(eng, m)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
     p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)

@@ -182,6 +182,12 @@ def workload_from_options(trace: str | None, workload: str | None, rate: float |
     return Workload(tr)
 
 
+def speculative_option(speculative: str | None, acceptance: str | None):
+    """--speculative mtp:K|eagle3:K and --speculative-acceptance as a Speculative spec (or None)."""
+    from apex_plan.engine.speculative import parse_speculative
+    return parse_speculative(speculative, acceptance)
+
+
 def session_options(turns: int, prefix_tokens: int, num_prefixes: int, think_time: str,
                     hash_block_tokens: int | None) -> SessionOptions:
     """--turns, --prefix-tokens, --num-prefixes, --think-time, --hash-block-tokens as one spec."""
@@ -215,7 +221,8 @@ def _session_workload(workload: str | None, rate: float | None, num_requests: in
 def engine_from_options(engine: str, gpu_memory_utilization: float | None, max_model_len: int | None,
                         custom_allreduce: bool, chunked_prefill: bool | None, max_num_seqs: int | None,
                         max_batched_tokens: int | None, routing: str,
-                        activation_scales: str | None = None) -> EngineConfig:
+                        activation_scales: str | None = None, prefix_caching: bool | None = None,
+                        speculative=None) -> EngineConfig:
     """`--engine NAME[@VERSION]` resolved to its profile, plus the settings given (None: the profile's)."""
     from apex_plan.engine.load import resolve_engine_profile
     profile = resolve_engine_profile(engine)
@@ -225,7 +232,7 @@ def engine_from_options(engine: str, gpu_memory_utilization: float | None, max_m
                         chunked_prefill=chunked_prefill, gpu_memory_utilization=gpu_memory_utilization,
                         max_model_len=max_model_len, custom_allreduce=custom_allreduce,
                         routing=routing.replace("-", "_"), name=engine, activation_scales=activation_scales,
-                        profile=profile)
+                        profile=profile, prefix_caching=prefix_caching, speculative=speculative)
 
 
 # ------------------------------------------------------------------------------------------------

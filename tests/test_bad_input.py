@@ -134,7 +134,15 @@ def options_of(cmd: str, base: list[str]) -> None:
             if names[0] in ("--trace", "--cluster", "--model", "--gpu") and v not in ("", "h100", "rtx4090", "llama-3.1-7b"):
                 needle = Path(v).name
             _aliases(names, v, base, "choice", needle, drop)
-    flags = ["--no-custom-allreduce", "--disable-custom-all-reduce"]
+    if s == "simulate":
+        for v in ("", "mtp", "mtp:0", "medusa:2", "mtp:99", "eagle3:2", "mtp:1", "eagle3:x"):
+            _aliases(("--speculative",), v, base, "choice")     # mtp:1: the base model has no MTP module
+        for v in ("", "abc", "1.5", "-0.1", "0.5,0.6,0.7", "0.5,0.9"):
+            _aliases(("--speculative-acceptance",), v, base + ["--speculative", "eagle3:2"], "choice")
+        case("simulate:--speculative-acceptance:alone", base + ["--speculative-acceptance", "0.5"],
+             "--speculative-acceptance")
+    flags = ["--no-custom-allreduce", "--disable-custom-all-reduce", "--enable-prefix-caching",
+             "--no-enable-prefix-caching"]
     if s == "search":
         flags += ["--homogeneous", "--all", "--allow-cross-node-tp", "--no-symmetry-pruning"]
     for flag in flags:

@@ -143,6 +143,7 @@ class ModelSpec:
     #     plan's weight dtype ---
     weight_formats: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()      # what the loader left out (vision tower, MTP modules)
+    mtp_layers: int = 0              # multi-token-prediction modules (num_nextn_predict_layers): MTP drafts
 
     @property
     def is_moe(self) -> bool:
