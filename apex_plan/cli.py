@@ -72,7 +72,8 @@ _H = {
     "model": "built-in model name (see 'apex-plan models') or path to a .yaml / config.json",
     "gpu": "GPU profile name (see 'apex-plan hardware') or path to a profile YAML",
     "gpus": "GPUs in the cluster (with --gpu)",
-    "gpus_per_node": "GPUs per node (with --gpu); --gpus must fill whole nodes",
+    "gpus_per_node": "GPUs per node (with --gpu; default: the GPU profile's, 8 on HGX boards, 4 per NVL72 tray); "
+                     "--gpus must fill whole nodes",
     "cluster": "cluster YAML (instead of --gpu/--gpus); see examples/cluster.yaml",
     "trace": "trace file: APEX .jsonl, plain CSV, BurstGPT or Azure CSV (see examples/)",
     "workload": "synthetic preset: chat | summarization | creation",
@@ -162,7 +163,7 @@ def simulate(
     model: str = typer.Option(..., "--model", "-m", help=_H["model"]),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"]),
     gpus: Optional[int] = typer.Option(None, "--gpus", help=_H["gpus"], callback=_count(1, L.MAX_GPUS, "e.g. --gpus 8")),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help=_H["gpus_per_node"],
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help=_H["gpus_per_node"],
                                       callback=_count(1, L.MAX_GPUS_PER_NODE, "e.g. --gpus-per-node 8")),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=_H["cluster"]),
     plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P[,ep=E][,adp=A] (adp: attention-DP "
@@ -282,7 +283,7 @@ def search(
     model: str = typer.Option(..., "--model", "-m", help=_H["model"]),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"]),
     gpus: Optional[int] = typer.Option(None, "--gpus", help=_H["gpus"], callback=_count(1, L.MAX_GPUS, "e.g. --gpus 8")),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help=_H["gpus_per_node"],
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help=_H["gpus_per_node"],
                                       callback=_count(1, L.MAX_GPUS_PER_NODE, "e.g. --gpus-per-node 8")),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=_H["cluster"]),
     trace: Optional[str] = typer.Option(None, "--trace", help="request mix and rate from a trace file (see examples/)"),
@@ -517,7 +518,8 @@ def sweep(
 def engine_doc(profile) -> dict:
     """The engine profile as echoed in every output: name, version asked for, file, calibration."""
     return {"profile": profile.name, "family": profile.family, "version": profile.version,
-            "versions": f"[{profile.min_version}, {profile.max_version})", "calibration": profile.calibration,
+            "versions": f"[{profile.min_version}, {profile.max_version})", "version_note": profile.version_note or None,
+            "calibration": profile.calibration,
             "calibration_error": profile.calibration_error or "uncalibrated (no measured error stored)"}
 
 

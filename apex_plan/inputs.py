@@ -22,7 +22,7 @@ from apex_plan.workload.prefix import SessionOptions
 
 
 
-def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int, cluster: str | None) -> ClusterSpec:
+def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int | None, cluster: str | None) -> ClusterSpec:
     """`--cluster FILE` or `--gpu NAME --gpus N [--gpus-per-node G]`."""
     if cluster:
         if gpu or gpus:

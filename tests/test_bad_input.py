@@ -112,7 +112,7 @@ def options_of(cmd: str, base: list[str]) -> None:
         for v in LENGTH_BAD:
             _aliases(names, v, base, "length")
     choices = {("--format", "-f"): ["", "xml", "yaml", "JSON"], ("--arrival",): ["", "poison", "gama"],
-               ("--workload",): ["", "chatt", "summary"], ("--engine",): ["", "vllmm", "foo", "vllm@0.1", "sglang@9.0", "trtllm@x"],
+               ("--workload",): ["", "chatt", "summary"], ("--engine",): ["", "vllmm", "foo", "vllm@0.1", "sglang@9.0", "trtllm@"],
                ("--model", "-m"): ["", "llama-3.1-7b", "nope.yaml", "/nonexistent/dir/config.json"],
                ("--gpu",): ["", "h100", "rtx4090", "nope.yaml"],
                ("--weight-dtype",): ["", "bf61", "BF16", "int3"],   # fp4 on H100 runs weight-only (MXFP4 via Marlin)

@@ -122,3 +122,26 @@ def check_supported(spec: Speculative | None, profile, model) -> None:
     if spec.method == "mtp" and model.mtp_layers < 1:
         raise InputError("--speculative", None, f"{model.name} has no multi-token-prediction module "
                          "(num_nextn_predict_layers = 0)", "use eagle3:N with an EAGLE-3 draft, or drop --speculative")
+
+
+EAGLE3_DRAFT_VOCAB = 32_000      # EAGLE-3 drafts predict over a reduced vocabulary (draft_vocab_size in the
+                                 # published EAGLE-3 draft configs, e.g. yuhuili/EAGLE3-LLaMA3.1-Instruct-8B)
+EAGLE3_FFN_RATIO = 3.5           # draft MLP width / hidden when the target has no dense width (Llama-3.1-8B: 14336/4096)
+
+
+def draft_model(model, spec: Speculative):
+    """The model one draft step runs: MTP, the checkpoint's MTP block (one layer of the target's
+    last layer kind; the embedding and LM head are the target's, shared); EAGLE-3, one dense
+    full-attention layer of the target's width with its own reduced-vocabulary LM head."""
+    import dataclasses
+
+    from apex_plan.model.spec import DENSE, FULL, LayerGroup, LayerKind
+    if spec.method == "mtp":
+        last = model.layers()[-1]
+        return dataclasses.replace(model, name=f"{model.name}-mtp", num_layers=1, layer_groups=(LayerGroup((last,), 1),),
+                                   num_dense_layers=-1 if last.mlp == DENSE else 0, mtp_layers=0)
+    width = model.intermediate_size or int(EAGLE3_FFN_RATIO * model.hidden_size)
+    return dataclasses.replace(model, name=f"{model.name}-eagle3", num_layers=1,
+                               layer_groups=(LayerGroup((LayerKind(FULL, DENSE),), 1),), num_dense_layers=-1,
+                               intermediate_size=width, vocab_size=EAGLE3_DRAFT_VOCAB, tie_word_embeddings=False,
+                               mtp_layers=0)

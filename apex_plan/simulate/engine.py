@@ -33,6 +33,7 @@ class ResolvedEngine:
     routing: str
     profile: EngineProfile
     activation_scales: str
+    notes: tuple[str, ...] = ()           # settings fitted to the plan's memory (max_model_len lowered, fraction raised)
     prefix_caching: bool = False
     speculative: Any = None          # engine.speculative.Speculative or None
 
@@ -42,6 +43,7 @@ class ResolvedEngine:
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k not in ("profile", "speculative")}
+        d["notes"] = list(self.notes)
         d["engine_profile"] = self.profile.label
         d["speculative"] = self.speculative.as_dict() if self.speculative is not None else None
         return d
@@ -91,4 +93,5 @@ def resolve_engine(cfg: EngineConfig, model: ModelSpec) -> ResolvedEngine:
     check_supported(cfg.speculative, prof, model)
     caching = prof.features.prefix_caching if cfg.prefix_caching is None else bool(cfg.prefix_caching)
     return ResolvedEngine(int(seqs), int(budget), bool(chunked), int(block), float(util), int(max_len),
-                          cfg.custom_allreduce, cfg.routing, prof, scales, caching, cfg.speculative)
+                          cfg.custom_allreduce, cfg.routing, prof, scales, prefix_caching=caching,
+                          speculative=cfg.speculative)
