@@ -95,8 +95,8 @@ _H = {
     "prefix_tokens": "shared system prompt ahead of every synthetic session, tokens",
     "num_prefixes": "distinct system prompts the sessions are spread over",
     "think_time": "mean think time between a session's turns (exponential), e.g. 10s",
-    "prefix_caching": "automatic prefix caching on/off (default: the engine profile's: on for vLLM V1, SGLang, "
-                      "TRT-LLM; off for vLLM 0.6)",
+    "prefix_caching": "automatic prefix caching (auto: the engine profile's default, on for vLLM V1, SGLang, "
+                      "TRT-LLM, off for vLLM 0.6; vLLM: --[no-]enable-prefix-caching)",
     "speculative": "speculative decoding: mtp:K (the model's MTP module) or eagle3:K, K draft tokens per step",
     "acceptance": "draft acceptance: one conditional rate (0.8) or vLLM's per-position rates (0.9,0.7,0.5); "
                   "default only for mtp:1 (0.85, DeepSeek-V3 report)",
@@ -221,8 +221,7 @@ def simulate(
     routing: str = typer.Option("round_robin", "--routing",
                                 help="across replicas: round_robin | least_loaded | session (a session's turns "
                                      "stay on one replica) | prefix (longest cached prefix)"),
-    prefix_caching: Optional[bool] = typer.Option(None, "--enable-prefix-caching/--no-enable-prefix-caching",
-                                                  help=_H["prefix_caching"], show_default=False),
+    prefix_caching: str = typer.Option("auto", "--prefix-caching", help="auto | on | off; " + _H["prefix_caching"]),
     speculative: Optional[str] = typer.Option(None, "--speculative", help=_H["speculative"]),
     speculative_acceptance: Optional[str] = typer.Option(None, "--speculative-acceptance", help=_H["acceptance"]),
     ttft_slo: Optional[str] = typer.Option(None, "--ttft-slo", help=_H["ttft"]),
@@ -246,7 +245,8 @@ def simulate(
     (chunked,) = I.chunked_prefill_modes(chunked_prefill, sweep=False)
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
                                 chunked, max_num_seqs, max_batched_tokens, routing, activation_scales,
-                                prefix_caching, I.speculative_option(speculative, speculative_acceptance))
+                                I.prefix_caching_mode(prefix_caching),
+                                I.speculative_option(speculative, speculative_acceptance))
     I.check_engine(eng, m)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
     p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
@@ -326,6 +326,13 @@ def search(
                                                help="most sequences in one batch; list, e.g. 128,256 (default: the engine's)"),
     max_batched_tokens: Optional[str] = typer.Option(None, "--max-batched-tokens", "--max-num-batched-tokens",
                                                      help="step token budgets to try, e.g. 512,2048"),
+    prefix_caching: Optional[str] = typer.Option(None, "--prefix-caching",
+                                                 help="auto | on | off, or a list to compare (both = on,off); "
+                                                      + _H["prefix_caching"]),
+    speculative: Optional[str] = typer.Option(None, "--speculative",
+                                              help="speculative settings to compare, e.g. none,mtp:1,mtp:3 "
+                                                   "(each with --speculative-acceptance)"),
+    speculative_acceptance: Optional[str] = typer.Option(None, "--speculative-acceptance", help=_H["acceptance"]),
     ttft_slo: Optional[str] = typer.Option("1s", "--ttft-slo", help=_H["ttft"]),
     tpot_slo: Optional[str] = typer.Option("100ms", "--tpot-slo", help=_H["tpot"]),
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
@@ -367,7 +374,8 @@ def search(
     I.check_search_cluster(cl, cluster)
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
-    engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill)
+    engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill,
+                                               prefix_caching, speculative, speculative_acceptance)
     from apex_plan.search.steady import MAX_HORIZON_REQUESTS
     # a synthetic workload is a distribution: draw enough of it that its tail is represented
     wl = I.workload_from_options(trace, workload if (workload is not None or trace or prompt_tokens is not None) else "chat",

@@ -328,36 +328,81 @@ def chunked_prefill_modes(text: str, sweep: bool) -> list[bool | None]:
     return out
 
 
+def prefix_caching_modes(text: str | None) -> list[bool | None]:
+    """search --prefix-caching: auto | on | off | both (or a list): None (the profile's default), True, False."""
+    if text is None:
+        return [None]
+    words = [w for word in csv_list(text.lower(), "--prefix-caching")
+             for w in (("on", "off") if word == "both" else (word,))]
+    out: list[bool | None] = []
+    for w in words:
+        if w not in _CHUNKED:
+            raise InputError("--prefix-caching", None, f"unknown value '{w}'", "use auto, on, off or both")
+        if _CHUNKED[w] not in out:
+            out.append(_CHUNKED[w])
+    return out
+
+
+def prefix_caching_mode(text: str) -> bool | None:
+    """simulate --prefix-caching auto | on | off."""
+    modes = prefix_caching_modes(text)
+    if len(modes) > 1:
+        raise InputError("--prefix-caching", None, f"one value only in simulate, got '{text}'", "use auto, on or off")
+    return modes[0]
+
+
+def speculative_list(text: str | None, acceptance: str | None) -> list:
+    """search --speculative none,mtp:1,mtp:3 (each with --speculative-acceptance) -> [None, Speculative, ...]."""
+    from apex_plan.engine.speculative import parse_speculative
+    if text is None:
+        if acceptance is not None:
+            raise InputError("--speculative-acceptance", None, "given without --speculative", "add e.g. --speculative mtp:1")
+        return [None]
+    out = []
+    for word in csv_list(text, "--speculative"):
+        spec = parse_speculative(word, acceptance if word.lower() not in ("none", "off") else None)
+        if spec not in out:
+            out.append(spec)
+    return out
+
+
 def _setting_label(cfg: EngineConfig) -> str:
     budget = cfg.max_batched_tokens if cfg.max_batched_tokens is not None else "default"
     if cfg.max_num_seqs is None and cfg.profile is not None:
         cfg = dataclasses.replace(cfg, max_num_seqs=cfg.profile.scheduler.max_num_seqs)
     chunk = {None: "auto", True: "on", False: "off"}[cfg.chunked_prefill]
-    return f"max_num_seqs={cfg.max_num_seqs} max_batched_tokens={budget} chunked_prefill={chunk}"
+    cache = {None: "auto", True: "on", False: "off"}[cfg.prefix_caching]
+    spec = cfg.speculative.label if cfg.speculative is not None else "none"
+    return (f"max_num_seqs={cfg.max_num_seqs} max_batched_tokens={budget} chunked_prefill={chunk} "
+            f"prefix_caching={cache} speculative={spec}")
 
 
 def engine_sweep(base: EngineConfig, model: ModelSpec, max_num_seqs: str, max_batched_tokens: str | None,
-                 chunked_prefill: str) -> tuple[tuple[EngineConfig, ...], list[tuple[str, str]]]:
-    """Every combination of search's engine lists; combinations vLLM would refuse are skipped and
-    returned as (setting, reason). All of them refused is an InputError with the first reason."""
+                 chunked_prefill: str, prefix_caching: str | None = None, speculative: str | None = None,
+                 acceptance: str | None = None) -> tuple[tuple[EngineConfig, ...], list[tuple[str, str]]]:
+    """Every combination of search's engine lists; combinations vLLM would refuse (or the engine or
+    model cannot run, as a speculative method) are skipped and returned as (setting, reason). All of
+    them refused is an InputError with the first reason."""
     import dataclasses
+    import itertools
     seqs = int_list(max_num_seqs, "--max-num-seqs", MAX_NUM_SEQS)
     budgets = int_list(max_batched_tokens, "--max-batched-tokens", MAX_BATCHED_TOKENS)
     modes = chunked_prefill_modes(chunked_prefill, sweep=True)
+    caching = prefix_caching_modes(prefix_caching)
+    specs = speculative_list(speculative, acceptance)
     kept: list[EngineConfig] = []
     rejected: list[tuple[str, str]] = []
     first: InputError | None = None
-    for s in seqs:
-        for b in budgets:
-            for c in modes:
-                cfg = dataclasses.replace(base, max_num_seqs=s, max_batched_tokens=b, chunked_prefill=c)
-                try:
-                    check_engine(cfg, model)
-                except InputError as e:
-                    first = first or e
-                    rejected.append((_setting_label(cfg), e.render()))
-                    continue
-                kept.append(cfg)
+    for s, b, c, pc, sp in itertools.product(seqs, budgets, modes, caching, specs):
+        cfg = dataclasses.replace(base, max_num_seqs=s, max_batched_tokens=b, chunked_prefill=c,
+                                  prefix_caching=pc, speculative=sp)
+        try:
+            check_engine(cfg, model)
+        except InputError as e:
+            first = first or e
+            rejected.append((_setting_label(cfg), e.render()))
+            continue
+        kept.append(cfg)
     if not kept:
         assert first is not None
         if len(rejected) == 1:
