@@ -371,10 +371,9 @@ def _setting_label(cfg: EngineConfig) -> str:
     if cfg.max_num_seqs is None and cfg.profile is not None:
         cfg = dataclasses.replace(cfg, max_num_seqs=cfg.profile.scheduler.max_num_seqs)
     chunk = {None: "auto", True: "on", False: "off"}[cfg.chunked_prefill]
-    cache = {None: "auto", True: "on", False: "off"}[cfg.prefix_caching]
-    spec = cfg.speculative.label if cfg.speculative is not None else "none"
-    return (f"max_num_seqs={cfg.max_num_seqs} max_batched_tokens={budget} chunked_prefill={chunk} "
-            f"prefix_caching={cache} speculative={spec}")
+    extra = "" if cfg.prefix_caching is None else f" prefix_caching={'on' if cfg.prefix_caching else 'off'}"
+    extra += "" if cfg.speculative is None else f" speculative={cfg.speculative.label}"
+    return f"max_num_seqs={cfg.max_num_seqs} max_batched_tokens={budget} chunked_prefill={chunk}" + extra
 
 
 def engine_sweep(base: EngineConfig, model: ModelSpec, max_num_seqs: str, max_batched_tokens: str | None,
