@@ -172,7 +172,9 @@ def simulate(
                                           callback=_count(1, L.MAX_GPUS, "e.g. --tensor-parallel-size 8")),
     pp_size: Optional[int] = typer.Option(None, "--pipeline-parallel-size", "-pp", help="pp of --plan (vLLM spelling)",
                                           callback=_count(1, L.MAX_GPUS, "e.g. --pipeline-parallel-size 2")),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype: bf16 | fp16 | fp8 | int8 | fp4 | int4"),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype",
+                                               help="weight dtype: bf16 | fp16 | fp8 | int8 | fp4 | int4 (default: "
+                                                    "the checkpoint's own, e.g. fp8 for DeepSeek-V3 or a -FP8 repo)"),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", "--kv-cache-dtype",
                                            help="KV-cache dtype: bf16 | fp8 (default: the engine's for the weights)"),
     trace: Optional[str] = typer.Option(None, "--trace", help=_H["trace"]),
@@ -248,9 +250,10 @@ def simulate(
                                 I.prefix_caching_mode(prefix_caching),
                                 I.speculative_option(speculative, speculative_acceptance))
     I.check_engine(eng, m)
+    weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
     p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
-    I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
+    I.check_plan_fits(p, cl, m)
     if num_requests is None:
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
         num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency else 1000
@@ -308,7 +311,8 @@ def search(
     think_time: str = typer.Option("0s", "--think-time", help=_H["think_time"]),
     hash_block_tokens: Optional[int] = typer.Option(None, "--hash-block-tokens", help=_H["hash_block_tokens"],
                                                     callback=_count(1, 1 << 16, "e.g. --hash-block-tokens 64")),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtypes to try, e.g. bf16,fp8"),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype",
+                                               help="weight dtypes to try, e.g. bf16,fp8 (default: the checkpoint's own)"),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", "--kv-cache-dtype", help="KV-cache dtypes to try, e.g. bf16,fp8"),
     engine: str = typer.Option("vllm", "--engine", help=_H["engine"]),
     gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
@@ -372,6 +376,7 @@ def search(
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
     I.check_search_cluster(cl, cluster)
+    weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
     engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill,
@@ -468,8 +473,12 @@ def calibrate(
     from apex_plan.report.output import emit
     check_format(fmt)
     names = C.parse_fit(fit)
+    if folds == 1:
+        raise InputError("--folds", None, "one fold holds every run out and fits on none",
+                         "use --folds 0 (no cross-validation) or 2 or more")
     if overlay is not None and not overlay.endswith((".yaml", ".yml")):
         raise InputError("--output", None, f"'{overlay}' is not a .yaml path", "e.g. --output vllm-h100.yaml")
+    check_format(fmt, overlay)
     cases, _ = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
     cal = C.calibrate(cases, names, runs, rounds, progress=lambda s: typer.echo("  " + s, err=True), folds=folds)
     if overlay:
