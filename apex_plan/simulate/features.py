@@ -43,8 +43,7 @@ def prefix_metrics(trace: Trace, caching: bool, hit_tokens: np.ndarray, ok: np.n
     return {"enabled": bool(caching), "prefix_block_tokens": int(trace.hash_block_tokens),
             "hit_rate": hits / total if total else 0.0, "saved_prefill_tokens": hits,
             "infinite_cache_hit_rate": float(exact[ok].sum()) / total if total else 0.0,
-            "lookups": int(cache.stats[:, PC.C_QUERY_TOKENS].sum()),
-            "evicted_blocks": int(cache.stats[:, PC.C_EVICTED].sum()) * int(cache.meta[PC.M_UNIT_BLOCKS])}
+            "evicted_blocks": int(cache.eng[:, PC.C_EVICTED].sum()) * int(cache.meta[PC.M_UNIT_BLOCKS])}
 
 
 def spec_inputs(spec) -> tuple[int, np.ndarray]:
