@@ -254,6 +254,10 @@ def simulate(
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
     p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
     I.check_plan_fits(p, cl, m)
+    if p.num_gpus < cl.num_gpus:                       # say so: the other GPUs are not simulated
+        import warnings
+        warnings.warn(f"--plan {p.label().split()[0]} uses {p.num_gpus} of the {cl.num_gpus} GPUs; the figures are "
+                      f"for those only (give --plan dp=..,tp=..,pp=.. to use all {cl.num_gpus})")
     if num_requests is None:
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
         num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency else 1000
@@ -342,6 +346,9 @@ def search(
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
     slo_margin: bool = typer.Option(False, "--slo-margin", help="meet the SLOs at the pessimistic end of the "
                                     "engine profile's 80% error interval (needs a calibrated profile)"),
+    headroom: float = typer.Option(0.0, "--headroom", help="capacity kept above the demand, as a fraction: the "
+                                   "deployment must sustain demand x (1 + headroom) within the SLO (default 0: "
+                                   "just the demand)", callback=_real(0.0, 10.0, "e.g. --headroom 0.2", False)),
     objective: str = typer.Option("gpus", "--objective", help="gpus | energy | cost | latency | throughput"),
     homogeneous: bool = typer.Option(False, "--homogeneous", help="one plan for all replicas"),
     top: int = typer.Option(3, "--top", help="deployments to show", callback=_count(1, 100, "e.g. --top 3")),
@@ -395,6 +402,11 @@ def search(
         raise InputError("--rate", None, "must be positive", "e.g. --rate 2")
     if demand is None and objective != "throughput":
         objective = "throughput"
+    if headroom and demand is None:
+        raise InputError("--headroom", None, "needs a demanded rate (--rate, or a trace's)", "give --rate or drop --headroom")
+    asked_demand = demand
+    if demand is not None:
+        demand = demand * (1.0 + headroom)             # the rate every deployment must sustain within the SLO
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
     asked_slo, margin = slo, None
     if slo_margin:
@@ -415,7 +427,7 @@ def search(
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "workload": {"trace": trace, "preset": workload if not trace else None, "requests": len(wl.trace),
                            "seed": seed},
-              "demand_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
+              "demand_rps": asked_demand, "headroom": headroom, "searched_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
               "weight_dtypes": list(inp.weight_dtypes), "kv_dtypes": list(inp.kv_dtypes),
               "slo": _slo_doc(asked_slo), "slo_margin": margin and {**margin, "searched_slo": _slo_doc(slo)},
               "engine": engine_doc(base.profile),

@@ -620,6 +620,8 @@ for _cmd in _run_cmds(_AIP):
     case(f"{c0}:--engine=vllm@", with_opt(_cmd, "--engine", "vllm@"), "--engine", "version")
     case(f"{c0}:--engine=sglang-vs-vllm-file", with_opt(_cmd, "--engine", "sglang") if False else
          [c0, str(_RUNS / "vllm-bench-llama8b-h100-c1.json"), "--gpu", GPU, "--engine", "sglang"], "--engine", "vllm")
+for v in ("-0.1", "nan", "abc", "11", "inf", ""):
+    case(f"search:--headroom={v!r}", with_opt(SEARCH, "--headroom", v), "--headroom")
 case("calibrate:--folds=1", with_opt(_run_cmds(_AIP)[0], "--folds", "1"), "--folds")
 for v in ("", ",", "host.step_ms,"):
     case(f"calibrate:--fit={v!r}:empty", with_opt(_run_cmds(_AIP)[0], "--fit", v), "--fit")
