@@ -71,10 +71,11 @@ def empty_shape(eager):
 @kernel(cache=True, inline="always")
 def add_sequence(sh, win, k0, c, decode, samples, count):
     """`sh` with `count` identical sequences added: each computes c tokens after k0 cached ones, as a
-    decode (decode=1: its context k0 + c is read) or a prefill chunk; samples=1: a token is sampled.
+    decode (decode=1: its context k0 + c is read) or a prefill chunk; samples: rows sampled per
+    sequence (1 for a token; k + 1 for a speculative verification of k drafts, 0 for none).
     Windowed fields cap each sequence's context at `win` tokens (win <= 0: no window)."""
     tokens = sh.tokens + count * c
-    n_logits = sh.n_logits + (count if samples else 0)
+    n_logits = sh.n_logits + count * samples       # sampled rows: 1 per sequence (k + 1 when verifying k drafts)
     if decode:
         seq = k0 + c
         w = seq if (win <= 0.0 or seq < win) else win
