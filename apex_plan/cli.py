@@ -267,6 +267,12 @@ def simulate(
     I.check_workload_fits(wl, m, max_model_len, trace)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
     res = run_sim(m, cl, p, eng, wl, slo)
+    if res.feasible and wl.trace.has_prefix_hashes:      # what caching buys: the same run with it flipped
+        import dataclasses
+        from apex_plan.simulate.features import attach_caching_comparison
+        other = run_sim(m, cl, p, dataclasses.replace(eng, prefix_caching=not res.engine.prefix_caching), wl, slo)
+        if other.feasible:
+            attach_caching_comparison(res.metrics, other.metrics)
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "plan": plan if plan is not None else f"dp={p.dp},tp={p.tp},pp={p.pp}", "weight_dtype": weight_dtype,
               "kv_dtype": kv_dtype, "engine": engine_doc(eng.profile),

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from apex_plan.estimate.memory import MemoryReport
 from apex_plan.estimate.shard import Shard, build_shard, split_layers
 from apex_plan.estimate.step_cost import build_step_cost
@@ -28,7 +30,9 @@ from apex_plan.search.verify import (DeploymentEval, candidate, distinct_plans, 
                                      single_replica, verify_deployment)
 from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
 from apex_plan.simulate.fit import fit_engine, lowered_max_model_len
+from apex_plan.simulate.features import draft_cost
 from apex_plan.simulate.run import simulate
+from apex_plan.workload.prefix import exact_hit_tokens
 from apex_plan.workload.spec import Slo, Trace, Workload
 
 OBJECTIVES = ("gpus", "energy", "cost", "latency", "throughput")
@@ -155,6 +159,9 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
     layer_cost_hits = 0
     frontend_s = resolve_engine(inp.engines[0], model).profile.host.frontend_ms * 1e-3
     costs = {}
+    # an infinite cache's hits: the least prefill prefix caching can leave (screen floors and bounds)
+    hits = exact_hit_tokens(inp.trace)
+    uncached_prompt = float(np.maximum(inp.trace.prompt_tokens - hits, 1).mean())
     # phase 1: memory, analytic screen and bound for every plan (no simulation)
     for ev in evals:
         key = layer_shard_key(ev.plan)
@@ -172,11 +179,15 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             continue
         ev.engine = eng
         sc = build_step_cost(model, cluster.gpu, ev.plan, cluster, shard=shard, engine=eng)
+        caching = eng.prefix_caching and inp.trace.has_prefix_hashes
+        draft = draft_cost(model, cluster.gpu, ev.plan, cluster, eng) if eng.speculative is not None else None
         ev.screen = screen_plan(sc, inp.trace, inp.slo, budget=eng.max_batched_tokens, chunked=eng.chunked_prefill,
-                                frontend_s=frontend_s)
-        ev.bound_rps = goodput_bound_rps(sc, mean_prompt=mix.mean_prompt, mean_output=mix.mean_output,
-                                         kv_tokens=mem.kv_tokens, max_num_seqs=eng.max_num_seqs,
-                                         budget=eng.max_batched_tokens, chunked=eng.chunked_prefill, slo=inp.slo)
+                                frontend_s=frontend_s, hit_tokens=hits if caching else None, spec=eng.speculative,
+                                draft=draft)
+        ev.bound_rps = goodput_bound_rps(sc, mean_prompt=uncached_prompt if caching else mix.mean_prompt,
+                                         mean_output=mix.mean_output, kv_tokens=mem.kv_tokens,
+                                         max_num_seqs=eng.max_num_seqs, budget=eng.max_batched_tokens,
+                                         chunked=eng.chunked_prefill, slo=inp.slo, spec=eng.speculative, draft=draft)
         if not ev.screen.passed:
             ev.status, ev.reason = "screened", ev.screen.reason
             continue

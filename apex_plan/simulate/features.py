@@ -96,3 +96,32 @@ def spec_metrics(spec, verify_steps: int, emitted: int) -> dict | None:
         return None
     return {**spec.as_dict(), "verify_steps": int(verify_steps),
             "measured_tokens_per_step": emitted / verify_steps if verify_steps else None}
+
+
+def attach_caching_comparison(metrics: dict, other: dict) -> None:
+    """Put TTFT (and goodput, with an SLO) with and without prefix caching into metrics["prefix_cache"],
+    `other` being the same simulation with caching flipped."""
+    pc = metrics["prefix_cache"]
+    on, off = (metrics, other) if pc["enabled"] else (other, metrics)
+    pc["ttft_ms_with_caching"] = on["ttft_ms"]
+    pc["ttft_ms_without_caching"] = off["ttft_ms"]
+    pc["hit_rate_with_caching"] = on["prefix_cache"]["hit_rate"]
+    if "slo" in metrics and "slo" in other:
+        pc["goodput_with_caching_rps"] = on["slo"]["goodput_requests_per_s"]
+        pc["goodput_without_caching_rps"] = off["slo"]["goodput_requests_per_s"]
+
+
+def decode_step_s(sc, draft, spec, batch: int, context: int) -> tuple[float, float, float]:
+    """(seconds, scheduler seconds, most tokens emitted per sequence) of one decode step of `batch`
+    sequences at `context` tokens, as the event loop costs it: with speculation, a verification of
+    k drafts over k + 1 query tokens (all sampled) after k draft passes; at most k + 1 tokens."""
+    from apex_plan.abi import BATCH
+    from apex_plan.estimate import kernels as K
+    if spec is None:
+        t, br = sc.step_s(decodes=batch, context=context)
+        return t, br["scheduler"], 1.0
+    k = spec.draft_tokens
+    verify = np.array([(max(context, 1) - 1, 1 + k, 1, 1 + k, batch)], dtype=BATCH)
+    t, br = sc.time_s(verify)
+    td = float(K.batch_step_time(draft.cost, K.make_batch(decodes=batch, context=context), 0)[0])
+    return t + k * td, br["scheduler"], float(k + 1)
