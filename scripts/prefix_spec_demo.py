@@ -5,7 +5,7 @@
    capacity (the highest rate, time-scaling the trace, meeting the SLO with no queue build-up).
 2. A multi-turn chat workload (8 turns, 2,000-token system prompts) over 4 replicas of
    Llama-3.1-8B (1 H100 each): hit rate and goodput with round-robin, session-affinity and
-   longest-prefix routing.
+   longest-prefix routing, and capacity (the trace time-scaled: think times shrink with it).
 3. DeepSeek-V3 (fp8) on 8 x H200 (tp=8): TPOT and goodput with MTP (mtp:1 at acceptance 0.6
    and 0.8, mtp:3 at 0.8) against no speculation.
 
@@ -65,12 +65,14 @@ def multiturn(n: int) -> None:
                          think_time_s=20.0, seed=1)
     model, cluster = load_model("llama-3.1-8b"), make_cluster(load_gpu("h100-sxm-80gb"), 4, 8)
     plan, slo = Plan(dp=4, tp=1), Slo(ttft_s=0.5, tpot_s=0.05)
-    print(f"2. multi-turn chat: {len(tr)} requests, 8 turns, 8 system prompts of 2,000 tokens, 16 req/s, "
-          f"4 x Llama-3.1-8B (1 H100 each), SLO TTFT 500 ms / TPOT 50 ms (p90)")
+    print(f"2. multi-turn chat: {len(tr)} requests, 8 turns, 8 system prompts of 2,000 tokens, sessions at 2/s "
+          f"(a mean {tr.rate_per_s:.2f} req/s over {tr.duration_s:.0f} s), 4 x Llama-3.1-8B (1 H100 each), "
+          f"SLO TTFT 500 ms / TPOT 50 ms (p90)")
     for routing in ("round_robin", "session", "prefix"):
         cfg = EngineConfig(name="vllm", routing=routing, max_model_len=32768)
         m = simulate(model, cluster, plan, cfg, Workload(tr), slo).metrics
-        print(_row(f"routing {routing}", m))
+        cap = _capacity(model, cluster, plan, cfg, tr, slo)
+        print(_row(f"routing {routing}", m) + f"  capacity {cap:.1f} req/s")
 
 
 def mtp(n: int) -> None:
