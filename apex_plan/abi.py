@@ -145,6 +145,9 @@ SCHED_FIELDS = (
     ("gpus_per_engine", F8, "GPUs whose power one engine's steps draw (tp x pp)"),
     ("draft_tokens", I8, "speculative decoding: draft tokens per decode step (0: none)"),
     ("seed", I8, "seed of the draft-acceptance draws"),
+    ("adp_ranks", I8, "attention-DP ranks of one replica (consecutive ranks)"),
+    ("adp_balance_steps", I8, "attention-DP balance: new contexts wait until every rank of the replica has one, "
+                              "or this many steps (TRT-LLM attention_dp_config.timeout_iters); 0: off"),
 )
 
 ROUTE_ROUND_ROBIN, ROUTE_LEAST_LOADED, ROUTE_SESSION, ROUTE_PREFIX = 0, 1, 2, 3   # values of SCHED.routing
@@ -193,6 +196,8 @@ ENGINE_FIELDS = (
     ("host_free_s", F8, "state: on a replica's first engine, when its scheduler thread is free, s"),
     ("verify_steps", I8, "out: speculative verification entries (one per decoding sequence per step)"),
     ("verified_tokens", I8, "out: tokens those entries emitted (accepted drafts plus the target's own)"),
+    ("balance_steps", F8, "state: on an attention-DP replica's first engine, steps toward the balance timeout"),
+    ("balance_open", I8, "state: 1 when the balance timeout let this engine's held contexts in"),
 )
 
 # ---- the event loop's slot table: (engine, slot) -> running request and the step's entries ------------
