@@ -198,7 +198,20 @@ def simulate(
                                                      help="token budget of one step; default: vLLM's rule",
                                                      callback=_count(1, L.MAX_BATCHED_TOKENS,
                                                                      "e.g. --max-batched-tokens 2048")),
-    routing: str = typer.Option("round_robin", "--routing", help="round_robin | least_loaded (across replicas)"),
+    routing: str = typer.Option("round_robin", "--routing", help="round_robin | least_loaded (across replicas; "
+                                                                  "disaggregated: in both pools)"),
+    prefill_plan: Optional[str] = typer.Option(None, "--prefill-plan", help="disaggregated: each prefill instance's "
+                                               "layout tp=T,pp=P[,ep=E][,adp=A] (with --decode-plan, instead of --plan)"),
+    prefill_replicas: Optional[int] = typer.Option(None, "--prefill-replicas", help="disaggregated: prefill instances",
+                                                   callback=_count(1, L.MAX_GPUS, "e.g. --prefill-replicas 1")),
+    decode_plan: Optional[str] = typer.Option(None, "--decode-plan", help="disaggregated: each decode instance's "
+                                              "layout tp=T,pp=P[,ep=E][,adp=A]"),
+    decode_replicas: Optional[int] = typer.Option(None, "--decode-replicas", help="disaggregated: decode instances",
+                                                  callback=_count(1, L.MAX_GPUS, "e.g. --decode-replicas 3")),
+    decode_max_num_seqs: Optional[int] = typer.Option(None, "--decode-max-num-seqs",
+                                                      help="disaggregated: batch cap of each decode attention rank "
+                                                           "(default: the engine's; --max-num-seqs sets the prefill's)",
+                                                      callback=_count(1, L.MAX_NUM_SEQS, "e.g. --decode-max-num-seqs 64")),
     ttft_slo: Optional[str] = typer.Option(None, "--ttft-slo", help=_H["ttft"]),
     tpot_slo: Optional[str] = typer.Option(None, "--tpot-slo", help=_H["tpot"]),
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
@@ -222,8 +235,18 @@ def simulate(
                                 chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)
     I.check_engine(eng, m)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
-    p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
-    I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
+    roles = (prefill_plan, prefill_replicas, decode_plan, decode_replicas, decode_max_num_seqs)
+    if any(x is not None for x in roles):
+        if plan is not None or tp_size is not None or pp_size is not None:
+            raise InputError("--plan", None, "given together with --prefill-plan/--decode-plan",
+                             "use --plan for aggregated serving, or the two role plans for disaggregated serving")
+        if report or plot:
+            raise InputError("--report" if report else "--plot", None, "not drawn for disaggregated deployments yet",
+                             "drop it (the JSON has every figure)")
+        dplan = I.parse_disagg_plan(*roles, weight_dtype, kv_dtype, cl, m)
+    else:
+        p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
+        I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
     if num_requests is None:
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
         num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency else 1000
@@ -231,6 +254,18 @@ def simulate(
                                  arrival, burstiness_cv, seed)
     I.check_workload_fits(wl, m, max_model_len, trace)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
+    if any(x is not None for x in roles):
+        from apex_plan.report.disagg_view import emit_disagg
+        return emit_disagg(m, cl, dplan, eng, wl, slo, fmt, output,
+                           {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
+                            "prefill_plan": prefill_plan, "prefill_replicas": dplan.prefill_replicas,
+                            "decode_plan": decode_plan, "decode_replicas": dplan.decode_replicas,
+                            "decode_max_num_seqs": decode_max_num_seqs, "weight_dtype": weight_dtype,
+                            "kv_dtype": kv_dtype, "engine": engine_doc(eng.profile), "routing": eng.routing,
+                            "workload": {"trace": trace, "preset": workload, "rate_per_s": rate,
+                                         "requests": len(wl.trace), "mode": wl.mode, "concurrency": wl.concurrency,
+                                         "seed": seed},
+                            "slo": _slo_doc(slo)})
     res = run_sim(m, cl, p, eng, wl, slo)
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "plan": plan if plan is not None else f"dp={p.dp},tp={p.tp},pp={p.pp}", "weight_dtype": weight_dtype,

@@ -89,6 +89,36 @@ def check_plan_fits(plan: Plan, cluster: ClusterSpec, num_heads: int, num_expert
                              "use " + ", ".join(k for k in cluster.gpu.peak_tflops if k in ("bf16", "fp16", "fp8", "fp4")))
 
 
+def parse_disagg_plan(prefill_plan: str | None, prefill_replicas: int | None, decode_plan: str | None,
+                      decode_replicas: int | None, decode_max_num_seqs: int | None, weight_dtype: str, kv_dtype: str,
+                      cluster: ClusterSpec, model: ModelSpec):
+    """`--prefill-plan tp=..,pp=..[,ep=..][,adp=..] --prefill-replicas NP --decode-plan ... --decode-replicas ND`
+    -> DisaggPlan (each role's Plan with dp = its replica count), checked against the model and the GPUs."""
+    from apex_plan.plan.disagg import DisaggPlan
+    roles = {}
+    for role, text, reps in (("prefill", prefill_plan, prefill_replicas), ("decode", decode_plan, decode_replicas)):
+        opt = f"--{role}-plan"
+        if text is None:
+            raise InputError(opt, None, "missing: a disaggregated deployment needs both roles' layouts",
+                             f"e.g. {opt} tp=8,pp=1 --{role}-replicas 1")
+        try:
+            p = parse_plan(text, weight_dtype, kv_dtype)
+            if p.dp != 1:
+                raise InputError(opt, "dp", f"dp={p.dp}: instances of a role are counted by --{role}-replicas",
+                                 f"drop dp and pass --{role}-replicas {p.dp}")
+            p = dataclasses.replace(p, dp=reps or 1)
+            check_plan_fits(dataclasses.replace(p, dp=1), cluster, model.num_heads, model.num_experts)
+        except InputError as e:
+            raise InputError(opt, e.field, e.problem, e.fix) from None
+        roles[role] = p
+    dplan = DisaggPlan(roles["prefill"], roles["decode"], decode_max_num_seqs)
+    if dplan.num_gpus > cluster.num_gpus:
+        raise InputError("--gpus", None, f"{dplan.prefill_replicas} prefill x {roles['prefill'].gpus_per_replica} + "
+                         f"{dplan.decode_replicas} decode x {roles['decode'].gpus_per_replica} GPUs = {dplan.num_gpus}, "
+                         f"the cluster has {cluster.num_gpus}", f"raise --gpus to {dplan.num_gpus} or use fewer replicas")
+    return dplan
+
+
 _LENGTH_FORMS = "512, uniform:64-512, normal:mean=512,std=128 or lognormal:mean=74,std=120"
 
 
