@@ -229,21 +229,24 @@ def simulate(
     check_format(fmt, output)
     _check_outputs(report, plot)
     m = load_model(model)
-    cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
+    roles = (prefill_plan, prefill_replicas, decode_plan, decode_replicas, decode_max_num_seqs)
+    disagg = any(x is not None for x in roles)
+    # a disaggregated deployment may leave part of its last node unused (e.g. 7 x 4 + 2 x 8 GPUs)
+    node_gpus = -(-gpus // gpus_per_node) * gpus_per_node if disagg and gpus and gpus > gpus_per_node else gpus
+    cl = I.cluster_from_options(gpu, node_gpus, gpus_per_node, cluster)
     (chunked,) = I.chunked_prefill_modes(chunked_prefill, sweep=False)
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
                                 chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)
     I.check_engine(eng, m)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
-    roles = (prefill_plan, prefill_replicas, decode_plan, decode_replicas, decode_max_num_seqs)
-    if any(x is not None for x in roles):
+    if disagg:
         if plan is not None or tp_size is not None or pp_size is not None:
             raise InputError("--plan", None, "given together with --prefill-plan/--decode-plan",
                              "use --plan for aggregated serving, or the two role plans for disaggregated serving")
         if report or plot:
             raise InputError("--report" if report else "--plot", None, "not drawn for disaggregated deployments yet",
                              "drop it (the JSON has every figure)")
-        dplan = I.parse_disagg_plan(*roles, weight_dtype, kv_dtype, cl, m)
+        dplan = I.parse_disagg_plan(*roles, weight_dtype, kv_dtype, cl, m, gpus or cl.num_gpus)
     else:
         p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
         I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
@@ -254,11 +257,11 @@ def simulate(
                                  arrival, burstiness_cv, seed)
     I.check_workload_fits(wl, m, max_model_len, trace)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
-    if any(x is not None for x in roles):
+    if disagg:
         from apex_plan.report.disagg_view import emit_disagg
         return emit_disagg(m, cl, dplan, eng, wl, slo, fmt, output,
-                           {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
-                            "prefill_plan": prefill_plan, "prefill_replicas": dplan.prefill_replicas,
+                           {"model": m.name, "gpu": cl.gpu.name, "gpus": gpus or cl.num_gpus,
+                            "gpus_per_node": cl.gpus_per_node, "prefill_plan": prefill_plan, "prefill_replicas": dplan.prefill_replicas,
                             "decode_plan": decode_plan, "decode_replicas": dplan.decode_replicas,
                             "decode_max_num_seqs": decode_max_num_seqs, "weight_dtype": weight_dtype,
                             "kv_dtype": kv_dtype, "engine": engine_doc(eng.profile), "routing": eng.routing,

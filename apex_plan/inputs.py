@@ -91,7 +91,7 @@ def check_plan_fits(plan: Plan, cluster: ClusterSpec, num_heads: int, num_expert
 
 def parse_disagg_plan(prefill_plan: str | None, prefill_replicas: int | None, decode_plan: str | None,
                       decode_replicas: int | None, decode_max_num_seqs: int | None, weight_dtype: str, kv_dtype: str,
-                      cluster: ClusterSpec, model: ModelSpec):
+                      cluster: ClusterSpec, model: ModelSpec, gpus: int | None = None):
     """`--prefill-plan tp=..,pp=..[,ep=..][,adp=..] --prefill-replicas NP --decode-plan ... --decode-replicas ND`
     -> DisaggPlan (each role's Plan with dp = its replica count), checked against the model and the GPUs."""
     from apex_plan.plan.disagg import DisaggPlan
@@ -112,10 +112,11 @@ def parse_disagg_plan(prefill_plan: str | None, prefill_replicas: int | None, de
             raise InputError(opt, e.field, e.problem, e.fix) from None
         roles[role] = p
     dplan = DisaggPlan(roles["prefill"], roles["decode"], decode_max_num_seqs)
-    if dplan.num_gpus > cluster.num_gpus:
+    gpus = gpus or cluster.num_gpus
+    if dplan.num_gpus > gpus:
         raise InputError("--gpus", None, f"{dplan.prefill_replicas} prefill x {roles['prefill'].gpus_per_replica} + "
                          f"{dplan.decode_replicas} decode x {roles['decode'].gpus_per_replica} GPUs = {dplan.num_gpus}, "
-                         f"the cluster has {cluster.num_gpus}", f"raise --gpus to {dplan.num_gpus} or use fewer replicas")
+                         f"the cluster has {gpus}", f"raise --gpus to {dplan.num_gpus} or use fewer replicas")
     return dplan
 
 
