@@ -72,7 +72,8 @@ _H = {
     "model": "built-in model name (see 'apex-plan models') or path to a .yaml / config.json",
     "gpu": "GPU profile name (see 'apex-plan hardware') or path to a profile YAML",
     "gpus": "GPUs in the cluster (with --gpu)",
-    "gpus_per_node": "GPUs per node (with --gpu); --gpus must fill whole nodes",
+    "gpus_per_node": "GPUs per node (with --gpu; default: the GPU profile's, 8 on HGX boards, 4 per NVL72 tray); "
+                     "--gpus must fill whole nodes",
     "cluster": "cluster YAML (instead of --gpu/--gpus); see examples/cluster.yaml",
     "trace": "trace file: APEX .jsonl, plain CSV, BurstGPT or Azure CSV (see examples/)",
     "workload": "synthetic preset: chat | summarization | creation",
@@ -89,6 +90,12 @@ _H = {
     "ttft": "time-to-first-token target, with a unit: 500ms, 0.5s",
     "tpot": "time-per-output-token target, with a unit: 50ms",
     "pct": "percentile of TTFT and TPOT that must meet the targets, in (0, 100]",
+    "turns": "synthetic sessions of this many turns; each turn resends the conversation so far plus a new "
+             "message (--prompt-tokens: the new message)",
+    "prefix_tokens": "shared system prompt ahead of every synthetic session, tokens",
+    "num_prefixes": "distinct system prompts the sessions are spread over",
+    "think_time": "mean think time between a session's turns (exponential), e.g. 10s",
+    "hash_block_tokens": "tokens per prefix block of synthetic and session traces (default 64; Mooncake: 512)",
 }
 
 
@@ -151,7 +158,7 @@ def simulate(
     model: str = typer.Option(..., "--model", "-m", help=_H["model"]),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"]),
     gpus: Optional[int] = typer.Option(None, "--gpus", help=_H["gpus"], callback=_count(1, L.MAX_GPUS, "e.g. --gpus 8")),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help=_H["gpus_per_node"],
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help=_H["gpus_per_node"],
                                       callback=_count(1, L.MAX_GPUS_PER_NODE, "e.g. --gpus-per-node 8")),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=_H["cluster"]),
     plan: Optional[str] = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P[,ep=E][,adp=A] (adp: attention-DP "
@@ -178,6 +185,14 @@ def simulate(
     burstiness_cv: float = typer.Option(1.0, "--burstiness-cv", help=_H["burstiness_cv"],
                                         callback=_real(0.0, 100.0, "e.g. --burstiness-cv 2")),
     seed: int = typer.Option(0, "--seed", help=_H["seed"], callback=_count(0, L.MAX_SEED, "e.g. --seed 0")),
+    turns: int = typer.Option(1, "--turns", help=_H["turns"], callback=_count(1, 10_000, "e.g. --turns 8")),
+    prefix_tokens: int = typer.Option(0, "--prefix-tokens", help=_H["prefix_tokens"],
+                                      callback=_count(0, L.MAX_TOKENS_PER_REQUEST, "e.g. --prefix-tokens 2000")),
+    num_prefixes: int = typer.Option(1, "--num-prefixes", help=_H["num_prefixes"],
+                                     callback=_count(1, 1 << 20, "e.g. --num-prefixes 4")),
+    think_time: str = typer.Option("0s", "--think-time", help=_H["think_time"]),
+    hash_block_tokens: Optional[int] = typer.Option(None, "--hash-block-tokens", help=_H["hash_block_tokens"],
+                                                    callback=_count(1, 1 << 16, "e.g. --hash-block-tokens 64")),
     engine: str = typer.Option("vllm", "--engine", help=_H["engine"]),
     activation_scales: Optional[str] = typer.Option(None, "--activation-scales",
                                                     help="fp8/int8 weights: dynamic | static (default: the engine's)"),
@@ -254,7 +269,8 @@ def simulate(
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
         num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency else 1000
     wl = I.workload_from_options(trace, workload, rate, num_requests, prompt_tokens, output_tokens, concurrency,
-                                 arrival, burstiness_cv, seed)
+                                 arrival, burstiness_cv, seed,
+                                 I.session_options(turns, prefix_tokens, num_prefixes, think_time, hash_block_tokens))
     I.check_workload_fits(wl, m, max_model_len, trace)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
     if disagg:
@@ -293,7 +309,7 @@ def search(
     model: str = typer.Option(..., "--model", "-m", help=_H["model"]),
     gpu: Optional[str] = typer.Option(None, "--gpu", help=_H["gpu"]),
     gpus: Optional[int] = typer.Option(None, "--gpus", help=_H["gpus"], callback=_count(1, L.MAX_GPUS, "e.g. --gpus 8")),
-    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help=_H["gpus_per_node"],
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help=_H["gpus_per_node"],
                                       callback=_count(1, L.MAX_GPUS_PER_NODE, "e.g. --gpus-per-node 8")),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=_H["cluster"]),
     trace: Optional[str] = typer.Option(None, "--trace", help="request mix and rate from a trace file (see examples/)"),
@@ -310,6 +326,14 @@ def search(
     burstiness_cv: float = typer.Option(1.0, "--burstiness-cv", help=_H["burstiness_cv"],
                                         callback=_real(0.0, 100.0, "e.g. --burstiness-cv 2")),
     seed: int = typer.Option(0, "--seed", help=_H["seed"], callback=_count(0, L.MAX_SEED, "e.g. --seed 0")),
+    turns: int = typer.Option(1, "--turns", help=_H["turns"], callback=_count(1, 10_000, "e.g. --turns 8")),
+    prefix_tokens: int = typer.Option(0, "--prefix-tokens", help=_H["prefix_tokens"],
+                                      callback=_count(0, L.MAX_TOKENS_PER_REQUEST, "e.g. --prefix-tokens 2000")),
+    num_prefixes: int = typer.Option(1, "--num-prefixes", help=_H["num_prefixes"],
+                                     callback=_count(1, 1 << 20, "e.g. --num-prefixes 4")),
+    think_time: str = typer.Option("0s", "--think-time", help=_H["think_time"]),
+    hash_block_tokens: Optional[int] = typer.Option(None, "--hash-block-tokens", help=_H["hash_block_tokens"],
+                                                    callback=_count(1, 1 << 16, "e.g. --hash-block-tokens 64")),
     weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtypes to try, e.g. bf16,fp8"),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", "--kv-cache-dtype", help="KV-cache dtypes to try, e.g. bf16,fp8"),
     engine: str = typer.Option("vllm", "--engine", help=_H["engine"]),
@@ -375,7 +399,8 @@ def search(
     wl = I.workload_from_options(trace, workload if (workload is not None or trace or prompt_tokens is not None) else "chat",
                                  None if trace else (rate or 1.0),
                                  num_requests if trace else max(num_requests, MAX_HORIZON_REQUESTS),
-                                 prompt_tokens, output_tokens, None, arrival, burstiness_cv, seed)
+                                 prompt_tokens, output_tokens, None, arrival, burstiness_cv, seed,
+                                 I.session_options(turns, prefix_tokens, num_prefixes, think_time, hash_block_tokens))
     I.check_workload_fits(wl, m, max_model_len, trace)
     trace_rps = I.trace_rate(wl.trace, trace) if trace else None    # also refuses traces with no arrival spread
     demand = rate if rate is not None else trace_rps
@@ -519,7 +544,8 @@ def sweep(
 def engine_doc(profile) -> dict:
     """The engine profile as echoed in every output: name, version asked for, file, calibration."""
     return {"profile": profile.name, "family": profile.family, "version": profile.version,
-            "versions": f"[{profile.min_version}, {profile.max_version})", "calibration": profile.calibration,
+            "versions": f"[{profile.min_version}, {profile.max_version})", "version_note": profile.version_note or None,
+            "calibration": profile.calibration,
             "calibration_error": profile.calibration_error or "uncalibrated (no measured error stored)"}
 
 

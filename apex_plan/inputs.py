@@ -18,10 +18,11 @@ from apex_plan.units import DTYPE_BYTES
 from apex_plan.workload.spec import Trace, Workload
 from apex_plan.workload.synthetic import PRESETS, LengthDist, closed_loop, preset_trace, synthetic_trace
 from apex_plan.workload.trace import read_trace
+from apex_plan.workload.prefix import SessionOptions
 
 
 
-def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int, cluster: str | None) -> ClusterSpec:
+def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int | None, cluster: str | None) -> ClusterSpec:
     """`--cluster FILE` or `--gpu NAME --gpus N [--gpus-per-node G]`."""
     if cluster:
         if gpu or gpus:
@@ -177,12 +178,17 @@ def parse_length(text: str, option: str) -> LengthDist:
 
 def workload_from_options(trace: str | None, workload: str | None, rate: float | None, num_requests: int,
                           prompt_tokens: str | None, output_tokens: str | None, concurrency: int | None,
-                          arrival: str, burstiness_cv: float, seed: int) -> Workload:
-    """`--trace FILE`, or a preset `--workload chat|summarization|creation`, or explicit lengths."""
+                          arrival: str, burstiness_cv: float, seed: int,
+                          sessions: SessionOptions | None = None) -> Workload:
+    """`--trace FILE`, or a preset `--workload chat|summarization|creation`, or explicit lengths;
+    `sessions` (--turns, --prefix-tokens, ...) makes the synthetic one multi-turn / shared-prefix."""
+    sessions = sessions or SessionOptions()
     if trace:
-        if workload is not None or prompt_tokens is not None or output_tokens is not None:
+        if workload is not None or prompt_tokens is not None or output_tokens is not None or sessions.active:
             raise InputError("--trace", None, "given together with a synthetic workload", "use one or the other")
-        tr = read_trace(Path(trace))
+        tr = read_trace(Path(trace), sessions.hash_block_tokens)
+    elif sessions.active:
+        tr = _session_workload(workload, rate, num_requests, prompt_tokens, output_tokens, concurrency, seed, sessions)
     else:
         if rate is None and concurrency is None:
             raise InputError("--rate", None, "a synthetic workload needs an arrival rate or a concurrency",
@@ -205,6 +211,36 @@ def workload_from_options(trace: str | None, workload: str | None, rate: float |
     if concurrency:
         return closed_loop(tr, concurrency)
     return Workload(tr)
+
+
+def session_options(turns: int, prefix_tokens: int, num_prefixes: int, think_time: str,
+                    hash_block_tokens: int | None) -> SessionOptions:
+    """--turns, --prefix-tokens, --num-prefixes, --think-time, --hash-block-tokens as one spec."""
+    from apex_plan.units import parse_duration_s
+    think_s = 0.0 if think_time.strip() in ("0", "0s", "0ms") else parse_duration_s(think_time, "--think-time")
+    if think_s > 86_400:
+        raise InputError("--think-time", None, f"'{think_time}' is above a day", "e.g. --think-time 10s")
+    return SessionOptions(turns, prefix_tokens, num_prefixes, think_s, hash_block_tokens)
+
+
+def _session_workload(workload: str | None, rate: float | None, num_requests: int, prompt_tokens: str | None,
+                      output_tokens: str | None, concurrency: int | None, seed: int, sessions: SessionOptions) -> Trace:
+    """Multi-turn sessions behind shared system prompts: new messages from --prompt-tokens (or the
+    preset's prompts), replies from --output-tokens (or the preset's outputs)."""
+    from apex_plan.workload.prefix import multiturn_trace
+    opt = "--turns" if sessions.turns > 1 else "--prefix-tokens"
+    if concurrency:
+        raise InputError(opt, None, "sessions arrive open loop, not as a closed loop", "drop --concurrency; give --rate")
+    if rate is None:
+        raise InputError("--rate", None, "a multi-turn workload needs an arrival rate", "pass --rate 2 (requests/s)")
+    name = "chat" if workload is None else workload
+    if name not in PRESETS:
+        raise InputError("--workload", None, f"unknown preset '{name}'", did_you_mean(name, PRESETS))
+    msg = parse_length(prompt_tokens, "--prompt-tokens") if prompt_tokens is not None else PRESETS[name].prompt
+    out = parse_length(output_tokens, "--output-tokens") if output_tokens is not None else PRESETS[name].output
+    return multiturn_trace(num_requests, msg, out, rate, turns=sessions.turns, prefix_tokens=sessions.prefix_tokens,
+                           num_prefixes=sessions.num_prefixes, think_time_s=sessions.think_time_s,
+                           hash_block_tokens=sessions.block_tokens, seed=seed, name=f"{name}-sessions")
 
 
 def engine_from_options(engine: str, gpu_memory_utilization: float | None, max_model_len: int | None,

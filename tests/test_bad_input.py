@@ -86,6 +86,8 @@ def options_of(cmd: str, base: list[str]) -> None:
         ("--num-requests",): ["0", "1000000000000"],
         ("--seed",): ["99999999999999999999999"],
         ("--max-model-len",): ["0", "1", "99999999999", "200000"],
+        ("--turns",): ["0", "100000"], ("--prefix-tokens",): ["99999999999"], ("--num-prefixes",): ["0"],
+        ("--hash-block-tokens",): ["0", "100000"],
     }
     if s == "simulate":
         ints.update({("--concurrency",): ["0"], ("--max-num-seqs",): ["0", "100000000000"],
@@ -104,11 +106,13 @@ def options_of(cmd: str, base: list[str]) -> None:
     for names in (("--ttft-slo",), ("--tpot-slo",)):
         for v in SLO_BAD:
             _aliases(names, v, base, "slo")
+    for v in ("", "abc", "5", "-5s", "5xs", "2days", "100000s"):
+        _aliases(("--think-time",), v, base + ["--turns", "3"], "duration")
     for names in (("--prompt-tokens",), ("--output-tokens",)):
         for v in LENGTH_BAD:
             _aliases(names, v, base, "length")
     choices = {("--format", "-f"): ["", "xml", "yaml", "JSON"], ("--arrival",): ["", "poison", "gama"],
-               ("--workload",): ["", "chatt", "summary"], ("--engine",): ["", "vllmm", "foo", "vllm@0.1", "sglang@9.0", "trtllm@x"],
+               ("--workload",): ["", "chatt", "summary"], ("--engine",): ["", "vllmm", "foo", "vllm@0.1", "sglang@9.0", "trtllm@"],
                ("--model", "-m"): ["", "llama-3.1-7b", "nope.yaml", "/nonexistent/dir/config.json"],
                ("--gpu",): ["", "h100", "rtx4090", "nope.yaml"],
                ("--weight-dtype",): ["", "bf61", "BF16", "int3"],   # fp4 on H100 runs weight-only (MXFP4 via Marlin)
@@ -423,6 +427,23 @@ def trace_files() -> list[tuple[str, tuple[str, ...]]]:
     csv_cases("csv", "chat.csv", ("arrival_s", "prompt_tokens", "output_tokens"), True)
     csv_cases("burstgpt", "burstgpt.csv", ("Timestamp", "Request tokens", "Response tokens"), False)
     csv_cases("azure", "azure.csv", ("TIMESTAMP", "ContextTokens", "GeneratedTokens"), False)
+    moon = (EXAMPLES / "mooncake.jsonl").read_text().splitlines()
+    mrow = json.loads(moon[3])
+    for tag, change, field in (("ids-many", {"hash_ids": list(range(40))}, "hash_ids"),
+                               ("ids-text", {"hash_ids": ["a"]}, "hash_ids"), ("ids-null", {"hash_ids": None}, "hash_ids"),
+                               ("ids-neg", {"hash_ids": [-1]}, "hash_ids"), ("input-zero", {"input_length": 0}, "input_length"),
+                               ("input-frac", {"input_length": 1.5}, "input_length"),
+                               ("output-zero", {"output_length": 0}, "output_length"),
+                               ("time-neg", {"timestamp": -3}, "timestamp"), ("time-text", {"timestamp": "x"}, "timestamp")):
+        lines = list(moon)
+        lines[3] = json.dumps(dict(mrow, **change))
+        out.append((add_file(f"mooncake-{tag}.jsonl", "\n".join(lines) + "\n"), (":4", field)))
+    lines = list(moon)
+    lines[3] = json.dumps({k: v for k, v in mrow.items() if k != "hash_ids"})
+    out.append((add_file("mooncake-ids-missing.jsonl", "\n".join(lines) + "\n"), (":4", "hash_ids")))
+    sess = '{"session_id": "a", "timestamp": 0, "input_length": 10, "output_length": 5}\n'
+    out.append((add_file("session-no-output.jsonl", sess + '{"session_id": "a", "timestamp": 9, "input_length": 4}\n'),
+                (":2", "output_length")))
     out.append((add_file("csv-garbage-header.csv", "foo,bar\n1,2\n"), (":1",)))
     out.append((add_file("csv-empty.csv", ""), ("empty",)))
     return out
@@ -502,7 +523,7 @@ def _fill(arg: str, d: Path) -> str:
 
 def test_suite_is_large_and_covers_everything():
     assert len(CASES) >= 1000, len(CASES)
-    kinds = {"model-", "cfg-", "gpu-", "cluster-", "apex-", "csv-", "burstgpt-", "azure-"}
+    kinds = {"model-", "cfg-", "gpu-", "cluster-", "apex-", "csv-", "burstgpt-", "azure-", "mooncake-", "session-"}
     for k in kinds:
         assert any(k in cid for cid in CASES), k
     from apex_plan.cli import app

@@ -4,6 +4,7 @@ and the GPU-pair property (more bandwidth and compute never predicts slower, nor
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -47,12 +48,29 @@ def test_release_ignores_pre_and_post_tags():
 @pytest.mark.parametrize("text,needle", [
     ("vlm", "did you mean 'vllm'"), ("lmdeploy", "built-in profiles: sglang-0.5, trtllm-1, vllm-0.6, vllm-v1"),
     ("vllm@0.5.4", "no vllm profile covers version 0.5.4"), ("trtllm@0.8.1", "trtllm-1 [0.20.0, 2.0.0)"),
-    ("vllm@latest", "cannot read version"),
+    ("vllm@", "empty version after '@'"), ("sglang@ ", "empty version after '@'"),
 ])
 def test_engine_errors_name_the_option_and_the_choices(text, needle):
     with pytest.raises(InputError) as e:
         resolve_engine_profile(text)
     assert str(e.value).startswith("--engine") and needle in str(e.value)
+
+
+@pytest.mark.parametrize("text,name", [("vllm@nightly-5b8c30d6", "vllm-v1"), ("sglang@nightly-dev", "sglang-0.5"),
+                                       ("trtllm@gpt-oss-dev", "trtllm-1"), ("sglang@glm5-hopper", "sglang-0.5"),
+                                       ("vllm@latest", "vllm-v1")])
+def test_unnumbered_build_tags_take_the_newest_profile_and_say_so(text, name):
+    p = resolve_engine_profile(text)
+    family = p.family
+    assert p.name == name and p == dataclasses.replace(
+        [q for q in list_engine_profiles() if q.family == family][-1], version=p.version, version_note=p.version_note)
+    assert p.version == text.split("@")[1] and p.label == f"{name}@{p.version}"
+    assert p.version in p.version_note and name in p.version_note and "development build" in p.version_note
+    assert not resolve_engine_profile(f"{family}@0.5.1" if family == "sglang" else family).version_note
+    doc = json.loads(CliRunner().invoke(app, SIM + ["--engine", text, "--format", "json"]).stdout)
+    assert doc["inputs"]["engine"]["version_note"] == p.version_note
+    table = CliRunner().invoke(app, SIM + ["--engine", text]).stdout
+    assert "engine version:" in table and "development build" in table
 
 
 def test_cli_unknown_engine_is_one_line_exit_2():

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from apex_plan.errors import InputError
 from apex_plan.estimate import kernels as K
 
 from apex_plan.hardware.load import load_gpu, make_cluster
@@ -36,11 +37,25 @@ def test_fp4_peaks_where_the_chip_has_them():
 def test_nvl72_is_one_nvlink_domain():
     gpu = load_gpu("gb200-nvl72")
     rack = make_cluster(gpu, 72)
-    assert rack.gpus_per_node == 8 and rack.nvlink_gpus == 72
+    assert (rack.num_nodes, rack.gpus_per_node, rack.nvlink_gpus) == (18, 4, 72)   # 18 compute trays of 4 GPUs
     two_racks = make_cluster(gpu, 144)
     assert two_racks.nvlink_gpus == 72
     hgx = make_cluster(load_gpu("b300-sxm-288gb"), 16)
     assert hgx.nvlink_gpus == 8
+
+
+def test_nvl72_trays_of_four():
+    """--gpus 36 on an NVL72 rack is 9 trays of 4 (not 'whole nodes of 8'), all in one NVLink domain;
+    an HGX board stays 8 GPUs a node; an explicit --gpus-per-node wins."""
+    for name in ("gb200-nvl72", "gb300-nvl72"):
+        half = make_cluster(load_gpu(name), 36)
+        assert (half.num_nodes, half.gpus_per_node, half.nvlink_gpus) == (9, 4, 36)
+    assert make_cluster(load_gpu("b200-sxm-180gb"), 16).gpus_per_node == 8
+    assert make_cluster(load_gpu("gb200-nvl72"), 72, 8).num_nodes == 9
+    with pytest.raises(InputError, match="do not fill whole nodes of 8"):
+        make_cluster(load_gpu("b200-sxm-180gb"), 36)
+    with pytest.raises(InputError, match="do not fill whole nodes of 4"):
+        make_cluster(load_gpu("gb200-nvl72"), 38)
 
 
 def test_tensor_parallel_spans_trays_inside_the_rack():

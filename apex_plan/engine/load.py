@@ -85,7 +85,7 @@ def _section(cls: type, raw: Any, where: str, prefix: str) -> Any:
 
 def profile_from_dict(doc: dict, where: str) -> EngineProfile:
     """Validate a parsed profile mapping and build an EngineProfile (errors name `where`)."""
-    top = {f.name for f in dataclasses.fields(EngineProfile)} - {"version", "path"}
+    top = {f.name for f in dataclasses.fields(EngineProfile)} - {"version", "version_note", "path"}
     for key in doc:
         if key not in top:
             raise InputError(where, str(key), "unknown field", did_you_mean(str(key), top))
@@ -128,7 +128,7 @@ def _parse_cached(path: str, mtime_ns: int) -> EngineProfile:
 def profile_to_dict(profile: EngineProfile) -> dict:
     """The YAML mapping of a profile (what `profile_from_dict` reads back)."""
     d = dataclasses.asdict(profile)
-    for key in ("version", "path"):
+    for key in ("version", "version_note", "path"):
         d.pop(key)
     d["collectives"]["custom_allreduce_tp"] = list(d["collectives"]["custom_allreduce_tp"])
     return d
@@ -151,8 +151,12 @@ def resolve_engine_profile(text: str, where: str = "--engine") -> EngineProfile:
     text = (text or "").strip()
     if text.endswith((".yaml", ".yml")) or os.sep in text:
         return load_engine_file(text)
-    name, _, version = text.partition("@")
+    name, at, version = text.partition("@")
     name = _ALIASES.get(name.lower(), name.lower())
+    version = version.strip()
+    if at and not version:
+        raise InputError(where, None, f"'{text}' has an empty version after '@'",
+                         f"write e.g. {name or 'vllm'}@0.11.2, or {name or 'vllm'} for the newest profile")
     profiles = list_engine_profiles()
     by_name = {p.name: p for p in profiles}
     if name in by_name and not version:
@@ -168,7 +172,12 @@ def resolve_engine_profile(text: str, where: str = "--engine") -> EngineProfile:
     try:
         rel = release(version)
     except ValueError:
-        raise InputError(where, None, f"cannot read version '{version}'", "write e.g. vllm@0.11.2") from None
+        # a nightly, dev or branch build ('nightly-5b8c30d6', 'gpt-oss-dev', 'glm5-hopper') carries no release
+        # number: it is built from the family's newest code, so it takes the newest profile, and says so
+        newest = cands[-1]
+        note = (f"'{version}' is not a release number: taken as a {family} development build, "
+                f"newest profile {newest.name} [{newest.min_version}, {newest.max_version})")
+        return dataclasses.replace(newest, version=version, version_note=note)
     for p in cands:
         if release(p.min_version) <= rel < release(p.max_version):
             return dataclasses.replace(p, version=version)

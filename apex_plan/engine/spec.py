@@ -27,6 +27,11 @@ class SchedulerPolicy:
     watermark_fraction: float = 0.01      # KV blocks kept free at admission
     reserve_full_sequence: bool = False   # admission reserves KV for prompt + all output (no preemption)
     held_slots: int = 0                   # batch slots the engine keeps from new requests (of max_num_seqs)
+    token_budget_large_gpu: int = 0       # token budget on GPUs of at least large_gpu_gib (0: token_budget everywhere)
+    large_gpu_gib: float = 0.0
+    budget_per_adp_rank: bool = False     # the budget is split over attention-DP ranks (SGLang: chunk // dp_size)
+    budget_fits_prompt: bool = False      # deployments size the budget to hold the longest prompt beside a full
+                                          # batch of decodes: max(token_budget, ceil64(max_num_seqs + prompt + 64))
     closed_loop: str = "desync"           # how a benchmark's closed loop of identical requests evolves:
                                           # desync (requests drift apart) | lockstep (waves stay together)
 
@@ -50,6 +55,9 @@ class GraphPolicy:
     mode: str = "decode_only"             # decode_only | piecewise | full
     max_batch: int = 256                  # largest captured batch (sequences); larger steps run eager
     eager_kernels_per_layer_mixed: int = 0  # piecewise: kernels launched eagerly per layer in a mixed step (attention)
+    max_batch_large: int = 0              # largest captured batch at tp >= large_tp or on GPUs of >= large_gpu_gib
+    large_tp: int = 0                     # (0: max_batch everywhere)
+    large_gpu_gib: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,18 @@ class MemoryPolicy:
     cuda_graph_gib: float = 0.0           # CUDA-graph memory pool
     caps_max_model_len: bool = False      # a pool smaller than max_model_len lowers it (SGLang, TRT-LLM)
                                           # instead of refusing to start (vLLM)
+    # default fraction from reserved memory (SGLang >= 0.5.3 mem_fraction_static = (gpu_mem - reserved) / gpu_mem,
+    # MiB); reserved_base_mib = 0 keeps gpu_memory_utilization fixed
+    reserved_base_mib: float = 0.0        # constant metadata
+    reserved_mib_per_chunk_token: float = 0.0   # x max(token budget, reserved_min_chunk_tokens): prefill activations
+    reserved_min_chunk_tokens: int = 0
+    reserved_mib_per_graph_seq: float = 0.0     # x largest captured batch: CUDA-graph buffers
+    reserved_mib_per_gpu: float = 0.0           # x tp x pp GPUs of the engine
+    reserved_mib_per_graph_seq_rank: float = 0.0  # x largest captured batch x attention-DP ranks
+    reserved_mib_per_graph_seq_rank_large: float = 0.0  # the same again above reserved_large_graph_batch
+    reserved_large_graph_batch: int = 0
+    reserved_floor_mib: float = 0.0             # at least this on GPUs above reserved_floor_gpu_mib
+    reserved_floor_gpu_mib: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +146,7 @@ class EngineProfile:
     calibration_error: dict[str, float] = field(default_factory=dict)  # held-out relative error quantiles of
                                            # (pred - measured) / measured: level, ttft_low/high, tpot_low/high, runs
     version: str | None = None             # the version asked for (set by resolve_engine_profile)
+    version_note: str = ""                 # how an unnumbered build tag was resolved (set by resolve_engine_profile)
     path: str = ""
 
     def attention_backend(self, kv_dtype: str) -> AttentionBackend:

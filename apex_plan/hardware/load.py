@@ -40,6 +40,7 @@ _GPU_FIELDS: dict[str, tuple[str, bool]] = {
     "num_sms": ("count", True),
     "calibration": ("mapping", False),
     "nvlink_domain_gpus": ("count", False),
+    "gpus_per_node": ("count", False),
 }
 
 _CLUSTER_FIELDS: dict[str, str] = {
@@ -242,6 +243,7 @@ def gpu_from_dict(doc: dict[str, Any], where: str) -> GpuSpec:
         calibration=_calibration(doc, where),
         source=_text(doc, "source", where, default=""),
         nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=0, allow_min=True)),
+        gpus_per_node=int(num("gpus_per_node", integer=True, default=8)),
     )
 
 
@@ -251,10 +253,12 @@ def load_gpu(name_or_path: str | Path, where: str = "--gpu", field: str | None =
     return gpu_from_dict(_read_yaml(path), str(path))
 
 
-def make_cluster(gpu: GpuSpec, gpus: int, gpus_per_node: int = 8, *, name: str = "",
+def make_cluster(gpu: GpuSpec, gpus: int, gpus_per_node: int | None = None, *, name: str = "",
                  inter_node_bw_gbps: float = DEFAULT_INTER_NODE_BW_GBPS,
                  price_per_gpu_hour: float = 0.0) -> ClusterSpec:
-    """Cluster for `--gpu NAME --gpus N --gpus-per-node G` (N < G means one node of N GPUs)."""
+    """Cluster for `--gpu NAME --gpus N --gpus-per-node G` (N < G means one node of N GPUs; G defaults to
+    the GPU profile's node size: 8 on HGX boards, 4 on an NVL72 compute tray)."""
+    gpus_per_node = gpu.gpus_per_node if gpus_per_node is None else gpus_per_node
     for option, value in (("--gpus", gpus), ("--gpus-per-node", gpus_per_node)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise InputError(option, None, f"must be a positive whole number, got {value!r}", "e.g. 8")

@@ -43,6 +43,8 @@ class GpuSpec:
     calibration: Calibration = field(default_factory=Calibration)
     source: str = ""                     # datasheet reference
     nvlink_domain_gpus: int = 0          # GPUs one NVLink/NVSwitch fabric joins at intra_node_bw (NVL72: 72); 0: the node
+    gpus_per_node: int = 8               # GPUs of one node / compute tray, the default of --gpus-per-node
+                                         # (HGX boards: 8; GB200/GB300 NVL72 trays: 4)
 
     def supports(self, dtype: str) -> bool:
         """True if the GPU has tensor-core support (a peak figure) for `dtype`."""

@@ -190,6 +190,8 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
     prof = inp.engines[0].profile if inp.engines and inp.engines[0].profile is not None else None
     if prof is not None:
         console.print(f"engine profile {prof.label} ({prof.calibration[:90] or 'not calibrated'})")
+        if prof.version_note:
+            console.print(escape(f"engine version: {prof.version_note}"))
     console.print(f"plans: {s['enumerated']} layouts enumerated, {s['after_symmetry']} after symmetry, "
                   f"{s['unique_plans']} distinct plans x engine settings = {s['candidates']}; rejected {s['rejected']} "
                   f"(divisibility/dtype), {s['infeasible_memory']} out of memory, {s['screened_out']} screened out, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from apex_plan.report.output import SCHEMA_VERSION, flatten
@@ -65,6 +66,8 @@ def simulate_table(res: SimResult, console: Console) -> None:
     console.print(f"[bold]{p.label()}[/bold] on {p.num_gpus} GPUs   engine: {res.engine.profile.label}, chunked prefill "
                   f"{'on' if res.engine.chunked_prefill else 'off'}, budget {res.engine.max_batched_tokens} tokens, "
                   f"max_num_seqs {res.engine.max_num_seqs}, max_model_len {res.engine.max_model_len}")
+    if res.engine.profile.version_note:
+        console.print(escape(f"engine version: {res.engine.profile.version_note}"))
     mem = res.memory.as_dict()
     console.print(f"memory per GPU: weights {mem['weights_gib']:.1f} GiB, activations {mem['activation_gib']:.2f} GiB, "
                   f"KV pool {mem['kv_pool_gib']:.1f} GiB = {mem['kv_cache_tokens']:,} tokens per replica")

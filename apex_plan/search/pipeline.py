@@ -20,13 +20,14 @@ from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.rank.deploy import closest_deployment, solve_deployments
 from apex_plan.search.bounds import PRUNE_OBJECTIVES, dominated_by, goodput_bound_rps, gpus_needed, outranked
 from apex_plan.search.capacity import find_goodput
-from apex_plan.search.fit import engine_label, fit_engine
+from apex_plan.search.fit import engine_label
 from apex_plan.search.layouts import profile_caps, supported_layout
 from apex_plan.search.screen import Screen, screen_plan
 from apex_plan.search.steady import RequestMix, horizon, request_mix, steady_metrics, steady_trace, window_bounds, window_of
 from apex_plan.search.verify import (DeploymentEval, candidate, distinct_plans, latency_deployments, layout_of,  # noqa: F401
                                      single_replica, verify_deployment)
 from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
+from apex_plan.simulate.fit import fit_engine, lowered_max_model_len
 from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Slo, Trace, Workload
 
@@ -80,9 +81,7 @@ class PlanEval:
 
     def lowered_max_model_len(self, model: ModelSpec) -> int | None:
         """max_model_len when the search lowered it below the model's to fit the KV cache, else None."""
-        if self.engine and self.engine_cfg.max_model_len is None and self.engine.max_model_len < model.max_context:
-            return self.engine.max_model_len
-        return None
+        return lowered_max_model_len(self.engine, self.engine_cfg, model)
 
 
 @dataclass
@@ -142,6 +141,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
     mix = mix or request_mix(inp.trace)
     kept, rej, st = _enumerate(inp)
     need_len = int((inp.trace.prompt_tokens + inp.trace.output_tokens).max())
+    longest_prompt = int(inp.trace.prompt_tokens.max())
     base = inp.engines[0]
     evals = []
     seen: dict[str, int] = {}
@@ -164,7 +164,8 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         else:
             shard = build_shard(model, ev.plan)
             shard_cache[key] = shard
-        eng, mem, why = fit_engine(model, ev.plan, shard, ev.engine_cfg, cluster.gpu, need_len)
+        eng, mem, why = fit_engine(model, ev.plan, shard, ev.engine_cfg, cluster.gpu, need_len,
+                                    longest_prompt)
         ev.memory = mem
         if eng is None:
             ev.status, ev.reason = "infeasible", "memory: " + why

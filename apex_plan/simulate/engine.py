@@ -25,6 +25,7 @@ class ResolvedEngine:
     routing: str
     profile: EngineProfile
     activation_scales: str
+    notes: tuple[str, ...] = ()           # settings fitted to the plan's memory (max_model_len lowered, fraction raised)
 
     @property
     def watermark_fraction(self) -> float:
@@ -32,6 +33,7 @@ class ResolvedEngine:
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "profile"}
+        d["notes"] = list(self.notes)
         d["engine_profile"] = self.profile.label
         return d
 

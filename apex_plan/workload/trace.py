@@ -31,7 +31,7 @@ AZURE_FIELDS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")        # dateti
 
 FORMATS = {"apex": APEX_FIELDS, "csv": CSV_FIELDS, "burstgpt": BURSTGPT_FIELDS, "azure": AZURE_FIELDS}
 _FORMAT_NAMES = {"apex": "APEX JSON lines", "csv": "plain CSV", "burstgpt": "BurstGPT CSV",
-                 "azure": "Azure LLM inference CSV"}
+                 "azure": "Azure LLM inference CSV", "mooncake": "Mooncake / session JSON lines"}
 _MUST_BE_SORTED = {"apex": True, "csv": True, "burstgpt": False, "azure": False}
 
 
@@ -62,20 +62,25 @@ class _Columns:
 # ---------------------------------------------------------------------------------------------
 # entry points
 
-def read_trace(path: str | Path) -> Trace:
-    """Read a trace, detecting its format from the extension and header; warns on dropped rows."""
-    loaded = load_trace(path)
+def read_trace(path: str | Path, hash_block_tokens: int | None = None) -> Trace:
+    """Read a trace, detecting its format from the extension and header; warns on dropped rows.
+    `hash_block_tokens`: block size of the ids built for a session trace (see workload.mooncake)."""
+    loaded = load_trace(path, hash_block_tokens)
     for note in loaded.notes:
         warnings.warn(note, TraceWarning, stacklevel=2)
     return loaded.trace
 
 
-def load_trace(path: str | Path) -> TraceLoad:
+def load_trace(path: str | Path, hash_block_tokens: int | None = None) -> TraceLoad:
     """Like `read_trace` but returns the format and the count of dropped failed requests."""
     path = Path(path)
     text = _read_text(path)
     fmt, header = detect_format(path, text)
     where = str(path)
+    if fmt == "mooncake":
+        from apex_plan.workload.mooncake import read_mooncake
+        from apex_plan.workload.prefix import DEFAULT_HASH_BLOCK_TOKENS
+        return TraceLoad(read_mooncake(where, text, path.stem, hash_block_tokens or DEFAULT_HASH_BLOCK_TOKENS), fmt)
     if fmt == "apex":
         cols = _apex_columns(where, text)
         time_s_scale = 1e-9
@@ -162,7 +167,12 @@ def detect_format(path: Path, text: str) -> tuple[str, list[str]]:
     first = _first_line(text)
     suffix = path.suffix.lower()
     if first.startswith("{"):
-        return "apex", []
+        from apex_plan.workload.mooncake import is_mooncake_line
+        try:
+            obj = json.loads(first)
+        except ValueError:
+            obj = None
+        return ("mooncake" if is_mooncake_line(obj) else "apex"), []
     if suffix in (".jsonl", ".json", ".ndjson"):
         raise InputError(f"{path}:1", None, "expected a JSON object per line",
                          'APEX traces have lines like {"StartTimeOffset": 0, "ContextTokens": 12, "GeneratedTokens": 34}')
