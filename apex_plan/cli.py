@@ -246,9 +246,7 @@ def simulate(
     m = load_model(model)
     roles = (prefill_plan, prefill_replicas, decode_plan, decode_replicas, decode_max_num_seqs)
     disagg = any(x is not None for x in roles)
-    # a disaggregated deployment may leave part of its last node unused (e.g. 7 x 4 + 2 x 8 GPUs)
-    node_gpus = -(-gpus // gpus_per_node) * gpus_per_node if disagg and gpus and gpus > gpus_per_node else gpus
-    cl = I.cluster_from_options(gpu, node_gpus, gpus_per_node, cluster)
+    cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster, partial_last_node=disagg)
     (chunked,) = I.chunked_prefill_modes(chunked_prefill, sweep=False)
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
                                 chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)

@@ -22,8 +22,11 @@ from apex_plan.workload.prefix import SessionOptions
 
 
 
-def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int | None, cluster: str | None) -> ClusterSpec:
-    """`--cluster FILE` or `--gpu NAME --gpus N [--gpus-per-node G]`."""
+def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int | None, cluster: str | None,
+                         partial_last_node: bool = False) -> ClusterSpec:
+    """`--cluster FILE` or `--gpu NAME --gpus N [--gpus-per-node G]`. `partial_last_node`: N GPUs may
+    leave part of the last node unused (a disaggregated deployment of 7 x 4 + 2 x 8 GPUs): the
+    cluster is the whole nodes that hold them."""
     if cluster:
         if gpu or gpus:
             raise InputError("--cluster", None, "given together with --gpu/--gpus", "use one or the other")
@@ -32,7 +35,11 @@ def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int |
         raise InputError("--gpu", None, "no GPU given", "pass --gpu NAME --gpus N, or --cluster FILE")
     if gpus is None:
         raise InputError("--gpus", None, "number of GPUs missing", "e.g. --gpus 8")
-    return make_cluster(load_gpu(gpu), gpus, gpus_per_node)
+    g = load_gpu(gpu)
+    per = g.gpus_per_node if gpus_per_node is None else gpus_per_node
+    if partial_last_node and isinstance(per, int) and per > 0 and gpus > per:
+        gpus = -(-gpus // per) * per
+    return make_cluster(g, gpus, gpus_per_node)
 
 
 def parse_plan(text: str | None, weight_dtype: str, kv_dtype: str, tp: int | None = None, pp: int | None = None) -> Plan:

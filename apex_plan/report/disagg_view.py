@@ -10,7 +10,9 @@ from apex_plan.report.output import SCHEMA_VERSION, emit, flatten
 from apex_plan.simulate.disagg import DisaggResult, simulate_disagg
 
 
-def _role_doc(role) -> dict:
+def _role_doc(role) -> dict | None:
+    if role is None:
+        return None
     p = role.plan
     return {"instances": p.dp, "tp": p.tp, "pp": p.pp, "ep": p.ep, "adp": p.adp, "gpus_per_instance": p.gpus_per_replica,
             "label": p.replica_label(), "engine": role.engine.as_dict(), "memory_per_gpu": role.memory.as_dict()}
@@ -27,7 +29,8 @@ def disagg_json(res: DisaggResult, inputs: dict) -> dict:
            "plan": {"label": res.plan.label(), "gpus": res.plan.num_gpus, "prefill": _role_doc(res.prefill),
                     "decode": _role_doc(res.decode)},
            "feasible": res.feasible, "reason": res.reason,
-           "launch": launch_doc(res, inputs.get("model_source") or inputs["model"])}
+           "launch": (launch_doc(res, inputs.get("model_source") or inputs["model"])
+                      if res.prefill and res.decode else None)}
     if res.feasible:
         doc["metrics"] = res.metrics
         unc = ["disaggregated serving: KV transfer, decode admission and routing are not calibrated on measured runs"]
@@ -47,11 +50,12 @@ def _f(x, spec=".1f"):
 
 
 def disagg_table(res: DisaggResult, console: Console, model_repo: str = "MODEL") -> None:
-    console.print(f"[bold]{res.plan.label()}[/bold] on {res.plan.num_gpus} GPUs   engine: "
-                  f"{res.decode.engine.profile.label}")
+    console.print(f"[bold]{res.plan.label()}[/bold] on {res.plan.num_gpus} GPUs")
     for name, r in (("prefill", res.prefill), ("decode", res.decode)):
+        if r is None:
+            continue
         mem = r.memory.as_dict()
-        console.print(f"{name}: {r.plan.dp} x {r.plan.replica_label()}, max_num_seqs {r.engine.max_num_seqs}, budget "
+        console.print(f"{name}: {r.plan.dp} x {r.plan.replica_label()}, {r.engine.profile.label}, max_num_seqs {r.engine.max_num_seqs}, budget "
                       f"{r.engine.max_batched_tokens}; weights {mem['weights_gib']:.1f} GiB, KV pool "
                       f"{mem['kv_pool_gib']:.1f} GiB = {mem['kv_cache_tokens']:,} tokens per instance")
     if not res.feasible:

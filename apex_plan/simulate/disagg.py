@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apex_plan.estimate.memory import MemoryReport, memory_report
+from apex_plan.estimate.memory import MemoryReport
+from apex_plan.estimate.shard import build_shard
 from apex_plan.estimate.step_cost import StepCost, build_step_cost
 from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
@@ -23,7 +24,8 @@ from apex_plan.plan.disagg import DisaggPlan
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.simulate import disagg_kernel as DK
 from apex_plan.simulate import kernels as SK
-from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
+from apex_plan.simulate.engine import ResolvedEngine
+from apex_plan.simulate.fit import fit_engine
 from apex_plan.simulate.run import RequestTimes, client_delays_s, compute_metrics, distribution
 from apex_plan.simulate.transfer import Links, kv_transfer_bytes, nic_bytes, rank_links
 from apex_plan.workload.spec import Slo, Workload
@@ -42,8 +44,8 @@ class Role:
 @dataclass(frozen=True, eq=False)
 class DisaggResult:
     plan: DisaggPlan
-    prefill: Role
-    decode: Role
+    prefill: Role | None
+    decode: Role | None
     feasible: bool
     reason: str
     times: RequestTimes | None = None
@@ -57,22 +59,16 @@ class DisaggResult:
     metrics: dict = dataclasses.field(default_factory=dict)
 
 
-def _role(model: ModelSpec, cluster: ClusterSpec, plan: Plan, cfg: EngineConfig) -> Role:
-    """Resolve one role's engine, size its memory (the context capped to the pool where the engine
-    does so), and build its step costs."""
-    eng = resolve_engine(cfg, model)
-    sc = build_step_cost(model, cluster.gpu, plan, cluster, engine=eng)
-
-    def mem_of(e):
-        return memory_report(model, cluster.gpu, plan, sc.shard, gpu_memory_utilization=e.gpu_memory_utilization,
-                             max_batched_tokens=e.max_batched_tokens, max_num_seqs=e.max_num_seqs,
-                             block_size=e.block_size, max_model_len=e.max_model_len, policy=e.profile.memory)
-    mem = mem_of(eng)
-    if (not mem.feasible and eng.profile.memory.caps_max_model_len and 0 < mem.kv_tokens < eng.max_model_len
-            and cfg.max_model_len is None):
-        eng = dataclasses.replace(eng, max_model_len=int(mem.kv_tokens))
-        mem = mem_of(eng)
-    return Role(plan, eng, mem, sc)
+def _role(model: ModelSpec, cluster: ClusterSpec, plan: Plan, cfg: EngineConfig, need_len: int,
+          longest_prompt: int) -> tuple[Role | None, str]:
+    """One role's engine settings fitted to its plan and memory (`apex_plan.simulate.fit.fit_engine`,
+    the rule aggregated plans follow) and its step costs; (None, reason) when it cannot hold the
+    workload's longest request."""
+    shard = build_shard(model, plan)
+    eng, mem, why = fit_engine(model, plan, shard, cfg, cluster.gpu, need_len, longest_prompt)
+    if eng is None:
+        return None, why
+    return Role(plan, eng, mem, build_step_cost(model, cluster.gpu, plan, cluster, engine=eng, shard=shard)), ""
 
 
 def _cfg(role: Role, base: int, least_loaded: bool) -> np.ndarray:
@@ -104,18 +100,20 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
                     workload: Workload, slo: Slo | None = None, links: Links | None = None) -> DisaggResult:
     """Replay `workload` on the prefill and decode pools of `plan`. `links` overrides the cluster's
     links between ranks (tests: an infinite link)."""
-    pre = _role(model, cluster, plan.prefill, dataclasses.replace(engine_cfg, max_num_seqs=plan.prefill_max_num_seqs
-                                                                   or engine_cfg.max_num_seqs))
-    dec = _role(model, cluster, plan.decode, dataclasses.replace(engine_cfg, max_num_seqs=plan.decode_max_num_seqs
-                                                                  or engine_cfg.max_num_seqs))
-    for name, r in (("prefill", pre), ("decode", dec)):
-        if not r.memory.feasible:
-            return DisaggResult(plan, pre, dec, False, f"{name} instances: {r.memory.reason}")
+    tr = workload.trace
+    need = int((tr.prompt_tokens + tr.output_tokens).max()) if len(tr) else 1
+    longest = int(tr.prompt_tokens.max()) if len(tr) else 1
+    pre, why_p = _role(model, cluster, plan.prefill, dataclasses.replace(
+        engine_cfg, max_num_seqs=plan.prefill_max_num_seqs or engine_cfg.max_num_seqs), need, longest)
+    dec, why_d = _role(model, cluster, plan.decode, dataclasses.replace(
+        engine_cfg, max_num_seqs=plan.decode_max_num_seqs or engine_cfg.max_num_seqs), need, longest)
+    if pre is None or dec is None:
+        return DisaggResult(plan, pre, dec, False, f"prefill instances: {why_p}" if pre is None
+                            else f"decode instances: {why_d}")
     if plan.num_gpus > cluster.num_gpus:
         return DisaggResult(plan, pre, dec, False, f"the deployment needs {plan.num_gpus} GPUs, the cluster has "
                                                    f"{cluster.num_gpus}")
     max_len = min(pre.engine.max_model_len, dec.engine.max_model_len)
-    tr = workload.trace
     valid = tr.prompt_tokens < max_len
     if not pre.engine.chunked_prefill:
         valid &= tr.prompt_tokens <= pre.engine.max_batched_tokens
