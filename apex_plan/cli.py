@@ -167,7 +167,9 @@ def simulate(
                                           callback=_count(1, L.MAX_GPUS, "e.g. --tensor-parallel-size 8")),
     pp_size: Optional[int] = typer.Option(None, "--pipeline-parallel-size", "-pp", help="pp of --plan (vLLM spelling)",
                                           callback=_count(1, L.MAX_GPUS, "e.g. --pipeline-parallel-size 2")),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtype: bf16 | fp16 | fp8 | int8 | fp4 | int4"),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype",
+                                               help="weight dtype: bf16 | fp16 | fp8 | int8 | fp4 | int4 (default: "
+                                                    "the checkpoint's own, e.g. fp8 for DeepSeek-V3 or a -FP8 repo)"),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", "--kv-cache-dtype",
                                            help="KV-cache dtype: bf16 | fp8 (default: the engine's for the weights)"),
     trace: Optional[str] = typer.Option(None, "--trace", help=_H["trace"]),
@@ -251,6 +253,7 @@ def simulate(
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
                                 chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)
     I.check_engine(eng, m)
+    weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
     if disagg:
         if plan is not None or tp_size is not None or pp_size is not None:
@@ -262,7 +265,11 @@ def simulate(
         dplan = I.parse_disagg_plan(*roles, weight_dtype, kv_dtype, cl, m, gpus or cl.num_gpus)
     else:
         p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
-        I.check_plan_fits(p, cl, m.num_heads, m.num_experts)
+        I.check_plan_fits(p, cl, m)
+        if p.num_gpus < cl.num_gpus:                       # say so: the other GPUs are not simulated
+            import warnings
+            warnings.warn(f"--plan {p.label().split()[0]} uses {p.num_gpus} of the {cl.num_gpus} GPUs; the figures are "
+                          f"for those only (give --plan dp=..,tp=..,pp=.. to use all {cl.num_gpus})")
     if num_requests is None:
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
         num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency else 1000
@@ -332,7 +339,8 @@ def search(
     think_time: str = typer.Option("0s", "--think-time", help=_H["think_time"]),
     hash_block_tokens: Optional[int] = typer.Option(None, "--hash-block-tokens", help=_H["hash_block_tokens"],
                                                     callback=_count(1, 1 << 16, "e.g. --hash-block-tokens 64")),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="weight dtypes to try, e.g. bf16,fp8"),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype",
+                                               help="weight dtypes to try, e.g. bf16,fp8 (default: the checkpoint's own)"),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", "--kv-cache-dtype", help="KV-cache dtypes to try, e.g. bf16,fp8"),
     engine: str = typer.Option("vllm", "--engine", help=_H["engine"]),
     gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
@@ -355,6 +363,9 @@ def search(
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
     slo_margin: bool = typer.Option(False, "--slo-margin", help="meet the SLOs at the pessimistic end of the "
                                     "engine profile's 80% error interval (needs a calibrated profile)"),
+    headroom: float = typer.Option(0.0, "--headroom", help="capacity kept above the demand, as a fraction: the "
+                                   "deployment must sustain demand x (1 + headroom) within the SLO (default 0: "
+                                   "just the demand)", callback=_real(0.0, 10.0, "e.g. --headroom 0.2", False)),
     objective: str = typer.Option("gpus", "--objective", help="gpus | energy | cost | latency | throughput"),
     homogeneous: bool = typer.Option(False, "--homogeneous", help="one plan for all replicas"),
     top: int = typer.Option(3, "--top", help="deployments to show", callback=_count(1, 100, "e.g. --top 3")),
@@ -389,6 +400,7 @@ def search(
     m = load_model(model)
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
     I.check_search_cluster(cl, cluster)
+    weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
     engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill)
@@ -406,6 +418,11 @@ def search(
         raise InputError("--rate", None, "must be positive", "e.g. --rate 2")
     if demand is None and objective != "throughput":
         objective = "throughput"
+    if headroom and demand is None:
+        raise InputError("--headroom", None, "needs a demanded rate (--rate, or a trace's)", "give --rate or drop --headroom")
+    asked_demand = demand
+    if demand is not None:
+        demand = demand * (1.0 + headroom)             # the rate every deployment must sustain within the SLO
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
     asked_slo, margin = slo, None
     if slo_margin:
@@ -426,7 +443,7 @@ def search(
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "workload": {"trace": trace, "preset": workload if not trace else None, "requests": len(wl.trace),
                            "seed": seed},
-              "demand_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
+              "demand_rps": asked_demand, "headroom": headroom, "searched_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
               "weight_dtypes": list(inp.weight_dtypes), "kv_dtypes": list(inp.kv_dtypes),
               "slo": _slo_doc(asked_slo), "slo_margin": margin and {**margin, "searched_slo": _slo_doc(slo)},
               "engine": engine_doc(base.profile),
@@ -484,8 +501,12 @@ def calibrate(
     from apex_plan.report.output import emit
     check_format(fmt)
     names = C.parse_fit(fit)
+    if folds == 1:
+        raise InputError("--folds", None, "one fold holds every run out and fits on none",
+                         "use --folds 0 (no cross-validation) or 2 or more")
     if overlay is not None and not overlay.endswith((".yaml", ".yml")):
         raise InputError("--output", None, f"'{overlay}' is not a .yaml path", "e.g. --output vllm-h100.yaml")
+    check_format(fmt, overlay)
     cases, _ = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
     cal = C.calibrate(cases, names, runs, rounds, progress=lambda s: typer.echo("  " + s, err=True), folds=folds)
     if overlay:

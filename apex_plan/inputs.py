@@ -42,6 +42,13 @@ def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int |
     return make_cluster(g, gpus, gpus_per_node)
 
 
+def default_weight_dtype(model: ModelSpec, cluster: ClusterSpec) -> str:
+    """Without --weight-dtype: the checkpoint's own format (DeepSeek-V3 and '-FP8' repos fp8, '-NVFP4' fp4),
+    or bf16 when the GPU cannot run it (what an engine then loads: the dequantised weights)."""
+    dt = model.checkpoint_dtype
+    return dt if dt in ("bf16", "fp16") or cluster.gpu.supports_weights(dt) else "bf16"
+
+
 def parse_plan(text: str | None, weight_dtype: str, kv_dtype: str, tp: int | None = None, pp: int | None = None) -> Plan:
     """'dp=2,tp=4,pp=1[,ep=1][,adp=1]' -> Plan; unnamed degrees are 1; `tp`/`pp` (vLLM's
     --tensor-parallel-size, --pipeline-parallel-size) set those degrees when --plan does not name them
@@ -79,22 +86,20 @@ def parse_plan(text: str | None, weight_dtype: str, kv_dtype: str, tp: int | Non
     return Plan(vals["dp"], vals["tp"], vals["pp"], vals["ep"], weight_dtype, kv_dtype, adp=vals["adp"])
 
 
-def check_plan_fits(plan: Plan, cluster: ClusterSpec, num_heads: int, num_experts: int) -> None:
-    """Structural checks a plan must pass before it is costed."""
-    if plan.num_gpus > cluster.num_gpus:
-        raise InputError("--plan", None, f"needs dp*tp*pp = {plan.num_gpus} GPUs but the cluster has {cluster.num_gpus}",
-                         "lower the degrees or raise --gpus")
-    if num_heads % plan.tp:
-        raise InputError("--plan", "tp", f"tp={plan.tp} does not divide the model's {num_heads} attention heads",
-                         "choose a tp that divides the head count")
-    moe_gpus = plan.tp * plan.adp
-    if plan.ep > 1 and (not num_experts or num_experts % plan.ep or moe_gpus % plan.ep):
-        raise InputError("--plan", "ep", f"ep={plan.ep} must divide tp*adp={moe_gpus} and the expert count "
-                         f"({num_experts})", "use ep=1 for dense models")
-    for opt, dt in (("--weight-dtype", plan.weight_dtype),):
-        if dt in ("fp8", "fp4") and not cluster.gpu.supports_weights(dt):   # 4-bit weights may run weight-only
-            raise InputError(opt, None, f"{cluster.gpu.name} has no {dt} tensor cores",
-                             "use " + ", ".join(k for k in cluster.gpu.peak_tflops if k in ("bf16", "fp16", "fp8", "fp4")))
+def check_plan_fits(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where: str = "--plan") -> None:
+    """A given plan must pass the rules `search` enumerates with (`plan.enumerate.plan_reason`); an explicit
+    plan may span nodes with tensor parallelism (whole nodes only)."""
+    from apex_plan.plan.enumerate import plan_reason
+    why = plan_reason(model, cluster, plan, allow_cross_node_tp=True)
+    if why is None:
+        return
+    kind, reason = why
+    fix = {"limit": "lower the degrees or raise --gpus", "dtype": "choose a dtype the GPU supports"}.get(
+        kind, "choose degrees that divide the model's heads, layers and experts and fill whole nodes")
+    if kind == "dtype" and where == "--plan":         # name the dtype option the user gave
+        where = "--weight-dtype" if "weight dtype" in reason else "--kv-dtype"
+        fix = "use " + ", ".join(k for k in cluster.gpu.peak_tflops if k in ("bf16", "fp16", "fp8", "fp4"))
+    raise InputError(where, None, f"{plan.label()} on {model.name}: {reason}", fix)
 
 
 def parse_disagg_plan(prefill_plan: str | None, prefill_replicas: int | None, decode_plan: str | None,
@@ -115,7 +120,7 @@ def parse_disagg_plan(prefill_plan: str | None, prefill_replicas: int | None, de
                 raise InputError(opt, "dp", f"dp={p.dp}: instances of a role are counted by --{role}-replicas",
                                  f"drop dp and pass --{role}-replicas {p.dp}")
             p = dataclasses.replace(p, dp=reps or 1)
-            check_plan_fits(dataclasses.replace(p, dp=1), cluster, model.num_heads, model.num_experts)
+            check_plan_fits(dataclasses.replace(p, dp=1), cluster, model, where=opt)
         except InputError as e:
             raise InputError(opt, e.field, e.problem, e.fix) from None
         roles[role] = p

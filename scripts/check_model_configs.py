@@ -38,6 +38,8 @@ def read_configs(source: Path) -> list[tuple[str, bytes]]:
             return sorted((Path(n).name, zf.read(n)) for n in zf.namelist()
                           if n.endswith(".json") and "model_configs/" in n)
     if source.is_dir():
+        if (source / "model_configs").is_dir():          # the unpacked package: its model configs only
+            source = source / "model_configs"
         return sorted((p.name, p.read_bytes()) for p in source.rglob("*.json"))
     raise SystemExit(f"{source}: not a folder or a wheel/zip of config.json files")
 

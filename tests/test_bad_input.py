@@ -506,6 +506,215 @@ for argv in (["check", "{big}"], with_opt(SIM, "--trace", "{big}", drop=WORKLOAD
 
 
 # ---------------------------------------------------------------------------------------------
+# measured runs, engine profiles, obsolete GPU-profile keys, HF quantisation, sweeps, plans, outputs:
+# every reader refuses NaN, infinities, zero or negative measured figures, missing measured columns,
+# absurd counts, unknown backends and contradictions, and every output path is checked before work
+_RUNS = ROOT / "tests" / "fixtures" / "runs"
+_RUN_OPTS = ["--gpu", GPU, "--engine", "vllm@0.11.0", "--plan", "tp=1"]
+
+
+def _run_cmds(file_arg: str) -> list[list[str]]:
+    """calibrate and validate of one run file (calibrate would fit: the error must come first)."""
+    return [["calibrate", file_arg, *_RUN_OPTS, "--fit", "host.frontend_ms", "--rounds", "1"],
+            ["validate", file_arg, *_RUN_OPTS]]
+
+
+def vllm_bench_files() -> list[tuple[str, tuple[str, ...]]]:
+    base = json.loads((_RUNS / "vllm-bench-llama8b-h100-c1.json").read_text())
+    nan = float("nan")
+    out = []
+    for field, tags in (("mean_ttft_ms", {"nan": nan, "zero": 0, "neg": -5.0, "empty": "", "inf": "inf", "text": "fast",
+                                          "huge": 1e12}),
+                        ("mean_tpot_ms", {"nan": nan, "zero": 0.0, "neg": -1, "empty": "", "null": None}),
+                        ("max_concurrency", {"zero": 0, "huge": 1e12, "frac": 2.5, "neg": -4, "text": "many"}),
+                        ("completed", {"huge": 1e12, "text": "two", "neg": -1}),
+                        ("total_input_tokens", {"huge": 1e15, "nan": nan, "neg": -10}),
+                        ("total_output_tokens", {"huge": 1e15}),
+                        ("request_rate", {"zero": 0, "neg": -1, "text": "fast"}),
+                        ("backend", {"tgi": "tgi", "lmdeploy": "lmdeploy"})):
+        for tag, value in tags.items():
+            doc = dict(base, **{field: value})
+            if field.startswith("total_"):          # per-request lengths would win over the totals
+                doc = {k: v for k, v in doc.items() if k not in ("input_lens", "output_lens")}
+            name = add_file(f"run-vllm-{field}-{tag}.json", json.dumps(doc))
+            out.append((name, (field,)))
+    doc = {k: v for k, v in base.items() if k != "mean_tpot_ms"}
+    out.append((add_file("run-vllm-no-mean_tpot_ms.json", json.dumps(doc)), ("mean_tpot_ms",)))
+    doc = dict(base, completed=None, num_prompts=None)
+    out.append((add_file("run-vllm-no-count.json", json.dumps(doc)), ("num_prompts",)))
+    latin = json.dumps(dict(base, label="caf\u00e9"), ensure_ascii=False).encode("latin-1")
+    out.append((add_file("run-vllm-latin1.json", latin), ("UTF-8",)))
+    aip = json.loads((_RUNS / "profile_export_aiperf.json").read_text())
+    for key, value, field in (("time_to_first_token", {"unit": "ms", "avg": 0}, "time_to_first_token"),
+                              ("inter_token_latency", {"unit": "ms", "avg": -2}, "inter_token_latency"),
+                              ("inter_token_latency", {"unit": "fortnights", "avg": 2}, "inter_token_latency"),
+                              ("request_count", {"unit": "requests", "avg": 1e12}, "request_count")):
+        name = add_file(f"run-aiperf-{key}-{len(out)}.json", json.dumps(dict(aip, **{key: value})))
+        out.append((name, (field,)))
+    return out
+
+
+_SILICON_ROW = {"id": "r1", "backend": "vllm", "backend_version": "0.11.0", "model_path": "meta-llama/Llama-3.1-8B",
+                "system": "h100_sxm", "precision": "bf16", "mode": "agg", "isl": "1024", "osl": "128",
+                "batch_size": "8", "tp_size": "1", "pp_size": "1", "attention_dp_size": "", "moe_tp_size": "",
+                "moe_ep_size": "", "silicon_ttft_ms": "50.0", "silicon_tpot_ms": "10.0", "concurrency": "8"}
+_REPLAY_ROW = {"experiment": "e1", "model": MODEL, "weight_dtype": "bf16", "kv_dtype": "bf16", "activation_scales": "",
+               "gpu": GPU, "gpus": "1", "dp": "1", "tp": "1", "pp": "1", "engine": "vllm-0.6.0",
+               "gpu_memory_utilization": "0.9", "max_model_len": "", "custom_allreduce": "True",
+               "trace": "replay-trace.jsonl", "ttft_mean_s": "0.05", "tpot_mean_s": "0.01"}
+
+
+def _csv(row: dict, drop: str | None = None) -> str:
+    keys = [k for k in row if k != drop]
+    return ",".join(keys) + "\n" + ",".join(row[k] for k in keys) + "\n"
+
+
+def run_csv_files() -> list[tuple[str, tuple[str, ...]]]:
+    add_file("replay-trace.jsonl", "".join((EXAMPLES / "chat.jsonl").read_text().splitlines(True)[:20]))
+    out = []
+    silicon = {"silicon_ttft_ms": ("nan", "0", "-3", "", "inf", "abc"), "silicon_tpot_ms": ("NaN", "0", ""),
+               "concurrency": ("0", "1e12", "-2"), "batch_size": ("0", "1e12"), "backend": ("tgi", "vllmm"),
+               "tp_size": ("-1", "two", "0", "3"), "pp_size": ("0", "9999"), "isl": ("0", "-5", "1e15", ""),
+               "osl": ("0", ""), "system": ("tpu_v5",), "precision": ("fp7",), "model_path": ("",)}
+    for field, values in silicon.items():
+        for i, v in enumerate(values):
+            row = dict(_SILICON_ROW, **{field: v})
+            if field == "concurrency" and v in ("0",):
+                row["batch_size"] = ""
+            out.append((add_file(f"run-silicon-{field}-{i}.csv", _csv(row)), (field,)))
+    for col in ("silicon_ttft_ms", "silicon_tpot_ms", "isl"):
+        out.append((add_file(f"run-silicon-no-{col}.csv", _csv(_SILICON_ROW, drop=col)), (col,)))
+    replay = {"dp": ("0", "two", "-1", "1.5"), "tp": ("-1", "0", "3", "8", "x"), "pp": ("0", "1e9"),
+              "gpus": ("0", "two"), "ttft_mean_s": ("nan", "0", "-0.1", "", "1e9"), "tpot_mean_s": ("NaN", "0", ""),
+              "engine": ("tgi-1.0", "vllm-"), "gpu_memory_utilization": ("1.5", "nan", "-1"),
+              "max_model_len": ("0", "1e12"), "weight_dtype": ("bf61",), "trace": ("missing.jsonl",),
+              "gpu": ("h1OO",)}
+    for field, values in replay.items():
+        for i, v in enumerate(values):
+            needles = (field,) if not (field in ("tp", "gpus") and v in ("3", "8")) else (f"tp{v}", "GPUs")
+            if field == "engine" and v == "vllm-":
+                needles = ("version",)
+            out.append((add_file(f"run-replay-{field}-{i}.csv", _csv(dict(_REPLAY_ROW, **{field: v}))), needles))
+    for col in ("ttft_mean_s", "tpot_mean_s", "tp"):
+        out.append((add_file(f"run-replay-no-{col}.csv", _csv(_REPLAY_ROW, drop=col)), (col,)))
+    out.append((add_file("run-replay-short-row.csv", _csv(_REPLAY_ROW).rstrip("\n").rsplit(",", 1)[0] + "\n"),
+                ("fields",)))
+    out.append((add_file("run-replay-latin1.csv", _csv(dict(_REPLAY_ROW, experiment="caf\u00e9")).encode("latin-1")),
+                ("UTF-8",)))
+    return out
+
+
+for name, needles in vllm_bench_files() + run_csv_files():
+    for argv in _run_cmds("{file:" + name + "}"):
+        case(f"{argv[0]}:{name}", argv, name, *needles)
+# plans and options of calibrate / validate, checked by the rules simulate and search use
+_AIP = str(_RUNS / "profile_export_aiperf.json")
+for _cmd in _run_cmds(_AIP):
+    c0 = _cmd[0]
+    for plan in ("tp=3", "tp=64", "dp=0", "tp=2,ep=2", "pp=64", "tp=6"):
+        case(f"{c0}:--plan={plan}:rules", with_opt(_cmd, "--plan", plan), "--plan")
+    case(f"{c0}:--engine=vllm@", with_opt(_cmd, "--engine", "vllm@"), "--engine", "version")
+    case(f"{c0}:--engine=sglang-vs-vllm-file", with_opt(_cmd, "--engine", "sglang") if False else
+         [c0, str(_RUNS / "vllm-bench-llama8b-h100-c1.json"), "--gpu", GPU, "--engine", "sglang"], "--engine", "vllm")
+for v in ("-0.1", "nan", "abc", "11", "inf", ""):
+    case(f"search:--headroom={v!r}", with_opt(SEARCH, "--headroom", v), "--headroom")
+case("calibrate:--folds=1", with_opt(_run_cmds(_AIP)[0], "--folds", "1"), "--folds")
+for v in ("", ",", "host.step_ms,"):
+    case(f"calibrate:--fit={v!r}:empty", with_opt(_run_cmds(_AIP)[0], "--fit", v), "--fit")
+for base in (SIM, SEARCH):
+    for v in ("vllm@", "sglang@", "@0.11.0"):
+        case(f"{base[0]}:--engine={v!r}:empty-version", with_opt(base, "--engine", v), "--engine")
+# outputs checked before any work: a missing folder, a place nothing can be created
+for _argv, opt in ((with_opt(_run_cmds(_AIP)[0], "--output", "/nonexistent-dir/x.yaml"), "--output"),
+                   (with_opt(_run_cmds(_AIP)[0], "--output", "/proc/apex-plan-x.yaml"), "--output"),
+                   (with_opt(_run_cmds(_AIP)[1], "--output", "/proc/apex-plan-x.json"), "--output"),
+                   (SEARCH + ["--report", "/proc/apex-plan-x.html"], "--report"),
+                   (SEARCH + ["--plot", "/proc/apex-plan-x.svg"], "--plot"),
+                   (SIM + ["--report", "/proc/apex-plan-x.html"], "--report"),
+                   (SIM + ["--output", "/proc/apex-plan-x.json"], "--output"),
+                   (SEARCH + ["--output", "/proc/apex-plan-x.json"], "--output"),
+                   (SWEEP + ["--output", "/proc/apex-plan-x.jsonl"], "--output"),
+                   (SWEEP + ["--report", "/proc/apex-plan-x.html"], "--report")):
+    case(f"{_argv[0]}:{opt}-unwritable:{_argv[-1]}", _argv, opt)
+
+
+def engine_profile_files() -> list[tuple[str, tuple[str, ...]]]:
+    base = yaml.safe_load((ROOT / "engine_profiles" / "vllm-v1.yaml").read_text())
+    out = []
+    muts = {"scheduler.token_budget": (0,), "scheduler.max_num_seqs": (0, -1, 1.5), "host.overlap": (2.5, -0.5),
+            "host.step_ms": (float("nan"), float("inf"), "fast"), "scheduler.block_size": (0,),
+            "memory.gpu_memory_utilization": (0, 1.5), "scheduler.watermark_fraction": (2,),
+            "min_version": ("2.0.0", "abc"), "scheduler.foo": (1,), "host.step_overhead_ms": (2,)}
+    for field, values in muts.items():
+        for i, v in enumerate(values):
+            doc = yaml.safe_load(yaml.safe_dump(base))
+            if "." in field:
+                sec, key = field.split(".")
+                doc[sec][key] = v
+            else:
+                doc[field] = v
+            out.append((add_file(f"engine-{field}-{i}.yaml", yaml.safe_dump(doc)), (field,)))
+    return out
+
+
+for name, needles in engine_profile_files():
+    for base in (SIM, SEARCH, _run_cmds(_AIP)[1]):
+        case(f"{base[0]}--engine:{name}", with_opt(base, "--engine", "{file:" + name + "}"), name, *needles)
+
+
+def moved_gpu_keys() -> list[tuple[str, tuple[str, ...]]]:
+    """GPU profiles with the engine keys that moved to engine profiles: each names its replacement."""
+    from apex_plan.hardware.load import MOVED_TO_ENGINE
+    base = yaml.safe_load((ROOT / "hardware_profiles" / f"{GPU}.yaml").read_text())
+    out = []
+    for key, new in MOVED_TO_ENGINE.items():
+        for tag, value in (("nan", float("nan")), ("text", "fast"), ("ok", 1.0)):
+            doc = yaml.safe_load(yaml.safe_dump(base))
+            doc["calibration"][key] = value
+            out.append((add_file(f"gpu-moved-{key}-{tag}.yaml", yaml.safe_dump(doc)), (key, new)))
+    return out
+
+
+for name, needles in moved_gpu_keys():
+    for argv in (["check", "{file:" + name + "}"], ["hardware", "{file:" + name + "}"],
+                 with_opt(SIM, "--gpu", "{file:" + name + "}")):
+        case(f"{argv[0]}:{name}", argv, name, *needles)
+
+
+def hf_quant_files() -> list[tuple[str, tuple[str, ...]]]:
+    base = yaml.safe_load((ROOT / "models" / f"{MODEL}.yaml").read_text())
+    out = []
+    for tag, extra, field in (("method", {"quantization_config": {"quant_method": "xyz"}}, "quant_method"),
+                              ("bnb", {"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}},
+                               "quant_method"),
+                              ("string", {"quantization_config": "fp8"}, "quantization_config"),
+                              ("list", {"quantization_config": ["fp8"]}, "quantization_config"),
+                              ("ct-nothing", {"quantization_config": {"quant_method": "compressed-tensors"}},
+                               "quantization_config"),
+                              ("dtype", {"torch_dtype": "float99"}, "torch_dtype"),
+                              ("dtype2", {"dtype": 16}, "dtype")):
+        name = add_file(f"cfg-quant-{tag}/config.json", json.dumps(dict(base, **extra)))
+        out.append((name, (field,)))
+    return out
+
+
+for name, needles in hf_quant_files():
+    for argv in (["models", "{file:" + name + "}"], with_opt(SIM, "--model", "{file:" + name + "}"),
+                 with_opt(SEARCH, "--model", "{file:" + name + "}"), ["check", "{file:" + name + "}"]):
+        case(f"{argv[0]}:{name}", argv, "config.json", *needles)
+
+_SC = {"model": MODEL, "gpu": GPU, "gpus": 1, "workload": "chat", "rate": 1}
+for tag, doc, needles in (
+        ("price-unknown-gpu", {"scenarios": [_SC], "prices": {"h100": 2.5}}, ("prices.h100",)),
+        ("price-nan", {"scenarios": [_SC], "prices": {GPU: float("nan")}}, ("prices.",)),
+        ("price-inf", {"scenarios": [_SC], "prices": {GPU: float("inf")}}, ("prices.",)),
+        ("price-neg", {"scenarios": [_SC], "prices": {GPU: -1}}, ("prices.",)),
+        ("price-bool", {"scenarios": [_SC], "prices": {GPU: True}}, ("prices.",)),
+        ("dup-names", {"scenarios": [dict(_SC, name="a"), dict(_SC, name="a", rate=2)]}, ("'a'",))):
+    name = add_file(f"sweep-{tag}.yaml", yaml.safe_dump(doc))
+    case(f"sweep:{name}", ["sweep", "{file:" + name + "}", "--output", "{file:out-" + tag + ".jsonl}"], name, *needles)
+
+# ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

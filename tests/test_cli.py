@@ -81,7 +81,7 @@ BAD_CASES = {
     "negative-gpu-field": (lambda f: _sim(gpu=str(f["neg_gpu"])), ["neg-gpu.yaml", "mem_bw_gbps", "-3350"]),
     "impossible-cluster": (lambda f: _sim(gpus="12", extra=["--gpus-per-node", "8"]), ["--gpus", "12"]),
     "plan-too-big": (lambda f: _sim(extra=["--plan", "dp=2,tp=8"]), ["--plan", "16", "8"]),
-    "tp-not-dividing-heads": (lambda f: _sim(extra=["--plan", "tp=3"]), ["tp=3", "64"]),
+    "tp-not-dividing-heads": (lambda f: _sim(extra=["--plan", "tp=3"]), ["tp=3", "does not divide"]),
     "zero-degree": (lambda f: _sim(extra=["--plan", "tp=0"]), ["--plan", "tp"]),
     "unsorted-trace": (lambda f: BASE[:9] + ["--trace", str(f["unsorted"])], ["unsorted.jsonl", "StartTimeOffset"]),
     "negative-tokens": (lambda f: BASE[:9] + ["--trace", str(f["negtok"])], ["negtok.jsonl", "ContextTokens", "-10"]),

@@ -195,8 +195,8 @@ def test_gated_deltanet_fixture_by_hand():
 
 def test_unsupported_architecture_is_one_line(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"architectures": ["Step3p7FlashForCausalLM"], "hidden_size": 64}))
+    path.write_text(json.dumps({"architectures": ["Step9FlashForCausalLM"], "hidden_size": 64}))
     with pytest.raises(InputError) as info:
         load_model(str(path))
-    assert "unsupported architecture Step3p7FlashForCausalLM" in str(info.value)
+    assert "unsupported architecture Step9FlashForCausalLM" in str(info.value)
     assert "\n" not in str(info.value)

@@ -26,9 +26,9 @@ IDENTIFIED_REL = 0.01    # a fitted value within 1% of its prior: the runs did n
 
 def parse_fit(text: str | None) -> list[str]:
     """'host.step_ms,host.overlap' -> names, each one of BOUNDS."""
-    names = [n.strip() for n in (text or ",".join(DEFAULT_FIT)).split(",") if n.strip()]
-    if not names:
-        raise InputError("--fit", None, "no constant named", "e.g. --fit host.step_ms,host.frontend_ms")
+    names = [n.strip() for n in (",".join(DEFAULT_FIT) if text is None else text).split(",")]
+    if not all(names):
+        raise InputError("--fit", None, f"'{text}' has an empty item", "e.g. --fit host.step_ms,host.frontend_ms")
     for n in names:
         if n not in BOUNDS:
             raise InputError("--fit", None, f"unknown constant '{n}'", did_you_mean(n, BOUNDS))

@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from apex_plan.calibrate import fields as F
 from apex_plan.calibrate.runs import Case, read_runs
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.errors import InputError
+from apex_plan.limits import MAX_REQUESTS
 from apex_plan.plan.spec import EngineConfig
 
 FORMATS = ("vllm-bench", "sglang-bench", "aiperf", "genai-perf", "csv")
@@ -67,64 +69,77 @@ class Summary:
     tpot_ms: float                     # measured mean
 
 
-def _num(where: str, field: str, value, required: bool = True) -> float | None:
-    """A finite number from a JSON field (None when absent and not required)."""
-    if value is None or value == "":
-        if required:
-            raise InputError(where, field, "missing", "the run file must carry this measured figure")
+# `--backend` of vllm bench serve (vllm/benchmarks/lib/endpoint_request_func.py ASYNC_REQUEST_FUNCS) and
+# SGLang bench_serving (python/sglang/bench_serving.py ASYNC_REQUEST_FUNCS) -> engine family; the
+# OpenAI-compatible clients say nothing about the server behind them
+BACKEND_FAMILY = {"vllm": "vllm", "vllm-chat": "vllm", "sglang": "sglang", "sglang-native": "sglang",
+                  "sglang-oai": "sglang", "sglang-oai-chat": "sglang", "tensorrt-llm": "trtllm", "trt": "trtllm",
+                  "trtllm": "trtllm"}
+GENERIC_BACKENDS = ("openai", "openai-chat", "openai-completions", "openai-audio")
+
+
+def _backend_family(where: str, d: dict, fmt: str) -> str | None:
+    """The engine family a bench result's `backend` names; None for an OpenAI-compatible client (the
+    file does not say the engine); an engine without a profile is an InputError."""
+    raw = d.get("backend")
+    if raw is None:
+        return "sglang" if fmt == "sglang-bench" else None
+    b = str(raw).strip().lower()
+    if b in BACKEND_FAMILY:
+        return BACKEND_FAMILY[b]
+    if b in GENERIC_BACKENDS:
         return None
-    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
-        return math.inf
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise InputError(where, field, f"expected a number, got '{value}'", "write a number") from None
-    if x != x or x < 0:
-        raise InputError(where, field, f"expected a non-negative number, got {value}", "write a number")
-    return x
+    raise InputError(where, "backend", f"'{raw}' is an engine apex-plan has no profile for",
+                     "give runs served by vLLM, SGLang or TensorRT-LLM (backend " + ", ".join(sorted(BACKEND_FAMILY))
+                     + ", or an OpenAI-compatible client with --engine)")
 
 
 def _lengths(where: str, d: dict, lens_key: str, total_key: str, n: int) -> np.ndarray:
     """Per-request token counts from `lens_key`, else the mean `total_key` / n repeated."""
     lens = d.get(lens_key)
     if isinstance(lens, list) and lens:
-        arr = np.asarray([_num(where, lens_key, v) for v in lens], dtype=float)
-        return np.maximum(np.rint(arr), 1).astype(np.int64)
-    total = _num(where, total_key, d.get(total_key))
-    mean = max(1, int(round(total / max(n, 1))))
-    return np.full(n, mean, dtype=np.int64)
+        if len(lens) > MAX_REQUESTS:
+            raise InputError(where, lens_key, f"{len(lens):,} lengths, above the limit of {MAX_REQUESTS:,}",
+                             "give a run of fewer requests")
+        return np.asarray([F.tokens_per_request(where, lens_key, F.number(where, lens_key, v)) for v in lens],
+                          dtype=np.int64)
+    total = F.number(where, total_key, d.get(total_key))
+    return np.full(n, F.tokens_per_request(where, total_key, total / n), dtype=np.int64)
 
 
 def _bench_summary(where: str, d: dict, fmt: str, idx: str = "") -> Summary:
     """A vllm bench serve result or one SGLang bench_serving line."""
-    n = int(_num(where, "completed", d.get("completed"), False) or _num(where, "num_prompts", d.get("num_prompts")))
-    if n < 1:
-        raise InputError(where, "completed", "no request completed", "re-run the benchmark")
-    rate = _num(where, "request_rate", d.get("request_rate"), False)
-    conc = d.get("max_concurrency")
-    conc = int(_num(where, "max_concurrency", conc)) if conc is not None else None
+    n = F.requests(where, "completed", d.get("completed"), False) or F.requests(where, "num_prompts", d.get("num_prompts"))
+    rate = F.number(where, "request_rate", d.get("request_rate"), False, allow_inf=True)
+    if rate is not None and rate == 0:
+        raise InputError(where, "request_rate", "a rate of 0 requests/s", "give the measured rate, or 'inf'")
+    conc = F.concurrency(where, "max_concurrency", d.get("max_concurrency"))
     model = d.get("model_id") or d.get("model") or d.get("tokenizer_id")
-    engine = "sglang" if fmt == "sglang-bench" and str(d.get("backend") or "sglang").startswith("sglang") else None
-    if fmt == "vllm-bench" and str(d.get("backend") or "vllm").startswith(("vllm", "openai")):
-        engine = "vllm"
+    engine = _backend_family(where, d, fmt)
     return Summary(Path(where).stem + idx, fmt, str(model) if model else None, engine, n, conc,
                    None if rate is None or math.isinf(rate) else rate,
                    _lengths(where, d, "input_lens", "total_input_tokens", n),
                    _lengths(where, d, "output_lens", "total_output_tokens", n),
-                   float(_num(where, "mean_ttft_ms", d.get("mean_ttft_ms"))),
-                   float(_num(where, "mean_tpot_ms", d.get("mean_tpot_ms"))))
+                   F.measured_ms(where, "mean_ttft_ms", d.get("mean_ttft_ms")),
+                   F.measured_ms(where, "mean_tpot_ms", d.get("mean_tpot_ms")))
 
 
-def _metric(where: str, d: dict, key: str, required: bool = True) -> float | None:
-    """The mean ('avg') of an aiperf / genai-perf metric object, converted to ms or plain units."""
+_UNIT_MS = {"ms": 1.0, "": 1.0, "s": 1e3, "sec": 1e3, "us": 1e-3, "ns": 1e-6}
+
+
+def _metric(where: str, d: dict, key: str, required: bool = True, latency: bool = False) -> float | None:
+    """The mean ('avg') of an aiperf / genai-perf metric object; latencies converted to ms."""
     m = d.get(key)
     if not isinstance(m, dict) or m.get("avg") is None:
         if required:
             raise InputError(where, f"{key}.avg", "missing", "export the run with streaming on (TTFT and ITL need it)")
         return None
-    x = float(_num(where, f"{key}.avg", m["avg"]))
     unit = str(m.get("unit", "")).lower()
-    return x * {"s": 1e3, "sec": 1e3, "us": 1e-3, "ns": 1e-6}.get(unit, 1.0)   # latencies to ms
+    if not latency:
+        return F.number(where, f"{key}.avg", m["avg"])
+    if unit not in _UNIT_MS:
+        raise InputError(where, f"{key}.unit", f"unknown time unit '{m.get('unit')}'", "use ms, s, us or ns")
+    return F.measured_ms(where, f"{key}.avg", m["avg"], _UNIT_MS[unit])
 
 
 def _dig(d, *keys):
@@ -144,32 +159,38 @@ def _perf_summary(where: str, d: dict) -> Summary:
     load = cfg.get("loadgen") if isinstance(cfg.get("loadgen"), dict) else cfg
     names = _dig(cfg, "endpoint", "model_names") or cfg.get("model") or []
     model = names[0] if isinstance(names, list) and names else (names or None)
-    n = _metric(where, m, "request_count", False) or _num(where, "input_config.loadgen.request_count",
-                                                           load.get("request_count"), False)
-    if not n or n < 1:
+    n_metric = _metric(where, m, "request_count", False)
+    if n_metric is not None:
+        n = F.requests(where, "request_count.avg", n_metric)
+    else:
+        n = F.requests(where, "input_config.loadgen.request_count", load.get("request_count"), False)
+    if not n:
         raise InputError(where, "request_count.avg", "missing", "export the aggregated profile of a finished run")
-    n = int(n)
     isl = _metric(where, m, "input_sequence_length", False)
     if isl is None:
-        isl = _num(where, "input_sequence_length.avg", _dig(cfg, "input", "prompt", "input_tokens", "mean"))
+        isl = F.number(where, "input_sequence_length.avg", _dig(cfg, "input", "prompt", "input_tokens", "mean"))
     osl = _metric(where, m, "output_sequence_length")
-    conc = _num(where, "input_config.loadgen.concurrency", load.get("concurrency"), False)
-    rate = _num(where, "input_config.loadgen.request_rate", load.get("request_rate"), False)
+    conc = F.concurrency(where, "input_config.loadgen.concurrency", load.get("concurrency"))
+    rate = F.number(where, "input_config.loadgen.request_rate", load.get("request_rate"), False, allow_inf=True)
     rate = rate if rate and math.isfinite(rate) else None
     return Summary(Path(where).stem, fmt, str(model) if model else None, None, n,
-                   int(conc) if conc and rate is None else None, rate,
-                   np.full(n, max(1, int(round(isl))), dtype=np.int64),
-                   np.full(n, max(1, int(round(osl))), dtype=np.int64),
-                   float(_metric(where, m, "time_to_first_token")), float(_metric(where, m, "inter_token_latency")))
+                   conc if rate is None else None, rate,
+                   np.full(n, F.tokens_per_request(where, "input_sequence_length.avg", isl), dtype=np.int64),
+                   np.full(n, F.tokens_per_request(where, "output_sequence_length.avg", osl), dtype=np.int64),
+                   _metric(where, m, "time_to_first_token", latency=True),
+                   _metric(where, m, "inter_token_latency", latency=True))
 
 
 def read_summaries(path: str | Path) -> list[Summary]:
     """Every run in one JSON / JSON-lines file."""
     where = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(where, None, f"cannot read: {e.strerror}", "give a benchmark result file") from None
+    except UnicodeDecodeError as e:
+        raise InputError(where, None, f"not UTF-8 text (byte {e.start}: {e.reason})",
+                         "save the result file as UTF-8 JSON, as the benchmark writes it") from None
     try:
         docs = [json.loads(text)]
     except json.JSONDecodeError:
@@ -213,9 +234,19 @@ def case_from_summary(s: Summary, opts: RunDefaults, where: str) -> Case:
         raise InputError("--model", None, f"{where} does not name the model", "give --model")
     engine_text = opts.engine or s.engine or "vllm"
     profile = resolve_engine_profile(engine_text, where="--engine")
-    model = load_model(model_name)
+    if opts.engine and s.engine and profile.family != s.engine:
+        raise InputError("--engine", None, f"{profile.label} is a {profile.family} profile but {where} was measured "
+                         f"on {s.engine}", f"give a {s.engine} profile, or leave --engine out")
+    try:
+        model = load_model(model_name)
+    except InputError as e:
+        if opts.model:
+            raise
+        raise InputError(where, "model_id", e.problem, "give --model NAME for the model the run served") from None
     gpu = load_gpu(opts.gpu)
     plan = I.parse_plan(opts.plan, opts.weight_dtype, profile.default_kv_dtype(opts.weight_dtype))
+    cluster = make_cluster(gpu, plan.num_gpus, min(8, plan.num_gpus))
+    I.check_plan_fits(plan, cluster, model)
     # the simulated requests: the measured lengths (or means), at most max_requests of them
     n = s.requests
     if s.concurrency:
@@ -230,7 +261,7 @@ def case_from_summary(s: Summary, opts: RunDefaults, where: str) -> Case:
         wl = Workload(trace, "closed", min(s.concurrency or s.requests, n))   # unthrottled: all in flight
     eng = EngineConfig(name=engine_text, profile=profile)
     group = (gpu.name, profile.family, model.name, plan.weight_dtype)
-    return Case(s.id, group, model, make_cluster(gpu, plan.num_gpus), plan, eng, wl, s.ttft_ms, s.tpot_ms)
+    return Case(s.id, group, model, cluster, plan, eng, wl, s.ttft_ms, s.tpot_ms)
 
 
 def _matches(case: Case, profile: EngineProfile) -> bool:
@@ -248,11 +279,7 @@ def read_measured(paths, opts: RunDefaults) -> tuple[list[Case], list[tuple[str,
         if not p.is_file():
             raise InputError(str(path), None, "not found", "give the path of a benchmark result file")
         if p.suffix.lower() == ".csv":
-            try:
-                got, skip = read_runs(p, opts.requests_per_slot)
-            except KeyError as e:
-                raise InputError(str(path), str(e).strip("'"), "missing column",
-                                 "give the silicon or trace-replay CSV columns") from None
+            got, skip = read_runs(p, opts.requests_per_slot)
             skipped += skip
             if want is not None:
                 keep = [c for c in got if _matches(c, want)]

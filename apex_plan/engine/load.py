@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import typing
@@ -51,8 +52,8 @@ def _value(raw: dict, key: str, ftype: Any, where: str, field: str) -> Any:
             raise InputError(where, field, f"expected true or false, got '{v}'", "write true or false")
         return v
     if ftype in (int, float):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
-            raise InputError(where, field, f"expected a non-negative number, got '{v}'", "write a bare number")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise InputError(where, field, f"expected a finite non-negative number, got '{v}'", "write a bare number")
         if ftype is int and int(v) != v:
             raise InputError(where, field, f"expected a whole number, got {v}", "write an integer")
         return ftype(v)
@@ -100,7 +101,11 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
             release(str(doc[key]))
         except ValueError:
             raise InputError(where, key, f"cannot read version '{doc[key]}'", "write e.g. 0.8.0") from None
+    if release(str(doc["min_version"])) >= release(str(doc["max_version"])):
+        raise InputError(where, "min_version", f"{doc['min_version']} is not below max_version {doc['max_version']}",
+                         "profiles cover [min_version, max_version): make min_version the lower")
     sections = {k: _section(cls, doc.get(k), where, k) for k, cls in _SECTIONS.items()}
+    _check_ranges(sections, where)
     attn_raw = doc.get("attention") or {"bf16": {}}
     if not isinstance(attn_raw, dict):
         raise InputError(where, "attention", "expected a mapping of KV dtype to backend", "write 'attention: {bf16: {...}}'")
@@ -118,6 +123,27 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
                          attention=attention, kv_cache_dtype={str(k): v for k, v in kv.items()},
                          calibration=str(doc.get("calibration", "")).strip(),
                          calibration_error={str(k): float(v) for k, v in cal_err.items()}, path=where, **sections)
+
+
+# (section, field) -> (low, high, low is allowed, why): the values an engine could run with
+_RANGES = {
+    ("scheduler", "max_num_seqs"): (1, None, True, "the engine runs at least one sequence per step"),
+    ("scheduler", "token_budget"): (1, None, True, "a step needs a token budget (vLLM max_num_batched_tokens)"),
+    ("scheduler", "unchunked_min_budget"): (1, None, True, "a step needs a token budget"),
+    ("scheduler", "long_context_tokens"): (1, None, True, "a context length in tokens"),
+    ("scheduler", "block_size"): (1, None, True, "a KV block holds at least one token"),
+    ("scheduler", "watermark_fraction"): (0, 1, True, "a fraction of the KV blocks, below 1"),
+    ("host", "overlap"): (0, 1, True, "the fraction of host time hidden behind the GPU, 0 to 1"),
+    ("memory", "gpu_memory_utilization"): (0, 1, False, "a fraction of GPU memory, above 0 and at most 1"),
+}
+
+
+def _check_ranges(sections: dict, where: str) -> None:
+    """Values of the right type that no engine could run with (max_num_seqs 0, overlap 2.5)."""
+    for (sec, key), (low, high, low_ok, why) in _RANGES.items():
+        v = getattr(sections[sec], key)
+        if v < low or (v == low and not low_ok) or (high is not None and v > high):
+            raise InputError(where, f"{sec}.{key}", f"{v:g} is out of range", why)
 
 
 @functools.lru_cache(maxsize=64)

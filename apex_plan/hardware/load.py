@@ -193,6 +193,14 @@ def _peak_tflops(doc: dict[str, Any], where: str) -> dict[str, float]:
     return peaks
 
 
+# GPU-profile calibration keys of engine behaviour, moved to the engine profiles (engine_profiles/*.yaml)
+# when GPU profiles were cut down to chip physics: old key -> the engine-profile field that replaced it
+MOVED_TO_ENGINE = {"step_overhead_ms": "host.step_ms", "per_seq_overhead_ms": "host.per_seq_ms",
+                   "per_prefill_token_overhead_us": "host.per_prefill_token_us",
+                   "frontend_latency_ms": "host.frontend_ms", "eager_kernel_overhead_us": "host.eager_kernel_us",
+                   "engine_reserve_gib": "memory.reserve_gib"}
+
+
 def _calibration(doc: dict[str, Any], where: str) -> Calibration:
     """Calibration block: unknown keys refused, missing keys take the dataclass defaults."""
     raw = doc.get("calibration")
@@ -201,6 +209,11 @@ def _calibration(doc: dict[str, Any], where: str) -> Calibration:
     if not isinstance(raw, dict):
         raise InputError(where, "calibration", f"expected a mapping, got '{raw}'", "write 'calibration:' then indented 'field: value' lines")
     fields = {f.name: f for f in dataclasses.fields(Calibration)}
+    for key in raw:
+        if key in MOVED_TO_ENGINE:
+            raise InputError(where, f"calibration.{key}", "is engine behaviour, no longer read from a GPU profile: it "
+                             f"moved to the engine profile as '{MOVED_TO_ENGINE[key]}'",
+                             f"delete it here; set {MOVED_TO_ENGINE[key]} in an engine profile YAML (--engine FILE)")
     _check_keys(raw, fields, where, prefix="calibration.")
     values: dict[str, float] = {}
     for key in raw:

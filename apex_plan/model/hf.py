@@ -8,6 +8,7 @@ from typing import Any, Callable
 from apex_plan.errors import InputError
 from apex_plan.model import spec as S
 from apex_plan.model.fields import _MISSING, _bool, _count_dense, _get, _int, _int_list, _str_list
+from apex_plan.model.hf2026 import NO_DENSE_WIDTH, READERS
 from apex_plan.model.quant import formats_from_config
 from apex_plan.model.spec import LayerKind, ModelSpec, group_layers
 
@@ -26,7 +27,7 @@ _QK_HEAD_NORM = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen3VLForCondition
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     _GQA_DENSE + ("MixtralForCausalLM",) + _QWEN_MOE + _MLA + _QWEN_HYBRID
     + ("GptOssForCausalLM", "MiniMaxM2ForCausalLM", "NemotronHForCausalLM", "Llama4ForConditionalGeneration",
-       "Gemma4ForConditionalGeneration"))
+       "Gemma4ForConditionalGeneration") + tuple(READERS))
 
 
 def _architecture(cfg: dict, where: str) -> str:
@@ -42,6 +43,53 @@ def _architecture(cfg: dict, where: str) -> str:
     raise InputError(where, "architectures", f"unsupported architecture {', '.join(value)}",
                      "supported: " + ", ".join(SUPPORTED_ARCHITECTURES))
 
+
+
+# torch dtype names a config's `torch_dtype` / `dtype` may hold (transformers PretrainedConfig)
+TORCH_DTYPES = ("float32", "float16", "bfloat16", "float64", "float8_e4m3fn", "float8_e5m2", "auto")
+# quant_method values apex-plan reads the formats of (transformers QuantizationMethod)
+QUANT_METHODS = ("fp8", "mxfp4", "awq", "gptq", "compressed-tensors", "modelopt")
+
+
+def _check_dtype(cfg: dict, where: str) -> None:
+    """`torch_dtype` / `dtype`, when given, must be a torch dtype name (torch.bfloat16 or bfloat16)."""
+    for key in ("torch_dtype", "dtype"):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        name = str(value).removeprefix("torch.")
+        if not isinstance(value, str) or name not in TORCH_DTYPES:
+            raise InputError(where, key, f"unknown torch dtype {value!r}", "use one of " + ", ".join(TORCH_DTYPES))
+
+
+def _checkpoint_formats(qc: Any, where: str, num_layers: int) -> dict[str, str]:
+    """Per-component weight formats of a `quantization_config`; a config that is not a mapping, or names a
+    quant_method whose formats apex-plan cannot read, is an InputError (never silently bf16)."""
+    if qc is None:
+        return {}
+    if not isinstance(qc, dict):
+        raise InputError(where, "quantization_config", f"must be a mapping, got {type(qc).__name__} {qc!r:.40}",
+                         "copy the checkpoint's quantization_config object, or remove it for bf16 weights")
+    formats = formats_from_config(qc, num_layers)
+    method = qc.get("quant_method")
+    if method is not None and (not isinstance(method, str) or method.lower() not in QUANT_METHODS):
+        raise InputError(where, "quantization_config.quant_method", f"unknown method {method!r}",
+                         "apex-plan reads " + ", ".join(QUANT_METHODS) + " checkpoints")
+    if method is not None and not formats:
+        raise InputError(where, "quantization_config", f"quant_method '{method}' names no weight format apex-plan reads",
+                         "give num_bits/type in config_groups (compressed-tensors) or quant_algo (modelopt)")
+    return formats
+
+
+def _aliases(cfg: dict, where: str) -> tuple[str, ...]:
+    """A model YAML's `aliases`: repo ids (ORG/NAME) of the same weights in other formats."""
+    value = cfg.get("aliases")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(a, str) and "/" in a for a in value):
+        raise InputError(where, "aliases", f"must be a list of Hugging Face repo ids, got {value!r:.60}",
+                         "write e.g. 'aliases: [Qwen/Qwen3-32B-FP8]'")
+    return tuple(value)
 
 
 def _text_config(cfg: dict, where: str) -> tuple[dict, list[str]]:
@@ -78,7 +126,7 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
     num_heads = _int(cfg, where, "num_attention_heads")
     inter_field = "intermediate_size_mlp" if arch == "Llama4ForConditionalGeneration" else "intermediate_size"
     # all-MoE hybrids may carry no dense width at all
-    inter_default: Any = 0 if arch == "Qwen3_5MoeForConditionalGeneration" else _MISSING
+    inter_default: Any = 0 if arch in ("Qwen3_5MoeForConditionalGeneration",) + NO_DENSE_WIDTH else _MISSING
     common: dict[str, Any] = dict(
         name=name, source=source, architecture=arch, num_layers=num_layers, hidden_size=hidden,
         num_heads=num_heads, intermediate_size=_int(cfg, where, inter_field, inter_default, minimum=0 if inter_default is not _MISSING else 1),
@@ -86,14 +134,19 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
         tie_word_embeddings=_bool(cfg, where, "tie_word_embeddings", False),
         max_context=_int(cfg, where, "max_position_embeddings"),
         notes=tuple(notes),
+        aliases=_aliases(cfg, where),
     )
+    _check_dtype(cfg, where)
     qc = cfg.get("quantization_config")
-    formats = formats_from_config(qc, num_layers) if qc is not None else {}
+    formats = _checkpoint_formats(qc, where, num_layers)
     if formats:
         common["weight_formats"] = tuple(sorted(formats.items()))
 
     if arch in _MLA:
         spec = _mla_spec(cfg, where, arch, common)
+    elif arch in READERS:
+        _gqa_fields(cfg, where, arch, common)
+        spec = READERS[arch](cfg, where, common)
     else:
         _gqa_fields(cfg, where, arch, common)
         if arch == "MixtralForCausalLM":

@@ -134,7 +134,7 @@ def load_model(name_or_path: str) -> ModelSpec:
         name = resolve_repo_id(text)
         builtin = _builtin_file(name) if name else None
         if builtin is not None:
-            return _load_file(builtin)
+            return as_checkpoint(_load_file(builtin), text)
         raise InputError("--model", None, f"no built-in model has the Hugging Face repo id '{text}'",
                          "give a built-in name (" + ", ".join(list_models()) + ") or a path to its config.json")
     if not looks_like_path and not path.exists():
@@ -146,6 +146,25 @@ def load_model(name_or_path: str) -> ModelSpec:
         raise InputError(str(path), None, "model file not found",
                          "check the path, or use a built-in name: " + ", ".join(list_models()))
     return _load_file(path)
+
+
+def as_checkpoint(spec: ModelSpec, repo_id: str) -> ModelSpec:
+    """The built-in `spec` as the checkpoint `repo_id` names: its source becomes that repo (what a launch
+    command serves), and a quantised re-publication ('-FP8', '-NVFP4', ...) of bf16 weights gets the
+    formats its tag names (so it is planned in its own format, not as bf16)."""
+    import dataclasses
+
+    from apex_plan.model.quant import format_dtype, repo_format, tag_formats
+    rid = repo_id.strip()
+    if rid.lower() == spec.source.lower():
+        return spec
+    fmt = repo_format(rid)
+    formats = dict(spec.weight_formats)
+    if fmt and spec.checkpoint_dtype != format_dtype(fmt):
+        formats = tag_formats(fmt)
+    others = tuple(a for a in (spec.source, *spec.aliases) if a.lower() != rid.lower())
+    return dataclasses.replace(spec, source=rid, aliases=others, weight_formats=tuple(sorted(formats.items())),
+                               aliases_dtype=spec.aliases_dtype or spec.checkpoint_dtype)
 
 
 def _load_file(path: Path) -> ModelSpec:

@@ -85,6 +85,8 @@ def indexer_params(spec: ModelSpec) -> int:
     wk (hidden x dim), k_norm LayerNorm (weight + bias of dim), weights_proj (hidden x heads)."""
     n, d, h = spec.index_n_heads, spec.index_head_dim, spec.hidden_size
     q_in = spec.q_lora_rank or h
+    if spec.hc_mult:                                    # DeepSeek-V4: keys from the indexer's compressor
+        return q_in * n * d + h * n
     return q_in * n * d + h * d + 2 * d + h * n
 
 
@@ -114,14 +116,19 @@ def attention_params(spec: ModelSpec, mixer: str = FULL) -> int:
         params = q + kv_a + kv_b + o
     else:
         head_dim, kv_heads = spec.attention_dims(mixer)
+        v_dim = spec.v_head_dim or head_dim                 # value/output head dim when it differs (MiMo-V2)
         q_out = spec.num_heads * head_dim
         kv_out = kv_heads * head_dim
         gate = q_out if spec.attn_output_gate else 0         # q_proj also emits one gate per q element
-        n_kv_proj = 1 if (spec.global_k_eq_v and mixer == FULL) else 2   # k_proj only when V reuses K
-        # q_proj (+gate), k_proj, v_proj (hidden x out each) + o_proj (heads*head_dim x hidden)
-        params = h * (q_out + gate) + n_kv_proj * h * kv_out + q_out * h
+        n_kv_proj = 1 if ((spec.global_k_eq_v and mixer == FULL) or spec.kv_one_vector) else 2  # V reuses K
+        v_out = kv_heads * v_dim if n_kv_proj == 2 else 0
+        # q_proj (+gate; or q_a (hidden x q_lora) + q_norm + q_b (q_lora x heads*head_dim)), k_proj and v_proj
+        q = spec.q_lora_rank * (h + 1) + spec.q_lora_rank * (q_out + gate) if spec.q_lora_rank else h * (q_out + gate)
+        params = q + h * kv_out + h * v_out + output_proj_params(spec, spec.num_heads * v_dim)
+        if spec.kv_one_vector:
+            params += head_dim                              # kv_norm of the one cached vector
         if spec.qkv_bias:
-            params += q_out + gate + n_kv_proj * kv_out     # q/k/v biases
+            params += q_out + gate + kv_out + v_out         # q/k/v biases
         if spec.o_bias:
             params += h                                     # o_proj bias
         if spec.qk_norm == "head":
@@ -133,6 +140,38 @@ def attention_params(spec: ModelSpec, mixer: str = FULL) -> int:
     if mixer == SPARSE:
         params += indexer_params(spec)
     return params
+
+
+def output_proj_params(spec: ModelSpec, in_width: int) -> int:
+    """o_proj (heads*v_dim x hidden), or DeepSeek-V4's grouped low-rank output: per group a
+    (in_width/groups x o_lora) matrix, then (groups*o_lora x hidden)."""
+    if spec.o_lora_rank and spec.o_groups:
+        return in_width * spec.o_lora_rank + spec.o_groups * spec.o_lora_rank * spec.hidden_size
+    return in_width * spec.hidden_size
+
+
+def compressor_params(spec: ModelSpec, kind: LayerKind) -> int:
+    """DeepSeek-V4 KV compressor of a layer pooling `compress` tokens per row: wkv and wgate (hidden x
+    coff*head_dim each, coff 2 for overlapping ratio-4 windows), positional bias (ratio x coff*head_dim),
+    RMSNorm (head_dim); ratio-4 layers' indexer has its own compressor of index_head_dim."""
+    if not kind.compress:
+        return 0
+    h, d = spec.hidden_size, spec.head_dim
+    coff = 2 if kind.compress == 4 else 1
+    out = 2 * h * coff * d + kind.compress * coff * d + d
+    if kind.mixer == SPARSE:
+        di = spec.index_head_dim
+        out += 2 * h * 2 * di + kind.compress * 2 * di + di
+    return out
+
+
+def hyper_connection_params(spec: ModelSpec) -> int:
+    """mHC of one layer (DeepSeek-V4): before the mixer and before the MLP, a mapping of the hc_mult
+    streams (hc_mult*hidden) to (2 + hc_mult)*hc_mult mixing weights, its bias and 3 scales."""
+    if not spec.hc_mult:
+        return 0
+    mix = (2 + spec.hc_mult) * spec.hc_mult
+    return 2 * (mix * spec.hc_mult * spec.hidden_size + mix + 3)
 
 
 def linear_attention_params(spec: ModelSpec) -> int:
@@ -188,11 +227,11 @@ def _moe_parts(spec: ModelSpec) -> tuple[int, int, int]:
 def layer_params(spec: ModelSpec, kind: LayerKind) -> tuple[int, int]:
     """(all, active per token) parameters of one layer of `kind`."""
     h = spec.hidden_size
-    mixer = attention_params(spec, kind.mixer)
+    mixer = attention_params(spec, kind.mixer) + compressor_params(spec, kind) + hyper_connection_params(spec)
     norms = (h if kind.mixer != NO_MIXER else 0) + (h if kind.mlp != NO_MLP else 0)   # pre-mixer + pre-MLP RMSNorm
     norms += spec.extra_norms_per_layer * h                                         # post-norms (Gemma)
     if kind.mlp == DENSE:
-        mlp = mlp_params(spec, h, spec.intermediate_size)
+        mlp = mlp_params(spec, h, kind.mlp_width or spec.intermediate_size)
         return mixer + norms + mlp, mixer + norms + mlp
     if kind.mlp == MOE:
         each, shared, router = _moe_parts(spec)
@@ -247,7 +286,10 @@ def kv_cache_bytes_per_token_per_layer(spec: ModelSpec, kv_dtype: str, mixer: st
         per = (spec.kv_lora_rank + spec.qk_rope_head_dim) * b
     else:
         head_dim, kv_heads = spec.attention_dims(mixer)
-        per = 2 * kv_heads * head_dim * b                   # K and V (engines cache V even when it equals K)
+        if spec.kv_one_vector:                              # one vector per head serves as K and V (DeepSeek-V4)
+            per = kv_heads * head_dim * b
+        else:                                               # K and V (engines cache V even when it equals K)
+            per = kv_heads * (head_dim + (spec.v_head_dim or head_dim)) * b
     if mixer == SPARSE:
         per += spec.index_head_dim * b                      # indexer key cache
     return per
@@ -279,6 +321,8 @@ def kv_tokens_held(kind: LayerKind, context_tokens: int) -> int:
     chunked attention, none for state mixers."""
     if kind.mixer in (SLIDING, CHUNKED):
         return min(context_tokens, kind.window)
+    if kind.mixer in (FULL, SPARSE) and kind.compress:     # raw window + one row per `compress` tokens
+        return min(context_tokens, kind.window) + context_tokens // kind.compress
     if kind.mixer in (FULL, SPARSE):
         return context_tokens
     return 0
@@ -327,12 +371,13 @@ def component_params(spec: ModelSpec) -> dict[str, int]:
             out["mamba"] += n * mamba_params(spec)
         elif kind.mixer != NO_MIXER:
             idx = indexer_params(spec) if kind.mixer == SPARSE else 0
-            out["attention"] += n * (attention_params(spec, kind.mixer) - idx)
+            out["attention"] += n * (attention_params(spec, kind.mixer) - idx + compressor_params(spec, kind)
+                                     + hyper_connection_params(spec))
             out["indexer"] += n * idx
         out["norms"] += n * ((h if kind.mixer != NO_MIXER else 0) + (h if kind.mlp != NO_MLP else 0)
                              + spec.extra_norms_per_layer * h)
         if kind.mlp == DENSE:
-            out["mlp"] += n * mlp_params(spec, h, spec.intermediate_size)
+            out["mlp"] += n * mlp_params(spec, h, kind.mlp_width or spec.intermediate_size)
         elif kind.mlp == MOE:
             each, shared, router = _moe_parts(spec)
             out["experts"] += n * spec.num_experts * each

@@ -208,3 +208,39 @@ def formats_from_config(qc: Any, n_layers: int) -> dict[str, str]:
         for comp in _excluded_components(excluded, n_layers):
             out[comp] = "bf16"
     return out
+
+
+# ---------------------------------------------------------------- a repo id's quantisation tag
+
+# the trailing tag of a quantised re-publication -> the format of its quantised weights (Qwen/...-FP8 and
+# RedHat FP8 repos are fp8; NVIDIA's -NVFP4 / -FP4 modelopt repos nvfp4; -MXFP4 mxfp4; AWQ / GPTQ /
+# -Int4 / W4A16 int4 weight-only; -Int8 / W8A8 int8)
+_TAG_FORMAT = (("nvfp4", "nvfp4"), ("mxfp4", "mxfp4"), ("fp4", "nvfp4"), ("fp8", "fp8"), ("awq", "int4"),
+               ("gptq", "int4"), ("int4", "int4"), ("w4a16", "int4"), ("int8", "int8"), ("w8a8", "int8"))
+
+
+def repo_format(repo_id: str) -> str:
+    """The weight format a repo id's quantisation tag names ('Qwen/Qwen3-235B-A22B-FP8' -> 'fp8'), or ''."""
+    name = repo_id.rsplit("/", 1)[-1].lower().replace("_", "-")
+    parts = set(re.split(r"[-.]", name))
+    for tag, fmt in _TAG_FORMAT:
+        if tag in parts:
+            return fmt
+    return ""
+
+
+def tag_formats(fmt: str) -> dict[str, str]:
+    """Per-component formats of a checkpoint quantised to `fmt` as its repo tag says: every linear layer
+    but the router, embedding and LM head (which quantisation recipes leave in bf16)."""
+    out = {c: fmt for c in COMPONENTS if c not in ("router", "embedding", "lm_head")}
+    out.update(router="bf16", embedding="bf16", lm_head="bf16")
+    return out
+
+
+def checkpoint_dtype(formats: dict[str, str]) -> str:
+    """The plan dtype a checkpoint's weights are in: that of its expert (else MLP, else attention) weights;
+    bf16 when it states no format."""
+    for comp in ("experts", "mlp", "attention"):
+        if formats.get(comp):
+            return format_dtype(formats[comp])
+    return "bf16"

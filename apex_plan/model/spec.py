@@ -27,11 +27,17 @@ class LayerKind:
 
     mixer: str = FULL
     mlp: str = DENSE
-    window: int = 0          # SLIDING / CHUNKED: tokens a query sees; 0 otherwise
+    window: int = 0          # SLIDING / CHUNKED: tokens a query sees; compressed FULL / SPARSE: the raw
+                             # window kept beside the compressed rows (DeepSeek-V4); 0 otherwise
+    mlp_width: int = 0       # DENSE: this layer's MLP width when layers differ (DeciLM / Nemotron-NAS);
+                             # 0: the model's intermediate_size
+    compress: int = 0        # FULL / SPARSE: tokens pooled into one cached KV row (DeepSeek-V4 CSA 4, HCA 128)
 
     def label(self) -> str:
         w = f"{self.window}" if self.mixer in (SLIDING, CHUNKED) else ""
-        return f"{self.mixer}{w}+{self.mlp}"
+        c = f"/c{self.compress}" if self.compress else ""
+        m = f"{self.mlp_width}" if self.mlp_width else ""
+        return f"{self.mixer}{w}{c}+{self.mlp}{m}"
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,10 @@ class ModelSpec:
     global_num_kv_heads: int = 0     # full-attention layers' KV heads when they differ (Gemma 4); 0: num_kv_heads
     global_k_eq_v: bool = False      # full-attention layers reuse the key projection as value (Gemma 4 attention_k_eq_v)
     extra_norms_per_layer: int = 0   # RMSNorms of hidden_size beyond the pre-mixer and pre-MLP ones (Gemma: post-norms)
+    o_lora_rank: int = 0             # output projection through a low-rank bottleneck per group (DeepSeek-V4)
+    o_groups: int = 0                # groups of heads sharing one o_lora bottleneck (DeepSeek-V4)
+    kv_one_vector: bool = False      # one cached vector per token and KV head serves as K and V (DeepSeek-V4)
+    hc_mult: int = 0                 # manifold-constrained hyper-connections: residual streams (DeepSeek-V4 mHC)
     # --- DeepSeek sparse attention indexer (mixer SPARSE) ---
     index_topk: int = 0              # cached tokens each query attends to
     index_n_heads: int = 0
@@ -143,6 +153,8 @@ class ModelSpec:
     #     plan's weight dtype ---
     weight_formats: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()      # what the loader left out (vision tower, MTP modules)
+    aliases: tuple[str, ...] = ()    # other repo ids of the same weights in other formats (built-in YAML)
+    aliases_dtype: str = ""          # dtype of the aliases without a quantisation tag ("": the checkpoint's)
 
     @property
     def is_moe(self) -> bool:
@@ -189,6 +201,25 @@ class ModelSpec:
         if mixer == FULL and (self.global_head_dim or self.global_num_kv_heads):
             return self.global_head_dim or self.head_dim, self.global_num_kv_heads or self.num_kv_heads
         return self.head_dim, self.num_kv_heads
+
+    @property
+    def checkpoint_dtype(self) -> str:
+        """The dtype the checkpoint's weights are in (bf16 when it states no format): the default plan dtype."""
+        from apex_plan.model.quant import checkpoint_dtype
+        return checkpoint_dtype(dict(self.weight_formats))
+
+    def checkpoint_repo(self, weight_dtype: str) -> tuple[str, bool]:
+        """(repo id to serve, True when its config already says the quantisation) for weights in `weight_dtype`:
+        the source when its checkpoint is in that dtype, else an alias whose tag names it, else the source."""
+        from apex_plan.model.quant import format_dtype, repo_format
+        if self.checkpoint_dtype == weight_dtype:
+            return self.source, weight_dtype not in ("bf16", "fp16", "fp32")
+        untagged = self.aliases_dtype or self.checkpoint_dtype
+        for alias in self.aliases:
+            fmt = repo_format(alias)
+            if (format_dtype(fmt) if fmt else untagged) == weight_dtype:
+                return alias, (format_dtype(fmt) if fmt else untagged) not in ("bf16", "fp16", "fp32")
+        return self.source, False
 
     def weight_format(self, component: str) -> str:
         """Checkpoint format of `component` ("" when the checkpoint gives none)."""

@@ -8,7 +8,7 @@ Shapes considered
     tp: divisors of gpus_per_node, powers of two up to the cluster's GPUs, and (with
         cross-node TP) multiples of gpus_per_node.
     pp: powers of two and divisors of the cluster's GPUs, with tp * pp <= cluster GPUs.
-    ep: 1 for dense models; for MoE models the divisors of tp * pp.
+    ep: 1 for dense models; for MoE models the divisors of tp (experts spread over a stage's GPUs).
 Rules (violations become `Rejected` with a one-line reason)
     tp must fit in a node unless cross-node TP is allowed (then whole nodes); tp must divide
     the query heads; KV heads are split when tp <= kv heads (tp must divide them) and
@@ -145,16 +145,47 @@ def _tp_reason(model: ModelSpec, cluster: ClusterSpec, tp: int, cross: bool) -> 
 
 
 def _pp_reason(model: ModelSpec, cluster: ClusterSpec, tp: int, pp: int,
-               max_gpus: int | None) -> tuple[str, str] | None:
-    g, size = cluster.gpus_per_node, tp * pp
+               max_gpus: int | None, adp: int = 1) -> tuple[str, str] | None:
+    g, size = cluster.gpus_per_node, tp * adp * pp
     if pp > model.num_layers:
         return "divisibility", f"pp={pp} exceeds {model.num_layers} layers"
     if size > g and size % g:
-        return "placement", (f"replica of {size} GPUs (tp={tp} x pp={pp}) spans nodes but is not "
+        return "placement", (f"replica of {size} GPUs (tp={tp}{f' x adp={adp}' if adp > 1 else ''} x pp={pp}) "
+                             f"spans nodes but is not "
                              f"a whole number of {g}-GPU nodes")
     if max_gpus is not None and size > max_gpus:
         return "limit", f"replica of {size} GPUs exceeds --max-gpus-per-replica {max_gpus}"
     return None
+
+
+def _ep_reason(model: ModelSpec, tp: int, ep: int, adp: int = 1) -> tuple[str, str] | None:
+    """Experts spread over ep of a stage's tp x adp GPUs (expert TP = tp x adp / ep): ep must divide both
+    those GPUs and the expert count; a dense model has ep = 1."""
+    if ep == 1:
+        return None
+    if not model.is_moe:
+        return "divisibility", f"ep={ep} on a dense model (it has no experts to spread)"
+    if model.num_experts % ep:
+        return "divisibility", f"ep={ep} does not divide {model.num_experts} experts"
+    if (tp * adp) % ep:
+        return "divisibility", f"ep={ep} does not divide the tp x adp = {tp * adp} GPUs of a stage"
+    return None
+
+
+def plan_reason(model: ModelSpec, cluster: ClusterSpec, plan: Plan, allow_cross_node_tp: bool = False,
+                max_gpus_per_replica: int | None = None) -> tuple[str, str] | None:
+    """Why `plan` cannot run `model` on `cluster` as (kind, one-line reason), or None. The one set of
+    rules: `search` enumerates with it, `simulate`, `validate` and `calibrate` check a given plan with it."""
+    if plan.num_gpus > cluster.num_gpus:
+        return "limit", (f"needs dp x tp x pp{' x adp' if plan.adp > 1 else ''} = {plan.num_gpus} GPUs but the "
+                         f"cluster has {cluster.num_gpus}")
+    why = (_tp_reason(model, cluster, plan.tp, allow_cross_node_tp)
+           or _pp_reason(model, cluster, plan.tp, plan.pp, max_gpus_per_replica, plan.adp)
+           or _ep_reason(model, plan.tp, plan.ep, plan.adp))
+    if why:
+        return why
+    dtype = _dtype_reason(cluster, plan.weight_dtype, plan.kv_dtype)
+    return ("dtype", dtype) if dtype else None
 
 
 def _dtype_reason(cluster: ClusterSpec, weight_dtype: str, kv_dtype: str) -> str | None:
@@ -221,10 +252,10 @@ def enumerate_replica_plans(
                 continue
             layouts = raw_layouts(tp, pp, cluster.num_nodes, g)
             keys = {canonical_key(tp, pp, lay, g) for lay in layouts}
-            for ep in (_divisors(tp * pp) if model.is_moe else [1]):
-                if model.is_moe and model.num_experts % ep:
-                    reject(Plan(tp=tp, pp=pp, ep=ep, weight_dtype=w0, kv_dtype=k0), "divisibility",
-                           f"ep={ep} does not divide {model.num_experts} experts")
+            for ep in (_divisors(tp) if model.is_moe else [1]):
+                bad = _ep_reason(model, tp, ep)
+                if bad:
+                    reject(Plan(tp=tp, pp=pp, ep=ep, weight_dtype=w0, kv_dtype=k0), *bad)
                     continue
                 for wd in weight_dtypes:
                     for kd in kv_dtypes:

@@ -201,9 +201,10 @@ def check_outputs(report: str | None, plot: str | None) -> None:
         except ImportError:
             raise InputError("--plot", None, "PNG output needs matplotlib, which is not installed",
                              "pip install 'apex-plan[plot]', or write an .svg file instead") from None
+    from apex_plan.report.output import check_writable
     for opt, path in (("--report", report), ("--plot", plot)):
-        if path is not None and not Path(path).expanduser().resolve().parent.is_dir():
-            raise InputError(opt, None, f"the folder of '{path}' does not exist", "create it or choose another path")
+        if path is not None:
+            check_writable(path, opt)
 
 
 def search_outputs(res, inputs: dict, report: str | None, plot: str | None) -> None:

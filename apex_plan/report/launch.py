@@ -18,6 +18,12 @@ recommended. Flag spellings are each engine's own:
   --extra_llm_api_options), not a flag: for adp > 1 the command sets --tp_size to every GPU of a
   stage and the YAML option must be added by hand.
 
+Quantisation: a checkpoint already in the plan's format (its config.json says `quantization_config`)
+needs no flag, vLLM and SGLang read the method from it (vLLM engine args: "--quantization ... If None,
+we first check the quantization_config attribute in the model config file"); bf16 weights served as
+fp8 take `--quantization fp8` (online dynamic FP8 in both). No engine quantises online to fp4, int4 or
+int8: such a plan needs a checkpoint in that format, and its command says so in a trailing comment.
+
 `parse_launch` reads a command back (tests check the round trip against the plan).
 """
 
@@ -29,13 +35,21 @@ from apex_plan.plan.spec import Plan
 
 # KV-cache dtype names of each engine for the planner's dtypes
 _KV = {"vllm": {"fp8": "fp8"}, "sglang": {"fp8": "fp8_e4m3"}, "trtllm": {}}
-_QUANT_WEIGHTS = ("fp8", "int8", "fp4")
+ONLINE_QUANT = ("fp8",)          # weight dtypes vLLM and SGLang quantise to at load (--quantization fp8)
+_UNQUANTISED = ("bf16", "fp16", "fp32")
 
 
-def launch_command(family: str, model_repo: str, plan: Plan, engine) -> str:
+def _quant_flag(plan: Plan, prequantized: bool) -> list[str]:
+    """--quantization for bf16 weights served as fp8; nothing for a checkpoint already quantised."""
+    if prequantized or plan.weight_dtype in _UNQUANTISED or plan.weight_dtype not in ONLINE_QUANT:
+        return []
+    return ["--quantization", plan.weight_dtype]
+
+
+def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantized: bool = False) -> str:
     """One replica's launch command. `engine` has the resolved settings: max_num_seqs,
     max_batched_tokens, chunked_prefill, block_size, gpu_memory_utilization, max_model_len,
-    custom_allreduce."""
+    custom_allreduce; `prequantized`: `model_repo`'s checkpoint is already in the plan's weight dtype."""
     e = engine
     if family == "sglang":
         adp = getattr(plan, "adp", 1)
@@ -52,8 +66,7 @@ def launch_command(family: str, model_repo: str, plan: Plan, engine) -> str:
               "--mem-fraction-static", f"{e.gpu_memory_utilization:g}", "--page-size", str(e.block_size)]
         if plan.kv_dtype in _KV["sglang"]:
             a += ["--kv-cache-dtype", _KV["sglang"][plan.kv_dtype]]
-        if plan.weight_dtype in _QUANT_WEIGHTS:
-            a += ["--quantization", plan.weight_dtype]
+        a += _quant_flag(plan, prequantized)
         if not e.custom_allreduce:
             a += ["--disable-custom-all-reduce"]
     elif family == "trtllm":
@@ -78,11 +91,13 @@ def launch_command(family: str, model_repo: str, plan: Plan, engine) -> str:
         a += ["--enable-chunked-prefill"] if e.chunked_prefill else ["--enable-chunked-prefill=False"]
         if plan.kv_dtype in _KV["vllm"]:
             a += ["--kv-cache-dtype", _KV["vllm"][plan.kv_dtype]]
-        if plan.weight_dtype in _QUANT_WEIGHTS:
-            a += ["--quantization", plan.weight_dtype]
+        a += _quant_flag(plan, prequantized)
         if not e.custom_allreduce:
             a += ["--disable-custom-all-reduce"]
-    return shlex.join(a)
+    cmd = shlex.join(a)
+    if not prequantized and plan.weight_dtype not in _UNQUANTISED + ONLINE_QUANT:
+        cmd += f"  # needs a {plan.weight_dtype} checkpoint of {model_repo} (no engine quantises to it at load)"
+    return cmd
 
 
 _INT_FLAGS = {
@@ -98,7 +113,7 @@ _FLOAT_FLAGS = {"--gpu-memory-utilization", "--mem-fraction-static", "--kv_cache
 
 def parse_launch(cmd: str) -> dict:
     """The parallel sizes and engine settings a launch command sets (for the round-trip test)."""
-    a = shlex.split(cmd)
+    a = shlex.split(cmd.split("  # ", 1)[0])
     out: dict = {"tp": 1, "pp": 1, "ep": 1, "adp": 1, "custom_allreduce": True, "kv_cache_dtype": None,
                  "quantization": None}
     i = 0

@@ -22,11 +22,31 @@ def check_format(fmt: str, output: str | None = None) -> str:
     if fmt not in FORMATS:
         raise InputError("--format", None, f"unknown format '{fmt}'", "use table, json or csv")
     if output is not None:
-        path = Path(output).expanduser()
-        if path.is_dir() or not path.resolve().parent.is_dir():
-            raise InputError(output, None, "cannot write: No such file or directory" if not path.is_dir()
-                             else "cannot write: it is a folder", "choose a writable --output path")
+        check_writable(output, "--output")
     return fmt
+
+
+def check_writable(path_text: str, option: str) -> None:
+    """Refuse an output path that cannot be written, before any work: a folder, a missing folder, or a
+    place the file cannot be created (tried by opening it for appending; a file created by the try is
+    removed again, an existing one is left as it was)."""
+    path = Path(path_text).expanduser()
+    if path.is_dir():
+        raise InputError(option, None, f"'{path_text}' is a folder", f"give a file path to {option}")
+    if not path.resolve().parent.is_dir():
+        raise InputError(option, None, f"the folder of '{path_text}' does not exist", "create it or choose another path")
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise InputError(option, None, f"cannot write '{path_text}': {e.strerror or e}",
+                         "choose a writable path") from None
+    if not existed:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def _clean(x: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 import time
@@ -179,71 +180,115 @@ def _f(x, spec=".1f"):
     return "-" if x is None else format(x, spec)
 
 
+# what limits a plan at its goodput, read from its run there (classification thresholds, not fitted):
+KV_BOUND_UTILIZATION = 0.95      # KV pool this full (or any preemption): memory binds
+SLO_BOUND_SHARE = 0.9            # a p-th percentile within 10% of its target: that SLO binds
+
+
+def binds(m: dict | None, slo) -> str:
+    """What binds a plan at its goodput: KV memory, the TTFT or TPOT SLO, or throughput (the engine's
+    compute and host time saturate before any latency target is reached)."""
+    if not m:
+        return "-"
+    if m.get("preemptions") or (m.get("kv_cache_peak_utilization") or 0) >= KV_BOUND_UTILIZATION:
+        return "KV memory"
+    ratios = []
+    if slo.tpot_s and m["tpot_ms"].get("p90") is not None:
+        ratios.append((m["tpot_ms"]["p90"] / (slo.tpot_s * 1e3), "TPOT SLO"))
+    if slo.ttft_s and m["ttft_ms"].get("p90") is not None:
+        ratios.append((m["ttft_ms"]["p90"] / (slo.ttft_s * 1e3), "TTFT SLO"))
+    top = max(ratios, default=(0.0, ""))
+    return top[1] if top[0] >= SLO_BOUND_SHARE else "compute"
+
+
+def print_phrases(console: Console, head: str, phrases: list[str], sep: str = "; ") -> None:
+    """`head` then the phrases, packed into lines of the console's width and broken only between
+    phrases (a phrase longer than a line wraps at its spaces); continuation lines indented."""
+    width = max(console.width, 40)
+    lines, cur = [], head
+    for i, ph in enumerate(phrases):
+        piece = ph + (sep if i < len(phrases) - 1 else "")
+        if cur.strip() and len(cur) + len(piece.rstrip()) > width:
+            lines.append(cur.rstrip())
+            cur = "  "
+        cur += piece
+    lines.append(cur.rstrip())
+    for line in lines:
+        console.print(escape(line), soft_wrap=len(line) <= width, highlight=False)
+
+
+def _workload_phrases(res: SearchResult) -> list[str]:
+    from apex_plan.workload.synthetic import PRESETS
+    tr = res.inputs.trace
+    out = [f"requests: mean prompt {tr.prompt_tokens.mean():.0f} tokens, mean output {tr.output_tokens.mean():.0f} "
+           "tokens"]
+    preset = PRESETS.get(getattr(tr, "name", ""))
+    if preset is not None:
+        for what, d in (("prompt", preset.prompt), ("output", preset.output)):
+            out.append(f"{preset.name} preset {what}: {d.kind} mean {d.mean:g}, std {d.std:g}, {d.min_tokens}-"
+                       f"{d.max_tokens} tokens")
+    return out
+
+
+def _table(title: str, columns: list[tuple[str, str]]) -> Table:
+    """A table whose cells wrap only at spaces: every column is at least as wide as its longest word."""
+    t = Table(title=title, title_justify="left")
+    for name, justify in columns:
+        t.add_column(name, justify=justify, overflow="fold")
+    return t
+
+
+def _fit_columns(t: Table, console: Console, optional: tuple[str, ...] = ()) -> None:
+    """Minimum width of each column: its longest word (header or cell), so no value is ever cut; when
+    they cannot all fit `width`, the `optional` columns (in that order) are left out (the JSON and CSV
+    carry them)."""
+    for col in t.columns:
+        words = [w for cell in [str(col.header), *map(str, col._cells)] for w in cell.split()]
+        col.min_width = max((len(w) for w in words), default=1)
+    def fits() -> bool:                    # rendered at the console's width, no line longer than it
+        probe = Console(width=console.width, file=io.StringIO(), color_system=None, legacy_windows=False)
+        probe.print(t, crop=False)
+        return max(len(line) for line in probe.file.getvalue().splitlines()) <= console.width
+    for name in optional:
+        if fits():
+            break
+        t.columns[:] = [c for c in t.columns if c.header != name]
+
+
 def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
     inp = res.inputs
     s = res.stats
-    console.print(f"[bold]{inp.model.name}[/bold] on {inp.cluster.num_gpus} x {inp.cluster.gpu.name} "
-                  f"({inp.cluster.num_nodes} node(s) of {inp.cluster.gpus_per_node}); "
-                  f"demand {_f(inp.demand_rps, 'g') if inp.demand_rps else 'max throughput'} req/s; SLO p{inp.slo.percentile:g} "
-                  f"TTFT {_f(inp.slo.ttft_s and inp.slo.ttft_s * 1e3, '.0f')} ms, TPOT {_f(inp.slo.tpot_s and inp.slo.tpot_s * 1e3, '.0f')} ms; "
-                  f"objective {inp.objective}")
+    # the answer first, then what it was asked, then how it was found
+    console.print("[bold]" + escape(recommendation(res)) + "[/bold]")
+    demand = f"{_f(inp.demand_rps, 'g')} req/s" if inp.demand_rps else "max throughput"
+    print_phrases(console, "", [f"{inp.model.name} on {inp.cluster.num_gpus} x {inp.cluster.gpu.name} "
+                                f"({inp.cluster.num_nodes} node(s) of {inp.cluster.gpus_per_node})",
+                                f"demand {demand}",
+                                f"SLO p{inp.slo.percentile:g} TTFT {_f(inp.slo.ttft_s and inp.slo.ttft_s * 1e3, '.0f')} ms, "
+                                f"TPOT {_f(inp.slo.tpot_s and inp.slo.tpot_s * 1e3, '.0f')} ms",
+                                f"objective {inp.objective}"] + _workload_phrases(res))
     prof = inp.engines[0].profile if inp.engines and inp.engines[0].profile is not None else None
     if prof is not None:
-        console.print(f"engine profile {prof.label} ({prof.calibration[:90] or 'not calibrated'})")
-        if prof.version_note:
+        print_phrases(console, "", [f"engine profile {prof.label}", prof.calibration or "not calibrated"])
+        if getattr(prof, "version_note", None):
             console.print(escape(f"engine version: {prof.version_note}"))
-    console.print(f"plans: {s['enumerated']} layouts enumerated, {s['after_symmetry']} after symmetry, "
-                  f"{s['unique_plans']} distinct plans x engine settings = {s['candidates']}; rejected {s['rejected']} "
-                  f"(divisibility/dtype), {s['infeasible_memory']} out of memory, {s['screened_out']} screened out, "
-                  f"{s.get('pruned_by_bound', 0)} pruned by their analytic bound, "
-                  f"{s['simulated']} simulated ({s['simulations']} runs), {s['with_goodput']} meet the SLO")
+    print_phrases(console, "plans: ", [f"{s['enumerated']} layouts enumerated", f"{s['after_symmetry']} after symmetry",
+                                       f"{s['unique_plans']} distinct plans x engine settings = {s['candidates']}",
+                                       f"rejected {s['rejected']} (divisibility/dtype)",
+                                       f"{s['infeasible_memory']} out of memory", f"{s['screened_out']} screened out",
+                                       f"{s.get('pruned_by_bound', 0)} pruned by their analytic bound",
+                                       f"{s['simulated']} simulated ({s['simulations']} runs)",
+                                       f"{s['with_goodput']} meet the SLO"], sep=", ")
     smp = s.get("sampling")
     if smp:
-        console.print(f"steady state: each run draws {smp['requests_drawn']} requests from the {smp['mix_requests']}-request "
-                      f"mix (mean request size {smp['work_bias_pct']:+.1f}% off the mix, sampling error "
-                      f"±{smp['work_stderr_pct']:.1f}%); figures are over the measured window after warm-up")
+        print_phrases(console, "steady state: ", [f"each run draws {smp['requests_drawn']} requests from the "
+                                                  f"{smp['mix_requests']}-request mix",
+                                                  f"mean request size {smp['work_bias_pct']:+.1f}% off the mix",
+                                                  f"sampling error ±{smp['work_stderr_pct']:.1f}%",
+                                                  "figures are over the measured window after warm-up"])
     if res.deployments:
-        t = Table(title="Deployments")
-        for c in ("rank", "replicas", "GPUs", "goodput", "TTFT p50/p90", "TPOT p50/p90", "tok/s", "J/tok", "$/h"):
-            t.add_column(c, justify="left" if c == "replicas" else "right")
-        for i, d in enumerate(res.deployments):
-            m = d.metrics
-            t.add_row(str(i + 1), " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), str(d.deployment.gpus),
-                      f"{d.deployment.goodput_rps:.3g}", f"{_f(m['ttft_ms']['p50'], '.0f')}/{_f(m['ttft_ms']['p90'], '.0f')}",
-                      f"{_f(m['tpot_ms']['p50'])}/{_f(m['tpot_ms']['p90'])}", f"{m['output_tokens_per_s']:.0f}",
-                      _f(m["energy_j_per_output_token"], ".2f"),
-                      _f(d.deployment.cost_per_hour, ".2f") if d.deployment.cost_per_hour else "-")
-        console.print(t)
-        for i, d in enumerate(res.deployments):
-            for x in d.launch:
-                console.print(escape(f"  {i + 1}: {x['replicas']} x {x['command']}"), soft_wrap=True)
-            low = lowered(res, [k for k, _ in d.deployment.replicas])
-            if low:
-                console.print(escape(f"  {i + 1}: max_model_len lowered to fit the KV cache: "
-                                     + ", ".join(f"{k} {v}" for k, v in low.items())))
-    t = Table(title="Replica plans: one replica at steady state, at its share of the demand (else at its goodput)")
-    for c in ("rank", "plan", "GPUs", "reps", "goodput", "TTFT p50/p90", "TPOT p50/p90", "J/tok", "weights/GPU", "max len"):
-        t.add_column(c, justify="left" if c == "plan" else "right")
-    notes = []
-    for row in search_rows(res, show_all):
-        if row["kind"] != "plan":
-            continue
-        if row["status"] != "ok":
-            notes.append(f"  {row['plan']}: {row['status']}: {row['reason']}")
-            continue
-        t.add_row(str(row["rank"]), row["plan"], str(row["gpus_per_replica"]), str(row["replicas_for_demand"] or "-"),
-                  _f(row["goodput_rps_per_replica"], ".3g"), f"{_f(row['ttft_p50_ms'], '.0f')}/{_f(row['ttft_p90_ms'], '.0f')}",
-                  f"{_f(row['tpot_p50_ms'])}/{_f(row['tpot_p90_ms'])}",
-                  _f(row["energy_j_per_output_token"], ".2f"), f"{_f(row['weights_gib_per_gpu'])} GiB",
-                  f"{row['max_model_len_lowered']} (lowered)" if row["max_model_len_lowered"] else "model's")
-    if t.row_count:
-        console.print(t)
-    if notes:
-        console.print("not viable:")
-        for n in notes:
-            console.print(escape(n))
-    if show_all and res.rejected:
-        console.print(escape("rejected before costing: " + "; ".join(sorted({r for _, r in res.rejected}))))
+        _deployments(res, console)
+    _plans(res, console, show_all)
     if res.closest:
         c = res.closest
         reps = " + ".join(f"{n} x {k}" for k, n in c["replicas"])
@@ -251,7 +296,76 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
                              f"({c['shortfall_rps']:.3g} req/s short of the demand)"))
         for x in c.get("launch", []):
             console.print(escape(f"  {x['replicas']} x {x['command']}"), soft_wrap=True)
-    console.print("[bold]" + escape(recommendation(res)) + "[/bold]")
+    _uncalibrated(res, console)
+
+
+def _deployments(res: SearchResult, console: Console) -> None:
+    p = res.inputs.slo.percentile
+    priced = any(d.deployment.cost_per_hour for d in res.deployments)
+    t = _table("Deployments (at the demanded rate)", [
+        ("#", "right"), ("replicas x plan", "left"), ("GPUs", "right"), ("capacity req/s", "right"),
+        (f"p{p:g} TTFT ms", "right"), (f"p{p:g} TPOT ms", "right"), ("demand out tok/s", "right"),
+        ("J/tok", "right")] + ([("$/h", "right")] if priced else []))
+    for i, d in enumerate(res.deployments):
+        m = d.metrics
+        t.add_row(str(i + 1), " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), str(d.deployment.gpus),
+                  f"{d.deployment.goodput_rps:.3g}", _f(m["ttft_ms"]["p90"], ".0f"), _f(m["tpot_ms"]["p90"]),
+                  f"{m['output_tokens_per_s']:.0f}", _f(m["energy_j_per_output_token"], ".2f"),
+                  *([_f(d.deployment.cost_per_hour, ".2f") if d.deployment.cost_per_hour else "-"] if priced else []))
+    _fit_columns(t, console, ("J/tok", "demand out tok/s"))
+    console.print(t)
+    for i, d in enumerate(res.deployments):
+        for x in d.launch:
+            console.print(escape(f"  {i + 1}: {x['replicas']} x {x['command']}"), soft_wrap=True)
+        low = lowered(res, [k for k, _ in d.deployment.replicas])
+        if low:
+            console.print(escape(f"  {i + 1}: max_model_len lowered to fit the KV cache: "
+                                 + ", ".join(f"{k} {v}" for k, v in low.items())))
+
+
+def _plans(res: SearchResult, console: Console, show_all: bool) -> None:
+    p = res.inputs.slo.percentile
+    t = _table("Replica plans: one replica at its share of the demand (else at its capacity)", [
+        ("#", "right"), ("plan", "left"), ("GPUs", "right"), ("reps", "right"), ("capacity req/s", "right"),
+        (f"p{p:g} TTFT ms", "right"), (f"p{p:g} TPOT ms", "right"), ("J/tok", "right"),
+        ("weights GiB/GPU", "right"), ("max len", "right"), ("binds at capacity", "left")])
+    by_key = {e.key: e for e in res.plans}
+    notes = []
+    for row in search_rows(res, show_all):
+        if row["kind"] != "plan":
+            continue
+        if row["status"] != "ok":
+            notes.append(f"  {row['plan']}: {row['status']}: {row['reason']}")
+            continue
+        ev = by_key.get(row["plan"])
+        t.add_row(str(row["rank"]), row["plan"], str(row["gpus_per_replica"]), str(row["replicas_for_demand"] or "-"),
+                  _f(row["goodput_rps_per_replica"], ".3g"), _f(row["ttft_p90_ms"], ".0f"), _f(row["tpot_p90_ms"]),
+                  _f(row["energy_j_per_output_token"], ".2f"), _f(row["weights_gib_per_gpu"]),
+                  f"{row['max_model_len_lowered']} (lowered)" if row["max_model_len_lowered"] else "model's",
+                  binds(_summary(ev.at_goodput) if ev else None, res.inputs.slo))
+    if t.row_count:
+        _fit_columns(t, console, ("J/tok", "weights GiB/GPU", "reps", "max len"))
+        console.print(t)
+    if notes:
+        console.print("not viable:")
+        for n in notes:
+            console.print(escape(n))
+    if show_all and res.rejected:
+        console.print(escape("rejected before costing: " + "; ".join(sorted({r for _, r in res.rejected}))))
+
+
+def _uncalibrated(res: SearchResult, console: Console) -> None:
+    """The components the answer relied on that no measured run calibrated (as `simulate` lists them)."""
+    from apex_plan.calibrate.interval import uncalibrated_components
+    prof = res.inputs.engines[0].profile if res.inputs.engines else None
+    if prof is None:
+        return
+    plans = [e.plan for d in res.deployments[:1] for k, _ in d.deployment.replicas
+             for e in res.plans if e.key == k] or [e.plan for e in res.plans if e.status == "ok"][:1]
+    items = sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu.name,
+                                                                      res.inputs.cluster.gpus_per_node, prof)})
+    if items:
+        print_phrases(console, "uncalibrated: ", items)
 
 
 @contextmanager

@@ -288,9 +288,10 @@ def _binding_constraint(evals: list[PlanEval], slo: Slo, rejected: list[tuple[Pl
 
 def _attach_launch(d: DeploymentEval, by_key: dict, model: ModelSpec, family: str) -> None:
     from apex_plan.report.launch import launch_command
-    d.launch = [{"plan": k, "replicas": n,
-                 "command": launch_command(family, model.source or model.name, by_key[k].plan, by_key[k].engine)}
-                for k, n in d.deployment.replicas]
+    def command(k: str) -> str:
+        repo, prequantized = model.checkpoint_repo(by_key[k].plan.weight_dtype)   # the checkpoint in the plan's format
+        return launch_command(family, repo or model.name, by_key[k].plan, by_key[k].engine, prequantized)
+    d.launch = [{"plan": k, "replicas": n, "command": command(k)} for k, n in d.deployment.replicas]
 
 
 def _layout_groups(ok: list[PlanEval]) -> list[int]:

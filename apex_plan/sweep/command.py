@@ -19,8 +19,8 @@ def sweep_command(scenarios: Path, output: str | None, executor: str, ray_addres
         raise InputError("--ray-address", None, "given without --executor ray", "add --executor ray or drop it")
     scs, prices = load_scenarios(scenarios)
     out = Path(output) if output else Path(Path(scenarios).stem + ".jsonl")     # in the current folder
-    if not out.expanduser().resolve().parent.is_dir() or out.is_dir():
-        raise InputError("--output", None, f"cannot write results to '{out}'", "give a file in an existing folder")
+    from apex_plan.report.output import check_writable
+    check_writable(str(out), "--output")
     lines, wall_s = run_sweep(scs, out, executor, jobs, ray_address, retry_failed)
     rows = V.summary_rows(scs, lines, prices)
     emit(fmt, None, lambda: V.sweep_json(rows, str(out), wall_s), lambda: rows,

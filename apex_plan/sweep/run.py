@@ -21,6 +21,19 @@ EXECUTORS = ("local", "ray")
 _COMMAND = None
 
 
+def _watch_parent(parent_pid: int, every_s: float = 0.5) -> None:
+    """In a worker: exit as soon as the sweep process that started it is gone (killed with -9 or
+    SIGTERM), instead of finishing a search nobody will read."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_one(args: tuple[str, ...]) -> dict:
     """In a worker: `apex-plan search ARGS --format json` in this process. Returns {"ok": True, "doc":
     the search JSON} or {"ok": False, "kind": "input" | "error", "error": one line}."""
@@ -90,7 +103,8 @@ def _local(todo: list[Scenario], jobs: int, done: Callable[[Scenario, dict], Non
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     # fresh interpreters (spawn), as Ray workers are: no state is inherited from the parent
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_watch_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_one, sc.args): sc for sc in todo}
         try:
             for f in as_completed(futures):
@@ -100,6 +114,8 @@ def _local(todo: list[Scenario], jobs: int, done: Callable[[Scenario, dict], Non
                     r = {"ok": False, "kind": "crash", "error": f"worker failed: {type(e).__name__}: {e}"}
                 done(futures[f], r)
         except KeyboardInterrupt:
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()              # running searches too: leave no worker behind
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
@@ -167,12 +183,16 @@ class _Progress:
     def step(self, sc: Scenario, line: dict) -> None:
         self.n += 1
         status = "failed" if "error" in line else "ok"
+        why = f": {line['error']}" if "error" in line else ""       # the reason, on one line
         if self.bar:
             self.bar.update(self.task, advance=1, description=f"{sc.name}: {status}")
+            if why:
+                self.console.print(f"[{self.n}/{self.total}] {sc.name}: failed{why}", markup=False,
+                                   highlight=False, soft_wrap=True)
             return
         el = time.perf_counter() - self.t0
         eta = el / self.n * (self.total - self.n)
-        print(f"[{self.n}/{self.total}] {sc.name}: {status}  elapsed {el:.1f} s, ETA {eta:.1f} s",
+        print(f"[{self.n}/{self.total}] {sc.name}: {status}{why}  elapsed {el:.1f} s, ETA {eta:.1f} s",
               file=sys.stderr, flush=True)
 
 
@@ -193,6 +213,31 @@ def run_sweep(scenarios: list[Scenario], output: Path, executor: str = "local", 
         raise InputError(str(output), None, f"cannot write: {e.strerror}", "choose a writable --output path") from None
     todo = [sc for sc in scenarios if not (sc.id in lines and finished(lines[sc.id], retry_failed))]
     t0 = time.perf_counter()
+    import signal
+    import threading
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.getsignal(signal.SIGTERM) if main_thread else None
+
+    def on_term(signum, frame):                # noqa: ARG001 -- SIGTERM ends the sweep as Ctrl-C does
+        raise KeyboardInterrupt
+    if main_thread:
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        _run_todo(todo, scenarios, lines, fh, executor, jobs, ray_address)
+    except KeyboardInterrupt:
+        n_done = sum(1 for sc in scenarios if sc.id in lines)
+        print(f"apex-plan: sweep interrupted: {n_done} of {len(scenarios)} scenarios have results in {output}; "
+              "workers stopped (run the same command again to resume)", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+    return lines, time.perf_counter() - t0
+
+
+def _run_todo(todo: list[Scenario], scenarios: list[Scenario], lines: dict, fh, executor: str, jobs: int,
+              ray_address: str | None) -> None:
+    """Run `todo`, appending each result to `fh` as it arrives and recording it in `lines`."""
     with fh, _Progress(len(todo), len(scenarios) - len(todo)) as prog:
         def done(sc: Scenario, r: dict) -> None:
             text = json.dumps(_clean(result_line(sc, r)), separators=(",", ":"))
@@ -206,4 +251,3 @@ def run_sweep(scenarios: list[Scenario], output: Path, executor: str = "local", 
                 _local(todo, min(jobs, len(todo)), done)
             else:
                 _ray(todo, jobs, ray_address, done)
-    return lines, time.perf_counter() - t0

@@ -166,7 +166,7 @@ def expand(doc: dict, where: str, base_dir: Path | None = None) -> tuple[list[Sc
         combos.append(([label], {**base, **payload}))
     if not combos:
         raise InputError(where, None, "defines no scenario", "add a grid: or a scenarios: section")
-    out, seen = [], {}
+    out, seen, by_name = [], {}, {}
     for names, opts in combos:
         if "model" not in opts:
             raise InputError(where, "model", "is missing from a scenario", "set it under base:, grid: or the scenario")
@@ -175,11 +175,31 @@ def expand(doc: dict, where: str, base_dir: Path | None = None) -> tuple[list[Sc
             continue                      # the same options twice is one scenario
         seen[sid] = True
         name = "/".join(n for n in names if n) or str(opts.get("model"))
+        if name in by_name:
+            raise InputError(where, "name", f"two different scenarios are both named '{name}'",
+                             "give each scenario its own name (results and tables are keyed by it)")
+        by_name[name] = sid
         out.append(Scenario(sid, name, opts, to_args(opts, known, base_dir)))
-    prices = doc.get("prices") or {}
-    if not isinstance(prices, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in prices.values()):
+    return out, _prices(doc.get("prices"), where)
+
+
+def _prices(raw, where: str) -> dict[str, float]:
+    """`prices:` GPU profile name -> USD per GPU-hour: known profiles, finite non-negative numbers."""
+    import math
+
+    from apex_plan.hardware.load import list_gpus
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
         raise InputError(where, "prices", "must map GPU profile names to USD per GPU-hour", "e.g. h100-sxm-80gb: 2.5")
-    return out, {str(k): float(v) for k, v in prices.items()}
+    gpus = list_gpus()
+    for k, v in raw.items():
+        if str(k) not in gpus:
+            raise InputError(where, f"prices.{k}", "unknown GPU profile", did_you_mean(str(k), gpus))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise InputError(where, f"prices.{k}", f"must be a finite number of USD per GPU-hour >= 0, got {v!r}",
+                             "e.g. h100-sxm-80gb: 2.5")
+    return {str(k): float(v) for k, v in raw.items()}
 
 
 def load_scenarios(path: str | Path) -> tuple[list[Scenario], dict[str, float]]:

@@ -1,0 +1,102 @@
+"""What a new user reads: the answer first, tables at 80 columns that never cut a value, summary lines
+broken only between phrases, units on figures, what binds a plan, the checkpoint's own format and the
+launch flags each format needs, and --headroom."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from rich.console import Console
+
+from apex_plan.model.load import load_model
+from apex_plan.plan.spec import EngineConfig, Plan
+from apex_plan.report.launch import launch_command, parse_launch
+from apex_plan.report.search_view import binds, print_phrases
+from apex_plan.workload.slo import parse_slo
+from test_cli import run_main
+
+SEARCH = ["search", "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb", "--gpus", "2", "--workload", "chat",
+          "--rate", "5", "--max-model-len", "8192"]
+
+
+def test_search_table_at_80_columns(capsys, monkeypatch):
+    code, out, err = run_main(SEARCH, capsys, monkeypatch, env={"COLUMNS": "80"})
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("Deploy "), lines[0]                    # the answer first
+    for line in lines:
+        if "vllm serve" not in line:                                     # launch lines stay whole for copying
+            assert len(line) <= 80, line
+        assert "\u2026" not in line, line                                # no value cut with an ellipsis
+    text = "\n".join(lines)
+    for needle in ("capacity", "req/s", "demand", "tok/s", "binds", "chat preset prompt", "mean prompt",
+                   "uncalibrated"):
+        assert needle in text, needle
+    assert "scripts/calibrate.py" in text                                # the calibration text is not cut
+
+
+def test_phrases_break_only_between_phrases():
+    buf = io.StringIO()
+    phrases = [f"phrase number {i} with words" for i in range(12)]
+    print_phrases(Console(file=buf, width=50, color_system=None), "head: ", phrases)
+    out = buf.getvalue().splitlines()
+    assert all(len(line) <= 50 for line in out)
+    for ph in phrases:
+        assert any(ph in line for line in out), ph                       # every phrase on one line
+
+
+def test_binds_names_the_limit():
+    slo = parse_slo("1s", "100ms", 90.0)
+    base = {"ttft_ms": {"p90": 200.0}, "tpot_ms": {"p90": 40.0}, "preemptions": 0, "kv_cache_peak_utilization": 0.3}
+    assert binds(base, slo) == "compute"
+    assert binds(dict(base, preemptions=3), slo) == "KV memory"
+    assert binds(dict(base, kv_cache_peak_utilization=0.99), slo) == "KV memory"
+    assert binds(dict(base, tpot_ms={"p90": 95.0}), slo) == "TPOT SLO"
+    assert binds(dict(base, ttft_ms={"p90": 990.0}), slo) == "TTFT SLO"
+    assert binds(None, slo) == "-"
+
+
+def test_checkpoint_format_by_default():
+    fp8 = load_model("Qwen/Qwen3-235B-A22B-FP8")
+    assert fp8.checkpoint_dtype == "fp8" and fp8.source == "Qwen/Qwen3-235B-A22B-FP8"
+    assert fp8.checkpoint_repo("fp8") == ("Qwen/Qwen3-235B-A22B-FP8", True)
+    assert fp8.checkpoint_repo("bf16") == ("Qwen/Qwen3-235B-A22B", False)
+    assert load_model("qwen3-235b-a22b").checkpoint_dtype == "bf16"
+    ds = load_model("deepseek-v3")                                        # published as FP8 (block scales)
+    assert ds.checkpoint_dtype == "fp8" and ds.checkpoint_repo("fp8") == ("deepseek-ai/DeepSeek-V3", True)
+    assert ds.checkpoint_repo("fp4") == ("nvidia/DeepSeek-V3-0324-FP4", True)
+
+
+ENGINE = EngineConfig(max_num_seqs=64, max_batched_tokens=2048, chunked_prefill=True, block_size=16,
+                      gpu_memory_utilization=0.9, max_model_len=8192, custom_allreduce=True)
+
+
+def test_launch_flags_per_format():
+    for family in ("vllm", "sglang"):
+        on_bf16 = parse_launch(launch_command(family, "org/m", Plan(1, 2, 1, 1, "fp8", "fp8"), ENGINE))
+        assert on_bf16["quantization"] == "fp8"                          # online dynamic fp8
+        pre = parse_launch(launch_command(family, "org/m-FP8", Plan(1, 2, 1, 1, "fp8", "fp8"), ENGINE, True))
+        assert pre["quantization"] is None                               # the checkpoint's config says it
+        for dt in ("fp4", "int4", "int8"):
+            cmd = launch_command(family, "org/m", Plan(1, 2, 1, 1, dt, "bf16"), ENGINE)
+            assert "--quantization" not in cmd and f"needs a {dt} checkpoint" in cmd
+            assert parse_launch(cmd)["tp"] == 2
+            assert "--quantization" not in launch_command(family, "org/m-AWQ", Plan(1, 2, 1, 1, dt, "bf16"), ENGINE, True)
+
+
+def test_headroom(capsys, monkeypatch):
+    code, out, err = run_main(SEARCH + ["--headroom", "0.5", "--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["inputs"]["demand_rps"] == 5 and doc["inputs"]["headroom"] == 0.5
+    assert doc["inputs"]["searched_rps"] == 7.5
+    assert all(d["goodput_rps"] >= 7.5 for d in doc["deployments"])
+
+
+def test_simulate_says_when_gpus_are_left_idle(capsys, monkeypatch):
+    code, out, err = run_main(["simulate", "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb", "--gpus", "8",
+                               "--workload", "chat", "--rate", "1", "--num-requests", "20", "--max-model-len", "8192",
+                               "--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "uses 1 of the 8 GPUs" in err and len(err.strip().splitlines()) == 1
