@@ -20,7 +20,8 @@ from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Trace, Workload
 
 ROOT = Path(__file__).resolve().parents[1] / "apex_plan"
-KERNEL_SOURCE = "".join((ROOT / p).read_text() for p in ("estimate/kernels.py", "simulate/kernels.py"))
+KERNEL_SOURCE = "".join((ROOT / p).read_text() for p in ("estimate/kernels.py", "simulate/kernels.py",
+                                                          "simulate/disagg_kernel.py"))
 B200 = load_gpu("b200-sxm-180gb")
 PROMPT = 20000          # longer than every built-in window (gpt-oss 128, Llama 4 chunks 8192, DSA top-k 2048)
 
@@ -63,7 +64,8 @@ def test_builders_write_every_cost_field(name):
     assert len(sc.cost.gemms) == len(sc.shard.gemms) and set(sc.cost.gemms["kind"]) <= set(range(abi.N_GEMM_KINDS))
 
 
-@pytest.mark.parametrize("dtype", [abi.COST, abi.GEMM, abi.SCHED, abi.REQUEST, abi.ENGINE, abi.SLOT, abi.BATCH])
+@pytest.mark.parametrize("dtype", [abi.COST, abi.GEMM, abi.SCHED, abi.REQUEST, abi.ENGINE, abi.SLOT, abi.BATCH,
+                                   abi.XFER, abi.XENGINE])
 def test_every_record_field_is_read_by_a_kernel(dtype):
     """A field no kernel reads is a second truth waiting to drift: each is read by name somewhere."""
     unread = [f for f in dtype.names if not re.search(rf"\.{f}\b", KERNEL_SOURCE)]

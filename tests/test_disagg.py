@@ -15,7 +15,6 @@ from apex_plan.plan.disagg import DisaggPlan
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.report.launch import disagg_launch, parse_launch
 from apex_plan.simulate import disagg as D
-from apex_plan.simulate import disagg_kernel as DK
 from apex_plan.simulate.transfer import Links, kv_transfer_bytes, nic_bytes, rank_links
 from apex_plan.workload.spec import Trace, Workload
 from apex_plan.workload.synthetic import LengthDist, closed_loop, synthetic_trace
@@ -121,24 +120,26 @@ def test_full_decode_pool_holds_prefill_blocks_and_stops_prefill_admission(monke
     """Prefill pool of two prompts, one decode slot: the third prompt is prefilled only once the first
     transfer has landed (its blocks freed), the fourth only once the second request got a decode
     slot, i.e. after the first finished decoding."""
-    prompt, block = 1024, 16
-    orig = D._cfg
+    prompt = 1024
+    orig = D._sched
 
-    def small_prefill_pool(role, base, least):
-        c = orig(role, base, least)
-        if base == 0:
-            c[DK.C_NBLOCKS] = 2 * prompt // c[DK.C_BLOCK] + 2
-            c[DK.C_WATERMARK] = 0
-        return c
-    monkeypatch.setattr(D, "_cfg", small_prefill_pool)
+    def small_prefill_pool(role, gpu, least, closed):
+        rec = orig(role, gpu, least, closed)
+        if role.plan is role_plans["prefill"]:
+            rec["kv_blocks"] = 2 * prompt // int(rec["block_tokens"][0]) + 2
+            rec["watermark_blocks"] = 0
+        return rec
+    monkeypatch.setattr(D, "_sched", small_prefill_pool)
     tr = Trace(np.zeros(4), np.full(4, prompt), np.full(4, 40), "burst")
-    res = _sim(tr, DisaggPlan(Plan(1, 1, 1), Plan(1, 1, 1), decode_max_num_seqs=1), "vllm")
+    dp = DisaggPlan(Plan(1, 1, 1), Plan(1, 1, 1), decode_max_num_seqs=1)
+    role_plans = {"prefill": dp.prefill}
+    res = _sim(tr, dp, "vllm")
     t, ph = res.times, res.phases
     assert (res.visits == 1).all()
     assert t.scheduled_s[2] >= ph["transfer_end_s"][0] - 1e-12
     assert ph["decode_admit_s"][1] >= t.finish_s[0] - 1e-12
     assert t.scheduled_s[3] >= ph["transfer_end_s"][1] - 1e-12
-    assert res.metrics["pools"]["prefill"]["kv_peak_utilization"] > 0.9
+    assert res.estats["kv_peak_blocks"][0] == 2 * (prompt // 16)    # two held prompts filled the prefill pool
     assert res.metrics["ttft_phases"]["decode_admission_wait_ms"]["mean"] > 0
 
 
@@ -147,7 +148,7 @@ def test_closed_loop_keeps_concurrency_and_routing_spreads_decode():
     for routing in ("round_robin", "least_loaded"):
         res = _sim(wl, DisaggPlan(Plan(1, 1, 1), Plan(3, 1, 1), decode_max_num_seqs=8), routing=routing)
         assert res.metrics["completed"] == 120 and (res.visits == 1).all()
-        steps = res.estats[1:, 0]         # decode engines' busy time: all three used
+        steps = res.estats["busy_s"][1:]  # decode engines' busy time: all three used
         assert (steps > 0).all()
 
 

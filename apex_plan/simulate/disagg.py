@@ -22,8 +22,8 @@ from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.disagg import DisaggPlan
 from apex_plan.plan.spec import EngineConfig, Plan
+from apex_plan.abi import ENGINE, REQUEST, SCHED, XENGINE, XFER, make_record
 from apex_plan.simulate import disagg_kernel as DK
-from apex_plan.simulate import kernels as SK
 from apex_plan.simulate.engine import ResolvedEngine
 from apex_plan.simulate.fit import fit_engine
 from apex_plan.simulate.run import RequestTimes, client_delays_s, compute_metrics, distribution
@@ -71,29 +71,16 @@ def _role(model: ModelSpec, cluster: ClusterSpec, plan: Plan, cfg: EngineConfig,
     return Role(plan, eng, mem, build_step_cost(model, cluster.gpu, plan, cluster, engine=eng, shard=shard)), ""
 
 
-def _cfg(role: Role, base: int, least_loaded: bool) -> np.ndarray:
-    """The kernel's role vector (see disagg_kernel.C_*)."""
+def _sched(role: Role, gpu, least_loaded: bool, closed: int) -> np.ndarray:
+    """One role's SCHED record (the aggregated loop's fields, by name)."""
     e, p = role.engine, role.plan
     nblocks = role.memory.kv_blocks // p.pp        # the pool is shared out over the pp virtual engines
-    c = np.zeros(DK.C_N, np.int64)
-    c[DK.C_BASE] = base
-    c[DK.C_RANKS] = p.dp * p.adp
-    c[DK.C_PP] = p.pp
-    c[DK.C_MAX_SEQS] = e.max_num_seqs
-    c[DK.C_BUDGET] = e.max_batched_tokens
-    c[DK.C_CHUNKED] = int(e.chunked_prefill)
-    c[DK.C_BLOCK] = e.block_size
-    c[DK.C_NBLOCKS] = nblocks
-    c[DK.C_WATERMARK] = int(e.watermark_fraction * nblocks)
-    c[DK.C_PF_FIRST] = int(e.profile.prefill_first(e.chunked_prefill))
-    c[DK.C_RESERVE] = int(e.profile.scheduler.reserve_full_sequence)
-    c[DK.C_LEAST_LOADED] = int(least_loaded)
-    return c
-
-
-def _epar(role: Role, gpu) -> np.ndarray:
-    p = role.plan
-    return np.array([gpu.tdp_w, gpu.idle_w, role.step_cost.scal[0], gpu.mem_bw_gbps * 1e9, p.tp * p.pp, p.pp], float)
+    return make_record(
+        SCHED, ranks=p.dp * p.adp, pp=p.pp, least_loaded=least_loaded, max_seqs=e.max_num_seqs,
+        budget_tokens=e.max_batched_tokens, chunked=e.chunked_prefill, block_tokens=e.block_size, kv_blocks=nblocks,
+        watermark_blocks=int(e.watermark_fraction * nblocks), prefill_first=e.profile.prefill_first(e.chunked_prefill),
+        reserve_full=e.profile.scheduler.reserve_full_sequence, closed_concurrency=closed, tdp_w=gpu.tdp_w,
+        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp)
 
 
 def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, engine_cfg: EngineConfig,
@@ -125,22 +112,27 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
     total_b = kv_transfer_bytes(model, plan.decode.kv_dtype, prompt, plan.decode.act_dtype)
     send_b, recv_b = nic_bytes(model, plan.prefill, plan.decode, total_b)
     least = engine_cfg.routing == "least_loaded"
-    cfg_p = _cfg(pre, 0, least)
-    cfg_d = _cfg(dec, plan.prefill.dp * plan.prefill.adp * plan.prefill.pp, least)
-    ne = int(cfg_d[DK.C_BASE] + cfg_d[DK.C_RANKS] * cfg_d[DK.C_PP])
+    n_pe = plan.prefill.dp * plan.prefill.adp * plan.prefill.pp
+    base_d = -(-n_pe // plan.decode.pp) * plan.decode.pp     # decode ranks start on a whole rank (host thread)
+    ne = base_d + plan.decode.dp * plan.decode.adp * plan.decode.pp
     gpu = cluster.gpu
-    ep_, ed_ = _epar(pre, gpu), _epar(dec, gpu)
 
     def run(arr, prm, out, sb, rb, closed, delay):
         m = prm.size
-        t = [np.empty(m) for _ in range(8)]
-        npre = np.zeros(m, np.int64)
-        visits = np.zeros((m, 3), np.int64)
-        st = np.zeros((ne, SK.E_NCOL))
-        end = DK.disagg_kernel(arr, prm, out, closed, delay, cfg_p, cfg_d, pre.step_cost.tables, pre.step_cost.scal,
-                               ep_, dec.step_cost.tables, dec.step_cost.scal, ed_, sb, rb, links.bw_bytes_per_s,
-                               links.latency_s, *t, npre, visits, st)
-        return t, npre, visits, st, end
+        req_p, req_d = np.zeros(m, REQUEST), np.zeros(m, REQUEST)
+        req_p["prompt_tokens"], req_p["output_tokens"] = prm, 1          # a prefill engine ends at the first token
+        req_d["arrival_s"], req_d["prompt_tokens"], req_d["output_tokens"], req_d["client_delay_s"] = arr, prm, out, delay
+        x = np.zeros(m, XFER)
+        x["send_bytes"], x["recv_bytes"] = sb, rb
+        eng, xe = np.zeros(ne, ENGINE), np.zeros(ne, XENGINE)
+        end = DK.disagg_kernel(req_p, req_d, x, _sched(pre, gpu, least, 0), _sched(dec, gpu, least, closed),
+                               pre.step_cost.cost, dec.step_cost.cost, eng, xe, base_d, links.bw_bytes_per_s,
+                               links.latency_s)
+        t = [np.ascontiguousarray(a) for a in (req_d["sent_s"], req_d["first_token_s"], req_d["finish_s"],
+                                               req_p["scheduled_s"], x["prefill_done_s"], x["admit_s"],
+                                               x["transfer_start_s"], x["transfer_end_s"])]
+        visits = np.stack([x["prefilled"], x["transferred"], x["decoded"]], axis=1)
+        return t, req_p["preemptions"] + req_d["preemptions"], visits, eng, end
 
     conc = workload.concurrency if workload.mode == "closed" else 0
     if conc and dec.engine.profile.scheduler.closed_loop != "lockstep":
@@ -163,16 +155,15 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
     phases = {"prefill_done_s": t_pf, "decode_admit_s": t_admit, "transfer_start_s": t_xs, "transfer_end_s": t_xe}
     t0 = float(t_arr.min()) if n else 0.0
     makespan = max(float(end) - t0, 1e-9)
-    energy = float(st[:, SK.E_DYN_J].sum()) + gpu.idle_w * plan.num_gpus * makespan
-    base_d = int(cfg_d[DK.C_BASE])
-    metrics = compute_metrics(times, st[base_d:], makespan, energy, int(cfg_d[DK.C_NBLOCKS]), slo)
+    energy = float(st["dynamic_j"].sum()) + gpu.idle_w * plan.num_gpus * makespan
+    metrics = compute_metrics(times, st[base_d:], makespan, energy, dec.memory.kv_blocks // plan.decode.pp, slo)
     metrics["requests_refused_too_long"] = int((~valid).sum())
     res = DisaggResult(plan, pre, dec, True, "", times, phases, visits, total_b, links, st, makespan, energy, metrics)
-    metrics.update(disagg_metrics(res, int(cfg_p[DK.C_NBLOCKS])))
+    metrics.update(disagg_metrics(res, n_pe, pre.memory.kv_blocks // plan.prefill.pp))
     return res
 
 
-def disagg_metrics(res: DisaggResult, nblocks_p: int) -> dict:
+def disagg_metrics(res: DisaggResult, n_pe: int, nblocks_p: int) -> dict:
     """Per-phase breakdown of TTFT (means and percentiles, ms), transfer volumes, each pool's load,
     and the conservation counts."""
     tm, ph = res.times, res.phases
@@ -188,23 +179,24 @@ def disagg_metrics(res: DisaggResult, nblocks_p: int) -> dict:
     phases = {k: distribution(v[ok], 1e3) for k, v in parts.items()}
     phases["frontend_ms"] = tm.frontend_s * 1e3
     st = res.estats
-    base_d = st.shape[0] - res.decode.plan.dp * res.decode.plan.adp * res.decode.plan.pp
+    n_de = res.decode.plan.dp * res.decode.plan.adp * res.decode.plan.pp
+    pst, dst = st[:n_pe], st[st.shape[0] - n_de:]
     tb = res.transfer_bytes
     return {
         "serving": "disagg",
         "ttft_phases": phases,
         "kv_transfer": {
             "bytes_per_request_mean": float(tb.mean()) if tb.size else 0.0,
-            "bytes_total": float(tb[res.visits[:, DK.V_TRANSFERRED] > 0].sum()),
+            "bytes_total": float(tb[res.visits[:, 1] > 0].sum()),
             "rank_pairs_over_nvlink": float(res.links.over_nvlink.mean()),
             "link_gbps": sorted({round(float(b) / 1e9, 3) for b in res.links.bw_bytes_per_s.ravel()}),
         },
         "pools": {
-            "prefill": {"busy_fraction": float(st[:base_d, SK.E_BUSY_S].sum() / res.makespan_s / max(base_d, 1)),
-                        "kv_peak_utilization": float(st[:base_d, SK.E_KV_PEAK].max() / max(nblocks_p, 1)),
-                        "steps": int(st[:base_d, SK.E_STEPS].sum())},
-            "decode": {"busy_fraction": float(st[base_d:, SK.E_BUSY_S].sum() / res.makespan_s / max(st.shape[0] - base_d, 1)),
-                       "steps": int(st[base_d:, SK.E_STEPS].sum())},
+            "prefill": {"busy_fraction": float(pst["busy_s"].sum() / res.makespan_s / max(n_pe, 1)),
+                        "kv_peak_utilization": float(pst["kv_peak_blocks"].max() / max(nblocks_p, 1)),
+                        "steps": int(pst["steps"].sum())},
+            "decode": {"busy_fraction": float(dst["busy_s"].sum() / res.makespan_s / max(n_de, 1)),
+                       "steps": int(dst["steps"].sum())},
         },
         "conservation": {k: int(v) for k, v in zip(("prefilled", "transferred", "decoded"), res.visits.sum(axis=0))},
     }
