@@ -185,3 +185,14 @@ def disagg_launch(family: str, model_repo: str, dplan, eng_prefill, eng_decode) 
         router = (f"python -m dynamo.frontend --router-mode round-robin   # with {n_p} prefill and {n_d} decode "
                   "workers registered (python -m dynamo.vllm --is-prefill-worker ... for the prefill ones)")
     return {"prefill": pre, "prefill_instances": n_p, "decode": dec, "decode_instances": n_d, "router": router}
+
+
+def power_prefix(point) -> str:
+    """The nvidia-smi settings a plan's operating point needs before its engine starts ('' for none):
+    `--power-limit` (watts per GPU) and `--lock-gpu-clocks MIN,MAX` (MHz), nvidia-smi's spellings."""
+    parts = []
+    if point is not None and point.power_cap_w is not None:
+        parts.append(f"nvidia-smi --power-limit={point.power_cap_w:g}")
+    if point is not None and point.sm_clock_mhz is not None:
+        parts.append(f"nvidia-smi --lock-gpu-clocks={point.sm_clock_mhz:g},{point.sm_clock_mhz:g}")
+    return "".join(p + " && " for p in parts)

@@ -36,6 +36,7 @@ def simulate_json(res: SimResult, inputs: dict) -> dict:
         "engine": res.engine.as_dict(),
         "feasible": res.feasible,
         "reason": res.reason,
+        "exit_status": 0 if res.feasible else 1,
         "memory_per_gpu": res.memory.as_dict(),
     }
     if res.feasible:
@@ -48,7 +49,7 @@ def simulate_json(res: SimResult, inputs: dict) -> dict:
             iv["goodput_requests_per_s"] = goodput_interval(res.engine.profile, res.times, slo, res.makespan_s)
         doc["metrics"] = {**res.metrics, "interval": iv}
         from apex_plan.calibrate.interval import uncalibrated_components
-        doc["uncalibrated"] = uncalibrated_components(res.plan, inputs.get("gpu", ""), inputs.get("gpus_per_node", 8),
+        doc["uncalibrated"] = uncalibrated_components(res.plan, res.step_cost.gpu, inputs.get("gpus_per_node", 8),
                                                      res.engine.profile)
         ctx = int(max(1, res.times.prompt_tokens.mean() + res.times.output_tokens.mean() / 2))
         doc["step_breakdown"] = step_breakdown(res, 8, ctx)
@@ -68,6 +69,8 @@ def simulate_table(res: SimResult, console: Console) -> None:
                   f"max_num_seqs {res.engine.max_num_seqs}, max_model_len {res.engine.max_model_len}")
     if res.engine.profile.version_note:
         console.print(escape(f"engine version: {res.engine.profile.version_note}"))
+    for note in res.engine.notes:
+        console.print(escape(f"fitted to memory: {note}"))
     mem = res.memory.as_dict()
     console.print(f"memory per GPU: weights {mem['weights_gib']:.1f} GiB, activations {mem['activation_gib']:.2f} GiB, "
                   f"KV pool {mem['kv_pool_gib']:.1f} GiB = {mem['kv_cache_tokens']:,} tokens per replica")

@@ -80,7 +80,8 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int) -> np.ndarray:
         budget_tokens=e.max_batched_tokens, chunked=e.chunked_prefill, block_tokens=e.block_size, kv_blocks=nblocks,
         watermark_blocks=int(e.watermark_fraction * nblocks), prefill_first=e.profile.prefill_first(e.chunked_prefill),
         reserve_full=e.profile.scheduler.reserve_full_sequence, closed_concurrency=closed, tdp_w=gpu.tdp_w,
-        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp)
+        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp,
+        adp_balance_steps=e.profile.scheduler.adp_balance_steps)
 
 
 def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, engine_cfg: EngineConfig,
@@ -113,7 +114,8 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
     send_b, recv_b = nic_bytes(model, plan.prefill, plan.decode, total_b)
     least = engine_cfg.routing == "least_loaded"
     n_pe = plan.prefill.dp * plan.prefill.adp * plan.prefill.pp
-    base_d = -(-n_pe // plan.decode.pp) * plan.decode.pp     # decode ranks start on a whole rank (host thread)
+    unit = plan.decode.pp * plan.decode.adp
+    base_d = -(-n_pe // unit) * unit        # decode engines start on a whole replica (host thread, ADP balance)
     ne = base_d + plan.decode.dp * plan.decode.adp * plan.decode.pp
     gpu = cluster.gpu
 
