@@ -35,7 +35,7 @@ def disagg_json(res: DisaggResult, inputs: dict) -> dict:
         doc["metrics"] = res.metrics
         unc = ["disaggregated serving: KV transfer, decode admission and routing are not calibrated on measured runs"]
         for name, r in (("prefill", res.prefill), ("decode", res.decode)):
-            unc += [f"{name}: {u}" for u in uncalibrated_components(r.plan, inputs.get("gpu", ""),
+            unc += [f"{name}: {u}" for u in uncalibrated_components(r.plan, r.step_cost.gpu,
                                                                       inputs.get("gpus_per_node", 8), r.engine.profile)]
         doc["uncalibrated"] = unc
     return doc
