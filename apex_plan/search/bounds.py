@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 
 from apex_plan.estimate.step_cost import StepCost
+from apex_plan.simulate.features import decode_step_s
 from apex_plan.workload.spec import Slo
 
 BOUND_SLACK = 1.15               # headroom for mean-context and percentile effects (see tests)
@@ -54,8 +55,11 @@ def _decode(sc: StepCost, b: int, ctx: int) -> tuple[float, float]:
 
 
 def goodput_bound_rps(sc: StepCost, *, mean_prompt: float, mean_output: float, kv_tokens: int, max_num_seqs: int,
-                      budget: int, chunked: bool, slo: Slo) -> float:
-    """Requests/s one replica cannot exceed within the SLO (0 when no batch meets the TPOT SLO)."""
+                      budget: int, chunked: bool, slo: Slo, spec=None, draft: StepCost | None = None) -> float:
+    """Requests/s one replica cannot exceed within the SLO (0 when no batch meets the TPOT SLO).
+    With prefix caching, `mean_prompt` is the mean uncached prompt of an infinite cache (the least
+    prefill a cache can leave); with speculation (`spec`, its `draft` cost) every draft is taken as
+    accepted (k + 1 tokens per step), so the bound stays an upper bound."""
     pp = sc.plan.pp
     ctx = max(int(mean_prompt + mean_output / 2), 1)
     b_max = int(max(1, min(max_num_seqs, kv_tokens // pp // ctx)))
@@ -64,14 +68,14 @@ def goodput_bound_rps(sc: StepCost, *, mean_prompt: float, mean_output: float, k
     sizes = sorted({b_max, *(2 ** k for k in range(0, 12) if 2 ** k < b_max)})
     best = 0.0
     for b in sizes:
-        t, h = _decode(sc, b, ctx)
-        if max(t, pp * h) > tpot_cap:
+        t, h, per_step = decode_step_s(sc, draft, spec, b, ctx)
+        if max(t, pp * h) / per_step > tpot_cap:
             break                          # step time grows with the batch: larger ones miss too
         # marginal seconds per prompt token when a chunk rides along with this decode batch
         tm, _ = sc.step_s(decodes=b, context=ctx, chunk=chunk, samples=False, eager=True)
         pf_s_per_tok = max(tm - t, 0.0) / chunk
-        per_req_s = mean_output * t / (pp * b) + mean_prompt * pf_s_per_tok / pp   # GPU seconds per request
-        rate = min(1.0 / per_req_s, b / h / mean_output if h > 0 else math.inf)
+        per_req_s = mean_output * t / (pp * b * per_step) + mean_prompt * pf_s_per_tok / pp   # GPU s per request
+        rate = min(1.0 / per_req_s, b * per_step / h / mean_output if h > 0 else math.inf)
         best = max(best, rate)
     return best * BOUND_SLACK
 
