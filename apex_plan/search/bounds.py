@@ -75,6 +75,27 @@ def goodput_bound_rps(sc: StepCost, *, mean_prompt: float, mean_output: float, k
     return best * BOUND_SLACK
 
 
+def operating_tpot_s(sc: StepCost, rate_rps: float, *, mean_prompt: float, mean_output: float, kv_tokens: int,
+                     max_num_seqs: int, budget: int, chunked: bool) -> float:
+    """The TPOT one replica runs at when it carries `rate_rps` (the bound's accounting, no SLO): the
+    smallest decode batch per engine whose GPU and host seconds per request sustain the rate, and that
+    batch's step time (or its pp host times); the largest batch's when none does (overloaded)."""
+    pp = sc.plan.pp
+    ctx = max(int(mean_prompt + mean_output / 2), 1)
+    b_max = int(max(1, min(max_num_seqs, kv_tokens // pp // ctx)))
+    chunk = max(1, min(budget, 2048) if chunked else int(mean_prompt))
+    tpot = 0.0
+    for b in sorted({b_max, *(2 ** k for k in range(0, 12) if 2 ** k < b_max)}):
+        t, h = _decode(sc, b, ctx)
+        tpot = max(t, pp * h)                                      # one token per step of the sequence's engine
+        tm, _ = sc.time_s(b + chunk, b, 1, chunk * (chunk + 1) / 2, float(b * ctx), float(chunk), b, True)
+        pf_s_per_tok = max(tm - t, 0.0) / chunk
+        per_req_s = mean_output * t / (pp * b) + mean_prompt * pf_s_per_tok / pp   # GPU seconds per request
+        if min(1.0 / per_req_s, b / h / mean_output if h > 0 else math.inf) >= rate_rps:
+            break
+    return tpot
+
+
 def dominated_by(bound_rps: float, gpus: int, found: list[tuple[str, int, float]]) -> str | None:
     """The key of a simulated plan (key, gpus, goodput) that dominates a plan with this bound and
     GPU count in the same GPUs, or None."""

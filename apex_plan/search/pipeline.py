@@ -6,6 +6,7 @@ steady state."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -18,12 +19,14 @@ from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.enumerate import enumerate_replica_plans, layer_shard_key
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.rank.deploy import closest_deployment, solve_deployments
-from apex_plan.search.bounds import PRUNE_OBJECTIVES, dominated_by, goodput_bound_rps, gpus_needed, outranked
+from apex_plan.search.bounds import (PRUNE_OBJECTIVES, dominated_by, goodput_bound_rps, gpus_needed, operating_tpot_s,
+                                      outranked)
 from apex_plan.search.capacity import find_goodput
 from apex_plan.search.fit import engine_label
 from apex_plan.search.layouts import profile_caps, supported_layout
 from apex_plan.search.screen import Screen, screen_plan
-from apex_plan.search.steady import RequestMix, horizon, request_mix, steady_metrics, steady_trace, window_bounds, window_of
+from apex_plan.search.steady import (RequestMix, horizon, operating_slo, request_mix, steady_metrics, steady_trace,
+                                     window_bounds, window_of)
 from apex_plan.search.verify import (DeploymentEval, candidate, distinct_plans, latency_deployments, layout_of,  # noqa: F401
                                      single_replica, verify_deployment)
 from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
@@ -73,6 +76,13 @@ class PlanEval:
     at_demand: dict | None = None       # one replica at its share of the demand
     replicas_for_demand: int = 0
     simulations: int = 0
+    operating_tpot: Callable[[float], float] | None = None   # rate per replica -> its TPOT (run sizing)
+
+    def sizing_slo(self, slo, rate_rps: float):
+        """The latencies a steady-state run of one replica at `rate_rps` is sized by (not the SLO)."""
+        if self.operating_tpot is None or self.screen is None:
+            return slo
+        return operating_slo(slo, self.screen.ttft_floor_s, self.operating_tpot(rate_rps))
 
     @property
     def run_cfg(self) -> EngineConfig:
@@ -102,7 +112,8 @@ class SearchResult:
 
 def _one_replica_metrics(inp: SearchInputs, ev: PlanEval, sc, rate: float, mix: RequestMix) -> dict:
     """One replica at `rate`, run to steady state and judged over its window."""
-    h = horizon(mix, rate, inp.slo, ev.engine.max_num_seqs * ev.plan.pp)
+    # the run is sized by the plan's operating point at this rate, not by the SLO (the same run whatever the SLO)
+    h = horizon(mix, rate, ev.sizing_slo(inp.slo, rate), ev.engine.max_num_seqs * ev.plan.pp)
     tr = steady_trace(mix, rate, h.total, h.burst)
     res = simulate(inp.model, inp.cluster, ev.plan, ev.run_cfg, Workload(tr), inp.slo, step_cost=sc)
     t0, t1 = window_bounds(tr, h)
@@ -184,6 +195,10 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             ev.status, ev.reason = "screened", "no decode batch keeps the TPOT SLO (analytic bound)"
             continue
         costs[ev.key] = sc
+        ev.operating_tpot = functools.partial(operating_tpot_s, sc, mean_prompt=mix.mean_prompt,
+                                              mean_output=mix.mean_output, kv_tokens=mem.kv_tokens,
+                                              max_num_seqs=eng.max_num_seqs, budget=eng.max_batched_tokens,
+                                              chunked=eng.chunked_prefill)
     # phase 2: simulate, most promising per GPU first, skipping plans a simulated one dominates
     # (for gpus/cost with a demand, smallest replicas first: they make the outranked rule bite early)
     if inp.objective in ("gpus", "cost") and inp.demand_rps:
