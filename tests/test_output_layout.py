@@ -109,3 +109,10 @@ def test_numpy_warnings_never_reach_the_user():
             "np.array([0.0]) / 0; np.mean(np.array([])); np.exp(np.array([1e4]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_search_json_lists_uncalibrated_components(capsys, monkeypatch):
+    code, out, err = run_main(SEARCH + ["--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert any("engine profile" in u for u in doc["uncalibrated"]), doc["uncalibrated"]

@@ -134,6 +134,7 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
         "plans": plans,
         "exit_status": 0 if res.deployments else 1,
         "rejected": [{"plan": p.replica_label(), "reason": r} for p, r in res.rejected] if show_all else [],
+        "uncalibrated": uncalibrated(res),
     }
 
 
@@ -354,16 +355,21 @@ def _plans(res: SearchResult, console: Console, show_all: bool) -> None:
         console.print(escape("rejected before costing: " + "; ".join(sorted({r for _, r in res.rejected}))))
 
 
-def _uncalibrated(res: SearchResult, console: Console) -> None:
-    """The components the answer relied on that no measured run calibrated (as `simulate` lists them)."""
+def uncalibrated(res: SearchResult) -> list[str]:
+    """The components the answer (the top deployment, else the best plan) relied on that no measured run
+    calibrated, as `simulate` lists them."""
     from apex_plan.calibrate.interval import uncalibrated_components
     prof = res.inputs.engines[0].profile if res.inputs.engines else None
     if prof is None:
-        return
+        return []
     plans = [e.plan for d in res.deployments[:1] for k, _ in d.deployment.replicas
              for e in res.plans if e.key == k] or [e.plan for e in res.plans if e.status == "ok"][:1]
-    items = sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu.name,
-                                                                      res.inputs.cluster.gpus_per_node, prof)})
+    return sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu.name,
+                                                                     res.inputs.cluster.gpus_per_node, prof)})
+
+
+def _uncalibrated(res: SearchResult, console: Console) -> None:
+    items = uncalibrated(res)
     if items:
         print_phrases(console, "uncalibrated: ", items)
 
