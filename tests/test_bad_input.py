@@ -599,7 +599,7 @@ def run_csv_files() -> list[tuple[str, tuple[str, ...]]]:
 
 
 for name, needles in vllm_bench_files() + run_csv_files():
-    for argv in _run_cmds("{file:" + name + "}"):
+    for argv in _run_cmds("{file:" + name + "}") + [["check", "{file:" + name + "}"]]:
         case(f"{argv[0]}:{name}", argv, name, *needles)
 # plans and options of calibrate / validate, checked by the rules simulate and search use
 _AIP = str(_RUNS / "profile_export_aiperf.json")
@@ -654,6 +654,7 @@ def engine_profile_files() -> list[tuple[str, tuple[str, ...]]]:
 for name, needles in engine_profile_files():
     for base in (SIM, SEARCH, _run_cmds(_AIP)[1]):
         case(f"{base[0]}--engine:{name}", with_opt(base, "--engine", "{file:" + name + "}"), name, *needles)
+    case(f"check:{name}", ["check", "{file:" + name + "}"], name, *needles)
 
 
 def moved_gpu_keys() -> list[tuple[str, tuple[str, ...]]]:
@@ -707,6 +708,7 @@ for tag, doc, needles in (
         ("dup-names", {"scenarios": [dict(_SC, name="a"), dict(_SC, name="a", rate=2)]}, ("'a'",))):
     name = add_file(f"sweep-{tag}.yaml", yaml.safe_dump(doc))
     case(f"sweep:{name}", ["sweep", "{file:" + name + "}", "--output", "{file:out-" + tag + ".jsonl}"], name, *needles)
+    case(f"check:{name}", ["check", "{file:" + name + "}"], name, *needles)
 
 # ---------------------------------------------------------------------------------------------
 
