@@ -29,6 +29,9 @@ from scipy.optimize import least_squares
 
 from apex_plan.hardware.load import hardware_dir, load_gpu
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fit_kernel_formats as kf  # noqa: E402  (per-format GEMM, fused-MoE and MLA fits)
+
 # table folder -> built-in profile
 GPUS = {"h100_sxm": "h100-sxm-80gb", "h200_sxm": "h200-sxm-141gb", "b200_sxm": "b200-sxm-180gb",
         "b300_sxm": "b300-sxm-288gb", "gb200": "gb200-nvl72", "gb300": "gb300-nvl72",
@@ -333,7 +336,42 @@ def main() -> int:
             write_profile(name, calibration_block(g, version, fits[g], fit_h[g], vals[name], anchor, notes[name]))
     if args.write:
         print("\nwrote the calibration sections of " + ", ".join(n for g, n in GPUS.items() if g != ANCHOR))
+    formats(args.wheel_dir, version, fits, vals, args.write)
     return 0
+
+
+def formats(root: Path, version: str, fits: dict, vals: dict, write: bool) -> None:
+    """Per-format GEMM, fused-MoE and MLA fits of every GPU: print them, and write `kernel_formats:`."""
+    specs = {name: load_gpu(name) for name in GPUS.values()}
+    out, sources = {}, {}
+    print("\nper-format fits (fastest kernel per shape over vLLM, SGLang, TRT-LLM tables): ce be lat_us err% shapes")
+    for g, name in GPUS.items():
+        dense, s1 = kf.fit_dense(root, g, specs[name])
+        moe, s2 = kf.fit_moe(root, g, specs[name])
+        mla = kf.fit_mla(root, g, specs[name])
+        sources[name] = [f"{op} {', '.join(sorted({x.split('/')[2] + ' ' + x.split('/')[3] for x in src}))}"
+                         for op, src in (("GEMM", s1), ("MoE", s2), ("MLA", mla["tables"] if mla else [])) if src]
+        out[name] = kf.profile_formats(dense, moe, mla, vals[name], fits[g]["attention_efficiency"])
+        for op, d in (("gemm", dense), ("moe", moe)):
+            print(f"{g:9} {op:4} " + "  ".join(f"{kf.DTYPES[t][0]}: {x[0]:.3f} {x[1]:.3f} {x[2]:.1f} {kf.pct(e):.0f}% {n}"
+                                             for t, (x, e, n) in ((t, v) for t, v in d.items() if t[0] != "_")))
+        if mla:
+            pe, pe_err, _ = mla["prefill"]
+            (dce, dbe, lat), d_err, _ = mla["decode"]
+            kept = "" if out[name]["mla"] else f"  (not written: decode error above {kf.MLA_MAX_ERROR_PCT:.0f}%)"
+            print(f"{g:9} mla  prefill {pe:.3f} {kf.pct(pe_err):.0f}%  decode ce {dce:.3f} be {dbe:.3f} lat {lat:.1f} us "
+                  f"{kf.pct(d_err):.0f}%{kept}")
+    for note in kf.keep_format_order(out, specs):
+        print("  " + note)
+    print("\nprofile kernel_formats values (ce be latency_us):")
+    for name, v in out.items():
+        print(f"{name:16} " + "  ".join(f"{op} {fmt}: {f['compute_efficiency']:.3f} {f['bandwidth_efficiency']:.3f} "
+                                       f"{f['latency_us']:.1f}" for op in ("gemm", "moe") for fmt, f in v[op].items()))
+        if write:
+            kf.write_formats(hardware_dir() / f"{name}.yaml", kf.formats_block(
+                next(g for g, n in GPUS.items() if n == name), version, v, sources[name]))
+    if write:
+        print("\nwrote the kernel_formats sections of " + ", ".join(out))
 
 
 if __name__ == "__main__":

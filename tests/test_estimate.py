@@ -126,7 +126,7 @@ def _check_roofline(cfg, t, bd, n_logits):
 @given(batch=st.integers(1, 256), ctx=st.integers(1, 32768))
 def test_decode_roofline(cfg, batch, ctx):
     sc = step_cost(*cfg)
-    t, bd = sc.time_s(batch, batch, 0, 0.0, float(batch * ctx), 0.0, batch, False)
+    t, bd = sc.step_s(decodes=batch, context=ctx)
     assert t == pytest.approx(sc.decode_time_s(batch, ctx), rel=1e-12)
     _check_roofline(cfg, t, bd, batch)
     # KV cache read alone: every decode sequence reads its context's K and V in every layer
@@ -163,9 +163,8 @@ def test_decode_at_least_weights_of_memory_report(cfg):
 def test_prefill_and_mixed_roofline(cfg, chunk, cached, decodes, ctx, last):
     sc = step_cost(*cfg)
     tokens = chunk + decodes
-    work = chunk * (cached + (chunk + 1) / 2)
     n_logits = decodes + (1 if last else 0)
-    t, bd = sc.time_s(tokens, decodes, 1, work, float(decodes * ctx), float(cached + chunk), n_logits, True)
+    t, bd = sc.step_s(decodes=decodes, context=ctx, chunk=chunk, cached=cached, samples=last, eager=True)
     _check_roofline(cfg, t, bd, n_logits)
     # GEMM FLOPs alone: 2 * tokens * (weights a token passes through), at least the attention projections
     name, wd, tp, pp = cfg
@@ -217,7 +216,7 @@ def test_step_monotone_in_tokens(cfg, custom_ar, chunk, extra, cached, decodes, 
     sc = step_cost(*cfg) if custom_ar else step_cost_nccl(*cfg)
 
     def step(c, k, d):
-        return sc.time_s(c + d, d, 1, c * (k + (c + 1) / 2), float(d * ctx), float(k + c), d + 1, True)[0]
+        return sc.step_s(decodes=d, context=ctx, chunk=c, cached=k, eager=True)[0]
 
     t = step(chunk, cached, decodes)
     assert step(chunk + extra, cached, decodes) >= t
@@ -237,7 +236,7 @@ def test_step_time_monotone_across_custom_allreduce_limit(cfg):
     assert 512 * model(cfg[0]).hidden_size * 2 == CUSTOM_ALLREDUCE_MAX_BYTES
 
     def prefill_step(c):
-        return sc.time_s(c, 0, 1, c * (c + 1) / 2, 0.0, float(c), 1, True)[0]
+        return sc.step_s(chunk=c, eager=True)[0]
 
     # vLLM uses the custom kernel strictly below 8 MiB: 511 tokens custom, 512 and 513 NCCL
     assert prefill_step(513) >= prefill_step(512) >= prefill_step(511)
@@ -246,7 +245,7 @@ def test_step_time_monotone_across_custom_allreduce_limit(cfg):
 
 def test_zero_token_step_is_free():
     sc = step_cost("llama-3.1-8b", "bf16", 1, 1)
-    t, bd = sc.time_s(0)
+    t, bd = sc.step_s()
     assert t == 0.0 and all(v == 0.0 for v in bd.values())
 
 

@@ -8,7 +8,6 @@ import dataclasses
 import pytest
 
 from apex_plan.errors import InputError
-from apex_plan.estimate import kernels as K
 
 from apex_plan.hardware.load import load_gpu, make_cluster
 from apex_plan.estimate.step_cost import build_step_cost
@@ -70,8 +69,8 @@ def test_tensor_parallel_spans_trays_inside_the_rack():
     sc = build_step_cost(model, rack.gpu, Plan(tp=16, weight_dtype="fp8", kv_dtype="fp8"), rack)
     nodes = dataclasses.replace(rack, nvlink_domain_gpus=0)     # the same GPUs as 8-GPU nodes on InfiniBand
     sc_ib = build_step_cost(model, nodes.gpu, Plan(tp=16, weight_dtype="fp8", kv_dtype="fp8"), nodes)
-    assert sc.scal[K.S_LINK_BW] == 900e9 * rack.gpu.calibration.link_efficiency
-    assert sc_ib.scal[K.S_LINK_BW] == rack.inter_node_bw_gbps * 1e9 * rack.gpu.calibration.link_efficiency
+    assert sc.params["link_bytes_per_s"][0] == 900e9 * rack.gpu.calibration.link_efficiency
+    assert sc_ib.params["link_bytes_per_s"][0] == rack.inter_node_bw_gbps * 1e9 * rack.gpu.calibration.link_efficiency
     assert sc.decode_time_s(64, 2048) < sc_ib.decode_time_s(64, 2048)
 
 

@@ -3,10 +3,12 @@ per-sequence state in the KV pool, and per-component weight formats."""
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+
 import pytest
 
-from apex_plan.estimate import kernels as K
+from apex_plan.abi import CostTables
+from apex_plan.estimate.kernels import window_pairs
 from apex_plan.estimate.memory import memory_report, stage_weight_bytes
 from apex_plan.estimate.shard import build_shard, split_layers
 from apex_plan.estimate.step_cost import build_step_cost
@@ -15,7 +17,6 @@ from apex_plan.model import spec as S
 from apex_plan.model.load import load_model
 from apex_plan.model.params import component_params, state_bytes_per_seq_per_layer
 from apex_plan.plan.spec import Plan
-from apex_plan.simulate.kernels import _window_pairs
 
 H100 = load_gpu("h100-sxm-80gb")
 
@@ -34,34 +35,32 @@ def test_each_kind_costed_once_times_its_count():
     """gpt-oss-120b tp=8: the step's attention time is 18 full-layer terms plus 18 windowed terms."""
     model = load_model("gpt-oss-120b")
     sc = build_step_cost(model, H100, Plan(tp=8, weight_dtype="fp4", kv_dtype="bf16"))
-    L0 = K.S_N
-    assert (sc.scal[L0 + K.L_FULL], sc.scal[L0 + K.L_WIN], sc.scal[L0 + K.L_WINDOW]) == (18, 18, 128)
+    p = sc.params
+    assert (p["full_layers"][0], p["windowed_layers"][0], p["window_tokens"][0]) == (18, 18, 128)
     batch, ctx = 32, 8192
     capped = float(batch * min(ctx, 128))
-    out = np.zeros(K.B_N)
-    K.step_time(sc.tables, sc.scal, batch, batch, 0, 0.0, float(batch * ctx), 0.0, batch, 0, out, 0.0, 0.0, 0.0,
-                0.0, capped, 0.0)
-    bytes_windowed = out[K.B_BYTES]
-    K.step_time(sc.tables, sc.scal, batch, batch, 0, 0.0, float(batch * ctx), 0.0, batch, 0, out, 0.0, 0.0,
-                0.0)   # windows not given
+    _, windowed = sc.step_s(decodes=batch, context=ctx)
+    unwindowed = p.copy()
+    unwindowed["window_tokens"] = 0                          # every layer reads every cached token
+    _, full = dataclasses.replace(sc, cost=CostTables(unwindowed, sc.cost.gemms)).step_s(decodes=batch, context=ctx)
     kv_b = sc.shard.kv_bytes_per_token_layer                 # one KV head of 64 x 2 (K, V) x 2 bytes on each GPU
     assert kv_b == 2 * 1 * 64 * 2
-    assert out[K.B_BYTES] - bytes_windowed == pytest.approx(18 * kv_b * (batch * ctx - capped), rel=1e-12)
+    assert full["bytes"] - windowed["bytes"] == pytest.approx(18 * kv_b * (batch * ctx - capped), rel=1e-12)
 
 
 def test_window_pairs_of_a_causal_chunk():
     # brute force: sum over query positions of min(position, window)
     for k0, c, w in ((0, 100, 128), (100, 100, 128), (500, 64, 128), (0, 300, 128), (10, 5, 4)):
-        assert _window_pairs(k0, c, w) == sum(min(x, w) for x in range(k0 + 1, k0 + c + 1))
+        assert window_pairs(k0, c, w) == sum(min(x, w) for x in range(k0 + 1, k0 + c + 1))
 
 
 def test_sparse_attention_reads_top_k_plus_the_indexer():
     model = load_model("deepseek-v3.2")
     sc = build_step_cost(model, H100, Plan(tp=8, weight_dtype="fp8", kv_dtype="fp8"))
-    L0 = K.S_N
-    assert sc.scal[L0 + K.L_SPARSE] == 61 and sc.scal[L0 + K.L_WINDOW] == 2048
-    assert sc.scal[L0 + K.L_IDX_KV_B] == 128                # one fp8 indexer key per token per layer
-    assert sc.scal[L0 + K.L_IDX_FLOP] == 2.0 * (64 / 8) * 128
+    p = sc.params
+    assert p["sparse_layers"][0] == 61 and p["window_tokens"][0] == 2048
+    assert p["index_kv_bytes_per_token"][0] == 128          # one fp8 indexer key per token per layer
+    assert p["index_flops_per_pair"][0] == 2.0 * (64 / 8) * 128
 
 
 def test_hybrid_state_is_a_per_sequence_reserve():
@@ -97,10 +96,3 @@ def test_mixed_formats_in_stage_weights():
     assert w == pytest.approx(expected_experts + (sum(comp.values()) - comp["experts"]) * 2, rel=2e-3)
 
 
-def test_layer_scalar_indices_agree():
-    """shard.py writes the layer-kind scalars, kernels.py reads them: the two index lists must match."""
-    import apex_plan.estimate.shard as SH
-    names = [n for n in dir(SH) if n.startswith("L_") and n != "L_N"]
-    assert len(names) == SH.L_N
-    for n in names:
-        assert getattr(K, n) == getattr(SH, n), n

@@ -66,7 +66,7 @@ def check_conservation(res, trace: Trace, closed: bool = False):
     # token conservation: each request runs prompt + output - 1 tokens through the model (its last
     # token is sampled, never fed back); preemption by recompute only adds to that
     needed = int((trace.prompt_tokens + trace.output_tokens - 1).sum())
-    processed = int(res.engine_stats[:, SK.E_TOKENS].sum())
+    processed = int(res.engine_stats["tokens"].sum())
     if m["kv_cache"]["preemptions"] == 0:
         assert processed == needed
         assert np.all(t.preemptions == 0)
@@ -89,7 +89,7 @@ def test_conservation(chunked, dp, tp, pp):
     assert res.engine_stats.shape[0] == dp * pp
     if dp > 1 or pp > 1:
         # round-robin / least-unfinished routing gives every engine work
-        assert np.all(res.engine_stats[:, SK.E_STEPS] > 0)
+        assert np.all(res.engine_stats["steps"] > 0)
 
 
 def test_conservation_closed_loop_and_least_loaded():

@@ -26,323 +26,322 @@ by `apex_plan.estimate.step_cost.build_step_cost`. Physical meaning of every ter
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-# ---- indices into the scalar vector `scal` ------------------------------------------------------
-S_PEAK_FLOPS = 0          # dense peak FLOP/s of the weight dtype's tensor cores
-S_BW = 1                  # HBM bandwidth, bytes/s
-S_CE = 2                  # achievable fraction of peak FLOP/s on GEMMs
-S_BE = 3                  # achievable fraction of HBM bandwidth
-S_AE = 4                  # achievable fraction of peak FLOP/s in prefill attention
-S_KLAT = 5                # GPU latency per kernel, s
-S_EAGER = 6               # host launch time per kernel without CUDA graphs, s
-S_AR_LAT = 7              # all-reduce latency, s (custom or NCCL as configured)
-S_AR_LAT_NCCL = 8         # NCCL all-reduce latency, s (messages above the custom all-reduce limit)
-S_AR_CUSTOM_MAX = 9       # largest message the custom all-reduce takes, bytes (0: off)
-S_LINK_BW = 10            # effective per-GPU link bandwidth in collectives, bytes/s
-S_TP = 11                 # tensor-parallel degree
-S_PP = 12                 # pipeline stages
-S_LAYERS_DENSE = 13       # dense-MLP layers on the largest stage
-S_LAYERS_MOE = 14         # MoE layers on the largest stage
-S_HIDDEN = 15             # hidden size
-S_ACT_B = 16              # bytes per activation element
-S_KV_TOK_B = 17           # KV-cache bytes per token per layer on one GPU
-S_ATTN_FLOP_TOK = 18      # attention FLOPs per (query token x context token) per layer on one GPU
-S_ELEM_B_TOK = 19         # elementwise bytes per token per layer on one GPU (norms, rotary, act, KV write)
-S_KERNELS_DENSE = 20      # kernels per dense layer
-S_KERNELS_MOE = 21        # kernels per MoE layer
-S_VOCAB_GPU = 22          # vocabulary columns of the LM head on one GPU
-S_HEAD_W_B = 23           # bytes per LM-head weight element
-S_P2P_LAT = 24            # pipeline send/recv latency, s
-S_P2P_BW = 25             # pipeline link bandwidth, bytes/s
-S_EP = 26                 # expert-parallel degree
-S_A2A_LAT = 27            # all-to-all latency, s
-S_A2A_BW = 28             # all-to-all bandwidth per GPU, bytes/s
-S_MOE_IMB = 29            # busiest expert rank's load over the mean
-S_TOPK = 30               # experts per token
-S_STEP_OH = 31            # engine CPU time per step, s
-S_SEQ_OH = 32             # engine CPU time per scheduled sequence, s
-S_PF_TOK_OH = 33          # engine CPU time per prefill token, s
-S_ELEM_KERNELS = 34      # elementwise kernels per layer
-S_ATTN_PEAK = 35         # dense peak FLOP/s of the attention kernels (activation dtype)
-S_OVERLAP = 36           # fraction of host time per step that overlaps GPU work
-S_GRAPH_MODE = 37        # 0 decode-only graphs, 1 piecewise (attention eager in mixed steps), 2 full graphs
-S_GRAPH_MAX = 38         # largest step captured in a graph (sequences for decode-only, tokens otherwise)
-S_EAGER_MIXED = 39       # kernels per layer launched by the host in a piecewise-graphed mixed step
-S_DEC_KV_REREAD = 40     # decode KV reads per KV head (1: GQA shared; query heads per KV head otherwise)
-S_ATTN_HEADS = 41        # query heads on one GPU (attention thread blocks per 128-row query tile)
-S_SMS = 42               # streaming multiprocessors
-S_AE_FRESH = 43          # backend scale of attention efficiency for fresh prefill
-S_AE_PREFIX = 44         # backend scale for chunks attending to cached context
-S_A2A = 45               # 1 when MoE tokens move by all-to-all (attention-DP ranks hold different tokens)
-S_N = 46
-# layer-kind scalars follow the S_N scalars: scal[S_N + L_*] (built by apex_plan.estimate.shard.layer_scalars)
-L_FULL, L_WIN, L_SPARSE, L_LINEAR, L_MAMBA, L_MIXERLESS, L_NO_MLP, L_WINDOW = 0, 1, 2, 3, 4, 5, 6, 7
-L_IDX_KV_B, L_IDX_FLOP, L_STATE_LIN_B, L_STATE_MAMBA_B, L_LIN_FLOP_TOK, L_MAMBA_FLOP_TOK = 8, 9, 10, 11, 12, 13
-L_FULL_KV_B, L_FULL_FLOP = 14, 15
+from apex_plan.abi import (BATCH, GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE,
+                           GEMM_ROUTED_EXPERTS, GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, Breakdown, StepShape)
+from apex_plan.jit import kernel
 
 ATTN_Q_TILE = 128        # query rows per attention thread block (FlashAttention-2/3 forward tile)
 
-# ---- columns of the GEMM table `tables` (one row per GEMM of a layer) ---------------------------
-G_K = 0                   # reduction dim (input features) on one GPU
-G_N = 1                   # output features on one GPU
-G_W_B = 2                 # bytes per weight element
-G_MOE = 3                 # kind: 0 every layer, 1 routed experts, 2 dense MLP, 3 MoE-layer dense part
-G_EXPERTS = 4             # routed experts held on one GPU (0 for dense GEMMs)
-G_ROUTE_FRAC = 5          # expert-token assignments landing on this GPU per input token
-G_ACTIVE_P = 6            # probability that one token activates a given expert (topk / experts)
-G_NCOL = 7
 
-# ---- breakdown slots ----------------------------------------------------------------------------
-B_GEMM = 0
-B_ATTN = 1
-B_COMM = 2
-B_ELEM = 3
-B_HEAD = 4
-B_HOST = 5                # engine CPU time per step and launch-bound excess
-B_FLOPS = 6               # FLOPs on one GPU (all layers of its stage)
-B_BYTES = 7               # HBM bytes on one GPU
-B_SCHED = 8               # engine scheduler host time (one thread per replica, shared by its virtual engines)
-B_SCRATCH = 9             # 3 x 6 scratch slots (time, FLOPs, bytes per GEMM kind): no allocation per step
-B_N = B_SCRATCH + 18
+# ---- aggregation: one truth for the simulator and every analytic caller -------------------------
 
-
-@njit(cache=True, fastmath=False)
-def _allreduce_s(scal, msg_bytes):
-    """All-reduce time of `msg_bytes` over tp GPUs: latency + ring bandwidth term."""
-    tp = scal[S_TP]
-    if tp <= 1.0:
-        return 0.0
-    # vLLM 0.6.0 takes the custom kernel only for messages strictly below its buffer size
-    lat = scal[S_AR_LAT] if msg_bytes < scal[S_AR_CUSTOM_MAX] else scal[S_AR_LAT_NCCL]
-    # bytes each GPU sends in a ring all-reduce: 2 (tp-1)/tp of the message
-    return lat + 2.0 * (tp - 1.0) / tp * msg_bytes / scal[S_LINK_BW]
-
-
-@njit(cache=True)
+@kernel(cache=True)
 def q_tiles(chunk_tokens):
     """Attention query tiles of one prefill chunk (per head)."""
     return (chunk_tokens + ATTN_Q_TILE - 1) // ATTN_Q_TILE
 
 
-@njit(cache=True)
+@kernel(cache=True)
 def padded_pairs(chunk_tokens, cached_tokens):
     """Query x key pairs one chunk's attention thread blocks compute: whole 128-row query tiles, each
     row attending to the cached context plus (causally) half the chunk on average."""
     return q_tiles(chunk_tokens) * ATTN_Q_TILE * (cached_tokens + (chunk_tokens + 1) * 0.5)
 
 
-@njit(cache=True)
-def host_launched_kernels(scal, tokens, n_decode, n_prefill, layer_kernels, eager):
+@kernel(cache=True, inline="always")
+def window_pairs(k0, c, win):
+    """Query x key pairs of a causal chunk of c tokens after k0 cached ones when each query sees at
+    most `win` keys: sum over query positions x = k0+1 .. k0+c of min(x, win)."""
+    a = k0 + 1.0
+    b = k0 + c + 0.0
+    if b <= win:
+        return (a + b) * c * 0.5
+    if a >= win:
+        return c * win
+    return (a + win) * (win - a + 1.0) * 0.5 + (b - win) * win
+
+
+@kernel(cache=True, inline="always")
+def empty_shape(eager):
+    """The aggregates of a step with no sequence yet (eager: 1 forces host-launched kernels)."""
+    return StepShape(0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, eager)
+
+
+@kernel(cache=True, inline="always")
+def add_sequence(sh, win, k0, c, decode, samples, count):
+    """`sh` with `count` identical sequences added: each computes c tokens after k0 cached ones, as a
+    decode (decode=1: its context k0 + c is read) or a prefill chunk; samples=1: a token is sampled.
+    Windowed fields cap each sequence's context at `win` tokens (win <= 0: no window)."""
+    tokens = sh.tokens + count * c
+    n_logits = sh.n_logits + (count if samples else 0)
+    if decode:
+        seq = k0 + c
+        w = seq if (win <= 0.0 or seq < win) else win
+        return StepShape(tokens, sh.n_decode + count, sh.n_prefill, n_logits, sh.pf_pairs, sh.pf_pad_pairs,
+                         sh.pf_pad_prefix_pairs, sh.pf_q_tiles, sh.dec_ctx_tokens + count * seq, sh.pf_ctx_tokens,
+                         sh.pf_pairs_w, sh.dec_ctx_w + count * w, sh.pf_ctx_w, sh.eager)
+    pairs = c * (k0 + (c + 1) * 0.5)              # causal query x key pairs of this chunk
+    pad = padded_pairs(c, k0)                     # the same over whole query tiles
+    ctx = k0 + c                                  # KV tokens the chunk reads (its own included)
+    if win > 0.0:
+        pairs_w = window_pairs(k0, c, win)
+        ctx_w = min(k0 + c, win + c)
+    else:
+        pairs_w = pairs
+        ctx_w = ctx
+    return StepShape(tokens, sh.n_decode, sh.n_prefill + count, n_logits, sh.pf_pairs + count * pairs,
+                     sh.pf_pad_pairs + count * pad, sh.pf_pad_prefix_pairs + (count * pad if k0 > 0 else 0.0),
+                     sh.pf_q_tiles + count * q_tiles(c), sh.dec_ctx_tokens, sh.pf_ctx_tokens + count * ctx,
+                     sh.pf_pairs_w + count * pairs_w, sh.dec_ctx_w, sh.pf_ctx_w + count * ctx_w, sh.eager)
+
+
+@kernel(cache=True)
+def aggregate(batch, win, eager):
+    """StepShape of a `BATCH` table (rows of identical sequences) on a model windowed at `win` tokens."""
+    sh = empty_shape(eager)
+    for i in range(batch.shape[0]):
+        b = batch[i]
+        sh = add_sequence(sh, win, b.cached_tokens, b.new_tokens, b.decode, b.samples, b.count)
+    return sh
+
+
+# ---- step time ------------------------------------------------------------------------------------
+
+@kernel(cache=True, fastmath=False)
+def _allreduce_s(p, msg_bytes):
+    """All-reduce time of `msg_bytes` over tp GPUs: latency + ring bandwidth term."""
+    tp = p.tp
+    if tp <= 1.0:
+        return 0.0
+    # vLLM 0.6.0 takes the custom kernel only for messages strictly below its buffer size
+    lat = p.allreduce_latency_s if msg_bytes < p.custom_allreduce_max_bytes else p.allreduce_nccl_latency_s
+    # bytes each GPU sends in a ring all-reduce: 2 (tp-1)/tp of the message
+    return lat + 2.0 * (tp - 1.0) / tp * msg_bytes / p.link_bytes_per_s
+
+
+@kernel(cache=True)
+def host_launched_kernels(p, sh, layer_kernels):
     """Kernels the host launches one by one this step (0 when a CUDA graph replays it all)."""
-    if eager == 1:
+    if sh.eager == 1:
         return layer_kernels
-    mode = scal[S_GRAPH_MODE]
-    gmax = scal[S_GRAPH_MAX]
-    if mode == 0.0:
+    mode = p.graph_mode
+    gmax = p.graph_max
+    if mode == GRAPH_DECODE_ONLY:
         # decode-only graphs: any prefill, or a batch above the largest capture, runs eager
-        return layer_kernels if (n_prefill > 0 or n_decode > gmax) else 0.0
-    if tokens > gmax:
+        return layer_kernels if (sh.n_prefill > 0 or sh.n_decode > gmax) else 0.0
+    if sh.tokens > gmax:
         return layer_kernels
-    if mode == 1.0 and n_prefill > 0:
+    if mode == GRAPH_PIECEWISE and sh.n_prefill > 0:
         # piecewise graphs: only the attention op of each layer is launched by the host
-        return (scal[S_LAYERS_DENSE] + scal[S_LAYERS_MOE]) * scal[S_EAGER_MIXED]
+        return (p.dense_layers + p.moe_layers) * p.eager_kernels_mixed
     return 0.0
 
 
-@njit(cache=True, fastmath=False)
-def _attn_s(scal, flop_pair, kv_b, pf_pad, pf_pad_prefix, pf_tiles, dec_ctx, pf_ctx, n_prefill, n_decode, bw, klat,
-            reread):
+@kernel(cache=True, fastmath=False)
+def _attn_s(p, sh, flop_pair, kv_b, reread, windowed):
     """Seconds of one layer's attention. Prefill: tile-padded query x key pairs at the GPU's attention
     efficiency x the backend's scale x SM occupancy (query tiles x heads over SMs), or the KV read if
-    slower. Decode: the KV read (`reread` times per KV head without GQA sharing), or its FLOPs."""
-    a_peak = scal[S_ATTN_PEAK] * scal[S_AE]      # achievable attention FLOP/s at full occupancy
+    slower. Decode: the KV read (`reread` times per KV head without GQA sharing), or its FLOPs.
+    windowed: contexts capped at the window; the padded pairs shrink in the windowed pairs' ratio."""
+    bw = p.hbm_bytes_per_s * p.hbm_efficiency
+    klat = p.kernel_latency_s
+    a_peak = p.attn_peak_flops_per_s * p.attn_efficiency      # achievable attention FLOP/s at full occupancy
+    pf_pad, pf_pad_prefix = sh.pf_pad_pairs, sh.pf_pad_prefix_pairs
+    dec_ctx, pf_ctx = sh.dec_ctx_tokens, sh.pf_ctx_tokens
+    if windowed:
+        wr = sh.pf_pairs_w / sh.pf_pairs if sh.pf_pairs > 0.0 else 1.0
+        pf_pad, pf_pad_prefix = pf_pad * wr, pf_pad_prefix * wr
+        dec_ctx, pf_ctx = sh.dec_ctx_w, sh.pf_ctx_w
     t = 0.0
-    if n_prefill > 0:
-        occ = min(1.0, max(pf_tiles, 1.0) * scal[S_ATTN_HEADS] / scal[S_SMS])
-        eff = (pf_pad - pf_pad_prefix) / scal[S_AE_FRESH] + pf_pad_prefix / scal[S_AE_PREFIX]
+    if sh.n_prefill > 0:
+        occ = min(1.0, max(sh.pf_q_tiles, 1.0) * p.attn_heads / p.sms)
+        eff = (pf_pad - pf_pad_prefix) / p.attn_scale_fresh + pf_pad_prefix / p.attn_scale_prefix
         t += max(flop_pair * eff / (a_peak * occ), kv_b * pf_ctx / bw) + klat
-    if n_decode > 0:
+    if sh.n_decode > 0:
         t += max(flop_pair * dec_ctx / a_peak, kv_b * dec_ctx * reread / bw) + klat
     return t
 
 
-@njit(cache=True, fastmath=False, inline="always")
-def step_time(tables, scal, tokens, n_decode, n_prefill, pf_attn_work, dec_ctx_tokens, pf_ctx_tokens,
-              n_logits, eager, out, pf_pad_work, pf_pad_prefix, pf_q_tiles, pf_attn_work_w=-1.0, dec_ctx_w=-1.0,
-              pf_ctx_w=-1.0):
-    """Seconds of one step; fills `out` (length B_N) with the breakdown, FLOPs and bytes.
-
-    tokens: query tokens in the step (prefill chunk tokens + one per decode sequence).
-    n_decode / n_prefill: decode sequences and prefill chunks in the step; pf_attn_work: sum over
-    prefill chunks of c * (k + (c + 1) / 2) (query x key pairs of causal attention for a chunk of c
-    tokens after k cached ones); dec_ctx_tokens: sum of decode context lengths (KV tokens read);
-    pf_ctx_tokens: KV tokens read by prefill chunks; n_logits: sequences sampled this step;
-    eager: 1 forces every kernel to be launched by the host, 0 follows the engine's graph policy;
-    pf_pad_work: query x key pairs with each chunk's queries padded to whole 128-row tiles (what the
-    kernel's thread blocks compute, see `padded_pairs`); pf_pad_prefix: the part of it from chunks
-    with cached context; pf_q_tiles: sum over chunks of their query tiles. pf_attn_work_w /
-    dec_ctx_w / pf_ctx_w: the same aggregates with each sequence's context capped at the model's
-    window (sliding window, chunk or sparse top-k; scal[S_N + L_WINDOW]); negative: not given, the
-    uncapped figures are used.
-    """
-    for i in range(out.shape[0]):
-        out[i] = 0.0
-    if tokens <= 0:
-        return 0.0
-    peak = scal[S_PEAK_FLOPS] * scal[S_CE]       # achievable GEMM FLOP/s
-    bw = scal[S_BW] * scal[S_BE]                 # achievable HBM bytes/s
-    klat = scal[S_KLAT]
-    act_b = scal[S_ACT_B]
-    hidden = scal[S_HIDDEN]
-    m = float(tokens)
-
-    # --- GEMMs, summed per kind: 0 attention layers, 1 routed experts, 2 dense MLP, 3 MoE-layer dense part,
-    #     4 linear-attention layers, 5 Mamba layers
-    t_kind = out[B_SCRATCH:B_SCRATCH + 6]          # views into the caller's buffer (zeroed above)
-    f_kind = out[B_SCRATCH + 6:B_SCRATCH + 12]
-    b_kind = out[B_SCRATCH + 12:B_SCRATCH + 18]
-    for r in range(tables.shape[0]):
-        k = tables[r, G_K]
-        n = tables[r, G_N]
-        wb = tables[r, G_W_B]
-        kind = int(tables[r, G_MOE])
-        if kind == 1:
+@kernel(cache=True, fastmath=False, inline="always")
+def _gemm_sum(p, gemms, kind, m):
+    """Seconds, FLOPs and HBM bytes of one layer's GEMMs of `kind` over m tokens (roofline + latency)."""
+    peak = p.gemm_peak_flops_per_s * p.gemm_efficiency        # achievable GEMM FLOP/s
+    bw = p.hbm_bytes_per_s * p.hbm_efficiency                 # achievable HBM bytes/s
+    act_b = p.act_bytes
+    t = f = b = 0.0
+    for r in range(gemms.shape[0]):
+        g = gemms[r]
+        if g.kind != kind:
+            continue
+        k, n, wb = g.k, g.n, g.w_bytes
+        if kind == GEMM_ROUTED_EXPERTS:
             # routed experts: tokens reaching this GPU's experts, and how many experts they touch
-            m_e = m * tables[r, G_ROUTE_FRAC]
-            active = tables[r, G_EXPERTS] * (1.0 - (1.0 - tables[r, G_ACTIVE_P]) ** m)
-            if scal[S_EP] > 1.0:
-                m_e *= scal[S_MOE_IMB]          # the busiest rank sets the pace
+            m_e = m * g.route_frac
+            active = g.experts * (1.0 - (1.0 - g.active_p) ** m)
+            if p.ep > 1.0:
+                m_e *= p.moe_imbalance          # the busiest rank sets the pace
             flops = 2.0 * m_e * k * n                           # multiply-adds of the expert GEMMs
             byts = active * k * n * wb + m_e * (k + n) * act_b  # touched experts' weights + activations
         else:
             flops = 2.0 * m * k * n                             # multiply-adds: 2 * M * K * N
             byts = k * n * wb + m * (k + n) * act_b             # weights once + in/out activations
-        t_kind[kind] += max(flops / peak, byts / bw) + klat
-        f_kind[kind] += flops
-        b_kind[kind] += byts
+        t += max(flops / peak, byts / bw) + p.kernel_latency_s
+        f += flops
+        b += byts
+    return t, f, b
 
-    # --- attention, per layer kind ----------------------------------------------------------------
-    L0 = S_N
-    if pf_attn_work_w < 0.0:
-        pf_attn_work_w = pf_attn_work
-    if dec_ctx_w < 0.0:
-        dec_ctx_w = dec_ctx_tokens
-    if pf_ctx_w < 0.0:
-        pf_ctx_w = pf_ctx_tokens
-    kv_b = scal[S_KV_TOK_B]
-    a_peak = scal[S_ATTN_PEAK] * scal[S_AE]      # achievable attention FLOP/s
-    n_prefill_dec = n_prefill + n_decode
-    reread = scal[S_DEC_KV_REREAD]
-    # windowed layers see the capped contexts; their padded prefill pairs shrink in the same ratio
-    wr = pf_attn_work_w / pf_attn_work if pf_attn_work > 0.0 else 1.0
+
+@kernel(cache=True, fastmath=False, inline="always")
+def _mixers(p, sh, m):
+    """Seconds, FLOPs and HBM bytes of the token mixers (attention kinds, linear attention, Mamba)
+    of one stage: each kind costed once and multiplied by its layer count."""
+    bw = p.hbm_bytes_per_s * p.hbm_efficiency                 # achievable HBM bytes/s
+    klat = p.kernel_latency_s
+    kv_b = p.kv_bytes_per_token
+    a_peak = p.attn_peak_flops_per_s * p.attn_efficiency      # achievable attention FLOP/s
+    n_seqs = sh.n_prefill + sh.n_decode
+    reread = p.decode_kv_rereads
+    dec_ctx, pf_ctx, pf_pairs = sh.dec_ctx_tokens, sh.pf_ctx_tokens, sh.pf_pairs
     # full attention: every cached token (own geometry when given); windowed (sliding / chunked /
     # sparse top-k): capped contexts
-    full_kv_b = scal[L0 + L_FULL_KV_B] if scal[L0 + L_FULL_KV_B] > 0.0 else kv_b
-    full_flop = scal[L0 + L_FULL_FLOP] if scal[L0 + L_FULL_FLOP] > 0.0 else scal[S_ATTN_FLOP_TOK]
-    t_attn = _attn_s(scal, full_flop, full_kv_b, pf_pad_work, pf_pad_prefix, pf_q_tiles, dec_ctx_tokens,
-                     pf_ctx_tokens, n_prefill, n_decode, bw, klat, reread)
+    full_kv_b = p.full_kv_bytes_per_token if p.full_kv_bytes_per_token > 0.0 else kv_b
+    full_flop = p.full_attn_flops_per_pair if p.full_attn_flops_per_pair > 0.0 else p.attn_flops_per_pair
+    t_attn = _attn_s(p, sh, full_flop, full_kv_b, reread, False)
     t_win = 0.0
-    if scal[L0 + L_WIN] + scal[L0 + L_SPARSE] > 0.0:
-        t_win = _attn_s(scal, scal[S_ATTN_FLOP_TOK], kv_b, pf_pad_work * wr, pf_pad_prefix * wr, pf_q_tiles, dec_ctx_w,
-                        pf_ctx_w, n_prefill, n_decode, bw, klat, reread)
-    attn_flops = full_flop * (pf_attn_work + dec_ctx_tokens)                         # QK^T and PV multiply-adds
-    attn_bytes = full_kv_b * (dec_ctx_tokens * reread + pf_ctx_tokens)               # KV cache read
-    win_flops = scal[S_ATTN_FLOP_TOK] * (pf_attn_work_w + dec_ctx_w)
-    win_bytes = kv_b * (dec_ctx_w * reread + pf_ctx_w)
+    if p.windowed_layers + p.sparse_layers > 0.0:
+        t_win = _attn_s(p, sh, p.attn_flops_per_pair, kv_b, reread, True)
+    attn_flops = full_flop * (pf_pairs + dec_ctx)                          # QK^T and PV multiply-adds
+    attn_bytes = full_kv_b * (dec_ctx * reread + pf_ctx)                   # KV cache read
+    win_flops = p.attn_flops_per_pair * (sh.pf_pairs_w + sh.dec_ctx_w)
+    win_bytes = kv_b * (sh.dec_ctx_w * reread + sh.pf_ctx_w)
     # sparse attention's indexer scores every cached token's key (then attention reads the top-k)
-    idx_flops = scal[L0 + L_IDX_FLOP] * (pf_attn_work + dec_ctx_tokens)
-    idx_bytes = scal[L0 + L_IDX_KV_B] * (dec_ctx_tokens + pf_ctx_tokens)
+    idx_flops = p.index_flops_per_pair * (pf_pairs + dec_ctx)
+    idx_bytes = p.index_kv_bytes_per_token * (dec_ctx + pf_ctx)
     t_idx = 0.0
-    if scal[L0 + L_SPARSE] > 0.0:
-        t_idx = _attn_s(scal, scal[L0 + L_IDX_FLOP], scal[L0 + L_IDX_KV_B], pf_pad_work, pf_pad_prefix, pf_q_tiles,
-                        dec_ctx_tokens, pf_ctx_tokens, n_prefill, n_decode, bw, klat, 1.0)
+    if p.sparse_layers > 0.0:
+        t_idx = _attn_s(p, sh, p.index_flops_per_pair, p.index_kv_bytes_per_token, 1.0, False)
     # linear attention / Mamba: a recurrent step per token, each sequence's state read and written once
-    lin_flops = scal[L0 + L_LIN_FLOP_TOK] * m
-    lin_bytes = 2.0 * scal[L0 + L_STATE_LIN_B] * n_prefill_dec
-    mamba_flops = scal[L0 + L_MAMBA_FLOP_TOK] * m
-    mamba_bytes = 2.0 * scal[L0 + L_STATE_MAMBA_B] * n_prefill_dec
-    t_lin = max(lin_flops / a_peak, lin_bytes / bw) + klat if scal[L0 + L_LINEAR] > 0.0 else 0.0
-    t_mamba = max(mamba_flops / a_peak, mamba_bytes / bw) + klat if scal[L0 + L_MAMBA] > 0.0 else 0.0
+    lin_flops = p.linear_flops_per_token * m
+    lin_bytes = 2.0 * p.linear_state_bytes * n_seqs
+    mamba_flops = p.mamba_flops_per_token * m
+    mamba_bytes = 2.0 * p.mamba_state_bytes * n_seqs
+    t_lin = max(lin_flops / a_peak, lin_bytes / bw) + klat if p.linear_layers > 0.0 else 0.0
+    t_mamba = max(mamba_flops / a_peak, mamba_bytes / bw) + klat if p.mamba_layers > 0.0 else 0.0
 
-    # --- elementwise kernels: norms, residual adds, rotary, activation, KV-cache write (bytes) ---
-    elem_bytes = scal[S_ELEM_B_TOK] * m
-    t_elem = elem_bytes / bw + scal[S_ELEM_KERNELS] * klat
-
-    # --- tensor-parallel all-reduces: after attention and after the MLP ---------------------------
-    msg = m * hidden * act_b                      # activation bytes reduced per all-reduce
-    t_ar = 2.0 * _allreduce_s(scal, msg)
-    # --- expert-parallel all-to-all: dispatch + combine of top-k token copies; with tensor-parallel
-    # attention every rank already holds every token and the MoE output joins the all-reduce -------
-    t_a2a = 0.0
-    if scal[S_EP] > 1.0 and scal[S_A2A] > 0.0:
-        ep = scal[S_EP]
-        a2a_bytes = m * scal[S_TOPK] * hidden * act_b * (ep - 1.0) / ep  # token copies leaving a GPU
-        t_a2a = 2.0 * (scal[S_A2A_LAT] + scal[S_MOE_IMB] * a2a_bytes / scal[S_A2A_BW])
-
-    n_dense = scal[S_LAYERS_DENSE]
-    n_moe = scal[S_LAYERS_MOE]
-    n_full = scal[L0 + L_FULL]
-    n_win = scal[L0 + L_WIN]
-    n_sparse = scal[L0 + L_SPARSE]
-    n_lin = scal[L0 + L_LINEAR]
-    n_mamba = scal[L0 + L_MAMBA]
-    n_attn = n_full + n_win + n_sparse            # layers running the attention GEMMs
-    n_layers = n_dense + n_moe + scal[L0 + L_NO_MLP]
-    n_blocks = 2.0 * n_layers - scal[L0 + L_MIXERLESS] - scal[L0 + L_NO_MLP]   # mixers + MLPs: one all-reduce each
-    st_gemm = (n_attn * t_kind[0] + n_lin * t_kind[4] + n_mamba * t_kind[5] + n_dense * t_kind[2]
-               + n_moe * (t_kind[1] + t_kind[3]))
+    n_full, n_win, n_sparse, n_lin, n_mamba = (p.full_layers, p.windowed_layers, p.sparse_layers, p.linear_layers,
+                                               p.mamba_layers)
     st_attn = n_full * t_attn + n_win * t_win + n_sparse * (t_win + t_idx) + n_lin * t_lin + n_mamba * t_mamba
-    st_elem = n_layers * t_elem
-    st_comm = 0.5 * n_blocks * t_ar + n_moe * t_a2a
-    st_kernels = n_dense * scal[S_KERNELS_DENSE] + n_moe * scal[S_KERNELS_MOE]
     st_attn_flops = (n_full * attn_flops + (n_win + n_sparse) * win_flops + n_sparse * idx_flops + n_lin * lin_flops
                      + n_mamba * mamba_flops)
     st_attn_bytes = (n_full * attn_bytes + (n_win + n_sparse) * win_bytes + n_sparse * idx_bytes + n_lin * lin_bytes
                      + n_mamba * mamba_bytes)
+    return st_attn, st_attn_flops, st_attn_bytes
+
+
+@kernel(cache=True, fastmath=False, inline="always")
+def step_time(cost, sh):
+    """Seconds of one step of shape `sh` (a StepShape) on `cost` (CostTables), and its Breakdown."""
+    p = cost.params[0]
+    if sh.tokens <= 0:
+        return 0.0, Breakdown(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    peak = p.gemm_peak_flops_per_s * p.gemm_efficiency      # achievable GEMM FLOP/s
+    bw = p.hbm_bytes_per_s * p.hbm_efficiency               # achievable HBM bytes/s
+    klat = p.kernel_latency_s
+    act_b = p.act_bytes
+    hidden = p.hidden
+    m = float(sh.tokens)
+
+    # --- GEMMs of one layer, summed per kind (the layer counts multiply them below) -----------------
+    t_ag, f_ag, b_ag = _gemm_sum(p, cost.gemms, GEMM_ATTENTION, m)
+    t_ex, f_ex, b_ex = _gemm_sum(p, cost.gemms, GEMM_ROUTED_EXPERTS, m)
+    t_dm, f_dm, b_dm = _gemm_sum(p, cost.gemms, GEMM_DENSE_MLP, m)
+    t_md, f_md, b_md = _gemm_sum(p, cost.gemms, GEMM_MOE_DENSE, m)
+    t_lg, f_lg, b_lg = _gemm_sum(p, cost.gemms, GEMM_LINEAR_ATTN, m)
+    t_mg, f_mg, b_mg = _gemm_sum(p, cost.gemms, GEMM_MAMBA, m)
+
+    # --- token mixers: attention per layer kind, linear attention, Mamba ----------------------------
+    st_attn, st_attn_flops, st_attn_bytes = _mixers(p, sh, m)
+
+    # --- elementwise kernels: norms, residual adds, rotary, activation, KV-cache write (bytes) ---
+    elem_bytes = p.elem_bytes_per_token * m
+    t_elem = elem_bytes / bw + p.elem_kernels_per_layer * klat
+
+    # --- tensor-parallel all-reduces: after attention and after the MLP ---------------------------
+    msg = m * hidden * act_b                      # activation bytes reduced per all-reduce
+    t_ar = 2.0 * _allreduce_s(p, msg)
+    # --- expert-parallel all-to-all: dispatch + combine of top-k token copies; with tensor-parallel
+    # attention every rank already holds every token and the MoE output joins the all-reduce -------
+    t_a2a = 0.0
+    if p.ep > 1.0 and p.moe_all_to_all > 0.0:
+        ep = p.ep
+        a2a_bytes = m * p.experts_per_token * hidden * act_b * (ep - 1.0) / ep  # token copies leaving a GPU
+        t_a2a = 2.0 * (p.a2a_latency_s + p.moe_imbalance * a2a_bytes / p.a2a_bytes_per_s)
+
+    n_dense = p.dense_layers
+    n_moe = p.moe_layers
+    n_full = p.full_layers
+    n_win = p.windowed_layers
+    n_sparse = p.sparse_layers
+    n_lin = p.linear_layers
+    n_mamba = p.mamba_layers
+    n_attn = n_full + n_win + n_sparse            # layers running the attention GEMMs
+    n_layers = n_dense + n_moe + p.mlp_free_layers
+    n_blocks = 2.0 * n_layers - p.mixerless_layers - p.mlp_free_layers   # mixers + MLPs: one all-reduce each
+    st_gemm = n_attn * t_ag + n_lin * t_lg + n_mamba * t_mg + n_dense * t_dm + n_moe * (t_ex + t_md)
+    st_elem = n_layers * t_elem
+    st_comm = 0.5 * n_blocks * t_ar + n_moe * t_a2a
+    st_kernels = n_dense * p.kernels_per_dense_layer + n_moe * p.kernels_per_moe_layer
 
     # --- LM head for sampled rows, logits gather, and the vocab-parallel embedding ---------------
     t_head = 0.0
     head_flops = 0.0
     head_bytes = 0.0
+    n_logits = sh.n_logits
     if n_logits > 0:
-        vg = scal[S_VOCAB_GPU]
+        vg = p.vocab_per_gpu
         head_flops = 2.0 * n_logits * hidden * vg                          # logits GEMM
-        head_bytes = hidden * vg * scal[S_HEAD_W_B] + n_logits * vg * 4.0  # LM-head weight + fp32 logits
+        head_bytes = hidden * vg * p.head_weight_bytes + n_logits * vg * 4.0  # LM-head weight + fp32 logits
         t_head = max(head_flops / peak, head_bytes / bw) + 2.0 * klat
-        if scal[S_TP] > 1.0:
-            t_head += _allreduce_s(scal, n_logits * vg * 4.0)  # gather of the logits shards
-    t_embed = _allreduce_s(scal, msg) + 2.0 * m * hidden * act_b / bw + klat  # gather rows + reduce
+        if p.tp > 1.0:
+            t_head += _allreduce_s(p, n_logits * vg * 4.0)  # gather of the logits shards
+    t_embed = _allreduce_s(p, msg) + 2.0 * m * hidden * act_b / bw + klat  # gather rows + reduce
 
-    pp = scal[S_PP]
+    pp = p.pp
     t_p2p = 0.0
     if pp > 1.0:
-        t_p2p = (pp - 1.0) * (scal[S_P2P_LAT] + msg / scal[S_P2P_BW])  # activations between stages
+        t_p2p = (pp - 1.0) * (p.p2p_latency_s + msg / p.p2p_bytes_per_s)  # activations between stages
 
     # the largest stage sets the pace of every stage: latency of one pass = pp stages of it
     gpu = pp * (st_gemm + st_attn + st_elem + st_comm) + t_head + t_embed + t_p2p
-    launched = host_launched_kernels(scal, tokens, n_decode, n_prefill, st_kernels, eager)
-    host_launch = pp * launched * scal[S_EAGER]    # the host enqueues these kernels itself
-    busy = max(gpu, host_launch)                   # the GPU cannot run ahead of the launches
+    launched = host_launched_kernels(p, sh, st_kernels)
+    host_launch = pp * launched * p.eager_launch_s    # the host enqueues these kernels itself
+    busy = max(gpu, host_launch)                      # the GPU cannot run ahead of the launches
     # engine CPU time of the step: fixed + per scheduled sequence + per prefill token
-    host = scal[S_STEP_OH] + scal[S_SEQ_OH] * (n_decode + n_prefill) + scal[S_PF_TOK_OH] * (m - n_decode)
-    ov = scal[S_OVERLAP]
+    host = p.host_step_s + p.host_per_seq_s * (sh.n_decode + sh.n_prefill) + p.host_per_prefill_token_s * (m - sh.n_decode)
+    ov = p.host_overlap
     wall = max(busy, ov * host) + (1.0 - ov) * host   # overlapped host time hides behind the GPU step
-    out[B_GEMM] = pp * st_gemm
-    out[B_ATTN] = pp * st_attn
-    out[B_COMM] = pp * st_comm + t_p2p
-    out[B_ELEM] = pp * st_elem
-    out[B_HEAD] = t_head + t_embed
-    out[B_HOST] = wall - gpu
-    out[B_SCHED] = host
     # per GPU of the largest stage: FLOPs and HBM bytes of this step
-    out[B_FLOPS] = (n_attn * f_kind[0] + n_lin * f_kind[4] + n_mamba * f_kind[5] + st_attn_flops + n_dense * f_kind[2]
-                    + n_moe * (f_kind[1] + f_kind[3]) + head_flops)
-    out[B_BYTES] = (n_attn * b_kind[0] + n_lin * b_kind[4] + n_mamba * b_kind[5] + st_attn_bytes + n_layers * elem_bytes
-                    + n_dense * b_kind[2] + n_moe * (b_kind[1] + b_kind[3]) + head_bytes)
-    return wall
+    flops = (n_attn * f_ag + n_lin * f_lg + n_mamba * f_mg + st_attn_flops + n_dense * f_dm
+             + n_moe * (f_ex + f_md) + head_flops)
+    byts = (n_attn * b_ag + n_lin * b_lg + n_mamba * b_mg + st_attn_bytes + n_layers * elem_bytes
+            + n_dense * b_dm + n_moe * (b_ex + b_md) + head_bytes)
+    return wall, Breakdown(pp * st_gemm, pp * st_attn, pp * st_comm + t_p2p, pp * st_elem, t_head + t_embed,
+                           wall - gpu, flops, byts, host)
 
 
-def new_breakdown() -> np.ndarray:
-    """Scratch array for `step_time`'s breakdown output."""
-    return np.zeros(B_N, dtype=np.float64)
+@kernel(cache=True)
+def batch_step_time(cost, batch, eager):
+    """step_time of a `BATCH` table: the analytic callers' entry point (one dispatch per step)."""
+    return step_time(cost, aggregate(batch, cost.params[0].window_tokens, eager))
+
+
+def make_batch(decodes: int = 0, context: int = 0, chunk: int = 0, cached: int = 0, samples: bool = True) -> np.ndarray:
+    """A BATCH of `decodes` decode sequences of `context` tokens each and, when chunk > 0, one
+    prefill chunk of `chunk` tokens after `cached` ones (sampling a token when `samples`)."""
+    rows = []
+    if decodes > 0:
+        rows.append((max(context, 1) - 1, 1, 1, 1, decodes))
+    if chunk > 0:
+        rows.append((cached, chunk, 0, 1 if samples else 0, 1))
+    return np.array(rows, dtype=BATCH)

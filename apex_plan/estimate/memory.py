@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from apex_plan.abi import GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE, GEMM_ROUTED_EXPERTS
 from apex_plan.engine.spec import MemoryPolicy
-from apex_plan.estimate.shard import (
-    DENSE_MLP, EVERY_LAYER, LINEAR_ATTN, MAMBA_MIXER, MOE_DENSE_PART, ROUTED_EXPERTS, Shard, Stage,
-)
+from apex_plan.estimate.shard import Shard, Stage
 from apex_plan.model import spec as S
 from apex_plan.hardware.spec import GpuSpec
 from apex_plan.model.spec import ModelSpec
@@ -60,11 +59,11 @@ def stage_weight_bytes(model: ModelSpec, plan: Plan, shard: Shard, stage: Stage)
     quantises only the linear layers)."""
     ab = dtype_bytes(plan.act_dtype)
     attn_layers = stage.count(*S.ATTENTION_MIXERS) if stage.kinds else stage.layers
-    gemm_bytes = (attn_layers * shard.layer_weight_bytes((EVERY_LAYER,))
-                  + stage.count(S.LINEAR) * shard.layer_weight_bytes((LINEAR_ATTN,))
-                  + stage.count(S.MAMBA) * shard.layer_weight_bytes((MAMBA_MIXER,))
-                  + stage.dense_layers * shard.layer_weight_bytes((DENSE_MLP,))
-                  + stage.moe_layers * shard.layer_weight_bytes((ROUTED_EXPERTS, MOE_DENSE_PART)))
+    gemm_bytes = (attn_layers * shard.layer_weight_bytes((GEMM_ATTENTION,))
+                  + stage.count(S.LINEAR) * shard.layer_weight_bytes((GEMM_LINEAR_ATTN,))
+                  + stage.count(S.MAMBA) * shard.layer_weight_bytes((GEMM_MAMBA,))
+                  + stage.dense_layers * shard.layer_weight_bytes((GEMM_DENSE_MLP,))
+                  + stage.moe_layers * shard.layer_weight_bytes((GEMM_ROUTED_EXPERTS, GEMM_MOE_DENSE)))
     b = gemm_bytes + stage.layers * shard.norm_params_per_layer * ab                 # layers
     table = shard.vocab_per_gpu * model.hidden_size * ab                             # one vocab shard
     if stage.has_embedding:

@@ -9,38 +9,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
+from apex_plan.abi import GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE, GEMM_ROUTED_EXPERTS
 from apex_plan.model import spec as S
 from apex_plan.model.params import state_bytes_per_seq_per_layer
 from apex_plan.model.quant import component_format, format_bytes
 from apex_plan.model.spec import LayerKind, ModelSpec
 from apex_plan.plan.spec import Plan
 from apex_plan.units import dtype_bytes
-
-# GEMM kinds (see apex_plan.estimate.kernels, column G_MOE)
-EVERY_LAYER, ROUTED_EXPERTS, DENSE_MLP, MOE_DENSE_PART = 0, 1, 2, 3   # EVERY_LAYER: attention-layer GEMMs
-LINEAR_ATTN, MAMBA_MIXER = 4, 5                                     # GEMMs of linear-attention / Mamba layers
-N_GEMM_KINDS = 6
-
-# Layer-kind scalars appended after the kernel's scalar vector (read at K.S_N + L_*).
-L_FULL = 0          # full-attention layers on the largest stage (KV of every token)
-L_WIN = 1           # sliding-window / chunked-attention layers on the largest stage
-L_SPARSE = 2        # DeepSeek-sparse-attention layers on the largest stage
-L_LINEAR = 3        # Gated DeltaNet linear-attention layers on the largest stage
-L_MAMBA = 4         # Mamba-2 layers on the largest stage
-L_MIXERLESS = 5     # blocks without a token mixer (Nemotron-H MLP/MoE blocks)
-L_NO_MLP = 6        # blocks without an MLP (Nemotron-H mixer blocks)
-L_WINDOW = 7        # tokens a windowed / sparse layer attends to (sliding window, chunk, index top-k); 0: none
-L_IDX_KV_B = 8      # sparse attention: indexer key bytes per cached token on one GPU
-L_IDX_FLOP = 9      # sparse attention: indexer FLOPs per (query x cached token) on one GPU
-L_STATE_LIN_B = 10  # linear attention: state bytes per sequence per layer on one GPU
-L_STATE_MAMBA_B = 11  # Mamba: state bytes per sequence per layer on one GPU
-L_LIN_FLOP_TOK = 12   # linear attention: recurrent FLOPs per token per layer on one GPU
-L_MAMBA_FLOP_TOK = 13  # Mamba: scan FLOPs per token per layer on one GPU
-L_FULL_KV_B = 14    # full-attention layers' KV bytes per token on one GPU when their geometry differs (Gemma 4); 0: same
-L_FULL_FLOP = 15    # full-attention layers' FLOPs per (query x key) pair when their geometry differs; 0: same
-L_N = 16
 
 
 @dataclass(frozen=True)
@@ -50,8 +25,8 @@ class Gemm:
     name: str
     k: int
     n: int
-    kind: int
-    experts: int = 0          # routed experts held on this GPU (kind ROUTED_EXPERTS)
+    kind: int                 # GEMM_* kind (apex_plan.abi): which layers run it
+    experts: int = 0          # routed experts held on this GPU (kind GEMM_ROUTED_EXPERTS)
     route_frac: float = 0.0   # expert-token copies reaching this GPU per input token
     active_p: float = 0.0     # chance that one token picks a given expert (topk / experts)
     copies: int = 1           # identical GEMMs (experts) on this GPU: weights = copies * k * n
@@ -178,14 +153,14 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         qk = model.qk_nope_head_dim + model.qk_rope_head_dim
         hq = int(round(heads))
         if model.q_lora_rank:
-            gemms.append(Gemm("q_a", h, model.q_lora_rank, EVERY_LAYER, w_bytes=wa))              # replicated
-            gemms.append(Gemm("q_b", model.q_lora_rank, hq * qk, EVERY_LAYER, w_bytes=wa))
+            gemms.append(Gemm("q_a", h, model.q_lora_rank, GEMM_ATTENTION, w_bytes=wa))              # replicated
+            gemms.append(Gemm("q_b", model.q_lora_rank, hq * qk, GEMM_ATTENTION, w_bytes=wa))
         else:
-            gemms.append(Gemm("q", h, hq * qk, EVERY_LAYER, w_bytes=wa))
-        gemms.append(Gemm("kv_a", h, model.kv_lora_rank + model.qk_rope_head_dim, EVERY_LAYER, w_bytes=wa))  # replicated
-        gemms.append(Gemm("kv_b", model.kv_lora_rank, hq * (model.qk_nope_head_dim + model.v_head_dim), EVERY_LAYER,
+            gemms.append(Gemm("q", h, hq * qk, GEMM_ATTENTION, w_bytes=wa))
+        gemms.append(Gemm("kv_a", h, model.kv_lora_rank + model.qk_rope_head_dim, GEMM_ATTENTION, w_bytes=wa))  # replicated
+        gemms.append(Gemm("kv_b", model.kv_lora_rank, hq * (model.qk_nope_head_dim + model.v_head_dim), GEMM_ATTENTION,
                           w_bytes=wa))
-        gemms.append(Gemm("o", hq * model.v_head_dim, h, EVERY_LAYER, w_bytes=wa))
+        gemms.append(Gemm("o", hq * model.v_head_dim, h, GEMM_ATTENTION, w_bytes=wa))
         # absorbed MLA attention over the latent cache: scores over (kv_lora + rope), values over kv_lora
         attn_flops = 2.0 * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim)
         kv_tok = (model.kv_lora_rank + model.qk_rope_head_dim) * kvb   # latent cache, replicated per GPU
@@ -195,8 +170,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         d = model.head_dim
         hq = int(round(heads))
         gate = hq if model.attn_output_gate else 0     # gated attention: q_proj also emits a gate per head
-        gemms.append(Gemm("qkv", h, (hq + gate + 2 * kv_heads) * d, EVERY_LAYER, w_bytes=wa))
-        gemms.append(Gemm("o", hq * d, h, EVERY_LAYER, w_bytes=wa))
+        gemms.append(Gemm("qkv", h, (hq + gate + 2 * kv_heads) * d, GEMM_ATTENTION, w_bytes=wa))
+        gemms.append(Gemm("o", hq * d, h, GEMM_ATTENTION, w_bytes=wa))
         attn_flops = 2.0 * heads * d * 2.0            # QK^T and PV: 2 FLOPs per multiply-add each
         kv_tok = 2.0 * kv_heads * d * kvb             # K and V
         q_out, k_out = hq * d, kv_heads * d
@@ -212,8 +187,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     if S.SPARSE in mixers:
         wi = _w(model, plan, "indexer")
         ih = max(1, int(round(model.index_n_heads / tp)))
-        gemms.append(Gemm("index_q", model.q_lora_rank or h, ih * model.index_head_dim, EVERY_LAYER, w_bytes=wi))
-        gemms.append(Gemm("index_k_w", h, model.index_head_dim + ih, EVERY_LAYER, w_bytes=wi))  # wk + weights_proj
+        gemms.append(Gemm("index_q", model.q_lora_rank or h, ih * model.index_head_dim, GEMM_ATTENTION, w_bytes=wi))
+        gemms.append(Gemm("index_k_w", h, model.index_head_dim + ih, GEMM_ATTENTION, w_bytes=wi))  # wk + weights_proj
         idx_kv = model.index_head_dim * kvb                            # indexer key cache per token
         idx_flops = 2.0 * ih * model.index_head_dim                    # q.k score per head: 2 FLOPs per multiply-add
     # Gated DeltaNet linear attention (heads split over tp)
@@ -223,8 +198,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         key_dim = model.linear_num_key_heads * model.linear_key_head_dim
         value_dim = model.linear_num_value_heads * model.linear_value_head_dim
         nv = model.linear_num_value_heads
-        gemms.append(Gemm("lin_in", h, int((2 * key_dim + 2 * value_dim + 2 * nv) / tp), LINEAR_ATTN, w_bytes=wl))
-        gemms.append(Gemm("lin_out", int(value_dim / tp), h, LINEAR_ATTN, w_bytes=wl))
+        gemms.append(Gemm("lin_in", h, int((2 * key_dim + 2 * value_dim + 2 * nv) / tp), GEMM_LINEAR_ATTN, w_bytes=wl))
+        gemms.append(Gemm("lin_out", int(value_dim / tp), h, GEMM_LINEAR_ATTN, w_bytes=wl))
         st_lin = state_bytes_per_seq_per_layer(model, S.LINEAR, plan.act_dtype) / tp
         # delta-rule step per value head: read-out q.S, k.S, and the rank-1 update (2 FLOPs per multiply-add each)
         fl_lin = 6.0 * nv * model.linear_key_head_dim * model.linear_value_head_dim / tp
@@ -233,8 +208,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         wm = _w(model, plan, "mamba")
         d_inner = model.mamba_num_heads * model.mamba_head_dim
         gs = model.mamba_n_groups * model.mamba_state_size
-        gemms.append(Gemm("mamba_in", h, int((2 * d_inner + 2 * gs + model.mamba_num_heads) / tp), MAMBA_MIXER, w_bytes=wm))
-        gemms.append(Gemm("mamba_out", int(d_inner / tp), h, MAMBA_MIXER, w_bytes=wm))
+        gemms.append(Gemm("mamba_in", h, int((2 * d_inner + 2 * gs + model.mamba_num_heads) / tp), GEMM_MAMBA, w_bytes=wm))
+        gemms.append(Gemm("mamba_out", int(d_inner / tp), h, GEMM_MAMBA, w_bytes=wm))
         st_mamba = state_bytes_per_seq_per_layer(model, S.MAMBA, plan.act_dtype) / tp
         # SSM scan per head: state update (B x) and read-out (C . state), 2 FLOPs per multiply-add, plus the decay
         fl_mamba = 6.0 * d_inner * model.mamba_state_size / tp
@@ -243,8 +218,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     inter = model.intermediate_size / tp
     if model.n_dense_layers > 0:
         wd = _w(model, plan, "mlp")
-        gemms.append(Gemm("gate_up", h, int(n_mlp * inter), DENSE_MLP, w_bytes=wd))
-        gemms.append(Gemm("down", int(inter), h, DENSE_MLP, w_bytes=wd))
+        gemms.append(Gemm("gate_up", h, int(n_mlp * inter), GEMM_DENSE_MLP, w_bytes=wd))
+        gemms.append(Gemm("down", int(inter), h, GEMM_DENSE_MLP, w_bytes=wd))
     act_inter = inter if model.n_dense_layers else 0.0
     if model.is_moe:
         E, k = model.num_experts, model.experts_per_token
@@ -256,22 +231,22 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         route = k * e_local / E * adp
         width = model.moe_latent_size or h             # experts may work in a latent space
         we = _w(model, plan, "experts")
-        gemms.append(Gemm("router", h, E, MOE_DENSE_PART, w_bytes=_w(model, plan, "router")))
+        gemms.append(Gemm("router", h, E, GEMM_MOE_DENSE, w_bytes=_w(model, plan, "router")))
         if model.moe_latent_size:
-            gemms.append(Gemm("latent_in", h, model.moe_latent_size, MOE_DENSE_PART, w_bytes=we))
-            gemms.append(Gemm("latent_out", model.moe_latent_size, h, MOE_DENSE_PART, w_bytes=we))
-        gemms.append(Gemm("experts_gate_up", width, int(n_mlp * e_inter), ROUTED_EXPERTS, e_local, route, k / E, e_local,
+            gemms.append(Gemm("latent_in", h, model.moe_latent_size, GEMM_MOE_DENSE, w_bytes=we))
+            gemms.append(Gemm("latent_out", model.moe_latent_size, h, GEMM_MOE_DENSE, w_bytes=we))
+        gemms.append(Gemm("experts_gate_up", width, int(n_mlp * e_inter), GEMM_ROUTED_EXPERTS, e_local, route, k / E, e_local,
                           w_bytes=we))
-        gemms.append(Gemm("experts_down", int(e_inter), width, ROUTED_EXPERTS, e_local, route, k / E, e_local, w_bytes=we))
+        gemms.append(Gemm("experts_down", int(e_inter), width, GEMM_ROUTED_EXPERTS, e_local, route, k / E, e_local, w_bytes=we))
         if model.moe_with_dense_mlp:                   # the dense MLP runs beside the experts (Gemma 4)
             wd = _w(model, plan, "mlp")
-            gemms.append(Gemm("mlp_gate_up", h, int(n_mlp * inter), MOE_DENSE_PART, w_bytes=wd))
-            gemms.append(Gemm("mlp_down", int(inter), h, MOE_DENSE_PART, w_bytes=wd))
+            gemms.append(Gemm("mlp_gate_up", h, int(n_mlp * inter), GEMM_MOE_DENSE, w_bytes=wd))
+            gemms.append(Gemm("mlp_down", int(inter), h, GEMM_MOE_DENSE, w_bytes=wd))
         if model.num_shared_experts:
             ws = _w(model, plan, "shared_experts")
             s_inter = model.num_shared_experts * model.shared_expert_intermediate_size / tp
-            gemms.append(Gemm("shared_gate_up", h, int(n_mlp * s_inter), MOE_DENSE_PART, w_bytes=ws))
-            gemms.append(Gemm("shared_down", int(s_inter), h, MOE_DENSE_PART, w_bytes=ws))
+            gemms.append(Gemm("shared_gate_up", h, int(n_mlp * s_inter), GEMM_MOE_DENSE, w_bytes=ws))
+            gemms.append(Gemm("shared_down", int(s_inter), h, GEMM_MOE_DENSE, w_bytes=ws))
         act_inter = max(act_inter, k * model.expert_intermediate_size / tp)
     # elementwise bytes per token: two fused add+RMSNorm (read x, residual; write both),
     # rotary on q and k (read + write), SwiGLU activation (read 2I, write I), KV-cache write
@@ -293,26 +268,3 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         linear_flops_per_token=fl_lin, mamba_flops_per_token=fl_mamba,
         full_kv_bytes_per_token_layer=full_kv, full_attn_flops_per_pair=full_flops,
     )
-
-
-def layer_scalars(shard: Shard) -> np.ndarray:
-    """The layer-kind scalars (`L_*`) of the largest stage, appended to the kernel's scalar vector."""
-    st = shard.largest_stage
-    v = np.zeros(L_N)
-    v[L_FULL] = st.count(S.FULL)
-    v[L_WIN] = st.count(S.SLIDING, S.CHUNKED)
-    v[L_SPARSE] = st.count(S.SPARSE)
-    v[L_LINEAR] = st.count(S.LINEAR)
-    v[L_MAMBA] = st.count(S.MAMBA)
-    v[L_MIXERLESS] = st.count(S.NO_MIXER)
-    v[L_NO_MLP] = st.mlp_free_layers
-    v[L_WINDOW] = shard.window
-    v[L_IDX_KV_B] = shard.index_kv_bytes_per_token
-    v[L_IDX_FLOP] = shard.index_flops_per_pair
-    v[L_STATE_LIN_B] = shard.state_bytes_linear
-    v[L_STATE_MAMBA_B] = shard.state_bytes_mamba
-    v[L_LIN_FLOP_TOK] = shard.linear_flops_per_token
-    v[L_MAMBA_FLOP_TOK] = shard.mamba_flops_per_token
-    v[L_FULL_KV_B] = shard.full_kv_bytes_per_token_layer
-    v[L_FULL_FLOP] = shard.full_attn_flops_per_pair
-    return v

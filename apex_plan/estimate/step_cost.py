@@ -1,4 +1,8 @@
-"""Build the per-plan inputs of the numba step-cost kernel, and a typed wrapper around it."""
+"""Build the per-plan records of the numba step-cost kernel (by name), and a typed wrapper around it.
+
+`build_step_cost` fills the `COST` record and the `GEMM` table of `apex_plan.abi` field by field;
+`StepCost.time_s` costs any batch through the same `aggregate` + `step_time` the simulator runs.
+"""
 
 from __future__ import annotations
 
@@ -6,48 +10,49 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from apex_plan.abi import COST, GEMM, GEMM_ATTENTION, GEMM_DENSE_MLP, GRAPH_MODES, CostTables, make_record, make_table
 from apex_plan.engine.load import resolve_engine_profile
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
-from apex_plan.estimate.shard import Shard, build_shard, layer_scalars
+from apex_plan.estimate.shard import Shard, build_shard
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
+from apex_plan.model import spec as S
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import Plan
 from apex_plan.units import dtype_bytes
 
 CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 1024 * 1024   # vLLM custom all-reduce buffer (max_size = 8 MiB)
 DEFAULT_ENGINE = "vllm"                         # the newest vLLM profile when no engine is given
-GRAPH_MODES = {"decode_only": 0.0, "piecewise": 1.0, "full": 2.0}
+DEFAULT_INTER_NODE_BW_GBPS = 50.0               # 400 Gb/s InfiniBand NDR per GPU, without a cluster file
+DEFAULT_INTER_NODE_LATENCY_US = 10.0            # added latency of a collective crossing nodes, without a cluster file
 
 
 @dataclass(frozen=True, eq=False)
 class StepCost:
     """Everything the step-cost kernel needs for one replica of one plan."""
 
-    tables: np.ndarray     # (n_gemms, G_NCOL) float64
-    scal: np.ndarray       # (S_N,) float64
+    cost: CostTables       # the COST record and GEMM table the kernels read
     shard: Shard
     gpu: GpuSpec
     plan: Plan
 
     profile: EngineProfile | None = None
 
-    def time_s(self, tokens: int, n_decode: int = 0, n_prefill: int = 0, pf_attn_work: float = 0.0,
-               dec_ctx_tokens: float = 0.0, pf_ctx_tokens: float = 0.0, n_logits: int = 0,
+    @property
+    def params(self) -> np.ndarray:
+        """The COST record (length-1 structured array): `sc.params["tp"][0]`."""
+        return self.cost.params
+
+    def time_s(self, batch: np.ndarray, eager: bool = False) -> tuple[float, dict[str, float]]:
+        """Seconds of one step of a `BATCH` table (see `kernels.make_batch`) and its breakdown.
+        eager=True forces every kernel to be host-launched; False follows the engine's graph policy."""
+        t, br = K.batch_step_time(self.cost, batch, 1 if eager else 0)
+        return float(t), {k: float(v) for k, v in br._asdict().items()}
+
+    def step_s(self, decodes: int = 0, context: int = 0, chunk: int = 0, cached: int = 0, samples: bool = True,
                eager: bool = False) -> tuple[float, dict[str, float]]:
-        """Seconds of one step and its breakdown (see `kernels.step_time`). eager=True forces every
-        kernel to be host-launched; False follows the engine's CUDA-graph policy. The prefill
-        tokens count as one chunk after pf_ctx_tokens - chunk cached tokens for attention tiling."""
-        out = K.new_breakdown()
-        c = int(tokens) - int(n_decode)
-        cached_tokens = max(0, int(pf_ctx_tokens) - c)
-        pad = float(K.padded_pairs(c, cached_tokens)) if n_prefill else 0.0
-        t = K.step_time(self.tables, self.scal, int(tokens), int(n_decode), int(n_prefill), float(pf_attn_work),
-                        float(dec_ctx_tokens), float(pf_ctx_tokens), int(n_logits), 1 if eager else 0, out,
-                        pad, pad if cached_tokens > 0 else 0.0, float(K.q_tiles(c)) if n_prefill else 0.0)
-        names = ("gemm", "attention", "communication", "elementwise", "embed_lm_head", "engine_host", "flops", "bytes",
-                 "scheduler")
-        return float(t), dict(zip(names, (float(x) for x in out)))
+        """`time_s` of `decodes` decodes at `context` tokens plus one chunk of `chunk` after `cached`."""
+        return self.time_s(K.make_batch(decodes, context, chunk, cached, samples), eager)
 
     def prefill_time_s(self, prompt_tokens: int, chunk: int | None = None) -> float:
         """Seconds to prefill one prompt alone, in chunks of `chunk` tokens (the engine's graph policy)."""
@@ -55,20 +60,93 @@ class StepCost:
         done, total = 0, 0.0
         while done < prompt_tokens:
             c = min(chunk, prompt_tokens - done)
-            work = c * (done + (c + 1) / 2)       # causal query x key pairs of this chunk
-            total += self.time_s(c, 0, 1, work, 0.0, done + c, 1 if done + c == prompt_tokens else 0, False)[0]
+            total += self.step_s(chunk=c, cached=done, samples=done + c == prompt_tokens)[0]
             done += c
         return total
 
     def decode_time_s(self, batch: int, context_tokens: int) -> float:
         """Seconds of one decode step of `batch` sequences of `context_tokens` each (CUDA graph)."""
-        return self.time_s(batch, batch, 0, 0.0, float(batch * context_tokens), 0.0, batch, False)[0]
+        return self.step_s(decodes=batch, context=context_tokens)[0]
+
+
+def gemm_table(shard: Shard) -> np.ndarray:
+    """The GEMM table of `shard`: one row per weight GEMM of a layer on one GPU."""
+    return make_table(GEMM, [dict(k=g.k, n=g.n, w_bytes=g.w_bytes, kind=g.kind, experts=g.experts,
+                                  route_frac=g.route_frac, active_p=g.active_p) for g in shard.gemms])
+
+
+def layer_fields(shard: Shard) -> dict:
+    """COST fields of the layer kinds of the largest stage and their per-kind geometry."""
+    st = shard.largest_stage
+    return dict(
+        dense_layers=st.dense_layers, moe_layers=st.moe_layers, mlp_free_layers=st.mlp_free_layers,
+        full_layers=st.count(S.FULL), windowed_layers=st.count(S.SLIDING, S.CHUNKED), sparse_layers=st.count(S.SPARSE),
+        linear_layers=st.count(S.LINEAR), mamba_layers=st.count(S.MAMBA), mixerless_layers=st.count(S.NO_MIXER),
+        window_tokens=shard.window, kv_bytes_per_token=shard.kv_bytes_per_token_layer,
+        attn_flops_per_pair=shard.attn_flops_per_pair, attn_heads=shard.heads_per_gpu,
+        index_kv_bytes_per_token=shard.index_kv_bytes_per_token, index_flops_per_pair=shard.index_flops_per_pair,
+        linear_state_bytes=shard.state_bytes_linear, mamba_state_bytes=shard.state_bytes_mamba,
+        linear_flops_per_token=shard.linear_flops_per_token, mamba_flops_per_token=shard.mamba_flops_per_token,
+        full_kv_bytes_per_token=shard.full_kv_bytes_per_token_layer,
+        full_attn_flops_per_pair=shard.full_attn_flops_per_pair,
+    )
+
+
+def link_fields(gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: EngineProfile,
+                custom_allreduce: bool) -> dict:
+    """COST fields of the collectives: all-reduce, all-to-all and pipeline links."""
+    c = gpu.calibration
+    gpn = cluster.nvlink_gpus if cluster else 8      # GPUs reached over NVLink (a node, or an NVL72 rack)
+    in_node = plan.tp <= gpn
+    intra_bw = (cluster.intra_node_bw_gbps if cluster else gpu.intra_node_bw_gbps) * 1e9
+    inter_bw = (cluster.inter_node_bw_gbps if cluster else DEFAULT_INTER_NODE_BW_GBPS) * 1e9
+    inter_lat_s = (cluster.inter_node_latency_us if cluster else DEFAULT_INTER_NODE_LATENCY_US) * 1e-6
+    link_bw = (intra_bw if in_node else inter_bw) * c.link_efficiency
+    pp_cross = plan.tp * plan.pp > gpn
+    coll = prof.collectives
+    custom = (custom_allreduce and in_node and plan.tp in coll.custom_allreduce_tp and gpu.vendor.lower() == "nvidia")
+    nccl_s = c.allreduce_latency_us * 1e-6 + (0.0 if in_node else inter_lat_s)
+    return dict(
+        allreduce_nccl_latency_s=nccl_s,
+        allreduce_latency_s=c.custom_allreduce_latency_us * 1e-6 if custom else nccl_s,
+        custom_allreduce_max_bytes=coll.custom_allreduce_max_bytes if custom else 0.0,
+        link_bytes_per_s=link_bw,
+        p2p_latency_s=c.p2p_latency_us * 1e-6 + (inter_lat_s if pp_cross else 0.0),
+        p2p_bytes_per_s=(inter_bw if pp_cross else intra_bw) * c.link_efficiency,
+        moe_all_to_all=1.0 if plan.adp > 1 else 0.0,
+        a2a_latency_s=c.alltoall_latency_us * 1e-6,
+        a2a_bytes_per_s=link_bw,
+    )
+
+
+def kernel_count_fields(model: ModelSpec, plan: Plan, shard: Shard, prof: EngineProfile, scales: str) -> dict:
+    """COST fields of the kernels per layer and the activation-quantisation bytes."""
+    # W8A8 (fp8/int8 weights): the engine quantises each GEMM's input on the fly; with dynamic scales
+    # a reduction pass finds the scale first (vLLM 0.6 scaled_fp8_quant: 3 kernels), static scales
+    # need one quantise kernel, and fused kernels none
+    q = prof.quantization
+    quant = plan.weight_dtype in ("fp8", "int8") and not q.fused_activation_quant
+    per_gemm = (q.kernels_per_gemm_dynamic if scales == "dynamic" else q.kernels_per_gemm_static) if quant else 0
+    passes = (2.0 if scales == "dynamic" else 1.0) if quant else 0.0   # reads of the GEMM input
+    # quantisation bytes per token: read each GEMM input (activation dtype) per pass, write it in 1 byte
+    quant_k = sum(g.k for g in shard.gemms if g.kind in (GEMM_ATTENTION, GEMM_DENSE_MLP))
+    quant_b = quant_k * (passes * dtype_bytes(plan.act_dtype) + 1.0) if quant else 0.0
+    # kernels per layer: 2 norms, qkv, rotary, KV write, attention, o, all-reduce, gate_up, act, down, all-reduce
+    n_quant_dense = 4 * per_gemm               # qkv, o, gate_up, down
+    n_quant_moe = 5 * per_gemm                 # qkv, o, router input, two expert GEMMs
+    return dict(
+        elem_bytes_per_token=shard.elem_bytes_per_token_layer + quant_b,
+        kernels_per_dense_layer=12 + n_quant_dense,
+        # MoE layer: router, top-k, align, 2 fused-MoE GEMMs, act, sum replace the 3 MLP kernels (+3 shared)
+        kernels_per_moe_layer=16 + (3 if model.num_shared_experts else 0) + n_quant_moe,
+        elem_kernels_per_layer=5 + (n_quant_dense if model.n_dense_layers else n_quant_moe),
+    )
 
 
 def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None = None,
                     custom_allreduce: bool = True, shard: Shard | None = None, *, engine=None,
                     profile: EngineProfile | None = None, activation_scales: str | None = None) -> StepCost:
-    """Fold model, plan, GPU physics and engine profile into the kernel's arrays.
+    """Fold model, plan, GPU physics and engine profile into the kernel's records.
 
     `engine`: a ResolvedEngine (its profile, activation scales and custom all-reduce choice win);
     else `profile` (default: the newest vLLM profile). `shard`: a precomputed
@@ -82,79 +160,39 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     c = gpu.calibration
     host = prof.host
     shard = shard or build_shard(model, plan)
-    tables = np.zeros((len(shard.gemms), K.G_NCOL))
-    for i, g in enumerate(shard.gemms):
-        tables[i] = (g.k, g.n, g.w_bytes, g.kind, g.experts, g.route_frac, g.active_p)
-    gpn = cluster.nvlink_gpus if cluster else 8      # GPUs reached over NVLink (a node, or an NVL72 rack)
-    in_node = plan.tp <= gpn
-    intra_bw = (cluster.intra_node_bw_gbps if cluster else gpu.intra_node_bw_gbps) * 1e9
-    inter_bw = (cluster.inter_node_bw_gbps if cluster else 50.0) * 1e9
-    link_bw = (intra_bw if in_node else inter_bw) * c.link_efficiency
-    pp_cross = plan.tp * plan.pp > gpn
-    coll = prof.collectives
-    custom = (custom_allreduce and in_node and plan.tp in coll.custom_allreduce_tp and gpu.vendor.lower() == "nvidia")
-    st = shard.largest_stage
-    s = np.zeros(K.S_N)
-    s[K.S_PEAK_FLOPS] = gpu.peak_flops(plan.weight_dtype if plan.weight_dtype in ("fp8", "fp4", "int8") else plan.act_dtype)
-    s[K.S_ATTN_PEAK] = gpu.peak_flops(plan.act_dtype)
-    s[K.S_BW] = gpu.mem_bw_gbps * 1e9
-    s[K.S_CE] = c.compute_efficiency
-    s[K.S_BE] = c.bandwidth_efficiency
-    s[K.S_AE] = c.attention_efficiency
-    s[K.S_KLAT] = c.kernel_latency_us * 1e-6
-    s[K.S_EAGER] = host.eager_kernel_us * 1e-6
-    s[K.S_AR_LAT_NCCL] = c.allreduce_latency_us * 1e-6 + (0.0 if in_node else (cluster.inter_node_latency_us if cluster else 10.0) * 1e-6)
-    s[K.S_AR_LAT] = c.custom_allreduce_latency_us * 1e-6 if custom else s[K.S_AR_LAT_NCCL]
-    s[K.S_AR_CUSTOM_MAX] = coll.custom_allreduce_max_bytes if custom else 0.0
-    s[K.S_LINK_BW] = link_bw
-    s[K.S_TP] = plan.tp
-    s[K.S_PP] = plan.pp
-    s[K.S_LAYERS_DENSE] = st.dense_layers
-    s[K.S_LAYERS_MOE] = st.moe_layers
-    s[K.S_HIDDEN] = model.hidden_size
-    s[K.S_ACT_B] = dtype_bytes(plan.act_dtype)
-    s[K.S_KV_TOK_B] = shard.kv_bytes_per_token_layer
-    s[K.S_ATTN_FLOP_TOK] = shard.attn_flops_per_pair
-    # W8A8 (fp8/int8 weights): the engine quantises each GEMM's input on the fly; with dynamic scales
-    # a reduction pass finds the scale first (vLLM 0.6 scaled_fp8_quant: 3 kernels), static scales
-    # need one quantise kernel, and fused kernels none
-    q = prof.quantization
-    quant = plan.weight_dtype in ("fp8", "int8") and not q.fused_activation_quant
-    per_gemm = (q.kernels_per_gemm_dynamic if scales == "dynamic" else q.kernels_per_gemm_static) if quant else 0
-    passes = (2.0 if scales == "dynamic" else 1.0) if quant else 0.0   # reads of the GEMM input
-    # quantisation bytes per token: read each GEMM input (activation dtype) per pass, write it in 1 byte
-    quant_b = sum(g.k for g in shard.gemms if g.kind in (0, 2)) * (passes * dtype_bytes(plan.act_dtype) + 1.0) if quant else 0.0
-    s[K.S_ELEM_B_TOK] = shard.elem_bytes_per_token_layer + quant_b
-    # kernels per layer: 2 norms, qkv, rotary, KV write, attention, o, all-reduce, gate_up, act, down, all-reduce
-    n_quant_dense = 4 * per_gemm               # qkv, o, gate_up, down
-    n_quant_moe = 5 * per_gemm                 # qkv, o, router input, two expert GEMMs
-    s[K.S_KERNELS_DENSE] = 12 + n_quant_dense
-    # MoE layer: router, top-k, align, 2 fused-MoE GEMMs, act, sum replace the 3 MLP kernels (+3 shared)
-    s[K.S_KERNELS_MOE] = 16 + (3 if model.num_shared_experts else 0) + n_quant_moe
-    s[K.S_ELEM_KERNELS] = 5 + (n_quant_dense if model.n_dense_layers else n_quant_moe)
-    s[K.S_VOCAB_GPU] = shard.vocab_per_gpu
-    s[K.S_HEAD_W_B] = dtype_bytes(plan.act_dtype)
-    s[K.S_P2P_LAT] = c.p2p_latency_us * 1e-6 + ((cluster.inter_node_latency_us if cluster else 10.0) * 1e-6 if pp_cross else 0.0)
-    s[K.S_P2P_BW] = (inter_bw if pp_cross else intra_bw) * c.link_efficiency
-    s[K.S_EP] = plan.ep
-    s[K.S_A2A] = 1.0 if plan.adp > 1 else 0.0
-    s[K.S_A2A_LAT] = c.alltoall_latency_us * 1e-6
-    s[K.S_A2A_BW] = link_bw
-    s[K.S_MOE_IMB] = c.moe_imbalance
-    s[K.S_TOPK] = model.experts_per_token
-    s[K.S_STEP_OH] = host.step_ms * 1e-3
-    s[K.S_SEQ_OH] = host.per_seq_ms * 1e-3
-    s[K.S_PF_TOK_OH] = host.per_prefill_token_us * 1e-6
-    s[K.S_OVERLAP] = host.overlap
-    s[K.S_GRAPH_MODE] = GRAPH_MODES[prof.graphs.mode]
-    s[K.S_GRAPH_MAX] = prof.graphs.max_batch
-    s[K.S_EAGER_MIXED] = prof.graphs.eager_kernels_per_layer_mixed
     backend = prof.attention_backend(plan.kv_dtype)
-    # decode KV reads: once per KV head with GQA sharing, else once per query head of its group
-    s[K.S_DEC_KV_REREAD] = 1.0 if backend.gqa_shared_kv else max(1.0, shard.heads_per_gpu / shard.kv_heads_per_gpu)
-    s[K.S_ATTN_HEADS] = shard.heads_per_gpu
-    s[K.S_SMS] = gpu.num_sms
-    s[K.S_AE_FRESH] = backend.prefill_efficiency_scale
-    s[K.S_AE_PREFIX] = backend.prefix_efficiency_scale
-    s = np.concatenate((s, layer_scalars(shard)))   # layer-kind counts of the largest stage (K.S_N + L_*)
-    return StepCost(tables, s, shard, gpu, plan, prof)
+    weight_peak_dtype = plan.weight_dtype if plan.weight_dtype in ("fp8", "fp4", "int8") else plan.act_dtype
+    params = make_record(
+        COST,
+        gemm_peak_flops_per_s=gpu.peak_flops(weight_peak_dtype),
+        attn_peak_flops_per_s=gpu.peak_flops(plan.act_dtype),
+        hbm_bytes_per_s=gpu.mem_bw_gbps * 1e9,
+        gemm_efficiency=c.compute_efficiency,
+        hbm_efficiency=c.bandwidth_efficiency,
+        attn_efficiency=c.attention_efficiency,
+        kernel_latency_s=c.kernel_latency_us * 1e-6,
+        eager_launch_s=host.eager_kernel_us * 1e-6,
+        tp=plan.tp, pp=plan.pp, ep=plan.ep,
+        hidden=model.hidden_size,
+        act_bytes=dtype_bytes(plan.act_dtype),
+        vocab_per_gpu=shard.vocab_per_gpu,
+        head_weight_bytes=dtype_bytes(plan.act_dtype),
+        moe_imbalance=c.moe_imbalance,
+        experts_per_token=model.experts_per_token,
+        host_step_s=host.step_ms * 1e-3,
+        host_per_seq_s=host.per_seq_ms * 1e-3,
+        host_per_prefill_token_s=host.per_prefill_token_us * 1e-6,
+        host_overlap=host.overlap,
+        graph_mode=GRAPH_MODES[prof.graphs.mode],
+        graph_max=prof.graphs.max_batch,
+        eager_kernels_mixed=prof.graphs.eager_kernels_per_layer_mixed,
+        # decode KV reads: once per KV head with GQA sharing, else once per query head of its group
+        decode_kv_rereads=1.0 if backend.gqa_shared_kv else max(1.0, shard.heads_per_gpu / shard.kv_heads_per_gpu),
+        sms=gpu.num_sms,
+        attn_scale_fresh=backend.prefill_efficiency_scale,
+        attn_scale_prefix=backend.prefix_efficiency_scale,
+        **link_fields(gpu, plan, cluster, prof, custom_allreduce),
+        **kernel_count_fields(model, plan, shard, prof, scales),
+        **layer_fields(shard),
+    )
+    return StepCost(CostTables(params, gemm_table(shard)), shard, gpu, plan, prof)

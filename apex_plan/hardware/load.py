@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from apex_plan.errors import InputError, did_you_mean
+from apex_plan.hardware.formats import kernel_formats
 from apex_plan.hardware.spec import Calibration, ClusterSpec, GpuSpec
 from apex_plan.limits import check_cluster_size, check_hardware_field
 from apex_plan.yamlio import load_yaml
@@ -40,6 +41,7 @@ _GPU_FIELDS: dict[str, tuple[str, bool]] = {
     "num_sms": ("count", True),
     "calibration": ("mapping", False),
     "nvlink_domain_gpus": ("count", False),
+    "kernel_formats": ("mapping", False),
     "gpus_per_node": ("count", False),
 }
 
@@ -256,6 +258,7 @@ def gpu_from_dict(doc: dict[str, Any], where: str) -> GpuSpec:
         calibration=_calibration(doc, where),
         source=_text(doc, "source", where, default=""),
         nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=0, allow_min=True)),
+        kernel_formats=kernel_formats(doc.get("kernel_formats"), where, _number),
         gpus_per_node=int(num("gpus_per_node", integer=True, default=8)),
     )
 

@@ -27,6 +27,43 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class KernelFit:
+    """Achievable figures of one kernel family in one weight format, fitted to measured per-op tables:
+    time = max(FLOPs / (peak(peak_dtype) x compute_efficiency), bytes / (HBM x bandwidth_efficiency))
+    + latency_us. Written by scripts/fit_gpu_constants.py (sources beside each value in the YAML)."""
+
+    peak_dtype: str                  # tensor-core dtype whose dense peak the FLOPs run at ("bf16" for weight-only)
+    compute_efficiency: float        # achievable fraction of that peak
+    bandwidth_efficiency: float      # achievable fraction of HBM bandwidth
+    latency_us: float                # fixed GPU time per call (a GEMM; a whole fused-MoE layer)
+    error_pct: float = 0.0           # rms log error of the fit against its table, as a percentage
+
+
+@dataclass(frozen=True)
+class MlaFit:
+    """Multi-head latent attention (DeepSeek-V2/V3, Kimi K2) fitted to measured MLA tables.
+    Prefill runs the expanded (MHA) form: per query x key pair and head, QK^T over qk_nope + rope and
+    PV over v_head_dim; decode runs the absorbed form over the latent cache."""
+
+    prefill_efficiency: float        # fraction of bf16 peak in expanded prefill attention (full SMs)
+    decode_compute_efficiency: float  # fraction of bf16 peak in absorbed decode attention
+    decode_bandwidth_efficiency: float  # fraction of HBM bandwidth reading the latent cache
+    latency_us: float                # fixed GPU time per attention call
+    prefill_error_pct: float = 0.0
+    decode_error_pct: float = 0.0
+
+
+@dataclass(frozen=True)
+class KernelFormats:
+    """Per-format GEMM and fused-MoE fits, and MLA attention, of one GPU (absent: the calibration's bf16
+    figures at the format's own peak, as before these fits)."""
+
+    gemm: dict[str, KernelFit] = field(default_factory=dict)   # weight format name (apex_plan.model.quant) -> fit
+    moe: dict[str, KernelFit] = field(default_factory=dict)
+    mla: MlaFit | None = None
+
+
+@dataclass(frozen=True)
 class GpuSpec:
     """One GPU's datasheet figures (dense, not sparse, FLOP/s) plus its calibration."""
 
@@ -43,6 +80,7 @@ class GpuSpec:
     calibration: Calibration = field(default_factory=Calibration)
     source: str = ""                     # datasheet reference
     nvlink_domain_gpus: int = 0          # GPUs one NVLink/NVSwitch fabric joins at intra_node_bw (NVL72: 72); 0: the node
+    kernel_formats: KernelFormats = field(default_factory=KernelFormats)
     gpus_per_node: int = 8               # GPUs of one node / compute tray, the default of --gpus-per-node
                                          # (HGX boards: 8; GB200/GB300 NVL72 trays: 4)
 

@@ -17,9 +17,9 @@ def _fmt(x, spec=".1f"):
 def step_breakdown(res: SimResult, batch: int, context: int) -> dict:
     """Per-op milliseconds of one representative decode step and one prefill chunk."""
     sc = res.step_cost
-    _, dec = sc.time_s(batch, batch, 0, 0.0, float(batch * context), 0.0, batch, False)
+    _, dec = sc.step_s(decodes=batch, context=context)
     chunk = min(512, res.engine.max_batched_tokens)
-    _, pf = sc.time_s(chunk, 0, 1, chunk * (chunk + 1) / 2, 0.0, float(chunk), 1, False)
+    _, pf = sc.step_s(chunk=chunk)
     keep = ("gemm", "attention", "communication", "elementwise", "embed_lm_head", "engine_host")
     return {"decode_step": {"batch": batch, "context_tokens": context, **{k + "_ms": dec[k] * 1e3 for k in keep}},
             "prefill_chunk": {"tokens": chunk, **{k + "_ms": pf[k] * 1e3 for k in keep}}}

@@ -1,8 +1,9 @@
 """Analytic upper bound on one replica's goodput, and the rule that skips plans it rules out.
 
-The bound follows the simulator's own accounting (`simulate/kernels.py`): a replica runs `pp`
+The bound follows the simulator's own accounting (`simulate/kernels.py`) and costs its steps with the
+same aggregation and step time (`StepCost.step_s`, windowed contexts capped as the simulator caps them): a replica runs `pp`
 virtual engines, each with up to `max_num_seqs` sequences and 1/pp of the KV blocks; their GPU
-work overlaps but the scheduler part of every step (`B_SCHED`) runs on the replica's one host
+work overlaps but the scheduler part of every step (`Breakdown.scheduler`) runs on the replica's one host
 thread. For a decode batch `b` per engine at the workload's mean context:
 
     tokens/s <= min(pp * b / t(b), b / h(b))        t: step seconds, h: its host seconds
@@ -48,7 +49,7 @@ def outranked(gpus: int, homogeneous_gpus: list[int], top_k: int) -> bool:
 
 def _decode(sc: StepCost, b: int, ctx: int) -> tuple[float, float]:
     """Seconds of a decode step of `b` sequences of `ctx` tokens, and its host (scheduler) seconds."""
-    t, br = sc.time_s(b, b, 0, 0.0, float(b * ctx), 0.0, b, False)
+    t, br = sc.step_s(decodes=b, context=ctx)
     return t, br["scheduler"]
 
 
@@ -67,7 +68,7 @@ def goodput_bound_rps(sc: StepCost, *, mean_prompt: float, mean_output: float, k
         if max(t, pp * h) > tpot_cap:
             break                          # step time grows with the batch: larger ones miss too
         # marginal seconds per prompt token when a chunk rides along with this decode batch
-        tm, _ = sc.time_s(b + chunk, b, 1, chunk * (chunk + 1) / 2, float(b * ctx), float(chunk), b, True)
+        tm, _ = sc.step_s(decodes=b, context=ctx, chunk=chunk, samples=False, eager=True)
         pf_s_per_tok = max(tm - t, 0.0) / chunk
         per_req_s = mean_output * t / (pp * b) + mean_prompt * pf_s_per_tok / pp   # GPU seconds per request
         rate = min(1.0 / per_req_s, b / h / mean_output if h > 0 else math.inf)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from apex_plan.abi import ENGINE, REQUEST, SCHED, make_record
 from apex_plan.estimate.memory import MemoryReport, memory_report
 from apex_plan.estimate.step_cost import StepCost, build_step_cost
 from apex_plan.hardware.spec import ClusterSpec
@@ -149,21 +150,23 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
     arrival = np.ascontiguousarray(tr.arrival_s[valid], dtype=np.float64)
     conc = workload.concurrency if workload.mode == "closed" else 0
     ranks = plan.dp * plan.adp           # each attention-DP rank schedules its own batch
-    epar = np.array([gpu.tdp_w, gpu.idle_w, sc.scal[0], gpu.mem_bw_gbps * 1e9, plan.tp * plan.pp, plan.pp], float)
-    pf_first = eng.profile.prefill_first(eng.chunked_prefill)
-    reserve = eng.profile.scheduler.reserve_full_sequence
+    sched = make_record(
+        SCHED, ranks=ranks, pp=plan.pp, least_loaded=eng.routing == "least_loaded", max_seqs=eng.max_num_seqs,
+        budget_tokens=eng.max_batched_tokens, chunked=eng.chunked_prefill, block_tokens=eng.block_size,
+        kv_blocks=nblocks, watermark_blocks=watermark, prefill_first=eng.profile.prefill_first(eng.chunked_prefill),
+        reserve_full=eng.profile.scheduler.reserve_full_sequence, closed_concurrency=0, tdp_w=gpu.tdp_w,
+        idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp)
 
     def run(arr, prm, out, closed, delay):
         """One pass of the event loop; per-request times and per-engine statistics."""
-        m = prm.size
-        ta, tf, tn, ts = (np.empty(m) for _ in range(4))
-        npre = np.zeros(m, np.int64)
-        st = np.zeros((ranks * plan.pp, SK.E_NCOL))
-        end = SK.simulate_kernel(arr, prm, out, closed, ranks, plan.pp, eng.routing == "least_loaded",
-                                 eng.max_num_seqs, eng.max_batched_tokens, eng.chunked_prefill, eng.block_size,
-                                 nblocks, watermark, sc.tables, sc.scal, epar, ta, tf, tn, ts, npre, st,
-                                 pf_first, reserve, delay)
-        return ta, tf, tn, ts, npre, st, end
+        req = np.zeros(prm.size, REQUEST)
+        req["arrival_s"], req["prompt_tokens"], req["output_tokens"], req["client_delay_s"] = arr, prm, out, delay
+        st = np.zeros(ranks * plan.pp, ENGINE)
+        cfg = sched.copy()
+        cfg["closed_concurrency"] = closed
+        end = SK.simulate_kernel(req, cfg, sc.cost, st)
+        cols = ("sent_s", "first_token_s", "finish_s", "scheduled_s", "preemptions")
+        return (*(np.ascontiguousarray(req[c]) for c in cols), st, end)
 
     if conc and eng.profile.scheduler.closed_loop == "lockstep":
         t_arr, t_first, t_fin, t_sched, n_pre, estats, t_end = run(arrival, prompt, output, conc, np.zeros(n))
@@ -181,7 +184,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
     times = RequestTimes(t_arr, t_first, t_fin, t_sched, n_pre, output, prompt, eng.profile.host.frontend_ms * 1e-3)
     t0 = float(t_arr[:n].min()) if n else 0.0
     makespan = max(float(t_end) - t0, 1e-9)
-    energy = float(estats[:, SK.E_DYN_J].sum()) + gpu.idle_w * plan.num_gpus * makespan
+    energy = float(estats["dynamic_j"].sum()) + gpu.idle_w * plan.num_gpus * makespan
     metrics = compute_metrics(times, estats, makespan, energy, nblocks, slo)
     metrics["requests_refused_too_long"] = int((~valid).sum())
     return SimResult(plan, eng, mem, True, "", times, estats, makespan, energy, metrics, sc)
@@ -231,12 +234,12 @@ def compute_metrics(times: RequestTimes, estats: np.ndarray, makespan_s: float, 
         "queue_growth_ms": _queue_growth_s(times) * 1e3,
         "kv_cache": {
             "blocks_per_engine": int(nblocks),
-            "mean_utilization": float(estats[:, SK.E_KV_INT].sum() / max(nblocks, 1) / makespan_s / estats.shape[0]),
-            "peak_utilization": float(estats[:, SK.E_KV_PEAK].max() / max(nblocks, 1)),
-            "preemptions": int(estats[:, SK.E_PREEMPT].sum()),
+            "mean_utilization": float(estats["kv_block_s"].sum() / max(nblocks, 1) / makespan_s / estats.shape[0]),
+            "peak_utilization": float(estats["kv_peak_blocks"].max() / max(nblocks, 1)),
+            "preemptions": int(estats["preemptions"].sum()),
         },
-        "steps": int(estats[:, SK.E_STEPS].sum()),
-        "busy_fraction": float(estats[:, SK.E_BUSY_S].sum() / makespan_s / estats.shape[0]),
+        "steps": int(estats["steps"].sum()),
+        "busy_fraction": float(estats["busy_s"].sum() / makespan_s / estats.shape[0]),
         "energy": {
             "total_j": energy_j,
             "j_per_output_token": energy_j / total_out if total_out else None,

@@ -1,0 +1,86 @@
+"""`kernel`: numba's njit with an on-disk cache keyed on every kernel source file.
+
+numba keys a cached function on its own source file only, but the simulator's event loop inlines
+the step-cost kernel from another file: after an edit there, the loop's cache would be stale.
+Every function compiled with `kernel(cache=True)` instead carries a source stamp hashing all of
+`KERNEL_FILES` (the ABI records and every module of estimate/ and simulate/ defining a numba
+function), so an edit to any of them recompiles them all on the next run. The stamp is numba's own invalidation mechanism (the index's source
+stamp, `numba.core.caching`), given more files; nothing is deleted by hand. Cold start (empty
+cache) and warm start are measured by `scripts/bench_kernel_cache.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+from numba import njit
+from numba.core import caching
+
+PACKAGE = Path(__file__).resolve().parent
+KERNEL_FOLDERS = ("estimate", "simulate")      # where numba kernels live (data flows estimate -> simulate)
+
+
+def _kernel_files() -> tuple[Path, ...]:
+    """The ABI, this file, and every module of KERNEL_FOLDERS that defines a numba function: all
+    the code a cached kernel may compile in (inlined or called)."""
+    found = [PACKAGE / "abi.py", PACKAGE / "jit.py"]
+    for folder in KERNEL_FOLDERS:
+        found += [f for f in sorted((PACKAGE / folder).glob("*.py")) if "@kernel(" in (t := f.read_text())
+                  or "@njit" in t]
+    return tuple(found)
+
+
+KERNEL_FILES = _kernel_files()
+
+
+def source_stamp(files=KERNEL_FILES) -> str:
+    """Hash of the contents of `files`: any edit to one of them changes it."""
+    return _hash(tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in map(Path, files)))
+
+
+@functools.lru_cache(maxsize=None)
+def _hash(stats: tuple) -> str:
+    """sha256 over the files' contents (memoised on their paths, mtimes and sizes)."""
+    h = hashlib.sha256()
+    for path, _, _ in stats:
+        h.update(Path(path).name.encode())
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+class _TreeStamp:
+    """Locator mixin: the source stamp covers every kernel file, not just the function's own."""
+
+    def get_source_stamp(self):
+        return source_stamp()
+
+
+class _InTree(_TreeStamp, caching.InTreeCacheLocator):
+    pass
+
+
+class _UserWide(_TreeStamp, caching.UserWideCacheLocator):
+    pass
+
+
+class _KernelCacheImpl(caching.CompileResultCacheImpl):
+    _locator_classes = [_InTree, _UserWide]   # a read-only install caches in the user's cache dir
+
+
+class _KernelCache(caching.FunctionCache):
+    _impl_class = _KernelCacheImpl
+
+
+def kernel(**options):
+    """`numba.njit(**options)`; with cache=True, cached under the stamp of all `KERNEL_FILES`."""
+    cache = options.pop("cache", False)
+
+    def wrap(fn):
+        d = njit(**options)(fn)
+        if cache:
+            d._cache = _KernelCache(d.py_func)   # what Dispatcher.enable_caching sets, with our locators
+        return d
+
+    return wrap

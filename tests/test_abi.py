@@ -1,0 +1,111 @@
+"""The kernel ABI: every record field is written by its builder and read by a kernel, and the
+simulator and the analytic callers cost a step through the same aggregation (one truth)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apex_plan import abi, jit
+from apex_plan.estimate import kernels as K
+from apex_plan.estimate.step_cost import build_step_cost
+from apex_plan.hardware.load import load_gpu, make_cluster
+from apex_plan.model.load import list_models, load_model
+from apex_plan.model.quant import format_dtype
+from apex_plan.plan.spec import EngineConfig, Plan
+from apex_plan.simulate.run import simulate
+from apex_plan.workload.spec import Trace, Workload
+
+ROOT = Path(__file__).resolve().parents[1] / "apex_plan"
+KERNEL_SOURCE = "".join((ROOT / p).read_text() for p in ("estimate/kernels.py", "simulate/kernels.py"))
+B200 = load_gpu("b200-sxm-180gb")
+PROMPT = 20000          # longer than every built-in window (gpt-oss 128, Llama 4 chunks 8192, DSA top-k 2048)
+
+
+def _weight_dtype(model) -> str:
+    """The dtype of the checkpoint's expert (else MLP) weights; fp8 for unquantised checkpoints."""
+    fmts = dict(model.weight_formats)
+    fmt = fmts.get("experts") or fmts.get("mlp")
+    return format_dtype(fmt) if fmt and format_dtype(fmt) not in ("bf16", "fp16") else "fp8"
+
+
+def _plan(name: str) -> tuple:
+    model = load_model(name)
+    return model, Plan(tp=8, weight_dtype=_weight_dtype(model), kv_dtype="fp8")
+
+
+def test_make_record_refuses_missing_and_unknown_fields():
+    full = {name: 1.0 for name in abi.COST.names}
+    assert abi.record_dict(abi.make_record(abi.COST, **full)) == full
+    del full["tp"]
+    with pytest.raises(TypeError, match="tp"):
+        abi.make_record(abi.COST, **full)
+    with pytest.raises(TypeError, match="no_such_field"):
+        abi.make_record(abi.COST, **{name: 1.0 for name in abi.COST.names}, no_such_field=1.0)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_builders_write_every_cost_field(name):
+    """build_step_cost names every COST and GEMM field (make_record refuses otherwise); each value is
+    a finite number and the layer counts add up to the largest stage's layers."""
+    model, plan = _plan(name)
+    sc = build_step_cost(model, B200, plan)
+    p = abi.record_dict(sc.params)
+    assert set(p) == set(abi.COST.names)
+    assert all(np.isfinite(v) for v in p.values()), p
+    st = sc.shard.largest_stage
+    mixers = p["full_layers"] + p["windowed_layers"] + p["sparse_layers"] + p["linear_layers"] + p["mamba_layers"]
+    assert mixers + p["mixerless_layers"] == st.layers
+    assert p["dense_layers"] + p["moe_layers"] + p["mlp_free_layers"] == st.layers
+    assert len(sc.cost.gemms) == len(sc.shard.gemms) and set(sc.cost.gemms["kind"]) <= set(range(abi.N_GEMM_KINDS))
+
+
+@pytest.mark.parametrize("dtype", [abi.COST, abi.GEMM, abi.SCHED, abi.REQUEST, abi.ENGINE, abi.SLOT, abi.BATCH])
+def test_every_record_field_is_read_by_a_kernel(dtype):
+    """A field no kernel reads is a second truth waiting to drift: each is read by name somewhere."""
+    unread = [f for f in dtype.names if not re.search(rf"\.{f}\b", KERNEL_SOURCE)]
+    assert not unread
+
+
+def test_source_stamp_covers_every_kernel_file(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 1\n")
+    before = jit.source_stamp((a, b))
+    b.write_text("y = 2\n")                      # an edit to the inlined file, not the caller's
+    assert jit.source_stamp((a, b)) != before
+    assert all(f.is_file() for f in jit.KERNEL_FILES)
+
+
+def test_aggregate_counts_each_sequence_once():
+    """A batch of 3 decodes at 1000 tokens and one 512-token chunk after 256 cached, window 128."""
+    batch = K.make_batch(decodes=3, context=1000, chunk=512, cached=256, samples=False)
+    sh = K.aggregate(batch, 128.0, 0)
+    assert (sh.tokens, sh.n_decode, sh.n_prefill, sh.n_logits) == (3 + 512, 3, 1, 3)
+    assert sh.dec_ctx_tokens == 3000 and sh.dec_ctx_w == 3 * 128
+    assert sh.pf_pairs == sum(256 + i for i in range(1, 513))
+    assert sh.pf_pairs_w == sum(min(256 + i, 128) for i in range(1, 513))
+    assert sh.pf_ctx_tokens == 768 and sh.pf_ctx_w == 128 + 512
+    unwindowed = K.aggregate(batch, 0.0, 0)
+    assert (unwindowed.dec_ctx_w, unwindowed.pf_pairs_w) == (unwindowed.dec_ctx_tokens, unwindowed.pf_pairs)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_one_request_simulation_equals_the_analytic_steps(name):
+    """One request alone: the simulator's prefill steps and its decode step cost exactly what
+    StepCost.prefill_time_s / decode_time_s say (windowed and hybrid models included)."""
+    model, plan = _plan(name)
+    cluster = make_cluster(B200, 8)
+    eng = EngineConfig(max_model_len=32768, gpu_memory_utilization=0.9)
+    trace = Trace(np.zeros(1), np.array([PROMPT], np.int64), np.array([2], np.int64))
+    res = simulate(model, cluster, plan, eng, Workload(trace))
+    assert res.feasible, res.reason
+    sc, e = res.step_cost, res.engine
+    first = float(res.times.first_token_s[0])
+    assert first == pytest.approx(sc.prefill_time_s(PROMPT, e.max_batched_tokens if e.chunked_prefill else None),
+                                  rel=1e-12)
+    decode = float(res.times.finish_s[0]) - first
+    assert decode == pytest.approx(sc.decode_time_s(1, PROMPT + 1), rel=1e-9)
