@@ -638,7 +638,8 @@ def engine_profile_files() -> list[tuple[str, tuple[str, ...]]]:
     muts = {"scheduler.token_budget": (0,), "scheduler.max_num_seqs": (0, -1, 1.5), "host.overlap": (2.5, -0.5),
             "host.step_ms": (float("nan"), float("inf"), "fast"), "scheduler.block_size": (0,),
             "memory.gpu_memory_utilization": (0, 1.5), "scheduler.watermark_fraction": (2,),
-            "min_version": ("2.0.0", "abc"), "scheduler.foo": (1,), "host.step_overhead_ms": (2,)}
+            "min_version": ("2.0.0", "abc"), "scheduler.foo": (1,), "host.step_overhead_ms": (2,),
+            "memory.engine_reserve_gib": (1,), "host.frontend_latency_ms": (10,)}
     for field, values in muts.items():
         for i, v in enumerate(values):
             doc = yaml.safe_load(yaml.safe_dump(base))
