@@ -94,6 +94,8 @@ def test_sweep_runs_resumes_and_isolates_failures(tmp_path, capsys, monkeypatch)
     code, stdout, err = run_main(["sweep", f, "--output", out, "--jobs", "1", "--report", html, "--format", "json"],
                                  capsys, monkeypatch)
     assert code == 1, err                                   # one scenario failed: status 1, others done
+    failed = [x for x in err.splitlines() if ": failed" in x]
+    assert len(failed) == 1 and "no-such-model" in failed[0] and "--model" in failed[0], err   # its reason, one line
     summary = json.loads(stdout)
     assert summary["scenarios"] == 3 and summary["ok"] == 2 and summary["failed"] == 1
     lines = [json.loads(x) for x in out.read_text().splitlines()]

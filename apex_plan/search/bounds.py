@@ -53,46 +53,52 @@ def _decode(sc: StepCost, b: int, ctx: int) -> tuple[float, float]:
     return t, br["scheduler"]
 
 
+def _batch(sc: StepCost, b: int, ctx: int, chunk: int, mean_prompt: float, mean_output: float) -> tuple[float, float]:
+    """(TPOT floor, requests/s) of one replica whose engines each decode `b` sequences of `ctx` tokens:
+    one token per step of the sequence's engine (or pp host times); per request the GPU seconds of its
+    decode steps and of its prompt's marginal prefill inside mixed steps, and the host's per-step time."""
+    pp = sc.plan.pp
+    t, h = _decode(sc, b, ctx)
+    # marginal seconds per prompt token when a chunk rides along with this decode batch
+    tm, _ = sc.step_s(decodes=b, context=ctx, chunk=chunk, samples=False, eager=True)
+    pf_s_per_tok = max(tm - t, 0.0) / chunk
+    per_req_s = mean_output * t / (pp * b) + mean_prompt * pf_s_per_tok / pp   # GPU seconds per request
+    return max(t, pp * h), min(1.0 / per_req_s, b / h / mean_output if h > 0 else math.inf)
+
+
+def _batches(mean_prompt: float, mean_output: float, kv_tokens: int, max_num_seqs: int, budget: int, chunked: bool,
+             pp: int) -> tuple[int, int, list[int]]:
+    """(context tokens, prefill chunk, decode batch sizes tried: powers of two up to the largest that fits)."""
+    ctx = max(int(mean_prompt + mean_output / 2), 1)
+    b_max = int(max(1, min(max_num_seqs, kv_tokens // pp // ctx)))
+    chunk = max(1, min(budget, 2048) if chunked else int(mean_prompt))
+    return ctx, chunk, sorted({b_max, *(2 ** k for k in range(0, 12) if 2 ** k < b_max)})
+
+
 def goodput_bound_rps(sc: StepCost, *, mean_prompt: float, mean_output: float, kv_tokens: int, max_num_seqs: int,
                       budget: int, chunked: bool, slo: Slo) -> float:
     """Requests/s one replica cannot exceed within the SLO (0 when no batch meets the TPOT SLO)."""
-    pp = sc.plan.pp
-    ctx = max(int(mean_prompt + mean_output / 2), 1)
-    b_max = int(max(1, min(max_num_seqs, kv_tokens // pp // ctx)))
+    ctx, chunk, sizes = _batches(mean_prompt, mean_output, kv_tokens, max_num_seqs, budget, chunked, sc.plan.pp)
     tpot_cap = slo.tpot_s * BOUND_SLACK if slo.tpot_s else math.inf
-    chunk = max(1, min(budget, 2048) if chunked else int(mean_prompt))
-    sizes = sorted({b_max, *(2 ** k for k in range(0, 12) if 2 ** k < b_max)})
     best = 0.0
     for b in sizes:
-        t, h = _decode(sc, b, ctx)
-        if max(t, pp * h) > tpot_cap:
+        tpot, rate = _batch(sc, b, ctx, chunk, mean_prompt, mean_output)
+        if tpot > tpot_cap:
             break                          # step time grows with the batch: larger ones miss too
-        # marginal seconds per prompt token when a chunk rides along with this decode batch
-        tm, _ = sc.step_s(decodes=b, context=ctx, chunk=chunk, samples=False, eager=True)
-        pf_s_per_tok = max(tm - t, 0.0) / chunk
-        per_req_s = mean_output * t / (pp * b) + mean_prompt * pf_s_per_tok / pp   # GPU seconds per request
-        rate = min(1.0 / per_req_s, b / h / mean_output if h > 0 else math.inf)
         best = max(best, rate)
     return best * BOUND_SLACK
 
 
 def operating_tpot_s(sc: StepCost, rate_rps: float, *, mean_prompt: float, mean_output: float, kv_tokens: int,
                      max_num_seqs: int, budget: int, chunked: bool) -> float:
-    """The TPOT one replica runs at when it carries `rate_rps` (the bound's accounting, no SLO): the
-    smallest decode batch per engine whose GPU and host seconds per request sustain the rate, and that
-    batch's step time (or its pp host times); the largest batch's when none does (overloaded)."""
-    pp = sc.plan.pp
-    ctx = max(int(mean_prompt + mean_output / 2), 1)
-    b_max = int(max(1, min(max_num_seqs, kv_tokens // pp // ctx)))
-    chunk = max(1, min(budget, 2048) if chunked else int(mean_prompt))
+    """The TPOT one replica runs at when it carries `rate_rps` (the bound's accounting, no SLO): that of
+    the smallest decode batch per engine whose GPU and host seconds per request sustain the rate; the
+    largest batch's when none does (overloaded)."""
+    ctx, chunk, sizes = _batches(mean_prompt, mean_output, kv_tokens, max_num_seqs, budget, chunked, sc.plan.pp)
     tpot = 0.0
-    for b in sorted({b_max, *(2 ** k for k in range(0, 12) if 2 ** k < b_max)}):
-        t, h = _decode(sc, b, ctx)
-        tpot = max(t, pp * h)                                      # one token per step of the sequence's engine
-        tm, _ = sc.time_s(b + chunk, b, 1, chunk * (chunk + 1) / 2, float(b * ctx), float(chunk), b, True)
-        pf_s_per_tok = max(tm - t, 0.0) / chunk
-        per_req_s = mean_output * t / (pp * b) + mean_prompt * pf_s_per_tok / pp   # GPU seconds per request
-        if min(1.0 / per_req_s, b / h / mean_output if h > 0 else math.inf) >= rate_rps:
+    for b in sizes:
+        tpot, rate = _batch(sc, b, ctx, chunk, mean_prompt, mean_output)
+        if rate >= rate_rps:
             break
     return tpot
 
