@@ -60,6 +60,14 @@ def check_file(path: Path) -> str:
         if "peak_tflops" in doc or "mem_bw_gbps" in doc:
             g = load_gpu(str(path))
             return f"GPU profile {g.name} ({g.memory_bytes / 2**30:.0f} GiB, {g.mem_bw_gbps:g} GB/s)"
+        if "groups" in doc:
+            from apex_plan.hardware.fleet import load_fleet
+            f = load_fleet(path)
+            return f"fleet {f.name}: " + " + ".join(
+                f"{g.name} {g.cluster.num_nodes} x {g.cluster.gpus_per_node} {g.cluster.gpu.name}" for g in f.groups)
+        if "prices" in doc:
+            from apex_plan.hardware.fleet import load_prices
+            return f"price file: {len(load_prices(path))} GPU prices (USD per GPU-hour)"
         if "gpus_per_node" in doc or "nodes" in doc:
             c = load_cluster(path)
             return f"cluster {c.name}: {c.num_nodes} x {c.gpus_per_node} {c.gpu.name}"

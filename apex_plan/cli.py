@@ -332,6 +332,12 @@ def search(
                                    "deployment must sustain demand x (1 + headroom) within the SLO (default 0: "
                                    "just the demand)", callback=_real(0.0, 10.0, "e.g. --headroom 0.2", False)),
     objective: str = typer.Option("gpus", "--objective", help="gpus | energy | cost | latency | throughput"),
+    prices: Optional[str] = typer.Option(None, "--prices", help="USD per GPU-hour by GPU profile (see "
+                                         "examples/prices.yaml); a cluster file's price_per_gpu_hour wins"),
+    power_cap: Optional[str] = typer.Option(None, "--power-cap", help="power caps per GPU to try, e.g. 500W,700W"),
+    sm_clock: Optional[str] = typer.Option(None, "--sm-clock", help="locked SM clocks to try, e.g. 1410MHz,1980MHz"),
+    max_power_kw: Optional[float] = typer.Option(None, "--max-power-kw", help="budget on the deployment's mean "
+                                                 "power at its capacity, kW", callback=_real(0.0, 1e6, "e.g. --max-power-kw 20")),
     homogeneous: bool = typer.Option(False, "--homogeneous", help="one plan for all replicas"),
     top: int = typer.Option(3, "--top", help="deployments to show", callback=_count(1, 100, "e.g. --top 3")),
     show_all: bool = typer.Option(False, "--all", help="also list infeasible and rejected plans with reasons"),
@@ -363,8 +369,12 @@ def search(
     if top < 1:
         raise InputError("--top", None, "must be at least 1", "e.g. --top 3")
     m = load_model(model)
-    cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
-    I.check_search_cluster(cl, cluster)
+    fleet = I.fleet_from_options(gpu, gpus, gpus_per_node, cluster, prices)
+    from apex_plan.hardware.fleet import require_prices
+    require_prices(fleet, objective)
+    cl = fleet.groups[0].cluster
+    I.check_search_cluster(cl, cluster, fleet.num_gpus)
+    points = I.operating_points(power_cap, sm_clock)
     weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
@@ -401,11 +411,17 @@ def search(
                 raise InputError(opt, None, f"unknown dtype '{dt}'", did_you_mean(dt, DTYPE_BYTES))
     inp = SearchInputs(m, cl, wl.trace, demand, slo, tuple(I.csv_list(weight_dtype, "--weight-dtype")),
                        tuple(I.csv_list(kv_dtype, "--kv-dtype")), engines, objective, homogeneous, top,
-                       allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica, not no_bound_pruning)
+                       allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica, not no_bound_pruning,
+                       fleet=fleet, points=points, max_power_w=max_power_kw * 1e3 if max_power_kw else None)
     from apex_plan.report.search_view import progress_reporter
     with progress_reporter() as report_progress:
         res = run_search(inp, report_progress)
-    inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
+    from apex_plan.hardware.fleet import group_doc
+    inputs = {"model": m.name, "gpu": "+".join(dict.fromkeys(g.cluster.gpu.name for g in fleet.groups)),
+              "gpus": fleet.num_gpus, "gpus_per_node": cl.gpus_per_node,
+              "groups": [group_doc(g) for g in fleet.groups], "prices_file": prices,
+              "operating_points": [{"power_cap_w": p.power_cap_w, "sm_clock_mhz": p.sm_clock_mhz} for p in points],
+              "max_power_kw": max_power_kw,
               "workload": {"trace": trace, "preset": workload if not trace else None, "requests": len(wl.trace),
                            "seed": seed},
               "demand_rps": asked_demand, "headroom": headroom, "searched_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,

@@ -35,6 +35,54 @@ def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int |
     return make_cluster(load_gpu(gpu), gpus, gpus_per_node)
 
 
+def fleet_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int, cluster: str | None,
+                       prices: str | None):
+    """`search`'s cluster: a cluster file (node groups or one), or `--gpu/--gpus`; `--prices FILE`
+    prices the groups whose file gives no `price_per_gpu_hour`."""
+    from apex_plan.hardware.fleet import load_fleet, load_prices, priced, single_group
+    if cluster:
+        if gpu or gpus:
+            raise InputError("--cluster", None, "given together with --gpu/--gpus", "use one or the other")
+        fleet = load_fleet(cluster)
+    else:
+        fleet = single_group(cluster_from_options(gpu, gpus, gpus_per_node, None))
+    return priced(fleet, load_prices(prices) if prices else None)
+
+
+_POWER_UNITS = {"w": 1.0, "kw": 1e3}
+_CLOCK_UNITS = {"mhz": 1.0, "ghz": 1e3}
+
+
+def _unit_list(text: str | None, option: str, units: dict[str, float], example: str) -> list[float]:
+    """'500W,0.7kW' -> [500.0, 700.0] in the first unit of `units` (a bare number is in that unit)."""
+    if text is None:
+        return []
+    out = []
+    for item in csv_list(text, option):
+        low = item.strip().lower()
+        unit = next((u for u in sorted(units, key=len, reverse=True) if low.endswith(u)), None)
+        num = low[: -len(unit)] if unit else low
+        try:
+            value = float(num) * (units[unit] if unit else 1.0)
+        except ValueError:
+            raise InputError(option, None, f"cannot read '{item}'", f"e.g. {option} {example}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise InputError(option, None, f"must be positive, got '{item}'", f"e.g. {option} {example}")
+        out.append(value)
+    return out
+
+
+def operating_points(power_caps: str | None, sm_clocks: str | None) -> tuple:
+    """The operating points a search tries per plan: each `--power-cap` (W per GPU) and each
+    `--sm-clock` (MHz, locked); neither: the datasheet clock only."""
+    from apex_plan.hardware.power import DEFAULT_POINT, OperatingPoint
+    caps = _unit_list(power_caps, "--power-cap", _POWER_UNITS, "500W,700W")
+    clocks = _unit_list(sm_clocks, "--sm-clock", _CLOCK_UNITS, "1410MHz,1980MHz")
+    points = [OperatingPoint(power_cap_w=c) for c in dict.fromkeys(caps)]
+    points += [OperatingPoint(sm_clock_mhz=f) for f in dict.fromkeys(clocks)]
+    return tuple(points) or (DEFAULT_POINT,)
+
+
 def default_weight_dtype(model: ModelSpec, cluster: ClusterSpec) -> str:
     """Without --weight-dtype: the checkpoint's own format (DeepSeek-V3 and '-FP8' repos fp8, '-NVFP4' fp4),
     or bf16 when the GPU cannot run it (what an engine then loads: the dequantised weights)."""
@@ -268,11 +316,11 @@ def check_workload_fits(wl: Workload, model: ModelSpec, max_model_len: int | Non
     raise InputError(where, None, f"{what} not fit {ctx} {limit:,} tokens", fix)
 
 
-def check_search_cluster(cluster: ClusterSpec, cluster_file: str | None) -> None:
+def check_search_cluster(cluster: ClusterSpec, cluster_file: str | None, total_gpus: int | None = None) -> None:
     """`search` covers at most MAX_SEARCH_GPUS GPUs (its time grows with the cluster)."""
-    if cluster.num_gpus > MAX_SEARCH_GPUS:
+    if (total_gpus or cluster.num_gpus) > MAX_SEARCH_GPUS:
         raise InputError(cluster_file or "--gpus", "nodes" if cluster_file else None,
-                         f"search covers at most {MAX_SEARCH_GPUS:,} GPUs, the cluster has {cluster.num_gpus:,}",
+                         f"search covers at most {MAX_SEARCH_GPUS:,} GPUs, the cluster has {total_gpus or cluster.num_gpus:,}",
                          f"search one pod of up to {MAX_SEARCH_GPUS:,} GPUs and replicate its deployment")
 
 

@@ -190,6 +190,18 @@ for cmd_base in (SIM, SEARCH):
 case("search:--no-bound-pruning=1", SEARCH + ["--no-bound-pruning=1"], "--no-bound-pruning")
 case("search:--slo-margin=1", SEARCH + ["--slo-margin=1"], "--slo-margin")
 case("search:--slo-margin-uncalibrated", SEARCH + ["--slo-margin"], "--slo-margin", "calibrate")
+# power caps (W per GPU within the profile's power-limit range), locked SM clocks, power budget, prices
+for v in ("", "abc", "-5W", "0W", "900W", "5kWh", "nanW", "1e999W", "100W", "500W,,600W", "W"):
+    case(f"search:--power-cap={v!r}", with_opt(SEARCH, "--power-cap", v), "--power-cap")
+for v in ("", "abc", "100MHz", "5000", "-1GHz", "2GHz", "MHz"):
+    case(f"search:--sm-clock={v!r}", with_opt(SEARCH, "--sm-clock", v), "--sm-clock")
+case("search:--power-cap=no-clock-ranges", with_opt(with_opt(SEARCH, "--gpu", "b200-sxm-180gb"), "--power-cap", "600W"),
+     "--power-cap", "clocks")
+for v in FLOAT_BAD + ["1e7"]:
+    case(f"search:--max-power-kw={v!r}", with_opt(SEARCH, "--max-power-kw", v), "--max-power-kw")
+case("search:--prices=missing", with_opt(SEARCH, "--prices", "/nonexistent/prices.yaml"), "prices.yaml")
+case("search:--objective=cost-without-price", with_opt(SEARCH, "--objective", "cost"), "price", "--prices")
+
 SWEEP = ["sweep", str(EXAMPLES / "sweep-48.yaml")]
 for opts, needle in ((["--executor", "spark"], "--executor"), (["--executor", ""], "--executor"),
                      (["--jobs", "0"], "--jobs"), (["-j", "abc"], "--jobs"), (["--retry-failed=1"], "--retry-failed"),
@@ -497,6 +509,16 @@ case("search--cluster:too-big-to-search", with_opt(SEARCH, "--cluster", "{file:"
 for argv in (["check", "{big}"], with_opt(SIM, "--trace", "{big}", drop=WORKLOAD_OPTS),
              with_opt(SEARCH, "--trace", "{big}", drop=WORKLOAD_OPTS)):
     case(f"{argv[0]}:sparse-10GiB", argv, "big.jsonl", "GiB")
+
+
+# price files for --prices
+for name, text, needle in (("prices-negative.yaml", "prices: {h100-sxm-80gb: -1}\n", "prices.h100-sxm-80gb"),
+                           ("prices-not-a-map.yaml", "prices: 3\n", "prices"),
+                           ("prices-euro.yaml", "currency: EUR\nprices: {h100-sxm-80gb: 2}\n", "currency"),
+                           ("prices-typo.yaml", "price: {h100-sxm-80gb: 2}\n", "price"),
+                           ("prices-text.yaml", "prices: {h100-sxm-80gb: cheap}\n", "prices.h100-sxm-80gb")):
+    f = add_file(name, text)
+    case(f"search:--prices={name}", with_opt(SEARCH, "--prices", "{file:" + f + "}"), name, needle)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,13 +133,14 @@ def test_sweep_runs_resumes_and_isolates_failures(tmp_path, capsys, monkeypatch)
 def test_usd_per_mtok():
     # $3/h for 1000 tok/s: 3.6 Mtok per hour -> 0.8333 $/Mtok
     assert usd_per_mtok(3.0, 1000.0) == pytest.approx(3.0 / 3.6)
-    assert usd_per_mtok(0.0, 1000.0) is None and usd_per_mtok(3.0, 0.0) is None
+    # a price of 0 (an owned fleet) is a price; no price is None, never 0
+    assert usd_per_mtok(0.0, 1000.0) == 0.0 and usd_per_mtok(None, 1000.0) is None and usd_per_mtok(3.0, 0.0) is None
 
 
 def test_summary_uses_file_prices_and_marks_pending():
     scs, prices = expand(GRID, "s.yaml")
     doc = {"inputs": {"gpu": "h100-sxm-80gb", "demand_rps": 2.0}, "deployments": [
-        {"gpus": 4, "replicas": [{"plan": "tp4-pp1 bf16/bf16", "count": 1}], "goodput_rps": 9.0, "cost_per_hour": 0.0,
+        {"gpus": 4, "replicas": [{"plan": "tp4-pp1 bf16/bf16", "count": 1}], "goodput_rps": 9.0, "cost_per_hour": None,
          "metrics": {"ttft_ms": {"p90": 80.0}, "tpot_ms": {"p90": 30.0}, "output_tokens_per_s": 500.0}}]}
     rows = summary_rows(scs, {scs[0].id: doc}, prices)
     assert rows[0]["cost_per_hour"] == 12.0 and rows[0]["usd_per_mtok"] == pytest.approx(12.0 / 1.8)

@@ -85,6 +85,7 @@ def gpu_doc(g: GpuSpec) -> dict:
         "intra_node_bw_gbps": g.intra_node_bw_gbps, "pcie_gbps": g.pcie_gbps, "tdp_w": g.tdp_w, "idle_w": g.idle_w,
         "num_sms": g.num_sms, "gpus_per_node": g.gpus_per_node, "nvlink_domain_gpus": g.nvlink_domain_gpus,
         "calibration": dataclasses.asdict(g.calibration),
+        "clocks": dataclasses.asdict(g.clocks) if g.clocks else None,
         "ridge_point_flops_per_byte": {dt: v * 1e12 / (g.mem_bw_gbps * 1e9) for dt, v in g.peak_tflops.items()},
     }
 

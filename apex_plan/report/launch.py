@@ -149,3 +149,14 @@ def parse_launch(cmd: str) -> dict:
             out["max_batched_tokens"] = out["chunk"]
         del out["chunk"]
     return out
+
+
+def power_prefix(point) -> str:
+    """The nvidia-smi settings a plan's operating point needs before its engine starts ('' for none):
+    `--power-limit` (watts per GPU) and `--lock-gpu-clocks MIN,MAX` (MHz), nvidia-smi's spellings."""
+    parts = []
+    if point is not None and point.power_cap_w is not None:
+        parts.append(f"nvidia-smi --power-limit={point.power_cap_w:g}")
+    if point is not None and point.sm_clock_mhz is not None:
+        parts.append(f"nvidia-smi --lock-gpu-clocks={point.sm_clock_mhz:g},{point.sm_clock_mhz:g}")
+    return "".join(p + " && " for p in parts)

@@ -182,6 +182,7 @@ class Window:
     incomplete: int
     backlog_growth_rps: float
     rate_rps: float
+    prompt_tokens: int = 0
 
     @property
     def stable(self) -> bool:
@@ -211,15 +212,16 @@ def window_of(res: SimResult, t0: float, t1: float, rate_rps: float) -> Window:
             growth = float(backlog[-q:].mean() - backlog[:q].mean()) / dt
     e2e = tm.finish_s[sel] - arr[sel] + tm.frontend_s
     return Window(ttft, tpot_all[gaps > 0], tpot_all, e2e, arr[sel], int(tm.output_tokens[sel].sum()), int(inw.sum()),
-                  int((inw & ~ok).sum()), growth, rate_rps)
+                  int((inw & ~ok).sum()), growth, rate_rps, int(tm.prompt_tokens[sel].sum()))
 
 
 def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: float, rate_rps: float,
-                   slo: Slo, h: Horizon, idle_w_per_gpu: float) -> dict:
+                   slo: Slo, h: Horizon, idle_w_per_gpu: float | list[float]) -> dict:
     """Steady-state figures over the window, for one replica or a whole deployment (one window per
     simulated plan group). Throughput is what the window's arrivals ask for over its length (equal to
     what is served when stable); energy per request is the dynamic energy per completed request plus
-    the idle power of every GPU over one mean inter-arrival time."""
+    the idle power of every GPU over one mean inter-arrival time. `idle_w_per_gpu`: one figure, or
+    one per simulation (node groups of different GPUs). Mean power is J per request x the rate."""
     ttft = np.concatenate([w.ttft_s for w in windows])
     tpot = np.concatenate([w.tpot_s for w in windows])
     tpot_all = np.concatenate([w.tpot_all_s for w in windows])
@@ -227,10 +229,12 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
     out_tok = sum(w.output_tokens for w in windows)
     n = sum(w.requests for w in windows)
     incomplete = sum(w.incomplete for w in windows)
-    gpus = sum(s.plan.num_gpus for s in sims)
-    idle_j = sum(idle_w_per_gpu * s.plan.num_gpus * s.makespan_s for s in sims)
+    idle = idle_w_per_gpu if isinstance(idle_w_per_gpu, list) else [idle_w_per_gpu] * len(sims)
+    idle_w = sum(w * s.plan.num_gpus for w, s in zip(idle, sims))          # watts of every GPU idling
+    idle_j = sum(w * s.plan.num_gpus * s.makespan_s for w, s in zip(idle, sims))
     done = sum(s.metrics["completed"] for s in sims)
-    j_req = (sum(s.energy_j for s in sims) - idle_j) / max(done, 1) + idle_w_per_gpu * gpus / rate_rps
+    # dynamic joules per completed request, plus the idle watts over one mean inter-arrival time
+    j_req = (sum(s.energy_j for s in sims) - idle_j) / max(done, 1) + idle_w / rate_rps
     stable = all(w.stable for w in windows)
     growth = max((w.backlog_growth_rps / w.rate_rps for w in windows), default=0.0)
     p = slo.percentile
@@ -258,8 +262,10 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
         "ttft_ms": distribution(ttft, 1e3),
         "tpot_ms": distribution(tpot, 1e3),
         "e2e_s": distribution(np.concatenate([w.e2e_s for w in windows]), 1.0),
-        "throughput": {"output_tokens_per_s": out_tok / span_s, "requests_per_s": n / span_s},
-        "energy": {"j_per_request": j_req, "j_per_output_token": j_req * n / out_tok if out_tok else None},
+        "throughput": {"output_tokens_per_s": out_tok / span_s, "requests_per_s": n / span_s,
+                       "input_tokens_per_s": sum(w.prompt_tokens for w in windows) / span_s},
+        "energy": {"j_per_request": j_req, "j_per_output_token": j_req * n / out_tok if out_tok else None,
+                   "mean_power_w": j_req * rate_rps},
         "kv_cache": {"peak_utilization": max(k["peak_utilization"] for k in kv),
                      "preemptions": sum(k["preemptions"] for k in kv)},
         "slo": {"ttft_ms": slo.ttft_s * 1e3 if slo.ttft_s else None, "tpot_ms": slo.tpot_s * 1e3 if slo.tpot_s else None,
