@@ -1,21 +1,23 @@
 """The kernel ABI: every record that crosses the numba boundary, declared once, by name.
 
 Python builders fill these records by field name (`make_record`, which refuses a missing or an
-unknown field) and the numba kernels read them by field name (`cost.p.tp`, `g.w_bytes`,
+unknown field) and the numba kernels read them by field name (`p.tp`, `op.w_bytes`,
 `eng[e].busy_s`); no kernel addresses a slot by position.
 
 Records (numpy structured dtypes: one C struct each, read by attribute in numba):
 * `COST`      step-cost parameters of one replica of one plan (GPU physics, parallel layout,
               engine host costs, layer-kind counts of the largest pipeline stage);
               built by `apex_plan.estimate.step_cost.build_step_cost`.
-* `GEMM`      one row per weight GEMM of a layer on one GPU; built from `estimate.shard.Gemm`.
+* `OP`        the op table: one row per weight GEMM and per token-mixer op of a layer kind on
+              one GPU, with its cost shape, layer count and (GEMMs) weight format; built by
+              `estimate.mixers.op_table` (the kernel loops over the rows).
 * `SCHED`     engine / scheduler configuration of a simulation (`simulate.run.simulate`).
 * `REQUEST`   one row per request: the trace's inputs, the simulated times, the loop's state.
 * `ENGINE`    one row per scheduler: statistics out, the loop's state.
 * `SLOT`      (engine, slot) table of running lists and step entries (allocated in the kernel).
 * `BATCH`     one row per group of identical sequences in a step (what `aggregate` reads).
 Tuples (numba namedtuples, built and returned inside kernels):
-* `CostTables(params, gemms)`: a `COST` record array of length 1 and its `GEMM` table.
+* `CostTables(params, ops)`: a `COST` record array of length 1 and its `OP` table.
 * `StepShape`: the batch aggregates a step's cost depends on (`estimate.kernels.aggregate`).
 * `Breakdown`: a step's seconds per part, FLOPs and bytes (`estimate.kernels.step_time`).
 
@@ -57,8 +59,6 @@ COST_FIELDS = (
     ("mlp_free_layers", F8, "blocks without an MLP on the largest stage (Nemotron-H mixer blocks)"),
     ("hidden", F8, "hidden size"),
     ("act_bytes", F8, "bytes per activation element"),
-    ("kv_bytes_per_token", F8, "KV-cache bytes per token per layer on one GPU"),
-    ("attn_flops_per_pair", F8, "attention FLOPs per (query token x context token) per layer on one GPU"),
     ("elem_bytes_per_token", F8, "elementwise bytes per token per layer on one GPU (norms, rotary, act, KV write)"),
     ("elem_kernels_per_layer", F8, "elementwise kernels per layer"),
     ("kernels_per_dense_layer", F8, "kernels per dense layer"),
@@ -80,34 +80,20 @@ COST_FIELDS = (
     ("graph_max", F8, "largest step captured in a graph (sequences for decode-only, tokens otherwise)"),
     ("eager_kernels_mixed", F8, "kernels per layer launched by the host in a piecewise-graphed mixed step"),
     ("attn_peak_flops_per_s", F8, "dense peak FLOP/s of the attention kernels (activation dtype)"),
-    ("decode_kv_rereads", F8, "decode KV reads per KV head (1: GQA shared; query heads per KV head otherwise)"),
     ("attn_heads", F8, "query heads on one GPU (attention thread blocks per 128-row query tile)"),
     ("sms", F8, "streaming multiprocessors"),
     ("attn_scale_fresh", F8, "backend scale of attention efficiency for fresh prefill"),
     ("attn_scale_prefix", F8, "backend scale for chunks attending to cached context"),
-    # layer kinds of the largest stage
-    ("full_layers", F8, "full-attention layers (KV of every token)"),
-    ("windowed_layers", F8, "sliding-window / chunked-attention layers"),
-    ("sparse_layers", F8, "DeepSeek-sparse-attention layers"),
-    ("linear_layers", F8, "Gated DeltaNet linear-attention layers"),
-    ("mamba_layers", F8, "Mamba-2 layers"),
+    # layer kinds of the largest stage (each mixer's layer count is on its OP rows)
     ("mixerless_layers", F8, "blocks without a token mixer (Nemotron-H MLP/MoE blocks)"),
     ("window_tokens", F8, "tokens a windowed / sparse layer attends to (window, chunk, index top-k); 0: none"),
-    ("index_kv_bytes_per_token", F8, "sparse attention: indexer key bytes per cached token on one GPU"),
-    ("index_flops_per_pair", F8, "sparse attention: indexer FLOPs per (query x cached token) on one GPU"),
-    ("linear_state_bytes", F8, "linear attention: state bytes per sequence per layer on one GPU"),
-    ("mamba_state_bytes", F8, "Mamba: state bytes per sequence per layer on one GPU"),
-    ("linear_flops_per_token", F8, "linear attention: recurrent FLOPs per token per layer on one GPU"),
-    ("mamba_flops_per_token", F8, "Mamba: scan FLOPs per token per layer on one GPU"),
-    ("full_kv_bytes_per_token", F8, "full-attention layers' KV bytes per token on one GPU (own geometry, Gemma 4)"),
-    ("full_attn_flops_per_pair", F8, "full-attention layers' FLOPs per (query x key) pair (own geometry)"),
 )
 
 GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, GRAPH_FULL = 0.0, 1.0, 2.0   # values of COST.graph_mode
 GRAPH_MODES = {"decode_only": GRAPH_DECODE_ONLY, "piecewise": GRAPH_PIECEWISE, "full": GRAPH_FULL}
 
-# ---- weight GEMMs of one layer on one GPU -------------------------------------------------------
-# GEMM kinds: which layers run the GEMM (the step multiplies each kind's time by its layer count)
+# ---- the op table: what one layer of each kind computes, rows times their layer counts ------------
+# GEMM kinds: which layers run a GEMM (estimate.shard.Gemm.kind; the builder turns them into counts)
 GEMM_ATTENTION = 0       # attention layers' projections (full, windowed, sparse)
 GEMM_ROUTED_EXPERTS = 1  # routed experts of MoE layers
 GEMM_DENSE_MLP = 2       # dense-MLP layers
@@ -116,14 +102,28 @@ GEMM_LINEAR_ATTN = 4     # linear-attention layers' projections
 GEMM_MAMBA = 5           # Mamba layers' projections
 N_GEMM_KINDS = 6
 
-GEMM_FIELDS = (
-    ("k", F8, "reduction dim (input features) on one GPU"),
-    ("n", F8, "output features on one GPU"),
-    ("w_bytes", F8, "bytes per weight element, scales included"),
-    ("kind", I8, "GEMM_* kind"),
-    ("experts", F8, "routed experts held on one GPU (0 for dense GEMMs)"),
-    ("route_frac", F8, "expert-token assignments landing on this GPU per input token"),
-    ("active_p", F8, "probability that one token activates a given expert (topk / experts)"),
+# cost shapes of an op row (how the kernel costs it)
+OP_GEMM = 0         # y[M, n] = x[M, k] @ W[k, n] over the step's M tokens
+OP_EXPERTS = 1      # routed-expert GEMMs: the tokens routed to this GPU, the experts they touch
+OP_ATTENTION = 2    # attention over cached context (prefill: tile-padded pairs; decode: KV read)
+OP_RECURRENT = 3    # a recurrent step per token with a fixed state per sequence (linear attention, Mamba)
+
+OP_FIELDS = (
+    ("shape", I8, "OP_* cost shape"),
+    ("count", F8, "layers of the largest stage that run this row"),
+    ("format", I8, "GEMM rows: weight format (index into apex_plan.model.quant.FORMATS); -1 otherwise"),
+    ("peak_flops_per_s", F8, "GEMM rows: dense peak FLOP/s of the tensor cores running this GEMM"),
+    ("efficiency", F8, "GEMM rows: achievable fraction of that peak"),
+    ("k", F8, "GEMM rows: reduction dim (input features) on one GPU"),
+    ("n", F8, "GEMM rows: output features on one GPU"),
+    ("w_bytes", F8, "GEMM rows: bytes per weight element, scales included"),
+    ("experts", F8, "expert rows: routed experts held on one GPU"),
+    ("route_frac", F8, "expert rows: expert-token assignments landing on this GPU per input token"),
+    ("active_p", F8, "expert rows: probability that one token activates a given expert (topk / experts)"),
+    ("flops_per_unit", F8, "attention: FLOPs per (query x key) pair; recurrent: FLOPs per token (one GPU)"),
+    ("bytes_per_unit", F8, "attention: KV bytes per cached token read; recurrent: state bytes per sequence"),
+    ("rereads", F8, "attention: decode KV reads per KV head (1: GQA shared; query heads per KV head otherwise)"),
+    ("windowed", I8, "attention: 1 reads each sequence's context capped at COST.window_tokens"),
 )
 
 # ---- engine / scheduler configuration of one simulation -----------------------------------------
@@ -143,6 +143,9 @@ SCHED_FIELDS = (
     ("tdp_w", F8, "GPU board power at full load, W"),
     ("idle_w", F8, "GPU idle power, W"),
     ("gpus_per_engine", F8, "GPUs whose power one engine's steps draw (tp x pp)"),
+    ("adp_ranks", I8, "attention-DP ranks of one replica (consecutive ranks)"),
+    ("adp_balance_steps", I8, "attention-DP balance: new contexts wait until every rank of the replica has one, "
+                              "or this many steps (TRT-LLM attention_dp_config.timeout_iters); 0: off"),
 )
 
 # ---- requests: one row each; inputs, results, and the event loop's own per-request state -----------
@@ -179,6 +182,8 @@ ENGINE_FIELDS = (
     ("busy_until_s", F8, "state: end of the step in flight, s (inf: idle)"),
     ("scheduled", I8, "state: entries of the step in flight"),
     ("host_free_s", F8, "state: on a replica's first engine, when its scheduler thread is free, s"),
+    ("balance_steps", F8, "state: on an attention-DP replica's first engine, steps toward the balance timeout"),
+    ("balance_open", I8, "state: 1 when the balance timeout let this engine's held contexts in"),
 )
 
 # ---- the event loop's slot table: (engine, slot) -> running request and the step's entries ------------
@@ -203,14 +208,14 @@ def _dtype(fields) -> np.dtype:
 
 
 COST = _dtype(COST_FIELDS)
-GEMM = _dtype(GEMM_FIELDS)
+OP = _dtype(OP_FIELDS)
 SCHED = _dtype(SCHED_FIELDS)
 REQUEST = _dtype(REQUEST_FIELDS)
 ENGINE = _dtype(ENGINE_FIELDS)
 SLOT = _dtype(SLOT_FIELDS)
 BATCH = _dtype(BATCH_FIELDS)
 
-CostTables = namedtuple("CostTables", "params gemms")   # COST record array (length 1), GEMM table
+CostTables = namedtuple("CostTables", "params ops")   # COST record array (length 1), OP table
 # batch aggregates of one step (filled by estimate.kernels.add_sequence; `_w` fields cap each
 # sequence's context at COST.window_tokens, equal to the uncapped ones when the model has no window)
 StepShape = namedtuple("StepShape", (

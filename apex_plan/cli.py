@@ -267,6 +267,10 @@ def simulate(
     if report or plot:
         from apex_plan.report.html import simulate_outputs
         simulate_outputs(res, inputs, report, plot, m.source, cl.gpu.source)
+    if not res.feasible:                 # exit status 1: the plan does not run, or no request completes
+        print(f"apex-plan simulate: {res.reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------

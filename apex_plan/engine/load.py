@@ -118,6 +118,12 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
     kv = doc.get("kv_cache_dtype") or {}
     if not isinstance(kv, dict) or not all(isinstance(v, str) for v in kv.values()):
         raise InputError(where, "kv_cache_dtype", "expected a mapping of weight dtype to KV dtype", "write e.g. {fp8: fp8}")
+    by_gpu = doc.get("host_by_gpu") or {}
+    if not isinstance(by_gpu, dict):
+        raise InputError(where, "host_by_gpu", "expected a mapping of GPU profile name to host constants",
+                         "write e.g. 'host_by_gpu: {h200-sxm-141gb: {step_ms: 1.2}}'")
+    # each GPU's entry overrides the base host constants it names
+    host_by_gpu = {str(g): _host_over(sections["host"], v or {}, where, f"host_by_gpu.{g}") for g, v in by_gpu.items()}
     cal_err = doc.get("calibration_error") or {}
     if not isinstance(cal_err, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
                                                for v in cal_err.values()):
@@ -127,7 +133,17 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
                          max_version=str(doc["max_version"]), source=str(doc.get("source", "")),
                          attention=attention, kv_cache_dtype={str(k): v for k, v in kv.items()},
                          calibration=str(doc.get("calibration", "")).strip(),
-                         calibration_error={str(k): float(v) for k, v in cal_err.items()}, path=where, **sections)
+                         calibration_error={str(k): float(v) for k, v in cal_err.items()}, path=where,
+                         host_by_gpu=host_by_gpu, **sections)
+
+
+def _host_over(base: HostModel, raw, where: str, prefix: str) -> HostModel:
+    """`base` with the fields `raw` names (validated like the host section)."""
+    if not isinstance(raw, dict):
+        raise InputError(where, prefix, f"expected a mapping, got '{raw}'", f"write '{prefix}:' then indented fields")
+    _section(HostModel, raw, where, prefix)                     # unknown fields and types refused
+    hints = typing.get_type_hints(HostModel)
+    return dataclasses.replace(base, **{k: _value(raw, k, hints[k], where, f"{prefix}.{k}") for k in raw})
 
 
 # (section, field) -> (low, high, low is allowed, why): the values an engine could run with

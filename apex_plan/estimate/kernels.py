@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from apex_plan.abi import (BATCH, GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE,
-                           GEMM_ROUTED_EXPERTS, GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, Breakdown, StepShape)
+from apex_plan.abi import (BATCH, GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, OP_ATTENTION, OP_EXPERTS, OP_GEMM, Breakdown,
+                           StepShape)
 from apex_plan.jit import kernel
 
 ATTN_Q_TILE = 128        # query rows per attention thread block (FlashAttention-2/3 forward tile)
@@ -164,21 +164,18 @@ def _attn_s(p, sh, flop_pair, kv_b, reread, windowed):
 
 
 @kernel(cache=True, fastmath=False, inline="always")
-def _gemm_sum(p, gemms, kind, m):
-    """Seconds, FLOPs and HBM bytes of one layer's GEMMs of `kind` over m tokens (roofline + latency)."""
-    peak = p.gemm_peak_flops_per_s * p.gemm_efficiency        # achievable GEMM FLOP/s
+def _op_time(p, sh, o, m):
+    """Seconds, FLOPs and HBM bytes of one layer's op row `o` in a step of shape `sh` (m tokens)."""
     bw = p.hbm_bytes_per_s * p.hbm_efficiency                 # achievable HBM bytes/s
+    klat = p.kernel_latency_s
     act_b = p.act_bytes
-    t = f = b = 0.0
-    for r in range(gemms.shape[0]):
-        g = gemms[r]
-        if g.kind != kind:
-            continue
-        k, n, wb = g.k, g.n, g.w_bytes
-        if kind == GEMM_ROUTED_EXPERTS:
+    if o.shape == OP_GEMM or o.shape == OP_EXPERTS:
+        peak = o.peak_flops_per_s * o.efficiency              # achievable GEMM FLOP/s
+        k, n, wb = o.k, o.n, o.w_bytes
+        if o.shape == OP_EXPERTS:
             # routed experts: tokens reaching this GPU's experts, and how many experts they touch
-            m_e = m * g.route_frac
-            active = g.experts * (1.0 - (1.0 - g.active_p) ** m)
+            m_e = m * o.route_frac
+            active = o.experts * (1.0 - (1.0 - o.active_p) ** m)
             if p.ep > 1.0:
                 m_e *= p.moe_imbalance          # the busiest rank sets the pace
             flops = 2.0 * m_e * k * n                           # multiply-adds of the expert GEMMs
@@ -186,57 +183,38 @@ def _gemm_sum(p, gemms, kind, m):
         else:
             flops = 2.0 * m * k * n                             # multiply-adds: 2 * M * K * N
             byts = k * n * wb + m * (k + n) * act_b             # weights once + in/out activations
-        t += max(flops / peak, byts / bw) + p.kernel_latency_s
-        f += flops
-        b += byts
-    return t, f, b
+        return max(flops / peak, byts / bw) + klat, flops, byts
+    if o.shape == OP_ATTENTION:
+        windowed = o.windowed == 1
+        dec_ctx = sh.dec_ctx_w if windowed else sh.dec_ctx_tokens
+        pf_ctx = sh.pf_ctx_w if windowed else sh.pf_ctx_tokens
+        pairs = sh.pf_pairs_w if windowed else sh.pf_pairs
+        t = _attn_s(p, sh, o.flops_per_unit, o.bytes_per_unit, o.rereads, windowed)
+        flops = o.flops_per_unit * (pairs + dec_ctx)                            # QK^T and PV multiply-adds
+        byts = o.bytes_per_unit * (dec_ctx * o.rereads + pf_ctx)                # KV cache read
+        return t, flops, byts
+    # OP_RECURRENT: a recurrent step per token, each sequence's state read and written once
+    a_peak = p.attn_peak_flops_per_s * p.attn_efficiency
+    flops = o.flops_per_unit * m
+    byts = 2.0 * o.bytes_per_unit * (sh.n_prefill + sh.n_decode)
+    return max(flops / a_peak, byts / bw) + klat, flops, byts
 
 
 @kernel(cache=True, fastmath=False, inline="always")
-def _mixers(p, sh, m):
-    """Seconds, FLOPs and HBM bytes of the token mixers (attention kinds, linear attention, Mamba)
-    of one stage: each kind costed once and multiplied by its layer count."""
-    bw = p.hbm_bytes_per_s * p.hbm_efficiency                 # achievable HBM bytes/s
-    klat = p.kernel_latency_s
-    kv_b = p.kv_bytes_per_token
-    a_peak = p.attn_peak_flops_per_s * p.attn_efficiency      # achievable attention FLOP/s
-    n_seqs = sh.n_prefill + sh.n_decode
-    reread = p.decode_kv_rereads
-    dec_ctx, pf_ctx, pf_pairs = sh.dec_ctx_tokens, sh.pf_ctx_tokens, sh.pf_pairs
-    # full attention: every cached token (own geometry when given); windowed (sliding / chunked /
-    # sparse top-k): capped contexts
-    full_kv_b = p.full_kv_bytes_per_token if p.full_kv_bytes_per_token > 0.0 else kv_b
-    full_flop = p.full_attn_flops_per_pair if p.full_attn_flops_per_pair > 0.0 else p.attn_flops_per_pair
-    t_attn = _attn_s(p, sh, full_flop, full_kv_b, reread, False)
-    t_win = 0.0
-    if p.windowed_layers + p.sparse_layers > 0.0:
-        t_win = _attn_s(p, sh, p.attn_flops_per_pair, kv_b, reread, True)
-    attn_flops = full_flop * (pf_pairs + dec_ctx)                          # QK^T and PV multiply-adds
-    attn_bytes = full_kv_b * (dec_ctx * reread + pf_ctx)                   # KV cache read
-    win_flops = p.attn_flops_per_pair * (sh.pf_pairs_w + sh.dec_ctx_w)
-    win_bytes = kv_b * (sh.dec_ctx_w * reread + sh.pf_ctx_w)
-    # sparse attention's indexer scores every cached token's key (then attention reads the top-k)
-    idx_flops = p.index_flops_per_pair * (pf_pairs + dec_ctx)
-    idx_bytes = p.index_kv_bytes_per_token * (dec_ctx + pf_ctx)
-    t_idx = 0.0
-    if p.sparse_layers > 0.0:
-        t_idx = _attn_s(p, sh, p.index_flops_per_pair, p.index_kv_bytes_per_token, 1.0, False)
-    # linear attention / Mamba: a recurrent step per token, each sequence's state read and written once
-    lin_flops = p.linear_flops_per_token * m
-    lin_bytes = 2.0 * p.linear_state_bytes * n_seqs
-    mamba_flops = p.mamba_flops_per_token * m
-    mamba_bytes = 2.0 * p.mamba_state_bytes * n_seqs
-    t_lin = max(lin_flops / a_peak, lin_bytes / bw) + klat if p.linear_layers > 0.0 else 0.0
-    t_mamba = max(mamba_flops / a_peak, mamba_bytes / bw) + klat if p.mamba_layers > 0.0 else 0.0
-
-    n_full, n_win, n_sparse, n_lin, n_mamba = (p.full_layers, p.windowed_layers, p.sparse_layers, p.linear_layers,
-                                               p.mamba_layers)
-    st_attn = n_full * t_attn + n_win * t_win + n_sparse * (t_win + t_idx) + n_lin * t_lin + n_mamba * t_mamba
-    st_attn_flops = (n_full * attn_flops + (n_win + n_sparse) * win_flops + n_sparse * idx_flops + n_lin * lin_flops
-                     + n_mamba * mamba_flops)
-    st_attn_bytes = (n_full * attn_bytes + (n_win + n_sparse) * win_bytes + n_sparse * idx_bytes + n_lin * lin_bytes
-                     + n_mamba * mamba_bytes)
-    return st_attn, st_attn_flops, st_attn_bytes
+def _ops(p, sh, ops, m):
+    """GEMM seconds, mixer seconds, FLOPs and HBM bytes of one pipeline stage: every op row of the
+    table costed once and multiplied by its layer count."""
+    st_gemm = st_attn = flops = byts = 0.0
+    for r in range(ops.shape[0]):
+        o = ops[r]
+        t, f, b = _op_time(p, sh, o, m)
+        if o.shape == OP_GEMM or o.shape == OP_EXPERTS:
+            st_gemm += o.count * t
+        else:
+            st_attn += o.count * t
+        flops += o.count * f
+        byts += o.count * b
+    return st_gemm, st_attn, flops, byts
 
 
 @kernel(cache=True, fastmath=False, inline="always")
@@ -252,16 +230,8 @@ def step_time(cost, sh):
     hidden = p.hidden
     m = float(sh.tokens)
 
-    # --- GEMMs of one layer, summed per kind (the layer counts multiply them below) -----------------
-    t_ag, f_ag, b_ag = _gemm_sum(p, cost.gemms, GEMM_ATTENTION, m)
-    t_ex, f_ex, b_ex = _gemm_sum(p, cost.gemms, GEMM_ROUTED_EXPERTS, m)
-    t_dm, f_dm, b_dm = _gemm_sum(p, cost.gemms, GEMM_DENSE_MLP, m)
-    t_md, f_md, b_md = _gemm_sum(p, cost.gemms, GEMM_MOE_DENSE, m)
-    t_lg, f_lg, b_lg = _gemm_sum(p, cost.gemms, GEMM_LINEAR_ATTN, m)
-    t_mg, f_mg, b_mg = _gemm_sum(p, cost.gemms, GEMM_MAMBA, m)
-
-    # --- token mixers: attention per layer kind, linear attention, Mamba ----------------------------
-    st_attn, st_attn_flops, st_attn_bytes = _mixers(p, sh, m)
+    # --- GEMMs and token mixers: the op table's rows times their layer counts -------------------------
+    st_gemm, st_attn, op_flops, op_bytes = _ops(p, sh, cost.ops, m)
 
     # --- elementwise kernels: norms, residual adds, rotary, activation, KV-cache write (bytes) ---
     elem_bytes = p.elem_bytes_per_token * m
@@ -280,15 +250,8 @@ def step_time(cost, sh):
 
     n_dense = p.dense_layers
     n_moe = p.moe_layers
-    n_full = p.full_layers
-    n_win = p.windowed_layers
-    n_sparse = p.sparse_layers
-    n_lin = p.linear_layers
-    n_mamba = p.mamba_layers
-    n_attn = n_full + n_win + n_sparse            # layers running the attention GEMMs
     n_layers = n_dense + n_moe + p.mlp_free_layers
     n_blocks = 2.0 * n_layers - p.mixerless_layers - p.mlp_free_layers   # mixers + MLPs: one all-reduce each
-    st_gemm = n_attn * t_ag + n_lin * t_lg + n_mamba * t_mg + n_dense * t_dm + n_moe * (t_ex + t_md)
     st_elem = n_layers * t_elem
     st_comm = 0.5 * n_blocks * t_ar + n_moe * t_a2a
     st_kernels = n_dense * p.kernels_per_dense_layer + n_moe * p.kernels_per_moe_layer
@@ -322,10 +285,8 @@ def step_time(cost, sh):
     ov = p.host_overlap
     wall = max(busy, ov * host) + (1.0 - ov) * host   # overlapped host time hides behind the GPU step
     # per GPU of the largest stage: FLOPs and HBM bytes of this step
-    flops = (n_attn * f_ag + n_lin * f_lg + n_mamba * f_mg + st_attn_flops + n_dense * f_dm
-             + n_moe * (f_ex + f_md) + head_flops)
-    byts = (n_attn * b_ag + n_lin * b_lg + n_mamba * b_mg + st_attn_bytes + n_layers * elem_bytes
-            + n_dense * b_dm + n_moe * (b_ex + b_md) + head_bytes)
+    flops = op_flops + head_flops
+    byts = op_bytes + n_layers * elem_bytes + head_bytes
     return wall, Breakdown(pp * st_gemm, pp * st_attn, pp * st_comm + t_p2p, pp * st_elem, t_head + t_embed,
                            wall - gpu, flops, byts, host)
 

@@ -1,6 +1,6 @@
 """Build the per-plan records of the numba step-cost kernel (by name), and a typed wrapper around it.
 
-`build_step_cost` fills the `COST` record and the `GEMM` table of `apex_plan.abi` field by field;
+`build_step_cost` fills the `COST` record and the `OP` table of `apex_plan.abi` field by field;
 `StepCost.time_s` costs any batch through the same `aggregate` + `step_time` the simulator runs.
 """
 
@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apex_plan.abi import COST, GEMM, GEMM_ATTENTION, GEMM_DENSE_MLP, GRAPH_MODES, CostTables, make_record, make_table
+from apex_plan.abi import COST, GEMM_ATTENTION, GEMM_DENSE_MLP, GRAPH_MODES, CostTables, make_record
 from apex_plan.engine.load import resolve_engine_profile
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
+from apex_plan.estimate.mixers import op_table
 from apex_plan.estimate.shard import Shard, build_shard
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
 from apex_plan.model import spec as S
@@ -31,7 +32,7 @@ DEFAULT_INTER_NODE_LATENCY_US = 10.0            # added latency of a collective 
 class StepCost:
     """Everything the step-cost kernel needs for one replica of one plan."""
 
-    cost: CostTables       # the COST record and GEMM table the kernels read
+    cost: CostTables       # the COST record and OP table the kernels read
     shard: Shard
     gpu: GpuSpec
     plan: Plan
@@ -69,27 +70,11 @@ class StepCost:
         return self.step_s(decodes=batch, context=context_tokens)[0]
 
 
-def gemm_table(shard: Shard) -> np.ndarray:
-    """The GEMM table of `shard`: one row per weight GEMM of a layer on one GPU."""
-    return make_table(GEMM, [dict(k=g.k, n=g.n, w_bytes=g.w_bytes, kind=g.kind, experts=g.experts,
-                                  route_frac=g.route_frac, active_p=g.active_p) for g in shard.gemms])
-
-
 def layer_fields(shard: Shard) -> dict:
-    """COST fields of the layer kinds of the largest stage and their per-kind geometry."""
+    """COST fields of the largest stage's layer counts (each mixer's count is on its OP rows)."""
     st = shard.largest_stage
-    return dict(
-        dense_layers=st.dense_layers, moe_layers=st.moe_layers, mlp_free_layers=st.mlp_free_layers,
-        full_layers=st.count(S.FULL), windowed_layers=st.count(S.SLIDING, S.CHUNKED), sparse_layers=st.count(S.SPARSE),
-        linear_layers=st.count(S.LINEAR), mamba_layers=st.count(S.MAMBA), mixerless_layers=st.count(S.NO_MIXER),
-        window_tokens=shard.window, kv_bytes_per_token=shard.kv_bytes_per_token_layer,
-        attn_flops_per_pair=shard.attn_flops_per_pair, attn_heads=shard.heads_per_gpu,
-        index_kv_bytes_per_token=shard.index_kv_bytes_per_token, index_flops_per_pair=shard.index_flops_per_pair,
-        linear_state_bytes=shard.state_bytes_linear, mamba_state_bytes=shard.state_bytes_mamba,
-        linear_flops_per_token=shard.linear_flops_per_token, mamba_flops_per_token=shard.mamba_flops_per_token,
-        full_kv_bytes_per_token=shard.full_kv_bytes_per_token_layer,
-        full_attn_flops_per_pair=shard.full_attn_flops_per_pair,
-    )
+    return dict(dense_layers=st.dense_layers, moe_layers=st.moe_layers, mlp_free_layers=st.mlp_free_layers,
+                mixerless_layers=st.count(S.NO_MIXER), window_tokens=shard.window, attn_heads=shard.heads_per_gpu)
 
 
 def link_fields(gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: EngineProfile,
@@ -186,8 +171,6 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
         graph_mode=GRAPH_MODES[prof.graphs.mode],
         graph_max=prof.graphs.max_batch,
         eager_kernels_mixed=prof.graphs.eager_kernels_per_layer_mixed,
-        # decode KV reads: once per KV head with GQA sharing, else once per query head of its group
-        decode_kv_rereads=1.0 if backend.gqa_shared_kv else max(1.0, shard.heads_per_gpu / shard.kv_heads_per_gpu),
         sms=gpu.num_sms,
         attn_scale_fresh=backend.prefill_efficiency_scale,
         attn_scale_prefix=backend.prefix_efficiency_scale,
@@ -195,4 +178,7 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
         **kernel_count_fields(model, plan, shard, prof, scales),
         **layer_fields(shard),
     )
-    return StepCost(CostTables(params, gemm_table(shard)), shard, gpu, plan, prof)
+    # decode KV reads: once per KV head with GQA sharing, else once per query head of its group
+    rereads = 1.0 if backend.gqa_shared_kv else max(1.0, shard.heads_per_gpu / shard.kv_heads_per_gpu)
+    ops = op_table(shard, params["gemm_peak_flops_per_s"][0], c.compute_efficiency, rereads)
+    return StepCost(CostTables(params, ops), shard, gpu, plan, prof)

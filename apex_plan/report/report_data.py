@@ -131,11 +131,6 @@ def launch_commands(model_source: str, plan, eng: dict | None, replicas: int) ->
                                        f"{plan.gpus_per_replica} GPU(s) and port, behind a round-robin router",)
 
 
-def _split(trace: Trace, weights: list[float]) -> list[np.ndarray]:
-    from apex_plan.search.pipeline import _split_trace     # the split the search verified with
-    return _split_trace(trace, weights)
-
-
 def _rerun_deployment(res, dv) -> tuple[np.ndarray, np.ndarray, tuple[GroupRun, ...], float]:
     """Simulate a deployment again exactly as the search verified it (`search.verify`), keeping the
     per-request times of the measured window."""

@@ -36,6 +36,7 @@ def simulate_json(res: SimResult, inputs: dict) -> dict:
         "engine": res.engine.as_dict(),
         "feasible": res.feasible,
         "reason": res.reason,
+        "exit_status": 0 if res.feasible else 1,
         "memory_per_gpu": res.memory.as_dict(),
     }
     if res.feasible:
@@ -68,6 +69,8 @@ def simulate_table(res: SimResult, console: Console) -> None:
                   f"max_num_seqs {res.engine.max_num_seqs}, max_model_len {res.engine.max_model_len}")
     if res.engine.profile.version_note:
         console.print(escape(f"engine version: {res.engine.profile.version_note}"))
+    for note in res.engine.notes:
+        console.print(escape(f"fitted to memory: {note}"))
     mem = res.memory.as_dict()
     console.print(f"memory per GPU: weights {mem['weights_gib']:.1f} GiB, activations {mem['activation_gib']:.2f} GiB, "
                   f"KV pool {mem['kv_pool_gib']:.1f} GiB = {mem['kv_cache_tokens']:,} tokens per replica")

@@ -61,7 +61,8 @@ def resolve_engine(cfg: EngineConfig, model: ModelSpec) -> ResolvedEngine:
     else:
         default_budget = max(max_len, sch.unchunked_min_budget)
     budget = cfg.max_batched_tokens or default_budget
-    if not chunked and budget < max_len and cfg.max_batched_tokens:
+    # vLLM refuses an unchunked budget below max_model_len; TRT-LLM runs it (longer prompts are refused)
+    if not chunked and budget < max_len and cfg.max_batched_tokens and sch.unchunked_budget_covers_max_len:
         raise InputError("--max-batched-tokens", None,
                          f"{budget} is below max_model_len {max_len} without chunked prefill",
                          "raise it, lower --max-model-len, or pass --chunked-prefill")

@@ -206,6 +206,37 @@ def _end_step(ev, now, req, eng, slots, cfg, next_release):
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _balance_holds(e, eng, cfg):
+    """Attention-DP balance (TRT-LLM py_executor `_balance_adp_requests`): while generations run on
+    every rank of the replica, new contexts wait until every rank has one, or until the replica has
+    stepped `adp_balance_steps` times since the last release. True when engine e's contexts wait."""
+    if cfg.adp_balance_steps <= 0 or cfg.adp_ranks <= 1 or eng[e].head == -1:
+        return False
+    pp, a = cfg.pp, cfg.adp_ranks
+    rank, v = e // pp, e % pp
+    first = (rank // a) * a                        # the replica's first rank
+    lead = eng[first * pp]
+    lead.balance_steps += 1.0 / a                  # one replica iteration per step of each of its ranks
+    all_ctx, all_gen = True, True
+    for k in range(first, first + a):
+        en = eng[k * pp + v]
+        all_ctx = all_ctx and en.head != -1
+        all_gen = all_gen and en.running > 0
+    if all_ctx or not all_gen:
+        if all_ctx:
+            lead.balance_steps = 0.0
+        return False
+    if lead.balance_steps >= cfg.adp_balance_steps:  # timeout: every rank's waiting contexts go in
+        lead.balance_steps = 0.0
+        for k in range(first, first + a):
+            eng[k * pp + v].balance_open = 1
+    if eng[e].balance_open:
+        eng[e].balance_open = 0
+        return False
+    return True
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
 def _schedule(e, now, req, eng, slots, cfg):
     """Build engine e's next step at `now`: running requests first (with prefill priority, as vLLM
     0.6 unchunked and SGLang, only the prompts in progress), then waiting ones, FCFS, in the budget
@@ -216,7 +247,7 @@ def _schedule(e, now, req, eng, slots, cfg):
     preempted_now = False
     if cfg.chunked or not cfg.prefill_first:
         left, ns, preempted_now = _schedule_running(e, cfg.prefill_first, left, ns, req, eng, slots, cfg)
-    if not preempted_now:
+    if not preempted_now and not _balance_holds(e, eng, cfg):
         left, ns, refused = _admit_waiting(e, left, ns, now, req, eng, slots, cfg)
     if cfg.prefill_first and ns == 0:
         # no prompt to prefill: the running decodes get the step
@@ -297,6 +328,8 @@ def _init(req, eng, cfg):
         en.busy_until_s = INF
         en.scheduled = 0
         en.host_free_s = 0.0
+        en.balance_steps = 0.0
+        en.balance_open = 0
 
 
 @kernel(cache=True)
