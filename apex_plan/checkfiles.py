@@ -65,7 +65,7 @@ def check_file(path: Path) -> str:
             f = load_fleet(path)
             return f"fleet {f.name}: " + " + ".join(
                 f"{g.name} {g.cluster.num_nodes} x {g.cluster.gpus_per_node} {g.cluster.gpu.name}" for g in f.groups)
-        if "prices" in doc:
+        if "prices" in doc and not any(k in doc for k in ("base", "grid", "scenarios")):   # else a sweep file
             from apex_plan.hardware.fleet import load_prices
             return f"price file: {len(load_prices(path))} GPU prices (USD per GPU-hour)"
         if "gpus_per_node" in doc or "nodes" in doc:
