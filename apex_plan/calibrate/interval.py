@@ -108,21 +108,17 @@ def goodput_interval(profile: EngineProfile, times, slo, makespan_s: float) -> d
             "basis": f"held-out error of {int(ce.get('runs', 0))} runs ({profile.label})"}
 
 
-# GPUs whose physics constants were fitted to measured runs (hardware_profiles/h100-sxm-80gb.yaml:
-# fitted to shared/bench/vllm-h100); every other profile carries datasheet-derived defaults.
-CALIBRATED_GPUS = ("h100-sxm-80gb",)
-
-
-def uncalibrated_components(plan, gpu_name: str, gpus_per_node: int, profile: EngineProfile) -> list[str]:
-    """What a prediction relied on that no measured run has calibrated (README 'Calibration')."""
+def uncalibrated_components(plan, gpu, gpus_per_node: int, profile: EngineProfile) -> list[str]:
+    """What a prediction relied on that no measured run has calibrated (README 'Calibration'); a GPU
+    profile names the runs its physics were fitted to in `calibrated_with` (empty: datasheet defaults)."""
     out = []
     if plan.pp > 1:
         out.append("pipeline parallelism: no pipeline-parallel run was measured")
     if plan.ep > 1:
         where = "across nodes" if plan.tp * plan.pp * max(plan.adp, 1) > gpus_per_node else "within a node"
         out.append(f"expert parallelism {where}: all-to-all latency and expert imbalance are defaults")
-    if gpu_name not in CALIBRATED_GPUS:
-        out.append(f"GPU {gpu_name}: datasheet peaks with default achievable fractions")
+    if not gpu.calibrated_with:
+        out.append(f"GPU {gpu.name}: datasheet peaks with default achievable fractions")
     if plan.weight_dtype in ("fp8", "fp4", "int4", "int8"):
         out.append(f"{plan.weight_dtype} GEMM efficiency: not fitted")
     if not profile.calibration_error:

@@ -92,6 +92,7 @@ class GpuSpec:
     num_sms: int                         # streaming multiprocessors / compute units
     calibration: Calibration = field(default_factory=Calibration)
     source: str = ""                     # datasheet reference
+    calibrated_with: str = ""            # measured runs the calibration was fitted to ("": datasheet defaults)
     nvlink_domain_gpus: int = 0          # GPUs one NVLink/NVSwitch fabric joins at intra_node_bw (NVL72: 72); 0: the node
     clocks: Clocks | None = None         # SM clock and power-limit ranges; None: the profile gives none
     operating_point: str = ""            # "" at the datasheet clock; else e.g. "cap 500 W: SM 1605 MHz"

@@ -368,7 +368,7 @@ def uncalibrated(res: SearchResult) -> list[str]:
         return []
     plans = [e.plan for d in res.deployments[:1] for k, _ in d.deployment.replicas
              for e in res.plans if e.key == k] or [e.plan for e in res.plans if e.status == "ok"][:1]
-    return sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu.name,
+    return sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu,
                                                                      res.inputs.cluster.gpus_per_node, prof)})
 
 

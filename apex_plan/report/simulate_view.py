@@ -49,7 +49,7 @@ def simulate_json(res: SimResult, inputs: dict) -> dict:
             iv["goodput_requests_per_s"] = goodput_interval(res.engine.profile, res.times, slo, res.makespan_s)
         doc["metrics"] = {**res.metrics, "interval": iv}
         from apex_plan.calibrate.interval import uncalibrated_components
-        doc["uncalibrated"] = uncalibrated_components(res.plan, inputs.get("gpu", ""), inputs.get("gpus_per_node", 8),
+        doc["uncalibrated"] = uncalibrated_components(res.plan, res.step_cost.gpu, inputs.get("gpus_per_node", 8),
                                                      res.engine.profile)
         ctx = int(max(1, res.times.prompt_tokens.mean() + res.times.output_tokens.mean() / 2))
         doc["step_breakdown"] = step_breakdown(res, 8, ctx)
