@@ -186,6 +186,31 @@ ENGINE_FIELDS = (
     ("balance_open", I8, "state: 1 when the balance timeout let this engine's held contexts in"),
 )
 
+# ---- disaggregated serving: per request, what happens between its prefill and its decode ------------
+XFER_FIELDS = (
+    ("send_bytes", F8, "in: KV bytes on each sending (prefill) GPU's link"),
+    ("recv_bytes", F8, "in: KV bytes on each receiving (decode) GPU's link"),
+    ("prefill_done_s", F8, "out: end of the step that completed the prompt, s (-1: never)"),
+    ("admit_s", F8, "out: the decode engine took it (batch slot and KV blocks), s (-1: never)"),
+    ("transfer_start_s", F8, "out: both links free, the KV transfer starts, s (-1: never)"),
+    ("transfer_end_s", F8, "out: the KV has landed (delivered in order), s (-1: never)"),
+    ("prefilled", I8, "out: times the request's prompt completed on a prefill engine"),
+    ("transferred", I8, "out: times its KV landed on a decode engine"),
+    ("decoded", I8, "out: times it finished on a decode engine"),
+    ("held_blocks", I8, "state: prefill KV blocks held until the transfer lands"),
+    ("prefill_engine", I8, "state: the prefill engine that computed it"),
+)
+
+# ---- disaggregated serving: per engine, the decode side's queues and each rank's links ----------------
+XENGINE_FIELDS = (
+    ("pend_head", I8, "state: decode engine: first prefilled request waiting for admission (-1: none)"),
+    ("pend_tail", I8, "state: decode engine: last one (-1: none)"),
+    ("xfer_head", I8, "state: decode engine: first transfer in flight, in delivery order (-1: none)"),
+    ("xfer_tail", I8, "state: decode engine: last one (-1: none)"),
+    ("in_transfer", I8, "state: decode engine: transfers in flight (they hold batch slots)"),
+    ("link_free_s", F8, "state: on a rank's first engine, when its GPUs' links are free, s"),
+)
+
 # ---- the event loop's slot table: (engine, slot) -> running request and the step's entries ------------
 SLOT_FIELDS = (
     ("running", I8, "request in this position of the engine's running list"),
@@ -213,6 +238,8 @@ SCHED = _dtype(SCHED_FIELDS)
 REQUEST = _dtype(REQUEST_FIELDS)
 ENGINE = _dtype(ENGINE_FIELDS)
 SLOT = _dtype(SLOT_FIELDS)
+XFER = _dtype(XFER_FIELDS)
+XENGINE = _dtype(XENGINE_FIELDS)
 BATCH = _dtype(BATCH_FIELDS)
 
 CostTables = namedtuple("CostTables", "params ops")   # COST record array (length 1), OP table

@@ -216,7 +216,20 @@ def simulate(
                                                      help="token budget of one step; default: vLLM's rule",
                                                      callback=_count(1, L.MAX_BATCHED_TOKENS,
                                                                      "e.g. --max-batched-tokens 2048")),
-    routing: str = typer.Option("round_robin", "--routing", help="round_robin | least_loaded (across replicas)"),
+    routing: str = typer.Option("round_robin", "--routing", help="round_robin | least_loaded (across replicas; "
+                                                                  "disaggregated: in both pools)"),
+    prefill_plan: Optional[str] = typer.Option(None, "--prefill-plan", help="disaggregated: each prefill instance's "
+                                               "layout tp=T,pp=P[,ep=E][,adp=A] (with --decode-plan, instead of --plan)"),
+    prefill_replicas: Optional[int] = typer.Option(None, "--prefill-replicas", help="disaggregated: prefill instances",
+                                                   callback=_count(1, L.MAX_GPUS, "e.g. --prefill-replicas 1")),
+    decode_plan: Optional[str] = typer.Option(None, "--decode-plan", help="disaggregated: each decode instance's "
+                                              "layout tp=T,pp=P[,ep=E][,adp=A]"),
+    decode_replicas: Optional[int] = typer.Option(None, "--decode-replicas", help="disaggregated: decode instances",
+                                                  callback=_count(1, L.MAX_GPUS, "e.g. --decode-replicas 3")),
+    decode_max_num_seqs: Optional[int] = typer.Option(None, "--decode-max-num-seqs",
+                                                      help="disaggregated: batch cap of each decode attention rank "
+                                                           "(default: the engine's; --max-num-seqs sets the prefill's)",
+                                                      callback=_count(1, L.MAX_NUM_SEQS, "e.g. --decode-max-num-seqs 64")),
     ttft_slo: Optional[str] = typer.Option(None, "--ttft-slo", help=_H["ttft"]),
     tpot_slo: Optional[str] = typer.Option(None, "--tpot-slo", help=_H["tpot"]),
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
@@ -234,19 +247,30 @@ def simulate(
     check_format(fmt, output)
     _check_outputs(report, plot)
     m = load_model(model)
-    cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
+    roles = (prefill_plan, prefill_replicas, decode_plan, decode_replicas, decode_max_num_seqs)
+    disagg = any(x is not None for x in roles)
+    cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster, partial_last_node=disagg)
     (chunked,) = I.chunked_prefill_modes(chunked_prefill, sweep=False)
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
                                 chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)
     I.check_engine(eng, m)
     weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
-    p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
-    I.check_plan_fits(p, cl, m)
-    if p.num_gpus < cl.num_gpus:                       # say so: the other GPUs are not simulated
-        import warnings
-        warnings.warn(f"--plan {p.label().split()[0]} uses {p.num_gpus} of the {cl.num_gpus} GPUs; the figures are "
-                      f"for those only (give --plan dp=..,tp=..,pp=.. to use all {cl.num_gpus})")
+    if disagg:
+        if plan is not None or tp_size is not None or pp_size is not None:
+            raise InputError("--plan", None, "given together with --prefill-plan/--decode-plan",
+                             "use --plan for aggregated serving, or the two role plans for disaggregated serving")
+        if report or plot:
+            raise InputError("--report" if report else "--plot", None, "not drawn for disaggregated deployments yet",
+                             "drop it (the JSON has every figure)")
+        dplan = I.parse_disagg_plan(*roles, weight_dtype, kv_dtype, cl, m, gpus or cl.num_gpus)
+    else:
+        p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
+        I.check_plan_fits(p, cl, m)
+        if p.num_gpus < cl.num_gpus:                       # say so: the other GPUs are not simulated
+            import warnings
+            warnings.warn(f"--plan {p.label().split()[0]} uses {p.num_gpus} of the {cl.num_gpus} GPUs; the figures are "
+                          f"for those only (give --plan dp=..,tp=..,pp=.. to use all {cl.num_gpus})")
     if num_requests is None:
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
         num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency else 1000
@@ -255,6 +279,18 @@ def simulate(
                                  I.session_options(turns, prefix_tokens, num_prefixes, think_time, hash_block_tokens))
     I.check_workload_fits(wl, m, max_model_len, trace)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
+    if disagg:
+        from apex_plan.report.disagg_view import emit_disagg
+        return emit_disagg(m, cl, dplan, eng, wl, slo, fmt, output,
+                           {"model": m.name, "gpu": cl.gpu.name, "gpus": gpus or cl.num_gpus,
+                            "gpus_per_node": cl.gpus_per_node, "prefill_plan": prefill_plan, "prefill_replicas": dplan.prefill_replicas,
+                            "decode_plan": decode_plan, "decode_replicas": dplan.decode_replicas,
+                            "decode_max_num_seqs": decode_max_num_seqs, "weight_dtype": weight_dtype,
+                            "kv_dtype": kv_dtype, "engine": engine_doc(eng.profile), "routing": eng.routing,
+                            "workload": {"trace": trace, "preset": workload, "rate_per_s": rate,
+                                         "requests": len(wl.trace), "mode": wl.mode, "concurrency": wl.concurrency,
+                                         "seed": seed},
+                            "slo": _slo_doc(slo)})
     res = run_sim(m, cl, p, eng, wl, slo)
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "plan": plan if plan is not None else f"dp={p.dp},tp={p.tp},pp={p.pp}", "weight_dtype": weight_dtype,

@@ -22,8 +22,11 @@ from apex_plan.workload.prefix import SessionOptions
 
 
 
-def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int | None, cluster: str | None) -> ClusterSpec:
-    """`--cluster FILE` or `--gpu NAME --gpus N [--gpus-per-node G]`."""
+def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int | None, cluster: str | None,
+                         partial_last_node: bool = False) -> ClusterSpec:
+    """`--cluster FILE` or `--gpu NAME --gpus N [--gpus-per-node G]`. `partial_last_node`: N GPUs may
+    leave part of the last node unused (a disaggregated deployment of 7 x 4 + 2 x 8 GPUs): the
+    cluster is the whole nodes that hold them."""
     if cluster:
         if gpu or gpus:
             raise InputError("--cluster", None, "given together with --gpu/--gpus", "use one or the other")
@@ -32,7 +35,11 @@ def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int |
         raise InputError("--gpu", None, "no GPU given", "pass --gpu NAME --gpus N, or --cluster FILE")
     if gpus is None:
         raise InputError("--gpus", None, "number of GPUs missing", "e.g. --gpus 8")
-    return make_cluster(load_gpu(gpu), gpus, gpus_per_node)
+    g = load_gpu(gpu)
+    per = g.gpus_per_node if gpus_per_node is None else gpus_per_node
+    if partial_last_node and isinstance(per, int) and per > 0 and gpus > per:
+        gpus = -(-gpus // per) * per
+    return make_cluster(g, gpus, gpus_per_node)
 
 
 def fleet_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int, cluster: str | None,
@@ -141,6 +148,37 @@ def check_plan_fits(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where: s
         where = "--weight-dtype" if "weight dtype" in reason else "--kv-dtype"
         fix = "use " + ", ".join(k for k in cluster.gpu.peak_tflops if k in ("bf16", "fp16", "fp8", "fp4"))
     raise InputError(where, None, f"{plan.label()} on {model.name}: {reason}", fix)
+
+
+def parse_disagg_plan(prefill_plan: str | None, prefill_replicas: int | None, decode_plan: str | None,
+                      decode_replicas: int | None, decode_max_num_seqs: int | None, weight_dtype: str, kv_dtype: str,
+                      cluster: ClusterSpec, model: ModelSpec, gpus: int | None = None):
+    """`--prefill-plan tp=..,pp=..[,ep=..][,adp=..] --prefill-replicas NP --decode-plan ... --decode-replicas ND`
+    -> DisaggPlan (each role's Plan with dp = its replica count), checked against the model and the GPUs."""
+    from apex_plan.plan.disagg import DisaggPlan
+    roles = {}
+    for role, text, reps in (("prefill", prefill_plan, prefill_replicas), ("decode", decode_plan, decode_replicas)):
+        opt = f"--{role}-plan"
+        if text is None:
+            raise InputError(opt, None, "missing: a disaggregated deployment needs both roles' layouts",
+                             f"e.g. {opt} tp=8,pp=1 --{role}-replicas 1")
+        try:
+            p = parse_plan(text, weight_dtype, kv_dtype)
+            if p.dp != 1:
+                raise InputError(opt, "dp", f"dp={p.dp}: instances of a role are counted by --{role}-replicas",
+                                 f"drop dp and pass --{role}-replicas {p.dp}")
+            p = dataclasses.replace(p, dp=reps or 1)
+            check_plan_fits(dataclasses.replace(p, dp=1), cluster, model, where=opt)
+        except InputError as e:
+            raise InputError(opt, e.field, e.problem, e.fix) from None
+        roles[role] = p
+    dplan = DisaggPlan(roles["prefill"], roles["decode"], decode_max_num_seqs)
+    gpus = gpus or cluster.num_gpus
+    if dplan.num_gpus > gpus:
+        raise InputError("--gpus", None, f"{dplan.prefill_replicas} prefill x {roles['prefill'].gpus_per_replica} + "
+                         f"{dplan.decode_replicas} decode x {roles['decode'].gpus_per_replica} GPUs = {dplan.num_gpus}, "
+                         f"the cluster has {gpus}", f"raise --gpus to {dplan.num_gpus} or use fewer replicas")
+    return dplan
 
 
 _LENGTH_FORMS = "512, uniform:64-512, normal:mean=512,std=128 or lognormal:mean=74,std=120"

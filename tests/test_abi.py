@@ -22,7 +22,8 @@ from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Trace, Workload
 
 ROOT = Path(__file__).resolve().parents[1] / "apex_plan"
-KERNEL_SOURCE = "".join((ROOT / p).read_text() for p in ("estimate/kernels.py", "simulate/kernels.py"))
+KERNEL_SOURCE = "".join((ROOT / p).read_text() for p in ("estimate/kernels.py", "simulate/kernels.py",
+                                                          "simulate/disagg_kernel.py"))
 B200 = load_gpu("b200-sxm-180gb")
 FORMATS_BY_ID = dict(enumerate(FORMATS))
 PROMPT = 20000          # longer than every built-in window (gpt-oss 128, Llama 4 chunks 8192, DSA top-k 2048)
@@ -81,7 +82,8 @@ def test_builders_write_every_cost_field(name):
 NOT_READ_BY_KERNELS = {"format"}
 
 
-@pytest.mark.parametrize("dtype", [abi.COST, abi.OP, abi.SCHED, abi.REQUEST, abi.ENGINE, abi.SLOT, abi.BATCH])
+@pytest.mark.parametrize("dtype", [abi.COST, abi.OP, abi.SCHED, abi.REQUEST, abi.ENGINE, abi.SLOT, abi.BATCH,
+                                   abi.XFER, abi.XENGINE])
 def test_every_record_field_is_read_by_a_kernel(dtype):
     """A field no kernel reads is a second truth waiting to drift: each is read by name somewhere."""
     unread = [f for f in dtype.names if not re.search(rf"\.{f}\b", KERNEL_SOURCE) and f not in NOT_READ_BY_KERNELS]

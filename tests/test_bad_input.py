@@ -92,7 +92,9 @@ def options_of(cmd: str, base: list[str]) -> None:
     if s == "simulate":
         ints.update({("--concurrency",): ["0"], ("--max-num-seqs",): ["0", "100000000000"],
                      ("--max-batched-tokens", "--max-num-batched-tokens"): ["0", "99999999999", "100"],
-                     ("--tensor-parallel-size", "-tp"): ["0"], ("--pipeline-parallel-size", "-pp"): ["0"]})
+                     ("--tensor-parallel-size", "-tp"): ["0"], ("--pipeline-parallel-size", "-pp"): ["0"],
+                     ("--prefill-replicas",): ["0", "99999999"], ("--decode-replicas",): ["0", "99999999"],
+                     ("--decode-max-num-seqs",): ["0", "100000000000"]})
     else:
         ints.update({("--top",): ["0", "1000"], ("--max-gpus-per-replica",): ["0", "99999999"]})
     for names, extra in ints.items():
@@ -127,6 +129,10 @@ def options_of(cmd: str, base: list[str]) -> None:
                         ("--max-num-seqs",): ["", "0", "abc", "128,,256", "128,abc", "-1", "100000", "1.5", ","],
                         ("--max-batched-tokens", "--max-num-batched-tokens"): ["", "0", ",", "512,x", "99999999999",
                                                                               "100", "-5"]})
+    if s == "simulate":   # disaggregated: one role's layout bad, the other valid
+        for role, other in (("--prefill-plan", "--decode-plan"), ("--decode-plan", "--prefill-plan")):
+            for v in PLAN_BAD:
+                _aliases((role,), v, base + [other, "tp=1"], "choice")
     for names, values in choices.items():
         for v in values:
             drop = ("--gpu", "--gpus") if names == ("--cluster",) else (WORKLOAD_OPTS if names == ("--trace",) else ())

@@ -151,6 +151,46 @@ def parse_launch(cmd: str) -> dict:
     return out
 
 
+# ---- disaggregated deployments ------------------------------------------------------------------
+# SGLang PD (docs "PD Disaggregation"): each worker is a launch_server with --disaggregation-mode
+# prefill|decode and a transfer backend (mooncake | nixl); the sglang_router joins them
+# (--pd-disaggregation --prefill URL [BOOTSTRAP_PORT] --decode URL).
+# vLLM (docs "NixlConnector Usage"): every instance is a `vllm serve` with
+# --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}', fronted by a proxy
+# or NVIDIA Dynamo that sends each request to a prefill instance, then to a decode instance.
+# TensorRT-LLM (docs "Disaggregated Serving"): context and generation workers are trtllm-serve
+# instances whose --extra_llm_api_options YAML sets cache_transceiver_config (backend UCX / NIXL);
+# `trtllm-serve disaggregated -c disagg.yaml` lists context_servers and generation_servers.
+_VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+
+
+def disagg_launch(family: str, model_repo: str, dplan, eng_prefill, eng_decode) -> dict:
+    """The commands that start a disaggregated deployment: one per role (run it on each of that
+    role's instances), and the router or front end that joins them."""
+    pre = launch_command(family, model_repo, dplan.prefill, eng_prefill)
+    dec = launch_command(family, model_repo, dplan.decode, eng_decode)
+    n_p, n_d = dplan.prefill_replicas, dplan.decode_replicas
+    if family == "sglang":
+        pre += " --disaggregation-mode prefill --disaggregation-transfer-backend mooncake"
+        dec += " --disaggregation-mode decode --disaggregation-transfer-backend mooncake"
+        router = ("python -m sglang_router.launch_router --pd-disaggregation "
+                  + " ".join(f"--prefill http://PREFILL_{i}:30000 8998" for i in range(n_p)) + " "
+                  + " ".join(f"--decode http://DECODE_{i}:30000" for i in range(n_d)))
+    elif family == "trtllm":
+        pre += " --extra_llm_api_options prefill.yaml"
+        dec += " --extra_llm_api_options decode.yaml"
+        router = ("trtllm-serve disaggregated -c disagg.yaml   # context_servers: num_instances "
+                  f"{n_p}; generation_servers: num_instances {n_d}; both YAMLs: "
+                  "cache_transceiver_config: {backend: UCX}"
+                  + ("; enable_attention_dp: true where adp > 1" if max(dplan.prefill.adp, dplan.decode.adp) > 1 else ""))
+    else:
+        pre += " --kv-transfer-config " + shlex.quote(_VLLM_KV_TRANSFER)
+        dec += " --kv-transfer-config " + shlex.quote(_VLLM_KV_TRANSFER)
+        router = (f"python -m dynamo.frontend --router-mode round-robin   # with {n_p} prefill and {n_d} decode "
+                  "workers registered (python -m dynamo.vllm --is-prefill-worker ... for the prefill ones)")
+    return {"prefill": pre, "prefill_instances": n_p, "decode": dec, "decode_instances": n_d, "router": router}
+
+
 def power_prefix(point) -> str:
     """The nvidia-smi settings a plan's operating point needs before its engine starts ('' for none):
     `--power-limit` (watts per GPU) and `--lock-gpu-clocks MIN,MAX` (MHz), nvidia-smi's spellings."""
