@@ -130,7 +130,7 @@ OP_FIELDS = (
 SCHED_FIELDS = (
     ("ranks", I8, "schedulers per pipeline slot: replicas x attention-DP ranks"),
     ("pp", I8, "pipeline virtual engines per rank"),
-    ("least_loaded", I8, "1: route arrivals to the least-loaded replica; 0: round robin"),
+    ("routing", I8, "ROUTE_*: round robin, least loaded, session affinity, longest cached prefix"),
     ("max_seqs", I8, "sequences one engine runs at once"),
     ("budget_tokens", I8, "tokens one step may schedule"),
     ("chunked", I8, "1: prefill chunks cut to the budget left"),
@@ -143,10 +143,16 @@ SCHED_FIELDS = (
     ("tdp_w", F8, "GPU board power at full load, W"),
     ("idle_w", F8, "GPU idle power, W"),
     ("gpus_per_engine", F8, "GPUs whose power one engine's steps draw (tp x pp)"),
+    ("draft_tokens", I8, "speculative decoding: draft tokens per decode step (0: none)"),
+    ("seed", I8, "seed of the draft-acceptance draws"),
     ("adp_ranks", I8, "attention-DP ranks of one replica (consecutive ranks)"),
     ("adp_balance_steps", I8, "attention-DP balance: new contexts wait until every rank of the replica has one, "
                               "or this many steps (TRT-LLM attention_dp_config.timeout_iters); 0: off"),
 )
+
+ROUTE_ROUND_ROBIN, ROUTE_LEAST_LOADED, ROUTE_SESSION, ROUTE_PREFIX = 0, 1, 2, 3   # values of SCHED.routing
+ROUTES = {"round_robin": ROUTE_ROUND_ROBIN, "least_loaded": ROUTE_LEAST_LOADED, "session": ROUTE_SESSION,
+          "prefix": ROUTE_PREFIX}
 
 # ---- requests: one row each; inputs, results, and the event loop's own per-request state -----------
 REQUEST_FIELDS = (
@@ -163,6 +169,12 @@ REQUEST_FIELDS = (
     ("generated", I8, "state: tokens generated so far"),
     ("kv_blocks", I8, "state: KV blocks held"),
     ("next", I8, "state: next request in its engine's waiting queue (-1: none)"),
+    ("session", I8, "in: conversation id (-1: none), for session-affinity routing"),
+    ("hash_start", I8, "in: offset of the request's prefix block ids in the ids array"),
+    ("hash_count", I8, "in: prefix block ids of the request (0: none, or caching off)"),
+    ("hash_cacheable", I8, "in: leading block ids it computes in full, and so caches"),
+    ("cached_units", I8, "state: leading prefix-cache units the request holds"),
+    ("hit_tokens", I8, "out: prompt tokens found in the prefix cache when first scheduled"),
 )
 
 # ---- engines: one row per scheduler (replica x attention-DP rank x pipeline virtual engine) ----------
@@ -182,6 +194,8 @@ ENGINE_FIELDS = (
     ("busy_until_s", F8, "state: end of the step in flight, s (inf: idle)"),
     ("scheduled", I8, "state: entries of the step in flight"),
     ("host_free_s", F8, "state: on a replica's first engine, when its scheduler thread is free, s"),
+    ("verify_steps", I8, "out: speculative verification entries (one per decoding sequence per step)"),
+    ("verified_tokens", I8, "out: tokens those entries emitted (accepted drafts plus the target's own)"),
     ("balance_steps", F8, "state: on an attention-DP replica's first engine, steps toward the balance timeout"),
     ("balance_open", I8, "state: 1 when the balance timeout let this engine's held contexts in"),
 )

@@ -95,6 +95,11 @@ _H = {
     "prefix_tokens": "shared system prompt ahead of every synthetic session, tokens",
     "num_prefixes": "distinct system prompts the sessions are spread over",
     "think_time": "mean think time between a session's turns (exponential), e.g. 10s",
+    "prefix_caching": "automatic prefix caching (auto: the engine profile's default, on for vLLM V1, SGLang, "
+                      "TRT-LLM, off for vLLM 0.6; vLLM: --[no-]enable-prefix-caching)",
+    "speculative": "speculative decoding: mtp:K (the model's MTP module) or eagle3:K, K draft tokens per step",
+    "acceptance": "draft acceptance: one conditional rate (0.8) or vLLM's per-position rates (0.9,0.7,0.5); "
+                  "default only for mtp:1 (0.85, DeepSeek-V3 report)",
     "hash_block_tokens": "tokens per prefix block of synthetic and session traces (default 64; Mooncake: 512)",
 }
 
@@ -216,8 +221,12 @@ def simulate(
                                                      help="token budget of one step; default: vLLM's rule",
                                                      callback=_count(1, L.MAX_BATCHED_TOKENS,
                                                                      "e.g. --max-batched-tokens 2048")),
-    routing: str = typer.Option("round_robin", "--routing", help="round_robin | least_loaded (across replicas; "
-                                                                  "disaggregated: in both pools)"),
+    routing: str = typer.Option("round_robin", "--routing",
+                                help="across replicas: round_robin | least_loaded | session (a session's turns "
+                                     "stay on one replica) | prefix (longest cached prefix); disaggregated: in both pools"),
+    prefix_caching: str = typer.Option("auto", "--prefix-caching", help="auto | on | off; " + _H["prefix_caching"]),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help=_H["speculative"]),
+    speculative_acceptance: Optional[str] = typer.Option(None, "--speculative-acceptance", help=_H["acceptance"]),
     prefill_plan: Optional[str] = typer.Option(None, "--prefill-plan", help="disaggregated: each prefill instance's "
                                                "layout tp=T,pp=P[,ep=E][,adp=A] (with --decode-plan, instead of --plan)"),
     prefill_replicas: Optional[int] = typer.Option(None, "--prefill-replicas", help="disaggregated: prefill instances",
@@ -252,7 +261,9 @@ def simulate(
     cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster, partial_last_node=disagg)
     (chunked,) = I.chunked_prefill_modes(chunked_prefill, sweep=False)
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
-                                chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)
+                                chunked, max_num_seqs, max_batched_tokens, routing, activation_scales,
+                                I.prefix_caching_mode(prefix_caching),
+                                I.speculative_option(speculative, speculative_acceptance))
     I.check_engine(eng, m)
     weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
@@ -292,6 +303,12 @@ def simulate(
                                          "seed": seed},
                             "slo": _slo_doc(slo)})
     res = run_sim(m, cl, p, eng, wl, slo)
+    if res.feasible and wl.trace.has_prefix_hashes:      # what caching buys: the same run with it flipped
+        import dataclasses
+        from apex_plan.simulate.features import attach_caching_comparison
+        other = run_sim(m, cl, p, dataclasses.replace(eng, prefix_caching=not res.engine.prefix_caching), wl, slo)
+        if other.feasible:
+            attach_caching_comparison(res.metrics, other.metrics)
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "plan": plan if plan is not None else f"dp={p.dp},tp={p.tp},pp={p.pp}", "weight_dtype": weight_dtype,
               "kv_dtype": kv_dtype, "engine": engine_doc(eng.profile),
@@ -363,6 +380,13 @@ def search(
                                                help="most sequences in one batch; list, e.g. 128,256 (default: the engine's)"),
     max_batched_tokens: Optional[str] = typer.Option(None, "--max-batched-tokens", "--max-num-batched-tokens",
                                                      help="step token budgets to try, e.g. 512,2048"),
+    prefix_caching: Optional[str] = typer.Option(None, "--prefix-caching",
+                                                 help="auto | on | off, or a list to compare (both = on,off); "
+                                                      + _H["prefix_caching"]),
+    speculative: Optional[str] = typer.Option(None, "--speculative",
+                                              help="speculative settings to compare, e.g. none,mtp:1,mtp:3 "
+                                                   "(each with --speculative-acceptance)"),
+    speculative_acceptance: Optional[str] = typer.Option(None, "--speculative-acceptance", help=_H["acceptance"]),
     ttft_slo: Optional[str] = typer.Option("1s", "--ttft-slo", help=_H["ttft"]),
     tpot_slo: Optional[str] = typer.Option("100ms", "--tpot-slo", help=_H["tpot"]),
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
@@ -418,7 +442,8 @@ def search(
     weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
-    engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill)
+    engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill,
+                                               prefix_caching, speculative, speculative_acceptance)
     from apex_plan.search.steady import MAX_HORIZON_REQUESTS
     # a synthetic workload is a distribution: draw enough of it that its tail is represented
     wl = I.workload_from_options(trace, workload if (workload is not None or trace or prompt_tokens is not None) else "chat",

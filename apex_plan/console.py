@@ -103,18 +103,20 @@ def one_line_warnings() -> None:
 
 # vLLM's flag spellings that are not plain option aliases: rewritten before parsing
 _VLLM_FLAGS = {"--enable-chunked-prefill": "--chunked-prefill=on", "--no-enable-chunked-prefill": "--chunked-prefill=off",
-               "--no-chunked-prefill": "--chunked-prefill=off"}
+               "--no-chunked-prefill": "--chunked-prefill=off", "--enable-prefix-caching": "--prefix-caching=on",
+               "--no-enable-prefix-caching": "--prefix-caching=off"}
 
 
 def vllm_spellings(argv: list[str]) -> list[str]:
-    """`--enable-chunked-prefill[=true|false]` -> `--chunked-prefill=on|off` (vLLM's spelling of ours)."""
+    """`--enable-chunked-prefill[=true|false]` -> `--chunked-prefill=on|off`, the same for
+    `--[no-]enable-prefix-caching` -> `--prefix-caching` (vLLM's spellings of ours)."""
     out = []
     for arg in argv:
         if arg == "--":
             out += argv[len(out):]
             break
         name, eq, value = arg.partition("=")
-        if name == "--enable-chunked-prefill" and eq:
-            arg = "--chunked-prefill=" + {"true": "on", "false": "off"}.get(value.lower(), value)
+        if name in ("--enable-chunked-prefill", "--enable-prefix-caching") and eq:
+            arg = name.replace("--enable-", "--") + "=" + {"true": "on", "false": "off"}.get(value.lower(), value)
         out.append(_VLLM_FLAGS.get(arg, arg))
     return out

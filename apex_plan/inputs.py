@@ -273,6 +273,12 @@ def workload_from_options(trace: str | None, workload: str | None, rate: float |
     return Workload(tr)
 
 
+def speculative_option(speculative: str | None, acceptance: str | None):
+    """--speculative mtp:K|eagle3:K and --speculative-acceptance as a Speculative spec (or None)."""
+    from apex_plan.engine.speculative import parse_speculative
+    return parse_speculative(speculative, acceptance)
+
+
 def session_options(turns: int, prefix_tokens: int, num_prefixes: int, think_time: str,
                     hash_block_tokens: int | None) -> SessionOptions:
     """--turns, --prefix-tokens, --num-prefixes, --think-time, --hash-block-tokens as one spec."""
@@ -306,7 +312,8 @@ def _session_workload(workload: str | None, rate: float | None, num_requests: in
 def engine_from_options(engine: str, gpu_memory_utilization: float | None, max_model_len: int | None,
                         custom_allreduce: bool, chunked_prefill: bool | None, max_num_seqs: int | None,
                         max_batched_tokens: int | None, routing: str,
-                        activation_scales: str | None = None) -> EngineConfig:
+                        activation_scales: str | None = None, prefix_caching: bool | None = None,
+                        speculative=None) -> EngineConfig:
     """`--engine NAME[@VERSION]` resolved to its profile, plus the settings given (None: the profile's)."""
     from apex_plan.engine.load import resolve_engine_profile
     profile = resolve_engine_profile(engine)
@@ -316,7 +323,7 @@ def engine_from_options(engine: str, gpu_memory_utilization: float | None, max_m
                         chunked_prefill=chunked_prefill, gpu_memory_utilization=gpu_memory_utilization,
                         max_model_len=max_model_len, custom_allreduce=custom_allreduce,
                         routing=routing.replace("-", "_"), name=engine, activation_scales=activation_scales,
-                        profile=profile)
+                        profile=profile, prefix_caching=prefix_caching, speculative=speculative)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -412,36 +419,80 @@ def chunked_prefill_modes(text: str, sweep: bool) -> list[bool | None]:
     return out
 
 
+def prefix_caching_modes(text: str | None) -> list[bool | None]:
+    """search --prefix-caching: auto | on | off | both (or a list): None (the profile's default), True, False."""
+    if text is None:
+        return [None]
+    words = [w for word in csv_list(text.lower(), "--prefix-caching")
+             for w in (("on", "off") if word == "both" else (word,))]
+    out: list[bool | None] = []
+    for w in words:
+        if w not in _CHUNKED:
+            raise InputError("--prefix-caching", None, f"unknown value '{w}'", "use auto, on, off or both")
+        if _CHUNKED[w] not in out:
+            out.append(_CHUNKED[w])
+    return out
+
+
+def prefix_caching_mode(text: str) -> bool | None:
+    """simulate --prefix-caching auto | on | off."""
+    modes = prefix_caching_modes(text)
+    if len(modes) > 1:
+        raise InputError("--prefix-caching", None, f"one value only in simulate, got '{text}'", "use auto, on or off")
+    return modes[0]
+
+
+def speculative_list(text: str | None, acceptance: str | None) -> list:
+    """search --speculative none,mtp:1,mtp:3 (each with --speculative-acceptance) -> [None, Speculative, ...]."""
+    from apex_plan.engine.speculative import parse_speculative
+    if text is None:
+        if acceptance is not None:
+            raise InputError("--speculative-acceptance", None, "given without --speculative", "add e.g. --speculative mtp:1")
+        return [None]
+    out = []
+    for word in csv_list(text, "--speculative"):
+        spec = parse_speculative(word, acceptance if word.lower() not in ("none", "off") else None)
+        if spec not in out:
+            out.append(spec)
+    return out
+
+
 def _setting_label(cfg: EngineConfig) -> str:
     budget = cfg.max_batched_tokens if cfg.max_batched_tokens is not None else "default"
     if cfg.max_num_seqs is None and cfg.profile is not None:
         cfg = dataclasses.replace(cfg, max_num_seqs=cfg.profile.scheduler.max_num_seqs)
     chunk = {None: "auto", True: "on", False: "off"}[cfg.chunked_prefill]
-    return f"max_num_seqs={cfg.max_num_seqs} max_batched_tokens={budget} chunked_prefill={chunk}"
+    extra = "" if cfg.prefix_caching is None else f" prefix_caching={'on' if cfg.prefix_caching else 'off'}"
+    extra += "" if cfg.speculative is None else f" speculative={cfg.speculative.label}"
+    return f"max_num_seqs={cfg.max_num_seqs} max_batched_tokens={budget} chunked_prefill={chunk}" + extra
 
 
 def engine_sweep(base: EngineConfig, model: ModelSpec, max_num_seqs: str, max_batched_tokens: str | None,
-                 chunked_prefill: str) -> tuple[tuple[EngineConfig, ...], list[tuple[str, str]]]:
-    """Every combination of search's engine lists; combinations vLLM would refuse are skipped and
-    returned as (setting, reason). All of them refused is an InputError with the first reason."""
+                 chunked_prefill: str, prefix_caching: str | None = None, speculative: str | None = None,
+                 acceptance: str | None = None) -> tuple[tuple[EngineConfig, ...], list[tuple[str, str]]]:
+    """Every combination of search's engine lists; combinations vLLM would refuse (or the engine or
+    model cannot run, as a speculative method) are skipped and returned as (setting, reason). All of
+    them refused is an InputError with the first reason."""
     import dataclasses
+    import itertools
     seqs = int_list(max_num_seqs, "--max-num-seqs", MAX_NUM_SEQS)
     budgets = int_list(max_batched_tokens, "--max-batched-tokens", MAX_BATCHED_TOKENS)
     modes = chunked_prefill_modes(chunked_prefill, sweep=True)
+    caching = prefix_caching_modes(prefix_caching)
+    specs = speculative_list(speculative, acceptance)
     kept: list[EngineConfig] = []
     rejected: list[tuple[str, str]] = []
     first: InputError | None = None
-    for s in seqs:
-        for b in budgets:
-            for c in modes:
-                cfg = dataclasses.replace(base, max_num_seqs=s, max_batched_tokens=b, chunked_prefill=c)
-                try:
-                    check_engine(cfg, model)
-                except InputError as e:
-                    first = first or e
-                    rejected.append((_setting_label(cfg), e.render()))
-                    continue
-                kept.append(cfg)
+    for s, b, c, pc, sp in itertools.product(seqs, budgets, modes, caching, specs):
+        cfg = dataclasses.replace(base, max_num_seqs=s, max_batched_tokens=b, chunked_prefill=c,
+                                  prefix_caching=pc, speculative=sp)
+        try:
+            check_engine(cfg, model)
+        except InputError as e:
+            first = first or e
+            rejected.append((_setting_label(cfg), e.render()))
+            continue
+        kept.append(cfg)
     if not kept:
         assert first is not None
         if len(rejected) == 1:

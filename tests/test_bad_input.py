@@ -140,6 +140,12 @@ def options_of(cmd: str, base: list[str]) -> None:
             if names[0] in ("--trace", "--cluster", "--model", "--gpu") and v not in ("", "h100", "rtx4090", "llama-3.1-7b"):
                 needle = Path(v).name
             _aliases(names, v, base, "choice", needle, drop)
+    for v in ("", "mtp", "mtp:0", "medusa:2", "mtp:99", "eagle3:2", "mtp:1", "eagle3:x") + (
+            ("none,mtp:x", "mtp:1,,none") if s == "search" else ()):
+        _aliases(("--speculative",), v, base, "choice")     # mtp:1: the base model has no MTP module
+    for v in ("", "abc", "1.5", "-0.1", "0.5,0.6,0.7", "0.5,0.9"):
+        _aliases(("--speculative-acceptance",), v, base + ["--speculative", "eagle3:2"], "choice")
+    case(f"{s}:--speculative-acceptance:alone", base + ["--speculative-acceptance", "0.5"], "--speculative-acceptance")
     flags = ["--no-custom-allreduce", "--disable-custom-all-reduce"]
     if s == "search":
         flags += ["--homogeneous", "--all", "--allow-cross-node-tp", "--no-symmetry-pruning"]
@@ -148,6 +154,10 @@ def options_of(cmd: str, base: list[str]) -> None:
             case(f"{s}:{flag}={v}:flag", base + [f"{flag}={v}"], flag)
     for v in ("maybe", "2"):
         case(f"{s}:--enable-chunked-prefill={v}", base + [f"--enable-chunked-prefill={v}"], "--chunked-prefill")
+    for v in ("maybe", "2"):
+        case(f"{s}:--enable-prefix-caching={v}", base + [f"--enable-prefix-caching={v}"], "--prefix-caching")
+    for v in ("", "maybe", "on,maybe", ",") + (("both", "on,off") if s == "simulate" else ()):
+        _aliases(("--prefix-caching",), v, base, "choice")
     # structure: unknown option, missing value, missing --model, conflicting sources
     case(f"{s}:unknown-option", base + ["--bogus"], "--bogus")
     case(f"{s}:typo-option", base + ["--max-num-seq", "8"], "--max-num-seq")

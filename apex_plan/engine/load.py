@@ -11,8 +11,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from apex_plan.engine.spec import (AttentionBackend, Collectives, EngineProfile, GraphPolicy, HostModel, Layouts,
-                                   MemoryPolicy, Quantization, SchedulerPolicy)
+from apex_plan.engine.spec import (AttentionBackend, Collectives, EngineProfile, Features, GraphPolicy, HostModel,
+                                   Layouts, MemoryPolicy, Quantization, SchedulerPolicy)
 from apex_plan.builtin import builtin_dir
 from apex_plan.errors import InputError, did_you_mean
 from apex_plan.hardware.load import _read_yaml
@@ -20,11 +20,11 @@ from apex_plan.hardware.load import _read_yaml
 FAMILIES = ("vllm", "sglang", "trtllm")
 _ALIASES = {"tensorrt-llm": "trtllm", "tensorrt_llm": "trtllm", "trt-llm": "trtllm", "trt_llm": "trtllm"}
 _SECTIONS = {"scheduler": SchedulerPolicy, "host": HostModel, "graphs": GraphPolicy, "quantization": Quantization,
-             "collectives": Collectives, "memory": MemoryPolicy, "layouts": Layouts}
+             "collectives": Collectives, "memory": MemoryPolicy, "layouts": Layouts, "features": Features}
 _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("decode_only", "piecewise", "full"),
             "accounting": ("profile", "static_fraction", "free_fraction"), "activation_scales": ("dynamic", "static"),
             "batching_chunked": ("mixed", "prefill_first"), "batching_unchunked": ("mixed", "prefill_first"),
-            "closed_loop": ("desync", "lockstep")}
+            "closed_loop": ("desync", "lockstep"), "speculative": ("mtp", "eagle3")}
 
 
 def engine_dir() -> Path:
@@ -63,6 +63,11 @@ def _value(raw: dict, key: str, ftype: Any, where: str, field: str) -> Any:
         if key in _CHOICES and v not in _CHOICES[key]:
             raise InputError(where, field, f"unknown value '{v}'", did_you_mean(v, _CHOICES[key]))
         return v
+    if typing.get_origin(ftype) is tuple and typing.get_args(ftype)[0] is str:
+        if not isinstance(v, list) or not all(isinstance(x, str) and x in _CHOICES.get(key, (x,)) for x in v):
+            raise InputError(where, field, f"expected a list of {', '.join(_CHOICES.get(key, ('words',)))}, got '{v}'",
+                             "write e.g. [mtp, eagle3]")
+        return tuple(v)
     if typing.get_origin(ftype) is tuple:
         if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
             raise InputError(where, field, f"expected a list of whole numbers, got '{v}'", "write e.g. [2, 4, 8]")
@@ -178,6 +183,7 @@ def profile_to_dict(profile: EngineProfile) -> dict:
     for key in ("version", "version_note", "path"):
         d.pop(key)
     d["collectives"]["custom_allreduce_tp"] = list(d["collectives"]["custom_allreduce_tp"])
+    d["features"]["speculative"] = list(d["features"]["speculative"])
     return d
 
 

@@ -128,6 +128,14 @@ class Layouts:
 
 
 @dataclass(frozen=True)
+class Features:
+    """Optional engine features and their defaults."""
+
+    prefix_caching: bool = False          # automatic prefix caching on unless turned off
+    speculative: tuple[str, ...] = ()     # speculative-decoding methods the engine runs: mtp, eagle3
+
+
+@dataclass(frozen=True)
 class EngineProfile:
     """One engine family over a range of versions [min_version, max_version)."""
 
@@ -147,6 +155,7 @@ class EngineProfile:
     kv_cache_dtype: dict[str, str] = field(default_factory=dict)   # weight dtype -> default KV dtype ('' = activation dtype)
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
     layouts: Layouts = field(default_factory=Layouts)
+    features: Features = field(default_factory=Features)
     calibration: str = ""                  # provenance of the fitted constants (rows, date, error)
     calibration_error: dict[str, float] = field(default_factory=dict)  # held-out relative error quantiles of
                                            # (pred - measured) / measured: level, ttft_low/high, tpot_low/high, runs

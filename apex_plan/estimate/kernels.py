@@ -71,10 +71,11 @@ def empty_shape(eager):
 @kernel(cache=True, inline="always")
 def add_sequence(sh, win, k0, c, decode, samples, count):
     """`sh` with `count` identical sequences added: each computes c tokens after k0 cached ones, as a
-    decode (decode=1: its context k0 + c is read) or a prefill chunk; samples=1: a token is sampled.
+    decode (decode=1: its context k0 + c is read) or a prefill chunk; samples: rows sampled per
+    sequence (1 for a token; k + 1 for a speculative verification of k drafts, 0 for none).
     Windowed fields cap each sequence's context at `win` tokens (win <= 0: no window)."""
     tokens = sh.tokens + count * c
-    n_logits = sh.n_logits + (count if samples else 0)
+    n_logits = sh.n_logits + count * samples       # sampled rows: 1 per sequence (k + 1 when verifying k drafts)
     if decode:
         seq = k0 + c
         w = seq if (win <= 0.0 or seq < win) else win
@@ -173,9 +174,12 @@ def _op_time(p, sh, o, m):
         peak = o.peak_flops_per_s * o.efficiency              # achievable GEMM FLOP/s
         k, n, wb = o.k, o.n, o.w_bytes
         if o.shape == OP_EXPERTS:
-            # routed experts: tokens reaching this GPU's experts, and how many experts they touch
+            # routed experts: expert-token copies reaching this GPU, and how many of its experts they
+            # touch: the MoE layer gathers the tokens of every attention-DP rank (route_frac /
+            # (experts x active_p) of this rank's, = adp), each picking a given expert with active_p
             m_e = m * o.route_frac
-            active = o.experts * (1.0 - (1.0 - o.active_p) ** m)
+            gathered = m_e / (o.experts * o.active_p) if o.experts * o.active_p > 0.0 else m
+            active = o.experts * (1.0 - (1.0 - o.active_p) ** gathered)
             if p.ep > 1.0:
                 m_e *= p.moe_imbalance          # the busiest rank sets the pace
             flops = 2.0 * m_e * k * n                           # multiply-adds of the expert GEMMs

@@ -113,6 +113,13 @@ def _text_config(cfg: dict, where: str) -> tuple[dict, list[str]]:
     return cfg, notes
 
 
+def _mtp_layers(cfg: dict) -> int:
+    """Multi-token-prediction modules of the checkpoint (DeepSeek-V3 num_nextn_predict_layers, MiMo
+    num_mtp_modules, Qwen3-Next mtp_num_hidden_layers): the drafts of MTP speculative decoding."""
+    mtp = cfg.get("num_nextn_predict_layers") or cfg.get("mtp_num_hidden_layers") or cfg.get("num_mtp_modules")
+    return mtp if isinstance(mtp, int) and not isinstance(mtp, bool) and mtp > 0 else 0
+
+
 def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpec:
     """Map Hugging Face config fields (plus optional `name`/`source`) onto a validated `ModelSpec`."""
     arch = _architecture(cfg, where)
@@ -134,6 +141,7 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
         tie_word_embeddings=_bool(cfg, where, "tie_word_embeddings", False),
         max_context=_int(cfg, where, "max_position_embeddings"),
         notes=tuple(notes),
+        mtp_layers=_mtp_layers(cfg),
         aliases=_aliases(cfg, where),
     )
     _check_dtype(cfg, where)

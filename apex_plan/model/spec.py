@@ -155,6 +155,7 @@ class ModelSpec:
     #     plan's weight dtype ---
     weight_formats: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()      # what the loader left out (vision tower, MTP modules)
+    mtp_layers: int = 0              # multi-token-prediction modules (num_nextn_predict_layers): MTP drafts
     aliases: tuple[str, ...] = ()    # other repo ids of the same weights in other formats (built-in YAML)
     aliases_dtype: str = ""          # dtype of the aliases without a quantisation tag ("": the checkpoint's)
 

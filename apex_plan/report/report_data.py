@@ -153,7 +153,7 @@ def _load_curve(res, ev, p: float) -> tuple:
     pts, sc = [], None
     t = inp.trace
     n = min(len(t), CURVE_REQUESTS)
-    head = Trace(t.arrival_s[:n], t.prompt_tokens[:n], t.output_tokens[:n], t.name)
+    head = t.take(np.arange(n))
     for f in LOAD_FRACTIONS:
         sim = simulate(inp.model, ev.cluster, ev.plan, ev.run_cfg, Workload(scaled_trace(head, ev.goodput_rps * f)),
                        inp.slo, step_cost=sc)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from apex_plan.report.economics import deployment_economics, money
 from apex_plan.report.layout import fit_columns as _fit_columns, print_phrases, table as _table
+from apex_plan.report.settings_view import settings_doc, settings_lines
 from apex_plan.report.output import SCHEMA_VERSION
 from apex_plan.search.pipeline import PlanEval, SearchResult
 
@@ -160,6 +161,7 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
         "closest": res.closest,
         "binding_constraint": res.binding or None,
         "plans": plans,
+        "engine_settings": settings_doc(res),
         "exit_status": 0 if res.deployments else 1,
         "rejected": [{"plan": p.replica_label(), "reason": r} for p, r in res.rejected] if show_all else [],
         "uncalibrated": uncalibrated(res),
@@ -293,6 +295,7 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
     if res.deployments:
         _deployments(res, console)
     _plans(res, console, show_all)
+    settings_lines(res, console)
     if res.closest:
         c = res.closest
         reps = " + ".join(f"{n} x {k}" for k, n in c["replicas"])

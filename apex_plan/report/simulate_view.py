@@ -62,6 +62,28 @@ def simulate_rows(res: SimResult, inputs: dict) -> list[dict]:
     return [flatten(doc)]
 
 
+def _prefix_lines(m: dict, console: Console) -> None:
+    """Prefix caching (hit rate, saved prefill, TTFT with / without) and speculative decoding lines."""
+    pc = m.get("prefix_cache") or {}
+    if pc.get("prefix_block_tokens"):
+        line = (f"prefix cache {'on' if pc['enabled'] else 'off'}: hit rate {pc['hit_rate']:.1%} (an infinite cache: "
+                f"{pc['infinite_cache_hit_rate']:.1%}), {pc['saved_prefill_tokens']:,} prefill tokens saved, "
+                f"{pc['evicted_blocks']:,} KV blocks evicted")
+        if "ttft_ms_with_caching" in pc:
+            w, wo = pc["ttft_ms_with_caching"], pc["ttft_ms_without_caching"]
+            line += (f"; TTFT p50 / p90 {_fmt(w['p50'])} / {_fmt(w['p90'])} ms with caching, {_fmt(wo['p50'])} / "
+                     f"{_fmt(wo['p90'])} ms without")
+            if "goodput_with_caching_rps" in pc:
+                line += (f"; goodput {pc['goodput_with_caching_rps']:.2f} vs {pc['goodput_without_caching_rps']:.2f} "
+                         "req/s")
+        console.print(escape(line))
+    sp = m.get("speculative")
+    if sp:
+        console.print(escape(f"speculative {sp['method']}:{sp['draft_tokens']}: {sp['tokens_per_step']:.2f} tokens per "
+                             f"step expected ({sp['acceptance_source']}), {_fmt(sp['measured_tokens_per_step'], '.2f')} "
+                             f"measured over {sp['verify_steps']:,} verifications"))
+
+
 def simulate_table(res: SimResult, console: Console) -> None:
     p = res.plan
     console.print(f"[bold]{p.label()}[/bold] on {p.num_gpus} GPUs   engine: {res.engine.profile.label}, chunked prefill "
@@ -93,6 +115,7 @@ def simulate_table(res: SimResult, console: Console) -> None:
     kv = m["kv_cache"]
     console.print(f"KV cache: mean {kv['mean_utilization']:.0%}, peak {kv['peak_utilization']:.0%}, "
                   f"{kv['preemptions']} preemptions")
+    _prefix_lines(m, console)
     e = m["energy"]
     console.print(f"energy: {e['total_j'] / 3.6e6:.3f} kWh, {_fmt(e['j_per_output_token'], '.2f')} J per output token, "
                   f"mean {e['mean_power_w']:.0f} W")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 
 from apex_plan.estimate.step_cost import StepCost
+from apex_plan.simulate.features import decode_step_s
 from apex_plan.workload.spec import Slo
 
 BOUND_SLACK = 1.15               # headroom for mean-context and percentile effects (see tests)
@@ -53,6 +54,32 @@ def _decode(sc: StepCost, b: int, ctx: int) -> tuple[float, float]:
     return t, br["scheduler"]
 
 
+def goodput_bound_rps(sc: StepCost, *, mean_prompt: float, mean_output: float, kv_tokens: int, max_num_seqs: int,
+                      budget: int, chunked: bool, slo: Slo, spec=None, draft: StepCost | None = None) -> float:
+    """Requests/s one replica cannot exceed within the SLO (0 when no batch meets the TPOT SLO).
+    With prefix caching, `mean_prompt` is the mean uncached prompt of an infinite cache (the least
+    prefill a cache can leave); with speculation (`spec`, its `draft` cost) every draft is taken as
+    accepted (k + 1 tokens per step), so the bound stays an upper bound."""
+    pp = sc.plan.pp
+    ctx = max(int(mean_prompt + mean_output / 2), 1)
+    b_max = int(max(1, min(max_num_seqs, kv_tokens // pp // ctx)))
+    tpot_cap = slo.tpot_s * BOUND_SLACK if slo.tpot_s else math.inf
+    chunk = max(1, min(budget, 2048) if chunked else int(mean_prompt))
+    sizes = sorted({b_max, *(2 ** k for k in range(0, 12) if 2 ** k < b_max)})
+    best = 0.0
+    for b in sizes:
+        t, h, per_step = decode_step_s(sc, draft, spec, b, ctx)
+        if max(t, pp * h) / per_step > tpot_cap:
+            break                          # step time grows with the batch: larger ones miss too
+        # marginal seconds per prompt token when a chunk rides along with this decode batch
+        tm, _ = sc.step_s(decodes=b, context=ctx, chunk=chunk, samples=False, eager=True)
+        pf_s_per_tok = max(tm - t, 0.0) / chunk
+        per_req_s = mean_output * t / (pp * b * per_step) + mean_prompt * pf_s_per_tok / pp   # GPU s per request
+        rate = min(1.0 / per_req_s, b * per_step / h / mean_output if h > 0 else math.inf)
+        best = max(best, rate)
+    return best * BOUND_SLACK
+
+
 def _batch(sc: StepCost, b: int, ctx: int, chunk: int, mean_prompt: float, mean_output: float) -> tuple[float, float]:
     """(TPOT floor, requests/s) of one replica whose engines each decode `b` sequences of `ctx` tokens:
     one token per step of the sequence's engine (or pp host times); per request the GPU seconds of its
@@ -73,20 +100,6 @@ def _batches(mean_prompt: float, mean_output: float, kv_tokens: int, max_num_seq
     b_max = int(max(1, min(max_num_seqs, kv_tokens // pp // ctx)))
     chunk = max(1, min(budget, 2048) if chunked else int(mean_prompt))
     return ctx, chunk, sorted({b_max, *(2 ** k for k in range(0, 12) if 2 ** k < b_max)})
-
-
-def goodput_bound_rps(sc: StepCost, *, mean_prompt: float, mean_output: float, kv_tokens: int, max_num_seqs: int,
-                      budget: int, chunked: bool, slo: Slo) -> float:
-    """Requests/s one replica cannot exceed within the SLO (0 when no batch meets the TPOT SLO)."""
-    ctx, chunk, sizes = _batches(mean_prompt, mean_output, kv_tokens, max_num_seqs, budget, chunked, sc.plan.pp)
-    tpot_cap = slo.tpot_s * BOUND_SLACK if slo.tpot_s else math.inf
-    best = 0.0
-    for b in sizes:
-        tpot, rate = _batch(sc, b, ctx, chunk, mean_prompt, mean_output)
-        if tpot > tpot_cap:
-            break                          # step time grows with the batch: larger ones miss too
-        best = max(best, rate)
-    return best * BOUND_SLACK
 
 
 def operating_tpot_s(sc: StepCost, rate_rps: float, *, mean_prompt: float, mean_output: float, kv_tokens: int,

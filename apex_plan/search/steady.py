@@ -28,6 +28,7 @@ never kept up with. So capacity is not measured on the given trace as it is:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -67,6 +68,7 @@ class RequestMix:
     mean_output: float
     tail_output: float              # TAIL_QUANTILE of the output lengths
     name: str = ""
+    prefix_trace: Trace | None = None   # a trace with prefix structure: replayed in order (see `prefix_stream`)
 
     def sampling_error(self, n: int) -> dict:
         """How well the first `n` draws represent the mix: the relative error of their mean request
@@ -95,10 +97,33 @@ def request_mix(trace: Trace, seed: int = STREAM_SEED) -> RequestMix:
         g = gaps[_rounds(gaps.size, MAX_HORIZON_REQUESTS, rng)] / gaps.mean()
     else:                           # no arrival times to learn from: Poisson
         g = rng.exponential(1.0, size=MAX_HORIZON_REQUESTS)
+    if trace.has_prefix_hashes:
+        # prefix structure (shared prompts, sessions) lives in the order of the requests: keep it
+        stream = prefix_stream(trace, MAX_HORIZON_REQUESTS)
+        gaps = np.diff(stream.arrival_s, prepend=0.0)
+        return RequestMix(n, stream.prompt_tokens, stream.output_tokens, gaps / max(gaps.mean(), 1e-300),
+                          float(trace.prompt_tokens.mean()), float(trace.output_tokens.mean()),
+                          float(np.percentile(trace.output_tokens, TAIL_QUANTILE)), trace.name, stream)
     return RequestMix(n, np.ascontiguousarray(trace.prompt_tokens[idx], np.int64),
                       np.ascontiguousarray(np.maximum(trace.output_tokens[idx], 1), np.int64),
                       g / g.mean(), float(trace.prompt_tokens.mean()), float(trace.output_tokens.mean()),
                       float(np.percentile(trace.output_tokens, TAIL_QUANTILE)), trace.name)
+
+
+def prefix_stream(trace: Trace, size: int) -> Trace:
+    """`size` requests of a trace with prefix structure, in its order: laps of the whole trace, each
+    lap after the last one ends (one mean gap later), with its block ids and sessions renamed so that
+    laps share nothing (a lap is new traffic, not a replay of cached prompts)."""
+    n = len(trace)
+    laps = -(-size // n)
+    lap_of = np.repeat(np.arange(laps, dtype=np.int64), n)[:size]
+    idx = np.tile(np.arange(n, dtype=np.int64), laps)[:size]
+    out = trace.take(idx)
+    span = trace.duration_s + (trace.duration_s / max(n - 1, 1) if n > 1 else 1.0)
+    ids = out.hash_ids + np.repeat(lap_of, np.diff(out.hash_ptr)) * (int(trace.hash_ids.max()) + 1)
+    session = None if out.session is None else np.where(out.session >= 0, out.session + lap_of * (
+        int(trace.session.max()) + 1), -1)
+    return dataclasses.replace(out, arrival_s=out.arrival_s + lap_of * span, hash_ids=ids, session=session)
 
 
 @dataclass(frozen=True)
@@ -159,6 +184,8 @@ def steady_trace(mix: RequestMix, rate_rps: float, n: int, burst: int = 0) -> Tr
     n = min(n, MAX_HORIZON_REQUESTS)
     t = np.cumsum(mix.stream_gaps[:n]) / rate_rps
     t = np.maximum(t - t[min(burst, n - 1)], 0.0) if burst else t - t[0]
+    if mix.prefix_trace is not None:        # the trace in order, time-scaled (think times scale with it)
+        return mix.prefix_trace.take(np.arange(n)).with_arrivals(t)
     return Trace(t, mix.stream_prompt[:n], mix.stream_output[:n], mix.name)
 
 
@@ -268,6 +295,8 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
                    "mean_power_w": j_req * rate_rps},
         "kv_cache": {"peak_utilization": max(k["peak_utilization"] for k in kv),
                      "preemptions": sum(k["preemptions"] for k in kv)},
+        "prefix_cache": _prefix_summary(sims),
+        "speculative_tokens_per_step": _spec_summary(sims),
         "slo": {"ttft_ms": slo.ttft_s * 1e3 if slo.ttft_s else None, "tpot_ms": slo.tpot_s * 1e3 if slo.tpot_s else None,
                 "percentile": p, "ttft_at_percentile_ms": ttft_p * 1e3, "tpot_at_percentile_ms": tpot_p * 1e3,
                 "attainment": float(good.mean()) if good.size else 0.0,
@@ -276,6 +305,21 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
                    "window_s": span_s, "backlog_growth_share": growth, "stable": stable,
                    "growth_tolerance_share": GROWTH_TOLERANCE},
     }
+
+
+def _prefix_summary(sims: list[SimResult]) -> dict:
+    """Hit rate (cached over prompt tokens) and prefill tokens saved over the whole simulations."""
+    saved = sum(s.metrics["prefix_cache"]["saved_prefill_tokens"] for s in sims)
+    prompt = sum(int(s.times.prompt_tokens[s.times.ok].sum()) for s in sims)
+    return {"enabled": any(s.metrics["prefix_cache"]["enabled"] for s in sims),
+            "hit_rate": saved / prompt if prompt else 0.0, "saved_prefill_tokens": saved}
+
+
+def _spec_summary(sims: list[SimResult]) -> float | None:
+    """Measured tokens per speculative verification (None without speculation)."""
+    sp = [s.metrics["speculative"] for s in sims if s.metrics.get("speculative")]
+    steps = sum(x["verify_steps"] for x in sp)
+    return sum((x["measured_tokens_per_step"] or 0.0) * x["verify_steps"] for x in sp) / steps if steps else None
 
 
 def _miss_upper(miss: np.ndarray) -> float:

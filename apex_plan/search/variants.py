@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import numpy as np
+
 from apex_plan.estimate.shard import Shard, build_shard, split_layers
 from apex_plan.estimate.step_cost import build_step_cost
 from apex_plan.hardware.power import check_point
@@ -20,7 +22,9 @@ from apex_plan.search.power_point import plan_clock_mhz, point_cluster, represen
 from apex_plan.search.screen import screen_plan
 from apex_plan.search.spec import PlanEval, SearchInputs
 from apex_plan.simulate.engine import resolve_engine
+from apex_plan.simulate.features import draft_cost
 from apex_plan.simulate.fit import fit_engine
+from apex_plan.workload.prefix import exact_hit_tokens
 
 
 def enumerate_group(inp: SearchInputs, cluster: ClusterSpec) -> tuple[list[Plan], list[tuple[Plan, str]], object]:
@@ -96,6 +100,9 @@ def prepare(inp: SearchInputs, evals: list[PlanEval], mix) -> tuple[dict, int]:
     hits = 0
     frontend_s = resolve_engine(inp.engines[0], model).profile.host.frontend_ms * 1e-3
     costs = {}
+    # an infinite cache's hits: the least prefill prefix caching can leave (screen floors and bounds)
+    prefix_hits = exact_hit_tokens(inp.trace)
+    uncached_prompt = float(np.maximum(inp.trace.prompt_tokens - prefix_hits, 1).mean())
     for ev in evals:
         group_cluster = ev.cluster
         key = layer_shard_key(ev.plan)
@@ -131,11 +138,15 @@ def prepare(inp: SearchInputs, evals: list[PlanEval], mix) -> tuple[dict, int]:
             ev.status = "duplicate"
             ev.reason = f"runs at the same SM clock ({ev.clock_mhz:.0f} MHz) as {same}: the same deployment"
             continue
+        caching = eng.prefix_caching and inp.trace.has_prefix_hashes
+        draft = draft_cost(model, ev.cluster.gpu, ev.plan, ev.cluster, eng) if eng.speculative is not None else None
         ev.screen = screen_plan(sc, inp.trace, inp.slo, budget=eng.max_batched_tokens, chunked=eng.chunked_prefill,
-                                frontend_s=frontend_s)
-        ev.bound_rps = goodput_bound_rps(sc, mean_prompt=mix.mean_prompt, mean_output=mix.mean_output,
-                                         kv_tokens=mem.kv_tokens, max_num_seqs=eng.max_num_seqs,
-                                         budget=eng.max_batched_tokens, chunked=eng.chunked_prefill, slo=inp.slo)
+                                frontend_s=frontend_s, hit_tokens=prefix_hits if caching else None,
+                                spec=eng.speculative, draft=draft)
+        ev.bound_rps = goodput_bound_rps(sc, mean_prompt=uncached_prompt if caching else mix.mean_prompt,
+                                         mean_output=mix.mean_output, kv_tokens=mem.kv_tokens,
+                                         max_num_seqs=eng.max_num_seqs, budget=eng.max_batched_tokens,
+                                         chunked=eng.chunked_prefill, slo=inp.slo, spec=eng.speculative, draft=draft)
         if not ev.screen.passed:
             ev.status, ev.reason = "screened", ev.screen.reason
             continue

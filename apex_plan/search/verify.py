@@ -85,7 +85,7 @@ def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: Requ
     for (ev, n), idx in zip(groups, parts):
         if idx.size == 0:
             continue
-        sub = Trace(tr.arrival_s[idx], tr.prompt_tokens[idx], tr.output_tokens[idx], tr.name)
+        sub = tr.take(idx)
         plan = dataclasses.replace(ev.plan, dp=n)
         res = simulate(inp.model, ev.cluster, plan, ev.run_cfg, Workload(sub), inp.slo)
         if not res.feasible:

@@ -22,7 +22,7 @@ from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.disagg import DisaggPlan
 from apex_plan.plan.spec import EngineConfig, Plan
-from apex_plan.abi import ENGINE, REQUEST, SCHED, XENGINE, XFER, make_record
+from apex_plan.abi import ENGINE, REQUEST, ROUTE_LEAST_LOADED, ROUTE_ROUND_ROBIN, SCHED, XENGINE, XFER, make_record
 from apex_plan.simulate import disagg_kernel as DK
 from apex_plan.simulate.engine import ResolvedEngine
 from apex_plan.simulate.fit import fit_engine
@@ -76,12 +76,13 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int) -> np.ndarray:
     e, p = role.engine, role.plan
     nblocks = role.memory.kv_blocks // p.pp        # the pool is shared out over the pp virtual engines
     return make_record(
-        SCHED, ranks=p.dp * p.adp, pp=p.pp, least_loaded=least_loaded, max_seqs=e.max_num_seqs,
+        SCHED, ranks=p.dp * p.adp, pp=p.pp, routing=ROUTE_LEAST_LOADED if least_loaded else ROUTE_ROUND_ROBIN,
+        max_seqs=e.max_num_seqs,
         budget_tokens=e.max_batched_tokens, chunked=e.chunked_prefill, block_tokens=e.block_size, kv_blocks=nblocks,
         watermark_blocks=int(e.watermark_fraction * nblocks), prefill_first=e.profile.prefill_first(e.chunked_prefill),
         reserve_full=e.profile.scheduler.reserve_full_sequence, closed_concurrency=closed, tdp_w=gpu.tdp_w,
         idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp,
-        adp_balance_steps=e.profile.scheduler.adp_balance_steps)
+        adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0)
 
 
 def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, engine_cfg: EngineConfig,

@@ -27,7 +27,9 @@ import numpy as np
 
 from apex_plan.abi import SLOT
 from apex_plan.jit import kernel
+from apex_plan.abi import ROUTE_LEAST_LOADED
 from apex_plan.simulate.kernels import _blocks_for, _cost_step, _end_step, _init, _route, _schedule
+from apex_plan.simulate.prefix_cache import PrefixCache
 
 INF = np.inf
 
@@ -51,7 +53,7 @@ def _route_decode(r, rr, base, eng, xe, cfg):
     engine and the round-robin counter."""
     ranks, pp = cfg.ranks, cfg.pp
     rank = rr % ranks
-    if cfg.least_loaded:
+    if cfg.routing == ROUTE_LEAST_LOADED:
         best = 1 << 60
         for k in range(ranks):
             load = 0
@@ -182,6 +184,12 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
     cfg_p, cfg_d = sched_p[0], sched_d[0]
     n = req_d.shape[0]
     ne = eng.shape[0]
+    # disaggregated pools run without prefix caching or speculation: an empty cache (unit 0 tokens)
+    cache = PrefixCache(np.full((16, 3), -1, np.int64), np.full((1, 5), -1, np.int64),
+                        np.array([-1, 15, 1, 0], np.int64), np.zeros((ne, 6), np.int64))
+    ids = np.zeros(1, np.int64)
+    sess_rep = np.full(1, -1, np.int64)
+    accept = np.zeros(1)
     _init(req_p, eng, cfg_p)
     _init(req_d, eng, cfg_d)
     for e in range(base_d):
@@ -233,7 +241,7 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
         if t_a <= t_e and t_a <= t_x:
             # ---- arrival: to a prefill engine's waiting queue -------------------------------------
             req_p[next_req].sent_s = t_a
-            rr_p = _route(next_req, rr_p, req_p, eng, cfg_p)
+            rr_p = _route(next_req, rr_p, req_p, eng, cfg_p, cache, ids, sess_rep)
             next_req += 1
             if next_req < n and req_d[next_req].sent_s <= t_a:
                 continue   # queue every request arriving at this instant first
@@ -289,7 +297,7 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
             # ---- a decode step ends ---------------------------------------------------------------
             now = t_e
             ns = eng[e_min].scheduled
-            finished, next_release = _end_step(e_min, now, req_d, eng, slots, cfg_d, next_release)
+            finished, next_release = _end_step(e_min, now, req_d, eng, slots, cfg_d, next_release, cache, ids, accept)
             for j in range(ns):
                 r = slots[e_min, j].req
                 q = req_d[r]
@@ -313,15 +321,15 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
                 refused = _admit_transfers(e, now, req_d, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, link_lat)
                 done += refused
                 eng[e].unfinished -= refused
-                ns, refused = _schedule(e, now, req_d, eng, slots, cfg_d)
+                ns, refused = _schedule(e, now, req_d, eng, slots, cfg_d, cache, ids)
                 done += refused
                 eng[e].unfinished -= refused
                 if ns > 0:
-                    _cost_step(e, ns, now, req_d, eng, slots, cfg_d, cost_d)
+                    _cost_step(e, ns, now, req_d, eng, slots, cfg_d, cost_d, cost_d)
             else:
-                ns, refused = _schedule(e, now, req_p, eng, slots, cfg_p)
+                ns, refused = _schedule(e, now, req_p, eng, slots, cfg_p, cache, ids)
                 done += refused
                 eng[e].unfinished -= refused
                 if ns > 0:
-                    _cost_step(e, ns, now, req_p, eng, slots, cfg_p, cost_p)
+                    _cost_step(e, ns, now, req_p, eng, slots, cfg_p, cost_p, cost_p)
     return t_end

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from apex_plan.abi import ENGINE, REQUEST, SCHED, make_record
+from apex_plan.abi import ENGINE, REQUEST, ROUTES, SCHED, make_record
 from apex_plan.estimate.memory import MemoryReport, memory_report
 from apex_plan.estimate.shard import build_shard
 from apex_plan.estimate.step_cost import StepCost, build_step_cost
 from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig, Plan
+from apex_plan.simulate import features as F
 from apex_plan.simulate import kernels as SK
 from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
 from apex_plan.simulate.fit import fit_engine
@@ -146,22 +147,34 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
     arrival = np.ascontiguousarray(tr.arrival_s[valid], dtype=np.float64)
     conc = workload.concurrency if workload.mode == "closed" else 0
     ranks = plan.dp * plan.adp           # each attention-DP rank schedules its own batch
+    sub = tr if valid.all() else tr.take(np.flatnonzero(valid))     # the served requests, prefix ids with them
+    ne = ranks * plan.pp
+    prefix = F.request_prefix(sub, eng.prefix_caching, eng.block_size)
+    spec_k, accept = F.spec_inputs(eng.speculative)
+    draft = F.draft_cost(model, gpu, plan, cluster, eng).cost if spec_k else sc.cost
+    feat: dict = {}
     sched = make_record(
-        SCHED, ranks=ranks, pp=plan.pp, least_loaded=eng.routing == "least_loaded", max_seqs=eng.max_num_seqs,
+        SCHED, ranks=ranks, pp=plan.pp, routing=ROUTES[eng.routing], max_seqs=eng.max_num_seqs,
         budget_tokens=eng.max_batched_tokens, chunked=eng.chunked_prefill, block_tokens=eng.block_size,
         kv_blocks=nblocks, watermark_blocks=watermark, prefill_first=eng.profile.prefill_first(eng.chunked_prefill),
         reserve_full=eng.profile.scheduler.reserve_full_sequence, closed_concurrency=0, tdp_w=gpu.tdp_w,
         idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp, adp_ranks=plan.adp,
-        adp_balance_steps=eng.profile.scheduler.adp_balance_steps)
+        adp_balance_steps=eng.profile.scheduler.adp_balance_steps, draft_tokens=spec_k, seed=F.SPEC_SEED)
 
     def run(arr, prm, out, closed, delay):
         """One pass of the event loop; per-request times and per-engine statistics."""
-        req = np.zeros(prm.size, REQUEST)
+        m = prm.size
+        req = np.zeros(m, REQUEST)
         req["arrival_s"], req["prompt_tokens"], req["output_tokens"], req["client_delay_s"] = arr, prm, out, delay
-        st = np.zeros(ranks * plan.pp, ENGINE)
+        for name, col in prefix.columns.items():
+            req[name] = col[:m]
+        st = np.zeros(ne, ENGINE)
         cfg = sched.copy()
         cfg["closed_concurrency"] = closed
-        end = SK.simulate_kernel(req, cfg, sc.cost, st)
+        cache = F.new_engine_cache(prefix, ne, nblocks)
+        end = SK.simulate_kernel(req, cfg, sc.cost, st, cache, prefix.ids, accept, draft)
+        if m == n:
+            feat.update(cache=cache, hit_tokens=np.ascontiguousarray(req["hit_tokens"]))
         cols = ("sent_s", "first_token_s", "finish_s", "scheduled_s", "preemptions")
         return (*(np.ascontiguousarray(req[c]) for c in cols), st, end)
 
@@ -188,6 +201,9 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
     energy = float(estats["dynamic_j"].sum()) + gpu.idle_w * plan.num_gpus * makespan
     metrics = compute_metrics(times, estats, makespan, energy, nblocks, slo)
     metrics["requests_refused_too_long"] = int((~valid).sum())
+    metrics["prefix_cache"] = F.prefix_metrics(sub, eng.prefix_caching, feat["hit_tokens"], times.ok, feat["cache"])
+    metrics["speculative"] = F.spec_metrics(eng.speculative, int(estats["verify_steps"].sum()),
+                                            int(estats["verified_tokens"].sum()))
     return SimResult(plan, eng, mem, True, "", times, estats, makespan, energy, metrics, sc)
 
 
