@@ -139,8 +139,9 @@ def hardware(name: Optional[str] = typer.Argument(None, help="built-in GPU profi
 
 
 @app.command(epilog="Example: apex-plan check models/llama-3.1-70b.yaml examples/cluster.yaml examples/chat.jsonl")
-def check(files: List[Path] = typer.Argument(..., help="model, GPU profile, cluster or trace files")) -> None:
-    """Validate model, hardware, cluster and trace files; one line per file, exit 2 if any is bad."""
+def check(files: List[Path] = typer.Argument(..., help="model, GPU profile, cluster, trace, engine profile, sweep or "
+                                                         "measured-run files")) -> None:
+    """Validate input files with the readers every command uses; one line per file, exit 2 if any is bad."""
     from apex_plan.checkfiles import check_file
     bad = 0
     for f in files:

@@ -87,12 +87,18 @@ def exit_status(e: BaseException) -> int:
 
 
 def one_line_warnings() -> None:
-    """Warnings (e.g. dropped trace rows) print as one 'apex-plan: warning:' line each."""
+    """Warnings (e.g. dropped trace rows) print as one 'apex-plan: warning:' line each. Numeric
+    warnings of numpy (overflow, 0/0, the mean of an empty slice) never reach the user: the results
+    they touch are checked where they are made (finite metrics, field errors on the inputs)."""
     import warnings
+
+    import numpy as np
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
         print(f"apex-plan: warning: {message}".replace("\n", " "), file=file or sys.stderr)
     warnings.showwarning = show
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    np.seterr(all="ignore")
 
 
 # vLLM's flag spellings that are not plain option aliases: rewritten before parsing

@@ -637,7 +637,7 @@ def run_csv_files() -> list[tuple[str, tuple[str, ...]]]:
 
 
 for name, needles in vllm_bench_files() + run_csv_files():
-    for argv in _run_cmds("{file:" + name + "}"):
+    for argv in _run_cmds("{file:" + name + "}") + [["check", "{file:" + name + "}"]]:
         case(f"{argv[0]}:{name}", argv, name, *needles)
 # plans and options of calibrate / validate, checked by the rules simulate and search use
 _AIP = str(_RUNS / "profile_export_aiperf.json")
@@ -676,7 +676,8 @@ def engine_profile_files() -> list[tuple[str, tuple[str, ...]]]:
     muts = {"scheduler.token_budget": (0,), "scheduler.max_num_seqs": (0, -1, 1.5), "host.overlap": (2.5, -0.5),
             "host.step_ms": (float("nan"), float("inf"), "fast"), "scheduler.block_size": (0,),
             "memory.gpu_memory_utilization": (0, 1.5), "scheduler.watermark_fraction": (2,),
-            "min_version": ("2.0.0", "abc"), "scheduler.foo": (1,), "host.step_overhead_ms": (2,)}
+            "min_version": ("2.0.0", "abc"), "scheduler.foo": (1,), "host.step_overhead_ms": (2,),
+            "memory.engine_reserve_gib": (1,), "host.frontend_latency_ms": (10,)}
     for field, values in muts.items():
         for i, v in enumerate(values):
             doc = yaml.safe_load(yaml.safe_dump(base))
@@ -692,6 +693,7 @@ def engine_profile_files() -> list[tuple[str, tuple[str, ...]]]:
 for name, needles in engine_profile_files():
     for base in (SIM, SEARCH, _run_cmds(_AIP)[1]):
         case(f"{base[0]}--engine:{name}", with_opt(base, "--engine", "{file:" + name + "}"), name, *needles)
+    case(f"check:{name}", ["check", "{file:" + name + "}"], name, *needles)
 
 
 def moved_gpu_keys() -> list[tuple[str, tuple[str, ...]]]:
@@ -745,6 +747,7 @@ for tag, doc, needles in (
         ("dup-names", {"scenarios": [dict(_SC, name="a"), dict(_SC, name="a", rate=2)]}, ("'a'",))):
     name = add_file(f"sweep-{tag}.yaml", yaml.safe_dump(doc))
     case(f"sweep:{name}", ["sweep", "{file:" + name + "}", "--output", "{file:out-" + tag + ".jsonl}"], name, *needles)
+    case(f"check:{name}", ["check", "{file:" + name + "}"], name, *needles)
 
 # ---------------------------------------------------------------------------------------------
 

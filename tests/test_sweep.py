@@ -94,6 +94,8 @@ def test_sweep_runs_resumes_and_isolates_failures(tmp_path, capsys, monkeypatch)
     code, stdout, err = run_main(["sweep", f, "--output", out, "--jobs", "1", "--report", html, "--format", "json"],
                                  capsys, monkeypatch)
     assert code == 1, err                                   # one scenario failed: status 1, others done
+    failed = [x for x in err.splitlines() if ": failed" in x]
+    assert len(failed) == 1 and "no-such-model" in failed[0] and "--model" in failed[0], err   # its reason, one line
     summary = json.loads(stdout)
     assert summary["scenarios"] == 3 and summary["ok"] == 2 and summary["failed"] == 1
     lines = [json.loads(x) for x in out.read_text().splitlines()]
@@ -160,3 +162,63 @@ def test_ray_missing_is_one_line(tmp_path, monkeypatch):
     scs, _ = expand({"scenarios": [{"model": "llama-3.1-8b"}]}, "s.yaml")
     with pytest.raises(InputError, match=r"apex-plan\[ray\]"):
         R.run_sweep(scs, tmp_path / "x.jsonl", "ray", 1)
+
+
+def _children(pid: int) -> set[int]:
+    """PIDs whose parent is `pid` (Linux /proc)."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.add(int(d.name))
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    import os
+    alive = set()
+    for p in pids:
+        try:
+            os.kill(p, 0)
+            alive.add(p)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", ["TERM", "KILL"])
+def test_interrupted_sweep_says_so_and_leaves_no_workers(tmp_path, sig):
+    """SIGTERM: one line saying the sweep was interrupted and how to resume, exit 130; SIGKILL of the
+    sweep process: its workers notice the parent is gone and exit (no search keeps running)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    doc = {"base": {"gpu": "h100-sxm-80gb", "gpus": 8, "workload": "chat", "model": "llama-3.1-70b"},
+           "grid": {"rate": [1, 2, 3, 4]}}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "apex_plan", "sweep", str(f), "--jobs", "2", "--output",
+                             str(tmp_path / "out.jsonl")], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    deadline = time.time() + 60
+    while time.time() < deadline and len(workers) < 2:   # wait for the pool's workers to start
+        time.sleep(0.5)
+        workers |= {c for c in _children(proc.pid)}
+    time.sleep(3)
+    workers |= _children(proc.pid)
+    os.kill(proc.pid, getattr(signal, f"SIG{sig}"))
+    out, err = proc.communicate(timeout=60)
+    time.sleep(3)                                        # workers poll their parent every 0.5 s
+    assert not _alive(workers), (sig, _alive(workers))
+    if sig == "TERM":
+        assert proc.returncode == 130, (proc.returncode, err)
+        assert "sweep interrupted" in err and "run the same command again" in err, err
+        assert "Traceback" not in err

@@ -85,6 +85,11 @@ def _section(cls: type, raw: Any, where: str, prefix: str) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
+            from apex_plan.hardware.load import MOVED_TO_ENGINE
+            new = MOVED_TO_ENGINE.get(str(key))
+            if new:                              # a GPU-profile calibration key of round 1, renamed here
+                raise InputError(where, f"{prefix}.{key}", f"is the old GPU-profile name of '{new}'",
+                                 f"write it as '{new}' in the engine profile")
             raise InputError(where, f"{prefix}.{key}", "unknown field", did_you_mean(str(key), fields))
     return cls(**{k: _value(raw, k, hints[k], where, f"{prefix}.{k}") for k in raw})
 

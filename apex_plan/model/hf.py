@@ -8,7 +8,7 @@ from typing import Any, Callable
 from apex_plan.errors import InputError
 from apex_plan.model import spec as S
 from apex_plan.model.fields import _MISSING, _bool, _count_dense, _get, _int, _int_list, _str_list
-from apex_plan.model.hf2026 import NO_DENSE_WIDTH, READERS
+from apex_plan.model.hf2026 import MLA_FAMILIES, NO_DENSE_WIDTH, READERS
 from apex_plan.model.quant import formats_from_config
 from apex_plan.model.spec import LayerKind, ModelSpec, group_layers
 
@@ -153,7 +153,8 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
     if arch in _MLA:
         spec = _mla_spec(cfg, where, arch, common)
     elif arch in READERS:
-        _gqa_fields(cfg, where, arch, common)
+        if arch not in MLA_FAMILIES:
+            _gqa_fields(cfg, where, arch, common)
         spec = READERS[arch](cfg, where, common)
     else:
         _gqa_fields(cfg, where, arch, common)

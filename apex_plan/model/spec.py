@@ -133,6 +133,8 @@ class ModelSpec:
     linear_key_head_dim: int = 0
     linear_value_head_dim: int = 0
     linear_conv_kernel: int = 0
+    linear_kind: str = "gdn"         # "gdn" Gated DeltaNet (Qwen3.5) | "kda" Kimi Delta Attention (Kimi-Linear, K3)
+    linear_full_rank_gate: bool = False  # KDA: the output gate is a full hidden -> heads*dim projection
     # --- Mamba-2 (mixer MAMBA) ---
     mamba_num_heads: int = 0
     mamba_head_dim: int = 0

@@ -76,15 +76,16 @@ def _question(inputs: dict, model_source: str, gpu_source: str) -> str:
 def search_html(d: SearchReportData) -> str:
     q = d.question
     pct = f"p{d.percentile:g}"
-    body = [_question(q, d.model_source, d.gpu_source)]
-    if d.calibration:
-        body.append("<details><summary>GPU profile calibration constants (the profile YAML gives each one's "
-                    f'source)</summary><table class="kv">{"".join(_kv_rows(d.calibration))}</table></details>')
     cls = "rec" if d.deployments else "rec bad"
-    body.append(f'<h2>Recommendation</h2><p class="{cls}">{escape(d.recommendation)}</p>')
+    # the answer first: the recommendation and its launch command, then the question that was asked
+    body = [f'<h2>Recommendation</h2><p class="{cls}">{escape(d.recommendation)}</p>']
     if d.deployments:
         body.append("<p>Launch command (one per replica plan):</p><pre>" +
                     escape("\n".join(d.deployments[0].launch)) + "</pre>")
+    body.append(_question(q, d.model_source, d.gpu_source))
+    if d.calibration:
+        body.append("<details><summary>GPU profile calibration constants (the profile YAML gives each one's "
+                    f'source)</summary><table class="kv">{"".join(_kv_rows(d.calibration))}</table></details>')
         rows = []
         for dv in d.deployments:
             m = dv.metrics

@@ -22,7 +22,8 @@ Quantisation: a checkpoint already in the plan's format (its config.json says `q
 needs no flag, vLLM and SGLang read the method from it (vLLM engine args: "--quantization ... If None,
 we first check the quantization_config attribute in the model config file"); bf16 weights served as
 fp8 take `--quantization fp8` (online dynamic FP8 in both). No engine quantises online to fp4, int4 or
-int8: such a plan needs a checkpoint in that format, and its command says so in a trailing comment.
+int8 (nor trtllm-serve to fp8): such a plan needs a checkpoint in that format, and its command says so
+in a trailing comment.
 
 `parse_launch` reads a command back (tests check the round trip against the plan).
 """
@@ -35,7 +36,8 @@ from apex_plan.plan.spec import Plan
 
 # KV-cache dtype names of each engine for the planner's dtypes
 _KV = {"vllm": {"fp8": "fp8"}, "sglang": {"fp8": "fp8_e4m3"}, "trtllm": {}}
-ONLINE_QUANT = ("fp8",)          # weight dtypes vLLM and SGLang quantise to at load (--quantization fp8)
+ONLINE_QUANT = ("fp8",)          # weight dtypes vLLM and SGLang quantise to at load (--quantization fp8);
+                                 # trtllm-serve loads the checkpoint's own quantisation only
 _UNQUANTISED = ("bf16", "fp16", "fp32")
 
 
@@ -95,8 +97,10 @@ def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantize
         if not e.custom_allreduce:
             a += ["--disable-custom-all-reduce"]
     cmd = shlex.join(a)
-    if not prequantized and plan.weight_dtype not in _UNQUANTISED + ONLINE_QUANT:
-        cmd += f"  # needs a {plan.weight_dtype} checkpoint of {model_repo} (no engine quantises to it at load)"
+    online = ONLINE_QUANT if family in ("vllm", "sglang") else ()
+    if not prequantized and plan.weight_dtype not in _UNQUANTISED + online:
+        cmd += (f"  # needs a {plan.weight_dtype} checkpoint of {model_repo} ({family} does not quantise weights to "
+                f"{plan.weight_dtype} at load)")
     return cmd
 
 

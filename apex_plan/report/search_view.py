@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 import time
@@ -13,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from apex_plan.report.economics import deployment_economics, money
+from apex_plan.report.layout import fit_columns as _fit_columns, print_phrases, table as _table
 from apex_plan.report.settings_view import settings_doc, settings_lines
 from apex_plan.report.output import SCHEMA_VERSION
 from apex_plan.search.pipeline import PlanEval, SearchResult
@@ -164,6 +164,7 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
         "engine_settings": settings_doc(res),
         "exit_status": 0 if res.deployments else 1,
         "rejected": [{"plan": p.replica_label(), "reason": r} for p, r in res.rejected] if show_all else [],
+        "uncalibrated": uncalibrated(res),
     }
 
 
@@ -245,22 +246,6 @@ def binds(m: dict | None, slo) -> str:
     return top[1] if top[0] >= SLO_BOUND_SHARE else "compute"
 
 
-def print_phrases(console: Console, head: str, phrases: list[str], sep: str = "; ") -> None:
-    """`head` then the phrases, packed into lines of the console's width and broken only between
-    phrases (a phrase longer than a line wraps at its spaces); continuation lines indented."""
-    width = max(console.width, 40)
-    lines, cur = [], head
-    for i, ph in enumerate(phrases):
-        piece = ph + (sep if i < len(phrases) - 1 else "")
-        if cur.strip() and len(cur) + len(piece.rstrip()) > width:
-            lines.append(cur.rstrip())
-            cur = "  "
-        cur += piece
-    lines.append(cur.rstrip())
-    for line in lines:
-        console.print(escape(line), soft_wrap=len(line) <= width, highlight=False)
-
-
 def _workload_phrases(res: SearchResult) -> list[str]:
     from apex_plan.workload.synthetic import PRESETS
     tr = res.inputs.trace
@@ -272,31 +257,6 @@ def _workload_phrases(res: SearchResult) -> list[str]:
             out.append(f"{preset.name} preset {what}: {d.kind} mean {d.mean:g}, std {d.std:g}, {d.min_tokens}-"
                        f"{d.max_tokens} tokens")
     return out
-
-
-def _table(title: str, columns: list[tuple[str, str]]) -> Table:
-    """A table whose cells wrap only at spaces: every column is at least as wide as its longest word."""
-    t = Table(title=title, title_justify="left")
-    for name, justify in columns:
-        t.add_column(name, justify=justify, overflow="fold")
-    return t
-
-
-def _fit_columns(t: Table, console: Console, optional: tuple[str, ...] = ()) -> None:
-    """Minimum width of each column: its longest word (header or cell), so no value is ever cut; when
-    they cannot all fit `width`, the `optional` columns (in that order) are left out (the JSON and CSV
-    carry them)."""
-    for col in t.columns:
-        words = [w for cell in [str(col.header), *map(str, col._cells)] for w in cell.split()]
-        col.min_width = max((len(w) for w in words), default=1)
-    def fits() -> bool:                    # rendered at the console's width, no line longer than it
-        probe = Console(width=console.width, file=io.StringIO(), color_system=None, legacy_windows=False)
-        probe.print(t, crop=False)
-        return max(len(line) for line in probe.file.getvalue().splitlines()) <= console.width
-    for name in optional:
-        if fits():
-            break
-        t.columns[:] = [c for c in t.columns if c.header != name]
 
 
 def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
@@ -402,16 +362,21 @@ def _plans(res: SearchResult, console: Console, show_all: bool) -> None:
         console.print(escape("rejected before costing: " + "; ".join(sorted({r for _, r in res.rejected}))))
 
 
-def _uncalibrated(res: SearchResult, console: Console) -> None:
-    """The components the answer relied on that no measured run calibrated (as `simulate` lists them)."""
+def uncalibrated(res: SearchResult) -> list[str]:
+    """The components the answer (the top deployment, else the best plan) relied on that no measured run
+    calibrated, as `simulate` lists them."""
     from apex_plan.calibrate.interval import uncalibrated_components
     prof = res.inputs.engines[0].profile if res.inputs.engines else None
     if prof is None:
-        return
+        return []
     plans = [e.plan for d in res.deployments[:1] for k, _ in d.deployment.replicas
              for e in res.plans if e.key == k] or [e.plan for e in res.plans if e.status == "ok"][:1]
-    items = sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu,
-                                                                      res.inputs.cluster.gpus_per_node, prof)})
+    return sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu,
+                                                                     res.inputs.cluster.gpus_per_node, prof)})
+
+
+def _uncalibrated(res: SearchResult, console: Console) -> None:
+    items = uncalibrated(res)
     if items:
         print_phrases(console, "uncalibrated: ", items)
 

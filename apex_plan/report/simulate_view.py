@@ -102,7 +102,7 @@ def simulate_table(res: SimResult, console: Console) -> None:
     m = res.metrics
     t = Table(title="Latency (client view)")
     for col in ("metric", "mean", "p50", "p90", "p99"):
-        t.add_column(col, justify="right" if col != "metric" else "left")
+        t.add_column(col, justify="right" if col != "metric" else "left", overflow="fold")
     for key, label, spec in (("ttft_ms", "TTFT (ms)", ".1f"), ("tpot_ms", "TPOT (ms)", ".2f"),
                              ("e2e_s", "end-to-end (s)", ".2f"), ("queue_ms", "queueing (ms)", ".1f")):
         d = m[key]
@@ -128,9 +128,9 @@ def simulate_table(res: SimResult, console: Console) -> None:
     ctx = int(max(1, res.times.prompt_tokens.mean() + res.times.output_tokens.mean() / 2))
     bd = step_breakdown(res, 8, ctx)
     bt = Table(title=f"Step time breakdown (ms): decode of 8 seqs at {ctx} tokens; one {bd['prefill_chunk']['tokens']}-token prefill chunk")
-    bt.add_column("op")
-    bt.add_column("decode step", justify="right")
-    bt.add_column("prefill chunk", justify="right")
+    bt.add_column("op", overflow="fold")
+    bt.add_column("decode step", justify="right", overflow="fold")
+    bt.add_column("prefill chunk", justify="right", overflow="fold")
     for k in ("gemm", "attention", "communication", "elementwise", "embed_lm_head", "engine_host"):
         bt.add_row(k.replace("_", " "), f"{bd['decode_step'][k + '_ms']:.2f}", f"{bd['prefill_chunk'][k + '_ms']:.2f}")
     console.print(bt)

@@ -70,7 +70,7 @@ def sweep_table(rows: list[dict], console: Console, output: str, wall_s: float) 
     t = Table(title=f"Sweep: {len(rows)} scenarios -> {output}")
     for c in ("#", "scenario", "status", "GPUs", "deployment", "TTFT p90", "TPOT p90", "tok/s", "$/h", "$/Mtok",
               "$/Mtok in"):
-        t.add_column(c, justify="left" if c in ("scenario", "status", "deployment") else "right")
+        t.add_column(c, justify="left" if c in ("scenario", "status", "deployment") else "right", overflow="fold")
     for r in rows:
         t.add_row(str(r["n"]), rescape(r["scenario"]), r["status"], _f(r["gpus_needed"], "d"), rescape(r["deployment"]),
                   _f(r["ttft_p90_ms"], ".0f"), _f(r["tpot_p90_ms"], ".1f"), _f(r["output_tokens_per_s"], ".0f"),

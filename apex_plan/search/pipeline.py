@@ -47,7 +47,8 @@ class SearchResult:
 
 def _one_replica_metrics(inp: SearchInputs, ev: PlanEval, sc, rate: float, mix: RequestMix) -> dict:
     """One replica at `rate`, run to steady state and judged over its window."""
-    h = horizon(mix, rate, inp.slo, ev.engine.max_num_seqs * ev.plan.pp)
+    # the run is sized by the plan's operating point at this rate, not by the SLO (the same run whatever the SLO)
+    h = horizon(mix, rate, ev.sizing_slo(inp.slo, rate), ev.engine.max_num_seqs * ev.plan.pp)
     tr = steady_trace(mix, rate, h.total, h.burst)
     res = simulate(inp.model, ev.cluster, ev.plan, ev.run_cfg, Workload(tr), inp.slo, step_cost=sc)
     t0, t1 = window_bounds(tr, h)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 from apex_plan.estimate.memory import MemoryReport
 from apex_plan.hardware.fleet import FleetSpec, NodeGroup, single_group
@@ -70,6 +71,14 @@ class PlanEval:
     at_demand: dict | None = None       # one replica at its share of the demand
     replicas_for_demand: int = 0
     simulations: int = 0
+    operating_tpot: Callable[[float], float] | None = None   # rate per replica -> its TPOT (run sizing)
+
+    def sizing_slo(self, slo, rate_rps: float):
+        """The latencies a steady-state run of one replica at `rate_rps` is sized by (not the SLO)."""
+        from apex_plan.search.steady import operating_slo
+        if self.operating_tpot is None or self.screen is None:
+            return slo
+        return operating_slo(slo, self.screen.ttft_floor_s, self.operating_tpot(rate_rps))
 
     @property
     def run_cfg(self) -> EngineConfig:

@@ -139,13 +139,22 @@ class Horizon:
 
 
 def in_flight(mix: RequestMix, rate_rps: float, slo: Slo, concurrency_cap: int | None) -> float:
-    """Requests in the system at steady state when the SLO holds (Little's law: rate x time in system)."""
+    """Requests in the system at steady state (Little's law: rate x time in system), the time from the
+    latency targets: `slo` is the SLO, or (SLO-free sizing, see `operating_slo`) the plan's own operating point."""
     ttft = slo.ttft_s or FALLBACK_TTFT_S
     t_sys_s = ttft + mix.mean_output * (slo.tpot_s or FALLBACK_TPOT_S)   # seconds one request stays
     L = rate_rps * t_sys_s
     if concurrency_cap:                       # running slots plus a TTFT SLO's worth of queue
         L = min(L, concurrency_cap + rate_rps * ttft)
     return L
+
+
+def operating_slo(slo: Slo, ttft_s: float, tpot_s: float) -> Slo:
+    """Latencies a replica runs at near a rate (its idle TTFT, its operating TPOT) in the form `horizon`
+    sizes a run by. Sizing a capacity run by these instead of the SLO makes the run at a rate the same
+    whatever the SLO, so a looser SLO can only pass more rates (capacity monotone in the SLO)."""
+    import dataclasses
+    return dataclasses.replace(slo, ttft_s=max(ttft_s, 1e-6), tpot_s=max(tpot_s, 1e-6))
 
 
 def horizon(mix: RequestMix, rate_rps: float, slo: Slo, concurrency_cap: int | None = None) -> Horizon:

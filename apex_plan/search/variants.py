@@ -5,6 +5,7 @@ screen and goodput bound (no simulation)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from apex_plan.hardware.power import check_point
 from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.plan.enumerate import enumerate_replica_plans, layer_shard_key
 from apex_plan.plan.spec import Plan
-from apex_plan.search.bounds import goodput_bound_rps
+from apex_plan.search.bounds import goodput_bound_rps, operating_tpot_s
 from apex_plan.search.fit import engine_label
 from apex_plan.search.layouts import profile_caps, supported_layout
 from apex_plan.search.power_point import plan_clock_mhz, point_cluster, representative_step, step_cost_builder
@@ -153,4 +154,8 @@ def prepare(inp: SearchInputs, evals: list[PlanEval], mix) -> tuple[dict, int]:
             ev.status, ev.reason = "screened", "no decode batch keeps the TPOT SLO (analytic bound)"
             continue
         costs[ev.key] = sc
+        ev.operating_tpot = functools.partial(operating_tpot_s, sc, mean_prompt=mix.mean_prompt,
+                                              mean_output=mix.mean_output, kv_tokens=mem.kv_tokens,
+                                              max_num_seqs=eng.max_num_seqs, budget=eng.max_batched_tokens,
+                                              chunked=eng.chunked_prefill)
     return costs, hits

@@ -49,6 +49,20 @@ def split_trace(trace: Trace, weights: list[float]) -> list[np.ndarray]:
     return [np.asarray(o, dtype=np.int64) for o in out]
 
 
+def sizing_slo(slo, groups: list, rate: float):
+    """The latencies a deployment's run is sized by: each plan group's operating point at its
+    capacity-weighted share of `rate` (per replica), weighted by that share; the SLO when a plan has none."""
+    total = sum(ev.goodput_rps * n for ev, n in groups)
+    if total <= 0 or any(getattr(ev, "operating_tpot", None) is None for ev, _ in groups):
+        return slo
+    ttft = tpot = 0.0
+    for ev, n in groups:
+        share = ev.goodput_rps * n / total
+        one = ev.sizing_slo(slo, rate * share / n)
+        ttft, tpot = ttft + share * one.ttft_s, tpot + share * one.tpot_s
+    return dataclasses.replace(slo, ttft_s=ttft, tpot_s=tpot)
+
+
 def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: RequestMix | None = None,
                       horizon_scale: float = 1.0, keep: list | None = None) -> DeploymentEval:
     """Simulate the whole deployment at `rate` to steady state (see `steady`): each plan group gets
@@ -60,7 +74,7 @@ def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: Requ
     mix = mix or request_mix(inp.trace)
     groups = [(by_key[k], n) for k, n in dep.replicas]
     cap = sum(n * ev.engine.max_num_seqs * ev.plan.pp for ev, n in groups)
-    h = horizon(mix, rate, inp.slo, cap)
+    h = horizon(mix, rate, sizing_slo(inp.slo, groups, rate), cap)
     if horizon_scale != 1.0:
         h = dataclasses.replace(h, warmup=math.ceil(h.warmup * horizon_scale), window=math.ceil(h.window * horizon_scale),
                                 tail=math.ceil(h.tail * horizon_scale))
