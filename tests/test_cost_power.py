@@ -22,7 +22,7 @@ from apex_plan.search.pipeline import SearchInputs, run_search
 from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Slo, Trace, Workload
 from apex_plan.workload.synthetic import preset_trace
-from tests.test_cli import assert_one_line_error, run_main
+from test_cli import assert_one_line_error, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 H100 = load_gpu("h100-sxm-80gb")

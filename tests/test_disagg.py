@@ -18,7 +18,7 @@ from apex_plan.simulate import disagg as D
 from apex_plan.simulate.transfer import Links, kv_transfer_bytes, nic_bytes, rank_links
 from apex_plan.workload.spec import Trace, Workload
 from apex_plan.workload.synthetic import LengthDist, closed_loop, synthetic_trace
-from tests.test_cli import assert_one_line_error, run_main
+from test_cli import assert_one_line_error, run_main
 
 H100 = load_gpu("h100-sxm-80gb")
 

@@ -19,7 +19,7 @@ from apex_plan.simulate.fit import fit_engine, reserved_fraction
 from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Workload
 from apex_plan.workload.synthetic import LengthDist, closed_loop, synthetic_trace
-from tests.test_cli import run_main
+from test_cli import run_main
 
 H100_MIB, B200_MIB = 81559, 183359      # nvidia-smi totals of the profiles (memory_gib x 1024)
 
