@@ -201,7 +201,7 @@ def test_interrupted_sweep_says_so_and_leaves_no_workers(tmp_path, sig):
     import sys
     import time
     doc = {"base": {"gpu": "h100-sxm-80gb", "gpus": 8, "workload": "chat", "model": "llama-3.1-70b"},
-           "grid": {"rate": [1, 2, 3, 4]}}
+           "grid": {"rate": list(range(1, 41))}}   # long enough to be running when signalled
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(doc))
     proc = subprocess.Popen([sys.executable, "-m", "apex_plan", "sweep", str(f), "--jobs", "2", "--output",
@@ -212,8 +212,9 @@ def test_interrupted_sweep_says_so_and_leaves_no_workers(tmp_path, sig):
     while time.time() < deadline and len(workers) < 2:   # wait for the pool's workers to start
         time.sleep(0.5)
         workers |= {c for c in _children(proc.pid)}
-    time.sleep(3)
+    time.sleep(1)
     workers |= _children(proc.pid)
+    assert proc.poll() is None, "the sweep ended before it was signalled"
     os.kill(proc.pid, getattr(signal, f"SIG{sig}"))
     out, err = proc.communicate(timeout=60)
     time.sleep(3)                                        # workers poll their parent every 0.5 s
