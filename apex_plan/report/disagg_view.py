@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from apex_plan.report.output import SCHEMA_VERSION, emit, flatten
+from apex_plan.report.simulate_view import latency_table
 from apex_plan.simulate.disagg import DisaggResult, simulate_disagg
 
 
@@ -62,12 +63,7 @@ def disagg_table(res: DisaggResult, console: Console, model_repo: str = "MODEL")
         console.print(f"[red]infeasible:[/red] {res.reason}")
         return
     m = res.metrics
-    t = Table(title="Latency (client view)")
-    for col in ("metric", "mean", "p50", "p90", "p99"):
-        t.add_column(col, justify="right" if col != "metric" else "left")
-    for key, label, spec in (("ttft_ms", "TTFT (ms)", ".1f"), ("tpot_ms", "TPOT (ms)", ".2f"), ("e2e_s", "end-to-end (s)", ".2f")):
-        t.add_row(label, *(_f(m[key][k], spec) for k in ("mean", "p50", "p90", "p99")))
-    console.print(t)
+    console.print(latency_table(m))
     ph = Table(title="TTFT by phase (ms)")
     for col in ("phase", "mean", "p50", "p90"):
         ph.add_column(col, justify="right" if col != "phase" else "left")

@@ -14,6 +14,22 @@ def _fmt(x, spec=".1f"):
     return "-" if x is None else format(x, spec)
 
 
+_LATENCY_ROWS = (("ttft_ms", "TTFT (ms)", ".1f"), ("tpot_ms", "TPOT (ms)", ".2f"),
+                 ("e2e_s", "end-to-end (s)", ".2f"), ("queue_ms", "queueing (ms)", ".1f"))
+
+
+def latency_table(metrics: dict) -> Table:
+    """The client-view latency table (mean and percentiles) of a simulation's metrics; rows whose
+    metric the run does not report (a disaggregated run has no single queue) are left out."""
+    t = Table(title="Latency (client view)")
+    for col in ("metric", "mean", "p50", "p90", "p99"):
+        t.add_column(col, justify="right" if col != "metric" else "left", overflow="fold")
+    for key, label, spec in _LATENCY_ROWS:
+        if key in metrics:
+            t.add_row(label, *(_fmt(metrics[key][k], spec) for k in ("mean", "p50", "p90", "p99")))
+    return t
+
+
 def step_breakdown(res: SimResult, batch: int, context: int) -> dict:
     """Per-op milliseconds of one representative decode step and one prefill chunk."""
     sc = res.step_cost
@@ -100,14 +116,7 @@ def simulate_table(res: SimResult, console: Console) -> None:
         console.print(f"[red]infeasible:[/red] {res.reason}")
         return
     m = res.metrics
-    t = Table(title="Latency (client view)")
-    for col in ("metric", "mean", "p50", "p90", "p99"):
-        t.add_column(col, justify="right" if col != "metric" else "left", overflow="fold")
-    for key, label, spec in (("ttft_ms", "TTFT (ms)", ".1f"), ("tpot_ms", "TPOT (ms)", ".2f"),
-                             ("e2e_s", "end-to-end (s)", ".2f"), ("queue_ms", "queueing (ms)", ".1f")):
-        d = m[key]
-        t.add_row(label, *(_fmt(d[k], spec) for k in ("mean", "p50", "p90", "p99")))
-    console.print(t)
+    console.print(latency_table(m))
     th = m["throughput"]
     console.print(f"throughput: {th['output_tokens_per_s']:.0f} output tok/s, {th['total_tokens_per_s']:.0f} total tok/s, "
                   f"{th['requests_per_s']:.2f} req/s over {m['makespan_s']:.0f} s; {m['completed']}/{m['requests']} "
