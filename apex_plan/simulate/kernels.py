@@ -364,7 +364,8 @@ def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
     sequence's entry verifies k drafts (k + 1 query tokens, all sampled; the context read once),
     after k passes of the draft model over one token per decoding sequence."""
     p = cost.params[0]
-    win = p.window_tokens          # tokens a sliding / chunked / sparse layer attends to (0: none)
+    win = p.window_tokens          # tokens a sliding / chunked layer (or a compressed one's raw window) attends to (0: none)
+    topk = p.topk_tokens           # tokens a sparse layer's top-k rows span (0: none)
     k = cfg.draft_tokens
     sh = empty_shape(0)
     dsh = empty_shape(0)
@@ -375,10 +376,10 @@ def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
         k0 = q.computed
         dec = q.generated > 0 and seq - k0 == 1
         if dec and k > 0:
-            sh = add_sequence(sh, win, k0, 1 + k, True, 1 + k, 1)   # every verified position is sampled
-            dsh = add_sequence(dsh, win, k0, 1, True, 1, 1)
+            sh = add_sequence(sh, win, topk, k0, 1 + k, True, 1 + k, 1)   # every verified position is sampled
+            dsh = add_sequence(dsh, win, topk, k0, 1, True, 1, 1)
         else:
-            sh = add_sequence(sh, win, k0, c, dec, k0 + c == seq, 1)
+            sh = add_sequence(sh, win, topk, k0, c, dec, k0 + c == seq, 1)
     dt, br = step_time(cost, sh)
     if dsh.tokens > 0:
         dt += k * _draft_pass_s(draft, dsh)
