@@ -94,8 +94,8 @@ def _coerce(f: dataclasses.Field, kind: type, value: Any) -> Any:
 
 
 def build(cls: type, mapping: Mapping[str, Any]):
-    """`cls` (a frozen request dataclass) from field name -> value; missing fields take their default,
-    None stays None (not given), every other value is converted and checked."""
+    """`cls` (a frozen request dataclass) from field name -> value; a missing field or None (not given)
+    takes its default, every other value is converted and checked."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in mapping:
         if k not in fields:
@@ -104,7 +104,8 @@ def build(cls: type, mapping: Mapping[str, Any]):
     kinds = field_kinds(cls)
     values = {}
     for name, f in fields.items():
-        v = mapping.get(name, f.default)
+        v = mapping.get(name)
+        v = f.default if v is None else v
         if v is REQUIRED:
             raise InputError(f.metadata["flags"][0], None, "is required", f"give {f.metadata['flags'][0]}")
         values[name] = None if v is None else _coerce(f, kinds[name][1], v)
