@@ -403,6 +403,7 @@ def search(
     max_power_kw: Optional[float] = typer.Option(None, "--max-power-kw", help="budget on the deployment's mean "
                                                  "power at its capacity, kW", callback=_real(0.0, 1e6, "e.g. --max-power-kw 20")),
     homogeneous: bool = typer.Option(False, "--homogeneous", help="one plan for all replicas"),
+    serving: str = typer.Option("agg", "--serving", help="agg | disagg (prefill and decode pools) | both, ranked in one list"),
     top: int = typer.Option(3, "--top", help="deployments to show", callback=_count(1, 100, "e.g. --top 3")),
     show_all: bool = typer.Option(False, "--all", help="also list infeasible and rejected plans with reasons"),
     allow_cross_node_tp: bool = typer.Option(False, "--allow-cross-node-tp", help="let tensor parallelism span nodes"),
@@ -424,6 +425,7 @@ def search(
     from apex_plan.model.load import load_model
     from apex_plan.report import search_view as V
     from apex_plan.search.pipeline import OBJECTIVES, SearchInputs, run_search
+    from apex_plan.search.disagg import check_serving
     from apex_plan.workload.slo import parse_slo
     check_format(fmt, output)
     _check_outputs(report, plot)
@@ -477,7 +479,8 @@ def search(
     inp = SearchInputs(m, cl, wl.trace, demand, slo, tuple(I.csv_list(weight_dtype, "--weight-dtype")),
                        tuple(I.csv_list(kv_dtype, "--kv-dtype")), engines, objective, homogeneous, top,
                        allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica, not no_bound_pruning,
-                       fleet=fleet, points=points, max_power_w=max_power_kw * 1e3 if max_power_kw else None)
+                       fleet=fleet, points=points, max_power_w=max_power_kw * 1e3 if max_power_kw else None,
+                       serving=check_serving(serving))
     from apex_plan.report.search_view import progress_reporter
     with progress_reporter() as report_progress:
         res = run_search(inp, report_progress)
@@ -489,7 +492,7 @@ def search(
               "max_power_kw": max_power_kw,
               "workload": {"trace": trace, "preset": workload if not trace else None, "requests": len(wl.trace),
                            "seed": seed},
-              "demand_rps": asked_demand, "headroom": headroom, "searched_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,
+              "demand_rps": asked_demand, "headroom": headroom, "searched_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top, "serving": serving,
               "weight_dtypes": list(inp.weight_dtypes), "kv_dtypes": list(inp.kv_dtypes),
               "slo": _slo_doc(asked_slo), "slo_margin": margin and {**margin, "searched_slo": _slo_doc(slo)},
               "engine": engine_doc(base.profile),
