@@ -54,7 +54,7 @@ def disagg_lines(res, console: Console) -> None:
     console.print(escape(f"disaggregated: {st.get('role_plans', 0)} role plans, prefill {st.get('prefill_ok', 0)} "
                          f"viable ({st.get('prefill_kept', 0)} kept), decode {st.get('decode_ok', 0)} viable "
                          f"({st.get('decode_kept', 0)} kept), {st.get('pool_sizings', 0)} pool sizings, "
-                         f"{st.get('simulations', 0)} simulations, {st.get('seconds', 0.0):.1f} s"))
+                         f"{st.get('simulations', 0)} simulations"))
     for bad in d.infeasible:
         console.print(escape(f"  not viable: {bad['pools']}: {bad['reason']}"), soft_wrap=True)
     if d.binding:
