@@ -61,6 +61,28 @@ def test_search_below_70_columns_cuts_no_value(capsys, monkeypatch, width):
     assert "binds" in text and text.count("TPOT SLO") + text.count("compute") + text.count("rate ceiling") >= 3
 
 
+SIMULATE = ["simulate", "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb", "--gpus", "1", "--plan", "tp=1",
+            "--workload", "chat", "--rate", "2", "--num-requests", "40", "--max-model-len", "8192"]
+
+
+@pytest.mark.parametrize("argv", [SIMULATE, ["models", "llama-3.1-8b"], ["hardware", "h100-sxm-80gb"]],
+                         ids=["simulate", "models", "hardware"])
+@pytest.mark.parametrize("width", [40, 60, 80])
+def test_every_table_fits_or_becomes_records(capsys, monkeypatch, argv, width):
+    """simulate's latency and step tables, a model's parameter table, a GPU's calibration table: no line
+    wider than the terminal, and no word of a row label folded across lines (each label whole)."""
+    code, out, err = run_main(argv, capsys, monkeypatch, env={"COLUMNS": str(width)})
+    assert code == 0, err
+    lines = out.splitlines()
+    assert all(len(line) <= width for line in lines), [line for line in lines if len(line) > width]
+    words = {w for line in lines for w in re.findall(r"[A-Za-z_][A-Za-z_-]{3,}", line)}
+    labels = {"simulate": ("communication", "elementwise", "end-to-end", "queueing"),
+              "models": ("attention_per_layer", "dense_mlp_per_layer", "embedding"),
+              "hardware": ("kernel_latency_us", "compute_efficiency")}[argv[0]]
+    for label in labels:
+        assert label in words, label
+
+
 def test_phrases_break_only_between_phrases():
     buf = io.StringIO()
     phrases = [f"phrase number {i} with words" for i in range(12)]
