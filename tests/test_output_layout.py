@@ -218,3 +218,27 @@ def test_remote_code_configs_launch_with_trust_remote_code():
         cmd = launch_command(family, "org/m", plan, ENGINE, remote_code=True)
         assert flag in cmd.split() and flag not in launch_command(family, "org/m", plan, ENGINE).split()
         assert parse_launch(cmd)["tp"] == 2
+
+
+def test_modelopt_companion_sets_the_checkpoint_format(tmp_path, capsys, monkeypatch):
+    """A config.json without quantization_config beside a modelopt hf_quant_config.json (NVIDIA's NVFP4
+    exports) is planned in the companion's format (folder layout and aiconfigurator-core's naming); without
+    one it stays bf16; a broken companion is one line naming it."""
+    from apex_plan.model.load import load_model
+    from test_model import _hf_llama_config
+    cfg = dict(_hf_llama_config(), _name_or_path="nvidia/Llama-3.1-8B-NVFP4")
+    nvfp4 = {"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "NVFP4", "group_size": 16,
+                                                                "exclude_modules": ["lm_head"]}}
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert load_model(str(folder / "config.json")).checkpoint_dtype == "bf16"
+    (folder / "hf_quant_config.json").write_text(json.dumps(nvfp4))
+    spec = load_model(str(folder / "config.json"))
+    assert spec.checkpoint_dtype == "fp4" and spec.source == "nvidia/Llama-3.1-8B-NVFP4"
+    (tmp_path / "nvidia--X-NVFP4_config.json").write_text(json.dumps(cfg))
+    (tmp_path / "nvidia--X-NVFP4_hf_quant_config.json").write_text(json.dumps(nvfp4))
+    assert load_model(str(tmp_path / "nvidia--X-NVFP4_config.json")).checkpoint_dtype == "fp4"
+    (folder / "hf_quant_config.json").write_text('{"quantization": "NVFP4"}')
+    code, out, err = run_main(["models", str(folder / "config.json")], capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "hf_quant_config.json" in err and "quantization" in err
