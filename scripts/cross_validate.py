@@ -12,7 +12,12 @@ A fold whose held-out model or GPU is the profile's only one is skipped (nothing
 
 usage: python scripts/cross_validate.py [CSV ...] [--engine NAME,...] [--fit host.frontend_ms,...]
        [--folds model,gpu] [--train-every 3] [--rounds 1] [--requests-per-slot 3] [--jobs 2] [--by-gpu N]
-       [--json OUT]
+       [--json OUT] [--bands OUT.yaml]
+
+--rounds 0 refits nothing: every run is predicted once with the profiles' constants as they are, and
+the folds only move the bands (each fold's band comes from the other folds' runs). --bands writes the
+80 % bands of each profile from the held-out errors (per GPU from the model folds, the default from
+the GPU folds), the `calibration_error` / `calibration_error_by_gpu` blocks of engine_profiles/.
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ SILICON = Path(__file__).resolve().parents[2] / "shared" / "bench" / "silicon"
 DEFAULT_CSVS = [SILICON / "calibration.csv", SILICON / "calibration-h200-b200.csv"]
 DEFAULT_FIT = "host.frontend_ms,host.step_ms,host.per_seq_ms"
 KEY = {"model": lambda c: c.group[2], "gpu": lambda c: c.group[0]}
+MIN_BAND_RUNS = 20     # a GPU's own band from this many runs on (fewer: the 10th/90th percentiles of a handful
+                       # of runs are a guess; the pooled band of every GPU stands in)
 
 
 def load(csvs, requests_per_slot: int, exclude: Path) -> list:
@@ -67,15 +74,61 @@ def run_fold(job) -> dict:
             e_train[tr] = errors([train[i] for i in tr], predict([train[i] for i in tr], gp, xg))
             ho = [i for i, c in enumerate(held) if c.cluster.gpu.name == gpu]
             e_held[ho] = errors([held[i] for i in ho], predict([held[i] for i in ho], gp, xg))
-    q = error_quantiles(e_train, len(train))
-    hits = np.full(e_held.shape, np.nan)
-    for j, key in enumerate(("ttft", "tpot")):
-        ok = np.isfinite(e_held[:, j])
-        # measured inside [pred / (1 + e_high), pred / (1 + e_low)]  <=>  e_low <= e <= e_high
-        hits[ok, j] = (e_held[ok, j] >= q[f"{key}_low"]) & (e_held[ok, j] <= q[f"{key}_high"])
+    hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held])
     return {"profile": name, "kind": kind, "held_out": value, "train": len(train), "held": len(held),
             "fitted": {f"{p.target}.{p.field}": v for p, v in zip(params, x)},
+            "gpus": [c.cluster.gpu.name for c in held], "models": [KEY["model"](c) for c in held],
             "errors": e_held.tolist(), "in_interval": hits.tolist()}
+
+
+def band_hits(e_train: np.ndarray, gpu_train: list, e_held: np.ndarray, gpu_held: list) -> np.ndarray:
+    """(n, 2) 1/0: does each held-out measured value fall inside the 80 % band the profile would state for
+    its GPU (the training runs' error quantiles on that GPU, or on all GPUs when that GPU has fewer than
+    MIN_BAND_RUNS training runs: a GPU without its own band takes the profile's default); nan: no prediction."""
+    hits = np.full(e_held.shape, np.nan)
+    gpu_train, gpu_held = np.array(gpu_train), np.array(gpu_held)
+    pooled = error_quantiles(e_train, len(e_train))
+    for gpu in set(gpu_held.tolist()):
+        own = gpu_train == gpu
+        q = error_quantiles(e_train[own], int(own.sum())) if own.sum() >= MIN_BAND_RUNS else pooled
+        rows = gpu_held == gpu
+        for j, key in enumerate(("ttft", "tpot")):
+            ok = rows & np.isfinite(e_held[:, j])
+            # measured inside [pred / (1 + e_high), pred / (1 + e_low)]  <=>  e_low <= e <= e_high
+            hits[ok, j] = (e_held[ok, j] >= q[f"{key}_low"]) & (e_held[ok, j] <= q[f"{key}_high"])
+    return hits
+
+
+def _errors_of(chunk: list) -> np.ndarray:
+    return errors(chunk, predict(chunk))
+
+
+def fixed_folds(cases, names, kinds, jobs: int) -> list:
+    """The folds of `jobs_for` without a refit (--rounds 0): every run predicted once with the profiles'
+    constants; each fold's held-out errors are those of its runs, and its band comes from the others'."""
+    by_profile = defaultdict(list)
+    for c in cases:
+        if not names or c.engine.profile.name in names or c.engine.profile.family in names:
+            by_profile[c.engine.profile.name].append(c)
+    chunks = [rows[i:i + 8] for rows in by_profile.values() for i in range(0, len(rows), 8)]
+    with ProcessPoolExecutor(max(1, jobs)) as pool:
+        errs = list(pool.map(_errors_of, chunks))
+    err = {id(c): e for chunk, es in zip(chunks, errs) for c, e in zip(chunk, es)}
+    out = []
+    for name, rows in sorted(by_profile.items()):
+        for kind in kinds:
+            values = sorted({KEY[kind](c) for c in rows})
+            for v in values if len(values) > 1 else ():
+                train = [c for c in rows if KEY[kind](c) != v]
+                held = [c for c in rows if KEY[kind](c) == v]
+                e_train = np.array([err[id(c)] for c in train]).reshape(-1, 2)
+                e_held = np.array([err[id(c)] for c in held]).reshape(-1, 2)
+                hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held])
+                out.append({"profile": name, "kind": kind, "held_out": v, "train": len(train), "held": len(held),
+                            "fitted": {}, "gpus": [c.cluster.gpu.name for c in held],
+                            "models": [KEY["model"](c) for c in held], "errors": e_held.tolist(),
+                            "in_interval": hits.tolist()})
+    return out
 
 
 def jobs_for(cases, names, kinds, fit_names, train_every: int, rounds: int, by_gpu: int = 0) -> list:
@@ -134,6 +187,8 @@ def main() -> int:
                     help="model folds: refit per GPU with at least N training runs (as host_by_gpu)")
     ap.add_argument("--exclude", default=str(SILICON / "excluded.csv"))
     ap.add_argument("--json", help="write every fold's fitted values and held-out errors here")
+    ap.add_argument("--bands", help="write the 80 %% error bands (calibration_error, calibration_error_by_gpu) of "
+                                    "each profile from the held-out errors here, as YAML for engine_profiles/")
     args = ap.parse_args()
     for p in args.csv:
         if not Path(p).is_file():
@@ -150,15 +205,47 @@ def main() -> int:
     t0 = time.perf_counter()
     cases = load(args.csv, args.requests_per_slot, Path(args.exclude))
     names = {n for n in args.engine.split(",") if n}
-    jobs = jobs_for(cases, names, kinds, fit_names, max(1, args.train_every), args.rounds, args.by_gpu)
-    print(f"{len(cases)} runs, {len(jobs)} folds; fitting {', '.join(fit_names)}", file=sys.stderr)
-    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(run_fold, jobs))
+    if args.rounds == 0:                 # the profiles' constants as they are: predict every run once
+        results = fixed_folds(cases, names, kinds, args.jobs)
+    else:
+        jobs = jobs_for(cases, names, kinds, fit_names, max(1, args.train_every), args.rounds, args.by_gpu)
+        print(f"{len(cases)} runs, {len(jobs)} folds; fitting {', '.join(fit_names)}", file=sys.stderr)
+        with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+            results = list(pool.map(run_fold, jobs))
     print("\n".join(table(results)))
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.bands:
+        import yaml
+        Path(args.bands).write_text(yaml.safe_dump(bands(results), sort_keys=True))
     return 0
+
+
+def bands(results: list) -> dict:
+    """Per profile: the band of each GPU with at least MIN_BAND_RUNS runs from its held-out errors in the
+    leave-one-model-out folds (a new model on a calibrated GPU), and the default band of any other GPU
+    from the held-out errors of the leave-one-GPU-out folds (a GPU nobody calibrated), or of every model
+    fold when no GPU fold ran."""
+    out = {}
+    for name in sorted({r["profile"] for r in results}):
+        rs = [r for r in results if r["profile"] == name]
+        model = [r for r in rs if r["kind"] == "model"]
+        e = np.array([row for r in model for row in r["errors"]], float).reshape(-1, 2)
+        g = np.array([gpu for r in model for gpu in r["gpus"]])
+        by_gpu = {}
+        for gpu in sorted(set(g.tolist())):
+            if (g == gpu).sum() >= MIN_BAND_RUNS:
+                by_gpu[gpu] = _rounded(error_quantiles(e[g == gpu], int((g == gpu).sum())))
+        default = [r for r in rs if r["kind"] == "gpu"] or model
+        e_d = np.array([row for r in default for row in r["errors"]], float).reshape(-1, 2)
+        out[name] = {"calibration_error": _rounded(error_quantiles(e_d, len(e_d))),
+                     "calibration_error_by_gpu": by_gpu}
+    return out
+
+
+def _rounded(q: dict) -> dict:
+    return {k: round(float(v), 4) for k, v in dict(q, held_out=1.0).items()}
 
 
 if __name__ == "__main__":

@@ -255,3 +255,37 @@ def test_three_runs_leave_one_out(capsys, monkeypatch):
     doc = json.loads(out)
     assert doc["cross_validated"]["runs"] == 3 and "leave-one-out" in doc["calibration"]
     assert doc["after"]["ttft_mape"] < doc["before"]["ttft_mape"]
+
+
+def _cross_validate_module():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("cross_validate",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "cross_validate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cross_validation_bands_are_per_gpu_from_held_out_errors():
+    cv = _cross_validate_module()
+    from apex_plan.calibrate.interval import FEW_RUNS
+    n, m = max(cv.MIN_BAND_RUNS, FEW_RUNS), cv.MIN_BAND_RUNS - 1      # m: too few runs for a band of its own
+    # training errors: GPU a spans [-0.1, 0.1] (enough runs for its own band), GPU b has too few runs
+    e_a = np.column_stack([np.linspace(-0.1, 0.1, n), np.linspace(-0.05, 0.05, n)])
+    e_b = np.array([[2.0, 2.0]] * m)
+    e_train = np.vstack([e_a, e_b])
+    gpus = ["a"] * n + ["b"] * m
+    held = np.array([[0.0, 0.0], [0.5, 0.0], [0.5, 0.0], [np.nan, 0.01]])
+    hits = cv.band_hits(e_train, gpus, held, ["a", "a", "b", "a"])
+    # a's own 10th-90th percentile band holds 0 and not 0.5; b takes the pooled band, which reaches 2.0
+    assert hits[:3, 0].tolist() == [1.0, 0.0, 1.0] and np.isnan(hits[3, 0]) and hits[3, 1] == 1.0
+    # the stored bands: per GPU from the model folds' held-out errors, the default from the GPU folds'
+    results = [{"profile": "p", "kind": "model", "gpus": ["a"] * n, "errors": e_a.tolist()},
+               {"profile": "p", "kind": "model", "gpus": ["b"] * m, "errors": [[0.0, 0.0]] * m},
+               {"profile": "p", "kind": "gpu", "gpus": ["b"] * 2, "errors": [[-0.5, -0.2], [0.5, 0.2]]}]
+    out = cv.bands(results)["p"]
+    assert set(out["calibration_error_by_gpu"]) == {"a"}            # b has too few held-out runs of its own
+    a = out["calibration_error_by_gpu"]["a"]
+    assert a["ttft_low"] == pytest.approx(np.quantile(e_a[:, 0], 0.1), abs=1e-4) and a["held_out"] == 1.0
+    assert out["calibration_error"]["ttft_high"] > 0.3 and out["calibration_error"]["runs"] == 2

@@ -158,7 +158,7 @@ def validate_doc(cases: Sequence[Case], skipped: Sequence[tuple[str, str]]) -> d
     meas = np.array([[c.ttft_ms, c.tpot_ms] for c in cases]).reshape(-1, 2)
     cov = np.full((len(cases), 2), np.nan)
     for i, c in enumerate(cases):
-        cov[i] = covered(c.engine.profile, pred[i:i + 1], meas[i:i + 1])[0]
+        cov[i] = covered(c.engine.profile.on_gpu(c.cluster.gpu.name), pred[i:i + 1], meas[i:i + 1])[0]   # its GPU's band
     runs = []
     for i, c in enumerate(cases):
         runs.append({"id": c.id, "group": "/".join(c.group), "engine": c.engine.profile.label,
@@ -171,7 +171,8 @@ def validate_doc(cases: Sequence[Case], skipped: Sequence[tuple[str, str]]) -> d
         groups[g] = {**_stats(e[idx]), **_coverage(cov[idx])}
     profiles = {c.engine.profile.label: c.engine.profile for c in cases}
     return {"command": "validate", "runs": runs, "groups": groups, "overall": {**_stats(e), **_coverage(cov)},
-            "profiles": {k: {"calibration": p.calibration or "none", "calibration_error": p.calibration_error or None}
+            "profiles": {k: {"calibration": p.calibration or "none", "calibration_error": p.calibration_error or None,
+                             "calibration_error_by_gpu": p.calibration_error_by_gpu or None}
                          for k, p in profiles.items()},
             "skipped": [{"id": i, "reason": r} for i, r in skipped]}
 
