@@ -2,22 +2,27 @@
 """Leave-one-model-out and leave-one-GPU-out cross-validation of the engine profiles' fitted constants.
 
 For each engine profile with runs in the CSVs (aggregated silicon rows; rows of excluded.csv left
-out) and each fold kind (model, gpu): for every model (or GPU) its runs are held out, the --fit
+out) and each fold kind (model, gpu, config: one run in five by a hash of its id, as the shared files
+hold one configuration in five of each group): for every model (or GPU) its runs are held out, the --fit
 constants are fitted (apex_plan.calibrate.fit, from the profile's values, inside the bounds) on
 every --train-every'th of the other runs, and the held-out runs are predicted with the fitted
 constants. Printed per profile and fold kind, over all held-out runs: coverage (predicted /
 attempted), MAPE, median |error| and bias of TTFT and TPOT, and how often the measured value falls
-inside the 80 % interval built from the training runs' error quantiles (as `calibrate` stores it).
+inside the 80 % interval built from the training runs' error quantiles on the held-out run's GPU (the
+pooled quantiles when that GPU has fewer than MIN_BAND_RUNS training runs), as the profiles store them.
 A fold whose held-out model or GPU is the profile's only one is skipped (nothing to train on).
 
 usage: python scripts/cross_validate.py [CSV ...] [--engine NAME,...] [--fit host.frontend_ms,...]
-       [--folds model,gpu] [--train-every 3] [--rounds 1] [--requests-per-slot 3] [--jobs 2] [--by-gpu N]
+       [--folds model,gpu,config] [--train-every 3] [--rounds 1] [--requests-per-slot 3] [--jobs 2] [--by-gpu N]
        [--json OUT] [--bands OUT.yaml]
 
---rounds 0 refits nothing: every run is predicted once with the profiles' constants as they are, and
-the folds only move the bands (each fold's band comes from the other folds' runs). --bands writes the
-80 % bands of each profile from the held-out errors (per GPU from the model folds, the default from
-the GPU folds), the `calibration_error` / `calibration_error_by_gpu` blocks of engine_profiles/.
+--rounds 0 searches nothing: every run is predicted once with the profiles' constants; in each fold
+the front ends a profile fitted per GPU (host_by_gpu frontend_ms, scripts/calibrate.py --frontend-by-gpu)
+are refitted without the held-out runs (exactly: the front end adds to every TTFT), a held-out GPU
+takes the profile's own front end, and each fold's band comes from the other runs. --bands writes the
+80 % bands of each profile from the held-out errors (per GPU from the config folds, else the model
+folds; the default from the GPU folds), the `calibration_error` / `calibration_error_by_gpu` blocks of
+engine_profiles/.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import zlib
 import sys
 import time
 from collections import defaultdict
@@ -33,14 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from apex_plan.calibrate.fit import BOUNDS, errors, fit, make_params, predict
+from apex_plan.calibrate.fit import BOUNDS, errors, fit, fit_frontend_ms, make_params, predict
 from apex_plan.calibrate.interval import error_quantiles
 from apex_plan.calibrate.runs import read_silicon_csv
 
 SILICON = Path(__file__).resolve().parents[2] / "shared" / "bench" / "silicon"
 DEFAULT_CSVS = [SILICON / "calibration.csv", SILICON / "calibration-h200-b200.csv"]
 DEFAULT_FIT = "host.frontend_ms,host.step_ms,host.per_seq_ms"
-KEY = {"model": lambda c: c.group[2], "gpu": lambda c: c.group[0]}
+KEY = {"model": lambda c: c.group[2], "gpu": lambda c: c.group[0],
+       "config": lambda c: zlib.crc32(c.id.encode()) % CONFIG_FOLDS}   # one run in five, by a hash of its id
+CONFIG_FOLDS = 5       # as the shared files hold one configuration in five of each group
 MIN_BAND_RUNS = 20     # a GPU's own band from this many runs on (fewer: the 10th/90th percentiles of a handful
                        # of runs are a guess; the pooled band of every GPU stands in)
 
@@ -99,21 +107,44 @@ def band_hits(e_train: np.ndarray, gpu_train: list, e_held: np.ndarray, gpu_held
     return hits
 
 
-def _errors_of(chunk: list) -> np.ndarray:
-    return errors(chunk, predict(chunk))
+def _predict_chunk(chunk: list) -> np.ndarray:
+    return predict(chunk)
+
+
+def _frontend_refit(train: list, p_train: np.ndarray, held: list, p_held: np.ndarray, kind: str) -> None:
+    """Refit, in place, the front ends the profile fitted per GPU (its host_by_gpu frontend_ms) as the fold
+    allows: in a model fold from the training runs of the held-out runs' GPU (exact, fit_frontend_ms); in
+    a GPU fold the held-out GPU has no entry, so its runs take the profile's own front end."""
+    prof = (train or held)[0].engine.profile
+    for gpu in {c.cluster.gpu.name for c in held}:
+        entry = prof.host_by_gpu.get(gpu)
+        if entry is None or entry.frontend_ms == prof.host.frontend_ms:
+            continue
+        ho = np.array([c.cluster.gpu.name == gpu for c in held])
+        if kind == "gpu":
+            p_held[ho, 0] += prof.host.frontend_ms - entry.frontend_ms
+            continue
+        tr = np.array([c.cluster.gpu.name == gpu for c in train])
+        if tr.sum() < MIN_BAND_RUNS:
+            continue
+        meas = np.array([c.ttft_ms for c in train])[tr]
+        f = fit_frontend_ms(p_train[tr, 0], meas, entry.frontend_ms)
+        p_train[tr, 0] += f - entry.frontend_ms
+        p_held[ho, 0] += f - entry.frontend_ms
 
 
 def fixed_folds(cases, names, kinds, jobs: int) -> list:
-    """The folds of `jobs_for` without a refit (--rounds 0): every run predicted once with the profiles'
-    constants; each fold's held-out errors are those of its runs, and its band comes from the others'."""
+    """The folds of `jobs_for` without a search (--rounds 0): every run predicted once with the profiles'
+    constants; in each fold the per-GPU front ends are refitted without the held-out runs (exact), the
+    held-out errors are those of its runs, and its band comes from the others'."""
     by_profile = defaultdict(list)
     for c in cases:
         if not names or c.engine.profile.name in names or c.engine.profile.family in names:
             by_profile[c.engine.profile.name].append(c)
     chunks = [rows[i:i + 8] for rows in by_profile.values() for i in range(0, len(rows), 8)]
     with ProcessPoolExecutor(max(1, jobs)) as pool:
-        errs = list(pool.map(_errors_of, chunks))
-    err = {id(c): e for chunk, es in zip(chunks, errs) for c, e in zip(chunk, es)}
+        preds = list(pool.map(_predict_chunk, chunks))
+    pred = {id(c): p for chunk, ps in zip(chunks, preds) for c, p in zip(chunk, ps)}
     out = []
     for name, rows in sorted(by_profile.items()):
         for kind in kinds:
@@ -121,8 +152,10 @@ def fixed_folds(cases, names, kinds, jobs: int) -> list:
             for v in values if len(values) > 1 else ():
                 train = [c for c in rows if KEY[kind](c) != v]
                 held = [c for c in rows if KEY[kind](c) == v]
-                e_train = np.array([err[id(c)] for c in train]).reshape(-1, 2)
-                e_held = np.array([err[id(c)] for c in held]).reshape(-1, 2)
+                p_train = np.array([pred[id(c)] for c in train]).reshape(-1, 2)
+                p_held = np.array([pred[id(c)] for c in held]).reshape(-1, 2)
+                _frontend_refit(train, p_train, held, p_held, kind)
+                e_train, e_held = errors(train, p_train), errors(held, p_held)
                 hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held])
                 out.append({"profile": name, "kind": kind, "held_out": v, "train": len(train), "held": len(held),
                             "fitted": {}, "gpus": [c.cluster.gpu.name for c in held],
@@ -178,7 +211,7 @@ def main() -> int:
     ap.add_argument("csv", nargs="*", default=[str(p) for p in DEFAULT_CSVS])
     ap.add_argument("--engine", default="", help="profile names or families to validate (default: all)")
     ap.add_argument("--fit", default=DEFAULT_FIT, help="constants refitted per fold: " + ", ".join(BOUNDS))
-    ap.add_argument("--folds", default="model,gpu", help="fold kinds: model, gpu")
+    ap.add_argument("--folds", default="model,gpu", help="fold kinds: model, gpu, config (one run in five)")
     ap.add_argument("--train-every", type=int, default=3, help="fit on every k-th training run (speed)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--requests-per-slot", type=int, default=3)
@@ -196,7 +229,7 @@ def main() -> int:
             return 2
     kinds = [k for k in args.folds.split(",") if k]
     if not kinds or any(k not in KEY for k in kinds):
-        print(f"--folds: '{args.folds}' is not a list of model, gpu", file=sys.stderr)
+        print(f"--folds: '{args.folds}' is not a list of model, gpu, config", file=sys.stderr)
         return 2
     fit_names = [n for n in args.fit.split(",") if n]
     if not fit_names or any(n not in BOUNDS for n in fit_names):
@@ -224,13 +257,13 @@ def main() -> int:
 
 def bands(results: list) -> dict:
     """Per profile: the band of each GPU with at least MIN_BAND_RUNS runs from its held-out errors in the
-    leave-one-model-out folds (a new model on a calibrated GPU), and the default band of any other GPU
-    from the held-out errors of the leave-one-GPU-out folds (a GPU nobody calibrated), or of every model
-    fold when no GPU fold ran."""
+    config folds (other configurations of measured groups), else the leave-one-model-out folds (a new
+    model on a calibrated GPU), and the default band of any other GPU from the held-out errors of the
+    leave-one-GPU-out folds (a GPU nobody calibrated), else of the folds the GPU bands came from."""
     out = {}
     for name in sorted({r["profile"] for r in results}):
         rs = [r for r in results if r["profile"] == name]
-        model = [r for r in rs if r["kind"] == "model"]
+        model = [r for r in rs if r["kind"] == "config"] or [r for r in rs if r["kind"] == "model"]
         e = np.array([row for r in model for row in r["errors"]], float).reshape(-1, 2)
         g = np.array([gpu for r in model for gpu in r["gpus"]])
         by_gpu = {}

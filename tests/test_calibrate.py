@@ -289,3 +289,20 @@ def test_cross_validation_bands_are_per_gpu_from_held_out_errors():
     a = out["calibration_error_by_gpu"]["a"]
     assert a["ttft_low"] == pytest.approx(np.quantile(e_a[:, 0], 0.1), abs=1e-4) and a["held_out"] == 1.0
     assert out["calibration_error"]["ttft_high"] > 0.3 and out["calibration_error"]["runs"] == 2
+
+
+def test_fit_frontend_minimises_ttft_mape_exactly():
+    from apex_plan.calibrate.fit import BOUNDS, fit_frontend_ms
+    rng = np.random.default_rng(3)
+    base = rng.uniform(20, 400, 41)                          # engine-loop TTFT without the front end
+    meas = base + 55.0 + rng.normal(0, 5, 41)
+    f = fit_frontend_ms(base + 137.0, meas, 137.0)
+    mape = lambda g: np.mean(np.abs(base + g - meas) / meas)  # noqa: E731
+    grid = np.linspace(0, 250, 25001)
+    assert mape(f) <= min(mape(g) for g in grid) + 1e-12      # no front end on a 0.01 ms grid does better
+    assert 45 < f < 65
+    # clipped to its physical bounds, and runs without a prediction are ignored
+    lo, hi, _ = BOUNDS["host.frontend_ms"]
+    assert fit_frontend_ms(base, base + 1e4, 0.0) == hi and fit_frontend_ms(base + 500, base, 0.0) == lo
+    pred = np.append(base + 137.0, np.nan)
+    assert fit_frontend_ms(pred, np.append(meas, 10.0), 137.0) == f
