@@ -104,7 +104,11 @@ def test_calibrate_vllm_bench_round_trip(vllm_overlay, capsys, monkeypatch):
     code, out, err = run(["validate", *VLLM, AIPERF, "--engine", "vllm@0.11.0", *GPU, "-f", "json"], capsys, monkeypatch)
     before = json.loads(out)
     assert len(after["runs"]) == 7 and after["overall"]["ttft_mape"] < before["overall"]["ttft_mape"]
-    assert after["overall"]["ttft_in_interval"] is not None and before["overall"]["ttft_in_interval"] is None
+    assert after["overall"]["ttft_in_interval"] is not None
+    # the built-in profile's interval is its stored H100 band's
+    builtin = resolve_engine_profile("vllm@0.11.0")
+    assert before["profiles"][builtin.label]["calibration_error_by_gpu"]["h100-sxm-80gb"] == \
+        builtin.calibration_error_by_gpu["h100-sxm-80gb"]
     # per-run error is predicted / measured - 1
     r = after["runs"][0]
     assert r["ttft_error"] == pytest.approx(r["predicted_ttft_ms"] / r["measured_ttft_ms"] - 1, abs=1e-4)
@@ -122,6 +126,10 @@ def test_calibrate_vllm_bench_round_trip(vllm_overlay, capsys, monkeypatch):
     g = m["interval"]["goodput_requests_per_s"]
     assert g["low"] <= g["high"]
     code, out, err = run(sim, capsys, monkeypatch)
+    m = json.loads(out)["metrics"]
+    band = resolve_engine_profile("vllm").calibration_error_by_gpu["h100-sxm-80gb"]   # the built-in's H100 band
+    assert m["interval"]["ttft_ms"]["mean"]["low"] == pytest.approx(m["ttft_ms"]["mean"] / (1 + band["ttft_high"]))
+    code, out, err = run([*sim, "--engine", "vllm@0.6.0"], capsys, monkeypatch)     # a profile with no band
     assert json.loads(out)["metrics"]["interval"]["ttft_ms"]["mean"]["status"] == "uncalibrated"
     # search --slo-margin: the SLO searched is the asked one times (1 + the 10th-percentile error), never looser
     code, out, err = run(["search", "-m", "llama-3.1-8b", *GPU, "--gpus", "1", "--workload", "chat", "--rate", "1",
@@ -175,9 +183,9 @@ def test_csv_rows_filtered_to_engine(tmp_path):
 
 
 def test_interval_math():
-    prof = resolve_engine_profile("vllm")
-    assert interval(prof, "ttft", 100.0)["status"] == "uncalibrated"
     import dataclasses
+    prof = dataclasses.replace(resolve_engine_profile("vllm"), calibration_error={})
+    assert interval(prof, "ttft", 100.0)["status"] == "uncalibrated"
     p = dataclasses.replace(prof, calibration_error={"level": 0.8, "ttft_low": -0.2, "ttft_high": 0.25,
                                                      "tpot_low": 0.0, "tpot_high": 0.0})
     iv = interval(p, "ttft", 100.0)
@@ -223,7 +231,8 @@ def test_uncalibrated_components_named():
     from apex_plan.calibrate.interval import uncalibrated_components
     from apex_plan.hardware.load import load_gpu
     from apex_plan.plan.spec import Plan
-    prof = resolve_engine_profile("vllm")
+    import dataclasses
+    prof = dataclasses.replace(resolve_engine_profile("vllm"), calibration_error={})
     h100_tp = uncalibrated_components(Plan(1, 8, 1, 1, "bf16", "bf16"), load_gpu("h100-sxm-80gb"), 8, prof)
     assert h100_tp == [f"engine profile {prof.label}: no held-out error stored (no interval)"]
     b200_pp = uncalibrated_components(Plan(1, 8, 2, 8, "fp8", "fp8"), load_gpu("b200-sxm-180gb"), 8, prof)

@@ -72,9 +72,10 @@ def apply(params: Sequence[Param], x: Sequence[float], profile: EngineProfile, c
     """The profile and cluster of `case` with the values `x` for `params`."""
     host = {p.field: v for p, v in zip(params, x) if p.target == "host"}
     gpu = {p.field: v for p, v in zip(params, x) if p.target == "gpu"}
-    # fitted host constants apply on every GPU of the cases (per-GPU entries of the profile give way)
-    prof = (dataclasses.replace(profile, host=dataclasses.replace(profile.host, **host), host_by_gpu={})
-            if host else profile)
+    # fitted host constants apply on every GPU of the cases (per-GPU entries of the profile give way to them;
+    # the constants not fitted keep the case's GPU's values)
+    prof = (dataclasses.replace(profile, host=dataclasses.replace(profile.on_gpu(case.cluster.gpu.name).host, **host),
+                                host_by_gpu={}) if host else profile)
     cl = case.cluster
     if gpu:
         g = dataclasses.replace(cl.gpu, calibration=dataclasses.replace(cl.gpu.calibration, **gpu))
