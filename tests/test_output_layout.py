@@ -172,3 +172,30 @@ def test_search_json_lists_uncalibrated_components(capsys, monkeypatch):
     assert any("engine profile" in u for u in doc["uncalibrated"]), doc["uncalibrated"]
     code, out, err = run_main(SEARCH + ["--format", "json"], capsys, monkeypatch)   # vllm-v1 stores its bands
     assert not any("engine profile" in u for u in json.loads(out)["uncalibrated"])
+
+
+def test_config_json_launch_names_a_servable_model(tmp_path):
+    """A config.json's launch model: the repo id its Hugging Face cache path spells, or aiconfigurator-core's
+    ORG--NAME_config.json name, else its _name_or_path when that is a repo id, else its folder."""
+    from apex_plan.model.load import servable_source
+    cfg = {"_name_or_path": "llama_nemotron_super"}
+    snap = tmp_path / "models--nvidia--Llama-3_3-Nemotron-Super-49B-v1" / "snapshots" / "abc123" / "config.json"
+    assert servable_source(snap, cfg) == "nvidia/Llama-3_3-Nemotron-Super-49B-v1"
+    assert servable_source(tmp_path / "nvidia--Foo-1B_config.json", cfg) == "nvidia/Foo-1B"
+    assert servable_source(tmp_path / "m" / "config.json", {"_name_or_path": "org/name"}) == "org/name"
+    assert servable_source(tmp_path / "m" / "config.json", cfg) == str((tmp_path / "m").resolve())
+
+
+def test_remote_code_configs_launch_with_trust_remote_code():
+    """A config with its own modelling code (auto_map: DeciLM) launches with each engine's trust flag;
+    the parallel sizes read back unchanged."""
+    from pathlib import Path
+    from apex_plan.model.load import load_model
+    spec = load_model(str(Path(__file__).parent / "fixtures" / "model_cards" / "decilm_nemotron_super_49b.json"))
+    assert spec.remote_code and not load_model("llama-3.1-8b").remote_code
+    plan = Plan(1, 2, 1, 1, "bf16", "bf16")
+    flags = {"vllm": "--trust-remote-code", "sglang": "--trust-remote-code", "trtllm": "--trust_remote_code"}
+    for family, flag in flags.items():
+        cmd = launch_command(family, "org/m", plan, ENGINE, remote_code=True)
+        assert flag in cmd.split() and flag not in launch_command(family, "org/m", plan, ENGINE).split()
+        assert parse_launch(cmd)["tp"] == 2
