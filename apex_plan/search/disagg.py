@@ -7,9 +7,9 @@ sized, verified and ranked beside the aggregated ones.
    demand within the cluster's nodes (`rank.disagg.size_pools`), top-K distinct pairs.
 3. Verification: each sizing is simulated whole at steady state with the disaggregated simulator
    (`simulate.disagg`, the `steady` horizon and window). When it misses the SLO, the pool the phase
-   breakdown blames (TPOT, or the TTFT's prefill queue against its decode admission wait) has its
-   per-instance rate lowered to DERATE of itself and the pair is sized again, up to VERIFY_ROUNDS
-   sizings; one that never passes, or no longer fits, is reported infeasible with its reason.
+   breakdown blames (TPOT, or the TTFT's prefill queue against its decode admission wait) gets one
+   more instance (without a demand: its rate lowered to DERATE of itself) and the pair is sized again,
+   up to VERIFY_ROUNDS sizings; one that never passes, or no longer fits, is reported infeasible with its reason.
 4. Ranking: verified disaggregated and aggregated deployments in one list, by the objective's key
    over their steady-state figures (`rank_key`).
 """
@@ -181,17 +181,21 @@ def _verify_pair(inp, mix, choice: PoolChoice, pe: RoleEval, de: RoleEval, stats
             return dv, None
         blamed = _blamed(m, inp.slo)
         tried.append({"pools": _label(choice), "gpus": choice.gpus, "missed": _why(m, inp.slo), "blamed": blamed})
+        # the blamed pool's rate per instance lowered: with a demand, to just below what one more
+        # instance than it has would need (so the next sizing has one more); without, to DERATE of itself
+        n = choice.decode_instances if blamed == "decode" else choice.prefill_instances
+        lowered = inp.demand_rps / (n + 0.5) if inp.demand_rps else None
         if blamed == "decode":
-            rate_d *= DERATE
+            rate_d = rate_d * DERATE if lowered is None else min(rate_d, lowered)
         else:
-            rate_p *= DERATE
+            rate_p = rate_p * DERATE if lowered is None else min(rate_p, lowered)
         again = size_pools([RoleCandidate(pe.key, pe.plan.gpus_per_replica, rate_p)],
                            [RoleCandidate(de.key, de.plan.gpus_per_replica, rate_d)], num_nodes=nodes,
                            gpus_per_node=gpn, demand_rps=inp.demand_rps, objective=inp.objective)
         if not again:
+            fix = f"one more {blamed} instance" if inp.demand_rps else f"the {blamed} pool's rate lowered"
             return None, {"pools": _label(choice), "reason": f"misses the SLO at steady state ({tried[-1]['missed']}); "
-                          f"with the {blamed} pool's rate lowered to fit, the pair no longer fits the cluster",
-                          "tried": tried}
+                          f"with {fix} the pair no longer fits the cluster", "tried": tried}
         choice = again[0]                 # its capacity is now at the lowered rates
     return None, {"pools": _label(choice), "reason": f"misses the SLO at steady state after {VERIFY_ROUNDS} sizings "
                   f"({tried[-1]['missed']})", "tried": tried}
