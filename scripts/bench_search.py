@@ -149,8 +149,8 @@ def ranking() -> None:
 
 # (GPU, label, prompt/output tokens, rate req/s): the rates were picked so that the best deployment takes
 # most of the cluster's GPUs at TTFT 2 s / TPOT 50 ms (p90)
-DISAGG_CASES = (("h200-sxm-141gb", "32 x H200", 1024, 1024, 15.0), ("h200-sxm-141gb", "32 x H200", 8192, 1024, 6.0),
-                ("h100-sxm-80gb", "4 x 8 x H100", 1024, 1024, 6.0), ("h100-sxm-80gb", "4 x 8 x H100", 8192, 1024, 3.0))
+DISAGG_CASES = (("h200-sxm-141gb", "32 x H200", 1024, 1024, 15.0), ("h200-sxm-141gb", "32 x H200", 8192, 1024, 3.5),
+                ("h100-sxm-80gb", "4 x 8 x H100", 1024, 1024, 5.0), ("h100-sxm-80gb", "4 x 8 x H100", 8192, 1024, 2.5))
 
 
 def disagg() -> None:

@@ -249,8 +249,15 @@ def rank_key(objective: str, d: DeploymentEval) -> tuple:
 
 
 def merge(agg: list[DeploymentEval], dis: list[DeploymentEval], objective: str, top_k: int) -> list[DeploymentEval]:
-    """Both kinds in one list, best first by `rank_key` (stable: equal keys keep aggregated first)."""
-    return sorted(agg + dis, key=lambda d: rank_key(objective, d))[:top_k]
+    """Both kinds in one list, best first by `rank_key` (stable: equal keys keep aggregated first): the
+    top K, and after them the best of a kind that has deployments but none among the top K."""
+    ranked = sorted(agg + dis, key=lambda d: rank_key(objective, d))
+    top = ranked[:top_k]
+    for kind in ("agg", "disagg"):
+        best = next((d for d in ranked if d.serving == kind), None)
+        if best is not None and best not in top:
+            top.append(best)
+    return top
 
 
 def search_with_disagg(inp: SearchInputs, progress, run_agg):

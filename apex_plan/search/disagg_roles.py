@@ -8,7 +8,8 @@ figure: the arrival rate one instance sustains within the SLO.
 * Decode, at the TPOT SLO with its KV capacity. An instance has adp x pp engines, each running up to
   b sequences, so c = adp x pp x b slots; a slot is held from admission (the KV arrives) to the last
   token, T = transfer + first step + mean output x t(b) seconds. The largest b whose step time
-  t(b) (at the mean context, host time x pp included) is within the TPOT SLO and whose KV fits sets c.
+  t(b) (at the mean context, host time x pp included) is within the TPOT SLO and whose KV holds b
+  sequences at their longest (mean prompt + mean output) sets c.
   Requests queue for a slot when all are busy: an M/M/c queue in the Halfin-Whitt regime (Halfin &
   Whitt 1981, Oper. Res. 29(3)) waits with probability [1 + beta Phi(beta) / phi(beta)]^-1 when
   c = R + beta sqrt(R) for offered load R = rate x T; beta is chosen so that at most (100 - p)% of
@@ -97,8 +98,9 @@ def screen_decode(ev: RoleEval, inp: SearchInputs, mix, transfer_s: float) -> No
     r = ev.role_engine
     p, e, sc = ev.plan, r.engine, r.step_cost
     ctx = max(int(mix.mean_prompt + mix.mean_output / 2), 1)            # mean context over a sequence's decode
-    hold = mix.mean_prompt + (mix.mean_output if e.profile.scheduler.reserve_full_sequence else mix.mean_output / 2)
-    b_kv = int(r.memory.kv_tokens // p.pp // max(hold, 1))              # sequences one engine's KV pool holds
+    # sequences one engine's KV pool holds with each at its longest (prompt + whole output), so a full
+    # batch never runs the pool out (at a mean of half the output, growing sequences would stall admission)
+    b_kv = int(r.memory.kv_tokens // p.pp // max(mix.mean_prompt + mix.mean_output, 1))
     b_max = max(0, min(e.max_num_seqs, b_kv))
     tpot_cap = inp.slo.tpot_s or math.inf
     beta = halfin_whitt_beta(1.0 - inp.slo.percentile / 100.0)
