@@ -111,6 +111,13 @@ def _why(m: dict, slo) -> str:
     parts = []
     if not m["steady"]["stable"]:
         parts.append(f"backlog grows ({m['steady']['backlog_growth_share']:.1%} of the arrival rate)")
+    if m["completed"] < m["requests"]:
+        parts.append(f"{m['requests'] - m['completed']} of {m['requests']} requests unfinished")
+    allowance = 1.0 - slo.percentile / 100.0
+    for what in ("ttft", "tpot"):
+        if s[f"{what}_miss_upper"] > allowance:
+            parts.append(f"{s[f'{what}_miss_upper']:.1%} miss the {what.upper()} target (share + 1 standard error; "
+                         f"{allowance:.0%} allowed)")
     parts.append(f"p{slo.percentile:g} TTFT {s['ttft_at_percentile_ms']:.0f} ms, TPOT {s['tpot_at_percentile_ms']:.1f} ms")
     ph = m["ttft_phases"]
     parts.append(f"TTFT p90 prefill queue {ph['prefill_queue_ms']['p90'] or 0:.0f} ms, decode admission wait "
@@ -205,13 +212,26 @@ def _label(c: PoolChoice) -> str:
     return f"{c.prefill_instances} x {c.prefill} + {c.decode_instances} x {c.decode} ({c.gpus} GPUs)"
 
 
+def role_plans(inp: SearchInputs) -> list:
+    """The replica plans of the aggregated enumeration plus every attention-DP / expert-parallel layout
+    of the same instance sizes the engine profile runs (`plan.moe_layout.instance_layouts`)."""
+    from apex_plan.plan.moe_layout import instance_layouts
+    from apex_plan.simulate.engine import resolve_engine
+    plans, _, _ = enumerate_group(inp, inp.cluster)
+    prof = resolve_engine(inp.engines[0], inp.model).profile
+    out = set(plans)
+    for g, pp, wd, kd in sorted({(p.tp * p.adp, p.pp, p.weight_dtype, p.kv_dtype) for p in plans}):
+        out.update(instance_layouts(prof, inp.model, inp.cluster, g, pp, wd, kd, inp.allow_cross_node_tp))
+    return sorted(out)
+
+
 def search_disagg(inp: SearchInputs, mix) -> DisaggSearch:
     """Disaggregated deployments of `inp` (module docstring)."""
     out = DisaggSearch(stats={"simulations": 0})
     if inp.mixed:
         out.binding = "disaggregated: searched on one node group only (give a cluster of one GPU type)"
         return out
-    plans, _, _ = enumerate_group(inp, inp.cluster)
+    plans = role_plans(inp)
     pre, dec = role_evals(inp, plans, mix)
     kp, kd = pareto(pre), pareto(dec)
     out.prefill, out.decode = pre, dec
