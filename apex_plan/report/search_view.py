@@ -12,9 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from apex_plan.report.economics import deployment_economics, money
-from apex_plan.report.layout import fit_columns as _fit_columns, print_phrases, table as _table
+from apex_plan.report.layout import print_phrases, print_table, print_wrapped, table as _table
 from apex_plan.report.settings_view import settings_doc, settings_lines
 from apex_plan.report.output import SCHEMA_VERSION
+from apex_plan.report.search_disagg_view import disagg_doc, disagg_lines
 from apex_plan.search.pipeline import PlanEval, SearchResult
 
 GIB = 1024.0 ** 3
@@ -51,6 +52,7 @@ def _plan_doc(rank: int | None, e: PlanEval, model) -> dict:
         "screen": ({"tpot_floor_ms": e.screen.tpot_floor_s * 1e3, "ttft_floor_ms": e.screen.ttft_floor_s * 1e3,
                     "capacity_ceiling_rps": e.bound_rps} if e.screen else None),
         "goodput_rps_per_replica": e.goodput_rps,
+        "binds_at_capacity": e.binding,
         "bound_rps_per_replica": e.bound_rps,
         "max_model_len_lowered": e.lowered_max_model_len(model),
         "replicas_for_demand": e.replicas_for_demand,
@@ -63,15 +65,23 @@ def _plan_doc(rank: int | None, e: PlanEval, model) -> dict:
     }
 
 
+def plans_by_key(res: SearchResult) -> dict:
+    """Plan key -> PlanEval of every plan a deployment may use: aggregated ones and disaggregated roles."""
+    out = {e.key: e for e in res.plans}
+    if res.disagg is not None:
+        out.update({e.key: e for e in res.disagg.prefill + res.disagg.decode})
+    return out
+
+
 def economics(res: SearchResult, d) -> dict:
     """$/h, $/Mtok, power and energy of one deployment of this search."""
-    by_key = {e.key: e for e in res.plans}
+    by_key = plans_by_key(res)
     return deployment_economics(d, res.mix, by_key, res.inputs.groups)
 
 
 def group_use(res: SearchResult, d) -> list[dict]:
     """GPUs a deployment takes in each node group."""
-    by_key = {e.key: e for e in res.plans}
+    by_key = plans_by_key(res)
     used: dict[int, int] = {}
     for k, n in d.deployment.replicas:
         ev = by_key[k]
@@ -82,7 +92,7 @@ def group_use(res: SearchResult, d) -> list[dict]:
 
 def lowered(res: SearchResult, keys) -> dict[str, int]:
     """Plan key -> max_model_len for the given plans whose max_model_len the search lowered."""
-    by_key = {e.key: e for e in res.plans}
+    by_key = plans_by_key(res)
     out = {}
     for k in keys:
         v = by_key[k].lowered_max_model_len(res.inputs.model) if k in by_key else None
@@ -150,6 +160,8 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
             "max_model_len_lowered": lowered(res, [k for k, _ in dep.replicas]),
             "economics": economics(res, d),
             "groups": group_use(res, d),
+            "serving": d.serving,
+            "disagg": d.disagg,
         })
     return {
         "schema_version": SCHEMA_VERSION,
@@ -165,6 +177,7 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
         "exit_status": 0 if res.deployments else 1,
         "rejected": [{"plan": p.replica_label(), "reason": r} for p, r in res.rejected] if show_all else [],
         "uncalibrated": uncalibrated(res),
+        "disaggregated": disagg_doc(res),
     }
 
 
@@ -176,7 +189,7 @@ def search_rows(res: SearchResult, show_all: bool) -> list[dict]:
         m = d.metrics
         ec = economics(res, d)
         rows.append({
-            "kind": "deployment", "rank": i + 1,
+            "kind": "deployment", "rank": i + 1, "serving": d.serving,
             "plan": " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), "status": "verified" if d.verified else "unverified",
             "reason": "", "gpus": d.deployment.gpus, "gpus_per_replica": "", "replicas_for_demand": "",
             "goodput_rps": d.deployment.goodput_rps, "goodput_rps_per_replica": "",
@@ -193,7 +206,7 @@ def search_rows(res: SearchResult, show_all: bool) -> list[dict]:
             continue
         m = _summary(e.at_demand or e.at_goodput) or {}
         rows.append({
-            "kind": "plan", "rank": i + 1 if e.status == "ok" else "",
+            "kind": "plan", "rank": i + 1 if e.status == "ok" else "", "serving": "agg",
             "plan": e.key, "status": e.status, "reason": e.reason, "gpus": e.plan.gpus_per_replica * (e.replicas_for_demand or 1),
             "gpus_per_replica": e.plan.gpus_per_replica, "replicas_for_demand": e.replicas_for_demand,
             "goodput_rps": e.goodput_rps * (e.replicas_for_demand or 1), "goodput_rps_per_replica": e.goodput_rps,
@@ -225,27 +238,6 @@ def _f(x, spec=".1f"):
     return "-" if x is None else format(x, spec)
 
 
-# what limits a plan at its goodput, read from its run there (classification thresholds, not fitted):
-KV_BOUND_UTILIZATION = 0.95      # KV pool this full (or any preemption): memory binds
-SLO_BOUND_SHARE = 0.9            # a p-th percentile within 10% of its target: that SLO binds
-
-
-def binds(m: dict | None, slo) -> str:
-    """What binds a plan at its goodput: KV memory, the TTFT or TPOT SLO, or throughput (the engine's
-    compute and host time saturate before any latency target is reached)."""
-    if not m:
-        return "-"
-    if m.get("preemptions") or (m.get("kv_cache_peak_utilization") or 0) >= KV_BOUND_UTILIZATION:
-        return "KV memory"
-    ratios = []
-    if slo.tpot_s and m["tpot_ms"].get("p90") is not None:
-        ratios.append((m["tpot_ms"]["p90"] / (slo.tpot_s * 1e3), "TPOT SLO"))
-    if slo.ttft_s and m["ttft_ms"].get("p90") is not None:
-        ratios.append((m["ttft_ms"]["p90"] / (slo.ttft_s * 1e3), "TTFT SLO"))
-    top = max(ratios, default=(0.0, ""))
-    return top[1] if top[0] >= SLO_BOUND_SHARE else "compute"
-
-
 def _workload_phrases(res: SearchResult) -> list[str]:
     from apex_plan.workload.synthetic import PRESETS
     tr = res.inputs.trace
@@ -263,7 +255,7 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
     inp = res.inputs
     s = res.stats
     # the answer first, then what it was asked, then how it was found
-    console.print("[bold]" + escape(recommendation(res)) + "[/bold]")
+    print_wrapped(console, recommendation(res), "bold")
     demand = f"{_f(inp.demand_rps, 'g')} req/s" if inp.demand_rps else "max throughput"
     where = " + ".join(f"{g.cluster.num_gpus} x {g.cluster.gpu.name} ({g.cluster.num_nodes} node(s) of "
                        f"{g.cluster.gpus_per_node}, {money(g.cluster.price_per_gpu_hour)}"
@@ -294,6 +286,7 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
                                                   "figures are over the measured window after warm-up"])
     if res.deployments:
         _deployments(res, console)
+    disagg_lines(res, console)
     _plans(res, console, show_all)
     settings_lines(res, console)
     if res.closest:
@@ -309,19 +302,18 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
 def _deployments(res: SearchResult, console: Console) -> None:
     p = res.inputs.slo.percentile
     t = _table("Deployments (at the demanded rate)", [
-        ("#", "right"), ("replicas x plan", "left"), ("GPUs", "right"), ("capacity req/s", "right"),
+        ("#", "right"), ("serving", "left"), ("replicas x plan", "left"), ("GPUs", "right"), ("capacity req/s", "right"),
         (f"p{p:g} TTFT ms", "right"), (f"p{p:g} TPOT ms", "right"), ("demand out tok/s", "right"),
         ("J/tok", "right"), ("mean W", "right"), ("$/h", "right"), ("$/Mtok out", "right"), ("$/Mtok in", "right")])
     for i, d in enumerate(res.deployments):
         m = d.metrics
         ec = economics(res, d)
-        t.add_row(str(i + 1), " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), str(d.deployment.gpus),
+        t.add_row(str(i + 1), d.serving, " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), str(d.deployment.gpus),
                   f"{d.deployment.goodput_rps:.3g}", _f(m["ttft_ms"]["p90"], ".0f"), _f(m["tpot_ms"]["p90"]),
                   f"{m['output_tokens_per_s']:.0f}", _f(m["energy_j_per_output_token"], ".2f"),
                   _f(ec["mean_power_w_at_demand"], ".0f"), money(ec["cost_per_hour"]),
                   money(ec["usd_per_mtok_output_at_demand"], ".3g"), money(ec["usd_per_mtok_input_at_demand"], ".3g"))
-    _fit_columns(t, console, ("$/Mtok in", "$/Mtok out", "mean W", "$/h", "J/tok", "demand out tok/s"))
-    console.print(t)
+    print_table(console, t, ("$/Mtok in", "$/Mtok out", "mean W", "$/h", "J/tok", "demand out tok/s"))
     for i, d in enumerate(res.deployments):
         for x in d.launch:
             console.print(escape(f"  {i + 1}: {x['replicas']} x {x['command']}"), soft_wrap=True)
@@ -350,10 +342,9 @@ def _plans(res: SearchResult, console: Console, show_all: bool) -> None:
                   _f(row["goodput_rps_per_replica"], ".3g"), _f(row["ttft_p90_ms"], ".0f"), _f(row["tpot_p90_ms"]),
                   _f(row["energy_j_per_output_token"], ".2f"), _f(row["weights_gib_per_gpu"]),
                   f"{row['max_model_len_lowered']} (lowered)" if row["max_model_len_lowered"] else "model's",
-                  binds(_summary(ev.at_goodput) if ev else None, res.inputs.slo))
+                  (ev.binding if ev else "") or "-")
     if t.row_count:
-        _fit_columns(t, console, ("J/tok", "weights GiB/GPU", "reps", "max len"))
-        console.print(t)
+        print_table(console, t, ("J/tok", "weights GiB/GPU", "reps", "max len"))
     if notes:
         console.print("not viable:")
         for n in notes:
@@ -369,8 +360,8 @@ def uncalibrated(res: SearchResult) -> list[str]:
     prof = res.inputs.engines[0].profile if res.inputs.engines else None
     if prof is None:
         return []
-    plans = [e.plan for d in res.deployments[:1] for k, _ in d.deployment.replicas
-             for e in res.plans if e.key == k] or [e.plan for e in res.plans if e.status == "ok"][:1]
+    by_key = plans_by_key(res)
+    plans = [by_key[k].plan for d in res.deployments[:1] for k, _ in d.deployment.replicas if k in by_key] or [e.plan for e in res.plans if e.status == "ok"][:1]
     return sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu,
                                                                      res.inputs.cluster.gpus_per_node, prof)})
 

@@ -39,6 +39,7 @@ class SearchInputs:
     fleet: FleetSpec | None = None      # node groups of different GPUs; None: one group, `cluster`
     points: tuple[OperatingPoint, ...] = (DEFAULT_POINT,)   # power caps / SM clocks searched per plan
     max_power_w: float | None = None    # budget on the deployment's summed mean power
+    serving: str = "agg"                # agg | disagg (prefill and decode pools) | both, ranked in one list
 
     @property
     def groups(self) -> tuple[NodeGroup, ...]:
@@ -67,6 +68,7 @@ class PlanEval:
     screen: Screen | None = None
     bound_rps: float = 0.0              # analytic upper bound on goodput per replica
     goodput_rps: float = 0.0            # steady state
+    binding: str = ""                   # what stops it just above its goodput (search.capacity.binding_constraint)
     at_goodput: dict | None = None      # one replica at its goodput
     at_demand: dict | None = None       # one replica at its share of the demand
     replicas_for_demand: int = 0
