@@ -38,7 +38,7 @@ F8, I8 = "f8", "i8"
 
 # ---- step cost of one replica ------------------------------------------------------------------
 COST_FIELDS = (
-    ("gemm_peak_flops_per_s", F8, "dense peak FLOP/s of the weight dtype's tensor cores"),
+    ("gemm_peak_flops_per_s", F8, "dense peak FLOP/s of the LM head (activation dtype); weight GEMMs: their GEMM rows"),
     ("hbm_bytes_per_s", F8, "HBM bandwidth, bytes/s"),
     ("gemm_efficiency", F8, "achievable fraction of peak FLOP/s on GEMMs"),
     ("hbm_efficiency", F8, "achievable fraction of HBM bandwidth"),
@@ -85,6 +85,11 @@ COST_FIELDS = (
     ("sms", F8, "streaming multiprocessors"),
     ("attn_scale_fresh", F8, "backend scale of attention efficiency for fresh prefill"),
     ("attn_scale_prefix", F8, "backend scale for chunks attending to cached context"),
+    ("decode_attn_efficiency", F8, "achievable fraction of attention peak FLOP/s in decode attention (MLA: its fit)"),
+    ("decode_kv_efficiency", F8, "achievable fraction of HBM bandwidth reading the KV cache in decode attention"),
+    ("attn_latency_s", F8, "fixed GPU time per attention call, s"),
+    ("prefill_attn_flops_per_pair", F8, "prefill attention FLOPs per (query x key) pair per layer on one GPU "
+                                        "(MLA expanded form); 0: as decode"),
     # layer kinds of the largest stage
     ("full_layers", F8, "full-attention layers (KV of every token)"),
     ("windowed_layers", F8, "sliding-window / chunked-attention layers"),
@@ -124,6 +129,9 @@ GEMM_FIELDS = (
     ("experts", F8, "routed experts held on one GPU (0 for dense GEMMs)"),
     ("route_frac", F8, "expert-token assignments landing on this GPU per input token"),
     ("active_p", F8, "probability that one token activates a given expert (topk / experts)"),
+    ("flops_per_s", F8, "achievable FLOP/s: the weight format's tensor-core peak x its kernel fit's efficiency"),
+    ("bytes_per_s", F8, "achievable HBM bytes/s of this GEMM's kernel"),
+    ("latency_s", F8, "fixed GPU time per call, s (routed experts: half the fused-MoE layer's, two GEMMs)"),
 )
 
 # ---- engine / scheduler configuration of one simulation -----------------------------------------

@@ -139,14 +139,14 @@ def host_launched_kernels(p, sh, layer_kernels):
 
 
 @kernel(cache=True, fastmath=False)
-def _attn_s(p, sh, flop_pair, kv_b, reread, windowed):
-    """Seconds of one layer's attention. Prefill: tile-padded query x key pairs at the GPU's attention
-    efficiency x the backend's scale x SM occupancy (query tiles x heads over SMs), or the KV read if
-    slower. Decode: the KV read (`reread` times per KV head without GQA sharing), or its FLOPs.
+def _attn_s(p, sh, flop_pair, pf_flop_pair, kv_b, reread, windowed, klat):
+    """Seconds of one layer's attention. Prefill: tile-padded query x key pairs (`pf_flop_pair` FLOPs each)
+    at the GPU's attention efficiency x the backend's scale x SM occupancy (query tiles x heads over SMs),
+    or the KV read if slower. Decode: the KV read (`reread` times per KV head without GQA sharing) at the
+    decode attention's bandwidth, or its FLOPs at its efficiency; `klat` per call.
     windowed: contexts capped at the window; the padded pairs shrink in the windowed pairs' ratio."""
     bw = p.hbm_bytes_per_s * p.hbm_efficiency
-    klat = p.kernel_latency_s
-    a_peak = p.attn_peak_flops_per_s * p.attn_efficiency      # achievable attention FLOP/s at full occupancy
+    a_peak = p.attn_peak_flops_per_s * p.attn_efficiency      # achievable prefill attention FLOP/s, full occupancy
     pf_pad, pf_pad_prefix = sh.pf_pad_pairs, sh.pf_pad_prefix_pairs
     dec_ctx, pf_ctx = sh.dec_ctx_tokens, sh.pf_ctx_tokens
     if windowed:
@@ -157,17 +157,18 @@ def _attn_s(p, sh, flop_pair, kv_b, reread, windowed):
     if sh.n_prefill > 0:
         occ = min(1.0, max(sh.pf_q_tiles, 1.0) * p.attn_heads / p.sms)
         eff = (pf_pad - pf_pad_prefix) / p.attn_scale_fresh + pf_pad_prefix / p.attn_scale_prefix
-        t += max(flop_pair * eff / (a_peak * occ), kv_b * pf_ctx / bw) + klat
+        t += max(pf_flop_pair * eff / (a_peak * occ), kv_b * pf_ctx / bw) + klat
     if sh.n_decode > 0:
-        t += max(flop_pair * dec_ctx / a_peak, kv_b * dec_ctx * reread / bw) + klat
+        d_peak = p.attn_peak_flops_per_s * p.decode_attn_efficiency   # achievable decode attention FLOP/s
+        d_bw = p.hbm_bytes_per_s * p.decode_kv_efficiency             # achievable KV-read bytes/s
+        t += max(flop_pair * dec_ctx / d_peak, kv_b * dec_ctx * reread / d_bw) + klat
     return t
 
 
 @kernel(cache=True, fastmath=False, inline="always")
 def _gemm_sum(p, gemms, kind, m):
-    """Seconds, FLOPs and HBM bytes of one layer's GEMMs of `kind` over m tokens (roofline + latency)."""
-    peak = p.gemm_peak_flops_per_s * p.gemm_efficiency        # achievable GEMM FLOP/s
-    bw = p.hbm_bytes_per_s * p.hbm_efficiency                 # achievable HBM bytes/s
+    """Seconds, FLOPs and HBM bytes of one layer's GEMMs of `kind` over m tokens (roofline + latency), each
+    at its own weight format's kernel fit (row fields flops_per_s, bytes_per_s, latency_s)."""
     act_b = p.act_bytes
     t = f = b = 0.0
     for r in range(gemms.shape[0]):
@@ -186,7 +187,7 @@ def _gemm_sum(p, gemms, kind, m):
         else:
             flops = 2.0 * m * k * n                             # multiply-adds: 2 * M * K * N
             byts = k * n * wb + m * (k + n) * act_b             # weights once + in/out activations
-        t += max(flops / peak, byts / bw) + p.kernel_latency_s
+        t += max(flops / g.flops_per_s, byts / g.bytes_per_s) + g.latency_s
         f += flops
         b += byts
     return t, f, b
@@ -207,20 +208,25 @@ def _mixers(p, sh, m):
     # sparse top-k): capped contexts
     full_kv_b = p.full_kv_bytes_per_token if p.full_kv_bytes_per_token > 0.0 else kv_b
     full_flop = p.full_attn_flops_per_pair if p.full_attn_flops_per_pair > 0.0 else p.attn_flops_per_pair
-    t_attn = _attn_s(p, sh, full_flop, full_kv_b, reread, False)
+    # prefill FLOPs per pair: the expanded form where it differs (MLA), else the decode form
+    pf_flop = p.prefill_attn_flops_per_pair if p.prefill_attn_flops_per_pair > 0.0 else p.attn_flops_per_pair
+    full_pf_flop = full_flop if p.full_attn_flops_per_pair > 0.0 else pf_flop
+    alat = p.attn_latency_s
+    t_attn = _attn_s(p, sh, full_flop, full_pf_flop, full_kv_b, reread, False, alat)
     t_win = 0.0
     if p.windowed_layers + p.sparse_layers > 0.0:
-        t_win = _attn_s(p, sh, p.attn_flops_per_pair, kv_b, reread, True)
-    attn_flops = full_flop * (pf_pairs + dec_ctx)                          # QK^T and PV multiply-adds
+        t_win = _attn_s(p, sh, p.attn_flops_per_pair, pf_flop, kv_b, reread, True, alat)
+    attn_flops = full_pf_flop * pf_pairs + full_flop * dec_ctx             # QK^T and PV multiply-adds
     attn_bytes = full_kv_b * (dec_ctx * reread + pf_ctx)                   # KV cache read
-    win_flops = p.attn_flops_per_pair * (sh.pf_pairs_w + sh.dec_ctx_w)
+    win_flops = pf_flop * sh.pf_pairs_w + p.attn_flops_per_pair * sh.dec_ctx_w
     win_bytes = kv_b * (sh.dec_ctx_w * reread + sh.pf_ctx_w)
     # sparse attention's indexer scores every cached token's key (then attention reads the top-k)
     idx_flops = p.index_flops_per_pair * (pf_pairs + dec_ctx)
     idx_bytes = p.index_kv_bytes_per_token * (dec_ctx + pf_ctx)
     t_idx = 0.0
     if p.sparse_layers > 0.0:
-        t_idx = _attn_s(p, sh, p.index_flops_per_pair, p.index_kv_bytes_per_token, 1.0, False)
+        t_idx = _attn_s(p, sh, p.index_flops_per_pair, p.index_flops_per_pair, p.index_kv_bytes_per_token, 1.0, False,
+                        klat)
     # linear attention / Mamba: a recurrent step per token, each sequence's state read and written once
     lin_flops = p.linear_flops_per_token * m
     lin_bytes = 2.0 * p.linear_state_bytes * n_seqs

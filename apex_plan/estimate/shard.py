@@ -6,6 +6,7 @@ described once and the layer counts of the largest pipeline stage multiply it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ class Gemm:
     active_p: float = 0.0     # chance that one token picks a given expert (topk / experts)
     copies: int = 1           # identical GEMMs (experts) on this GPU: weights = copies * k * n
     w_bytes: float = 2.0      # bytes per weight element, scales included (see apex_plan.model.quant)
+    fmt: str = "bf16"         # weight format (apex_plan.model.quant): picks the kernel fit it runs at
 
     @property
     def weight_params(self) -> int:
@@ -83,6 +85,7 @@ class Shard:
     mamba_flops_per_token: float = 0.0
     full_kv_bytes_per_token_layer: float = 0.0   # full-attention layers' KV bytes when they differ (Gemma 4); 0: same
     full_attn_flops_per_pair: float = 0.0        # full-attention layers' FLOPs per pair when they differ; 0: same
+    prefill_flops_per_pair: float = 0.0          # MLA: prefill attention FLOPs per pair in the expanded form; 0: as decode
 
     def layer_weight_params(self, kind_filter: tuple[int, ...]) -> int:
         return sum(g.weight_params for g in self.gemms if g.kind in kind_filter)
@@ -128,9 +131,27 @@ def split_layers(model: ModelSpec, pp: int) -> tuple[Stage, ...]:
     return tuple(stages)
 
 
+def _fmt(model: ModelSpec, plan: Plan, component: str) -> str:
+    """Weight format of `component` under the plan's weight dtype (mixed checkpoints keep each component's)."""
+    return component_format(dict(model.weight_formats), component, plan.weight_dtype, plan.act_dtype)
+
+
 def _w(model: ModelSpec, plan: Plan, component: str) -> float:
     """Bytes per weight element of `component` under the plan's weight dtype (scales included)."""
-    return format_bytes(component_format(dict(model.weight_formats), component, plan.weight_dtype, plan.act_dtype))
+    return format_bytes(_fmt(model, plan, component))
+
+
+# the checkpoint component each GEMM's weights belong to (GEMMs not named here: attention projections)
+_COMPONENT = {"router": "router", "index_q": "indexer", "index_k_w": "indexer", "lin_in": "linear_attn",
+              "lin_out": "linear_attn", "mamba_in": "mamba", "mamba_out": "mamba", "gate_up": "mlp", "down": "mlp",
+              "mlp_gate_up": "mlp", "mlp_down": "mlp", "experts_gate_up": "experts", "experts_down": "experts",
+              "latent_in": "experts", "latent_out": "experts", "shared_gate_up": "shared_experts",
+              "shared_down": "shared_experts"}
+
+
+def _with_formats(model: ModelSpec, plan: Plan, gemms: list[Gemm]) -> tuple[Gemm, ...]:
+    """Each GEMM with the weight format of its checkpoint component."""
+    return tuple(dataclasses.replace(g, fmt=_fmt(model, plan, _COMPONENT.get(g.name, "attention"))) for g in gemms)
 
 
 def build_shard(model: ModelSpec, plan: Plan) -> Shard:
@@ -146,7 +167,7 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     wa = _w(model, plan, "attention")
     gemms: list[Gemm] = []
     q_out = k_out = 0
-    full_kv = full_flops = 0.0
+    full_kv = full_flops = pf_flops = 0.0
     attn_flops = kv_tok = 0.0
     norm_params = 2 * h
     if model.attention == "mla":
@@ -161,8 +182,11 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         gemms.append(Gemm("kv_b", model.kv_lora_rank, hq * (model.qk_nope_head_dim + model.v_head_dim), GEMM_ATTENTION,
                           w_bytes=wa))
         gemms.append(Gemm("o", hq * model.v_head_dim, h, GEMM_ATTENTION, w_bytes=wa))
-        # absorbed MLA attention over the latent cache: scores over (kv_lora + rope), values over kv_lora
+        # absorbed MLA attention over the latent cache (decode): scores over (kv_lora + rope), values over kv_lora
         attn_flops = 2.0 * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim)
+        # prefill runs the expanded form (the engines' MLA context kernels; aiconfigurator-core context_mla
+        # tables): per head QK^T over nope + rope and PV over v_head_dim
+        pf_flops = 2.0 * heads * (qk + model.v_head_dim)
         kv_tok = (model.kv_lora_rank + model.qk_rope_head_dim) * kvb   # latent cache, replicated per GPU
         q_out, k_out = hq * qk, model.qk_rope_head_dim
         norm_params = 2 * h + model.kv_lora_rank + model.q_lora_rank
@@ -254,7 +278,7 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     windows = [k.window for k in model.layers() if k.mixer in (S.SLIDING, S.CHUNKED)]
     window = max(windows) if windows else (model.index_topk if S.SPARSE in mixers else 0)
     return Shard(
-        gemms=tuple(gemms),
+        gemms=_with_formats(model, plan, gemms),
         stages=split_layers(model, plan.pp),
         heads_per_gpu=heads,
         kv_heads_per_gpu=kv_heads,
@@ -267,4 +291,5 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         state_bytes_linear=st_lin, state_bytes_mamba=st_mamba,
         linear_flops_per_token=fl_lin, mamba_flops_per_token=fl_mamba,
         full_kv_bytes_per_token_layer=full_kv, full_attn_flops_per_pair=full_flops,
+        prefill_flops_per_pair=pf_flops,
     )

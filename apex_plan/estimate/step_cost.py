@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apex_plan.abi import COST, GEMM, GEMM_ATTENTION, GEMM_DENSE_MLP, GRAPH_MODES, CostTables, make_record, make_table
+from apex_plan.abi import (COST, GEMM, GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_ROUTED_EXPERTS, GRAPH_MODES, CostTables,
+                           make_record, make_table)
 from apex_plan.engine.load import resolve_engine_profile
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
 from apex_plan.estimate.shard import Shard, build_shard
+from apex_plan.hardware.formats import gemm_fit, moe_fit
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
 from apex_plan.model import spec as S
 from apex_plan.model.spec import ModelSpec
@@ -69,10 +71,34 @@ class StepCost:
         return self.step_s(decodes=batch, context=context_tokens)[0]
 
 
-def gemm_table(shard: Shard) -> np.ndarray:
-    """The GEMM table of `shard`: one row per weight GEMM of a layer on one GPU."""
-    return make_table(GEMM, [dict(k=g.k, n=g.n, w_bytes=g.w_bytes, kind=g.kind, experts=g.experts,
-                                  route_frac=g.route_frac, active_p=g.active_p) for g in shard.gemms])
+def gemm_table(shard: Shard, gpu: GpuSpec, act_dtype: str) -> np.ndarray:
+    """The GEMM table of `shard`: one row per weight GEMM of a layer on one GPU, each with the achievable
+    FLOP/s, bytes/s and fixed time of its own weight format's kernel fit (routed experts: the fused-MoE
+    fit, its layer latency split over the two grouped GEMMs; apex_plan.hardware.formats)."""
+    bw = gpu.mem_bw_gbps * 1e9
+    rows = []
+    for g in shard.gemms:
+        moe = g.kind == GEMM_ROUTED_EXPERTS
+        f = moe_fit(gpu, g.fmt, act_dtype) if moe else gemm_fit(gpu, g.fmt, act_dtype)
+        rows.append(dict(k=g.k, n=g.n, w_bytes=g.w_bytes, kind=g.kind, experts=g.experts, route_frac=g.route_frac,
+                         active_p=g.active_p, flops_per_s=gpu.peak_flops(f.peak_dtype) * f.compute_efficiency,
+                         bytes_per_s=bw * f.bandwidth_efficiency,
+                         latency_s=f.latency_us * 1e-6 * (0.5 if moe else 1.0)))
+    return make_table(GEMM, rows)
+
+
+def attention_fields(model: ModelSpec, gpu: GpuSpec, shard: Shard) -> dict:
+    """COST fields of the attention kernels: prefill efficiency, decode efficiency and KV bandwidth, fixed
+    time per call; MLA (DeepSeek, Kimi) at its own measured kernels (prefill expanded, decode absorbed)."""
+    c = gpu.calibration
+    mla = gpu.kernel_formats.mla if model.attention == "mla" else None
+    return dict(
+        attn_efficiency=mla.prefill_efficiency if mla else c.attention_efficiency,
+        decode_attn_efficiency=mla.decode_compute_efficiency if mla else c.attention_efficiency,
+        decode_kv_efficiency=mla.decode_bandwidth_efficiency if mla else c.bandwidth_efficiency,
+        attn_latency_s=(mla.latency_us if mla else c.kernel_latency_us) * 1e-6,
+        prefill_attn_flops_per_pair=shard.prefill_flops_per_pair,
+    )
 
 
 def layer_fields(shard: Shard) -> dict:
@@ -161,15 +187,13 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     host = prof.host
     shard = shard or build_shard(model, plan)
     backend = prof.attention_backend(plan.kv_dtype)
-    weight_peak_dtype = plan.weight_dtype if plan.weight_dtype in ("fp8", "fp4", "int8") else plan.act_dtype
     params = make_record(
         COST,
-        gemm_peak_flops_per_s=gpu.peak_flops(weight_peak_dtype),
+        gemm_peak_flops_per_s=gpu.peak_flops(plan.act_dtype),   # LM head; weight GEMMs carry their own (GEMM rows)
         attn_peak_flops_per_s=gpu.peak_flops(plan.act_dtype),
         hbm_bytes_per_s=gpu.mem_bw_gbps * 1e9,
         gemm_efficiency=c.compute_efficiency,
         hbm_efficiency=c.bandwidth_efficiency,
-        attn_efficiency=c.attention_efficiency,
         kernel_latency_s=c.kernel_latency_us * 1e-6,
         eager_launch_s=host.eager_kernel_us * 1e-6,
         tp=plan.tp, pp=plan.pp, ep=plan.ep,
@@ -194,5 +218,6 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
         **link_fields(gpu, plan, cluster, prof, custom_allreduce),
         **kernel_count_fields(model, plan, shard, prof, scales),
         **layer_fields(shard),
+        **attention_fields(model, gpu, shard),
     )
-    return StepCost(CostTables(params, gemm_table(shard)), shard, gpu, plan, prof)
+    return StepCost(CostTables(params, gemm_table(shard, gpu, plan.act_dtype)), shard, gpu, plan, prof)
