@@ -1,21 +1,23 @@
 """The kernel ABI: every record that crosses the numba boundary, declared once, by name.
 
 Python builders fill these records by field name (`make_record`, which refuses a missing or an
-unknown field) and the numba kernels read them by field name (`cost.p.tp`, `g.w_bytes`,
+unknown field) and the numba kernels read them by field name (`p.tp`, `op.w_bytes`,
 `eng[e].busy_s`); no kernel addresses a slot by position.
 
 Records (numpy structured dtypes: one C struct each, read by attribute in numba):
 * `COST`      step-cost parameters of one replica of one plan (GPU physics, parallel layout,
               engine host costs, layer-kind counts of the largest pipeline stage);
               built by `apex_plan.estimate.step_cost.build_step_cost`.
-* `GEMM`      one row per weight GEMM of a layer on one GPU; built from `estimate.shard.Gemm`.
+* `OP`        the op table: one row per weight GEMM and per token-mixer op of a layer kind on
+              one GPU, with its cost shape, layer count and (GEMMs) weight format; built by
+              `estimate.mixers.op_table` (the kernel loops over the rows).
 * `SCHED`     engine / scheduler configuration of a simulation (`simulate.run.simulate`).
 * `REQUEST`   one row per request: the trace's inputs, the simulated times, the loop's state.
 * `ENGINE`    one row per scheduler: statistics out, the loop's state.
 * `SLOT`      (engine, slot) table of running lists and step entries (allocated in the kernel).
 * `BATCH`     one row per group of identical sequences in a step (what `aggregate` reads).
 Tuples (numba namedtuples, built and returned inside kernels):
-* `CostTables(params, gemms)`: a `COST` record array of length 1 and its `GEMM` table.
+* `CostTables(params, ops)`: a `COST` record array of length 1 and its `OP` table.
 * `StepShape`: the batch aggregates a step's cost depends on (`estimate.kernels.aggregate`).
 * `Breakdown`: a step's seconds per part, FLOPs and bytes (`estimate.kernels.step_time`).
 
@@ -38,7 +40,7 @@ F8, I8 = "f8", "i8"
 
 # ---- step cost of one replica ------------------------------------------------------------------
 COST_FIELDS = (
-    ("gemm_peak_flops_per_s", F8, "dense peak FLOP/s of the LM head (activation dtype); weight GEMMs: their GEMM rows"),
+    ("gemm_peak_flops_per_s", F8, "dense peak FLOP/s of the weight dtype's tensor cores"),
     ("hbm_bytes_per_s", F8, "HBM bandwidth, bytes/s"),
     ("gemm_efficiency", F8, "achievable fraction of peak FLOP/s on GEMMs"),
     ("hbm_efficiency", F8, "achievable fraction of HBM bandwidth"),
@@ -57,8 +59,6 @@ COST_FIELDS = (
     ("mlp_free_layers", F8, "blocks without an MLP on the largest stage (Nemotron-H mixer blocks)"),
     ("hidden", F8, "hidden size"),
     ("act_bytes", F8, "bytes per activation element"),
-    ("kv_bytes_per_token", F8, "KV-cache bytes per token per layer on one GPU"),
-    ("attn_flops_per_pair", F8, "attention FLOPs per (query token x context token) per layer on one GPU"),
     ("elem_bytes_per_token", F8, "elementwise bytes per token per layer on one GPU (norms, rotary, act, KV write)"),
     ("elem_kernels_per_layer", F8, "elementwise kernels per layer"),
     ("kernels_per_dense_layer", F8, "kernels per dense layer"),
@@ -80,39 +80,20 @@ COST_FIELDS = (
     ("graph_max", F8, "largest step captured in a graph (sequences for decode-only, tokens otherwise)"),
     ("eager_kernels_mixed", F8, "kernels per layer launched by the host in a piecewise-graphed mixed step"),
     ("attn_peak_flops_per_s", F8, "dense peak FLOP/s of the attention kernels (activation dtype)"),
-    ("decode_kv_rereads", F8, "decode KV reads per KV head (1: GQA shared; query heads per KV head otherwise)"),
     ("attn_heads", F8, "query heads on one GPU (attention thread blocks per 128-row query tile)"),
     ("sms", F8, "streaming multiprocessors"),
     ("attn_scale_fresh", F8, "backend scale of attention efficiency for fresh prefill"),
     ("attn_scale_prefix", F8, "backend scale for chunks attending to cached context"),
-    ("decode_attn_efficiency", F8, "achievable fraction of attention peak FLOP/s in decode attention (MLA: its fit)"),
-    ("decode_kv_efficiency", F8, "achievable fraction of HBM bandwidth reading the KV cache in decode attention"),
-    ("attn_latency_s", F8, "fixed GPU time per attention call, s"),
-    ("prefill_attn_flops_per_pair", F8, "prefill attention FLOPs per (query x key) pair per layer on one GPU "
-                                        "(MLA expanded form); 0: as decode"),
-    # layer kinds of the largest stage
-    ("full_layers", F8, "full-attention layers (KV of every token)"),
-    ("windowed_layers", F8, "sliding-window / chunked-attention layers"),
-    ("sparse_layers", F8, "DeepSeek-sparse-attention layers"),
-    ("linear_layers", F8, "Gated DeltaNet linear-attention layers"),
-    ("mamba_layers", F8, "Mamba-2 layers"),
+    # layer kinds of the largest stage (each mixer's layer count is on its OP rows)
     ("mixerless_layers", F8, "blocks without a token mixer (Nemotron-H MLP/MoE blocks)"),
     ("window_tokens", F8, "tokens a windowed / sparse layer attends to (window, chunk, index top-k); 0: none"),
-    ("index_kv_bytes_per_token", F8, "sparse attention: indexer key bytes per cached token on one GPU"),
-    ("index_flops_per_pair", F8, "sparse attention: indexer FLOPs per (query x cached token) on one GPU"),
-    ("linear_state_bytes", F8, "linear attention: state bytes per sequence per layer on one GPU"),
-    ("mamba_state_bytes", F8, "Mamba: state bytes per sequence per layer on one GPU"),
-    ("linear_flops_per_token", F8, "linear attention: recurrent FLOPs per token per layer on one GPU"),
-    ("mamba_flops_per_token", F8, "Mamba: scan FLOPs per token per layer on one GPU"),
-    ("full_kv_bytes_per_token", F8, "full-attention layers' KV bytes per token on one GPU (own geometry, Gemma 4)"),
-    ("full_attn_flops_per_pair", F8, "full-attention layers' FLOPs per (query x key) pair (own geometry)"),
 )
 
 GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, GRAPH_FULL = 0.0, 1.0, 2.0   # values of COST.graph_mode
 GRAPH_MODES = {"decode_only": GRAPH_DECODE_ONLY, "piecewise": GRAPH_PIECEWISE, "full": GRAPH_FULL}
 
-# ---- weight GEMMs of one layer on one GPU -------------------------------------------------------
-# GEMM kinds: which layers run the GEMM (the step multiplies each kind's time by its layer count)
+# ---- the op table: what one layer of each kind computes, rows times their layer counts ------------
+# GEMM kinds: which layers run a GEMM (estimate.shard.Gemm.kind; the builder turns them into counts)
 GEMM_ATTENTION = 0       # attention layers' projections (full, windowed, sparse)
 GEMM_ROUTED_EXPERTS = 1  # routed experts of MoE layers
 GEMM_DENSE_MLP = 2       # dense-MLP layers
@@ -121,24 +102,40 @@ GEMM_LINEAR_ATTN = 4     # linear-attention layers' projections
 GEMM_MAMBA = 5           # Mamba layers' projections
 N_GEMM_KINDS = 6
 
-GEMM_FIELDS = (
-    ("k", F8, "reduction dim (input features) on one GPU"),
-    ("n", F8, "output features on one GPU"),
-    ("w_bytes", F8, "bytes per weight element, scales included"),
-    ("kind", I8, "GEMM_* kind"),
-    ("experts", F8, "routed experts held on one GPU (0 for dense GEMMs)"),
-    ("route_frac", F8, "expert-token assignments landing on this GPU per input token"),
-    ("active_p", F8, "probability that one token activates a given expert (topk / experts)"),
-    ("flops_per_s", F8, "achievable FLOP/s: the weight format's tensor-core peak x its kernel fit's efficiency"),
-    ("bytes_per_s", F8, "achievable HBM bytes/s of this GEMM's kernel"),
-    ("latency_s", F8, "fixed GPU time per call, s (routed experts: half the fused-MoE layer's, two GEMMs)"),
+# cost shapes of an op row (how the kernel costs it)
+OP_GEMM = 0         # y[M, n] = x[M, k] @ W[k, n] over the step's M tokens
+OP_EXPERTS = 1      # routed-expert GEMMs: the tokens routed to this GPU, the experts they touch
+OP_ATTENTION = 2    # attention over cached context (prefill: tile-padded pairs; decode: KV read)
+OP_RECURRENT = 3    # a recurrent step per token with a fixed state per sequence (linear attention, Mamba)
+
+OP_FIELDS = (
+    ("shape", I8, "OP_* cost shape"),
+    ("count", F8, "layers of the largest stage that run this row"),
+    ("format", I8, "GEMM rows: weight format (index into apex_plan.model.quant.FORMATS); -1 otherwise"),
+    ("peak_flops_per_s", F8, "GEMM rows: dense peak FLOP/s of the tensor cores running this GEMM"),
+    ("efficiency", F8, "GEMM rows: achievable fraction of that peak; attention rows: of the attention peak in prefill"),
+    ("bytes_per_s", F8, "GEMM rows: achievable HBM bytes/s of this GEMM's kernel; attention rows: of the decode KV read"),
+    ("latency_s", F8, "GEMM and attention rows: fixed GPU time per call inside a CUDA graph, s (routed experts: "
+                      "half the fused-MoE layer's, over its two grouped GEMMs)"),
+    ("k", F8, "GEMM rows: reduction dim (input features) on one GPU"),
+    ("n", F8, "GEMM rows: output features on one GPU"),
+    ("w_bytes", F8, "GEMM rows: bytes per weight element, scales included"),
+    ("experts", F8, "expert rows: routed experts held on one GPU"),
+    ("route_frac", F8, "expert rows: expert-token assignments landing on this GPU per input token"),
+    ("active_p", F8, "expert rows: probability that one token activates a given expert (topk / experts)"),
+    ("flops_per_unit", F8, "attention: FLOPs per (query x key) pair; recurrent: FLOPs per token (one GPU)"),
+    ("pf_flops_per_unit", F8, "attention: prefill FLOPs per (query x key) pair (MLA: the expanded form; else as decode)"),
+    ("decode_efficiency", F8, "attention: achievable fraction of the attention peak FLOP/s in decode"),
+    ("bytes_per_unit", F8, "attention: KV bytes per cached token read; recurrent: state bytes per sequence"),
+    ("rereads", F8, "attention: decode KV reads per KV head (1: GQA shared; query heads per KV head otherwise)"),
+    ("windowed", I8, "attention: 1 reads each sequence's context capped at COST.window_tokens"),
 )
 
 # ---- engine / scheduler configuration of one simulation -----------------------------------------
 SCHED_FIELDS = (
     ("ranks", I8, "schedulers per pipeline slot: replicas x attention-DP ranks"),
     ("pp", I8, "pipeline virtual engines per rank"),
-    ("least_loaded", I8, "1: route arrivals to the least-loaded replica; 0: round robin"),
+    ("routing", I8, "ROUTE_*: round robin, least loaded, session affinity, longest cached prefix"),
     ("max_seqs", I8, "sequences one engine runs at once"),
     ("budget_tokens", I8, "tokens one step may schedule"),
     ("chunked", I8, "1: prefill chunks cut to the budget left"),
@@ -151,7 +148,16 @@ SCHED_FIELDS = (
     ("tdp_w", F8, "GPU board power at full load, W"),
     ("idle_w", F8, "GPU idle power, W"),
     ("gpus_per_engine", F8, "GPUs whose power one engine's steps draw (tp x pp)"),
+    ("draft_tokens", I8, "speculative decoding: draft tokens per decode step (0: none)"),
+    ("seed", I8, "seed of the draft-acceptance draws"),
+    ("adp_ranks", I8, "attention-DP ranks of one replica (consecutive ranks)"),
+    ("adp_balance_steps", I8, "attention-DP balance: new contexts wait until every rank of the replica has one, "
+                              "or this many steps (TRT-LLM attention_dp_config.timeout_iters); 0: off"),
 )
+
+ROUTE_ROUND_ROBIN, ROUTE_LEAST_LOADED, ROUTE_SESSION, ROUTE_PREFIX = 0, 1, 2, 3   # values of SCHED.routing
+ROUTES = {"round_robin": ROUTE_ROUND_ROBIN, "least_loaded": ROUTE_LEAST_LOADED, "session": ROUTE_SESSION,
+          "prefix": ROUTE_PREFIX}
 
 # ---- requests: one row each; inputs, results, and the event loop's own per-request state -----------
 REQUEST_FIELDS = (
@@ -168,6 +174,12 @@ REQUEST_FIELDS = (
     ("generated", I8, "state: tokens generated so far"),
     ("kv_blocks", I8, "state: KV blocks held"),
     ("next", I8, "state: next request in its engine's waiting queue (-1: none)"),
+    ("session", I8, "in: conversation id (-1: none), for session-affinity routing"),
+    ("hash_start", I8, "in: offset of the request's prefix block ids in the ids array"),
+    ("hash_count", I8, "in: prefix block ids of the request (0: none, or caching off)"),
+    ("hash_cacheable", I8, "in: leading block ids it computes in full, and so caches"),
+    ("cached_units", I8, "state: leading prefix-cache units the request holds"),
+    ("hit_tokens", I8, "out: prompt tokens found in the prefix cache when first scheduled"),
 )
 
 # ---- engines: one row per scheduler (replica x attention-DP rank x pipeline virtual engine) ----------
@@ -187,6 +199,35 @@ ENGINE_FIELDS = (
     ("busy_until_s", F8, "state: end of the step in flight, s (inf: idle)"),
     ("scheduled", I8, "state: entries of the step in flight"),
     ("host_free_s", F8, "state: on a replica's first engine, when its scheduler thread is free, s"),
+    ("verify_steps", I8, "out: speculative verification entries (one per decoding sequence per step)"),
+    ("verified_tokens", I8, "out: tokens those entries emitted (accepted drafts plus the target's own)"),
+    ("balance_steps", F8, "state: on an attention-DP replica's first engine, steps toward the balance timeout"),
+    ("balance_open", I8, "state: 1 when the balance timeout let this engine's held contexts in"),
+)
+
+# ---- disaggregated serving: per request, what happens between its prefill and its decode ------------
+XFER_FIELDS = (
+    ("send_bytes", F8, "in: KV bytes on each sending (prefill) GPU's link"),
+    ("recv_bytes", F8, "in: KV bytes on each receiving (decode) GPU's link"),
+    ("prefill_done_s", F8, "out: end of the step that completed the prompt, s (-1: never)"),
+    ("admit_s", F8, "out: the decode engine took it (batch slot and KV blocks), s (-1: never)"),
+    ("transfer_start_s", F8, "out: both links free, the KV transfer starts, s (-1: never)"),
+    ("transfer_end_s", F8, "out: the KV has landed (delivered in order), s (-1: never)"),
+    ("prefilled", I8, "out: times the request's prompt completed on a prefill engine"),
+    ("transferred", I8, "out: times its KV landed on a decode engine"),
+    ("decoded", I8, "out: times it finished on a decode engine"),
+    ("held_blocks", I8, "state: prefill KV blocks held until the transfer lands"),
+    ("prefill_engine", I8, "state: the prefill engine that computed it"),
+)
+
+# ---- disaggregated serving: per engine, the decode side's queues and each rank's links ----------------
+XENGINE_FIELDS = (
+    ("pend_head", I8, "state: decode engine: first prefilled request waiting for admission (-1: none)"),
+    ("pend_tail", I8, "state: decode engine: last one (-1: none)"),
+    ("xfer_head", I8, "state: decode engine: first transfer in flight, in delivery order (-1: none)"),
+    ("xfer_tail", I8, "state: decode engine: last one (-1: none)"),
+    ("in_transfer", I8, "state: decode engine: transfers in flight (they hold batch slots)"),
+    ("link_free_s", F8, "state: on a rank's first engine, when its GPUs' links are free, s"),
 )
 
 # ---- the event loop's slot table: (engine, slot) -> running request and the step's entries ------------
@@ -211,14 +252,16 @@ def _dtype(fields) -> np.dtype:
 
 
 COST = _dtype(COST_FIELDS)
-GEMM = _dtype(GEMM_FIELDS)
+OP = _dtype(OP_FIELDS)
 SCHED = _dtype(SCHED_FIELDS)
 REQUEST = _dtype(REQUEST_FIELDS)
 ENGINE = _dtype(ENGINE_FIELDS)
 SLOT = _dtype(SLOT_FIELDS)
+XFER = _dtype(XFER_FIELDS)
+XENGINE = _dtype(XENGINE_FIELDS)
 BATCH = _dtype(BATCH_FIELDS)
 
-CostTables = namedtuple("CostTables", "params gemms")   # COST record array (length 1), GEMM table
+CostTables = namedtuple("CostTables", "params ops")   # COST record array (length 1), OP table
 # batch aggregates of one step (filled by estimate.kernels.add_sequence; `_w` fields cap each
 # sequence's context at COST.window_tokens, equal to the uncapped ones when the model has no window)
 StepShape = namedtuple("StepShape", (

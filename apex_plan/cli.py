@@ -95,6 +95,11 @@ _H = {
     "prefix_tokens": "shared system prompt ahead of every synthetic session, tokens",
     "num_prefixes": "distinct system prompts the sessions are spread over",
     "think_time": "mean think time between a session's turns (exponential), e.g. 10s",
+    "prefix_caching": "automatic prefix caching (auto: the engine profile's default, on for vLLM V1, SGLang, "
+                      "TRT-LLM, off for vLLM 0.6; vLLM: --[no-]enable-prefix-caching)",
+    "speculative": "speculative decoding: mtp:K (the model's MTP module) or eagle3:K, K draft tokens per step",
+    "acceptance": "draft acceptance: one conditional rate (0.8) or vLLM's per-position rates (0.9,0.7,0.5); "
+                  "default only for mtp:1 (0.85, DeepSeek-V3 report)",
     "hash_block_tokens": "tokens per prefix block of synthetic and session traces (default 64; Mooncake: 512)",
 }
 
@@ -134,8 +139,9 @@ def hardware(name: Optional[str] = typer.Argument(None, help="built-in GPU profi
 
 
 @app.command(epilog="Example: apex-plan check models/llama-3.1-70b.yaml examples/cluster.yaml examples/chat.jsonl")
-def check(files: List[Path] = typer.Argument(..., help="model, GPU profile, cluster or trace files")) -> None:
-    """Validate model, hardware, cluster and trace files; one line per file, exit 2 if any is bad."""
+def check(files: List[Path] = typer.Argument(..., help="model, GPU profile, cluster, trace, engine profile, sweep or "
+                                                         "measured-run files")) -> None:
+    """Validate input files with the readers every command uses; one line per file, exit 2 if any is bad."""
     from apex_plan.checkfiles import check_file
     bad = 0
     for f in files:
@@ -215,7 +221,24 @@ def simulate(
                                                      help="token budget of one step; default: vLLM's rule",
                                                      callback=_count(1, L.MAX_BATCHED_TOKENS,
                                                                      "e.g. --max-batched-tokens 2048")),
-    routing: str = typer.Option("round_robin", "--routing", help="round_robin | least_loaded (across replicas)"),
+    routing: str = typer.Option("round_robin", "--routing",
+                                help="across replicas: round_robin | least_loaded | session (a session's turns "
+                                     "stay on one replica) | prefix (longest cached prefix); disaggregated: in both pools"),
+    prefix_caching: str = typer.Option("auto", "--prefix-caching", help="auto | on | off; " + _H["prefix_caching"]),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help=_H["speculative"]),
+    speculative_acceptance: Optional[str] = typer.Option(None, "--speculative-acceptance", help=_H["acceptance"]),
+    prefill_plan: Optional[str] = typer.Option(None, "--prefill-plan", help="disaggregated: each prefill instance's "
+                                               "layout tp=T,pp=P[,ep=E][,adp=A] (with --decode-plan, instead of --plan)"),
+    prefill_replicas: Optional[int] = typer.Option(None, "--prefill-replicas", help="disaggregated: prefill instances",
+                                                   callback=_count(1, L.MAX_GPUS, "e.g. --prefill-replicas 1")),
+    decode_plan: Optional[str] = typer.Option(None, "--decode-plan", help="disaggregated: each decode instance's "
+                                              "layout tp=T,pp=P[,ep=E][,adp=A]"),
+    decode_replicas: Optional[int] = typer.Option(None, "--decode-replicas", help="disaggregated: decode instances",
+                                                  callback=_count(1, L.MAX_GPUS, "e.g. --decode-replicas 3")),
+    decode_max_num_seqs: Optional[int] = typer.Option(None, "--decode-max-num-seqs",
+                                                      help="disaggregated: batch cap of each decode attention rank "
+                                                           "(default: the engine's; --max-num-seqs sets the prefill's)",
+                                                      callback=_count(1, L.MAX_NUM_SEQS, "e.g. --decode-max-num-seqs 64")),
     ttft_slo: Optional[str] = typer.Option(None, "--ttft-slo", help=_H["ttft"]),
     tpot_slo: Optional[str] = typer.Option(None, "--tpot-slo", help=_H["tpot"]),
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
@@ -233,19 +256,32 @@ def simulate(
     check_format(fmt, output)
     _check_outputs(report, plot)
     m = load_model(model)
-    cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
+    roles = (prefill_plan, prefill_replicas, decode_plan, decode_replicas, decode_max_num_seqs)
+    disagg = any(x is not None for x in roles)
+    cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster, partial_last_node=disagg)
     (chunked,) = I.chunked_prefill_modes(chunked_prefill, sweep=False)
     eng = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce,
-                                chunked, max_num_seqs, max_batched_tokens, routing, activation_scales)
+                                chunked, max_num_seqs, max_batched_tokens, routing, activation_scales,
+                                I.prefix_caching_mode(prefix_caching),
+                                I.speculative_option(speculative, speculative_acceptance))
     I.check_engine(eng, m)
     weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = kv_dtype if kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
-    p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
-    I.check_plan_fits(p, cl, m)
-    if p.num_gpus < cl.num_gpus:                       # say so: the other GPUs are not simulated
-        import warnings
-        warnings.warn(f"--plan {p.label().split()[0]} uses {p.num_gpus} of the {cl.num_gpus} GPUs; the figures are "
-                      f"for those only (give --plan dp=..,tp=..,pp=.. to use all {cl.num_gpus})")
+    if disagg:
+        if plan is not None or tp_size is not None or pp_size is not None:
+            raise InputError("--plan", None, "given together with --prefill-plan/--decode-plan",
+                             "use --plan for aggregated serving, or the two role plans for disaggregated serving")
+        if report or plot:
+            raise InputError("--report" if report else "--plot", None, "not drawn for disaggregated deployments yet",
+                             "drop it (the JSON has every figure)")
+        dplan = I.parse_disagg_plan(*roles, weight_dtype, kv_dtype, cl, m, gpus or cl.num_gpus)
+    else:
+        p = I.parse_plan(plan, weight_dtype, kv_dtype, tp_size, pp_size)
+        I.check_plan_fits(p, cl, m)
+        if p.num_gpus < cl.num_gpus:                       # say so: the other GPUs are not simulated
+            import warnings
+            warnings.warn(f"--plan {p.label().split()[0]} uses {p.num_gpus} of the {cl.num_gpus} GPUs; the figures are "
+                          f"for those only (give --plan dp=..,tp=..,pp=.. to use all {cl.num_gpus})")
     if num_requests is None:
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
         num_requests = BENCH_REQUESTS_PER_SLOT * concurrency if concurrency else 1000
@@ -254,7 +290,25 @@ def simulate(
                                  I.session_options(turns, prefix_tokens, num_prefixes, think_time, hash_block_tokens))
     I.check_workload_fits(wl, m, max_model_len, trace)
     slo = parse_slo(ttft_slo, tpot_slo, slo_percentile)
+    if disagg:
+        from apex_plan.report.disagg_view import emit_disagg
+        return emit_disagg(m, cl, dplan, eng, wl, slo, fmt, output,
+                           {"model": m.name, "gpu": cl.gpu.name, "gpus": gpus or cl.num_gpus,
+                            "gpus_per_node": cl.gpus_per_node, "prefill_plan": prefill_plan, "prefill_replicas": dplan.prefill_replicas,
+                            "decode_plan": decode_plan, "decode_replicas": dplan.decode_replicas,
+                            "decode_max_num_seqs": decode_max_num_seqs, "weight_dtype": weight_dtype,
+                            "kv_dtype": kv_dtype, "engine": engine_doc(eng.profile), "routing": eng.routing,
+                            "workload": {"trace": trace, "preset": workload, "rate_per_s": rate,
+                                         "requests": len(wl.trace), "mode": wl.mode, "concurrency": wl.concurrency,
+                                         "seed": seed},
+                            "slo": _slo_doc(slo)})
     res = run_sim(m, cl, p, eng, wl, slo)
+    if res.feasible and wl.trace.has_prefix_hashes:      # what caching buys: the same run with it flipped
+        import dataclasses
+        from apex_plan.simulate.features import attach_caching_comparison
+        other = run_sim(m, cl, p, dataclasses.replace(eng, prefix_caching=not res.engine.prefix_caching), wl, slo)
+        if other.feasible:
+            attach_caching_comparison(res.metrics, other.metrics)
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "plan": plan if plan is not None else f"dp={p.dp},tp={p.tp},pp={p.pp}", "weight_dtype": weight_dtype,
               "kv_dtype": kv_dtype, "engine": engine_doc(eng.profile),
@@ -266,6 +320,10 @@ def simulate(
     if report or plot:
         from apex_plan.report.html import simulate_outputs
         simulate_outputs(res, inputs, report, plot, m.source, cl.gpu.source)
+    if not res.feasible:                 # exit status 1: the plan does not run, or no request completes
+        print(f"apex-plan simulate: {res.reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,6 +380,13 @@ def search(
                                                help="most sequences in one batch; list, e.g. 128,256 (default: the engine's)"),
     max_batched_tokens: Optional[str] = typer.Option(None, "--max-batched-tokens", "--max-num-batched-tokens",
                                                      help="step token budgets to try, e.g. 512,2048"),
+    prefix_caching: Optional[str] = typer.Option(None, "--prefix-caching",
+                                                 help="auto | on | off, or a list to compare (both = on,off); "
+                                                      + _H["prefix_caching"]),
+    speculative: Optional[str] = typer.Option(None, "--speculative",
+                                              help="speculative settings to compare, e.g. none,mtp:1,mtp:3 "
+                                                   "(each with --speculative-acceptance)"),
+    speculative_acceptance: Optional[str] = typer.Option(None, "--speculative-acceptance", help=_H["acceptance"]),
     ttft_slo: Optional[str] = typer.Option("1s", "--ttft-slo", help=_H["ttft"]),
     tpot_slo: Optional[str] = typer.Option("100ms", "--tpot-slo", help=_H["tpot"]),
     slo_percentile: float = typer.Option(90.0, "--slo-percentile", help=_H["pct"]),
@@ -331,6 +396,12 @@ def search(
                                    "deployment must sustain demand x (1 + headroom) within the SLO (default 0: "
                                    "just the demand)", callback=_real(0.0, 10.0, "e.g. --headroom 0.2", False)),
     objective: str = typer.Option("gpus", "--objective", help="gpus | energy | cost | latency | throughput"),
+    prices: Optional[str] = typer.Option(None, "--prices", help="USD per GPU-hour by GPU profile (see "
+                                         "examples/prices.yaml); a cluster file's price_per_gpu_hour wins"),
+    power_cap: Optional[str] = typer.Option(None, "--power-cap", help="power caps per GPU to try, e.g. 500W,700W"),
+    sm_clock: Optional[str] = typer.Option(None, "--sm-clock", help="locked SM clocks to try, e.g. 1410MHz,1980MHz"),
+    max_power_kw: Optional[float] = typer.Option(None, "--max-power-kw", help="budget on the deployment's mean "
+                                                 "power at its capacity, kW", callback=_real(0.0, 1e6, "e.g. --max-power-kw 20")),
     homogeneous: bool = typer.Option(False, "--homogeneous", help="one plan for all replicas"),
     top: int = typer.Option(3, "--top", help="deployments to show", callback=_count(1, 100, "e.g. --top 3")),
     show_all: bool = typer.Option(False, "--all", help="also list infeasible and rejected plans with reasons"),
@@ -362,12 +433,17 @@ def search(
     if top < 1:
         raise InputError("--top", None, "must be at least 1", "e.g. --top 3")
     m = load_model(model)
-    cl = I.cluster_from_options(gpu, gpus, gpus_per_node, cluster)
-    I.check_search_cluster(cl, cluster)
+    fleet = I.fleet_from_options(gpu, gpus, gpus_per_node, cluster, prices)
+    from apex_plan.hardware.fleet import require_prices
+    require_prices(fleet, objective)
+    cl = fleet.groups[0].cluster
+    I.check_search_cluster(cl, cluster, fleet.num_gpus)
+    points = I.operating_points(power_cap, sm_clock)
     weight_dtype = weight_dtype if weight_dtype is not None else I.default_weight_dtype(m, cl)
     base = I.engine_from_options(engine, gpu_memory_utilization, max_model_len, not no_custom_allreduce, None, None,
                                  None, "round_robin")
-    engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill)
+    engines, rejected_engines = I.engine_sweep(base, m, max_num_seqs, max_batched_tokens, chunked_prefill,
+                                               prefix_caching, speculative, speculative_acceptance)
     from apex_plan.search.steady import MAX_HORIZON_REQUESTS
     # a synthetic workload is a distribution: draw enough of it that its tail is represented
     wl = I.workload_from_options(trace, workload if (workload is not None or trace or prompt_tokens is not None) else "chat",
@@ -400,11 +476,17 @@ def search(
                 raise InputError(opt, None, f"unknown dtype '{dt}'", did_you_mean(dt, DTYPE_BYTES))
     inp = SearchInputs(m, cl, wl.trace, demand, slo, tuple(I.csv_list(weight_dtype, "--weight-dtype")),
                        tuple(I.csv_list(kv_dtype, "--kv-dtype")), engines, objective, homogeneous, top,
-                       allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica, not no_bound_pruning)
+                       allow_cross_node_tp, not no_symmetry_pruning, max_gpus_per_replica, not no_bound_pruning,
+                       fleet=fleet, points=points, max_power_w=max_power_kw * 1e3 if max_power_kw else None)
     from apex_plan.report.search_view import progress_reporter
     with progress_reporter() as report_progress:
         res = run_search(inp, report_progress)
-    inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
+    from apex_plan.hardware.fleet import group_doc
+    inputs = {"model": m.name, "gpu": "+".join(dict.fromkeys(g.cluster.gpu.name for g in fleet.groups)),
+              "gpus": fleet.num_gpus, "gpus_per_node": cl.gpus_per_node,
+              "groups": [group_doc(g) for g in fleet.groups], "prices_file": prices,
+              "operating_points": [{"power_cap_w": p.power_cap_w, "sm_clock_mhz": p.sm_clock_mhz} for p in points],
+              "max_power_kw": max_power_kw,
               "workload": {"trace": trace, "preset": workload if not trace else None, "requests": len(wl.trace),
                            "seed": seed},
               "demand_rps": asked_demand, "headroom": headroom, "searched_rps": demand, "objective": objective, "homogeneous": homogeneous, "top": top,

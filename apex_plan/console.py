@@ -87,28 +87,36 @@ def exit_status(e: BaseException) -> int:
 
 
 def one_line_warnings() -> None:
-    """Warnings (e.g. dropped trace rows) print as one 'apex-plan: warning:' line each."""
+    """Warnings (e.g. dropped trace rows) print as one 'apex-plan: warning:' line each. Numeric
+    warnings of numpy (overflow, 0/0, the mean of an empty slice) never reach the user: the results
+    they touch are checked where they are made (finite metrics, field errors on the inputs)."""
     import warnings
+
+    import numpy as np
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
         print(f"apex-plan: warning: {message}".replace("\n", " "), file=file or sys.stderr)
     warnings.showwarning = show
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    np.seterr(all="ignore")
 
 
 # vLLM's flag spellings that are not plain option aliases: rewritten before parsing
 _VLLM_FLAGS = {"--enable-chunked-prefill": "--chunked-prefill=on", "--no-enable-chunked-prefill": "--chunked-prefill=off",
-               "--no-chunked-prefill": "--chunked-prefill=off"}
+               "--no-chunked-prefill": "--chunked-prefill=off", "--enable-prefix-caching": "--prefix-caching=on",
+               "--no-enable-prefix-caching": "--prefix-caching=off"}
 
 
 def vllm_spellings(argv: list[str]) -> list[str]:
-    """`--enable-chunked-prefill[=true|false]` -> `--chunked-prefill=on|off` (vLLM's spelling of ours)."""
+    """`--enable-chunked-prefill[=true|false]` -> `--chunked-prefill=on|off`, the same for
+    `--[no-]enable-prefix-caching` -> `--prefix-caching` (vLLM's spellings of ours)."""
     out = []
     for arg in argv:
         if arg == "--":
             out += argv[len(out):]
             break
         name, eq, value = arg.partition("=")
-        if name == "--enable-chunked-prefill" and eq:
-            arg = "--chunked-prefill=" + {"true": "on", "false": "off"}.get(value.lower(), value)
+        if name in ("--enable-chunked-prefill", "--enable-prefix-caching") and eq:
+            arg = name.replace("--enable-", "--") + "=" + {"true": "on", "false": "off"}.get(value.lower(), value)
         out.append(_VLLM_FLAGS.get(arg, arg))
     return out

@@ -22,8 +22,11 @@ from apex_plan.workload.prefix import SessionOptions
 
 
 
-def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int | None, cluster: str | None) -> ClusterSpec:
-    """`--cluster FILE` or `--gpu NAME --gpus N [--gpus-per-node G]`."""
+def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int | None, cluster: str | None,
+                         partial_last_node: bool = False) -> ClusterSpec:
+    """`--cluster FILE` or `--gpu NAME --gpus N [--gpus-per-node G]`. `partial_last_node`: N GPUs may
+    leave part of the last node unused (a disaggregated deployment of 7 x 4 + 2 x 8 GPUs): the
+    cluster is the whole nodes that hold them."""
     if cluster:
         if gpu or gpus:
             raise InputError("--cluster", None, "given together with --gpu/--gpus", "use one or the other")
@@ -32,7 +35,59 @@ def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int |
         raise InputError("--gpu", None, "no GPU given", "pass --gpu NAME --gpus N, or --cluster FILE")
     if gpus is None:
         raise InputError("--gpus", None, "number of GPUs missing", "e.g. --gpus 8")
-    return make_cluster(load_gpu(gpu), gpus, gpus_per_node)
+    g = load_gpu(gpu)
+    per = g.gpus_per_node if gpus_per_node is None else gpus_per_node
+    if partial_last_node and isinstance(per, int) and per > 0 and gpus > per:
+        gpus = -(-gpus // per) * per
+    return make_cluster(g, gpus, gpus_per_node)
+
+
+def fleet_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int, cluster: str | None,
+                       prices: str | None):
+    """`search`'s cluster: a cluster file (node groups or one), or `--gpu/--gpus`; `--prices FILE`
+    prices the groups whose file gives no `price_per_gpu_hour`."""
+    from apex_plan.hardware.fleet import load_fleet, load_prices, priced, single_group
+    if cluster:
+        if gpu or gpus:
+            raise InputError("--cluster", None, "given together with --gpu/--gpus", "use one or the other")
+        fleet = load_fleet(cluster)
+    else:
+        fleet = single_group(cluster_from_options(gpu, gpus, gpus_per_node, None))
+    return priced(fleet, load_prices(prices) if prices else None)
+
+
+_POWER_UNITS = {"w": 1.0, "kw": 1e3}
+_CLOCK_UNITS = {"mhz": 1.0, "ghz": 1e3}
+
+
+def _unit_list(text: str | None, option: str, units: dict[str, float], example: str) -> list[float]:
+    """'500W,0.7kW' -> [500.0, 700.0] in the first unit of `units` (a bare number is in that unit)."""
+    if text is None:
+        return []
+    out = []
+    for item in csv_list(text, option):
+        low = item.strip().lower()
+        unit = next((u for u in sorted(units, key=len, reverse=True) if low.endswith(u)), None)
+        num = low[: -len(unit)] if unit else low
+        try:
+            value = float(num) * (units[unit] if unit else 1.0)
+        except ValueError:
+            raise InputError(option, None, f"cannot read '{item}'", f"e.g. {option} {example}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise InputError(option, None, f"must be positive, got '{item}'", f"e.g. {option} {example}")
+        out.append(value)
+    return out
+
+
+def operating_points(power_caps: str | None, sm_clocks: str | None) -> tuple:
+    """The operating points a search tries per plan: each `--power-cap` (W per GPU) and each
+    `--sm-clock` (MHz, locked); neither: the datasheet clock only."""
+    from apex_plan.hardware.power import DEFAULT_POINT, OperatingPoint
+    caps = _unit_list(power_caps, "--power-cap", _POWER_UNITS, "500W,700W")
+    clocks = _unit_list(sm_clocks, "--sm-clock", _CLOCK_UNITS, "1410MHz,1980MHz")
+    points = [OperatingPoint(power_cap_w=c) for c in dict.fromkeys(caps)]
+    points += [OperatingPoint(sm_clock_mhz=f) for f in dict.fromkeys(clocks)]
+    return tuple(points) or (DEFAULT_POINT,)
 
 
 def default_weight_dtype(model: ModelSpec, cluster: ClusterSpec) -> str:
@@ -93,6 +148,37 @@ def check_plan_fits(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where: s
         where = "--weight-dtype" if "weight dtype" in reason else "--kv-dtype"
         fix = "use " + ", ".join(k for k in cluster.gpu.peak_tflops if k in ("bf16", "fp16", "fp8", "fp4"))
     raise InputError(where, None, f"{plan.label()} on {model.name}: {reason}", fix)
+
+
+def parse_disagg_plan(prefill_plan: str | None, prefill_replicas: int | None, decode_plan: str | None,
+                      decode_replicas: int | None, decode_max_num_seqs: int | None, weight_dtype: str, kv_dtype: str,
+                      cluster: ClusterSpec, model: ModelSpec, gpus: int | None = None):
+    """`--prefill-plan tp=..,pp=..[,ep=..][,adp=..] --prefill-replicas NP --decode-plan ... --decode-replicas ND`
+    -> DisaggPlan (each role's Plan with dp = its replica count), checked against the model and the GPUs."""
+    from apex_plan.plan.disagg import DisaggPlan
+    roles = {}
+    for role, text, reps in (("prefill", prefill_plan, prefill_replicas), ("decode", decode_plan, decode_replicas)):
+        opt = f"--{role}-plan"
+        if text is None:
+            raise InputError(opt, None, "missing: a disaggregated deployment needs both roles' layouts",
+                             f"e.g. {opt} tp=8,pp=1 --{role}-replicas 1")
+        try:
+            p = parse_plan(text, weight_dtype, kv_dtype)
+            if p.dp != 1:
+                raise InputError(opt, "dp", f"dp={p.dp}: instances of a role are counted by --{role}-replicas",
+                                 f"drop dp and pass --{role}-replicas {p.dp}")
+            p = dataclasses.replace(p, dp=reps or 1)
+            check_plan_fits(dataclasses.replace(p, dp=1), cluster, model, where=opt)
+        except InputError as e:
+            raise InputError(opt, e.field, e.problem, e.fix) from None
+        roles[role] = p
+    dplan = DisaggPlan(roles["prefill"], roles["decode"], decode_max_num_seqs)
+    gpus = gpus or cluster.num_gpus
+    if dplan.num_gpus > gpus:
+        raise InputError("--gpus", None, f"{dplan.prefill_replicas} prefill x {roles['prefill'].gpus_per_replica} + "
+                         f"{dplan.decode_replicas} decode x {roles['decode'].gpus_per_replica} GPUs = {dplan.num_gpus}, "
+                         f"the cluster has {gpus}", f"raise --gpus to {dplan.num_gpus} or use fewer replicas")
+    return dplan
 
 
 _LENGTH_FORMS = "512, uniform:64-512, normal:mean=512,std=128 or lognormal:mean=74,std=120"
@@ -187,6 +273,12 @@ def workload_from_options(trace: str | None, workload: str | None, rate: float |
     return Workload(tr)
 
 
+def speculative_option(speculative: str | None, acceptance: str | None):
+    """--speculative mtp:K|eagle3:K and --speculative-acceptance as a Speculative spec (or None)."""
+    from apex_plan.engine.speculative import parse_speculative
+    return parse_speculative(speculative, acceptance)
+
+
 def session_options(turns: int, prefix_tokens: int, num_prefixes: int, think_time: str,
                     hash_block_tokens: int | None) -> SessionOptions:
     """--turns, --prefix-tokens, --num-prefixes, --think-time, --hash-block-tokens as one spec."""
@@ -220,7 +312,8 @@ def _session_workload(workload: str | None, rate: float | None, num_requests: in
 def engine_from_options(engine: str, gpu_memory_utilization: float | None, max_model_len: int | None,
                         custom_allreduce: bool, chunked_prefill: bool | None, max_num_seqs: int | None,
                         max_batched_tokens: int | None, routing: str,
-                        activation_scales: str | None = None) -> EngineConfig:
+                        activation_scales: str | None = None, prefix_caching: bool | None = None,
+                        speculative=None) -> EngineConfig:
     """`--engine NAME[@VERSION]` resolved to its profile, plus the settings given (None: the profile's)."""
     from apex_plan.engine.load import resolve_engine_profile
     profile = resolve_engine_profile(engine)
@@ -230,7 +323,7 @@ def engine_from_options(engine: str, gpu_memory_utilization: float | None, max_m
                         chunked_prefill=chunked_prefill, gpu_memory_utilization=gpu_memory_utilization,
                         max_model_len=max_model_len, custom_allreduce=custom_allreduce,
                         routing=routing.replace("-", "_"), name=engine, activation_scales=activation_scales,
-                        profile=profile)
+                        profile=profile, prefix_caching=prefix_caching, speculative=speculative)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,11 +361,11 @@ def check_workload_fits(wl: Workload, model: ModelSpec, max_model_len: int | Non
     raise InputError(where, None, f"{what} not fit {ctx} {limit:,} tokens", fix)
 
 
-def check_search_cluster(cluster: ClusterSpec, cluster_file: str | None) -> None:
+def check_search_cluster(cluster: ClusterSpec, cluster_file: str | None, total_gpus: int | None = None) -> None:
     """`search` covers at most MAX_SEARCH_GPUS GPUs (its time grows with the cluster)."""
-    if cluster.num_gpus > MAX_SEARCH_GPUS:
+    if (total_gpus or cluster.num_gpus) > MAX_SEARCH_GPUS:
         raise InputError(cluster_file or "--gpus", "nodes" if cluster_file else None,
-                         f"search covers at most {MAX_SEARCH_GPUS:,} GPUs, the cluster has {cluster.num_gpus:,}",
+                         f"search covers at most {MAX_SEARCH_GPUS:,} GPUs, the cluster has {total_gpus or cluster.num_gpus:,}",
                          f"search one pod of up to {MAX_SEARCH_GPUS:,} GPUs and replicate its deployment")
 
 
@@ -326,36 +419,80 @@ def chunked_prefill_modes(text: str, sweep: bool) -> list[bool | None]:
     return out
 
 
+def prefix_caching_modes(text: str | None) -> list[bool | None]:
+    """search --prefix-caching: auto | on | off | both (or a list): None (the profile's default), True, False."""
+    if text is None:
+        return [None]
+    words = [w for word in csv_list(text.lower(), "--prefix-caching")
+             for w in (("on", "off") if word == "both" else (word,))]
+    out: list[bool | None] = []
+    for w in words:
+        if w not in _CHUNKED:
+            raise InputError("--prefix-caching", None, f"unknown value '{w}'", "use auto, on, off or both")
+        if _CHUNKED[w] not in out:
+            out.append(_CHUNKED[w])
+    return out
+
+
+def prefix_caching_mode(text: str) -> bool | None:
+    """simulate --prefix-caching auto | on | off."""
+    modes = prefix_caching_modes(text)
+    if len(modes) > 1:
+        raise InputError("--prefix-caching", None, f"one value only in simulate, got '{text}'", "use auto, on or off")
+    return modes[0]
+
+
+def speculative_list(text: str | None, acceptance: str | None) -> list:
+    """search --speculative none,mtp:1,mtp:3 (each with --speculative-acceptance) -> [None, Speculative, ...]."""
+    from apex_plan.engine.speculative import parse_speculative
+    if text is None:
+        if acceptance is not None:
+            raise InputError("--speculative-acceptance", None, "given without --speculative", "add e.g. --speculative mtp:1")
+        return [None]
+    out = []
+    for word in csv_list(text, "--speculative"):
+        spec = parse_speculative(word, acceptance if word.lower() not in ("none", "off") else None)
+        if spec not in out:
+            out.append(spec)
+    return out
+
+
 def _setting_label(cfg: EngineConfig) -> str:
     budget = cfg.max_batched_tokens if cfg.max_batched_tokens is not None else "default"
     if cfg.max_num_seqs is None and cfg.profile is not None:
         cfg = dataclasses.replace(cfg, max_num_seqs=cfg.profile.scheduler.max_num_seqs)
     chunk = {None: "auto", True: "on", False: "off"}[cfg.chunked_prefill]
-    return f"max_num_seqs={cfg.max_num_seqs} max_batched_tokens={budget} chunked_prefill={chunk}"
+    extra = "" if cfg.prefix_caching is None else f" prefix_caching={'on' if cfg.prefix_caching else 'off'}"
+    extra += "" if cfg.speculative is None else f" speculative={cfg.speculative.label}"
+    return f"max_num_seqs={cfg.max_num_seqs} max_batched_tokens={budget} chunked_prefill={chunk}" + extra
 
 
 def engine_sweep(base: EngineConfig, model: ModelSpec, max_num_seqs: str, max_batched_tokens: str | None,
-                 chunked_prefill: str) -> tuple[tuple[EngineConfig, ...], list[tuple[str, str]]]:
-    """Every combination of search's engine lists; combinations vLLM would refuse are skipped and
-    returned as (setting, reason). All of them refused is an InputError with the first reason."""
+                 chunked_prefill: str, prefix_caching: str | None = None, speculative: str | None = None,
+                 acceptance: str | None = None) -> tuple[tuple[EngineConfig, ...], list[tuple[str, str]]]:
+    """Every combination of search's engine lists; combinations vLLM would refuse (or the engine or
+    model cannot run, as a speculative method) are skipped and returned as (setting, reason). All of
+    them refused is an InputError with the first reason."""
     import dataclasses
+    import itertools
     seqs = int_list(max_num_seqs, "--max-num-seqs", MAX_NUM_SEQS)
     budgets = int_list(max_batched_tokens, "--max-batched-tokens", MAX_BATCHED_TOKENS)
     modes = chunked_prefill_modes(chunked_prefill, sweep=True)
+    caching = prefix_caching_modes(prefix_caching)
+    specs = speculative_list(speculative, acceptance)
     kept: list[EngineConfig] = []
     rejected: list[tuple[str, str]] = []
     first: InputError | None = None
-    for s in seqs:
-        for b in budgets:
-            for c in modes:
-                cfg = dataclasses.replace(base, max_num_seqs=s, max_batched_tokens=b, chunked_prefill=c)
-                try:
-                    check_engine(cfg, model)
-                except InputError as e:
-                    first = first or e
-                    rejected.append((_setting_label(cfg), e.render()))
-                    continue
-                kept.append(cfg)
+    for s, b, c, pc, sp in itertools.product(seqs, budgets, modes, caching, specs):
+        cfg = dataclasses.replace(base, max_num_seqs=s, max_batched_tokens=b, chunked_prefill=c,
+                                  prefix_caching=pc, speculative=sp)
+        try:
+            check_engine(cfg, model)
+        except InputError as e:
+            first = first or e
+            rejected.append((_setting_label(cfg), e.render()))
+            continue
+        kept.append(cfg)
     if not kept:
         assert first is not None
         if len(rejected) == 1:

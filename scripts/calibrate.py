@@ -10,12 +10,19 @@ minimises capped mean |ln(pred/measured)| of TTFT and TPOT (apex_plan.calibrate.
 search from the profile's current values, which also act as weak priors. It prints the fitted
 values; copy them into engine_profiles/<profile>.yaml (host.*) or hardware_profiles/<gpu>.yaml (gpu.*).
 
-usage: python scripts/calibrate.py [CSV] --engine vllm [--fit host.step_ms,host.per_seq_ms,...]
-       [--train-every 3] [--rounds 2] [--requests-per-slot 5]
+With --by-gpu the host constants are then refitted on each GPU's runs (at least --min-gpu-runs of
+them), starting from the joint values: the `host_by_gpu` entries of the profile (a platform's CPUs
+and drivers set its host time; GPUs without runs keep the joint values). Several CSVs are read
+together; rows listed in --exclude (default ../shared/bench/silicon/excluded.csv) are left out.
+
+usage: python scripts/calibrate.py [CSV ...] --engine vllm [--fit host.step_ms,host.per_seq_ms,...]
+       [--train-every 3] [--rounds 2] [--requests-per-slot 5] [--by-gpu] [--min-gpu-runs 20]
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -40,20 +47,28 @@ def summary(label: str, cases, pred) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("csv", nargs="?", default=str(SHARED / "silicon" / "calibration.csv"))
+    ap.add_argument("csv", nargs="*", default=[str(SHARED / "silicon" / "calibration.csv")])
     ap.add_argument("--engine", required=True, help="engine family or profile name whose runs to fit (vllm, sglang, trtllm, vllm-0.6)")
     ap.add_argument("--fit", default=DEFAULT_FIT, help="constants: " + ", ".join(BOUNDS))
     ap.add_argument("--train-every", type=int, default=1, help="fit every k-th run, validate on the others")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--requests-per-slot", type=int, default=5)
+    ap.add_argument("--by-gpu", action="store_true", help="then refit the host constants per GPU (host_by_gpu)")
+    ap.add_argument("--min-gpu-runs", type=int, default=20)
+    ap.add_argument("--exclude", default=str(SHARED / "silicon" / "excluded.csv"))
     args = ap.parse_args()
-    if not Path(args.csv).exists():
-        print(f"{args.csv}: not found", file=sys.stderr)
-        return 2
-    cases, skipped = read_runs(args.csv, args.requests_per_slot)
+    cases, skipped = [], []
+    bad = {r["id"] for r in csv.DictReader(open(args.exclude))} if Path(args.exclude).is_file() else set()
+    for path in args.csv:
+        if not Path(path).exists():
+            print(f"{path}: not found", file=sys.stderr)
+            return 2
+        got, skip = read_runs(path, args.requests_per_slot)
+        cases += [c for c in got if c.id not in bad]
+        skipped += skip
     cases = [c for c in cases if args.engine in (c.engine.profile.family, c.engine.profile.name)]
     if not cases:
-        print(f"--engine: no run of '{args.engine}' in {args.csv}", file=sys.stderr)
+        print(f"--engine: no run of '{args.engine}' in {', '.join(args.csv)}", file=sys.stderr)
         return 2
     names = {c.engine.profile.name for c in cases}
     if len(names) > 1:
@@ -80,7 +95,28 @@ def main() -> int:
     print("fitted constants (bounds):")
     for p, v in zip(params, x):
         print(f"  {p.target}.{p.field}: {v:.4g}   [{p.low:g}, {p.high:g}] prior {p.prior:g}")
+    if args.by_gpu:
+        by_gpu(train, held, params, x, args)
     return 0
+
+
+def by_gpu(train, held, params, x, args) -> None:
+    """Refit the host constants on each GPU's runs from the joint values; print host_by_gpu."""
+    host = [(p, v) for p, v in zip(params, x) if p.target == "host"]
+    print("host_by_gpu:")
+    for gpu in sorted({c.cluster.gpu.name for c in train}):
+        tr = [c for c in train if c.cluster.gpu.name == gpu]
+        ho = [c for c in held if c.cluster.gpu.name == gpu]
+        if len(tr) < args.min_gpu_runs:
+            print(f"  # {gpu}: {len(tr)} fitted runs (< {args.min_gpu_runs}): keeps the joint values")
+            continue
+        gp = [dataclasses.replace(p, prior=v) for p, v in host]
+        xg, _ = fit(tr, gp, rounds=args.rounds)
+        print(f"  {gpu}: {{{', '.join(f'{p.field}: {v:.4g}' for p, v in zip(gp, xg))}}}")
+        print("    # " + summary("fitted runs", tr, predict(tr, gp, xg)))
+        if ho:
+            print("    # " + summary("held-out runs, joint values", ho, predict(ho, gp, [v for _, v in host])))
+            print("    # " + summary("held-out runs, this GPU's", ho, predict(ho, gp, xg)))
 
 
 if __name__ == "__main__":

@@ -11,17 +11,21 @@ import pytest
 
 from apex_plan import abi, jit
 from apex_plan.estimate import kernels as K
+from apex_plan.estimate.mixers import MIXERS, gemm_layers
 from apex_plan.estimate.step_cost import build_step_cost
 from apex_plan.hardware.load import load_gpu, make_cluster
 from apex_plan.model.load import list_models, load_model
-from apex_plan.model.quant import format_dtype
+from apex_plan.model import spec as S
+from apex_plan.model.quant import FORMATS, format_dtype
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Trace, Workload
 
 ROOT = Path(__file__).resolve().parents[1] / "apex_plan"
-KERNEL_SOURCE = "".join((ROOT / p).read_text() for p in ("estimate/kernels.py", "simulate/kernels.py"))
+KERNEL_SOURCE = "".join((ROOT / p).read_text() for p in ("estimate/kernels.py", "simulate/kernels.py",
+                                                          "simulate/disagg_kernel.py"))
 B200 = load_gpu("b200-sxm-180gb")
+FORMATS_BY_ID = dict(enumerate(FORMATS))
 PROMPT = 20000          # longer than every built-in window (gpt-oss 128, Llama 4 chunks 8192, DSA top-k 2048)
 
 
@@ -49,24 +53,40 @@ def test_make_record_refuses_missing_and_unknown_fields():
 
 @pytest.mark.parametrize("name", list_models())
 def test_builders_write_every_cost_field(name):
-    """build_step_cost names every COST and GEMM field (make_record refuses otherwise); each value is
-    a finite number and the layer counts add up to the largest stage's layers."""
+    """build_step_cost names every COST field (make_record refuses otherwise), each value finite; the
+    op table has a row per GEMM at its kind's layer count, with the GEMM's weight format, and each
+    mixer's rows at its layer count."""
     model, plan = _plan(name)
     sc = build_step_cost(model, B200, plan)
     p = abi.record_dict(sc.params)
     assert set(p) == set(abi.COST.names)
     assert all(np.isfinite(v) for v in p.values()), p
     st = sc.shard.largest_stage
-    mixers = p["full_layers"] + p["windowed_layers"] + p["sparse_layers"] + p["linear_layers"] + p["mamba_layers"]
-    assert mixers + p["mixerless_layers"] == st.layers
     assert p["dense_layers"] + p["moe_layers"] + p["mlp_free_layers"] == st.layers
-    assert len(sc.cost.gemms) == len(sc.shard.gemms) and set(sc.cost.gemms["kind"]) <= set(range(abi.N_GEMM_KINDS))
+    ops = sc.cost.ops
+    gemm_rows = ops[(ops["shape"] == abi.OP_GEMM) | (ops["shape"] == abi.OP_EXPERTS)]
+    layers = gemm_layers(st)
+    assert len(gemm_rows) == sum(1 for g in sc.shard.gemms if layers[g.kind])
+    assert list(gemm_rows["count"]) == [layers[g.kind] for g in sc.shard.gemms if layers[g.kind]]
+    assert [FORMATS_BY_ID[i] for i in gemm_rows["format"]] == [g.fmt.split("-g")[0] for g in sc.shard.gemms
+                                                                 if layers[g.kind]]
+    assert all(np.isfinite(ops[f]).all() for f in ops.dtype.names)
+    # every mixer layer of the stage is costed: attention and recurrent rows add up to its mixer layers
+    mixer_rows = ops[(ops["shape"] == abi.OP_ATTENTION) | (ops["shape"] == abi.OP_RECURRENT)]
+    indexers = st.count("sparse")                   # a sparse layer has two rows: top-k attention and its indexer
+    assert mixer_rows["count"].sum() - indexers == st.layers - st.count("none")
 
 
-@pytest.mark.parametrize("dtype", [abi.COST, abi.GEMM, abi.SCHED, abi.REQUEST, abi.ENGINE, abi.SLOT, abi.BATCH])
+# fields carried for callers outside the kernels (OP.format: the weight format per GEMM row, for
+# per-format GEMM physics and reports)
+NOT_READ_BY_KERNELS = {"format"}
+
+
+@pytest.mark.parametrize("dtype", [abi.COST, abi.OP, abi.SCHED, abi.REQUEST, abi.ENGINE, abi.SLOT, abi.BATCH,
+                                   abi.XFER, abi.XENGINE])
 def test_every_record_field_is_read_by_a_kernel(dtype):
     """A field no kernel reads is a second truth waiting to drift: each is read by name somewhere."""
-    unread = [f for f in dtype.names if not re.search(rf"\.{f}\b", KERNEL_SOURCE)]
+    unread = [f for f in dtype.names if not re.search(rf"\.{f}\b", KERNEL_SOURCE) and f not in NOT_READ_BY_KERNELS]
     assert not unread
 
 
@@ -109,3 +129,7 @@ def test_one_request_simulation_equals_the_analytic_steps(name):
                                   rel=1e-12)
     decode = float(res.times.finish_s[0]) - first
     assert decode == pytest.approx(sc.decode_time_s(1, PROMPT + 1), rel=1e-9)
+
+
+def test_every_mixer_kind_is_registered():
+    assert set(MIXERS) == set(S.MIXERS)

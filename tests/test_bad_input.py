@@ -92,7 +92,9 @@ def options_of(cmd: str, base: list[str]) -> None:
     if s == "simulate":
         ints.update({("--concurrency",): ["0"], ("--max-num-seqs",): ["0", "100000000000"],
                      ("--max-batched-tokens", "--max-num-batched-tokens"): ["0", "99999999999", "100"],
-                     ("--tensor-parallel-size", "-tp"): ["0"], ("--pipeline-parallel-size", "-pp"): ["0"]})
+                     ("--tensor-parallel-size", "-tp"): ["0"], ("--pipeline-parallel-size", "-pp"): ["0"],
+                     ("--prefill-replicas",): ["0", "99999999"], ("--decode-replicas",): ["0", "99999999"],
+                     ("--decode-max-num-seqs",): ["0", "100000000000"]})
     else:
         ints.update({("--top",): ["0", "1000"], ("--max-gpus-per-replica",): ["0", "99999999"]})
     for names, extra in ints.items():
@@ -127,6 +129,10 @@ def options_of(cmd: str, base: list[str]) -> None:
                         ("--max-num-seqs",): ["", "0", "abc", "128,,256", "128,abc", "-1", "100000", "1.5", ","],
                         ("--max-batched-tokens", "--max-num-batched-tokens"): ["", "0", ",", "512,x", "99999999999",
                                                                               "100", "-5"]})
+    if s == "simulate":   # disaggregated: one role's layout bad, the other valid
+        for role, other in (("--prefill-plan", "--decode-plan"), ("--decode-plan", "--prefill-plan")):
+            for v in PLAN_BAD:
+                _aliases((role,), v, base + [other, "tp=1"], "choice")
     for names, values in choices.items():
         for v in values:
             drop = ("--gpu", "--gpus") if names == ("--cluster",) else (WORKLOAD_OPTS if names == ("--trace",) else ())
@@ -134,6 +140,12 @@ def options_of(cmd: str, base: list[str]) -> None:
             if names[0] in ("--trace", "--cluster", "--model", "--gpu") and v not in ("", "h100", "rtx4090", "llama-3.1-7b"):
                 needle = Path(v).name
             _aliases(names, v, base, "choice", needle, drop)
+    for v in ("", "mtp", "mtp:0", "medusa:2", "mtp:99", "eagle3:2", "mtp:1", "eagle3:x") + (
+            ("none,mtp:x", "mtp:1,,none") if s == "search" else ()):
+        _aliases(("--speculative",), v, base, "choice")     # mtp:1: the base model has no MTP module
+    for v in ("", "abc", "1.5", "-0.1", "0.5,0.6,0.7", "0.5,0.9"):
+        _aliases(("--speculative-acceptance",), v, base + ["--speculative", "eagle3:2"], "choice")
+    case(f"{s}:--speculative-acceptance:alone", base + ["--speculative-acceptance", "0.5"], "--speculative-acceptance")
     flags = ["--no-custom-allreduce", "--disable-custom-all-reduce"]
     if s == "search":
         flags += ["--homogeneous", "--all", "--allow-cross-node-tp", "--no-symmetry-pruning"]
@@ -142,6 +154,10 @@ def options_of(cmd: str, base: list[str]) -> None:
             case(f"{s}:{flag}={v}:flag", base + [f"{flag}={v}"], flag)
     for v in ("maybe", "2"):
         case(f"{s}:--enable-chunked-prefill={v}", base + [f"--enable-chunked-prefill={v}"], "--chunked-prefill")
+    for v in ("maybe", "2"):
+        case(f"{s}:--enable-prefix-caching={v}", base + [f"--enable-prefix-caching={v}"], "--prefix-caching")
+    for v in ("", "maybe", "on,maybe", ",") + (("both", "on,off") if s == "simulate" else ()):
+        _aliases(("--prefix-caching",), v, base, "choice")
     # structure: unknown option, missing value, missing --model, conflicting sources
     case(f"{s}:unknown-option", base + ["--bogus"], "--bogus")
     case(f"{s}:typo-option", base + ["--max-num-seq", "8"], "--max-num-seq")
@@ -190,6 +206,18 @@ for cmd_base in (SIM, SEARCH):
 case("search:--no-bound-pruning=1", SEARCH + ["--no-bound-pruning=1"], "--no-bound-pruning")
 case("search:--slo-margin=1", SEARCH + ["--slo-margin=1"], "--slo-margin")
 case("search:--slo-margin-uncalibrated", SEARCH + ["--slo-margin"], "--slo-margin", "calibrate")
+# power caps (W per GPU within the profile's power-limit range), locked SM clocks, power budget, prices
+for v in ("", "abc", "-5W", "0W", "900W", "5kWh", "nanW", "1e999W", "100W", "500W,,600W", "W"):
+    case(f"search:--power-cap={v!r}", with_opt(SEARCH, "--power-cap", v), "--power-cap")
+for v in ("", "abc", "100MHz", "5000", "-1GHz", "2GHz", "MHz"):
+    case(f"search:--sm-clock={v!r}", with_opt(SEARCH, "--sm-clock", v), "--sm-clock")
+case("search:--power-cap=no-clock-ranges", with_opt(with_opt(SEARCH, "--gpu", "b200-sxm-180gb"), "--power-cap", "600W"),
+     "--power-cap", "clocks")
+for v in FLOAT_BAD + ["1e7"]:
+    case(f"search:--max-power-kw={v!r}", with_opt(SEARCH, "--max-power-kw", v), "--max-power-kw")
+case("search:--prices=missing", with_opt(SEARCH, "--prices", "/nonexistent/prices.yaml"), "prices.yaml")
+case("search:--objective=cost-without-price", with_opt(SEARCH, "--objective", "cost"), "price", "--prices")
+
 SWEEP = ["sweep", str(EXAMPLES / "sweep-48.yaml")]
 for opts, needle in ((["--executor", "spark"], "--executor"), (["--executor", ""], "--executor"),
                      (["--jobs", "0"], "--jobs"), (["-j", "abc"], "--jobs"), (["--retry-failed=1"], "--retry-failed"),
@@ -499,6 +527,16 @@ for argv in (["check", "{big}"], with_opt(SIM, "--trace", "{big}", drop=WORKLOAD
     case(f"{argv[0]}:sparse-10GiB", argv, "big.jsonl", "GiB")
 
 
+# price files for --prices
+for name, text, needle in (("prices-negative.yaml", "prices: {h100-sxm-80gb: -1}\n", "prices.h100-sxm-80gb"),
+                           ("prices-not-a-map.yaml", "prices: 3\n", "prices"),
+                           ("prices-euro.yaml", "currency: EUR\nprices: {h100-sxm-80gb: 2}\n", "currency"),
+                           ("prices-typo.yaml", "price: {h100-sxm-80gb: 2}\n", "price"),
+                           ("prices-text.yaml", "prices: {h100-sxm-80gb: cheap}\n", "prices.h100-sxm-80gb")):
+    f = add_file(name, text)
+    case(f"search:--prices={name}", with_opt(SEARCH, "--prices", "{file:" + f + "}"), name, needle)
+
+
 # ---------------------------------------------------------------------------------------------
 # measured runs, engine profiles, obsolete GPU-profile keys, HF quantisation, sweeps, plans, outputs:
 # every reader refuses NaN, infinities, zero or negative measured figures, missing measured columns,
@@ -599,7 +637,7 @@ def run_csv_files() -> list[tuple[str, tuple[str, ...]]]:
 
 
 for name, needles in vllm_bench_files() + run_csv_files():
-    for argv in _run_cmds("{file:" + name + "}"):
+    for argv in _run_cmds("{file:" + name + "}") + [["check", "{file:" + name + "}"]]:
         case(f"{argv[0]}:{name}", argv, name, *needles)
 # plans and options of calibrate / validate, checked by the rules simulate and search use
 _AIP = str(_RUNS / "profile_export_aiperf.json")
@@ -638,7 +676,8 @@ def engine_profile_files() -> list[tuple[str, tuple[str, ...]]]:
     muts = {"scheduler.token_budget": (0,), "scheduler.max_num_seqs": (0, -1, 1.5), "host.overlap": (2.5, -0.5),
             "host.step_ms": (float("nan"), float("inf"), "fast"), "scheduler.block_size": (0,),
             "memory.gpu_memory_utilization": (0, 1.5), "scheduler.watermark_fraction": (2,),
-            "min_version": ("2.0.0", "abc"), "scheduler.foo": (1,), "host.step_overhead_ms": (2,)}
+            "min_version": ("2.0.0", "abc"), "scheduler.foo": (1,), "host.step_overhead_ms": (2,),
+            "memory.engine_reserve_gib": (1,), "host.frontend_latency_ms": (10,)}
     for field, values in muts.items():
         for i, v in enumerate(values):
             doc = yaml.safe_load(yaml.safe_dump(base))
@@ -654,6 +693,7 @@ def engine_profile_files() -> list[tuple[str, tuple[str, ...]]]:
 for name, needles in engine_profile_files():
     for base in (SIM, SEARCH, _run_cmds(_AIP)[1]):
         case(f"{base[0]}--engine:{name}", with_opt(base, "--engine", "{file:" + name + "}"), name, *needles)
+    case(f"check:{name}", ["check", "{file:" + name + "}"], name, *needles)
 
 
 def moved_gpu_keys() -> list[tuple[str, tuple[str, ...]]]:
@@ -707,6 +747,7 @@ for tag, doc, needles in (
         ("dup-names", {"scenarios": [dict(_SC, name="a"), dict(_SC, name="a", rate=2)]}, ("'a'",))):
     name = add_file(f"sweep-{tag}.yaml", yaml.safe_dump(doc))
     case(f"sweep:{name}", ["sweep", "{file:" + name + "}", "--output", "{file:out-" + tag + ".jsonl}"], name, *needles)
+    case(f"check:{name}", ["check", "{file:" + name + "}"], name, *needles)
 
 # ---------------------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from apex_plan.workload.synthetic import preset_trace
 @pytest.mark.parametrize("text,name", [
     ("vllm", "vllm-v1"), ("vllm@0.6.0", "vllm-0.6"), ("vllm@0.7.3", "vllm-0.6"), ("vllm@0.8.0", "vllm-v1"),
     ("vllm@0.11.2", "vllm-v1"), ("vllm@0.18.0", "vllm-v1"), ("sglang@0.5.1.post1", "sglang-0.5"),
-    ("sglang", "sglang-0.5"), ("trtllm@1.0.0rc3", "trtllm-1"), ("tensorrt-llm@1.2.0rc6.post1", "trtllm-1"),
+    ("sglang@0.5.3", "sglang-0.5.3"), ("sglang@0.5.9", "sglang-0.5.3"), ("sglang", "sglang-0.5.3"), ("trtllm@1.0.0rc3", "trtllm-1"), ("tensorrt-llm@1.2.0rc6.post1", "trtllm-1"),
     ("vllm-0.6", "vllm-0.6"), ("TRTLLM", "trtllm-1"),
 ])
 def test_engine_selection(text, name):
@@ -46,7 +46,7 @@ def test_release_ignores_pre_and_post_tags():
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("vlm", "did you mean 'vllm'"), ("lmdeploy", "built-in profiles: sglang-0.5, trtllm-1, vllm-0.6, vllm-v1"),
+    ("vlm", "did you mean 'vllm'"), ("lmdeploy", "built-in profiles: sglang-0.5, sglang-0.5.3, trtllm-1, vllm-0.6, vllm-v1"),
     ("vllm@0.5.4", "no vllm profile covers version 0.5.4"), ("trtllm@0.8.1", "trtllm-1 [0.20.0, 2.0.0)"),
     ("vllm@", "empty version after '@'"), ("sglang@ ", "empty version after '@'"),
 ])
@@ -56,8 +56,8 @@ def test_engine_errors_name_the_option_and_the_choices(text, needle):
     assert str(e.value).startswith("--engine") and needle in str(e.value)
 
 
-@pytest.mark.parametrize("text,name", [("vllm@nightly-5b8c30d6", "vllm-v1"), ("sglang@nightly-dev", "sglang-0.5"),
-                                       ("trtllm@gpt-oss-dev", "trtllm-1"), ("sglang@glm5-hopper", "sglang-0.5"),
+@pytest.mark.parametrize("text,name", [("vllm@nightly-5b8c30d6", "vllm-v1"), ("sglang@nightly-dev", "sglang-0.5.3"),
+                                       ("trtllm@gpt-oss-dev", "trtllm-1"), ("sglang@glm5-hopper", "sglang-0.5.3"),
                                        ("vllm@latest", "vllm-v1")])
 def test_unnumbered_build_tags_take_the_newest_profile_and_say_so(text, name):
     p = resolve_engine_profile(text)
@@ -181,3 +181,19 @@ def test_faster_gpu_never_predicts_slower_nor_beyond_physics(engine):
         phys_a, phys_b = _physics(a), _physics(b)
         bound = max(phys_a[k] / phys_b[k] for k in ("flops", "bw", "attn", "link"))
         assert tb / ta <= bound * (1 + 1e-6) and pb / pa <= bound * (1 + 1e-6), (engine, a, b)
+
+
+def test_host_by_gpu_overrides_only_its_platform(tmp_path):
+    doc = profile_to_dict(resolve_engine_profile("vllm-v1"))
+    doc["host_by_gpu"] = {"h200-sxm-141gb": {"per_seq_ms": 0.03, "step_ms": 0.9}}
+    p = profile_from_dict(doc, "mine.yaml")
+    h200, h100 = p.on_gpu("h200-sxm-141gb"), p.on_gpu("h100-sxm-80gb")
+    assert (h200.host.per_seq_ms, h200.host.step_ms) == (0.03, 0.9)
+    assert h200.host.frontend_ms == p.host.frontend_ms          # fields it does not name stay the joint values
+    assert h100 is p and h100.host == p.host
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(profile_to_dict(p), sort_keys=False))
+    assert resolve_engine_profile(str(path)).host_by_gpu == p.host_by_gpu
+    doc["host_by_gpu"] = {"h200-sxm-141gb": {"per_seq_msec": 0.03}}
+    with pytest.raises(InputError, match="host_by_gpu.h200-sxm-141gb.per_seq_msec"):
+        profile_from_dict(doc, "mine.yaml")

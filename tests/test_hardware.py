@@ -131,7 +131,7 @@ def test_cluster_defaults_and_relative_gpu_path(tmp_path):
     assert cluster.intra_node_bw_gbps == 123                   # the GPU's own link
     assert cluster.intra_node_latency_us == 2.0
     assert cluster.inter_node_bw_gbps == DEFAULT_INTER_NODE_BW_GBPS == 50.0
-    assert cluster.inter_node_latency_us == 10.0 and cluster.price_per_gpu_hour == 0.0
+    assert cluster.inter_node_latency_us == 10.0 and cluster.price_per_gpu_hour is None   # no price: unknown, never 0
 
 
 def test_make_cluster():

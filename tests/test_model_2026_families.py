@@ -32,6 +32,9 @@ CARD = {
     "step3p7_flash.json": (196e9, 11e9, 0.005, 0.07),
     "decilm_nemotron_super_49b.json": (49.9e9, 49.9e9, 0.002, 0.03),
 }
+# Kimi-K3 has no model card figure we could find; NVIDIA's aiconfigurator-core 0.12.0 describes it as
+# "Kimi-K3 hybrid KDA + MLA LatentMoE model (2.8T, 93 layers = 69 KDA + 24 MLA)" (sdk/models/kimi_k3.py).
+K3_TOTAL = 2.8e12
 
 
 @pytest.mark.parametrize("fixture", sorted(CARD))
@@ -83,3 +86,16 @@ def test_mimo_v2_heads_per_layer_kind():
     assert spec.attention_dims(S.SLIDING) == (192, 8) and spec.attention_dims(S.FULL) == (192, 4)
     assert kv_cache_bytes_per_token_per_layer(spec, "bf16", S.SLIDING) == 8 * (192 + 128) * 2
     assert kv_cache_bytes_per_token_per_layer(spec, "bf16", S.FULL) == 4 * (192 + 128) * 2
+
+
+def test_kimi_k3_kda_and_latent_moe():
+    spec = load_model(str(CARDS / "kimi_k3.json"))
+    c = param_counts(spec)
+    assert abs(c.total / K3_TOTAL - 1) <= 0.01, c.total
+    kinds = spec.kind_counts()
+    assert sum(n for k, n in kinds.items() if k.mixer == S.LINEAR) == 69
+    assert sum(n for k, n in kinds.items() if k.mixer == S.FULL) == 24
+    assert c.total == sum(component_params(spec).values())
+    # experts in the 3584-wide latent: 3 x 3584 x 3072 each, plus the two latent projections per MoE layer
+    assert c.routed_expert_each == 3 * 3584 * 3072
+    assert spec.checkpoint_dtype == "fp4"                      # its compressed-tensors mxfp4 config

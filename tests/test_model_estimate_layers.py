@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from apex_plan.abi import CostTables
+from apex_plan.abi import OP_ATTENTION, CostTables
 from apex_plan.estimate.kernels import window_pairs
 from apex_plan.estimate.memory import memory_report, stage_weight_bytes
 from apex_plan.estimate.shard import build_shard, split_layers
@@ -36,13 +36,14 @@ def test_each_kind_costed_once_times_its_count():
     model = load_model("gpt-oss-120b")
     sc = build_step_cost(model, H100, Plan(tp=8, weight_dtype="fp4", kv_dtype="bf16"))
     p = sc.params
-    assert (p["full_layers"][0], p["windowed_layers"][0], p["window_tokens"][0]) == (18, 18, 128)
+    attn = sc.cost.ops[sc.cost.ops["shape"] == OP_ATTENTION]
+    assert [(r["count"], r["windowed"]) for r in attn] == [(18, 0), (18, 1)] and p["window_tokens"][0] == 128
     batch, ctx = 32, 8192
     capped = float(batch * min(ctx, 128))
     _, windowed = sc.step_s(decodes=batch, context=ctx)
     unwindowed = p.copy()
     unwindowed["window_tokens"] = 0                          # every layer reads every cached token
-    _, full = dataclasses.replace(sc, cost=CostTables(unwindowed, sc.cost.gemms)).step_s(decodes=batch, context=ctx)
+    _, full = dataclasses.replace(sc, cost=CostTables(unwindowed, sc.cost.ops)).step_s(decodes=batch, context=ctx)
     kv_b = sc.shard.kv_bytes_per_token_layer                 # one KV head of 64 x 2 (K, V) x 2 bytes on each GPU
     assert kv_b == 2 * 1 * 64 * 2
     assert full["bytes"] - windowed["bytes"] == pytest.approx(18 * kv_b * (batch * ctx - capped), rel=1e-12)
@@ -57,10 +58,11 @@ def test_window_pairs_of_a_causal_chunk():
 def test_sparse_attention_reads_top_k_plus_the_indexer():
     model = load_model("deepseek-v3.2")
     sc = build_step_cost(model, H100, Plan(tp=8, weight_dtype="fp8", kv_dtype="fp8"))
-    p = sc.params
-    assert p["sparse_layers"][0] == 61 and p["window_tokens"][0] == 2048
-    assert p["index_kv_bytes_per_token"][0] == 128          # one fp8 indexer key per token per layer
-    assert p["index_flops_per_pair"][0] == 2.0 * (64 / 8) * 128
+    top_k, indexer = sc.cost.ops[sc.cost.ops["shape"] == OP_ATTENTION]
+    assert (top_k["count"], top_k["windowed"], sc.params["window_tokens"][0]) == (61, 1, 2048)
+    assert (indexer["count"], indexer["windowed"], indexer["rereads"]) == (61, 0, 1.0)
+    assert indexer["bytes_per_unit"] == 128                 # one fp8 indexer key per token per layer
+    assert indexer["flops_per_unit"] == 2.0 * (64 / 8) * 128
 
 
 def test_hybrid_state_is_a_per_sequence_reserve():

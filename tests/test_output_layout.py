@@ -100,3 +100,19 @@ def test_simulate_says_when_gpus_are_left_idle(capsys, monkeypatch):
                                "--format", "json"], capsys, monkeypatch)
     assert code == 0, err
     assert "uses 1 of the 8 GPUs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_numpy_warnings_never_reach_the_user():
+    import subprocess
+    import sys
+    code = ("from apex_plan import console; console.one_line_warnings(); import numpy as np; "
+            "np.array([0.0]) / 0; np.mean(np.array([])); np.exp(np.array([1e4]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_search_json_lists_uncalibrated_components(capsys, monkeypatch):
+    code, out, err = run_main(SEARCH + ["--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert any("engine profile" in u for u in doc["uncalibrated"]), doc["uncalibrated"]

@@ -40,10 +40,10 @@ class Model:
 
 
 def _lru_ids(c, e):
-    out, s = [], c.lru_head[e]
+    out, s = [], c.eng[e, P.E_LRU_HEAD]
     while s != -1:
-        out.append(int(c.slot_id[s]))
-        s = c.slot_next[s]
+        out.append(int(c.slot[s, P.SLOT_ID]))
+        s = c.slot[s, P.SLOT_NEXT]
     return out
 
 
@@ -81,16 +81,19 @@ def test_cache_follows_the_reference_model():
             k = int(rng.integers(0, 4))
             k = min(k, len(ref.lru[e]))
             free_e = 10 ** 6
-            P.make_room(c, e, free_e - c.evictable[e] + k * ub, free_e)
+            P.make_room(c, e, free_e - c.eng[e, P.E_EVICTABLE] + k * ub, free_e)
             ref.evict(e, k)
         for e2 in range(engines):
             assert _lru_ids(c, e2) == list(ref.lru[e2])
-            assert c.evictable[e2] == ub * len(ref.lru[e2])
+            assert c.eng[e2, P.E_EVICTABLE] == ub * len(ref.lru[e2])
             for hid, n in ref.ref[e2].items():
                 s = P.find(c, hid, e2)
-                assert s >= 0 and c.slot_ref[s] == n
-    in_table = int((c.tab_eng >= 0).sum())
-    assert in_table == sum(len(r) for r in ref.ref) == c.slot_id.size - c.meta[P.M_NFREE]
+                assert s >= 0 and c.slot[s, P.SLOT_REF] == n
+    in_table = int((c.tab[:, P.TAB_ENG] >= 0).sum())
+    free_slots, s = 0, c.meta[P.M_FREE]
+    while s != -1:
+        free_slots, s = free_slots + 1, c.slot[s, P.SLOT_NEXT]
+    assert in_table == sum(len(r) for r in ref.ref) == c.slot.shape[0] - free_slots
 
 
 def test_register_shares_a_cached_unit_and_frees_the_copy():
@@ -100,7 +103,7 @@ def test_register_shares_a_cached_unit_and_frees_the_copy():
     assert P.register(c, 0, a, 0, 0, 2) == (2, 4)            # held already: two duplicate units freed
     assert P.release(c, 0, a, 0, 3) == 2                    # unit 9 now unreferenced; 7, 8 still held
     assert P.register(c, 0, a, 0, 2, 3) == (3, 0)            # evictable unit taken back: no change in free
-    assert c.evictable[0] == 0
+    assert c.eng[0, P.E_EVICTABLE] == 0
 
 
 def test_best_match_picks_the_longest_prefix():

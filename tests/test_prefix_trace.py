@@ -122,3 +122,42 @@ def test_take_ragged_matches_a_loop():
     new_ptr, new_vals = take_ragged(ptr, vals, idx)
     expect = [v for i in idx for v in vals[ptr[i]:ptr[i + 1]]]
     assert new_vals.tolist() == expect and new_ptr[-1] == len(expect)
+
+
+# ---- speculative-decoding settings and engine rules ---------------------------------------------
+
+def test_speculative_parse_and_tokens_per_step():
+    from apex_plan.engine.speculative import parse_speculative
+    s = parse_speculative("mtp:3", "0.8")
+    assert s.conditional == (0.8, 0.8, 0.8)
+    assert s.tokens_per_step == pytest.approx(1 + 0.8 + 0.64 + 0.512)
+    v = parse_speculative("eagle3:3", "0.9,0.72,0.36")        # vLLM's per-position (unconditional) rates
+    assert v.conditional == pytest.approx((0.9, 0.8, 0.5))
+    assert v.tokens_per_step == pytest.approx(1 + 0.9 + 0.72 + 0.36)
+    assert parse_speculative("mtp:1", None).conditional == (0.85,)  # DeepSeek-V3 report default
+    assert parse_speculative("none", None) is None
+    for text, acc in (("mtp:2", None), ("eagle3:4", None), ("mtp:0", "0.5"), ("medusa:2", "0.5"),
+                      ("mtp:2", "0.5,0.6"), ("mtp:2", "1.2"), ("mtp:3", "0.5,0.4"), (None, "0.5")):
+        with pytest.raises(InputError):
+            parse_speculative(text, acc)
+
+
+def test_engine_rules_for_speculation_and_caching():
+    from apex_plan.engine.speculative import parse_speculative
+    from apex_plan.inputs import engine_from_options
+    from apex_plan.model.load import load_model
+    from apex_plan.simulate.engine import resolve_engine
+    ds, llama = load_model("deepseek-v3"), load_model("llama-3.1-8b")
+    mtp = parse_speculative("mtp:1", None)
+    eng = lambda name, spec=None, pc=None: engine_from_options(name, None, 8192, True, None, None, None, "round_robin",
+                                                               None, pc, spec)
+    assert resolve_engine(eng("vllm", mtp), ds).speculative is mtp
+    assert resolve_engine(eng("sglang", mtp), ds).prefix_caching
+    assert resolve_engine(eng("trtllm"), llama).prefix_caching
+    assert not resolve_engine(eng("vllm@0.6.3"), llama).prefix_caching          # V0 default off
+    assert resolve_engine(eng("vllm@0.6.3", pc=True), llama).prefix_caching
+    assert not resolve_engine(eng("vllm", pc=False), llama).prefix_caching
+    with pytest.raises(InputError, match="no multi-token-prediction"):
+        resolve_engine(eng("vllm", mtp), llama)
+    with pytest.raises(InputError, match="vllm-0.6"):
+        resolve_engine(eng("vllm@0.6.3", mtp), ds)

@@ -85,6 +85,7 @@ def test_search_report_is_self_contained_and_complete(searched):
     assert "TPOT SLO p90 50 ms" in page and "TTFT SLO p90 500 ms" in page
     assert "vllm-v1" in page and "fitted, 9 runs" in page     # engine provenance shown as given
     assert "vllm serve meta-llama/Llama-3.1-70B-Instruct --tensor-parallel-size" in page
+    assert page.index("Recommendation") < page.index("The question")   # the answer before the inputs
     import dataclasses
     for k in dataclasses.asdict(searched.inputs.cluster.gpu.calibration):
         assert k in page                                        # the calibration constants behind the numbers

@@ -104,7 +104,7 @@ def test_conservation_closed_loop_and_least_loaded():
     assert np.all(t.arrival_s[:24] == 0.0)
     assert np.all(np.diff(t.arrival_s[24:]) >= 0)
     # a lock-step engine profile: each later arrival is exactly an earlier finish
-    lock = simulate(model(), cluster(), Plan(1, 8, 1), EngineConfig(max_model_len=8192, name="sglang"),
+    lock = simulate(model(), cluster(), Plan(1, 8, 1), EngineConfig(max_model_len=8192, name="sglang@0.5.1"),
                     closed_loop(tr, 24))
     check_conservation(lock, tr, closed=True)
     assert np.all(lock.times.arrival_s[:24] == 0.0)

@@ -94,6 +94,8 @@ def test_sweep_runs_resumes_and_isolates_failures(tmp_path, capsys, monkeypatch)
     code, stdout, err = run_main(["sweep", f, "--output", out, "--jobs", "1", "--report", html, "--format", "json"],
                                  capsys, monkeypatch)
     assert code == 1, err                                   # one scenario failed: status 1, others done
+    failed = [x for x in err.splitlines() if ": failed" in x]
+    assert len(failed) == 1 and "no-such-model" in failed[0] and "--model" in failed[0], err   # its reason, one line
     summary = json.loads(stdout)
     assert summary["scenarios"] == 3 and summary["ok"] == 2 and summary["failed"] == 1
     lines = [json.loads(x) for x in out.read_text().splitlines()]
@@ -131,13 +133,14 @@ def test_sweep_runs_resumes_and_isolates_failures(tmp_path, capsys, monkeypatch)
 def test_usd_per_mtok():
     # $3/h for 1000 tok/s: 3.6 Mtok per hour -> 0.8333 $/Mtok
     assert usd_per_mtok(3.0, 1000.0) == pytest.approx(3.0 / 3.6)
-    assert usd_per_mtok(0.0, 1000.0) is None and usd_per_mtok(3.0, 0.0) is None
+    # a price of 0 (an owned fleet) is a price; no price is None, never 0
+    assert usd_per_mtok(0.0, 1000.0) == 0.0 and usd_per_mtok(None, 1000.0) is None and usd_per_mtok(3.0, 0.0) is None
 
 
 def test_summary_uses_file_prices_and_marks_pending():
     scs, prices = expand(GRID, "s.yaml")
     doc = {"inputs": {"gpu": "h100-sxm-80gb", "demand_rps": 2.0}, "deployments": [
-        {"gpus": 4, "replicas": [{"plan": "tp4-pp1 bf16/bf16", "count": 1}], "goodput_rps": 9.0, "cost_per_hour": 0.0,
+        {"gpus": 4, "replicas": [{"plan": "tp4-pp1 bf16/bf16", "count": 1}], "goodput_rps": 9.0, "cost_per_hour": None,
          "metrics": {"ttft_ms": {"p90": 80.0}, "tpot_ms": {"p90": 30.0}, "output_tokens_per_s": 500.0}}]}
     rows = summary_rows(scs, {scs[0].id: doc}, prices)
     assert rows[0]["cost_per_hour"] == 12.0 and rows[0]["usd_per_mtok"] == pytest.approx(12.0 / 1.8)
@@ -159,3 +162,64 @@ def test_ray_missing_is_one_line(tmp_path, monkeypatch):
     scs, _ = expand({"scenarios": [{"model": "llama-3.1-8b"}]}, "s.yaml")
     with pytest.raises(InputError, match=r"apex-plan\[ray\]"):
         R.run_sweep(scs, tmp_path / "x.jsonl", "ray", 1)
+
+
+def _children(pid: int) -> set[int]:
+    """PIDs whose parent is `pid` (Linux /proc)."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.add(int(d.name))
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    import os
+    alive = set()
+    for p in pids:
+        try:
+            os.kill(p, 0)
+            alive.add(p)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", ["TERM", "KILL"])
+def test_interrupted_sweep_says_so_and_leaves_no_workers(tmp_path, sig):
+    """SIGTERM: one line saying the sweep was interrupted and how to resume, exit 130; SIGKILL of the
+    sweep process: its workers notice the parent is gone and exit (no search keeps running)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    doc = {"base": {"gpu": "h100-sxm-80gb", "gpus": 8, "workload": "chat", "model": "llama-3.1-70b"},
+           "grid": {"rate": list(range(1, 41))}}   # long enough to be running when signalled
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "apex_plan", "sweep", str(f), "--jobs", "2", "--output",
+                             str(tmp_path / "out.jsonl")], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    deadline = time.time() + 60
+    while time.time() < deadline and len(workers) < 2:   # wait for the pool's workers to start
+        time.sleep(0.5)
+        workers |= {c for c in _children(proc.pid)}
+    time.sleep(1)
+    workers |= _children(proc.pid)
+    assert proc.poll() is None, "the sweep ended before it was signalled"
+    os.kill(proc.pid, getattr(signal, f"SIG{sig}"))
+    out, err = proc.communicate(timeout=60)
+    time.sleep(3)                                        # workers poll their parent every 0.5 s
+    assert not _alive(workers), (sig, _alive(workers))
+    if sig == "TERM":
+        assert proc.returncode == 130, (proc.returncode, err)
+        assert "sweep interrupted" in err and "run the same command again" in err, err
+        assert "Traceback" not in err

@@ -72,7 +72,9 @@ def apply(params: Sequence[Param], x: Sequence[float], profile: EngineProfile, c
     """The profile and cluster of `case` with the values `x` for `params`."""
     host = {p.field: v for p, v in zip(params, x) if p.target == "host"}
     gpu = {p.field: v for p, v in zip(params, x) if p.target == "gpu"}
-    prof = dataclasses.replace(profile, host=dataclasses.replace(profile.host, **host)) if host else profile
+    # fitted host constants apply on every GPU of the cases (per-GPU entries of the profile give way)
+    prof = (dataclasses.replace(profile, host=dataclasses.replace(profile.host, **host), host_by_gpu={})
+            if host else profile)
     cl = case.cluster
     if gpu:
         g = dataclasses.replace(cl.gpu, calibration=dataclasses.replace(cl.gpu.calibration, **gpu))

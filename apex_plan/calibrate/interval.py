@@ -21,6 +21,9 @@ KEYS = ("ttft", "tpot")
 T90 = {1: 3.078, 2: 1.886, 3: 1.638, 4: 1.533, 5: 1.476, 6: 1.440, 7: 1.415, 8: 1.397, 9: 1.383, 10: 1.372,
        12: 1.356, 15: 1.341, 20: 1.325, 30: 1.310}
 Z90 = 1.2816
+FEW_RUNS = 30                    # below this many runs the band is widened to the t prediction interval; from it on
+                                 # the empirical quantiles stand (heavy-tailed errors inflate the sd: the t band
+                                 # then held 86-100 % of held-out values instead of 80 %)
 
 
 def _t90(df: int) -> float:
@@ -31,8 +34,9 @@ def _t90(df: int) -> float:
 def error_quantiles(rel_errors: np.ndarray, runs: int, level: float = LEVEL) -> dict[str, float]:
     """The `calibration_error` block from (n, 2) relative errors of TTFT and TPOT (nan rows ignored).
 
-    The band is the wider of the empirical 10th-90th percentiles and the normal prediction interval
-    mean +- t(n-1) * sd * sqrt(1 + 1/n): a few runs understate the spread of the next one."""
+    Below FEW_RUNS runs the band is the wider of the empirical 10th-90th percentiles and the normal
+    prediction interval mean +- t(n-1) * sd * sqrt(1 + 1/n) (a few runs understate the spread of the
+    next one); from FEW_RUNS on, the empirical percentiles."""
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     out: dict[str, float] = {"level": level, "runs": float(runs)}
     for j, key in enumerate(KEYS):
@@ -40,7 +44,7 @@ def error_quantiles(rel_errors: np.ndarray, runs: int, level: float = LEVEL) -> 
         e = e[np.isfinite(e)]
         if e.size:
             lo, hi = float(np.quantile(e, lo_q)), float(np.quantile(e, hi_q))
-            if e.size >= 2 and abs(level - 0.8) < 1e-9:
+            if 2 <= e.size < FEW_RUNS and abs(level - 0.8) < 1e-9:
                 half = _t90(e.size - 1) * float(e.std(ddof=1)) * (1 + 1 / e.size) ** 0.5
                 lo, hi = min(lo, float(e.mean()) - half), max(hi, float(e.mean()) + half)
             out[f"{key}_low"], out[f"{key}_high"] = lo, hi
@@ -104,21 +108,17 @@ def goodput_interval(profile: EngineProfile, times, slo, makespan_s: float) -> d
             "basis": f"held-out error of {int(ce.get('runs', 0))} runs ({profile.label})"}
 
 
-# GPUs whose physics constants were fitted to measured runs (hardware_profiles/h100-sxm-80gb.yaml:
-# fitted to shared/bench/vllm-h100); every other profile carries datasheet-derived defaults.
-CALIBRATED_GPUS = ("h100-sxm-80gb",)
-
-
-def uncalibrated_components(plan, gpu_name: str, gpus_per_node: int, profile: EngineProfile) -> list[str]:
-    """What a prediction relied on that no measured run has calibrated (README 'Calibration')."""
+def uncalibrated_components(plan, gpu, gpus_per_node: int, profile: EngineProfile) -> list[str]:
+    """What a prediction relied on that no measured run has calibrated (README 'Calibration'); a GPU
+    profile names the runs its physics were fitted to in `calibrated_with` (empty: datasheet defaults)."""
     out = []
     if plan.pp > 1:
         out.append("pipeline parallelism: no pipeline-parallel run was measured")
     if plan.ep > 1:
         where = "across nodes" if plan.tp * plan.pp * max(plan.adp, 1) > gpus_per_node else "within a node"
         out.append(f"expert parallelism {where}: all-to-all latency and expert imbalance are defaults")
-    if gpu_name not in CALIBRATED_GPUS:
-        out.append(f"GPU {gpu_name}: datasheet peaks with default achievable fractions")
+    if not gpu.calibrated_with:
+        out.append(f"GPU {gpu.name}: datasheet peaks with default achievable fractions")
     if plan.weight_dtype in ("fp8", "fp4", "int4", "int8"):
         out.append(f"{plan.weight_dtype} GEMM efficiency: not fitted")
     if not profile.calibration_error:

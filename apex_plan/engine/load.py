@@ -11,8 +11,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from apex_plan.engine.spec import (AttentionBackend, Collectives, EngineProfile, GraphPolicy, HostModel, Layouts,
-                                   MemoryPolicy, Quantization, SchedulerPolicy)
+from apex_plan.engine.spec import (AttentionBackend, Collectives, EngineProfile, Features, GraphPolicy, HostModel,
+                                   Layouts, MemoryPolicy, Quantization, SchedulerPolicy)
 from apex_plan.builtin import builtin_dir
 from apex_plan.errors import InputError, did_you_mean
 from apex_plan.hardware.load import _read_yaml
@@ -20,11 +20,11 @@ from apex_plan.hardware.load import _read_yaml
 FAMILIES = ("vllm", "sglang", "trtllm")
 _ALIASES = {"tensorrt-llm": "trtllm", "tensorrt_llm": "trtllm", "trt-llm": "trtllm", "trt_llm": "trtllm"}
 _SECTIONS = {"scheduler": SchedulerPolicy, "host": HostModel, "graphs": GraphPolicy, "quantization": Quantization,
-             "collectives": Collectives, "memory": MemoryPolicy, "layouts": Layouts}
+             "collectives": Collectives, "memory": MemoryPolicy, "layouts": Layouts, "features": Features}
 _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("decode_only", "piecewise", "full"),
             "accounting": ("profile", "static_fraction", "free_fraction"), "activation_scales": ("dynamic", "static"),
             "batching_chunked": ("mixed", "prefill_first"), "batching_unchunked": ("mixed", "prefill_first"),
-            "closed_loop": ("desync", "lockstep")}
+            "closed_loop": ("desync", "lockstep"), "speculative": ("mtp", "eagle3")}
 
 
 def engine_dir() -> Path:
@@ -63,6 +63,11 @@ def _value(raw: dict, key: str, ftype: Any, where: str, field: str) -> Any:
         if key in _CHOICES and v not in _CHOICES[key]:
             raise InputError(where, field, f"unknown value '{v}'", did_you_mean(v, _CHOICES[key]))
         return v
+    if typing.get_origin(ftype) is tuple and typing.get_args(ftype)[0] is str:
+        if not isinstance(v, list) or not all(isinstance(x, str) and x in _CHOICES.get(key, (x,)) for x in v):
+            raise InputError(where, field, f"expected a list of {', '.join(_CHOICES.get(key, ('words',)))}, got '{v}'",
+                             "write e.g. [mtp, eagle3]")
+        return tuple(v)
     if typing.get_origin(ftype) is tuple:
         if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
             raise InputError(where, field, f"expected a list of whole numbers, got '{v}'", "write e.g. [2, 4, 8]")
@@ -80,6 +85,11 @@ def _section(cls: type, raw: Any, where: str, prefix: str) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
+            from apex_plan.hardware.load import MOVED_TO_ENGINE
+            new = MOVED_TO_ENGINE.get(str(key))
+            if new:                              # a GPU-profile calibration key of round 1, renamed here
+                raise InputError(where, f"{prefix}.{key}", f"is the old GPU-profile name of '{new}'",
+                                 f"write it as '{new}' in the engine profile")
             raise InputError(where, f"{prefix}.{key}", "unknown field", did_you_mean(str(key), fields))
     return cls(**{k: _value(raw, k, hints[k], where, f"{prefix}.{k}") for k in raw})
 
@@ -113,6 +123,12 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
     kv = doc.get("kv_cache_dtype") or {}
     if not isinstance(kv, dict) or not all(isinstance(v, str) for v in kv.values()):
         raise InputError(where, "kv_cache_dtype", "expected a mapping of weight dtype to KV dtype", "write e.g. {fp8: fp8}")
+    by_gpu = doc.get("host_by_gpu") or {}
+    if not isinstance(by_gpu, dict):
+        raise InputError(where, "host_by_gpu", "expected a mapping of GPU profile name to host constants",
+                         "write e.g. 'host_by_gpu: {h200-sxm-141gb: {step_ms: 1.2}}'")
+    # each GPU's entry overrides the base host constants it names
+    host_by_gpu = {str(g): _host_over(sections["host"], v or {}, where, f"host_by_gpu.{g}") for g, v in by_gpu.items()}
     cal_err = doc.get("calibration_error") or {}
     if not isinstance(cal_err, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
                                                for v in cal_err.values()):
@@ -122,7 +138,17 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
                          max_version=str(doc["max_version"]), source=str(doc.get("source", "")),
                          attention=attention, kv_cache_dtype={str(k): v for k, v in kv.items()},
                          calibration=str(doc.get("calibration", "")).strip(),
-                         calibration_error={str(k): float(v) for k, v in cal_err.items()}, path=where, **sections)
+                         calibration_error={str(k): float(v) for k, v in cal_err.items()}, path=where,
+                         host_by_gpu=host_by_gpu, **sections)
+
+
+def _host_over(base: HostModel, raw, where: str, prefix: str) -> HostModel:
+    """`base` with the fields `raw` names (validated like the host section)."""
+    if not isinstance(raw, dict):
+        raise InputError(where, prefix, f"expected a mapping, got '{raw}'", f"write '{prefix}:' then indented fields")
+    _section(HostModel, raw, where, prefix)                     # unknown fields and types refused
+    hints = typing.get_type_hints(HostModel)
+    return dataclasses.replace(base, **{k: _value(raw, k, hints[k], where, f"{prefix}.{k}") for k in raw})
 
 
 # (section, field) -> (low, high, low is allowed, why): the values an engine could run with
@@ -157,6 +183,7 @@ def profile_to_dict(profile: EngineProfile) -> dict:
     for key in ("version", "version_note", "path"):
         d.pop(key)
     d["collectives"]["custom_allreduce_tp"] = list(d["collectives"]["custom_allreduce_tp"])
+    d["features"]["speculative"] = list(d["features"]["speculative"])
     return d
 
 

@@ -7,6 +7,7 @@ achievable fractions, collective latencies) live in the GPU profile, not here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 
@@ -30,6 +31,8 @@ class SchedulerPolicy:
     token_budget_large_gpu: int = 0       # token budget on GPUs of at least large_gpu_gib (0: token_budget everywhere)
     large_gpu_gib: float = 0.0
     budget_per_adp_rank: bool = False     # the budget is split over attention-DP ranks (SGLang: chunk // dp_size)
+    adp_balance_steps: int = 0            # attention DP: contexts wait for every rank to have one, at most this
+                                          # many steps (TRT-LLM attention_dp_config timeout_iters; 0: off)
     budget_fits_prompt: bool = False      # deployments size the budget to hold the longest prompt beside a full
                                           # batch of decodes: max(token_budget, ceil64(max_num_seqs + prompt + 64))
     closed_loop: str = "desync"           # how a benchmark's closed loop of identical requests evolves:
@@ -125,6 +128,14 @@ class Layouts:
 
 
 @dataclass(frozen=True)
+class Features:
+    """Optional engine features and their defaults."""
+
+    prefix_caching: bool = False          # automatic prefix caching on unless turned off
+    speculative: tuple[str, ...] = ()     # speculative-decoding methods the engine runs: mtp, eagle3
+
+
+@dataclass(frozen=True)
 class EngineProfile:
     """One engine family over a range of versions [min_version, max_version)."""
 
@@ -135,6 +146,8 @@ class EngineProfile:
     source: str = ""
     scheduler: SchedulerPolicy = field(default_factory=SchedulerPolicy)
     host: HostModel = field(default_factory=HostModel)
+    host_by_gpu: dict[str, HostModel] = field(default_factory=dict)  # GPU profile name -> the host constants
+                                           # fitted on that platform (its CPUs, drivers); others take `host`
     graphs: GraphPolicy = field(default_factory=GraphPolicy)
     attention: dict[str, AttentionBackend] = field(default_factory=lambda: {"bf16": AttentionBackend()})
     quantization: Quantization = field(default_factory=Quantization)
@@ -142,12 +155,18 @@ class EngineProfile:
     kv_cache_dtype: dict[str, str] = field(default_factory=dict)   # weight dtype -> default KV dtype ('' = activation dtype)
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
     layouts: Layouts = field(default_factory=Layouts)
+    features: Features = field(default_factory=Features)
     calibration: str = ""                  # provenance of the fitted constants (rows, date, error)
     calibration_error: dict[str, float] = field(default_factory=dict)  # held-out relative error quantiles of
                                            # (pred - measured) / measured: level, ttft_low/high, tpot_low/high, runs
     version: str | None = None             # the version asked for (set by resolve_engine_profile)
     version_note: str = ""                 # how an unnumbered build tag was resolved (set by resolve_engine_profile)
     path: str = ""
+
+    def on_gpu(self, gpu_name: str) -> "EngineProfile":
+        """The profile with the host constants of `gpu_name`'s platform (itself when none were fitted there)."""
+        host = self.host_by_gpu.get(gpu_name)
+        return self if host is None else dataclasses.replace(self, host=host)
 
     def attention_backend(self, kv_dtype: str) -> AttentionBackend:
         """Backend for a KV dtype (falls back to the bf16 entry)."""

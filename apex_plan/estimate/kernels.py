@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from apex_plan.abi import (BATCH, GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE,
-                           GEMM_ROUTED_EXPERTS, GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, Breakdown, StepShape)
+from apex_plan.abi import (BATCH, GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, OP_ATTENTION, OP_EXPERTS, OP_GEMM, Breakdown,
+                           StepShape)
 from apex_plan.jit import kernel
 
 ATTN_Q_TILE = 128        # query rows per attention thread block (FlashAttention-2/3 forward tile)
@@ -71,10 +71,11 @@ def empty_shape(eager):
 @kernel(cache=True, inline="always")
 def add_sequence(sh, win, k0, c, decode, samples, count):
     """`sh` with `count` identical sequences added: each computes c tokens after k0 cached ones, as a
-    decode (decode=1: its context k0 + c is read) or a prefill chunk; samples=1: a token is sampled.
+    decode (decode=1: its context k0 + c is read) or a prefill chunk; samples: rows sampled per
+    sequence (1 for a token; k + 1 for a speculative verification of k drafts, 0 for none).
     Windowed fields cap each sequence's context at `win` tokens (win <= 0: no window)."""
     tokens = sh.tokens + count * c
-    n_logits = sh.n_logits + (count if samples else 0)
+    n_logits = sh.n_logits + count * samples       # sampled rows: 1 per sequence (k + 1 when verifying k drafts)
     if decode:
         seq = k0 + c
         w = seq if (win <= 0.0 or seq < win) else win
@@ -139,14 +140,15 @@ def host_launched_kernels(p, sh, layer_kernels):
 
 
 @kernel(cache=True, fastmath=False)
-def _attn_s(p, sh, flop_pair, pf_flop_pair, kv_b, reread, windowed, klat):
-    """Seconds of one layer's attention. Prefill: tile-padded query x key pairs (`pf_flop_pair` FLOPs each)
-    at the GPU's attention efficiency x the backend's scale x SM occupancy (query tiles x heads over SMs),
-    or the KV read if slower. Decode: the KV read (`reread` times per KV head without GQA sharing) at the
-    decode attention's bandwidth, or its FLOPs at its efficiency; `klat` per call.
+def _attn_s(p, sh, o, windowed):
+    """Seconds of one layer's attention row `o`. Prefill: tile-padded query x key pairs (o.pf_flops_per_unit
+    each) at the row's prefill efficiency x the backend's scale x SM occupancy (query tiles x heads over
+    SMs), or the KV read if slower. Decode: the KV read (o.rereads times per KV head without GQA sharing)
+    at the row's bytes/s, or its FLOPs at its decode efficiency; o.latency_s per call.
     windowed: contexts capped at the window; the padded pairs shrink in the windowed pairs' ratio."""
     bw = p.hbm_bytes_per_s * p.hbm_efficiency
-    a_peak = p.attn_peak_flops_per_s * p.attn_efficiency      # achievable prefill attention FLOP/s, full occupancy
+    kv_b = o.bytes_per_unit
+    a_peak = p.attn_peak_flops_per_s * o.efficiency           # achievable prefill attention FLOP/s, full occupancy
     pf_pad, pf_pad_prefix = sh.pf_pad_pairs, sh.pf_pad_prefix_pairs
     dec_ctx, pf_ctx = sh.dec_ctx_tokens, sh.pf_ctx_tokens
     if windowed:
@@ -157,29 +159,30 @@ def _attn_s(p, sh, flop_pair, pf_flop_pair, kv_b, reread, windowed, klat):
     if sh.n_prefill > 0:
         occ = min(1.0, max(sh.pf_q_tiles, 1.0) * p.attn_heads / p.sms)
         eff = (pf_pad - pf_pad_prefix) / p.attn_scale_fresh + pf_pad_prefix / p.attn_scale_prefix
-        t += max(pf_flop_pair * eff / (a_peak * occ), kv_b * pf_ctx / bw) + klat
+        t += max(o.pf_flops_per_unit * eff / (a_peak * occ), kv_b * pf_ctx / bw) + o.latency_s
     if sh.n_decode > 0:
-        d_peak = p.attn_peak_flops_per_s * p.decode_attn_efficiency   # achievable decode attention FLOP/s
-        d_bw = p.hbm_bytes_per_s * p.decode_kv_efficiency             # achievable KV-read bytes/s
-        t += max(flop_pair * dec_ctx / d_peak, kv_b * dec_ctx * reread / d_bw) + klat
+        d_peak = p.attn_peak_flops_per_s * o.decode_efficiency   # achievable decode attention FLOP/s
+        t += max(o.flops_per_unit * dec_ctx / d_peak, kv_b * dec_ctx * o.rereads / o.bytes_per_s) + o.latency_s
     return t
 
 
 @kernel(cache=True, fastmath=False, inline="always")
-def _gemm_sum(p, gemms, kind, m):
-    """Seconds, FLOPs and HBM bytes of one layer's GEMMs of `kind` over m tokens (roofline + latency), each
-    at its own weight format's kernel fit (row fields flops_per_s, bytes_per_s, latency_s)."""
+def _op_time(p, sh, o, m):
+    """Seconds, FLOPs and HBM bytes of one layer's op row `o` in a step of shape `sh` (m tokens)."""
+    bw = p.hbm_bytes_per_s * p.hbm_efficiency                 # achievable HBM bytes/s
+    klat = p.kernel_latency_s
     act_b = p.act_bytes
-    t = f = b = 0.0
-    for r in range(gemms.shape[0]):
-        g = gemms[r]
-        if g.kind != kind:
-            continue
-        k, n, wb = g.k, g.n, g.w_bytes
-        if kind == GEMM_ROUTED_EXPERTS:
-            # routed experts: tokens reaching this GPU's experts, and how many experts they touch
-            m_e = m * g.route_frac
-            active = g.experts * (1.0 - (1.0 - g.active_p) ** m)
+    if o.shape == OP_GEMM or o.shape == OP_EXPERTS:
+        # each GEMM at its own weight format's kernel: achievable FLOP/s, bytes/s and time per call
+        peak = o.peak_flops_per_s * o.efficiency
+        k, n, wb = o.k, o.n, o.w_bytes
+        if o.shape == OP_EXPERTS:
+            # routed experts: expert-token copies reaching this GPU, and how many of its experts they
+            # touch: the MoE layer gathers the tokens of every attention-DP rank (route_frac /
+            # (experts x active_p) of this rank's, = adp), each picking a given expert with active_p
+            m_e = m * o.route_frac
+            gathered = m_e / (o.experts * o.active_p) if o.experts * o.active_p > 0.0 else m
+            active = o.experts * (1.0 - (1.0 - o.active_p) ** gathered)
             if p.ep > 1.0:
                 m_e *= p.moe_imbalance          # the busiest rank sets the pace
             flops = 2.0 * m_e * k * n                           # multiply-adds of the expert GEMMs
@@ -187,62 +190,38 @@ def _gemm_sum(p, gemms, kind, m):
         else:
             flops = 2.0 * m * k * n                             # multiply-adds: 2 * M * K * N
             byts = k * n * wb + m * (k + n) * act_b             # weights once + in/out activations
-        t += max(flops / g.flops_per_s, byts / g.bytes_per_s) + g.latency_s
-        f += flops
-        b += byts
-    return t, f, b
+        return max(flops / peak, byts / o.bytes_per_s) + o.latency_s, flops, byts
+    if o.shape == OP_ATTENTION:
+        windowed = o.windowed == 1
+        dec_ctx = sh.dec_ctx_w if windowed else sh.dec_ctx_tokens
+        pf_ctx = sh.pf_ctx_w if windowed else sh.pf_ctx_tokens
+        pairs = sh.pf_pairs_w if windowed else sh.pf_pairs
+        t = _attn_s(p, sh, o, windowed)
+        flops = o.pf_flops_per_unit * pairs + o.flops_per_unit * dec_ctx        # QK^T and PV multiply-adds
+        byts = o.bytes_per_unit * (dec_ctx * o.rereads + pf_ctx)                # KV cache read
+        return t, flops, byts
+    # OP_RECURRENT: a recurrent step per token, each sequence's state read and written once
+    a_peak = p.attn_peak_flops_per_s * p.attn_efficiency
+    flops = o.flops_per_unit * m
+    byts = 2.0 * o.bytes_per_unit * (sh.n_prefill + sh.n_decode)
+    return max(flops / a_peak, byts / bw) + klat, flops, byts
 
 
 @kernel(cache=True, fastmath=False, inline="always")
-def _mixers(p, sh, m):
-    """Seconds, FLOPs and HBM bytes of the token mixers (attention kinds, linear attention, Mamba)
-    of one stage: each kind costed once and multiplied by its layer count."""
-    bw = p.hbm_bytes_per_s * p.hbm_efficiency                 # achievable HBM bytes/s
-    klat = p.kernel_latency_s
-    kv_b = p.kv_bytes_per_token
-    a_peak = p.attn_peak_flops_per_s * p.attn_efficiency      # achievable attention FLOP/s
-    n_seqs = sh.n_prefill + sh.n_decode
-    reread = p.decode_kv_rereads
-    dec_ctx, pf_ctx, pf_pairs = sh.dec_ctx_tokens, sh.pf_ctx_tokens, sh.pf_pairs
-    # full attention: every cached token (own geometry when given); windowed (sliding / chunked /
-    # sparse top-k): capped contexts
-    full_kv_b = p.full_kv_bytes_per_token if p.full_kv_bytes_per_token > 0.0 else kv_b
-    full_flop = p.full_attn_flops_per_pair if p.full_attn_flops_per_pair > 0.0 else p.attn_flops_per_pair
-    # prefill FLOPs per pair: the expanded form where it differs (MLA), else the decode form
-    pf_flop = p.prefill_attn_flops_per_pair if p.prefill_attn_flops_per_pair > 0.0 else p.attn_flops_per_pair
-    full_pf_flop = full_flop if p.full_attn_flops_per_pair > 0.0 else pf_flop
-    alat = p.attn_latency_s
-    t_attn = _attn_s(p, sh, full_flop, full_pf_flop, full_kv_b, reread, False, alat)
-    t_win = 0.0
-    if p.windowed_layers + p.sparse_layers > 0.0:
-        t_win = _attn_s(p, sh, p.attn_flops_per_pair, pf_flop, kv_b, reread, True, alat)
-    attn_flops = full_pf_flop * pf_pairs + full_flop * dec_ctx             # QK^T and PV multiply-adds
-    attn_bytes = full_kv_b * (dec_ctx * reread + pf_ctx)                   # KV cache read
-    win_flops = pf_flop * sh.pf_pairs_w + p.attn_flops_per_pair * sh.dec_ctx_w
-    win_bytes = kv_b * (sh.dec_ctx_w * reread + sh.pf_ctx_w)
-    # sparse attention's indexer scores every cached token's key (then attention reads the top-k)
-    idx_flops = p.index_flops_per_pair * (pf_pairs + dec_ctx)
-    idx_bytes = p.index_kv_bytes_per_token * (dec_ctx + pf_ctx)
-    t_idx = 0.0
-    if p.sparse_layers > 0.0:
-        t_idx = _attn_s(p, sh, p.index_flops_per_pair, p.index_flops_per_pair, p.index_kv_bytes_per_token, 1.0, False,
-                        klat)
-    # linear attention / Mamba: a recurrent step per token, each sequence's state read and written once
-    lin_flops = p.linear_flops_per_token * m
-    lin_bytes = 2.0 * p.linear_state_bytes * n_seqs
-    mamba_flops = p.mamba_flops_per_token * m
-    mamba_bytes = 2.0 * p.mamba_state_bytes * n_seqs
-    t_lin = max(lin_flops / a_peak, lin_bytes / bw) + klat if p.linear_layers > 0.0 else 0.0
-    t_mamba = max(mamba_flops / a_peak, mamba_bytes / bw) + klat if p.mamba_layers > 0.0 else 0.0
-
-    n_full, n_win, n_sparse, n_lin, n_mamba = (p.full_layers, p.windowed_layers, p.sparse_layers, p.linear_layers,
-                                               p.mamba_layers)
-    st_attn = n_full * t_attn + n_win * t_win + n_sparse * (t_win + t_idx) + n_lin * t_lin + n_mamba * t_mamba
-    st_attn_flops = (n_full * attn_flops + (n_win + n_sparse) * win_flops + n_sparse * idx_flops + n_lin * lin_flops
-                     + n_mamba * mamba_flops)
-    st_attn_bytes = (n_full * attn_bytes + (n_win + n_sparse) * win_bytes + n_sparse * idx_bytes + n_lin * lin_bytes
-                     + n_mamba * mamba_bytes)
-    return st_attn, st_attn_flops, st_attn_bytes
+def _ops(p, sh, ops, m):
+    """GEMM seconds, mixer seconds, FLOPs and HBM bytes of one pipeline stage: every op row of the
+    table costed once and multiplied by its layer count."""
+    st_gemm = st_attn = flops = byts = 0.0
+    for r in range(ops.shape[0]):
+        o = ops[r]
+        t, f, b = _op_time(p, sh, o, m)
+        if o.shape == OP_GEMM or o.shape == OP_EXPERTS:
+            st_gemm += o.count * t
+        else:
+            st_attn += o.count * t
+        flops += o.count * f
+        byts += o.count * b
+    return st_gemm, st_attn, flops, byts
 
 
 @kernel(cache=True, fastmath=False, inline="always")
@@ -251,23 +230,15 @@ def step_time(cost, sh):
     p = cost.params[0]
     if sh.tokens <= 0:
         return 0.0, Breakdown(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    peak = p.gemm_peak_flops_per_s * p.gemm_efficiency      # achievable GEMM FLOP/s
+    peak = p.attn_peak_flops_per_s * p.gemm_efficiency      # achievable FLOP/s of the LM head (activation dtype)
     bw = p.hbm_bytes_per_s * p.hbm_efficiency               # achievable HBM bytes/s
     klat = p.kernel_latency_s
     act_b = p.act_bytes
     hidden = p.hidden
     m = float(sh.tokens)
 
-    # --- GEMMs of one layer, summed per kind (the layer counts multiply them below) -----------------
-    t_ag, f_ag, b_ag = _gemm_sum(p, cost.gemms, GEMM_ATTENTION, m)
-    t_ex, f_ex, b_ex = _gemm_sum(p, cost.gemms, GEMM_ROUTED_EXPERTS, m)
-    t_dm, f_dm, b_dm = _gemm_sum(p, cost.gemms, GEMM_DENSE_MLP, m)
-    t_md, f_md, b_md = _gemm_sum(p, cost.gemms, GEMM_MOE_DENSE, m)
-    t_lg, f_lg, b_lg = _gemm_sum(p, cost.gemms, GEMM_LINEAR_ATTN, m)
-    t_mg, f_mg, b_mg = _gemm_sum(p, cost.gemms, GEMM_MAMBA, m)
-
-    # --- token mixers: attention per layer kind, linear attention, Mamba ----------------------------
-    st_attn, st_attn_flops, st_attn_bytes = _mixers(p, sh, m)
+    # --- GEMMs and token mixers: the op table's rows times their layer counts -------------------------
+    st_gemm, st_attn, op_flops, op_bytes = _ops(p, sh, cost.ops, m)
 
     # --- elementwise kernels: norms, residual adds, rotary, activation, KV-cache write (bytes) ---
     elem_bytes = p.elem_bytes_per_token * m
@@ -286,15 +257,8 @@ def step_time(cost, sh):
 
     n_dense = p.dense_layers
     n_moe = p.moe_layers
-    n_full = p.full_layers
-    n_win = p.windowed_layers
-    n_sparse = p.sparse_layers
-    n_lin = p.linear_layers
-    n_mamba = p.mamba_layers
-    n_attn = n_full + n_win + n_sparse            # layers running the attention GEMMs
     n_layers = n_dense + n_moe + p.mlp_free_layers
     n_blocks = 2.0 * n_layers - p.mixerless_layers - p.mlp_free_layers   # mixers + MLPs: one all-reduce each
-    st_gemm = n_attn * t_ag + n_lin * t_lg + n_mamba * t_mg + n_dense * t_dm + n_moe * (t_ex + t_md)
     st_elem = n_layers * t_elem
     st_comm = 0.5 * n_blocks * t_ar + n_moe * t_a2a
     st_kernels = n_dense * p.kernels_per_dense_layer + n_moe * p.kernels_per_moe_layer
@@ -328,10 +292,8 @@ def step_time(cost, sh):
     ov = p.host_overlap
     wall = max(busy, ov * host) + (1.0 - ov) * host   # overlapped host time hides behind the GPU step
     # per GPU of the largest stage: FLOPs and HBM bytes of this step
-    flops = (n_attn * f_ag + n_lin * f_lg + n_mamba * f_mg + st_attn_flops + n_dense * f_dm
-             + n_moe * (f_ex + f_md) + head_flops)
-    byts = (n_attn * b_ag + n_lin * b_lg + n_mamba * b_mg + st_attn_bytes + n_layers * elem_bytes
-            + n_dense * b_dm + n_moe * (b_ex + b_md) + head_bytes)
+    flops = op_flops + head_flops
+    byts = op_bytes + n_layers * elem_bytes + head_bytes
     return wall, Breakdown(pp * st_gemm, pp * st_attn, pp * st_comm + t_p2p, pp * st_elem, t_head + t_embed,
                            wall - gpu, flops, byts, host)
 

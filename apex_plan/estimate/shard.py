@@ -6,11 +6,12 @@ described once and the layer counts of the largest pipeline stage multiply it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from apex_plan.abi import GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE, GEMM_ROUTED_EXPERTS
+from apex_plan.estimate.mixers import MIXERS
 from apex_plan.model import spec as S
 from apex_plan.model.params import state_bytes_per_seq_per_layer
 from apex_plan.model.quant import component_format, format_bytes
@@ -32,7 +33,7 @@ class Gemm:
     active_p: float = 0.0     # chance that one token picks a given expert (topk / experts)
     copies: int = 1           # identical GEMMs (experts) on this GPU: weights = copies * k * n
     w_bytes: float = 2.0      # bytes per weight element, scales included (see apex_plan.model.quant)
-    fmt: str = "bf16"         # weight format (apex_plan.model.quant): picks the kernel fit it runs at
+    fmt: str = "bf16"         # the weight format of this GEMM (apex_plan.model.quant.FORMATS)
 
     @property
     def weight_params(self) -> int:
@@ -62,6 +63,10 @@ class Stage:
         """Layers of this stage whose token mixer is one of `mixers`."""
         return sum(n for k, n in self.kinds if k.mixer in mixers)
 
+    def mixer_counts(self) -> list[tuple[str, int]]:
+        """(mixer, layers) of this stage in `model.spec.MIXERS` order, mixers it has only."""
+        return [(m, self.count(m)) for m in S.MIXERS if self.count(m)]
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -86,6 +91,7 @@ class Shard:
     full_kv_bytes_per_token_layer: float = 0.0   # full-attention layers' KV bytes when they differ (Gemma 4); 0: same
     full_attn_flops_per_pair: float = 0.0        # full-attention layers' FLOPs per pair when they differ; 0: same
     prefill_flops_per_pair: float = 0.0          # MLA: prefill attention FLOPs per pair in the expanded form; 0: as decode
+    latent: bool = False                         # MLA: attention runs over the latent cache (the MLA kernels)
 
     def layer_weight_params(self, kind_filter: tuple[int, ...]) -> int:
         return sum(g.weight_params for g in self.gemms if g.kind in kind_filter)
@@ -101,15 +107,12 @@ class Shard:
 
     def kv_bytes_per_token_stage(self, stage: Stage) -> float:
         """KV bytes one token takes on one GPU of `stage`, over its layers that keep every token."""
-        return (stage.count(S.FULL) * (self.full_kv_bytes_per_token_layer or self.kv_bytes_per_token_layer)
-                + stage.count(S.SPARSE) * (self.kv_bytes_per_token_layer + self.index_kv_bytes_per_token))
+        return sum(n * MIXERS[m].kv_bytes_per_token(self) for m, n in stage.mixer_counts())
 
     def seq_bytes_stage(self, stage: Stage, max_model_len: int, block_size: int) -> float:
         """Bytes one sequence holds on one GPU of `stage` whatever its length: windowed layers' KV
         (the window plus one block, capped at max_model_len) and linear-attention / Mamba states."""
-        win_tokens = min(max_model_len, self.window + block_size) if self.window else 0
-        return (stage.count(S.SLIDING, S.CHUNKED) * win_tokens * self.kv_bytes_per_token_layer
-                + stage.count(S.LINEAR) * self.state_bytes_linear + stage.count(S.MAMBA) * self.state_bytes_mamba)
+        return sum(n * MIXERS[m].seq_bytes(self, max_model_len, block_size) for m, n in stage.mixer_counts())
 
 
 def split_layers(model: ModelSpec, pp: int) -> tuple[Stage, ...]:
@@ -131,27 +134,17 @@ def split_layers(model: ModelSpec, pp: int) -> tuple[Stage, ...]:
     return tuple(stages)
 
 
-def _fmt(model: ModelSpec, plan: Plan, component: str) -> str:
-    """Weight format of `component` under the plan's weight dtype (mixed checkpoints keep each component's)."""
-    return component_format(dict(model.weight_formats), component, plan.weight_dtype, plan.act_dtype)
+class Weights(NamedTuple):
+    """The weight format of one component and its bytes per element (scales included)."""
+
+    fmt: str
+    bytes: float
 
 
-def _w(model: ModelSpec, plan: Plan, component: str) -> float:
-    """Bytes per weight element of `component` under the plan's weight dtype (scales included)."""
-    return format_bytes(_fmt(model, plan, component))
-
-
-# the checkpoint component each GEMM's weights belong to (GEMMs not named here: attention projections)
-_COMPONENT = {"router": "router", "index_q": "indexer", "index_k_w": "indexer", "lin_in": "linear_attn",
-              "lin_out": "linear_attn", "mamba_in": "mamba", "mamba_out": "mamba", "gate_up": "mlp", "down": "mlp",
-              "mlp_gate_up": "mlp", "mlp_down": "mlp", "experts_gate_up": "experts", "experts_down": "experts",
-              "latent_in": "experts", "latent_out": "experts", "shared_gate_up": "shared_experts",
-              "shared_down": "shared_experts"}
-
-
-def _with_formats(model: ModelSpec, plan: Plan, gemms: list[Gemm]) -> tuple[Gemm, ...]:
-    """Each GEMM with the weight format of its checkpoint component."""
-    return tuple(dataclasses.replace(g, fmt=_fmt(model, plan, _COMPONENT.get(g.name, "attention"))) for g in gemms)
+def _w(model: ModelSpec, plan: Plan, component: str) -> Weights:
+    """Format and bytes per weight element of `component` under the plan's weight dtype."""
+    fmt = component_format(dict(model.weight_formats), component, plan.weight_dtype, plan.act_dtype)
+    return Weights(fmt, format_bytes(fmt))
 
 
 def build_shard(model: ModelSpec, plan: Plan) -> Shard:
@@ -174,14 +167,14 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         qk = model.qk_nope_head_dim + model.qk_rope_head_dim
         hq = int(round(heads))
         if model.q_lora_rank:
-            gemms.append(Gemm("q_a", h, model.q_lora_rank, GEMM_ATTENTION, w_bytes=wa))              # replicated
-            gemms.append(Gemm("q_b", model.q_lora_rank, hq * qk, GEMM_ATTENTION, w_bytes=wa))
+            gemms.append(Gemm("q_a", h, model.q_lora_rank, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))              # replicated
+            gemms.append(Gemm("q_b", model.q_lora_rank, hq * qk, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
         else:
-            gemms.append(Gemm("q", h, hq * qk, GEMM_ATTENTION, w_bytes=wa))
-        gemms.append(Gemm("kv_a", h, model.kv_lora_rank + model.qk_rope_head_dim, GEMM_ATTENTION, w_bytes=wa))  # replicated
+            gemms.append(Gemm("q", h, hq * qk, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
+        gemms.append(Gemm("kv_a", h, model.kv_lora_rank + model.qk_rope_head_dim, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))  # replicated
         gemms.append(Gemm("kv_b", model.kv_lora_rank, hq * (model.qk_nope_head_dim + model.v_head_dim), GEMM_ATTENTION,
-                          w_bytes=wa))
-        gemms.append(Gemm("o", hq * model.v_head_dim, h, GEMM_ATTENTION, w_bytes=wa))
+                          w_bytes=wa.bytes, fmt=wa.fmt))
+        gemms.append(Gemm("o", hq * model.v_head_dim, h, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
         # absorbed MLA attention over the latent cache (decode): scores over (kv_lora + rope), values over kv_lora
         attn_flops = 2.0 * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim)
         # prefill runs the expanded form (the engines' MLA context kernels; aiconfigurator-core context_mla
@@ -194,8 +187,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         d = model.head_dim
         hq = int(round(heads))
         gate = hq if model.attn_output_gate else 0     # gated attention: q_proj also emits a gate per head
-        gemms.append(Gemm("qkv", h, (hq + gate + 2 * kv_heads) * d, GEMM_ATTENTION, w_bytes=wa))
-        gemms.append(Gemm("o", hq * d, h, GEMM_ATTENTION, w_bytes=wa))
+        gemms.append(Gemm("qkv", h, (hq + gate + 2 * kv_heads) * d, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
+        gemms.append(Gemm("o", hq * d, h, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
         attn_flops = 2.0 * heads * d * 2.0            # QK^T and PV: 2 FLOPs per multiply-add each
         kv_tok = 2.0 * kv_heads * d * kvb             # K and V
         q_out, k_out = hq * d, kv_heads * d
@@ -211,8 +204,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     if S.SPARSE in mixers:
         wi = _w(model, plan, "indexer")
         ih = max(1, int(round(model.index_n_heads / tp)))
-        gemms.append(Gemm("index_q", model.q_lora_rank or h, ih * model.index_head_dim, GEMM_ATTENTION, w_bytes=wi))
-        gemms.append(Gemm("index_k_w", h, model.index_head_dim + ih, GEMM_ATTENTION, w_bytes=wi))  # wk + weights_proj
+        gemms.append(Gemm("index_q", model.q_lora_rank or h, ih * model.index_head_dim, GEMM_ATTENTION, w_bytes=wi.bytes, fmt=wi.fmt))
+        gemms.append(Gemm("index_k_w", h, model.index_head_dim + ih, GEMM_ATTENTION, w_bytes=wi.bytes, fmt=wi.fmt))  # wk + weights_proj
         idx_kv = model.index_head_dim * kvb                            # indexer key cache per token
         idx_flops = 2.0 * ih * model.index_head_dim                    # q.k score per head: 2 FLOPs per multiply-add
     # Gated DeltaNet linear attention (heads split over tp)
@@ -222,8 +215,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         key_dim = model.linear_num_key_heads * model.linear_key_head_dim
         value_dim = model.linear_num_value_heads * model.linear_value_head_dim
         nv = model.linear_num_value_heads
-        gemms.append(Gemm("lin_in", h, int((2 * key_dim + 2 * value_dim + 2 * nv) / tp), GEMM_LINEAR_ATTN, w_bytes=wl))
-        gemms.append(Gemm("lin_out", int(value_dim / tp), h, GEMM_LINEAR_ATTN, w_bytes=wl))
+        gemms.append(Gemm("lin_in", h, int((2 * key_dim + 2 * value_dim + 2 * nv) / tp), GEMM_LINEAR_ATTN, w_bytes=wl.bytes, fmt=wl.fmt))
+        gemms.append(Gemm("lin_out", int(value_dim / tp), h, GEMM_LINEAR_ATTN, w_bytes=wl.bytes, fmt=wl.fmt))
         st_lin = state_bytes_per_seq_per_layer(model, S.LINEAR, plan.act_dtype) / tp
         # delta-rule step per value head: read-out q.S, k.S, and the rank-1 update (2 FLOPs per multiply-add each)
         fl_lin = 6.0 * nv * model.linear_key_head_dim * model.linear_value_head_dim / tp
@@ -232,8 +225,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         wm = _w(model, plan, "mamba")
         d_inner = model.mamba_num_heads * model.mamba_head_dim
         gs = model.mamba_n_groups * model.mamba_state_size
-        gemms.append(Gemm("mamba_in", h, int((2 * d_inner + 2 * gs + model.mamba_num_heads) / tp), GEMM_MAMBA, w_bytes=wm))
-        gemms.append(Gemm("mamba_out", int(d_inner / tp), h, GEMM_MAMBA, w_bytes=wm))
+        gemms.append(Gemm("mamba_in", h, int((2 * d_inner + 2 * gs + model.mamba_num_heads) / tp), GEMM_MAMBA, w_bytes=wm.bytes, fmt=wm.fmt))
+        gemms.append(Gemm("mamba_out", int(d_inner / tp), h, GEMM_MAMBA, w_bytes=wm.bytes, fmt=wm.fmt))
         st_mamba = state_bytes_per_seq_per_layer(model, S.MAMBA, plan.act_dtype) / tp
         # SSM scan per head: state update (B x) and read-out (C . state), 2 FLOPs per multiply-add, plus the decay
         fl_mamba = 6.0 * d_inner * model.mamba_state_size / tp
@@ -242,8 +235,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     inter = model.intermediate_size / tp
     if model.n_dense_layers > 0:
         wd = _w(model, plan, "mlp")
-        gemms.append(Gemm("gate_up", h, int(n_mlp * inter), GEMM_DENSE_MLP, w_bytes=wd))
-        gemms.append(Gemm("down", int(inter), h, GEMM_DENSE_MLP, w_bytes=wd))
+        gemms.append(Gemm("gate_up", h, int(n_mlp * inter), GEMM_DENSE_MLP, w_bytes=wd.bytes, fmt=wd.fmt))
+        gemms.append(Gemm("down", int(inter), h, GEMM_DENSE_MLP, w_bytes=wd.bytes, fmt=wd.fmt))
     act_inter = inter if model.n_dense_layers else 0.0
     if model.is_moe:
         E, k = model.num_experts, model.experts_per_token
@@ -255,22 +248,23 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         route = k * e_local / E * adp
         width = model.moe_latent_size or h             # experts may work in a latent space
         we = _w(model, plan, "experts")
-        gemms.append(Gemm("router", h, E, GEMM_MOE_DENSE, w_bytes=_w(model, plan, "router")))
+        wr = _w(model, plan, "router")
+        gemms.append(Gemm("router", h, E, GEMM_MOE_DENSE, w_bytes=wr.bytes, fmt=wr.fmt))
         if model.moe_latent_size:
-            gemms.append(Gemm("latent_in", h, model.moe_latent_size, GEMM_MOE_DENSE, w_bytes=we))
-            gemms.append(Gemm("latent_out", model.moe_latent_size, h, GEMM_MOE_DENSE, w_bytes=we))
+            gemms.append(Gemm("latent_in", h, model.moe_latent_size, GEMM_MOE_DENSE, w_bytes=we.bytes, fmt=we.fmt))
+            gemms.append(Gemm("latent_out", model.moe_latent_size, h, GEMM_MOE_DENSE, w_bytes=we.bytes, fmt=we.fmt))
         gemms.append(Gemm("experts_gate_up", width, int(n_mlp * e_inter), GEMM_ROUTED_EXPERTS, e_local, route, k / E, e_local,
-                          w_bytes=we))
-        gemms.append(Gemm("experts_down", int(e_inter), width, GEMM_ROUTED_EXPERTS, e_local, route, k / E, e_local, w_bytes=we))
+                          w_bytes=we.bytes, fmt=we.fmt))
+        gemms.append(Gemm("experts_down", int(e_inter), width, GEMM_ROUTED_EXPERTS, e_local, route, k / E, e_local, w_bytes=we.bytes, fmt=we.fmt))
         if model.moe_with_dense_mlp:                   # the dense MLP runs beside the experts (Gemma 4)
             wd = _w(model, plan, "mlp")
-            gemms.append(Gemm("mlp_gate_up", h, int(n_mlp * inter), GEMM_MOE_DENSE, w_bytes=wd))
-            gemms.append(Gemm("mlp_down", int(inter), h, GEMM_MOE_DENSE, w_bytes=wd))
+            gemms.append(Gemm("mlp_gate_up", h, int(n_mlp * inter), GEMM_MOE_DENSE, w_bytes=wd.bytes, fmt=wd.fmt))
+            gemms.append(Gemm("mlp_down", int(inter), h, GEMM_MOE_DENSE, w_bytes=wd.bytes, fmt=wd.fmt))
         if model.num_shared_experts:
             ws = _w(model, plan, "shared_experts")
             s_inter = model.num_shared_experts * model.shared_expert_intermediate_size / tp
-            gemms.append(Gemm("shared_gate_up", h, int(n_mlp * s_inter), GEMM_MOE_DENSE, w_bytes=ws))
-            gemms.append(Gemm("shared_down", int(s_inter), h, GEMM_MOE_DENSE, w_bytes=ws))
+            gemms.append(Gemm("shared_gate_up", h, int(n_mlp * s_inter), GEMM_MOE_DENSE, w_bytes=ws.bytes, fmt=ws.fmt))
+            gemms.append(Gemm("shared_down", int(s_inter), h, GEMM_MOE_DENSE, w_bytes=ws.bytes, fmt=ws.fmt))
         act_inter = max(act_inter, k * model.expert_intermediate_size / tp)
     # elementwise bytes per token: two fused add+RMSNorm (read x, residual; write both),
     # rotary on q and k (read + write), SwiGLU activation (read 2I, write I), KV-cache write
@@ -278,7 +272,7 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     windows = [k.window for k in model.layers() if k.mixer in (S.SLIDING, S.CHUNKED)]
     window = max(windows) if windows else (model.index_topk if S.SPARSE in mixers else 0)
     return Shard(
-        gemms=_with_formats(model, plan, gemms),
+        gemms=tuple(gemms),
         stages=split_layers(model, plan.pp),
         heads_per_gpu=heads,
         kv_heads_per_gpu=kv_heads,
@@ -291,5 +285,5 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         state_bytes_linear=st_lin, state_bytes_mamba=st_mamba,
         linear_flops_per_token=fl_lin, mamba_flops_per_token=fl_mamba,
         full_kv_bytes_per_token_layer=full_kv, full_attn_flops_per_pair=full_flops,
-        prefill_flops_per_pair=pf_flops,
+        prefill_flops_per_pair=pf_flops, latent=model.attention == "mla",
     )

@@ -1,6 +1,6 @@
 """Build the per-plan records of the numba step-cost kernel (by name), and a typed wrapper around it.
 
-`build_step_cost` fills the `COST` record and the `GEMM` table of `apex_plan.abi` field by field;
+`build_step_cost` fills the `COST` record and the `OP` table of `apex_plan.abi` field by field;
 `StepCost.time_s` costs any batch through the same `aggregate` + `step_time` the simulator runs.
 """
 
@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apex_plan.abi import (COST, GEMM, GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_ROUTED_EXPERTS, GRAPH_MODES, CostTables,
-                           make_record, make_table)
+from apex_plan.abi import COST, GEMM_ATTENTION, GEMM_DENSE_MLP, GRAPH_MODES, CostTables, make_record
 from apex_plan.engine.load import resolve_engine_profile
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
-from apex_plan.estimate.shard import Shard, build_shard
-from apex_plan.hardware.formats import gemm_fit, moe_fit
+from apex_plan.estimate.mixers import op_table
+from apex_plan.estimate.shard import Gemm, Shard, build_shard
+from apex_plan.hardware.formats import compute_dtype
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
 from apex_plan.model import spec as S
 from apex_plan.model.spec import ModelSpec
@@ -33,7 +33,7 @@ DEFAULT_INTER_NODE_LATENCY_US = 10.0            # added latency of a collective 
 class StepCost:
     """Everything the step-cost kernel needs for one replica of one plan."""
 
-    cost: CostTables       # the COST record and GEMM table the kernels read
+    cost: CostTables       # the COST record and OP table the kernels read
     shard: Shard
     gpu: GpuSpec
     plan: Plan
@@ -71,51 +71,37 @@ class StepCost:
         return self.step_s(decodes=batch, context=context_tokens)[0]
 
 
-def gemm_table(shard: Shard, gpu: GpuSpec, act_dtype: str) -> np.ndarray:
-    """The GEMM table of `shard`: one row per weight GEMM of a layer on one GPU, each with the achievable
-    FLOP/s, bytes/s and fixed time of its own weight format's kernel fit (routed experts: the fused-MoE
-    fit, its layer latency split over the two grouped GEMMs; apex_plan.hardware.formats)."""
-    bw = gpu.mem_bw_gbps * 1e9
-    rows = []
-    for g in shard.gemms:
-        moe = g.kind == GEMM_ROUTED_EXPERTS
-        f = moe_fit(gpu, g.fmt, act_dtype) if moe else gemm_fit(gpu, g.fmt, act_dtype)
-        rows.append(dict(k=g.k, n=g.n, w_bytes=g.w_bytes, kind=g.kind, experts=g.experts, route_frac=g.route_frac,
-                         active_p=g.active_p, flops_per_s=gpu.peak_flops(f.peak_dtype) * f.compute_efficiency,
-                         bytes_per_s=bw * f.bandwidth_efficiency,
-                         latency_s=f.latency_us * 1e-6 * (0.5 if moe else 1.0)))
-    return make_table(GEMM, rows)
-
-
-def attention_fields(model: ModelSpec, gpu: GpuSpec, shard: Shard) -> dict:
-    """COST fields of the attention kernels: prefill efficiency, decode efficiency and KV bandwidth, fixed
-    time per call; MLA (DeepSeek, Kimi) at its own measured kernels (prefill expanded, decode absorbed)."""
+def gemm_rates(gpu: GpuSpec, act_dtype: str):
+    """OP-row rates of a weight GEMM on `gpu`: the dense peak of the tensor cores its own weight format runs
+    on (a mixed checkpoint's components each at theirs: bf16 attention beside fp4 experts runs at the bf16
+    peak), at the calibration's efficiency, bandwidth and fixed time per call."""
     c = gpu.calibration
-    mla = gpu.kernel_formats.mla if model.attention == "mla" else None
-    return dict(
-        attn_efficiency=mla.prefill_efficiency if mla else c.attention_efficiency,
-        decode_attn_efficiency=mla.decode_compute_efficiency if mla else c.attention_efficiency,
-        decode_kv_efficiency=mla.decode_bandwidth_efficiency if mla else c.bandwidth_efficiency,
-        attn_latency_s=(mla.latency_us if mla else c.kernel_latency_us) * 1e-6,
-        prefill_attn_flops_per_pair=shard.prefill_flops_per_pair,
-    )
+    bw = gpu.mem_bw_gbps * 1e9
+
+    def rates(g: Gemm) -> dict:
+        return dict(peak_flops_per_s=gpu.peak_flops(compute_dtype(gpu, g.fmt, act_dtype)),
+                    efficiency=c.compute_efficiency, bytes_per_s=bw * c.bandwidth_efficiency,
+                    latency_s=c.kernel_latency_us * 1e-6)
+    return rates
+
+
+def attention_rates(gpu: GpuSpec):
+    """OP-row rates of attention on `gpu` (prefill and decode efficiency, decode KV bytes/s, fixed time per
+    call): the calibration's, MLA rows included (their prefill runs the expanded form, see build_shard)."""
+    c = gpu.calibration
+    bw = gpu.mem_bw_gbps * 1e9
+
+    def rates(latent: bool) -> dict:
+        return dict(efficiency=c.attention_efficiency, decode_efficiency=c.attention_efficiency,
+                    bytes_per_s=bw * c.bandwidth_efficiency, latency_s=c.kernel_latency_us * 1e-6)
+    return rates
 
 
 def layer_fields(shard: Shard) -> dict:
-    """COST fields of the layer kinds of the largest stage and their per-kind geometry."""
+    """COST fields of the largest stage's layer counts (each mixer's count is on its OP rows)."""
     st = shard.largest_stage
-    return dict(
-        dense_layers=st.dense_layers, moe_layers=st.moe_layers, mlp_free_layers=st.mlp_free_layers,
-        full_layers=st.count(S.FULL), windowed_layers=st.count(S.SLIDING, S.CHUNKED), sparse_layers=st.count(S.SPARSE),
-        linear_layers=st.count(S.LINEAR), mamba_layers=st.count(S.MAMBA), mixerless_layers=st.count(S.NO_MIXER),
-        window_tokens=shard.window, kv_bytes_per_token=shard.kv_bytes_per_token_layer,
-        attn_flops_per_pair=shard.attn_flops_per_pair, attn_heads=shard.heads_per_gpu,
-        index_kv_bytes_per_token=shard.index_kv_bytes_per_token, index_flops_per_pair=shard.index_flops_per_pair,
-        linear_state_bytes=shard.state_bytes_linear, mamba_state_bytes=shard.state_bytes_mamba,
-        linear_flops_per_token=shard.linear_flops_per_token, mamba_flops_per_token=shard.mamba_flops_per_token,
-        full_kv_bytes_per_token=shard.full_kv_bytes_per_token_layer,
-        full_attn_flops_per_pair=shard.full_attn_flops_per_pair,
-    )
+    return dict(dense_layers=st.dense_layers, moe_layers=st.moe_layers, mlp_free_layers=st.mlp_free_layers,
+                mixerless_layers=st.count(S.NO_MIXER), window_tokens=shard.window, attn_heads=shard.heads_per_gpu)
 
 
 def link_fields(gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: EngineProfile,
@@ -187,13 +173,15 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     host = prof.host
     shard = shard or build_shard(model, plan)
     backend = prof.attention_backend(plan.kv_dtype)
+    weight_peak_dtype = plan.weight_dtype if plan.weight_dtype in ("fp8", "fp4", "int8") else plan.act_dtype
     params = make_record(
         COST,
-        gemm_peak_flops_per_s=gpu.peak_flops(plan.act_dtype),   # LM head; weight GEMMs carry their own (GEMM rows)
+        gemm_peak_flops_per_s=gpu.peak_flops(weight_peak_dtype),
         attn_peak_flops_per_s=gpu.peak_flops(plan.act_dtype),
         hbm_bytes_per_s=gpu.mem_bw_gbps * 1e9,
         gemm_efficiency=c.compute_efficiency,
         hbm_efficiency=c.bandwidth_efficiency,
+        attn_efficiency=c.attention_efficiency,
         kernel_latency_s=c.kernel_latency_us * 1e-6,
         eager_launch_s=host.eager_kernel_us * 1e-6,
         tp=plan.tp, pp=plan.pp, ep=plan.ep,
@@ -210,14 +198,14 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
         graph_mode=GRAPH_MODES[prof.graphs.mode],
         graph_max=prof.graphs.max_batch,
         eager_kernels_mixed=prof.graphs.eager_kernels_per_layer_mixed,
-        # decode KV reads: once per KV head with GQA sharing, else once per query head of its group
-        decode_kv_rereads=1.0 if backend.gqa_shared_kv else max(1.0, shard.heads_per_gpu / shard.kv_heads_per_gpu),
         sms=gpu.num_sms,
         attn_scale_fresh=backend.prefill_efficiency_scale,
         attn_scale_prefix=backend.prefix_efficiency_scale,
         **link_fields(gpu, plan, cluster, prof, custom_allreduce),
         **kernel_count_fields(model, plan, shard, prof, scales),
         **layer_fields(shard),
-        **attention_fields(model, gpu, shard),
     )
-    return StepCost(CostTables(params, gemm_table(shard, gpu, plan.act_dtype)), shard, gpu, plan, prof)
+    # decode KV reads: once per KV head with GQA sharing, else once per query head of its group
+    rereads = 1.0 if backend.gqa_shared_kv else max(1.0, shard.heads_per_gpu / shard.kv_heads_per_gpu)
+    ops = op_table(shard, gemm_rates(gpu, plan.act_dtype), attention_rates(gpu), rereads)
+    return StepCost(CostTables(params, ops), shard, gpu, plan, prof)

@@ -13,7 +13,7 @@ import yaml
 
 from apex_plan.errors import InputError, did_you_mean
 from apex_plan.hardware.formats import kernel_formats
-from apex_plan.hardware.spec import Calibration, ClusterSpec, GpuSpec
+from apex_plan.hardware.spec import Calibration, Clocks, ClusterSpec, GpuSpec
 from apex_plan.limits import check_cluster_size, check_hardware_field
 from apex_plan.yamlio import load_yaml
 from apex_plan.units import DTYPE_BYTES
@@ -31,6 +31,7 @@ _GPU_FIELDS: dict[str, tuple[str, bool]] = {
     "name": ("text", True),
     "vendor": ("text", True),
     "source": ("text", False),
+    "calibrated_with": ("text", False),
     "memory_gib": ("GiB (2**30 bytes)", True),
     "mem_bw_gbps": ("GB/s (1e9 bytes/s)", True),
     "peak_tflops": ("TFLOP/s per dtype", True),
@@ -41,6 +42,7 @@ _GPU_FIELDS: dict[str, tuple[str, bool]] = {
     "num_sms": ("count", True),
     "calibration": ("mapping", False),
     "nvlink_domain_gpus": ("count", False),
+    "clocks": ("mapping", False),
     "kernel_formats": ("mapping", False),
     "gpus_per_node": ("count", False),
 }
@@ -235,6 +237,34 @@ def _calibration(doc: dict[str, Any], where: str) -> Calibration:
     return Calibration(**values)
 
 
+def _clocks(doc: dict[str, Any], where: str, tdp_w: float) -> Clocks | None:
+    """The optional `clocks:` block: SM clock range, memory clock, lowest power limit, DVFS exponent."""
+    raw = doc.get("clocks")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InputError(where, "clocks", f"expected a mapping, got '{raw}'",
+                         "write 'clocks:' then indented 'sm_peak_mhz: 1830' style lines")
+    fields = {f.name: f for f in dataclasses.fields(Clocks)}
+    _check_keys(raw, fields, where, prefix="clocks.")
+    v = {}
+    for key in fields:
+        unit = {"dvfs_power_exponent": "ratio", "hbm_pj_per_bit": "pJ per bit"}.get(key, "W" if key.endswith("_w") else "MHz")
+        v[key] = _number(raw, key, where, unit, field=f"clocks.{key}", allow_min=key == "hbm_pj_per_bit",
+                         default={"dvfs_power_exponent": 3.0, "hbm_pj_per_bit": 0.0}.get(key))
+    if not v["sm_min_mhz"] <= v["sm_peak_mhz"] <= v["sm_max_mhz"]:
+        raise InputError(where, "clocks.sm_peak_mhz", f"must lie in [sm_min_mhz, sm_max_mhz] = "
+                         f"[{v['sm_min_mhz']:g}, {v['sm_max_mhz']:g}], got {v['sm_peak_mhz']:g}",
+                         "give the SM clock the datasheet peaks are quoted at")
+    if not v["power_limit_min_w"] <= tdp_w:
+        raise InputError(where, "clocks.power_limit_min_w", f"{v['power_limit_min_w']:g} W exceeds tdp_w {tdp_w:g} W",
+                         "the lowest settable power limit (nvidia-smi -q -d POWER, 'Min Power Limit')")
+    if not 1.0 <= v["dvfs_power_exponent"] <= 4.0:
+        raise InputError(where, "clocks.dvfs_power_exponent", f"must be in [1, 4], got {v['dvfs_power_exponent']:g}",
+                         "3 for dynamic power ~ V^2 f with the voltage scaled with the clock")
+    return Clocks(**v)
+
+
 def gpu_from_dict(doc: dict[str, Any], where: str) -> GpuSpec:
     """Validate a parsed profile mapping and build a GpuSpec (errors name `where`)."""
     _check_keys(doc, _GPU_FIELDS, where)
@@ -257,7 +287,9 @@ def gpu_from_dict(doc: dict[str, Any], where: str) -> GpuSpec:
         num_sms=int(num("num_sms", integer=True)),
         calibration=_calibration(doc, where),
         source=_text(doc, "source", where, default=""),
+        calibrated_with=_text(doc, "calibrated_with", where, default=""),
         nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=0, allow_min=True)),
+        clocks=_clocks(doc, where, tdp_w),
         kernel_formats=kernel_formats(doc.get("kernel_formats"), where, _number),
         gpus_per_node=int(num("gpus_per_node", integer=True, default=8)),
     )
@@ -271,7 +303,7 @@ def load_gpu(name_or_path: str | Path, where: str = "--gpu", field: str | None =
 
 def make_cluster(gpu: GpuSpec, gpus: int, gpus_per_node: int | None = None, *, name: str = "",
                  inter_node_bw_gbps: float = DEFAULT_INTER_NODE_BW_GBPS,
-                 price_per_gpu_hour: float = 0.0) -> ClusterSpec:
+                 price_per_gpu_hour: float | None = None) -> ClusterSpec:
     """Cluster for `--gpu NAME --gpus N --gpus-per-node G` (N < G means one node of N GPUs; G defaults to
     the GPU profile's node size: 8 on HGX boards, 4 on an NVL72 compute tray)."""
     gpus_per_node = gpu.gpus_per_node if gpus_per_node is None else gpus_per_node
@@ -297,22 +329,31 @@ def make_cluster(gpu: GpuSpec, gpus: int, gpus_per_node: int | None = None, *, n
 
 
 def load_cluster(path: str | Path) -> ClusterSpec:
-    """A cluster from YAML: name, gpu, nodes, gpus_per_node, links (defaults as documented), price."""
+    """A cluster from YAML: name, gpu, nodes, gpus_per_node, links (defaults as documented), price.
+    A file with node groups (`groups:`) is a fleet: `apex_plan.hardware.fleet.load_fleet` reads it."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(str(path), None, "cluster file not found", "check the path")
-    where = str(path)
     doc = _read_yaml(path)
-    _check_keys(doc, _CLUSTER_FIELDS, where)
+    if "groups" in doc:
+        raise InputError(str(path), "groups", "this command takes one node group, the file has a list",
+                         "use `search` for a fleet of node groups, or a cluster file of one group here")
+    return cluster_from_dict(doc, path)
+
+
+def cluster_from_dict(doc: dict[str, Any], path: Path, prefix: str = "", default_name: str | None = None) -> ClusterSpec:
+    """Validate one cluster (or node-group) mapping read from `path`; fields are named `prefix`+key."""
+    where = str(path)
+    _check_keys(doc, _CLUSTER_FIELDS, where, prefix=prefix)
     gpu_ref = doc.get("gpu")
     if gpu_ref is None:
-        raise InputError(where, "gpu", "missing", "add 'gpu: <profile name or path>', e.g. one of: " + ", ".join(list_gpus()))
+        raise InputError(where, f"{prefix}gpu", "missing", "add 'gpu: <profile name or path>', e.g. one of: " + ", ".join(list_gpus()))
     if not isinstance(gpu_ref, str):
-        raise InputError(where, "gpu", f"expected a profile name or path, got '{gpu_ref}'", "e.g. 'gpu: h100-sxm-80gb'")
+        raise InputError(where, f"{prefix}gpu", f"expected a profile name or path, got '{gpu_ref}'", "e.g. 'gpu: h100-sxm-80gb'")
     if _looks_like_path(gpu_ref) and not Path(gpu_ref).is_absolute():
         gpu_ref = str(path.parent / gpu_ref)        # relative to the cluster file
-    gpu = load_gpu(gpu_ref, where=where, field="gpu")
-    num = lambda key, **kw: _number(doc, key, where, _CLUSTER_FIELDS[key], **kw)  # noqa: E731
+    gpu = load_gpu(gpu_ref, where=where, field=f"{prefix}gpu")
+    num = lambda key, **kw: _number(doc, key, where, _CLUSTER_FIELDS[key], field=prefix + key, **kw)  # noqa: E731
     nodes, per_node = check_cluster_size(where, int(num("nodes", integer=True)), int(num("gpus_per_node", integer=True)))
     return ClusterSpec(
         gpu=gpu,
@@ -322,7 +363,7 @@ def load_cluster(path: str | Path) -> ClusterSpec:
         intra_node_latency_us=num("intra_node_latency_us", default=DEFAULT_INTRA_NODE_LATENCY_US, allow_min=True),
         inter_node_bw_gbps=num("inter_node_bw_gbps", default=DEFAULT_INTER_NODE_BW_GBPS),
         inter_node_latency_us=num("inter_node_latency_us", default=DEFAULT_INTER_NODE_LATENCY_US, allow_min=True),
-        price_per_gpu_hour=num("price_per_gpu_hour", default=0.0, allow_min=True),
-        name=_text(doc, "name", where, default=path.stem),
+        price_per_gpu_hour=num("price_per_gpu_hour", required=False, allow_min=True),
+        name=_text(doc, "name", where, default=default_name or path.stem),
         nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=gpu.nvlink_domain_gpus, allow_min=True)),
     )

@@ -27,6 +27,19 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Clocks:
+    """Clock and power-limit ranges of one GPU (`apex_plan.hardware.power` uses them)."""
+
+    sm_peak_mhz: float          # SM clock the datasheet's peak FLOP/s hold at (and the chip sustains at TDP)
+    sm_max_mhz: float           # highest SM clock the driver accepts (nvidia-smi max clocks)
+    sm_min_mhz: float           # lowest supported SM clock
+    mem_mhz: float              # memory clock (HBM); power caps leave it unchanged
+    power_limit_min_w: float    # lowest settable power limit (the highest is tdp_w)
+    dvfs_power_exponent: float = 3.0   # k in P_dyn ~ (f / f_peak)^k; source in the profile YAML
+    hbm_pj_per_bit: float = 0.0        # HBM access energy: the dynamic power an SM clock change leaves alone
+
+
+@dataclass(frozen=True)
 class KernelFit:
     """Achievable figures of one kernel family in one weight format, fitted to measured per-op tables:
     time = max(FLOPs / (peak(peak_dtype) x compute_efficiency), bytes / (HBM x bandwidth_efficiency))
@@ -79,7 +92,10 @@ class GpuSpec:
     num_sms: int                         # streaming multiprocessors / compute units
     calibration: Calibration = field(default_factory=Calibration)
     source: str = ""                     # datasheet reference
+    calibrated_with: str = ""            # measured runs the calibration was fitted to ("": datasheet defaults)
     nvlink_domain_gpus: int = 0          # GPUs one NVLink/NVSwitch fabric joins at intra_node_bw (NVL72: 72); 0: the node
+    clocks: Clocks | None = None         # SM clock and power-limit ranges; None: the profile gives none
+    operating_point: str = ""            # "" at the datasheet clock; else e.g. "cap 500 W: SM 1605 MHz"
     kernel_formats: KernelFormats = field(default_factory=KernelFormats)
     gpus_per_node: int = 8               # GPUs of one node / compute tray, the default of --gpus-per-node
                                          # (HGX boards: 8; GB200/GB300 NVL72 trays: 4)
@@ -110,7 +126,7 @@ class ClusterSpec:
     intra_node_latency_us: float
     inter_node_bw_gbps: float            # per GPU per direction across nodes (NIC)
     inter_node_latency_us: float
-    price_per_gpu_hour: float = 0.0      # 0 when unknown
+    price_per_gpu_hour: float | None = None   # USD per GPU-hour; None when unknown (never a silent 0)
     name: str = ""
     nvlink_domain_gpus: int = 0          # GPUs joined by one NVLink fabric across nodes (GB200/GB300 NVL72: 72); 0: a node
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from apex_plan.errors import InputError
 from apex_plan.model import spec as S
 from apex_plan.model.fields import _MISSING, _bool, _count_dense, _get, _int, _int_list, _str_list
-from apex_plan.model.hf2026 import NO_DENSE_WIDTH, READERS
+from apex_plan.model.hf2026 import MLA_FAMILIES, NO_DENSE_WIDTH, READERS
 from apex_plan.model.quant import formats_from_config
 from apex_plan.model.spec import LayerKind, ModelSpec, group_layers
 
@@ -113,6 +113,13 @@ def _text_config(cfg: dict, where: str) -> tuple[dict, list[str]]:
     return cfg, notes
 
 
+def _mtp_layers(cfg: dict) -> int:
+    """Multi-token-prediction modules of the checkpoint (DeepSeek-V3 num_nextn_predict_layers, MiMo
+    num_mtp_modules, Qwen3-Next mtp_num_hidden_layers): the drafts of MTP speculative decoding."""
+    mtp = cfg.get("num_nextn_predict_layers") or cfg.get("mtp_num_hidden_layers") or cfg.get("num_mtp_modules")
+    return mtp if isinstance(mtp, int) and not isinstance(mtp, bool) and mtp > 0 else 0
+
+
 def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpec:
     """Map Hugging Face config fields (plus optional `name`/`source`) onto a validated `ModelSpec`."""
     arch = _architecture(cfg, where)
@@ -134,6 +141,7 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
         tie_word_embeddings=_bool(cfg, where, "tie_word_embeddings", False),
         max_context=_int(cfg, where, "max_position_embeddings"),
         notes=tuple(notes),
+        mtp_layers=_mtp_layers(cfg),
         aliases=_aliases(cfg, where),
     )
     _check_dtype(cfg, where)
@@ -145,7 +153,8 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
     if arch in _MLA:
         spec = _mla_spec(cfg, where, arch, common)
     elif arch in READERS:
-        _gqa_fields(cfg, where, arch, common)
+        if arch not in MLA_FAMILIES:
+            _gqa_fields(cfg, where, arch, common)
         spec = READERS[arch](cfg, where, common)
     else:
         _gqa_fields(cfg, where, arch, common)

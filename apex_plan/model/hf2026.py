@@ -176,6 +176,42 @@ def deepseek_v4_spec(cfg: dict, where: str, common: dict) -> ModelSpec:
                      score_bias=str(cfg.get("topk_method", "noaux_tc")) == "noaux_tc")
 
 
+def kimi_k3_spec(cfg: dict, where: str, common: dict) -> ModelSpec:
+    """Kimi-K3 (text_config of KimiK3ForConditionalGeneration, Kimi-Linear layout): layers listed in
+    `linear_attn_config.kda_layers` (1-based) are Kimi Delta Attention (`num_heads` x `head_dim`, short convs
+    of `short_conv_kernel_size`, a full-rank output gate with `use_full_rank_gate`), the others MLA
+    (DeepSeek-V3 geometry with `q_lora_rank`, and an output gate with `mla_use_output_gate`); the first
+    `first_k_dense_replace` layers a dense MLP, the others a latent MoE: `num_experts` experts of
+    `moe_intermediate_size` working in `routed_expert_hidden_size`, `num_shared_experts` in the hidden size."""
+    n = common["num_layers"]
+    lin = _get(cfg, where, "linear_attn_config")
+    kda = lin.get("kda_layers") if isinstance(lin, dict) else None
+    if not isinstance(kda, list) or any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= n for i in kda):
+        raise InputError(where, "linear_attn_config.kda_layers", f"must list 1-based layer numbers up to {n}",
+                         "copy it from the config.json")
+    sub = f"{where}: linear_attn_config"
+    heads, dim = _int(lin, sub, "num_heads"), _int(lin, sub, "head_dim")
+    first_k = _int(cfg, where, "first_k_dense_replace", 0, minimum=0)
+    kda_set = set(kda)
+    layers = [LayerKind(S.LINEAR if i + 1 in kda_set else S.FULL, S.DENSE if i < first_k else S.MOE) for i in range(n)]
+    shared = _int(cfg, where, "num_shared_experts", 0, minimum=0)
+    width = _int(cfg, where, "moe_intermediate_size")
+    v_head_dim = _int(cfg, where, "v_head_dim")
+    return _spec(common, attention="mla", num_kv_heads=common["num_heads"], head_dim=v_head_dim,
+                 q_lora_rank=_int(cfg, where, "q_lora_rank", 0, minimum=0), kv_lora_rank=_int(cfg, where, "kv_lora_rank"),
+                 qk_rope_head_dim=_int(cfg, where, "qk_rope_head_dim"), qk_nope_head_dim=_int(cfg, where, "qk_nope_head_dim"),
+                 v_head_dim=v_head_dim, attn_output_gate=_bool(cfg, where, "mla_use_output_gate", False),
+                 linear_kind="kda", linear_num_key_heads=heads, linear_num_value_heads=heads, linear_key_head_dim=dim,
+                 linear_value_head_dim=dim, linear_conv_kernel=_int(lin, sub, "short_conv_kernel_size", 4),
+                 linear_full_rank_gate=_bool(lin, sub, "use_full_rank_gate", False), mamba_state_bytes=4.0,
+                 num_experts=_int(cfg, where, "num_experts"),
+                 experts_per_token=_int(cfg, where, "num_experts_per_token", _int(cfg, where, "num_experts_per_tok", 0, minimum=0)),
+                 expert_intermediate_size=width, num_shared_experts=shared,
+                 shared_expert_intermediate_size=width if shared else 0, num_dense_layers=min(first_k, n),
+                 moe_latent_size=_int(cfg, where, "routed_expert_hidden_size", 0, minimum=0),
+                 score_bias=str(cfg.get("topk_method", "noaux_tc")) == "noaux_tc", layer_groups=group_layers(layers))
+
+
 # architecture -> reader; the readers take `common` (the fields every family shares, see hf.spec_from_hf)
 READERS: dict[str, Callable[[dict, str, dict], ModelSpec]] = {
     "DeciLMForCausalLM": decilm_spec,
@@ -184,7 +220,11 @@ READERS: dict[str, Callable[[dict, str, dict], ModelSpec]] = {
     "MiniMaxM3ForCausalLM": minimax_m3_spec,
     "MiniMaxM3SparseForConditionalGeneration": minimax_m3_spec,
     "DeepseekV4ForCausalLM": deepseek_v4_spec,
+    "KimiK3ForConditionalGeneration": kimi_k3_spec,
+    "KimiLinearForCausalLM": kimi_k3_spec,
 }
+# families with MLA full-attention layers (no GQA head fields to read)
+MLA_FAMILIES = ("KimiK3ForConditionalGeneration", "KimiLinearForCausalLM")
 # families whose configs may leave the dense intermediate_size out (all-MoE, or per-layer widths)
 NO_DENSE_WIDTH = ("DeciLMForCausalLM", "DeepseekV4ForCausalLM")
 

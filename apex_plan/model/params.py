@@ -111,8 +111,8 @@ def attention_params(spec: ModelSpec, mixer: str = FULL) -> int:
         kv_a = h * (spec.kv_lora_rank + rope) + spec.kv_lora_rank
         # kv_b_proj (kv_lora x heads*(nope+v))
         kv_b = spec.kv_lora_rank * n * (nope + v)
-        # o_proj (heads*v x hidden)
-        o = n * v * h
+        # o_proj (heads*v x hidden), and an output gate hidden -> heads*v (Kimi-K3 mla_use_output_gate)
+        o = n * v * h * (2 if spec.attn_output_gate else 1)
         params = q + kv_a + kv_b + o
     else:
         head_dim, kv_heads = spec.attention_dims(mixer)
@@ -182,9 +182,24 @@ def linear_attention_params(spec: ModelSpec) -> int:
     key_dim = spec.linear_num_key_heads * spec.linear_key_head_dim
     value_dim = spec.linear_num_value_heads * spec.linear_value_head_dim
     conv_dim = 2 * key_dim + value_dim
+    if spec.linear_kind == "kda":
+        return kda_params(spec)
     return (h * (2 * key_dim + 2 * value_dim) + h * 2 * spec.linear_num_value_heads
             + conv_dim * spec.linear_conv_kernel + 2 * spec.linear_num_value_heads
             + spec.linear_value_head_dim + value_dim * h)
+
+
+def kda_params(spec: ModelSpec) -> int:
+    """Kimi Delta Attention (Kimi-Linear `KimiDeltaAttention`; K3 per aiconfigurator-core kimi_k3.py): q, k, v
+    projections (hidden x heads*dim each), the output gate (full rank: hidden x heads*dim; else low rank
+    g_a hidden x dim + g_b dim x heads*dim), the decay gate f_a (hidden x dim) + f_b (dim x heads*dim), beta
+    b_proj (hidden x heads), depthwise short convs over q, k, v (3 x heads*dim x kernel), A_log (heads),
+    dt_bias (heads*dim), the gated output RMSNorm (dim) and o_proj (heads*dim x hidden)."""
+    h, d, n = spec.hidden_size, spec.linear_value_head_dim, spec.linear_num_value_heads
+    width = n * d
+    gate = h * width if spec.linear_full_rank_gate else h * d + d * width
+    return (3 * h * width + gate + h * d + d * width + h * n + 3 * width * spec.linear_conv_kernel + n + width + d
+            + width * h)
 
 
 def mamba_params(spec: ModelSpec) -> int:

@@ -133,6 +133,8 @@ class ModelSpec:
     linear_key_head_dim: int = 0
     linear_value_head_dim: int = 0
     linear_conv_kernel: int = 0
+    linear_kind: str = "gdn"         # "gdn" Gated DeltaNet (Qwen3.5) | "kda" Kimi Delta Attention (Kimi-Linear, K3)
+    linear_full_rank_gate: bool = False  # KDA: the output gate is a full hidden -> heads*dim projection
     # --- Mamba-2 (mixer MAMBA) ---
     mamba_num_heads: int = 0
     mamba_head_dim: int = 0
@@ -153,6 +155,7 @@ class ModelSpec:
     #     plan's weight dtype ---
     weight_formats: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()      # what the loader left out (vision tower, MTP modules)
+    mtp_layers: int = 0              # multi-token-prediction modules (num_nextn_predict_layers): MTP drafts
     aliases: tuple[str, ...] = ()    # other repo ids of the same weights in other formats (built-in YAML)
     aliases_dtype: str = ""          # dtype of the aliases without a quantisation tag ("": the checkpoint's)
 

@@ -55,7 +55,9 @@ class EngineConfig:
     gpu_memory_utilization: float | None = None
     max_model_len: int | None = None        # None: the model's max context
     custom_allreduce: bool = True
-    routing: str = "round_robin"            # across data-parallel replicas: round_robin | least_loaded
+    routing: str = "round_robin"            # across replicas: round_robin | least_loaded | session | prefix
     name: str = "vllm"                      # --engine NAME[@VERSION]; resolved to a profile
     activation_scales: str | None = None    # fp8/int8 W8A8: dynamic | static (None: the profile's)
     profile: Any = None                     # an EngineProfile already resolved from `name` (optional)
+    prefix_caching: bool | None = None      # None: the profile's default (vLLM --[no-]enable-prefix-caching)
+    speculative: Any = None                 # an engine.speculative.Speculative, or None (no speculation)

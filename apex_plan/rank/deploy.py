@@ -1,13 +1,18 @@
 """Choose the deployment -- how many replicas of which plans -- with OR-Tools CP-SAT.
 
 Model (per solve)
-    x[c, n]  replicas of candidate c on node n, for replicas that fit in a node;
+    Nodes come in pools (node groups of one GPU type, `Pool`); a candidate (a plan on one GPU type
+    at one operating point) lives in one pool, and a replica inside it.
+    x[c, n]  replicas of candidate c on node n of c's pool, for replicas that fit in a node;
     y[c]     replicas of candidate c that take gpus_per_replica / gpus_per_node whole nodes
              (a replica larger than a node that is not a whole number of nodes is never placed);
-    b[n]     node n is taken by whole-node replicas; b is non-increasing, so those are the
-             first nodes, and the GPUs used per node are non-increasing: nodes are identical,
-             so this removes their permutations without losing any replica vector;
+    b[n]     node n is taken by whole-node replicas; within a pool b is non-increasing, so those
+             are its first nodes, and the GPUs used per node are non-increasing: a pool's nodes
+             are identical, so this removes their permutations without losing any replica vector;
     r[c]     replicas of c (the vector top-K excludes); use[c] r[c] > 0 => use[c].
+Power
+    With a budget (`max_power_w`), the replicas' summed mean power at their goodput (milliwatts,
+    ceiled) stays within it.
 Demand
     Goodputs are floored and the demand ceiled to micro-requests/s, so a solution of the
     integer model truly meets the demand in floats; `meets_demand` allows only float noise.
@@ -15,7 +20,8 @@ Candidates with zero goodput never meet their SLO and are never placed.
 
 Objectives (lexicographic; each later stage keeps the earlier optimum fixed)
     gpus        min GPUs, then min energy per request
-    cost        min GPUs x price per GPU-hour (price is uniform, so min GPUs), then energy
+    cost        min USD per hour, sum over replicas of GPUs x their pool's price per GPU-hour
+                (micro-USD, exact), then min GPUs, then min energy per request
     energy      min capacity-weighted energy per request, sum(r gp e) / sum(r gp) -- the J per
                 request when traffic is split in proportion to capacity -- then min GPUs.
                 The ratio is minimised exactly (Dinkelbach iterations of linear solves).
@@ -34,8 +40,9 @@ from typing import Sequence
 from apex_plan.errors import InputError
 from apex_plan.rank.exhaustive import EXHAUSTIVE_MAX_VECTORS, _exhaustive, _pack, _vectors  # noqa: F401
 from apex_plan.rank.problem import (DEMAND_RTOL, GOODPUT_SCALE, OBJECTIVES, TIME_SCALE,  # noqa: F401 (re-exported)
-                                    _RATIO_RTOL, Candidate, Closest, Deployment, _deployment, _gp_int, _metrics,
-                                    _Problem, _problem, _us, meets_demand, objective_key)
+                                    _RATIO_RTOL, POWER_SCALE, Candidate, Closest, Deployment, Pool, _deployment,
+                                    _gp_int, _metrics, _power_int, _price_int, _Problem, _problem, _us, meets_demand,
+                                    objective_key)
 
 
 # ---------------------------------------------------------------- CP-SAT model
@@ -45,6 +52,7 @@ class _Fix:
     """Bounds from earlier lexicographic stages."""
 
     gpus_eq: int | None = None
+    cost_eq: int | None = None
     ratio_le: float | None = None
     ttft_le_us: int | None = None
     tpot_le_us: int | None = None
@@ -65,35 +73,47 @@ class _Model:
     def __init__(self, p: _Problem, excluded: Sequence[tuple[int, ...]], fix: _Fix):
         from ortools.sat.python import cp_model   # imported on first use: small problems never need it
         self.p = p
-        g, n_nodes = p.gpus_per_node, p.num_nodes
         m = self.m = cp_model.CpModel()
         usable = p.usable
-        self.small = [i for i in usable if p.cands[i].gpus_per_replica <= g]
-        self.large = [i for i in usable if p.cands[i].gpus_per_replica > g]
-        self.x = {(i, n): m.new_int_var(0, g // p.cands[i].gpus_per_replica, f"x{i}_{n}")
-                  for i in self.small for n in range(n_nodes)}
+        node_pool = p.node_pools
+        nodes_of = {q: [n for n, qq in enumerate(node_pool) if qq == q] for q in range(len(p.pools))}
+        gpn = lambda i: p.pool_of(i).gpus_per_node  # noqa: E731
+        self.small = [i for i in usable if p.cands[i].gpus_per_replica <= gpn(i)]
+        self.large = [i for i in usable if p.cands[i].gpus_per_replica > gpn(i)]
+        self.x = {(i, n): m.new_int_var(0, gpn(i) // p.cands[i].gpus_per_replica, f"x{i}_{n}")
+                  for i in self.small for n in nodes_of[p.cands[i].pool]}
         self.y = {i: m.new_int_var(0, p.max_replicas(i), f"y{i}") for i in self.large}
-        self.b = [m.new_bool_var(f"b{n}") for n in range(n_nodes)]
+        self.b = [m.new_bool_var(f"b{n}") for n in range(len(node_pool))]
         self.r = {i: m.new_int_var(0, p.max_replicas(i), f"r{i}") for i in usable}
         self.use = {i: m.new_bool_var(f"use{i}") for i in usable}
         for i in self.small:
-            m.add(self.r[i] == sum(self.x[i, n] for n in range(n_nodes)))
+            m.add(self.r[i] == sum(self.x[i, n] for n in nodes_of[p.cands[i].pool]))
         for i in self.large:
             m.add(self.r[i] == self.y[i])
         for i in usable:
             m.add(self.r[i] <= p.max_replicas(i) * self.use[i])
         if p.homogeneous:
             m.add(sum(self.use.values()) <= 1)
-        # whole-node replicas take the first nodes; the rest pack small replicas
-        m.add(sum(self.b) == sum((p.cands[i].gpus_per_replica // g) * self.y[i] for i in self.large))
-        used_gpus = []
-        for n in range(n_nodes):
-            small_gpus = sum(p.cands[i].gpus_per_replica * self.x[i, n] for i in self.small)
-            m.add(small_gpus <= g * (1 - self.b[n]))
-            used_gpus.append(small_gpus + g * self.b[n])
-        for n in range(n_nodes - 1):           # node symmetry: sorted by GPUs used
-            m.add(self.b[n] >= self.b[n + 1])
-            m.add(used_gpus[n] >= used_gpus[n + 1])
+        for q, nodes in nodes_of.items():
+            g = p.pools[q].gpus_per_node
+            # whole-node replicas take the pool's first nodes; the rest pack small replicas
+            m.add(sum(self.b[n] for n in nodes) ==
+                  sum((p.cands[i].gpus_per_replica // g) * self.y[i] for i in self.large if p.cands[i].pool == q))
+            used_gpus = []
+            for n in nodes:
+                small_gpus = sum(p.cands[i].gpus_per_replica * self.x[i, n] for i in self.small
+                                 if p.cands[i].pool == q)
+                m.add(small_gpus <= g * (1 - self.b[n]))
+                used_gpus.append(small_gpus + g * self.b[n])
+            for a in range(len(nodes) - 1):      # node symmetry inside a pool: sorted by GPUs used
+                m.add(self.b[nodes[a]] >= self.b[nodes[a + 1]])
+                m.add(used_gpus[a] >= used_gpus[a + 1])
+        # USD per hour in micro-USD: GPUs x the pool's price per GPU-hour
+        self.cost = sum(_price_int(p.pool_of(i).price_per_gpu_hour) * p.cands[i].gpus_per_replica * self.r[i]
+                        for i in usable)
+        if p.max_power_w is not None:
+            m.add(sum(_power_int(p.cands[i].power_w) * self.r[i] for i in usable)
+                  <= int(p.max_power_w * POWER_SCALE))
         self.gpus = sum(p.cands[i].gpus_per_replica * self.r[i] for i in usable)
         self.goodput = sum(_gp_int(p.cands[i].goodput_rps) * self.r[i] for i in usable)
         m.add(self.goodput >= p.demand_int)
@@ -127,6 +147,8 @@ class _Model:
                 m.add(self.tpot >= tpot[i] * self.use[i])
         if fix.gpus_eq is not None:
             m.add(self.gpus == fix.gpus_eq)
+        if fix.cost_eq is not None:
+            m.add(self.cost == fix.cost_eq)
         if fix.ratio_le is not None:
             lam = fix.ratio_le * (1 + _RATIO_RTOL)
             a = _ratio_coeffs(p, lam)
@@ -157,12 +179,14 @@ class _Model:
         r = [0] * len(p.cands)
         for i, var in self.r.items():
             r[i] = solver.value(var)
-        placement: list[list[int]] = [[] for _ in range(p.num_nodes)]
-        node = 0
+        node_pool = p.node_pools
+        placement: list[list[int]] = [[] for _ in node_pool]
+        first = {q: node_pool.index(q) for q in range(len(p.pools))}
         for i in self.large:
-            for _ in range(solver.value(self.y[i]) * (p.cands[i].gpus_per_replica // p.gpus_per_node)):
-                placement[node].append(i)
-                node += 1
+            q = p.cands[i].pool
+            for _ in range(solver.value(self.y[i]) * (p.cands[i].gpus_per_replica // p.pools[q].gpus_per_node)):
+                placement[first[q]].append(i)
+                first[q] += 1
         for (i, n), var in self.x.items():
             placement[n].extend([i] * solver.value(var))
         return tuple(r), [sorted(nodes) for nodes in placement]
@@ -176,6 +200,7 @@ def _solve_best(p: _Problem, excluded, time_limit_s: float, seed: int):
         mod = _Model(p, excluded, fix)
         expr, maximize = {
             "gpus": (lambda: mod.gpus, False),
+            "cost": (lambda: mod.cost, False),
             "goodput": (lambda: mod.goodput, True),
             "ttft": (lambda: mod.ttft, False),
             "tpot": (lambda: mod.tpot, False),
@@ -196,7 +221,15 @@ def _solve_best(p: _Problem, excluded, time_limit_s: float, seed: int):
         return best
 
     obj = p.objective
-    if obj in ("gpus", "cost", "energy"):
+    if obj == "cost":
+        first = run(_Fix(), "cost")
+        if first is None:
+            return None
+        cost = sum(_price_int(p.pool_of(i).price_per_gpu_hour) * p.cands[i].gpus_per_replica * k
+                   for i, k in enumerate(first[0]))
+        second = run(_Fix(cost_eq=cost), "gpus") or first
+        return dinkelbach(_Fix(cost_eq=cost, gpus_eq=_metrics(p, second[0])["gpus"]), second)
+    if obj in ("gpus", "energy"):
         first = run(_Fix(), "gpus")
         if first is None:
             return None
@@ -223,12 +256,19 @@ def _solve_best(p: _Problem, excluded, time_limit_s: float, seed: int):
     return run(_Fix(goodput_ge=total), "gpus") or first
 
 
+def _pools(pools, num_nodes, gpus_per_node, price_per_gpu_hour) -> tuple[Pool, ...]:
+    """The node groups: `pools`, or one group of `num_nodes` x `gpus_per_node` at one price."""
+    if pools is not None:
+        return tuple(pools)
+    return (Pool(num_nodes, gpus_per_node, price_per_gpu_hour),)
+
+
 def solve_deployments(
     candidates: Sequence[Candidate],
     *,
-    num_nodes: int,
-    gpus_per_node: int,
-    price_per_gpu_hour: float = 0.0,
+    num_nodes: int = 0,
+    gpus_per_node: int = 0,
+    price_per_gpu_hour: float | None = 0.0,
     demand_rps: float | None = None,
     objective: str = "gpus",
     homogeneous: bool = False,
@@ -237,15 +277,19 @@ def solve_deployments(
     seed: int = 0,
     groups: Sequence[int] | None = None,
     method: str = "auto",
+    pools: Sequence[Pool] | None = None,
+    max_power_w: float | None = None,
 ) -> list[Deployment]:
     """Up to `top_k` distinct deployments that meet the demand, best first; [] if none does.
 
-    `groups` (a layout group per candidate): the deployments differ in the set of groups they use,
-    not only in replica counts. `method`: "cp-sat", "exhaustive" (enumerate replica vectors), or
-    "auto" (exhaustive when there are at most EXHAUSTIVE_MAX_VECTORS, which is exact and spares
-    loading the solver)."""
-    p = _problem(candidates, num_nodes, gpus_per_node, price_per_gpu_hour, demand_rps,
-                 objective, homogeneous, groups)
+    `pools`: the node groups (each candidate names its pool); without them one group of
+    `num_nodes` x `gpus_per_node` priced `price_per_gpu_hour`. `max_power_w`: a budget on the
+    replicas' summed mean power. `groups` (a layout group per candidate): the deployments differ in
+    the set of groups they use, not only in replica counts. `method`: "cp-sat", "exhaustive"
+    (enumerate replica vectors), or "auto" (exhaustive when there are at most
+    EXHAUSTIVE_MAX_VECTORS, which is exact and spares loading the solver)."""
+    p = _problem(candidates, _pools(pools, num_nodes, gpus_per_node, price_per_gpu_hour), demand_rps,
+                 objective, homogeneous, groups, max_power_w)
     if top_k < 1:
         raise InputError("--top-k", None, f"must be >= 1, got {top_k}")
     if method == "exhaustive" or (method == "auto" and _vectors(p) <= EXHAUSTIVE_MAX_VECTORS):
@@ -264,19 +308,21 @@ def solve_deployments(
 def closest_deployment(
     candidates: Sequence[Candidate],
     *,
-    num_nodes: int,
-    gpus_per_node: int,
+    num_nodes: int = 0,
+    gpus_per_node: int = 0,
     demand_rps: float,
-    price_per_gpu_hour: float = 0.0,
+    price_per_gpu_hour: float | None = 0.0,
     homogeneous: bool = False,
     time_limit_s: float = 3.0,
     seed: int = 0,
+    pools: Sequence[Pool] | None = None,
+    max_power_w: float | None = None,
 ) -> Closest:
     """The max-goodput deployment on the whole cluster and how far it falls short of the demand."""
     best = solve_deployments(candidates, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
                              price_per_gpu_hour=price_per_gpu_hour, demand_rps=None,
                              objective="throughput", homogeneous=homogeneous, top_k=1,
-                             time_limit_s=time_limit_s, seed=seed)
+                             time_limit_s=time_limit_s, seed=seed, pools=pools, max_power_w=max_power_w)
     dep = best[0] if best else None
     goodput = dep.goodput_rps if dep else 0.0
     return Closest(dep, demand_rps, max(0.0, demand_rps - goodput))
@@ -287,16 +333,18 @@ def closest_deployment(
 def brute_force_deployments(
     candidates: Sequence[Candidate],
     *,
-    num_nodes: int,
-    gpus_per_node: int,
-    price_per_gpu_hour: float = 0.0,
+    num_nodes: int = 0,
+    gpus_per_node: int = 0,
+    price_per_gpu_hour: float | None = 0.0,
     demand_rps: float | None = None,
     objective: str = "gpus",
     homogeneous: bool = False,
     top_k: int = 1,
     groups: Sequence[int] | None = None,
+    pools: Sequence[Pool] | None = None,
+    max_power_w: float | None = None,
 ) -> list[Deployment]:
     """Same contract as `solve_deployments`, by enumerating replica vectors (small cases only)."""
-    p = _problem(candidates, num_nodes, gpus_per_node, price_per_gpu_hour, demand_rps,
-                 objective, homogeneous, groups)
+    p = _problem(candidates, _pools(pools, num_nodes, gpus_per_node, price_per_gpu_hour), demand_rps,
+                 objective, homogeneous, groups, max_power_w)
     return _exhaustive(p, top_k)

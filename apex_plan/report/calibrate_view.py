@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from apex_plan.report.layout import fit_columns, table
 from apex_plan.report.output import SCHEMA_VERSION, flatten
 
 
@@ -29,12 +30,12 @@ def calibrate_rows(doc: dict) -> list[dict]:
 
 def calibrate_table(doc: dict, console: Console) -> None:
     console.print(f"[bold]calibrate[/bold] {doc['engine']} on {doc['gpu']}: {len(doc['sources'])} file(s)")
-    t = Table(title="Fitted constants (joint fit, within bounds)")
-    for col in ("constant", "fitted", "prior", "bounds", "note"):
-        t.add_column(col, justify="left" if col in ("constant", "note") else "right")
+    t = table("Fitted constants (joint fit, within bounds)",
+              [(c, "left" if c in ("constant", "note") else "right") for c in ("constant", "fitted", "prior", "bounds", "note")])
     for c in doc["constants"]:
         note = c["note"] or ("" if c["written"] else "GPU constant: reported, not written to the overlay")
         t.add_row(c["name"], f"{c['value']:.4g}", f"{c['prior']:.4g}", f"[{c['low']:g}, {c['high']:g}]", note)
+    fit_columns(t, console)
     console.print(t)
     console.print(_err_line("before", doc["before"]))
     console.print(_err_line("after (fitted runs)", doc["after"]))
@@ -58,21 +59,22 @@ def validate_rows(doc: dict) -> list[dict]:
 
 
 def validate_table(doc: dict, console: Console) -> None:
-    t = Table(title="Per-run error (predicted / measured - 1)")
-    for col in ("run", "group", "TTFT meas", "TTFT pred", "err", "TPOT meas", "TPOT pred", "err"):
-        t.add_column(col, justify="left" if col in ("run", "group") else "right")
+    t = table("Per-run error (predicted / measured - 1)",
+              [(c, "left" if c in ("run", "group") else "right")
+               for c in ("run", "group", "TTFT meas ms", "TTFT pred ms", "err", "TPOT meas ms", "TPOT pred ms", "err")])
     for r in doc["runs"]:
         t.add_row(r["id"], r["group"], f"{r['measured_ttft_ms']:.1f}", _num(r["predicted_ttft_ms"], ".1f"),
                   _pct(r["ttft_error"], True), f"{r['measured_tpot_ms']:.2f}", _num(r["predicted_tpot_ms"], ".2f"),
                   _pct(r["tpot_error"], True))
+    fit_columns(t, console, ("group",))         # the groups are in the next table
     console.print(t)
-    g = Table(title="Per group")
-    for col in ("group", "runs", "TTFT MAPE", "TTFT bias", "TPOT MAPE", "TPOT bias", "TTFT in interval",
-                "TPOT in interval"):
-        g.add_column(col, justify="left" if col == "group" else "right")
+    g = table("Per group", [(c, "left" if c == "group" else "right")
+                            for c in ("group", "runs", "TTFT MAPE", "TTFT bias", "TPOT MAPE", "TPOT bias",
+                                      "TTFT in interval", "TPOT in interval")])
     for name, s in [*doc["groups"].items(), ("all", doc["overall"])]:
         g.add_row(name, str(s["runs"]), _pct(s["ttft_mape"]), _pct(s["ttft_bias"], True), _pct(s["tpot_mape"]),
                   _pct(s["tpot_bias"], True), _pct(s["ttft_in_interval"]), _pct(s["tpot_in_interval"]))
+    fit_columns(g, console)
     console.print(g)
     for label, p in doc["profiles"].items():
         console.print(f"{label}: calibration: {p['calibration']}")

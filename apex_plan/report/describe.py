@@ -7,6 +7,8 @@ import dataclasses
 from rich.console import Console
 from rich.table import Table
 
+from apex_plan.report.layout import fit_columns, table
+
 from apex_plan.hardware.spec import GpuSpec
 from apex_plan.model.params import kv_cache_bytes_per_seq, kv_cache_bytes_per_token, param_counts
 from apex_plan.model.spec import ModelSpec
@@ -64,15 +66,15 @@ def models_rows(models: list[ModelSpec]) -> list[dict]:
 
 
 def models_table(models: list[ModelSpec], console: Console) -> None:
-    t = Table(title="Models")
-    for c in ("name", "architecture", "params", "active", "layers", "hidden", "heads/kv", "experts", "KV/token bf16", "max ctx"):
-        t.add_column(c, justify="left" if c in ("name", "architecture") else "right", no_wrap=c == "name",
-                     min_width=max(len(m.name) for m in models) if c == "name" and models else None)
+    t = table("Models", [(c, "left" if c in ("name", "architecture") else "right")
+                         for c in ("name", "architecture", "params", "active", "layers", "hidden", "heads/kv",
+                                   "experts", "KV/token bf16", "max ctx")])
     for r in models_rows(models):
         t.add_row(r["name"], r["architecture"], f"{r['parameters_total'] / 1e9:.1f}B", f"{r['parameters_active'] / 1e9:.1f}B",
                   str(r["layers"]), str(r["hidden_size"]), f"{r['heads']}/{r['kv_heads']}",
                   f"{r['experts_per_token']}/{r['experts']}" if r["experts"] else "-",
                   f"{r['kv_bytes_per_token_bf16'] / 1024:.0f} KiB", f"{r['max_context']:,}")
+    fit_columns(t, console, ("architecture", "hidden", "heads/kv", "layers", "max ctx"))
     console.print(t)
 
 
@@ -83,6 +85,7 @@ def gpu_doc(g: GpuSpec) -> dict:
         "intra_node_bw_gbps": g.intra_node_bw_gbps, "pcie_gbps": g.pcie_gbps, "tdp_w": g.tdp_w, "idle_w": g.idle_w,
         "num_sms": g.num_sms, "gpus_per_node": g.gpus_per_node, "nvlink_domain_gpus": g.nvlink_domain_gpus,
         "calibration": dataclasses.asdict(g.calibration),
+        "clocks": dataclasses.asdict(g.clocks) if g.clocks else None,
         "ridge_point_flops_per_byte": {dt: v * 1e12 / (g.mem_bw_gbps * 1e9) for dt, v in g.peak_tflops.items()},
     }
 
@@ -95,22 +98,22 @@ def gpus_rows(gpus: list[GpuSpec]) -> list[dict]:
 
 
 def gpus_table(gpus: list[GpuSpec], console: Console) -> None:
-    t = Table(title="GPU profiles (dense peak FLOP/s)")
-    for c in ("name", "vendor", "memory", "HBM", "bf16", "fp8", "fp4", "link/dir", "TDP"):
-        t.add_column(c, justify="left" if c in ("name", "vendor") else "right", no_wrap=c == "name",
-                     min_width=max(len(g.name) for g in gpus) if c == "name" and gpus else None)
+    t = table("GPU profiles (dense peak FLOP/s)", [(c, "left" if c in ("name", "vendor") else "right")
+                                                   for c in ("name", "vendor", "memory", "HBM", "bf16", "fp8", "fp4",
+                                                             "link/dir", "TDP")])
     for r in gpus_rows(gpus):
         t.add_row(r["name"], r["vendor"], f"{r['memory_gib']:.1f} GiB", f"{r['mem_bw_gbps']:,.0f} GB/s",
                   f"{r['bf16_tflops']:g} TF" if r["bf16_tflops"] else "-", f"{r['fp8_tflops']:g} TF" if r["fp8_tflops"] else "-",
                   f"{r['fp4_tflops']:g} TF" if r["fp4_tflops"] else "-", f"{r['intra_node_bw_gbps']:g} GB/s", f"{r['tdp_w']:g} W")
+    fit_columns(t, console, ("vendor", "link/dir", "TDP"))
     console.print(t)
 
 
 def gpu_table(g: GpuSpec, console: Console) -> None:
     gpus_table([g], console)
     t = Table(title=f"{g.name} calibration")
-    t.add_column("constant")
-    t.add_column("value", justify="right")
+    t.add_column("constant", overflow="fold")
+    t.add_column("value", justify="right", overflow="fold")
     for k, v in dataclasses.asdict(g.calibration).items():
         t.add_row(k, f"{v:g}")
     console.print(t)
@@ -121,8 +124,8 @@ def model_table(m: ModelSpec, console: Console) -> None:
     models_table([m], console)
     d = model_doc(m)
     t = Table(title=f"{m.name} parameters ({m.source})")
-    t.add_column("component")
-    t.add_column("count", justify="right")
+    t.add_column("component", overflow="fold")
+    t.add_column("count", justify="right", overflow="fold")
     for k, v in d["parameters"].items():
         t.add_row(k, f"{v:,}")
     console.print(t)

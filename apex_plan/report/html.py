@@ -7,6 +7,7 @@ import datetime as _dt
 from html import escape
 from pathlib import Path
 
+from apex_plan.report.economics import money
 from apex_plan import __version__
 from apex_plan.errors import InputError
 from apex_plan.report import figures as F
@@ -75,15 +76,16 @@ def _question(inputs: dict, model_source: str, gpu_source: str) -> str:
 def search_html(d: SearchReportData) -> str:
     q = d.question
     pct = f"p{d.percentile:g}"
-    body = [_question(q, d.model_source, d.gpu_source)]
-    if d.calibration:
-        body.append("<details><summary>GPU profile calibration constants (the profile YAML gives each one's "
-                    f'source)</summary><table class="kv">{"".join(_kv_rows(d.calibration))}</table></details>')
     cls = "rec" if d.deployments else "rec bad"
-    body.append(f'<h2>Recommendation</h2><p class="{cls}">{escape(d.recommendation)}</p>')
+    # the answer first: the recommendation and its launch command, then the question that was asked
+    body = [f'<h2>Recommendation</h2><p class="{cls}">{escape(d.recommendation)}</p>']
     if d.deployments:
         body.append("<p>Launch command (one per replica plan):</p><pre>" +
                     escape("\n".join(d.deployments[0].launch)) + "</pre>")
+    body.append(_question(q, d.model_source, d.gpu_source))
+    if d.calibration:
+        body.append("<details><summary>GPU profile calibration constants (the profile YAML gives each one's "
+                    f'source)</summary><table class="kv">{"".join(_kv_rows(d.calibration))}</table></details>')
         rows = []
         for dv in d.deployments:
             m = dv.metrics
@@ -91,9 +93,13 @@ def search_html(d: SearchReportData) -> str:
                          F._fmt(m["ttft_ms"]["p50"], ".0f") + " / " + F._fmt(m["ttft_ms"]["p90"], ".0f"),
                          F._fmt(m["tpot_ms"]["p50"]) + " / " + F._fmt(m["tpot_ms"]["p90"]),
                          F._fmt(m.get("output_tokens_per_s"), ".0f"), F._fmt(m.get("energy_j_per_output_token"), ".2f"),
-                         F._fmt(dv.cost_per_hour or None, ".2f")])
+                         F._fmt(dv.economics.get("mean_power_w_at_demand"), ".0f"),
+                         money(dv.cost_per_hour), money(dv.economics.get("usd_per_mtok_output_at_demand"), ".3g"),
+                         money(dv.economics.get("usd_per_mtok_input_at_demand"), ".3g"),
+                         money(dv.economics.get("usd_per_mtok_output_at_capacity"), ".3g")])
         body.append(_table(["#", "deployment", "GPUs", "capacity req/s", "simulated at req/s", "TTFT p50/p90 ms",
-                            "TPOT p50/p90 ms", "output tok/s", "J/token", "$/h"], rows, left=2))
+                            "TPOT p50/p90 ms", "output tok/s", "J/token", "mean W", "$/h", "$/Mtok out",
+                            "$/Mtok in", "$/Mtok out at capacity"], rows, left=2))
     st = d.stats
     body.append(f'<p class="muted">{st.get("enumerated", "?")} layouts enumerated, {st.get("candidates", "?")} plan x '
                 f'engine candidates, {st.get("infeasible_memory", "?")} out of memory, {st.get("screened_out", "?")} '

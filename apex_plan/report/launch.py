@@ -22,7 +22,8 @@ Quantisation: a checkpoint already in the plan's format (its config.json says `q
 needs no flag, vLLM and SGLang read the method from it (vLLM engine args: "--quantization ... If None,
 we first check the quantization_config attribute in the model config file"); bf16 weights served as
 fp8 take `--quantization fp8` (online dynamic FP8 in both). No engine quantises online to fp4, int4 or
-int8: such a plan needs a checkpoint in that format, and its command says so in a trailing comment.
+int8 (nor trtllm-serve to fp8): such a plan needs a checkpoint in that format, and its command says so
+in a trailing comment.
 
 `parse_launch` reads a command back (tests check the round trip against the plan).
 """
@@ -35,7 +36,8 @@ from apex_plan.plan.spec import Plan
 
 # KV-cache dtype names of each engine for the planner's dtypes
 _KV = {"vllm": {"fp8": "fp8"}, "sglang": {"fp8": "fp8_e4m3"}, "trtllm": {}}
-ONLINE_QUANT = ("fp8",)          # weight dtypes vLLM and SGLang quantise to at load (--quantization fp8)
+ONLINE_QUANT = ("fp8",)          # weight dtypes vLLM and SGLang quantise to at load (--quantization fp8);
+                                 # trtllm-serve loads the checkpoint's own quantisation only
 _UNQUANTISED = ("bf16", "fp16", "fp32")
 
 
@@ -95,8 +97,10 @@ def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantize
         if not e.custom_allreduce:
             a += ["--disable-custom-all-reduce"]
     cmd = shlex.join(a)
-    if not prequantized and plan.weight_dtype not in _UNQUANTISED + ONLINE_QUANT:
-        cmd += f"  # needs a {plan.weight_dtype} checkpoint of {model_repo} (no engine quantises to it at load)"
+    online = ONLINE_QUANT if family in ("vllm", "sglang") else ()
+    if not prequantized and plan.weight_dtype not in _UNQUANTISED + online:
+        cmd += (f"  # needs a {plan.weight_dtype} checkpoint of {model_repo} ({family} does not quantise weights to "
+                f"{plan.weight_dtype} at load)")
     return cmd
 
 
@@ -145,3 +149,54 @@ def parse_launch(cmd: str) -> dict:
             out["max_batched_tokens"] = out["chunk"]
         del out["chunk"]
     return out
+
+
+# ---- disaggregated deployments ------------------------------------------------------------------
+# SGLang PD (docs "PD Disaggregation"): each worker is a launch_server with --disaggregation-mode
+# prefill|decode and a transfer backend (mooncake | nixl); the sglang_router joins them
+# (--pd-disaggregation --prefill URL [BOOTSTRAP_PORT] --decode URL).
+# vLLM (docs "NixlConnector Usage"): every instance is a `vllm serve` with
+# --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}', fronted by a proxy
+# or NVIDIA Dynamo that sends each request to a prefill instance, then to a decode instance.
+# TensorRT-LLM (docs "Disaggregated Serving"): context and generation workers are trtllm-serve
+# instances whose --extra_llm_api_options YAML sets cache_transceiver_config (backend UCX / NIXL);
+# `trtllm-serve disaggregated -c disagg.yaml` lists context_servers and generation_servers.
+_VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+
+
+def disagg_launch(family: str, model_repo: str, dplan, eng_prefill, eng_decode) -> dict:
+    """The commands that start a disaggregated deployment: one per role (run it on each of that
+    role's instances), and the router or front end that joins them."""
+    pre = launch_command(family, model_repo, dplan.prefill, eng_prefill)
+    dec = launch_command(family, model_repo, dplan.decode, eng_decode)
+    n_p, n_d = dplan.prefill_replicas, dplan.decode_replicas
+    if family == "sglang":
+        pre += " --disaggregation-mode prefill --disaggregation-transfer-backend mooncake"
+        dec += " --disaggregation-mode decode --disaggregation-transfer-backend mooncake"
+        router = ("python -m sglang_router.launch_router --pd-disaggregation "
+                  + " ".join(f"--prefill http://PREFILL_{i}:30000 8998" for i in range(n_p)) + " "
+                  + " ".join(f"--decode http://DECODE_{i}:30000" for i in range(n_d)))
+    elif family == "trtllm":
+        pre += " --extra_llm_api_options prefill.yaml"
+        dec += " --extra_llm_api_options decode.yaml"
+        router = ("trtllm-serve disaggregated -c disagg.yaml   # context_servers: num_instances "
+                  f"{n_p}; generation_servers: num_instances {n_d}; both YAMLs: "
+                  "cache_transceiver_config: {backend: UCX}"
+                  + ("; enable_attention_dp: true where adp > 1" if max(dplan.prefill.adp, dplan.decode.adp) > 1 else ""))
+    else:
+        pre += " --kv-transfer-config " + shlex.quote(_VLLM_KV_TRANSFER)
+        dec += " --kv-transfer-config " + shlex.quote(_VLLM_KV_TRANSFER)
+        router = (f"python -m dynamo.frontend --router-mode round-robin   # with {n_p} prefill and {n_d} decode "
+                  "workers registered (python -m dynamo.vllm --is-prefill-worker ... for the prefill ones)")
+    return {"prefill": pre, "prefill_instances": n_p, "decode": dec, "decode_instances": n_d, "router": router}
+
+
+def power_prefix(point) -> str:
+    """The nvidia-smi settings a plan's operating point needs before its engine starts ('' for none):
+    `--power-limit` (watts per GPU) and `--lock-gpu-clocks MIN,MAX` (MHz), nvidia-smi's spellings."""
+    parts = []
+    if point is not None and point.power_cap_w is not None:
+        parts.append(f"nvidia-smi --power-limit={point.power_cap_w:g}")
+    if point is not None and point.sm_clock_mhz is not None:
+        parts.append(f"nvidia-smi --lock-gpu-clocks={point.sm_clock_mhz:g},{point.sm_clock_mhz:g}")
+    return "".join(p + " && " for p in parts)

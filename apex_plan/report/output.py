@@ -13,7 +13,7 @@ from rich.console import Console
 
 from apex_plan.errors import InputError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"    # 1.1: deployments carry economics (null prices, $/Mtok, power); plans their group and clock
 FORMATS = ("table", "json", "csv")
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from apex_plan.report.search_view import economics
 from apex_plan.simulate.run import SimResult, simulate
 from apex_plan.workload.spec import Trace, Workload
 
@@ -65,7 +66,8 @@ class DeploymentView:
     gpus: int
     goodput_rps: float
     rate_rps: float
-    cost_per_hour: float
+    cost_per_hour: float | None          # None: no price given
+    economics: dict                      # $/Mtok, power and energy (`report.economics`)
     tok_s_per_gpu: float                 # the whole deployment at the simulated rate
     ttft_ms: float | None                # at the SLO percentile
     tpot_ms: float | None
@@ -129,11 +131,6 @@ def launch_commands(model_source: str, plan, eng: dict | None, replicas: int) ->
                                        f"{plan.gpus_per_replica} GPU(s) and port, behind a round-robin router",)
 
 
-def _split(trace: Trace, weights: list[float]) -> list[np.ndarray]:
-    from apex_plan.search.pipeline import _split_trace     # the split the search verified with
-    return _split_trace(trace, weights)
-
-
 def _rerun_deployment(res, dv) -> tuple[np.ndarray, np.ndarray, tuple[GroupRun, ...], float]:
     """Simulate a deployment again exactly as the search verified it (`search.verify`), keeping the
     per-request times of the measured window."""
@@ -156,9 +153,9 @@ def _load_curve(res, ev, p: float) -> tuple:
     pts, sc = [], None
     t = inp.trace
     n = min(len(t), CURVE_REQUESTS)
-    head = Trace(t.arrival_s[:n], t.prompt_tokens[:n], t.output_tokens[:n], t.name)
+    head = t.take(np.arange(n))
     for f in LOAD_FRACTIONS:
-        sim = simulate(inp.model, inp.cluster, ev.plan, ev.run_cfg, Workload(scaled_trace(head, ev.goodput_rps * f)),
+        sim = simulate(inp.model, ev.cluster, ev.plan, ev.run_cfg, Workload(scaled_trace(head, ev.goodput_rps * f)),
                        inp.slo, step_cost=sc)
         sc = sim.step_cost
         if sim.feasible:
@@ -213,6 +210,7 @@ def from_search(res, inputs: dict, top: int = TOP_DEPLOYMENTS, curves: bool = Tr
         deps.append(DeploymentView(
             rank=i + 1, label=" + ".join(f"{n} x {k}" for k, n in dv.deployment.replicas), gpus=dv.deployment.gpus,
             goodput_rps=dv.deployment.goodput_rps, rate_rps=rate, cost_per_hour=dv.deployment.cost_per_hour,
+            economics=economics(res, dv),
             # output tokens/s of the whole deployment at the simulated rate, per GPU it occupies
             tok_s_per_gpu=dv.metrics["output_tokens_per_s"] / dv.deployment.gpus,
             ttft_ms=_dist_pct(ttft, p), tpot_ms=_dist_pct(tpot, p),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 import time
@@ -12,6 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from apex_plan.report.economics import deployment_economics, money
+from apex_plan.report.layout import fit_columns as _fit_columns, print_phrases, table as _table
+from apex_plan.report.settings_view import settings_doc, settings_lines
 from apex_plan.report.output import SCHEMA_VERSION
 from apex_plan.search.pipeline import PlanEval, SearchResult
 
@@ -55,7 +57,27 @@ def _plan_doc(rank: int | None, e: PlanEval, model) -> dict:
         "simulations": e.simulations,
         "at_demand": _summary(e.at_demand),
         "at_goodput": _summary(e.at_goodput),
+        "group": e.cluster.name if e.cluster is not None else "",
+        "operating_point": {"power_cap_w": e.point.power_cap_w, "sm_clock_mhz": e.point.sm_clock_mhz,
+                            "clock_mhz": e.clock_mhz},
     }
+
+
+def economics(res: SearchResult, d) -> dict:
+    """$/h, $/Mtok, power and energy of one deployment of this search."""
+    by_key = {e.key: e for e in res.plans}
+    return deployment_economics(d, res.mix, by_key, res.inputs.groups)
+
+
+def group_use(res: SearchResult, d) -> list[dict]:
+    """GPUs a deployment takes in each node group."""
+    by_key = {e.key: e for e in res.plans}
+    used: dict[int, int] = {}
+    for k, n in d.deployment.replicas:
+        ev = by_key[k]
+        used[ev.pool] = used.get(ev.pool, 0) + n * ev.plan.gpus_per_replica
+    groups = res.inputs.groups
+    return [{"group": groups[q].name, "gpu": groups[q].cluster.gpu.name, "gpus": g} for q, g in sorted(used.items())]
 
 
 def lowered(res: SearchResult, keys) -> dict[str, int]:
@@ -85,9 +107,14 @@ def recommendation(res: SearchResult) -> str:
         reps = " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas)
         m = d.metrics
         rate = f"{inp.demand_rps:g} req/s" if inp.demand_rps else f"{d.deployment.goodput_rps:.3g} req/s (max goodput)"
-        return (f"Deploy {reps} on {d.deployment.gpus} of {inp.cluster.num_gpus} GPUs: at {rate}, steady-state p{p:g} TTFT "
-                f"{m['ttft_ms']['p90']:.0f} ms, p{p:g} TPOT {(m['tpot_ms']['p90'] or 0):.1f} ms; capacity "
-                f"{d.deployment.goodput_rps:.3g} req/s within the SLO."
+        ec = economics(res, d)
+        cost = ("" if ec["cost_per_hour"] is None else
+                f" ${ec['cost_per_hour']:.2f}/h, ${money(ec['usd_per_mtok_output_at_demand'], '.3g')} per million output tokens;")
+        total = sum(g.cluster.num_gpus for g in inp.groups)
+        return (f"Deploy {reps} on {d.deployment.gpus} of {total} GPUs: at {rate}, steady-state p{p:g} TTFT "
+                f"{m['ttft_ms']['p90']:.0f} ms, p{p:g} TPOT {(m['tpot_ms']['p90'] or 0):.1f} ms;{cost} "
+                f"{_f(ec['energy_j_per_output_token'], '.2f')} J per output token at {_f(ec['mean_power_w_at_demand'], '.0f')} W; "
+                f"capacity {d.deployment.goodput_rps:.3g} req/s within the SLO."
                 + _lowered_note(res, [k for k, _ in d.deployment.replicas]))
     msg = f"No deployment meets the SLO at the demanded rate. Binding constraint: {res.binding}."
     if res.closest:
@@ -121,6 +148,8 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
             "metrics": d.metrics,
             "launch": d.launch,
             "max_model_len_lowered": lowered(res, [k for k, _ in dep.replicas]),
+            "economics": economics(res, d),
+            "groups": group_use(res, d),
         })
     return {
         "schema_version": SCHEMA_VERSION,
@@ -132,8 +161,10 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
         "closest": res.closest,
         "binding_constraint": res.binding or None,
         "plans": plans,
+        "engine_settings": settings_doc(res),
         "exit_status": 0 if res.deployments else 1,
         "rejected": [{"plan": p.replica_label(), "reason": r} for p, r in res.rejected] if show_all else [],
+        "uncalibrated": uncalibrated(res),
     }
 
 
@@ -143,6 +174,7 @@ def search_rows(res: SearchResult, show_all: bool) -> list[dict]:
     rows = []
     for i, d in enumerate(res.deployments):
         m = d.metrics
+        ec = economics(res, d)
         rows.append({
             "kind": "deployment", "rank": i + 1,
             "plan": " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), "status": "verified" if d.verified else "unverified",
@@ -154,6 +186,7 @@ def search_rows(res: SearchResult, show_all: bool) -> list[dict]:
             "weights_gib_per_gpu": "", "kv_cache_tokens": "",
             "max_model_len_lowered": ";".join(f"{k}={v}" for k, v in lowered(res, [k for k, _ in d.deployment.replicas]).items()),
             "launch": " ; ".join(f"{x['replicas']} x: {x['command']}" for x in d.launch),
+            **_csv_money(ec),
         })
     for i, e in enumerate(res.plans):
         if e.status != "ok" and not show_all:
@@ -172,8 +205,20 @@ def search_rows(res: SearchResult, show_all: bool) -> list[dict]:
             "kv_cache_tokens": e.memory.kv_tokens if e.memory else None,
             "max_model_len_lowered": e.lowered_max_model_len(res.inputs.model) or "",
             "launch": "",
+            **_csv_money(None, m.get("energy_j_per_output_token")),
         })
     return rows
+
+
+def _csv_money(ec: dict | None, j_per_tok=None) -> dict:
+    """The money and power columns of a CSV row: 'no price' where no price was given."""
+    if ec is None:
+        return {"cost_per_hour": "", "usd_per_mtok_output": "", "usd_per_mtok_input": "", "mean_power_w": ""}
+    no = "no price"
+    return {"cost_per_hour": no if ec["cost_per_hour"] is None else ec["cost_per_hour"],
+            "usd_per_mtok_output": no if ec["usd_per_mtok_output_at_demand"] is None else ec["usd_per_mtok_output_at_demand"],
+            "usd_per_mtok_input": no if ec["usd_per_mtok_input_at_demand"] is None else ec["usd_per_mtok_input_at_demand"],
+            "mean_power_w": ec["mean_power_w_at_demand"]}
 
 
 def _f(x, spec=".1f"):
@@ -201,22 +246,6 @@ def binds(m: dict | None, slo) -> str:
     return top[1] if top[0] >= SLO_BOUND_SHARE else "compute"
 
 
-def print_phrases(console: Console, head: str, phrases: list[str], sep: str = "; ") -> None:
-    """`head` then the phrases, packed into lines of the console's width and broken only between
-    phrases (a phrase longer than a line wraps at its spaces); continuation lines indented."""
-    width = max(console.width, 40)
-    lines, cur = [], head
-    for i, ph in enumerate(phrases):
-        piece = ph + (sep if i < len(phrases) - 1 else "")
-        if cur.strip() and len(cur) + len(piece.rstrip()) > width:
-            lines.append(cur.rstrip())
-            cur = "  "
-        cur += piece
-    lines.append(cur.rstrip())
-    for line in lines:
-        console.print(escape(line), soft_wrap=len(line) <= width, highlight=False)
-
-
 def _workload_phrases(res: SearchResult) -> list[str]:
     from apex_plan.workload.synthetic import PRESETS
     tr = res.inputs.trace
@@ -230,39 +259,16 @@ def _workload_phrases(res: SearchResult) -> list[str]:
     return out
 
 
-def _table(title: str, columns: list[tuple[str, str]]) -> Table:
-    """A table whose cells wrap only at spaces: every column is at least as wide as its longest word."""
-    t = Table(title=title, title_justify="left")
-    for name, justify in columns:
-        t.add_column(name, justify=justify, overflow="fold")
-    return t
-
-
-def _fit_columns(t: Table, console: Console, optional: tuple[str, ...] = ()) -> None:
-    """Minimum width of each column: its longest word (header or cell), so no value is ever cut; when
-    they cannot all fit `width`, the `optional` columns (in that order) are left out (the JSON and CSV
-    carry them)."""
-    for col in t.columns:
-        words = [w for cell in [str(col.header), *map(str, col._cells)] for w in cell.split()]
-        col.min_width = max((len(w) for w in words), default=1)
-    def fits() -> bool:                    # rendered at the console's width, no line longer than it
-        probe = Console(width=console.width, file=io.StringIO(), color_system=None, legacy_windows=False)
-        probe.print(t, crop=False)
-        return max(len(line) for line in probe.file.getvalue().splitlines()) <= console.width
-    for name in optional:
-        if fits():
-            break
-        t.columns[:] = [c for c in t.columns if c.header != name]
-
-
 def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
     inp = res.inputs
     s = res.stats
     # the answer first, then what it was asked, then how it was found
     console.print("[bold]" + escape(recommendation(res)) + "[/bold]")
     demand = f"{_f(inp.demand_rps, 'g')} req/s" if inp.demand_rps else "max throughput"
-    print_phrases(console, "", [f"{inp.model.name} on {inp.cluster.num_gpus} x {inp.cluster.gpu.name} "
-                                f"({inp.cluster.num_nodes} node(s) of {inp.cluster.gpus_per_node})",
+    where = " + ".join(f"{g.cluster.num_gpus} x {g.cluster.gpu.name} ({g.cluster.num_nodes} node(s) of "
+                       f"{g.cluster.gpus_per_node}, {money(g.cluster.price_per_gpu_hour)}"
+                       + (" $/GPU-h" if g.cluster.price_per_gpu_hour is not None else "") + ")" for g in inp.groups)
+    print_phrases(console, "", [f"{inp.model.name} on {where}",
                                 f"demand {demand}",
                                 f"SLO p{inp.slo.percentile:g} TTFT {_f(inp.slo.ttft_s and inp.slo.ttft_s * 1e3, '.0f')} ms, "
                                 f"TPOT {_f(inp.slo.tpot_s and inp.slo.tpot_s * 1e3, '.0f')} ms",
@@ -289,6 +295,7 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
     if res.deployments:
         _deployments(res, console)
     _plans(res, console, show_all)
+    settings_lines(res, console)
     if res.closest:
         c = res.closest
         reps = " + ".join(f"{n} x {k}" for k, n in c["replicas"])
@@ -301,18 +308,19 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
 
 def _deployments(res: SearchResult, console: Console) -> None:
     p = res.inputs.slo.percentile
-    priced = any(d.deployment.cost_per_hour for d in res.deployments)
     t = _table("Deployments (at the demanded rate)", [
         ("#", "right"), ("replicas x plan", "left"), ("GPUs", "right"), ("capacity req/s", "right"),
         (f"p{p:g} TTFT ms", "right"), (f"p{p:g} TPOT ms", "right"), ("demand out tok/s", "right"),
-        ("J/tok", "right")] + ([("$/h", "right")] if priced else []))
+        ("J/tok", "right"), ("mean W", "right"), ("$/h", "right"), ("$/Mtok out", "right"), ("$/Mtok in", "right")])
     for i, d in enumerate(res.deployments):
         m = d.metrics
+        ec = economics(res, d)
         t.add_row(str(i + 1), " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), str(d.deployment.gpus),
                   f"{d.deployment.goodput_rps:.3g}", _f(m["ttft_ms"]["p90"], ".0f"), _f(m["tpot_ms"]["p90"]),
                   f"{m['output_tokens_per_s']:.0f}", _f(m["energy_j_per_output_token"], ".2f"),
-                  *([_f(d.deployment.cost_per_hour, ".2f") if d.deployment.cost_per_hour else "-"] if priced else []))
-    _fit_columns(t, console, ("J/tok", "demand out tok/s"))
+                  _f(ec["mean_power_w_at_demand"], ".0f"), money(ec["cost_per_hour"]),
+                  money(ec["usd_per_mtok_output_at_demand"], ".3g"), money(ec["usd_per_mtok_input_at_demand"], ".3g"))
+    _fit_columns(t, console, ("$/Mtok in", "$/Mtok out", "mean W", "$/h", "J/tok", "demand out tok/s"))
     console.print(t)
     for i, d in enumerate(res.deployments):
         for x in d.launch:
@@ -354,16 +362,21 @@ def _plans(res: SearchResult, console: Console, show_all: bool) -> None:
         console.print(escape("rejected before costing: " + "; ".join(sorted({r for _, r in res.rejected}))))
 
 
-def _uncalibrated(res: SearchResult, console: Console) -> None:
-    """The components the answer relied on that no measured run calibrated (as `simulate` lists them)."""
+def uncalibrated(res: SearchResult) -> list[str]:
+    """The components the answer (the top deployment, else the best plan) relied on that no measured run
+    calibrated, as `simulate` lists them."""
     from apex_plan.calibrate.interval import uncalibrated_components
     prof = res.inputs.engines[0].profile if res.inputs.engines else None
     if prof is None:
-        return
+        return []
     plans = [e.plan for d in res.deployments[:1] for k, _ in d.deployment.replicas
              for e in res.plans if e.key == k] or [e.plan for e in res.plans if e.status == "ok"][:1]
-    items = sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu.name,
-                                                                      res.inputs.cluster.gpus_per_node, prof)})
+    return sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu,
+                                                                     res.inputs.cluster.gpus_per_node, prof)})
+
+
+def _uncalibrated(res: SearchResult, console: Console) -> None:
+    items = uncalibrated(res)
     if items:
         print_phrases(console, "uncalibrated: ", items)
 

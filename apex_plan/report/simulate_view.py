@@ -14,6 +14,22 @@ def _fmt(x, spec=".1f"):
     return "-" if x is None else format(x, spec)
 
 
+_LATENCY_ROWS = (("ttft_ms", "TTFT (ms)", ".1f"), ("tpot_ms", "TPOT (ms)", ".2f"),
+                 ("e2e_s", "end-to-end (s)", ".2f"), ("queue_ms", "queueing (ms)", ".1f"))
+
+
+def latency_table(metrics: dict) -> Table:
+    """The client-view latency table (mean and percentiles) of a simulation's metrics; rows whose
+    metric the run does not report (a disaggregated run has no single queue) are left out."""
+    t = Table(title="Latency (client view)")
+    for col in ("metric", "mean", "p50", "p90", "p99"):
+        t.add_column(col, justify="right" if col != "metric" else "left", overflow="fold")
+    for key, label, spec in _LATENCY_ROWS:
+        if key in metrics:
+            t.add_row(label, *(_fmt(metrics[key][k], spec) for k in ("mean", "p50", "p90", "p99")))
+    return t
+
+
 def step_breakdown(res: SimResult, batch: int, context: int) -> dict:
     """Per-op milliseconds of one representative decode step and one prefill chunk."""
     sc = res.step_cost
@@ -36,6 +52,7 @@ def simulate_json(res: SimResult, inputs: dict) -> dict:
         "engine": res.engine.as_dict(),
         "feasible": res.feasible,
         "reason": res.reason,
+        "exit_status": 0 if res.feasible else 1,
         "memory_per_gpu": res.memory.as_dict(),
     }
     if res.feasible:
@@ -48,7 +65,7 @@ def simulate_json(res: SimResult, inputs: dict) -> dict:
             iv["goodput_requests_per_s"] = goodput_interval(res.engine.profile, res.times, slo, res.makespan_s)
         doc["metrics"] = {**res.metrics, "interval": iv}
         from apex_plan.calibrate.interval import uncalibrated_components
-        doc["uncalibrated"] = uncalibrated_components(res.plan, inputs.get("gpu", ""), inputs.get("gpus_per_node", 8),
+        doc["uncalibrated"] = uncalibrated_components(res.plan, res.step_cost.gpu, inputs.get("gpus_per_node", 8),
                                                      res.engine.profile)
         ctx = int(max(1, res.times.prompt_tokens.mean() + res.times.output_tokens.mean() / 2))
         doc["step_breakdown"] = step_breakdown(res, 8, ctx)
@@ -61,6 +78,28 @@ def simulate_rows(res: SimResult, inputs: dict) -> list[dict]:
     return [flatten(doc)]
 
 
+def _prefix_lines(m: dict, console: Console) -> None:
+    """Prefix caching (hit rate, saved prefill, TTFT with / without) and speculative decoding lines."""
+    pc = m.get("prefix_cache") or {}
+    if pc.get("prefix_block_tokens"):
+        line = (f"prefix cache {'on' if pc['enabled'] else 'off'}: hit rate {pc['hit_rate']:.1%} (an infinite cache: "
+                f"{pc['infinite_cache_hit_rate']:.1%}), {pc['saved_prefill_tokens']:,} prefill tokens saved, "
+                f"{pc['evicted_blocks']:,} KV blocks evicted")
+        if "ttft_ms_with_caching" in pc:
+            w, wo = pc["ttft_ms_with_caching"], pc["ttft_ms_without_caching"]
+            line += (f"; TTFT p50 / p90 {_fmt(w['p50'])} / {_fmt(w['p90'])} ms with caching, {_fmt(wo['p50'])} / "
+                     f"{_fmt(wo['p90'])} ms without")
+            if "goodput_with_caching_rps" in pc:
+                line += (f"; goodput {pc['goodput_with_caching_rps']:.2f} vs {pc['goodput_without_caching_rps']:.2f} "
+                         "req/s")
+        console.print(escape(line))
+    sp = m.get("speculative")
+    if sp:
+        console.print(escape(f"speculative {sp['method']}:{sp['draft_tokens']}: {sp['tokens_per_step']:.2f} tokens per "
+                             f"step expected ({sp['acceptance_source']}), {_fmt(sp['measured_tokens_per_step'], '.2f')} "
+                             f"measured over {sp['verify_steps']:,} verifications"))
+
+
 def simulate_table(res: SimResult, console: Console) -> None:
     p = res.plan
     console.print(f"[bold]{p.label()}[/bold] on {p.num_gpus} GPUs   engine: {res.engine.profile.label}, chunked prefill "
@@ -68,6 +107,8 @@ def simulate_table(res: SimResult, console: Console) -> None:
                   f"max_num_seqs {res.engine.max_num_seqs}, max_model_len {res.engine.max_model_len}")
     if res.engine.profile.version_note:
         console.print(escape(f"engine version: {res.engine.profile.version_note}"))
+    for note in res.engine.notes:
+        console.print(escape(f"fitted to memory: {note}"))
     mem = res.memory.as_dict()
     console.print(f"memory per GPU: weights {mem['weights_gib']:.1f} GiB, activations {mem['activation_gib']:.2f} GiB, "
                   f"KV pool {mem['kv_pool_gib']:.1f} GiB = {mem['kv_cache_tokens']:,} tokens per replica")
@@ -75,14 +116,7 @@ def simulate_table(res: SimResult, console: Console) -> None:
         console.print(f"[red]infeasible:[/red] {res.reason}")
         return
     m = res.metrics
-    t = Table(title="Latency (client view)")
-    for col in ("metric", "mean", "p50", "p90", "p99"):
-        t.add_column(col, justify="right" if col != "metric" else "left")
-    for key, label, spec in (("ttft_ms", "TTFT (ms)", ".1f"), ("tpot_ms", "TPOT (ms)", ".2f"),
-                             ("e2e_s", "end-to-end (s)", ".2f"), ("queue_ms", "queueing (ms)", ".1f")):
-        d = m[key]
-        t.add_row(label, *(_fmt(d[k], spec) for k in ("mean", "p50", "p90", "p99")))
-    console.print(t)
+    console.print(latency_table(m))
     th = m["throughput"]
     console.print(f"throughput: {th['output_tokens_per_s']:.0f} output tok/s, {th['total_tokens_per_s']:.0f} total tok/s, "
                   f"{th['requests_per_s']:.2f} req/s over {m['makespan_s']:.0f} s; {m['completed']}/{m['requests']} "
@@ -90,6 +124,7 @@ def simulate_table(res: SimResult, console: Console) -> None:
     kv = m["kv_cache"]
     console.print(f"KV cache: mean {kv['mean_utilization']:.0%}, peak {kv['peak_utilization']:.0%}, "
                   f"{kv['preemptions']} preemptions")
+    _prefix_lines(m, console)
     e = m["energy"]
     console.print(f"energy: {e['total_j'] / 3.6e6:.3f} kWh, {_fmt(e['j_per_output_token'], '.2f')} J per output token, "
                   f"mean {e['mean_power_w']:.0f} W")
@@ -102,9 +137,9 @@ def simulate_table(res: SimResult, console: Console) -> None:
     ctx = int(max(1, res.times.prompt_tokens.mean() + res.times.output_tokens.mean() / 2))
     bd = step_breakdown(res, 8, ctx)
     bt = Table(title=f"Step time breakdown (ms): decode of 8 seqs at {ctx} tokens; one {bd['prefill_chunk']['tokens']}-token prefill chunk")
-    bt.add_column("op")
-    bt.add_column("decode step", justify="right")
-    bt.add_column("prefill chunk", justify="right")
+    bt.add_column("op", overflow="fold")
+    bt.add_column("decode step", justify="right", overflow="fold")
+    bt.add_column("prefill chunk", justify="right", overflow="fold")
     for k in ("gemm", "attention", "communication", "elementwise", "embed_lm_head", "engine_host"):
         bt.add_row(k.replace("_", " "), f"{bd['decode_step'][k + '_ms']:.2f}", f"{bd['prefill_chunk'][k + '_ms']:.2f}")
     console.print(bt)

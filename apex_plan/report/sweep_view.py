@@ -13,15 +13,7 @@ from apex_plan.report.chart import Bars, bars_svg
 from apex_plan.report.output import SCHEMA_VERSION
 from apex_plan.sweep.scenarios import Scenario
 
-SECONDS_PER_HOUR = 3600.0
-
-
-def usd_per_mtok(cost_per_hour: float | None, output_tokens_per_s: float | None) -> float | None:
-    """Dollars per million output tokens: the deployment's cost per hour over the tokens it serves in
-    an hour at the demanded rate (millions)."""
-    if not cost_per_hour or not output_tokens_per_s:
-        return None
-    return cost_per_hour / (output_tokens_per_s * SECONDS_PER_HOUR / 1e6)
+from apex_plan.report.economics import money, usd_per_mtok  # noqa: F401 (one truth for $/Mtok; re-exported)
 
 
 def summary_rows(scenarios: list[Scenario], lines: dict[str, dict], prices: dict[str, float]) -> list[dict]:
@@ -31,7 +23,8 @@ def summary_rows(scenarios: list[Scenario], lines: dict[str, dict], prices: dict
         doc = lines.get(sc.id)
         row = {"n": i + 1, "scenario": sc.name, "id": sc.id, "status": "pending", "gpus_needed": None,
                "deployment": "", "goodput_rps": None, "demand_rps": None, "ttft_p90_ms": None, "tpot_p90_ms": None,
-               "output_tokens_per_s": None, "cost_per_hour": None, "usd_per_mtok": None, "reason": ""}
+               "output_tokens_per_s": None, "cost_per_hour": None, "usd_per_mtok": None, "usd_per_mtok_input": None,
+               "reason": ""}
         if doc is None:
             rows.append(row)
             continue
@@ -48,12 +41,17 @@ def summary_rows(scenarios: list[Scenario], lines: dict[str, dict], prices: dict
             continue
         d = deps[0]
         m = d["metrics"]
-        cost = d.get("cost_per_hour") or (prices.get(inp.get("gpu", ""), 0.0) * d["gpus"]) or None
+        # the search's own price (cluster file or --prices) wins; else the sweep file's price for its GPU
+        cost = d.get("cost_per_hour")
+        if cost is None and inp.get("gpu", "") in prices:
+            cost = prices[inp["gpu"]] * d["gpus"]
+        in_tok = (m.get("throughput") or {}).get("input_tokens_per_s")
         row.update(status="ok", gpus_needed=d["gpus"],
                    deployment=" + ".join(f"{r['count']} x {r['plan']}" for r in d["replicas"]),
                    goodput_rps=d["goodput_rps"], ttft_p90_ms=m["ttft_ms"]["p90"], tpot_p90_ms=m["tpot_ms"]["p90"],
                    output_tokens_per_s=m.get("output_tokens_per_s"), cost_per_hour=cost,
-                   usd_per_mtok=usd_per_mtok(cost, m.get("output_tokens_per_s")))
+                   usd_per_mtok=usd_per_mtok(cost, m.get("output_tokens_per_s")),
+                   usd_per_mtok_input=usd_per_mtok(cost, in_tok))
         rows.append(row)
     return rows
 
@@ -70,12 +68,13 @@ def _f(x, spec: str) -> str:
 
 def sweep_table(rows: list[dict], console: Console, output: str, wall_s: float) -> None:
     t = Table(title=f"Sweep: {len(rows)} scenarios -> {output}")
-    for c in ("#", "scenario", "status", "GPUs", "deployment", "TTFT p90", "TPOT p90", "tok/s", "$/h", "$/Mtok"):
-        t.add_column(c, justify="left" if c in ("scenario", "status", "deployment") else "right")
+    for c in ("#", "scenario", "status", "GPUs", "deployment", "TTFT p90", "TPOT p90", "tok/s", "$/h", "$/Mtok",
+              "$/Mtok in"):
+        t.add_column(c, justify="left" if c in ("scenario", "status", "deployment") else "right", overflow="fold")
     for r in rows:
         t.add_row(str(r["n"]), rescape(r["scenario"]), r["status"], _f(r["gpus_needed"], "d"), rescape(r["deployment"]),
                   _f(r["ttft_p90_ms"], ".0f"), _f(r["tpot_p90_ms"], ".1f"), _f(r["output_tokens_per_s"], ".0f"),
-                  _f(r["cost_per_hour"], ".2f"), _f(r["usd_per_mtok"], ".3g"))
+                  money(r["cost_per_hour"]), money(r["usd_per_mtok"], ".3g"), money(r["usd_per_mtok_input"], ".3g"))
     console.print(t)
     for r in rows:
         if r["reason"]:
@@ -109,10 +108,10 @@ def sweep_html(rows: list[dict], title: str) -> str:
                         'price_per_gpu_hour to a cluster YAML) for $/Mtok.</p>')
     table = [[r["n"], r["scenario"], r["status"], _f(r["gpus_needed"], "d"), r["deployment"],
               _f(r["demand_rps"], "g"), _f(r["goodput_rps"], ".3g"), _f(r["ttft_p90_ms"], ".0f"),
-              _f(r["tpot_p90_ms"], ".1f"), _f(r["output_tokens_per_s"], ".0f"), _f(r["cost_per_hour"], ".2f"),
-              _f(r["usd_per_mtok"], ".3g"), r["reason"]] for r in rows]
+              _f(r["tpot_p90_ms"], ".1f"), _f(r["output_tokens_per_s"], ".0f"), money(r["cost_per_hour"]),
+              money(r["usd_per_mtok"], ".3g"), money(r["usd_per_mtok_input"], ".3g"), r["reason"]] for r in rows]
     body.append("<h2>Every scenario</h2>" + _table(
         ["#", "scenario", "status", "GPUs", "deployment", "demand req/s", "capacity req/s", "TTFT p90 ms",
-         "TPOT p90 ms", "output tok/s", "$/h", "$/Mtok", "reason"], table, left=3))
+         "TPOT p90 ms", "output tok/s", "$/h", "$/Mtok out", "$/Mtok in", "reason"], table, left=3))
     body.append(f'<p class="muted">scenario ids: {escape(", ".join(r["id"] for r in rows))}</p>')
     return _page(title, body)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 
 from apex_plan.estimate.step_cost import StepCost
+from apex_plan.simulate.features import decode_step_s
 from apex_plan.workload.spec import Slo
 
 BOUND_SLACK = 1.15               # headroom for mean-context and percentile effects (see tests)
@@ -54,8 +55,11 @@ def _decode(sc: StepCost, b: int, ctx: int) -> tuple[float, float]:
 
 
 def goodput_bound_rps(sc: StepCost, *, mean_prompt: float, mean_output: float, kv_tokens: int, max_num_seqs: int,
-                      budget: int, chunked: bool, slo: Slo) -> float:
-    """Requests/s one replica cannot exceed within the SLO (0 when no batch meets the TPOT SLO)."""
+                      budget: int, chunked: bool, slo: Slo, spec=None, draft: StepCost | None = None) -> float:
+    """Requests/s one replica cannot exceed within the SLO (0 when no batch meets the TPOT SLO).
+    With prefix caching, `mean_prompt` is the mean uncached prompt of an infinite cache (the least
+    prefill a cache can leave); with speculation (`spec`, its `draft` cost) every draft is taken as
+    accepted (k + 1 tokens per step), so the bound stays an upper bound."""
     pp = sc.plan.pp
     ctx = max(int(mean_prompt + mean_output / 2), 1)
     b_max = int(max(1, min(max_num_seqs, kv_tokens // pp // ctx)))
@@ -64,16 +68,52 @@ def goodput_bound_rps(sc: StepCost, *, mean_prompt: float, mean_output: float, k
     sizes = sorted({b_max, *(2 ** k for k in range(0, 12) if 2 ** k < b_max)})
     best = 0.0
     for b in sizes:
-        t, h = _decode(sc, b, ctx)
-        if max(t, pp * h) > tpot_cap:
+        t, h, per_step = decode_step_s(sc, draft, spec, b, ctx)
+        if max(t, pp * h) / per_step > tpot_cap:
             break                          # step time grows with the batch: larger ones miss too
         # marginal seconds per prompt token when a chunk rides along with this decode batch
         tm, _ = sc.step_s(decodes=b, context=ctx, chunk=chunk, samples=False, eager=True)
         pf_s_per_tok = max(tm - t, 0.0) / chunk
-        per_req_s = mean_output * t / (pp * b) + mean_prompt * pf_s_per_tok / pp   # GPU seconds per request
-        rate = min(1.0 / per_req_s, b / h / mean_output if h > 0 else math.inf)
+        per_req_s = mean_output * t / (pp * b * per_step) + mean_prompt * pf_s_per_tok / pp   # GPU s per request
+        rate = min(1.0 / per_req_s, b * per_step / h / mean_output if h > 0 else math.inf)
         best = max(best, rate)
     return best * BOUND_SLACK
+
+
+def _batch(sc: StepCost, b: int, ctx: int, chunk: int, mean_prompt: float, mean_output: float) -> tuple[float, float]:
+    """(TPOT floor, requests/s) of one replica whose engines each decode `b` sequences of `ctx` tokens:
+    one token per step of the sequence's engine (or pp host times); per request the GPU seconds of its
+    decode steps and of its prompt's marginal prefill inside mixed steps, and the host's per-step time."""
+    pp = sc.plan.pp
+    t, h = _decode(sc, b, ctx)
+    # marginal seconds per prompt token when a chunk rides along with this decode batch
+    tm, _ = sc.step_s(decodes=b, context=ctx, chunk=chunk, samples=False, eager=True)
+    pf_s_per_tok = max(tm - t, 0.0) / chunk
+    per_req_s = mean_output * t / (pp * b) + mean_prompt * pf_s_per_tok / pp   # GPU seconds per request
+    return max(t, pp * h), min(1.0 / per_req_s, b / h / mean_output if h > 0 else math.inf)
+
+
+def _batches(mean_prompt: float, mean_output: float, kv_tokens: int, max_num_seqs: int, budget: int, chunked: bool,
+             pp: int) -> tuple[int, int, list[int]]:
+    """(context tokens, prefill chunk, decode batch sizes tried: powers of two up to the largest that fits)."""
+    ctx = max(int(mean_prompt + mean_output / 2), 1)
+    b_max = int(max(1, min(max_num_seqs, kv_tokens // pp // ctx)))
+    chunk = max(1, min(budget, 2048) if chunked else int(mean_prompt))
+    return ctx, chunk, sorted({b_max, *(2 ** k for k in range(0, 12) if 2 ** k < b_max)})
+
+
+def operating_tpot_s(sc: StepCost, rate_rps: float, *, mean_prompt: float, mean_output: float, kv_tokens: int,
+                     max_num_seqs: int, budget: int, chunked: bool) -> float:
+    """The TPOT one replica runs at when it carries `rate_rps` (the bound's accounting, no SLO): that of
+    the smallest decode batch per engine whose GPU and host seconds per request sustain the rate; the
+    largest batch's when none does (overloaded)."""
+    ctx, chunk, sizes = _batches(mean_prompt, mean_output, kv_tokens, max_num_seqs, budget, chunked, sc.plan.pp)
+    tpot = 0.0
+    for b in sizes:
+        tpot, rate = _batch(sc, b, ctx, chunk, mean_prompt, mean_output)
+        if rate >= rate_rps:
+            break
+    return tpot
 
 
 def dominated_by(bound_rps: float, gpus: int, found: list[tuple[str, int, float]]) -> str | None:

@@ -15,7 +15,7 @@ def scaled_trace(trace: Trace, rate_per_s: float) -> Trace:
     """The same requests with arrival times stretched or squeezed to a mean rate of `rate_per_s`."""
     base = trace.rate_per_s
     factor = base / rate_per_s if math.isfinite(base) and base > 0 else 1.0
-    return Trace(trace.arrival_s * factor, trace.prompt_tokens, trace.output_tokens, trace.name)
+    return trace.with_arrivals(trace.arrival_s * factor)      # prefix ids and sessions kept
 
 
 # a rate is sustainable when queueing does not build up over the trace: the last third of requests

@@ -14,4 +14,8 @@ def engine_label(cfg: EngineConfig, base: EngineConfig) -> str:
         parts.append(f"budget{cfg.max_batched_tokens}")
     if cfg.chunked_prefill is not None:
         parts.append("chunked" if cfg.chunked_prefill else "nochunk")
+    if cfg.prefix_caching is not None:
+        parts.append("cache" if cfg.prefix_caching else "nocache")
+    if cfg.speculative is not None:
+        parts.append(cfg.speculative.label)
     return ("+" + ",".join(parts)) if parts else ""

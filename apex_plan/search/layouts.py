@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apex_plan.engine.load import FAMILIES
 from apex_plan.plan.spec import Plan
 
-FAMILIES = ("vllm", "sglang", "trtllm")
 # vLLM releases without expert parallelism: 0.6.0 shards every expert over the TP ranks (fused_moe);
 # `--enable-expert-parallel` arrived in a later release
 VLLM_NO_EP = ("vllm-0.6", "vllm-0.6.0", "vllm@0.6", "vllm@0.6.0", "vllm-v0")

@@ -10,78 +10,23 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from apex_plan.estimate.memory import MemoryReport
-from apex_plan.estimate.shard import Shard, build_shard, split_layers
-from apex_plan.estimate.step_cost import build_step_cost
-from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
-from apex_plan.plan.enumerate import enumerate_replica_plans, layer_shard_key
-from apex_plan.plan.spec import EngineConfig, Plan
-from apex_plan.rank.deploy import closest_deployment, solve_deployments
-from apex_plan.search.bounds import PRUNE_OBJECTIVES, dominated_by, goodput_bound_rps, gpus_needed, outranked
+from apex_plan.plan.spec import Plan
+from apex_plan.rank.deploy import Pool, closest_deployment, solve_deployments
+from apex_plan.search.bounds import PRUNE_OBJECTIVES, dominated_by, gpus_needed, outranked
 from apex_plan.search.capacity import find_goodput
-from apex_plan.search.fit import engine_label
-from apex_plan.search.layouts import profile_caps, supported_layout
-from apex_plan.search.screen import Screen, screen_plan
+from apex_plan.search.layouts import profile_caps
+from apex_plan.search.spec import PlanEval, SearchInputs  # noqa: F401 (re-exported)
+from apex_plan.search.variants import make_evals, prepare
 from apex_plan.search.steady import RequestMix, horizon, request_mix, steady_metrics, steady_trace, window_bounds, window_of
 from apex_plan.search.verify import (DeploymentEval, candidate, distinct_plans, latency_deployments, layout_of,  # noqa: F401
                                      single_replica, verify_deployment)
-from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
-from apex_plan.simulate.fit import fit_engine, lowered_max_model_len
+from apex_plan.simulate.engine import resolve_engine
 from apex_plan.simulate.run import simulate
-from apex_plan.workload.spec import Slo, Trace, Workload
+from apex_plan.workload.spec import Slo, Workload
 
 OBJECTIVES = ("gpus", "energy", "cost", "latency", "throughput")
 GOODPUT_ITERATIONS = 5      # bisection steps in [bound/2, bound]: 2^(1/32), a 2.2% bracket
-
-
-@dataclass(frozen=True, eq=False)
-class SearchInputs:
-    model: ModelSpec
-    cluster: ClusterSpec
-    trace: Trace                        # the request mix; steady-state runs draw from it (see `steady`)
-    demand_rps: float | None            # None: maximise throughput on the whole cluster
-    slo: Slo
-    weight_dtypes: tuple[str, ...] = ("bf16",)
-    kv_dtypes: tuple[str, ...] = ("bf16",)
-    engines: tuple[EngineConfig, ...] = (EngineConfig(),)
-    objective: str = "gpus"
-    homogeneous: bool = False
-    top_k: int = 3
-    allow_cross_node_tp: bool = False
-    prune_symmetry: bool = True
-    max_gpus_per_replica: int | None = None
-    prune_bounds: bool = True           # skip plans whose analytic bound cannot beat one found
-    engine_profile: object | None = None  # family/name/supports_*; None: the layouts of engines[0]'s profile
-
-
-@dataclass
-class PlanEval:
-    """One replica plan with engine settings, from enumeration to goodput."""
-
-    plan: Plan
-    engine_cfg: EngineConfig
-    key: str
-    status: str = "pending"             # infeasible | screened | pruned | no_goodput | ok
-    reason: str = ""
-    engine: ResolvedEngine | None = None
-    memory: MemoryReport | None = None
-    screen: Screen | None = None
-    bound_rps: float = 0.0              # analytic upper bound on goodput per replica
-    goodput_rps: float = 0.0            # steady state
-    at_goodput: dict | None = None      # one replica at its goodput
-    at_demand: dict | None = None       # one replica at its share of the demand
-    replicas_for_demand: int = 0
-    simulations: int = 0
-
-    @property
-    def run_cfg(self) -> EngineConfig:
-        """The engine settings with the max_model_len this plan was fitted to."""
-        return dataclasses.replace(self.engine_cfg, max_model_len=self.engine.max_model_len)
-
-    def lowered_max_model_len(self, model: ModelSpec) -> int | None:
-        """max_model_len when the search lowered it below the model's to fit the KV cache, else None."""
-        return lowered_max_model_len(self.engine, self.engine_cfg, model)
 
 
 @dataclass
@@ -102,32 +47,12 @@ class SearchResult:
 
 def _one_replica_metrics(inp: SearchInputs, ev: PlanEval, sc, rate: float, mix: RequestMix) -> dict:
     """One replica at `rate`, run to steady state and judged over its window."""
-    h = horizon(mix, rate, inp.slo, ev.engine.max_num_seqs * ev.plan.pp)
+    # the run is sized by the plan's operating point at this rate, not by the SLO (the same run whatever the SLO)
+    h = horizon(mix, rate, ev.sizing_slo(inp.slo, rate), ev.engine.max_num_seqs * ev.plan.pp)
     tr = steady_trace(mix, rate, h.total, h.burst)
-    res = simulate(inp.model, inp.cluster, ev.plan, ev.run_cfg, Workload(tr), inp.slo, step_cost=sc)
+    res = simulate(inp.model, ev.cluster, ev.plan, ev.run_cfg, Workload(tr), inp.slo, step_cost=sc)
     t0, t1 = window_bounds(tr, h)
-    return steady_metrics([window_of(res, t0, t1, rate)], [res], t0, t1, rate, inp.slo, h, inp.cluster.gpu.idle_w)
-
-
-def _enumerate(inp: SearchInputs) -> tuple[list[Plan], list[tuple[Plan, str]], object]:
-    model, cluster = inp.model, inp.cluster
-    plans, rejected, st = enumerate_replica_plans(
-        model, cluster, inp.weight_dtypes, inp.kv_dtypes, allow_cross_node_tp=inp.allow_cross_node_tp,
-        max_gpus_per_replica=inp.max_gpus_per_replica, prune_symmetry=inp.prune_symmetry)
-    rej = [(r.plan, r.reason) for r in rejected]
-    engine = inp.engine_profile or profile_caps(resolve_engine(inp.engines[0], model).profile)
-    kept = []
-    for p in plans:
-        why = supported_layout(engine, p)
-        if why is None and p.ep > 1 and p.tp % p.ep:
-            why = f"ep={p.ep} does not divide tp={p.tp} (experts are spread within a pipeline stage)"
-        if why:
-            rej.append((p, why))
-        else:
-            kept.append(p)
-    if inp.prune_symmetry:
-        kept = sorted(set(kept))          # a plan equal up to relabelling of GPUs/stages is evaluated once
-    return kept, rej, st
+    return steady_metrics([window_of(res, t0, t1, rate)], [res], t0, t1, rate, inp.slo, h, ev.cluster.gpu.idle_w)
 
 
 def _drawn(m: dict | None) -> int:
@@ -137,69 +62,31 @@ def _drawn(m: dict | None) -> int:
 
 def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | None = None,
                    mix: RequestMix | None = None) -> tuple[list[PlanEval], list[tuple[Plan, str]], dict]:
-    model, cluster = inp.model, inp.cluster
     mix = mix or request_mix(inp.trace)
-    kept, rej, st = _enumerate(inp)
-    need_len = int((inp.trace.prompt_tokens + inp.trace.output_tokens).max())
-    longest_prompt = int(inp.trace.prompt_tokens.max())
-    base = inp.engines[0]
-    evals = []
-    seen: dict[str, int] = {}
-    for p in kept:
-        for e in inp.engines:
-            key = p.replica_label() + engine_label(e, base)
-            seen[key] = seen.get(key, 0) + 1
-            # without symmetry pruning the same plan recurs once per equivalent layout: number them
-            evals.append(PlanEval(p, e, key if seen[key] == 1 else f"{key} #{seen[key]}"))
-    shard_cache: dict[tuple, Shard] = {}
-    layer_cost_hits = 0
-    frontend_s = resolve_engine(inp.engines[0], model).profile.host.frontend_ms * 1e-3
-    costs = {}
-    # phase 1: memory, analytic screen and bound for every plan (no simulation)
-    for ev in evals:
-        key = layer_shard_key(ev.plan)
-        if key in shard_cache:
-            layer_cost_hits += 1
-            shard = dataclasses.replace(shard_cache[key], stages=split_layers(model, ev.plan.pp))
-        else:
-            shard = build_shard(model, ev.plan)
-            shard_cache[key] = shard
-        eng, mem, why = fit_engine(model, ev.plan, shard, ev.engine_cfg, cluster.gpu, need_len,
-                                    longest_prompt)
-        ev.memory = mem
-        if eng is None:
-            ev.status, ev.reason = "infeasible", "memory: " + why
-            continue
-        ev.engine = eng
-        sc = build_step_cost(model, cluster.gpu, ev.plan, cluster, shard=shard, engine=eng)
-        ev.screen = screen_plan(sc, inp.trace, inp.slo, budget=eng.max_batched_tokens, chunked=eng.chunked_prefill,
-                                frontend_s=frontend_s)
-        ev.bound_rps = goodput_bound_rps(sc, mean_prompt=mix.mean_prompt, mean_output=mix.mean_output,
-                                         kv_tokens=mem.kv_tokens, max_num_seqs=eng.max_num_seqs,
-                                         budget=eng.max_batched_tokens, chunked=eng.chunked_prefill, slo=inp.slo)
-        if not ev.screen.passed:
-            ev.status, ev.reason = "screened", ev.screen.reason
-            continue
-        if ev.bound_rps <= 0:
-            ev.status, ev.reason = "screened", "no decode batch keeps the TPOT SLO (analytic bound)"
-            continue
-        costs[ev.key] = sc
+    evals, rej, counts, unique = make_evals(inp)
+    # phase 1: memory, clock, analytic screen and bound for every variant (no simulation)
+    costs, layer_cost_hits = prepare(inp, evals, mix)
     # phase 2: simulate, most promising per GPU first, skipping plans a simulated one dominates
     # (for gpus/cost with a demand, smallest replicas first: they make the outranked rule bite early)
-    if inp.objective in ("gpus", "cost") and inp.demand_rps:
+    # GPU counts rank cost only at one price: with several priced groups no GPU-count rule prunes for cost
+    prices = {g.cluster.price_per_gpu_hour for g in inp.groups}
+    gpu_ranked = inp.objective == "gpus" or (inp.objective == "cost" and len(prices) == 1)
+    if gpu_ranked and inp.demand_rps:
         order = lambda e: (e.plan.gpus_per_replica, -e.bound_rps, e.key)  # noqa: E731
     else:
         order = lambda e: (-e.bound_rps / e.plan.gpus_per_replica, e.key)  # noqa: E731
     todo = sorted((e for e in evals if e.key in costs), key=order)
-    prune = inp.prune_bounds and inp.objective in PRUNE_OBJECTIVES
-    found: list[tuple[str, int, float]] = []
+    # (a power budget may rule out the deployments a pruning rule compares against: no pruning then)
+    prune = inp.prune_bounds and inp.objective in PRUNE_OBJECTIVES and (inp.objective == "throughput" or gpu_ranked) \
+        and inp.max_power_w is None
+    found: dict[int, list[tuple[str, int, float]]] = {}     # per node group: swaps stay on one GPU type
     homog: dict[tuple, int] = {}           # layout -> GPUs of its homogeneous deployment meeting the demand
     for i, ev in enumerate(todo):
         if progress:
             progress(i, len(todo))
         g = ev.plan.gpus_per_replica
         if prune and inp.objective == "throughput":
-            by = dominated_by(ev.bound_rps, g, found)
+            by = dominated_by(ev.bound_rps, g, found.get(ev.pool, []))
             if by:
                 ev.status = "pruned"
                 ev.reason = f"bound {ev.bound_rps:.3g} req/s per replica is below what {by} delivers in the same {g} GPUs"
@@ -217,11 +104,11 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             ev.status, ev.reason = "no_goodput", "misses the SLO at steady state even at the lowest rate tried"
             continue
         ev.status = "ok"
-        found.append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
+        found.setdefault(ev.pool, []).append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
         if inp.demand_rps:
             need = gpus_needed(inp.demand_rps, ev.goodput_rps, g)
             layout = layout_of(ev)
-            if need <= cluster.num_gpus and need < homog.get(layout, math.inf):
+            if need <= ev.cluster.num_gpus and need < homog.get(layout, math.inf):
                 homog[layout] = need
         if inp.demand_rps:
             n = math.ceil(inp.demand_rps / cap.goodput_rps - 1e-9)
@@ -232,9 +119,9 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         progress(len(todo), len(todo))
     ok = [e for e in evals if e.status == "ok"]
     stats = {
-        "enumerated": st.enumerated,
-        "after_symmetry": st.after_symmetry,
-        "unique_plans": len(kept),
+        "enumerated": counts["enumerated"],
+        "after_symmetry": counts["after_symmetry"],
+        "unique_plans": unique,
         "candidates": len(evals),
         "rejected": len(rej),
         "rejected_reasons": dict(sorted({r: sum(1 for _, x in rej if x == r) for _, r in rej}.items())),
@@ -244,6 +131,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         "simulated": sum(e.simulations > 0 for e in evals),
         "simulations": sum(e.simulations for e in evals),
         "no_goodput": sum(e.status == "no_goodput" for e in evals),
+        "same_clock_duplicates": sum(e.status == "duplicate" for e in evals),
         "with_goodput": len(ok),
         "layer_cost_memo_hits": layer_cost_hits,
         "sampling": mix.sampling_error(max((_drawn(e.at_goodput) for e in ok), default=0) or 1000),
@@ -287,11 +175,18 @@ def _binding_constraint(evals: list[PlanEval], slo: Slo, rejected: list[tuple[Pl
 
 
 def _attach_launch(d: DeploymentEval, by_key: dict, model: ModelSpec, family: str) -> None:
-    from apex_plan.report.launch import launch_command
+    from apex_plan.report.launch import launch_command, power_prefix
+
     def command(k: str) -> str:
         repo, prequantized = model.checkpoint_repo(by_key[k].plan.weight_dtype)   # the checkpoint in the plan's format
-        return launch_command(family, repo or model.name, by_key[k].plan, by_key[k].engine, prequantized)
+        return power_prefix(by_key[k].point) + launch_command(family, repo or model.name, by_key[k].plan,
+                                                              by_key[k].engine, prequantized)
     d.launch = [{"plan": k, "replicas": n, "command": command(k)} for k, n in d.deployment.replicas]
+
+
+def _pools(inp: SearchInputs) -> list[Pool]:
+    return [Pool(g.cluster.num_nodes, g.cluster.gpus_per_node, g.cluster.price_per_gpu_hour, g.name)
+            for g in inp.groups]
 
 
 def _layout_groups(ok: list[PlanEval]) -> list[int]:
@@ -321,7 +216,6 @@ def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = 
     evals, rejected, stats = evaluate_plans(inp, progress, mix)
     ok = [e for e in evals if e.status == "ok"]
     by_key = {e.key: e for e in ok}
-    cl = inp.cluster
     deployments: list[DeploymentEval] = []
     closest = None
     binding = ""
@@ -330,8 +224,7 @@ def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = 
         deployments = latency_deployments(inp, ok, rate, inp.top_k, mix)
     elif ok:
         cands = [candidate(e) for e in ok]
-        found = solve_deployments(cands, num_nodes=cl.num_nodes, gpus_per_node=cl.gpus_per_node,
-                                  price_per_gpu_hour=cl.price_per_gpu_hour, demand_rps=rate,
+        found = solve_deployments(cands, pools=_pools(inp), max_power_w=inp.max_power_w, demand_rps=rate,
                                   objective=inp.objective if rate or inp.objective == "throughput" else "throughput",
                                   homogeneous=inp.homogeneous, top_k=inp.top_k + 3, groups=_layout_groups(ok))
         for dep in distinct_plans(found, by_key):
@@ -353,15 +246,16 @@ def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = 
     if not deployments:
         if ok and rate:
             cands = [candidate(e) for e in ok]
-            c = closest_deployment(cands, num_nodes=cl.num_nodes, gpus_per_node=cl.gpus_per_node, demand_rps=rate,
-                                   price_per_gpu_hour=cl.price_per_gpu_hour, homogeneous=inp.homogeneous)
+            c = closest_deployment(cands, pools=_pools(inp), max_power_w=inp.max_power_w, demand_rps=rate,
+                                   homogeneous=inp.homogeneous)
             if c.deployment is not None:
                 dv = verify_deployment(inp, c.deployment, by_key, c.deployment.goodput_rps, mix)
                 _attach_launch(dv, by_key, inp.model, family)
                 closest = {"replicas": [list(r) for r in c.deployment.replicas], "gpus": c.deployment.gpus,
                            "goodput_rps": c.deployment.goodput_rps, "shortfall_rps": c.shortfall_rps,
                            "verified_at_goodput": dv.verified, "launch": dv.launch}
-            binding = (f"demand: the best deployment on {cl.num_gpus} GPUs sustains "
+            within = f" within {inp.max_power_w / 1e3:g} kW" if inp.max_power_w else ""
+            binding = (f"demand: the best deployment on {sum(g.cluster.num_gpus for g in inp.groups)} GPUs{within} sustains "
                        f"{c.deployment.goodput_rps if c.deployment else 0:.3g} req/s within the SLO, "
                        f"{rate:.3g} req/s demanded")
         else:

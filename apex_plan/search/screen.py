@@ -29,12 +29,19 @@ class Screen:
         return not self.reason
 
 
-def screen_plan(sc: StepCost, trace: Trace, slo: Slo, *, budget: int, chunked: bool, frontend_s: float) -> Screen:
+def screen_plan(sc: StepCost, trace: Trace, slo: Slo, *, budget: int, chunked: bool, frontend_s: float,
+                hit_tokens: np.ndarray | None = None, spec=None, draft: StepCost | None = None) -> Screen:
+    """`hit_tokens`: prompt tokens an infinite prefix cache finds (prefix caching on): the TTFT floor
+    prefills the rest only. `spec` / `draft`: speculative decoding, every draft taken as accepted."""
+    from apex_plan.simulate.features import decode_step_s
     prompt = trace.prompt_tokens
     output = trace.output_tokens
     mean_p, mean_o = float(prompt.mean()), float(output.mean())
     ctx = int(mean_p + mean_o / 2)
-    tpot_floor = sc.decode_time_s(1, max(ctx, 1))
+    t1, _, per_step = decode_step_s(sc, draft, spec, 1, max(ctx, 1))
+    tpot_floor = t1 / per_step
+    if hit_tokens is not None:
+        prompt = np.maximum(prompt - hit_tokens, 1)
     p_prompt = int(np.percentile(prompt, slo.percentile))
     ttft_floor = sc.prefill_time_s(max(p_prompt, 1), budget if chunked else None) + frontend_s
     reason = ""

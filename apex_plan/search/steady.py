@@ -28,6 +28,7 @@ never kept up with. So capacity is not measured on the given trace as it is:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -67,6 +68,7 @@ class RequestMix:
     mean_output: float
     tail_output: float              # TAIL_QUANTILE of the output lengths
     name: str = ""
+    prefix_trace: Trace | None = None   # a trace with prefix structure: replayed in order (see `prefix_stream`)
 
     def sampling_error(self, n: int) -> dict:
         """How well the first `n` draws represent the mix: the relative error of their mean request
@@ -95,10 +97,33 @@ def request_mix(trace: Trace, seed: int = STREAM_SEED) -> RequestMix:
         g = gaps[_rounds(gaps.size, MAX_HORIZON_REQUESTS, rng)] / gaps.mean()
     else:                           # no arrival times to learn from: Poisson
         g = rng.exponential(1.0, size=MAX_HORIZON_REQUESTS)
+    if trace.has_prefix_hashes:
+        # prefix structure (shared prompts, sessions) lives in the order of the requests: keep it
+        stream = prefix_stream(trace, MAX_HORIZON_REQUESTS)
+        gaps = np.diff(stream.arrival_s, prepend=0.0)
+        return RequestMix(n, stream.prompt_tokens, stream.output_tokens, gaps / max(gaps.mean(), 1e-300),
+                          float(trace.prompt_tokens.mean()), float(trace.output_tokens.mean()),
+                          float(np.percentile(trace.output_tokens, TAIL_QUANTILE)), trace.name, stream)
     return RequestMix(n, np.ascontiguousarray(trace.prompt_tokens[idx], np.int64),
                       np.ascontiguousarray(np.maximum(trace.output_tokens[idx], 1), np.int64),
                       g / g.mean(), float(trace.prompt_tokens.mean()), float(trace.output_tokens.mean()),
                       float(np.percentile(trace.output_tokens, TAIL_QUANTILE)), trace.name)
+
+
+def prefix_stream(trace: Trace, size: int) -> Trace:
+    """`size` requests of a trace with prefix structure, in its order: laps of the whole trace, each
+    lap after the last one ends (one mean gap later), with its block ids and sessions renamed so that
+    laps share nothing (a lap is new traffic, not a replay of cached prompts)."""
+    n = len(trace)
+    laps = -(-size // n)
+    lap_of = np.repeat(np.arange(laps, dtype=np.int64), n)[:size]
+    idx = np.tile(np.arange(n, dtype=np.int64), laps)[:size]
+    out = trace.take(idx)
+    span = trace.duration_s + (trace.duration_s / max(n - 1, 1) if n > 1 else 1.0)
+    ids = out.hash_ids + np.repeat(lap_of, np.diff(out.hash_ptr)) * (int(trace.hash_ids.max()) + 1)
+    session = None if out.session is None else np.where(out.session >= 0, out.session + lap_of * (
+        int(trace.session.max()) + 1), -1)
+    return dataclasses.replace(out, arrival_s=out.arrival_s + lap_of * span, hash_ids=ids, session=session)
 
 
 @dataclass(frozen=True)
@@ -114,13 +139,22 @@ class Horizon:
 
 
 def in_flight(mix: RequestMix, rate_rps: float, slo: Slo, concurrency_cap: int | None) -> float:
-    """Requests in the system at steady state when the SLO holds (Little's law: rate x time in system)."""
+    """Requests in the system at steady state (Little's law: rate x time in system), the time from the
+    latency targets: `slo` is the SLO, or (SLO-free sizing, see `operating_slo`) the plan's own operating point."""
     ttft = slo.ttft_s or FALLBACK_TTFT_S
     t_sys_s = ttft + mix.mean_output * (slo.tpot_s or FALLBACK_TPOT_S)   # seconds one request stays
     L = rate_rps * t_sys_s
     if concurrency_cap:                       # running slots plus a TTFT SLO's worth of queue
         L = min(L, concurrency_cap + rate_rps * ttft)
     return L
+
+
+def operating_slo(slo: Slo, ttft_s: float, tpot_s: float) -> Slo:
+    """Latencies a replica runs at near a rate (its idle TTFT, its operating TPOT) in the form `horizon`
+    sizes a run by. Sizing a capacity run by these instead of the SLO makes the run at a rate the same
+    whatever the SLO, so a looser SLO can only pass more rates (capacity monotone in the SLO)."""
+    import dataclasses
+    return dataclasses.replace(slo, ttft_s=max(ttft_s, 1e-6), tpot_s=max(tpot_s, 1e-6))
 
 
 def horizon(mix: RequestMix, rate_rps: float, slo: Slo, concurrency_cap: int | None = None) -> Horizon:
@@ -150,6 +184,8 @@ def steady_trace(mix: RequestMix, rate_rps: float, n: int, burst: int = 0) -> Tr
     n = min(n, MAX_HORIZON_REQUESTS)
     t = np.cumsum(mix.stream_gaps[:n]) / rate_rps
     t = np.maximum(t - t[min(burst, n - 1)], 0.0) if burst else t - t[0]
+    if mix.prefix_trace is not None:        # the trace in order, time-scaled (think times scale with it)
+        return mix.prefix_trace.take(np.arange(n)).with_arrivals(t)
     return Trace(t, mix.stream_prompt[:n], mix.stream_output[:n], mix.name)
 
 
@@ -173,6 +209,7 @@ class Window:
     incomplete: int
     backlog_growth_rps: float
     rate_rps: float
+    prompt_tokens: int = 0
 
     @property
     def stable(self) -> bool:
@@ -202,15 +239,16 @@ def window_of(res: SimResult, t0: float, t1: float, rate_rps: float) -> Window:
             growth = float(backlog[-q:].mean() - backlog[:q].mean()) / dt
     e2e = tm.finish_s[sel] - arr[sel] + tm.frontend_s
     return Window(ttft, tpot_all[gaps > 0], tpot_all, e2e, arr[sel], int(tm.output_tokens[sel].sum()), int(inw.sum()),
-                  int((inw & ~ok).sum()), growth, rate_rps)
+                  int((inw & ~ok).sum()), growth, rate_rps, int(tm.prompt_tokens[sel].sum()))
 
 
 def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: float, rate_rps: float,
-                   slo: Slo, h: Horizon, idle_w_per_gpu: float) -> dict:
+                   slo: Slo, h: Horizon, idle_w_per_gpu: float | list[float]) -> dict:
     """Steady-state figures over the window, for one replica or a whole deployment (one window per
     simulated plan group). Throughput is what the window's arrivals ask for over its length (equal to
     what is served when stable); energy per request is the dynamic energy per completed request plus
-    the idle power of every GPU over one mean inter-arrival time."""
+    the idle power of every GPU over one mean inter-arrival time. `idle_w_per_gpu`: one figure, or
+    one per simulation (node groups of different GPUs). Mean power is J per request x the rate."""
     ttft = np.concatenate([w.ttft_s for w in windows])
     tpot = np.concatenate([w.tpot_s for w in windows])
     tpot_all = np.concatenate([w.tpot_all_s for w in windows])
@@ -218,10 +256,12 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
     out_tok = sum(w.output_tokens for w in windows)
     n = sum(w.requests for w in windows)
     incomplete = sum(w.incomplete for w in windows)
-    gpus = sum(s.plan.num_gpus for s in sims)
-    idle_j = sum(idle_w_per_gpu * s.plan.num_gpus * s.makespan_s for s in sims)
+    idle = idle_w_per_gpu if isinstance(idle_w_per_gpu, list) else [idle_w_per_gpu] * len(sims)
+    idle_w = sum(w * s.plan.num_gpus for w, s in zip(idle, sims))          # watts of every GPU idling
+    idle_j = sum(w * s.plan.num_gpus * s.makespan_s for w, s in zip(idle, sims))
     done = sum(s.metrics["completed"] for s in sims)
-    j_req = (sum(s.energy_j for s in sims) - idle_j) / max(done, 1) + idle_w_per_gpu * gpus / rate_rps
+    # dynamic joules per completed request, plus the idle watts over one mean inter-arrival time
+    j_req = (sum(s.energy_j for s in sims) - idle_j) / max(done, 1) + idle_w / rate_rps
     stable = all(w.stable for w in windows)
     growth = max((w.backlog_growth_rps / w.rate_rps for w in windows), default=0.0)
     p = slo.percentile
@@ -249,10 +289,14 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
         "ttft_ms": distribution(ttft, 1e3),
         "tpot_ms": distribution(tpot, 1e3),
         "e2e_s": distribution(np.concatenate([w.e2e_s for w in windows]), 1.0),
-        "throughput": {"output_tokens_per_s": out_tok / span_s, "requests_per_s": n / span_s},
-        "energy": {"j_per_request": j_req, "j_per_output_token": j_req * n / out_tok if out_tok else None},
+        "throughput": {"output_tokens_per_s": out_tok / span_s, "requests_per_s": n / span_s,
+                       "input_tokens_per_s": sum(w.prompt_tokens for w in windows) / span_s},
+        "energy": {"j_per_request": j_req, "j_per_output_token": j_req * n / out_tok if out_tok else None,
+                   "mean_power_w": j_req * rate_rps},
         "kv_cache": {"peak_utilization": max(k["peak_utilization"] for k in kv),
                      "preemptions": sum(k["preemptions"] for k in kv)},
+        "prefix_cache": _prefix_summary(sims),
+        "speculative_tokens_per_step": _spec_summary(sims),
         "slo": {"ttft_ms": slo.ttft_s * 1e3 if slo.ttft_s else None, "tpot_ms": slo.tpot_s * 1e3 if slo.tpot_s else None,
                 "percentile": p, "ttft_at_percentile_ms": ttft_p * 1e3, "tpot_at_percentile_ms": tpot_p * 1e3,
                 "attainment": float(good.mean()) if good.size else 0.0,
@@ -261,6 +305,21 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
                    "window_s": span_s, "backlog_growth_share": growth, "stable": stable,
                    "growth_tolerance_share": GROWTH_TOLERANCE},
     }
+
+
+def _prefix_summary(sims: list[SimResult]) -> dict:
+    """Hit rate (cached over prompt tokens) and prefill tokens saved over the whole simulations."""
+    saved = sum(s.metrics["prefix_cache"]["saved_prefill_tokens"] for s in sims)
+    prompt = sum(int(s.times.prompt_tokens[s.times.ok].sum()) for s in sims)
+    return {"enabled": any(s.metrics["prefix_cache"]["enabled"] for s in sims),
+            "hit_rate": saved / prompt if prompt else 0.0, "saved_prefill_tokens": saved}
+
+
+def _spec_summary(sims: list[SimResult]) -> float | None:
+    """Measured tokens per speculative verification (None without speculation)."""
+    sp = [s.metrics["speculative"] for s in sims if s.metrics.get("speculative")]
+    steps = sum(x["verify_steps"] for x in sp)
+    return sum((x["measured_tokens_per_step"] or 0.0) * x["verify_steps"] for x in sp) / steps if steps else None
 
 
 def _miss_upper(miss: np.ndarray) -> float:

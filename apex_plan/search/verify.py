@@ -27,9 +27,13 @@ class DeploymentEval:
 
 def candidate(ev) -> Candidate:
     m = ev.at_demand or ev.at_goodput
+    g = ev.at_goodput or m
     return Candidate(key=ev.key, gpus_per_replica=ev.plan.gpus_per_replica, goodput_rps=ev.goodput_rps,
                      energy_j_per_request=m["energy"]["j_per_request"],
-                     ttft_p90_s=m["ttft_ms"]["p90"] / 1e3, tpot_p90_s=(m["tpot_ms"]["p90"] or 0.0) / 1e3)
+                     ttft_p90_s=m["ttft_ms"]["p90"] / 1e3, tpot_p90_s=(m["tpot_ms"]["p90"] or 0.0) / 1e3,
+                     pool=ev.pool,
+                     # mean watts at its goodput: J per request x requests per second
+                     power_w=g["energy"]["j_per_request"] * ev.goodput_rps)
 
 
 def split_trace(trace: Trace, weights: list[float]) -> list[np.ndarray]:
@@ -45,6 +49,20 @@ def split_trace(trace: Trace, weights: list[float]) -> list[np.ndarray]:
     return [np.asarray(o, dtype=np.int64) for o in out]
 
 
+def sizing_slo(slo, groups: list, rate: float):
+    """The latencies a deployment's run is sized by: each plan group's operating point at its
+    capacity-weighted share of `rate` (per replica), weighted by that share; the SLO when a plan has none."""
+    total = sum(ev.goodput_rps * n for ev, n in groups)
+    if total <= 0 or any(getattr(ev, "operating_tpot", None) is None for ev, _ in groups):
+        return slo
+    ttft = tpot = 0.0
+    for ev, n in groups:
+        share = ev.goodput_rps * n / total
+        one = ev.sizing_slo(slo, rate * share / n)
+        ttft, tpot = ttft + share * one.ttft_s, tpot + share * one.tpot_s
+    return dataclasses.replace(slo, ttft_s=ttft, tpot_s=tpot)
+
+
 def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: RequestMix | None = None,
                       horizon_scale: float = 1.0, keep: list | None = None) -> DeploymentEval:
     """Simulate the whole deployment at `rate` to steady state (see `steady`): each plan group gets
@@ -56,34 +74,35 @@ def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: Requ
     mix = mix or request_mix(inp.trace)
     groups = [(by_key[k], n) for k, n in dep.replicas]
     cap = sum(n * ev.engine.max_num_seqs * ev.plan.pp for ev, n in groups)
-    h = horizon(mix, rate, inp.slo, cap)
+    h = horizon(mix, rate, sizing_slo(inp.slo, groups, rate), cap)
     if horizon_scale != 1.0:
         h = dataclasses.replace(h, warmup=math.ceil(h.warmup * horizon_scale), window=math.ceil(h.window * horizon_scale),
                                 tail=math.ceil(h.tail * horizon_scale))
     tr = steady_trace(mix, rate, h.total, h.burst)
     t0, t1 = window_bounds(tr, h)
     parts = split_trace(tr, [ev.goodput_rps * n for ev, n in groups]) if len(groups) > 1 else [np.arange(len(tr))]
-    windows, sims, per_plan, ok_all = [], [], [], True
+    windows, sims, per_plan, ok_all, idle_w = [], [], [], True, []
     for (ev, n), idx in zip(groups, parts):
         if idx.size == 0:
             continue
-        sub = Trace(tr.arrival_s[idx], tr.prompt_tokens[idx], tr.output_tokens[idx], tr.name)
+        sub = tr.take(idx)
         plan = dataclasses.replace(ev.plan, dp=n)
-        res = simulate(inp.model, inp.cluster, plan, ev.run_cfg, Workload(sub), inp.slo)
+        res = simulate(inp.model, ev.cluster, plan, ev.run_cfg, Workload(sub), inp.slo)
         if not res.feasible:
             ok_all = False
             continue
         share_rps = rate * idx.size / len(tr)
         w = window_of(res, t0, t1, share_rps)
-        one = steady_metrics([w], [res], t0, t1, share_rps, inp.slo, h, inp.cluster.gpu.idle_w)
+        one = steady_metrics([w], [res], t0, t1, share_rps, inp.slo, h, [ev.cluster.gpu.idle_w])
         per_plan.append({"key": ev.key, "replicas": n, "requests": int(idx.size), "metrics": one})
         windows.append(w)
         sims.append(res)
+        idle_w.append(ev.cluster.gpu.idle_w)
         if keep is not None:
             keep.append((ev.key, n, res, w))
     if not windows:
         return DeploymentEval(dep, False, {"rate_per_s": rate, "slo_met": False})
-    m = steady_metrics(windows, sims, t0, t1, rate, inp.slo, h, inp.cluster.gpu.idle_w)
+    m = steady_metrics(windows, sims, t0, t1, rate, inp.slo, h, idle_w)
     return _with_flat(DeploymentEval(dep, ok_all and m["slo"]["met"], m, per_plan))
 
 
@@ -116,8 +135,9 @@ def layout_signature(dep: Deployment, by_key: dict) -> tuple:
 def layout_of(ev) -> tuple:
     """One plan's layout: parallel sizes but ep, dtypes and the engine settings the search varies."""
     p, e = ev.plan, ev.engine_cfg
+    # the node group and operating point make a different plan too (other GPUs, other clocks)
     return (p.tp, getattr(p, "adp", 1), p.pp, p.weight_dtype, p.kv_dtype, e.max_num_seqs, e.max_batched_tokens,
-            e.chunked_prefill)
+            e.chunked_prefill, getattr(ev, "pool", 0), getattr(getattr(ev, "point", None), "label", ""))
 
 
 def distinct_plans(found: list[Deployment], by_key: dict) -> list[Deployment]:
@@ -139,11 +159,11 @@ def latency_deployments(inp, ok: list, rate: float, top_k: int, mix: RequestMix)
     options = []
     for ev in ok:
         n_min = max(1, math.ceil(rate / ev.goodput_rps - 1e-9))
-        n_max = inp.cluster.num_gpus // ev.plan.gpus_per_replica
+        n_max = ev.cluster.num_gpus // ev.plan.gpus_per_replica
         best = None
         for n in _doubling(n_min, n_max):
-            fit = solve_deployments([candidate(ev)], num_nodes=inp.cluster.num_nodes,
-                                    gpus_per_node=inp.cluster.gpus_per_node, demand_rps=n * ev.goodput_rps * (1 - 1e-6),
+            fit = solve_deployments([dataclasses.replace(candidate(ev), pool=0)], num_nodes=ev.cluster.num_nodes,
+                                    gpus_per_node=ev.cluster.gpus_per_node, demand_rps=n * ev.goodput_rps * (1 - 1e-6),
                                     objective="gpus", top_k=1)
             if not fit or dict(fit[0].replicas)[ev.key] != n:
                 continue

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from apex_plan.engine.load import resolve_engine_profile
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.errors import InputError
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig
+
+
+# routing of arrivals across replicas: round robin; fewest unfinished requests; session affinity (a
+# session's turns go where its first went: llm-d's session-affinity scorer); longest cached prefix
+# (SGLang router cache_aware policy: the replica holding the longest prefix when it covers at least
+# half the prompt, else the least loaded one)
+ROUTINGS = ("round_robin", "least_loaded", "session", "prefix")
 
 
 @dataclass(frozen=True)
@@ -26,15 +34,18 @@ class ResolvedEngine:
     profile: EngineProfile
     activation_scales: str
     notes: tuple[str, ...] = ()           # settings fitted to the plan's memory (max_model_len lowered, fraction raised)
+    prefix_caching: bool = False
+    speculative: Any = None          # engine.speculative.Speculative or None
 
     @property
     def watermark_fraction(self) -> float:
         return self.profile.scheduler.watermark_fraction
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "profile"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("profile", "speculative")}
         d["notes"] = list(self.notes)
         d["engine_profile"] = self.profile.label
+        d["speculative"] = self.speculative.as_dict() if self.speculative is not None else None
         return d
 
 
@@ -61,7 +72,8 @@ def resolve_engine(cfg: EngineConfig, model: ModelSpec) -> ResolvedEngine:
     else:
         default_budget = max(max_len, sch.unchunked_min_budget)
     budget = cfg.max_batched_tokens or default_budget
-    if not chunked and budget < max_len and cfg.max_batched_tokens:
+    # vLLM refuses an unchunked budget below max_model_len; TRT-LLM runs it (longer prompts are refused)
+    if not chunked and budget < max_len and cfg.max_batched_tokens and sch.unchunked_budget_covers_max_len:
         raise InputError("--max-batched-tokens", None,
                          f"{budget} is below max_model_len {max_len} without chunked prefill",
                          "raise it, lower --max-model-len, or pass --chunked-prefill")
@@ -73,10 +85,14 @@ def resolve_engine(cfg: EngineConfig, model: ModelSpec) -> ResolvedEngine:
     block = cfg.block_size if cfg.block_size is not None else sch.block_size
     if seqs < 1 or block < 1:
         raise InputError("--max-num-seqs", None, "must be at least 1", "give a positive count")
-    if cfg.routing not in ("round_robin", "least_loaded"):
-        raise InputError("--routing", None, f"unknown routing '{cfg.routing}'", "use round_robin or least_loaded")
+    if cfg.routing not in ROUTINGS:
+        raise InputError("--routing", None, f"unknown routing '{cfg.routing}'", "use " + ", ".join(ROUTINGS))
     scales = cfg.activation_scales or prof.quantization.activation_scales
     if scales not in ("dynamic", "static"):
         raise InputError("--activation-scales", None, f"unknown value '{scales}'", "use dynamic or static")
+    from apex_plan.engine.speculative import check_supported
+    check_supported(cfg.speculative, prof, model)
+    caching = prof.features.prefix_caching if cfg.prefix_caching is None else bool(cfg.prefix_caching)
     return ResolvedEngine(int(seqs), int(budget), bool(chunked), int(block), float(util), int(max_len),
-                          cfg.custom_allreduce, cfg.routing, prof, scales)
+                          cfg.custom_allreduce, cfg.routing, prof, scales, prefix_caching=caching,
+                          speculative=cfg.speculative)

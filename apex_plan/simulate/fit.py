@@ -43,7 +43,7 @@ def plan_defaults(eng: ResolvedEngine, cfg: EngineConfig, plan: Plan, gpu, longe
     """The defaults that depend on the GPU and the plan (and, for the token budget deployments size,
     the workload's longest prompt); values the user gave stay. The graph size goes into the resolved
     profile, so the step cost sees it."""
-    prof = eng.profile
+    prof = eng.profile.on_gpu(gpu.name)            # the host constants fitted on this GPU's platform
     sch, gr, mem = prof.scheduler, prof.graphs, prof.memory
     gib = gpu.memory_bytes / GIB
     gpus = plan.tp * plan.adp
@@ -111,7 +111,8 @@ def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gp
        --kv_cache_free_gpu_memory_fraction, as the launch command then says).
     Returns (engine or None, memory, reason when None); the engine's `notes` say what was fitted."""
     eng, mem, ok = _fit_len(model, plan, shard, cfg, gpu, need_len, longest_prompt)
-    if not ok and cfg.gpu_memory_utilization is None and mem.weights_bytes < mem.total_bytes:
+    if (not ok and mem.kv_tokens < need_len and cfg.gpu_memory_utilization is None
+            and mem.weights_bytes < mem.total_bytes):
         # what must stay free beside the pool: activations + graph pool + reserve, as a fraction (floored to 0.01)
         top = math.floor(100.0 * (1.0 - (mem.activation_bytes + mem.reserve_bytes) / mem.total_bytes)) / 100.0
         if top > eng.gpu_memory_utilization:

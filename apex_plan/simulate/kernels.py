@@ -5,8 +5,16 @@ replica so that `pp` batches are in flight). Each engine repeats: schedule a ste
 `max_num_seqs`, token budget, chunked prefill on/off, KV blocks with a 1% watermark, preemption by
 recompute), aggregate it (`estimate.kernels.add_sequence`, the same aggregation every analytic
 caller uses), cost it with `estimate.kernels.step_time`, and advance time. Arrivals are routed
-round-robin (or to the least-loaded replica) and, inside a replica, to the virtual engine with the
-fewest unfinished requests, as vLLM's `add_request` does.
+round-robin, to the least-loaded replica, by session or by longest cached prefix, and inside a
+replica to the virtual engine with the fewest unfinished requests, as vLLM's `add_request` does.
+
+Prefix caching (`simulate.prefix_cache`): an admitted request holds the leading units of its
+prompt that its engine has cached (they skip prefill; attention still reads them as context) and
+the units it computes are cached as they are scheduled; unreferenced units are free memory,
+evicted least recently freed first. Speculative decoding (SCHED.draft_tokens = k): a decoding
+sequence's step verifies k drafts over k + 1 query tokens (KV slots for the drafts), after k draft
+passes; it emits the target's token plus the drafts accepted in order, each with its conditional
+rate (`accept`).
 
 Interface (`apex_plan.abi`): `simulate_kernel(req, sched, cost, eng)`: a REQUEST row per request,
 a SCHED record, the replica's CostTables, an ENGINE row per scheduler. State lives in record
@@ -18,11 +26,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from apex_plan.abi import SLOT
+from apex_plan.abi import ROUTE_PREFIX, ROUTE_ROUND_ROBIN, ROUTE_SESSION, SLOT
 from apex_plan.estimate.kernels import add_sequence, empty_shape, step_time
 from apex_plan.jit import kernel
+from apex_plan.simulate.prefix_cache import (C_HIT_TOKENS, C_QUERY_TOKENS, E_EVICTABLE, M_UNIT_BLOCKS, M_UNIT_TOKENS,
+                                             SLOT_REF, acquire, find, lookup, make_room, register, release)
 
 INF = np.inf
+# SGLang router cache_aware policy (sgl-project/sglang rust/README.md, sglang-router defaults): replicas are
+# imbalanced when (max - min) load > 32 and max > 1.0001 x min, and then the least loaded one takes the
+# request; otherwise the replica caching the longest prefix does, when it covers >= 0.5 of the prompt
+ROUTER_CACHE_THRESHOLD = 0.5
+ROUTER_BALANCE_ABS = 32
+ROUTER_BALANCE_REL = 1.0001
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
@@ -31,27 +47,43 @@ def _blocks_for(tokens, block):
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _admit_waiting(e, left, ns, now, req, eng, slots, cfg):
+def _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids):
     """FCFS admission of waiting requests of engine e into the step being built.
 
-    A request needs KV blocks for its sequence so far (for prompt + every output token when
-    `reserve_full`, as TRT-LLM's GUARANTEED_NO_EVICT), leaving the watermark free; without chunking
-    its whole prompt must fit the remaining token budget, with chunking it takes what is left.
-    A request that could never fit the cache is refused (finish -1). Returns the budget left,
-    the number of scheduled entries, and how many requests were refused.
+    A request first finds the leading units of its sequence (within seq - 1 tokens) in the engine's
+    prefix cache: those are shared, not allocated, and skip their prefill. It needs KV blocks for
+    the rest of its sequence so far (for prompt + every output token when `reserve_full`, as
+    TRT-LLM's GUARANTEED_NO_EVICT) plus the hit units nobody held (they leave the free count),
+    leaving the watermark free; without chunking its whole uncached prompt must fit the remaining
+    token budget, with chunking it takes what is left. Empty blocks go first, then cached units
+    are evicted. A request that could never fit the cache is refused (finish -1). Returns the
+    budget left, the number of scheduled entries, and how many requests were refused.
     """
     refused = 0
     en = eng[e]
     nblocks, watermark = cfg.kv_blocks, cfg.watermark_blocks
+    ut, ub = cache.meta[M_UNIT_TOKENS], cache.meta[M_UNIT_BLOCKS]
     while en.head != -1 and en.running < cfg.max_seqs and left > 0:
         r = en.head
         q = req[r]
         seq = q.prompt_tokens + q.generated
         need = _blocks_for(q.prompt_tokens + q.output_tokens if cfg.reserve_full else seq, cfg.block_tokens)
-        ntok = seq - q.computed
+        h = 0
+        unref = 0
+        if ut > 0:
+            limit = min(q.hash_count, (seq - 1) // ut)
+            while h < limit:                      # the leading cached units (inline: no call per lookup)
+                slot = find(cache, ids[q.hash_start + h], e)
+                if slot < 0:
+                    break
+                if cache.slot[slot, SLOT_REF] == 0:
+                    unref += 1
+                h += 1
+        private = need - h * ub                   # blocks the request allocates itself
+        ntok = seq - h * ut
         if need > nblocks - watermark:
             pass
-        elif en.free_blocks - need < watermark or (not cfg.chunked and ntok > left):
+        elif en.free_blocks - private - unref * ub < watermark or (not cfg.chunked and ntok > left):
             break
         en.head = q.next
         if en.head == -1:
@@ -61,12 +93,22 @@ def _admit_waiting(e, left, ns, now, req, eng, slots, cfg):
             q.first_token_s = -1.0
             refused += 1
             continue
-        en.free_blocks -= need
-        q.kv_blocks = need
+        if h > 0:
+            acquire(cache, e, ids, q.hash_start, h)
+            en.free_blocks -= unref * ub
+        if en.free_blocks - cache.eng[e, E_EVICTABLE] < private:
+            make_room(cache, e, private, en.free_blocks)
+        en.free_blocks -= private
+        q.kv_blocks = private
+        q.cached_units = h
+        q.computed = h * ut
         slots[e, en.running].running = r
         en.running += 1
         if q.scheduled_s < 0:
             q.scheduled_s = now
+            q.hit_tokens = h * ut
+            cache.eng[e, C_HIT_TOKENS] += h * ut
+            cache.eng[e, C_QUERY_TOKENS] += q.prompt_tokens
         if ntok > left:
             ntok = left
         slots[e, ns].req = r
@@ -77,13 +119,15 @@ def _admit_waiting(e, left, ns, now, req, eng, slots, cfg):
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg):
+def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg, cache, ids):
     """Schedule engine e's running requests in order (only those still in prefill when
-    `only_prefill`), growing their KV blocks; when the pool runs dry, preempt from the back of the
-    running list by recompute (blocks freed, back to the front of the queue). Returns the budget
-    left, the number of scheduled entries, and whether anything was preempted."""
+    `only_prefill`), growing their KV blocks (a speculating decode also holds slots for its draft
+    tokens); when the pool runs dry, preempt from the back of the running list by recompute (blocks
+    freed, cached units given back, back to the front of the queue). Returns the budget left, the
+    number of scheduled entries, and whether anything was preempted."""
     preempted = False
     en = eng[e]
+    ub = cache.meta[M_UNIT_BLOCKS]
     i = 0
     while i < en.running:
         r = slots[e, i].running
@@ -97,12 +141,16 @@ def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg):
         if ntok <= 0:
             i += 1
             continue
-        need = _blocks_for(seq, cfg.block_tokens) - q.kv_blocks
+        held = seq + cfg.draft_tokens if (q.generated > 0 and rem == 1) else seq   # KV slots incl. drafts
+        need = _blocks_for(held, cfg.block_tokens) - q.kv_blocks - q.cached_units * ub
         self_preempted = False
         while need > en.free_blocks:
             victim = slots[e, en.running - 1].running
             v = req[victim]
             en.free_blocks += v.kv_blocks
+            if v.cached_units > 0:
+                en.free_blocks += release(cache, e, ids, v.hash_start, v.cached_units)
+                v.cached_units = 0
             v.kv_blocks = 0
             v.computed = 0
             en.running -= 1
@@ -119,6 +167,8 @@ def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg):
         if self_preempted:
             break
         if need > 0:
+            if en.free_blocks - cache.eng[e, E_EVICTABLE] < need:
+                make_room(cache, e, need, en.free_blocks)
             en.free_blocks -= need
             q.kv_blocks += need
         slots[e, ns].req = r
@@ -130,24 +180,50 @@ def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg):
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _route(r, rr, req, eng, cfg):
-    """Queue arriving request r: a replica (round robin or least loaded), then its virtual engine
-    with the fewest unfinished requests. Returns the round-robin counter."""
+def _replica(r, rr, req, eng, cfg, cache, ids, sess_rep):
+    """Replica for arriving request r (SCHED.routing) and the round-robin counter: round robin; the
+    least loaded (fewest unfinished requests); session affinity (a session's turns follow its first
+    turn, placed on the least loaded replica: llm-d's session-affinity scorer); or the replica
+    caching the longest prefix of the prompt unless the load is imbalanced (SGLang router)."""
     dp, pp = cfg.ranks, cfg.pp
-    if cfg.least_loaded:
-        best = 0
-        best_load = 1 << 60
-        for rep in range(dp):
-            load = 0
-            for v in range(pp):
-                load += eng[rep * pp + v].unfinished
-            if load < best_load:
-                best_load = load
-                best = rep
-        rep = best
-    else:
-        rep = rr % dp
-        rr += 1
+    if cfg.routing == ROUTE_ROUND_ROBIN:
+        return rr % dp, rr + 1
+    best = 0
+    best_load = 1 << 60
+    worst_load = 0
+    for rep in range(dp):
+        load = 0
+        for v in range(pp):
+            load += eng[rep * pp + v].unfinished
+        if load < best_load:
+            best_load = load
+            best = rep
+        worst_load = max(worst_load, load)
+    q = req[r]
+    if cfg.routing == ROUTE_SESSION and q.session >= 0:
+        if sess_rep[q.session] < 0:
+            sess_rep[q.session] = best
+        return sess_rep[q.session], rr
+    ut = cache.meta[M_UNIT_TOKENS]
+    if cfg.routing == ROUTE_PREFIX and ut > 0 and q.hash_count > 0 and not (
+            worst_load - best_load > ROUTER_BALANCE_ABS and worst_load > ROUTER_BALANCE_REL * best_load):
+        limit = min(q.hash_count, (q.prompt_tokens - 1) // ut)
+        top, top_h = -1, 0
+        for e in range(dp * pp):
+            h, _ = lookup(cache, e, ids, q.hash_start, limit)
+            if h > top_h:
+                top, top_h = e // pp, h
+        if top >= 0 and top_h * ut >= ROUTER_CACHE_THRESHOLD * q.prompt_tokens:
+            return top, rr
+    return best, rr
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _route(r, rr, req, eng, cfg, cache, ids, sess_rep):
+    """Queue arriving request r on its replica's virtual engine with the fewest unfinished requests.
+    Returns the round-robin counter."""
+    pp = cfg.pp
+    rep, rr = _replica(r, rr, req, eng, cfg, cache, ids, sess_rep)
     e = rep * pp
     for v in range(1, pp):
         if eng[rep * pp + v].unfinished < eng[e].unfinished:
@@ -164,18 +240,29 @@ def _route(r, rr, req, eng, cfg):
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _end_step(ev, now, req, eng, slots, cfg, next_release):
-    """Apply the tokens of engine ev's finished step at time `now`: first tokens, finishes (KV
-    freed; in a closed loop, the next request released after its client delay). Returns the
-    requests finished and the next request to release."""
+def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
+    """Apply the tokens of engine ev's finished step at time `now`: first tokens, accepted drafts,
+    finishes (KV freed, cached units given back; in a closed loop, the next request released after
+    its client delay). Returns the requests finished and the next request to release."""
     n = req.shape[0]
     en = eng[ev]
     finished = 0
     for j in range(en.scheduled):
         r = slots[ev, j].req
         q = req[r]
+        verify = cfg.draft_tokens > 0 and q.generated > 0 and q.prompt_tokens + q.generated - q.computed == 1
         q.computed += slots[ev, j].tokens
         if q.computed == q.prompt_tokens + q.generated:
+            if verify:
+                # drafts accepted in order, each with its conditional rate, up to the first rejection
+                a = 0
+                while a < cfg.draft_tokens and np.random.random() < accept[a]:
+                    a += 1
+                a = min(a, q.output_tokens - q.generated - 1)
+                q.generated += a
+                q.computed += a
+                en.verify_steps += 1
+                en.verified_tokens += a + 1
             q.generated += 1
             if q.generated == 1:
                 q.first_token_s = now
@@ -185,6 +272,9 @@ def _end_step(ev, now, req, eng, slots, cfg, next_release):
                 en.unfinished -= 1
                 en.free_blocks += q.kv_blocks
                 q.kv_blocks = 0
+                if q.cached_units > 0:
+                    en.free_blocks += release(cache, ev, ids, q.hash_start, q.cached_units)
+                    q.cached_units = 0
                 # drop from the running list, keeping order
                 k = 0
                 for i in range(en.running):
@@ -206,39 +296,92 @@ def _end_step(ev, now, req, eng, slots, cfg, next_release):
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _schedule(e, now, req, eng, slots, cfg):
+def _balance_holds(e, eng, cfg):
+    """Attention-DP balance (TRT-LLM py_executor `_balance_adp_requests`): while generations run on
+    every rank of the replica, new contexts wait until every rank has one, or until the replica has
+    stepped `adp_balance_steps` times since the last release. True when engine e's contexts wait."""
+    if cfg.adp_balance_steps <= 0 or cfg.adp_ranks <= 1 or eng[e].head == -1:
+        return False
+    pp, a = cfg.pp, cfg.adp_ranks
+    rank, v = e // pp, e % pp
+    first = (rank // a) * a                        # the replica's first rank
+    lead = eng[first * pp]
+    lead.balance_steps += 1.0 / a                  # one replica iteration per step of each of its ranks
+    all_ctx, all_gen = True, True
+    for k in range(first, first + a):
+        en = eng[k * pp + v]
+        all_ctx = all_ctx and en.head != -1
+        all_gen = all_gen and en.running > 0
+    if all_ctx or not all_gen:
+        if all_ctx:
+            lead.balance_steps = 0.0
+        return False
+    if lead.balance_steps >= cfg.adp_balance_steps:  # timeout: every rank's waiting contexts go in
+        lead.balance_steps = 0.0
+        for k in range(first, first + a):
+            eng[k * pp + v].balance_open = 1
+    if eng[e].balance_open:
+        eng[e].balance_open = 0
+        return False
+    return True
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _schedule(e, now, req, eng, slots, cfg, cache, ids):
     """Build engine e's next step at `now`: running requests first (with prefill priority, as vLLM
     0.6 unchunked and SGLang, only the prompts in progress), then waiting ones, FCFS, in the budget
-    left (chunked: cut to fit). Returns the entries scheduled and the requests refused."""
+    left (chunked: cut to fit); then cache the full units the step's entries complete. Returns the
+    entries scheduled and the requests refused."""
     left = cfg.budget_tokens
     ns = 0
     refused = 0
     preempted_now = False
     if cfg.chunked or not cfg.prefill_first:
-        left, ns, preempted_now = _schedule_running(e, cfg.prefill_first, left, ns, req, eng, slots, cfg)
-    if not preempted_now:
-        left, ns, refused = _admit_waiting(e, left, ns, now, req, eng, slots, cfg)
+        left, ns, preempted_now = _schedule_running(e, cfg.prefill_first, left, ns, req, eng, slots, cfg, cache, ids)
+    if not preempted_now and not _balance_holds(e, eng, cfg):
+        left, ns, refused = _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids)
     if cfg.prefill_first and ns == 0:
         # no prompt to prefill: the running decodes get the step
-        left, ns, preempted_now = _schedule_running(e, False, left, ns, req, eng, slots, cfg)
+        left, ns, preempted_now = _schedule_running(e, False, left, ns, req, eng, slots, cfg, cache, ids)
     eng[e].scheduled = ns
+    ut = cache.meta[M_UNIT_TOKENS]
+    if ut > 0:
+        for j in range(ns):
+            q = req[slots[e, j].req]
+            upto = min((q.computed + slots[e, j].tokens) // ut, q.hash_cacheable)
+            if upto > q.cached_units:
+                units, dfree = register(cache, e, ids, q.hash_start, q.cached_units, upto)
+                q.kv_blocks -= (units - q.cached_units) * cache.meta[M_UNIT_BLOCKS]
+                eng[e].free_blocks += dfree
+                q.cached_units = units
     return ns, refused
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _cost_step(e, ns, now, req, eng, slots, cfg, cost):
+def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
     """Aggregate and cost engine e's scheduled step, start it at `now` (or when the replica's host
-    thread is free) and account busy time, KV use and dynamic energy."""
+    thread is free) and account busy time, KV use and dynamic energy. With speculation a decoding
+    sequence's entry verifies k drafts (k + 1 query tokens, all sampled; the context read once),
+    after k passes of the draft model over one token per decoding sequence."""
     p = cost.params[0]
     win = p.window_tokens          # tokens a sliding / chunked / sparse layer attends to (0: none)
+    k = cfg.draft_tokens
     sh = empty_shape(0)
+    dsh = empty_shape(0)
     for j in range(ns):
         q = req[slots[e, j].req]
         c = slots[e, j].tokens
         seq = q.prompt_tokens + q.generated
         k0 = q.computed
-        sh = add_sequence(sh, win, k0, c, q.generated > 0 and seq - k0 == 1, k0 + c == seq, 1)
+        dec = q.generated > 0 and seq - k0 == 1
+        if dec and k > 0:
+            sh = add_sequence(sh, win, k0, 1 + k, True, 1 + k, 1)   # every verified position is sampled
+            dsh = add_sequence(dsh, win, k0, 1, True, 1, 1)
+        else:
+            sh = add_sequence(sh, win, k0, c, dec, k0 + c == seq, 1)
     dt, br = step_time(cost, sh)
+    if dsh.tokens > 0:
+        dt += k * _draft_pass_s(draft, dsh)
     # the scheduler part of a step runs on the replica's single engine thread: virtual engines of
     # one replica (pipeline parallelism) queue for it; their GPU work overlaps
     host = eng[(e // cfg.pp) * cfg.pp]
@@ -262,6 +405,12 @@ def _cost_step(e, ns, now, req, eng, slots, cfg, cost):
 
 
 @kernel(cache=True)
+def _draft_pass_s(draft, sh):
+    """Seconds of one draft pass (a call, not inlined: the event loop stays small without drafts)."""
+    return step_time(draft, sh)[0]
+
+
+@kernel(cache=True)
 def _init(req, eng, cfg):
     """Clear every result and state field; in a closed loop only the first `closed_concurrency`
     requests are sent (after their client delays), the rest wait for finishes."""
@@ -276,6 +425,8 @@ def _init(req, eng, cfg):
         q.generated = 0
         q.kv_blocks = 0
         q.next = -1
+        q.cached_units = 0
+        q.hit_tokens = 0
         if closed > 0:
             q.sent_s = q.client_delay_s if i < closed else INF
         else:
@@ -297,13 +448,20 @@ def _init(req, eng, cfg):
         en.busy_until_s = INF
         en.scheduled = 0
         en.host_free_s = 0.0
+        en.verify_steps = 0
+        en.verified_tokens = 0
+        en.balance_steps = 0.0
+        en.balance_open = 0
 
 
 @kernel(cache=True)
-def simulate_kernel(req, sched, cost, eng):
+def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
     """Replay all requests (REQUEST rows) under `sched` (a SCHED record array) on `cost`
     (CostTables); fill the requests' times (seconds) and the engines' statistics (ENGINE rows, one
-    per scheduler: sched.ranks x sched.pp).
+    per scheduler: sched.ranks x sched.pp). `cache`: the engines' prefix cache
+    (`prefix_cache.PrefixCache`, empty when caching is off), `ids` the requests' prefix block ids;
+    `accept`: the conditional acceptance of each draft position, `draft` the draft model's
+    CostTables (used when sched.draft_tokens > 0).
 
     sched.closed_concurrency > 0 runs closed loop: that many requests in flight, each finished
     request replaced by the next after that request's client delay (send times then come from
@@ -316,6 +474,11 @@ def simulate_kernel(req, sched, cost, eng):
     _init(req, eng, cfg)
     slots = np.zeros((ne, cfg.max_seqs), SLOT)   # read only below each engine's counts
     todo = np.zeros(ne, np.int64)       # engines to schedule at the current event
+    n_sessions = 1
+    for i in range(n):
+        n_sessions = max(n_sessions, req[i].session + 1)
+    sess_rep = np.full(n_sessions, -1, np.int64)   # replica of each session's first turn
+    np.random.seed(cfg.seed)            # the fixed draw of draft acceptances
     next_req = 0
     next_release = cfg.closed_concurrency if cfg.closed_concurrency > 0 else n
     done = 0
@@ -334,7 +497,7 @@ def simulate_kernel(req, sched, cost, eng):
             break  # nothing can happen (should not occur)
         if t_a <= t_e:
             # ---- arrival: route to a replica, then to its least-loaded virtual engine -----------
-            rr = _route(next_req, rr, req, eng, cfg)
+            rr = _route(next_req, rr, req, eng, cfg, cache, ids, sess_rep)
             next_req += 1
             if next_req < n and req[next_req].sent_s <= t_a:
                 continue   # queue every request arriving at this instant before anything is scheduled
@@ -349,7 +512,7 @@ def simulate_kernel(req, sched, cost, eng):
         else:
             # ---- a step ends: apply its tokens ----------------------------------------------------
             now = t_e
-            finished, next_release = _end_step(e_min, now, req, eng, slots, cfg, next_release)
+            finished, next_release = _end_step(e_min, now, req, eng, slots, cfg, next_release, cache, ids, accept)
             if finished > 0:
                 done += finished
                 if now > t_end:
@@ -359,9 +522,9 @@ def simulate_kernel(req, sched, cost, eng):
         # ---- schedule and cost the next step of each engine in `todo` at time `now` -------------
         for ti in range(n_todo):
             e = todo[ti]
-            ns, refused = _schedule(e, now, req, eng, slots, cfg)
+            ns, refused = _schedule(e, now, req, eng, slots, cfg, cache, ids)
             done += refused
             eng[e].unfinished -= refused
             if ns > 0:
-                _cost_step(e, ns, now, req, eng, slots, cfg, cost)
+                _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft)
     return t_end

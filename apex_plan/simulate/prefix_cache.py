@@ -16,8 +16,8 @@ and SGLang (sglang/srt/mem_cache/radix_cache.py) keep it:
   in allocate_slots); when the same id is already cached the request shares it and frees its
   own copy (SGLang's cache_unfinished_req frees the duplicate KV indices).
 
-Memory: the engine's `free` counter counts empty blocks plus evictable units; `evictable[e]`
-is the part held by unreferenced units. Hit, query and eviction counts go to `stats`.
+Memory: the engine's `free` counter counts empty blocks plus evictable units; eng[e, E_EVICTABLE]
+is the part held by unreferenced units. Hit, query and eviction counts go to eng[e, C_*].
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-PrefixCache = namedtuple("PrefixCache", (
-    "tab_id tab_eng tab_slot "                 # table: block id and engine per position (-1: empty), its slot
-    "slot_id slot_eng slot_ref slot_prev slot_next "   # per slot: key, holders, LRU links (-1: none)
-    "free_slots meta "                         # stack of unused slots; [n_free, mask, unit_blocks, unit_tokens]
-    "lru_head lru_tail evictable stats"))      # per engine: LRU ends, evictable blocks, [hit_tok, query_tok, evicted]
-
-M_NFREE, M_MASK, M_UNIT_BLOCKS, M_UNIT_TOKENS = 0, 1, 2, 3
-C_HIT_TOKENS, C_QUERY_TOKENS, C_EVICTED, C_NCOL = 0, 1, 2, 3
+PrefixCache = namedtuple("PrefixCache", "tab slot meta eng")   # four int64 arrays (few for numba to refcount)
+# tab[T, TAB_*]: open-addressing table positions (eng -1: empty); slot[S, SLOT_*]: cached units, unused ones
+# chained through SLOT_NEXT from meta[M_FREE]; meta: [M_FREE, M_MASK, M_UNIT_BLOCKS, M_UNIT_TOKENS];
+# eng[E, E_*]: per engine LRU ends of its unreferenced units, their blocks, and counters
+TAB_ID, TAB_ENG, TAB_SLOT = 0, 1, 2
+SLOT_ID, SLOT_ENG, SLOT_REF, SLOT_PREV, SLOT_NEXT = 0, 1, 2, 3, 4
+M_FREE, M_MASK, M_UNIT_BLOCKS, M_UNIT_TOKENS = 0, 1, 2, 3
+E_LRU_HEAD, E_LRU_TAIL, E_EVICTABLE, C_HIT_TOKENS, C_QUERY_TOKENS, C_EVICTED = 0, 1, 2, 3, 4, 5
 _MIX1 = 0x5851F42D4C957F2D      # odd 64-bit multipliers (PCG / splitmix constants) for the table position
 _MIX2 = 0x14057B7EF767814F
 
@@ -44,13 +44,14 @@ def new_cache(engines: int, kv_blocks: int, unit_blocks: int, unit_tokens: int) 
     KV blocks of `unit_tokens` tokens. Slots: as many units as the pools can hold, plus one each."""
     slots = max(1, engines * (kv_blocks // max(unit_blocks, 1) + 1))
     size = 1 << max(4, int(2 * slots - 1).bit_length())        # load factor <= 1/2
-    return PrefixCache(np.full(size, -1, np.int64), np.full(size, -1, np.int64), np.full(size, -1, np.int64),
-                       np.full(slots, -1, np.int64), np.full(slots, -1, np.int64), np.zeros(slots, np.int64),
-                       np.full(slots, -1, np.int64), np.full(slots, -1, np.int64),
-                       np.arange(slots - 1, -1, -1, dtype=np.int64),
-                       np.array([slots, size - 1, unit_blocks, unit_tokens], np.int64),
-                       np.full(engines, -1, np.int64), np.full(engines, -1, np.int64), np.zeros(engines, np.int64),
-                       np.zeros((engines, C_NCOL), np.int64))
+    tab = np.full((size, 3), -1, np.int64)
+    slot = np.full((slots, 5), -1, np.int64)
+    slot[:, SLOT_REF] = 0
+    slot[:-1, SLOT_NEXT] = np.arange(1, slots)                  # the free list: 0, 1, 2, ...
+    eng = np.zeros((engines, 6), np.int64)
+    eng[:, E_LRU_HEAD] = -1
+    eng[:, E_LRU_TAIL] = -1
+    return PrefixCache(tab, slot, np.array([0, size - 1, unit_blocks, unit_tokens], np.int64), eng)
 
 
 def empty_cache(engines: int) -> PrefixCache:
@@ -72,8 +73,8 @@ def _position(c, hid, e):
     """Table position of (hid, e), or -1."""
     i = _home(c, hid, e)
     mask = c.meta[M_MASK]
-    while c.tab_eng[i] != -1:
-        if c.tab_id[i] == hid and c.tab_eng[i] == e:
+    while c.tab[i, TAB_ENG] != -1:
+        if c.tab[i, TAB_ID] == hid and c.tab[i, TAB_ENG] == e:
             return i
         i = (i + 1) & mask
     return -1
@@ -83,7 +84,7 @@ def _position(c, hid, e):
 def find(c, hid, e):
     """Slot of unit `hid` in engine e's cache, or -1."""
     i = _position(c, hid, e)
-    return -1 if i < 0 else c.tab_slot[i]
+    return -1 if i < 0 else c.tab[i, TAB_SLOT]
 
 
 @njit(cache=True)
@@ -93,67 +94,67 @@ def _table_delete(c, i):
     j = i
     while True:
         j = (j + 1) & mask
-        if c.tab_eng[j] == -1:
+        if c.tab[j, TAB_ENG] == -1:
             break
-        k = _home(c, c.tab_id[j], c.tab_eng[j])
+        k = _home(c, c.tab[j, TAB_ID], c.tab[j, TAB_ENG])
         stays = (i < k <= j) if i <= j else (i < k or k <= j)   # k cyclically in (i, j]: entry j may stay
         if not stays:
-            c.tab_id[i] = c.tab_id[j]
-            c.tab_eng[i] = c.tab_eng[j]
-            c.tab_slot[i] = c.tab_slot[j]
+            c.tab[i, TAB_ID] = c.tab[j, TAB_ID]
+            c.tab[i, TAB_ENG] = c.tab[j, TAB_ENG]
+            c.tab[i, TAB_SLOT] = c.tab[j, TAB_SLOT]
             i = j
-    c.tab_eng[i] = -1
-    c.tab_id[i] = -1
-    c.tab_slot[i] = -1
+    c.tab[i, TAB_ENG] = -1
+    c.tab[i, TAB_ID] = -1
+    c.tab[i, TAB_SLOT] = -1
 
 
 @njit(cache=True)
 def _insert(c, hid, e):
     """A new unreferenced, unlisted slot for (hid, e); -1 when every slot is taken."""
-    if c.meta[M_NFREE] == 0:
+    s = c.meta[M_FREE]
+    if s == -1:
         return -1
-    c.meta[M_NFREE] -= 1
-    s = c.free_slots[c.meta[M_NFREE]]
-    c.slot_id[s] = hid
-    c.slot_eng[s] = e
-    c.slot_ref[s] = 0
-    c.slot_prev[s] = -1
-    c.slot_next[s] = -1
+    c.meta[M_FREE] = c.slot[s, SLOT_NEXT]
+    c.slot[s, SLOT_ID] = hid
+    c.slot[s, SLOT_ENG] = e
+    c.slot[s, SLOT_REF] = 0
+    c.slot[s, SLOT_PREV] = -1
+    c.slot[s, SLOT_NEXT] = -1
     i = _home(c, hid, e)
     mask = c.meta[M_MASK]
-    while c.tab_eng[i] != -1:
+    while c.tab[i, TAB_ENG] != -1:
         i = (i + 1) & mask
-    c.tab_id[i] = hid
-    c.tab_eng[i] = e
-    c.tab_slot[i] = s
+    c.tab[i, TAB_ID] = hid
+    c.tab[i, TAB_ENG] = e
+    c.tab[i, TAB_SLOT] = s
     return s
 
 
 @njit(cache=True, inline="always")
 def _unlink(c, s, e):
-    p, q = c.slot_prev[s], c.slot_next[s]
+    p, q = c.slot[s, SLOT_PREV], c.slot[s, SLOT_NEXT]
     if p == -1:
-        c.lru_head[e] = q
+        c.eng[e, E_LRU_HEAD] = q
     else:
-        c.slot_next[p] = q
+        c.slot[p, SLOT_NEXT] = q
     if q == -1:
-        c.lru_tail[e] = p
+        c.eng[e, E_LRU_TAIL] = p
     else:
-        c.slot_prev[q] = p
-    c.slot_prev[s] = -1
-    c.slot_next[s] = -1
+        c.slot[q, SLOT_PREV] = p
+    c.slot[s, SLOT_PREV] = -1
+    c.slot[s, SLOT_NEXT] = -1
 
 
 @njit(cache=True, inline="always")
 def _append(c, s, e):
-    t = c.lru_tail[e]
-    c.slot_prev[s] = t
-    c.slot_next[s] = -1
+    t = c.eng[e, E_LRU_TAIL]
+    c.slot[s, SLOT_PREV] = t
+    c.slot[s, SLOT_NEXT] = -1
     if t == -1:
-        c.lru_head[e] = s
+        c.eng[e, E_LRU_HEAD] = s
     else:
-        c.slot_next[t] = s
-    c.lru_tail[e] = s
+        c.slot[t, SLOT_NEXT] = s
+    c.eng[e, E_LRU_TAIL] = s
 
 
 @njit(cache=True)
@@ -166,7 +167,7 @@ def lookup(c, e, ids, start, limit):
         s = find(c, ids[start + h], e)
         if s < 0:
             break
-        if c.slot_ref[s] == 0:
+        if c.slot[s, SLOT_REF] == 0:
             unref += 1
         h += 1
     return h, unref
@@ -178,10 +179,10 @@ def acquire(c, e, ids, start, h):
     ub = c.meta[M_UNIT_BLOCKS]
     for j in range(h):
         s = find(c, ids[start + j], e)
-        if c.slot_ref[s] == 0:
+        if c.slot[s, SLOT_REF] == 0:
             _unlink(c, s, e)
-            c.evictable[e] -= ub
-        c.slot_ref[s] += 1
+            c.eng[e, E_EVICTABLE] -= ub
+        c.slot[s, SLOT_REF] += 1
 
 
 @njit(cache=True)
@@ -192,10 +193,10 @@ def release(c, e, ids, start, nref):
     freed = 0
     for j in range(nref - 1, -1, -1):
         s = find(c, ids[start + j], e)
-        c.slot_ref[s] -= 1
-        if c.slot_ref[s] == 0:
+        c.slot[s, SLOT_REF] -= 1
+        if c.slot[s, SLOT_REF] == 0:
             _append(c, s, e)
-            c.evictable[e] += ub
+            c.eng[e, E_EVICTABLE] += ub
             freed += ub
     return freed
 
@@ -204,14 +205,14 @@ def release(c, e, ids, start, nref):
 def make_room(c, e, need, free_e):
     """Evict engine e's least recently freed units until `need` empty blocks exist (free_e counts
     empty plus evictable blocks; the caller has checked free_e >= need)."""
-    while free_e - c.evictable[e] < need and c.lru_head[e] != -1:
-        s = c.lru_head[e]
+    while free_e - c.eng[e, E_EVICTABLE] < need and c.eng[e, E_LRU_HEAD] != -1:
+        s = c.eng[e, E_LRU_HEAD]
         _unlink(c, s, e)
-        _table_delete(c, _position(c, c.slot_id[s], e))
-        c.free_slots[c.meta[M_NFREE]] = s
-        c.meta[M_NFREE] += 1
-        c.evictable[e] -= c.meta[M_UNIT_BLOCKS]
-        c.stats[e, C_EVICTED] += 1
+        _table_delete(c, _position(c, c.slot[s, SLOT_ID], e))
+        c.slot[s, SLOT_NEXT] = c.meta[M_FREE]
+        c.meta[M_FREE] = s
+        c.eng[e, E_EVICTABLE] -= c.meta[M_UNIT_BLOCKS]
+        c.eng[e, C_EVICTED] += 1
 
 
 @njit(cache=True)
@@ -225,16 +226,16 @@ def register(c, e, ids, start, nref, upto):
     while j < upto:
         s = find(c, ids[start + j], e)
         if s >= 0:
-            if c.slot_ref[s] == 0:           # evictable copy taken back: its blocks leave the free count
+            if c.slot[s, SLOT_REF] == 0:           # evictable copy taken back: its blocks leave the free count
                 _unlink(c, s, e)
-                c.evictable[e] -= ub
+                c.eng[e, E_EVICTABLE] -= ub
             else:                            # someone holds it: our duplicate copy is freed
                 dfree += ub
         else:
             s = _insert(c, ids[start + j], e)
             if s < 0:
                 break
-        c.slot_ref[s] += 1
+        c.slot[s, SLOT_REF] += 1
         j += 1
     return j, dfree
 

@@ -7,14 +7,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from apex_plan.abi import ENGINE, REQUEST, SCHED, make_record
+from apex_plan.abi import ENGINE, REQUEST, ROUTES, SCHED, make_record
 from apex_plan.estimate.memory import MemoryReport, memory_report
+from apex_plan.estimate.shard import build_shard
 from apex_plan.estimate.step_cost import StepCost, build_step_cost
 from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig, Plan
+from apex_plan.simulate import features as F
 from apex_plan.simulate import kernels as SK
 from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
+from apex_plan.simulate.fit import fit_engine
 from apex_plan.workload.spec import Slo, Workload
 
 
@@ -116,26 +119,20 @@ def client_delays_s(n: int, concurrency: int, lifetime_s: float, seed: int = 0) 
 def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: EngineConfig, workload: Workload,
              slo: Slo | None = None, step_cost: StepCost | None = None) -> SimResult:
     """Replay `workload` on `plan.dp` replicas of `plan` and measure what a client would see."""
-    eng = resolve_engine(engine_cfg, model)
     gpu = cluster.gpu
-    sc = step_cost or build_step_cost(model, gpu, plan, cluster, engine=eng)
-    mem = memory_report(model, gpu, plan, sc.shard, gpu_memory_utilization=eng.gpu_memory_utilization,
-                        max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs,
-                        block_size=eng.block_size, max_model_len=eng.max_model_len,
-                        policy=eng.profile.memory)
-    if (not mem.feasible and eng.profile.memory.caps_max_model_len and 0 < mem.kv_tokens < eng.max_model_len
-            and engine_cfg.max_model_len is None):
-        # the engine starts anyway with the context cut to what its KV pool holds
-        eng = dataclasses.replace(eng, max_model_len=int(mem.kv_tokens))
-        mem = memory_report(model, gpu, plan, sc.shard, gpu_memory_utilization=eng.gpu_memory_utilization,
-                            max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs,
-                            block_size=eng.block_size, max_model_len=eng.max_model_len, policy=eng.profile.memory)
-    if not mem.feasible:
-        return SimResult(plan, eng, mem, False, mem.reason, step_cost=sc)
+    tr = workload.trace
+    shard = step_cost.shard if step_cost is not None else build_shard(model, plan)
+    longest = int((tr.prompt_tokens + tr.output_tokens).max()) if tr.prompt_tokens.size else 1
+    eng, mem, why = fit_engine(model, plan, shard, engine_cfg, gpu, longest,
+                               int(tr.prompt_tokens.max()) if tr.prompt_tokens.size else 0)
+    if eng is None:                                  # the settings as resolved, with the reason they do not fit
+        eng = resolve_engine(engine_cfg, model)
+        sc = step_cost or build_step_cost(model, gpu, plan, cluster, shard=shard, engine=eng)
+        return SimResult(plan, eng, mem, False, why, step_cost=sc)
+    sc = step_cost or build_step_cost(model, gpu, plan, cluster, shard=shard, engine=eng)
     if plan.num_gpus > cluster.num_gpus:
         reason = f"plan needs {plan.num_gpus} GPUs, the cluster has {cluster.num_gpus}"
         return SimResult(plan, eng, mem, False, reason, step_cost=sc)
-    tr = workload.trace
     # a prompt that does not fit max_model_len (or, unchunked, the step's token budget) is refused, as the
     # engines do; outputs stop at max_model_len
     valid = tr.prompt_tokens < eng.max_model_len
@@ -150,21 +147,34 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
     arrival = np.ascontiguousarray(tr.arrival_s[valid], dtype=np.float64)
     conc = workload.concurrency if workload.mode == "closed" else 0
     ranks = plan.dp * plan.adp           # each attention-DP rank schedules its own batch
+    sub = tr if valid.all() else tr.take(np.flatnonzero(valid))     # the served requests, prefix ids with them
+    ne = ranks * plan.pp
+    prefix = F.request_prefix(sub, eng.prefix_caching, eng.block_size)
+    spec_k, accept = F.spec_inputs(eng.speculative)
+    draft = F.draft_cost(model, gpu, plan, cluster, eng).cost if spec_k else sc.cost
+    feat: dict = {}
     sched = make_record(
-        SCHED, ranks=ranks, pp=plan.pp, least_loaded=eng.routing == "least_loaded", max_seqs=eng.max_num_seqs,
+        SCHED, ranks=ranks, pp=plan.pp, routing=ROUTES[eng.routing], max_seqs=eng.max_num_seqs,
         budget_tokens=eng.max_batched_tokens, chunked=eng.chunked_prefill, block_tokens=eng.block_size,
         kv_blocks=nblocks, watermark_blocks=watermark, prefill_first=eng.profile.prefill_first(eng.chunked_prefill),
         reserve_full=eng.profile.scheduler.reserve_full_sequence, closed_concurrency=0, tdp_w=gpu.tdp_w,
-        idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp)
+        idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp, adp_ranks=plan.adp,
+        adp_balance_steps=eng.profile.scheduler.adp_balance_steps, draft_tokens=spec_k, seed=F.SPEC_SEED)
 
     def run(arr, prm, out, closed, delay):
         """One pass of the event loop; per-request times and per-engine statistics."""
-        req = np.zeros(prm.size, REQUEST)
+        m = prm.size
+        req = np.zeros(m, REQUEST)
         req["arrival_s"], req["prompt_tokens"], req["output_tokens"], req["client_delay_s"] = arr, prm, out, delay
-        st = np.zeros(ranks * plan.pp, ENGINE)
+        for name, col in prefix.columns.items():
+            req[name] = col[:m]
+        st = np.zeros(ne, ENGINE)
         cfg = sched.copy()
         cfg["closed_concurrency"] = closed
-        end = SK.simulate_kernel(req, cfg, sc.cost, st)
+        cache = F.new_engine_cache(prefix, ne, nblocks)
+        end = SK.simulate_kernel(req, cfg, sc.cost, st, cache, prefix.ids, accept, draft)
+        if m == n:
+            feat.update(cache=cache, hit_tokens=np.ascontiguousarray(req["hit_tokens"]))
         cols = ("sent_s", "first_token_s", "finish_s", "scheduled_s", "preemptions")
         return (*(np.ascontiguousarray(req[c]) for c in cols), st, end)
 
@@ -182,12 +192,39 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
     else:
         t_arr, t_first, t_fin, t_sched, n_pre, estats, t_end = run(arrival, prompt, output, 0, np.zeros(n))
     times = RequestTimes(t_arr, t_first, t_fin, t_sched, n_pre, output, prompt, eng.profile.host.frontend_ms * 1e-3)
+    if not times.ok.any():                # never null metrics: the plan is reported with why nothing completed
+        why = no_completion_reason(tr.prompt_tokens, eng, prompt, output, nblocks - watermark,
+                                   eng.profile.scheduler.reserve_full_sequence)
+        return SimResult(plan, eng, mem, False, why, step_cost=sc)
     t0 = float(t_arr[:n].min()) if n else 0.0
     makespan = max(float(t_end) - t0, 1e-9)
     energy = float(estats["dynamic_j"].sum()) + gpu.idle_w * plan.num_gpus * makespan
     metrics = compute_metrics(times, estats, makespan, energy, nblocks, slo)
     metrics["requests_refused_too_long"] = int((~valid).sum())
+    metrics["prefix_cache"] = F.prefix_metrics(sub, eng.prefix_caching, feat["hit_tokens"], times.ok, feat["cache"])
+    metrics["speculative"] = F.spec_metrics(eng.speculative, int(estats["verify_steps"].sum()),
+                                            int(estats["verified_tokens"].sum()))
     return SimResult(plan, eng, mem, True, "", times, estats, makespan, energy, metrics, sc)
+
+
+def no_completion_reason(asked_prompts: np.ndarray, eng: ResolvedEngine, prompt: np.ndarray, output: np.ndarray,
+                         usable_blocks: int, reserve_full: bool) -> str:
+    """One line saying why no request of a simulation completed: every prompt refused (longer than
+    max_model_len, or than the token budget without chunking), or no request fitting the KV cache."""
+    if prompt.size == 0:
+        if asked_prompts.size == 0:
+            return "no request completed: the workload has no requests"
+        longest = int(asked_prompts.max())
+        if longest >= eng.max_model_len:
+            return (f"no request completed: every prompt (the longest {longest} tokens) is refused, max_model_len is "
+                    f"{eng.max_model_len}")
+        return (f"no request completed: every prompt (the longest {longest} tokens) exceeds the token budget of "
+                f"{eng.max_batched_tokens} without chunked prefill")
+    seq = prompt + output if reserve_full else prompt + 1
+    need = int(((seq.min() + eng.block_size - 1) // eng.block_size))   # KV blocks of the smallest request
+    what = "prompt + output" if reserve_full else "prompt"
+    return (f"no request completed: the smallest request needs {need} KV blocks of {eng.block_size} tokens "
+            f"({what}), an engine's cache holds {usable_blocks}")
 
 
 def _queue_growth_s(times: RequestTimes) -> float:

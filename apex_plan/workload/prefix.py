@@ -121,9 +121,10 @@ def multiturn_trace(num_requests: int, message: LengthDist, output: LengthDist, 
     """Sessions of `turns` turns behind one of `num_prefixes` shared system prompts of
     `prefix_tokens` tokens. Turn t's prompt is the system prompt, every earlier message and reply,
     and its own new message (`message` tokens); replies are `output` tokens. Sessions start as a
-    Poisson process at rate_per_s / turns (so requests arrive at about rate_per_s); each later turn
-    comes an exponential think time (mean `think_time_s`) after the previous turn's arrival.
-    The first `num_requests` requests by arrival are kept."""
+    Poisson process at rate_per_s / turns (so requests arrive at about rate_per_s once sessions
+    overlap; a finite trace ramps up and down over about turns x think time); each later turn comes
+    an exponential think time (mean `think_time_s`) after the previous turn's arrival. The first
+    `num_requests` requests by arrival are kept."""
     _check_args(num_requests, turns, prefix_tokens, num_prefixes, think_time_s, hash_block_tokens)
     if not (math.isfinite(rate_per_s) and rate_per_s > 0):
         raise InputError("--rate", None, f"must be a positive number of requests per second, got {rate_per_s}", "e.g. 2")

@@ -1,0 +1,205 @@
+"""Simulate a disaggregated deployment: prefill instances, KV transfers, decode instances, as one event loop.
+
+Each role gets its own engine settings (the profile's defaults, decode_max_num_seqs on decode),
+memory report (KV pool sized as the engine sizes it) and step costs; `disagg_kernel` replays the
+workload through both pools together, so a decode pool that is full holds the prefill blocks of the
+requests waiting for it and stops the prefill admissions behind them (see its docstring). Requests
+go to instances round-robin (NVIDIA Dynamo's default `--router-mode round-robin`) or to the one with
+the fewest unfinished requests (`--routing least_loaded`), in both pools.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from apex_plan.estimate.memory import MemoryReport
+from apex_plan.estimate.shard import build_shard
+from apex_plan.estimate.step_cost import StepCost, build_step_cost
+from apex_plan.hardware.spec import ClusterSpec
+from apex_plan.model.spec import ModelSpec
+from apex_plan.plan.disagg import DisaggPlan
+from apex_plan.plan.spec import EngineConfig, Plan
+from apex_plan.abi import ENGINE, REQUEST, ROUTE_LEAST_LOADED, ROUTE_ROUND_ROBIN, SCHED, XENGINE, XFER, make_record
+from apex_plan.simulate import disagg_kernel as DK
+from apex_plan.simulate.engine import ResolvedEngine
+from apex_plan.simulate.fit import fit_engine
+from apex_plan.simulate.run import RequestTimes, client_delays_s, compute_metrics, distribution
+from apex_plan.simulate.transfer import Links, kv_transfer_bytes, nic_bytes, rank_links
+from apex_plan.workload.spec import Slo, Workload
+
+
+@dataclass(frozen=True, eq=False)
+class Role:
+    """One pool's engine settings, memory and step costs."""
+
+    plan: Plan
+    engine: ResolvedEngine
+    memory: MemoryReport
+    step_cost: StepCost
+
+
+@dataclass(frozen=True, eq=False)
+class DisaggResult:
+    plan: DisaggPlan
+    prefill: Role | None
+    decode: Role | None
+    feasible: bool
+    reason: str
+    times: RequestTimes | None = None
+    phases: dict | None = None            # per-request absolute times of each phase (seconds)
+    visits: np.ndarray | None = None      # (requests, 3): prefilled, transferred, decoded
+    transfer_bytes: np.ndarray | None = None
+    links: Links | None = None
+    estats: np.ndarray | None = None
+    makespan_s: float = 0.0
+    energy_j: float = 0.0
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+def _role(model: ModelSpec, cluster: ClusterSpec, plan: Plan, cfg: EngineConfig, need_len: int,
+          longest_prompt: int) -> tuple[Role | None, str]:
+    """One role's engine settings fitted to its plan and memory (`apex_plan.simulate.fit.fit_engine`,
+    the rule aggregated plans follow) and its step costs; (None, reason) when it cannot hold the
+    workload's longest request."""
+    shard = build_shard(model, plan)
+    eng, mem, why = fit_engine(model, plan, shard, cfg, cluster.gpu, need_len, longest_prompt)
+    if eng is None:
+        return None, why
+    return Role(plan, eng, mem, build_step_cost(model, cluster.gpu, plan, cluster, engine=eng, shard=shard)), ""
+
+
+def _sched(role: Role, gpu, least_loaded: bool, closed: int) -> np.ndarray:
+    """One role's SCHED record (the aggregated loop's fields, by name)."""
+    e, p = role.engine, role.plan
+    nblocks = role.memory.kv_blocks // p.pp        # the pool is shared out over the pp virtual engines
+    return make_record(
+        SCHED, ranks=p.dp * p.adp, pp=p.pp, routing=ROUTE_LEAST_LOADED if least_loaded else ROUTE_ROUND_ROBIN,
+        max_seqs=e.max_num_seqs,
+        budget_tokens=e.max_batched_tokens, chunked=e.chunked_prefill, block_tokens=e.block_size, kv_blocks=nblocks,
+        watermark_blocks=int(e.watermark_fraction * nblocks), prefill_first=e.profile.prefill_first(e.chunked_prefill),
+        reserve_full=e.profile.scheduler.reserve_full_sequence, closed_concurrency=closed, tdp_w=gpu.tdp_w,
+        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp,
+        adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0)
+
+
+def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, engine_cfg: EngineConfig,
+                    workload: Workload, slo: Slo | None = None, links: Links | None = None) -> DisaggResult:
+    """Replay `workload` on the prefill and decode pools of `plan`. `links` overrides the cluster's
+    links between ranks (tests: an infinite link)."""
+    tr = workload.trace
+    need = int((tr.prompt_tokens + tr.output_tokens).max()) if len(tr) else 1
+    longest = int(tr.prompt_tokens.max()) if len(tr) else 1
+    pre, why_p = _role(model, cluster, plan.prefill, dataclasses.replace(
+        engine_cfg, max_num_seqs=plan.prefill_max_num_seqs or engine_cfg.max_num_seqs), need, longest)
+    dec, why_d = _role(model, cluster, plan.decode, dataclasses.replace(
+        engine_cfg, max_num_seqs=plan.decode_max_num_seqs or engine_cfg.max_num_seqs), need, longest)
+    if pre is None or dec is None:
+        return DisaggResult(plan, pre, dec, False, f"prefill instances: {why_p}" if pre is None
+                            else f"decode instances: {why_d}")
+    if plan.num_gpus > cluster.num_gpus:
+        return DisaggResult(plan, pre, dec, False, f"the deployment needs {plan.num_gpus} GPUs, the cluster has "
+                                                   f"{cluster.num_gpus}")
+    max_len = min(pre.engine.max_model_len, dec.engine.max_model_len)
+    valid = tr.prompt_tokens < max_len
+    if not pre.engine.chunked_prefill:
+        valid &= tr.prompt_tokens <= pre.engine.max_batched_tokens
+    n = int(valid.sum())
+    prompt = np.ascontiguousarray(tr.prompt_tokens[valid], dtype=np.int64)
+    output = np.minimum(np.maximum(tr.output_tokens[valid], 1), max_len - prompt).astype(np.int64)
+    arrival = np.ascontiguousarray(tr.arrival_s[valid], dtype=np.float64)
+    links = links or rank_links(cluster, plan)
+    total_b = kv_transfer_bytes(model, plan.decode.kv_dtype, prompt, plan.decode.act_dtype)
+    send_b, recv_b = nic_bytes(model, plan.prefill, plan.decode, total_b)
+    least = engine_cfg.routing == "least_loaded"
+    n_pe = plan.prefill.dp * plan.prefill.adp * plan.prefill.pp
+    unit = plan.decode.pp * plan.decode.adp
+    base_d = -(-n_pe // unit) * unit        # decode engines start on a whole replica (host thread, ADP balance)
+    ne = base_d + plan.decode.dp * plan.decode.adp * plan.decode.pp
+    gpu = cluster.gpu
+
+    def run(arr, prm, out, sb, rb, closed, delay):
+        m = prm.size
+        req_p, req_d = np.zeros(m, REQUEST), np.zeros(m, REQUEST)
+        req_p["prompt_tokens"], req_p["output_tokens"] = prm, 1          # a prefill engine ends at the first token
+        req_d["arrival_s"], req_d["prompt_tokens"], req_d["output_tokens"], req_d["client_delay_s"] = arr, prm, out, delay
+        x = np.zeros(m, XFER)
+        x["send_bytes"], x["recv_bytes"] = sb, rb
+        eng, xe = np.zeros(ne, ENGINE), np.zeros(ne, XENGINE)
+        end = DK.disagg_kernel(req_p, req_d, x, _sched(pre, gpu, least, 0), _sched(dec, gpu, least, closed),
+                               pre.step_cost.cost, dec.step_cost.cost, eng, xe, base_d, links.bw_bytes_per_s,
+                               links.latency_s)
+        t = [np.ascontiguousarray(a) for a in (req_d["sent_s"], req_d["first_token_s"], req_d["finish_s"],
+                                               req_p["scheduled_s"], x["prefill_done_s"], x["admit_s"],
+                                               x["transfer_start_s"], x["transfer_end_s"])]
+        visits = np.stack([x["prefilled"], x["transferred"], x["decoded"]], axis=1)
+        return t, req_p["preemptions"] + req_d["preemptions"], visits, eng, end
+
+    conc = workload.concurrency if workload.mode == "closed" else 0
+    if conc and dec.engine.profile.scheduler.closed_loop != "lockstep":
+        # de-synchronised closed loop, as the aggregated simulator: starts spread over one lifetime,
+        # the first wave (sent at once) from its own lock-step pass
+        batch = max(1, min(conc, dec.engine.max_num_seqs))
+        life = (pre.step_cost.prefill_time_s(int(prompt.mean())) + float(output.mean())
+                * dec.step_cost.decode_time_s(batch, int(prompt.mean() + output.mean() / 2)))
+        t, npre, visits, st, end = run(arrival, prompt, output, send_b, recv_b, conc, client_delays_s(n, conc, life))
+        k = min(conc, n)
+        w = run(np.zeros(k), prompt[:k].copy(), output[:k].copy(), send_b[:k].copy(), recv_b[:k].copy(), 0, np.zeros(k))
+        for dst, src in zip(t, w[0]):
+            dst[:k] = src
+        npre[:k] = w[1]
+        visits[:k] = w[2]
+    else:
+        t, npre, visits, st, end = run(arrival, prompt, output, send_b, recv_b, conc, np.zeros(n))
+    t_arr, t_first, t_fin, t_sched, t_pf, t_admit, t_xs, t_xe = t
+    times = RequestTimes(t_arr, t_first, t_fin, t_sched, npre, output, prompt, dec.engine.profile.host.frontend_ms * 1e-3)
+    phases = {"prefill_done_s": t_pf, "decode_admit_s": t_admit, "transfer_start_s": t_xs, "transfer_end_s": t_xe}
+    t0 = float(t_arr.min()) if n else 0.0
+    makespan = max(float(end) - t0, 1e-9)
+    energy = float(st["dynamic_j"].sum()) + gpu.idle_w * plan.num_gpus * makespan
+    metrics = compute_metrics(times, st[base_d:], makespan, energy, dec.memory.kv_blocks // plan.decode.pp, slo)
+    metrics["requests_refused_too_long"] = int((~valid).sum())
+    res = DisaggResult(plan, pre, dec, True, "", times, phases, visits, total_b, links, st, makespan, energy, metrics)
+    metrics.update(disagg_metrics(res, n_pe, pre.memory.kv_blocks // plan.prefill.pp))
+    return res
+
+
+def disagg_metrics(res: DisaggResult, n_pe: int, nblocks_p: int) -> dict:
+    """Per-phase breakdown of TTFT (means and percentiles, ms), transfer volumes, each pool's load,
+    and the conservation counts."""
+    tm, ph = res.times, res.phases
+    ok = tm.ok & (ph["transfer_end_s"] >= 0)
+    parts = {
+        "prefill_queue_ms": tm.scheduled_s - tm.arrival_s,
+        "prefill_ms": ph["prefill_done_s"] - tm.scheduled_s,
+        "decode_admission_wait_ms": ph["decode_admit_s"] - ph["prefill_done_s"],
+        "link_queue_ms": ph["transfer_start_s"] - ph["decode_admit_s"],
+        "kv_transfer_ms": ph["transfer_end_s"] - ph["transfer_start_s"],
+        "first_decode_step_ms": tm.first_token_s - ph["transfer_end_s"],
+    }
+    phases = {k: distribution(v[ok], 1e3) for k, v in parts.items()}
+    phases["frontend_ms"] = tm.frontend_s * 1e3
+    st = res.estats
+    n_de = res.decode.plan.dp * res.decode.plan.adp * res.decode.plan.pp
+    pst, dst = st[:n_pe], st[st.shape[0] - n_de:]
+    tb = res.transfer_bytes
+    return {
+        "serving": "disagg",
+        "ttft_phases": phases,
+        "kv_transfer": {
+            "bytes_per_request_mean": float(tb.mean()) if tb.size else 0.0,
+            "bytes_total": float(tb[res.visits[:, 1] > 0].sum()),
+            "rank_pairs_over_nvlink": float(res.links.over_nvlink.mean()),
+            "link_gbps": sorted({round(float(b) / 1e9, 3) for b in res.links.bw_bytes_per_s.ravel()}),
+        },
+        "pools": {
+            "prefill": {"busy_fraction": float(pst["busy_s"].sum() / res.makespan_s / max(n_pe, 1)),
+                        "kv_peak_utilization": float(pst["kv_peak_blocks"].max() / max(nblocks_p, 1)),
+                        "steps": int(pst["steps"].sum())},
+            "decode": {"busy_fraction": float(dst["busy_s"].sum() / res.makespan_s / max(n_de, 1)),
+                       "steps": int(dst["steps"].sum())},
+        },
+        "conservation": {k: int(v) for k, v in zip(("prefilled", "transferred", "decoded"), res.visits.sum(axis=0))},
+    }

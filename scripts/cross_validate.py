@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Leave-one-model-out and leave-one-GPU-out cross-validation of the engine profiles' fitted constants.
+
+For each engine profile with runs in the CSVs (aggregated silicon rows; rows of excluded.csv left
+out) and each fold kind (model, gpu): for every model (or GPU) its runs are held out, the --fit
+constants are fitted (apex_plan.calibrate.fit, from the profile's values, inside the bounds) on
+every --train-every'th of the other runs, and the held-out runs are predicted with the fitted
+constants. Printed per profile and fold kind, over all held-out runs: coverage (predicted /
+attempted), MAPE, median |error| and bias of TTFT and TPOT, and how often the measured value falls
+inside the 80 % interval built from the training runs' error quantiles (as `calibrate` stores it).
+A fold whose held-out model or GPU is the profile's only one is skipped (nothing to train on).
+
+usage: python scripts/cross_validate.py [CSV ...] [--engine NAME,...] [--fit host.frontend_ms,...]
+       [--folds model,gpu] [--train-every 3] [--rounds 1] [--requests-per-slot 3] [--jobs 2] [--by-gpu N]
+       [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from apex_plan.calibrate.fit import BOUNDS, errors, fit, make_params, predict
+from apex_plan.calibrate.interval import error_quantiles
+from apex_plan.calibrate.runs import read_silicon_csv
+
+SILICON = Path(__file__).resolve().parents[2] / "shared" / "bench" / "silicon"
+DEFAULT_CSVS = [SILICON / "calibration.csv", SILICON / "calibration-h200-b200.csv"]
+DEFAULT_FIT = "host.frontend_ms,host.step_ms,host.per_seq_ms"
+KEY = {"model": lambda c: c.group[2], "gpu": lambda c: c.group[0]}
+
+
+def load(csvs, requests_per_slot: int, exclude: Path) -> list:
+    """Aggregated cases of every CSV, without the rows excluded.csv lists."""
+    bad = {r["id"] for r in csv.DictReader(open(exclude))} if exclude.is_file() else set()
+    out = []
+    for path in csvs:
+        cases, _ = read_silicon_csv(path, requests_per_slot)
+        out += [c for c in cases if c.id not in bad]
+    return out
+
+
+def run_fold(job) -> dict:
+    """Fit on the training cases, predict the held-out ones; errors and interval hits of the held-out.
+    With `by_gpu` (model folds), the host constants are then refitted per GPU with enough training
+    runs, as the profiles' host_by_gpu are, and each held-out run is predicted with its GPU's."""
+    name, kind, value, train, held, fit_names, rounds, by_gpu = job
+    params = make_params(fit_names, train[0].engine.profile, train[0].cluster.gpu.calibration)
+    x, _ = fit(train, params, rounds=rounds)
+    e_train = errors(train, predict(train, params, x))
+    e_held = errors(held, predict(held, params, x))
+    if by_gpu and kind == "model":
+        for gpu in {c.cluster.gpu.name for c in held}:
+            tr = [i for i, c in enumerate(train) if c.cluster.gpu.name == gpu]
+            if len(tr) < by_gpu:
+                continue
+            gp = [dataclasses.replace(p, prior=v) for p, v in zip(params, x)]
+            xg, _ = fit([train[i] for i in tr], gp, rounds=rounds)
+            e_train[tr] = errors([train[i] for i in tr], predict([train[i] for i in tr], gp, xg))
+            ho = [i for i, c in enumerate(held) if c.cluster.gpu.name == gpu]
+            e_held[ho] = errors([held[i] for i in ho], predict([held[i] for i in ho], gp, xg))
+    q = error_quantiles(e_train, len(train))
+    hits = np.full(e_held.shape, np.nan)
+    for j, key in enumerate(("ttft", "tpot")):
+        ok = np.isfinite(e_held[:, j])
+        # measured inside [pred / (1 + e_high), pred / (1 + e_low)]  <=>  e_low <= e <= e_high
+        hits[ok, j] = (e_held[ok, j] >= q[f"{key}_low"]) & (e_held[ok, j] <= q[f"{key}_high"])
+    return {"profile": name, "kind": kind, "held_out": value, "train": len(train), "held": len(held),
+            "fitted": {f"{p.target}.{p.field}": v for p, v in zip(params, x)},
+            "errors": e_held.tolist(), "in_interval": hits.tolist()}
+
+
+def jobs_for(cases, names, kinds, fit_names, train_every: int, rounds: int, by_gpu: int = 0) -> list:
+    by_profile = defaultdict(list)
+    for c in cases:
+        by_profile[c.engine.profile.name].append(c)
+    jobs = []
+    for name in sorted(by_profile):
+        if names and name not in names and by_profile[name][0].engine.profile.family not in names:
+            continue
+        rows = by_profile[name]
+        for kind in kinds:
+            values = sorted({KEY[kind](c) for c in rows})
+            if len(values) < 2:
+                continue
+            for v in values:
+                train = [c for c in rows if KEY[kind](c) != v][::train_every]
+                held = [c for c in rows if KEY[kind](c) == v]
+                if train and held:
+                    jobs.append((name, kind, v, train, held, fit_names, rounds, by_gpu))
+    return jobs
+
+
+def table(results: list) -> list[str]:
+    groups = defaultdict(list)
+    for r in results:
+        groups[(r["profile"], r["kind"])].append(r)
+    lines = [f"{'profile':14} {'fold':6} {'folds':>5} {'runs':>5} {'cover':>6}  {'TTFT MAPE':>9} {'median':>7} {'bias':>7}"
+             f"  {'TPOT MAPE':>9} {'median':>7} {'bias':>7}  {'in 80% TTFT/TPOT':>16}"]
+    for (name, kind), rs in sorted(groups.items()):
+        e = np.array([row for r in rs for row in r["errors"]], float).reshape(-1, 2)
+        h = np.array([row for r in rs for row in r["in_interval"]], float).reshape(-1, 2)
+        ok = np.isfinite(e).all(axis=1)
+        if not ok.any():
+            lines.append(f"{name:14} {kind:6} {len(rs):5} {len(e):5} {0:5.0f}%")
+            continue
+        a = np.abs(e[ok])
+        lines.append(f"{name:14} {kind:6} {len(rs):5} {len(e):5} {100 * ok.mean():5.0f}%  {100 * a[:, 0].mean():8.1f}%"
+                     f" {100 * np.median(a[:, 0]):6.1f}% {100 * e[ok, 0].mean():+6.1f}%  {100 * a[:, 1].mean():8.1f}%"
+                     f" {100 * np.median(a[:, 1]):6.1f}% {100 * e[ok, 1].mean():+6.1f}%"
+                     f"  {100 * np.nanmean(h[:, 0]):7.0f}% /{100 * np.nanmean(h[:, 1]):4.0f}%")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("csv", nargs="*", default=[str(p) for p in DEFAULT_CSVS])
+    ap.add_argument("--engine", default="", help="profile names or families to validate (default: all)")
+    ap.add_argument("--fit", default=DEFAULT_FIT, help="constants refitted per fold: " + ", ".join(BOUNDS))
+    ap.add_argument("--folds", default="model,gpu", help="fold kinds: model, gpu")
+    ap.add_argument("--train-every", type=int, default=3, help="fit on every k-th training run (speed)")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--requests-per-slot", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--by-gpu", type=int, default=0, metavar="N",
+                    help="model folds: refit per GPU with at least N training runs (as host_by_gpu)")
+    ap.add_argument("--exclude", default=str(SILICON / "excluded.csv"))
+    ap.add_argument("--json", help="write every fold's fitted values and held-out errors here")
+    args = ap.parse_args()
+    for p in args.csv:
+        if not Path(p).is_file():
+            print(f"{p}: not found (give a silicon-format CSV)", file=sys.stderr)
+            return 2
+    kinds = [k for k in args.folds.split(",") if k]
+    if not kinds or any(k not in KEY for k in kinds):
+        print(f"--folds: '{args.folds}' is not a list of model, gpu", file=sys.stderr)
+        return 2
+    fit_names = [n for n in args.fit.split(",") if n]
+    if not fit_names or any(n not in BOUNDS for n in fit_names):
+        print(f"--fit: '{args.fit}' names a constant outside {', '.join(BOUNDS)}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    cases = load(args.csv, args.requests_per_slot, Path(args.exclude))
+    names = {n for n in args.engine.split(",") if n}
+    jobs = jobs_for(cases, names, kinds, fit_names, max(1, args.train_every), args.rounds, args.by_gpu)
+    print(f"{len(cases)} runs, {len(jobs)} folds; fitting {', '.join(fit_names)}", file=sys.stderr)
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        results = list(pool.map(run_fold, jobs))
+    print("\n".join(table(results)))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Engine settings fitted to the plan and GPU (apex_plan/simulate/fit.py): SGLang's memory fraction and
+chunk size rules (exact arithmetic), TRT-LLM's max_num_tokens as deployments size it (a closed loop of
+long prompts does not serialise), max_model_len and the memory fraction fitted to the KV pool, and
+simulations where nothing completes reported with their reason (never null metrics)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from apex_plan.engine.load import resolve_engine_profile
+from apex_plan.estimate.shard import build_shard
+from apex_plan.hardware.load import load_gpu, make_cluster
+from apex_plan.model.load import load_model
+from apex_plan.plan.spec import EngineConfig, Plan
+from apex_plan.simulate.fit import fit_engine, reserved_fraction
+from apex_plan.simulate.run import simulate
+from apex_plan.workload.spec import Workload
+from apex_plan.workload.synthetic import LengthDist, closed_loop, synthetic_trace
+from test_cli import run_main
+
+H100_MIB, B200_MIB = 81559, 183359      # nvidia-smi totals of the profiles (memory_gib x 1024)
+
+
+def sglang_fit(gpu_name: str, plan: Plan, **cfg):
+    model = load_model("llama-3.1-8b")
+    eng, mem, why = fit_engine(model, plan, build_shard(model, plan), EngineConfig(name="sglang@0.5.9", **cfg),
+                               load_gpu(gpu_name), 2048, 1024)
+    assert eng is not None, why
+    return eng
+
+
+def test_sglang_mem_fraction_static_rule():
+    # H100 tp1: chunk 8192, graphs 256: reserved = 512 + 1.5 x 8192 + 2 x 256 + 1 x 128 = 13440 MiB
+    eng = sglang_fit("h100-sxm-80gb", Plan(tp=1))
+    assert eng.max_batched_tokens == 8192 and eng.profile.graphs.max_batch == 256
+    assert eng.gpu_memory_utilization == round((H100_MIB - 13440) / H100_MIB, 3)
+    # B200 tp8: chunk 16384, graphs 512: 512 + 24576 + 1024 + 8 x 128 = 27136 MiB
+    eng = sglang_fit("b200-sxm-180gb", Plan(tp=8))
+    assert eng.max_batched_tokens == 16384 and eng.profile.graphs.max_batch == 512
+    assert eng.gpu_memory_utilization == round((B200_MIB - 27136) / B200_MIB, 3)
+    # DP attention over 8 ranks: + 3 x 512 x 8 + 1.5 x 512 x 8 (graphs above 300), chunk // 8 per rank
+    eng = sglang_fit("b200-sxm-180gb", Plan(tp=1, adp=8))
+    assert eng.max_batched_tokens == 16384 // 8
+    assert eng.gpu_memory_utilization == round((B200_MIB - 27136 - 12288 - 6144) / B200_MIB, 3)
+    # the floor of 10 GiB on GPUs above 60 GiB
+    prof = resolve_engine_profile("sglang@0.5.9")
+    assert reserved_fraction(prof.memory, 80 * 1024.0 ** 3, 2048, 8, Plan(tp=1)) == round(1 - 10240 / 81920, 3)
+    # what the user gives stays
+    eng = sglang_fit("b200-sxm-180gb", Plan(tp=8), max_batched_tokens=4096, gpu_memory_utilization=0.8)
+    assert (eng.max_batched_tokens, eng.gpu_memory_utilization) == (4096, 0.8)
+    # SGLang before 0.5.3 keeps its fixed defaults
+    model = load_model("llama-3.1-8b")
+    old, _, _ = fit_engine(model, Plan(tp=8), build_shard(model, Plan(tp=8)), EngineConfig(name="sglang@0.5.1"),
+                           load_gpu("b200-sxm-180gb"), 2048, 1024)
+    assert (old.max_batched_tokens, old.gpu_memory_utilization, old.profile.graphs.max_batch) == (8192, 0.88, 256)
+
+
+def trt_run(prompt: int, conc: int, budget: int | None = None):
+    model, gpu = load_model("llama-3.1-8b"), load_gpu("h100-sxm-80gb")
+    tr = synthetic_trace(5 * conc, LengthDist("constant", mean=prompt), LengthDist("constant", mean=256), None,
+                         "poisson", 1.0, 0)
+    res = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(name="trtllm@1.2.0", max_num_seqs=conc,
+                   max_batched_tokens=budget), closed_loop(tr, conc))
+    assert res.feasible, res.reason
+    return res
+
+
+def test_trtllm_budget_holds_the_prompt_beside_the_batch():
+    res = trt_run(8192, 4)
+    assert res.engine.max_batched_tokens == 8192 + 4 + 64 + 64 - (8192 + 4 + 64) % 64   # ceil64(8192 + 4 + 64)
+    assert trt_run(1024, 16).engine.max_batched_tokens == 8192                         # the default floor
+
+
+def test_closed_loop_of_long_prompts_does_not_serialise_on_trtllm():
+    """Four 8192-token requests in flight: with the budget deployments run, a new context joins the
+    running generations; with --max-batched-tokens 8192 it waits for all of them (TRT-LLM's
+    microBatchScheduler breaks on a context that does not fit), as the engine itself would."""
+    sized, fixed = trt_run(8192, 4), trt_run(8192, 4, budget=8192)
+    one = trt_run(8192, 1)
+    prefill_s = one.metrics["ttft_ms"]["mean"] / 1e3 - one.engine.profile.host.frontend_ms / 1e3
+    decode_s = 255 * one.metrics["tpot_ms"]["mean"] / 1e3
+    ttft = sized.metrics["ttft_ms"]["mean"] / 1e3 - sized.engine.profile.host.frontend_ms / 1e3
+    assert ttft < 4 * prefill_s < decode_s                   # at most the first wave's queue, never a lifetime
+    assert fixed.metrics["ttft_ms"]["mean"] / 1e3 > ttft + 0.5 * decode_s
+
+
+def test_simulate_lowers_max_model_len_and_says_so(capsys, monkeypatch):
+    args = ["simulate", "--model", "minimax-m2.5", "--gpu", "b200-sxm-180gb", "--gpus", "1", "--weight-dtype", "fp4",
+            "--engine", "vllm", "--prompt-tokens", "1024", "--output-tokens", "128", "--concurrency", "4"]
+    code, out, err = run_main(args + ["--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    doc = json.loads(out)
+    low = doc["engine"]["max_model_len"]
+    assert low < load_model("minimax-m2.5").max_context and low % 16 == 0
+    assert low <= doc["memory_per_gpu"]["kv_cache_tokens"]
+    assert any(f"max_model_len lowered to {low}" in n for n in doc["engine"]["notes"])
+    code, out, err = run_main(args + ["--max-model-len", "196608", "--format", "json"], capsys, monkeypatch)
+    assert code == 1 and "max_model_len is 196608" in err and err.count("\n") == 1
+    doc = json.loads(out)
+    assert doc["feasible"] is False and doc["exit_status"] == 1 and "metrics" not in doc
+
+
+def test_memory_fraction_raised_when_the_default_leaves_no_room(capsys, monkeypatch):
+    args = ["simulate", "--model", "deepseek-ai/DeepSeek-R1", "--gpu", "b200-sxm-180gb", "--gpus", "4", "--plan",
+            "tp=4", "--weight-dtype", "fp8", "--engine", "sglang@0.5.9", "--prompt-tokens", "8192",
+            "--output-tokens", "64", "--concurrency", "2", "--format", "json"]
+    code, out, err = run_main(args, capsys, monkeypatch)
+    assert code == 0, err
+    doc = json.loads(out)
+    util = doc["engine"]["gpu_memory_utilization"]
+    assert 0.9 < util < 1 and any("memory fraction raised" in n for n in doc["engine"]["notes"])
+    assert doc["metrics"]["ttft_ms"]["mean"] > 0 and doc["metrics"]["completed"] == doc["metrics"]["requests"]
+    code, out, err = run_main(args + ["--gpu-memory-utilization", "0.85"], capsys, monkeypatch)
+    assert code == 1 and "exceed 0.85" in err
+
+
+def test_no_request_completing_is_a_reason_not_null_metrics():
+    model, gpu = load_model("llama-3.1-8b"), load_gpu("h100-sxm-80gb")
+    tr = synthetic_trace(8, LengthDist("constant", mean=4000), LengthDist("constant", mean=16), None, "poisson", 1.0, 0)
+    res = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(max_model_len=2048), Workload(tr))
+    assert not res.feasible and res.reason.startswith("no request completed") and "max_model_len is 2048" in res.reason
+    assert res.metrics == {}
+    ok = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(max_model_len=8192), Workload(tr))
+    assert ok.feasible and ok.metrics["completed"] == 8 and np.isfinite(ok.metrics["ttft_ms"]["mean"])
+
+
+def test_attention_dp_balance_holds_contexts_at_most_its_timeout():
+    """TRT-LLM with attention DP as the serving recipes run it: a new context waits until every rank
+    has one or 60 iterations pass; the wait shows in TTFT, bounded by 60 steps, and off without ADP."""
+    import dataclasses
+    model, gpu = load_model("qwen3-30b-a3b"), load_gpu("h100-sxm-80gb")
+    prof = resolve_engine_profile("trtllm@1.2.0")
+    assert prof.scheduler.adp_balance_steps == 60
+    tr = synthetic_trace(160, LengthDist("constant", mean=512), LengthDist("constant", mean=128), None,
+                         "poisson", 1.0, 0)
+    plan = Plan(tp=1, ep=2, adp=2, weight_dtype="bf16", kv_dtype="bf16")
+
+    def run(steps):
+        p = dataclasses.replace(prof, scheduler=dataclasses.replace(prof.scheduler, adp_balance_steps=steps))
+        res = simulate(model, make_cluster(gpu, 2), plan, EngineConfig(max_num_seqs=16, profile=p),
+                       closed_loop(tr, 32))
+        assert res.feasible and res.metrics["completed"] == 160, res.reason
+        return res.metrics
+
+    held, free = run(60), run(0)
+    wait_s = (held["ttft_ms"]["mean"] - free["ttft_ms"]["mean"]) / 1e3
+    assert wait_s > 0
+    assert wait_s < 60 * held["tpot_ms"]["mean"] / 1e3 * 1.5
