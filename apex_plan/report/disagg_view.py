@@ -6,9 +6,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from apex_plan.report.output import SCHEMA_VERSION, emit, flatten
+from apex_plan.report.output import SCHEMA_VERSION, flatten
 from apex_plan.report.simulate_view import latency_table
-from apex_plan.simulate.disagg import DisaggResult, simulate_disagg
+from apex_plan.simulate.disagg import DisaggResult
 
 
 def _role_doc(role) -> dict | None:
@@ -93,11 +93,3 @@ def disagg_table(res: DisaggResult, console: Console, model_repo: str = "MODEL")
     console.print(f"launch ({la['prefill_instances']} prefill instances): {la['prefill']}", soft_wrap=True)
     console.print(f"launch ({la['decode_instances']} decode instances): {la['decode']}", soft_wrap=True)
     console.print(f"router: {la['router']}", soft_wrap=True)
-
-
-def emit_disagg(model, cluster, dplan, engine_cfg, workload, slo, fmt, output, inputs) -> None:
-    """Simulate the disaggregated deployment and write it in the asked format."""
-    res = simulate_disagg(model, cluster, dplan, engine_cfg, workload, slo)
-    inputs = {**inputs, "model_source": model.source or model.name}
-    emit(fmt, output, lambda: disagg_json(res, inputs), lambda: disagg_rows(res, inputs),
-         lambda c: disagg_table(res, c, inputs["model_source"]))

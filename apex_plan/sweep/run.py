@@ -1,6 +1,6 @@
-"""Run a sweep: each scenario is `apex-plan search ... --format json`, executed in a worker (a local
-process pool or Ray tasks); each result is appended as one JSON line the moment it arrives, so a
-killed sweep restarts where it stopped."""
+"""Run a sweep: each scenario is a `SearchRequest` run by `run_search_request` in a worker (a local
+process pool or Ray tasks), its result the `search --format json` document; each result is appended
+as one JSON line the moment it arrives, so a killed sweep restarts where it stopped."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from apex_plan.report.output import SCHEMA_VERSION, _clean
 from apex_plan.sweep.scenarios import Scenario
 
 EXECUTORS = ("local", "ray")
-_COMMAND = None
 
 
 def _watch_parent(parent_pid: int, every_s: float = 0.5) -> None:
@@ -34,28 +33,18 @@ def _watch_parent(parent_pid: int, every_s: float = 0.5) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def run_one(args: tuple[str, ...]) -> dict:
-    """In a worker: `apex-plan search ARGS --format json` in this process. Returns {"ok": True, "doc":
-    the search JSON} or {"ok": False, "kind": "input" | "error", "error": one line}."""
-    global _COMMAND
-    import typer.main
-
-    from apex_plan.cli import app
+def run_one(request: dict) -> dict:
+    """In a worker: the search of one scenario (SearchRequest field -> value), in this process.
+    Returns {"ok": True, "doc": the `search --format json` document} or {"ok": False, "kind":
+    "input" | "error", "error": one line}."""
+    from apex_plan.report.search_view import search_json
+    from apex_plan.requests.search import SearchRequest, run_search_request
     try:
-        import click
-    except ImportError:                               # newer typer vendors click
-        from typer import _click as click
-    if _COMMAND is None:
-        _COMMAND = typer.main.get_command(app)
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-            _COMMAND.main(args=["search", *args, "--format", "json"], prog_name="apex-plan", standalone_mode=False)
-        return {"ok": True, "doc": json.loads(out.getvalue())}
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            out = run_search_request(SearchRequest.from_mapping(request))
+            return {"ok": True, "doc": _clean(search_json(out.result, out.inputs, out.show_all))}
     except InputError as e:
         return {"ok": False, "kind": "input", "error": str(e)}
-    except click.exceptions.ClickException as e:
-        return {"ok": False, "kind": "input", "error": e.format_message().replace("\n", " ")}
     except Exception as e:                            # a bug in one scenario must not stop the others
         return {"ok": False, "kind": "error", "error": f"{type(e).__name__}: {e}".replace("\n", " ")}
 
@@ -105,7 +94,7 @@ def _local(todo: list[Scenario], jobs: int, done: Callable[[Scenario, dict], Non
     # fresh interpreters (spawn), as Ray workers are: no state is inherited from the parent
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_watch_parent, initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(run_one, sc.args): sc for sc in todo}
+        futures = {pool.submit(run_one, sc.request): sc for sc in todo}
         try:
             for f in as_completed(futures):
                 try:
@@ -135,7 +124,7 @@ def _ray(todo: list[Scenario], jobs: int, address: str | None, done: Callable[[S
             raise InputError("--ray-address", None, f"cannot connect to '{address}': {e}",
                              "give the address of a running Ray cluster (ray start --head), or leave it out") from None
     task = ray.remote(num_cpus=1, max_retries=1)(run_one)
-    pending = {task.remote(sc.args): sc for sc in todo}
+    pending = {task.remote(sc.request): sc for sc in todo}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

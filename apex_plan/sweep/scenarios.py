@@ -1,4 +1,5 @@
-"""A sweep file: a grid and/or a list of scenarios, each one `apex-plan search` with its options.
+"""A sweep file: a grid and/or a list of scenarios, each one `apex-plan search` with its options (the
+fields of `SearchRequest`).
 
     base:                      # options every scenario shares (any `search` option, - or _)
       gpus: 8
@@ -20,6 +21,7 @@ recognises the scenarios it already finished however the file is reordered.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -41,24 +43,18 @@ class Scenario:
     id: str                     # stable hash of the options
     name: str
     options: dict               # option name (underscores) -> value as written
-    args: tuple[str, ...]       # the `apex-plan search` arguments
+    args: tuple[str, ...]       # the same search as `apex-plan search` arguments
+    request: dict               # SearchRequest field -> value (paths resolved), for SearchRequest.from_mapping
 
 
-def search_options() -> dict[str, tuple[str, bool]]:
-    """`search` option name (underscores) -> (flag, is_boolean_flag), read from the command itself."""
-    import typer.main
-
-    from apex_plan.cli import app
-    group = typer.main.get_command(app)
-    cmd = group.commands["search"]
-    out = {}
-    for p in cmd.params:
-        longs = [o for o in p.opts if o.startswith("--")]
-        if not longs:
-            continue
-        name = longs[0][2:].replace("-", "_")
-        out[name] = (longs[0], bool(getattr(p, "is_flag", False)))
-    return out
+def search_options() -> dict[str, tuple[str, bool, str]]:
+    """`search` option name (underscores) -> (flag, is_boolean_flag, SearchRequest field), read from
+    the request's declared options."""
+    from apex_plan.requests.options import field_kinds, option_keys
+    from apex_plan.requests.search import SearchRequest
+    kinds = field_kinds(SearchRequest)
+    flags = {f.name: f.metadata["flags"][0] for f in dataclasses.fields(SearchRequest)}
+    return {key: (flags[name], kinds[name][1] is bool, name) for key, name in option_keys(SearchRequest).items()}
 
 
 def _key(k, where: str, known: dict) -> str:
@@ -94,10 +90,19 @@ def scenario_id(options: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _resolved(k: str, v, base_dir: Path | None):
+    """A path option resolved against the sweep file's folder when the file is there."""
+    text = str(v)
+    if base_dir is not None and k in PATH_OPTIONS and (base_dir / text).exists():
+        return str((base_dir / text).resolve())
+    return v
+
+
 def to_args(options: dict, known: dict, base_dir: Path | None) -> tuple[str, ...]:
+    """The scenario as `apex-plan search` arguments."""
     args: list[str] = []
     for k in sorted(options):
-        flag, is_flag = known[k]
+        flag, is_flag, _ = known[k]
         v = options[k]
         if is_flag:
             if v is True:
@@ -105,11 +110,13 @@ def to_args(options: dict, known: dict, base_dir: Path | None) -> tuple[str, ...
             elif v is not False:
                 raise InputError(f"scenario option '{k}'", None, f"{v!r} is not true or false", "write true or false")
             continue
-        text = str(v)
-        if base_dir is not None and k in PATH_OPTIONS and (base_dir / text).exists():
-            text = str((base_dir / text).resolve())
-        args += [flag, text]
+        args += [flag, str(_resolved(k, v, base_dir))]
     return tuple(args)
+
+
+def to_request(options: dict, known: dict, base_dir: Path | None) -> dict:
+    """The scenario as SearchRequest field -> value (checked when the request is built)."""
+    return {known[k][2]: _resolved(k, v, base_dir) for k, v in options.items()}
 
 
 def expand(doc: dict, where: str, base_dir: Path | None = None) -> tuple[list[Scenario], dict[str, float]]:
@@ -179,7 +186,7 @@ def expand(doc: dict, where: str, base_dir: Path | None = None) -> tuple[list[Sc
             raise InputError(where, "name", f"two different scenarios are both named '{name}'",
                              "give each scenario its own name (results and tables are keyed by it)")
         by_name[name] = sid
-        out.append(Scenario(sid, name, opts, to_args(opts, known, base_dir)))
+        out.append(Scenario(sid, name, opts, to_args(opts, known, base_dir), to_request(opts, known, base_dir)))
     return out, _prices(doc.get("prices"), where)
 
 
