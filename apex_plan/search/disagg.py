@@ -156,7 +156,7 @@ def _attach_launch(inp: SearchInputs, dv: DeploymentEval, pe: RoleEval, de: Role
     dplan = DisaggPlan(dataclasses.replace(pe.plan, dp=choice.prefill_instances),
                        dataclasses.replace(de.plan, dp=choice.decode_instances), decode_max_num_seqs=de.batch)
     cmds = disagg_launch(pe.engine.profile.family, repo or inp.model.name, dplan, pe.engine,
-                         dataclasses.replace(de.engine, max_num_seqs=de.batch), prequantized)
+                         dataclasses.replace(de.engine, max_num_seqs=de.batch), prequantized, inp.model.remote_code)
     dv.launch = [{"plan": pe.key, "replicas": choice.prefill_instances, "command": cmds["prefill"]},
                  {"plan": de.key, "replicas": choice.decode_instances, "command": cmds["decode"]},
                  {"plan": "router", "replicas": 1, "command": cmds["router"]}]
