@@ -14,7 +14,12 @@
    that were actually measured (dp1tp8, dp1tp4, dp1tp2, dp2tp4, dp4tp2), the one ranked first,
    next to the measured fastest by mean TTFT and by mean TPOT (calibration groups only).
 
-usage: python scripts/bench_search.py [--skip-ranking] [--skip-speed]
+3. Disaggregated serving (`--serving both`): DeepSeek-V3 fp8 with SGLang on 32 x H200 (4 nodes of 8) and on
+   4 x 8 x H100, 1K/1K and 8K/1K prompts/outputs, each at a rate that needs most of the cluster (DISAGG_CASES);
+   target <= 20 s each on 2 cores. Prints the ranked deployments (aggregated and disaggregated), each
+   disaggregated one's pools and its TTFT by phase, and the search's wall and CPU time.
+
+usage: python scripts/bench_search.py [--skip-ranking] [--skip-speed] [--disagg-only]
 """
 from __future__ import annotations
 
@@ -142,15 +147,52 @@ def ranking() -> None:
             print(f"calibration groups where search's first plan is measured within 5% of the fastest by {metric.upper()}: {h}/{n}")
 
 
+# (GPU, label, prompt/output tokens, rate req/s): the rates were picked so that the best deployment takes
+# most of the cluster's GPUs at TTFT 2 s / TPOT 50 ms (p90)
+DISAGG_CASES = (("h200-sxm-141gb", "32 x H200", 1024, 1024, 15.0), ("h200-sxm-141gb", "32 x H200", 8192, 1024, 6.0),
+                ("h100-sxm-80gb", "4 x 8 x H100", 1024, 1024, 6.0), ("h100-sxm-80gb", "4 x 8 x H100", 8192, 1024, 3.0))
+
+
+def disagg() -> None:
+    for gpu, label, isl, osl, rate in DISAGG_CASES:
+        args = ["--model", "deepseek-v3", "--gpu", gpu, "--gpus", "32", "--gpus-per-node", "8", "--weight-dtype", "fp8",
+                "--kv-dtype", "fp8", "--engine", "sglang", "--prompt-tokens", str(isl), "--output-tokens", str(osl),
+                "--rate", f"{rate:g}", "--ttft-slo", "2s", "--tpot-slo", "50ms", "--serving", "both"]
+        timed_process(args, repeat=1)                               # warm the numba cache
+        wall, cpu, doc = timed_process(args, repeat=1)
+        ds = doc["statistics"].get("disaggregated", {})
+        print(f"deepseek-v3 fp8, {label}, {isl}/{osl} at {rate:g} req/s, --serving both: {wall:.2f} s wall, "
+              f"{cpu:.2f} s CPU (target <= 20 s; aggregated: {doc['statistics']['simulations']} simulations; "
+              f"disaggregated: {ds.get('prefill_kept')} prefill and {ds.get('decode_kept')} decode plans kept, "
+              f"{ds.get('pool_sizings')} sizings, {ds.get('simulations')} simulations)")
+        for d in doc["deployments"]:
+            m = d["metrics"]
+            reps = " + ".join(f"{r['count']} x {r['plan']}" for r in d["replicas"])
+            print(f"  #{d['rank']} {d['serving']:6} {reps} on {d['gpus']} GPUs: capacity {d['goodput_rps']:.3g} req/s, "
+                  f"p90 TTFT {m['ttft_ms']['p90']:.0f} ms, p90 TPOT {m['tpot_ms']['p90']:.1f} ms")
+            if d["disagg"]:
+                ph = d["disagg"]["ttft_phases"]
+                print("      TTFT by phase, mean / p90 ms: " + ", ".join(
+                    f"{k[:-3].replace('_', ' ')} {ph[k]['mean']:.0f}/{ph[k]['p90']:.0f}" for k in
+                    ("prefill_queue_ms", "prefill_ms", "decode_admission_wait_ms", "kv_transfer_ms", "first_decode_step_ms"))
+                    + f", frontend {ph['frontend_ms']:.0f}")
+        for bad in (doc.get("disaggregated") or {}).get("infeasible", []):
+            print(f"  not viable: {bad['pools']}: {bad['reason']}")
+        if not doc["deployments"]:
+            print(f"  {doc['recommendation']}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-ranking", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--disagg-only", action="store_true")
     a = ap.parse_args()
-    if not a.skip_speed:
+    if not a.skip_speed and not a.disagg_only:
         speed()
-    if not a.skip_ranking:
+    if not a.skip_ranking and not a.disagg_only:
         ranking()
+    disagg()
     return 0
 
 

@@ -22,7 +22,7 @@ from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Trace, Workload
 
 ROOT = Path(__file__).resolve().parents[1] / "apex_plan"
-KERNEL_SOURCE = "".join((ROOT / p).read_text() for p in ("estimate/kernels.py", "simulate/kernels.py",
+KERNEL_SOURCE = "".join((ROOT / p).read_text() for p in ("estimate/kernels.py", "estimate/moe.py", "simulate/kernels.py",
                                                           "simulate/disagg_kernel.py"))
 B200 = load_gpu("b200-sxm-180gb")
 FORMATS_BY_ID = dict(enumerate(FORMATS))

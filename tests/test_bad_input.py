@@ -125,7 +125,8 @@ def options_of(cmd: str, base: list[str]) -> None:
         choices.update({("--routing",): ["", "random", "rr"], ("--chunked-prefill",): ["", "maybe", "both", "on,off"],
                         ("--plan",): PLAN_BAD, ("--activation-scales",): ["", "dynamc", "per-token"]})
     else:
-        choices.update({("--objective",): ["", "speed", "gpu"], ("--chunked-prefill",): ["", "maybe", "on,maybe", ","],
+        choices.update({("--objective",): ["", "speed", "gpu"], ("--serving",): ["", "disaggregated", "pd", "agg,disagg"],
+                        ("--chunked-prefill",): ["", "maybe", "on,maybe", ","],
                         ("--max-num-seqs",): ["", "0", "abc", "128,,256", "128,abc", "-1", "100000", "1.5", ","],
                         ("--max-batched-tokens", "--max-num-batched-tokens"): ["", "0", ",", "512,x", "99999999999",
                                                                               "100", "-5"]})

@@ -24,7 +24,9 @@ _SECTIONS = {"scheduler": SchedulerPolicy, "host": HostModel, "graphs": GraphPol
 _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("decode_only", "piecewise", "full"),
             "accounting": ("profile", "static_fraction", "free_fraction"), "activation_scales": ("dynamic", "static"),
             "batching_chunked": ("mixed", "prefill_first"), "batching_unchunked": ("mixed", "prefill_first"),
-            "closed_loop": ("desync", "lockstep"), "speculative": ("mtp", "eagle3")}
+            "closed_loop": ("desync", "lockstep"), "speculative": ("mtp", "eagle3"),
+            "ep_degrees": ("divisors", "all"), "default_ep": ("none", "all"), "moe_dispatch": ("allgather", "alltoall"),
+            "a2a_decode_kernel": ("low_latency", "normal")}
 
 
 def engine_dir() -> Path:

@@ -120,11 +120,22 @@ class MemoryPolicy:
 
 @dataclass(frozen=True)
 class Layouts:
-    """Parallel layouts the engine supports."""
+    """Parallel layouts the engine supports, and how its MoE layers move tokens (see
+    `apex_plan.plan.moe_layout`, which enumerates and defaults layouts from these)."""
 
     expert_parallel: bool = True
     attention_dp: bool = False
     pipeline_parallel: bool = True
+    ep_degrees: str = "divisors"          # expert-parallel degrees it accepts: divisors (ep divides the
+                                          # instance's tp x adp GPUs) | all (ep = every GPU: vLLM --enable-expert-parallel)
+    default_ep: str = "none"              # MoE layout when none is asked for: none (experts TP-sharded over the
+                                          # instance) | all (ep = tp x adp)
+    moe_dispatch: str = "allgather"       # with attention DP, tokens reach the experts by: allgather (every rank's
+                                          # tokens gathered, the output reduce-scattered) | alltoall (each token
+                                          # sent to its experts' ranks and combined back: DeepEP-style)
+    a2a_decode_kernel: str = "low_latency"  # alltoall: kernels of decode-only steps: low_latency (a copy per routed
+                                          # expert, point to point) | normal (a copy per destination rank, NVLink-
+                                          # forwarded); prefill steps run the normal (high-throughput) kernels
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import numpy as np
 
 from apex_plan.abi import (BATCH, GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, OP_ATTENTION, OP_EXPERTS, OP_GEMM, Breakdown,
                            StepShape)
+from apex_plan.estimate.moe import busiest_rank_load, comm_s
 from apex_plan.jit import kernel
 
 ATTN_Q_TILE = 128        # query rows per attention thread block (FlashAttention-2/3 forward tile)
@@ -165,8 +166,9 @@ def _attn_s(p, sh, flop_pair, kv_b, reread, windowed):
 
 
 @kernel(cache=True, fastmath=False, inline="always")
-def _op_time(p, sh, o, m):
-    """Seconds, FLOPs and HBM bytes of one layer's op row `o` in a step of shape `sh` (m tokens)."""
+def _op_time(p, sh, o, m, moe_m):
+    """Seconds, FLOPs and HBM bytes of one layer's op row `o` in a step of shape `sh` (m tokens; moe_m:
+    the tokens per attention rank the MoE layers see, the replica's mean in lock-step attention DP)."""
     bw = p.hbm_bytes_per_s * p.hbm_efficiency                 # achievable HBM bytes/s
     klat = p.kernel_latency_s
     act_b = p.act_bytes
@@ -176,12 +178,13 @@ def _op_time(p, sh, o, m):
         if o.shape == OP_EXPERTS:
             # routed experts: expert-token copies reaching this GPU, and how many of its experts they
             # touch: the MoE layer gathers the tokens of every attention-DP rank (route_frac /
-            # (experts x active_p) of this rank's, = adp), each picking a given expert with active_p
-            m_e = m * o.route_frac
-            gathered = m_e / (o.experts * o.active_p) if o.experts * o.active_p > 0.0 else m
-            active = o.experts * (1.0 - (1.0 - o.active_p) ** gathered)
-            if p.ep > 1.0:
-                m_e *= p.moe_imbalance          # the busiest rank sets the pace
+            # (experts x active_p) of this rank's, = adp), each picking a given expert with active_p;
+            # the busiest expert-parallel rank sets the pace (estimate.moe: imbalance by tokens per step)
+            m_e = moe_m * o.route_frac
+            gathered = m_e / (o.experts * o.active_p) if o.experts * o.active_p > 0.0 else moe_m
+            imb = busiest_rank_load(p, o, gathered)
+            m_e *= imb
+            active = o.experts * (1.0 - (1.0 - o.active_p) ** (gathered * imb))
             flops = 2.0 * m_e * k * n                           # multiply-adds of the expert GEMMs
             byts = active * k * n * wb + m_e * (k + n) * act_b  # touched experts' weights + activations
         else:
@@ -204,14 +207,24 @@ def _op_time(p, sh, o, m):
     return max(flops / a_peak, byts / bw) + klat, flops, byts
 
 
+@kernel(cache=True, fastmath=False)
+def _a2a_imbalance(p, ops, moe_m):
+    """Busiest expert-parallel rank's load over the mean in the token exchange, from the expert rows."""
+    for r in range(ops.shape[0]):
+        o = ops[r]
+        if o.shape == OP_EXPERTS and o.experts * o.active_p > 0.0:
+            return busiest_rank_load(p, o, moe_m * o.route_frac / (o.experts * o.active_p))
+    return 1.0
+
+
 @kernel(cache=True, fastmath=False, inline="always")
-def _ops(p, sh, ops, m):
+def _ops(p, sh, ops, m, moe_m):
     """GEMM seconds, mixer seconds, FLOPs and HBM bytes of one pipeline stage: every op row of the
     table costed once and multiplied by its layer count."""
     st_gemm = st_attn = flops = byts = 0.0
     for r in range(ops.shape[0]):
         o = ops[r]
-        t, f, b = _op_time(p, sh, o, m)
+        t, f, b = _op_time(p, sh, o, m, moe_m)
         if o.shape == OP_GEMM or o.shape == OP_EXPERTS:
             st_gemm += o.count * t
         else:
@@ -223,7 +236,16 @@ def _ops(p, sh, ops, m):
 
 @kernel(cache=True, fastmath=False, inline="always")
 def step_time(cost, sh):
-    """Seconds of one step of shape `sh` (a StepShape) on `cost` (CostTables), and its Breakdown."""
+    """Seconds of one step of shape `sh` (a StepShape) on `cost` (CostTables), and its Breakdown;
+    every attention-DP rank of the replica is taken to run a step like this one."""
+    return rank_step_time(cost, sh, float(sh.tokens))
+
+
+@kernel(cache=True, fastmath=False, inline="always")
+def rank_step_time(cost, sh, moe_m):
+    """`step_time` of one attention-DP rank stepping in lock step with the others of its replica:
+    its own batch `sh` through attention and the dense layers, `moe_m` tokens (the mean over the
+    replica's ranks) through the experts and the token exchange."""
     p = cost.params[0]
     if sh.tokens <= 0:
         return 0.0, Breakdown(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
@@ -235,7 +257,7 @@ def step_time(cost, sh):
     m = float(sh.tokens)
 
     # --- GEMMs and token mixers: the op table's rows times their layer counts -------------------------
-    st_gemm, st_attn, op_flops, op_bytes = _ops(p, sh, cost.ops, m)
+    st_gemm, st_attn, op_flops, op_bytes = _ops(p, sh, cost.ops, m, moe_m)
 
     # --- elementwise kernels: norms, residual adds, rotary, activation, KV-cache write (bytes) ---
     elem_bytes = p.elem_bytes_per_token * m
@@ -244,13 +266,11 @@ def step_time(cost, sh):
     # --- tensor-parallel all-reduces: after attention and after the MLP ---------------------------
     msg = m * hidden * act_b                      # activation bytes reduced per all-reduce
     t_ar = 2.0 * _allreduce_s(p, msg)
-    # --- expert-parallel all-to-all: dispatch + combine of top-k token copies; with tensor-parallel
+    # --- MoE token exchange between attention-DP ranks (estimate.moe.comm_s); with tensor-parallel
     # attention every rank already holds every token and the MoE output joins the all-reduce -------
     t_a2a = 0.0
-    if p.ep > 1.0 and p.moe_all_to_all > 0.0:
-        ep = p.ep
-        a2a_bytes = m * p.experts_per_token * hidden * act_b * (ep - 1.0) / ep  # token copies leaving a GPU
-        t_a2a = 2.0 * (p.a2a_latency_s + p.moe_imbalance * a2a_bytes / p.a2a_bytes_per_s)
+    if p.moe_layers > 0.0 and p.a2a_kind > 0.0:
+        t_a2a = comm_s(p, m, moe_m, sh.n_prefill == 0, _a2a_imbalance(p, cost.ops, moe_m))
 
     n_dense = p.dense_layers
     n_moe = p.moe_layers
@@ -299,6 +319,13 @@ def step_time(cost, sh):
 def batch_step_time(cost, batch, eager):
     """step_time of a `BATCH` table: the analytic callers' entry point (one dispatch per step)."""
     return step_time(cost, aggregate(batch, cost.params[0].window_tokens, eager))
+
+
+@kernel(cache=True)
+def rank_batch_step_time(cost, batch, eager, moe_m):
+    """rank_step_time of a `BATCH` table: one attention-DP rank of a lock-step replica whose ranks
+    average `moe_m` tokens through the experts."""
+    return rank_step_time(cost, aggregate(batch, cost.params[0].window_tokens, eager), moe_m)
 
 
 def make_batch(decodes: int = 0, context: int = 0, chunk: int = 0, cached: int = 0, samples: bool = True) -> np.ndarray:

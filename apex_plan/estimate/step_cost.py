@@ -14,6 +14,7 @@ from apex_plan.abi import COST, GEMM_ATTENTION, GEMM_DENSE_MLP, GRAPH_MODES, Cos
 from apex_plan.engine.load import resolve_engine_profile
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
+from apex_plan.estimate import moe as MOE
 from apex_plan.estimate.mixers import op_table
 from apex_plan.estimate.shard import Shard, build_shard
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
@@ -49,6 +50,15 @@ class StepCost:
         eager=True forces every kernel to be host-launched; False follows the engine's graph policy."""
         t, br = K.batch_step_time(self.cost, batch, 1 if eager else 0)
         return float(t), {k: float(v) for k, v in br._asdict().items()}
+
+    def replica_step_s(self, rank_batches: list[np.ndarray], eager: bool = False) -> float:
+        """Seconds of one lock-step step of an attention-DP replica whose ranks run these `BATCH`
+        tables (one per rank; an empty table for an idle rank): the busiest rank's time, every rank
+        pushing the replica's mean tokens through the experts (as `simulate.kernels._lockstep_step`)."""
+        tokens = [int((b["new_tokens"] * b["count"]).sum()) if b.size else 0 for b in rank_batches]
+        moe_m = sum(tokens) / max(len(rank_batches), 1)
+        return max((float(K.rank_batch_step_time(self.cost, b, 1 if eager else 0, moe_m)[0])
+                    for b in rank_batches if b.size), default=0.0)
 
     def step_s(self, decodes: int = 0, context: int = 0, chunk: int = 0, cached: int = 0, samples: bool = True,
                eager: bool = False) -> tuple[float, dict[str, float]]:
@@ -98,9 +108,34 @@ def link_fields(gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: Eng
         link_bytes_per_s=link_bw,
         p2p_latency_s=c.p2p_latency_us * 1e-6 + (inter_lat_s if pp_cross else 0.0),
         p2p_bytes_per_s=(inter_bw if pp_cross else intra_bw) * c.link_efficiency,
-        moe_all_to_all=1.0 if plan.adp > 1 else 0.0,
-        a2a_latency_s=c.alltoall_latency_us * 1e-6,
-        a2a_bytes_per_s=link_bw,
+    )
+
+
+def moe_fields(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: EngineProfile) -> dict:
+    """COST fields of the MoE layers' expert load and token exchange (`apex_plan.estimate.moe`)."""
+    c = gpu.calibration
+    ranks = plan.tp * plan.adp                       # GPUs of a stage the MoE spans
+    domain = cluster.nvlink_gpus if cluster else (gpu.nvlink_domain_gpus or gpu.gpus_per_node)
+    dom = min(ranks, domain)                         # of them, the GPUs sharing this GPU's NVLink domain
+    intra_bw = (cluster.intra_node_bw_gbps if cluster else gpu.intra_node_bw_gbps) * 1e9
+    inter_bw = (cluster.inter_node_bw_gbps if cluster else DEFAULT_INTER_NODE_BW_GBPS) * 1e9
+    inter_lat_s = (cluster.inter_node_latency_us if cluster else DEFAULT_INTER_NODE_LATENCY_US) * 1e-6
+    lay = prof.layouts
+    kind = MOE.A2A_KINDS[lay.moe_dispatch] if (model.is_moe and plan.adp > 1) else MOE.A2A_NONE
+    # dispatched activations: quantised to fp8 with 128-element block scales under fp8/fp4 weights
+    # (DeepSeek-V3 report sec. 3.3: FP8 dispatch, BF16 combine; TRT-LLM quantises before its AllGather)
+    quant = plan.weight_dtype in ("fp8", "fp4")
+    E, k = (model.num_experts, model.experts_per_token) if model.is_moe else (1, 1)
+    return dict(
+        a2a_kind=kind, a2a_ranks=ranks, a2a_domain_gpus=dom,
+        a2a_latency_s=c.alltoall_latency_us * 1e-6 + (inter_lat_s if ranks > dom else 0.0),
+        a2a_bytes_per_s=intra_bw * c.link_efficiency,
+        a2a_rdma_bytes_per_s=inter_bw * c.link_efficiency,
+        a2a_dispatch_bytes=1.0 + MOE.FP8_BLOCK_SCALE_BYTES if quant else dtype_bytes(plan.act_dtype),
+        a2a_rank_copies=MOE.expected_rank_copies(E, k, plan.ep),
+        a2a_ll_decode=1.0 if lay.a2a_decode_kernel == "low_latency" else 0.0,
+        moe_imbalance=c.moe_imbalance,
+        ep_max_z=MOE.expected_max_z(plan.ep),
     )
 
 
@@ -162,7 +197,6 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
         act_bytes=dtype_bytes(plan.act_dtype),
         vocab_per_gpu=shard.vocab_per_gpu,
         head_weight_bytes=dtype_bytes(plan.act_dtype),
-        moe_imbalance=c.moe_imbalance,
         experts_per_token=model.experts_per_token,
         host_step_s=host.step_ms * 1e-3,
         host_per_seq_s=host.per_seq_ms * 1e-3,
@@ -175,6 +209,7 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
         attn_scale_fresh=backend.prefill_efficiency_scale,
         attn_scale_prefix=backend.prefix_efficiency_scale,
         **link_fields(gpu, plan, cluster, prof, custom_allreduce),
+        **moe_fields(model, gpu, plan, cluster, prof),
         **kernel_count_fields(model, plan, shard, prof, scales),
         **layer_fields(shard),
     )

@@ -164,11 +164,11 @@ def parse_launch(cmd: str) -> dict:
 _VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
 
 
-def disagg_launch(family: str, model_repo: str, dplan, eng_prefill, eng_decode) -> dict:
+def disagg_launch(family: str, model_repo: str, dplan, eng_prefill, eng_decode, prequantized: bool = False) -> dict:
     """The commands that start a disaggregated deployment: one per role (run it on each of that
-    role's instances), and the router or front end that joins them."""
-    pre = launch_command(family, model_repo, dplan.prefill, eng_prefill)
-    dec = launch_command(family, model_repo, dplan.decode, eng_decode)
+    role's instances), and the router or front end that joins them. `prequantized`: as in `launch_command`."""
+    pre = launch_command(family, model_repo, dplan.prefill, eng_prefill, prequantized)
+    dec = launch_command(family, model_repo, dplan.decode, eng_decode, prequantized)
     n_p, n_d = dplan.prefill_replicas, dplan.decode_replicas
     if family == "sglang":
         pre += " --disaggregation-mode prefill --disaggregation-transfer-backend mooncake"

@@ -13,7 +13,8 @@ from rich.console import Console
 
 from apex_plan.errors import InputError
 
-SCHEMA_VERSION = "1.1"    # 1.1: deployments carry economics (null prices, $/Mtok, power); plans their group and clock
+SCHEMA_VERSION = "1.2"    # 1.1: deployments carry economics (null prices, $/Mtok, power); plans their group and clock;
+                          # 1.2: search deployments say their serving (agg | disagg), disaggregated ones their pools
 FORMATS = ("table", "json", "csv")
 
 

@@ -199,7 +199,8 @@ def from_search(res, inputs: dict, top: int = TOP_DEPLOYMENTS, curves: bool = Tr
             deployment_rank=dep_rank.get(e.key), curve=curve))
     by_key = {e.key: e for e in res.plans}
     deps = []
-    for i, dv in enumerate(res.deployments[:top]):
+    # the report re-runs aggregated deployments only (a disaggregated one is in the table and JSON)
+    for i, dv in enumerate([d for d in res.deployments if d.serving == "agg"][:top]):
         ttft, tpot, runs, rate = _rerun_deployment(res, dv)
         launch: list[str] = [f"{item['replicas']} x: {item['command']}" for item in (dv.launch or [])]
         if not launch:

@@ -15,6 +15,7 @@ from apex_plan.report.economics import deployment_economics, money
 from apex_plan.report.layout import fit_columns as _fit_columns, print_phrases, table as _table
 from apex_plan.report.settings_view import settings_doc, settings_lines
 from apex_plan.report.output import SCHEMA_VERSION
+from apex_plan.report.search_disagg_view import disagg_doc, disagg_lines
 from apex_plan.search.pipeline import PlanEval, SearchResult
 
 GIB = 1024.0 ** 3
@@ -63,15 +64,23 @@ def _plan_doc(rank: int | None, e: PlanEval, model) -> dict:
     }
 
 
+def plans_by_key(res: SearchResult) -> dict:
+    """Plan key -> PlanEval of every plan a deployment may use: aggregated ones and disaggregated roles."""
+    out = {e.key: e for e in res.plans}
+    if res.disagg is not None:
+        out.update({e.key: e for e in res.disagg.prefill + res.disagg.decode})
+    return out
+
+
 def economics(res: SearchResult, d) -> dict:
     """$/h, $/Mtok, power and energy of one deployment of this search."""
-    by_key = {e.key: e for e in res.plans}
+    by_key = plans_by_key(res)
     return deployment_economics(d, res.mix, by_key, res.inputs.groups)
 
 
 def group_use(res: SearchResult, d) -> list[dict]:
     """GPUs a deployment takes in each node group."""
-    by_key = {e.key: e for e in res.plans}
+    by_key = plans_by_key(res)
     used: dict[int, int] = {}
     for k, n in d.deployment.replicas:
         ev = by_key[k]
@@ -82,7 +91,7 @@ def group_use(res: SearchResult, d) -> list[dict]:
 
 def lowered(res: SearchResult, keys) -> dict[str, int]:
     """Plan key -> max_model_len for the given plans whose max_model_len the search lowered."""
-    by_key = {e.key: e for e in res.plans}
+    by_key = plans_by_key(res)
     out = {}
     for k in keys:
         v = by_key[k].lowered_max_model_len(res.inputs.model) if k in by_key else None
@@ -150,6 +159,8 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
             "max_model_len_lowered": lowered(res, [k for k, _ in dep.replicas]),
             "economics": economics(res, d),
             "groups": group_use(res, d),
+            "serving": d.serving,
+            "disagg": d.disagg,
         })
     return {
         "schema_version": SCHEMA_VERSION,
@@ -165,6 +176,7 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
         "exit_status": 0 if res.deployments else 1,
         "rejected": [{"plan": p.replica_label(), "reason": r} for p, r in res.rejected] if show_all else [],
         "uncalibrated": uncalibrated(res),
+        "disaggregated": disagg_doc(res),
     }
 
 
@@ -176,7 +188,7 @@ def search_rows(res: SearchResult, show_all: bool) -> list[dict]:
         m = d.metrics
         ec = economics(res, d)
         rows.append({
-            "kind": "deployment", "rank": i + 1,
+            "kind": "deployment", "rank": i + 1, "serving": d.serving,
             "plan": " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), "status": "verified" if d.verified else "unverified",
             "reason": "", "gpus": d.deployment.gpus, "gpus_per_replica": "", "replicas_for_demand": "",
             "goodput_rps": d.deployment.goodput_rps, "goodput_rps_per_replica": "",
@@ -193,7 +205,7 @@ def search_rows(res: SearchResult, show_all: bool) -> list[dict]:
             continue
         m = _summary(e.at_demand or e.at_goodput) or {}
         rows.append({
-            "kind": "plan", "rank": i + 1 if e.status == "ok" else "",
+            "kind": "plan", "rank": i + 1 if e.status == "ok" else "", "serving": "agg",
             "plan": e.key, "status": e.status, "reason": e.reason, "gpus": e.plan.gpus_per_replica * (e.replicas_for_demand or 1),
             "gpus_per_replica": e.plan.gpus_per_replica, "replicas_for_demand": e.replicas_for_demand,
             "goodput_rps": e.goodput_rps * (e.replicas_for_demand or 1), "goodput_rps_per_replica": e.goodput_rps,
@@ -294,6 +306,7 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
                                                   "figures are over the measured window after warm-up"])
     if res.deployments:
         _deployments(res, console)
+    disagg_lines(res, console)
     _plans(res, console, show_all)
     settings_lines(res, console)
     if res.closest:
@@ -309,13 +322,13 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
 def _deployments(res: SearchResult, console: Console) -> None:
     p = res.inputs.slo.percentile
     t = _table("Deployments (at the demanded rate)", [
-        ("#", "right"), ("replicas x plan", "left"), ("GPUs", "right"), ("capacity req/s", "right"),
+        ("#", "right"), ("serving", "left"), ("replicas x plan", "left"), ("GPUs", "right"), ("capacity req/s", "right"),
         (f"p{p:g} TTFT ms", "right"), (f"p{p:g} TPOT ms", "right"), ("demand out tok/s", "right"),
         ("J/tok", "right"), ("mean W", "right"), ("$/h", "right"), ("$/Mtok out", "right"), ("$/Mtok in", "right")])
     for i, d in enumerate(res.deployments):
         m = d.metrics
         ec = economics(res, d)
-        t.add_row(str(i + 1), " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), str(d.deployment.gpus),
+        t.add_row(str(i + 1), d.serving, " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), str(d.deployment.gpus),
                   f"{d.deployment.goodput_rps:.3g}", _f(m["ttft_ms"]["p90"], ".0f"), _f(m["tpot_ms"]["p90"]),
                   f"{m['output_tokens_per_s']:.0f}", _f(m["energy_j_per_output_token"], ".2f"),
                   _f(ec["mean_power_w_at_demand"], ".0f"), money(ec["cost_per_hour"]),
@@ -369,8 +382,8 @@ def uncalibrated(res: SearchResult) -> list[str]:
     prof = res.inputs.engines[0].profile if res.inputs.engines else None
     if prof is None:
         return []
-    plans = [e.plan for d in res.deployments[:1] for k, _ in d.deployment.replicas
-             for e in res.plans if e.key == k] or [e.plan for e in res.plans if e.status == "ok"][:1]
+    by_key = plans_by_key(res)
+    plans = [by_key[k].plan for d in res.deployments[:1] for k, _ in d.deployment.replicas if k in by_key] or [e.plan for e in res.plans if e.status == "ok"][:1]
     return sorted({u for p in plans for u in uncalibrated_components(p, res.inputs.cluster.gpu,
                                                                      res.inputs.cluster.gpus_per_node, prof)})
 

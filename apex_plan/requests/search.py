@@ -72,6 +72,7 @@ class SearchRequest:
     max_power_kw: Optional[float] = option(None, "--max-power-kw", help="budget on the deployment's mean power at its "
                                            "capacity, kW", real=(0.0, 1e6, "e.g. --max-power-kw 20"))
     homogeneous: bool = option(False, "--homogeneous", help="one plan for all replicas")
+    serving: str = option("agg", "--serving", help="agg | disagg (prefill and decode pools) | both, ranked in one list")
     top: int = option(3, "--top", help="deployments to show", count=(1, 100, "e.g. --top 3"))
     show_all: bool = option(False, "--all", help="also list infeasible and rejected plans with reasons")
     allow_cross_node_tp: bool = option(False, "--allow-cross-node-tp", help="let tensor parallelism span nodes")
@@ -143,6 +144,8 @@ def _check_request(req: SearchRequest) -> None:
                          did_you_mean(req.objective, OBJECTIVES))
     if req.top < 1:
         raise InputError("--top", None, "must be at least 1", "e.g. --top 3")
+    from apex_plan.search.disagg import check_serving
+    check_serving(req.serving)
 
 
 def prepare_search(req: SearchRequest):
@@ -180,7 +183,7 @@ def prepare_search(req: SearchRequest):
                        tuple(I.csv_list(req.kv_dtype, "--kv-dtype")), engines, objective, req.homogeneous, req.top,
                        req.allow_cross_node_tp, not req.no_symmetry_pruning, req.max_gpus_per_replica,
                        not req.no_bound_pruning, fleet=fleet, points=points,
-                       max_power_w=req.max_power_kw * 1e3 if req.max_power_kw else None)
+                       max_power_w=req.max_power_kw * 1e3 if req.max_power_kw else None, serving=req.serving)
     echo = {"model": m.name, "gpu": "+".join(dict.fromkeys(g.cluster.gpu.name for g in fleet.groups)),
             "gpus": fleet.num_gpus, "gpus_per_node": cl.gpus_per_node,
             "groups": [group_doc(g) for g in fleet.groups], "prices_file": req.prices,
@@ -189,7 +192,7 @@ def prepare_search(req: SearchRequest):
             "workload": {"trace": req.trace, "preset": req.workload if not req.trace else None,
                          "requests": len(wl.trace), "seed": req.seed},
             "demand_rps": asked_demand, "headroom": req.headroom, "searched_rps": demand, "objective": objective,
-            "homogeneous": req.homogeneous, "top": req.top,
+            "homogeneous": req.homogeneous, "top": req.top, "serving": req.serving,
             "weight_dtypes": list(inp.weight_dtypes), "kv_dtypes": list(inp.kv_dtypes),
             "slo": C.slo_doc(asked_slo), "slo_margin": margin and {**margin, "searched_slo": C.slo_doc(slo)},
             "engine": C.engine_doc(base.profile),

@@ -39,6 +39,7 @@ class SearchResult:
     closest: dict | None
     binding: str                        # which constraint binds when nothing meets the SLO
     mix: RequestMix | None = None
+    disagg: object | None = None        # search.disagg.DisaggSearch when disaggregated serving was searched
 
     @property
     def meets_slo(self) -> bool:
@@ -212,7 +213,14 @@ def _verified_capacity(inp: SearchInputs, dep, by_key: dict, mix: RequestMix) ->
 
 
 def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = None) -> SearchResult:
-    mix = request_mix(inp.trace)
+    """Aggregated deployments (`inp.serving` agg), disaggregated ones (disagg), or both in one list."""
+    from apex_plan.search.disagg import search_with_disagg
+    return search_with_disagg(inp, progress, run_agg)
+
+
+def run_agg(inp: SearchInputs, progress: Callable[[int, int], None] | None = None,
+            mix: RequestMix | None = None) -> SearchResult:
+    mix = mix or request_mix(inp.trace)
     evals, rejected, stats = evaluate_plans(inp, progress, mix)
     ok = [e for e in evals if e.status == "ok"]
     by_key = {e.key: e for e in ok}

@@ -39,6 +39,7 @@ class SearchInputs:
     fleet: FleetSpec | None = None      # node groups of different GPUs; None: one group, `cluster`
     points: tuple[OperatingPoint, ...] = (DEFAULT_POINT,)   # power caps / SM clocks searched per plan
     max_power_w: float | None = None    # budget on the deployment's summed mean power
+    serving: str = "agg"                # agg | disagg (prefill and decode pools) | both, ranked in one list
 
     @property
     def groups(self) -> tuple[NodeGroup, ...]:

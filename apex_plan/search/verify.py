@@ -23,6 +23,8 @@ class DeploymentEval:
     per_plan: list[dict] = field(default_factory=list)
     placement: list[list[str]] = field(default_factory=list)   # per node, the plan key of each replica there
     launch: list[dict] = field(default_factory=list)           # per plan: {"plan", "replicas", "command"}
+    serving: str = "agg"                                       # agg | disagg (prefill and decode pools)
+    disagg: dict | None = None                                 # disagg: its pools, TTFT phases, launch commands
 
 
 def candidate(ev) -> Candidate:

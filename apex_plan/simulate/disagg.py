@@ -82,7 +82,7 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int) -> np.ndarray:
         budget_tokens=e.max_batched_tokens, chunked=e.chunked_prefill, block_tokens=e.block_size, kv_blocks=nblocks,
         watermark_blocks=int(e.watermark_fraction * nblocks), prefill_first=e.profile.prefill_first(e.chunked_prefill),
         reserve_full=e.profile.scheduler.reserve_full_sequence, closed_concurrency=closed, tdp_w=gpu.tdp_w,
-        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp,
+        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp, adp_lockstep=0,
         adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0)
 
 
@@ -170,18 +170,7 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
 def disagg_metrics(res: DisaggResult, n_pe: int, nblocks_p: int) -> dict:
     """Per-phase breakdown of TTFT (means and percentiles, ms), transfer volumes, each pool's load,
     and the conservation counts."""
-    tm, ph = res.times, res.phases
-    ok = tm.ok & (ph["transfer_end_s"] >= 0)
-    parts = {
-        "prefill_queue_ms": tm.scheduled_s - tm.arrival_s,
-        "prefill_ms": ph["prefill_done_s"] - tm.scheduled_s,
-        "decode_admission_wait_ms": ph["decode_admit_s"] - ph["prefill_done_s"],
-        "link_queue_ms": ph["transfer_start_s"] - ph["decode_admit_s"],
-        "kv_transfer_ms": ph["transfer_end_s"] - ph["transfer_start_s"],
-        "first_decode_step_ms": tm.first_token_s - ph["transfer_end_s"],
-    }
-    phases = {k: distribution(v[ok], 1e3) for k, v in parts.items()}
-    phases["frontend_ms"] = tm.frontend_s * 1e3
+    phases = ttft_phases(res)
     st = res.estats
     n_de = res.decode.plan.dp * res.decode.plan.adp * res.decode.plan.pp
     pst, dst = st[:n_pe], st[st.shape[0] - n_de:]
@@ -204,3 +193,22 @@ def disagg_metrics(res: DisaggResult, n_pe: int, nblocks_p: int) -> dict:
         },
         "conservation": {k: int(v) for k, v in zip(("prefilled", "transferred", "decoded"), res.visits.sum(axis=0))},
     }
+
+
+def ttft_phases(res: DisaggResult, mask: np.ndarray | None = None) -> dict:
+    """Each phase of TTFT (ms: mean and percentiles) over the completed requests, or those in `mask`."""
+    tm, ph = res.times, res.phases
+    ok = tm.ok & (ph["transfer_end_s"] >= 0)
+    if mask is not None:
+        ok &= mask
+    parts = {
+        "prefill_queue_ms": tm.scheduled_s - tm.arrival_s,
+        "prefill_ms": ph["prefill_done_s"] - tm.scheduled_s,
+        "decode_admission_wait_ms": ph["decode_admit_s"] - ph["prefill_done_s"],
+        "link_queue_ms": ph["transfer_start_s"] - ph["decode_admit_s"],
+        "kv_transfer_ms": ph["transfer_end_s"] - ph["transfer_start_s"],
+        "first_decode_step_ms": tm.first_token_s - ph["transfer_end_s"],
+    }
+    phases = {k: distribution(v[ok], 1e3) for k, v in parts.items()}
+    phases["frontend_ms"] = tm.frontend_s * 1e3
+    return phases

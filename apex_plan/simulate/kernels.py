@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from apex_plan.abi import ROUTE_PREFIX, ROUTE_ROUND_ROBIN, ROUTE_SESSION, SLOT
-from apex_plan.estimate.kernels import add_sequence, empty_shape, step_time
+from apex_plan.estimate.kernels import add_sequence, empty_shape, rank_step_time, step_time
 from apex_plan.jit import kernel
 from apex_plan.simulate.prefix_cache import (C_HIT_TOKENS, C_QUERY_TOKENS, E_EVICTABLE, M_UNIT_BLOCKS, M_UNIT_TOKENS,
                                              SLOT_REF, acquire, find, lookup, make_room, register, release)
@@ -302,6 +302,8 @@ def _balance_holds(e, eng, cfg):
     stepped `adp_balance_steps` times since the last release. True when engine e's contexts wait."""
     if cfg.adp_balance_steps <= 0 or cfg.adp_ranks <= 1 or eng[e].head == -1:
         return False
+    if cfg.adp_lockstep:
+        return eng[e].balance_open == 0           # decided once for the replica's step (_lockstep_balance)
     pp, a = cfg.pp, cfg.adp_ranks
     rank, v = e // pp, e % pp
     first = (rank // a) * a                        # the replica's first rank
@@ -358,13 +360,10 @@ def _schedule(e, now, req, eng, slots, cfg, cache, ids):
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
-    """Aggregate and cost engine e's scheduled step, start it at `now` (or when the replica's host
-    thread is free) and account busy time, KV use and dynamic energy. With speculation a decoding
-    sequence's entry verifies k drafts (k + 1 query tokens, all sampled; the context read once),
-    after k passes of the draft model over one token per decoding sequence."""
-    p = cost.params[0]
-    win = p.window_tokens          # tokens a sliding / chunked / sparse layer attends to (0: none)
+def _step_shapes(e, ns, req, slots, cfg, win):
+    """StepShape of engine e's scheduled step, and of its draft passes (one token per decoding
+    sequence) under speculation: a decoding sequence's entry then verifies k drafts (k + 1 query
+    tokens, all sampled; the context read once)."""
     k = cfg.draft_tokens
     sh = empty_shape(0)
     dsh = empty_shape(0)
@@ -379,13 +378,34 @@ def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
             dsh = add_sequence(dsh, win, k0, 1, True, 1, 1)
         else:
             sh = add_sequence(sh, win, k0, c, dec, k0 + c == seq, 1)
+    return sh, dsh
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
+    """Aggregate and cost engine e's scheduled step, start it at `now` (or when the replica's host
+    thread is free) and account busy time, KV use and dynamic energy; with speculation, after k
+    passes of the draft model."""
+    sh, dsh = _step_shapes(e, ns, req, slots, cfg, cost.params[0].window_tokens)
     dt, br = step_time(cost, sh)
     if dsh.tokens > 0:
-        dt += k * _draft_pass_s(draft, dsh)
-    # the scheduler part of a step runs on the replica's single engine thread: virtual engines of
-    # one replica (pipeline parallelism) queue for it; their GPU work overlaps
+        dt += cfg.draft_tokens * _draft_pass_s(draft, dsh)
+    _start_step(e, _host_start(e, now, eng, cfg), dt, br, sh, eng, cfg, cost)
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _host_start(e, now, eng, cfg):
+    """When engine e's step can start: the scheduler part of a step runs on the replica's single
+    engine thread; virtual engines of one replica (pipeline parallelism) queue for it."""
     host = eng[(e // cfg.pp) * cfg.pp]
-    start = now if now > host.host_free_s else host.host_free_s
+    return now if now > host.host_free_s else host.host_free_s
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _start_step(e, start, dt, br, sh, eng, cfg, cost):
+    """Start engine e's step of `dt` seconds at `start` and account busy time, KV use and energy."""
+    p = cost.params[0]
+    host = eng[(e // cfg.pp) * cfg.pp]
     host.host_free_s = start + br.scheduler
     en = eng[e]
     en.busy_until_s = start + dt
@@ -402,6 +422,89 @@ def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
     if u > 1.0:
         u = 1.0
     en.dynamic_j += (cfg.tdp_w - cfg.idle_w) * u * busy_gpu * cfg.gpus_per_engine
+
+
+@kernel(cache=True, inline="always")
+def _lockstep_balance(first, v, eng, cfg):
+    """The attention-DP balance of `_balance_holds`, decided once per lock-step replica step before its
+    ranks schedule (as TRT-LLM decides it over every rank's state): new contexts go in on every rank
+    when every rank has one waiting, when some rank runs no generation, or at the timeout."""
+    if cfg.adp_balance_steps <= 0:
+        return
+    pp, a = cfg.pp, cfg.adp_ranks
+    lead = eng[first * pp]
+    all_ctx, all_gen = True, True
+    for k in range(first, first + a):
+        en = eng[k * pp + v]
+        all_ctx = all_ctx and en.head != -1
+        all_gen = all_gen and en.running > 0
+    lead.balance_steps += 1.0
+    let_in = all_ctx or not all_gen or lead.balance_steps >= cfg.adp_balance_steps
+    if all_ctx or lead.balance_steps >= cfg.adp_balance_steps:
+        lead.balance_steps = 0.0
+    for k in range(first, first + a):
+        eng[k * pp + v].balance_open = 1 if let_in else 0
+
+
+@kernel(cache=True)
+def _lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
+    """Schedule and cost one lock-step step of the attention-DP replica holding engine e (SGLang
+    --enable-dp-attention, TRT-LLM enable_attention_dp, vLLM DP with EP): every rank builds its own
+    batch, the MoE layers exchange every rank's tokens, so the ranks start together and the step
+    lasts as long as the busiest rank's (`rank_step_time` with the replica's mean tokens through
+    the experts); a rank with nothing to run joins with an empty batch (the engines' dummy
+    batches). Returns the requests refused."""
+    pp, a = cfg.pp, cfg.adp_ranks
+    v = e % pp
+    first = (e // pp // a) * a                    # the replica's first rank
+    refused = 0
+    total = 0
+    _lockstep_balance(first, v, eng, cfg)
+    for r in range(first, first + a):
+        x = r * pp + v
+        ns, ref = _schedule(x, now, req, eng, slots, cfg, cache, ids)
+        refused += ref
+        eng[x].unfinished -= ref
+        for j in range(ns):
+            q = req[slots[x, j].req]
+            dec = q.generated > 0 and q.prompt_tokens + q.generated - q.computed == 1
+            total += 1 + cfg.draft_tokens if (dec and cfg.draft_tokens > 0) else slots[x, j].tokens
+    if total == 0:
+        return refused
+    moe_m = total / a                             # tokens per rank through the experts (the replica's mean)
+    win = cost.params[0].window_tokens
+    start = now
+    dt = 0.0
+    for r in range(first, first + a):
+        x = r * pp + v
+        start = max(start, _host_start(x, now, eng, cfg))
+        sh, dsh = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win)
+        t, br = rank_step_time(cost, sh, moe_m)
+        if dsh.tokens > 0:
+            t += cfg.draft_tokens * _draft_pass_s(draft, dsh)
+        dt = max(dt, t)
+    for r in range(first, first + a):             # every rank is busy for the busiest rank's time
+        x = r * pp + v
+        sh, _ = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win)
+        _, br = rank_step_time(cost, sh, moe_m)
+        _start_step(x, start, dt, br, sh, eng, cfg, cost)
+    return refused
+
+
+@kernel(cache=True, inline="always")
+def _lockstep_peers_end(e, now, req, eng, slots, cfg, next_release, cache, ids, accept):
+    """End the step of every other rank of engine e's attention-DP replica (they end together).
+    Returns the requests finished and the next request to release."""
+    pp, a = cfg.pp, cfg.adp_ranks
+    v = e % pp
+    first = (e // pp // a) * a
+    finished = 0
+    for r in range(first, first + a):
+        x = r * pp + v
+        if x != e and eng[x].busy_until_s == now:
+            f, next_release = _end_step(x, now, req, eng, slots, cfg, next_release, cache, ids, accept)
+            finished += f
+    return finished, next_release
 
 
 @kernel(cache=True)
@@ -513,6 +616,10 @@ def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
             # ---- a step ends: apply its tokens ----------------------------------------------------
             now = t_e
             finished, next_release = _end_step(e_min, now, req, eng, slots, cfg, next_release, cache, ids, accept)
+            if cfg.adp_lockstep and cfg.adp_ranks > 1:
+                f2, next_release = _lockstep_peers_end(e_min, now, req, eng, slots, cfg, next_release, cache, ids,
+                                                       accept)
+                finished += f2
             if finished > 0:
                 done += finished
                 if now > t_end:
@@ -522,6 +629,10 @@ def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
         # ---- schedule and cost the next step of each engine in `todo` at time `now` -------------
         for ti in range(n_todo):
             e = todo[ti]
+            if cfg.adp_lockstep and cfg.adp_ranks > 1:
+                if eng[e].busy_until_s == INF:    # a replica already stepped at this event is busy
+                    done += _lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids)
+                continue
             ns, refused = _schedule(e, now, req, eng, slots, cfg, cache, ids)
             done += refused
             eng[e].unfinished -= refused

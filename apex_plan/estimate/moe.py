@@ -1,0 +1,120 @@
+"""Expert load and token movement of MoE layers under expert parallelism and attention DP.
+
+Expert load (`busiest_rank_load`, used by the expert rows of `estimate.kernels`): a step routes T
+tokens through a MoE layer, each to top-k of E experts; an expert-parallel rank holds E / ep of them.
+The step waits for the busiest rank. Its share of the T x k expert-token copies is the mean times
+    imbalance(T) = c + z(ep) x sd1 / (mean1 x sqrt(T)),
+where mean1 = k / ep and sd1^2 = k (1/ep)(1 - 1/ep)(E - k)/(E - 1) are the mean and variance of the
+copies one token sends to a given rank (a hypergeometric draw of k experts without replacement),
+z(ep) is the expected maximum of ep standard normals (Blom's approximation
+Phi^-1((ep - 0.375) / (ep + 0.25)); Blom 1958) and c is the skew of expert popularity that remains
+with many tokens per step (the GPU profile's `moe_imbalance`). So few tokens give a large statistical
+imbalance, and many tokens tend to the constant c. The distinct experts the busiest rank reads
+whole are e_local x (1 - (1 - k/E)^(T x imbalance)); at ep = 1 that is E (1 - (1 - k/E)^T), the
+expected number of experts touched by T tokens under uniform top-k routing.
+
+Token movement (`comm_s`), when attention-DP ranks hold different tokens (COST.a2a_kind):
+* allgather (SGLang dp_gather/dp_scatter, TRT-LLM AllGather + ReduceScatter, vLLM
+  allgather_reducescatter): every GPU receives every other rank's tokens before the MoE and the
+  reduce-scatter sends the output back: (all tokens - own) x hidden x bytes each way.
+* alltoall (DeepEP dispatch/combine): a token goes to each rank holding one of its experts:
+  one copy per destination rank with the high-throughput ("normal") kernels, one per routed expert
+  with the low-latency kernels that decode-only steps use (SGLang --deepep-mode auto).
+Of a GPU's peers, those inside its NVLink domain are reached at NVLink bandwidth, the rest over
+RDMA; the two run concurrently (DeepEP forwards NVLink and RDMA traffic at once), so a phase takes
+latency + max(NVLink bytes / NVLink bandwidth, RDMA bytes / RDMA bandwidth).
+Figures for scale (deepseek-ai/DeepEP README, H800 + CX7 400 Gb/s): normal kernels reach 153 GB/s
+over NVLink at EP8 and 43-58 GB/s over RDMA at EP16-64; low-latency dispatch of 128 tokens takes
+77 us at EP8.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+from apex_plan.jit import kernel
+
+A2A_NONE, A2A_ALLGATHER, A2A_ALLTOALL = 0.0, 1.0, 2.0   # values of COST.a2a_kind
+A2A_KINDS = {"allgather": A2A_ALLGATHER, "alltoall": A2A_ALLTOALL}
+FP8_BLOCK_SCALE_BYTES = 4.0 / 128.0   # DeepEP FP8 dispatch: one fp32 scale per 128 hidden elements
+
+
+def expected_max_z(n: int) -> float:
+    """Expected maximum of n independent standard normals (Blom's approximation; 0 for n <= 1)."""
+    if n <= 1:
+        return 0.0
+    return NormalDist().inv_cdf((n - 0.375) / (n + 0.25))
+
+
+def expected_distinct_experts(num_experts: int, top_k: int, tokens: float) -> float:
+    """Experts touched by `tokens` tokens each routed uniformly to top_k of num_experts:
+    E (1 - (1 - k/E)^T) (each expert is missed by a token with probability 1 - k/E)."""
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
+
+
+def expected_rank_copies(num_experts: int, top_k: int, ep: int) -> float:
+    """Distinct expert-parallel ranks one token's top_k experts land on (E/ep experts per rank):
+    ep x (1 - C(E - E/ep, k) / C(E, k)), the chance a rank holds none of the k being that ratio."""
+    if ep <= 1:
+        return 1.0
+    per_rank = num_experts // ep
+    miss = 1.0
+    for i in range(top_k):           # C(E - E/ep, k) / C(E, k) as a product of k ratios
+        miss *= max(num_experts - per_rank - i, 0) / (num_experts - i)
+    return ep * (1.0 - miss)
+
+
+@kernel(cache=True, inline="always")
+def busiest_rank_load(p, o, tokens):
+    """Busiest expert-parallel rank's expert-token copies over the mean when `tokens` tokens pass
+    one MoE layer (see the module docstring); 1 without expert parallelism."""
+    ep = p.ep
+    if ep <= 1.0 or tokens <= 0.0:
+        return 1.0
+    k = p.experts_per_token
+    e_all = o.experts * ep                              # experts of the layer
+    f = 1.0 / ep
+    mean1 = k * f                                       # copies one token sends a given rank
+    var1 = k * f * (1.0 - f) * (e_all - k) / (e_all - 1.0) if e_all > 1.0 else 0.0
+    imb = p.moe_imbalance + p.ep_max_z * math.sqrt(var1 / tokens) / mean1
+    cap = min(k, o.experts) * ep / k                    # every token's copies on the one rank
+    return min(imb, cap)
+
+
+@kernel(cache=True, fastmath=False)
+def _phase_s(p, msg_bytes):
+    """One dispatch or combine phase moving `msg_bytes` out of (or into) one GPU, spread evenly over
+    its peers: the NVLink-domain share and the RDMA share run concurrently, after the latency."""
+    ranks = p.a2a_ranks
+    dom = p.a2a_domain_gpus
+    nvl = msg_bytes * (dom - 1.0) / (ranks - 1.0)       # bytes to peers inside the NVLink domain
+    rdma = msg_bytes - nvl                              # bytes to peers in other domains
+    t = nvl / p.a2a_bytes_per_s
+    if rdma > 0.0:
+        t = max(t, rdma / p.a2a_rdma_bytes_per_s)
+    return p.a2a_latency_s + t
+
+
+@kernel(cache=True, fastmath=False)
+def comm_s(p, m_own, m_mean, decode_only, imbalance):
+    """Seconds of one MoE layer's token movement on the busiest GPU (dispatch + combine): m_own tokens
+    on this attention rank, m_mean the mean over the replica's attention-DP ranks."""
+    kind = p.a2a_kind
+    ranks = p.a2a_ranks
+    if kind == A2A_NONE or ranks <= 1.0:
+        return 0.0
+    h = p.hidden
+    if kind == A2A_ALLGATHER:
+        adp = ranks / p.tp                              # attention-DP ranks
+        others = max(adp * m_mean - m_own, 0.0)         # token rows gathered from the other ranks
+        gather = others * h * p.a2a_dispatch_bytes      # received before the MoE
+        scatter = others * h * p.act_bytes              # the output's reduce-scatter back
+        return _phase_s(p, gather) + _phase_s(p, scatter)
+    # alltoall: copies per token, one per destination rank (normal) or per routed expert (low latency)
+    copies = p.experts_per_token if (decode_only and p.a2a_ll_decode > 0.0) else p.a2a_rank_copies
+    remote = (ranks - 1.0) / ranks                      # share of the copies leaving this GPU
+    load = max(m_own, m_mean * imbalance)               # the busiest sender / receiver
+    dispatch = load * copies * remote * h * p.a2a_dispatch_bytes
+    combine = load * copies * remote * h * p.act_bytes
+    return _phase_s(p, dispatch) + _phase_s(p, combine)
