@@ -86,13 +86,12 @@ def _steady_run(inp: SearchInputs, mix, choice: PoolChoice, pe: RoleEval, de: Ro
     res = simulate_disagg(inp.model, inp.cluster, dplan, pe.engine_cfg, Workload(tr), inp.slo, links)
     if not res.feasible:
         return None, res.reason, None
-    res.metrics.setdefault("prefix_cache", {"enabled": False, "saved_prefill_tokens": 0})   # not modelled here
     t0, t1 = window_bounds(tr, h)
     m = steady_metrics([window_of(res, t0, t1, rate)], [res], t0, t1, rate, inp.slo, h, inp.cluster.gpu.idle_w)
     arr = res.times.arrival_s
     m["ttft_phases"] = ttft_phases(res, (arr >= t0) & (arr < t1))
     for k in ("kv_transfer", "pools", "conservation"):
-        m[k] = res.metrics[k]
+        m[k] = res.metrics.disagg[k]
     return m, "", res
 
 

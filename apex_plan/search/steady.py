@@ -308,10 +308,12 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
 
 
 def _prefix_summary(sims: list[SimResult]) -> dict:
-    """Hit rate (cached over prompt tokens) and prefill tokens saved over the whole simulations."""
-    saved = sum(s.metrics.prefix_cache.saved_prefill_tokens for s in sims)
+    """Hit rate (cached over prompt tokens) and prefill tokens saved over the whole simulations (a
+    disaggregated run models no prefix caching: none saved)."""
+    caches = [s.metrics.prefix_cache for s in sims if s.metrics.prefix_cache is not None]
+    saved = sum(c.saved_prefill_tokens for c in caches)
     prompt = sum(int(s.times.prompt_tokens[s.times.ok].sum()) for s in sims)
-    return {"enabled": any(s.metrics.prefix_cache.enabled for s in sims),
+    return {"enabled": any(c.enabled for c in caches),
             "hit_rate": saved / prompt if prompt else 0.0, "saved_prefill_tokens": saved}
 
 
