@@ -28,7 +28,9 @@ import numpy as np
 from apex_plan.abi import SLOT
 from apex_plan.jit import kernel
 from apex_plan.abi import ROUTE_LEAST_LOADED
-from apex_plan.simulate.kernels import _blocks_for, _cost_step, _end_step, _init, _route, _schedule
+from apex_plan.simulate.kernels import _cost_step, _end_step, _init
+from apex_plan.simulate.routing import _route
+from apex_plan.simulate.scheduler import _blocks_for, _schedule
 from apex_plan.simulate.prefix_cache import PrefixCache
 
 INF = np.inf
@@ -173,6 +175,94 @@ def _admit_transfers(e, now, req, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, lin
     return refused
 
 
+@kernel(cache=True, inline="always")
+def _init_transfers(x, xe, eng, base_d, kv_blocks_p):
+    """Every request's phase times unset (-1) and counts zero; empty transfer queues and idle links on
+    every engine; the prefill engines' KV pools full."""
+    for e in range(base_d):
+        eng[e].free_blocks = kv_blocks_p
+    for i in range(x.shape[0]):
+        xr = x[i]
+        xr.prefill_done_s = -1.0
+        xr.admit_s = -1.0
+        xr.transfer_start_s = -1.0
+        xr.transfer_end_s = -1.0
+        xr.prefilled = 0
+        xr.transferred = 0
+        xr.decoded = 0
+        xr.held_blocks = 0
+        xr.prefill_engine = -1
+    for e in range(xe.shape[0]):
+        xe[e].pend_head = -1
+        xe[e].pend_tail = -1
+        xe[e].xfer_head = -1
+        xe[e].xfer_tail = -1
+        xe[e].in_transfer = 0
+        xe[e].link_free_s = 0.0
+
+
+@kernel(cache=True, inline="always")
+def _next_event(eng, xe, x, base_d):
+    """(engine whose step ends first, its time, decode engine whose transfer lands first, its time)."""
+    e_min = -1
+    t_e = INF
+    for e in range(eng.shape[0]):
+        if eng[e].busy_until_s < t_e:
+            t_e = eng[e].busy_until_s
+            e_min = e
+    x_min = -1
+    t_x = INF
+    for e in range(base_d, eng.shape[0]):
+        h = xe[e].xfer_head
+        if h != -1 and x[h].transfer_end_s < t_x:
+            t_x = x[h].transfer_end_s
+            x_min = e
+    return e_min, t_e, x_min, t_x
+
+
+@kernel(cache=True, inline="always")
+def _land_transfer(e, req_p, req_d, eng, slots, x, xe, todo):
+    """The first transfer to decode engine `e` lands: the request joins its running batch and its
+    prefill engine frees the blocks it held. Puts the engines that may start a step in `todo`;
+    returns how many."""
+    n_todo = 0
+    r = xe[e].xfer_head
+    xe[e].xfer_head = req_d[r].next
+    if xe[e].xfer_head == -1:
+        xe[e].xfer_tail = -1
+    xe[e].in_transfer -= 1
+    q = req_d[r]
+    q.computed = q.prompt_tokens
+    q.generated = 1
+    q.scheduled_s = req_p[r].scheduled_s
+    slots[e, eng[e].running].running = r
+    eng[e].running += 1
+    xr = x[r]
+    xr.transferred += 1
+    pe = xr.prefill_engine
+    eng[pe].free_blocks += xr.held_blocks
+    xr.held_blocks = 0
+    if eng[e].busy_until_s == INF:
+        todo[n_todo] = e
+        n_todo += 1
+    if eng[pe].busy_until_s == INF and eng[pe].head != -1:
+        todo[n_todo] = pe
+        n_todo += 1
+    return n_todo
+
+
+@kernel(cache=True, inline="always")
+def _mark_decoded(e, now, ns, req_d, slots, x):
+    """After decode step of engine `e` ended at `now`: first-token times and decoded counts."""
+    for j in range(ns):
+        r = slots[e, j].req
+        q = req_d[r]
+        if q.first_token_s < 0 and q.generated >= 2:
+            q.first_token_s = now            # the client's first token comes with the first decode step
+        if q.finish_s == now and q.generated >= q.output_tokens:
+            x[r].decoded += 1
+
+
 @kernel(cache=True)
 def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, base_d, link_bw, link_lat):
     """Replay all requests through prefill engines, transfers and decode engines (module docstring).
@@ -192,26 +282,7 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
     accept = np.zeros(1)
     _init(req_p, eng, cfg_p)
     _init(req_d, eng, cfg_d)
-    for e in range(base_d):
-        eng[e].free_blocks = cfg_p.kv_blocks
-    for i in range(n):
-        xr = x[i]
-        xr.prefill_done_s = -1.0
-        xr.admit_s = -1.0
-        xr.transfer_start_s = -1.0
-        xr.transfer_end_s = -1.0
-        xr.prefilled = 0
-        xr.transferred = 0
-        xr.decoded = 0
-        xr.held_blocks = 0
-        xr.prefill_engine = -1
-    for e in range(ne):
-        xe[e].pend_head = -1
-        xe[e].pend_tail = -1
-        xe[e].xfer_head = -1
-        xe[e].xfer_tail = -1
-        xe[e].in_transfer = 0
-        xe[e].link_free_s = 0.0
+    _init_transfers(x, xe, eng, base_d, cfg_p.kv_blocks)
     slots = np.zeros((ne, max(cfg_p.max_seqs, cfg_d.max_seqs)), SLOT)
     todo = np.zeros(ne + 2, np.int64)
     next_req = 0
@@ -221,19 +292,7 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
     rr_d = 0
     t_end = 0.0
     while done < n:
-        e_min = -1
-        t_e = INF
-        for e in range(ne):
-            if eng[e].busy_until_s < t_e:
-                t_e = eng[e].busy_until_s
-                e_min = e
-        x_min = -1
-        t_x = INF
-        for e in range(base_d, ne):
-            h = xe[e].xfer_head
-            if h != -1 and x[h].transfer_end_s < t_x:
-                t_x = x[h].transfer_end_s
-                x_min = e
+        e_min, t_e, x_min, t_x = _next_event(eng, xe, x, base_d)
         t_a = req_d[next_req].sent_s if next_req < n else INF
         if t_a == INF and t_e == INF and t_x == INF:
             break
@@ -253,29 +312,7 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
         elif t_x <= t_e:
             # ---- a transfer lands: the request joins the decode batch, its prefill blocks are freed
             now = t_x
-            e = x_min
-            r = xe[e].xfer_head
-            xe[e].xfer_head = req_d[r].next
-            if xe[e].xfer_head == -1:
-                xe[e].xfer_tail = -1
-            xe[e].in_transfer -= 1
-            q = req_d[r]
-            q.computed = q.prompt_tokens
-            q.generated = 1
-            q.scheduled_s = req_p[r].scheduled_s
-            slots[e, eng[e].running].running = r
-            eng[e].running += 1
-            xr = x[r]
-            xr.transferred += 1
-            pe = xr.prefill_engine
-            eng[pe].free_blocks += xr.held_blocks
-            xr.held_blocks = 0
-            if eng[e].busy_until_s == INF:
-                todo[n_todo] = e
-                n_todo += 1
-            if eng[pe].busy_until_s == INF and eng[pe].head != -1:
-                todo[n_todo] = pe
-                n_todo += 1
+            n_todo = _land_transfer(x_min, req_p, req_d, eng, slots, x, xe, todo)
         elif e_min < base_d:
             # ---- a prefill step ends ----------------------------------------------------------------
             now = t_e
@@ -298,13 +335,7 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
             now = t_e
             ns = eng[e_min].scheduled
             finished, next_release = _end_step(e_min, now, req_d, eng, slots, cfg_d, next_release, cache, ids, accept)
-            for j in range(ns):
-                r = slots[e_min, j].req
-                q = req_d[r]
-                if q.first_token_s < 0 and q.generated >= 2:
-                    q.first_token_s = now            # the client's first token comes with the first decode step
-                if q.finish_s == now and q.generated >= q.output_tokens:
-                    x[r].decoded += 1
+            _mark_decoded(e_min, now, ns, req_d, slots, x)
             if finished > 0:
                 done += finished
                 if now > t_end:
