@@ -93,7 +93,8 @@ COST_FIELDS = (
     ("attn_scale_prefix", F8, "backend scale for chunks attending to cached context"),
     # layer kinds of the largest stage (each mixer's layer count is on its OP rows)
     ("mixerless_layers", F8, "blocks without a token mixer (Nemotron-H MLP/MoE blocks)"),
-    ("window_tokens", F8, "tokens a windowed / sparse layer attends to (window, chunk, index top-k); 0: none"),
+    ("window_tokens", F8, "tokens a windowed layer attends to (sliding window, chunk, a compressed layer's raw window); 0: none"),
+    ("topk_tokens", F8, "tokens of context a sparse layer's top-k rows span (index_topk x compress); 0: none"),
 )
 
 GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, GRAPH_FULL = 0.0, 1.0, 2.0   # values of COST.graph_mode
@@ -107,7 +108,9 @@ GEMM_DENSE_MLP = 2       # dense-MLP layers
 GEMM_MOE_DENSE = 3       # MoE layers' dense part (router, shared experts, latent projections)
 GEMM_LINEAR_ATTN = 4     # linear-attention layers' projections
 GEMM_MAMBA = 5           # Mamba layers' projections
-N_GEMM_KINDS = 6
+GEMM_PROJ_MIXER = 6      # linear replacements of attention (DeciLM replace_with_linear)
+GEMM_PROJ_MLP = 7        # linear replacements of the FFN (DeciLM replace_with_linear)
+N_GEMM_KINDS = 8
 
 # cost shapes of an op row (how the kernel costs it)
 OP_GEMM = 0         # y[M, n] = x[M, k] @ W[k, n] over the step's M tokens
@@ -130,7 +133,7 @@ OP_FIELDS = (
     ("flops_per_unit", F8, "attention: FLOPs per (query x key) pair; recurrent: FLOPs per token (one GPU)"),
     ("bytes_per_unit", F8, "attention: KV bytes per cached token read; recurrent: state bytes per sequence"),
     ("rereads", F8, "attention: decode KV reads per KV head (1: GQA shared; query heads per KV head otherwise)"),
-    ("windowed", I8, "attention: 1 reads each sequence's context capped at COST.window_tokens"),
+    ("windowed", I8, "attention: 1 reads each sequence's context capped at COST.window_tokens, 2 at COST.topk_tokens"),
 )
 
 # ---- engine / scheduler configuration of one simulation -----------------------------------------
@@ -267,12 +270,14 @@ BATCH = _dtype(BATCH_FIELDS)
 
 CostTables = namedtuple("CostTables", "params ops")   # COST record array (length 1), OP table
 # batch aggregates of one step (filled by estimate.kernels.add_sequence; `_w` fields cap each
-# sequence's context at COST.window_tokens, equal to the uncapped ones when the model has no window)
+# sequence's context at COST.window_tokens, `_k` at COST.topk_tokens, equal to the uncapped ones
+# when the model has no such cap)
 StepShape = namedtuple("StepShape", (
     "tokens n_decode n_prefill n_logits "          # query tokens; decode sequences; prefill chunks; sampled rows
     "pf_pairs pf_pad_pairs pf_pad_prefix_pairs "   # causal query x key pairs; over whole 128-row query tiles; of chunks with cache
     "pf_q_tiles dec_ctx_tokens pf_ctx_tokens "     # query tiles of the chunks; KV tokens read by decodes; by chunks
-    "pf_pairs_w dec_ctx_w pf_ctx_w eager"))        # windowed pairs / KV reads; 1: every kernel host-launched
+    "pf_pairs_w dec_ctx_w pf_ctx_w "              # windowed pairs / KV reads
+    "pf_pairs_k dec_ctx_k pf_ctx_k eager"))        # top-k capped pairs / KV reads; 1: every kernel host-launched
 Breakdown = namedtuple("Breakdown", "gemm attention communication elementwise embed_lm_head engine_host flops bytes "
                                     "scheduler")   # seconds per part of the step; FLOPs, HBM bytes per GPU; host s
 

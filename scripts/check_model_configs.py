@@ -10,8 +10,10 @@ Meant for the `aiconfigurator-core` wheel (Apache-2.0), which ships current mode
 
 Model configs are loaded with apex-plan's loader (`spec_from_hf`) and reported with their
 parameter total; quantisation companions are read for their per-component weight formats. Prints
-one line per file, each failure with its reason, then how many of all files load. Exit status 0
-when every model config loads, 1 otherwise.
+one line per file, each failure with its reason, then how many of all files load, then the
+parameter totals of the configs named in the model-card table (`--cards`, default
+tests/fixtures/model_cards/cards.json) against the cards' published figures. Exit status 0 when
+every model config loads and every carded total is within its card's tolerance, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -44,6 +46,37 @@ def read_configs(source: Path) -> list[tuple[str, bytes]]:
     raise SystemExit(f"{source}: not a folder or a wheel/zip of config.json files")
 
 
+DEFAULT_CARDS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "model_cards" / "cards.json"
+
+
+def card_rows(files: list[tuple[str, bytes]], cards_path: Path) -> tuple[list[str], bool]:
+    """Lines comparing each carded config's parameter totals with its model card, and whether all are in
+    tolerance. A carded config missing from `files` is a line of its own (and a failure)."""
+    cards = {k: v for k, v in json.loads(cards_path.read_text()).items() if not k.startswith("_")}
+    by_name = dict(files)
+    lines, ok = [], True
+    for card in cards.values():
+        for name in card["configs"]:
+            if name not in by_name:
+                lines.append(f"MISSING {name}: not in the source")
+                ok = False
+                continue
+            stem = name.removesuffix(".json").removesuffix("_config")
+            counts = param_counts(spec_from_hf(json.loads(by_name[name]), name, default_name=stem))
+            d_total = counts.total / card["total"] - 1
+            good = abs(d_total) <= card["tol_total"]
+            active = "active: no card figure"
+            if card["active"]:
+                d_active = counts.active_matmul / card["active"] - 1
+                good = good and abs(d_active) <= card["tol_active"]
+                active = (f"active {counts.active_matmul / 1e9:,.1f}B vs {card['active'] / 1e9:,.1f}B "
+                          f"({d_active:+.1%}, within ±{card['tol_active']:.0%})")
+            ok = ok and good
+            lines.append(f"{'ok  ' if good else 'OFF '} {name}: total {counts.total / 1e9:,.1f}B vs card "
+                         f"{card['total'] / 1e9:,.1f}B ({d_total:+.2%}, within ±{card['tol_total']:.1%}); {active}")
+    return lines, ok
+
+
 def check_one(name: str, raw: bytes) -> tuple[str, bool, str]:
     """(kind, loaded, detail) of one file."""
     try:
@@ -74,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", type=Path, help="folder of config.json files, or the aiconfigurator-core wheel")
     ap.add_argument("--quiet", action="store_true", help="print only failures and the summary")
+    ap.add_argument("--cards", type=Path, default=DEFAULT_CARDS,
+                    help="model-card table (JSON) of published parameter totals to compare with")
     args = ap.parse_args(argv)
     files = read_configs(args.source)
     loaded, failed = Counter(), Counter()
@@ -88,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{total_ok} of {len(files)} files load "
           f"({loaded['model config']} of {loaded['model config'] + failed['model config']} model configs, "
           f"{loaded['quant companion']} of {loaded['quant companion'] + failed['quant companion']} quantisation companions)")
-    return 0 if not failed["model config"] else 1
+    cards_ok = True
+    if args.cards.is_file():
+        lines, cards_ok = card_rows(files, args.cards)
+        print(f"\nparameter totals against the model cards ({args.cards.name}):")
+        print("\n".join(lines))
+    return 0 if not failed["model config"] and cards_ok else 1
 
 
 if __name__ == "__main__":

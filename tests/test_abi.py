@@ -11,7 +11,7 @@ import pytest
 
 from apex_plan import abi, jit
 from apex_plan.estimate import kernels as K
-from apex_plan.estimate.mixers import MIXERS, gemm_layers
+from apex_plan.estimate.mixers import MIXERS
 from apex_plan.estimate.step_cost import build_step_cost
 from apex_plan.hardware.load import load_gpu, make_cluster
 from apex_plan.model.load import list_models, load_model
@@ -65,16 +65,16 @@ def test_builders_write_every_cost_field(name):
     assert p["dense_layers"] + p["moe_layers"] + p["mlp_free_layers"] == st.layers
     ops = sc.cost.ops
     gemm_rows = ops[(ops["shape"] == abi.OP_GEMM) | (ops["shape"] == abi.OP_EXPERTS)]
-    layers = gemm_layers(st)
-    assert len(gemm_rows) == sum(1 for g in sc.shard.gemms if layers[g.kind])
-    assert list(gemm_rows["count"]) == [layers[g.kind] for g in sc.shard.gemms if layers[g.kind]]
-    assert [FORMATS_BY_ID[i] for i in gemm_rows["format"]] == [g.fmt.split("-g")[0] for g in sc.shard.gemms
-                                                                 if layers[g.kind]]
+    run = [g for g in sc.shard.gemms if st.gemm_layers(g)]
+    assert len(gemm_rows) == len(run)
+    assert list(gemm_rows["count"]) == [st.gemm_layers(g) for g in run]
+    assert [FORMATS_BY_ID[i] for i in gemm_rows["format"]] == [g.fmt.split("-g")[0] for g in run]
     assert all(np.isfinite(ops[f]).all() for f in ops.dtype.names)
     # every mixer layer of the stage is costed: attention and recurrent rows add up to its mixer layers
     mixer_rows = ops[(ops["shape"] == abi.OP_ATTENTION) | (ops["shape"] == abi.OP_RECURRENT)]
     indexers = st.count("sparse")                   # a sparse layer has two rows: top-k attention and its indexer
-    assert mixer_rows["count"].sum() - indexers == st.layers - st.count("none")
+    raw = sum(n for k, n in st.kinds if k.compress)  # a compressed layer (DeepSeek-V4) one more: its raw window
+    assert mixer_rows["count"].sum() - indexers - raw == st.layers - st.count("none") - st.count("proj")
 
 
 # fields carried for callers outside the kernels (OP.format: the weight format per GEMM row, for
@@ -101,16 +101,20 @@ def test_source_stamp_covers_every_kernel_file(tmp_path):
 
 
 def test_aggregate_counts_each_sequence_once():
-    """A batch of 3 decodes at 1000 tokens and one 512-token chunk after 256 cached, window 128."""
+    """A batch of 3 decodes at 1000 tokens and one 512-token chunk after 256 cached, window 128, top-k span 600."""
     batch = K.make_batch(decodes=3, context=1000, chunk=512, cached=256, samples=False)
-    sh = K.aggregate(batch, 128.0, 0)
+    sh = K.aggregate(batch, 128.0, 600.0, 0)
     assert (sh.tokens, sh.n_decode, sh.n_prefill, sh.n_logits) == (3 + 512, 3, 1, 3)
     assert sh.dec_ctx_tokens == 3000 and sh.dec_ctx_w == 3 * 128
     assert sh.pf_pairs == sum(256 + i for i in range(1, 513))
     assert sh.pf_pairs_w == sum(min(256 + i, 128) for i in range(1, 513))
     assert sh.pf_ctx_tokens == 768 and sh.pf_ctx_w == 128 + 512
-    unwindowed = K.aggregate(batch, 0.0, 0)
+    # the top-k cap: the same sums at its own cap
+    assert sh.dec_ctx_k == 3 * 600 and sh.pf_ctx_k == min(768, 600 + 512)
+    assert sh.pf_pairs_k == sum(min(256 + i, 600) for i in range(1, 513))
+    unwindowed = K.aggregate(batch, 0.0, 0.0, 0)
     assert (unwindowed.dec_ctx_w, unwindowed.pf_pairs_w) == (unwindowed.dec_ctx_tokens, unwindowed.pf_pairs)
+    assert (unwindowed.dec_ctx_k, unwindowed.pf_pairs_k) == (unwindowed.dec_ctx_tokens, unwindowed.pf_pairs)
 
 
 @pytest.mark.parametrize("name", list_models())

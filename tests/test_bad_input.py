@@ -751,6 +751,77 @@ for tag, doc, needles in (
     case(f"check:{name}", ["check", "{file:" + name + "}"], name, *needles)
 
 # ---------------------------------------------------------------------------------------------
+# the 2026 families' per-layer fields (their published config.json files, one field broken): DeciLM
+# block_configs, DeepSeek-V4 compress_ratios, MiMo-V2 hybrid_layer_pattern, Step-3.7 layer_types,
+# MiniMax-M3 moe_layer_freq, Kimi-K3 linear_attn_config.kda_layers
+
+CARDS = ROOT / "tests" / "fixtures" / "model_cards"
+
+
+def _decilm_block(doc: dict, part: str, **fields) -> dict:
+    """The DeciLM config with block 0's `part` (attention / ffn) fields set."""
+    blocks = [json.loads(json.dumps(b)) for b in doc["block_configs"]]
+    blocks[0][part].update(fields)
+    return dict(doc, block_configs=blocks)
+
+
+def family_files() -> list[tuple[str, tuple[str, ...]]]:
+    out = []
+    load = {f: json.loads((CARDS / f"{f}.json").read_text()) for f in
+            ("decilm_nemotron_super_49b", "deepseek_v4_flash", "mimo_v2_flash", "step3p7_flash", "minimax_m3",
+             "kimi_k3")}
+    nas, v4, mimo = load["decilm_nemotron_super_49b"], load["deepseek_v4_flash"], load["mimo_v2_flash"]
+    n_v4, n_mimo = v4["num_hidden_layers"], mimo["num_hidden_layers"]
+    k3 = load["kimi_k3"]
+    k3_text = k3["text_config"]
+    muts = [
+        ("nas-blocks-text", dict(nas, block_configs="all"), "block_configs"),
+        ("nas-blocks-short", dict(nas, block_configs=nas["block_configs"][:5]), "block_configs"),
+        ("nas-blocks-scalars", dict(nas, block_configs=[1] * nas["num_hidden_layers"]), "block_configs"),
+        ("nas-noop-text", _decilm_block(nas, "attention", no_op="false"), "block_configs[0].attention.no_op"),
+        ("nas-linear-num", _decilm_block(nas, "ffn", replace_with_linear=1.5), "block_configs[0].ffn.replace_with_linear"),
+        ("nas-group-7", _decilm_block(nas, "attention", n_heads_in_group=7), "n_heads_in_group"),
+        ("nas-group-0", _decilm_block(nas, "attention", n_heads_in_group=0), "n_heads_in_group"),
+        ("nas-group-text", _decilm_block(nas, "attention", n_heads_in_group="8"), "n_heads_in_group"),
+        ("nas-group-none", _decilm_block(nas, "attention", n_heads_in_group=None), "n_heads_in_group"),
+        ("nas-mult-neg", _decilm_block(nas, "ffn", ffn_mult=-1.0), "block_configs[0].ffn.ffn_mult"),
+        ("nas-mult-text", _decilm_block(nas, "ffn", ffn_mult="5.25"), "block_configs[0].ffn.ffn_mult"),
+        ("nas-mult-nan", _decilm_block(nas, "ffn", ffn_mult=float("nan")), "block_configs[0].ffn.ffn_mult"),
+        ("nas-sparsify", _decilm_block(nas, "ffn", sparsify={"ratio": 0.5}), "block_configs[0].ffn.sparsify"),
+        ("nas-attn-list", dict(nas, block_configs=[dict(nas["block_configs"][0], attention=[1])]
+                                + nas["block_configs"][1:]), "block_configs[0].attention"),
+        ("v4-ratio-7", dict(v4, compress_ratios=[7] * n_v4), "compress_ratios"),
+        ("v4-ratio-text", dict(v4, compress_ratios="4"), "compress_ratios"),
+        ("v4-ratio-short", dict(v4, compress_ratios=[4, 128]), "compress_ratios"),
+        ("v4-window-0", dict(v4, sliding_window=0), "sliding_window"),
+        ("v4-topk-neg", dict(v4, index_topk=-512), "index_topk"),
+        ("v4-olora-text", dict(v4, o_lora_rank="1024"), "o_lora_rank"),
+        ("mimo-pattern-2", dict(mimo, hybrid_layer_pattern=[2] * n_mimo), "hybrid_layer_pattern"),
+        ("mimo-pattern-short", dict(mimo, hybrid_layer_pattern=[0, 1]), "hybrid_layer_pattern"),
+        ("mimo-moe-bool", dict(mimo, moe_layer_freq=[True] * n_mimo), "moe_layer_freq"),
+        ("step-types-global", dict(load["step3p7_flash"], layer_types=["global"] * 60), "layer_types"),
+        ("step-types-text", dict(load["step3p7_flash"], layer_types="full_attention"), "layer_types"),
+        ("minimax-freq-short", dict(load["minimax_m3"], moe_layer_freq=[1, 1]), "moe_layer_freq"),
+        ("k3-kda-zero", dict(k3, text_config=dict(k3_text, linear_attn_config=dict(
+            k3_text["linear_attn_config"], kda_layers=[0, 1]))), "kda_layers"),
+        ("k3-kda-beyond", dict(k3, text_config=dict(k3_text, linear_attn_config=dict(
+            k3_text["linear_attn_config"], kda_layers=[1, 9999]))), "kda_layers"),
+        ("k3-kda-text", dict(k3, text_config=dict(k3_text, linear_attn_config=dict(
+            k3_text["linear_attn_config"], kda_layers="1-69"))), "kda_layers"),
+        ("k3-lin-list", dict(k3, text_config=dict(k3_text, linear_attn_config=[1])), "linear_attn_config"),
+    ]
+    for tag, doc, field in muts:
+        out.append((add_file(f"fam-{tag}/config.json", json.dumps(doc)), (field,)))
+    return out
+
+
+for name, needles in family_files():
+    shown = (Path(name).parent.name,) + needles
+    case(f"check:{name}", ["check", "{file:" + name + "}"], *shown)
+    case(f"models:{name}", ["models", "{file:" + name + "}"], *shown)
+    case(f"search--model:{name}", with_opt(SEARCH, "--model", "{file:" + name + "}"), *shown)
+
+# ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
@@ -774,7 +845,8 @@ def _fill(arg: str, d: Path) -> str:
 
 def test_suite_is_large_and_covers_everything():
     assert len(CASES) >= 1000, len(CASES)
-    kinds = {"model-", "cfg-", "gpu-", "cluster-", "apex-", "csv-", "burstgpt-", "azure-", "mooncake-", "session-"}
+    kinds = {"model-", "cfg-", "gpu-", "cluster-", "apex-", "csv-", "burstgpt-", "azure-", "mooncake-", "session-",
+             "fam-nas-", "fam-v4-", "fam-mimo-", "fam-step-", "fam-minimax-", "fam-k3-"}
     for k in kinds:
         assert any(k in cid for cid in CASES), k
     from apex_plan.cli import app

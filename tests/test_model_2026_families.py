@@ -16,25 +16,11 @@ from apex_plan.model.params import (component_params, kv_cache_bytes_per_seq, kv
 
 CARDS = Path(__file__).resolve().parent / "fixtures" / "model_cards"
 
-# fixture -> (total, active, relative tolerance on each) as the model cards state them:
-# DeepSeek-V4 (huggingface.co/deepseek-ai/DeepSeek-V4-Flash model card: "DeepSeek-V4-Flash 284B total, 13B
-#   active; DeepSeek-V4-Pro 1.6T total, 49B active"); MiMo-V2-Flash (huggingface.co/XiaomiMiMo/MiMo-V2-Flash:
-#   "309B total parameters and 15B active parameters"); MiniMax-M3 (huggingface.co/MiniMaxAI/MiniMax-M3:
-#   "~428B parameters and ~23B activated parameters"); Step-3.7-Flash (vLLM recipe / StepFun card: "196B
-#   sparse language backbone ... ~11B active" beside a 1.8B vision encoder); Llama-3.3-Nemotron-Super-49B-v1
-#   (huggingface.co/nvidia/Llama-3_3-Nemotron-Super-49B-v1: 49.9B params in its safetensors; dense, all active).
-# Active counts compare with `active_matmul` (embedding lookup left out, as DeepSeek counts "activated").
-CARD = {
-    "deepseek_v4_flash.json": (284e9, 13e9, 0.01, 0.05),
-    "deepseek_v4_pro.json": (1.6e12, 49e9, 0.02, 0.02),      # "1.6T": two significant figures
-    "mimo_v2_flash.json": (309e9, 15e9, 0.005, 0.05),
-    "minimax_m3.json": (428e9, 23e9, 0.01, 0.07),            # "~23B": our 24.5B counts the shared expert
-    "step3p7_flash.json": (196e9, 11e9, 0.005, 0.07),
-    "decilm_nemotron_super_49b.json": (49.9e9, 49.9e9, 0.002, 0.03),
-}
-# Kimi-K3 has no model card figure we could find; NVIDIA's aiconfigurator-core 0.12.0 describes it as
-# "Kimi-K3 hybrid KDA + MLA LatentMoE model (2.8T, 93 layers = 69 KDA + 24 MLA)" (sdk/models/kimi_k3.py).
-K3_TOTAL = 2.8e12
+# fixture -> the model card's total and active parameters and their tolerances (cards.json, with sources;
+# scripts/check_model_configs.py prints the same comparison for the wheel's configs)
+CARDS_JSON = {k: v for k, v in json.loads((CARDS / "cards.json").read_text()).items() if not k.startswith("_")}
+CARD = {k: (v["total"], v["active"], v["tol_total"], v["tol_active"]) for k, v in CARDS_JSON.items() if v["active"]}
+K3_TOTAL = CARDS_JSON["kimi_k3.json"]["total"]
 
 
 @pytest.mark.parametrize("fixture", sorted(CARD))
@@ -99,3 +85,20 @@ def test_kimi_k3_kda_and_latent_moe():
     # experts in the 3584-wide latent: 3 x 3584 x 3072 each, plus the two latent projections per MoE layer
     assert c.routed_expert_each == 3 * 3584 * 3072
     assert spec.checkpoint_dtype == "fp4"                      # its compressed-tensors mxfp4 config
+
+
+WHEEL = Path(__file__).resolve().parents[2] / "aic" / "core" / "aiconfigurator_core"   # the unpacked wheel, when present
+
+
+@pytest.mark.skipif(not (WHEEL / "model_configs").is_dir(), reason="aiconfigurator-core wheel not unpacked beside the checkout")
+def test_check_model_configs_compares_every_carded_config():
+    """The script on the wheel: every model config loads, and each config the card table names is within
+    its card's tolerance (one 'ok' line each, exit 0)."""
+    import subprocess
+    import sys
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_model_configs.py"
+    out = subprocess.run([sys.executable, str(script), str(WHEEL), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    carded = sum(len(v["configs"]) for v in CARDS_JSON.values())
+    assert sum(1 for line in out.stdout.splitlines() if line.startswith("ok ") and "vs card" in line) == carded
+    assert "89 of 89 model configs" in out.stdout

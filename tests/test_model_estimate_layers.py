@@ -59,7 +59,8 @@ def test_sparse_attention_reads_top_k_plus_the_indexer():
     model = load_model("deepseek-v3.2")
     sc = build_step_cost(model, H100, Plan(tp=8, weight_dtype="fp8", kv_dtype="fp8"))
     top_k, indexer = sc.cost.ops[sc.cost.ops["shape"] == OP_ATTENTION]
-    assert (top_k["count"], top_k["windowed"], sc.params["window_tokens"][0]) == (61, 1, 2048)
+    assert (top_k["count"], top_k["windowed"], sc.params["topk_tokens"][0]) == (61, 2, 2048)
+    assert sc.params["window_tokens"][0] == 0               # no sliding window: the top-k cap is its own
     assert (indexer["count"], indexer["windowed"], indexer["rereads"]) == (61, 0, 1.0)
     assert indexer["bytes_per_unit"] == 128                 # one fp8 indexer key per token per layer
     assert indexer["flops_per_unit"] == 2.0 * (64 / 8) * 128

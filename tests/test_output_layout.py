@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import io
 import json
+import re
+
+import pytest
 
 from rich.console import Console
 
 from apex_plan.model.load import load_model
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.report.launch import launch_command, parse_launch
-from apex_plan.report.search_view import binds, print_phrases
+from apex_plan.report.search_view import print_phrases
+from apex_plan.search.capacity import binding_constraint, find_goodput
 from apex_plan.workload.slo import parse_slo
 from test_cli import run_main
 
@@ -36,6 +40,27 @@ def test_search_table_at_80_columns(capsys, monkeypatch):
     assert "scripts/calibrate.py" in text                                # the calibration text is not cut
 
 
+@pytest.mark.parametrize("width", [50, 60, 70])
+def test_search_below_70_columns_cuts_no_value(capsys, monkeypatch, width):
+    """Narrower than the tables: each row becomes a record of 'header value' phrases; no line is wider than
+    the terminal (launch lines stay whole for copying), no value is cut or split from its unit, every
+    plan and what binds it is printed."""
+    code, out, err = run_main(SEARCH, capsys, monkeypatch, env={"COLUMNS": str(width)})
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("Deploy ")
+    for line in lines:
+        if "vllm serve" not in line:
+            assert len(line) <= width, line
+        assert "\u2026" not in line, line
+    for a, b in zip(lines, lines[1:]):                                  # no figure left without its unit
+        assert not (re.search(r"\d$", a) and re.match(r"\s*(ms|req/s|W|J|GiB|%|tokens)\b", b)), (a, b)
+    text = " ".join(" ".join(lines).split())
+    for plan in ("tp1-pp1", "tp2-pp1", "tp1-pp2"):
+        assert plan in text
+    assert "binds" in text and text.count("TPOT SLO") + text.count("compute") + text.count("rate ceiling") >= 3
+
+
 def test_phrases_break_only_between_phrases():
     buf = io.StringIO()
     phrases = [f"phrase number {i} with words" for i in range(12)]
@@ -46,15 +71,43 @@ def test_phrases_break_only_between_phrases():
         assert any(ph in line for line in out), ph                       # every phrase on one line
 
 
-def test_binds_names_the_limit():
+def _steady(stable=True, miss_ttft=0.0, miss_tpot=0.0, preemptions=0, peak=0.3, completed=100):
+    """Steady-state metrics of a run that missed (or met) the SLO, with the fields binding_constraint reads."""
+    return {"requests": 100, "completed": completed, "steady": {"stable": stable},
+            "kv_cache": {"peak_utilization": peak, "preemptions": preemptions},
+            "slo": {"ttft_ms": 1000.0, "tpot_ms": 100.0, "percentile": 90.0, "ttft_miss_upper": miss_ttft,
+                    "tpot_miss_upper": miss_tpot, "met": False}}
+
+
+def test_binds_names_the_constraint_that_failed_above_capacity():
+    """The run just above the goodput says what binds: the SLO whose misses exceed the allowance most,
+    else throughput (KV memory when requests were preempted or the pool ran full, else compute)."""
     slo = parse_slo("1s", "100ms", 90.0)
-    base = {"ttft_ms": {"p90": 200.0}, "tpot_ms": {"p90": 40.0}, "preemptions": 0, "kv_cache_peak_utilization": 0.3}
-    assert binds(base, slo) == "compute"
-    assert binds(dict(base, preemptions=3), slo) == "KV memory"
-    assert binds(dict(base, kv_cache_peak_utilization=0.99), slo) == "KV memory"
-    assert binds(dict(base, tpot_ms={"p90": 95.0}), slo) == "TPOT SLO"
-    assert binds(dict(base, ttft_ms={"p90": 990.0}), slo) == "TTFT SLO"
-    assert binds(None, slo) == "-"
+    assert binding_constraint(_steady(miss_tpot=0.3), slo) == "TPOT SLO"
+    assert binding_constraint(_steady(miss_ttft=0.3, miss_tpot=0.15), slo) == "TTFT SLO"
+    assert binding_constraint(_steady(stable=False, miss_ttft=0.9), slo) == "compute"
+    assert binding_constraint(_steady(stable=False, preemptions=4), slo) == "KV memory"
+    assert binding_constraint(_steady(completed=90, peak=0.99), slo) == "KV memory"
+    assert binding_constraint(None, slo) == "rate ceiling"
+
+
+def test_binds_comes_from_the_capacity_search():
+    """find_goodput reports the constraint of its last failing run: a replica whose TPOT grows with the rate
+    and whose backlog grows above 8 req/s binds on the TPOT SLO when the SLO is tight, on compute when loose."""
+    def run(rate):
+        tpot_miss = max(0.0, (rate - 4.0) / 10)                      # TPOT misses grow past 4 req/s
+        m = _steady(stable=rate <= 8.0, miss_tpot=tpot_miss)
+        m["slo"]["met"] = m["steady"]["stable"] and tpot_miss <= 0.1
+        return m
+    tight = find_goodput(run, parse_slo("1s", "100ms", 90.0), 2.0)
+    assert 4.9 < tight.goodput_rps <= 5.0 and tight.binding == "TPOT SLO"
+
+    def loose(rate):
+        m = _steady(stable=rate <= 8.0)
+        m["slo"]["met"] = m["steady"]["stable"]
+        return m
+    cap = find_goodput(loose, parse_slo("1s", "100ms", 90.0), 2.0)
+    assert 7.9 < cap.goodput_rps <= 8.0 and cap.binding == "compute"
 
 
 def test_checkpoint_format_by_default():

@@ -66,45 +66,53 @@ def window_pairs(k0, c, win):
 @kernel(cache=True, inline="always")
 def empty_shape(eager):
     """The aggregates of a step with no sequence yet (eager: 1 forces host-launched kernels)."""
-    return StepShape(0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, eager)
+    return StepShape(0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, eager)
 
 
 @kernel(cache=True, inline="always")
-def add_sequence(sh, win, k0, c, decode, samples, count):
+def _capped(k0, c, cap):
+    """(causal pairs, KV tokens a prefill chunk reads, decode context) of c tokens after k0 cached ones when
+    each query sees at most `cap` keys (cap <= 0: no cap)."""
+    seq = k0 + c
+    if cap <= 0.0:
+        return c * (k0 + (c + 1) * 0.5), seq + 0.0, seq + 0.0
+    return window_pairs(k0, c, cap), min(seq, cap + c) + 0.0, min(seq, cap) + 0.0
+
+
+@kernel(cache=True, inline="always")
+def add_sequence(sh, win, topk, k0, c, decode, samples, count):
     """`sh` with `count` identical sequences added: each computes c tokens after k0 cached ones, as a
     decode (decode=1: its context k0 + c is read) or a prefill chunk; samples: rows sampled per
     sequence (1 for a token; k + 1 for a speculative verification of k drafts, 0 for none).
-    Windowed fields cap each sequence's context at `win` tokens (win <= 0: no window)."""
+    Windowed fields cap each sequence's context at `win` tokens, top-k fields at `topk` (<= 0: no cap)."""
     tokens = sh.tokens + count * c
     n_logits = sh.n_logits + count * samples       # sampled rows: 1 per sequence (k + 1 when verifying k drafts)
+    pairs_w, ctx_w, dec_w = _capped(k0, c, win)
+    pairs_k, ctx_k, dec_k = _capped(k0, c, topk)
     if decode:
         seq = k0 + c
-        w = seq if (win <= 0.0 or seq < win) else win
         return StepShape(tokens, sh.n_decode + count, sh.n_prefill, n_logits, sh.pf_pairs, sh.pf_pad_pairs,
                          sh.pf_pad_prefix_pairs, sh.pf_q_tiles, sh.dec_ctx_tokens + count * seq, sh.pf_ctx_tokens,
-                         sh.pf_pairs_w, sh.dec_ctx_w + count * w, sh.pf_ctx_w, sh.eager)
+                         sh.pf_pairs_w, sh.dec_ctx_w + count * dec_w, sh.pf_ctx_w,
+                         sh.pf_pairs_k, sh.dec_ctx_k + count * dec_k, sh.pf_ctx_k, sh.eager)
     pairs = c * (k0 + (c + 1) * 0.5)              # causal query x key pairs of this chunk
     pad = padded_pairs(c, k0)                     # the same over whole query tiles
     ctx = k0 + c                                  # KV tokens the chunk reads (its own included)
-    if win > 0.0:
-        pairs_w = window_pairs(k0, c, win)
-        ctx_w = min(k0 + c, win + c)
-    else:
-        pairs_w = pairs
-        ctx_w = ctx
     return StepShape(tokens, sh.n_decode, sh.n_prefill + count, n_logits, sh.pf_pairs + count * pairs,
                      sh.pf_pad_pairs + count * pad, sh.pf_pad_prefix_pairs + (count * pad if k0 > 0 else 0.0),
                      sh.pf_q_tiles + count * q_tiles(c), sh.dec_ctx_tokens, sh.pf_ctx_tokens + count * ctx,
-                     sh.pf_pairs_w + count * pairs_w, sh.dec_ctx_w, sh.pf_ctx_w + count * ctx_w, sh.eager)
+                     sh.pf_pairs_w + count * pairs_w, sh.dec_ctx_w, sh.pf_ctx_w + count * ctx_w,
+                     sh.pf_pairs_k + count * pairs_k, sh.dec_ctx_k, sh.pf_ctx_k + count * ctx_k, sh.eager)
 
 
 @kernel(cache=True)
-def aggregate(batch, win, eager):
-    """StepShape of a `BATCH` table (rows of identical sequences) on a model windowed at `win` tokens."""
+def aggregate(batch, win, topk, eager):
+    """StepShape of a `BATCH` table (rows of identical sequences) on a model windowed at `win` tokens
+    whose sparse layers' top-k rows span `topk` tokens."""
     sh = empty_shape(eager)
     for i in range(batch.shape[0]):
         b = batch[i]
-        sh = add_sequence(sh, win, b.cached_tokens, b.new_tokens, b.decode, b.samples, b.count)
+        sh = add_sequence(sh, win, topk, b.cached_tokens, b.new_tokens, b.decode, b.samples, b.count)
     return sh
 
 
@@ -145,16 +153,18 @@ def _attn_s(p, sh, flop_pair, kv_b, reread, windowed):
     """Seconds of one layer's attention. Prefill: tile-padded query x key pairs at the GPU's attention
     efficiency x the backend's scale x SM occupancy (query tiles x heads over SMs), or the KV read if
     slower. Decode: the KV read (`reread` times per KV head without GQA sharing), or its FLOPs.
-    windowed: contexts capped at the window; the padded pairs shrink in the windowed pairs' ratio."""
+    windowed: 1 contexts capped at the window, 2 at the top-k span; the padded pairs shrink in the capped
+    pairs' ratio."""
     bw = p.hbm_bytes_per_s * p.hbm_efficiency
     klat = p.kernel_latency_s
     a_peak = p.attn_peak_flops_per_s * p.attn_efficiency      # achievable attention FLOP/s at full occupancy
     pf_pad, pf_pad_prefix = sh.pf_pad_pairs, sh.pf_pad_prefix_pairs
     dec_ctx, pf_ctx = sh.dec_ctx_tokens, sh.pf_ctx_tokens
-    if windowed:
-        wr = sh.pf_pairs_w / sh.pf_pairs if sh.pf_pairs > 0.0 else 1.0
+    if windowed > 0:
+        capped = sh.pf_pairs_w if windowed == 1 else sh.pf_pairs_k
+        wr = capped / sh.pf_pairs if sh.pf_pairs > 0.0 else 1.0
         pf_pad, pf_pad_prefix = pf_pad * wr, pf_pad_prefix * wr
-        dec_ctx, pf_ctx = sh.dec_ctx_w, sh.pf_ctx_w
+        dec_ctx, pf_ctx = (sh.dec_ctx_w, sh.pf_ctx_w) if windowed == 1 else (sh.dec_ctx_k, sh.pf_ctx_k)
     t = 0.0
     if sh.n_prefill > 0:
         occ = min(1.0, max(sh.pf_q_tiles, 1.0) * p.attn_heads / p.sms)
@@ -192,10 +202,12 @@ def _op_time(p, sh, o, m, moe_m):
             byts = k * n * wb + m * (k + n) * act_b             # weights once + in/out activations
         return max(flops / peak, byts / bw) + klat, flops, byts
     if o.shape == OP_ATTENTION:
-        windowed = o.windowed == 1
-        dec_ctx = sh.dec_ctx_w if windowed else sh.dec_ctx_tokens
-        pf_ctx = sh.pf_ctx_w if windowed else sh.pf_ctx_tokens
-        pairs = sh.pf_pairs_w if windowed else sh.pf_pairs
+        windowed = o.windowed
+        dec_ctx, pf_ctx, pairs = sh.dec_ctx_tokens, sh.pf_ctx_tokens, sh.pf_pairs
+        if windowed == 1:
+            dec_ctx, pf_ctx, pairs = sh.dec_ctx_w, sh.pf_ctx_w, sh.pf_pairs_w
+        elif windowed == 2:
+            dec_ctx, pf_ctx, pairs = sh.dec_ctx_k, sh.pf_ctx_k, sh.pf_pairs_k
         t = _attn_s(p, sh, o.flops_per_unit, o.bytes_per_unit, o.rereads, windowed)
         flops = o.flops_per_unit * (pairs + dec_ctx)                            # QK^T and PV multiply-adds
         byts = o.bytes_per_unit * (dec_ctx * o.rereads + pf_ctx)                # KV cache read
@@ -318,14 +330,16 @@ def rank_step_time(cost, sh, moe_m):
 @kernel(cache=True)
 def batch_step_time(cost, batch, eager):
     """step_time of a `BATCH` table: the analytic callers' entry point (one dispatch per step)."""
-    return step_time(cost, aggregate(batch, cost.params[0].window_tokens, eager))
+    p = cost.params[0]
+    return step_time(cost, aggregate(batch, p.window_tokens, p.topk_tokens, eager))
 
 
 @kernel(cache=True)
 def rank_batch_step_time(cost, batch, eager, moe_m):
     """rank_step_time of a `BATCH` table: one attention-DP rank of a lock-step replica whose ranks
     average `moe_m` tokens through the experts."""
-    return rank_step_time(cost, aggregate(batch, cost.params[0].window_tokens, eager), moe_m)
+    p = cost.params[0]
+    return rank_step_time(cost, aggregate(batch, p.window_tokens, p.topk_tokens, eager), moe_m)
 
 
 def make_batch(decodes: int = 0, context: int = 0, chunk: int = 0, cached: int = 0, samples: bool = True) -> np.ndarray:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from apex_plan.abi import GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE, GEMM_ROUTED_EXPERTS
 from apex_plan.engine.spec import MemoryPolicy
 from apex_plan.estimate.shard import Shard, Stage
-from apex_plan.model import spec as S
 from apex_plan.hardware.spec import GpuSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import Plan
@@ -58,12 +56,7 @@ def stage_weight_bytes(model: ModelSpec, plan: Plan, shard: Shard, stage: Stage)
     included, see `Gemm.w_bytes`); norms, embedding and LM head in the activation dtype (vLLM
     quantises only the linear layers)."""
     ab = dtype_bytes(plan.act_dtype)
-    attn_layers = stage.count(*S.ATTENTION_MIXERS) if stage.kinds else stage.layers
-    gemm_bytes = (attn_layers * shard.layer_weight_bytes((GEMM_ATTENTION,))
-                  + stage.count(S.LINEAR) * shard.layer_weight_bytes((GEMM_LINEAR_ATTN,))
-                  + stage.count(S.MAMBA) * shard.layer_weight_bytes((GEMM_MAMBA,))
-                  + stage.dense_layers * shard.layer_weight_bytes((GEMM_DENSE_MLP,))
-                  + stage.moe_layers * shard.layer_weight_bytes((GEMM_ROUTED_EXPERTS, GEMM_MOE_DENSE)))
+    gemm_bytes = sum(stage.gemm_layers(g) * g.weight_bytes for g in shard.gemms)   # each GEMM in the layers running it
     b = gemm_bytes + stage.layers * shard.norm_params_per_layer * ab                 # layers
     table = shard.vocab_per_gpu * model.hidden_size * ab                             # one vocab shard
     if stage.has_embedding:
@@ -112,10 +105,11 @@ def memory_report(model: ModelSpec, gpu: GpuSpec, plan: Plan, shard: Shard, *, g
             pool = gpu_memory_utilization * (total - w - act - reserve)      # bytes left for KV
         else:
             pool = budget - w - act - reserve                                 # bytes left for KV
-        kv_tok = shard.kv_bytes_per_token_stage(st) if st.kinds else st.layers * shard.kv_bytes_per_token_layer
-        # windowed layers' KV and linear-attention / Mamba states take a fixed size per sequence:
-        # set aside for max_num_seqs sequences; the rest holds the per-token KV in blocks
-        seq_b = shard.seq_bytes_stage(st, max_model_len, block_size) if st.kinds else 0.0
+        kv_tok = shard.kv_bytes_per_token_stage(st)
+        # windowed layers' KV, compressed layers' raw windows and compressor states, and linear-attention /
+        # Mamba states take a fixed size per sequence: set aside for max_num_seqs sequences; the rest holds
+        # the per-token KV (compressed layers: a row's share per token) in blocks
+        seq_b = shard.seq_bytes_stage(st, max_model_len, block_size)
         token_pool = pool - seq_b * max_num_seqs
         if kv_tok > 0:
             blocks = int(math.floor(token_pool / (kv_tok * block_size))) if token_pool > 0 else 0

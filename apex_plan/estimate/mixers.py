@@ -1,16 +1,17 @@
 """Token mixers as registered classes, and the op table the step-cost kernel loops over.
 
 Each mixer kind of `apex_plan.model.spec.MIXERS` is one class in `MIXERS` that says, for the
-per-GPU shard of a plan: which GEMM kind its projections are (`gemm_kind`, built in
-`estimate.shard.build_shard`), the op rows one of its layers adds to the step (`rows`: attention
-over cached context, or a recurrent step with a per-sequence state), the KV bytes a token keeps in
+per-GPU shard of a plan as one layer kind sees it (`Shard.view`: its own KV heads, its compression):
+the op rows one of its layers adds to the step (`rows`: attention over cached context, or a
+recurrent step with a per-sequence state), the KV bytes a token keeps in
 one of its layers (`kv_bytes_per_token`), and the bytes a sequence holds whatever its length
 (`seq_bytes`). MLA is an attention geometry (latent projections and cache) that `build_shard`
 folds into the full / sparse layers' figures, not a mixer of its own.
 
 Adding a mixer that fits an existing cost shape (OP_ATTENTION, OP_RECURRENT): its class here
 (registered with `@register(name)`), its name in `model.spec.MIXERS`, its config reader in
-`model/hf.py`, and its geometry in `build_shard`. A new cost shape also needs its branch in
+`model/hf.py`, its geometry in `build_shard` and which layers run its projections
+(`estimate.shard.GEMM_LAYERS`). A new cost shape also needs its branch in
 `estimate.kernels._op_time`.
 """
 
@@ -18,8 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from apex_plan.abi import (GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE,
-                           GEMM_ROUTED_EXPERTS, OP, OP_ATTENTION, OP_EXPERTS, OP_GEMM, OP_RECURRENT, make_table)
+from apex_plan.abi import GEMM_ROUTED_EXPERTS, OP, OP_ATTENTION, OP_EXPERTS, OP_GEMM, OP_RECURRENT, make_table
 from apex_plan.model import spec as S
 from apex_plan.model.quant import FORMATS
 
@@ -46,8 +46,6 @@ def _row(**fields) -> dict:
 class Mixer:
     """A token mixer without cost of its own (Nemotron-H MLP-only blocks)."""
 
-    gemm_kind: int | None = None
-
     def rows(self, shard, count: int, rereads: float) -> list[dict]:
         """Op rows of `count` layers of this mixer (`rereads`: decode KV reads per KV head)."""
         return []
@@ -64,28 +62,55 @@ class NoMixer(Mixer):
     pass
 
 
+@register(S.PROJ)
+class LinearReplacement(Mixer):
+    """A hidden x hidden linear in place of attention (DeciLM replace_with_linear): its GEMM only."""
+
+
+
+def _raw_window(shard, count, rereads) -> list[dict]:
+    """A compressed layer's attention over its raw window (DeepSeek-V4: the last `raw_window` tokens
+    uncompressed, capped at COST.window_tokens), none for an uncompressed one."""
+    if not shard.compress:
+        return []
+    return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.attn_flops_per_pair,
+                 bytes_per_unit=shard.kv_bytes_per_token_layer, rereads=rereads, windowed=1)]
+
+
+def _compressed_seq_bytes(shard, max_model_len, block_size) -> float:
+    """A compressed layer's bytes per sequence whatever its length: its raw window's rows (the window plus
+    one block, capped at max_model_len) and its compressor's state."""
+    if not shard.compress:
+        return 0.0
+    return min(max_model_len, shard.raw_window + block_size) * shard.kv_bytes_per_token_layer + shard.compressor_state_bytes
+
+
 @register(S.FULL)
 class FullAttention(Mixer):
-    """Causal attention over every cached token (own head geometry when it differs, Gemma 4)."""
+    """Causal attention over every cached token (own head geometry when it differs, Gemma 4). A compressed
+    layer (DeepSeek-V4 HCA) attends to one row per `compress` tokens, all of them, beside its raw window:
+    its FLOPs per query x token pair and KV bytes per token are a row's over `compress`."""
 
-    gemm_kind = GEMM_ATTENTION
 
     def _kv(self, shard) -> float:
         return shard.full_kv_bytes_per_token_layer or shard.kv_bytes_per_token_layer
 
     def rows(self, shard, count, rereads):
+        c = max(shard.compress, 1)
         flops = shard.full_attn_flops_per_pair or shard.attn_flops_per_pair
-        return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=flops, bytes_per_unit=self._kv(shard),
-                     rereads=rereads)]
+        return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=flops / c, bytes_per_unit=self._kv(shard) / c,
+                     rereads=rereads)] + _raw_window(shard, count, rereads)
 
     def kv_bytes_per_token(self, shard):
-        return self._kv(shard)
+        return self._kv(shard) / max(shard.compress, 1)
+
+    def seq_bytes(self, shard, max_model_len, block_size):
+        return _compressed_seq_bytes(shard, max_model_len, block_size)
 
 
 class WindowedAttention(Mixer):
     """Attention over at most `window` cached tokens per query: its KV is a per-sequence reserve."""
 
-    gemm_kind = GEMM_ATTENTION
 
     def rows(self, shard, count, rereads):
         return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.attn_flops_per_pair,
@@ -109,26 +134,30 @@ class ChunkedAttention(WindowedAttention):
 
 @register(S.SPARSE)
 class SparseAttention(Mixer):
-    """DeepSeek sparse attention: an indexer scores every cached key, attention reads the top-k."""
+    """DeepSeek sparse attention: an indexer scores every cached key, attention reads the top-k (the
+    context they span capped at COST.topk_tokens). A compressed layer (DeepSeek-V4 CSA) caches and scores
+    one row per `compress` tokens (top-k rows spanning index_topk x compress tokens), beside its raw window."""
 
-    gemm_kind = GEMM_ATTENTION
 
     def rows(self, shard, count, rereads):
-        top_k = _row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.attn_flops_per_pair,
-                     bytes_per_unit=shard.kv_bytes_per_token_layer, rereads=rereads, windowed=1)
-        indexer = _row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.index_flops_per_pair,
-                       bytes_per_unit=shard.index_kv_bytes_per_token, rereads=1.0)
-        return [top_k, indexer]
+        c = max(shard.compress, 1)
+        top_k = _row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.attn_flops_per_pair / c,
+                     bytes_per_unit=shard.kv_bytes_per_token_layer / c, rereads=rereads, windowed=2)
+        indexer = _row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.index_flops_per_pair / c,
+                       bytes_per_unit=shard.index_kv_bytes_per_token / c, rereads=1.0)
+        return [top_k, indexer] + _raw_window(shard, count, rereads)
 
     def kv_bytes_per_token(self, shard):
-        return shard.kv_bytes_per_token_layer + shard.index_kv_bytes_per_token
+        return (shard.kv_bytes_per_token_layer + shard.index_kv_bytes_per_token) / max(shard.compress, 1)
+
+    def seq_bytes(self, shard, max_model_len, block_size):
+        return _compressed_seq_bytes(shard, max_model_len, block_size)
 
 
 @register(S.LINEAR)
 class LinearAttention(Mixer):
     """Gated DeltaNet: a recurrent step per token over a fixed state per sequence."""
 
-    gemm_kind = GEMM_LINEAR_ATTN
 
     def rows(self, shard, count, rereads):
         return [_row(shape=OP_RECURRENT, count=count, flops_per_unit=shard.linear_flops_per_token,
@@ -142,7 +171,6 @@ class LinearAttention(Mixer):
 class Mamba(Mixer):
     """Mamba-2: a selective scan per token over a fixed state per sequence."""
 
-    gemm_kind = GEMM_MAMBA
 
     def rows(self, shard, count, rereads):
         return [_row(shape=OP_RECURRENT, count=count, flops_per_unit=shard.mamba_flops_per_token,
@@ -157,28 +185,31 @@ def _format_id(fmt: str) -> int:
     return FORMAT_IDS.get(fmt, FORMAT_IDS.get(fmt.split("-g")[0], -1))
 
 
-def gemm_layers(stage) -> dict[int, int]:
-    """Layers of `stage` running each GEMM kind."""
-    by_kind = {kind: 0 for kind in (GEMM_ATTENTION, GEMM_LINEAR_ATTN, GEMM_MAMBA)}
-    for mixer, n in stage.mixer_counts():
-        kind = MIXERS[mixer].gemm_kind
-        if kind is not None:
-            by_kind[kind] += n
-    by_kind.update({GEMM_DENSE_MLP: stage.dense_layers, GEMM_ROUTED_EXPERTS: stage.moe_layers,
-                    GEMM_MOE_DENSE: stage.moe_layers})
-    return by_kind
+def _merged(rows: list[dict]) -> list[dict]:
+    """`rows` with rows that differ only in their layer count merged into one (counts added)."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = tuple((f, r[f]) for f in OP.names if f != "count")
+        if key in out:
+            out[key]["count"] += r["count"]
+        else:
+            out[key] = dict(r)
+    return list(out.values())
 
 
 def op_table(shard, peak_flops_per_s: float, efficiency: float, rereads: float) -> np.ndarray:
-    """The OP table of the shard's largest stage: its GEMMs (each at its kind's layer count, with
-    its weight format and the tensor-core peak and efficiency it runs at), then each mixer's rows
-    (`rereads`: decode KV reads per KV head on the engine's attention backend)."""
+    """The OP table of the shard's largest stage: its GEMMs (each at the count of the stage's layers
+    that run it, with its weight format and the tensor-core peak and efficiency it runs at), then each
+    mixer's rows per layer kind (`rereads`: decode KV reads per KV head on the engine's attention
+    backend; 1 means shared by a KV head's queries, whatever the kind's KV heads)."""
     st = shard.largest_stage
-    layers = gemm_layers(st)
-    rows = [_row(shape=OP_EXPERTS if g.kind == GEMM_ROUTED_EXPERTS else OP_GEMM, count=layers[g.kind],
+    rows = [_row(shape=OP_EXPERTS if g.kind == GEMM_ROUTED_EXPERTS else OP_GEMM, count=st.gemm_layers(g),
                  format=_format_id(g.fmt), peak_flops_per_s=peak_flops_per_s, efficiency=efficiency, k=g.k, n=g.n,
                  w_bytes=g.w_bytes, experts=g.experts, route_frac=g.route_frac, active_p=g.active_p)
-            for g in shard.gemms if layers[g.kind] > 0]
-    for mixer, n in st.mixer_counts():         # model.spec.MIXERS order: full, sliding, ..., mamba
-        rows += MIXERS[mixer].rows(shard, n, rereads)
-    return make_table(OP, rows)
+            for g in shard.gemms if st.gemm_layers(g) > 0]
+    mixer_rows = []
+    for kind, n in st.mixer_kinds():         # model.spec.MIXERS order: full, sliding, ..., mamba
+        view = shard.view(kind)
+        kind_rereads = 1.0 if rereads == 1.0 else max(1.0, view.heads_per_gpu / view.kv_heads_per_gpu)
+        mixer_rows += MIXERS[kind.mixer].rows(view, n, kind_rereads)
+    return make_table(OP, rows + _merged(mixer_rows))

@@ -1,19 +1,23 @@
 """What one GPU holds and computes under a plan: per-GPU GEMM shapes, parameters, KV bytes.
 
 All layers of a kind are identical, so each distinct layer kind (its token mixer and its MLP) is
-described once and the layer counts of the largest pipeline stage multiply it.
+described once and the layer counts of the largest pipeline stage multiply it. Layer kinds that
+differ in a shape (DeciLM's per-layer FFN widths and KV heads, DeepSeek-V4's compression ratios)
+get their own GEMMs (`Gemm.layer_attr` names the LayerKind field they depend on) and their own
+KV figures (`Shard.view`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from apex_plan.abi import GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE, GEMM_ROUTED_EXPERTS
+from apex_plan.abi import (GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE, GEMM_PROJ_MIXER,
+                           GEMM_PROJ_MLP, GEMM_ROUTED_EXPERTS)
 from apex_plan.estimate.mixers import MIXERS
 from apex_plan.model import spec as S
-from apex_plan.model.params import state_bytes_per_seq_per_layer
+from apex_plan.model.params import compressor_state_bytes, state_bytes_per_seq_per_layer
 from apex_plan.model.quant import component_format, format_bytes
 from apex_plan.model.spec import LayerKind, ModelSpec
 from apex_plan.plan.spec import Plan
@@ -34,6 +38,15 @@ class Gemm:
     copies: int = 1           # identical GEMMs (experts) on this GPU: weights = copies * k * n
     w_bytes: float = 2.0      # bytes per weight element, scales included (see apex_plan.model.quant)
     fmt: str = "bf16"         # the weight format of this GEMM (apex_plan.model.quant.FORMATS)
+    layer_attr: str = ""      # runs only in the layers of its kind whose LayerKind.<layer_attr> == layer_value
+    layer_value: int = 0      # (mlp_width, kv_heads, compress); "": every layer of its kind
+
+    def runs_in(self, kind: LayerKind) -> bool:
+        """Whether a layer of `kind` runs this GEMM."""
+        mixers, mlps = GEMM_LAYERS[self.kind]
+        if kind.mixer not in mixers and kind.mlp not in mlps:
+            return False
+        return not self.layer_attr or getattr(kind, self.layer_attr) == self.layer_value
 
     @property
     def weight_params(self) -> int:
@@ -42,6 +55,19 @@ class Gemm:
     @property
     def weight_bytes(self) -> float:
         return self.weight_params * self.w_bytes
+
+
+# GEMM kind -> (token mixers, MLPs) of the layers that run it
+GEMM_LAYERS = {
+    GEMM_ATTENTION: (S.ATTENTION_MIXERS, ()),
+    GEMM_LINEAR_ATTN: ((S.LINEAR,), ()),
+    GEMM_MAMBA: ((S.MAMBA,), ()),
+    GEMM_PROJ_MIXER: ((S.PROJ,), ()),
+    GEMM_DENSE_MLP: ((), (S.DENSE,)),
+    GEMM_ROUTED_EXPERTS: ((), (S.MOE,)),
+    GEMM_MOE_DENSE: ((), (S.MOE,)),
+    GEMM_PROJ_MLP: ((), (S.PROJ_MLP,)),
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,19 @@ class Stage:
         """(mixer, layers) of this stage in `model.spec.MIXERS` order, mixers it has only."""
         return [(m, self.count(m)) for m in S.MIXERS if self.count(m)]
 
+    def mixer_kinds(self) -> list[tuple[LayerKind, int]]:
+        """(layer kind with its MLP left out, layers) of this stage: one entry per distinct token mixer
+        shape (mixer, window, compression, KV heads), in `model.spec.MIXERS` order."""
+        out: dict[LayerKind, int] = {}
+        for k, n in self.kinds:
+            key = LayerKind(k.mixer, S.NO_MLP, k.window, 0, k.compress, k.kv_heads)
+            out[key] = out.get(key, 0) + n
+        return sorted(out.items(), key=lambda kn: (S.MIXERS.index(kn[0].mixer), kn[0]))
+
+    def gemm_layers(self, g: Gemm) -> int:
+        """Layers of this stage that run GEMM `g`."""
+        return sum(n for k, n in self.kinds if g.runs_in(k))
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -90,6 +129,27 @@ class Shard:
     mamba_flops_per_token: float = 0.0
     full_kv_bytes_per_token_layer: float = 0.0   # full-attention layers' KV bytes when they differ (Gemma 4); 0: same
     full_attn_flops_per_pair: float = 0.0        # full-attention layers' FLOPs per pair when they differ; 0: same
+    kv_variants: tuple[tuple[int, int, float], ...] = ()   # (LayerKind.kv_heads, KV heads on one GPU, KV bytes per
+                                                           # token per layer on one GPU) of layers with their own KV heads
+    topk_tokens: int = 0             # sparse attention: tokens of context its top-k rows span (index_topk x compress)
+    compress: int = 0                # in a view of a compressed layer kind: tokens pooled per cached row; 0 otherwise
+    raw_window: int = 0              # in a view of a compressed layer kind: raw tokens kept beside the rows
+    compressor_state_bytes: float = 0.0   # in a view of a compressed layer kind: its compressor's state per sequence
+    compressor_states: tuple[tuple[int, float], ...] = ()   # (compress, compressor state bytes per sequence on one GPU)
+
+    def view(self, kind: LayerKind) -> "Shard":
+        """This shard as one layer of `kind` sees it: its own KV heads (DeciLM) and compression (DeepSeek-V4);
+        itself when the kind has neither."""
+        if not (kind.kv_heads or kind.compress):
+            return self
+        fields = {}
+        for value, heads, kv_b in self.kv_variants:
+            if value == kind.kv_heads:
+                fields.update(kv_heads_per_gpu=heads, kv_bytes_per_token_layer=kv_b)
+        if kind.compress:
+            fields.update(compress=kind.compress, raw_window=kind.window,
+                          compressor_state_bytes=dict(self.compressor_states).get(kind.compress, 0.0))
+        return replace(self, **fields)
 
     def layer_weight_params(self, kind_filter: tuple[int, ...]) -> int:
         return sum(g.weight_params for g in self.gemms if g.kind in kind_filter)
@@ -104,13 +164,16 @@ class Shard:
         return max(self.stages, key=lambda s: (s.layers, s.moe_layers))
 
     def kv_bytes_per_token_stage(self, stage: Stage) -> float:
-        """KV bytes one token takes on one GPU of `stage`, over its layers that keep every token."""
-        return sum(n * MIXERS[m].kv_bytes_per_token(self) for m, n in stage.mixer_counts())
+        """KV bytes one token takes on one GPU of `stage`, over its layers that keep every token (a
+        compressed layer: its share of a row per `compress` tokens)."""
+        return sum(n * MIXERS[k.mixer].kv_bytes_per_token(self.view(k)) for k, n in stage.mixer_kinds())
 
     def seq_bytes_stage(self, stage: Stage, max_model_len: int, block_size: int) -> float:
         """Bytes one sequence holds on one GPU of `stage` whatever its length: windowed layers' KV
-        (the window plus one block, capped at max_model_len) and linear-attention / Mamba states."""
-        return sum(n * MIXERS[m].seq_bytes(self, max_model_len, block_size) for m, n in stage.mixer_counts())
+        (the window plus one block, capped at max_model_len; compressed layers' raw window and
+        compressor state) and linear-attention / Mamba states."""
+        return sum(n * MIXERS[k.mixer].seq_bytes(self.view(k), max_model_len, block_size)
+                   for k, n in stage.mixer_kinds())
 
 
 def split_layers(model: ModelSpec, pp: int) -> tuple[Stage, ...]:
@@ -125,7 +188,7 @@ def split_layers(model: ModelSpec, pp: int) -> tuple[Stage, ...]:
         counts: dict[LayerKind, int] = {}
         for k in part:
             counts[k] = counts.get(k, 0) + 1
-        dense = sum(1 for k in part if k.mlp == S.DENSE)
+        dense = sum(1 for k in part if k.mlp in (S.DENSE, S.PROJ_MLP))   # a linear FFN is a one-GEMM dense block
         moe = sum(1 for k in part if k.mlp == S.MOE)
         stages.append(Stage(dense, moe, s == 0, s == pp - 1, tuple(counts.items()), n - dense - moe))
         start += n
@@ -157,6 +220,7 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     has_attn = bool(mixers & set(S.ATTENTION_MIXERS))
     wa = _w(model, plan, "attention")
     gemms: list[Gemm] = []
+    kv_variants: list[tuple[int, int, float]] = []
     q_out = k_out = 0
     full_kv = full_flops = 0.0
     attn_flops = kv_tok = 0.0
@@ -182,10 +246,31 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         d = model.head_dim
         hq = int(round(heads))
         gate = hq if model.attn_output_gate else 0     # gated attention: q_proj also emits a gate per head
-        gemms.append(Gemm("qkv", h, (hq + gate + 2 * kv_heads) * d, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
-        gemms.append(Gemm("o", hq * d, h, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
+        own_kv = sorted({k.kv_heads for k in model.layers() if k.mixer in S.ATTENTION_MIXERS})
+        if model.q_lora_rank:
+            # queries through a low-rank bottleneck (DeepSeek-V4): q_a replicated, q_b split over tp; one KV vector
+            gemms.append(Gemm("q_a", h, model.q_lora_rank, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
+            gemms.append(Gemm("q_b", model.q_lora_rank, (hq + gate) * d, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
+            gemms.append(Gemm("kv", h, (1 if model.kv_one_vector else 2) * kv_heads * d, GEMM_ATTENTION,
+                              w_bytes=wa.bytes, fmt=wa.fmt))
+        elif own_kv == [0]:
+            gemms.append(Gemm("qkv", h, (hq + gate + 2 * kv_heads) * d, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
+        for value in own_kv if own_kv != [0] else ():  # layers with their own KV heads (DeciLM): their own qkv
+            v_heads = max(1, math.ceil((value or model.num_kv_heads) / tp))
+            gemms.append(Gemm(f"qkv_kv{value}", h, (hq + gate + 2 * v_heads) * d, GEMM_ATTENTION, w_bytes=wa.bytes,
+                              fmt=wa.fmt, layer_attr="kv_heads", layer_value=value))
+            kv_variants.append((value, v_heads, 2.0 * v_heads * d * kvb))   # K and V of its KV heads
+        if model.o_lora_rank and model.o_groups:
+            # DeepSeek-V4 grouped low-rank output: per group (heads*d/groups x o_lora), groups split over tp
+            # (one GEMM of the same weights and FLOPs), then (groups*o_lora x hidden) row-parallel
+            gemms.append(Gemm("o_a", hq * d, model.o_lora_rank, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
+            gemms.append(Gemm("o_b", math.ceil(model.o_groups / tp) * model.o_lora_rank, h, GEMM_ATTENTION,
+                              w_bytes=wa.bytes, fmt=wa.fmt))
+        else:
+            gemms.append(Gemm("o", hq * d, h, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
         attn_flops = 2.0 * heads * d * 2.0            # QK^T and PV: 2 FLOPs per multiply-add each
-        kv_tok = 2.0 * kv_heads * d * kvb             # K and V
+        kv_vectors = 1 if model.kv_one_vector else 2  # one cached vector serves as K and V (DeepSeek-V4), else K and V
+        kv_tok = kv_vectors * kv_heads * d * kvb
         q_out, k_out = hq * d, kv_heads * d
         gd, gkv = model.attention_dims(S.FULL)
         if (gd, gkv) != (d, model.num_kv_heads) and S.FULL in mixers:
@@ -226,12 +311,23 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         # SSM scan per head: state update (B x) and read-out (C . state), 2 FLOPs per multiply-add, plus the decay
         fl_mamba = 6.0 * d_inner * model.mamba_state_size / tp
     n_mlp = 2 if model.mlp_gated else 1                # gate+up fused, or up alone
-    # dense MLP (SwiGLU: gate and up fused, then down)
+    # dense MLP (SwiGLU: gate and up fused, then down); one pair per FFN width when layers differ (DeciLM)
     inter = model.intermediate_size / tp
-    if model.n_dense_layers > 0:
+    widths = sorted({k.mlp_width for k in model.layers() if k.mlp == S.DENSE})
+    for value in widths:
         wd = _w(model, plan, "mlp")
-        gemms.append(Gemm("gate_up", h, int(n_mlp * inter), GEMM_DENSE_MLP, w_bytes=wd.bytes, fmt=wd.fmt))
-        gemms.append(Gemm("down", int(inter), h, GEMM_DENSE_MLP, w_bytes=wd.bytes, fmt=wd.fmt))
+        w_inter = (value or model.intermediate_size) / tp
+        only = dict(layer_attr="mlp_width", layer_value=value) if widths != [0] else {}
+        tag = f"_{value}" if only else ""
+        gemms.append(Gemm(f"gate_up{tag}", h, int(n_mlp * w_inter), GEMM_DENSE_MLP, w_bytes=wd.bytes, fmt=wd.fmt, **only))
+        gemms.append(Gemm(f"down{tag}", int(w_inter), h, GEMM_DENSE_MLP, w_bytes=wd.bytes, fmt=wd.fmt, **only))
+    # linear replacements of attention / the FFN (DeciLM replace_with_linear): hidden x hidden, column-parallel
+    # with the output gathered (TensorRT-LLM modeling_nemotron_nas.py); the gather is costed as the block's collective
+    if S.PROJ in mixers:
+        gemms.append(Gemm("proj_attn", h, math.ceil(h / tp), GEMM_PROJ_MIXER, w_bytes=wa.bytes, fmt=wa.fmt))
+    if any(k.mlp == S.PROJ_MLP for k in model.layers()):
+        wd = _w(model, plan, "mlp")
+        gemms.append(Gemm("proj_mlp", h, math.ceil(h / tp), GEMM_PROJ_MLP, w_bytes=wd.bytes, fmt=wd.fmt))
     act_inter = inter if model.n_dense_layers else 0.0
     if model.is_moe:
         E, k = model.num_experts, model.experts_per_token
@@ -264,8 +360,26 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     # elementwise bytes per token: two fused add+RMSNorm (read x, residual; write both),
     # rotary on q and k (read + write), SwiGLU activation (read 2I, write I), KV-cache write
     elem = (8 * h + 2 * (q_out + k_out) + 3 * act_inter) * ab + kv_tok
-    windows = [k.window for k in model.layers() if k.mixer in (S.SLIDING, S.CHUNKED)]
-    window = max(windows) if windows else (model.index_topk if S.SPARSE in mixers else 0)
+    # DeepSeek-V4 compressed layers: the compressor's kv and gate projections (hidden x coff*head_dim each; CSA
+    # also the indexer's, of index_head_dim) replicated like the one KV head; its fp32 state per sequence
+    states = []
+    for c in sorted({k.compress for k in model.layers() if k.compress}):
+        kind = next(k for k in model.layers() if k.compress == c)
+        coff = 2 if c == 4 else 1
+        width = 2 * coff * model.head_dim + (2 * 2 * model.index_head_dim if kind.mixer == S.SPARSE else 0)
+        gemms.append(Gemm(f"compressor_c{c}", h, width, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt,
+                          layer_attr="compress", layer_value=c))
+        states.append((c, compressor_state_bytes(model, kind)))
+    if model.hc_mult:
+        # mHC (DeepSeek-V4): before the mixer and the MLP, hc_mult*hidden streams -> (2 + hc_mult)*hc_mult weights
+        mix = (2 + model.hc_mult) * model.hc_mult
+        gemms.append(Gemm("hyper_conn", model.hc_mult * h, 2 * mix, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
+    # one window cap for sliding / chunked layers and compressed layers' raw window, one for the span of
+    # sparse attention's top-k rows (index_topk rows of `compress` tokens each)
+    windows = [k.window for k in model.layers() if k.mixer in (S.SLIDING, S.CHUNKED) or k.compress]
+    window = max(windows) if windows else 0
+    sparse = [max(k.compress, 1) for k in model.layers() if k.mixer == S.SPARSE]
+    topk_tokens = model.index_topk * max(sparse) if sparse else 0
     return Shard(
         gemms=tuple(gemms),
         stages=split_layers(model, plan.pp),
@@ -280,4 +394,5 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         state_bytes_linear=st_lin, state_bytes_mamba=st_mamba,
         linear_flops_per_token=fl_lin, mamba_flops_per_token=fl_mamba,
         full_kv_bytes_per_token_layer=full_kv, full_attn_flops_per_pair=full_flops,
+        kv_variants=tuple(kv_variants), topk_tokens=topk_tokens, compressor_states=tuple(states),
     )

@@ -84,7 +84,8 @@ def layer_fields(shard: Shard) -> dict:
     """COST fields of the largest stage's layer counts (each mixer's count is on its OP rows)."""
     st = shard.largest_stage
     return dict(dense_layers=st.dense_layers, moe_layers=st.moe_layers, mlp_free_layers=st.mlp_free_layers,
-                mixerless_layers=st.count(S.NO_MIXER), window_tokens=shard.window, attn_heads=shard.heads_per_gpu)
+                mixerless_layers=st.count(S.NO_MIXER), window_tokens=shard.window, topk_tokens=shard.topk_tokens,
+                attn_heads=shard.heads_per_gpu)
 
 
 def link_fields(gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: EngineProfile,
@@ -139,6 +140,16 @@ def moe_fields(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: ClusterSpec 
     )
 
 
+def _variant_share(shard: Shard, g) -> float:
+    """1 for a GEMM every layer of its kind runs; for one of a kind's per-layer variants (DeciLM FFN widths,
+    KV heads) the share of the largest stage's variant layers running it."""
+    if not g.layer_attr:
+        return 1.0
+    st = shard.largest_stage
+    peers = sum(st.gemm_layers(x) for x in shard.gemms if x.kind == g.kind and x.layer_attr == g.layer_attr)
+    return st.gemm_layers(g) / peers if peers else 0.0
+
+
 def kernel_count_fields(model: ModelSpec, plan: Plan, shard: Shard, prof: EngineProfile, scales: str) -> dict:
     """COST fields of the kernels per layer and the activation-quantisation bytes."""
     # W8A8 (fp8/int8 weights): the engine quantises each GEMM's input on the fly; with dynamic scales
@@ -149,7 +160,7 @@ def kernel_count_fields(model: ModelSpec, plan: Plan, shard: Shard, prof: Engine
     per_gemm = (q.kernels_per_gemm_dynamic if scales == "dynamic" else q.kernels_per_gemm_static) if quant else 0
     passes = (2.0 if scales == "dynamic" else 1.0) if quant else 0.0   # reads of the GEMM input
     # quantisation bytes per token: read each GEMM input (activation dtype) per pass, write it in 1 byte
-    quant_k = sum(g.k for g in shard.gemms if g.kind in (GEMM_ATTENTION, GEMM_DENSE_MLP))
+    quant_k = sum(g.k * _variant_share(shard, g) for g in shard.gemms if g.kind in (GEMM_ATTENTION, GEMM_DENSE_MLP))
     quant_b = quant_k * (passes * dtype_bytes(plan.act_dtype) + 1.0) if quant else 0.0
     # kernels per layer: 2 norms, qkv, rotary, KV write, attention, o, all-reduce, gate_up, act, down, all-reduce
     n_quant_dense = 4 * per_gemm               # qkv, o, gate_up, down

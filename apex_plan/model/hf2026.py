@@ -6,6 +6,7 @@ are checked against the model cards in tests/test_model_2026_families.py."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable
 
 from apex_plan.errors import InputError
@@ -35,43 +36,59 @@ def _ffn_width(mult: float, hidden: int) -> int:
 
 
 def decilm_spec(cfg: dict, where: str, common: dict) -> ModelSpec:
-    """DeciLM / Nemotron-NAS (Llama-3.x-Nemotron Super/Ultra): every layer has its own `block_configs`
-    entry: attention with `n_heads_in_group` query heads per KV head or `no_op` (no mixer), and an FFN of
-    `ffn_mult` (width by `_ffn_width`) or `no_op`. The model's one intermediate_size is the mean FFN width
-    (what a per-kind estimator without per-layer widths costs), the layer kinds carry each width."""
+    """DeciLM / Nemotron-NAS (Llama-3.x-Nemotron 51B, Super, Ultra): every layer has its own `block_configs`
+    entry: attention with `n_heads_in_group` query heads per KV head, `no_op` (no mixer) or
+    `replace_with_linear` (one hidden x hidden linear, mixer PROJ), and an FFN of `ffn_mult` (width by
+    `_ffn_width`), `no_op` or `replace_with_linear` (MLP PROJ_MLP), as TensorRT-LLM's
+    modeling_nemotron_nas.py builds them. Each layer kind carries its FFN width, and its KV heads when the
+    attention layers differ in them; the model's intermediate_size is the mean FFN width and its
+    num_kv_heads the most common (what per-model figures such as the elementwise bytes use)."""
     blocks = _get(cfg, where, "block_configs")
     n, h, heads = common["num_layers"], common["hidden_size"], common["num_heads"]
     if not isinstance(blocks, list) or len(blocks) != n or not all(isinstance(b, dict) for b in blocks):
         raise InputError(where, "block_configs", f"must list one block per layer ({n})", "copy it from the config.json")
-    layers, groups = [], set()
+    parts = []                                                   # (mixer, KV heads or 0, mlp, width) per layer
     for i, b in enumerate(blocks):
         att, ffn = b.get("attention") or {}, b.get("ffn") or {}
         for part, what in ((att, "attention"), (ffn, "ffn")):
-            if part.get("replace_with_linear") or part.get("sparsify"):
-                raise InputError(where, f"block_configs[{i}].{what}", "linear-replaced or sparsified blocks are not "
-                                 "supported", "use a Nemotron-NAS model whose blocks are attention/FFN or no_op")
-        mixer = S.NO_MIXER if att.get("no_op") else S.FULL
-        if mixer == S.FULL:
-            groups.add(_int(att, f"{where}: block_configs[{i}].attention", "n_heads_in_group"))
-        if ffn.get("no_op"):
-            layers.append(LayerKind(mixer, S.NO_MLP))
+            if not isinstance(part, dict):
+                raise InputError(where, f"block_configs[{i}].{what}", "must be a mapping", "copy it from the config.json")
+            for flag in ("no_op", "replace_with_linear"):
+                if part.get(flag) not in (None, True, False):
+                    raise InputError(where, f"block_configs[{i}].{what}.{flag}",
+                                     f"must be true or false, got {part.get(flag)!r}", "copy it from the config.json")
+            if part.get("sparsify"):
+                raise InputError(where, f"block_configs[{i}].{what}.sparsify", "sparsified blocks are not supported",
+                                 "use a Nemotron-NAS model whose blocks are dense, linear or no_op")
+        kv = 0
+        if att.get("no_op"):
+            mixer = S.NO_MIXER
+        elif att.get("replace_with_linear"):
+            mixer = S.PROJ
+        else:
+            mixer = S.FULL
+            group = _int(att, f"{where}: block_configs[{i}].attention", "n_heads_in_group")
+            if heads % group:
+                raise InputError(where, f"block_configs[{i}].attention.n_heads_in_group",
+                                 f"{group} does not divide {heads} heads", "copy it from the config.json")
+            kv = heads // group
+        if ffn.get("no_op") or ffn.get("replace_with_linear"):
+            parts.append((mixer, kv, S.NO_MLP if ffn.get("no_op") else S.PROJ_MLP, 0))
             continue
         mult = ffn.get("ffn_mult")
         if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not 0 < mult < 1000:
             raise InputError(where, f"block_configs[{i}].ffn.ffn_mult", f"must be a positive number, got {mult!r}",
                              "copy it from the config.json")
-        layers.append(LayerKind(mixer, S.DENSE, mlp_width=_ffn_width(float(mult), h)))
-    if len(groups) > 1:
-        raise InputError(where, "block_configs", f"layers differ in n_heads_in_group ({sorted(groups)})",
-                         "use a model whose attention layers share one KV head count")
-    group = groups.pop() if groups else 1
-    if heads % group:
-        raise InputError(where, "n_heads_in_group", f"{group} does not divide {heads} heads", "copy it from the config")
+        parts.append((mixer, kv, S.DENSE, _ffn_width(float(mult), h)))
+    kv_counts = Counter(kv for _, kv, _, _ in parts if kv)
+    kv_model = kv_counts.most_common(1)[0][0] if kv_counts else heads
+    varied = len(kv_counts) > 1                                  # layer kinds carry KV heads only when they differ
+    layers = [LayerKind(mixer, mlp, mlp_width=width, kv_heads=kv if varied else 0) for mixer, kv, mlp, width in parts]
     widths = [k.mlp_width for k in layers if k.mlp == S.DENSE]
     mean = round(sum(widths) / len(widths)) if widths else 0
     common = dict(common, intermediate_size=mean)
-    return _spec(common, num_kv_heads=heads // group, head_dim=_int(cfg, where, "head_dim", h // heads),
-                     layer_groups=group_layers(layers))
+    return _spec(common, num_kv_heads=kv_model, head_dim=_int(cfg, where, "head_dim", h // heads),
+                 layer_groups=group_layers(layers))
 
 
 def mimo_v2_spec(cfg: dict, where: str, common: dict) -> ModelSpec:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from apex_plan.model.spec import (
-    CHUNKED, DENSE, FULL, LINEAR, MAMBA, MOE, NO_MIXER, NO_MLP, SLIDING, SPARSE, LayerKind, ModelSpec,
+    CHUNKED, DENSE, FULL, LINEAR, MAMBA, MOE, NO_MIXER, NO_MLP, PROJ, PROJ_MLP, SLIDING, SPARSE, LayerKind, ModelSpec,
 )
 from apex_plan.model.quant import component_format, format_bytes
 from apex_plan.units import dtype_bytes
@@ -90,11 +90,14 @@ def indexer_params(spec: ModelSpec) -> int:
     return q_in * n * d + h * d + 2 * d + h * n
 
 
-def attention_params(spec: ModelSpec, mixer: str = FULL) -> int:
-    """Parameters of one token mixer of kind `mixer` (projections, biases, norms, sinks, state params)."""
+def attention_params(spec: ModelSpec, mixer: str = FULL, kv_heads: int = 0) -> int:
+    """Parameters of one token mixer of kind `mixer` (projections, biases, norms, sinks, state params);
+    `kv_heads`: the layer kind's own KV heads (LayerKind.kv_heads, DeciLM), 0 for the model's."""
     h = spec.hidden_size
     if mixer == NO_MIXER:
         return 0
+    if mixer == PROJ:
+        return h * h                                        # DeciLM LinearAttention: one bias-free hidden x hidden linear
     if mixer == LINEAR:
         return linear_attention_params(spec)
     if mixer == MAMBA:
@@ -115,7 +118,7 @@ def attention_params(spec: ModelSpec, mixer: str = FULL) -> int:
         o = n * v * h * (2 if spec.attn_output_gate else 1)
         params = q + kv_a + kv_b + o
     else:
-        head_dim, kv_heads = spec.attention_dims(mixer)
+        head_dim, kv_heads = spec.attention_dims(mixer, kv_heads)
         v_dim = spec.v_head_dim or head_dim                 # value/output head dim when it differs (MiMo-V2)
         q_out = spec.num_heads * head_dim
         kv_out = kv_heads * head_dim
@@ -242,12 +245,14 @@ def _moe_parts(spec: ModelSpec) -> tuple[int, int, int]:
 def layer_params(spec: ModelSpec, kind: LayerKind) -> tuple[int, int]:
     """(all, active per token) parameters of one layer of `kind`."""
     h = spec.hidden_size
-    mixer = attention_params(spec, kind.mixer) + compressor_params(spec, kind) + hyper_connection_params(spec)
+    mixer = attention_params(spec, kind.mixer, kind.kv_heads) + compressor_params(spec, kind) + hyper_connection_params(spec)
     norms = (h if kind.mixer != NO_MIXER else 0) + (h if kind.mlp != NO_MLP else 0)   # pre-mixer + pre-MLP RMSNorm
     norms += spec.extra_norms_per_layer * h                                         # post-norms (Gemma)
     if kind.mlp == DENSE:
         mlp = mlp_params(spec, h, kind.mlp_width or spec.intermediate_size)
         return mixer + norms + mlp, mixer + norms + mlp
+    if kind.mlp == PROJ_MLP:                                # DeciLM LinearMLP: one bias-free hidden x hidden linear
+        return mixer + norms + h * h, mixer + norms + h * h
     if kind.mlp == MOE:
         each, shared, router = _moe_parts(spec)
         base = mixer + norms + router + shared
@@ -286,21 +291,22 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
 
 # ---------------------------------------------------------------- KV cache and state
 
-def kv_cache_bytes_per_token_per_layer(spec: ModelSpec, kv_dtype: str, mixer: str = FULL) -> float:
+def kv_cache_bytes_per_token_per_layer(spec: ModelSpec, kv_dtype: str, mixer: str = FULL, kv_heads: int = 0) -> float:
     """KV-cache bytes one token takes in one attention layer of kind `mixer`.
 
     GQA: K and V of every KV head. MLA: the compressed latent plus the shared rope key,
     which is what vLLM/SGLang cache (not the up-projected per-head K/V). Sparse attention also
     caches the indexer's key (index_head_dim) per token. Linear attention / Mamba: 0 (a
-    per-sequence state instead, see `state_bytes_per_seq_per_layer`).
+    per-sequence state instead, see `state_bytes_per_seq_per_layer`). `kv_heads`: the layer kind's own
+    KV heads (LayerKind.kv_heads), 0 for the model's.
     """
     b = dtype_bytes(kv_dtype, where="kv_dtype")
-    if mixer in (LINEAR, MAMBA, NO_MIXER):
+    if mixer in (LINEAR, MAMBA, PROJ, NO_MIXER):
         return 0.0
     if spec.attention == "mla":
         per = (spec.kv_lora_rank + spec.qk_rope_head_dim) * b
     else:
-        head_dim, kv_heads = spec.attention_dims(mixer)
+        head_dim, kv_heads = spec.attention_dims(mixer, kv_heads)
         if spec.kv_one_vector:                              # one vector per head serves as K and V (DeepSeek-V4)
             per = kv_heads * head_dim * b
         else:                                               # K and V (engines cache V even when it equals K)
@@ -343,12 +349,34 @@ def kv_tokens_held(kind: LayerKind, context_tokens: int) -> int:
     return 0
 
 
+def compressor_state_bytes(spec: ModelSpec, kind: LayerKind) -> float:
+    """DeepSeek-V4 compressor decode state of one sequence in one layer pooling `kind.compress` tokens per
+    row: fp32 kv_state and score_state of compress x coff x head_dim each (coff 2 for the overlapping
+    ratio-4 windows), and in CSA layers the indexer compressor's of index_head_dim (aiconfigurator-core
+    0.12.0 sdk/models/deepseek_v4.py, get_kvcache_bytes_per_sequence)."""
+    if not kind.compress:
+        return 0.0
+    coff = 2 if kind.compress == 4 else 1
+    b = 2 * kind.compress * coff * spec.head_dim * 4.0
+    if kind.mixer == SPARSE:
+        b += 2 * kind.compress * 2 * spec.index_head_dim * 4.0
+    return b
+
+
 def kv_cache_bytes_per_seq(spec: ModelSpec, kv_dtype: str, context_tokens: int, act_dtype: str = "bf16") -> float:
-    """KV cache plus recurrent state of one sequence of `context_tokens`, over all layers."""
+    """KV cache plus recurrent state of one sequence of `context_tokens`, over all layers. Compressed
+    layers (DeepSeek-V4) keep the raw window's rows (no indexer key), one row per `compress` tokens
+    (with the indexer key in CSA layers) and the compressor state."""
     total = 0.0
     for kind, n in spec.kind_counts().items():
-        total += n * (kv_tokens_held(kind, context_tokens) * kv_cache_bytes_per_token_per_layer(spec, kv_dtype, kind.mixer)
-                      + state_bytes_per_seq_per_layer(spec, kind.mixer, act_dtype))
+        row = kv_cache_bytes_per_token_per_layer(spec, kv_dtype, kind.mixer, kind.kv_heads)
+        if kind.compress:
+            raw_row = kv_cache_bytes_per_token_per_layer(spec, kv_dtype, FULL, kind.kv_heads)
+            per = (min(context_tokens, kind.window) * raw_row + context_tokens // kind.compress * row
+                   + compressor_state_bytes(spec, kind))
+        else:
+            per = kv_tokens_held(kind, context_tokens) * row
+        total += n * (per + state_bytes_per_seq_per_layer(spec, kind.mixer, act_dtype))
     return total
 
 
@@ -357,7 +385,8 @@ def kv_cache_bytes_per_token(spec: ModelSpec, kv_dtype: str, context_tokens: int
     holds every token (the classic figure; sliding windows not applied). With it: the average per
     token of a sequence of that length, windows capped and per-sequence states spread over its tokens."""
     if context_tokens is None:
-        return sum(n * kv_cache_bytes_per_token_per_layer(spec, kv_dtype, k.mixer) for k, n in spec.kind_counts().items())
+        return sum(n * kv_cache_bytes_per_token_per_layer(spec, kv_dtype, k.mixer, k.kv_heads)
+                   for k, n in spec.kind_counts().items())
     return kv_cache_bytes_per_seq(spec, kv_dtype, context_tokens) / context_tokens
 
 
@@ -386,13 +415,15 @@ def component_params(spec: ModelSpec) -> dict[str, int]:
             out["mamba"] += n * mamba_params(spec)
         elif kind.mixer != NO_MIXER:
             idx = indexer_params(spec) if kind.mixer == SPARSE else 0
-            out["attention"] += n * (attention_params(spec, kind.mixer) - idx + compressor_params(spec, kind)
+            out["attention"] += n * (attention_params(spec, kind.mixer, kind.kv_heads) - idx + compressor_params(spec, kind)
                                      + hyper_connection_params(spec))
             out["indexer"] += n * idx
         out["norms"] += n * ((h if kind.mixer != NO_MIXER else 0) + (h if kind.mlp != NO_MLP else 0)
                              + spec.extra_norms_per_layer * h)
         if kind.mlp == DENSE:
             out["mlp"] += n * mlp_params(spec, h, kind.mlp_width or spec.intermediate_size)
+        elif kind.mlp == PROJ_MLP:
+            out["mlp"] += n * h * h
         elif kind.mlp == MOE:
             each, shared, router = _moe_parts(spec)
             out["experts"] += n * spec.num_experts * each

@@ -12,13 +12,15 @@ CHUNKED = "chunked"      # attention inside fixed chunks of `window` tokens (Lla
 SPARSE = "sparse"        # DeepSeek sparse attention: an indexer picks `index_topk` cached tokens
 LINEAR = "linear"        # Gated DeltaNet linear attention: a fixed-size state per sequence
 MAMBA = "mamba"          # Mamba-2 state-space mixer: a fixed-size state per sequence
+PROJ = "proj"            # one hidden x hidden linear in place of attention, no cache (DeciLM replace_with_linear)
 NO_MIXER = "none"        # a block with only an MLP (Nemotron-H '-' and 'E' blocks)
-MIXERS = (FULL, SLIDING, CHUNKED, SPARSE, LINEAR, MAMBA, NO_MIXER)
+MIXERS = (FULL, SLIDING, CHUNKED, SPARSE, LINEAR, MAMBA, PROJ, NO_MIXER)
 ATTENTION_MIXERS = (FULL, SLIDING, CHUNKED, SPARSE)   # mixers that keep a per-token KV cache
 STATE_MIXERS = (LINEAR, MAMBA)                        # mixers that keep a per-sequence state
 
 # MLPs a layer can have.
 DENSE, MOE, NO_MLP = "dense", "moe", "none"
+PROJ_MLP = "proj"        # one hidden x hidden linear in place of the FFN (DeciLM replace_with_linear)
 
 
 @dataclass(frozen=True, order=True)
@@ -32,12 +34,15 @@ class LayerKind:
     mlp_width: int = 0       # DENSE: this layer's MLP width when layers differ (DeciLM / Nemotron-NAS);
                              # 0: the model's intermediate_size
     compress: int = 0        # FULL / SPARSE: tokens pooled into one cached KV row (DeepSeek-V4 CSA 4, HCA 128)
+    kv_heads: int = 0        # attention: this layer's KV heads when layers differ (DeciLM n_heads_in_group);
+                             # 0: the model's num_kv_heads
 
     def label(self) -> str:
         w = f"{self.window}" if self.mixer in (SLIDING, CHUNKED) else ""
         c = f"/c{self.compress}" if self.compress else ""
+        kv = f"/kv{self.kv_heads}" if self.kv_heads else ""
         m = f"{self.mlp_width}" if self.mlp_width else ""
-        return f"{self.mixer}{w}{c}+{self.mlp}{m}"
+        return f"{self.mixer}{w}{c}{kv}+{self.mlp}{m}"
 
 
 @dataclass(frozen=True)
@@ -199,11 +204,12 @@ class ModelSpec:
         """Layers that keep a per-token KV cache."""
         return sum(n for k, n in self.kind_counts().items() if k.mixer in ATTENTION_MIXERS)
 
-    def attention_dims(self, mixer: str) -> tuple[int, int]:
-        """(head_dim, KV heads) of an attention layer of kind `mixer` (full layers may differ)."""
+    def attention_dims(self, mixer: str, kv_heads: int = 0) -> tuple[int, int]:
+        """(head_dim, KV heads) of an attention layer of kind `mixer` (full layers may differ); `kv_heads`:
+        the layer kind's own KV heads (LayerKind.kv_heads), 0 for the model's."""
         if mixer == FULL and (self.global_head_dim or self.global_num_kv_heads):
-            return self.global_head_dim or self.head_dim, self.global_num_kv_heads or self.num_kv_heads
-        return self.head_dim, self.num_kv_heads
+            return self.global_head_dim or self.head_dim, kv_heads or self.global_num_kv_heads or self.num_kv_heads
+        return self.head_dim, kv_heads or self.num_kv_heads
 
     @property
     def checkpoint_dtype(self) -> str:

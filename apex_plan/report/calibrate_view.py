@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from apex_plan.report.layout import fit_columns, table
+from apex_plan.report.layout import print_table, table
 from apex_plan.report.output import SCHEMA_VERSION, flatten
 
 
@@ -35,8 +35,7 @@ def calibrate_table(doc: dict, console: Console) -> None:
     for c in doc["constants"]:
         note = c["note"] or ("" if c["written"] else "GPU constant: reported, not written to the overlay")
         t.add_row(c["name"], f"{c['value']:.4g}", f"{c['prior']:.4g}", f"[{c['low']:g}, {c['high']:g}]", note)
-    fit_columns(t, console)
-    console.print(t)
+    print_table(console, t)
     console.print(_err_line("before", doc["before"]))
     console.print(_err_line("after (fitted runs)", doc["after"]))
     console.print(_err_line("cross-validated (held-out folds)", doc["cross_validated"])
@@ -66,16 +65,14 @@ def validate_table(doc: dict, console: Console) -> None:
         t.add_row(r["id"], r["group"], f"{r['measured_ttft_ms']:.1f}", _num(r["predicted_ttft_ms"], ".1f"),
                   _pct(r["ttft_error"], True), f"{r['measured_tpot_ms']:.2f}", _num(r["predicted_tpot_ms"], ".2f"),
                   _pct(r["tpot_error"], True))
-    fit_columns(t, console, ("group",))         # the groups are in the next table
-    console.print(t)
+    print_table(console, t, ("group",))         # the groups are in the next table
     g = table("Per group", [(c, "left" if c == "group" else "right")
                             for c in ("group", "runs", "TTFT MAPE", "TTFT bias", "TPOT MAPE", "TPOT bias",
                                       "TTFT in interval", "TPOT in interval")])
     for name, s in [*doc["groups"].items(), ("all", doc["overall"])]:
         g.add_row(name, str(s["runs"]), _pct(s["ttft_mape"]), _pct(s["ttft_bias"], True), _pct(s["tpot_mape"]),
                   _pct(s["tpot_bias"], True), _pct(s["ttft_in_interval"]), _pct(s["tpot_in_interval"]))
-    fit_columns(g, console)
-    console.print(g)
+    print_table(console, g)
     for label, p in doc["profiles"].items():
         console.print(f"{label}: calibration: {p['calibration']}")
     if doc["skipped"]:

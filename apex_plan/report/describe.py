@@ -7,7 +7,7 @@ import dataclasses
 from rich.console import Console
 from rich.table import Table
 
-from apex_plan.report.layout import fit_columns, table
+from apex_plan.report.layout import print_table, table
 
 from apex_plan.hardware.spec import GpuSpec
 from apex_plan.model.params import kv_cache_bytes_per_seq, kv_cache_bytes_per_token, param_counts
@@ -74,8 +74,7 @@ def models_table(models: list[ModelSpec], console: Console) -> None:
                   str(r["layers"]), str(r["hidden_size"]), f"{r['heads']}/{r['kv_heads']}",
                   f"{r['experts_per_token']}/{r['experts']}" if r["experts"] else "-",
                   f"{r['kv_bytes_per_token_bf16'] / 1024:.0f} KiB", f"{r['max_context']:,}")
-    fit_columns(t, console, ("architecture", "hidden", "heads/kv", "layers", "max ctx"))
-    console.print(t)
+    print_table(console, t, ("architecture", "hidden", "heads/kv", "layers", "max ctx"))
 
 
 def gpu_doc(g: GpuSpec) -> dict:
@@ -105,8 +104,7 @@ def gpus_table(gpus: list[GpuSpec], console: Console) -> None:
         t.add_row(r["name"], r["vendor"], f"{r['memory_gib']:.1f} GiB", f"{r['mem_bw_gbps']:,.0f} GB/s",
                   f"{r['bf16_tflops']:g} TF" if r["bf16_tflops"] else "-", f"{r['fp8_tflops']:g} TF" if r["fp8_tflops"] else "-",
                   f"{r['fp4_tflops']:g} TF" if r["fp4_tflops"] else "-", f"{r['intra_node_bw_gbps']:g} GB/s", f"{r['tdp_w']:g} W")
-    fit_columns(t, console, ("vendor", "link/dir", "TDP"))
-    console.print(t)
+    print_table(console, t, ("vendor", "link/dir", "TDP"))
 
 
 def gpu_table(g: GpuSpec, console: Console) -> None:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from apex_plan.report.economics import deployment_economics, money
-from apex_plan.report.layout import fit_columns as _fit_columns, print_phrases, table as _table
+from apex_plan.report.layout import print_phrases, print_table, print_wrapped, table as _table
 from apex_plan.report.settings_view import settings_doc, settings_lines
 from apex_plan.report.output import SCHEMA_VERSION
 from apex_plan.report.search_disagg_view import disagg_doc, disagg_lines
@@ -52,6 +52,7 @@ def _plan_doc(rank: int | None, e: PlanEval, model) -> dict:
         "screen": ({"tpot_floor_ms": e.screen.tpot_floor_s * 1e3, "ttft_floor_ms": e.screen.ttft_floor_s * 1e3,
                     "capacity_ceiling_rps": e.bound_rps} if e.screen else None),
         "goodput_rps_per_replica": e.goodput_rps,
+        "binds_at_capacity": e.binding,
         "bound_rps_per_replica": e.bound_rps,
         "max_model_len_lowered": e.lowered_max_model_len(model),
         "replicas_for_demand": e.replicas_for_demand,
@@ -237,27 +238,6 @@ def _f(x, spec=".1f"):
     return "-" if x is None else format(x, spec)
 
 
-# what limits a plan at its goodput, read from its run there (classification thresholds, not fitted):
-KV_BOUND_UTILIZATION = 0.95      # KV pool this full (or any preemption): memory binds
-SLO_BOUND_SHARE = 0.9            # a p-th percentile within 10% of its target: that SLO binds
-
-
-def binds(m: dict | None, slo) -> str:
-    """What binds a plan at its goodput: KV memory, the TTFT or TPOT SLO, or throughput (the engine's
-    compute and host time saturate before any latency target is reached)."""
-    if not m:
-        return "-"
-    if m.get("preemptions") or (m.get("kv_cache_peak_utilization") or 0) >= KV_BOUND_UTILIZATION:
-        return "KV memory"
-    ratios = []
-    if slo.tpot_s and m["tpot_ms"].get("p90") is not None:
-        ratios.append((m["tpot_ms"]["p90"] / (slo.tpot_s * 1e3), "TPOT SLO"))
-    if slo.ttft_s and m["ttft_ms"].get("p90") is not None:
-        ratios.append((m["ttft_ms"]["p90"] / (slo.ttft_s * 1e3), "TTFT SLO"))
-    top = max(ratios, default=(0.0, ""))
-    return top[1] if top[0] >= SLO_BOUND_SHARE else "compute"
-
-
 def _workload_phrases(res: SearchResult) -> list[str]:
     from apex_plan.workload.synthetic import PRESETS
     tr = res.inputs.trace
@@ -275,7 +255,7 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
     inp = res.inputs
     s = res.stats
     # the answer first, then what it was asked, then how it was found
-    console.print("[bold]" + escape(recommendation(res)) + "[/bold]")
+    print_wrapped(console, recommendation(res), "bold")
     demand = f"{_f(inp.demand_rps, 'g')} req/s" if inp.demand_rps else "max throughput"
     where = " + ".join(f"{g.cluster.num_gpus} x {g.cluster.gpu.name} ({g.cluster.num_nodes} node(s) of "
                        f"{g.cluster.gpus_per_node}, {money(g.cluster.price_per_gpu_hour)}"
@@ -333,8 +313,7 @@ def _deployments(res: SearchResult, console: Console) -> None:
                   f"{m['output_tokens_per_s']:.0f}", _f(m["energy_j_per_output_token"], ".2f"),
                   _f(ec["mean_power_w_at_demand"], ".0f"), money(ec["cost_per_hour"]),
                   money(ec["usd_per_mtok_output_at_demand"], ".3g"), money(ec["usd_per_mtok_input_at_demand"], ".3g"))
-    _fit_columns(t, console, ("$/Mtok in", "$/Mtok out", "mean W", "$/h", "J/tok", "demand out tok/s"))
-    console.print(t)
+    print_table(console, t, ("$/Mtok in", "$/Mtok out", "mean W", "$/h", "J/tok", "demand out tok/s"))
     for i, d in enumerate(res.deployments):
         for x in d.launch:
             console.print(escape(f"  {i + 1}: {x['replicas']} x {x['command']}"), soft_wrap=True)
@@ -363,10 +342,9 @@ def _plans(res: SearchResult, console: Console, show_all: bool) -> None:
                   _f(row["goodput_rps_per_replica"], ".3g"), _f(row["ttft_p90_ms"], ".0f"), _f(row["tpot_p90_ms"]),
                   _f(row["energy_j_per_output_token"], ".2f"), _f(row["weights_gib_per_gpu"]),
                   f"{row['max_model_len_lowered']} (lowered)" if row["max_model_len_lowered"] else "model's",
-                  binds(_summary(ev.at_goodput) if ev else None, res.inputs.slo))
+                  (ev.binding if ev else "") or "-")
     if t.row_count:
-        _fit_columns(t, console, ("J/tok", "weights GiB/GPU", "reps", "max len"))
-        console.print(t)
+        print_table(console, t, ("J/tok", "weights GiB/GPU", "reps", "max len"))
     if notes:
         console.print("not viable:")
         for n in notes:

@@ -44,11 +44,46 @@ def meets_slo(metrics: dict, slo: Slo) -> bool:
     return metrics["completed"] == metrics["requests"] and sustainable(metrics, slo)
 
 
+# the KV pool counts as full (admission waits for blocks) at this peak utilisation: vLLM keeps a 1% watermark
+# free and reserves whole blocks per request, so a pool that binds peaks a few percent below 100%
+KV_FULL_UTILIZATION = 0.95
+BINDS_CEILING = "rate ceiling"     # no simulated rate above the goodput missed: the analytic bound stops it
+
+
+def binding_constraint(failing: dict | None, slo: Slo) -> str:
+    """What stops a replica just above its goodput, read from the run there that missed the SLO: throughput
+    when the backlog grows or requests do not complete (KV memory when requests were preempted or the pool
+    ran full, else compute: GPU and host time per request), otherwise the SLO whose percentile missed (the
+    larger miss share over its allowance, or the larger percentile over its target); `BINDS_CEILING` when no
+    rate above the goodput was run (the search stopped at the analytic bound)."""
+    if failing is None:
+        return BINDS_CEILING
+    steady = failing.get("steady")
+    backlog = (steady is not None and not steady["stable"]) or (steady is None and not sustainable(failing, slo))
+    if backlog or failing.get("completed", 0) < failing.get("requests", 0):
+        kv = failing.get("kv_cache", {})
+        full = kv.get("preemptions", 0) > 0 or kv.get("peak_utilization", 0.0) >= KV_FULL_UTILIZATION
+        return "KV memory" if full else "compute"
+    s = failing.get("slo") or {}
+    allowance = 1.0 - s.get("percentile", 100.0) / 100.0
+    over = []
+    for what, target in (("TTFT", s.get("ttft_ms")), ("TPOT", s.get("tpot_ms"))):
+        if not target:
+            continue
+        miss = s.get(f"{what.lower()}_miss_upper")
+        if miss is not None:                                  # steady state: miss share against the allowance
+            over.append(((miss - allowance) / max(allowance, 1e-9), what))
+        else:                                                 # plain run: the percentile against its target
+            over.append((s[f"{what.lower()}_at_percentile_ms"] / target - 1.0, what))
+    return f"{max(over)[1]} SLO" if over else "compute"
+
+
 @dataclass(frozen=True)
 class Capacity:
     goodput_rps: float
     metrics: dict | None       # at the goodput rate (None when the plan never meets the SLO)
     simulations: int
+    binding: str = ""          # what stops it just above the goodput (`binding_constraint`)
 
 
 def find_goodput(run: Callable[[float], dict], slo: Slo, start_rps: float, *, max_doublings: int = 6,
@@ -62,6 +97,7 @@ def find_goodput(run: Callable[[float], dict], slo: Slo, start_rps: float, *, ma
     """
     sims = 0
     best_rate, best_m = 0.0, None
+    fail_m = None                                  # the run at `hi` when it was run and missed
     hi = max(ceiling_rps / 2 if ceiling_rps else start_rps, floor_rps)
     m = run(hi)
     sims += 1
@@ -74,13 +110,14 @@ def find_goodput(run: Callable[[float], dict], slo: Slo, start_rps: float, *, ma
             m = run(hi)
             sims += 1
             if not meets_slo(m, slo):
+                fail_m = m
                 break
             lo, lo_m = hi, m
         else:
-            return Capacity(lo, lo_m, sims)        # never failed within the doublings: a lower bound
+            return Capacity(lo, lo_m, sims, BINDS_CEILING)   # never failed within the doublings: a lower bound
         best_rate, best_m = lo, lo_m
     else:
-        lo = hi
+        lo, fail_m = hi, m
         while lo > floor_rps:
             lo = lo / 4
             m = run(lo)
@@ -88,9 +125,9 @@ def find_goodput(run: Callable[[float], dict], slo: Slo, start_rps: float, *, ma
             if meets_slo(m, slo):
                 best_rate, best_m = lo, m
                 break
-            hi = lo
+            hi, fail_m = lo, m
         if best_m is None:
-            return Capacity(0.0, None, sims)
+            return Capacity(0.0, None, sims, binding_constraint(fail_m, slo))
     lo = best_rate
     for _ in range(iterations):
         mid = math.sqrt(lo * hi)
@@ -99,5 +136,5 @@ def find_goodput(run: Callable[[float], dict], slo: Slo, start_rps: float, *, ma
         if meets_slo(m, slo):
             lo, best_m = mid, m
         else:
-            hi = mid
-    return Capacity(lo, best_m, sims)
+            hi, fail_m = mid, m
+    return Capacity(lo, best_m, sims, binding_constraint(fail_m, slo))

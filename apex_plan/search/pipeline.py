@@ -100,7 +100,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         cap = find_goodput(lambda r: _one_replica_metrics(inp, ev, sc, r, mix), inp.slo, ev.bound_rps / 2,
                            ceiling_rps=ev.bound_rps, iterations=GOODPUT_ITERATIONS)
         ev.simulations += cap.simulations
-        ev.goodput_rps, ev.at_goodput = cap.goodput_rps, cap.metrics
+        ev.goodput_rps, ev.at_goodput, ev.binding = cap.goodput_rps, cap.metrics, cap.binding
         if cap.goodput_rps <= 0:
             ev.status, ev.reason = "no_goodput", "misses the SLO at steady state even at the lowest rate tried"
             continue

@@ -68,6 +68,7 @@ class PlanEval:
     screen: Screen | None = None
     bound_rps: float = 0.0              # analytic upper bound on goodput per replica
     goodput_rps: float = 0.0            # steady state
+    binding: str = ""                   # what stops it just above its goodput (search.capacity.binding_constraint)
     at_goodput: dict | None = None      # one replica at its goodput
     at_demand: dict | None = None       # one replica at its share of the demand
     replicas_for_demand: int = 0

@@ -94,10 +94,11 @@ def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _step_shapes(e, ns, req, slots, cfg, win):
+def _step_shapes(e, ns, req, slots, cfg, win, topk):
     """StepShape of engine e's scheduled step, and of its draft passes (one token per decoding
     sequence) under speculation: a decoding sequence's entry then verifies k drafts (k + 1 query
-    tokens, all sampled; the context read once)."""
+    tokens, all sampled; the context read once). `win`, `topk`: the model's window and top-k caps
+    (COST.window_tokens, COST.topk_tokens; 0: none)."""
     k = cfg.draft_tokens
     sh = empty_shape(0)
     dsh = empty_shape(0)
@@ -108,10 +109,10 @@ def _step_shapes(e, ns, req, slots, cfg, win):
         k0 = q.computed
         dec = q.generated > 0 and seq - k0 == 1
         if dec and k > 0:
-            sh = add_sequence(sh, win, k0, 1 + k, True, 1 + k, 1)   # every verified position is sampled
-            dsh = add_sequence(dsh, win, k0, 1, True, 1, 1)
+            sh = add_sequence(sh, win, topk, k0, 1 + k, True, 1 + k, 1)   # every verified position is sampled
+            dsh = add_sequence(dsh, win, topk, k0, 1, True, 1, 1)
         else:
-            sh = add_sequence(sh, win, k0, c, dec, k0 + c == seq, 1)
+            sh = add_sequence(sh, win, topk, k0, c, dec, k0 + c == seq, 1)
     return sh, dsh
 
 
@@ -120,7 +121,8 @@ def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
     """Aggregate and cost engine e's scheduled step, start it at `now` (or when the replica's host
     thread is free) and account busy time, KV use and dynamic energy; with speculation, after k
     passes of the draft model."""
-    sh, dsh = _step_shapes(e, ns, req, slots, cfg, cost.params[0].window_tokens)
+    p = cost.params[0]
+    sh, dsh = _step_shapes(e, ns, req, slots, cfg, p.window_tokens, p.topk_tokens)
     dt, br = step_time(cost, sh)
     if dsh.tokens > 0:
         dt += cfg.draft_tokens * _draft_pass_s(draft, dsh)
@@ -206,20 +208,20 @@ def _lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
     if total == 0:
         return refused
     moe_m = total / a                             # tokens per rank through the experts (the replica's mean)
-    win = cost.params[0].window_tokens
+    win, topk = cost.params[0].window_tokens, cost.params[0].topk_tokens
     start = now
     dt = 0.0
     for r in range(first, first + a):
         x = r * pp + v
         start = max(start, _host_start(x, now, eng, cfg))
-        sh, dsh = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win)
+        sh, dsh = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
         t, br = rank_step_time(cost, sh, moe_m)
         if dsh.tokens > 0:
             t += cfg.draft_tokens * _draft_pass_s(draft, dsh)
         dt = max(dt, t)
     for r in range(first, first + a):             # every rank is busy for the busiest rank's time
         x = r * pp + v
-        sh, _ = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win)
+        sh, _ = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
         _, br = rank_step_time(cost, sh, moe_m)
         _start_step(x, start, dt, br, sh, eng, cfg, cost)
     return refused
