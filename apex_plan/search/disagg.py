@@ -248,9 +248,10 @@ def merge(agg: list[DeploymentEval], dis: list[DeploymentEval], objective: str, 
     return sorted(agg + dis, key=lambda d: rank_key(objective, d))[:top_k]
 
 
-def search_with_disagg(inp: SearchInputs, progress, run_agg):
+def search_with_disagg(inp: SearchInputs, progress, run_agg, empty_result):
     """`run_agg`'s result for agg; for disagg and both, the disaggregated deployments merged into it
-    (disagg alone: no aggregated plan is evaluated)."""
+    (disagg alone: no aggregated plan is evaluated, `empty_result(mix)` is the result to merge into;
+    both callables come from `search.pipeline`, which imports this module, not the other way)."""
     from apex_plan.search.steady import request_mix
     mix = request_mix(inp.trace)
     if inp.serving == "agg":
@@ -258,8 +259,7 @@ def search_with_disagg(inp: SearchInputs, progress, run_agg):
     if inp.serving == "both":
         res = run_agg(inp, progress, mix)
     else:
-        from apex_plan.search.pipeline import SearchResult
-        res = SearchResult(inp, dict.fromkeys(AGG_STAT_KEYS, 0) | {"rejected_reasons": {}}, [], [], [], None, "", mix)
+        res = empty_result(mix)
     dis = search_disagg(inp, mix)
     res.disagg = dis
     res.stats["disaggregated"] = dis.stats
