@@ -15,8 +15,15 @@ them), starting from the joint values: the `host_by_gpu` entries of the profile 
 and drivers set its host time; GPUs without runs keep the joint values). Several CSVs are read
 together; rows listed in --exclude (default ../shared/bench/silicon/excluded.csv) are left out.
 
+With --frontend-by-gpu nothing is searched: every run is predicted once, and on each GPU with at
+least --min-gpu-runs runs the per-request front-end time (host.frontend_ms) is set to the value that
+minimises that GPU's TTFT MAPE (exact: the front end adds to every TTFT after the engine loop;
+apex_plan.calibrate.fit.fit_frontend_ms), jointly over all its models. Each GPU's choice is checked
+leave-one-model-out (refitted on the other models' runs of that GPU, the held-out model predicted).
+
 usage: python scripts/calibrate.py [CSV ...] --engine vllm [--fit host.step_ms,host.per_seq_ms,...]
        [--train-every 3] [--rounds 2] [--requests-per-slot 5] [--by-gpu] [--min-gpu-runs 20]
+       python scripts/calibrate.py CSV ... --engine trtllm --frontend-by-gpu
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apex_plan.calibrate.fit import BOUNDS, errors, fit, make_params, predict
+from apex_plan.calibrate.fit import BOUNDS, errors, fit, fit_frontend_ms, make_params, predict
 from apex_plan.calibrate.runs import read_runs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "bench"
@@ -55,6 +62,8 @@ def main() -> int:
     ap.add_argument("--requests-per-slot", type=int, default=5)
     ap.add_argument("--by-gpu", action="store_true", help="then refit the host constants per GPU (host_by_gpu)")
     ap.add_argument("--min-gpu-runs", type=int, default=20)
+    ap.add_argument("--frontend-by-gpu", action="store_true",
+                    help="only fit host.frontend_ms per GPU, exactly, with a leave-one-model-out check")
     ap.add_argument("--exclude", default=str(SHARED / "silicon" / "excluded.csv"))
     args = ap.parse_args()
     cases, skipped = [], []
@@ -74,6 +83,8 @@ def main() -> int:
     if len(names) > 1:
         print(f"--engine: runs of several profiles ({', '.join(sorted(names))}); name one", file=sys.stderr)
         return 2
+    if args.frontend_by_gpu:
+        return frontend_by_gpu(cases, args.min_gpu_runs)
     k = max(1, args.train_every)
     train = cases[::k]
     held = [c for i, c in enumerate(cases) if k > 1 and i % k]
@@ -117,6 +128,39 @@ def by_gpu(train, held, params, x, args) -> None:
         if ho:
             print("    # " + summary("held-out runs, joint values", ho, predict(ho, gp, [v for _, v in host])))
             print("    # " + summary("held-out runs, this GPU's", ho, predict(ho, gp, xg)))
+
+
+def _mape(meas: np.ndarray, pred: np.ndarray) -> str:
+    ok = np.isfinite(pred)
+    a = np.abs(pred[ok] / meas[ok] - 1.0)
+    return f"{100 * a.mean():.1f} / {100 * np.median(a):.1f} %" if a.size else "-"
+
+
+def frontend_by_gpu(cases, min_runs: int) -> int:
+    """Fit host.frontend_ms per GPU (exact, jointly over its models) and check it leave-one-model-out."""
+    pred = predict(cases)[:, 0]
+    meas = np.array([c.ttft_ms for c in cases])
+    gpu = np.array([c.cluster.gpu.name for c in cases])
+    model = np.array([c.group[2] for c in cases])
+    now = np.array([c.engine.profile.on_gpu(c.cluster.gpu.name).host.frontend_ms for c in cases])
+    print("host_by_gpu:   # TTFT MAPE / median |error|: now -> fitted; held-out models: now -> refitted without them")
+    for g in sorted(set(gpu.tolist())):
+        on = gpu == g
+        if on.sum() < min_runs:
+            print(f"  # {g}: {on.sum()} runs (< {min_runs}): keeps the profile's front end")
+            continue
+        f = fit_frontend_ms(pred[on], meas[on], float(now[on][0]))
+        fitted = pred[on] - now[on] + f
+        held = np.full(on.sum(), np.nan)                       # each model predicted with the others' front end
+        for m in sorted(set(model[on].tolist())):
+            out, rest = on & (model == m), on & (model != m)
+            if rest.any():
+                fm = fit_frontend_ms(pred[rest], meas[rest], float(now[on][0]))
+                held[(model[on] == m)] = pred[out] - now[out] + fm
+        print(f"  {g}: {{frontend_ms: {f:.1f}}}   # {on.sum()} runs, {len(set(model[on].tolist()))} models: "
+              f"{_mape(meas[on], pred[on])} -> {_mape(meas[on], fitted)}; held-out models "
+              f"{_mape(meas[on], pred[on])} -> {_mape(meas[on], held)}")
+    return 0
 
 
 if __name__ == "__main__":

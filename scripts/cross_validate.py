@@ -2,17 +2,27 @@
 """Leave-one-model-out and leave-one-GPU-out cross-validation of the engine profiles' fitted constants.
 
 For each engine profile with runs in the CSVs (aggregated silicon rows; rows of excluded.csv left
-out) and each fold kind (model, gpu): for every model (or GPU) its runs are held out, the --fit
+out) and each fold kind (model, gpu, config: one run in five by a hash of its id, as the shared files
+hold one configuration in five of each group): for every model (or GPU) its runs are held out, the --fit
 constants are fitted (apex_plan.calibrate.fit, from the profile's values, inside the bounds) on
 every --train-every'th of the other runs, and the held-out runs are predicted with the fitted
 constants. Printed per profile and fold kind, over all held-out runs: coverage (predicted /
 attempted), MAPE, median |error| and bias of TTFT and TPOT, and how often the measured value falls
-inside the 80 % interval built from the training runs' error quantiles (as `calibrate` stores it).
+inside the 80 % interval built from the training runs' error quantiles on the held-out run's GPU (the
+pooled quantiles when that GPU has fewer than MIN_BAND_RUNS training runs), as the profiles store them.
 A fold whose held-out model or GPU is the profile's only one is skipped (nothing to train on).
 
 usage: python scripts/cross_validate.py [CSV ...] [--engine NAME,...] [--fit host.frontend_ms,...]
-       [--folds model,gpu] [--train-every 3] [--rounds 1] [--requests-per-slot 3] [--jobs 2] [--by-gpu N]
-       [--json OUT]
+       [--folds model,gpu,config] [--train-every 3] [--rounds 1] [--requests-per-slot 3] [--jobs 2] [--by-gpu N]
+       [--json OUT] [--bands OUT.yaml]
+
+--rounds 0 searches nothing: every run is predicted once with the profiles' constants; in each fold
+the front ends a profile fitted per GPU (host_by_gpu frontend_ms, scripts/calibrate.py --frontend-by-gpu)
+are refitted without the held-out runs (exactly: the front end adds to every TTFT), a held-out GPU
+takes the profile's own front end, and each fold's band comes from the other runs. --bands writes the
+80 % bands of each profile from the held-out errors (per GPU from the config folds, else the model
+folds; the default from the GPU folds), the `calibration_error` / `calibration_error_by_gpu` blocks of
+engine_profiles/.
 """
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import zlib
 import sys
 import time
 from collections import defaultdict
@@ -28,14 +39,18 @@ from pathlib import Path
 
 import numpy as np
 
-from apex_plan.calibrate.fit import BOUNDS, errors, fit, make_params, predict
+from apex_plan.calibrate.fit import BOUNDS, errors, fit, fit_frontend_ms, make_params, predict
 from apex_plan.calibrate.interval import error_quantiles
 from apex_plan.calibrate.runs import read_silicon_csv
 
 SILICON = Path(__file__).resolve().parents[2] / "shared" / "bench" / "silicon"
 DEFAULT_CSVS = [SILICON / "calibration.csv", SILICON / "calibration-h200-b200.csv"]
 DEFAULT_FIT = "host.frontend_ms,host.step_ms,host.per_seq_ms"
-KEY = {"model": lambda c: c.group[2], "gpu": lambda c: c.group[0]}
+KEY = {"model": lambda c: c.group[2], "gpu": lambda c: c.group[0],
+       "config": lambda c: zlib.crc32(c.id.encode()) % CONFIG_FOLDS}   # one run in five, by a hash of its id
+CONFIG_FOLDS = 5       # as the shared files hold one configuration in five of each group
+MIN_BAND_RUNS = 20     # a GPU's own band from this many runs on (fewer: the 10th/90th percentiles of a handful
+                       # of runs are a guess; the pooled band of every GPU stands in)
 
 
 def load(csvs, requests_per_slot: int, exclude: Path) -> list:
@@ -67,15 +82,86 @@ def run_fold(job) -> dict:
             e_train[tr] = errors([train[i] for i in tr], predict([train[i] for i in tr], gp, xg))
             ho = [i for i, c in enumerate(held) if c.cluster.gpu.name == gpu]
             e_held[ho] = errors([held[i] for i in ho], predict([held[i] for i in ho], gp, xg))
-    q = error_quantiles(e_train, len(train))
-    hits = np.full(e_held.shape, np.nan)
-    for j, key in enumerate(("ttft", "tpot")):
-        ok = np.isfinite(e_held[:, j])
-        # measured inside [pred / (1 + e_high), pred / (1 + e_low)]  <=>  e_low <= e <= e_high
-        hits[ok, j] = (e_held[ok, j] >= q[f"{key}_low"]) & (e_held[ok, j] <= q[f"{key}_high"])
+    hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held])
     return {"profile": name, "kind": kind, "held_out": value, "train": len(train), "held": len(held),
             "fitted": {f"{p.target}.{p.field}": v for p, v in zip(params, x)},
+            "gpus": [c.cluster.gpu.name for c in held], "models": [KEY["model"](c) for c in held],
             "errors": e_held.tolist(), "in_interval": hits.tolist()}
+
+
+def band_hits(e_train: np.ndarray, gpu_train: list, e_held: np.ndarray, gpu_held: list) -> np.ndarray:
+    """(n, 2) 1/0: does each held-out measured value fall inside the 80 % band the profile would state for
+    its GPU (the training runs' error quantiles on that GPU, or on all GPUs when that GPU has fewer than
+    MIN_BAND_RUNS training runs: a GPU without its own band takes the profile's default); nan: no prediction."""
+    hits = np.full(e_held.shape, np.nan)
+    gpu_train, gpu_held = np.array(gpu_train), np.array(gpu_held)
+    pooled = error_quantiles(e_train, len(e_train))
+    for gpu in set(gpu_held.tolist()):
+        own = gpu_train == gpu
+        q = error_quantiles(e_train[own], int(own.sum())) if own.sum() >= MIN_BAND_RUNS else pooled
+        rows = gpu_held == gpu
+        for j, key in enumerate(("ttft", "tpot")):
+            ok = rows & np.isfinite(e_held[:, j])
+            # measured inside [pred / (1 + e_high), pred / (1 + e_low)]  <=>  e_low <= e <= e_high
+            hits[ok, j] = (e_held[ok, j] >= q[f"{key}_low"]) & (e_held[ok, j] <= q[f"{key}_high"])
+    return hits
+
+
+def _predict_chunk(chunk: list) -> np.ndarray:
+    return predict(chunk)
+
+
+def _frontend_refit(train: list, p_train: np.ndarray, held: list, p_held: np.ndarray, kind: str) -> None:
+    """Refit, in place, the front ends the profile fitted per GPU (its host_by_gpu frontend_ms) as the fold
+    allows: in a model fold from the training runs of the held-out runs' GPU (exact, fit_frontend_ms); in
+    a GPU fold the held-out GPU has no entry, so its runs take the profile's own front end."""
+    prof = (train or held)[0].engine.profile
+    for gpu in {c.cluster.gpu.name for c in held}:
+        entry = prof.host_by_gpu.get(gpu)
+        if entry is None or entry.frontend_ms == prof.host.frontend_ms:
+            continue
+        ho = np.array([c.cluster.gpu.name == gpu for c in held])
+        if kind == "gpu":
+            p_held[ho, 0] += prof.host.frontend_ms - entry.frontend_ms
+            continue
+        tr = np.array([c.cluster.gpu.name == gpu for c in train])
+        if tr.sum() < MIN_BAND_RUNS:
+            continue
+        meas = np.array([c.ttft_ms for c in train])[tr]
+        f = fit_frontend_ms(p_train[tr, 0], meas, entry.frontend_ms)
+        p_train[tr, 0] += f - entry.frontend_ms
+        p_held[ho, 0] += f - entry.frontend_ms
+
+
+def fixed_folds(cases, names, kinds, jobs: int) -> list:
+    """The folds of `jobs_for` without a search (--rounds 0): every run predicted once with the profiles'
+    constants; in each fold the per-GPU front ends are refitted without the held-out runs (exact), the
+    held-out errors are those of its runs, and its band comes from the others'."""
+    by_profile = defaultdict(list)
+    for c in cases:
+        if not names or c.engine.profile.name in names or c.engine.profile.family in names:
+            by_profile[c.engine.profile.name].append(c)
+    chunks = [rows[i:i + 8] for rows in by_profile.values() for i in range(0, len(rows), 8)]
+    with ProcessPoolExecutor(max(1, jobs)) as pool:
+        preds = list(pool.map(_predict_chunk, chunks))
+    pred = {id(c): p for chunk, ps in zip(chunks, preds) for c, p in zip(chunk, ps)}
+    out = []
+    for name, rows in sorted(by_profile.items()):
+        for kind in kinds:
+            values = sorted({KEY[kind](c) for c in rows})
+            for v in values if len(values) > 1 else ():
+                train = [c for c in rows if KEY[kind](c) != v]
+                held = [c for c in rows if KEY[kind](c) == v]
+                p_train = np.array([pred[id(c)] for c in train]).reshape(-1, 2)
+                p_held = np.array([pred[id(c)] for c in held]).reshape(-1, 2)
+                _frontend_refit(train, p_train, held, p_held, kind)
+                e_train, e_held = errors(train, p_train), errors(held, p_held)
+                hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held])
+                out.append({"profile": name, "kind": kind, "held_out": v, "train": len(train), "held": len(held),
+                            "fitted": {}, "gpus": [c.cluster.gpu.name for c in held],
+                            "models": [KEY["model"](c) for c in held], "errors": e_held.tolist(),
+                            "in_interval": hits.tolist()})
+    return out
 
 
 def jobs_for(cases, names, kinds, fit_names, train_every: int, rounds: int, by_gpu: int = 0) -> list:
@@ -125,7 +211,7 @@ def main() -> int:
     ap.add_argument("csv", nargs="*", default=[str(p) for p in DEFAULT_CSVS])
     ap.add_argument("--engine", default="", help="profile names or families to validate (default: all)")
     ap.add_argument("--fit", default=DEFAULT_FIT, help="constants refitted per fold: " + ", ".join(BOUNDS))
-    ap.add_argument("--folds", default="model,gpu", help="fold kinds: model, gpu")
+    ap.add_argument("--folds", default="model,gpu", help="fold kinds: model, gpu, config (one run in five)")
     ap.add_argument("--train-every", type=int, default=3, help="fit on every k-th training run (speed)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--requests-per-slot", type=int, default=3)
@@ -134,6 +220,8 @@ def main() -> int:
                     help="model folds: refit per GPU with at least N training runs (as host_by_gpu)")
     ap.add_argument("--exclude", default=str(SILICON / "excluded.csv"))
     ap.add_argument("--json", help="write every fold's fitted values and held-out errors here")
+    ap.add_argument("--bands", help="write the 80 %% error bands (calibration_error, calibration_error_by_gpu) of "
+                                    "each profile from the held-out errors here, as YAML for engine_profiles/")
     args = ap.parse_args()
     for p in args.csv:
         if not Path(p).is_file():
@@ -141,7 +229,7 @@ def main() -> int:
             return 2
     kinds = [k for k in args.folds.split(",") if k]
     if not kinds or any(k not in KEY for k in kinds):
-        print(f"--folds: '{args.folds}' is not a list of model, gpu", file=sys.stderr)
+        print(f"--folds: '{args.folds}' is not a list of model, gpu, config", file=sys.stderr)
         return 2
     fit_names = [n for n in args.fit.split(",") if n]
     if not fit_names or any(n not in BOUNDS for n in fit_names):
@@ -150,15 +238,47 @@ def main() -> int:
     t0 = time.perf_counter()
     cases = load(args.csv, args.requests_per_slot, Path(args.exclude))
     names = {n for n in args.engine.split(",") if n}
-    jobs = jobs_for(cases, names, kinds, fit_names, max(1, args.train_every), args.rounds, args.by_gpu)
-    print(f"{len(cases)} runs, {len(jobs)} folds; fitting {', '.join(fit_names)}", file=sys.stderr)
-    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(run_fold, jobs))
+    if args.rounds == 0:                 # the profiles' constants as they are: predict every run once
+        results = fixed_folds(cases, names, kinds, args.jobs)
+    else:
+        jobs = jobs_for(cases, names, kinds, fit_names, max(1, args.train_every), args.rounds, args.by_gpu)
+        print(f"{len(cases)} runs, {len(jobs)} folds; fitting {', '.join(fit_names)}", file=sys.stderr)
+        with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+            results = list(pool.map(run_fold, jobs))
     print("\n".join(table(results)))
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.bands:
+        import yaml
+        Path(args.bands).write_text(yaml.safe_dump(bands(results), sort_keys=True))
     return 0
+
+
+def bands(results: list) -> dict:
+    """Per profile: the band of each GPU with at least MIN_BAND_RUNS runs from its held-out errors in the
+    config folds (other configurations of measured groups), else the leave-one-model-out folds (a new
+    model on a calibrated GPU), and the default band of any other GPU from the held-out errors of the
+    leave-one-GPU-out folds (a GPU nobody calibrated), else of the folds the GPU bands came from."""
+    out = {}
+    for name in sorted({r["profile"] for r in results}):
+        rs = [r for r in results if r["profile"] == name]
+        model = [r for r in rs if r["kind"] == "config"] or [r for r in rs if r["kind"] == "model"]
+        e = np.array([row for r in model for row in r["errors"]], float).reshape(-1, 2)
+        g = np.array([gpu for r in model for gpu in r["gpus"]])
+        by_gpu = {}
+        for gpu in sorted(set(g.tolist())):
+            if (g == gpu).sum() >= MIN_BAND_RUNS:
+                by_gpu[gpu] = _rounded(error_quantiles(e[g == gpu], int((g == gpu).sum())))
+        default = [r for r in rs if r["kind"] == "gpu"] or model
+        e_d = np.array([row for r in default for row in r["errors"]], float).reshape(-1, 2)
+        out[name] = {"calibration_error": _rounded(error_quantiles(e_d, len(e_d))),
+                     "calibration_error_by_gpu": by_gpu}
+    return out
+
+
+def _rounded(q: dict) -> dict:
+    return {k: round(float(v), 4) for k, v in dict(q, held_out=1.0).items()}
 
 
 if __name__ == "__main__":

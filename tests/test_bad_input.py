@@ -206,7 +206,8 @@ for cmd_base in (SIM, SEARCH):
         case(f"{s_}:--plot={v!r}", cmd_base + ["--plot", v], "--plot")
 case("search:--no-bound-pruning=1", SEARCH + ["--no-bound-pruning=1"], "--no-bound-pruning")
 case("search:--slo-margin=1", SEARCH + ["--slo-margin=1"], "--slo-margin")
-case("search:--slo-margin-uncalibrated", SEARCH + ["--slo-margin"], "--slo-margin", "calibrate")
+case("search:--slo-margin-uncalibrated", SEARCH + ["--engine", "vllm@0.6.0", "--slo-margin"], "--slo-margin",
+     "calibrate")                                          # vllm-0.6 stores no error band
 # power caps (W per GPU within the profile's power-limit range), locked SM clocks, power budget, prices
 for v in ("", "abc", "-5W", "0W", "900W", "5kWh", "nanW", "1e999W", "100W", "500W,,600W", "W"):
     case(f"search:--power-cap={v!r}", with_opt(SEARCH, "--power-cap", v), "--power-cap")

@@ -104,7 +104,11 @@ def test_calibrate_vllm_bench_round_trip(vllm_overlay, capsys, monkeypatch):
     code, out, err = run(["validate", *VLLM, AIPERF, "--engine", "vllm@0.11.0", *GPU, "-f", "json"], capsys, monkeypatch)
     before = json.loads(out)
     assert len(after["runs"]) == 7 and after["overall"]["ttft_mape"] < before["overall"]["ttft_mape"]
-    assert after["overall"]["ttft_in_interval"] is not None and before["overall"]["ttft_in_interval"] is None
+    assert after["overall"]["ttft_in_interval"] is not None
+    # the built-in profile's interval is its stored H100 band's
+    builtin = resolve_engine_profile("vllm@0.11.0")
+    assert before["profiles"][builtin.label]["calibration_error_by_gpu"]["h100-sxm-80gb"] == \
+        builtin.calibration_error_by_gpu["h100-sxm-80gb"]
     # per-run error is predicted / measured - 1
     r = after["runs"][0]
     assert r["ttft_error"] == pytest.approx(r["predicted_ttft_ms"] / r["measured_ttft_ms"] - 1, abs=1e-4)
@@ -122,6 +126,10 @@ def test_calibrate_vllm_bench_round_trip(vllm_overlay, capsys, monkeypatch):
     g = m["interval"]["goodput_requests_per_s"]
     assert g["low"] <= g["high"]
     code, out, err = run(sim, capsys, monkeypatch)
+    m = json.loads(out)["metrics"]
+    band = resolve_engine_profile("vllm").calibration_error_by_gpu["h100-sxm-80gb"]   # the built-in's H100 band
+    assert m["interval"]["ttft_ms"]["mean"]["low"] == pytest.approx(m["ttft_ms"]["mean"] / (1 + band["ttft_high"]))
+    code, out, err = run([*sim, "--engine", "vllm@0.6.0"], capsys, monkeypatch)     # a profile with no band
     assert json.loads(out)["metrics"]["interval"]["ttft_ms"]["mean"]["status"] == "uncalibrated"
     # search --slo-margin: the SLO searched is the asked one times (1 + the 10th-percentile error), never looser
     code, out, err = run(["search", "-m", "llama-3.1-8b", *GPU, "--gpus", "1", "--workload", "chat", "--rate", "1",
@@ -175,9 +183,9 @@ def test_csv_rows_filtered_to_engine(tmp_path):
 
 
 def test_interval_math():
-    prof = resolve_engine_profile("vllm")
-    assert interval(prof, "ttft", 100.0)["status"] == "uncalibrated"
     import dataclasses
+    prof = dataclasses.replace(resolve_engine_profile("vllm"), calibration_error={})
+    assert interval(prof, "ttft", 100.0)["status"] == "uncalibrated"
     p = dataclasses.replace(prof, calibration_error={"level": 0.8, "ttft_low": -0.2, "ttft_high": 0.25,
                                                      "tpot_low": 0.0, "tpot_high": 0.0})
     iv = interval(p, "ttft", 100.0)
@@ -223,7 +231,8 @@ def test_uncalibrated_components_named():
     from apex_plan.calibrate.interval import uncalibrated_components
     from apex_plan.hardware.load import load_gpu
     from apex_plan.plan.spec import Plan
-    prof = resolve_engine_profile("vllm")
+    import dataclasses
+    prof = dataclasses.replace(resolve_engine_profile("vllm"), calibration_error={})
     h100_tp = uncalibrated_components(Plan(1, 8, 1, 1, "bf16", "bf16"), load_gpu("h100-sxm-80gb"), 8, prof)
     assert h100_tp == [f"engine profile {prof.label}: no held-out error stored (no interval)"]
     b200_pp = uncalibrated_components(Plan(1, 8, 2, 8, "fp8", "fp8"), load_gpu("b200-sxm-180gb"), 8, prof)
@@ -255,3 +264,54 @@ def test_three_runs_leave_one_out(capsys, monkeypatch):
     doc = json.loads(out)
     assert doc["cross_validated"]["runs"] == 3 and "leave-one-out" in doc["calibration"]
     assert doc["after"]["ttft_mape"] < doc["before"]["ttft_mape"]
+
+
+def _cross_validate_module():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("cross_validate",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "cross_validate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cross_validation_bands_are_per_gpu_from_held_out_errors():
+    cv = _cross_validate_module()
+    from apex_plan.calibrate.interval import FEW_RUNS
+    n, m = max(cv.MIN_BAND_RUNS, FEW_RUNS), cv.MIN_BAND_RUNS - 1      # m: too few runs for a band of its own
+    # training errors: GPU a spans [-0.1, 0.1] (enough runs for its own band), GPU b has too few runs
+    e_a = np.column_stack([np.linspace(-0.1, 0.1, n), np.linspace(-0.05, 0.05, n)])
+    e_b = np.array([[2.0, 2.0]] * m)
+    e_train = np.vstack([e_a, e_b])
+    gpus = ["a"] * n + ["b"] * m
+    held = np.array([[0.0, 0.0], [0.5, 0.0], [0.5, 0.0], [np.nan, 0.01]])
+    hits = cv.band_hits(e_train, gpus, held, ["a", "a", "b", "a"])
+    # a's own 10th-90th percentile band holds 0 and not 0.5; b takes the pooled band, which reaches 2.0
+    assert hits[:3, 0].tolist() == [1.0, 0.0, 1.0] and np.isnan(hits[3, 0]) and hits[3, 1] == 1.0
+    # the stored bands: per GPU from the model folds' held-out errors, the default from the GPU folds'
+    results = [{"profile": "p", "kind": "model", "gpus": ["a"] * n, "errors": e_a.tolist()},
+               {"profile": "p", "kind": "model", "gpus": ["b"] * m, "errors": [[0.0, 0.0]] * m},
+               {"profile": "p", "kind": "gpu", "gpus": ["b"] * 2, "errors": [[-0.5, -0.2], [0.5, 0.2]]}]
+    out = cv.bands(results)["p"]
+    assert set(out["calibration_error_by_gpu"]) == {"a"}            # b has too few held-out runs of its own
+    a = out["calibration_error_by_gpu"]["a"]
+    assert a["ttft_low"] == pytest.approx(np.quantile(e_a[:, 0], 0.1), abs=1e-4) and a["held_out"] == 1.0
+    assert out["calibration_error"]["ttft_high"] > 0.3 and out["calibration_error"]["runs"] == 2
+
+
+def test_fit_frontend_minimises_ttft_mape_exactly():
+    from apex_plan.calibrate.fit import BOUNDS, fit_frontend_ms
+    rng = np.random.default_rng(3)
+    base = rng.uniform(20, 400, 41)                          # engine-loop TTFT without the front end
+    meas = base + 55.0 + rng.normal(0, 5, 41)
+    f = fit_frontend_ms(base + 137.0, meas, 137.0)
+    mape = lambda g: np.mean(np.abs(base + g - meas) / meas)  # noqa: E731
+    grid = np.linspace(0, 250, 25001)
+    assert mape(f) <= min(mape(g) for g in grid) + 1e-12      # no front end on a 0.01 ms grid does better
+    assert 45 < f < 65
+    # clipped to its physical bounds, and runs without a prediction are ignored
+    lo, hi, _ = BOUNDS["host.frontend_ms"]
+    assert fit_frontend_ms(base, base + 1e4, 0.0) == hi and fit_frontend_ms(base + 500, base, 0.0) == lo
+    pred = np.append(base + 137.0, np.nan)
+    assert fit_frontend_ms(pred, np.append(meas, 10.0), 137.0) == f

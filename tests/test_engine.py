@@ -133,8 +133,10 @@ def test_engines_differ_where_their_schedulers_do():
 def _predict(gpu_name: str, engine: str):
     g = load_gpu(gpu_name)
     tr = preset_trace("chat", 4.0, 120, seed=2)
+    # the host platform's constants fitted per GPU (host_by_gpu: CPUs, API server) are not GPU physics: held equal
+    prof = dataclasses.replace(resolve_engine_profile(engine), host_by_gpu={})
     res = simulate(load_model("llama-3.1-8b"), make_cluster(g, 8), Plan(1, 2, 1), EngineConfig(name=engine,
-                   max_model_len=8192), Workload(tr))
+                   max_model_len=8192, profile=prof), Workload(tr))
     return res.metrics.latency.ttft_ms.mean, res.metrics.latency.tpot_ms.mean
 
 
@@ -190,10 +192,48 @@ def test_host_by_gpu_overrides_only_its_platform(tmp_path):
     h200, h100 = p.on_gpu("h200-sxm-141gb"), p.on_gpu("h100-sxm-80gb")
     assert (h200.host.per_seq_ms, h200.host.step_ms) == (0.03, 0.9)
     assert h200.host.frontend_ms == p.host.frontend_ms          # fields it does not name stay the joint values
-    assert h100 is p and h100.host == p.host
+    assert h100.host == p.host
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(profile_to_dict(p), sort_keys=False))
     assert resolve_engine_profile(str(path)).host_by_gpu == p.host_by_gpu
     doc["host_by_gpu"] = {"h200-sxm-141gb": {"per_seq_msec": 0.03}}
     with pytest.raises(InputError, match="host_by_gpu.h200-sxm-141gb.per_seq_msec"):
         profile_from_dict(doc, "mine.yaml")
+
+
+BAND = {"level": 0.8, "runs": 40.0, "ttft_low": -0.3, "ttft_high": 0.5, "tpot_low": -0.1, "tpot_high": 0.2}
+
+
+def test_error_band_by_gpu_is_the_interval_of_that_gpu_only(tmp_path):
+    from apex_plan.calibrate.interval import interval
+    doc = profile_to_dict(resolve_engine_profile("trtllm-1"))
+    doc["host_by_gpu"] = {}
+    doc["calibration_error"] = dict(BAND, ttft_low=-0.6, ttft_high=1.0)
+    doc["calibration_error_by_gpu"] = {"h200-sxm-141gb": BAND}
+    p = profile_from_dict(doc, "mine.yaml")
+    h200, other = p.on_gpu("h200-sxm-141gb"), p.on_gpu("a100-sxm-80gb")
+    assert h200.calibration_error == BAND and other.calibration_error == doc["calibration_error"]
+    assert h200.host == p.host                                  # a band alone leaves the host constants
+    # measured = pred / (1 + e): 100 ms predicted on H200 -> [100 / 1.5, 100 / 0.7]
+    iv = interval(h200, "ttft", 100.0)
+    assert iv["low"] == pytest.approx(100 / 1.5) and iv["high"] == pytest.approx(100 / 0.7)
+    iv = interval(other, "ttft", 100.0)                         # the default band is wider
+    assert iv["low"] == pytest.approx(50.0) and iv["high"] == pytest.approx(250.0)
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(profile_to_dict(p), sort_keys=False))
+    assert resolve_engine_profile(str(path)).calibration_error_by_gpu == p.calibration_error_by_gpu
+
+
+@pytest.mark.parametrize("band, field", [
+    (dict(BAND, ttft_low=0.6), "calibration_error_by_gpu.h200-sxm-141gb.ttft_low"),     # low above high
+    (dict(BAND, tpot_low=-1.0), "calibration_error_by_gpu.h200-sxm-141gb.tpot_low"),    # a zero prediction
+    (dict(BAND, level=80), "calibration_error_by_gpu.h200-sxm-141gb.level"),            # a percent, not a fraction
+    (dict(BAND, ttft_p10=-0.1), "calibration_error_by_gpu.h200-sxm-141gb.ttft_p10"),    # unknown key
+    ("wide", "calibration_error_by_gpu.h200-sxm-141gb"),
+])
+def test_bad_error_band_names_its_field(band, field):
+    doc = profile_to_dict(resolve_engine_profile("trtllm-1"))
+    doc["calibration_error_by_gpu"] = {"h200-sxm-141gb": band}
+    with pytest.raises(InputError) as e:
+        profile_from_dict(doc, "mine.yaml")
+    assert e.value.field == field

@@ -189,3 +189,19 @@ def test_v4_decode_reads_compressed_rows():
     assert sum(r["count"] for r in hca) == 20 and sum(r["count"] for r in idx) == 21
     per_token = sum(r["count"] * r["bytes_per_unit"] * r["rereads"] for r in attn if r["windowed"] == 0)
     assert b2 - b1 == pytest.approx(2 * 20_000 * per_token, rel=1e-12)
+
+
+def test_v4_hyper_connection_streams_add_elementwise_bytes():
+    """mHC keeps hc_mult residual streams: per block, combining them into the block input and writing the
+    output back reads and writes 3 x hc_mult x hidden more than a single residual (bf16 activations),
+    and its mixing GEMM (hc_mult x hidden in, 2 x (2 + hc_mult) x hc_mult out) runs in every layer."""
+    import dataclasses
+    m = load_model(str(CARDS / "deepseek_v4_flash.json"))
+    plan = Plan(tp=1, weight_dtype="fp8")
+    with_hc, without = build_shard(m, plan), build_shard(dataclasses.replace(m, hc_mult=0), plan)
+    h, hc = m.hidden_size, m.hc_mult
+    # two blocks x (combine: hc*h read; write-back: hc*h read and hc*h written) beyond the single stream's
+    assert with_hc.elem_bytes_per_token_layer - without.elem_bytes_per_token_layer == 2 * 3 * hc * h * 2
+    mix = next(g for g in with_hc.gemms if g.name == "hyper_conn")
+    (st,) = with_hc.stages
+    assert (mix.k, mix.n, st.gemm_layers(mix)) == (hc * h, 2 * (2 + hc) * hc, m.num_layers)

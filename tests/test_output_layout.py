@@ -25,7 +25,8 @@ SEARCH = ["search", "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb", "--gpus
 
 
 def test_search_table_at_80_columns(capsys, monkeypatch):
-    code, out, err = run_main(SEARCH, capsys, monkeypatch, env={"COLUMNS": "80"})
+    # vllm@0.6.0 stores no error band: the uncalibrated line is printed too
+    code, out, err = run_main(SEARCH + ["--engine", "vllm@0.6.0"], capsys, monkeypatch, env={"COLUMNS": "80"})
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("Deploy "), lines[0]                    # the answer first
@@ -165,7 +166,36 @@ def test_numpy_warnings_never_reach_the_user():
 
 
 def test_search_json_lists_uncalibrated_components(capsys, monkeypatch):
-    code, out, err = run_main(SEARCH + ["--format", "json"], capsys, monkeypatch)
+    code, out, err = run_main(SEARCH + ["--engine", "vllm@0.6.0", "--format", "json"], capsys, monkeypatch)
     assert code == 0, err
     doc = json.loads(out)
     assert any("engine profile" in u for u in doc["uncalibrated"]), doc["uncalibrated"]
+    code, out, err = run_main(SEARCH + ["--format", "json"], capsys, monkeypatch)   # vllm-v1 stores its bands
+    assert not any("engine profile" in u for u in json.loads(out)["uncalibrated"])
+
+
+def test_config_json_launch_names_a_servable_model(tmp_path):
+    """A config.json's launch model: the repo id its Hugging Face cache path spells, or aiconfigurator-core's
+    ORG--NAME_config.json name, else its _name_or_path when that is a repo id, else its folder."""
+    from apex_plan.model.load import servable_source
+    cfg = {"_name_or_path": "llama_nemotron_super"}
+    snap = tmp_path / "models--nvidia--Llama-3_3-Nemotron-Super-49B-v1" / "snapshots" / "abc123" / "config.json"
+    assert servable_source(snap, cfg) == "nvidia/Llama-3_3-Nemotron-Super-49B-v1"
+    assert servable_source(tmp_path / "nvidia--Foo-1B_config.json", cfg) == "nvidia/Foo-1B"
+    assert servable_source(tmp_path / "m" / "config.json", {"_name_or_path": "org/name"}) == "org/name"
+    assert servable_source(tmp_path / "m" / "config.json", cfg) == str((tmp_path / "m").resolve())
+
+
+def test_remote_code_configs_launch_with_trust_remote_code():
+    """A config with its own modelling code (auto_map: DeciLM) launches with each engine's trust flag;
+    the parallel sizes read back unchanged."""
+    from pathlib import Path
+    from apex_plan.model.load import load_model
+    spec = load_model(str(Path(__file__).parent / "fixtures" / "model_cards" / "decilm_nemotron_super_49b.json"))
+    assert spec.remote_code and not load_model("llama-3.1-8b").remote_code
+    plan = Plan(1, 2, 1, 1, "bf16", "bf16")
+    flags = {"vllm": "--trust-remote-code", "sglang": "--trust-remote-code", "trtllm": "--trust_remote_code"}
+    for family, flag in flags.items():
+        cmd = launch_command(family, "org/m", plan, ENGINE, remote_code=True)
+        assert flag in cmd.split() and flag not in launch_command(family, "org/m", plan, ENGINE).split()
+        assert parse_launch(cmd)["tp"] == 2

@@ -109,14 +109,17 @@ def test_more_demand_never_needs_fewer_gpus_end_to_end():
     assert b.deployments[0].deployment.gpus >= a.deployments[0].deployment.gpus
 
 
-def test_both_ranks_aggregated_and_disaggregated_in_one_list():
-    r = run_search(_inputs(serving="both", top_k=8))
-    kinds = {d.serving for d in r.deployments}
-    assert kinds == {"agg", "disagg"}
-    assert [rank_key("gpus", d) for d in r.deployments] == sorted(rank_key("gpus", d) for d in r.deployments)
-    agg_only = run_search(_inputs(serving="agg", top_k=8))
-    assert [d.deployment.replicas for d in r.deployments if d.serving == "agg"] == \
-        [d.deployment.replicas for d in agg_only.deployments][:sum(d.serving == "agg" for d in r.deployments)]
+@pytest.mark.parametrize("top_k", [1, 8])
+def test_both_ranks_aggregated_and_disaggregated_in_one_list(top_k):
+    r = run_search(_inputs(serving="both", top_k=top_k))
+    assert {d.serving for d in r.deployments} == {"agg", "disagg"}        # both are feasible here
+    keys = [rank_key("gpus", d) for d in r.deployments]
+    assert keys[:top_k] == sorted(keys[:top_k]) and len(keys) <= top_k + 1
+    for extra in r.deployments[top_k:]:           # beyond the top K: only the best of a kind missing from it
+        assert all(d.serving != extra.serving for d in r.deployments[:top_k])
+    agg_only = run_search(_inputs(serving="agg", top_k=top_k))
+    mine = [d.deployment.replicas for d in r.deployments if d.serving == "agg"]
+    assert mine == [d.deployment.replicas for d in agg_only.deployments][:len(mine)]
 
 
 def test_halfin_whitt_load_and_waiting_share():

@@ -79,7 +79,7 @@ def calibrate(cases: Sequence[Case], names: Sequence[str], sources: Sequence[str
     """Joint fit on all runs; k-fold cross-validation from MIN_CV_RUNS runs; the overlay profile."""
     profile = one_profile(cases)
     gpu_cal = cases[0].cluster.gpu.calibration
-    params = make_params(names, profile, gpu_cal)
+    params = make_params(names, profile.on_gpu(cases[0].cluster.gpu.name), gpu_cal)   # priors: this GPU's values
     before = _stats(errors(cases, predict(cases)))
     x, _ = fit(cases, params, rounds=rounds, progress=progress)
     after_e = errors(cases, predict(cases, params, x))
@@ -106,9 +106,15 @@ def calibrate(cases: Sequence[Case], names: Sequence[str], sources: Sequence[str
             f"TPOT MAPE {_pct(after['tpot_mape'])} (before {_pct(before['ttft_mape'])}, {_pct(before['tpot_mape'])}). ")
     text += (f"{'leave-one-out' if folds == len(cases) else str(folds) + '-fold'} cross-validated: TTFT MAPE {_pct(cv['ttft_mape'])}, TPOT MAPE {_pct(cv['tpot_mape'])}."
              if cv else "Not cross-validated (fewer than 3 runs or --folds 0): the error quantiles are in-sample.")
-    fitted = dataclasses.replace(profile, host=dataclasses.replace(profile.host, **host), calibration=text,
-                                 calibration_error=quant)
-    return Calibration(profile, fitted, params, x, before, after, cv, cases[0].cluster.gpu.name)
+    gpu = cases[0].cluster.gpu.name
+    # the fitted host and band are this GPU's: the prior's own entries for it (host_by_gpu,
+    # calibration_error_by_gpu) would override them there, so they go; other GPUs' entries stay
+    fitted = dataclasses.replace(profile, host=dataclasses.replace(profile.on_gpu(gpu).host, **host), calibration=text,
+                                 calibration_error=quant,
+                                 host_by_gpu={g: h for g, h in profile.host_by_gpu.items() if g != gpu},
+                                 calibration_error_by_gpu={g: b for g, b in profile.calibration_error_by_gpu.items()
+                                                           if g != gpu})
+    return Calibration(profile, fitted, params, x, before, after, cv, gpu)
 
 
 def _pct(x: float | None) -> str:
@@ -158,7 +164,7 @@ def validate_doc(cases: Sequence[Case], skipped: Sequence[tuple[str, str]]) -> d
     meas = np.array([[c.ttft_ms, c.tpot_ms] for c in cases]).reshape(-1, 2)
     cov = np.full((len(cases), 2), np.nan)
     for i, c in enumerate(cases):
-        cov[i] = covered(c.engine.profile, pred[i:i + 1], meas[i:i + 1])[0]
+        cov[i] = covered(c.engine.profile.on_gpu(c.cluster.gpu.name), pred[i:i + 1], meas[i:i + 1])[0]   # its GPU's band
     runs = []
     for i, c in enumerate(cases):
         runs.append({"id": c.id, "group": "/".join(c.group), "engine": c.engine.profile.label,
@@ -171,7 +177,8 @@ def validate_doc(cases: Sequence[Case], skipped: Sequence[tuple[str, str]]) -> d
         groups[g] = {**_stats(e[idx]), **_coverage(cov[idx])}
     profiles = {c.engine.profile.label: c.engine.profile for c in cases}
     return {"command": "validate", "runs": runs, "groups": groups, "overall": {**_stats(e), **_coverage(cov)},
-            "profiles": {k: {"calibration": p.calibration or "none", "calibration_error": p.calibration_error or None}
+            "profiles": {k: {"calibration": p.calibration or "none", "calibration_error": p.calibration_error or None,
+                             "calibration_error_by_gpu": p.calibration_error_by_gpu or None}
                          for k, p in profiles.items()},
             "skipped": [{"id": i, "reason": r} for i, r in skipped]}
 

@@ -72,9 +72,10 @@ def apply(params: Sequence[Param], x: Sequence[float], profile: EngineProfile, c
     """The profile and cluster of `case` with the values `x` for `params`."""
     host = {p.field: v for p, v in zip(params, x) if p.target == "host"}
     gpu = {p.field: v for p, v in zip(params, x) if p.target == "gpu"}
-    # fitted host constants apply on every GPU of the cases (per-GPU entries of the profile give way)
-    prof = (dataclasses.replace(profile, host=dataclasses.replace(profile.host, **host), host_by_gpu={})
-            if host else profile)
+    # fitted host constants apply on every GPU of the cases (per-GPU entries of the profile give way to them;
+    # the constants not fitted keep the case's GPU's values)
+    prof = (dataclasses.replace(profile, host=dataclasses.replace(profile.on_gpu(case.cluster.gpu.name).host, **host),
+                                host_by_gpu={}) if host else profile)
     cl = case.cluster
     if gpu:
         g = dataclasses.replace(cl.gpu, calibration=dataclasses.replace(cl.gpu.calibration, **gpu))
@@ -139,3 +140,23 @@ def fit(cases: Sequence[Case], params: Sequence[Param], rounds: int = 3,
             if progress:
                 progress(f"round {rnd + 1} {p.target}.{p.field} = {x[i]:.4g}  loss {best:.4f}")
     return x, best
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The smallest value at which the cumulative weight reaches half the total."""
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def fit_frontend_ms(pred_ttft_ms: np.ndarray, meas_ttft_ms: np.ndarray, frontend_ms: float) -> float:
+    """The per-request front-end time (ms) that minimises the TTFT MAPE of runs predicted with
+    `frontend_ms`, inside its BOUNDS. The front end is added to every request's TTFT after the
+    engine loop (simulate.run.RequestTimes), so a run's TTFT is base + f with base = pred - frontend_ms,
+    and mean |base + f - m| / m is minimised by the median of m - base weighted by 1 / m (exact)."""
+    ok = np.isfinite(pred_ttft_ms) & np.isfinite(meas_ttft_ms)
+    if not ok.any():
+        return frontend_ms
+    lo, hi, _ = BOUNDS["host.frontend_ms"]
+    need = meas_ttft_ms[ok] - (pred_ttft_ms[ok] - frontend_ms)     # the front end each run asks for
+    return min(hi, max(lo, weighted_median(need, 1.0 / meas_ttft_ms[ok])))

@@ -131,17 +131,47 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
                          "write e.g. 'host_by_gpu: {h200-sxm-141gb: {step_ms: 1.2}}'")
     # each GPU's entry overrides the base host constants it names
     host_by_gpu = {str(g): _host_over(sections["host"], v or {}, where, f"host_by_gpu.{g}") for g, v in by_gpu.items()}
-    cal_err = doc.get("calibration_error") or {}
-    if not isinstance(cal_err, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-                                               for v in cal_err.values()):
-        raise InputError(where, "calibration_error", "expected a mapping of names to numbers",
-                         "write e.g. {level: 0.8, ttft_low: -0.2, ttft_high: 0.15, tpot_low: -0.1, tpot_high: 0.1}")
+    cal_err = _error_band(doc.get("calibration_error"), where, "calibration_error")
+    by_gpu_err = doc.get("calibration_error_by_gpu") or {}
+    if not isinstance(by_gpu_err, dict):
+        raise InputError(where, "calibration_error_by_gpu", "expected a mapping of GPU profile name to an error band",
+                         "write e.g. 'calibration_error_by_gpu: {h200-sxm-141gb: {level: 0.8, ttft_low: -0.2, ...}}'")
+    by_gpu_err = {str(g): _error_band(v, where, f"calibration_error_by_gpu.{g}") for g, v in by_gpu_err.items()}
     return EngineProfile(name=str(doc["name"]), family=family, min_version=str(doc["min_version"]),
                          max_version=str(doc["max_version"]), source=str(doc.get("source", "")),
                          attention=attention, kv_cache_dtype={str(k): v for k, v in kv.items()},
                          calibration=str(doc.get("calibration", "")).strip(),
-                         calibration_error={str(k): float(v) for k, v in cal_err.items()}, path=where,
+                         calibration_error=cal_err, calibration_error_by_gpu=by_gpu_err, path=where,
                          host_by_gpu=host_by_gpu, **sections)
+
+
+BAND_KEYS = ("level", "runs", "held_out", "ttft_low", "ttft_high", "tpot_low", "tpot_high")   # held_out: 1 when
+# the quantiles come from runs the fit did not see (0: in-sample)
+
+
+def _error_band(raw, where: str, field: str) -> dict[str, float]:
+    """A `calibration_error` block: numbers under the known keys, each low end at or below its high end,
+    relative errors above -1 (pred > 0), a level in (0, 1)."""
+    raw = raw or {}
+    example = "write e.g. {level: 0.8, ttft_low: -0.2, ttft_high: 0.15, tpot_low: -0.1, tpot_high: 0.1}"
+    if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+                                           for v in raw.values()):
+        raise InputError(where, field, "expected a mapping of names to numbers", example)
+    for k in raw:
+        if k not in BAND_KEYS:
+            raise InputError(where, f"{field}.{k}", "unknown field", did_you_mean(str(k), BAND_KEYS))
+    band = {str(k): float(v) for k, v in raw.items()}
+    if "level" in band and not 0 < band["level"] < 1:
+        raise InputError(where, f"{field}.level", f"{band['level']:g} is not a fraction in (0, 1)", "e.g. 0.8")
+    for key in ("ttft", "tpot"):
+        lo, hi = band.get(f"{key}_low"), band.get(f"{key}_high")
+        for end, v in (("low", lo), ("high", hi)):
+            if v is not None and v <= -1:
+                raise InputError(where, f"{field}.{key}_{end}", f"{v:g} is at or below -1 (a prediction of zero)",
+                                 "give the relative error (pred - measured) / measured, above -1")
+        if lo is not None and hi is not None and lo > hi:
+            raise InputError(where, f"{field}.{key}_low", f"{lo:g} is above {key}_high {hi:g}", "swap them")
+    return band
 
 
 def _host_over(base: HostModel, raw, where: str, prefix: str) -> HostModel:
@@ -186,6 +216,8 @@ def profile_to_dict(profile: EngineProfile) -> dict:
         d.pop(key)
     d["collectives"]["custom_allreduce_tp"] = list(d["collectives"]["custom_allreduce_tp"])
     d["features"]["speculative"] = list(d["features"]["speculative"])
+    if not d["calibration_error_by_gpu"]:
+        d.pop("calibration_error_by_gpu")
     return d
 
 

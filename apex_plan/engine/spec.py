@@ -170,14 +170,22 @@ class EngineProfile:
     calibration: str = ""                  # provenance of the fitted constants (rows, date, error)
     calibration_error: dict[str, float] = field(default_factory=dict)  # held-out relative error quantiles of
                                            # (pred - measured) / measured: level, ttft_low/high, tpot_low/high, runs
+                                           # (the band of a GPU without its own entry below)
+    calibration_error_by_gpu: dict[str, dict[str, float]] = field(default_factory=dict)  # GPU profile name ->
+                                           # the same block from that GPU's held-out runs
     version: str | None = None             # the version asked for (set by resolve_engine_profile)
     version_note: str = ""                 # how an unnumbered build tag was resolved (set by resolve_engine_profile)
     path: str = ""
 
     def on_gpu(self, gpu_name: str) -> "EngineProfile":
-        """The profile with the host constants of `gpu_name`'s platform (itself when none were fitted there)."""
+        """The profile with the host constants fitted on `gpu_name`'s platform and the error band measured
+        there (each kept from the profile's own when that GPU has none)."""
         host = self.host_by_gpu.get(gpu_name)
-        return self if host is None else dataclasses.replace(self, host=host)
+        band = self.calibration_error_by_gpu.get(gpu_name)
+        if host is None and band is None:
+            return self
+        return dataclasses.replace(self, host=host or self.host,
+                                   calibration_error=dict(band) if band is not None else self.calibration_error)
 
     def attention_backend(self, kv_dtype: str) -> AttentionBackend:
         """Backend for a KV dtype (falls back to the bf16 entry)."""

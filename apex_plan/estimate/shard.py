@@ -358,8 +358,12 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
             gemms.append(Gemm("shared_down", int(s_inter), h, GEMM_MOE_DENSE, w_bytes=ws.bytes, fmt=ws.fmt))
         act_inter = max(act_inter, k * model.expert_intermediate_size / tp)
     # elementwise bytes per token: two fused add+RMSNorm (read x, residual; write both),
-    # rotary on q and k (read + write), SwiGLU activation (read 2I, write I), KV-cache write
-    elem = (8 * h + 2 * (q_out + k_out) + 3 * act_inter) * ab + kv_tok
+    # rotary on q and k (read + write), SwiGLU activation (read 2I, write I), KV-cache write.
+    # With mHC (DeepSeek-V4) the residual is hc_mult streams: per block the norm (read h, write h), the
+    # combine of the streams into the block input (read hc*h, write h) and the write-back of the block
+    # output into them (read h and hc*h, write hc*h)
+    resid = 2 * (2 + (model.hc_mult + 1) + (1 + 2 * model.hc_mult)) * h if model.hc_mult else 8 * h
+    elem = (resid + 2 * (q_out + k_out) + 3 * act_inter) * ab + kv_tok
     # DeepSeek-V4 compressed layers: the compressor's kv and gate projections (hidden x coff*head_dim each; CSA
     # also the indexer's, of index_head_dim) replicated like the one KV head; its fp32 state per sequence
     states = []

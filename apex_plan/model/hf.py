@@ -140,7 +140,7 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
         vocab_size=_int(cfg, where, "vocab_size"),
         tie_word_embeddings=_bool(cfg, where, "tie_word_embeddings", False),
         max_context=_int(cfg, where, "max_position_embeddings"),
-        notes=tuple(notes),
+        notes=tuple(notes), remote_code=isinstance(cfg.get("auto_map"), dict),
         mtp_layers=_mtp_layers(cfg),
         aliases=_aliases(cfg, where),
     )

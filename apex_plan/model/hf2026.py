@@ -23,8 +23,15 @@ def _spec(common: dict, **fields) -> ModelSpec:
 def _flags(cfg: dict, where: str, field: str, n: int) -> list[int]:
     """A per-layer 0/1 list (MiMo-V2 `hybrid_layer_pattern`, MiniMax-M3 `moe_layer_freq`) of length n."""
     value = _get(cfg, where, field)
-    if not isinstance(value, list) or len(value) != n or any(v not in (0, 1) or isinstance(v, bool) for v in value):
-        raise InputError(where, field, f"must list 0 or 1 for each of the {n} layers, got {str(value)[:60]}",
+    if not isinstance(value, list):
+        got = f"{type(value).__name__} {value!r}"[:60]
+    elif len(value) != n:
+        got = f"{len(value)} values"
+    else:
+        bad = [(i, v) for i, v in enumerate(value) if v not in (0, 1) or isinstance(v, bool)]
+        got = f"{bad[0][1]!r} at layer {bad[0][0]}" if bad else ""
+    if got:
+        raise InputError(where, field, f"must list 0 or 1 for each of the {n} layers, got {got}",
                          "copy it from the model's config.json")
     return value
 

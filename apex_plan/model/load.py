@@ -189,4 +189,24 @@ def _load_file(path: Path) -> ModelSpec:
         raise InputError(where, None, "expected a mapping of config fields at the top level",
                          "write 'field: value' lines (YAML) or a JSON object")
     default_name = path.parent.name if path.name == "config.json" else path.stem
+    if is_json and not data.get("source"):
+        data = dict(data, source=servable_source(path, data))
     return spec_from_hf(data, where, default_name=default_name)
+
+
+_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")          # a Hugging Face repo id: ORG/NAME
+
+
+def servable_source(path: Path, cfg: dict) -> str:
+    """What an engine can serve for the config.json at `path` (the launch line's model): the repo id
+    its path spells in the Hugging Face cache's ORG--NAME form (`models--ORG--NAME/snapshots/...`, or
+    aiconfigurator-core's `ORG--NAME_config.json`), else its `_name_or_path` when that is a repo id,
+    else the folder holding it (engines serve a local folder with its weights)."""
+    for part in (*path.parent.parts[::-1], path.stem.removesuffix("_config")):
+        org, sep, name = part.removeprefix("models--").partition("--")
+        if sep and org and name and _REPO.match(f"{org}/{name}"):
+            return f"{org}/{name}"
+    named = str(cfg.get("_name_or_path") or "")
+    if _REPO.match(named):
+        return named
+    return str(path.resolve().parent)

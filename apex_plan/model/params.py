@@ -382,10 +382,11 @@ def kv_cache_bytes_per_seq(spec: ModelSpec, kv_dtype: str, context_tokens: int, 
 
 def kv_cache_bytes_per_token(spec: ModelSpec, kv_dtype: str, context_tokens: int | None = None) -> float:
     """KV-cache bytes per token over all layers. Without `context_tokens`: every attention layer
-    holds every token (the classic figure; sliding windows not applied). With it: the average per
-    token of a sequence of that length, windows capped and per-sequence states spread over its tokens."""
+    holds every token (the classic figure; sliding windows not applied), a compressed layer (DeepSeek-V4)
+    its share of one row per `compress` tokens. With it: the average per token of a sequence of that
+    length, windows capped and per-sequence states spread over its tokens."""
     if context_tokens is None:
-        return sum(n * kv_cache_bytes_per_token_per_layer(spec, kv_dtype, k.mixer, k.kv_heads)
+        return sum(n * kv_cache_bytes_per_token_per_layer(spec, kv_dtype, k.mixer, k.kv_heads) / max(k.compress, 1)
                    for k, n in spec.kind_counts().items())
     return kv_cache_bytes_per_seq(spec, kv_dtype, context_tokens) / context_tokens
 

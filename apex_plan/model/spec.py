@@ -163,6 +163,8 @@ class ModelSpec:
     mtp_layers: int = 0              # multi-token-prediction modules (num_nextn_predict_layers): MTP drafts
     aliases: tuple[str, ...] = ()    # other repo ids of the same weights in other formats (built-in YAML)
     aliases_dtype: str = ""          # dtype of the aliases without a quantisation tag ("": the checkpoint's)
+    remote_code: bool = False        # the config names its own modelling code (auto_map): engines need
+                                     # --trust-remote-code to load it (DeciLM, Kimi-K3)
 
     @property
     def is_moe(self) -> bool:

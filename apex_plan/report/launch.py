@@ -48,10 +48,13 @@ def _quant_flag(plan: Plan, prequantized: bool) -> list[str]:
     return ["--quantization", plan.weight_dtype]
 
 
-def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantized: bool = False) -> str:
+def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantized: bool = False,
+                   remote_code: bool = False) -> str:
     """One replica's launch command. `engine` has the resolved settings: max_num_seqs,
     max_batched_tokens, chunked_prefill, block_size, gpu_memory_utilization, max_model_len,
-    custom_allreduce; `prequantized`: `model_repo`'s checkpoint is already in the plan's weight dtype."""
+    custom_allreduce; `prequantized`: `model_repo`'s checkpoint is already in the plan's weight dtype;
+    `remote_code`: its config names its own modelling code (ModelSpec.remote_code), which vLLM and SGLang
+    load with --trust-remote-code and trtllm-serve with --trust_remote_code."""
     e = engine
     if family == "sglang":
         adp = getattr(plan, "adp", 1)
@@ -96,6 +99,8 @@ def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantize
         a += _quant_flag(plan, prequantized)
         if not e.custom_allreduce:
             a += ["--disable-custom-all-reduce"]
+    if remote_code:
+        a += ["--trust_remote_code" if family == "trtllm" else "--trust-remote-code"]
     cmd = shlex.join(a)
     online = ONLINE_QUANT if family in ("vllm", "sglang") else ()
     if not prequantized and plan.weight_dtype not in _UNQUANTISED + online:
@@ -164,11 +169,13 @@ def parse_launch(cmd: str) -> dict:
 _VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
 
 
-def disagg_launch(family: str, model_repo: str, dplan, eng_prefill, eng_decode, prequantized: bool = False) -> dict:
+def disagg_launch(family: str, model_repo: str, dplan, eng_prefill, eng_decode, prequantized: bool = False,
+                  remote_code: bool = False) -> dict:
     """The commands that start a disaggregated deployment: one per role (run it on each of that
-    role's instances), and the router or front end that joins them. `prequantized`: as in `launch_command`."""
-    pre = launch_command(family, model_repo, dplan.prefill, eng_prefill, prequantized)
-    dec = launch_command(family, model_repo, dplan.decode, eng_decode, prequantized)
+    role's instances), and the router or front end that joins them. `prequantized`, `remote_code`: as in
+    `launch_command`."""
+    pre = launch_command(family, model_repo, dplan.prefill, eng_prefill, prequantized, remote_code)
+    dec = launch_command(family, model_repo, dplan.decode, eng_decode, prequantized, remote_code)
     n_p, n_d = dplan.prefill_replicas, dplan.decode_replicas
     if family == "sglang":
         pre += " --disaggregation-mode prefill --disaggregation-transfer-backend mooncake"

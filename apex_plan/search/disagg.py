@@ -7,9 +7,9 @@ sized, verified and ranked beside the aggregated ones.
    demand within the cluster's nodes (`rank.disagg.size_pools`), top-K distinct pairs.
 3. Verification: each sizing is simulated whole at steady state with the disaggregated simulator
    (`simulate.disagg`, the `steady` horizon and window). When it misses the SLO, the pool the phase
-   breakdown blames (TPOT, or the TTFT's prefill queue against its decode admission wait) has its
-   per-instance rate lowered to DERATE of itself and the pair is sized again, up to VERIFY_ROUNDS
-   sizings; one that never passes, or no longer fits, is reported infeasible with its reason.
+   breakdown blames (TPOT, or the TTFT's prefill queue against its decode admission wait) gets one
+   more instance (without a demand: its rate lowered to DERATE of itself) and the pair is sized again,
+   up to VERIFY_ROUNDS sizings; one that never passes, or no longer fits, is reported infeasible with its reason.
 4. Ranking: verified disaggregated and aggregated deployments in one list, by the objective's key
    over their steady-state figures (`rank_key`).
 """
@@ -110,6 +110,13 @@ def _why(m: dict, slo) -> str:
     parts = []
     if not m["steady"]["stable"]:
         parts.append(f"backlog grows ({m['steady']['backlog_growth_share']:.1%} of the arrival rate)")
+    if m["completed"] < m["requests"]:
+        parts.append(f"{m['requests'] - m['completed']} of {m['requests']} requests unfinished")
+    allowance = 1.0 - slo.percentile / 100.0
+    for what in ("ttft", "tpot"):
+        if s[f"{what}_miss_upper"] > allowance:
+            parts.append(f"{s[f'{what}_miss_upper']:.1%} miss the {what.upper()} target (share + 1 standard error; "
+                         f"{allowance:.0%} allowed)")
     parts.append(f"p{slo.percentile:g} TTFT {s['ttft_at_percentile_ms']:.0f} ms, TPOT {s['tpot_at_percentile_ms']:.1f} ms")
     ph = m["ttft_phases"]
     parts.append(f"TTFT p90 prefill queue {ph['prefill_queue_ms']['p90'] or 0:.0f} ms, decode admission wait "
@@ -155,7 +162,7 @@ def _attach_launch(inp: SearchInputs, dv: DeploymentEval, pe: RoleEval, de: Role
     dplan = DisaggPlan(dataclasses.replace(pe.plan, dp=choice.prefill_instances),
                        dataclasses.replace(de.plan, dp=choice.decode_instances), decode_max_num_seqs=de.batch)
     cmds = disagg_launch(pe.engine.profile.family, repo or inp.model.name, dplan, pe.engine,
-                         dataclasses.replace(de.engine, max_num_seqs=de.batch), prequantized)
+                         dataclasses.replace(de.engine, max_num_seqs=de.batch), prequantized, inp.model.remote_code)
     dv.launch = [{"plan": pe.key, "replicas": choice.prefill_instances, "command": cmds["prefill"]},
                  {"plan": de.key, "replicas": choice.decode_instances, "command": cmds["decode"]},
                  {"plan": "router", "replicas": 1, "command": cmds["router"]}]
@@ -180,17 +187,21 @@ def _verify_pair(inp, mix, choice: PoolChoice, pe: RoleEval, de: RoleEval, stats
             return dv, None
         blamed = _blamed(m, inp.slo)
         tried.append({"pools": _label(choice), "gpus": choice.gpus, "missed": _why(m, inp.slo), "blamed": blamed})
+        # the blamed pool's rate per instance lowered: with a demand, to just below what one more
+        # instance than it has would need (so the next sizing has one more); without, to DERATE of itself
+        n = choice.decode_instances if blamed == "decode" else choice.prefill_instances
+        lowered = inp.demand_rps / (n + 0.5) if inp.demand_rps else None
         if blamed == "decode":
-            rate_d *= DERATE
+            rate_d = rate_d * DERATE if lowered is None else min(rate_d, lowered)
         else:
-            rate_p *= DERATE
+            rate_p = rate_p * DERATE if lowered is None else min(rate_p, lowered)
         again = size_pools([RoleCandidate(pe.key, pe.plan.gpus_per_replica, rate_p)],
                            [RoleCandidate(de.key, de.plan.gpus_per_replica, rate_d)], num_nodes=nodes,
                            gpus_per_node=gpn, demand_rps=inp.demand_rps, objective=inp.objective)
         if not again:
+            fix = f"one more {blamed} instance" if inp.demand_rps else f"the {blamed} pool's rate lowered"
             return None, {"pools": _label(choice), "reason": f"misses the SLO at steady state ({tried[-1]['missed']}); "
-                          f"with the {blamed} pool's rate lowered to fit, the pair no longer fits the cluster",
-                          "tried": tried}
+                          f"with {fix} the pair no longer fits the cluster", "tried": tried}
         choice = again[0]                 # its capacity is now at the lowered rates
     return None, {"pools": _label(choice), "reason": f"misses the SLO at steady state after {VERIFY_ROUNDS} sizings "
                   f"({tried[-1]['missed']})", "tried": tried}
@@ -200,13 +211,26 @@ def _label(c: PoolChoice) -> str:
     return f"{c.prefill_instances} x {c.prefill} + {c.decode_instances} x {c.decode} ({c.gpus} GPUs)"
 
 
+def role_plans(inp: SearchInputs) -> list:
+    """The replica plans of the aggregated enumeration plus every attention-DP / expert-parallel layout
+    of the same instance sizes the engine profile runs (`plan.moe_layout.instance_layouts`)."""
+    from apex_plan.plan.moe_layout import instance_layouts
+    from apex_plan.simulate.engine import resolve_engine
+    plans, _, _ = enumerate_group(inp, inp.cluster)
+    prof = resolve_engine(inp.engines[0], inp.model).profile
+    out = set(plans)
+    for g, pp, wd, kd in sorted({(p.tp * p.adp, p.pp, p.weight_dtype, p.kv_dtype) for p in plans}):
+        out.update(instance_layouts(prof, inp.model, inp.cluster, g, pp, wd, kd, inp.allow_cross_node_tp))
+    return sorted(out)
+
+
 def search_disagg(inp: SearchInputs, mix) -> DisaggSearch:
     """Disaggregated deployments of `inp` (module docstring)."""
     out = DisaggSearch(stats={"simulations": 0})
     if inp.mixed:
         out.binding = "disaggregated: searched on one node group only (give a cluster of one GPU type)"
         return out
-    plans, _, _ = enumerate_group(inp, inp.cluster)
+    plans = role_plans(inp)
     pre, dec = role_evals(inp, plans, mix)
     kp, kd = pareto(pre), pareto(dec)
     out.prefill, out.decode = pre, dec
@@ -244,8 +268,15 @@ def rank_key(objective: str, d: DeploymentEval) -> tuple:
 
 
 def merge(agg: list[DeploymentEval], dis: list[DeploymentEval], objective: str, top_k: int) -> list[DeploymentEval]:
-    """Both kinds in one list, best first by `rank_key` (stable: equal keys keep aggregated first)."""
-    return sorted(agg + dis, key=lambda d: rank_key(objective, d))[:top_k]
+    """Both kinds in one list, best first by `rank_key` (stable: equal keys keep aggregated first): the
+    top K, and after them the best of a kind that has deployments but none among the top K."""
+    ranked = sorted(agg + dis, key=lambda d: rank_key(objective, d))
+    top = ranked[:top_k]
+    for kind in ("agg", "disagg"):
+        best = next((d for d in ranked if d.serving == kind), None)
+        if best is not None and best not in top:
+            top.append(best)
+    return top
 
 
 def search_with_disagg(inp: SearchInputs, progress, run_agg, empty_result):

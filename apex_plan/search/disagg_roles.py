@@ -8,19 +8,21 @@ figure: the arrival rate one instance sustains within the SLO.
 * Decode, at the TPOT SLO with its KV capacity. An instance has adp x pp engines, each running up to
   b sequences, so c = adp x pp x b slots; a slot is held from admission (the KV arrives) to the last
   token, T = transfer + first step + mean output x t(b) seconds. The largest b whose step time
-  t(b) (at the mean context, host time x pp included) is within the TPOT SLO and whose KV fits sets c.
+  t(b) (at the mean context, host time x pp included) is within the TPOT SLO and whose KV holds b
+  sequences at their longest (mean prompt + mean output) sets c.
   Requests queue for a slot when all are busy: an M/M/c queue in the Halfin-Whitt regime (Halfin &
   Whitt 1981, Oper. Res. 29(3)) waits with probability [1 + beta Phi(beta) / phi(beta)]^-1 when
-  c = R + beta sqrt(R) for offered load R = rate x T; beta is chosen so that at most (100 - p)% of
-  requests wait (p: the SLO percentile), which gives the rate R / T.
+  c = R + beta sqrt(R) for offered load R = rate x T; beta is chosen so that at most half of the
+  SLO's (100 - p)% of requests wait (p: the SLO percentile; `miss_share`), which gives the rate R / T.
 * Prefill, at the TTFT SLO. A loaded instance runs full token budgets: pp x adp x (budget tokens)
   per step time, so it serves requests at mu = tokens/s / mean prompt. Its queue is a G/G/1 with
   Kingman's mean wait E[W] = rho / (1 - rho) x (ca^2 + cs^2) / 2 x E[S] (Kingman 1961; ca^2: the
   mix's squared CV of inter-arrival gaps, cs^2: of prompt lengths, as service is proportional to
   the prompt), and the exponential tail of M/M/1, P(W > t) = rho exp(-rho t / E[W]), gives the
-  p-th percentile wait. The rate is the highest rho mu at which that wait, the p-th percentile
-  prompt's own step(s), its KV transfer, the first decode step and the frontend fit the TTFT SLO
-  (the transfer and first step taken at the slowest of the decode plans kept).
+  wait that at most the other half of the (100 - p)% exceed (the two pools' misses then add up to
+  at most the SLO's allowance: a union bound). The rate is the highest rho mu at which that wait,
+  the p-th percentile prompt's own step(s), its KV transfer, the first decode step and the
+  frontend fit the TTFT SLO (transfer and first step at the slowest of the decode plans kept).
 Plans one role cannot use are kept with their reason (memory, TPOT or TTFT floor).
 """
 
@@ -63,6 +65,12 @@ def _mix_cv2(mix) -> tuple[float, float]:
     return float(g.var() / max(g.mean(), 1e-300) ** 2), float(p.var() / max(p.mean(), 1e-300) ** 2)
 
 
+def miss_share(slo) -> float:
+    """Share of requests each pool may send past the TTFT target: half the SLO's (100 - p)%, so that
+    the prefill path's tail and the decode admission wait together stay within it (union bound)."""
+    return (1.0 - slo.percentile / 100.0) / 2.0
+
+
 def halfin_whitt_beta(wait_share: float) -> float:
     """beta with P(wait) = [1 + beta Phi(beta) / phi(beta)]^-1 = wait_share (bisection; P falls with beta)."""
     lo, hi = 0.0, 10.0
@@ -97,11 +105,12 @@ def screen_decode(ev: RoleEval, inp: SearchInputs, mix, transfer_s: float) -> No
     r = ev.role_engine
     p, e, sc = ev.plan, r.engine, r.step_cost
     ctx = max(int(mix.mean_prompt + mix.mean_output / 2), 1)            # mean context over a sequence's decode
-    hold = mix.mean_prompt + (mix.mean_output if e.profile.scheduler.reserve_full_sequence else mix.mean_output / 2)
-    b_kv = int(r.memory.kv_tokens // p.pp // max(hold, 1))              # sequences one engine's KV pool holds
+    # sequences one engine's KV pool holds with each at its longest (prompt + whole output), so a full
+    # batch never runs the pool out (at a mean of half the output, growing sequences would stall admission)
+    b_kv = int(r.memory.kv_tokens // p.pp // max(mix.mean_prompt + mix.mean_output, 1))
     b_max = max(0, min(e.max_num_seqs, b_kv))
     tpot_cap = inp.slo.tpot_s or math.inf
-    beta = halfin_whitt_beta(1.0 - inp.slo.percentile / 100.0)
+    beta = halfin_whitt_beta(miss_share(inp.slo))
     best = None
     for b in sorted({b_max, *(2 ** k for k in range(BATCH_POWERS) if 2 ** k < b_max)} - {0}):
         t, br = sc.step_s(decodes=b, context=ctx)
@@ -148,7 +157,7 @@ def screen_prefill(ev: RoleEval, inp: SearchInputs, mix, fixed_s: float, ca2: fl
     p, e, sc = ev.plan, r.engine, r.step_cost
     tok_s, t_step = _prefill_rate(sc, e.max_batched_tokens, e.chunked_prefill, mix.mean_prompt)
     mu = p.adp * p.pp * tok_s / mix.mean_prompt                        # requests/s the instance serves, loaded
-    q = inp.slo.percentile / 100.0
+    q = 1.0 - miss_share(inp.slo)                                       # the prefill path's own percentile
     p_prompt = int(np.percentile(mix.stream_prompt, inp.slo.percentile))
     own_s = max(sc.prefill_time_s(max(p_prompt, 1), e.max_batched_tokens if e.chunked_prefill else None), t_step)
     ev.step_s = own_s

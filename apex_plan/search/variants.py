@@ -98,7 +98,6 @@ def prepare(inp: SearchInputs, evals: list[PlanEval], mix) -> tuple[dict, int]:
     fitted: dict[tuple, tuple] = {}
     first_at_clock: dict[tuple, str] = {}
     hits = 0
-    frontend_s = resolve_engine(inp.engines[0], model).profile.host.frontend_ms * 1e-3
     costs = {}
     # an infinite cache's hits: the least prefill prefix caching can leave (screen floors and bounds)
     prefix_hits = exact_hit_tokens(inp.trace)
@@ -121,7 +120,7 @@ def prepare(inp: SearchInputs, evals: list[PlanEval], mix) -> tuple[dict, int]:
         if eng is None:
             ev.status, ev.reason = "infeasible", "memory: " + why
             continue
-        ev.engine = eng
+        ev.engine = eng                            # its profile carries the host constants of this GPU (on_gpu)
         sc = build_step_cost(model, group_cluster.gpu, ev.plan, group_cluster, shard=shard, engine=eng)
         if group_cluster.gpu.clocks is not None:
             ev.clock_mhz = group_cluster.gpu.clocks.sm_peak_mhz
@@ -141,7 +140,7 @@ def prepare(inp: SearchInputs, evals: list[PlanEval], mix) -> tuple[dict, int]:
         caching = eng.prefix_caching and inp.trace.has_prefix_hashes
         draft = draft_cost(model, ev.cluster.gpu, ev.plan, ev.cluster, eng) if eng.speculative is not None else None
         ev.screen = screen_plan(sc, inp.trace, inp.slo, budget=eng.max_batched_tokens, chunked=eng.chunked_prefill,
-                                frontend_s=frontend_s, hit_tokens=prefix_hits if caching else None,
+                                frontend_s=eng.profile.host.frontend_ms * 1e-3, hit_tokens=prefix_hits if caching else None,
                                 spec=eng.speculative, draft=draft)
         ev.bound_rps = goodput_bound_rps(sc, mean_prompt=uncached_prompt if caching else mix.mean_prompt,
                                          mean_output=mix.mean_output, kv_tokens=mem.kv_tokens,
