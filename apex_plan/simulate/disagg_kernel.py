@@ -28,7 +28,7 @@ import numpy as np
 from apex_plan.abi import SLOT
 from apex_plan.jit import kernel
 from apex_plan.abi import ROUTE_LEAST_LOADED
-from apex_plan.simulate.kernels import _cost_step, _end_step, _init
+from apex_plan.simulate.kernels import _cost_step, _end_step, _init, lockstep_member, lockstep_step
 from apex_plan.simulate.routing import _route
 from apex_plan.simulate.scheduler import _blocks_for, _schedule
 from apex_plan.simulate.prefix_cache import PrefixCache
@@ -123,6 +123,22 @@ def _end_prefill(ev, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, dreq, c
 
 
 @kernel(cache=True, inline="always")
+def _end_decode(ev, now, req_d, eng, slots, cfg_d, next_release, cache, ids, accept, x):
+    """Apply decode engine ev's finished step: the client's first token comes with a request's first
+    decode step. Returns the requests finished and the next request to release."""
+    ns = eng[ev].scheduled
+    finished, next_release = _end_step(ev, now, req_d, eng, slots, cfg_d, next_release, cache, ids, accept)
+    for j in range(ns):
+        r = slots[ev, j].req
+        q = req_d[r]
+        if q.first_token_s < 0 and q.generated >= 2:
+            q.first_token_s = now            # the client's first token comes with the first decode step
+        if q.finish_s == now and q.generated >= q.output_tokens:
+            x[r].decoded += 1
+    return finished, next_release
+
+
+@kernel(cache=True, inline="always")
 def _admit_transfers(e, now, req, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, link_lat):
     """Decode engine e takes prefilled requests while it has a batch slot and KV blocks for them
     (reserving them) and starts their transfers. Returns the requests refused (never fit)."""
@@ -175,94 +191,6 @@ def _admit_transfers(e, now, req, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, lin
     return refused
 
 
-@kernel(cache=True, inline="always")
-def _init_transfers(x, xe, eng, base_d, kv_blocks_p):
-    """Every request's phase times unset (-1) and counts zero; empty transfer queues and idle links on
-    every engine; the prefill engines' KV pools full."""
-    for e in range(base_d):
-        eng[e].free_blocks = kv_blocks_p
-    for i in range(x.shape[0]):
-        xr = x[i]
-        xr.prefill_done_s = -1.0
-        xr.admit_s = -1.0
-        xr.transfer_start_s = -1.0
-        xr.transfer_end_s = -1.0
-        xr.prefilled = 0
-        xr.transferred = 0
-        xr.decoded = 0
-        xr.held_blocks = 0
-        xr.prefill_engine = -1
-    for e in range(xe.shape[0]):
-        xe[e].pend_head = -1
-        xe[e].pend_tail = -1
-        xe[e].xfer_head = -1
-        xe[e].xfer_tail = -1
-        xe[e].in_transfer = 0
-        xe[e].link_free_s = 0.0
-
-
-@kernel(cache=True, inline="always")
-def _next_event(eng, xe, x, base_d):
-    """(engine whose step ends first, its time, decode engine whose transfer lands first, its time)."""
-    e_min = -1
-    t_e = INF
-    for e in range(eng.shape[0]):
-        if eng[e].busy_until_s < t_e:
-            t_e = eng[e].busy_until_s
-            e_min = e
-    x_min = -1
-    t_x = INF
-    for e in range(base_d, eng.shape[0]):
-        h = xe[e].xfer_head
-        if h != -1 and x[h].transfer_end_s < t_x:
-            t_x = x[h].transfer_end_s
-            x_min = e
-    return e_min, t_e, x_min, t_x
-
-
-@kernel(cache=True, inline="always")
-def _land_transfer(e, req_p, req_d, eng, slots, x, xe, todo):
-    """The first transfer to decode engine `e` lands: the request joins its running batch and its
-    prefill engine frees the blocks it held. Puts the engines that may start a step in `todo`;
-    returns how many."""
-    n_todo = 0
-    r = xe[e].xfer_head
-    xe[e].xfer_head = req_d[r].next
-    if xe[e].xfer_head == -1:
-        xe[e].xfer_tail = -1
-    xe[e].in_transfer -= 1
-    q = req_d[r]
-    q.computed = q.prompt_tokens
-    q.generated = 1
-    q.scheduled_s = req_p[r].scheduled_s
-    slots[e, eng[e].running].running = r
-    eng[e].running += 1
-    xr = x[r]
-    xr.transferred += 1
-    pe = xr.prefill_engine
-    eng[pe].free_blocks += xr.held_blocks
-    xr.held_blocks = 0
-    if eng[e].busy_until_s == INF:
-        todo[n_todo] = e
-        n_todo += 1
-    if eng[pe].busy_until_s == INF and eng[pe].head != -1:
-        todo[n_todo] = pe
-        n_todo += 1
-    return n_todo
-
-
-@kernel(cache=True, inline="always")
-def _mark_decoded(e, now, ns, req_d, slots, x):
-    """After decode step of engine `e` ended at `now`: first-token times and decoded counts."""
-    for j in range(ns):
-        r = slots[e, j].req
-        q = req_d[r]
-        if q.first_token_s < 0 and q.generated >= 2:
-            q.first_token_s = now            # the client's first token comes with the first decode step
-        if q.finish_s == now and q.generated >= q.output_tokens:
-            x[r].decoded += 1
-
-
 @kernel(cache=True)
 def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, base_d, link_bw, link_lat):
     """Replay all requests through prefill engines, transfers and decode engines (module docstring).
@@ -282,7 +210,26 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
     accept = np.zeros(1)
     _init(req_p, eng, cfg_p)
     _init(req_d, eng, cfg_d)
-    _init_transfers(x, xe, eng, base_d, cfg_p.kv_blocks)
+    for e in range(base_d):
+        eng[e].free_blocks = cfg_p.kv_blocks
+    for i in range(n):
+        xr = x[i]
+        xr.prefill_done_s = -1.0
+        xr.admit_s = -1.0
+        xr.transfer_start_s = -1.0
+        xr.transfer_end_s = -1.0
+        xr.prefilled = 0
+        xr.transferred = 0
+        xr.decoded = 0
+        xr.held_blocks = 0
+        xr.prefill_engine = -1
+    for e in range(ne):
+        xe[e].pend_head = -1
+        xe[e].pend_tail = -1
+        xe[e].xfer_head = -1
+        xe[e].xfer_tail = -1
+        xe[e].in_transfer = 0
+        xe[e].link_free_s = 0.0
     slots = np.zeros((ne, max(cfg_p.max_seqs, cfg_d.max_seqs)), SLOT)
     todo = np.zeros(ne + 2, np.int64)
     next_req = 0
@@ -292,7 +239,19 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
     rr_d = 0
     t_end = 0.0
     while done < n:
-        e_min, t_e, x_min, t_x = _next_event(eng, xe, x, base_d)
+        e_min = -1
+        t_e = INF
+        for e in range(ne):
+            if eng[e].busy_until_s < t_e:
+                t_e = eng[e].busy_until_s
+                e_min = e
+        x_min = -1
+        t_x = INF
+        for e in range(base_d, ne):
+            h = xe[e].xfer_head
+            if h != -1 and x[h].transfer_end_s < t_x:
+                t_x = x[h].transfer_end_s
+                x_min = e
         t_a = req_d[next_req].sent_s if next_req < n else INF
         if t_a == INF and t_e == INF and t_x == INF:
             break
@@ -312,12 +271,40 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
         elif t_x <= t_e:
             # ---- a transfer lands: the request joins the decode batch, its prefill blocks are freed
             now = t_x
-            n_todo = _land_transfer(x_min, req_p, req_d, eng, slots, x, xe, todo)
+            e = x_min
+            r = xe[e].xfer_head
+            xe[e].xfer_head = req_d[r].next
+            if xe[e].xfer_head == -1:
+                xe[e].xfer_tail = -1
+            xe[e].in_transfer -= 1
+            q = req_d[r]
+            q.computed = q.prompt_tokens
+            q.generated = 1
+            q.scheduled_s = req_p[r].scheduled_s
+            slots[e, eng[e].running].running = r
+            eng[e].running += 1
+            xr = x[r]
+            xr.transferred += 1
+            pe = xr.prefill_engine
+            eng[pe].free_blocks += xr.held_blocks
+            xr.held_blocks = 0
+            if eng[e].busy_until_s == INF:
+                todo[n_todo] = e
+                n_todo += 1
+            if eng[pe].busy_until_s == INF and eng[pe].head != -1:
+                todo[n_todo] = pe
+                n_todo += 1
         elif e_min < base_d:
-            # ---- a prefill step ends ----------------------------------------------------------------
+            # ---- a prefill step ends (every rank of a lock-step attention-DP instance at once) -------
             now = t_e
             finished, rr_d, wake = _end_prefill(e_min, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, req_d,
                                                 cfg_p)
+            if cfg_p.adp_lockstep and cfg_p.adp_ranks > 1:
+                for k in range(cfg_p.adp_ranks):
+                    e2 = lockstep_member(e_min, 0, k, cfg_p)
+                    if e2 != e_min and eng[e2].busy_until_s == now:
+                        f2, rr_d, _ = _end_prefill(e2, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, req_d, cfg_p)
+                        finished += f2
             for f in range(finished):
                 next_release = _release(now, next_release, req_d, cfg_d)
             done += finished
@@ -331,11 +318,17 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
                     todo[n_todo] = e2
                     n_todo += 1
         else:
-            # ---- a decode step ends ---------------------------------------------------------------
+            # ---- a decode step ends (every rank of a lock-step attention-DP instance at once) -------
             now = t_e
-            ns = eng[e_min].scheduled
-            finished, next_release = _end_step(e_min, now, req_d, eng, slots, cfg_d, next_release, cache, ids, accept)
-            _mark_decoded(e_min, now, ns, req_d, slots, x)
+            finished, next_release = _end_decode(e_min, now, req_d, eng, slots, cfg_d, next_release, cache, ids,
+                                                 accept, x)
+            if cfg_d.adp_lockstep and cfg_d.adp_ranks > 1:
+                for k in range(cfg_d.adp_ranks):
+                    e2 = lockstep_member(e_min, base_d, k, cfg_d)
+                    if e2 != e_min and eng[e2].busy_until_s == now:
+                        f2, next_release = _end_decode(e2, now, req_d, eng, slots, cfg_d, next_release, cache, ids,
+                                                       accept, x)
+                        finished += f2
             if finished > 0:
                 done += finished
                 if now > t_end:
@@ -348,7 +341,16 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
             e = todo[ti]
             if eng[e].busy_until_s != INF:
                 continue
-            if e >= base_d:
+            if e >= base_d and cfg_d.adp_lockstep and cfg_d.adp_ranks > 1:
+                for k in range(cfg_d.adp_ranks):        # every rank takes what it can, then they step together
+                    e2 = lockstep_member(e, base_d, k, cfg_d)
+                    refused = _admit_transfers(e2, now, req_d, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, link_lat)
+                    done += refused
+                    eng[e2].unfinished -= refused
+                done += lockstep_step(e, base_d, now, req_d, eng, slots, cfg_d, cost_d, cost_d, cache, ids)
+            elif e < base_d and cfg_p.adp_lockstep and cfg_p.adp_ranks > 1:
+                done += lockstep_step(e, 0, now, req_p, eng, slots, cfg_p, cost_p, cost_p, cache, ids)
+            elif e >= base_d:
                 refused = _admit_transfers(e, now, req_d, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, link_lat)
                 done += refused
                 eng[e].unfinished -= refused
