@@ -67,7 +67,6 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
     """Pick the parallel execution plan for serving an LLM on a GPU cluster."""
 
 
-from apex_plan import limits as L  # noqa: E402  (light: constants only)
 from apex_plan.requests.common import HELP as _H  # noqa: E402  (light: option help)
 
 

@@ -55,12 +55,12 @@ def main() -> None:
         cfg = EngineConfig(name="vllm", routing="session", prefix_caching=caching, max_model_len=32768)
         simulate(model, cluster, plan, cfg, Workload(tr.take(range(min(2000, len(tr))))))     # warm-up: numba cache
         wall, t, res = _best(lambda: simulate(model, cluster, plan, cfg, Workload(tr)), a.repeat)
-        pc = res.metrics.get("prefix_cache", {})
+        pc = res.metrics.prefix_cache
         ok = "ok" if t <= TARGET_S else "SLOW"
         print(f"simulate, prefix caching {'on ' if caching else 'off'}: {t:.2f} s CPU, {wall:.2f} s wall ({ok}, "
               f"target {TARGET_S} s); "
-              f"hit rate {pc.get('hit_rate', 0.0):.3f}, TTFT p50 {res.metrics['ttft_ms']['p50']:.0f} ms, "
-              f"p90 {res.metrics['ttft_ms']['p90']:.0f} ms, steps {res.metrics['steps']:,}")
+              f"hit rate {pc.hit_rate:.3f}, TTFT p50 {res.metrics.latency.ttft_ms.p50:.0f} ms, "
+              f"p90 {res.metrics.latency.ttft_ms.p90:.0f} ms, steps {res.metrics.steps:,}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def _row(label: str, m: dict) -> str:
 
 
 def _capacity(model, cluster, plan, cfg, trace, slo: Slo) -> float:
-    cap = find_goodput(lambda r: simulate(model, cluster, plan, cfg, Workload(scaled_trace(trace, r)), slo).metrics,
+    cap = find_goodput(lambda r: simulate(model, cluster, plan, cfg, Workload(scaled_trace(trace, r)), slo).metrics.to_dict(),
                        slo, trace.rate_per_s, iterations=6)
     return cap.goodput_rps
 
@@ -54,7 +54,7 @@ def mooncake() -> None:
           f"SLO TTFT 2 s / TPOT 50 ms (p90)")
     for caching in (True, False):
         cfg = EngineConfig(name="vllm", prefix_caching=caching, max_model_len=32768)
-        m = simulate(model, cluster, plan, cfg, Workload(tr), slo).metrics
+        m = simulate(model, cluster, plan, cfg, Workload(tr), slo).metrics.to_dict()
         cap = _capacity(model, cluster, plan, cfg, tr, slo)
         print(_row(f"vLLM V1, prefix caching {'on' if caching else 'off'}", m) + f"  capacity {cap:.2f} req/s")
 
@@ -70,7 +70,7 @@ def multiturn(n: int) -> None:
           f"SLO TTFT 500 ms / TPOT 50 ms (p90)")
     for routing in ("round_robin", "session", "prefix"):
         cfg = EngineConfig(name="vllm", routing=routing, max_model_len=32768)
-        m = simulate(model, cluster, plan, cfg, Workload(tr), slo).metrics
+        m = simulate(model, cluster, plan, cfg, Workload(tr), slo).metrics.to_dict()
         cap = _capacity(model, cluster, plan, cfg, tr, slo)
         print(_row(f"routing {routing}", m) + f"  capacity {cap:.1f} req/s")
 
@@ -85,7 +85,7 @@ def mtp(n: int) -> None:
                         ("mtp:1 acceptance 0.8", parse_speculative("mtp:1", "0.8")),
                         ("mtp:3 acceptance 0.8", parse_speculative("mtp:3", "0.8"))):
         cfg = dataclasses.replace(base, speculative=spec)
-        m = simulate(model, cluster, plan, cfg, Workload(tr), slo).metrics
+        m = simulate(model, cluster, plan, cfg, Workload(tr), slo).metrics.to_dict()
         cap = _capacity(model, cluster, plan, cfg, tr, slo)
         print(_row(label, m) + f"  capacity {cap:.2f} req/s")
 

@@ -22,8 +22,8 @@ from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Trace, Workload
 
 ROOT = Path(__file__).resolve().parents[1] / "apex_plan"
-KERNEL_SOURCE = "".join((ROOT / p).read_text() for p in ("estimate/kernels.py", "estimate/moe.py", "simulate/kernels.py",
-                                                          "simulate/disagg_kernel.py"))
+# every module defining a numba kernel (apex_plan.jit.KERNEL_FILES), less the record declarations themselves
+KERNEL_SOURCE = "".join(f.read_text() for f in jit.KERNEL_FILES if f.name not in ("abi.py", "jit.py"))
 B200 = load_gpu("b200-sxm-180gb")
 FORMATS_BY_ID = dict(enumerate(FORMATS))
 PROMPT = 20000          # longer than every built-in window (gpt-oss 128, Llama 4 chunks 8192, DSA top-k 2048)

@@ -83,7 +83,7 @@ def test_conservation_every_request_prefilled_transferred_decoded_once(engine):
     res = _sim(tr, DisaggPlan(Plan(2, 1, 1), Plan(2, 2, 1), decode_max_num_seqs=16), engine)
     assert res.feasible, res.reason
     assert (res.visits == 1).all()
-    assert res.metrics["conservation"] == {"prefilled": 300, "transferred": 300, "decoded": 300}
+    assert res.metrics.disagg["conservation"] == {"prefilled": 300, "transferred": 300, "decoded": 300}
     t, ph = res.times, res.phases
     # phases in order for every request
     for a, b in ((t.arrival_s, t.scheduled_s), (t.scheduled_s, ph["prefill_done_s"]),
@@ -93,8 +93,9 @@ def test_conservation_every_request_prefilled_transferred_decoded_once(engine):
         assert (b >= a - 1e-12).all()
     # the phase means add up to the mean TTFT
     m = res.metrics
-    parts = sum(v["mean"] for v in m["ttft_phases"].values() if isinstance(v, dict)) + m["ttft_phases"]["frontend_ms"]
-    assert parts == pytest.approx(m["ttft_ms"]["mean"], rel=1e-9)
+    phases = m.disagg["ttft_phases"]
+    parts = sum(v["mean"] for v in phases.values() if isinstance(v, dict)) + phases["frontend_ms"]
+    assert parts == pytest.approx(m.latency.ttft_ms.mean, rel=1e-9)
 
 
 def test_infinite_link_ttft_is_prefill_plus_first_decode_step():
@@ -140,14 +141,14 @@ def test_full_decode_pool_holds_prefill_blocks_and_stops_prefill_admission(monke
     assert ph["decode_admit_s"][1] >= t.finish_s[0] - 1e-12
     assert t.scheduled_s[3] >= ph["transfer_end_s"][1] - 1e-12
     assert res.estats["kv_peak_blocks"][0] == 2 * (prompt // 16)    # two held prompts filled the prefill pool
-    assert res.metrics["ttft_phases"]["decode_admission_wait_ms"]["mean"] > 0
+    assert res.metrics.disagg["ttft_phases"]["decode_admission_wait_ms"]["mean"] > 0
 
 
 def test_closed_loop_keeps_concurrency_and_routing_spreads_decode():
     wl = closed_loop(_trace(120, 500, 100), 24)
     for routing in ("round_robin", "least_loaded"):
         res = _sim(wl, DisaggPlan(Plan(1, 1, 1), Plan(3, 1, 1), decode_max_num_seqs=8), routing=routing)
-        assert res.metrics["completed"] == 120 and (res.visits == 1).all()
+        assert res.metrics.completed == 120 and (res.visits == 1).all()
         steps = res.estats["busy_s"][1:]  # decode engines' busy time: all three used
         assert (steps > 0).all()
 

@@ -137,7 +137,7 @@ def _predict(gpu_name: str, engine: str):
     prof = dataclasses.replace(resolve_engine_profile(engine), host_by_gpu={})
     res = simulate(load_model("llama-3.1-8b"), make_cluster(g, 8), Plan(1, 2, 1), EngineConfig(name=engine,
                    max_model_len=8192, profile=prof), Workload(tr))
-    return res.metrics["ttft_ms"]["mean"], res.metrics["tpot_ms"]["mean"]
+    return res.metrics.latency.ttft_ms.mean, res.metrics.latency.tpot_ms.mean
 
 
 def _physics(name: str):

@@ -80,11 +80,11 @@ def test_closed_loop_of_long_prompts_does_not_serialise_on_trtllm():
     microBatchScheduler breaks on a context that does not fit), as the engine itself would."""
     sized, fixed = trt_run(8192, 4), trt_run(8192, 4, budget=8192)
     one = trt_run(8192, 1)
-    prefill_s = one.metrics["ttft_ms"]["mean"] / 1e3 - one.engine.profile.host.frontend_ms / 1e3
-    decode_s = 255 * one.metrics["tpot_ms"]["mean"] / 1e3
-    ttft = sized.metrics["ttft_ms"]["mean"] / 1e3 - sized.engine.profile.host.frontend_ms / 1e3
+    prefill_s = one.metrics.latency.ttft_ms.mean / 1e3 - one.engine.profile.host.frontend_ms / 1e3
+    decode_s = 255 * one.metrics.latency.tpot_ms.mean / 1e3
+    ttft = sized.metrics.latency.ttft_ms.mean / 1e3 - sized.engine.profile.host.frontend_ms / 1e3
     assert ttft < 4 * prefill_s < decode_s                   # at most the first wave's queue, never a lifetime
-    assert fixed.metrics["ttft_ms"]["mean"] / 1e3 > ttft + 0.5 * decode_s
+    assert fixed.metrics.latency.ttft_ms.mean / 1e3 > ttft + 0.5 * decode_s
 
 
 def test_simulate_lowers_max_model_len_and_says_so(capsys, monkeypatch):
@@ -122,9 +122,9 @@ def test_no_request_completing_is_a_reason_not_null_metrics():
     tr = synthetic_trace(8, LengthDist("constant", mean=4000), LengthDist("constant", mean=16), None, "poisson", 1.0, 0)
     res = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(max_model_len=2048), Workload(tr))
     assert not res.feasible and res.reason.startswith("no request completed") and "max_model_len is 2048" in res.reason
-    assert res.metrics == {}
+    assert res.metrics is None
     ok = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(max_model_len=8192), Workload(tr))
-    assert ok.feasible and ok.metrics["completed"] == 8 and np.isfinite(ok.metrics["ttft_ms"]["mean"])
+    assert ok.feasible and ok.metrics.completed == 8 and np.isfinite(ok.metrics.latency.ttft_ms.mean)
 
 
 def test_attention_dp_balance_holds_contexts_at_most_its_timeout():
@@ -142,10 +142,10 @@ def test_attention_dp_balance_holds_contexts_at_most_its_timeout():
         p = dataclasses.replace(prof, scheduler=dataclasses.replace(prof.scheduler, adp_balance_steps=steps))
         res = simulate(model, make_cluster(gpu, 2), plan, EngineConfig(max_num_seqs=16, profile=p),
                        closed_loop(tr, 32))
-        assert res.feasible and res.metrics["completed"] == 160, res.reason
+        assert res.feasible and res.metrics.completed == 160, res.reason
         return res.metrics
 
     held, free = run(60), run(0)
-    wait_s = (held["ttft_ms"]["mean"] - free["ttft_ms"]["mean"]) / 1e3
+    wait_s = (held.latency.ttft_ms.mean - free.latency.ttft_ms.mean) / 1e3
     assert wait_s > 0
-    assert wait_s < 60 * held["tpot_ms"]["mean"] / 1e3 * 1.5
+    assert wait_s < 60 * held.latency.tpot_ms.mean / 1e3 * 1.5

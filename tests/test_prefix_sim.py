@@ -43,15 +43,15 @@ def test_mooncake_hit_rate_equals_the_infinite_cache(llama8b, mooncake):
     on = _sim(llama8b, mooncake, prefix_caching=True)
     off = _sim(llama8b, mooncake, prefix_caching=False)
     exact = exact_hit_tokens(mooncake)
-    pc = on.metrics["prefix_cache"]
-    assert pc["evicted_blocks"] == 0 and on.metrics["completed"] == len(mooncake)
-    assert pc["hit_rate"] == hit_rate(mooncake, exact) == pc["infinite_cache_hit_rate"]
-    assert pc["saved_prefill_tokens"] == int(exact.sum())
-    assert off.metrics["prefix_cache"]["hit_rate"] == 0 and off.metrics["prefix_cache"]["saved_prefill_tokens"] == 0
+    pc = on.metrics.prefix_cache
+    assert pc.evicted_blocks == 0 and on.metrics.completed == len(mooncake)
+    assert pc.hit_rate == hit_rate(mooncake, exact) == pc.infinite_cache_hit_rate
+    assert pc.saved_prefill_tokens == int(exact.sum())
+    assert off.metrics.prefix_cache.hit_rate == 0 and off.metrics.prefix_cache.saved_prefill_tokens == 0
     # hits skip their prefill: the first token comes sooner, and fewer tokens are computed
-    assert on.metrics["ttft_ms"]["mean"] < 0.8 * off.metrics["ttft_ms"]["mean"]
+    assert on.metrics.latency.ttft_ms.mean < 0.8 * off.metrics.latency.ttft_ms.mean
     tok = lambda r: int(r.engine_stats["tokens"].sum())     # noqa: E731  (tokens processed, prefill + decode)
-    assert tok(off) - tok(on) == pc["saved_prefill_tokens"]
+    assert tok(off) - tok(on) == pc.saved_prefill_tokens
 
 
 def test_caching_off_is_the_plain_simulation(llama8b, mooncake):
@@ -68,20 +68,20 @@ def test_small_pool_evicts_and_still_serves_everyone(llama8b):
                          think_time_s=30.0, seed=4)
     big = _sim(llama8b, tr, prefix_caching=True)
     small = _sim(llama8b, tr, prefix_caching=True, gpu_memory_utilization=0.3)
-    assert small.metrics["completed"] == big.metrics["completed"] == len(tr)
-    ps, pb = small.metrics["prefix_cache"], big.metrics["prefix_cache"]
-    assert ps["evicted_blocks"] > 0
-    assert ps["hit_rate"] <= pb["hit_rate"] <= pb["infinite_cache_hit_rate"] + 1e-12
+    assert small.metrics.completed == big.metrics.completed == len(tr)
+    ps, pb = small.metrics.prefix_cache, big.metrics.prefix_cache
+    assert ps.evicted_blocks > 0
+    assert ps.hit_rate <= pb.hit_rate <= pb.infinite_cache_hit_rate + 1e-12
     # conservation: once every request is done, every block is free again (empty or an evictable unit)
     for r in (small, big):
-        assert (r.engine_stats["free_blocks"] == r.metrics["kv_cache"]["blocks_per_engine"]).all()
+        assert (r.engine_stats["free_blocks"] == r.metrics.memory.blocks_per_engine).all()
 
 
 def test_session_and_prefix_routing_beat_round_robin(llama8b):
     chat = PRESETS["chat"]
     tr = multiturn_trace(1200, chat.prompt, chat.output, 12.0, turns=8, prefix_tokens=2000, num_prefixes=8,
                          think_time_s=20.0, seed=1)
-    rates = {rt: _sim(llama8b, tr, dp=4, gpus=4, prefix_caching=True, routing=rt).metrics["prefix_cache"]["hit_rate"]
+    rates = {rt: _sim(llama8b, tr, dp=4, gpus=4, prefix_caching=True, routing=rt).metrics.prefix_cache.hit_rate
              for rt in ("round_robin", "session", "prefix")}
     assert rates["session"] > rates["round_robin"] + 0.05
     assert rates["prefix"] > rates["round_robin"] + 0.05
@@ -97,7 +97,7 @@ def one_long_request():
 
 def _tpot(model, trace, spec):
     r = _sim(model, trace, speculative=spec)
-    return r.metrics["tpot_ms"]["mean"], r.metrics["speculative"]
+    return r.metrics.latency.tpot_ms.mean, r.metrics.speculative
 
 
 def test_speculation_costs_and_gains(one_long_request):
@@ -106,9 +106,9 @@ def test_speculation_costs_and_gains(one_long_request):
     model = load_model("llama-3.1-8b")
     base, _ = _tpot(model, one_long_request, None)
     zero, s0 = _tpot(model, one_long_request, parse_speculative("eagle3:3", "0"))
-    assert zero > base and s0["measured_tokens_per_step"] == 1.0
+    assert zero > base and s0.measured_tokens_per_step == 1.0
     full, s1 = _tpot(model, one_long_request, parse_speculative("eagle3:3", "1"))
-    assert s1["measured_tokens_per_step"] == pytest.approx(4.0, abs=0.01)      # 800 tokens in 200 steps
+    assert s1.measured_tokens_per_step == pytest.approx(4.0, abs=0.01)      # 800 tokens in 200 steps
     assert full < base / 2
     tpots = [_tpot(model, one_long_request, parse_speculative("eagle3:3", str(a)))[0] for a in (0.2, 0.5, 0.8)]
     assert zero > tpots[0] > tpots[1] > tpots[2] > full
@@ -118,8 +118,8 @@ def test_measured_tokens_per_step_follow_the_acceptance():
     model = load_model("llama-3.1-8b")
     tr = synthetic_trace(200, LengthDist("constant", mean=100), LengthDist("constant", mean=400), 2.0, seed=3)
     spec = parse_speculative("eagle3:3", "0.9,0.7,0.4")
-    s = _sim(model, tr, speculative=spec).metrics["speculative"]
-    assert s["measured_tokens_per_step"] == pytest.approx(spec.tokens_per_step, rel=0.03)
+    s = _sim(model, tr, speculative=spec).metrics.speculative
+    assert s.measured_tokens_per_step == pytest.approx(spec.tokens_per_step, rel=0.03)
 
 
 def test_speculative_kv_and_engine_rules():

@@ -74,7 +74,7 @@ def test_homogeneous_single_plan_deployment_meets_slo_with_dp_replicas(result):
     from apex_plan.search.capacity import scaled_trace
     res = simulate(inp.model, inp.cluster, plan, dataclasses.replace(ev.engine_cfg, max_model_len=ev.engine.max_model_len),
                    Workload(scaled_trace(inp.trace, inp.demand_rps)), inp.slo)
-    assert meets_slo(res.metrics, inp.slo)
+    assert meets_slo(res.metrics.to_dict(), inp.slo)
 
 
 def test_symmetry_pruning_never_changes_the_winner():

@@ -49,8 +49,8 @@ def check_conservation(res, trace: Trace, closed: bool = False):
     t = res.times
     n = len(trace)
     m = res.metrics
-    assert m["requests"] == n and m["completed"] == n and m["rejected"] == 0
-    assert m["requests_refused_too_long"] == 0
+    assert m.requests == n and m.completed == n and m.rejected == 0
+    assert m.requests_refused_too_long == 0
     assert np.all(t.finish_s >= 0) and np.all(t.first_token_s >= 0) and np.all(t.scheduled_s >= 0)
     np.testing.assert_array_equal(t.output_tokens, trace.output_tokens)
     np.testing.assert_array_equal(t.prompt_tokens, trace.prompt_tokens)
@@ -67,15 +67,15 @@ def check_conservation(res, trace: Trace, closed: bool = False):
     # token is sampled, never fed back); preemption by recompute only adds to that
     needed = int((trace.prompt_tokens + trace.output_tokens - 1).sum())
     processed = int(res.engine_stats["tokens"].sum())
-    if m["kv_cache"]["preemptions"] == 0:
+    if m.memory.preemptions == 0:
         assert processed == needed
         assert np.all(t.preemptions == 0)
     else:
         assert processed > needed
-    assert int(t.preemptions.sum()) == m["kv_cache"]["preemptions"]
-    assert m["makespan_s"] == pytest.approx(float(t.finish_s.max() - t.arrival_s[0]), rel=1e-9)
-    assert 0 < m["busy_fraction"] <= 1 + 1e-9
-    assert m["kv_cache"]["peak_utilization"] <= 1.0
+    assert int(t.preemptions.sum()) == m.memory.preemptions
+    assert m.makespan_s == pytest.approx(float(t.finish_s.max() - t.arrival_s[0]), rel=1e-9)
+    assert 0 < m.busy_fraction <= 1 + 1e-9
+    assert m.memory.peak_utilization <= 1.0
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["nochunk", "chunked"])
@@ -118,15 +118,15 @@ def test_preemption_under_memory_pressure():
     tr = preset_trace("creation", 4.0, 150, seed=1)
     eng = EngineConfig(gpu_memory_utilization=0.86, max_model_len=4096, name="vllm@0.6.0")
     res = simulate(model(), cluster(), Plan(1, 2, 1), eng, Workload(tr))
-    assert res.metrics["kv_cache"]["blocks_per_engine"] < 1000
-    assert res.metrics["kv_cache"]["preemptions"] > 0
-    assert res.metrics["kv_cache"]["peak_utilization"] == pytest.approx(1.0, abs=0.02)
+    assert res.metrics.memory.blocks_per_engine < 1000
+    assert res.metrics.memory.preemptions > 0
+    assert res.metrics.memory.peak_utilization == pytest.approx(1.0, abs=0.02)
     check_conservation(res, tr)
     # the same trace with room to spare: no preemption, and the work is served sooner
     roomy = simulate(model(), cluster(), Plan(1, 8, 1), EngineConfig(max_model_len=4096), Workload(tr))
     check_conservation(roomy, tr)
-    assert roomy.metrics["kv_cache"]["preemptions"] == 0
-    assert roomy.metrics["e2e_s"]["mean"] < res.metrics["e2e_s"]["mean"]
+    assert roomy.metrics.memory.preemptions == 0
+    assert roomy.metrics.latency.e2e_s.mean < res.metrics.latency.e2e_s.mean
 
 
 def test_preemption_with_chunked_prefill_small_max_model_len():
@@ -134,7 +134,7 @@ def test_preemption_with_chunked_prefill_small_max_model_len():
                          6.0, seed=7)
     eng = EngineConfig(gpu_memory_utilization=0.86, max_model_len=4096, chunked_prefill=True, name="vllm@0.6.0")
     res = simulate(model(), cluster(), Plan(1, 2, 1), eng, Workload(tr))
-    assert res.metrics["kv_cache"]["preemptions"] > 0
+    assert res.metrics.memory.preemptions > 0
     check_conservation(res, tr)
 
 
@@ -143,8 +143,8 @@ def test_too_long_prompts_refused_not_lost():
     res = simulate(model(), cluster(), Plan(1, 8, 1), EngineConfig(max_model_len=2048), Workload(tr))
     too_long = int((tr.prompt_tokens >= 2048).sum())
     assert too_long > 0
-    assert res.metrics["requests_refused_too_long"] == too_long
-    assert res.metrics["completed"] == len(tr) - too_long
+    assert res.metrics.requests_refused_too_long == too_long
+    assert res.metrics.completed == len(tr) - too_long
 
 
 # ---- monotonicity -------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def test_higher_rate_never_lowers_mean_ttft(chunked):
         tr = Trace(base.arrival_s / factor, base.prompt_tokens, base.output_tokens)
         res = simulate(model(), cluster(), Plan(1, 8, 1), eng, Workload(tr))
         check_conservation(res, tr)
-        ttft.append(res.metrics["ttft_ms"]["mean"])
+        ttft.append(res.metrics.latency.ttft_ms.mean)
     assert all(b >= a for a, b in zip(ttft, ttft[1:])), ttft
     assert ttft[-1] > ttft[0]
 
@@ -169,8 +169,8 @@ def test_closed_loop_concurrency_raises_throughput_and_tpot():
     for c in (1, 4, 16, 64):
         res = simulate(model(), cluster(), Plan(1, 8, 1), EngineConfig(max_model_len=8192), closed_loop(tr, c))
         check_conservation(res, tr, closed=True)
-        thr.append(res.metrics["throughput"]["output_tokens_per_s"])
-        tpot.append(res.metrics["tpot_ms"]["mean"])
+        thr.append(res.metrics.throughput.output_tokens_per_s)
+        tpot.append(res.metrics.latency.tpot_ms.mean)
     assert all(b > a for a, b in zip(thr, thr[1:])), thr
     assert all(b > a for a, b in zip(tpot, tpot[1:])), tpot
 
@@ -194,7 +194,7 @@ def test_ttft_and_tpot_lower_bounds(chunked, dp, tp, pp):
     # every inter-token gap is at least one decode step of a single sequence
     min_ctx = int(tr.prompt_tokens.min())
     floor = sc.decode_time_s(1, min_ctx)
-    assert res.metrics["tpot_ms"]["mean"] * 1e-3 >= floor
+    assert res.metrics.latency.tpot_ms.mean * 1e-3 >= floor
     assert np.all(res.times.tpot_s >= floor * (1 - 1e-9))
 
 

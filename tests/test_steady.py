@@ -62,7 +62,7 @@ def test_burst_drain_passes_a_short_trace_but_not_the_steady_test(result):
     rate = 1.5 * ev.goodput_rps                              # 50% above what the plan sustains
     short = scaled_trace(preset_trace("chat", 1.0, num_requests=120, seed=2), rate)
     drained = simulate(inp.model, inp.cluster, ev.plan, ev.run_cfg, Workload(short), inp.slo)
-    assert drained.metrics["slo"]["met"]                     # a short burst is drained within the SLO ...
+    assert drained.metrics.slo.met                     # a short burst is drained within the SLO ...
     steady = _one_replica_metrics(inp, ev, drained.step_cost, rate, result.mix)
     assert not meets_slo(steady, inp.slo)                    # ... but the steady-state test refuses it
 

@@ -89,9 +89,9 @@ def predict(cases: Sequence[Case], params: Sequence[Param] = (), x: Sequence[flo
     for i, c in enumerate(cases):
         prof, cl = apply(params, x, c.engine.profile, c)
         r = c.run(prof, cl)
-        if r.feasible and r.metrics["completed"]:
-            m = r.metrics
-            out[i] = (m["ttft_ms"]["mean"], m["tpot_ms"]["mean"] if m["tpot_ms"]["mean"] is not None else np.nan)
+        if r.feasible and r.metrics.completed:
+            lat = r.metrics.latency
+            out[i] = (lat.ttft_ms.mean, lat.tpot_ms.mean if lat.tpot_ms.mean is not None else np.nan)
     return out
 
 

@@ -33,7 +33,7 @@ def disagg_json(res: DisaggResult, inputs: dict) -> dict:
            "launch": (launch_doc(res, inputs.get("model_source") or inputs["model"])
                       if res.prefill and res.decode else None)}
     if res.feasible:
-        doc["metrics"] = res.metrics
+        doc["metrics"] = res.metrics.to_dict()
         unc = ["disaggregated serving: KV transfer, decode admission and routing are not calibrated on measured runs"]
         for name, r in (("prefill", res.prefill), ("decode", res.decode)):
             unc += [f"{name}: {u}" for u in uncalibrated_components(r.plan, r.step_cost.gpu,
@@ -65,28 +65,29 @@ def disagg_table(res: DisaggResult, console: Console, model_repo: str = "MODEL")
     m = res.metrics
     print_table(console, latency_table(m))
     ph = table("TTFT by phase (ms)", [(col, "right" if col != "phase" else "left") for col in ("phase", "mean", "p50", "p90")])
-    for k, v in m["ttft_phases"].items():
+    d = m.disagg
+    for k, v in d["ttft_phases"].items():
         if isinstance(v, dict):
             ph.add_row(k.removesuffix("_ms").replace("_", " "), *(_f(v[s], ".2f") for s in ("mean", "p50", "p90")))
         else:
             ph.add_row(k.removesuffix("_ms"), _f(v, ".2f"), "", "")
     print_table(console, ph)
-    kv, c, pools = m["kv_transfer"], m["conservation"], m["pools"]
+    kv, c, pools = d["kv_transfer"], d["conservation"], d["pools"]
     console.print(f"KV transfer: {kv['bytes_per_request_mean'] / 2**20:.1f} MiB per request, links "
                   f"{', '.join(f'{g:g}' for g in kv['link_gbps'])} GB/s, {kv['rank_pairs_over_nvlink']:.0%} of rank pairs "
                   f"over NVLink")
     console.print(f"pools: prefill busy {pools['prefill']['busy_fraction']:.0%} (KV peak "
                   f"{pools['prefill']['kv_peak_utilization']:.0%}), decode busy {pools['decode']['busy_fraction']:.0%} "
-                  f"(KV peak {m['kv_cache']['peak_utilization']:.0%}); {m['completed']}/{m['requests']} completed; "
+                  f"(KV peak {m.memory.peak_utilization:.0%}); {m.completed}/{m.requests} completed; "
                   f"prefilled {c['prefilled']}, transferred {c['transferred']}, decoded {c['decoded']}")
-    th = m["throughput"]
-    console.print(f"throughput: {th['output_tokens_per_s']:.0f} output tok/s, {th['requests_per_s']:.2f} req/s over "
-                  f"{m['makespan_s']:.0f} s")
-    if "slo" in m:
-        s = m["slo"]
-        console.print(f"SLO p{s['percentile']:g}: TTFT {s['ttft_at_percentile_ms']:.1f} ms, TPOT "
-                      f"{s['tpot_at_percentile_ms']:.2f} ms: {'met' if s['met'] else 'missed'}; goodput "
-                      f"{s['goodput_requests_per_s']:.2f} req/s")
+    th = m.throughput
+    console.print(f"throughput: {th.output_tokens_per_s:.0f} output tok/s, {th.requests_per_s:.2f} req/s over "
+                  f"{m.makespan_s:.0f} s")
+    if m.slo is not None:
+        s = m.slo
+        console.print(f"SLO p{s.percentile:g}: TTFT {s.ttft_at_percentile_ms:.1f} ms, TPOT "
+                      f"{s.tpot_at_percentile_ms:.2f} ms: {'met' if s.met else 'missed'}; goodput "
+                      f"{s.goodput_requests_per_s:.2f} req/s")
     la = launch_doc(res, model_repo)
     console.print(f"launch ({la['prefill_instances']} prefill instances): {la['prefill']}", soft_wrap=True)
     console.print(f"launch ({la['decode_instances']} decode instances): {la['decode']}", soft_wrap=True)

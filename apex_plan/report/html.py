@@ -159,17 +159,17 @@ def simulate_html(res, inputs: dict, model_source: str = "", gpu_source: str = "
         body.append("<h2>Memory per GPU</h2>" + bars_svg(F.memory_bars([label], [res.memory.as_dict()]), width=760))
         return _page(f"apex-plan simulate: {inputs.get('model', '')} {label}", body)
     m = res.metrics
-    slo = m.get("slo")
-    verdict = ("" if not slo else f" SLO p{slo['percentile']:g} {'met' if slo['met'] else 'missed'}, attainment "
-               f"{slo['attainment']:.1%}.")
-    body.append(f'<h2>Result</h2><p class="rec{"" if not slo or slo["met"] else " bad"}">{escape(label)}: '
-                f"{m['completed']}/{m['requests']} requests, {m['throughput']['output_tokens_per_s']:.0f} output tok/s."
+    slo = m.slo
+    verdict = ("" if not slo else f" SLO p{slo.percentile:g} {'met' if slo.met else 'missed'}, attainment "
+               f"{slo.attainment:.1%}.")
+    body.append(f'<h2>Result</h2><p class="rec{"" if not slo or slo.met else " bad"}">{escape(label)}: '
+                f"{m.completed}/{m.requests} requests, {m.throughput.output_tokens_per_s:.0f} output tok/s."
                 f"{escape(verdict)}</p>")
-    rows = [[name, *(F._fmt(m[k][q], spec) for q in ("mean", "p50", "p90", "p99"))]
-            for k, name, spec in (("ttft_ms", "TTFT (ms)", ".1f"), ("tpot_ms", "TPOT (ms)", ".2f"),
-                                  ("e2e_s", "end-to-end (s)", ".2f"), ("queue_ms", "queueing (ms)", ".1f"))]
+    rows = [[name, *(F._fmt(x, spec) for x in (d.mean, d.p50, d.p90, d.p99))]
+            for d, name, spec in ((m.latency.ttft_ms, "TTFT (ms)", ".1f"), (m.latency.tpot_ms, "TPOT (ms)", ".2f"),
+                                  (m.latency.e2e_s, "end-to-end (s)", ".2f"), (m.latency.queue_ms, "queueing (ms)", ".1f"))]
     body.append(_table(["metric", "mean", "p50", "p90", "p99"], rows))
-    pct = slo["percentile"] if slo else 90.0
+    pct = slo.percentile if slo else 90.0
     body.append("<h2>Latency distributions</h2><div class='charts'>" + "".join(svg(c) for c in simulate_charts(res)) +
                 "</div>")
     body.append("<h2>Where the time goes</h2><div class='charts'>" + bars_svg(F.phase_bars([label], [res])) +
@@ -181,9 +181,9 @@ def simulate_html(res, inputs: dict, model_source: str = "", gpu_source: str = "
 
 def simulate_charts(res) -> list:
     """TTFT and TPOT CDFs of one simulation (what `simulate --plot` draws)."""
-    slo = res.metrics.get("slo") or {}
-    return F.cdf_charts([res.plan.label()], [res.times.ttft_s], [res.times.tpot_s], slo.get("percentile", 90.0),
-                        slo.get("ttft_ms"), slo.get("tpot_ms"))
+    slo = res.metrics.slo
+    return F.cdf_charts([res.plan.label()], [res.times.ttft_s], [res.times.tpot_s], slo.percentile if slo else 90.0,
+                        slo.ttft_ms if slo else None, slo.tpot_ms if slo else None)
 
 
 def write_report(path: str, html: str) -> None:

@@ -159,7 +159,7 @@ def _load_curve(res, ev, p: float) -> tuple:
                        inp.slo, step_cost=sc)
         sc = sim.step_cost
         if sim.feasible:
-            m = sim.metrics
+            m = sim.metrics.to_dict()
             pts.append((ev.goodput_rps * f, m["throughput"]["output_tokens_per_s"] / ev.plan.gpus_per_replica,
                         _pct(m, "ttft_ms", p), _pct(m, "tpot_ms", p)))
     g = ev.at_goodput

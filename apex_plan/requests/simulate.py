@@ -162,10 +162,10 @@ def _aggregated(req: SimulateRequest, m, cl, p, eng, wl, slo, weight_dtype: str,
     from apex_plan.simulate.run import simulate
     res = simulate(m, cl, p, eng, wl, slo)
     if res.feasible and wl.trace.has_prefix_hashes:      # what caching buys: the same run with it flipped
-        from apex_plan.simulate.features import attach_caching_comparison
+        from apex_plan.simulate.features import with_caching_comparison
         other = simulate(m, cl, p, dataclasses.replace(eng, prefix_caching=not res.engine.prefix_caching), wl, slo)
         if other.feasible:
-            attach_caching_comparison(res.metrics, other.metrics)
+            res = dataclasses.replace(res, metrics=with_caching_comparison(res.metrics, other.metrics))
     inputs = {"model": m.name, "gpu": cl.gpu.name, "gpus": cl.num_gpus, "gpus_per_node": cl.gpus_per_node,
               "plan": req.plan if req.plan is not None else f"dp={p.dp},tp={p.tp},pp={p.pp}",
               "weight_dtype": weight_dtype, "kv_dtype": kv_dtype, "engine": C.engine_doc(eng.profile),

@@ -86,13 +86,12 @@ def _steady_run(inp: SearchInputs, mix, choice: PoolChoice, pe: RoleEval, de: Ro
     res = simulate_disagg(inp.model, inp.cluster, dplan, pe.engine_cfg, Workload(tr), inp.slo, links)
     if not res.feasible:
         return None, res.reason, None
-    res.metrics.setdefault("prefix_cache", {"enabled": False, "saved_prefill_tokens": 0})   # not modelled here
     t0, t1 = window_bounds(tr, h)
     m = steady_metrics([window_of(res, t0, t1, rate)], [res], t0, t1, rate, inp.slo, h, inp.cluster.gpu.idle_w)
     arr = res.times.arrival_s
     m["ttft_phases"] = ttft_phases(res, (arr >= t0) & (arr < t1))
     for k in ("kv_transfer", "pools", "conservation"):
-        m[k] = res.metrics[k]
+        m[k] = res.metrics.disagg[k]
     return m, "", res
 
 
@@ -280,9 +279,10 @@ def merge(agg: list[DeploymentEval], dis: list[DeploymentEval], objective: str, 
     return top
 
 
-def search_with_disagg(inp: SearchInputs, progress, run_agg):
+def search_with_disagg(inp: SearchInputs, progress, run_agg, empty_result):
     """`run_agg`'s result for agg; for disagg and both, the disaggregated deployments merged into it
-    (disagg alone: no aggregated plan is evaluated)."""
+    (disagg alone: no aggregated plan is evaluated, `empty_result(mix)` is the result to merge into;
+    both callables come from `search.pipeline`, which imports this module, not the other way)."""
     from apex_plan.search.steady import request_mix
     mix = request_mix(inp.trace)
     if inp.serving == "agg":
@@ -290,8 +290,7 @@ def search_with_disagg(inp: SearchInputs, progress, run_agg):
     if inp.serving == "both":
         res = run_agg(inp, progress, mix)
     else:
-        from apex_plan.search.pipeline import SearchResult
-        res = SearchResult(inp, dict.fromkeys(AGG_STAT_KEYS, 0) | {"rejected_reasons": {}}, [], [], [], None, "", mix)
+        res = empty_result(mix)
     dis = search_disagg(inp, mix)
     res.disagg = dis
     res.stats["disaggregated"] = dis.stats

@@ -214,8 +214,11 @@ def _verified_capacity(inp: SearchInputs, dep, by_key: dict, mix: RequestMix) ->
 
 def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = None) -> SearchResult:
     """Aggregated deployments (`inp.serving` agg), disaggregated ones (disagg), or both in one list."""
-    from apex_plan.search.disagg import search_with_disagg
-    return search_with_disagg(inp, progress, run_agg)
+    from apex_plan.search.disagg import AGG_STAT_KEYS, search_with_disagg
+
+    def empty_result(mix: RequestMix) -> SearchResult:
+        return SearchResult(inp, dict.fromkeys(AGG_STAT_KEYS, 0) | {"rejected_reasons": {}}, [], [], [], None, "", mix)
+    return search_with_disagg(inp, progress, run_agg, empty_result)
 
 
 def run_agg(inp: SearchInputs, progress: Callable[[int, int], None] | None = None,

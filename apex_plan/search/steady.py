@@ -259,7 +259,7 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
     idle = idle_w_per_gpu if isinstance(idle_w_per_gpu, list) else [idle_w_per_gpu] * len(sims)
     idle_w = sum(w * s.plan.num_gpus for w, s in zip(idle, sims))          # watts of every GPU idling
     idle_j = sum(w * s.plan.num_gpus * s.makespan_s for w, s in zip(idle, sims))
-    done = sum(s.metrics["completed"] for s in sims)
+    done = sum(s.metrics.completed for s in sims)
     # dynamic joules per completed request, plus the idle watts over one mean inter-arrival time
     j_req = (sum(s.energy_j for s in sims) - idle_j) / max(done, 1) + idle_w / rate_rps
     stable = all(w.stable for w in windows)
@@ -281,7 +281,7 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
     multi = np.concatenate([w.tpot_all_s > 0 for w in windows])[order]
     miss_tpot = _miss_upper(has_gap[multi] > slo.tpot_s) if slo.tpot_s else 0.0
     met = bool(ttft.size and incomplete == 0 and stable and miss_ttft <= allowance and miss_tpot <= allowance)
-    kv = [s.metrics["kv_cache"] for s in sims]
+    kv = [s.metrics.memory for s in sims]
     return {
         "rate_per_s": rate_rps,
         "requests": n,
@@ -293,8 +293,8 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
                        "input_tokens_per_s": sum(w.prompt_tokens for w in windows) / span_s},
         "energy": {"j_per_request": j_req, "j_per_output_token": j_req * n / out_tok if out_tok else None,
                    "mean_power_w": j_req * rate_rps},
-        "kv_cache": {"peak_utilization": max(k["peak_utilization"] for k in kv),
-                     "preemptions": sum(k["preemptions"] for k in kv)},
+        "kv_cache": {"peak_utilization": max(k.peak_utilization for k in kv),
+                     "preemptions": sum(k.preemptions for k in kv)},
         "prefix_cache": _prefix_summary(sims),
         "speculative_tokens_per_step": _spec_summary(sims),
         "slo": {"ttft_ms": slo.ttft_s * 1e3 if slo.ttft_s else None, "tpot_ms": slo.tpot_s * 1e3 if slo.tpot_s else None,
@@ -308,18 +308,20 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
 
 
 def _prefix_summary(sims: list[SimResult]) -> dict:
-    """Hit rate (cached over prompt tokens) and prefill tokens saved over the whole simulations."""
-    saved = sum(s.metrics["prefix_cache"]["saved_prefill_tokens"] for s in sims)
+    """Hit rate (cached over prompt tokens) and prefill tokens saved over the whole simulations (a
+    disaggregated run models no prefix caching: none saved)."""
+    caches = [s.metrics.prefix_cache for s in sims if s.metrics.prefix_cache is not None]
+    saved = sum(c.saved_prefill_tokens for c in caches)
     prompt = sum(int(s.times.prompt_tokens[s.times.ok].sum()) for s in sims)
-    return {"enabled": any(s.metrics["prefix_cache"]["enabled"] for s in sims),
+    return {"enabled": any(c.enabled for c in caches),
             "hit_rate": saved / prompt if prompt else 0.0, "saved_prefill_tokens": saved}
 
 
 def _spec_summary(sims: list[SimResult]) -> float | None:
     """Measured tokens per speculative verification (None without speculation)."""
-    sp = [s.metrics["speculative"] for s in sims if s.metrics.get("speculative")]
-    steps = sum(x["verify_steps"] for x in sp)
-    return sum((x["measured_tokens_per_step"] or 0.0) * x["verify_steps"] for x in sp) / steps if steps else None
+    sp = [s.metrics.speculative for s in sims if s.metrics.speculative]
+    steps = sum(x.verify_steps for x in sp)
+    return sum((x.measured_tokens_per_step or 0.0) * x.verify_steps for x in sp) / steps if steps else None
 
 
 def _miss_upper(miss: np.ndarray) -> float:

@@ -26,6 +26,7 @@ from apex_plan.abi import ENGINE, REQUEST, ROUTE_LEAST_LOADED, ROUTE_ROUND_ROBIN
 from apex_plan.simulate import disagg_kernel as DK
 from apex_plan.simulate.engine import ResolvedEngine
 from apex_plan.simulate.fit import fit_engine
+from apex_plan.simulate.metrics import Metrics
 from apex_plan.simulate.run import RequestTimes, client_delays_s, compute_metrics, distribution
 from apex_plan.simulate.transfer import Links, kv_transfer_bytes, nic_bytes, rank_links
 from apex_plan.workload.spec import Slo, Workload
@@ -56,7 +57,7 @@ class DisaggResult:
     estats: np.ndarray | None = None
     makespan_s: float = 0.0
     energy_j: float = 0.0
-    metrics: dict = dataclasses.field(default_factory=dict)
+    metrics: Metrics | None = None        # None when infeasible
 
 
 def _role(model: ModelSpec, cluster: ClusterSpec, plan: Plan, cfg: EngineConfig, need_len: int,
@@ -160,10 +161,10 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
     makespan = max(float(end) - t0, 1e-9)
     energy = float(st["dynamic_j"].sum()) + gpu.idle_w * plan.num_gpus * makespan
     metrics = compute_metrics(times, st[base_d:], makespan, energy, dec.memory.kv_blocks // plan.decode.pp, slo)
-    metrics["requests_refused_too_long"] = int((~valid).sum())
-    res = DisaggResult(plan, pre, dec, True, "", times, phases, visits, total_b, links, st, makespan, energy, metrics)
-    metrics.update(disagg_metrics(res, n_pe, pre.memory.kv_blocks // plan.prefill.pp))
-    return res
+    res = DisaggResult(plan, pre, dec, True, "", times, phases, visits, total_b, links, st, makespan, energy)
+    return dataclasses.replace(res, metrics=dataclasses.replace(
+        metrics, requests_refused_too_long=int((~valid).sum()),
+        disagg=disagg_metrics(res, n_pe, pre.memory.kv_blocks // plan.prefill.pp)))
 
 
 def disagg_metrics(res: DisaggResult, n_pe: int, nblocks_p: int) -> dict:

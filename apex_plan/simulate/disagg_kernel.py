@@ -28,8 +28,9 @@ import numpy as np
 from apex_plan.abi import SLOT
 from apex_plan.jit import kernel
 from apex_plan.abi import ROUTE_LEAST_LOADED
-from apex_plan.simulate.kernels import (_blocks_for, _cost_step, _end_step, _init, _route, _schedule, lockstep_member,
-                                        lockstep_step)
+from apex_plan.simulate.kernels import _cost_step, _end_step, _init, lockstep_member, lockstep_step
+from apex_plan.simulate.routing import _route
+from apex_plan.simulate.scheduler import _blocks_for, _schedule
 from apex_plan.simulate.prefix_cache import PrefixCache
 
 INF = np.inf

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apex_plan.errors import InputError
+from apex_plan.simulate import metrics as M
 from apex_plan.simulate import prefix_cache as PC
 from apex_plan.workload.prefix import cacheable_blocks, exact_hit_tokens
 from apex_plan.workload.spec import Trace
@@ -55,17 +56,16 @@ def new_engine_cache(prefix: RequestPrefix, engines: int, kv_blocks: int) -> PC.
     return PC.new_cache(engines, kv_blocks, prefix.unit_blocks, prefix.unit_tokens)
 
 
-def prefix_metrics(trace: Trace, caching: bool, hit_tokens: np.ndarray, ok: np.ndarray, cache) -> dict:
+def prefix_metrics(trace: Trace, caching: bool, hit_tokens: np.ndarray, ok: np.ndarray, cache) -> M.PrefixCache:
     """Hit rate (cached prompt tokens / prompt tokens of completed requests, vLLM's hits / queries),
     prefill tokens saved, KV blocks evicted, and the exact hit rate an infinite cache would reach
     on the same requests."""
     total = int(trace.prompt_tokens[ok].sum())
     hits = int(hit_tokens[ok].sum())
     exact = exact_hit_tokens(trace)
-    return {"enabled": bool(caching), "prefix_block_tokens": int(trace.hash_block_tokens),
-            "hit_rate": hits / total if total else 0.0, "saved_prefill_tokens": hits,
-            "infinite_cache_hit_rate": float(exact[ok].sum()) / total if total else 0.0,
-            "evicted_blocks": int(cache.eng[:, PC.C_EVICTED].sum()) * int(cache.meta[PC.M_UNIT_BLOCKS])}
+    return M.PrefixCache(bool(caching), int(trace.hash_block_tokens), hits / total if total else 0.0, hits,
+                         float(exact[ok].sum()) / total if total else 0.0,
+                         int(cache.eng[:, PC.C_EVICTED].sum()) * int(cache.meta[PC.M_UNIT_BLOCKS]))
 
 
 def spec_inputs(spec) -> tuple[int, np.ndarray]:
@@ -90,25 +90,23 @@ def build_draft(model, gpu, plan, cluster, eng):
     return build_step_cost(model, gpu, plan, cluster, engine=eng)
 
 
-def spec_metrics(spec, verify_steps: int, emitted: int) -> dict | None:
+def spec_metrics(spec, verify_steps: int, emitted: int) -> M.Speculation | None:
     """Measured tokens per verification beside the acceptance's expectation (None: no speculation)."""
     if spec is None:
         return None
-    return {**spec.as_dict(), "verify_steps": int(verify_steps),
-            "measured_tokens_per_step": emitted / verify_steps if verify_steps else None}
+    return M.Speculation(spec.as_dict(), int(verify_steps), emitted / verify_steps if verify_steps else None)
 
 
-def attach_caching_comparison(metrics: dict, other: dict) -> None:
-    """Put TTFT (and goodput, with an SLO) with and without prefix caching into metrics["prefix_cache"],
-    `other` being the same simulation with caching flipped."""
-    pc = metrics["prefix_cache"]
-    on, off = (metrics, other) if pc["enabled"] else (other, metrics)
-    pc["ttft_ms_with_caching"] = on["ttft_ms"]
-    pc["ttft_ms_without_caching"] = off["ttft_ms"]
-    pc["hit_rate_with_caching"] = on["prefix_cache"]["hit_rate"]
-    if "slo" in metrics and "slo" in other:
-        pc["goodput_with_caching_rps"] = on["slo"]["goodput_requests_per_s"]
-        pc["goodput_without_caching_rps"] = off["slo"]["goodput_requests_per_s"]
+def with_caching_comparison(metrics: M.Metrics, other: M.Metrics) -> M.Metrics:
+    """`metrics` with TTFT (and goodput, with an SLO) with and without prefix caching in its
+    prefix-cache block, `other` being the same simulation with caching flipped."""
+    pc = metrics.prefix_cache
+    on, off = (metrics, other) if pc.enabled else (other, metrics)
+    both_slo = metrics.slo is not None and other.slo is not None
+    cmp = M.CachingComparison(on.latency.ttft_ms, off.latency.ttft_ms, on.prefix_cache.hit_rate,
+                              on.slo.goodput_requests_per_s if both_slo else None,
+                              off.slo.goodput_requests_per_s if both_slo else None)
+    return dataclasses.replace(metrics, prefix_cache=dataclasses.replace(pc, comparison=cmp))
 
 
 def decode_step_s(sc, draft, spec, batch: int, context: int) -> tuple[float, float, float]:

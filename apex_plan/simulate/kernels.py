@@ -14,7 +14,8 @@ the units it computes are cached as they are scheduled; unreferenced units are f
 evicted least recently freed first. Speculative decoding (SCHED.draft_tokens = k): a decoding
 sequence's step verifies k drafts over k + 1 query tokens (KV slots for the drafts), after k draft
 passes; it emits the target's token plus the drafts accepted in order, each with its conditional
-rate (`accept`).
+rate (`accept`). Admission and step scheduling are in `simulate.scheduler`, routing arrivals to
+replicas in `simulate.routing`; this module ends steps, costs them and runs the loop.
 
 Interface (`apex_plan.abi`): `simulate_kernel(req, sched, cost, eng)`: a REQUEST row per request,
 a SCHED record, the replica's CostTables, an ENGINE row per scheduler. State lives in record
@@ -26,217 +27,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from apex_plan.abi import ROUTE_PREFIX, ROUTE_ROUND_ROBIN, ROUTE_SESSION, SLOT
+from apex_plan.abi import SLOT
 from apex_plan.estimate.kernels import add_sequence, empty_shape, rank_step_time, step_time
 from apex_plan.jit import kernel
-from apex_plan.simulate.prefix_cache import (C_HIT_TOKENS, C_QUERY_TOKENS, E_EVICTABLE, M_UNIT_BLOCKS, M_UNIT_TOKENS,
-                                             SLOT_REF, acquire, find, lookup, make_room, register, release)
+from apex_plan.simulate.prefix_cache import release
+from apex_plan.simulate.routing import _route
+from apex_plan.simulate.scheduler import _schedule
 
 INF = np.inf
-# SGLang router cache_aware policy (sgl-project/sglang rust/README.md, sglang-router defaults): replicas are
-# imbalanced when (max - min) load > 32 and max > 1.0001 x min, and then the least loaded one takes the
-# request; otherwise the replica caching the longest prefix does, when it covers >= 0.5 of the prompt
-ROUTER_CACHE_THRESHOLD = 0.5
-ROUTER_BALANCE_ABS = 32
-ROUTER_BALANCE_REL = 1.0001
-
-
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _blocks_for(tokens, block):
-    return (tokens + block - 1) // block
-
-
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids):
-    """FCFS admission of waiting requests of engine e into the step being built.
-
-    A request first finds the leading units of its sequence (within seq - 1 tokens) in the engine's
-    prefix cache: those are shared, not allocated, and skip their prefill. It needs KV blocks for
-    the rest of its sequence so far (for prompt + every output token when `reserve_full`, as
-    TRT-LLM's GUARANTEED_NO_EVICT) plus the hit units nobody held (they leave the free count),
-    leaving the watermark free; without chunking its whole uncached prompt must fit the remaining
-    token budget, with chunking it takes what is left. Empty blocks go first, then cached units
-    are evicted. A request that could never fit the cache is refused (finish -1). Returns the
-    budget left, the number of scheduled entries, and how many requests were refused.
-    """
-    refused = 0
-    en = eng[e]
-    nblocks, watermark = cfg.kv_blocks, cfg.watermark_blocks
-    ut, ub = cache.meta[M_UNIT_TOKENS], cache.meta[M_UNIT_BLOCKS]
-    while en.head != -1 and en.running < cfg.max_seqs and left > 0:
-        r = en.head
-        q = req[r]
-        seq = q.prompt_tokens + q.generated
-        need = _blocks_for(q.prompt_tokens + q.output_tokens if cfg.reserve_full else seq, cfg.block_tokens)
-        h = 0
-        unref = 0
-        if ut > 0:
-            limit = min(q.hash_count, (seq - 1) // ut)
-            while h < limit:                      # the leading cached units (inline: no call per lookup)
-                slot = find(cache, ids[q.hash_start + h], e)
-                if slot < 0:
-                    break
-                if cache.slot[slot, SLOT_REF] == 0:
-                    unref += 1
-                h += 1
-        private = need - h * ub                   # blocks the request allocates itself
-        ntok = seq - h * ut
-        if need > nblocks - watermark:
-            pass
-        elif en.free_blocks - private - unref * ub < watermark or (not cfg.chunked and ntok > left):
-            break
-        en.head = q.next
-        if en.head == -1:
-            en.tail = -1
-        if need > nblocks - watermark:
-            q.finish_s = -1.0
-            q.first_token_s = -1.0
-            refused += 1
-            continue
-        if h > 0:
-            acquire(cache, e, ids, q.hash_start, h)
-            en.free_blocks -= unref * ub
-        if en.free_blocks - cache.eng[e, E_EVICTABLE] < private:
-            make_room(cache, e, private, en.free_blocks)
-        en.free_blocks -= private
-        q.kv_blocks = private
-        q.cached_units = h
-        q.computed = h * ut
-        slots[e, en.running].running = r
-        en.running += 1
-        if q.scheduled_s < 0:
-            q.scheduled_s = now
-            q.hit_tokens = h * ut
-            cache.eng[e, C_HIT_TOKENS] += h * ut
-            cache.eng[e, C_QUERY_TOKENS] += q.prompt_tokens
-        if ntok > left:
-            ntok = left
-        slots[e, ns].req = r
-        slots[e, ns].tokens = ntok
-        left -= ntok
-        ns += 1
-    return left, ns, refused
-
-
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg, cache, ids):
-    """Schedule engine e's running requests in order (only those still in prefill when
-    `only_prefill`), growing their KV blocks (a speculating decode also holds slots for its draft
-    tokens); when the pool runs dry, preempt from the back of the running list by recompute (blocks
-    freed, cached units given back, back to the front of the queue). Returns the budget left, the
-    number of scheduled entries, and whether anything was preempted."""
-    preempted = False
-    en = eng[e]
-    ub = cache.meta[M_UNIT_BLOCKS]
-    i = 0
-    while i < en.running:
-        r = slots[e, i].running
-        q = req[r]
-        seq = q.prompt_tokens + q.generated
-        rem = seq - q.computed
-        if only_prefill and q.generated > 0 and rem == 1:
-            i += 1
-            continue
-        ntok = rem if rem < left else left
-        if ntok <= 0:
-            i += 1
-            continue
-        held = seq + cfg.draft_tokens if (q.generated > 0 and rem == 1) else seq   # KV slots incl. drafts
-        need = _blocks_for(held, cfg.block_tokens) - q.kv_blocks - q.cached_units * ub
-        self_preempted = False
-        while need > en.free_blocks:
-            victim = slots[e, en.running - 1].running
-            v = req[victim]
-            en.free_blocks += v.kv_blocks
-            if v.cached_units > 0:
-                en.free_blocks += release(cache, e, ids, v.hash_start, v.cached_units)
-                v.cached_units = 0
-            v.kv_blocks = 0
-            v.computed = 0
-            en.running -= 1
-            v.preemptions += 1
-            en.preemptions += 1
-            preempted = True
-            v.next = en.head
-            en.head = victim
-            if en.tail == -1:
-                en.tail = victim
-            if victim == r:
-                self_preempted = True
-                break
-        if self_preempted:
-            break
-        if need > 0:
-            if en.free_blocks - cache.eng[e, E_EVICTABLE] < need:
-                make_room(cache, e, need, en.free_blocks)
-            en.free_blocks -= need
-            q.kv_blocks += need
-        slots[e, ns].req = r
-        slots[e, ns].tokens = ntok
-        left -= ntok
-        ns += 1
-        i += 1
-    return left, ns, preempted
-
-
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _replica(r, rr, req, eng, cfg, cache, ids, sess_rep):
-    """Replica for arriving request r (SCHED.routing) and the round-robin counter: round robin; the
-    least loaded (fewest unfinished requests); session affinity (a session's turns follow its first
-    turn, placed on the least loaded replica: llm-d's session-affinity scorer); or the replica
-    caching the longest prefix of the prompt unless the load is imbalanced (SGLang router)."""
-    dp, pp = cfg.ranks, cfg.pp
-    if cfg.routing == ROUTE_ROUND_ROBIN:
-        return rr % dp, rr + 1
-    best = 0
-    best_load = 1 << 60
-    worst_load = 0
-    for rep in range(dp):
-        load = 0
-        for v in range(pp):
-            load += eng[rep * pp + v].unfinished
-        if load < best_load:
-            best_load = load
-            best = rep
-        worst_load = max(worst_load, load)
-    q = req[r]
-    if cfg.routing == ROUTE_SESSION and q.session >= 0:
-        if sess_rep[q.session] < 0:
-            sess_rep[q.session] = best
-        return sess_rep[q.session], rr
-    ut = cache.meta[M_UNIT_TOKENS]
-    if cfg.routing == ROUTE_PREFIX and ut > 0 and q.hash_count > 0 and not (
-            worst_load - best_load > ROUTER_BALANCE_ABS and worst_load > ROUTER_BALANCE_REL * best_load):
-        limit = min(q.hash_count, (q.prompt_tokens - 1) // ut)
-        top, top_h = -1, 0
-        for e in range(dp * pp):
-            h, _ = lookup(cache, e, ids, q.hash_start, limit)
-            if h > top_h:
-                top, top_h = e // pp, h
-        if top >= 0 and top_h * ut >= ROUTER_CACHE_THRESHOLD * q.prompt_tokens:
-            return top, rr
-    return best, rr
-
-
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _route(r, rr, req, eng, cfg, cache, ids, sess_rep):
-    """Queue arriving request r on its replica's virtual engine with the fewest unfinished requests.
-    Returns the round-robin counter."""
-    pp = cfg.pp
-    rep, rr = _replica(r, rr, req, eng, cfg, cache, ids, sess_rep)
-    e = rep * pp
-    for v in range(1, pp):
-        if eng[rep * pp + v].unfinished < eng[e].unfinished:
-            e = rep * pp + v
-    en = eng[e]
-    req[r].next = -1
-    if en.tail == -1:
-        en.head = r
-    else:
-        req[en.tail].next = r
-    en.tail = r
-    en.unfinished += 1
-    return rr
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
@@ -293,70 +91,6 @@ def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
     en.scheduled = 0
     en.busy_until_s = INF
     return finished, next_release
-
-
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _balance_holds(e, eng, cfg):
-    """Attention-DP balance (TRT-LLM py_executor `_balance_adp_requests`): while generations run on
-    every rank of the replica, new contexts wait until every rank has one, or until the replica has
-    stepped `adp_balance_steps` times since the last release. True when engine e's contexts wait."""
-    if cfg.adp_balance_steps <= 0 or cfg.adp_ranks <= 1 or eng[e].head == -1:
-        return False
-    if cfg.adp_lockstep:
-        return eng[e].balance_open == 0           # decided once for the replica's step (_lockstep_balance)
-    pp, a = cfg.pp, cfg.adp_ranks
-    rank, v = e // pp, e % pp
-    first = (rank // a) * a                        # the replica's first rank
-    lead = eng[first * pp]
-    lead.balance_steps += 1.0 / a                  # one replica iteration per step of each of its ranks
-    all_ctx, all_gen = True, True
-    for k in range(first, first + a):
-        en = eng[k * pp + v]
-        all_ctx = all_ctx and en.head != -1
-        all_gen = all_gen and en.running > 0
-    if all_ctx or not all_gen:
-        if all_ctx:
-            lead.balance_steps = 0.0
-        return False
-    if lead.balance_steps >= cfg.adp_balance_steps:  # timeout: every rank's waiting contexts go in
-        lead.balance_steps = 0.0
-        for k in range(first, first + a):
-            eng[k * pp + v].balance_open = 1
-    if eng[e].balance_open:
-        eng[e].balance_open = 0
-        return False
-    return True
-
-
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _schedule(e, now, req, eng, slots, cfg, cache, ids):
-    """Build engine e's next step at `now`: running requests first (with prefill priority, as vLLM
-    0.6 unchunked and SGLang, only the prompts in progress), then waiting ones, FCFS, in the budget
-    left (chunked: cut to fit); then cache the full units the step's entries complete. Returns the
-    entries scheduled and the requests refused."""
-    left = cfg.budget_tokens
-    ns = 0
-    refused = 0
-    preempted_now = False
-    if cfg.chunked or not cfg.prefill_first:
-        left, ns, preempted_now = _schedule_running(e, cfg.prefill_first, left, ns, req, eng, slots, cfg, cache, ids)
-    if not preempted_now and not _balance_holds(e, eng, cfg):
-        left, ns, refused = _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids)
-    if cfg.prefill_first and ns == 0:
-        # no prompt to prefill: the running decodes get the step
-        left, ns, preempted_now = _schedule_running(e, False, left, ns, req, eng, slots, cfg, cache, ids)
-    eng[e].scheduled = ns
-    ut = cache.meta[M_UNIT_TOKENS]
-    if ut > 0:
-        for j in range(ns):
-            q = req[slots[e, j].req]
-            upto = min((q.computed + slots[e, j].tokens) // ut, q.hash_cacheable)
-            if upto > q.cached_units:
-                units, dfree = register(cache, e, ids, q.hash_start, q.cached_units, upto)
-                q.kv_blocks -= (units - q.cached_units) * cache.meta[M_UNIT_BLOCKS]
-                eng[e].free_blocks += dfree
-                q.cached_units = units
-    return ns, refused
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.simulate import features as F
 from apex_plan.simulate import kernels as SK
+from apex_plan.simulate import metrics as M
 from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
 from apex_plan.simulate.fit import fit_engine
 from apex_plan.workload.spec import Slo, Workload
@@ -77,17 +78,13 @@ class SimResult:
     engine_stats: np.ndarray | None = None
     makespan_s: float = 0.0
     energy_j: float = 0.0
-    metrics: dict = field(default_factory=dict)
+    metrics: M.Metrics | None = None       # None when infeasible
     step_cost: StepCost | None = None
 
 
 def distribution(x: np.ndarray, scale: float) -> dict:
-    """mean, p50, p90, p99 of `x` times `scale` (None when empty)."""
-    if x.size == 0:
-        return {"mean": None, "p50": None, "p90": None, "p99": None}
-    p50, p90, p99 = np.percentile(x, [50, 90, 99])
-    return {"mean": float(x.mean()) * scale, "p50": float(p50) * scale, "p90": float(p90) * scale,
-            "p99": float(p99) * scale}
+    """mean, p50, p90, p99 of `x` times `scale` (None when empty), as a JSON mapping."""
+    return M.Distribution.of(x, scale).to_dict()
 
 
 # Closed loops as benchmark clients run them (`vllm bench serve --max-concurrency C`, aiperf
@@ -199,11 +196,11 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
     t0 = float(t_arr[:n].min()) if n else 0.0
     makespan = max(float(t_end) - t0, 1e-9)
     energy = float(estats["dynamic_j"].sum()) + gpu.idle_w * plan.num_gpus * makespan
-    metrics = compute_metrics(times, estats, makespan, energy, nblocks, slo)
-    metrics["requests_refused_too_long"] = int((~valid).sum())
-    metrics["prefix_cache"] = F.prefix_metrics(sub, eng.prefix_caching, feat["hit_tokens"], times.ok, feat["cache"])
-    metrics["speculative"] = F.spec_metrics(eng.speculative, int(estats["verify_steps"].sum()),
-                                            int(estats["verified_tokens"].sum()))
+    metrics = dataclasses.replace(
+        compute_metrics(times, estats, makespan, energy, nblocks, slo), requests_refused_too_long=int((~valid).sum()),
+        prefix_cache=F.prefix_metrics(sub, eng.prefix_caching, feat["hit_tokens"], times.ok, feat["cache"]),
+        speculative=F.spec_metrics(eng.speculative, int(estats["verify_steps"].sum()),
+                                   int(estats["verified_tokens"].sum())))
     return SimResult(plan, eng, mem, True, "", times, estats, makespan, energy, metrics, sc)
 
 
@@ -240,7 +237,7 @@ def _queue_growth_s(times: RequestTimes) -> float:
 
 
 def compute_metrics(times: RequestTimes, estats: np.ndarray, makespan_s: float, energy_j: float,
-                    nblocks: int, slo: Slo | None) -> dict:
+                    nblocks: int, slo: Slo | None) -> M.Metrics:
     """Aggregates a serving benchmark reports, plus SLO attainment and energy."""
     ok = times.ok
     out_tok = times.output_tokens[ok]
@@ -251,39 +248,7 @@ def compute_metrics(times: RequestTimes, estats: np.ndarray, makespan_s: float, 
     tpot_tw = float(decode_span.sum() / gaps) if gaps else None
     total_out = int(out_tok.sum())
     total_in = int(times.prompt_tokens[ok].sum())
-    m = {
-        "requests": int(ok.size),
-        "completed": int(ok.sum()),
-        "rejected": int((~ok).sum()),
-        "ttft_ms": distribution(ttft, 1e3),
-        "tpot_ms": dict(distribution(tpot, 1e3), mean=(tpot_tw * 1e3 if tpot_tw is not None else None),
-                        mean_per_request=(float(tpot.mean()) * 1e3 if tpot.size else None)),
-        "e2e_s": distribution(e2e, 1.0),
-        "queue_ms": distribution(times.queue_s, 1e3),
-        "throughput": {
-            "output_tokens_per_s": total_out / makespan_s,
-            "total_tokens_per_s": (total_out + total_in) / makespan_s,
-            "requests_per_s": int(ok.sum()) / makespan_s,
-        },
-        "makespan_s": makespan_s,
-        # mean queueing delay of the last third of requests (by arrival) minus the first third's:
-        # near zero when the engine keeps up, growing with the trace when it is overloaded
-        "queue_growth_ms": _queue_growth_s(times) * 1e3,
-        "kv_cache": {
-            "blocks_per_engine": int(nblocks),
-            "mean_utilization": float(estats["kv_block_s"].sum() / max(nblocks, 1) / makespan_s / estats.shape[0]),
-            "peak_utilization": float(estats["kv_peak_blocks"].max() / max(nblocks, 1)),
-            "preemptions": int(estats["preemptions"].sum()),
-        },
-        "steps": int(estats["steps"].sum()),
-        "busy_fraction": float(estats["busy_s"].sum() / makespan_s / estats.shape[0]),
-        "energy": {
-            "total_j": energy_j,
-            "j_per_output_token": energy_j / total_out if total_out else None,
-            "j_per_request": energy_j / max(int(ok.sum()), 1),
-            "mean_power_w": energy_j / makespan_s,
-        },
-    }
+    slo_result = None
     if slo is not None and (slo.ttft_s or slo.tpot_s):
         n_ok = int(ok.sum())
         good = np.ones(n_ok, bool)
@@ -294,14 +259,32 @@ def compute_metrics(times: RequestTimes, estats: np.ndarray, makespan_s: float, 
         p = slo.percentile
         ttft_p = float(np.percentile(ttft, p)) if ttft.size else 0.0
         tpot_p = float(np.percentile(tpot, p)) if tpot.size else 0.0
-        m["slo"] = {
-            "ttft_ms": slo.ttft_s * 1e3 if slo.ttft_s else None,
-            "tpot_ms": slo.tpot_s * 1e3 if slo.tpot_s else None,
-            "percentile": p,
-            "ttft_at_percentile_ms": ttft_p * 1e3,
-            "tpot_at_percentile_ms": tpot_p * 1e3,
-            "met": bool((not slo.ttft_s or ttft_p <= slo.ttft_s) and (not slo.tpot_s or tpot_p <= slo.tpot_s)),
-            "attainment": float(good.mean()) if n_ok else 0.0,
-            "goodput_requests_per_s": float(good.sum()) / makespan_s,
-        }
-    return m
+        slo_result = M.SloResult(
+            slo.ttft_s * 1e3 if slo.ttft_s else None, slo.tpot_s * 1e3 if slo.tpot_s else None, p, ttft_p * 1e3,
+            tpot_p * 1e3, bool((not slo.ttft_s or ttft_p <= slo.ttft_s) and (not slo.tpot_s or tpot_p <= slo.tpot_s)),
+            float(good.mean()) if n_ok else 0.0, float(good.sum()) / makespan_s)
+    tpot_ms = M.Distribution.of(tpot, 1e3)
+    latency = M.Latency(
+        M.Distribution.of(ttft, 1e3),
+        M.TokenGaps(tpot_tw * 1e3 if tpot_tw is not None else None, tpot_ms.p50, tpot_ms.p90, tpot_ms.p99,
+                    float(tpot.mean()) * 1e3 if tpot.size else None),
+        M.Distribution.of(e2e, 1.0), M.Distribution.of(times.queue_s, 1e3))
+    n_done = int(ok.sum())
+    return M.Metrics(
+        requests=int(ok.size), completed=n_done, rejected=int((~ok).sum()), latency=latency,
+        throughput=M.Throughput(total_out / makespan_s, (total_out + total_in) / makespan_s, n_done / makespan_s),
+        makespan_s=makespan_s,
+        # mean queueing delay of the last third of requests (by arrival) minus the first third's:
+        # near zero when the engine keeps up, growing with the trace when it is overloaded
+        queue_growth_ms=_queue_growth_s(times) * 1e3,
+        memory=M.KvCacheUse(
+            int(nblocks),
+            # block-seconds held over (blocks x makespan), mean over engines
+            float(estats["kv_block_s"].sum() / max(nblocks, 1) / makespan_s / estats.shape[0]),
+            float(estats["kv_peak_blocks"].max() / max(nblocks, 1)), int(estats["preemptions"].sum())),
+        steps=int(estats["steps"].sum()),
+        busy_fraction=float(estats["busy_s"].sum() / makespan_s / estats.shape[0]),
+        # joules over output tokens, requests and the makespan
+        energy=M.Energy(energy_j, energy_j / total_out if total_out else None, energy_j / max(n_done, 1),
+                        energy_j / makespan_s),
+        slo=slo_result)

@@ -1,0 +1,200 @@
+"""The figures of one simulation as a typed tree: latency, throughput, energy, SLO, memory (the KV
+cache), prefix caching and speculation, each a frozen dataclass read by attribute. `to_dict()`
+gives the JSON wire format (`metrics` of `simulate --format json`), key for key in its order.
+
+    Metrics
+      latency: Latency (ttft_ms, tpot_ms: TokenGaps, e2e_s, queue_ms: Distribution)
+      throughput: Throughput   memory: KvCacheUse   energy: Energy   slo: SloResult | None
+      prefix_cache: PrefixCache | None   speculative: Speculation | None   disagg: dict | None
+
+A disaggregated run (`simulate.disagg`) carries its per-phase breakdown, transfer volumes, pools
+and conservation counts in `disagg` (plain figures, emitted after the shared ones) and no prefix
+caching or speculation block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """mean, p50, p90, p99 of a per-request figure, in the unit its name says (None: no request)."""
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+    @classmethod
+    def of(cls, x: np.ndarray, scale: float) -> "Distribution":
+        """The distribution of `x` times `scale` (s -> ms: 1e3)."""
+        if x.size == 0:
+            return cls(None, None, None, None)
+        p50, p90, p99 = np.percentile(x, [50, 90, 99])
+        return cls(float(x.mean()) * scale, float(p50) * scale, float(p90) * scale, float(p99) * scale)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "p50": self.p50, "p90": self.p90, "p99": self.p99}
+
+
+@dataclass(frozen=True)
+class TokenGaps(Distribution):
+    """Time per output token: percentiles over requests; `mean` token-weighted (all inter-token gaps
+    over their count, vLLM's ITL mean), `mean_per_request` the plain mean over requests."""
+    mean_per_request: float | None = None
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "mean_per_request": self.mean_per_request}
+
+
+@dataclass(frozen=True)
+class Latency:
+    ttft_ms: Distribution             # time to first token, client view (frontend included)
+    tpot_ms: TokenGaps                # time per output token after the first
+    e2e_s: Distribution               # arrival to last token
+    queue_ms: Distribution            # arrival to first scheduling
+
+
+@dataclass(frozen=True)
+class Throughput:
+    output_tokens_per_s: float
+    total_tokens_per_s: float         # prompt + output tokens of completed requests over the makespan
+    requests_per_s: float
+
+    def to_dict(self) -> dict:
+        return {"output_tokens_per_s": self.output_tokens_per_s, "total_tokens_per_s": self.total_tokens_per_s,
+                "requests_per_s": self.requests_per_s}
+
+
+@dataclass(frozen=True)
+class KvCacheUse:
+    """Memory: KV-cache blocks of one engine and their use over the run."""
+    blocks_per_engine: int
+    mean_utilization: float           # block-seconds held over blocks x makespan, mean over engines
+    peak_utilization: float           # most blocks held at once over blocks
+    preemptions: int
+
+    def to_dict(self) -> dict:
+        return {"blocks_per_engine": self.blocks_per_engine, "mean_utilization": self.mean_utilization,
+                "peak_utilization": self.peak_utilization, "preemptions": self.preemptions}
+
+
+@dataclass(frozen=True)
+class Energy:
+    total_j: float
+    j_per_output_token: float | None
+    j_per_request: float
+    mean_power_w: float
+
+    def to_dict(self) -> dict:
+        return {"total_j": self.total_j, "j_per_output_token": self.j_per_output_token,
+                "j_per_request": self.j_per_request, "mean_power_w": self.mean_power_w}
+
+
+@dataclass(frozen=True)
+class SloResult:
+    """The targets, the latencies at their percentile, whether both are met, and the share of
+    requests meeting both targets (attainment) with its rate (goodput)."""
+    ttft_ms: float | None
+    tpot_ms: float | None
+    percentile: float
+    ttft_at_percentile_ms: float
+    tpot_at_percentile_ms: float
+    met: bool
+    attainment: float
+    goodput_requests_per_s: float
+
+    def to_dict(self) -> dict:
+        return {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "percentile": self.percentile,
+                "ttft_at_percentile_ms": self.ttft_at_percentile_ms,
+                "tpot_at_percentile_ms": self.tpot_at_percentile_ms, "met": self.met,
+                "attainment": self.attainment, "goodput_requests_per_s": self.goodput_requests_per_s}
+
+
+@dataclass(frozen=True)
+class CachingComparison:
+    """The same run with prefix caching flipped: TTFT (and goodput, with an SLO) with and without."""
+    ttft_ms_with_caching: Distribution
+    ttft_ms_without_caching: Distribution
+    hit_rate_with_caching: float
+    goodput_with_caching_rps: float | None = None
+    goodput_without_caching_rps: float | None = None
+
+    def to_dict(self) -> dict:
+        d = {"ttft_ms_with_caching": self.ttft_ms_with_caching.to_dict(),
+             "ttft_ms_without_caching": self.ttft_ms_without_caching.to_dict(),
+             "hit_rate_with_caching": self.hit_rate_with_caching}
+        if self.goodput_with_caching_rps is not None:
+            d["goodput_with_caching_rps"] = self.goodput_with_caching_rps
+            d["goodput_without_caching_rps"] = self.goodput_without_caching_rps
+        return d
+
+
+@dataclass(frozen=True)
+class PrefixCache:
+    enabled: bool
+    prefix_block_tokens: int
+    hit_rate: float                   # cached prompt tokens over prompt tokens of completed requests
+    saved_prefill_tokens: int
+    infinite_cache_hit_rate: float    # what a cache that never evicts would reach on the same requests
+    evicted_blocks: int
+    comparison: CachingComparison | None = None
+
+    def to_dict(self) -> dict:
+        d = {"enabled": self.enabled, "prefix_block_tokens": self.prefix_block_tokens, "hit_rate": self.hit_rate,
+             "saved_prefill_tokens": self.saved_prefill_tokens,
+             "infinite_cache_hit_rate": self.infinite_cache_hit_rate, "evicted_blocks": self.evicted_blocks}
+        return {**d, **self.comparison.to_dict()} if self.comparison else d
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """The speculative setting (`SpecConfig.as_dict()`) and what the run measured of it."""
+    setting: dict
+    verify_steps: int
+    measured_tokens_per_step: float | None
+
+    def to_dict(self) -> dict:
+        return {**self.setting, "verify_steps": self.verify_steps,
+                "measured_tokens_per_step": self.measured_tokens_per_step}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Aggregates a serving benchmark reports for one simulation, plus SLO attainment and energy."""
+    requests: int
+    completed: int
+    rejected: int
+    latency: Latency
+    throughput: Throughput
+    makespan_s: float
+    queue_growth_ms: float            # mean queueing of the last third of arrivals minus the first third's
+    memory: KvCacheUse
+    steps: int
+    busy_fraction: float
+    energy: Energy
+    slo: SloResult | None = None
+    requests_refused_too_long: int = 0
+    prefix_cache: PrefixCache | None = None
+    speculative: Speculation | None = None
+    disagg: dict[str, Any] | None = None   # disaggregated runs: phases, transfer, pools, conservation
+
+    def to_dict(self) -> dict:
+        lat = self.latency
+        d = {"requests": self.requests, "completed": self.completed, "rejected": self.rejected,
+             "ttft_ms": lat.ttft_ms.to_dict(), "tpot_ms": lat.tpot_ms.to_dict(), "e2e_s": lat.e2e_s.to_dict(),
+             "queue_ms": lat.queue_ms.to_dict(), "throughput": self.throughput.to_dict(),
+             "makespan_s": self.makespan_s, "queue_growth_ms": self.queue_growth_ms,
+             "kv_cache": self.memory.to_dict(), "steps": self.steps, "busy_fraction": self.busy_fraction,
+             "energy": self.energy.to_dict()}
+        if self.slo is not None:
+            d["slo"] = self.slo.to_dict()
+        d["requests_refused_too_long"] = self.requests_refused_too_long
+        if self.disagg is not None:
+            return {**d, **self.disagg}
+        d["prefix_cache"] = self.prefix_cache.to_dict() if self.prefix_cache else None
+        d["speculative"] = self.speculative.to_dict() if self.speculative else None
+        return d

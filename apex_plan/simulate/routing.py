@@ -1,0 +1,76 @@
+"""Numba routing of an arriving request to a replica (round robin, least loaded, session affinity,
+longest cached prefix as SGLang's router) and, inside it, to the virtual engine with the fewest
+unfinished requests. Inlined into the event loops (`simulate.kernels`, `simulate.disagg_kernel`)."""
+
+from __future__ import annotations
+
+from apex_plan.abi import ROUTE_PREFIX, ROUTE_ROUND_ROBIN, ROUTE_SESSION
+from apex_plan.jit import kernel
+from apex_plan.simulate.prefix_cache import M_UNIT_TOKENS, lookup
+
+# SGLang router cache_aware policy (sgl-project/sglang rust/README.md, sglang-router defaults): replicas are
+# imbalanced when (max - min) load > 32 and max > 1.0001 x min, and then the least loaded one takes the
+# request; otherwise the replica caching the longest prefix does, when it covers >= 0.5 of the prompt
+ROUTER_CACHE_THRESHOLD = 0.5
+ROUTER_BALANCE_ABS = 32
+ROUTER_BALANCE_REL = 1.0001
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _replica(r, rr, req, eng, cfg, cache, ids, sess_rep):
+    """Replica for arriving request r (SCHED.routing) and the round-robin counter: round robin; the
+    least loaded (fewest unfinished requests); session affinity (a session's turns follow its first
+    turn, placed on the least loaded replica: llm-d's session-affinity scorer); or the replica
+    caching the longest prefix of the prompt unless the load is imbalanced (SGLang router)."""
+    dp, pp = cfg.ranks, cfg.pp
+    if cfg.routing == ROUTE_ROUND_ROBIN:
+        return rr % dp, rr + 1
+    best = 0
+    best_load = 1 << 60
+    worst_load = 0
+    for rep in range(dp):
+        load = 0
+        for v in range(pp):
+            load += eng[rep * pp + v].unfinished
+        if load < best_load:
+            best_load = load
+            best = rep
+        worst_load = max(worst_load, load)
+    q = req[r]
+    if cfg.routing == ROUTE_SESSION and q.session >= 0:
+        if sess_rep[q.session] < 0:
+            sess_rep[q.session] = best
+        return sess_rep[q.session], rr
+    ut = cache.meta[M_UNIT_TOKENS]
+    if cfg.routing == ROUTE_PREFIX and ut > 0 and q.hash_count > 0 and not (
+            worst_load - best_load > ROUTER_BALANCE_ABS and worst_load > ROUTER_BALANCE_REL * best_load):
+        limit = min(q.hash_count, (q.prompt_tokens - 1) // ut)
+        top, top_h = -1, 0
+        for e in range(dp * pp):
+            h, _ = lookup(cache, e, ids, q.hash_start, limit)
+            if h > top_h:
+                top, top_h = e // pp, h
+        if top >= 0 and top_h * ut >= ROUTER_CACHE_THRESHOLD * q.prompt_tokens:
+            return top, rr
+    return best, rr
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _route(r, rr, req, eng, cfg, cache, ids, sess_rep):
+    """Queue arriving request r on its replica's virtual engine with the fewest unfinished requests.
+    Returns the round-robin counter."""
+    pp = cfg.pp
+    rep, rr = _replica(r, rr, req, eng, cfg, cache, ids, sess_rep)
+    e = rep * pp
+    for v in range(1, pp):
+        if eng[rep * pp + v].unfinished < eng[e].unfinished:
+            e = rep * pp + v
+    en = eng[e]
+    req[r].next = -1
+    if en.tail == -1:
+        en.head = r
+    else:
+        req[en.tail].next = r
+    en.tail = r
+    en.unfinished += 1
+    return rr
