@@ -816,6 +816,17 @@ def family_files() -> list[tuple[str, tuple[str, ...]]]:
     return out
 
 
+# a modelopt quantisation companion beside a config.json that states no quantization_config (NVFP4 exports)
+_LLAMA_CFG = json.loads(json.dumps(yaml.safe_load((ROOT / "models" / f"{MODEL}.yaml").read_text())))
+for tag, companion in (("malformed", "{\"quantization\": "), ("latin1", '{"quantization": {"quant_algo": "caf\u00e9"}}'),
+                       ("not-a-map", '{"quantization": "NVFP4"}'), ("list", "[1, 2]")):
+    cfg_name = add_file(f"comp-{tag}/config.json", json.dumps({k: v for k, v in _LLAMA_CFG.items()
+                                                              if k not in ("name", "source", "aliases")}))
+    FILES[f"comp-{tag}/hf_quant_config.json"] = companion.encode("latin-1")
+    for cmd in (["check"], ["models"]):
+        case(f"{cmd[0]}:{cfg_name}", [*cmd, "{file:" + cfg_name + "}"], "hf_quant_config.json")
+    case(f"search--model:{cfg_name}", with_opt(SEARCH, "--model", "{file:" + cfg_name + "}"), "hf_quant_config.json")
+
 for name, needles in family_files():
     shown = (Path(name).parent.name,) + needles
     case(f"check:{name}", ["check", "{file:" + name + "}"], *shown)

@@ -191,3 +191,31 @@ def test_engine_layout_rules():
     assert all(p.tp * p.adp == 16 and (p.tp * p.adp) % p.ep == 0 for p in plans)
     dense = load_model("llama-3.1-8b")
     assert all(p.ep == 1 for p in ML.instance_layouts(TRTLLM, dense, make_cluster(H200, 8), 8))
+
+
+def test_exchange_inside_an_nvl72_domain_stays_on_nvlink():
+    """ADP16 on an NVL72 rack spans 4 compute trays of 4 GPUs but one NVLink domain: no RDMA share."""
+    gb200 = load_gpu("gb200-nvl72")
+    cluster = make_cluster(gb200, 16)
+    plan = Plan(tp=1, adp=16, ep=16, weight_dtype="fp8", kv_dtype="fp8")
+    p = build_step_cost(DSV3, gb200, plan, cluster, profile=TRTLLM).cost.params[0]
+    assert cluster.num_nodes == 4 and p["a2a_domain_gpus"] == 16
+    m, h = 16.0, DSV3.hidden_size
+    want = 2 * p["a2a_latency_s"] + 15 * m * h * (1.0 + 4.0 / 128.0 + 2.0) / p["a2a_bytes_per_s"]
+    assert MOE.comm_s(p, m, m, True, 1.0) == pytest.approx(want, rel=1e-12)
+
+
+def test_lockstep_ranks_share_every_step():
+    """In a lock-step attention-DP replica every rank is busy for every step of the replica (an idle
+    rank joins with an empty batch), so all ranks count the same steps and busy seconds, even with
+    fewer requests in flight than ranks (so the ranks' token counts differ)."""
+    plan = Plan(tp=1, adp=4, ep=4, weight_dtype="fp8", kv_dtype="fp8")
+    model = load_model("qwen3-235b-a22b")
+    trace = Trace(np.zeros(6), np.full(6, 256, np.int64), np.full(6, 32, np.int64))
+    res = simulate(model, make_cluster(H200, 4), plan, EngineConfig(name="sglang", max_num_seqs=8),
+                   Workload(trace, "closed", 3))
+    st = res.engine_stats
+    assert res.feasible and st.shape[0] == 4
+    assert len(set(st["steps"].tolist())) == 1 and np.ptp(st["busy_s"]) < 1e-12
+    assert st["tokens"].sum() == 6 * 256 + 6 * 31    # every prompt prefilled once, every later token decoded once
+    assert st["tokens"].min() < st["tokens"].max()

@@ -62,6 +62,28 @@ def test_search_below_70_columns_cuts_no_value(capsys, monkeypatch, width):
     assert "binds" in text and text.count("TPOT SLO") + text.count("compute") + text.count("rate ceiling") >= 3
 
 
+SIMULATE = ["simulate", "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb", "--gpus", "1", "--plan", "tp=1",
+            "--workload", "chat", "--rate", "2", "--num-requests", "40", "--max-model-len", "8192"]
+
+
+@pytest.mark.parametrize("argv", [SIMULATE, ["models", "llama-3.1-8b"], ["hardware", "h100-sxm-80gb"]],
+                         ids=["simulate", "models", "hardware"])
+@pytest.mark.parametrize("width", [40, 60, 80])
+def test_every_table_fits_or_becomes_records(capsys, monkeypatch, argv, width):
+    """simulate's latency and step tables, a model's parameter table, a GPU's calibration table: no line
+    wider than the terminal, and no word of a row label folded across lines (each label whole)."""
+    code, out, err = run_main(argv, capsys, monkeypatch, env={"COLUMNS": str(width)})
+    assert code == 0, err
+    lines = out.splitlines()
+    assert all(len(line) <= width for line in lines), [line for line in lines if len(line) > width]
+    words = {w for line in lines for w in re.findall(r"[A-Za-z_][A-Za-z_-]{3,}", line)}
+    labels = {"simulate": ("communication", "elementwise", "end-to-end", "queueing"),
+              "models": ("attention_per_layer", "dense_mlp_per_layer", "embedding"),
+              "hardware": ("kernel_latency_us", "compute_efficiency")}[argv[0]]
+    for label in labels:
+        assert label in words, label
+
+
 def test_phrases_break_only_between_phrases():
     buf = io.StringIO()
     phrases = [f"phrase number {i} with words" for i in range(12)]
@@ -199,3 +221,27 @@ def test_remote_code_configs_launch_with_trust_remote_code():
         cmd = launch_command(family, "org/m", plan, ENGINE, remote_code=True)
         assert flag in cmd.split() and flag not in launch_command(family, "org/m", plan, ENGINE).split()
         assert parse_launch(cmd)["tp"] == 2
+
+
+def test_modelopt_companion_sets_the_checkpoint_format(tmp_path, capsys, monkeypatch):
+    """A config.json without quantization_config beside a modelopt hf_quant_config.json (NVIDIA's NVFP4
+    exports) is planned in the companion's format (folder layout and aiconfigurator-core's naming); without
+    one it stays bf16; a broken companion is one line naming it."""
+    from apex_plan.model.load import load_model
+    from test_model import _hf_llama_config
+    cfg = dict(_hf_llama_config(), _name_or_path="nvidia/Llama-3.1-8B-NVFP4")
+    nvfp4 = {"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "NVFP4", "group_size": 16,
+                                                                "exclude_modules": ["lm_head"]}}
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert load_model(str(folder / "config.json")).checkpoint_dtype == "bf16"
+    (folder / "hf_quant_config.json").write_text(json.dumps(nvfp4))
+    spec = load_model(str(folder / "config.json"))
+    assert spec.checkpoint_dtype == "fp4" and spec.source == "nvidia/Llama-3.1-8B-NVFP4"
+    (tmp_path / "nvidia--X-NVFP4_config.json").write_text(json.dumps(cfg))
+    (tmp_path / "nvidia--X-NVFP4_hf_quant_config.json").write_text(json.dumps(nvfp4))
+    assert load_model(str(tmp_path / "nvidia--X-NVFP4_config.json")).checkpoint_dtype == "fp4"
+    (folder / "hf_quant_config.json").write_text('{"quantization": "NVFP4"}')
+    code, out, err = run_main(["models", str(folder / "config.json")], capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "hf_quant_config.json" in err and "quantization" in err

@@ -149,15 +149,16 @@ def host_launched_kernels(p, sh, layer_kernels):
 
 
 @kernel(cache=True, fastmath=False)
-def _attn_s(p, sh, flop_pair, kv_b, reread, windowed):
-    """Seconds of one layer's attention. Prefill: tile-padded query x key pairs at the GPU's attention
-    efficiency x the backend's scale x SM occupancy (query tiles x heads over SMs), or the KV read if
-    slower. Decode: the KV read (`reread` times per KV head without GQA sharing), or its FLOPs.
+def _attn_s(p, sh, o, windowed):
+    """Seconds of one layer's attention row `o`. Prefill: tile-padded query x key pairs (o.pf_flops_per_unit
+    each) at the row's prefill efficiency x the backend's scale x SM occupancy (query tiles x heads over
+    SMs), or the KV read if slower. Decode: the KV read (o.rereads times per KV head without GQA sharing)
+    at the row's bytes/s, or its FLOPs at its decode efficiency; o.latency_s per call.
     windowed: 1 contexts capped at the window, 2 at the top-k span; the padded pairs shrink in the capped
     pairs' ratio."""
     bw = p.hbm_bytes_per_s * p.hbm_efficiency
-    klat = p.kernel_latency_s
-    a_peak = p.attn_peak_flops_per_s * p.attn_efficiency      # achievable attention FLOP/s at full occupancy
+    kv_b = o.bytes_per_unit
+    a_peak = p.attn_peak_flops_per_s * o.efficiency           # achievable prefill attention FLOP/s, full occupancy
     pf_pad, pf_pad_prefix = sh.pf_pad_pairs, sh.pf_pad_prefix_pairs
     dec_ctx, pf_ctx = sh.dec_ctx_tokens, sh.pf_ctx_tokens
     if windowed > 0:
@@ -169,9 +170,10 @@ def _attn_s(p, sh, flop_pair, kv_b, reread, windowed):
     if sh.n_prefill > 0:
         occ = min(1.0, max(sh.pf_q_tiles, 1.0) * p.attn_heads / p.sms)
         eff = (pf_pad - pf_pad_prefix) / p.attn_scale_fresh + pf_pad_prefix / p.attn_scale_prefix
-        t += max(flop_pair * eff / (a_peak * occ), kv_b * pf_ctx / bw) + klat
+        t += max(o.pf_flops_per_unit * eff / (a_peak * occ), kv_b * pf_ctx / bw) + o.latency_s
     if sh.n_decode > 0:
-        t += max(flop_pair * dec_ctx / a_peak, kv_b * dec_ctx * reread / bw) + klat
+        d_peak = p.attn_peak_flops_per_s * o.decode_efficiency   # achievable decode attention FLOP/s
+        t += max(o.flops_per_unit * dec_ctx / d_peak, kv_b * dec_ctx * o.rereads / o.bytes_per_s) + o.latency_s
     return t
 
 
@@ -183,7 +185,8 @@ def _op_time(p, sh, o, m, moe_m):
     klat = p.kernel_latency_s
     act_b = p.act_bytes
     if o.shape == OP_GEMM or o.shape == OP_EXPERTS:
-        peak = o.peak_flops_per_s * o.efficiency              # achievable GEMM FLOP/s
+        # each GEMM at its own weight format's kernel: achievable FLOP/s, bytes/s and time per call
+        peak = o.peak_flops_per_s * o.efficiency
         k, n, wb = o.k, o.n, o.w_bytes
         if o.shape == OP_EXPERTS:
             # routed experts: expert-token copies reaching this GPU, and how many of its experts they
@@ -200,7 +203,7 @@ def _op_time(p, sh, o, m, moe_m):
         else:
             flops = 2.0 * m * k * n                             # multiply-adds: 2 * M * K * N
             byts = k * n * wb + m * (k + n) * act_b             # weights once + in/out activations
-        return max(flops / peak, byts / bw) + klat, flops, byts
+        return max(flops / peak, byts / o.bytes_per_s) + o.latency_s, flops, byts
     if o.shape == OP_ATTENTION:
         windowed = o.windowed
         dec_ctx, pf_ctx, pairs = sh.dec_ctx_tokens, sh.pf_ctx_tokens, sh.pf_pairs
@@ -208,8 +211,8 @@ def _op_time(p, sh, o, m, moe_m):
             dec_ctx, pf_ctx, pairs = sh.dec_ctx_w, sh.pf_ctx_w, sh.pf_pairs_w
         elif windowed == 2:
             dec_ctx, pf_ctx, pairs = sh.dec_ctx_k, sh.pf_ctx_k, sh.pf_pairs_k
-        t = _attn_s(p, sh, o.flops_per_unit, o.bytes_per_unit, o.rereads, windowed)
-        flops = o.flops_per_unit * (pairs + dec_ctx)                            # QK^T and PV multiply-adds
+        t = _attn_s(p, sh, o, windowed)
+        flops = o.pf_flops_per_unit * pairs + o.flops_per_unit * dec_ctx        # QK^T and PV multiply-adds
         byts = o.bytes_per_unit * (dec_ctx * o.rereads + pf_ctx)                # KV cache read
         return t, flops, byts
     # OP_RECURRENT: a recurrent step per token, each sequence's state read and written once
@@ -261,7 +264,7 @@ def rank_step_time(cost, sh, moe_m):
     p = cost.params[0]
     if sh.tokens <= 0:
         return 0.0, Breakdown(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    peak = p.gemm_peak_flops_per_s * p.gemm_efficiency      # achievable GEMM FLOP/s
+    peak = p.attn_peak_flops_per_s * p.gemm_efficiency      # achievable FLOP/s of the LM head (activation dtype)
     bw = p.hbm_bytes_per_s * p.hbm_efficiency               # achievable HBM bytes/s
     klat = p.kernel_latency_s
     act_b = p.act_bytes

@@ -98,8 +98,11 @@ class FullAttention(Mixer):
     def rows(self, shard, count, rereads):
         c = max(shard.compress, 1)
         flops = shard.full_attn_flops_per_pair or shard.attn_flops_per_pair
-        return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=flops / c, bytes_per_unit=self._kv(shard) / c,
-                     rereads=rereads)] + _raw_window(shard, count, rereads)
+        # prefill FLOPs per pair: MLA's expanded form where it differs (0: as decode, see op_table)
+        pf = 0.0 if shard.full_attn_flops_per_pair else shard.prefill_flops_per_pair
+        return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=flops / c, pf_flops_per_unit=pf / c,
+                     bytes_per_unit=self._kv(shard) / c, rereads=rereads, latent=int(shard.latent))] + _raw_window(
+                         shard, count, rereads)
 
     def kv_bytes_per_token(self, shard):
         return self._kv(shard) / max(shard.compress, 1)
@@ -114,7 +117,8 @@ class WindowedAttention(Mixer):
 
     def rows(self, shard, count, rereads):
         return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.attn_flops_per_pair,
-                     bytes_per_unit=shard.kv_bytes_per_token_layer, rereads=rereads, windowed=1)]
+                     pf_flops_per_unit=shard.attn_flops_per_pair, bytes_per_unit=shard.kv_bytes_per_token_layer,
+                     rereads=rereads, windowed=1)]
 
     def seq_bytes(self, shard, max_model_len, block_size):
         # the window plus one block, capped at max_model_len
@@ -141,8 +145,10 @@ class SparseAttention(Mixer):
 
     def rows(self, shard, count, rereads):
         c = max(shard.compress, 1)
+        # the top-k attention runs the sparse MLA kernel in the absorbed form over the latent cache
         top_k = _row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.attn_flops_per_pair / c,
-                     bytes_per_unit=shard.kv_bytes_per_token_layer / c, rereads=rereads, windowed=2)
+                     bytes_per_unit=shard.kv_bytes_per_token_layer / c, rereads=rereads, windowed=2,
+                     latent=int(shard.latent))
         indexer = _row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.index_flops_per_pair / c,
                        bytes_per_unit=shard.index_kv_bytes_per_token / c, rereads=1.0)
         return [top_k, indexer] + _raw_window(shard, count, rereads)
@@ -197,19 +203,26 @@ def _merged(rows: list[dict]) -> list[dict]:
     return list(out.values())
 
 
-def op_table(shard, peak_flops_per_s: float, efficiency: float, rereads: float) -> np.ndarray:
+def op_table(shard, gemm_rates, attention_rates, rereads: float) -> np.ndarray:
     """The OP table of the shard's largest stage: its GEMMs (each at the count of the stage's layers
-    that run it, with its weight format and the tensor-core peak and efficiency it runs at), then each
-    mixer's rows per layer kind (`rereads`: decode KV reads per KV head on the engine's attention
-    backend; 1 means shared by a KV head's queries, whatever the kind's KV heads)."""
+    that run it, with its weight format and `gemm_rates(gemm)`: the peak FLOP/s, efficiency, bytes/s and
+    fixed time per call of the kernel its own format runs), then each mixer's rows per layer kind,
+    attention rows at `attention_rates(latent)` (`rereads`: decode KV reads per KV head on the engine's
+    attention backend; 1 means shared by a KV head's queries, whatever the kind's KV heads)."""
     st = shard.largest_stage
     rows = [_row(shape=OP_EXPERTS if g.kind == GEMM_ROUTED_EXPERTS else OP_GEMM, count=st.gemm_layers(g),
-                 format=_format_id(g.fmt), peak_flops_per_s=peak_flops_per_s, efficiency=efficiency, k=g.k, n=g.n,
-                 w_bytes=g.w_bytes, experts=g.experts, route_frac=g.route_frac, active_p=g.active_p)
+                 format=_format_id(g.fmt), k=g.k, n=g.n, w_bytes=g.w_bytes, experts=g.experts,
+                 route_frac=g.route_frac, active_p=g.active_p, **gemm_rates(g))
             for g in shard.gemms if st.gemm_layers(g) > 0]
     mixer_rows = []
     for kind, n in st.mixer_kinds():         # model.spec.MIXERS order: full, sliding, ..., mamba
         view = shard.view(kind)
         kind_rereads = 1.0 if rereads == 1.0 else max(1.0, view.heads_per_gpu / view.kv_heads_per_gpu)
-        mixer_rows += MIXERS[kind.mixer].rows(view, n, kind_rereads)
+        for r in MIXERS[kind.mixer].rows(view, n, kind_rereads):
+            latent = r.pop("latent", 0) == 1      # builder-side only: MLA rows run the MLA kernels
+            if r["shape"] == OP_ATTENTION:
+                r.update(attention_rates(latent))
+                # prefill FLOPs per pair: the decode form's unless the row names its own (MLA expanded)
+                r["pf_flops_per_unit"] = r["pf_flops_per_unit"] or r["flops_per_unit"]
+            mixer_rows.append(r)
     return make_table(OP, rows + _merged(mixer_rows))

@@ -129,6 +129,8 @@ class Shard:
     mamba_flops_per_token: float = 0.0
     full_kv_bytes_per_token_layer: float = 0.0   # full-attention layers' KV bytes when they differ (Gemma 4); 0: same
     full_attn_flops_per_pair: float = 0.0        # full-attention layers' FLOPs per pair when they differ; 0: same
+    prefill_flops_per_pair: float = 0.0          # MLA: prefill attention FLOPs per pair in the expanded form; 0: as decode
+    latent: bool = False                         # MLA: attention runs over the latent cache (the MLA kernels)
     kv_variants: tuple[tuple[int, int, float], ...] = ()   # (LayerKind.kv_heads, KV heads on one GPU, KV bytes per
                                                            # token per layer on one GPU) of layers with their own KV heads
     topk_tokens: int = 0             # sparse attention: tokens of context its top-k rows span (index_topk x compress)
@@ -222,7 +224,7 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     gemms: list[Gemm] = []
     kv_variants: list[tuple[int, int, float]] = []
     q_out = k_out = 0
-    full_kv = full_flops = 0.0
+    full_kv = full_flops = pf_flops = 0.0
     attn_flops = kv_tok = 0.0
     norm_params = 2 * h
     if model.attention == "mla":
@@ -237,8 +239,11 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         gemms.append(Gemm("kv_b", model.kv_lora_rank, hq * (model.qk_nope_head_dim + model.v_head_dim), GEMM_ATTENTION,
                           w_bytes=wa.bytes, fmt=wa.fmt))
         gemms.append(Gemm("o", hq * model.v_head_dim, h, GEMM_ATTENTION, w_bytes=wa.bytes, fmt=wa.fmt))
-        # absorbed MLA attention over the latent cache: scores over (kv_lora + rope), values over kv_lora
+        # absorbed MLA attention over the latent cache (decode): scores over (kv_lora + rope), values over kv_lora
         attn_flops = 2.0 * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim)
+        # prefill runs the expanded form (the engines' MLA context kernels; aiconfigurator-core context_mla
+        # tables): per head QK^T over nope + rope and PV over v_head_dim
+        pf_flops = 2.0 * heads * (qk + model.v_head_dim)
         kv_tok = (model.kv_lora_rank + model.qk_rope_head_dim) * kvb   # latent cache, replicated per GPU
         q_out, k_out = hq * qk, model.qk_rope_head_dim
         norm_params = 2 * h + model.kv_lora_rank + model.q_lora_rank
@@ -398,5 +403,6 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         state_bytes_linear=st_lin, state_bytes_mamba=st_mamba,
         linear_flops_per_token=fl_lin, mamba_flops_per_token=fl_mamba,
         full_kv_bytes_per_token_layer=full_kv, full_attn_flops_per_pair=full_flops,
+        prefill_flops_per_pair=pf_flops, latent=model.attention == "mla",
         kv_variants=tuple(kv_variants), topk_tokens=topk_tokens, compressor_states=tuple(states),
     )

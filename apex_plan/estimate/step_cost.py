@@ -16,7 +16,8 @@ from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
 from apex_plan.estimate import moe as MOE
 from apex_plan.estimate.mixers import op_table
-from apex_plan.estimate.shard import Shard, build_shard
+from apex_plan.estimate.shard import Gemm, Shard, build_shard
+from apex_plan.hardware.formats import compute_dtype
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
 from apex_plan.model import spec as S
 from apex_plan.model.spec import ModelSpec
@@ -78,6 +79,32 @@ class StepCost:
     def decode_time_s(self, batch: int, context_tokens: int) -> float:
         """Seconds of one decode step of `batch` sequences of `context_tokens` each (CUDA graph)."""
         return self.step_s(decodes=batch, context=context_tokens)[0]
+
+
+def gemm_rates(gpu: GpuSpec, act_dtype: str):
+    """OP-row rates of a weight GEMM on `gpu`: the dense peak of the tensor cores its own weight format runs
+    on (a mixed checkpoint's components each at theirs: bf16 attention beside fp4 experts runs at the bf16
+    peak), at the calibration's efficiency, bandwidth and fixed time per call."""
+    c = gpu.calibration
+    bw = gpu.mem_bw_gbps * 1e9
+
+    def rates(g: Gemm) -> dict:
+        return dict(peak_flops_per_s=gpu.peak_flops(compute_dtype(gpu, g.fmt, act_dtype)),
+                    efficiency=c.compute_efficiency, bytes_per_s=bw * c.bandwidth_efficiency,
+                    latency_s=c.kernel_latency_us * 1e-6)
+    return rates
+
+
+def attention_rates(gpu: GpuSpec):
+    """OP-row rates of attention on `gpu` (prefill and decode efficiency, decode KV bytes/s, fixed time per
+    call): the calibration's, MLA rows included (their prefill runs the expanded form, see build_shard)."""
+    c = gpu.calibration
+    bw = gpu.mem_bw_gbps * 1e9
+
+    def rates(latent: bool) -> dict:
+        return dict(efficiency=c.attention_efficiency, decode_efficiency=c.attention_efficiency,
+                    bytes_per_s=bw * c.bandwidth_efficiency, latency_s=c.kernel_latency_us * 1e-6)
+    return rates
 
 
 def layer_fields(shard: Shard) -> dict:
@@ -226,5 +253,5 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     )
     # decode KV reads: once per KV head with GQA sharing, else once per query head of its group
     rereads = 1.0 if backend.gqa_shared_kv else max(1.0, shard.heads_per_gpu / shard.kv_heads_per_gpu)
-    ops = op_table(shard, params["gemm_peak_flops_per_s"][0], c.compute_efficiency, rereads)
+    ops = op_table(shard, gemm_rates(gpu, plan.act_dtype), attention_rates(gpu), rereads)
     return StepCost(CostTables(params, ops), shard, gpu, plan, prof)

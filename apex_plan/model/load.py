@@ -191,7 +191,31 @@ def _load_file(path: Path) -> ModelSpec:
     default_name = path.parent.name if path.name == "config.json" else path.stem
     if is_json and not data.get("source"):
         data = dict(data, source=servable_source(path, data))
+    if is_json and "quantization_config" not in data:
+        companion = quant_companion(path)
+        if companion is not None:
+            data = dict(data, quantization_config=companion)
     return spec_from_hf(data, where, default_name=default_name)
+
+
+def quant_companion(path: Path) -> dict | None:
+    """The modelopt quantisation file beside a config.json that states no quantization_config (NVIDIA's
+    NVFP4 / FP8 exports keep it in hf_quant_config.json, which vLLM's modelopt loader reads): the folder's
+    hf_quant_config.json, or aiconfigurator-core's ORG--NAME_hf_quant_config.json beside ORG--NAME_config.json.
+    None when there is none; an unreadable one is a field error of the config."""
+    stem = path.stem.removesuffix("_config")
+    for cand in (path.with_name("hf_quant_config.json"), path.with_name(f"{stem}_hf_quant_config.json")):
+        if cand != path and cand.is_file():
+            try:
+                doc = json.loads(cand.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise InputError(str(cand), None, f"cannot read the quantisation companion: {err}",
+                                 "fix or remove it (its config.json states no quantization_config)") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("quantization"), dict):
+                raise InputError(str(cand), "quantization", "must be a mapping (modelopt hf_quant_config.json)",
+                                 "fix or remove it (its config.json states no quantization_config)")
+            return doc
+    return None
 
 
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")          # a Hugging Face repo id: ORG/NAME

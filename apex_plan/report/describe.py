@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from rich.console import Console
-from rich.table import Table
 
 from apex_plan.report.layout import print_table, table
 
@@ -109,23 +108,19 @@ def gpus_table(gpus: list[GpuSpec], console: Console) -> None:
 
 def gpu_table(g: GpuSpec, console: Console) -> None:
     gpus_table([g], console)
-    t = Table(title=f"{g.name} calibration")
-    t.add_column("constant", overflow="fold")
-    t.add_column("value", justify="right", overflow="fold")
+    t = table(f"{g.name} calibration", [("constant", "left"), ("value", "right")])
     for k, v in dataclasses.asdict(g.calibration).items():
         t.add_row(k, f"{v:g}")
-    console.print(t)
+    print_table(console, t)
     console.print(f"source: {g.source}")
 
 
 def model_table(m: ModelSpec, console: Console) -> None:
     models_table([m], console)
     d = model_doc(m)
-    t = Table(title=f"{m.name} parameters ({m.source})")
-    t.add_column("component", overflow="fold")
-    t.add_column("count", justify="right", overflow="fold")
+    t = table(f"{m.name} parameters ({m.source})", [("component", "left"), ("count", "right")])
     for k, v in d["parameters"].items():
         t.add_row(k, f"{v:,}")
-    console.print(t)
+    print_table(console, t)
     console.print(f"KV cache per token: {d['kv_cache_bytes_per_token']['bf16']:,.0f} B (bf16), "
                   f"{d['kv_cache_bytes_per_token']['fp8']:,.0f} B (fp8)")

@@ -4,8 +4,8 @@ launch commands), CSV row, and a table."""
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table
 
+from apex_plan.report.layout import print_table, table
 from apex_plan.report.output import SCHEMA_VERSION, flatten
 from apex_plan.report.simulate_view import latency_table
 from apex_plan.simulate.disagg import DisaggResult
@@ -63,16 +63,14 @@ def disagg_table(res: DisaggResult, console: Console, model_repo: str = "MODEL")
         console.print(f"[red]infeasible:[/red] {res.reason}")
         return
     m = res.metrics
-    console.print(latency_table(m))
-    ph = Table(title="TTFT by phase (ms)")
-    for col in ("phase", "mean", "p50", "p90"):
-        ph.add_column(col, justify="right" if col != "phase" else "left")
+    print_table(console, latency_table(m))
+    ph = table("TTFT by phase (ms)", [(col, "right" if col != "phase" else "left") for col in ("phase", "mean", "p50", "p90")])
     for k, v in m["ttft_phases"].items():
         if isinstance(v, dict):
             ph.add_row(k.removesuffix("_ms").replace("_", " "), *(_f(v[s], ".2f") for s in ("mean", "p50", "p90")))
         else:
             ph.add_row(k.removesuffix("_ms"), _f(v, ".2f"), "", "")
-    console.print(ph)
+    print_table(console, ph)
     kv, c, pools = m["kv_transfer"], m["conservation"], m["pools"]
     console.print(f"KV transfer: {kv['bytes_per_request_mean'] / 2**20:.1f} MiB per request, links "
                   f"{', '.join(f'{g:g}' for g in kv['link_gbps'])} GB/s, {kv['rank_pairs_over_nvlink']:.0%} of rank pairs "

@@ -63,10 +63,9 @@ def fit_columns(t: Table, console: Console, optional: tuple[str, ...] = ()) -> b
     """Minimum width of each column: its longest word (header or cell), so no value is ever cut; when
     they cannot all fit `width`, the `optional` columns (in that order) are left out (the JSON and CSV
     carry them). True when the table then fits the console's width."""
-    cap = max(8, console.width // 4)       # a word longer than this (a run id) folds rather than widen the table
     for col in t.columns:
         words = [w for cell in [str(col.header), *map(str, col._cells)] for w in cell.split()]
-        col.min_width = min(max((len(w) for w in words), default=1), cap)
+        col.min_width = max((len(w) for w in words), default=1)
 
     def fits() -> bool:                    # rendered at the console's width, no line longer than it
         probe = Console(width=console.width, file=io.StringIO(), color_system=None, legacy_windows=False)

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from apex_plan.report.layout import print_table, table
 from apex_plan.report.output import SCHEMA_VERSION, flatten
 from apex_plan.simulate.run import SimResult
 
@@ -21,9 +22,8 @@ _LATENCY_ROWS = (("ttft_ms", "TTFT (ms)", ".1f"), ("tpot_ms", "TPOT (ms)", ".2f"
 def latency_table(metrics: dict) -> Table:
     """The client-view latency table (mean and percentiles) of a simulation's metrics; rows whose
     metric the run does not report (a disaggregated run has no single queue) are left out."""
-    t = Table(title="Latency (client view)")
-    for col in ("metric", "mean", "p50", "p90", "p99"):
-        t.add_column(col, justify="right" if col != "metric" else "left", overflow="fold")
+    t = table("Latency (client view)", [(col, "right" if col != "metric" else "left")
+                                         for col in ("metric", "mean", "p50", "p90", "p99")])
     for key, label, spec in _LATENCY_ROWS:
         if key in metrics:
             t.add_row(label, *(_fmt(metrics[key][k], spec) for k in ("mean", "p50", "p90", "p99")))
@@ -116,7 +116,7 @@ def simulate_table(res: SimResult, console: Console) -> None:
         console.print(f"[red]infeasible:[/red] {res.reason}")
         return
     m = res.metrics
-    console.print(latency_table(m))
+    print_table(console, latency_table(m))
     th = m["throughput"]
     console.print(f"throughput: {th['output_tokens_per_s']:.0f} output tok/s, {th['total_tokens_per_s']:.0f} total tok/s, "
                   f"{th['requests_per_s']:.2f} req/s over {m['makespan_s']:.0f} s; {m['completed']}/{m['requests']} "
@@ -136,10 +136,8 @@ def simulate_table(res: SimResult, console: Console) -> None:
                       f"attainment {s['attainment']:.1%}, goodput {s['goodput_requests_per_s']:.2f} req/s")
     ctx = int(max(1, res.times.prompt_tokens.mean() + res.times.output_tokens.mean() / 2))
     bd = step_breakdown(res, 8, ctx)
-    bt = Table(title=f"Step time breakdown (ms): decode of 8 seqs at {ctx} tokens; one {bd['prefill_chunk']['tokens']}-token prefill chunk")
-    bt.add_column("op", overflow="fold")
-    bt.add_column("decode step", justify="right", overflow="fold")
-    bt.add_column("prefill chunk", justify="right", overflow="fold")
+    bt = table(f"Step time breakdown (ms): decode of 8 seqs at {ctx} tokens; one {bd['prefill_chunk']['tokens']}-token "
+               "prefill chunk", [("op", "left"), ("decode step", "right"), ("prefill chunk", "right")])
     for k in ("gemm", "attention", "communication", "elementwise", "embed_lm_head", "engine_host"):
         bt.add_row(k.replace("_", " "), f"{bd['decode_step'][k + '_ms']:.2f}", f"{bd['prefill_chunk'][k + '_ms']:.2f}")
-    console.print(bt)
+    print_table(console, bt)

@@ -7,8 +7,8 @@ from html import escape
 
 from rich.console import Console
 from rich.markup import escape as rescape
-from rich.table import Table
 
+from apex_plan.report.layout import print_table, table
 from apex_plan.report.chart import Bars, bars_svg
 from apex_plan.report.output import SCHEMA_VERSION
 from apex_plan.sweep.scenarios import Scenario
@@ -67,15 +67,15 @@ def _f(x, spec: str) -> str:
 
 
 def sweep_table(rows: list[dict], console: Console, output: str, wall_s: float) -> None:
-    t = Table(title=f"Sweep: {len(rows)} scenarios -> {output}")
-    for c in ("#", "scenario", "status", "GPUs", "deployment", "TTFT p90", "TPOT p90", "tok/s", "$/h", "$/Mtok",
-              "$/Mtok in"):
-        t.add_column(c, justify="left" if c in ("scenario", "status", "deployment") else "right", overflow="fold")
+    t = table(f"Sweep: {len(rows)} scenarios -> {output}",
+              [(c, "left" if c in ("scenario", "status", "deployment") else "right")
+               for c in ("#", "scenario", "status", "GPUs", "deployment", "TTFT p90", "TPOT p90", "tok/s", "$/h",
+                         "$/Mtok", "$/Mtok in")])
     for r in rows:
         t.add_row(str(r["n"]), rescape(r["scenario"]), r["status"], _f(r["gpus_needed"], "d"), rescape(r["deployment"]),
                   _f(r["ttft_p90_ms"], ".0f"), _f(r["tpot_p90_ms"], ".1f"), _f(r["output_tokens_per_s"], ".0f"),
                   money(r["cost_per_hour"]), money(r["usd_per_mtok"], ".3g"), money(r["usd_per_mtok_input"], ".3g"))
-    console.print(t)
+    print_table(console, t, ("$/Mtok in", "$/Mtok", "$/h", "tok/s"))
     for r in rows:
         if r["reason"]:
             console.print(rescape(f"  {r['n']} {r['scenario']}: {r['status']}: {r['reason']}"))

@@ -81,7 +81,7 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int) -> np.ndarray:
         budget_tokens=e.max_batched_tokens, chunked=e.chunked_prefill, block_tokens=e.block_size, kv_blocks=nblocks,
         watermark_blocks=int(e.watermark_fraction * nblocks), prefill_first=e.profile.prefill_first(e.chunked_prefill),
         reserve_full=e.profile.scheduler.reserve_full_sequence, closed_concurrency=closed, tdp_w=gpu.tdp_w,
-        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp, adp_lockstep=0,
+        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp, adp_lockstep=1,
         adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0)
 
 

@@ -28,7 +28,8 @@ import numpy as np
 from apex_plan.abi import SLOT
 from apex_plan.jit import kernel
 from apex_plan.abi import ROUTE_LEAST_LOADED
-from apex_plan.simulate.kernels import _blocks_for, _cost_step, _end_step, _init, _route, _schedule
+from apex_plan.simulate.kernels import (_blocks_for, _cost_step, _end_step, _init, _route, _schedule, lockstep_member,
+                                        lockstep_step)
 from apex_plan.simulate.prefix_cache import PrefixCache
 
 INF = np.inf
@@ -118,6 +119,22 @@ def _end_prefill(ev, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, dreq, c
     en.scheduled = 0
     en.busy_until_s = INF
     return finished, rr_d, wake
+
+
+@kernel(cache=True, inline="always")
+def _end_decode(ev, now, req_d, eng, slots, cfg_d, next_release, cache, ids, accept, x):
+    """Apply decode engine ev's finished step: the client's first token comes with a request's first
+    decode step. Returns the requests finished and the next request to release."""
+    ns = eng[ev].scheduled
+    finished, next_release = _end_step(ev, now, req_d, eng, slots, cfg_d, next_release, cache, ids, accept)
+    for j in range(ns):
+        r = slots[ev, j].req
+        q = req_d[r]
+        if q.first_token_s < 0 and q.generated >= 2:
+            q.first_token_s = now            # the client's first token comes with the first decode step
+        if q.finish_s == now and q.generated >= q.output_tokens:
+            x[r].decoded += 1
+    return finished, next_release
 
 
 @kernel(cache=True, inline="always")
@@ -277,10 +294,16 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
                 todo[n_todo] = pe
                 n_todo += 1
         elif e_min < base_d:
-            # ---- a prefill step ends ----------------------------------------------------------------
+            # ---- a prefill step ends (every rank of a lock-step attention-DP instance at once) -------
             now = t_e
             finished, rr_d, wake = _end_prefill(e_min, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, req_d,
                                                 cfg_p)
+            if cfg_p.adp_lockstep and cfg_p.adp_ranks > 1:
+                for k in range(cfg_p.adp_ranks):
+                    e2 = lockstep_member(e_min, 0, k, cfg_p)
+                    if e2 != e_min and eng[e2].busy_until_s == now:
+                        f2, rr_d, _ = _end_prefill(e2, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, req_d, cfg_p)
+                        finished += f2
             for f in range(finished):
                 next_release = _release(now, next_release, req_d, cfg_d)
             done += finished
@@ -294,17 +317,17 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
                     todo[n_todo] = e2
                     n_todo += 1
         else:
-            # ---- a decode step ends ---------------------------------------------------------------
+            # ---- a decode step ends (every rank of a lock-step attention-DP instance at once) -------
             now = t_e
-            ns = eng[e_min].scheduled
-            finished, next_release = _end_step(e_min, now, req_d, eng, slots, cfg_d, next_release, cache, ids, accept)
-            for j in range(ns):
-                r = slots[e_min, j].req
-                q = req_d[r]
-                if q.first_token_s < 0 and q.generated >= 2:
-                    q.first_token_s = now            # the client's first token comes with the first decode step
-                if q.finish_s == now and q.generated >= q.output_tokens:
-                    x[r].decoded += 1
+            finished, next_release = _end_decode(e_min, now, req_d, eng, slots, cfg_d, next_release, cache, ids,
+                                                 accept, x)
+            if cfg_d.adp_lockstep and cfg_d.adp_ranks > 1:
+                for k in range(cfg_d.adp_ranks):
+                    e2 = lockstep_member(e_min, base_d, k, cfg_d)
+                    if e2 != e_min and eng[e2].busy_until_s == now:
+                        f2, next_release = _end_decode(e2, now, req_d, eng, slots, cfg_d, next_release, cache, ids,
+                                                       accept, x)
+                        finished += f2
             if finished > 0:
                 done += finished
                 if now > t_end:
@@ -317,7 +340,16 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
             e = todo[ti]
             if eng[e].busy_until_s != INF:
                 continue
-            if e >= base_d:
+            if e >= base_d and cfg_d.adp_lockstep and cfg_d.adp_ranks > 1:
+                for k in range(cfg_d.adp_ranks):        # every rank takes what it can, then they step together
+                    e2 = lockstep_member(e, base_d, k, cfg_d)
+                    refused = _admit_transfers(e2, now, req_d, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, link_lat)
+                    done += refused
+                    eng[e2].unfinished -= refused
+                done += lockstep_step(e, base_d, now, req_d, eng, slots, cfg_d, cost_d, cost_d, cache, ids)
+            elif e < base_d and cfg_p.adp_lockstep and cfg_p.adp_ranks > 1:
+                done += lockstep_step(e, 0, now, req_p, eng, slots, cfg_p, cost_p, cost_p, cache, ids)
+            elif e >= base_d:
                 refused = _admit_transfers(e, now, req_d, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, link_lat)
                 done += refused
                 eng[e].unfinished -= refused

@@ -427,43 +427,50 @@ def _start_step(e, start, dt, br, sh, eng, cfg, cost):
 
 
 @kernel(cache=True, inline="always")
-def _lockstep_balance(first, v, eng, cfg):
+def lockstep_member(e, base, k, cfg):
+    """Engine of the k-th attention-DP rank of engine e's replica (same pipeline virtual engine;
+    engines of this pool numbered from `base`)."""
+    pp, a = cfg.pp, cfg.adp_ranks
+    local = e - base
+    return base + (((local // pp) // a) * a + k) * pp + local % pp
+
+
+@kernel(cache=True, inline="always")
+def _lockstep_balance(e, base, eng, cfg):
     """The attention-DP balance of `_balance_holds`, decided once per lock-step replica step before its
     ranks schedule (as TRT-LLM decides it over every rank's state): new contexts go in on every rank
     when every rank has one waiting, when some rank runs no generation, or at the timeout."""
     if cfg.adp_balance_steps <= 0:
         return
-    pp, a = cfg.pp, cfg.adp_ranks
-    lead = eng[first * pp]
+    a = cfg.adp_ranks
+    lead = eng[lockstep_member(e, base, 0, cfg)]
     all_ctx, all_gen = True, True
-    for k in range(first, first + a):
-        en = eng[k * pp + v]
+    for k in range(a):
+        en = eng[lockstep_member(e, base, k, cfg)]
         all_ctx = all_ctx and en.head != -1
         all_gen = all_gen and en.running > 0
     lead.balance_steps += 1.0
     let_in = all_ctx or not all_gen or lead.balance_steps >= cfg.adp_balance_steps
     if all_ctx or lead.balance_steps >= cfg.adp_balance_steps:
         lead.balance_steps = 0.0
-    for k in range(first, first + a):
-        eng[k * pp + v].balance_open = 1 if let_in else 0
+    for k in range(a):
+        eng[lockstep_member(e, base, k, cfg)].balance_open = 1 if let_in else 0
 
 
 @kernel(cache=True)
-def _lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
+def lockstep_step(e, base, now, req, eng, slots, cfg, cost, draft, cache, ids):
     """Schedule and cost one lock-step step of the attention-DP replica holding engine e (SGLang
     --enable-dp-attention, TRT-LLM enable_attention_dp, vLLM DP with EP): every rank builds its own
     batch, the MoE layers exchange every rank's tokens, so the ranks start together and the step
     lasts as long as the busiest rank's (`rank_step_time` with the replica's mean tokens through
     the experts); a rank with nothing to run joins with an empty batch (the engines' dummy
-    batches). Returns the requests refused."""
-    pp, a = cfg.pp, cfg.adp_ranks
-    v = e % pp
-    first = (e // pp // a) * a                    # the replica's first rank
+    batches). Engines of this pool are numbered from `base`. Returns the requests refused."""
+    a = cfg.adp_ranks
     refused = 0
     total = 0
-    _lockstep_balance(first, v, eng, cfg)
-    for r in range(first, first + a):
-        x = r * pp + v
+    _lockstep_balance(e, base, eng, cfg)
+    for r in range(a):
+        x = lockstep_member(e, base, r, cfg)
         ns, ref = _schedule(x, now, req, eng, slots, cfg, cache, ids)
         refused += ref
         eng[x].unfinished -= ref
@@ -477,16 +484,16 @@ def _lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
     win, topk = cost.params[0].window_tokens, cost.params[0].topk_tokens
     start = now
     dt = 0.0
-    for r in range(first, first + a):
-        x = r * pp + v
+    for r in range(a):
+        x = lockstep_member(e, base, r, cfg)
         start = max(start, _host_start(x, now, eng, cfg))
         sh, dsh = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
         t, br = rank_step_time(cost, sh, moe_m)
         if dsh.tokens > 0:
             t += cfg.draft_tokens * _draft_pass_s(draft, dsh)
         dt = max(dt, t)
-    for r in range(first, first + a):             # every rank is busy for the busiest rank's time
-        x = r * pp + v
+    for r in range(a):                            # every rank is busy for the busiest rank's time
+        x = lockstep_member(e, base, r, cfg)
         sh, _ = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
         _, br = rank_step_time(cost, sh, moe_m)
         _start_step(x, start, dt, br, sh, eng, cfg, cost)
@@ -497,12 +504,9 @@ def _lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
 def _lockstep_peers_end(e, now, req, eng, slots, cfg, next_release, cache, ids, accept):
     """End the step of every other rank of engine e's attention-DP replica (they end together).
     Returns the requests finished and the next request to release."""
-    pp, a = cfg.pp, cfg.adp_ranks
-    v = e % pp
-    first = (e // pp // a) * a
     finished = 0
-    for r in range(first, first + a):
-        x = r * pp + v
+    for r in range(cfg.adp_ranks):
+        x = lockstep_member(e, 0, r, cfg)
         if x != e and eng[x].busy_until_s == now:
             f, next_release = _end_step(x, now, req, eng, slots, cfg, next_release, cache, ids, accept)
             finished += f
@@ -633,7 +637,7 @@ def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
             e = todo[ti]
             if cfg.adp_lockstep and cfg.adp_ranks > 1:
                 if eng[e].busy_until_s == INF:    # a replica already stepped at this event is busy
-                    done += _lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids)
+                    done += lockstep_step(e, 0, now, req, eng, slots, cfg, cost, draft, cache, ids)
                 continue
             ns, refused = _schedule(e, now, req, eng, slots, cfg, cache, ids)
             done += refused
