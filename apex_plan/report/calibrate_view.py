@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table
 
 from apex_plan.report.layout import print_table, table
 from apex_plan.report.output import SCHEMA_VERSION, flatten

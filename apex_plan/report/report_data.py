@@ -13,7 +13,7 @@ import numpy as np
 
 from apex_plan.report.search_view import economics
 from apex_plan.simulate.run import SimResult, simulate
-from apex_plan.workload.spec import Trace, Workload
+from apex_plan.workload.spec import Workload
 
 TOP_DEPLOYMENTS = 3          # deployments whose latency distributions and breakdowns are drawn
 CDF_POINTS = 400             # at most this many points per CDF polyline

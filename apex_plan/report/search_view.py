@@ -9,7 +9,6 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from apex_plan.report.economics import deployment_economics, money
 from apex_plan.report.layout import print_phrases, print_table, print_wrapped, table as _table

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apex_plan.abi import ENGINE, REQUEST, ROUTES, SCHED, make_record
-from apex_plan.estimate.memory import MemoryReport, memory_report
+from apex_plan.estimate.memory import MemoryReport
 from apex_plan.estimate.shard import build_shard
 from apex_plan.estimate.step_cost import StepCost, build_step_cost
 from apex_plan.hardware.spec import ClusterSpec
