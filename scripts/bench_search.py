@@ -186,16 +186,19 @@ def disagg() -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description="Speed and ranking of `apex-plan search` (see the module docstring).")
     ap.add_argument("--skip-ranking", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--disagg-only", action="store_true")
     a = ap.parse_args()
+    # the machine is often shared: its load says how far wall seconds stretch past CPU seconds
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the start")
     if not a.skip_speed and not a.disagg_only:
         speed()
     if not a.skip_ranking and not a.disagg_only:
         ranking()
     disagg()
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 0
 
 

@@ -67,3 +67,19 @@ def test_cover_pruning_simulates_the_skipped_plans_when_nothing_meets_the_demand
     assert on.closest is not None and json.dumps(on.closest, sort_keys=True) == json.dumps(off.closest, sort_keys=True)
     assert on.stats["simulations"] == off.stats["simulations"]
     assert on.stats["pruned_by_bound"] == 0
+
+
+def test_simulating_plans_in_waves_changes_no_figure(monkeypatch):
+    """Phase 2 simulates SIM_THREADS plans at once; one at a time gives the same deployments, and every
+    plan simulated both ways the same figures (the waves only change which plans the bounds skip)."""
+    import apex_plan.search.pipeline as P
+    waves = run_search(_inputs("gpus", 20.0, 4, True))
+    monkeypatch.setattr(P, "SIM_THREADS", 1)
+    serial = run_search(_inputs("gpus", 20.0, 4, True))
+    assert waves.deployments and _doc(waves) == _doc(serial)
+    one = {e.key: e for e in serial.plans if e.status == "ok"}
+    both = [e for e in waves.plans if e.status == "ok" and e.key in one]
+    assert both
+    for e in both:
+        assert e.goodput_rps == one[e.key].goodput_rps
+        assert e.at_demand.to_dict() == one[e.key].at_demand.to_dict()

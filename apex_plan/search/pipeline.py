@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +29,8 @@ from apex_plan.workload.spec import Slo, Workload
 
 OBJECTIVES = ("gpus", "energy", "cost", "latency", "throughput")
 GOODPUT_ITERATIONS = 5      # bisection steps in [bound/2, bound]: 2^(1/32), a 2.2% bracket
+SIM_THREADS = 2             # plans simulated at once in phase 2: the 2 cores the speed bar assumes (fixed,
+                            # so which plans the bounds skip does not depend on the machine)
 
 
 @dataclass
@@ -120,35 +123,49 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
     cluster_gpus = sum(g.cluster.num_gpus for g in inp.groups)
     cover_memo: dict = {}
     deferred: list[tuple[PlanEval, object]] = []      # skipped as unable to carry the demand (`cannot_cover`)
-    for i, ev in enumerate(todo):
-        if progress:
-            progress(i, len(todo))
+
+    def skip(ev: PlanEval) -> bool:
+        """Apply the pruning rules on what is known so far; True when `ev` is skipped."""
         g = ev.plan.gpus_per_replica
         if inp.prune_bounds and inp.demand_rps and cannot_cover(ev.bound_rps, g, cluster_gpus, inp.demand_rps,
                                                                 _best_rps_by_size(todo), cover_memo):
-            ev.status = "pruned"
             ev.reason = (f"no deployment on {cluster_gpus} GPUs that holds a {g}-GPU replica of it (bound "
                          f"{ev.bound_rps:.3g} req/s) carries {inp.demand_rps:.3g} req/s")
             deferred.append((ev, costs[ev.key]))
-            continue
-        if prune and inp.objective == "throughput":
+        elif prune and inp.objective == "throughput" and dominated_by(ev.bound_rps, g, found.get(ev.pool, [])):
             by = dominated_by(ev.bound_rps, g, found.get(ev.pool, []))
-            if by:
-                ev.status = "pruned"
-                ev.reason = f"bound {ev.bound_rps:.3g} req/s per replica is below what {by} delivers in the same {g} GPUs"
-                continue
-        elif prune and inp.demand_rps and outranked(g, list(homog.values()), inp.top_k):
-            ev.status = "pruned"
+            ev.reason = f"bound {ev.bound_rps:.3g} req/s per replica is below what {by} delivers in the same {g} GPUs"
+        elif prune and inp.objective != "throughput" and inp.demand_rps and outranked(g, list(homog.values()), inp.top_k):
             ev.reason = f"one replica needs {g} GPUs; {inp.top_k} other plans meet the demand with fewer"
-            continue
-        if not simulate_plan(inp, ev, costs[ev.key], mix):
-            continue
-        found.setdefault(ev.pool, []).append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
-        if inp.demand_rps:
-            need = gpus_needed(inp.demand_rps, ev.goodput_rps, g)
-            layout = layout_of(ev)
-            if need <= ev.cluster.num_gpus and need < homog.get(layout, math.inf):
-                homog[layout] = need
+        else:
+            return False
+        ev.status = "pruned"
+        return True
+
+    # waves of SIM_THREADS plans simulated at once (the kernel releases the GIL); each wave's plans are
+    # chosen by the rules on the waves before it, so the result does not depend on timing or cores
+    pending, done = iter(todo), 0
+    with ThreadPoolExecutor(SIM_THREADS) as pool:
+        while True:
+            wave = []
+            for ev in pending:
+                done += 1
+                if not skip(ev):
+                    wave.append(ev)
+                    if len(wave) == SIM_THREADS:
+                        break
+            if not wave:
+                break
+            if progress:
+                progress(done - len(wave), len(todo))
+            for ev, ok in zip(wave, pool.map(lambda e: simulate_plan(inp, e, costs[e.key], mix), wave)):
+                if not ok:
+                    continue
+                found.setdefault(ev.pool, []).append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
+                need = gpus_needed(inp.demand_rps, ev.goodput_rps, ev.plan.gpus_per_replica) if inp.demand_rps else 0
+                layout = layout_of(ev)
+                if inp.demand_rps and need <= ev.cluster.num_gpus and need < homog.get(layout, math.inf):
+                    homog[layout] = need
     if progress:
         progress(len(todo), len(todo))
     stats = {

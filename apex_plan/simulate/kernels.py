@@ -304,7 +304,7 @@ def _init(req, eng, cfg):
         en.balance_open = 0
 
 
-@kernel(cache=True)
+@kernel(cache=True, nogil=True)   # releases the GIL: search simulates plans on threads
 def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
     """Replay all requests (REQUEST rows) under `sched` (a SCHED record array) on `cost`
     (CostTables); fill the requests' times (seconds) and the engines' statistics (ENGINE rows, one
