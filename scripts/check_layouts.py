@@ -66,10 +66,11 @@ def twins(rows: list[dict], r: dict, m: int) -> list[str]:
 
 
 def as_m_gpus(r: dict, m: int) -> dict:
-    """The row read as m GPUs: tp = ep = m (tensor-parallel rows) or adp = ep = m (attention-DP rows)."""
+    """The row read as m GPUs: tp = ep = m (tensor-parallel rows) or adp = ep = m (attention-DP rows, whose
+    batch_size per rank is the concurrency over the m^2 declared ranks: m ranks hold m times as many)."""
     q = dict(r, moe_tp_size="1", moe_ep_size=str(m))
     if _int(r["attention_dp_size"]) > 1:
-        q.update(tp_size="1", attention_dp_size=str(m))
+        q.update(tp_size="1", attention_dp_size=str(m), batch_size=str(_int(r["batch_size"]) * m))
     else:
         q.update(tp_size=str(m), attention_dp_size="1")
     return q
