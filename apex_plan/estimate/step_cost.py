@@ -55,7 +55,7 @@ class StepCost:
     def replica_step_s(self, rank_batches: list[np.ndarray], eager: bool = False) -> float:
         """Seconds of one lock-step step of an attention-DP replica whose ranks run these `BATCH`
         tables (one per rank; an empty table for an idle rank): the busiest rank's time, every rank
-        pushing the replica's mean tokens through the experts (as `simulate.kernels._lockstep_step`)."""
+        pushing the replica's mean tokens through the experts (as `simulate.kernels.lockstep_step`)."""
         tokens = [int((b["new_tokens"] * b["count"]).sum()) if b.size else 0 for b in rank_batches]
         moe_m = sum(tokens) / max(len(rank_batches), 1)
         return max((float(K.rank_batch_step_time(self.cost, b, 1 if eager else 0, moe_m)[0])

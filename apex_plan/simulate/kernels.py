@@ -38,11 +38,23 @@ INF = np.inf
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def release_next(now, next_release, req, cfg):
+    """Closed loop: a finished request lets its client send the next one after that request's own
+    dispatch delay, arrivals staying in release order. Returns the next request to release."""
+    if cfg.closed_concurrency > 0 and next_release < req.shape[0]:
+        t_next = now + req[next_release].client_delay_s
+        if next_release > 0 and t_next < req[next_release - 1].sent_s:
+            t_next = req[next_release - 1].sent_s
+        req[next_release].sent_s = t_next
+        next_release += 1
+    return next_release
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
 def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
     """Apply the tokens of engine ev's finished step at time `now`: first tokens, accepted drafts,
     finishes (KV freed, cached units given back; in a closed loop, the next request released after
     its client delay). Returns the requests finished and the next request to release."""
-    n = req.shape[0]
     en = eng[ev]
     finished = 0
     for j in range(en.scheduled):
@@ -62,10 +74,11 @@ def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
                 en.verify_steps += 1
                 en.verified_tokens += a + 1
             q.generated += 1
-            if q.generated == 1:
-                q.first_token_s = now
+            if q.generated == cfg.first_token_generated:
+                q.first_token_s = now          # the client's first token (SCHED.first_token_generated)
             if q.generated >= q.output_tokens:
                 q.finish_s = now
+                q.finishes += 1
                 finished += 1
                 en.unfinished -= 1
                 en.free_blocks += q.kv_blocks
@@ -80,14 +93,7 @@ def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
                         slots[ev, k].running = slots[ev, i].running
                         k += 1
                 en.running = k
-                if cfg.closed_concurrency > 0 and next_release < n:
-                    # the client sends the next request once this one is done (after its own
-                    # dispatch delay); arrivals stay in release order
-                    t_next = now + req[next_release].client_delay_s
-                    if next_release > 0 and t_next < req[next_release - 1].sent_s:
-                        t_next = req[next_release - 1].sent_s
-                    req[next_release].sent_s = t_next
-                    next_release += 1
+                next_release = release_next(now, next_release, req, cfg)
     en.scheduled = 0
     en.busy_until_s = INF
     return finished, next_release
@@ -161,26 +167,26 @@ def _start_step(e, start, dt, br, sh, eng, cfg, cost):
 
 
 @kernel(cache=True, inline="always")
-def lockstep_member(e, base, k, cfg):
+def lockstep_member(e, k, cfg):
     """Engine of the k-th attention-DP rank of engine e's replica (same pipeline virtual engine;
-    engines of this pool numbered from `base`)."""
-    pp, a = cfg.pp, cfg.adp_ranks
+    engines of this pool numbered from SCHED.engine_base)."""
+    pp, a, base = cfg.pp, cfg.adp_ranks, cfg.engine_base
     local = e - base
     return base + (((local // pp) // a) * a + k) * pp + local % pp
 
 
 @kernel(cache=True, inline="always")
-def _lockstep_balance(e, base, eng, cfg):
+def _lockstep_balance(e, eng, cfg):
     """The attention-DP balance of `_balance_holds`, decided once per lock-step replica step before its
     ranks schedule (as TRT-LLM decides it over every rank's state): new contexts go in on every rank
     when every rank has one waiting, when some rank runs no generation, or at the timeout."""
     if cfg.adp_balance_steps <= 0:
         return
     a = cfg.adp_ranks
-    lead = eng[lockstep_member(e, base, 0, cfg)]
+    lead = eng[lockstep_member(e, 0, cfg)]
     all_ctx, all_gen = True, True
     for k in range(a):
-        en = eng[lockstep_member(e, base, k, cfg)]
+        en = eng[lockstep_member(e, k, cfg)]
         all_ctx = all_ctx and en.head != -1
         all_gen = all_gen and en.running > 0
     lead.balance_steps += 1.0
@@ -188,23 +194,23 @@ def _lockstep_balance(e, base, eng, cfg):
     if all_ctx or lead.balance_steps >= cfg.adp_balance_steps:
         lead.balance_steps = 0.0
     for k in range(a):
-        eng[lockstep_member(e, base, k, cfg)].balance_open = 1 if let_in else 0
+        eng[lockstep_member(e, k, cfg)].balance_open = 1 if let_in else 0
 
 
 @kernel(cache=True)
-def lockstep_step(e, base, now, req, eng, slots, cfg, cost, draft, cache, ids):
+def lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
     """Schedule and cost one lock-step step of the attention-DP replica holding engine e (SGLang
     --enable-dp-attention, TRT-LLM enable_attention_dp, vLLM DP with EP): every rank builds its own
     batch, the MoE layers exchange every rank's tokens, so the ranks start together and the step
     lasts as long as the busiest rank's (`rank_step_time` with the replica's mean tokens through
     the experts); a rank with nothing to run joins with an empty batch (the engines' dummy
-    batches). Engines of this pool are numbered from `base`. Returns the requests refused."""
+    batches). Returns the requests refused."""
     a = cfg.adp_ranks
     refused = 0
     total = 0
-    _lockstep_balance(e, base, eng, cfg)
+    _lockstep_balance(e, eng, cfg)
     for r in range(a):
-        x = lockstep_member(e, base, r, cfg)
+        x = lockstep_member(e, r, cfg)
         ns, ref = _schedule(x, now, req, eng, slots, cfg, cache, ids)
         refused += ref
         eng[x].unfinished -= ref
@@ -219,7 +225,7 @@ def lockstep_step(e, base, now, req, eng, slots, cfg, cost, draft, cache, ids):
     start = now
     dt = 0.0
     for r in range(a):
-        x = lockstep_member(e, base, r, cfg)
+        x = lockstep_member(e, r, cfg)
         start = max(start, _host_start(x, now, eng, cfg))
         sh, dsh = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
         t, br = rank_step_time(cost, sh, moe_m)
@@ -227,7 +233,7 @@ def lockstep_step(e, base, now, req, eng, slots, cfg, cost, draft, cache, ids):
             t += cfg.draft_tokens * _draft_pass_s(draft, dsh)
         dt = max(dt, t)
     for r in range(a):                            # every rank is busy for the busiest rank's time
-        x = lockstep_member(e, base, r, cfg)
+        x = lockstep_member(e, r, cfg)
         sh, _ = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
         _, br = rank_step_time(cost, sh, moe_m)
         _start_step(x, start, dt, br, sh, eng, cfg, cost)
@@ -235,16 +241,52 @@ def lockstep_step(e, base, now, req, eng, slots, cfg, cost, draft, cache, ids):
 
 
 @kernel(cache=True, inline="always")
-def _lockstep_peers_end(e, now, req, eng, slots, cfg, next_release, cache, ids, accept):
-    """End the step of every other rank of engine e's attention-DP replica (they end together).
-    Returns the requests finished and the next request to release."""
-    finished = 0
-    for r in range(cfg.adp_ranks):
-        x = lockstep_member(e, 0, r, cfg)
-        if x != e and eng[x].busy_until_s == now:
-            f, next_release = _end_step(x, now, req, eng, slots, cfg, next_release, cache, ids, accept)
-            finished += f
+def end_replica_step(e, now, req, eng, slots, cfg, next_release, cache, ids, accept):
+    """End engine e's step and, on a lock-step attention-DP replica, the step of every other rank
+    (they end together). Returns the requests finished and the next request to release."""
+    finished, next_release = _end_step(e, now, req, eng, slots, cfg, next_release, cache, ids, accept)
+    if cfg.adp_lockstep and cfg.adp_ranks > 1:
+        for r in range(cfg.adp_ranks):
+            x = lockstep_member(e, r, cfg)
+            if x != e and eng[x].busy_until_s == now:
+                f, next_release = _end_step(x, now, req, eng, slots, cfg, next_release, cache, ids, accept)
+                finished += f
     return finished, next_release
+
+
+@kernel(cache=True, inline="always")
+def step_engine(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
+    """Schedule and cost idle engine e's next step at `now` (its whole replica's on a lock-step
+    attention-DP replica). Returns the requests refused (they can never fit)."""
+    if cfg.adp_lockstep and cfg.adp_ranks > 1:
+        return lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids)
+    ns, refused = _schedule(e, now, req, eng, slots, cfg, cache, ids)
+    eng[e].unfinished -= refused
+    if ns > 0:
+        _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft)
+    return refused
+
+
+@kernel(cache=True, inline="always")
+def earliest_engine(eng):
+    """The engine whose step in flight ends first, and when (-1, inf: every engine idle)."""
+    e_min = -1
+    t_e = INF
+    for e in range(eng.shape[0]):
+        if eng[e].busy_until_s < t_e:
+            t_e = eng[e].busy_until_s
+            e_min = e
+    return e_min, t_e
+
+
+@kernel(cache=True, inline="always")
+def count_finished(done, t_end, finished, now):
+    """Step bookkeeping: requests done so far and the time the last one finished."""
+    if finished > 0:
+        done += finished
+        if now > t_end:
+            t_end = now
+    return done, t_end
 
 
 @kernel(cache=True)
@@ -270,6 +312,7 @@ def _init(req, eng, cfg):
         q.next = -1
         q.cached_units = 0
         q.hit_tokens = 0
+        q.finishes = 0
         if closed > 0:
             q.sent_s = q.client_delay_s if i < closed else INF
         else:
@@ -328,13 +371,7 @@ def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
     rr = 0
     t_end = 0.0
     while done < n:
-        # earliest engine event
-        e_min = -1
-        t_e = INF
-        for e in range(ne):
-            if eng[e].busy_until_s < t_e:
-                t_e = eng[e].busy_until_s
-                e_min = e
+        e_min, t_e = earliest_engine(eng)
         t_a = req[next_req].sent_s if next_req < n else INF
         if t_a == INF and t_e == INF:
             break  # nothing can happen (should not occur)
@@ -353,29 +390,16 @@ def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
             if n_todo == 0:
                 continue
         else:
-            # ---- a step ends: apply its tokens ----------------------------------------------------
+            # ---- a step ends (every rank of a lock-step replica at once): apply its tokens --------
             now = t_e
-            finished, next_release = _end_step(e_min, now, req, eng, slots, cfg, next_release, cache, ids, accept)
-            if cfg.adp_lockstep and cfg.adp_ranks > 1:
-                f2, next_release = _lockstep_peers_end(e_min, now, req, eng, slots, cfg, next_release, cache, ids,
-                                                       accept)
-                finished += f2
-            if finished > 0:
-                done += finished
-                if now > t_end:
-                    t_end = now
+            finished, next_release = end_replica_step(e_min, now, req, eng, slots, cfg, next_release, cache, ids,
+                                                      accept)
+            done, t_end = count_finished(done, t_end, finished, now)
             todo[0] = e_min
             n_todo = 1
         # ---- schedule and cost the next step of each engine in `todo` at time `now` -------------
         for ti in range(n_todo):
             e = todo[ti]
-            if cfg.adp_lockstep and cfg.adp_ranks > 1:
-                if eng[e].busy_until_s == INF:    # a replica already stepped at this event is busy
-                    done += lockstep_step(e, 0, now, req, eng, slots, cfg, cost, draft, cache, ids)
-                continue
-            ns, refused = _schedule(e, now, req, eng, slots, cfg, cache, ids)
-            done += refused
-            eng[e].unfinished -= refused
-            if ns > 0:
-                _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft)
+            if eng[e].busy_until_s == INF:    # a lock-step replica already stepped at this event is busy
+                done += step_engine(e, now, req, eng, slots, cfg, cost, draft, cache, ids)
     return t_end
