@@ -104,7 +104,7 @@ GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, GRAPH_FULL = 0.0, 1.0, 2.0   # values of COS
 GRAPH_MODES = {"decode_only": GRAPH_DECODE_ONLY, "piecewise": GRAPH_PIECEWISE, "full": GRAPH_FULL}
 
 # ---- the op table: what one layer of each kind computes, rows times their layer counts ------------
-# GEMM kinds: which layers run a GEMM (estimate.shard.Gemm.kind; the builder turns them into counts)
+# GEMM kinds: which layers run a GEMM (estimate.gemms.Gemm.kind; the builder turns them into counts)
 GEMM_ATTENTION = 0       # attention layers' projections (full, windowed, sparse)
 GEMM_ROUTED_EXPERTS = 1  # routed experts of MoE layers
 GEMM_DENSE_MLP = 2       # dense-MLP layers

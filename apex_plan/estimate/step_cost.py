@@ -16,7 +16,8 @@ from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
 from apex_plan.estimate import moe as MOE
 from apex_plan.estimate.mixers import op_table
-from apex_plan.estimate.shard import Gemm, Shard, build_shard
+from apex_plan.estimate.gemms import Gemm
+from apex_plan.estimate.shard import Shard, build_shard
 from apex_plan.hardware.formats import compute_dtype
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
 from apex_plan.model import spec as S
