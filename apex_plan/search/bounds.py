@@ -22,6 +22,13 @@ Pruning, by objective (never for energy or latency, whose tie-breaks a bound can
 * gpus, cost (with a demand): P is skipped when one replica of it needs more GPUs than each of
   top-K distinct homogeneous deployments already found: every deployment using P has more GPUs
   than K better ones, whatever the energy tie-break.
+* every objective with a demand: P is skipped when no deployment on the cluster's GPUs that holds
+  a replica of P can carry the demand (`cannot_cover`): one replica at P's bound plus the most the
+  remaining GPUs carry in whole replicas, each at the highest rate any candidate of its size may
+  reach (its goodput once simulated, which never exceeds its bound; its bound before), falls short.
+  Deployments must carry the demand (`rank.deploy` enforces it for every objective), so P is in
+  none of them. When no deployment meets the demand at all, the skipped plans are simulated after
+  all, for the closest deployment (`search.pipeline.run_agg`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import math
 
 from apex_plan.estimate.step_cost import StepCost
+from apex_plan.rank.problem import DEMAND_RTOL
 from apex_plan.simulate.features import decode_step_s
 from apex_plan.workload.spec import Slo
 
@@ -114,6 +122,37 @@ def operating_tpot_s(sc: StepCost, rate_rps: float, *, mean_prompt: float, mean_
         if rate >= rate_rps:
             break
     return tpot
+
+
+def cover_capacity_rps(gpus: int, best_rps_by_size: dict[int, float]) -> list[float]:
+    """cap[u]: the most req/s whole replicas fit in u x unit GPUs can carry, each replica size at the best
+    rate given for it (an unbounded knapsack over replica sizes; node packing ignored, which can only
+    lower what fits), for u up to gpus // unit, unit the sizes' common divisor. Returns (unit, cap)."""
+    unit = math.gcd(*best_rps_by_size) if best_rps_by_size else 1
+    items = [(g // unit, r) for g, r in best_rps_by_size.items() if r > 0]
+    cap = [0.0] * (gpus // unit + 1)
+    for u in range(1, len(cap)):
+        cap[u] = max([cap[u - 1]] + [cap[u - s] + r for s, r in items if s <= u])   # best of: leave one unit idle, or add a replica
+    return unit, cap
+
+
+def cannot_cover(bound_rps: float, gpus: int, cluster_gpus: int, demand_rps: float,
+                 best_rps_by_size: dict[int, float], memo: dict | None = None) -> bool:
+    """No deployment within `cluster_gpus` GPUs holding a replica of a plan of `gpus` GPUs and goodput
+    at most `bound_rps` carries `demand_rps`: that replica plus the most the other GPUs can carry
+    (`cover_capacity_rps`; the plan itself among the sizes) stays below the demand."""
+    if gpus > cluster_gpus:
+        return True
+    key = tuple(sorted(best_rps_by_size.items()))
+    if memo is None or key not in memo:
+        got = cover_capacity_rps(cluster_gpus, best_rps_by_size)
+        if memo is None:
+            memo = {}
+        memo[key] = got
+    unit, cap = memo[key]
+    rest = (cluster_gpus - gpus) // unit
+    # the same float noise the deployment solver allows (`rank.problem.meets_demand`)
+    return bound_rps + cap[rest] < demand_rps * (1 - DEMAND_RTOL)
 
 
 def dominated_by(bound_rps: float, gpus: int, found: list[tuple[str, int, float]]) -> str | None:

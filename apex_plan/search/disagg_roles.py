@@ -187,11 +187,17 @@ def screen_prefill(ev: RoleEval, inp: SearchInputs, mix, fixed_s: float, ca2: fl
                  "own_prefill_ms": own_s * 1e3, "queue_budget_ms": budget_s * 1e3, "rate_rps": ev.rate_rps}
 
 
-def transfer_s(inp: SearchInputs, prefill: Plan, decode: Plan, prompt: int) -> float:
+def transfer_s(inp: SearchInputs, prefill: Plan, decode: Plan, prompt: int, memo: dict | None = None) -> float:
     """Seconds to move one `prompt`-token request's KV between instances on different nodes (RDMA):
-    the busiest GPU link's bytes at the cluster's inter-node bandwidth, plus its latency."""
+    the busiest GPU link's bytes at the cluster's inter-node bandwidth, plus its latency. `memo` keeps
+    the request's KV bytes per (KV format, activation format, prompt): they do not depend on the plans."""
     cl = inp.cluster
-    total = kv_transfer_bytes(inp.model, decode.kv_dtype, np.array([prompt]), decode.act_dtype)
+    key = (decode.kv_dtype, decode.act_dtype, prompt)
+    total = None if memo is None else memo.get(key)
+    if total is None:
+        total = kv_transfer_bytes(inp.model, decode.kv_dtype, np.array([prompt]), decode.act_dtype)
+        if memo is not None:
+            memo[key] = total
     send, recv = nic_bytes(inp.model, prefill, decode, total)
     bw = cl.inter_node_bw_gbps * 1e9 * cl.gpu.calibration.link_efficiency   # bytes/s per GPU NIC
     return float(max(send[0], recv[0])) / bw + cl.inter_node_latency_us * 1e-6
@@ -208,9 +214,10 @@ def role_evals(inp: SearchInputs, plans: list[Plan], mix) -> tuple[list[RoleEval
     mean_prompt = int(mix.mean_prompt)
     # a decode slot's transfer: the mean prompt from the smallest prefill layout (the most bytes per GPU)
     small = min((e.plan for e in pre if e.role_engine is not None), key=lambda p: p.tp * p.pp, default=None)
+    kv_bytes: dict = {}
     for ev in dec:
         if ev.role_engine is not None:
-            screen_decode(ev, inp, mix, transfer_s(inp, small, ev.plan, mean_prompt) if small else 0.0)
+            screen_decode(ev, inp, mix, transfer_s(inp, small, ev.plan, mean_prompt, kv_bytes) if small else 0.0)
     ok_dec = [e for e in dec if e.status == "ok"]
     frontend_s = base.profile.host.frontend_ms * 1e-3 if base.profile is not None else 0.0
     first_step_s = max((e.step_s for e in ok_dec), default=0.0)
@@ -218,7 +225,7 @@ def role_evals(inp: SearchInputs, plans: list[Plan], mix) -> tuple[list[RoleEval
     for ev in pre:
         if ev.role_engine is None:
             continue
-        xfer = max((transfer_s(inp, ev.plan, d.plan, p_prompt) for d in ok_dec), default=0.0)
+        xfer = max((transfer_s(inp, ev.plan, d.plan, p_prompt, kv_bytes) for d in ok_dec), default=0.0)
         screen_prefill(ev, inp, mix, xfer + first_step_s + frontend_s, ca2, cs2)
     return pre, dec
 

@@ -13,7 +13,7 @@ from typing import Callable
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import Plan
 from apex_plan.rank.deploy import Pool, closest_deployment, solve_deployments
-from apex_plan.search.bounds import PRUNE_OBJECTIVES, dominated_by, gpus_needed, outranked
+from apex_plan.search.bounds import PRUNE_OBJECTIVES, cannot_cover, dominated_by, gpus_needed, outranked
 from apex_plan.search.capacity import find_goodput
 from apex_plan.search.layouts import profile_caps
 from apex_plan.search.spec import PlanEval, SearchInputs  # noqa: F401 (re-exported)
@@ -61,8 +61,40 @@ def _drawn(m: dict | None) -> int:
     return st.get("warmup_requests", 0) + st.get("window_requests", 0) + st.get("tail_requests", 0)
 
 
+def simulate_plan(inp: SearchInputs, ev: PlanEval, sc, mix: RequestMix) -> bool:
+    """Phase 2 for one variant: its steady-state goodput (bisection under its bound) and, with a demand,
+    one replica at its share of it. Sets its status; True when it has a goodput."""
+    cap = find_goodput(lambda r: _one_replica_metrics(inp, ev, sc, r, mix), inp.slo, ev.bound_rps / 2,
+                       ceiling_rps=ev.bound_rps, iterations=GOODPUT_ITERATIONS)
+    ev.simulations += cap.simulations
+    ev.goodput_rps, ev.at_goodput, ev.binding = cap.goodput_rps, cap.metrics, cap.binding
+    if cap.goodput_rps <= 0:
+        ev.status, ev.reason = "no_goodput", "misses the SLO at steady state even at the lowest rate tried"
+        return False
+    ev.status, ev.reason = "ok", ""
+    if inp.demand_rps:
+        n = math.ceil(inp.demand_rps / cap.goodput_rps - 1e-9)
+        ev.replicas_for_demand = n
+        ev.at_demand = _one_replica_metrics(inp, ev, sc, inp.demand_rps / n, mix)
+        ev.simulations += 1
+    return True
+
+
+def _best_rps_by_size(evals: list[PlanEval]) -> dict[int, float]:
+    """Per replica size, the highest goodput a candidate of that size may still reach: its simulated
+    goodput (never above its bound), or its bound while it waits; skipped and failed plans none."""
+    best: dict[int, float] = {}
+    for e in evals:
+        r = e.goodput_rps if e.status == "ok" else e.bound_rps if e.status == "pending" else 0.0
+        g = e.plan.gpus_per_replica
+        best[g] = max(best.get(g, 0.0), r)
+    return best
+
+
 def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | None = None,
-                   mix: RequestMix | None = None) -> tuple[list[PlanEval], list[tuple[Plan, str]], dict]:
+                   mix: RequestMix | None = None) -> tuple[list[PlanEval], list[tuple[Plan, str]], dict, list]:
+    """Every variant screened, bounded and (unless a bound rules it out) simulated: the variants, the
+    rejected plans, statistics, and the (variant, step cost) pairs skipped by `cannot_cover`."""
     mix = mix or request_mix(inp.trace)
     evals, rej, counts, unique = make_evals(inp)
     # phase 1: memory, clock, analytic screen and bound for every variant (no simulation)
@@ -82,10 +114,20 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         and inp.max_power_w is None
     found: dict[int, list[tuple[str, int, float]]] = {}     # per node group: swaps stay on one GPU type
     homog: dict[tuple, int] = {}           # layout -> GPUs of its homogeneous deployment meeting the demand
+    cluster_gpus = sum(g.cluster.num_gpus for g in inp.groups)
+    cover_memo: dict = {}
+    deferred: list[tuple[PlanEval, object]] = []      # skipped as unable to carry the demand (`cannot_cover`)
     for i, ev in enumerate(todo):
         if progress:
             progress(i, len(todo))
         g = ev.plan.gpus_per_replica
+        if inp.prune_bounds and inp.demand_rps and cannot_cover(ev.bound_rps, g, cluster_gpus, inp.demand_rps,
+                                                                _best_rps_by_size(todo), cover_memo):
+            ev.status = "pruned"
+            ev.reason = (f"no deployment on {cluster_gpus} GPUs that holds a {g}-GPU replica of it (bound "
+                         f"{ev.bound_rps:.3g} req/s) carries {inp.demand_rps:.3g} req/s")
+            deferred.append((ev, costs[ev.key]))
+            continue
         if prune and inp.objective == "throughput":
             by = dominated_by(ev.bound_rps, g, found.get(ev.pool, []))
             if by:
@@ -96,26 +138,14 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
             ev.status = "pruned"
             ev.reason = f"one replica needs {g} GPUs; {inp.top_k} other plans meet the demand with fewer"
             continue
-        sc = costs[ev.key]
-        cap = find_goodput(lambda r: _one_replica_metrics(inp, ev, sc, r, mix), inp.slo, ev.bound_rps / 2,
-                           ceiling_rps=ev.bound_rps, iterations=GOODPUT_ITERATIONS)
-        ev.simulations += cap.simulations
-        ev.goodput_rps, ev.at_goodput, ev.binding = cap.goodput_rps, cap.metrics, cap.binding
-        if cap.goodput_rps <= 0:
-            ev.status, ev.reason = "no_goodput", "misses the SLO at steady state even at the lowest rate tried"
+        if not simulate_plan(inp, ev, costs[ev.key], mix):
             continue
-        ev.status = "ok"
         found.setdefault(ev.pool, []).append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
         if inp.demand_rps:
             need = gpus_needed(inp.demand_rps, ev.goodput_rps, g)
             layout = layout_of(ev)
             if need <= ev.cluster.num_gpus and need < homog.get(layout, math.inf):
                 homog[layout] = need
-        if inp.demand_rps:
-            n = math.ceil(inp.demand_rps / cap.goodput_rps - 1e-9)
-            ev.replicas_for_demand = n
-            ev.at_demand = _one_replica_metrics(inp, ev, sc, inp.demand_rps / n, mix)
-            ev.simulations += 1
     if progress:
         progress(len(todo), len(todo))
     ok = [e for e in evals if e.status == "ok"]
@@ -126,6 +156,17 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         "candidates": len(evals),
         "rejected": len(rej),
         "rejected_reasons": dict(sorted({r: sum(1 for _, x in rej if x == r) for _, r in rej}.items())),
+        **_status_counts(evals, mix),
+    }
+    stats["layer_cost_memo_hits"] = layer_cost_hits
+    stats["sampling"] = stats.pop("sampling")          # the wire order: sampling last
+    return evals, rej, stats, deferred
+
+
+def _status_counts(evals: list[PlanEval], mix: RequestMix) -> dict:
+    """The statistics that follow from the variants' statuses and simulations."""
+    ok = [e for e in evals if e.status == "ok"]
+    return {
         "infeasible_memory": sum(e.status == "infeasible" for e in evals),
         "screened_out": sum(e.status == "screened" for e in evals),
         "pruned_by_bound": sum(e.status == "pruned" for e in evals),
@@ -134,10 +175,8 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         "no_goodput": sum(e.status == "no_goodput" for e in evals),
         "same_clock_duplicates": sum(e.status == "duplicate" for e in evals),
         "with_goodput": len(ok),
-        "layer_cost_memo_hits": layer_cost_hits,
         "sampling": mix.sampling_error(max((_drawn(e.at_goodput) for e in ok), default=0) or 1000),
     }
-    return evals, rej, stats
 
 
 def _plan_rank_key(e: PlanEval, objective: str) -> tuple:
@@ -224,7 +263,7 @@ def run_search(inp: SearchInputs, progress: Callable[[int, int], None] | None = 
 def run_agg(inp: SearchInputs, progress: Callable[[int, int], None] | None = None,
             mix: RequestMix | None = None) -> SearchResult:
     mix = mix or request_mix(inp.trace)
-    evals, rejected, stats = evaluate_plans(inp, progress, mix)
+    evals, rejected, stats, deferred = evaluate_plans(inp, progress, mix)
     ok = [e for e in evals if e.status == "ok"]
     by_key = {e.key: e for e in ok}
     deployments: list[DeploymentEval] = []
@@ -254,6 +293,13 @@ def run_agg(inp: SearchInputs, progress: Callable[[int, int], None] | None = Non
     family = (inp.engine_profile or profile_caps(resolve_engine(inp.engines[0], inp.model).profile)).family
     for d in deployments:
         _attach_launch(d, by_key, inp.model, family)
+    if not deployments and rate and deferred:
+        # nothing carries the demand: the plans skipped as unable to carry it count again, for the closest
+        for ev, sc in deferred:
+            simulate_plan(inp, ev, sc, mix)
+        stats.update(_status_counts(evals, mix))
+        ok = [e for e in evals if e.status == "ok"]
+        by_key = {e.key: e for e in ok}
     if not deployments:
         if ok and rate:
             cands = [candidate(e) for e in ok]
