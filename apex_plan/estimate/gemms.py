@@ -13,7 +13,7 @@ from typing import NamedTuple
 from apex_plan.abi import (GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_LINEAR_ATTN, GEMM_MAMBA, GEMM_MOE_DENSE, GEMM_PROJ_MIXER,
                            GEMM_PROJ_MLP, GEMM_ROUTED_EXPERTS)
 from apex_plan.model import spec as S
-from apex_plan.model.params import compressor_state_bytes, state_bytes_per_seq_per_layer
+from apex_plan.model.kv import compressor_state_bytes, state_bytes_per_seq_per_layer
 from apex_plan.model.quant import component_format, format_bytes
 from apex_plan.model.spec import LayerKind, ModelSpec
 from apex_plan.plan.spec import Plan
