@@ -177,9 +177,12 @@ def lockstep_member(e, k, cfg):
 
 @kernel(cache=True, inline="always")
 def _lockstep_balance(e, eng, cfg):
-    """The attention-DP balance of `_balance_holds`, decided once per lock-step replica step before its
-    ranks schedule (as TRT-LLM decides it over every rank's state): new contexts go in on every rank
-    when every rank has one waiting, when some rank runs no generation, or at the timeout."""
+    """TRT-LLM's attention-DP balance (py_executor `_balance_adp_requests`, attention_dp_config
+    enable_balance with batching_wait_iters 0), decided once per lock-step replica step before its ranks
+    schedule, as TRT-LLM decides it over every rank's all-gathered counts: new contexts go in on every
+    rank when every rank has a context it can schedule (a waiting request and a free batch slot); else
+    the iteration counter grows and they are held, until it reaches the timeout or some rank runs no
+    generation, when they go in and the counter restarts."""
     if cfg.adp_balance_steps <= 0:
         return
     a = cfg.adp_ranks
@@ -187,12 +190,16 @@ def _lockstep_balance(e, eng, cfg):
     all_ctx, all_gen = True, True
     for k in range(a):
         en = eng[lockstep_member(e, k, cfg)]
-        all_ctx = all_ctx and en.head != -1
+        all_ctx = all_ctx and en.head != -1 and en.running < cfg.max_seqs
         all_gen = all_gen and en.running > 0
-    lead.balance_steps += 1.0
-    let_in = all_ctx or not all_gen or lead.balance_steps >= cfg.adp_balance_steps
-    if all_ctx or lead.balance_steps >= cfg.adp_balance_steps:
+    if all_ctx:
+        let_in = True
         lead.balance_steps = 0.0
+    else:
+        lead.balance_steps += 1.0
+        let_in = lead.balance_steps >= cfg.adp_balance_steps or not all_gen
+        if let_in:
+            lead.balance_steps = 0.0
     for k in range(a):
         eng[lockstep_member(e, k, cfg)].balance_open = 1 if let_in else 0
 
