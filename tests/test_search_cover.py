@@ -69,17 +69,19 @@ def test_cover_pruning_simulates_the_skipped_plans_when_nothing_meets_the_demand
     assert on.stats["pruned_by_bound"] == 0
 
 
-def test_simulating_plans_in_waves_changes_no_figure(monkeypatch):
-    """Phase 2 simulates SIM_THREADS plans at once; one at a time gives the same deployments, and every
-    plan simulated both ways the same figures (the waves only change which plans the bounds skip)."""
+@pytest.mark.parametrize("objective,rate,gpus,model", [("gpus", 20.0, 4, "llama-3.1-8b"),
+                                                       ("throughput", None, 8, "llama-3.1-70b")])
+def test_simulating_plans_in_waves_gives_the_one_at_a_time_result(monkeypatch, objective, rate, gpus, model):
+    """Phase 2 simulates SIM_THREADS plans at once and keeps a result only where one plan at a time would
+    have simulated it: the plans, their statuses and figures and the deployments are the same."""
     import apex_plan.search.pipeline as P
-    waves = run_search(_inputs("gpus", 20.0, 4, True))
+    max_len = None if model == "llama-3.1-70b" else 8192
+    waves = run_search(_inputs(objective, rate, gpus, True, model=model, max_len=max_len))
     monkeypatch.setattr(P, "SIM_THREADS", 1)
-    serial = run_search(_inputs("gpus", 20.0, 4, True))
+    serial = run_search(_inputs(objective, rate, gpus, True, model=model, max_len=max_len))
     assert waves.deployments and _doc(waves) == _doc(serial)
-    one = {e.key: e for e in serial.plans if e.status == "ok"}
-    both = [e for e in waves.plans if e.status == "ok" and e.key in one]
-    assert both
-    for e in both:
-        assert e.goodput_rps == one[e.key].goodput_rps
-        assert e.at_demand.to_dict() == one[e.key].at_demand.to_dict()
+    assert waves.stats == serial.stats and waves.stats["pruned_by_bound"] > 0
+    for a, b in zip(waves.plans, serial.plans):
+        assert (a.key, a.status, a.reason, a.goodput_rps, a.simulations) == (b.key, b.status, b.reason, b.goodput_rps,
+                                                                               b.simulations)
+        assert (a.at_goodput and a.at_goodput.to_dict()) == (b.at_goodput and b.at_goodput.to_dict())
