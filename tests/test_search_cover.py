@@ -85,3 +85,27 @@ def test_simulating_plans_in_waves_gives_the_one_at_a_time_result(monkeypatch, o
         assert (a.key, a.status, a.reason, a.goodput_rps, a.simulations) == (b.key, b.status, b.reason, b.goodput_rps,
                                                                                b.simulations)
         assert (a.at_goodput and a.at_goodput.to_dict()) == (b.at_goodput and b.at_goodput.to_dict())
+
+
+def test_a_plan_whose_fit_raised_the_memory_fraction_simulates_with_it():
+    """fit_engine raises --gpu-memory-utilization when the default leaves no room for the longest request;
+    the plan's runs must use the raised fraction (with the default its lowered max_model_len does not fit)."""
+    from apex_plan.hardware.load import load_gpu, make_cluster
+    from apex_plan.model.load import load_model
+    from apex_plan.plan.spec import EngineConfig
+    from apex_plan.search.pipeline import SearchInputs
+    from apex_plan.workload.spec import Slo, Trace
+    rng = np.random.default_rng(0)
+    n = 2000
+    prompt = np.where(rng.random(n) < 0.01, 8000, 200).astype(np.int64)      # a few long prompts
+    output = np.where(prompt > 1000, 2000, 120).astype(np.int64)
+    trace = Trace(np.cumsum(rng.exponential(1 / 20.0, n)), prompt, output, "long-tail")
+    inp = SearchInputs(load_model("llama-3.1-70b"), make_cluster(load_gpu("h100-sxm-80gb"), 8, 8), trace, None,
+                       Slo(1.0, 0.1, 90.0), ("bf16",), ("bf16",), (EngineConfig(),), "throughput")
+    res = run_search(inp)
+    raised = [e for e in res.plans if e.engine is not None and e.engine.gpu_memory_utilization
+              != e.engine.profile.memory.gpu_memory_utilization]
+    assert raised, "expected a plan whose fit raised the memory fraction"
+    for e in raised:
+        assert e.run_cfg.gpu_memory_utilization == e.engine.gpu_memory_utilization
+        assert e.status != "pending"
