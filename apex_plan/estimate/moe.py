@@ -18,12 +18,15 @@ DeepSeek-family models (alpha 1.01, sdk/models/deepseek.py). Their latency ratio
 median over every GPU, engine and shape, is 1.105 / 1.187 / 1.261 / 1.327 / 1.401 at ep 2 / 4 / 8 /
 16 / 32 and 1.43-1.45 at ep 64-128: c(ep) = 1 + s log2(min(ep, 32)), s = 0.083 per doubling (least
 squares on those medians; 0.079-0.087 leaving any one of the 9 GPUs out; per engine SGLang 0.051,
-TRT-LLM 0.108, vLLM 0.080; `scripts/fit_moe_skew.py`). The GPU profile's `moe_imbalance` is c at ep = 8 (1 + 3 s = 1.25). The distinct experts the busiest rank reads
-whole are e_local x (1 - (1 - k/E)^(T x imbalance)); at ep = 1 that is E (1 - (1 - k/E)^T), the
-expected number of experts touched by T tokens under uniform top-k routing.
+TRT-LLM 0.108, vLLM 0.080; `scripts/fit_moe_skew.py`). The GPU profile's `moe_imbalance` is c at
+ep = 8 (1 + 3 s = 1.25).
+
+The distinct experts the busiest rank reads whole are e_local x (1 - (1 - k/E)^(T x imbalance)); at
+ep = 1 that is E (1 - (1 - k/E)^T), the expected number of experts touched by T tokens under uniform
+top-k routing.
 
 Token movement (`comm_s`), when attention-DP ranks hold different tokens (COST.a2a_kind):
-* allgather (SGLang dp_gather/dp_scatter, TRT-LLM AllGather + ReduceScatter, vLLM
+* allgather (TRT-LLM AllGather + ReduceScatter, vLLM
   allgather_reducescatter): every GPU receives every other rank's tokens before the MoE and the
   reduce-scatter sends the output back: (all tokens - own) x hidden x bytes each way.
 * dp_buffer (SGLang --enable-dp-attention without DeepEP: srt/layers/dp_attention.py `_dp_gather`,
