@@ -202,7 +202,8 @@ def search(**options) -> int:
          lambda c: V.search_table(res, c, out.show_all))
     if report or plot:
         from apex_plan.report.html import search_outputs
-        search_outputs(res, inputs, report, plot)
+        from apex_plan.search.curves import load_curves
+        search_outputs(res, inputs, report, plot, load_curves(res))
     return 0 if out.meets_slo else 1   # exit status 1: no deployment meets the SLO (the closest is shown)
 
 

@@ -18,6 +18,7 @@ from apex_plan import inputs as I
 from apex_plan.model.load import load_model
 from apex_plan.report.html import search_html, write_report
 from apex_plan.report.report_data import from_search
+from apex_plan.search.curves import load_curves
 from apex_plan.search.pipeline import SearchInputs, run_search
 from apex_plan.workload.slo import parse_slo
 
@@ -36,7 +37,7 @@ def in_process(model: str, gpus: int, rate: float, ttft: str, tpot: str, reps: i
         t0 = time.perf_counter()
         res = run_search(inp)
         t1 = time.perf_counter()
-        write_report(str(out), search_html(from_search(res, {"model": model, "gpus": gpus})))
+        write_report(str(out), search_html(from_search(res, {"model": model, "gpus": gpus}, curves=load_curves(res))))
         t2 = time.perf_counter()
         search_s.append(t1 - t0)
         report_s.append(t2 - t1)

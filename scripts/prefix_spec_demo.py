@@ -41,7 +41,7 @@ def _row(label: str, m: dict) -> str:
 
 
 def _capacity(model, cluster, plan, cfg, trace, slo: Slo) -> float:
-    cap = find_goodput(lambda r: simulate(model, cluster, plan, cfg, Workload(scaled_trace(trace, r)), slo).metrics.to_dict(),
+    cap = find_goodput(lambda r: simulate(model, cluster, plan, cfg, Workload(scaled_trace(trace, r)), slo).metrics,
                        slo, trace.rate_per_s, iterations=6)
     return cap.goodput_rps
 

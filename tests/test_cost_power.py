@@ -6,6 +6,7 @@ import dataclasses
 import json
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from apex_plan.hardware.fleet import load_fleet, load_prices, priced
 from apex_plan.hardware.load import load_cluster, load_gpu, make_cluster
 from apex_plan.hardware.power import OperatingPoint, at_clock, hbm_power_w, power_w
 from apex_plan.model.load import load_model
+from apex_plan.search.results import WindowEnergy, WindowThroughput
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.rank.deploy import Candidate, Pool, brute_force_deployments, solve_deployments
 from apex_plan.report.economics import deployment_economics, usd_per_mtok
@@ -124,8 +126,8 @@ def test_deployment_economics_exact():
 
     class Dv:
         deployment = dep
-        metrics = {"throughput": {"output_tokens_per_s": 1000.0, "input_tokens_per_s": 2500.0},
-                   "energy": {"mean_power_w": 1200.0, "j_per_output_token": 1.2, "j_per_request": 240.0}}
+        metrics = SimpleNamespace(throughput=WindowThroughput(1000.0, 4.0, 2500.0),
+                                  energy=WindowEnergy(240.0, 1.2, 1200.0))
 
     ec = deployment_economics(Dv, Mix)
     assert ec["cost_per_hour"] == 8.0                                   # 2 replicas x 2 GPUs x $2
@@ -184,7 +186,7 @@ def test_cap_at_tdp_reproduces_todays_numbers_exactly():
     assert [tuple((k + "@700W", n) for k, n in d.deployment.replicas) for d in today.deployments] == \
         [d.deployment.replicas for d in capped.deployments]
     for a, b in zip(today.deployments, capped.deployments):
-        assert json.dumps(a.metrics, sort_keys=True) == json.dumps(b.metrics, sort_keys=True)
+        assert json.dumps(a.metrics_dict(), sort_keys=True) == json.dumps(b.metrics_dict(), sort_keys=True)
     gp = {e.key: e.goodput_rps for e in today.plans}
     assert {e.key[:-len("@700W")]: e.goodput_rps for e in capped.plans} == gp
 
@@ -197,7 +199,7 @@ def test_lower_cap_lowers_clock_and_power_not_below_idle():
             full = ok[key[:-5] + "@700W"]
             assert e.clock_mhz <= full.clock_mhz
     for d in res.deployments:
-        assert d.metrics["energy"]["mean_power_w"] >= H100.idle_w * d.deployment.gpus
+        assert d.metrics.energy.mean_power_w >= H100.idle_w * d.deployment.gpus
 
 
 # ---------------------------------------------------------------- cluster files and CLI

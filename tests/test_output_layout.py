@@ -16,7 +16,9 @@ from apex_plan.model.load import load_model
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.report.launch import launch_command, parse_launch
 from apex_plan.report.search_view import print_phrases
+from apex_plan.search import results as R
 from apex_plan.search.capacity import binding_constraint, find_goodput
+from apex_plan.simulate.metrics import Distribution
 from apex_plan.workload.slo import parse_slo
 from test_cli import run_main
 
@@ -94,12 +96,15 @@ def test_phrases_break_only_between_phrases():
         assert any(ph in line for line in out), ph                       # every phrase on one line
 
 
-def _steady(stable=True, miss_ttft=0.0, miss_tpot=0.0, preemptions=0, peak=0.3, completed=100):
-    """Steady-state metrics of a run that missed (or met) the SLO, with the fields binding_constraint reads."""
-    return {"requests": 100, "completed": completed, "steady": {"stable": stable},
-            "kv_cache": {"peak_utilization": peak, "preemptions": preemptions},
-            "slo": {"ttft_ms": 1000.0, "tpot_ms": 100.0, "percentile": 90.0, "ttft_miss_upper": miss_ttft,
-                    "tpot_miss_upper": miss_tpot, "met": False}}
+def _steady(stable=True, miss_ttft=0.0, miss_tpot=0.0, preemptions=0, peak=0.3, completed=100, met=False):
+    """Steady-state metrics of a run that missed (or met) the SLO; binding_constraint reads the backlog test,
+    completion, KV use and the miss shares."""
+    d = Distribution(1.0, 1.0, 1.0, 1.0)
+    return R.SteadyMetrics(
+        1.0, 100, completed, d, d, d, R.WindowThroughput(1.0, 1.0, 1.0), R.WindowEnergy(1.0, 1.0, 1.0),
+        R.KvPeak(peak, preemptions), R.PrefixSaving(False, 0.0, 0), None,
+        R.WindowSlo(1000.0, 100.0, 90.0, 1.0, 1.0, 1.0, miss_ttft, miss_tpot, met),
+        R.WindowTest(100, 100, 100, 1.0, 0.0, stable, 0.03))
 
 
 def test_binds_names_the_constraint_that_failed_above_capacity():
@@ -119,16 +124,12 @@ def test_binds_comes_from_the_capacity_search():
     and whose backlog grows above 8 req/s binds on the TPOT SLO when the SLO is tight, on compute when loose."""
     def run(rate):
         tpot_miss = max(0.0, (rate - 4.0) / 10)                      # TPOT misses grow past 4 req/s
-        m = _steady(stable=rate <= 8.0, miss_tpot=tpot_miss)
-        m["slo"]["met"] = m["steady"]["stable"] and tpot_miss <= 0.1
-        return m
+        return _steady(stable=rate <= 8.0, miss_tpot=tpot_miss, met=rate <= 8.0 and tpot_miss <= 0.1)
     tight = find_goodput(run, parse_slo("1s", "100ms", 90.0), 2.0)
     assert 4.9 < tight.goodput_rps <= 5.0 and tight.binding == "TPOT SLO"
 
     def loose(rate):
-        m = _steady(stable=rate <= 8.0)
-        m["slo"]["met"] = m["steady"]["stable"]
-        return m
+        return _steady(stable=rate <= 8.0, met=rate <= 8.0)
     cap = find_goodput(loose, parse_slo("1s", "100ms", 90.0), 2.0)
     assert 7.9 < cap.goodput_rps <= 8.0 and cap.binding == "compute"
 

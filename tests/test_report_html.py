@@ -21,6 +21,7 @@ from apex_plan.report import figures as F
 from apex_plan.report.chart import Chart, Series, nice_ticks, svg, svg_row
 from apex_plan.report.html import search_html
 from apex_plan.report.report_data import cdf, from_search
+from apex_plan.search.curves import load_curves
 from apex_plan.search.pipeline import SearchInputs, run_search
 from apex_plan.workload.slo import parse_slo
 
@@ -70,7 +71,8 @@ def external_refs(page: str) -> list[str]:
 
 def test_search_report_is_self_contained_and_complete(searched):
     d = from_search(searched, {"model": "llama-3.1-70b", "gpu": "h100-sxm-80gb", "gpus": 8,
-                               "engine": {"name": "vllm-v1", "version": "0.6.0", "calibration": "fitted, 9 runs"}})
+                               "engine": {"name": "vllm-v1", "version": "0.6.0", "calibration": "fitted, 9 runs"}},
+                    curves=load_curves(searched))
     page = search_html(d)
     assert external_refs(page) == []
     p = _Refs()
@@ -91,20 +93,31 @@ def test_search_report_is_self_contained_and_complete(searched):
         assert k in page                                        # the calibration constants behind the numbers
 
 
-def test_resimulated_deployment_matches_the_search(searched):
-    """The CDFs come from re-running each deployment: they must be the runs the search verified."""
+def test_report_draws_the_runs_the_search_verified(searched, monkeypatch):
+    """The CDFs are the runs the search verified each deployment with, and the report simulates nothing."""
+    import apex_plan.search.verify as V
+    import apex_plan.simulate.run as R
+
+    def refuse(*a, **k):
+        raise AssertionError("the report simulated")
+    monkeypatch.setattr(R, "simulate", refuse)
+    monkeypatch.setattr(V, "simulate", refuse)
+    monkeypatch.setattr(V, "verify_deployment", refuse)
     d = from_search(searched, {})
+    search_html(d)
+    assert d.deployments
     for dv, orig in zip(d.deployments, searched.deployments):
         p90_ttft = np.percentile(dv.ttft_s, 90) * 1e3
         p90_tpot = np.percentile(dv.tpot_s, 90) * 1e3
-        assert p90_ttft == pytest.approx(orig.metrics["ttft_ms"]["p90"], rel=1e-9)
-        assert p90_tpot == pytest.approx(orig.metrics["tpot_ms"]["p90"], rel=1e-9)
-        assert dv.ttft_s.size == orig.metrics["completed"]      # the steady window's requests, every one
+        assert p90_ttft == pytest.approx(orig.metrics.ttft_ms.p90, rel=1e-9)
+        assert p90_tpot == pytest.approx(orig.metrics.tpot_ms.p90, rel=1e-9)
+        assert dv.ttft_s.size == orig.metrics.completed         # the steady window's requests, every one
+        assert sum(g.sim.plan.dp for g in dv.groups) == sum(n for _, n in orig.deployment.replicas)
 
 
 def test_load_curves_trade_throughput_for_latency(searched):
     """More load on one replica: more tokens/s per GPU, and TPOT no lower (along each plan's curve)."""
-    d = from_search(searched, {})
+    d = from_search(searched, {}, curves=load_curves(searched))
     curves = [p.curve for p in d.plans if p.curve]
     assert curves
     for c in curves:

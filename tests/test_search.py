@@ -59,7 +59,7 @@ def test_deployments_fit_cluster_and_meet_slo_in_their_own_simulation(result):
             assert placed[k] == n * per
         # re-simulate the deployment from scratch and check the SLO holds there too
         again = verify_deployment(inp, dep, by_key, inp.demand_rps)
-        assert again.verified and again.metrics["slo_met"]
+        assert again.verified and again.metrics_dict()["slo_met"] and again.metrics.slo.met
         assert d.verified
 
 
@@ -74,7 +74,7 @@ def test_homogeneous_single_plan_deployment_meets_slo_with_dp_replicas(result):
     from apex_plan.search.capacity import scaled_trace
     res = simulate(inp.model, inp.cluster, plan, dataclasses.replace(ev.engine_cfg, max_model_len=ev.engine.max_model_len),
                    Workload(scaled_trace(inp.trace, inp.demand_rps)), inp.slo)
-    assert meets_slo(res.metrics.to_dict(), inp.slo)
+    assert meets_slo(res.metrics, inp.slo)
 
 
 def test_symmetry_pruning_never_changes_the_winner():

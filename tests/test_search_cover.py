@@ -42,7 +42,7 @@ def test_cannot_cover_is_exact_at_the_edge():
 
 
 def _doc(res) -> str:
-    return json.dumps([(d.deployment.replicas, d.deployment.gpus, d.deployment.objective_value, d.metrics)
+    return json.dumps([(d.deployment.replicas, d.deployment.gpus, d.deployment.objective_value, d.metrics_dict())
                        for d in res.deployments], sort_keys=True, default=str)
 
 

@@ -48,7 +48,7 @@ def test_pools_cover_the_demand_within_the_cluster(disagg):
     inp = disagg.inputs
     assert disagg.deployments, disagg.binding
     for d in disagg.deployments:
-        assert d.serving == "disagg" and d.verified and d.metrics["slo"]["met"]
+        assert d.serving == "disagg" and d.verified and d.metrics.slo.met
         x = d.disagg
         pre, dec = x["prefill"], x["decode"]
         assert pre["rate_rps"] >= inp.demand_rps * (1 - 1e-9) and dec["rate_rps"] >= inp.demand_rps * (1 - 1e-9)

@@ -72,10 +72,10 @@ def test_verified_deployments_meet_slo_with_4x_the_requests(result):
     assert result.deployments, result.binding
     by_key = {e.key: e for e in result.plans}
     for d in result.deployments:
-        assert d.verified and d.metrics["steady"]["stable"]
+        assert d.verified and d.metrics.steady.stable
         again = verify_deployment(inp, d.deployment, by_key, inp.demand_rps, result.mix, horizon_scale=4.0)
-        assert again.metrics["requests"] >= 4 * d.metrics["requests"] * 0.99
-        assert again.verified, again.metrics["slo"]
+        assert again.metrics.requests >= 4 * d.metrics.requests * 0.99
+        assert again.verified, again.metrics.slo
 
 
 def test_top_k_deployments_differ_in_plan(result):
@@ -124,12 +124,15 @@ def test_one_replica_deployment_reuses_the_identical_run(result):
     by_key = {e.key: e for e in result.plans}
     one = [d for d in result.deployments if len(d.deployment.replicas) == 1 and d.deployment.replicas[0][1] == 1]
     assert one, "expected a one-replica deployment in this case"
-    d = one[0].deployment
-    reused = single_replica(d, by_key[d.replicas[0][0]], inp.demand_rps)
+    reused, d = one[0], one[0].deployment         # the search's own: its plan's at_demand run (`single_replica`)
+    assert reused.runs and reused.metrics is by_key[d.replicas[0][0]].at_demand
+    assert single_replica(d, by_key[d.replicas[0][0]], inp.demand_rps) is None     # the search let the run go
     fresh = verify_deployment(inp, d, by_key, inp.demand_rps, result.mix)
-    assert reused is not None and reused.verified == fresh.verified
+    assert reused.verified == fresh.verified
     for k in ("ttft_ms", "tpot_ms", "e2e_s", "throughput", "energy", "steady"):
-        assert reused.metrics[k] == pytest.approx(fresh.metrics[k]), k
+        assert getattr(reused.metrics, k).to_dict() == pytest.approx(getattr(fresh.metrics, k).to_dict()), k
+    flat = ("output_tokens_per_s", "energy_j_per_output_token", "energy_j_per_request", "slo_met")
+    assert [reused.metrics_dict()[k] for k in flat] == pytest.approx([fresh.metrics_dict()[k] for k in flat])
 
 
 def test_capacity_monotone_in_the_slo():

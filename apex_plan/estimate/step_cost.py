@@ -183,7 +183,11 @@ def kernel_count_fields(model: ModelSpec, plan: Plan, shard: Shard, prof: Engine
     # a reduction pass finds the scale first (vLLM 0.6 scaled_fp8_quant: 3 kernels), static scales
     # need one quantise kernel, and fused kernels none
     q = prof.quantization
-    quant = plan.weight_dtype in ("fp8", "int8") and not q.fused_activation_quant
+    # block-scaled fp8 (1x128 activation scales) takes its own quantise kernel even on engines that fuse
+    # per-tensor quantisation into the producing kernel (TRT-LLM _torch/modules/linear.py
+    # FP8BlockScalesLinearMethod.apply: fp8_quantize_1x128 before fp8_block_scaling_gemm)
+    block = any(g.fmt == "fp8-block" for g in shard.gemms if g.kind in (GEMM_ATTENTION, GEMM_DENSE_MLP))
+    quant = plan.weight_dtype in ("fp8", "int8") and (block or not q.fused_activation_quant)
     per_gemm = (q.kernels_per_gemm_dynamic if scales == "dynamic" else q.kernels_per_gemm_static) if quant else 0
     passes = (2.0 if scales == "dynamic" else 1.0) if quant else 0.0   # reads of the GEMM input
     # quantisation bytes per token: read each GEMM input (activation dtype) per pass, write it in 1 byte

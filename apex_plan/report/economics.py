@@ -25,13 +25,11 @@ def deployment_economics(dv, mix, by_key: dict | None = None, groups=None) -> di
     """The cost, power and energy block of one verified deployment (a `DeploymentEval`); `by_key`
     (plan key -> PlanEval) and `groups` (the node groups) add the provisioned power."""
     dep, m = dv.deployment, dv.metrics
-    th = m.get("throughput", {})
-    out_demand = th.get("output_tokens_per_s")
-    in_demand = th.get("input_tokens_per_s")
+    out_demand = m.throughput.output_tokens_per_s if m else None
+    in_demand = m.throughput.input_tokens_per_s if m else None
     out_cap = dep.goodput_rps * mix.mean_output if mix is not None else None     # tokens/s fully loaded
     in_cap = dep.goodput_rps * mix.mean_prompt if mix is not None else None
     cost = dep.cost_per_hour
-    energy = m.get("energy", {})
     provisioned = None
     if by_key and groups:
         # watts the operator provisions: every GPU at its power limit (its cap, else its TDP)
@@ -48,11 +46,11 @@ def deployment_economics(dv, mix, by_key: dict | None = None, groups=None) -> di
         "usd_per_mtok_input_at_demand": usd_per_mtok(cost, in_demand),
         "usd_per_mtok_output_at_capacity": usd_per_mtok(cost, out_cap),
         "usd_per_mtok_input_at_capacity": usd_per_mtok(cost, in_cap),
-        "mean_power_w_at_demand": energy.get("mean_power_w"),
+        "mean_power_w_at_demand": m.energy.mean_power_w if m else None,
         "mean_power_w_at_capacity": dep.power_w or None,
         "provisioned_power_w": provisioned,
-        "energy_j_per_output_token": energy.get("j_per_output_token"),
-        "energy_j_per_request": energy.get("j_per_request"),
+        "energy_j_per_output_token": m.energy.j_per_output_token if m else None,
+        "energy_j_per_request": m.energy.j_per_request if m else None,
     }
 
 

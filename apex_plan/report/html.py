@@ -90,9 +90,9 @@ def search_html(d: SearchReportData) -> str:
         for dv in d.deployments:
             m = dv.metrics
             rows.append([dv.rank, dv.label, dv.gpus, f"{dv.goodput_rps:.3g}", f"{dv.rate_rps:.3g}",
-                         F._fmt(m["ttft_ms"]["p50"], ".0f") + " / " + F._fmt(m["ttft_ms"]["p90"], ".0f"),
-                         F._fmt(m["tpot_ms"]["p50"]) + " / " + F._fmt(m["tpot_ms"]["p90"]),
-                         F._fmt(m.get("output_tokens_per_s"), ".0f"), F._fmt(m.get("energy_j_per_output_token"), ".2f"),
+                         F._fmt(m.ttft_ms.p50, ".0f") + " / " + F._fmt(m.ttft_ms.p90, ".0f"),
+                         F._fmt(m.tpot_ms.p50) + " / " + F._fmt(m.tpot_ms.p90),
+                         F._fmt(m.throughput.output_tokens_per_s, ".0f"), F._fmt(m.energy.j_per_output_token, ".2f"),
                          F._fmt(dv.economics.get("mean_power_w_at_demand"), ".0f"),
                          money(dv.cost_per_hour), money(dv.economics.get("usd_per_mtok_output_at_demand"), ".3g"),
                          money(dv.economics.get("usd_per_mtok_input_at_demand"), ".3g"),
@@ -213,11 +213,12 @@ def check_outputs(report: str | None, plot: str | None) -> None:
             check_writable(path, opt)
 
 
-def search_outputs(res, inputs: dict, report: str | None, plot: str | None) -> None:
-    """`search --report/--plot`: the HTML page and the Pareto charts alone."""
+def search_outputs(res, inputs: dict, report: str | None, plot: str | None, curves: dict | None = None) -> None:
+    """`search --report/--plot`: the HTML page and the Pareto charts alone; `curves`: the plans' load
+    curves (`search.curves.load_curves`)."""
     from apex_plan.report.chart import write_plot
     from apex_plan.report.report_data import from_search
-    d = from_search(res, inputs, top=TOP)
+    d = from_search(res, inputs, top=TOP, curves=curves)
     if plot:
         write_plot(F.pareto_charts(d), plot)
     if report:

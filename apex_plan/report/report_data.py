@@ -1,7 +1,9 @@
 """Adapter: what the HTML report and `--plot` read from a search result or a simulation.
 
 The search internals change often; every access to `SearchResult` / `PlanEval` /
-`DeploymentEval` fields is in this module, so a change there is re-wired here only.
+`DeploymentEval` fields is in this module, so a change there is re-wired here only. It only reads:
+the deployments carry the runs that verified them (`DeploymentEval.runs`) and the load curves come
+from the search layer (`search.curves.load_curves`); nothing here simulates.
 """
 
 from __future__ import annotations
@@ -12,15 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from apex_plan.report.search_view import economics
-from apex_plan.simulate.run import SimResult, simulate
-from apex_plan.workload.spec import Workload
+from apex_plan.search.results import SteadyMetrics
+from apex_plan.simulate.run import SimResult
 
 TOP_DEPLOYMENTS = 3          # deployments whose latency distributions and breakdowns are drawn
 CDF_POINTS = 400             # at most this many points per CDF polyline
-# extra operating points per plan, as shares of its goodput; lighter loads cost more simulated steps
-LOAD_FRACTIONS = (0.3, 0.6)
-CURVE_PLANS = 8              # plans (best ranked first, plus deployment plans) that get a load curve
-CURVE_REQUESTS = 300         # requests simulated per extra operating point (the first of the trace)
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ class PlanPoint:
 
 @dataclass(frozen=True)
 class GroupRun:
-    """One plan group of a deployment, re-simulated at its share of the demanded rate."""
+    """One plan group of a deployment, as simulated when the search verified it."""
 
     key: str
     replicas: int
@@ -71,7 +69,7 @@ class DeploymentView:
     tok_s_per_gpu: float                 # the whole deployment at the simulated rate
     ttft_ms: float | None                # at the SLO percentile
     tpot_ms: float | None
-    metrics: dict                        # as the search reported it
+    metrics: SteadyMetrics               # as the search reported it
     ttft_s: np.ndarray                   # per request, whole deployment
     tpot_s: np.ndarray
     groups: tuple[GroupRun, ...]
@@ -95,15 +93,14 @@ class SearchReportData:
 
 
 # ------------------------------------------------------------------------------------------------
-def _pct(metrics: dict | None, name: str, p: float) -> float | None:
-    """A latency at the SLO percentile from a metrics dict (the 'slo' block when it has it)."""
-    if not metrics:
+def _pct(m: SteadyMetrics | None, name: str, p: float) -> float | None:
+    """A latency at the SLO percentile from steady-state metrics (the SLO block's when judged at `p`)."""
+    if not m:
         return None
-    s = metrics.get("slo")
-    if s is not None and s.get("percentile") == p:
-        return s["ttft_at_percentile_ms"] if name == "ttft_ms" else s["tpot_at_percentile_ms"]
-    key = f"p{p:g}"
-    return metrics[name].get(key, metrics[name].get("p90"))
+    if m.slo.percentile == p:
+        return m.slo.ttft_at_percentile_ms if name == "ttft_ms" else m.slo.tpot_at_percentile_ms
+    dist = (m.ttft_ms if name == "ttft_ms" else m.tpot_ms).to_dict()
+    return dist.get(f"p{p:g}", dist.get("p90"))
 
 
 def launch_commands(model_source: str, plan, eng: dict | None, replicas: int) -> tuple[str, ...]:
@@ -131,45 +128,17 @@ def launch_commands(model_source: str, plan, eng: dict | None, replicas: int) ->
                                        f"{plan.gpus_per_replica} GPU(s) and port, behind a round-robin router",)
 
 
-def _rerun_deployment(res, dv) -> tuple[np.ndarray, np.ndarray, tuple[GroupRun, ...], float]:
-    """Simulate a deployment again exactly as the search verified it (`search.verify`), keeping the
-    per-request times of the measured window."""
-    from apex_plan.search.verify import verify_deployment
-    inp = res.inputs
-    by_key = {e.key: e for e in res.plans}
-    rate = float(dv.metrics.get("rate_per_s") or inp.demand_rps or dv.deployment.goodput_rps)
-    keep: list = []
-    verify_deployment(inp, dv.deployment, by_key, rate, keep=keep)
-    runs = tuple(GroupRun(k, n, sim) for k, n, sim, _ in keep)
+def _runs(dv) -> tuple[np.ndarray, np.ndarray, tuple[GroupRun, ...], float]:
+    """A deployment's per-request TTFT and TPOT over the measured window, its group runs and rate, as the
+    search verified it."""
     cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))
-    return cat([w.ttft_s for *_, w in keep]), cat([w.tpot_s for *_, w in keep]), runs, rate
+    runs = tuple(GroupRun(r.key, r.replicas, r.sim) for r in dv.runs)
+    return cat([r.window.ttft_s for r in dv.runs]), cat([r.window.tpot_s for r in dv.runs]), runs, dv.rate_rps
 
 
-def _load_curve(res, ev, p: float) -> tuple:
-    """One replica of the plan at shares of its goodput (and at it): how throughput per GPU trades
-    against latency as load grows; the step cost is built once and reused."""
-    from apex_plan.search.capacity import scaled_trace
-    inp = res.inputs
-    pts, sc = [], None
-    t = inp.trace
-    n = min(len(t), CURVE_REQUESTS)
-    head = t.take(np.arange(n))
-    for f in LOAD_FRACTIONS:
-        sim = simulate(inp.model, ev.cluster, ev.plan, ev.run_cfg, Workload(scaled_trace(head, ev.goodput_rps * f)),
-                       inp.slo, step_cost=sc)
-        sc = sim.step_cost
-        if sim.feasible:
-            m = sim.metrics.to_dict()
-            pts.append((ev.goodput_rps * f, m["throughput"]["output_tokens_per_s"] / ev.plan.gpus_per_replica,
-                        _pct(m, "ttft_ms", p), _pct(m, "tpot_ms", p)))
-    g = ev.at_goodput
-    pts.append((ev.goodput_rps, g["throughput"]["output_tokens_per_s"] / ev.plan.gpus_per_replica,
-                _pct(g, "ttft_ms", p), _pct(g, "tpot_ms", p)))
-    return tuple(pts)
-
-
-def from_search(res, inputs: dict, top: int = TOP_DEPLOYMENTS, curves: bool = True) -> SearchReportData:
-    """Read a `run_search` result (and the CLI's inputs echo) into report data."""
+def from_search(res, inputs: dict, top: int = TOP_DEPLOYMENTS, curves: dict | None = None) -> SearchReportData:
+    """Read a `run_search` result (and the CLI's inputs echo) into report data; `curves`: plan key ->
+    load curve (`search.curves.load_curves`), none drawn without."""
     from apex_plan.report.search_view import recommendation
     inp = res.inputs
     p = inp.slo.percentile
@@ -178,30 +147,26 @@ def from_search(res, inputs: dict, top: int = TOP_DEPLOYMENTS, curves: bool = Tr
         for k, _ in d.deployment.replicas:
             dep_rank.setdefault(k, i + 1)
     plans = []
-    n_curves = 0
     for e in res.plans:
         g = e.at_goodput
-        curve = ()
-        if curves and g and e.status == "ok" and (n_curves < CURVE_PLANS or e.key in dep_rank):
-            curve = _load_curve(res, e, p)
-            n_curves += 1
+        curve = (curves or {}).get(e.key, ())
         plans.append(PlanPoint(
             key=e.key, status=e.status, reason=e.reason, gpus_per_replica=e.plan.gpus_per_replica,
             tp=e.plan.tp, pp=e.plan.pp, ep=e.plan.ep, weight_dtype=e.plan.weight_dtype, kv_dtype=e.plan.kv_dtype,
             goodput_rps=e.goodput_rps, replicas_for_demand=e.replicas_for_demand,
             # output tokens per second of one replica at its goodput, per GPU of that replica
-            tok_s_per_gpu=(g["throughput"]["output_tokens_per_s"] / e.plan.gpus_per_replica) if g else None,
+            tok_s_per_gpu=(g.throughput.output_tokens_per_s / e.plan.gpus_per_replica) if g else None,
             ttft_ms=_pct(g, "ttft_ms", p), tpot_ms=_pct(g, "tpot_ms", p),
             demand_ttft_ms=_pct(e.at_demand, "ttft_ms", p), demand_tpot_ms=_pct(e.at_demand, "tpot_ms", p),
-            energy_j_per_token=(e.at_demand or g or {}).get("energy", {}).get("j_per_output_token"),
+            energy_j_per_token=(e.at_demand or g).energy.j_per_output_token if (e.at_demand or g) else None,
             memory=e.memory.as_dict() if e.memory else None,
             engine=e.engine.as_dict() if e.engine else None,
             deployment_rank=dep_rank.get(e.key), curve=curve))
     by_key = {e.key: e for e in res.plans}
     deps = []
-    # the report re-runs aggregated deployments only (a disaggregated one is in the table and JSON)
+    # aggregated deployments only (a disaggregated one is in the table and JSON)
     for i, dv in enumerate([d for d in res.deployments if d.serving == "agg"][:top]):
-        ttft, tpot, runs, rate = _rerun_deployment(res, dv)
+        ttft, tpot, runs, rate = _runs(dv)
         launch: list[str] = [f"{item['replicas']} x: {item['command']}" for item in (dv.launch or [])]
         if not launch:
             for k, n in dv.deployment.replicas:
@@ -213,7 +178,7 @@ def from_search(res, inputs: dict, top: int = TOP_DEPLOYMENTS, curves: bool = Tr
             goodput_rps=dv.deployment.goodput_rps, rate_rps=rate, cost_per_hour=dv.deployment.cost_per_hour,
             economics=economics(res, dv),
             # output tokens/s of the whole deployment at the simulated rate, per GPU it occupies
-            tok_s_per_gpu=dv.metrics["output_tokens_per_s"] / dv.deployment.gpus,
+            tok_s_per_gpu=dv.metrics.throughput.output_tokens_per_s / dv.deployment.gpus,
             ttft_ms=_dist_pct(ttft, p), tpot_ms=_dist_pct(tpot, p),
             metrics=dv.metrics, ttft_s=ttft, tpot_s=tpot, groups=runs, launch=tuple(launch)))
     return SearchReportData(

@@ -16,24 +16,26 @@ from apex_plan.report.settings_view import settings_doc, settings_lines
 from apex_plan.report.output import SCHEMA_VERSION
 from apex_plan.report.search_disagg_view import disagg_doc, disagg_lines
 from apex_plan.search.pipeline import PlanEval, SearchResult
+from apex_plan.search.results import SteadyMetrics
 
 GIB = 1024.0 ** 3
 
 
-def _summary(m: dict | None) -> dict | None:
+def _summary(m: SteadyMetrics | None) -> dict | None:
+    """The plan table's figures of one steady-state run."""
     if not m:
         return None
     return {
-        "ttft_ms": {k: m["ttft_ms"][k] for k in ("mean", "p50", "p90", "p99")},
-        "tpot_ms": {k: m["tpot_ms"][k] for k in ("mean", "p50", "p90", "p99")},
-        "e2e_s": {k: m["e2e_s"][k] for k in ("mean", "p50", "p90", "p99")},
-        "output_tokens_per_s": m["throughput"]["output_tokens_per_s"],
-        "requests_per_s": m["throughput"]["requests_per_s"],
-        "energy_j_per_output_token": m["energy"]["j_per_output_token"],
-        "energy_j_per_request": m["energy"]["j_per_request"],
-        "kv_cache_peak_utilization": m["kv_cache"]["peak_utilization"],
-        "preemptions": m["kv_cache"]["preemptions"],
-        "slo_met": m.get("slo", {}).get("met", True),
+        "ttft_ms": m.ttft_ms.to_dict(),
+        "tpot_ms": m.tpot_ms.to_dict(),
+        "e2e_s": m.e2e_s.to_dict(),
+        "output_tokens_per_s": m.throughput.output_tokens_per_s,
+        "requests_per_s": m.throughput.requests_per_s,
+        "energy_j_per_output_token": m.energy.j_per_output_token,
+        "energy_j_per_request": m.energy.j_per_request,
+        "kv_cache_peak_utilization": m.kv_cache.peak_utilization,
+        "preemptions": m.kv_cache.preemptions,
+        "slo_met": m.slo.met,
     }
 
 
@@ -121,7 +123,7 @@ def recommendation(res: SearchResult) -> str:
                 f" ${ec['cost_per_hour']:.2f}/h, ${money(ec['usd_per_mtok_output_at_demand'], '.3g')} per million output tokens;")
         total = sum(g.cluster.num_gpus for g in inp.groups)
         return (f"Deploy {reps} on {d.deployment.gpus} of {total} GPUs: at {rate}, steady-state p{p:g} TTFT "
-                f"{m['ttft_ms']['p90']:.0f} ms, p{p:g} TPOT {(m['tpot_ms']['p90'] or 0):.1f} ms;{cost} "
+                f"{m.ttft_ms.p90:.0f} ms, p{p:g} TPOT {(m.tpot_ms.p90 or 0):.1f} ms;{cost} "
                 f"{_f(ec['energy_j_per_output_token'], '.2f')} J per output token at {_f(ec['mean_power_w_at_demand'], '.0f')} W; "
                 f"capacity {d.deployment.goodput_rps:.3g} req/s within the SLO."
                 + _lowered_note(res, [k for k, _ in d.deployment.replicas]))
@@ -154,7 +156,7 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
             "cost_per_hour": dep.cost_per_hour,
             "placement": d.placement,
             "verified": d.verified,
-            "metrics": d.metrics,
+            "metrics": d.metrics_dict(),
             "launch": d.launch,
             "max_model_len_lowered": lowered(res, [k for k, _ in dep.replicas]),
             "economics": economics(res, d),
@@ -192,9 +194,9 @@ def search_rows(res: SearchResult, show_all: bool) -> list[dict]:
             "plan": " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), "status": "verified" if d.verified else "unverified",
             "reason": "", "gpus": d.deployment.gpus, "gpus_per_replica": "", "replicas_for_demand": "",
             "goodput_rps": d.deployment.goodput_rps, "goodput_rps_per_replica": "",
-            "ttft_p50_ms": m["ttft_ms"]["p50"], "ttft_p90_ms": m["ttft_ms"]["p90"],
-            "tpot_p50_ms": m["tpot_ms"]["p50"], "tpot_p90_ms": m["tpot_ms"]["p90"],
-            "output_tokens_per_s": m["output_tokens_per_s"], "energy_j_per_output_token": m["energy_j_per_output_token"],
+            "ttft_p50_ms": m.ttft_ms.p50, "ttft_p90_ms": m.ttft_ms.p90,
+            "tpot_p50_ms": m.tpot_ms.p50, "tpot_p90_ms": m.tpot_ms.p90,
+            "output_tokens_per_s": m.throughput.output_tokens_per_s, "energy_j_per_output_token": m.energy.j_per_output_token,
             "weights_gib_per_gpu": "", "kv_cache_tokens": "",
             "max_model_len_lowered": ";".join(f"{k}={v}" for k, v in lowered(res, [k for k, _ in d.deployment.replicas]).items()),
             "launch": " ; ".join(f"{x['replicas']} x: {x['command']}" for x in d.launch),
@@ -308,8 +310,8 @@ def _deployments(res: SearchResult, console: Console) -> None:
         m = d.metrics
         ec = economics(res, d)
         t.add_row(str(i + 1), d.serving, " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), str(d.deployment.gpus),
-                  f"{d.deployment.goodput_rps:.3g}", _f(m["ttft_ms"]["p90"], ".0f"), _f(m["tpot_ms"]["p90"]),
-                  f"{m['output_tokens_per_s']:.0f}", _f(m["energy_j_per_output_token"], ".2f"),
+                  f"{d.deployment.goodput_rps:.3g}", _f(m.ttft_ms.p90, ".0f"), _f(m.tpot_ms.p90),
+                  f"{m.throughput.output_tokens_per_s:.0f}", _f(m.energy.j_per_output_token, ".2f"),
                   _f(ec["mean_power_w_at_demand"], ".0f"), money(ec["cost_per_hour"]),
                   money(ec["usd_per_mtok_output_at_demand"], ".3g"), money(ec["usd_per_mtok_input_at_demand"], ".3g"))
     print_table(console, t, ("$/Mtok in", "$/Mtok out", "mean W", "$/h", "J/tok", "demand out tok/s"))

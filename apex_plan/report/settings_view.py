@@ -27,8 +27,8 @@ def settings_doc(res) -> list[dict]:
         if best:
             m = best.at_goodput
             doc.update(capacity_rps=best.goodput_rps, capacity_rps_per_gpu=best.goodput_rps / best.plan.gpus_per_replica,
-                       hit_rate=m["prefix_cache"]["hit_rate"], tokens_per_step=m.get("speculative_tokens_per_step"),
-                       ttft_p_ms=m["slo"]["ttft_at_percentile_ms"], tpot_p_ms=m["slo"]["tpot_at_percentile_ms"])
+                       hit_rate=m.prefix_cache.hit_rate, tokens_per_step=m.speculative_tokens_per_step,
+                       ttft_p_ms=m.slo.ttft_at_percentile_ms, tpot_p_ms=m.slo.tpot_at_percentile_ms)
         out.append(doc)
     return out
 

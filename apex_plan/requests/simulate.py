@@ -179,6 +179,7 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
     for disaggregated deployments yet."""
     from apex_plan import inputs as I
     from apex_plan.model.load import load_model
+    from apex_plan.model.quant import component_format
     from apex_plan.workload.slo import parse_slo
     m = load_model(req.model)
     cl = I.cluster_from_options(req.gpu, req.gpus, req.gpus_per_node, req.cluster, partial_last_node=req.disaggregated)
@@ -189,7 +190,8 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
                                 I.speculative_option(req.speculative, req.speculative_acceptance))
     I.check_engine(eng, m)
     weight_dtype = req.weight_dtype if req.weight_dtype is not None else I.default_weight_dtype(m, cl)
-    kv_dtype = req.kv_dtype if req.kv_dtype is not None else eng.profile.default_kv_dtype(weight_dtype)
+    kv_dtype = req.kv_dtype if req.kv_dtype is not None else eng.profile.default_kv_dtype(
+        weight_dtype, component_format(dict(m.weight_formats), "attention", weight_dtype, "bf16"))
     if req.disaggregated:
         if req.plan is not None or req.tp_size is not None or req.pp_size is not None:
             raise InputError("--plan", None, "given together with --prefill-plan/--decode-plan",

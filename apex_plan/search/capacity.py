@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 
+from apex_plan.search.results import SteadyMetrics
+from apex_plan.simulate.metrics import Metrics
 from apex_plan.workload.spec import Slo, Trace
 
 
@@ -24,24 +26,23 @@ QUEUE_GROWTH_MIN_S = 0.05
 QUEUE_GROWTH_SLO_SHARE = 0.1
 
 
-def sustainable(metrics: dict, slo: Slo) -> bool:
+def sustainable(metrics: Metrics, slo: Slo) -> bool:
     """The engine keeps up with the arrivals: a finite trace could otherwise 'meet' a loose SLO
     by draining a burst it could never sustain."""
     limit = max(QUEUE_GROWTH_MIN_S, QUEUE_GROWTH_SLO_SHARE * (slo.ttft_s or 0.0))
-    return metrics.get("queue_growth_ms", 0.0) <= limit * 1e3
+    return metrics.queue_growth_ms <= limit * 1e3
 
 
-def meets_slo(metrics: dict, slo: Slo) -> bool:
+def meets_slo(metrics: SteadyMetrics | Metrics, slo: Slo) -> bool:
     """The SLO percentile of TTFT and of per-request TPOT are within the limits, every request
     completed, and the load is sustained: for steady-state metrics (`steady.steady_metrics`) the
-    backlog does not grow over the measured window; for a plain simulation, queueing does not grow
-    over the trace."""
-    s = metrics.get("slo")
-    if s is not None and not s["met"]:
+    backlog does not grow over the measured window; for a plain simulation (`simulate.metrics.Metrics`),
+    queueing does not grow over the trace."""
+    if metrics.slo is not None and not metrics.slo.met:
         return False
-    if "steady" in metrics:
-        return metrics["steady"]["stable"] and metrics["completed"] == metrics["requests"]
-    return metrics["completed"] == metrics["requests"] and sustainable(metrics, slo)
+    if isinstance(metrics, SteadyMetrics):
+        return metrics.steady.stable and metrics.completed == metrics.requests
+    return metrics.completed == metrics.requests and sustainable(metrics, slo)
 
 
 # the KV pool counts as full (admission waits for blocks) at this peak utilisation: vLLM keeps a 1% watermark
@@ -50,7 +51,7 @@ KV_FULL_UTILIZATION = 0.95
 BINDS_CEILING = "rate ceiling"     # no simulated rate above the goodput missed: the analytic bound stops it
 
 
-def binding_constraint(failing: dict | None, slo: Slo) -> str:
+def binding_constraint(failing: SteadyMetrics | Metrics | None, slo: Slo) -> str:
     """What stops a replica just above its goodput, read from the run there that missed the SLO: throughput
     when the backlog grows or requests do not complete (KV memory when requests were preempted or the pool
     ran full, else compute: GPU and host time per request), otherwise the SLO whose percentile missed (the
@@ -58,35 +59,38 @@ def binding_constraint(failing: dict | None, slo: Slo) -> str:
     rate above the goodput was run (the search stopped at the analytic bound)."""
     if failing is None:
         return BINDS_CEILING
-    steady = failing.get("steady")
-    backlog = (steady is not None and not steady["stable"]) or (steady is None and not sustainable(failing, slo))
-    if backlog or failing.get("completed", 0) < failing.get("requests", 0):
-        kv = failing.get("kv_cache", {})
-        full = kv.get("preemptions", 0) > 0 or kv.get("peak_utilization", 0.0) >= KV_FULL_UTILIZATION
+    steady = isinstance(failing, SteadyMetrics)
+    backlog = not failing.steady.stable if steady else not sustainable(failing, slo)
+    if backlog or failing.completed < failing.requests:
+        kv = failing.kv_cache if steady else failing.memory
+        full = kv.preemptions > 0 or kv.peak_utilization >= KV_FULL_UTILIZATION
         return "KV memory" if full else "compute"
-    s = failing.get("slo") or {}
-    allowance = 1.0 - s.get("percentile", 100.0) / 100.0
+    s = failing.slo
+    if s is None:
+        return "compute"
+    allowance = 1.0 - s.percentile / 100.0
     over = []
-    for what, target in (("TTFT", s.get("ttft_ms")), ("TPOT", s.get("tpot_ms"))):
+    for what, target in (("TTFT", s.ttft_ms), ("TPOT", s.tpot_ms)):
         if not target:
             continue
-        miss = s.get(f"{what.lower()}_miss_upper")
-        if miss is not None:                                  # steady state: miss share against the allowance
+        if steady:                                            # steady state: miss share against the allowance
+            miss = s.ttft_miss_upper if what == "TTFT" else s.tpot_miss_upper
             over.append(((miss - allowance) / max(allowance, 1e-9), what))
         else:                                                 # plain run: the percentile against its target
-            over.append((s[f"{what.lower()}_at_percentile_ms"] / target - 1.0, what))
+            at = s.ttft_at_percentile_ms if what == "TTFT" else s.tpot_at_percentile_ms
+            over.append((at / target - 1.0, what))
     return f"{max(over)[1]} SLO" if over else "compute"
 
 
 @dataclass(frozen=True)
 class Capacity:
     goodput_rps: float
-    metrics: dict | None       # at the goodput rate (None when the plan never meets the SLO)
+    metrics: SteadyMetrics | Metrics | None   # at the goodput rate (None when the plan never meets the SLO)
     simulations: int
     binding: str = ""          # what stops it just above the goodput (`binding_constraint`)
 
 
-def find_goodput(run: Callable[[float], dict], slo: Slo, start_rps: float, *, max_doublings: int = 6,
+def find_goodput(run: Callable[[float], SteadyMetrics | Metrics], slo: Slo, start_rps: float, *, max_doublings: int = 6,
                  iterations: int = 7, floor_rps: float = 1e-3, ceiling_rps: float | None = None) -> Capacity:
     """Bisection (geometric) for the largest rate where `run(rate)` meets the SLO.
 

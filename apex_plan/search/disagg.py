@@ -28,7 +28,8 @@ from apex_plan.search.disagg_roles import RoleEval, pareto, role_evals
 from apex_plan.search.spec import SearchInputs
 from apex_plan.search.steady import horizon, operating_slo, steady_metrics, steady_trace, window_bounds, window_of
 from apex_plan.search.variants import enumerate_group
-from apex_plan.search.verify import DeploymentEval, _with_flat
+from apex_plan.search.results import DisaggFigures, SteadyMetrics
+from apex_plan.search.verify import DeploymentEval
 from apex_plan.simulate.disagg import simulate_disagg, ttft_phases
 from apex_plan.simulate.transfer import rank_links
 from apex_plan.workload.spec import Workload
@@ -89,47 +90,46 @@ def _steady_run(inp: SearchInputs, mix, choice: PoolChoice, pe: RoleEval, de: Ro
     t0, t1 = window_bounds(tr, h)
     m = steady_metrics([window_of(res, t0, t1, rate)], [res], t0, t1, rate, inp.slo, h, inp.cluster.gpu.idle_w)
     arr = res.times.arrival_s
-    m["ttft_phases"] = ttft_phases(res, (arr >= t0) & (arr < t1))
-    for k in ("kv_transfer", "pools", "conservation"):
-        m[k] = res.metrics.disagg[k]
-    return m, "", res
+    d = res.metrics.disagg
+    extra = DisaggFigures(ttft_phases(res, (arr >= t0) & (arr < t1)), d["kv_transfer"], d["pools"], d["conservation"])
+    return dataclasses.replace(m, disagg=extra), "", res
 
 
-def _blamed(m: dict, slo) -> str:
+def _blamed(m: SteadyMetrics, slo) -> str:
     """Which pool a failed run blames: decode for TPOT misses or a decode admission wait longer than
     the prefill queue at the percentile, else prefill."""
     allowance = 1.0 - slo.percentile / 100.0
-    if m["slo"]["tpot_miss_upper"] > allowance:
+    if m.slo.tpot_miss_upper > allowance:
         return "decode"
-    ph = m["ttft_phases"]
+    ph = m.disagg.ttft_phases
     return "decode" if (ph["decode_admission_wait_ms"]["p90"] or 0) > (ph["prefill_queue_ms"]["p90"] or 0) else "prefill"
 
 
-def _why(m: dict, slo) -> str:
-    s = m["slo"]
+def _why(m: SteadyMetrics, slo) -> str:
+    s = m.slo
     parts = []
-    if not m["steady"]["stable"]:
-        parts.append(f"backlog grows ({m['steady']['backlog_growth_share']:.1%} of the arrival rate)")
-    if m["completed"] < m["requests"]:
-        parts.append(f"{m['requests'] - m['completed']} of {m['requests']} requests unfinished")
+    if not m.steady.stable:
+        parts.append(f"backlog grows ({m.steady.backlog_growth_share:.1%} of the arrival rate)")
+    if m.completed < m.requests:
+        parts.append(f"{m.requests - m.completed} of {m.requests} requests unfinished")
     allowance = 1.0 - slo.percentile / 100.0
-    for what in ("ttft", "tpot"):
-        if s[f"{what}_miss_upper"] > allowance:
-            parts.append(f"{s[f'{what}_miss_upper']:.1%} miss the {what.upper()} target (share + 1 standard error; "
+    for what, miss in (("ttft", s.ttft_miss_upper), ("tpot", s.tpot_miss_upper)):
+        if miss > allowance:
+            parts.append(f"{miss:.1%} miss the {what.upper()} target (share + 1 standard error; "
                          f"{allowance:.0%} allowed)")
-    parts.append(f"p{slo.percentile:g} TTFT {s['ttft_at_percentile_ms']:.0f} ms, TPOT {s['tpot_at_percentile_ms']:.1f} ms")
-    ph = m["ttft_phases"]
+    parts.append(f"p{slo.percentile:g} TTFT {s.ttft_at_percentile_ms:.0f} ms, TPOT {s.tpot_at_percentile_ms:.1f} ms")
+    ph = m.disagg.ttft_phases
     parts.append(f"TTFT p90 prefill queue {ph['prefill_queue_ms']['p90'] or 0:.0f} ms, decode admission wait "
                  f"{ph['decode_admission_wait_ms']['p90'] or 0:.0f} ms")
     return "; ".join(parts)
 
 
-def _deployment(inp, choice: PoolChoice, m: dict, pe: RoleEval, de: RoleEval) -> DeploymentEval:
+def _deployment(inp, choice: PoolChoice, m: SteadyMetrics, pe: RoleEval, de: RoleEval) -> DeploymentEval:
     gpn = inp.cluster.gpus_per_node
     price = inp.cluster.price_per_gpu_hour
     cost = choice.gpus * price if price is not None else None
-    j_req = m["energy"]["j_per_request"]
-    value = {"gpus": choice.gpus, "cost": cost or 0.0, "energy": j_req, "latency": m["ttft_ms"]["p90"] / 1e3,
+    j_req = m.energy.j_per_request
+    value = {"gpus": choice.gpus, "cost": cost or 0.0, "energy": j_req, "latency": m.ttft_ms.p90 / 1e3,
              "throughput": choice.capacity_rps}[inp.objective]
     placement: list[list[str]] = []
     for key, n, size, nodes in ((pe.key, choice.prefill_instances, pe.plan.gpus_per_replica, choice.prefill_nodes),
@@ -138,14 +138,13 @@ def _deployment(inp, choice: PoolChoice, m: dict, pe: RoleEval, de: RoleEval) ->
         for k in range(nodes):      # a multi-node instance is listed on each of its nodes
             placement.append([key] * (min(per_node, n - k * per_node) if size <= gpn else 1))
     dep = Deployment(((pe.key, choice.prefill_instances), (de.key, choice.decode_instances)), choice.gpus,
-                     choice.capacity_rps, value, (), j_req, cost, m["ttft_ms"]["p90"] / 1e3,
-                     (m["tpot_ms"]["p90"] or 0.0) / 1e3, j_req * choice.capacity_rps)
-    dv = _with_flat(DeploymentEval(dep, True, m, [], placement, serving="disagg"))
+                     choice.capacity_rps, value, (), j_req, cost, m.ttft_ms.p90 / 1e3,
+                     (m.tpot_ms.p90 or 0.0) / 1e3, j_req * choice.capacity_rps)
+    dv = DeploymentEval(dep, True, m, (), placement, serving="disagg", rate_rps=m.rate_per_s)
     dv.disagg = {"prefill": _pool_doc(pe, choice.prefill_instances, choice.prefill_nodes, choice.prefill_rps),
                  "decode": _pool_doc(de, choice.decode_instances, choice.decode_nodes, choice.decode_rps),
                  "capacity_basis": "analytic pool rates (search/disagg_roles.py), verified at the demanded rate",
-                 "ttft_phases": m["ttft_phases"], "kv_transfer": m["kv_transfer"], "pools": m["pools"],
-                 "conservation": m["conservation"]}
+                 **m.disagg.to_dict()}
     return dv
 
 
@@ -181,7 +180,7 @@ def _verify_pair(inp, mix, choice: PoolChoice, pe: RoleEval, de: RoleEval, stats
         stats["simulations"] += 1
         if m is None:
             return None, {"pools": _label(choice), "reason": why, "tried": tried}
-        if m["slo"]["met"]:
+        if m.slo.met:
             dv = _deployment(inp, choice, m, pe, de)
             _attach_launch(inp, dv, pe, de, choice)
             return dv, None
@@ -261,9 +260,9 @@ def search_disagg(inp: SearchInputs, mix) -> DisaggSearch:
 def rank_key(objective: str, d: DeploymentEval) -> tuple:
     """One ordering of aggregated and disaggregated deployments: the objective over their verified figures."""
     dep, m = d.deployment, d.metrics
-    e = m.get("energy_j_per_request") or math.inf
+    e = m.energy.j_per_request or math.inf
     return {"gpus": (dep.gpus, e), "cost": (dep.cost_per_hour or 0.0, dep.gpus, e), "energy": (e, dep.gpus),
-            "latency": (m["ttft_ms"]["p90"], m["tpot_ms"]["p90"] or 0.0, dep.gpus),
+            "latency": (m.ttft_ms.p90, m.tpot_ms.p90 or 0.0, dep.gpus),
             "throughput": (-dep.goodput_rps, dep.gpus)}[objective]
 
 

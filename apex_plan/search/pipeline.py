@@ -16,6 +16,7 @@ from apex_plan.rank.deploy import Pool, closest_deployment, solve_deployments
 from apex_plan.search.bounds import PRUNE_OBJECTIVES, cannot_cover, dominated_by, gpus_needed, outranked
 from apex_plan.search.capacity import find_goodput
 from apex_plan.search.layouts import profile_caps
+from apex_plan.search.results import SteadyMetrics
 from apex_plan.search.spec import PlanEval, SearchInputs  # noqa: F401 (re-exported)
 from apex_plan.search.variants import make_evals, prepare
 from apex_plan.search.steady import RequestMix, horizon, request_mix, steady_metrics, steady_trace, window_bounds, window_of
@@ -46,19 +47,20 @@ class SearchResult:
         return bool(self.deployments)
 
 
-def _one_replica_metrics(inp: SearchInputs, ev: PlanEval, sc, rate: float, mix: RequestMix) -> dict:
-    """One replica at `rate`, run to steady state and judged over its window."""
+def _one_replica_run(inp: SearchInputs, ev: PlanEval, sc, rate: float, mix: RequestMix):
+    """One replica at `rate`, run to steady state and judged over its window: (metrics, SimResult, Window)."""
     # the run is sized by the plan's operating point at this rate, not by the SLO (the same run whatever the SLO)
     h = horizon(mix, rate, ev.sizing_slo(inp.slo, rate), ev.engine.max_num_seqs * ev.plan.pp)
     tr = steady_trace(mix, rate, h.total, h.burst)
     res = simulate(inp.model, ev.cluster, ev.plan, ev.run_cfg, Workload(tr), inp.slo, step_cost=sc)
     t0, t1 = window_bounds(tr, h)
-    return steady_metrics([window_of(res, t0, t1, rate)], [res], t0, t1, rate, inp.slo, h, ev.cluster.gpu.idle_w)
+    w = window_of(res, t0, t1, rate)
+    return steady_metrics([w], [res], t0, t1, rate, inp.slo, h, ev.cluster.gpu.idle_w), res, w
 
 
-def _drawn(m: dict | None) -> int:
-    st = (m or {}).get("steady") or {}
-    return st.get("warmup_requests", 0) + st.get("window_requests", 0) + st.get("tail_requests", 0)
+def _one_replica_metrics(inp: SearchInputs, ev: PlanEval, sc, rate: float, mix: RequestMix) -> SteadyMetrics:
+    """One replica at `rate`, run to steady state and judged over its window."""
+    return _one_replica_run(inp, ev, sc, rate, mix)[0]
 
 
 def simulate_plan(inp: SearchInputs, ev: PlanEval, sc, mix: RequestMix) -> bool:
@@ -75,7 +77,8 @@ def simulate_plan(inp: SearchInputs, ev: PlanEval, sc, mix: RequestMix) -> bool:
     if inp.demand_rps:
         n = math.ceil(inp.demand_rps / cap.goodput_rps - 1e-9)
         ev.replicas_for_demand = n
-        ev.at_demand = _one_replica_metrics(inp, ev, sc, inp.demand_rps / n, mix)
+        ev.at_demand, *run = _one_replica_run(inp, ev, sc, inp.demand_rps / n, mix)
+        ev.demand_run = tuple(run)
         ev.simulations += 1
     return True
 
@@ -148,7 +151,6 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
                 homog[layout] = need
     if progress:
         progress(len(todo), len(todo))
-    ok = [e for e in evals if e.status == "ok"]
     stats = {
         "enumerated": counts["enumerated"],
         "after_symmetry": counts["after_symmetry"],
@@ -175,7 +177,7 @@ def _status_counts(evals: list[PlanEval], mix: RequestMix) -> dict:
         "no_goodput": sum(e.status == "no_goodput" for e in evals),
         "same_clock_duplicates": sum(e.status == "duplicate" for e in evals),
         "with_goodput": len(ok),
-        "sampling": mix.sampling_error(max((_drawn(e.at_goodput) for e in ok), default=0) or 1000),
+        "sampling": mix.sampling_error(max((e.at_goodput.steady.drawn for e in ok if e.at_goodput), default=0) or 1000),
     }
 
 
@@ -186,13 +188,13 @@ def _plan_rank_key(e: PlanEval, objective: str) -> tuple:
     m = e.at_demand or e.at_goodput
     gpus = (e.replicas_for_demand or 1) * e.plan.gpus_per_replica
     if objective == "latency":
-        k = (m["ttft_ms"]["p90"], m["tpot_ms"]["p90"] or 0.0)
+        k = (m.ttft_ms.p90, m.tpot_ms.p90 or 0.0)
     elif objective == "energy":
-        k = (m["energy"]["j_per_request"],)
+        k = (m.energy.j_per_request,)
     elif objective == "throughput":
         k = (-e.goodput_rps / e.plan.gpus_per_replica,)
     else:
-        k = (gpus, m["energy"]["j_per_request"])
+        k = (gpus, m.energy.j_per_request)
     return (0, *k, e.key)
 
 
@@ -318,5 +320,7 @@ def run_agg(inp: SearchInputs, progress: Callable[[int, int], None] | None = Non
         else:
             binding = _binding_constraint(evals, inp.slo, rejected)
     stats["deployments"] = len(deployments)
+    for e in evals:                 # the deployments hold the runs they reuse; the rest is let go
+        e.demand_run = None
     ordered = sorted(evals, key=lambda e: _plan_rank_key(e, inp.objective))
     return SearchResult(inp, stats, ordered, rejected, deployments, closest, binding, mix)

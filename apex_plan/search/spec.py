@@ -12,6 +12,7 @@ from apex_plan.hardware.power import DEFAULT_POINT, OperatingPoint
 from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import EngineConfig, Plan
+from apex_plan.search.results import SteadyMetrics
 from apex_plan.search.screen import Screen
 from apex_plan.simulate.engine import ResolvedEngine
 from apex_plan.simulate.fit import lowered_max_model_len
@@ -69,8 +70,9 @@ class PlanEval:
     bound_rps: float = 0.0              # analytic upper bound on goodput per replica
     goodput_rps: float = 0.0            # steady state
     binding: str = ""                   # what stops it just above its goodput (search.capacity.binding_constraint)
-    at_goodput: dict | None = None      # one replica at its goodput
-    at_demand: dict | None = None       # one replica at its share of the demand
+    at_goodput: SteadyMetrics | None = None   # one replica at its goodput
+    at_demand: SteadyMetrics | None = None    # one replica at its share of the demand
+    demand_run: tuple | None = None     # (SimResult, steady.Window) of the at_demand run, while a deployment may reuse it
     replicas_for_demand: int = 0
     simulations: int = 0
     operating_tpot: Callable[[float], float] | None = None   # rate per replica -> its TPOT (run sizing)

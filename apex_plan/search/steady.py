@@ -34,7 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apex_plan.simulate.run import SimResult, distribution
+from apex_plan.search import results as R
+from apex_plan.simulate.metrics import Distribution
+from apex_plan.simulate.run import SimResult
 from apex_plan.workload.spec import Slo, Trace
 
 WARMUP_FACTOR = 3.0            # warm-up arrivals per request in flight (three times in system)
@@ -243,7 +245,7 @@ def window_of(res: SimResult, t0: float, t1: float, rate_rps: float) -> Window:
 
 
 def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: float, rate_rps: float,
-                   slo: Slo, h: Horizon, idle_w_per_gpu: float | list[float]) -> dict:
+                   slo: Slo, h: Horizon, idle_w_per_gpu: float | list[float]) -> R.SteadyMetrics:
     """Steady-state figures over the window, for one replica or a whole deployment (one window per
     simulated plan group). Throughput is what the window's arrivals ask for over its length (equal to
     what is served when stable); energy per request is the dynamic energy per completed request plus
@@ -282,39 +284,26 @@ def steady_metrics(windows: list[Window], sims: list[SimResult], t0: float, t1: 
     miss_tpot = _miss_upper(has_gap[multi] > slo.tpot_s) if slo.tpot_s else 0.0
     met = bool(ttft.size and incomplete == 0 and stable and miss_ttft <= allowance and miss_tpot <= allowance)
     kv = [s.metrics.memory for s in sims]
-    return {
-        "rate_per_s": rate_rps,
-        "requests": n,
-        "completed": n - incomplete,
-        "ttft_ms": distribution(ttft, 1e3),
-        "tpot_ms": distribution(tpot, 1e3),
-        "e2e_s": distribution(np.concatenate([w.e2e_s for w in windows]), 1.0),
-        "throughput": {"output_tokens_per_s": out_tok / span_s, "requests_per_s": n / span_s,
-                       "input_tokens_per_s": sum(w.prompt_tokens for w in windows) / span_s},
-        "energy": {"j_per_request": j_req, "j_per_output_token": j_req * n / out_tok if out_tok else None,
-                   "mean_power_w": j_req * rate_rps},
-        "kv_cache": {"peak_utilization": max(k.peak_utilization for k in kv),
-                     "preemptions": sum(k.preemptions for k in kv)},
-        "prefix_cache": _prefix_summary(sims),
-        "speculative_tokens_per_step": _spec_summary(sims),
-        "slo": {"ttft_ms": slo.ttft_s * 1e3 if slo.ttft_s else None, "tpot_ms": slo.tpot_s * 1e3 if slo.tpot_s else None,
-                "percentile": p, "ttft_at_percentile_ms": ttft_p * 1e3, "tpot_at_percentile_ms": tpot_p * 1e3,
-                "attainment": float(good.mean()) if good.size else 0.0,
-                "ttft_miss_upper": miss_ttft, "tpot_miss_upper": miss_tpot, "met": met},
-        "steady": {"warmup_requests": h.warmup, "window_requests": h.window, "tail_requests": h.tail,
-                   "window_s": span_s, "backlog_growth_share": growth, "stable": stable,
-                   "growth_tolerance_share": GROWTH_TOLERANCE},
-    }
+    return R.SteadyMetrics(
+        rate_per_s=rate_rps, requests=n, completed=n - incomplete,
+        ttft_ms=Distribution.of(ttft, 1e3), tpot_ms=Distribution.of(tpot, 1e3),
+        e2e_s=Distribution.of(np.concatenate([w.e2e_s for w in windows]), 1.0),
+        throughput=R.WindowThroughput(out_tok / span_s, n / span_s, sum(w.prompt_tokens for w in windows) / span_s),
+        energy=R.WindowEnergy(j_req, j_req * n / out_tok if out_tok else None, j_req * rate_rps),
+        kv_cache=R.KvPeak(max(k.peak_utilization for k in kv), sum(k.preemptions for k in kv)),
+        prefix_cache=_prefix_summary(sims), speculative_tokens_per_step=_spec_summary(sims),
+        slo=R.WindowSlo(slo.ttft_s * 1e3 if slo.ttft_s else None, slo.tpot_s * 1e3 if slo.tpot_s else None, p,
+                        ttft_p * 1e3, tpot_p * 1e3, float(good.mean()) if good.size else 0.0, miss_ttft, miss_tpot, met),
+        steady=R.WindowTest(h.warmup, h.window, h.tail, span_s, growth, stable, GROWTH_TOLERANCE))
 
 
-def _prefix_summary(sims: list[SimResult]) -> dict:
+def _prefix_summary(sims: list[SimResult]) -> R.PrefixSaving:
     """Hit rate (cached over prompt tokens) and prefill tokens saved over the whole simulations (a
     disaggregated run models no prefix caching: none saved)."""
     caches = [s.metrics.prefix_cache for s in sims if s.metrics.prefix_cache is not None]
     saved = sum(c.saved_prefill_tokens for c in caches)
     prompt = sum(int(s.times.prompt_tokens[s.times.ok].sum()) for s in sims)
-    return {"enabled": any(c.enabled for c in caches),
-            "hit_rate": saved / prompt if prompt else 0.0, "saved_prefill_tokens": saved}
+    return R.PrefixSaving(any(c.enabled for c in caches), saved / prompt if prompt else 0.0, saved)
 
 
 def _spec_summary(sims: list[SimResult]) -> float | None:

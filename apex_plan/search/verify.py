@@ -10,32 +10,50 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from apex_plan.rank.deploy import Candidate, Deployment, solve_deployments
-from apex_plan.search.steady import RequestMix, horizon, steady_metrics, steady_trace, window_bounds, window_of
-from apex_plan.simulate.run import simulate
+from apex_plan.search.results import SteadyMetrics, deployment_dict
+from apex_plan.search.steady import RequestMix, Window, horizon, steady_metrics, steady_trace, window_bounds, window_of
+from apex_plan.simulate.run import SimResult, simulate
 from apex_plan.workload.spec import Trace, Workload
+
+
+@dataclass(frozen=True, eq=False)
+class GroupRun:
+    """One plan group of a deployment as verified: its replicas' simulation at its share of the rate
+    and the measured window of it (per-request figures the report draws)."""
+    key: str
+    replicas: int
+    requests: int
+    metrics: SteadyMetrics
+    sim: SimResult
+    window: Window
 
 
 @dataclass
 class DeploymentEval:
     deployment: Deployment
     verified: bool
-    metrics: dict                       # the whole deployment at the demanded rate, steady state
-    per_plan: list[dict] = field(default_factory=list)
+    metrics: SteadyMetrics | None       # the whole deployment at the demanded rate, steady state (None: nothing ran)
+    runs: tuple[GroupRun, ...] = ()     # per plan group, the verifying simulation (aggregated deployments)
     placement: list[list[str]] = field(default_factory=list)   # per node, the plan key of each replica there
     launch: list[dict] = field(default_factory=list)           # per plan: {"plan", "replicas", "command"}
     serving: str = "agg"                                       # agg | disagg (prefill and decode pools)
     disagg: dict | None = None                                 # disagg: its pools, TTFT phases, launch commands
+    rate_rps: float = 0.0                                      # the rate it was simulated at
+
+    def metrics_dict(self) -> dict:
+        """The `metrics` block of the JSON (`results.deployment_dict`)."""
+        return deployment_dict(self.metrics, self.verified, self.rate_rps)
 
 
 def candidate(ev) -> Candidate:
     m = ev.at_demand or ev.at_goodput
     g = ev.at_goodput or m
     return Candidate(key=ev.key, gpus_per_replica=ev.plan.gpus_per_replica, goodput_rps=ev.goodput_rps,
-                     energy_j_per_request=m["energy"]["j_per_request"],
-                     ttft_p90_s=m["ttft_ms"]["p90"] / 1e3, tpot_p90_s=(m["tpot_ms"]["p90"] or 0.0) / 1e3,
+                     energy_j_per_request=m.energy.j_per_request,
+                     ttft_p90_s=m.ttft_ms.p90 / 1e3, tpot_p90_s=(m.tpot_ms.p90 or 0.0) / 1e3,
                      pool=ev.pool,
                      # mean watts at its goodput: J per request x requests per second
-                     power_w=g["energy"]["j_per_request"] * ev.goodput_rps)
+                     power_w=g.energy.j_per_request * ev.goodput_rps)
 
 
 def split_trace(trace: Trace, weights: list[float]) -> list[np.ndarray]:
@@ -66,12 +84,11 @@ def sizing_slo(slo, groups: list, rate: float):
 
 
 def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: RequestMix | None = None,
-                      horizon_scale: float = 1.0, keep: list | None = None) -> DeploymentEval:
+                      horizon_scale: float = 1.0) -> DeploymentEval:
     """Simulate the whole deployment at `rate` to steady state (see `steady`): each plan group gets
     a capacity-weighted share of the requests, spread round-robin over its replicas; the SLO and the
     backlog test are judged over the common measured window. `horizon_scale` lengthens the run
-    (tests re-verify with 4x the requests). `keep`: a list that receives (plan key, replicas,
-    SimResult, Window) of each plan group, for reports that show the runs."""
+    (tests re-verify with 4x the requests). Each plan group's run is kept (`DeploymentEval.runs`)."""
     from apex_plan.search.steady import request_mix
     mix = mix or request_mix(inp.trace)
     groups = [(by_key[k], n) for k, n in dep.replicas]
@@ -83,7 +100,7 @@ def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: Requ
     tr = steady_trace(mix, rate, h.total, h.burst)
     t0, t1 = window_bounds(tr, h)
     parts = split_trace(tr, [ev.goodput_rps * n for ev, n in groups]) if len(groups) > 1 else [np.arange(len(tr))]
-    windows, sims, per_plan, ok_all, idle_w = [], [], [], True, []
+    runs, ok_all = [], True
     for (ev, n), idx in zip(groups, parts):
         if idx.size == 0:
             continue
@@ -96,36 +113,22 @@ def verify_deployment(inp, dep: Deployment, by_key: dict, rate: float, mix: Requ
         share_rps = rate * idx.size / len(tr)
         w = window_of(res, t0, t1, share_rps)
         one = steady_metrics([w], [res], t0, t1, share_rps, inp.slo, h, [ev.cluster.gpu.idle_w])
-        per_plan.append({"key": ev.key, "replicas": n, "requests": int(idx.size), "metrics": one})
-        windows.append(w)
-        sims.append(res)
-        idle_w.append(ev.cluster.gpu.idle_w)
-        if keep is not None:
-            keep.append((ev.key, n, res, w))
-    if not windows:
-        return DeploymentEval(dep, False, {"rate_per_s": rate, "slo_met": False})
-    m = steady_metrics(windows, sims, t0, t1, rate, inp.slo, h, idle_w)
-    return _with_flat(DeploymentEval(dep, ok_all and m["slo"]["met"], m, per_plan))
-
-
-def _with_flat(d: DeploymentEval) -> DeploymentEval:
-    """Add the flat figures the tables and CSV read."""
-    m = d.metrics
-    m["output_tokens_per_s"] = m["throughput"]["output_tokens_per_s"]
-    m["energy_j_per_output_token"] = m["energy"]["j_per_output_token"]
-    m["energy_j_per_request"] = m["energy"]["j_per_request"]
-    m["slo_met"] = bool(d.verified)
-    return d
+        runs.append(GroupRun(ev.key, n, int(idx.size), one, res, w))
+    if not runs:
+        return DeploymentEval(dep, False, None, rate_rps=rate)
+    m = steady_metrics([r.window for r in runs], [r.sim for r in runs], t0, t1, rate, inp.slo, h,
+                       [by_key[r.key].cluster.gpu.idle_w for r in runs])
+    return DeploymentEval(dep, ok_all and m.slo.met, m, tuple(runs), rate_rps=rate)
 
 
 def single_replica(dep: Deployment, ev, rate: float) -> DeploymentEval | None:
     """A one-replica deployment at the rate its plan was already simulated at (`at_demand`): the
     same steady-state run as `verify_deployment` would make (same draw, horizon and engine), reused."""
     m = ev.at_demand
-    if dep.replicas != ((ev.key, 1),) or not m or m.get("rate_per_s") != rate:
+    if dep.replicas != ((ev.key, 1),) or not m or m.rate_per_s != rate or ev.demand_run is None:
         return None
-    per_plan = [{"key": ev.key, "replicas": 1, "requests": m["requests"], "metrics": m}]
-    return _with_flat(DeploymentEval(dep, bool(m["slo"]["met"]), dict(m), per_plan))
+    sim, w = ev.demand_run
+    return DeploymentEval(dep, bool(m.slo.met), m, (GroupRun(ev.key, 1, m.requests, m, sim, w),), rate_rps=rate)
 
 
 def layout_signature(dep: Deployment, by_key: dict) -> tuple:
@@ -204,4 +207,4 @@ def _doubling(lo: int, hi: int):
 
 
 def _lat_key(d: DeploymentEval) -> tuple:
-    return (d.metrics["ttft_ms"]["p90"], d.metrics["tpot_ms"]["p90"] or 0.0, d.deployment.gpus, d.deployment.replicas)
+    return (d.metrics.ttft_ms.p90, d.metrics.tpot_ms.p90 or 0.0, d.deployment.gpus, d.deployment.replicas)

@@ -1,0 +1,157 @@
+"""Steady-state figures of the search layer as a typed tree, read by attribute: one replica at a rate
+(`PlanEval.at_goodput`, `at_demand`) or a whole deployment over its measured window
+(`DeploymentEval.metrics`); `steady.steady_metrics` builds them. `to_dict()` is the wire format of
+those blocks in `search --format json`, key for key in its order.
+
+    SteadyMetrics
+      ttft_ms, tpot_ms, e2e_s: Distribution (simulate.metrics)
+      throughput: WindowThroughput   energy: WindowEnergy   kv_cache: KvPeak
+      prefix_cache: PrefixSaving     slo: WindowSlo         steady: WindowTest
+      disagg: DisaggFigures | None   (disaggregated deployments: TTFT phases, transfer, pools, conservation)
+
+A deployment's JSON `metrics` adds four flat figures the tables and CSV read (`deployment_dict`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from apex_plan.simulate.metrics import Distribution
+
+
+@dataclass(frozen=True)
+class WindowThroughput:
+    """What the window's arrivals ask for over its length (equal to what is served when stable)."""
+    output_tokens_per_s: float
+    requests_per_s: float
+    input_tokens_per_s: float
+
+    def to_dict(self) -> dict:
+        return {"output_tokens_per_s": self.output_tokens_per_s, "requests_per_s": self.requests_per_s,
+                "input_tokens_per_s": self.input_tokens_per_s}
+
+
+@dataclass(frozen=True)
+class WindowEnergy:
+    j_per_request: float              # dynamic J per completed request + idle watts over one mean gap
+    j_per_output_token: float | None
+    mean_power_w: float               # J per request x the rate
+
+    def to_dict(self) -> dict:
+        return {"j_per_request": self.j_per_request, "j_per_output_token": self.j_per_output_token,
+                "mean_power_w": self.mean_power_w}
+
+
+@dataclass(frozen=True)
+class KvPeak:
+    peak_utilization: float           # the busiest simulation's most blocks held at once over its blocks
+    preemptions: int
+
+    def to_dict(self) -> dict:
+        return {"peak_utilization": self.peak_utilization, "preemptions": self.preemptions}
+
+
+@dataclass(frozen=True)
+class PrefixSaving:
+    enabled: bool
+    hit_rate: float                   # saved prefill tokens over prompt tokens of completed requests
+    saved_prefill_tokens: int
+
+    def to_dict(self) -> dict:
+        return {"enabled": self.enabled, "hit_rate": self.hit_rate, "saved_prefill_tokens": self.saved_prefill_tokens}
+
+
+@dataclass(frozen=True)
+class WindowSlo:
+    """The targets, latencies at their percentile over the window, attainment, and the miss shares
+    plus their sampling error (`steady._miss_upper`) the verdict `met` is judged by."""
+    ttft_ms: float | None
+    tpot_ms: float | None
+    percentile: float
+    ttft_at_percentile_ms: float
+    tpot_at_percentile_ms: float
+    attainment: float
+    ttft_miss_upper: float
+    tpot_miss_upper: float
+    met: bool
+
+    def to_dict(self) -> dict:
+        return {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "percentile": self.percentile,
+                "ttft_at_percentile_ms": self.ttft_at_percentile_ms, "tpot_at_percentile_ms": self.tpot_at_percentile_ms,
+                "attainment": self.attainment, "ttft_miss_upper": self.ttft_miss_upper,
+                "tpot_miss_upper": self.tpot_miss_upper, "met": self.met}
+
+
+@dataclass(frozen=True)
+class WindowTest:
+    """The run's horizon (requests before, in and after the window) and its backlog test."""
+    warmup_requests: int
+    window_requests: int
+    tail_requests: int
+    window_s: float
+    backlog_growth_share: float       # backlog growth over the window, as a share of the arrival rate
+    stable: bool
+    growth_tolerance_share: float
+
+    @property
+    def drawn(self) -> int:
+        """Requests the run drew from the mix's stream."""
+        return self.warmup_requests + self.window_requests + self.tail_requests
+
+    def to_dict(self) -> dict:
+        return {"warmup_requests": self.warmup_requests, "window_requests": self.window_requests,
+                "tail_requests": self.tail_requests, "window_s": self.window_s,
+                "backlog_growth_share": self.backlog_growth_share, "stable": self.stable,
+                "growth_tolerance_share": self.growth_tolerance_share}
+
+
+@dataclass(frozen=True)
+class DisaggFigures:
+    """A disaggregated deployment's run: TTFT by phase over the window, and over the whole run the
+    KV transfer volumes, pool use and conservation counts (`simulate.disagg`, plain figures)."""
+    ttft_phases: dict[str, Any]
+    kv_transfer: dict[str, Any]
+    pools: dict[str, Any]
+    conservation: dict[str, Any]
+
+    def to_dict(self) -> dict:
+        return {"ttft_phases": self.ttft_phases, "kv_transfer": self.kv_transfer, "pools": self.pools,
+                "conservation": self.conservation}
+
+
+@dataclass(frozen=True)
+class SteadyMetrics:
+    rate_per_s: float
+    requests: int                     # arrivals in the window
+    completed: int
+    ttft_ms: Distribution
+    tpot_ms: Distribution
+    e2e_s: Distribution
+    throughput: WindowThroughput
+    energy: WindowEnergy
+    kv_cache: KvPeak
+    prefix_cache: PrefixSaving
+    speculative_tokens_per_step: float | None
+    slo: WindowSlo
+    steady: WindowTest
+    disagg: DisaggFigures | None = None
+
+    def to_dict(self) -> dict:
+        d = {"rate_per_s": self.rate_per_s, "requests": self.requests, "completed": self.completed,
+             "ttft_ms": self.ttft_ms.to_dict(), "tpot_ms": self.tpot_ms.to_dict(), "e2e_s": self.e2e_s.to_dict(),
+             "throughput": self.throughput.to_dict(), "energy": self.energy.to_dict(),
+             "kv_cache": self.kv_cache.to_dict(), "prefix_cache": self.prefix_cache.to_dict(),
+             "speculative_tokens_per_step": self.speculative_tokens_per_step, "slo": self.slo.to_dict(),
+             "steady": self.steady.to_dict()}
+        return {**d, **self.disagg.to_dict()} if self.disagg is not None else d
+
+
+def deployment_dict(m: SteadyMetrics | None, verified: bool, rate_rps: float) -> dict:
+    """A deployment's `metrics` block: the tree plus the flat figures the tables and CSV read
+    (only the rate and the verdict when no plan group of it could run)."""
+    if m is None:
+        return {"rate_per_s": rate_rps, "slo_met": False}
+    return {**m.to_dict(), "output_tokens_per_s": m.throughput.output_tokens_per_s,
+            "energy_j_per_output_token": m.energy.j_per_output_token, "energy_j_per_request": m.energy.j_per_request,
+            "slo_met": bool(verified)}
