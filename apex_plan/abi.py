@@ -16,8 +16,11 @@ Records (numpy structured dtypes: one C struct each, read by attribute in numba)
 * `ENGINE`    one row per scheduler: statistics out, the loop's state.
 * `SLOT`      (engine, slot) table of running lists and step entries (allocated in the kernel).
 * `BATCH`     one row per group of identical sequences in a step (what `aggregate` reads).
+* `XFER`, `XENGINE`, `LINK`  disaggregated serving: per request, per engine, per (prefill rank,
+              decode rank) pair (`simulate.disagg_kernel`).
 Tuples (numba namedtuples, built and returned inside kernels):
 * `CostTables(params, ops)`: a `COST` record array of length 1 and its `OP` table.
+* `Pool(req, sched, cost)`: one disaggregated role's REQUEST rows, SCHED record and CostTables.
 * `StepShape`: the batch aggregates a step's cost depends on (`estimate.kernels.aggregate`).
 * `Breakdown`: a step's seconds per part, FLOPs and bytes (`estimate.kernels.step_time`).
 
@@ -76,7 +79,7 @@ COST_FIELDS = (
     ("a2a_dispatch_bytes", F8, "bytes per hidden element dispatched (quantised dispatch: fp8 + block scales)"),
     ("a2a_rank_copies", F8, "alltoall: distinct expert-parallel ranks one token's top-k experts land on"),
     ("a2a_ll_decode", F8, "alltoall: 1 when decode-only steps run the low-latency kernels (a copy per routed expert)"),
-    ("moe_imbalance", F8, "busiest expert rank's load over the mean with many tokens per step (routing skew)"),
+    ("moe_imbalance", F8, "busiest expert rank's load over the mean with many tokens per step at this ep (routing skew)"),
     ("ep_max_z", F8, "expected maximum of ep standard normals (the busiest rank's sampling spread)"),
     ("experts_per_token", F8, "routed experts per token (top-k)"),
     ("host_step_s", F8, "engine CPU time per step, s"),
@@ -101,7 +104,7 @@ GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, GRAPH_FULL = 0.0, 1.0, 2.0   # values of COS
 GRAPH_MODES = {"decode_only": GRAPH_DECODE_ONLY, "piecewise": GRAPH_PIECEWISE, "full": GRAPH_FULL}
 
 # ---- the op table: what one layer of each kind computes, rows times their layer counts ------------
-# GEMM kinds: which layers run a GEMM (estimate.shard.Gemm.kind; the builder turns them into counts)
+# GEMM kinds: which layers run a GEMM (estimate.gemms.Gemm.kind; the builder turns them into counts)
 GEMM_ATTENTION = 0       # attention layers' projections (full, windowed, sparse)
 GEMM_ROUTED_EXPERTS = 1  # routed experts of MoE layers
 GEMM_DENSE_MLP = 2       # dense-MLP layers
@@ -165,6 +168,11 @@ SCHED_FIELDS = (
                          "(the MoE layers exchange every rank's tokens); 0: each rank steps on its own"),
     ("adp_balance_steps", I8, "attention-DP balance: new contexts wait until every rank of the replica has one, "
                               "or this many steps (TRT-LLM attention_dp_config.timeout_iters); 0: off"),
+    ("engine_base", I8, "first engine of this pool in the ENGINE rows (a disaggregated decode pool: after the "
+                        "prefill engines; 0 otherwise)"),
+    ("first_token_generated", I8, "tokens generated when the client sees its first token: 1 (the prompt's last "
+                                  "step samples it); 2 on a disaggregated decode pool (the prefill's token "
+                                  "arrives with the first decode step)"),
 )
 
 ROUTE_ROUND_ROBIN, ROUTE_LEAST_LOADED, ROUTE_SESSION, ROUTE_PREFIX = 0, 1, 2, 3   # values of SCHED.routing
@@ -192,6 +200,7 @@ REQUEST_FIELDS = (
     ("hash_cacheable", I8, "in: leading block ids it computes in full, and so caches"),
     ("cached_units", I8, "state: leading prefix-cache units the request holds"),
     ("hit_tokens", I8, "out: prompt tokens found in the prefix cache when first scheduled"),
+    ("finishes", I8, "out: times a step of this pool finished the request (conservation: once)"),
 )
 
 # ---- engines: one row per scheduler (replica x attention-DP rank x pipeline virtual engine) ----------
@@ -227,7 +236,6 @@ XFER_FIELDS = (
     ("transfer_end_s", F8, "out: the KV has landed (delivered in order), s (-1: never)"),
     ("prefilled", I8, "out: times the request's prompt completed on a prefill engine"),
     ("transferred", I8, "out: times its KV landed on a decode engine"),
-    ("decoded", I8, "out: times it finished on a decode engine"),
     ("held_blocks", I8, "state: prefill KV blocks held until the transfer lands"),
     ("prefill_engine", I8, "state: the prefill engine that computed it"),
 )
@@ -240,6 +248,12 @@ XENGINE_FIELDS = (
     ("xfer_tail", I8, "state: decode engine: last one (-1: none)"),
     ("in_transfer", I8, "state: decode engine: transfers in flight (they hold batch slots)"),
     ("link_free_s", F8, "state: on a rank's first engine, when its GPUs' links are free, s"),
+)
+
+# ---- disaggregated serving: the link between each (prefill rank, decode rank) pair ------------------
+LINK_FIELDS = (
+    ("bytes_per_s", F8, "achievable KV-transfer bandwidth of the pair's busiest link, bytes/s"),
+    ("latency_s", F8, "latency of one transfer between the pair, s"),
 )
 
 # ---- the event loop's slot table: (engine, slot) -> running request and the step's entries ------------
@@ -271,9 +285,11 @@ ENGINE = _dtype(ENGINE_FIELDS)
 SLOT = _dtype(SLOT_FIELDS)
 XFER = _dtype(XFER_FIELDS)
 XENGINE = _dtype(XENGINE_FIELDS)
+LINK = _dtype(LINK_FIELDS)
 BATCH = _dtype(BATCH_FIELDS)
 
 CostTables = namedtuple("CostTables", "params ops")   # COST record array (length 1), OP table
+Pool = namedtuple("Pool", "req sched cost")   # a disaggregated role: its REQUEST rows, SCHED record array, CostTables
 # batch aggregates of one step (filled by estimate.kernels.add_sequence; `_w` fields cap each
 # sequence's context at COST.window_tokens, `_k` at COST.topk_tokens, equal to the uncapped ones
 # when the model has no such cap)

@@ -15,6 +15,7 @@ import typer
 
 from apex_plan.errors import InputError
 from apex_plan.report.output import check_format, emit
+from apex_plan.requests.runs import CalibrateRequest, ValidateRequest
 from apex_plan.requests.search import SearchRequest
 from apex_plan.requests.simulate import SimulateRequest
 
@@ -38,22 +39,6 @@ def _check_outputs(report: str | None, plot: str | None) -> None:
     check_outputs(report, plot)
 
 
-def _count(low: int, high: int, example: str):
-    """Option callback: a whole number in [low, high] (limits in apex_plan/limits.py), else one line."""
-    def callback(param: typer.CallbackParam, value: Optional[int]) -> Optional[int]:
-        from apex_plan.limits import check_count
-        return None if value is None else check_count(param.opts[0], None, value, low, high, example)
-    return callback
-
-
-def _real(low: float, high: float, example: str, low_open: bool = True):
-    """Option callback: a finite number in (low, high] ([low, high] unless low_open), else one line."""
-    def callback(param: typer.CallbackParam, value: Optional[float]) -> Optional[float]:
-        from apex_plan.limits import check_real
-        return None if value is None else check_real(param.opts[0], None, value, low, high, example, low_open)
-    return callback
-
-
 def _version(value: bool) -> None:
     if value:
         from apex_plan import __version__
@@ -67,27 +52,30 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
     """Pick the parallel execution plan for serving an LLM on a GPU cluster."""
 
 
-from apex_plan.requests.common import HELP as _H  # noqa: E402  (light: option help)
-
-
-def _options_of(request_cls, plot_help: str):
-    """Give a command the options of `request_cls` (each field's spellings, default and help, see
-    `apex_plan.requests.options`) and the output options --format, --output, --report and --plot;
-    the command receives them as keyword arguments. Values are checked when the request is built."""
+def _options_of(request_cls, plot_help: str = "", outputs=("fmt", "output", "report", "plot")):
+    """Give a command the arguments and options of `request_cls` (each field's spellings, default and
+    help, see `apex_plan.requests.options`) and the output options named in `outputs` (--format,
+    --output, --report, --plot); the command receives them as keyword arguments. Values are checked
+    when the request is built."""
     import dataclasses
     import inspect
 
-    from apex_plan.requests.options import REQUIRED, field_kinds
+    from apex_plan.requests.options import REQUIRED, field_kinds, is_argument
     kinds = field_kinds(request_cls)
     params = []
     for f in dataclasses.fields(request_cls):
         default = ... if f.default is REQUIRED else f.default
+        if is_argument(f):
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=List[str],
+                                            default=typer.Argument(default, help=f.metadata["help"])))
+            continue
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=kinds[f.name][0],
                                         default=typer.Option(default, *f.metadata["flags"], help=f.metadata["help"])))
     for name, opt, hint in (("fmt", FormatOpt, str), ("output", OutputOpt, Optional[str]),
                             ("report", ReportOpt, Optional[str]),
                             ("plot", typer.Option(None, "--plot", help=plot_help), Optional[str])):
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=hint))
+        if name in outputs:
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=hint))
 
     def wrap(fn):
         fn.__signature__ = inspect.Signature(params)
@@ -208,86 +196,30 @@ def search(**options) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-_RUNS_H = ("measured runs: 'vllm bench serve --save-result' JSON, SGLang bench_serving JSON lines, "
-           "aiperf / genai-perf profile export JSON, silicon or trace-replay CSV")
-
-
-# options of `calibrate` and `validate`: what a measured run's file does not say
-_RunGpuOpt = typer.Option(None, "--gpu", help=_H["gpu"] + " (runs whose file does not say it)")
-_RunPlanOpt = typer.Option(None, "--plan", help="dp=D,tp=T,pp=P of runs whose file does not say it")
-_RunModelOpt = typer.Option(None, "--model", "-m", help=_H["model"] + " (when the file names none)")
-_RunDtypeOpt = typer.Option("bf16", "--weight-dtype", help="weight dtype of runs whose file does not say it")
-_RunSlotsOpt = typer.Option(5, "--requests-per-slot", help="closed loop: simulated requests per slot",
-                            callback=_count(1, 100, "e.g. --requests-per-slot 5"))
-
-
-def _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot):
-    from apex_plan.calibrate.formats import RunDefaults
-    return RunDefaults(engine, gpu, plan, model, weight_dtype, requests_per_slot)
-
-
 @app.command(epilog="Example: apex-plan calibrate runs/*.json --engine vllm@0.11.0 --gpu h100-sxm-80gb "
                     "--plan tp=1 --output vllm-h100.yaml")
-def calibrate(
-    runs: List[str] = typer.Argument(..., help=_RUNS_H),
-    engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " whose constants to fit "
-                                         "(NAME or NAME@VERSION or a profile YAML; CSV rows of other engines are skipped)"),
-    gpu: Optional[str] = _RunGpuOpt,
-    plan: Optional[str] = _RunPlanOpt,
-    model: Optional[str] = _RunModelOpt,
-    weight_dtype: str = _RunDtypeOpt,
-    fit: Optional[str] = typer.Option(None, "--fit", help="constants to fit, comma separated (default: the host.* "
-                                      "times and overlap); any of host.*, gpu.* (gpu.* are reported, not written)"),
-    rounds: int = typer.Option(2, "--rounds", help="coordinate-search rounds", callback=_count(1, 10, "e.g. --rounds 2")),
-    requests_per_slot: int = _RunSlotsOpt,
-    folds: int = typer.Option(3, "--folds", help="cross-validation folds with >= 6 runs (fold j holds out every "
-                              "k-th run from j); 0: none", callback=_count(0, 20, "e.g. --folds 3")),
-    overlay: Optional[str] = typer.Option(None, "--output", "-o", help="write the calibrated engine profile (YAML) here"),
-    fmt: str = FormatOpt,
-) -> None:
+@_options_of(CalibrateRequest, outputs=("fmt",))
+def calibrate(**options) -> None:
     """Fit an engine x GPU pair's constants to measured runs, cross-validate, write a profile overlay."""
-    from apex_plan.calibrate import command as C
-    from apex_plan.calibrate.formats import read_measured
     from apex_plan.report import calibrate_view as V
-    from apex_plan.report.output import emit
+    from apex_plan.requests.runs import run_calibrate
+    fmt = options.pop("fmt")
+    req = CalibrateRequest.from_mapping(options)
     check_format(fmt)
-    names = C.parse_fit(fit)
-    if folds == 1:
-        raise InputError("--folds", None, "one fold holds every run out and fits on none",
-                         "use --folds 0 (no cross-validation) or 2 or more")
-    if overlay is not None and not overlay.endswith((".yaml", ".yml")):
-        raise InputError("--output", None, f"'{overlay}' is not a .yaml path", "e.g. --output vllm-h100.yaml")
-    check_format(fmt, overlay)
-    cases, _ = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
-    cal = C.calibrate(cases, names, runs, rounds, progress=lambda s: typer.echo("  " + s, err=True), folds=folds)
-    if overlay:
-        C.write_overlay(cal, overlay)
-    doc = C.calibrate_doc(cal, runs, overlay)
+    doc = run_calibrate(req, fmt, progress=lambda s: typer.echo("  " + s, err=True))
     emit(fmt, None, lambda: V.calibrate_json(doc), lambda: V.calibrate_rows(doc), lambda c: V.calibrate_table(doc, c))
 
 
 @app.command(epilog="Example: apex-plan validate runs/*.json --engine vllm-h100.yaml --gpu h100-sxm-80gb --plan tp=1")
-def validate(
-    runs: List[str] = typer.Argument(..., help=_RUNS_H),
-    engine: Optional[str] = typer.Option(None, "--engine", help=_H["engine"] + " (NAME or NAME@VERSION or a profile "
-                                         "YAML; default: each CSV row's own, vllm for JSON runs)"),
-    gpu: Optional[str] = _RunGpuOpt,
-    plan: Optional[str] = _RunPlanOpt,
-    model: Optional[str] = _RunModelOpt,
-    weight_dtype: str = _RunDtypeOpt,
-    requests_per_slot: int = _RunSlotsOpt,
-    fmt: str = FormatOpt,
-    output: Optional[str] = OutputOpt,
-) -> None:
+@_options_of(ValidateRequest, outputs=("fmt", "output"))
+def validate(**options) -> None:
     """Predict each measured run and print its error, MAPE, bias and interval coverage per group."""
-    from apex_plan.calibrate.command import validate_doc
-    from apex_plan.calibrate.formats import read_measured
     from apex_plan.report import calibrate_view as V
+    from apex_plan.requests.runs import run_validate
+    fmt, output = options.pop("fmt"), options.pop("output")
+    req = ValidateRequest.from_mapping(options)
     check_format(fmt, output)
-    cases, skipped = read_measured(runs, _run_defaults(engine, gpu, plan, model, weight_dtype, requests_per_slot))
-    if not cases:
-        raise InputError("RUNS", None, "no run to validate", "give result files (CSV rows of --engine's profile)")
-    doc = validate_doc(cases, skipped)
+    doc = run_validate(req)
     emit(fmt, output, lambda: V.validate_json(doc), lambda: V.validate_rows(doc), lambda c: V.validate_table(doc, c))
 
 

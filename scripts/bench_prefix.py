@@ -18,7 +18,7 @@ from apex_plan.hardware.load import load_gpu, make_cluster
 from apex_plan.model.load import load_model
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.simulate.run import simulate
-from apex_plan.workload.prefix import exact_hit_tokens, hit_rate, multiturn_trace
+from apex_plan.workload.prefix import SessionOptions, exact_hit_tokens, hit_rate, multiturn_trace
 from apex_plan.workload.spec import Workload
 from apex_plan.workload.synthetic import PRESETS
 
@@ -42,8 +42,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     chat = PRESETS["chat"]
-    _, t_gen, tr = _best(lambda: multiturn_trace(a.requests, chat.prompt, chat.output, a.rate, turns=8,
-                                                 prefix_tokens=1000, num_prefixes=4, think_time_s=20.0, seed=0), 1)
+    _, t_gen, tr = _best(lambda: multiturn_trace(a.requests, chat.prompt, chat.output, a.rate, SessionOptions(
+        turns=8, prefix_tokens=1000, num_prefixes=4, think_time_s=20.0), seed=0), 1)
     _, t_exact, hits = _best(lambda: exact_hit_tokens(tr), 1)
     print(f"trace: {len(tr):,} requests, {tr.hash_ids.size:,} block ids, mean prompt {tr.prompt_tokens.mean():.0f} "
           f"tokens; generated in {t_gen:.2f} s CPU; exact infinite-cache hit rate {hit_rate(tr, hits):.3f} "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from apex_plan import inputs as I
 from apex_plan.model.load import load_model
+from apex_plan.plan.spec import EngineConfig
 from apex_plan.report.html import search_html, write_report
 from apex_plan.report.report_data import from_search
 from apex_plan.search.curves import load_curves
@@ -29,8 +30,8 @@ BUDGET_S = 1.0          # the requirement: report generation adds at most 1 s to
 def in_process(model: str, gpus: int, rate: float, ttft: str, tpot: str, reps: int, out: Path) -> tuple[float, float]:
     m = load_model(model)
     cl = I.cluster_from_options("h100-sxm-80gb", gpus, 8, None)
-    eng = I.engine_from_options("vllm", 0.9, None, True, None, 256, None, "round_robin")
-    wl = I.workload_from_options(None, "chat", rate, 1000, None, None, None, "poisson", 1.0, 0)
+    eng = I.engine_from_options(EngineConfig(name="vllm", gpu_memory_utilization=0.9, max_num_seqs=256))
+    wl = I.workload_from_options(I.WorkloadOptions(workload="chat", rate=rate, num_requests=1000))
     inp = SearchInputs(m, cl, wl.trace, rate, parse_slo(ttft, tpot, 90.0), engines=(eng,))
     search_s, report_s = [], []
     for _ in range(reps):

@@ -24,7 +24,7 @@ from apex_plan.model.load import load_model
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.search.capacity import find_goodput, scaled_trace
 from apex_plan.simulate.run import simulate
-from apex_plan.workload.prefix import multiturn_trace
+from apex_plan.workload.prefix import SessionOptions, multiturn_trace
 from apex_plan.workload.spec import Slo, Workload
 from apex_plan.workload.synthetic import PRESETS, preset_trace
 from apex_plan.workload.trace import read_trace
@@ -61,8 +61,8 @@ def mooncake() -> None:
 
 def multiturn(n: int) -> None:
     chat = PRESETS["chat"]
-    tr = multiturn_trace(n, chat.prompt, chat.output, 16.0, turns=8, prefix_tokens=2000, num_prefixes=8,
-                         think_time_s=20.0, seed=1)
+    tr = multiturn_trace(n, chat.prompt, chat.output, 16.0,
+                         SessionOptions(turns=8, prefix_tokens=2000, num_prefixes=8, think_time_s=20.0), seed=1)
     model, cluster = load_model("llama-3.1-8b"), make_cluster(load_gpu("h100-sxm-80gb"), 4, 8)
     plan, slo = Plan(dp=4, tp=1), Slo(ttft_s=0.5, tpot_s=0.05)
     print(f"2. multi-turn chat: {len(tr)} requests, 8 turns, 8 system prompts of 2,000 tokens, sessions at 2/s "

@@ -83,7 +83,7 @@ NOT_READ_BY_KERNELS = {"format"}
 
 
 @pytest.mark.parametrize("dtype", [abi.COST, abi.OP, abi.SCHED, abi.REQUEST, abi.ENGINE, abi.SLOT, abi.BATCH,
-                                   abi.XFER, abi.XENGINE])
+                                   abi.XFER, abi.XENGINE, abi.LINK])
 def test_every_record_field_is_read_by_a_kernel(dtype):
     """A field no kernel reads is a second truth waiting to drift: each is read by name somewhere."""
     unread = [f for f in dtype.names if not re.search(rf"\.{f}\b", KERNEL_SOURCE) and f not in NOT_READ_BY_KERNELS]

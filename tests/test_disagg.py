@@ -124,8 +124,8 @@ def test_full_decode_pool_holds_prefill_blocks_and_stops_prefill_admission(monke
     prompt = 1024
     orig = D._sched
 
-    def small_prefill_pool(role, gpu, least, closed):
-        rec = orig(role, gpu, least, closed)
+    def small_prefill_pool(role, gpu, least, closed, engine_base):
+        rec = orig(role, gpu, least, closed, engine_base)
         if role.plan is role_plans["prefill"]:
             rec["kv_blocks"] = 2 * prompt // int(rec["block_tokens"][0]) + 2
             rec["watermark_blocks"] = 0

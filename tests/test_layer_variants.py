@@ -16,7 +16,8 @@ from apex_plan.estimate.step_cost import build_step_cost
 from apex_plan.hardware.load import load_gpu
 from apex_plan.model import spec as S
 from apex_plan.model.load import load_model
-from apex_plan.model.params import component_params, kv_cache_bytes_per_seq, kv_cache_bytes_per_token, param_counts
+from apex_plan.model.kv import kv_cache_bytes_per_seq, kv_cache_bytes_per_token
+from apex_plan.model.params import component_params, param_counts
 from apex_plan.plan.spec import Plan
 
 CARDS = Path(__file__).resolve().parent / "fixtures" / "model_cards"

@@ -10,12 +10,8 @@ import yaml
 
 from apex_plan.errors import InputError
 from apex_plan.model.load import SUPPORTED_ARCHITECTURES, list_models, load_model
-from apex_plan.model.params import (
-    kv_cache_bytes_per_token,
-    kv_cache_bytes_per_token_per_layer,
-    param_counts,
-    weight_bytes,
-)
+from apex_plan.model.kv import kv_cache_bytes_per_token, kv_cache_bytes_per_token_per_layer
+from apex_plan.model.params import param_counts, weight_bytes
 
 BUILT_INS = [
     "llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "mistral-large-2407", "mixtral-8x7b",

@@ -11,9 +11,8 @@ import pytest
 from apex_plan.errors import InputError
 from apex_plan.model import spec as S
 from apex_plan.model.load import load_model
-from apex_plan.model.params import (
-    component_params, kv_cache_bytes_per_seq, kv_cache_bytes_per_token, param_counts, weight_bytes,
-)
+from apex_plan.model.kv import kv_cache_bytes_per_seq, kv_cache_bytes_per_token
+from apex_plan.model.params import component_params, param_counts, weight_bytes
 from apex_plan.model.quant import format_bytes, formats_from_config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "configs"

@@ -11,8 +11,8 @@ import pytest
 
 from apex_plan.model import spec as S
 from apex_plan.model.load import load_model
-from apex_plan.model.params import (component_params, kv_cache_bytes_per_seq, kv_cache_bytes_per_token_per_layer,
-                                    kv_tokens_held, param_counts)
+from apex_plan.model.kv import kv_cache_bytes_per_seq, kv_cache_bytes_per_token_per_layer, kv_tokens_held
+from apex_plan.model.params import component_params, param_counts
 
 CARDS = Path(__file__).resolve().parent / "fixtures" / "model_cards"
 

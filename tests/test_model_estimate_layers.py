@@ -15,7 +15,8 @@ from apex_plan.estimate.step_cost import build_step_cost
 from apex_plan.hardware.load import load_gpu
 from apex_plan.model import spec as S
 from apex_plan.model.load import load_model
-from apex_plan.model.params import component_params, state_bytes_per_seq_per_layer
+from apex_plan.model.kv import state_bytes_per_seq_per_layer
+from apex_plan.model.params import component_params
 from apex_plan.plan.spec import Plan
 
 H100 = load_gpu("h100-sxm-80gb")

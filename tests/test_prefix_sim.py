@@ -13,7 +13,7 @@ from apex_plan.hardware.load import load_gpu, make_cluster
 from apex_plan.model.load import load_model
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.simulate.run import simulate
-from apex_plan.workload.prefix import exact_hit_tokens, hit_rate, multiturn_trace
+from apex_plan.workload.prefix import SessionOptions, exact_hit_tokens, hit_rate, multiturn_trace
 from apex_plan.workload.spec import Slo, Trace, Workload
 from apex_plan.workload.synthetic import PRESETS, LengthDist, synthetic_trace
 from apex_plan.workload.trace import read_trace
@@ -64,8 +64,8 @@ def test_caching_off_is_the_plain_simulation(llama8b, mooncake):
 
 def test_small_pool_evicts_and_still_serves_everyone(llama8b):
     chat = PRESETS["chat"]
-    tr = multiturn_trace(600, chat.prompt, chat.output, 6.0, turns=6, prefix_tokens=3000, num_prefixes=12,
-                         think_time_s=30.0, seed=4)
+    tr = multiturn_trace(600, chat.prompt, chat.output, 6.0,
+                         SessionOptions(turns=6, prefix_tokens=3000, num_prefixes=12, think_time_s=30.0), seed=4)
     big = _sim(llama8b, tr, prefix_caching=True)
     small = _sim(llama8b, tr, prefix_caching=True, gpu_memory_utilization=0.3)
     assert small.metrics.completed == big.metrics.completed == len(tr)
@@ -79,8 +79,8 @@ def test_small_pool_evicts_and_still_serves_everyone(llama8b):
 
 def test_session_and_prefix_routing_beat_round_robin(llama8b):
     chat = PRESETS["chat"]
-    tr = multiturn_trace(1200, chat.prompt, chat.output, 12.0, turns=8, prefix_tokens=2000, num_prefixes=8,
-                         think_time_s=20.0, seed=1)
+    tr = multiturn_trace(1200, chat.prompt, chat.output, 12.0,
+                         SessionOptions(turns=8, prefix_tokens=2000, num_prefixes=8, think_time_s=20.0), seed=1)
     rates = {rt: _sim(llama8b, tr, dp=4, gpus=4, prefix_caching=True, routing=rt).metrics.prefix_cache.hit_rate
              for rt in ("round_robin", "session", "prefix")}
     assert rates["session"] > rates["round_robin"] + 0.05

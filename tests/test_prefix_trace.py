@@ -11,7 +11,7 @@ import pytest
 
 from apex_plan.errors import InputError
 from apex_plan.workload.mooncake import write_mooncake
-from apex_plan.workload.prefix import exact_hit_tokens, hit_rate, multiturn_trace
+from apex_plan.workload.prefix import SessionOptions, exact_hit_tokens, hit_rate, multiturn_trace
 from apex_plan.workload.spec import take_ragged
 from apex_plan.workload.synthetic import LengthDist
 from apex_plan.workload.trace import load_trace, read_trace
@@ -83,7 +83,8 @@ def test_session_trace_prompts_are_the_conversation(tmp_path):
 
 def test_multiturn_generator_structure():
     tr = multiturn_trace(400, LengthDist("uniform", low=20, high=200), LengthDist("uniform", low=1, high=300), 4.0,
-                         turns=5, prefix_tokens=700, num_prefixes=2, think_time_s=3.0, hash_block_tokens=64, seed=3)
+                         SessionOptions(turns=5, prefix_tokens=700, num_prefixes=2, think_time_s=3.0,
+                                        hash_block_tokens=64), seed=3)
     assert len(tr) == 400 and np.all(np.diff(tr.arrival_s) >= 0) and tr.arrival_s[0] == 0
     for s in np.unique(tr.session)[:20]:
         turns = np.flatnonzero(tr.session == s)
@@ -145,12 +146,13 @@ def test_speculative_parse_and_tokens_per_step():
 def test_engine_rules_for_speculation_and_caching():
     from apex_plan.engine.speculative import parse_speculative
     from apex_plan.inputs import engine_from_options
+    from apex_plan.plan.spec import EngineConfig
     from apex_plan.model.load import load_model
     from apex_plan.simulate.engine import resolve_engine
     ds, llama = load_model("deepseek-v3"), load_model("llama-3.1-8b")
     mtp = parse_speculative("mtp:1", None)
-    eng = lambda name, spec=None, pc=None: engine_from_options(name, None, 8192, True, None, None, None, "round_robin",
-                                                               None, pc, spec)
+    eng = lambda name, spec=None, pc=None: engine_from_options(EngineConfig(name=name, max_model_len=8192,
+                                                                            prefix_caching=pc, speculative=spec))
     assert resolve_engine(eng("vllm", mtp), ds).speculative is mtp
     assert resolve_engine(eng("sglang", mtp), ds).prefix_caching
     assert resolve_engine(eng("trtllm"), llama).prefix_caching

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from apex_plan import inputs as I
 from apex_plan.model.load import load_model
+from apex_plan.plan.spec import EngineConfig
 from apex_plan.report import figures as F
 from apex_plan.report.chart import Chart, Series, nice_ticks, svg, svg_row
 from apex_plan.report.html import search_html
@@ -35,8 +36,8 @@ SEARCH = ["search", "--model", "llama-3.1-70b", "--gpu", "h100-sxm-80gb", "--gpu
 def searched():
     m = load_model("llama-3.1-70b")
     cl = I.cluster_from_options("h100-sxm-80gb", 8, 8, None)
-    eng = I.engine_from_options("vllm", 0.9, None, True, None, 256, None, "round_robin")
-    wl = I.workload_from_options(None, "chat", 2.0, 300, None, None, None, "poisson", 1.0, 0)
+    eng = I.engine_from_options(EngineConfig(name="vllm", gpu_memory_utilization=0.9, max_num_seqs=256))
+    wl = I.workload_from_options(I.WorkloadOptions(workload="chat", rate=2.0, num_requests=300))
     inp = SearchInputs(m, cl, wl.trace, 2.0, parse_slo("500ms", "50ms", 90.0), engines=(eng,))
     res = run_search(inp)
     assert res.deployments, "the fixture needs a search that finds deployments"

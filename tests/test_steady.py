@@ -146,8 +146,8 @@ def test_capacity_monotone_in_the_slo():
     from apex_plan.workload.slo import parse_slo
     m = load_model("llama-3.1-70b")
     cl = I.cluster_from_options("h100-sxm-80gb", 4, 8, None)
-    wl = I.workload_from_options(None, "chat", 30.0, 40000, None, None, None, "poisson", 1.0, 0)
-    base = I.engine_from_options("vllm", None, None, True, None, None, None, "round_robin")
+    wl = I.workload_from_options(I.WorkloadOptions(workload="chat", rate=30.0, num_requests=40000))
+    base = I.engine_from_options(EngineConfig(name="vllm"))
     engines, _ = I.engine_sweep(base, m, None, None, "auto")
     caps = {}
     for tpot in ("100ms", "150ms", "300ms"):

@@ -11,7 +11,7 @@ folds into the full / sparse layers' figures, not a mixer of its own.
 Adding a mixer that fits an existing cost shape (OP_ATTENTION, OP_RECURRENT): its class here
 (registered with `@register(name)`), its name in `model.spec.MIXERS`, its config reader in
 `model/hf.py`, its geometry in `build_shard` and which layers run its projections
-(`estimate.shard.GEMM_LAYERS`). A new cost shape also needs its branch in
+(`estimate.gemms.GEMM_LAYERS`). A new cost shape also needs its branch in
 `estimate.kernels._op_time`.
 """
 

@@ -16,7 +16,8 @@ from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
 from apex_plan.estimate import moe as MOE
 from apex_plan.estimate.mixers import op_table
-from apex_plan.estimate.shard import Gemm, Shard, build_shard
+from apex_plan.estimate.gemms import Gemm
+from apex_plan.estimate.shard import Shard, build_shard
 from apex_plan.hardware.formats import compute_dtype
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
 from apex_plan.model import spec as S
@@ -55,7 +56,7 @@ class StepCost:
     def replica_step_s(self, rank_batches: list[np.ndarray], eager: bool = False) -> float:
         """Seconds of one lock-step step of an attention-DP replica whose ranks run these `BATCH`
         tables (one per rank; an empty table for an idle rank): the busiest rank's time, every rank
-        pushing the replica's mean tokens through the experts (as `simulate.kernels._lockstep_step`)."""
+        pushing the replica's mean tokens through the experts (as `simulate.kernels.lockstep_step`)."""
         tokens = [int((b["new_tokens"] * b["count"]).sum()) if b.size else 0 for b in rank_batches]
         moe_m = sum(tokens) / max(len(rank_batches), 1)
         return max((float(K.rank_batch_step_time(self.cost, b, 1 if eager else 0, moe_m)[0])
@@ -162,7 +163,7 @@ def moe_fields(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: ClusterSpec 
         a2a_dispatch_bytes=1.0 + MOE.FP8_BLOCK_SCALE_BYTES if quant else dtype_bytes(plan.act_dtype),
         a2a_rank_copies=MOE.expected_rank_copies(E, k, plan.ep),
         a2a_ll_decode=1.0 if lay.a2a_decode_kernel == "low_latency" else 0.0,
-        moe_imbalance=c.moe_imbalance,
+        moe_imbalance=MOE.popularity_skew(c.moe_imbalance, plan.ep),
         ep_max_z=MOE.expected_max_z(plan.ep),
     )
 

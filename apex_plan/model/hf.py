@@ -1,5 +1,6 @@
 """Map a Hugging Face `config.json` (or a model YAML holding the same fields) onto a `ModelSpec`:
-one function per architecture family; an architecture not listed is a one-line error."""
+one function per architecture family; an architecture not listed is a one-line error. What every
+config shares (dtype, quantization, aliases, nested text config, MTP layers) is read in `model.hf_config`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from apex_plan.errors import InputError
 from apex_plan.model import spec as S
 from apex_plan.model.fields import _MISSING, _bool, _count_dense, _get, _int, _int_list, _str_list
 from apex_plan.model.hf2026 import MLA_FAMILIES, NO_DENSE_WIDTH, READERS
-from apex_plan.model.quant import formats_from_config
+from apex_plan.model.hf_config import aliases, check_dtype, checkpoint_formats, mtp_layers, text_config
 from apex_plan.model.spec import LayerKind, ModelSpec, group_layers
 
 # ---------------------------------------------------------------- mapping
@@ -45,85 +46,10 @@ def _architecture(cfg: dict, where: str) -> str:
 
 
 
-# torch dtype names a config's `torch_dtype` / `dtype` may hold (transformers PretrainedConfig)
-TORCH_DTYPES = ("float32", "float16", "bfloat16", "float64", "float8_e4m3fn", "float8_e5m2", "auto")
-# quant_method values apex-plan reads the formats of (transformers QuantizationMethod)
-QUANT_METHODS = ("fp8", "mxfp4", "awq", "gptq", "compressed-tensors", "modelopt")
-
-
-def _check_dtype(cfg: dict, where: str) -> None:
-    """`torch_dtype` / `dtype`, when given, must be a torch dtype name (torch.bfloat16 or bfloat16)."""
-    for key in ("torch_dtype", "dtype"):
-        value = cfg.get(key)
-        if value is None:
-            continue
-        name = str(value).removeprefix("torch.")
-        if not isinstance(value, str) or name not in TORCH_DTYPES:
-            raise InputError(where, key, f"unknown torch dtype {value!r}", "use one of " + ", ".join(TORCH_DTYPES))
-
-
-def _checkpoint_formats(qc: Any, where: str, num_layers: int) -> dict[str, str]:
-    """Per-component weight formats of a `quantization_config`; a config that is not a mapping, or names a
-    quant_method whose formats apex-plan cannot read, is an InputError (never silently bf16)."""
-    if qc is None:
-        return {}
-    if not isinstance(qc, dict):
-        raise InputError(where, "quantization_config", f"must be a mapping, got {type(qc).__name__} {qc!r:.40}",
-                         "copy the checkpoint's quantization_config object, or remove it for bf16 weights")
-    formats = formats_from_config(qc, num_layers)
-    method = qc.get("quant_method")
-    if method is not None and (not isinstance(method, str) or method.lower() not in QUANT_METHODS):
-        raise InputError(where, "quantization_config.quant_method", f"unknown method {method!r}",
-                         "apex-plan reads " + ", ".join(QUANT_METHODS) + " checkpoints")
-    if method is not None and not formats:
-        raise InputError(where, "quantization_config", f"quant_method '{method}' names no weight format apex-plan reads",
-                         "give num_bits/type in config_groups (compressed-tensors) or quant_algo (modelopt)")
-    return formats
-
-
-def _aliases(cfg: dict, where: str) -> tuple[str, ...]:
-    """A model YAML's `aliases`: repo ids (ORG/NAME) of the same weights in other formats."""
-    value = cfg.get("aliases")
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(a, str) and "/" in a for a in value):
-        raise InputError(where, "aliases", f"must be a list of Hugging Face repo ids, got {value!r:.60}",
-                         "write e.g. 'aliases: [Qwen/Qwen3-32B-FP8]'")
-    return tuple(value)
-
-
-def _text_config(cfg: dict, where: str) -> tuple[dict, list[str]]:
-    """A multimodal config's text decoder fields merged over the top level (the architecture and
-    `name`/`source` stay the top level's), and notes on what is not planned."""
-    notes = []
-    text = cfg.get("text_config")
-    if isinstance(text, dict):
-        merged = {**cfg, **{k: v for k, v in text.items() if k not in ("architectures", "name", "source", "aliases")}}
-        if "tie_word_embeddings" in cfg and "tie_word_embeddings" not in text:
-            merged["tie_word_embeddings"] = cfg["tie_word_embeddings"]
-        cfg = merged
-    elif text is not None:
-        raise InputError(where, "text_config", f"must be a mapping of the text decoder's fields, got {text!r}",
-                         "copy 'text_config' from the model's config.json")
-    if isinstance(cfg.get("vision_config"), dict):
-        notes.append("vision tower (vision_config) reported, not planned: only the text decoder is costed")
-    mtp = cfg.get("num_nextn_predict_layers") or cfg.get("mtp_num_hidden_layers") or cfg.get("num_mtp_modules")
-    if isinstance(mtp, int) and mtp > 0:
-        notes.append(f"{mtp} multi-token-prediction module(s) not counted")
-    return cfg, notes
-
-
-def _mtp_layers(cfg: dict) -> int:
-    """Multi-token-prediction modules of the checkpoint (DeepSeek-V3 num_nextn_predict_layers, MiMo
-    num_mtp_modules, Qwen3-Next mtp_num_hidden_layers): the drafts of MTP speculative decoding."""
-    mtp = cfg.get("num_nextn_predict_layers") or cfg.get("mtp_num_hidden_layers") or cfg.get("num_mtp_modules")
-    return mtp if isinstance(mtp, int) and not isinstance(mtp, bool) and mtp > 0 else 0
-
-
 def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpec:
     """Map Hugging Face config fields (plus optional `name`/`source`) onto a validated `ModelSpec`."""
     arch = _architecture(cfg, where)
-    cfg, notes = _text_config(cfg, where)
+    cfg, notes = text_config(cfg, where)
     if arch == "NemotronHForCausalLM":
         cfg = _nemotron_pattern(cfg, where)
     name = str(cfg.get("name") or default_name)
@@ -141,12 +67,12 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
         tie_word_embeddings=_bool(cfg, where, "tie_word_embeddings", False),
         max_context=_int(cfg, where, "max_position_embeddings"),
         notes=tuple(notes), remote_code=isinstance(cfg.get("auto_map"), dict),
-        mtp_layers=_mtp_layers(cfg),
-        aliases=_aliases(cfg, where),
+        mtp_layers=mtp_layers(cfg),
+        aliases=aliases(cfg, where),
     )
-    _check_dtype(cfg, where)
+    check_dtype(cfg, where)
     qc = cfg.get("quantization_config")
-    formats = _checkpoint_formats(qc, where, num_layers)
+    formats = checkpoint_formats(qc, where, num_layers)
     if formats:
         common["weight_formats"] = tuple(sorted(formats.items()))
 

@@ -9,7 +9,8 @@ from rich.console import Console
 from apex_plan.report.layout import print_table, table
 
 from apex_plan.hardware.spec import GpuSpec
-from apex_plan.model.params import kv_cache_bytes_per_seq, kv_cache_bytes_per_token, param_counts
+from apex_plan.model.kv import kv_cache_bytes_per_seq, kv_cache_bytes_per_token
+from apex_plan.model.params import param_counts
 from apex_plan.model.spec import ModelSpec
 from apex_plan.report.output import SCHEMA_VERSION
 

@@ -30,6 +30,18 @@ def option(default: Any, *flags: str, help: str, count: tuple | None = None, rea
                                             "low_open": low_open})
 
 
+def argument(*, help: str) -> Any:
+    """A required positional field taking one or more values (the CLI's `FILES...`), kept as a tuple
+    of strings."""
+    return field(default=REQUIRED, metadata={"flags": (), "help": help, "count": None, "real": None,
+                                             "low_open": True, "argument": True})
+
+
+def is_argument(f: dataclasses.Field) -> bool:
+    """Whether field `f` is a positional argument (`argument`) rather than an option."""
+    return bool(f.metadata.get("argument"))
+
+
 def _kind(hint: Any) -> type:
     """int, float, str or bool: the type of a field, Optional[...] unwrapped."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -46,6 +58,8 @@ def option_keys(cls: type) -> dict[str, str]:
     """Scenario key (the first long flag without dashes, '-' as '_') -> field name."""
     out = {}
     for f in dataclasses.fields(cls):
+        if is_argument(f):
+            continue
         long = next(o for o in f.metadata["flags"] if o.startswith("--"))
         out[long[2:].replace("-", "_")] = f.name
     return out
@@ -75,6 +89,8 @@ def _coerce(f: dataclasses.Field, kind: type, value: Any) -> Any:
     """One option's value, converted to its kind and checked against its limits."""
     from apex_plan.limits import check_count, check_real
     md = f.metadata
+    if is_argument(f):
+        return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
     where = md["flags"][0]
     if kind is bool:
         if not isinstance(value, bool):
@@ -107,6 +123,7 @@ def build(cls: type, mapping: Mapping[str, Any]):
         v = mapping.get(name)
         v = f.default if v is None else v
         if v is REQUIRED:
-            raise InputError(f.metadata["flags"][0], None, "is required", f"give {f.metadata['flags'][0]}")
+            where = name.upper() if is_argument(f) else f.metadata["flags"][0]
+            raise InputError(where, None, "is required", f"give {where}")
         values[name] = None if v is None else _coerce(f, kinds[name][1], v)
     return cls(**values)

@@ -116,10 +116,10 @@ def _workload(req: SearchRequest, m):
     from apex_plan import inputs as I
     from apex_plan.search.steady import MAX_HORIZON_REQUESTS
     preset = req.workload if (req.workload is not None or req.trace or req.prompt_tokens is not None) else "chat"
-    wl = I.workload_from_options(req.trace, preset, None if req.trace else (req.rate or 1.0),
-                                 req.num_requests if req.trace else max(req.num_requests, MAX_HORIZON_REQUESTS),
-                                 req.prompt_tokens, req.output_tokens, None, req.arrival, req.burstiness_cv, req.seed,
-                                 C.session_options(req))
+    wl = I.workload_from_options(I.WorkloadOptions(
+        req.trace, preset, None if req.trace else (req.rate or 1.0),
+        req.num_requests if req.trace else max(req.num_requests, MAX_HORIZON_REQUESTS),
+        req.prompt_tokens, req.output_tokens, None, req.arrival, req.burstiness_cv, req.seed, C.session_options(req)))
     I.check_workload_fits(wl, m, req.max_model_len, req.trace)
     return wl
 
@@ -154,6 +154,7 @@ def prepare_search(req: SearchRequest):
     from apex_plan import inputs as I
     from apex_plan.hardware.fleet import group_doc, require_prices
     from apex_plan.model.load import load_model
+    from apex_plan.plan.spec import EngineConfig
     from apex_plan.search.pipeline import SearchInputs
     from apex_plan.workload.slo import parse_slo
     _check_request(req)
@@ -164,8 +165,9 @@ def prepare_search(req: SearchRequest):
     I.check_search_cluster(cl, req.cluster, fleet.num_gpus)
     points = I.operating_points(req.power_cap, req.sm_clock)
     weight_dtype = req.weight_dtype if req.weight_dtype is not None else I.default_weight_dtype(m, cl)
-    base = I.engine_from_options(req.engine, req.gpu_memory_utilization, req.max_model_len,
-                                 not req.no_custom_allreduce, None, None, None, "round_robin")
+    base = I.engine_from_options(EngineConfig(name=req.engine, gpu_memory_utilization=req.gpu_memory_utilization,
+                                              max_model_len=req.max_model_len,
+                                              custom_allreduce=not req.no_custom_allreduce))
     engines, rejected_engines = I.engine_sweep(base, m, req.max_num_seqs, req.max_batched_tokens, req.chunked_prefill,
                                                req.prefix_caching, req.speculative, req.speculative_acceptance)
     wl = _workload(req, m)

@@ -127,9 +127,9 @@ def _workload(req: SimulateRequest, m):
     if num_requests is None:
         from apex_plan.simulate.run import BENCH_REQUESTS_PER_SLOT
         num_requests = BENCH_REQUESTS_PER_SLOT * req.concurrency if req.concurrency else 1000
-    wl = I.workload_from_options(req.trace, req.workload, req.rate, num_requests, req.prompt_tokens,
-                                 req.output_tokens, req.concurrency, req.arrival, req.burstiness_cv, req.seed,
-                                 C.session_options(req))
+    wl = I.workload_from_options(I.WorkloadOptions(
+        req.trace, req.workload, req.rate, num_requests, req.prompt_tokens, req.output_tokens, req.concurrency,
+        req.arrival, req.burstiness_cv, req.seed, C.session_options(req)))
     I.check_workload_fits(wl, m, req.max_model_len, req.trace)
     return wl
 
@@ -180,14 +180,17 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
     from apex_plan import inputs as I
     from apex_plan.model.load import load_model
     from apex_plan.model.quant import component_format
+    from apex_plan.plan.spec import EngineConfig
     from apex_plan.workload.slo import parse_slo
     m = load_model(req.model)
     cl = I.cluster_from_options(req.gpu, req.gpus, req.gpus_per_node, req.cluster, partial_last_node=req.disaggregated)
     (chunked,) = I.chunked_prefill_modes(req.chunked_prefill, sweep=False)
-    eng = I.engine_from_options(req.engine, req.gpu_memory_utilization, req.max_model_len, not req.no_custom_allreduce,
-                                chunked, req.max_num_seqs, req.max_batched_tokens, req.routing, req.activation_scales,
-                                I.prefix_caching_mode(req.prefix_caching),
-                                I.speculative_option(req.speculative, req.speculative_acceptance))
+    eng = I.engine_from_options(EngineConfig(
+        name=req.engine, gpu_memory_utilization=req.gpu_memory_utilization, max_model_len=req.max_model_len,
+        custom_allreduce=not req.no_custom_allreduce, chunked_prefill=chunked, max_num_seqs=req.max_num_seqs,
+        max_batched_tokens=req.max_batched_tokens, routing=req.routing, activation_scales=req.activation_scales,
+        prefix_caching=I.prefix_caching_mode(req.prefix_caching),
+        speculative=I.speculative_option(req.speculative, req.speculative_acceptance)))
     I.check_engine(eng, m)
     weight_dtype = req.weight_dtype if req.weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = req.kv_dtype if req.kv_dtype is not None else eng.profile.default_kv_dtype(

@@ -22,7 +22,8 @@ from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.disagg import DisaggPlan
 from apex_plan.plan.spec import EngineConfig, Plan
-from apex_plan.abi import ENGINE, REQUEST, ROUTE_LEAST_LOADED, ROUTE_ROUND_ROBIN, SCHED, XENGINE, XFER, make_record
+from apex_plan.abi import (ENGINE, LINK, REQUEST, ROUTE_LEAST_LOADED, ROUTE_ROUND_ROBIN, SCHED, XENGINE, XFER, Pool,
+                           make_record)
 from apex_plan.simulate import disagg_kernel as DK
 from apex_plan.simulate.engine import ResolvedEngine
 from apex_plan.simulate.fit import fit_engine
@@ -72,8 +73,9 @@ def _role(model: ModelSpec, cluster: ClusterSpec, plan: Plan, cfg: EngineConfig,
     return Role(plan, eng, mem, build_step_cost(model, cluster.gpu, plan, cluster, engine=eng, shard=shard)), ""
 
 
-def _sched(role: Role, gpu, least_loaded: bool, closed: int) -> np.ndarray:
-    """One role's SCHED record (the aggregated loop's fields, by name)."""
+def _sched(role: Role, gpu, least_loaded: bool, closed: int, engine_base: int) -> np.ndarray:
+    """One role's SCHED record (the aggregated loop's fields, by name); its engines are numbered from
+    `engine_base`, and a decode pool's (engine_base > 0) first token comes with its first step."""
     e, p = role.engine, role.plan
     nblocks = role.memory.kv_blocks // p.pp        # the pool is shared out over the pp virtual engines
     return make_record(
@@ -83,7 +85,8 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int) -> np.ndarray:
         watermark_blocks=int(e.watermark_fraction * nblocks), prefill_first=e.profile.prefill_first(e.chunked_prefill),
         reserve_full=e.profile.scheduler.reserve_full_sequence, closed_concurrency=closed, tdp_w=gpu.tdp_w,
         idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp, adp_lockstep=1,
-        adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0)
+        adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0, engine_base=engine_base,
+        first_token_generated=2 if engine_base > 0 else 1)
 
 
 def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, engine_cfg: EngineConfig,
@@ -120,6 +123,8 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
     base_d = -(-n_pe // unit) * unit        # decode engines start on a whole replica (host thread, ADP balance)
     ne = base_d + plan.decode.dp * plan.decode.adp * plan.decode.pp
     gpu = cluster.gpu
+    link = np.zeros(links.bw_bytes_per_s.shape, LINK)
+    link["bytes_per_s"], link["latency_s"] = links.bw_bytes_per_s, links.latency_s
 
     def run(arr, prm, out, sb, rb, closed, delay):
         m = prm.size
@@ -129,13 +134,13 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
         x = np.zeros(m, XFER)
         x["send_bytes"], x["recv_bytes"] = sb, rb
         eng, xe = np.zeros(ne, ENGINE), np.zeros(ne, XENGINE)
-        end = DK.disagg_kernel(req_p, req_d, x, _sched(pre, gpu, least, 0), _sched(dec, gpu, least, closed),
-                               pre.step_cost.cost, dec.step_cost.cost, eng, xe, base_d, links.bw_bytes_per_s,
-                               links.latency_s)
+        end = DK.disagg_kernel(Pool(req_p, _sched(pre, gpu, least, 0, 0), pre.step_cost.cost),
+                               Pool(req_d, _sched(dec, gpu, least, closed, base_d), dec.step_cost.cost), x, eng, xe,
+                               link)
         t = [np.ascontiguousarray(a) for a in (req_d["sent_s"], req_d["first_token_s"], req_d["finish_s"],
                                                req_p["scheduled_s"], x["prefill_done_s"], x["admit_s"],
                                                x["transfer_start_s"], x["transfer_end_s"])]
-        visits = np.stack([x["prefilled"], x["transferred"], x["decoded"]], axis=1)
+        visits = np.stack([x["prefilled"], x["transferred"], req_d["finishes"]], axis=1)
         return t, req_p["preemptions"] + req_d["preemptions"], visits, eng, end
 
     conc = workload.concurrency if workload.mode == "closed" else 0

@@ -25,35 +25,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from apex_plan.abi import SLOT
+from apex_plan.abi import ROUTE_LEAST_LOADED, SLOT
 from apex_plan.jit import kernel
-from apex_plan.abi import ROUTE_LEAST_LOADED
-from apex_plan.simulate.kernels import _cost_step, _end_step, _init, lockstep_member, lockstep_step
-from apex_plan.simulate.routing import _route
-from apex_plan.simulate.scheduler import _blocks_for, _schedule
+from apex_plan.simulate.kernels import (_init, count_finished, earliest_engine, end_replica_step, lockstep_member,
+                                        release_next, step_engine)
 from apex_plan.simulate.prefix_cache import PrefixCache
+from apex_plan.simulate.routing import _route
+from apex_plan.simulate.scheduler import _blocks_for
 
 INF = np.inf
 
 
 @kernel(cache=True, inline="always")
-def _release(now, next_release, req, cfg):
-    """Closed loop: a finished request lets the client send the next one (after its dispatch delay)."""
-    if cfg.closed_concurrency > 0 and next_release < req.shape[0]:
-        t_next = now + req[next_release].client_delay_s
-        if next_release > 0 and t_next < req[next_release - 1].sent_s:
-            t_next = req[next_release - 1].sent_s
-        req[next_release].sent_s = t_next
-        next_release += 1
-    return next_release
-
-
-@kernel(cache=True, inline="always")
-def _route_decode(r, rr, base, eng, xe, cfg):
-    """Queue prefilled request r at a decode engine (ranks from engine `base`: round robin or the
+def _route_decode(r, rr, eng, cfg):
+    """Queue prefilled request r at a decode engine (ranks from SCHED.engine_base: round robin or the
     least loaded, then its virtual engine with the fewest unfinished), for admission. Returns the
     engine and the round-robin counter."""
-    ranks, pp = cfg.ranks, cfg.pp
+    ranks, pp, base = cfg.ranks, cfg.pp, cfg.engine_base
     rank = rr % ranks
     if cfg.routing == ROUTE_LEAST_LOADED:
         best = 1 << 60
@@ -73,13 +61,12 @@ def _route_decode(r, rr, base, eng, xe, cfg):
 
 
 @kernel(cache=True, inline="always")
-def _end_prefill(ev, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, dreq, cfg_p):
+def _end_prefill(ev, now, req_p, req_d, eng, slots, x, xe, rr_d, cfg_d):
     """Apply the tokens of prefill engine ev's step: a completed prompt keeps its blocks (held) and
     joins a decode engine's admission queue; a one-token request finishes here. Returns the
-    requests finished, the decode round-robin counter, and the first decode engine to wake (-1)."""
+    requests finished and the decode round-robin counter."""
     en = eng[ev]
     finished = 0
-    wake = -1
     for j in range(en.scheduled):
         r = slots[ev, j].req
         q = req_p[r]
@@ -97,7 +84,7 @@ def _end_prefill(ev, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, dreq, c
                 slots[ev, k].running = slots[ev, i].running
                 k += 1
         en.running = k
-        d = dreq[r]
+        d = req_d[r]
         if d.output_tokens <= 1:
             en.free_blocks += q.kv_blocks
             q.kv_blocks = 0
@@ -108,42 +95,25 @@ def _end_prefill(ev, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, dreq, c
         xr.held_blocks = q.kv_blocks
         xr.prefill_engine = ev
         q.kv_blocks = 0
-        e, rr_d = _route_decode(r, rr_d, base_d, eng, xe, cfg_d)
+        e, rr_d = _route_decode(r, rr_d, eng, cfg_d)
         d.next = -1
         if xe[e].pend_tail == -1:
             xe[e].pend_head = r
         else:
-            dreq[xe[e].pend_tail].next = r
+            req_d[xe[e].pend_tail].next = r
         xe[e].pend_tail = r
-        if eng[e].busy_until_s == INF:
-            wake = e
     en.scheduled = 0
     en.busy_until_s = INF
-    return finished, rr_d, wake
+    return finished, rr_d
 
 
 @kernel(cache=True, inline="always")
-def _end_decode(ev, now, req_d, eng, slots, cfg_d, next_release, cache, ids, accept, x):
-    """Apply decode engine ev's finished step: the client's first token comes with a request's first
-    decode step. Returns the requests finished and the next request to release."""
-    ns = eng[ev].scheduled
-    finished, next_release = _end_step(ev, now, req_d, eng, slots, cfg_d, next_release, cache, ids, accept)
-    for j in range(ns):
-        r = slots[ev, j].req
-        q = req_d[r]
-        if q.first_token_s < 0 and q.generated >= 2:
-            q.first_token_s = now            # the client's first token comes with the first decode step
-        if q.finish_s == now and q.generated >= q.output_tokens:
-            x[r].decoded += 1
-    return finished, next_release
-
-
-@kernel(cache=True, inline="always")
-def _admit_transfers(e, now, req, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, link_lat):
+def _admit_transfers(e, now, req, eng, x, xe, cfg_d, cfg_p, link):
     """Decode engine e takes prefilled requests while it has a batch slot and KV blocks for them
     (reserving them) and starts their transfers. Returns the requests refused (never fit)."""
     refused = 0
     en = eng[e]
+    base_d = cfg_d.engine_base
     drank_e = base_d + ((e - base_d) // cfg_d.pp) * cfg_d.pp      # the rank's first engine (its links)
     drank = (e - base_d) // cfg_d.pp
     while xe[e].pend_head != -1 and en.running + xe[e].in_transfer < cfg_d.max_seqs:
@@ -171,12 +141,13 @@ def _admit_transfers(e, now, req, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, lin
         xr.admit_s = now
         prank = pe // cfg_p.pp
         prank_e = prank * cfg_p.pp
-        bw = link_bw[prank, drank]
+        ln = link[prank, drank]
+        bw = ln.bytes_per_s
         start = max(now, xe[prank_e].link_free_s, xe[drank_e].link_free_s)
         xe[prank_e].link_free_s = start + xr.send_bytes / bw      # the prefill rank's links carry its share
         xe[drank_e].link_free_s = start + xr.recv_bytes / bw      # the decode rank's links carry theirs
         xr.transfer_start_s = start
-        ready = start + link_lat[prank, drank] + max(xr.send_bytes, xr.recv_bytes) / bw
+        ready = start + ln.latency_s + max(xr.send_bytes, xr.recv_bytes) / bw
         tail = xe[e].xfer_tail
         if tail != -1 and x[tail].transfer_end_s > ready:
             ready = x[tail].transfer_end_s                          # delivered in order
@@ -191,28 +162,85 @@ def _admit_transfers(e, now, req, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, lin
     return refused
 
 
+@kernel(cache=True, inline="always")
+def _admit_replica(e, now, req, eng, x, xe, cfg_d, cfg_p, link):
+    """Decode engine e, or every rank of its lock-step attention-DP replica (each takes what it can
+    before they step together), admits prefilled requests and starts their transfers. Returns the
+    requests refused."""
+    lock = cfg_d.adp_lockstep and cfg_d.adp_ranks > 1
+    refused = 0
+    for k in range(cfg_d.adp_ranks if lock else 1):
+        e2 = lockstep_member(e, k, cfg_d) if lock else e
+        ref = _admit_transfers(e2, now, req, eng, x, xe, cfg_d, cfg_p, link)
+        eng[e2].unfinished -= ref
+        refused += ref
+    return refused
+
+
+@kernel(cache=True, inline="always")
+def _land_transfer(e, req_p, req_d, eng, slots, x, xe, todo):
+    """The first transfer in flight to decode engine e lands: the request joins e's running batch
+    (prompt computed, one token generated) and its prefill blocks are freed. Queues in `todo` the
+    engines that may step now; returns how many."""
+    r = xe[e].xfer_head
+    xe[e].xfer_head = req_d[r].next
+    if xe[e].xfer_head == -1:
+        xe[e].xfer_tail = -1
+    xe[e].in_transfer -= 1
+    q = req_d[r]
+    q.computed = q.prompt_tokens
+    q.generated = 1
+    q.scheduled_s = req_p[r].scheduled_s
+    slots[e, eng[e].running].running = r
+    eng[e].running += 1
+    xr = x[r]
+    xr.transferred += 1
+    pe = xr.prefill_engine
+    eng[pe].free_blocks += xr.held_blocks
+    xr.held_blocks = 0
+    n_todo = 0
+    if eng[e].busy_until_s == INF:
+        todo[n_todo] = e
+        n_todo += 1
+    if eng[pe].busy_until_s == INF and eng[pe].head != -1:
+        todo[n_todo] = pe
+        n_todo += 1
+    return n_todo
+
+
+@kernel(cache=True, inline="always")
+def _earliest_transfer(x, xe, base_d):
+    """The decode engine whose first transfer in flight lands first, and when (-1, inf: none)."""
+    x_min = -1
+    t_x = INF
+    for e in range(base_d, xe.shape[0]):
+        h = xe[e].xfer_head
+        if h != -1 and x[h].transfer_end_s < t_x:
+            t_x = x[h].transfer_end_s
+            x_min = e
+    return x_min, t_x
+
+
+@kernel(cache=True, inline="always")
+def _idle_with_work(eng, xe, lo, hi, admit, todo, n_todo):
+    """Append to `todo` every idle engine in [lo, hi) with work queued: a waiting prompt, or (with
+    `admit`, decode engines) a prefilled request to admit. Returns the new count."""
+    for e in range(lo, hi):
+        queued = xe[e].pend_head != -1 if admit else eng[e].head != -1
+        if eng[e].busy_until_s == INF and queued and n_todo < todo.shape[0]:
+            todo[n_todo] = e
+            n_todo += 1
+    return n_todo
+
+
 @kernel(cache=True)
-def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, base_d, link_bw, link_lat):
-    """Replay all requests through prefill engines, transfers and decode engines (module docstring).
-    req_p / req_d: REQUEST rows per role (req_p output 1 token; req_d the whole output, arrivals and
-    closed-loop client delays), x: XFER rows, eng / xe: ENGINE and XENGINE rows of every engine
-    (prefill from 0, decode from `base_d`), link_bw / link_lat: bytes/s and seconds between
-    (prefill rank, decode rank). Fills the times (-1 where a phase did not happen) and visit counts;
-    returns the time the last request finished."""
-    cfg_p, cfg_d = sched_p[0], sched_d[0]
-    n = req_d.shape[0]
-    ne = eng.shape[0]
-    # disaggregated pools run without prefix caching or speculation: an empty cache (unit 0 tokens)
-    cache = PrefixCache(np.full((16, 3), -1, np.int64), np.full((1, 5), -1, np.int64),
-                        np.array([-1, 15, 1, 0], np.int64), np.zeros((ne, 6), np.int64))
-    ids = np.zeros(1, np.int64)
-    sess_rep = np.full(1, -1, np.int64)
-    accept = np.zeros(1)
+def _init_disagg(req_p, req_d, x, eng, xe, cfg_p, cfg_d):
+    """Clear every result and state field of both roles, the transfers and the engines' queues."""
     _init(req_p, eng, cfg_p)
     _init(req_d, eng, cfg_d)
-    for e in range(base_d):
+    for e in range(cfg_d.engine_base):
         eng[e].free_blocks = cfg_p.kv_blocks
-    for i in range(n):
+    for i in range(x.shape[0]):
         xr = x[i]
         xr.prefill_done_s = -1.0
         xr.admit_s = -1.0
@@ -220,42 +248,45 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
         xr.transfer_end_s = -1.0
         xr.prefilled = 0
         xr.transferred = 0
-        xr.decoded = 0
         xr.held_blocks = 0
         xr.prefill_engine = -1
-    for e in range(ne):
+    for e in range(xe.shape[0]):
         xe[e].pend_head = -1
         xe[e].pend_tail = -1
         xe[e].xfer_head = -1
         xe[e].xfer_tail = -1
         xe[e].in_transfer = 0
         xe[e].link_free_s = 0.0
+
+
+@kernel(cache=True)
+def disagg_kernel(pre, dec, x, eng, xe, link):
+    """Replay all requests through prefill engines, transfers and decode engines (module docstring).
+    pre / dec: each role's `abi.Pool` (REQUEST rows: prefill output 1 token; decode the whole
+    output, arrivals and closed-loop client delays; its SCHED record; its CostTables), x: XFER rows,
+    eng / xe: ENGINE and XENGINE rows of every engine (prefill from 0, decode from
+    dec.sched.engine_base), link: LINK rows of each (prefill rank, decode rank). Fills the times (-1
+    where a phase did not happen) and visit counts; returns the time the last request finished."""
+    req_p, req_d, cost_p, cost_d = pre.req, dec.req, pre.cost, dec.cost
+    cfg_p, cfg_d = pre.sched[0], dec.sched[0]
+    n, ne, base_d = req_d.shape[0], eng.shape[0], cfg_d.engine_base
+    # disaggregated pools run without prefix caching or speculation: an empty cache (unit 0 tokens)
+    cache = PrefixCache(np.full((16, 3), -1, np.int64), np.full((1, 5), -1, np.int64),
+                        np.array([-1, 15, 1, 0], np.int64), np.zeros((ne, 6), np.int64))
+    ids = np.zeros(1, np.int64)
+    sess_rep = np.full(1, -1, np.int64)
+    accept = np.zeros(1)
+    _init_disagg(req_p, req_d, x, eng, xe, cfg_p, cfg_d)
     slots = np.zeros((ne, max(cfg_p.max_seqs, cfg_d.max_seqs)), SLOT)
     todo = np.zeros(ne + 2, np.int64)
-    next_req = 0
+    next_req, done, rr_p, rr_d, t_end = 0, 0, 0, 0, 0.0
     next_release = cfg_d.closed_concurrency if cfg_d.closed_concurrency > 0 else n
-    done = 0
-    rr_p = 0
-    rr_d = 0
-    t_end = 0.0
     while done < n:
-        e_min = -1
-        t_e = INF
-        for e in range(ne):
-            if eng[e].busy_until_s < t_e:
-                t_e = eng[e].busy_until_s
-                e_min = e
-        x_min = -1
-        t_x = INF
-        for e in range(base_d, ne):
-            h = xe[e].xfer_head
-            if h != -1 and x[h].transfer_end_s < t_x:
-                t_x = x[h].transfer_end_s
-                x_min = e
+        e_min, t_e = earliest_engine(eng)
+        x_min, t_x = _earliest_transfer(x, xe, base_d)
         t_a = req_d[next_req].sent_s if next_req < n else INF
         if t_a == INF and t_e == INF and t_x == INF:
             break
-        n_todo = 0
         if t_a <= t_e and t_a <= t_x:
             # ---- arrival: to a prefill engine's waiting queue -------------------------------------
             req_p[next_req].sent_s = t_a
@@ -264,105 +295,43 @@ def disagg_kernel(req_p, req_d, x, sched_p, sched_d, cost_p, cost_d, eng, xe, ba
             if next_req < n and req_d[next_req].sent_s <= t_a:
                 continue   # queue every request arriving at this instant first
             now = t_a
-            for e2 in range(base_d):
-                if eng[e2].busy_until_s == INF and eng[e2].head != -1:
-                    todo[n_todo] = e2
-                    n_todo += 1
+            n_todo = _idle_with_work(eng, xe, 0, base_d, False, todo, 0)
         elif t_x <= t_e:
             # ---- a transfer lands: the request joins the decode batch, its prefill blocks are freed
             now = t_x
-            e = x_min
-            r = xe[e].xfer_head
-            xe[e].xfer_head = req_d[r].next
-            if xe[e].xfer_head == -1:
-                xe[e].xfer_tail = -1
-            xe[e].in_transfer -= 1
-            q = req_d[r]
-            q.computed = q.prompt_tokens
-            q.generated = 1
-            q.scheduled_s = req_p[r].scheduled_s
-            slots[e, eng[e].running].running = r
-            eng[e].running += 1
-            xr = x[r]
-            xr.transferred += 1
-            pe = xr.prefill_engine
-            eng[pe].free_blocks += xr.held_blocks
-            xr.held_blocks = 0
-            if eng[e].busy_until_s == INF:
-                todo[n_todo] = e
-                n_todo += 1
-            if eng[pe].busy_until_s == INF and eng[pe].head != -1:
-                todo[n_todo] = pe
-                n_todo += 1
+            n_todo = _land_transfer(x_min, req_p, req_d, eng, slots, x, xe, todo)
         elif e_min < base_d:
             # ---- a prefill step ends (every rank of a lock-step attention-DP instance at once) -------
             now = t_e
-            finished, rr_d, wake = _end_prefill(e_min, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, req_d,
-                                                cfg_p)
+            finished, rr_d = _end_prefill(e_min, now, req_p, req_d, eng, slots, x, xe, rr_d, cfg_d)
             if cfg_p.adp_lockstep and cfg_p.adp_ranks > 1:
                 for k in range(cfg_p.adp_ranks):
-                    e2 = lockstep_member(e_min, 0, k, cfg_p)
+                    e2 = lockstep_member(e_min, k, cfg_p)
                     if e2 != e_min and eng[e2].busy_until_s == now:
-                        f2, rr_d, _ = _end_prefill(e2, now, req_p, eng, slots, x, xe, base_d, rr_d, cfg_d, req_d, cfg_p)
+                        f2, rr_d = _end_prefill(e2, now, req_p, req_d, eng, slots, x, xe, rr_d, cfg_d)
                         finished += f2
             for f in range(finished):
-                next_release = _release(now, next_release, req_d, cfg_d)
-            done += finished
-            if finished and now > t_end:
-                t_end = now
+                next_release = release_next(now, next_release, req_d, cfg_d)
+            done, t_end = count_finished(done, t_end, finished, now)
             todo[0] = e_min
-            n_todo = 1
             # every idle decode engine with requests to admit (at most one per step end is typical)
-            for e2 in range(base_d, ne):
-                if eng[e2].busy_until_s == INF and xe[e2].pend_head != -1 and n_todo < todo.shape[0]:
-                    todo[n_todo] = e2
-                    n_todo += 1
+            n_todo = _idle_with_work(eng, xe, base_d, ne, True, todo, 1)
         else:
             # ---- a decode step ends (every rank of a lock-step attention-DP instance at once) -------
             now = t_e
-            finished, next_release = _end_decode(e_min, now, req_d, eng, slots, cfg_d, next_release, cache, ids,
-                                                 accept, x)
-            if cfg_d.adp_lockstep and cfg_d.adp_ranks > 1:
-                for k in range(cfg_d.adp_ranks):
-                    e2 = lockstep_member(e_min, base_d, k, cfg_d)
-                    if e2 != e_min and eng[e2].busy_until_s == now:
-                        f2, next_release = _end_decode(e2, now, req_d, eng, slots, cfg_d, next_release, cache, ids,
-                                                       accept, x)
-                        finished += f2
-            if finished > 0:
-                done += finished
-                if now > t_end:
-                    t_end = now
+            finished, next_release = end_replica_step(e_min, now, req_d, eng, slots, cfg_d, next_release, cache,
+                                                      ids, accept)
+            done, t_end = count_finished(done, t_end, finished, now)
             todo[0] = e_min
             n_todo = 1
-
         # ---- schedule and cost the next step of each engine in `todo` at time `now` -------------
         for ti in range(n_todo):
             e = todo[ti]
             if eng[e].busy_until_s != INF:
                 continue
-            if e >= base_d and cfg_d.adp_lockstep and cfg_d.adp_ranks > 1:
-                for k in range(cfg_d.adp_ranks):        # every rank takes what it can, then they step together
-                    e2 = lockstep_member(e, base_d, k, cfg_d)
-                    refused = _admit_transfers(e2, now, req_d, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, link_lat)
-                    done += refused
-                    eng[e2].unfinished -= refused
-                done += lockstep_step(e, base_d, now, req_d, eng, slots, cfg_d, cost_d, cost_d, cache, ids)
-            elif e < base_d and cfg_p.adp_lockstep and cfg_p.adp_ranks > 1:
-                done += lockstep_step(e, 0, now, req_p, eng, slots, cfg_p, cost_p, cost_p, cache, ids)
-            elif e >= base_d:
-                refused = _admit_transfers(e, now, req_d, eng, x, xe, cfg_d, cfg_p, base_d, link_bw, link_lat)
-                done += refused
-                eng[e].unfinished -= refused
-                ns, refused = _schedule(e, now, req_d, eng, slots, cfg_d, cache, ids)
-                done += refused
-                eng[e].unfinished -= refused
-                if ns > 0:
-                    _cost_step(e, ns, now, req_d, eng, slots, cfg_d, cost_d, cost_d)
+            if e >= base_d:
+                done += _admit_replica(e, now, req_d, eng, x, xe, cfg_d, cfg_p, link)
+                done += step_engine(e, now, req_d, eng, slots, cfg_d, cost_d, cost_d, cache, ids)
             else:
-                ns, refused = _schedule(e, now, req_p, eng, slots, cfg_p, cache, ids)
-                done += refused
-                eng[e].unfinished -= refused
-                if ns > 0:
-                    _cost_step(e, ns, now, req_p, eng, slots, cfg_p, cost_p, cost_p)
+                done += step_engine(e, now, req_p, eng, slots, cfg_p, cost_p, cost_p, cache, ids)
     return t_end

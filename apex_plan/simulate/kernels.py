@@ -15,7 +15,8 @@ evicted least recently freed first. Speculative decoding (SCHED.draft_tokens = k
 sequence's step verifies k drafts over k + 1 query tokens (KV slots for the drafts), after k draft
 passes; it emits the target's token plus the drafts accepted in order, each with its conditional
 rate (`accept`). Admission and step scheduling are in `simulate.scheduler`, routing arrivals to
-replicas in `simulate.routing`; this module ends steps, costs them and runs the loop.
+replicas in `simulate.routing`, costing a scheduled step in `simulate.step`; this module ends
+steps, steps lock-step attention-DP replicas and runs the loop.
 
 Interface (`apex_plan.abi`): `simulate_kernel(req, sched, cost, eng)`: a REQUEST row per request,
 a SCHED record, the replica's CostTables, an ENGINE row per scheduler. State lives in record
@@ -28,13 +29,27 @@ from __future__ import annotations
 import numpy as np
 
 from apex_plan.abi import SLOT
-from apex_plan.estimate.kernels import add_sequence, empty_shape, rank_step_time, step_time
+from apex_plan.estimate.kernels import rank_step_time
 from apex_plan.jit import kernel
 from apex_plan.simulate.prefix_cache import release
 from apex_plan.simulate.routing import _route
 from apex_plan.simulate.scheduler import _schedule
+from apex_plan.simulate.step import _cost_step, _draft_pass_s, _host_start, _start_step, _step_shapes
 
 INF = np.inf
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def release_next(now, next_release, req, cfg):
+    """Closed loop: a finished request lets its client send the next one after that request's own
+    dispatch delay, arrivals staying in release order. Returns the next request to release."""
+    if cfg.closed_concurrency > 0 and next_release < req.shape[0]:
+        t_next = now + req[next_release].client_delay_s
+        if next_release > 0 and t_next < req[next_release - 1].sent_s:
+            t_next = req[next_release - 1].sent_s
+        req[next_release].sent_s = t_next
+        next_release += 1
+    return next_release
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
@@ -42,7 +57,6 @@ def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
     """Apply the tokens of engine ev's finished step at time `now`: first tokens, accepted drafts,
     finishes (KV freed, cached units given back; in a closed loop, the next request released after
     its client delay). Returns the requests finished and the next request to release."""
-    n = req.shape[0]
     en = eng[ev]
     finished = 0
     for j in range(en.scheduled):
@@ -62,10 +76,11 @@ def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
                 en.verify_steps += 1
                 en.verified_tokens += a + 1
             q.generated += 1
-            if q.generated == 1:
-                q.first_token_s = now
+            if q.generated == cfg.first_token_generated:
+                q.first_token_s = now          # the client's first token (SCHED.first_token_generated)
             if q.generated >= q.output_tokens:
                 q.finish_s = now
+                q.finishes += 1
                 finished += 1
                 en.unfinished -= 1
                 en.free_blocks += q.kv_blocks
@@ -80,97 +95,23 @@ def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
                         slots[ev, k].running = slots[ev, i].running
                         k += 1
                 en.running = k
-                if cfg.closed_concurrency > 0 and next_release < n:
-                    # the client sends the next request once this one is done (after its own
-                    # dispatch delay); arrivals stay in release order
-                    t_next = now + req[next_release].client_delay_s
-                    if next_release > 0 and t_next < req[next_release - 1].sent_s:
-                        t_next = req[next_release - 1].sent_s
-                    req[next_release].sent_s = t_next
-                    next_release += 1
+                next_release = release_next(now, next_release, req, cfg)
     en.scheduled = 0
     en.busy_until_s = INF
     return finished, next_release
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _step_shapes(e, ns, req, slots, cfg, win, topk):
-    """StepShape of engine e's scheduled step, and of its draft passes (one token per decoding
-    sequence) under speculation: a decoding sequence's entry then verifies k drafts (k + 1 query
-    tokens, all sampled; the context read once). `win`, `topk`: the model's window and top-k caps
-    (COST.window_tokens, COST.topk_tokens; 0: none)."""
-    k = cfg.draft_tokens
-    sh = empty_shape(0)
-    dsh = empty_shape(0)
-    for j in range(ns):
-        q = req[slots[e, j].req]
-        c = slots[e, j].tokens
-        seq = q.prompt_tokens + q.generated
-        k0 = q.computed
-        dec = q.generated > 0 and seq - k0 == 1
-        if dec and k > 0:
-            sh = add_sequence(sh, win, topk, k0, 1 + k, True, 1 + k, 1)   # every verified position is sampled
-            dsh = add_sequence(dsh, win, topk, k0, 1, True, 1, 1)
-        else:
-            sh = add_sequence(sh, win, topk, k0, c, dec, k0 + c == seq, 1)
-    return sh, dsh
-
-
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
-    """Aggregate and cost engine e's scheduled step, start it at `now` (or when the replica's host
-    thread is free) and account busy time, KV use and dynamic energy; with speculation, after k
-    passes of the draft model."""
-    p = cost.params[0]
-    sh, dsh = _step_shapes(e, ns, req, slots, cfg, p.window_tokens, p.topk_tokens)
-    dt, br = step_time(cost, sh)
-    if dsh.tokens > 0:
-        dt += cfg.draft_tokens * _draft_pass_s(draft, dsh)
-    _start_step(e, _host_start(e, now, eng, cfg), dt, br, sh, eng, cfg, cost)
-
-
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _host_start(e, now, eng, cfg):
-    """When engine e's step can start: the scheduler part of a step runs on the replica's single
-    engine thread; virtual engines of one replica (pipeline parallelism) queue for it."""
-    host = eng[(e // cfg.pp) * cfg.pp]
-    return now if now > host.host_free_s else host.host_free_s
-
-
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _start_step(e, start, dt, br, sh, eng, cfg, cost):
-    """Start engine e's step of `dt` seconds at `start` and account busy time, KV use and energy."""
-    p = cost.params[0]
-    host = eng[(e // cfg.pp) * cfg.pp]
-    host.host_free_s = start + br.scheduler
-    en = eng[e]
-    en.busy_until_s = start + dt
-    used = cfg.kv_blocks - en.free_blocks
-    en.busy_s += dt
-    en.steps += 1
-    en.kv_block_s += used * dt
-    if used > en.kv_peak_blocks:
-        en.kv_peak_blocks = used
-    en.tokens += sh.tokens
-    # dynamic power: (TDP - idle) x utilisation, utilisation = the busier of compute and memory
-    busy_gpu = dt / p.pp                      # each stage works 1/pp of the step
-    u = max(br.flops / (p.gemm_peak_flops_per_s * busy_gpu), br.bytes / (p.hbm_bytes_per_s * busy_gpu))
-    if u > 1.0:
-        u = 1.0
-    en.dynamic_j += (cfg.tdp_w - cfg.idle_w) * u * busy_gpu * cfg.gpus_per_engine
-
-
 @kernel(cache=True, inline="always")
-def lockstep_member(e, base, k, cfg):
+def lockstep_member(e, k, cfg):
     """Engine of the k-th attention-DP rank of engine e's replica (same pipeline virtual engine;
-    engines of this pool numbered from `base`)."""
-    pp, a = cfg.pp, cfg.adp_ranks
+    engines of this pool numbered from SCHED.engine_base)."""
+    pp, a, base = cfg.pp, cfg.adp_ranks, cfg.engine_base
     local = e - base
     return base + (((local // pp) // a) * a + k) * pp + local % pp
 
 
 @kernel(cache=True, inline="always")
-def _lockstep_balance(e, base, eng, cfg):
+def _lockstep_balance(e, eng, cfg):
     """TRT-LLM's attention-DP balance (py_executor `_balance_adp_requests`, attention_dp_config
     enable_balance with batching_wait_iters 0), decided once per lock-step replica step before its ranks
     schedule, as TRT-LLM decides it over every rank's all-gathered counts: new contexts go in on every
@@ -180,10 +121,10 @@ def _lockstep_balance(e, base, eng, cfg):
     if cfg.adp_balance_steps <= 0:
         return
     a = cfg.adp_ranks
-    lead = eng[lockstep_member(e, base, 0, cfg)]
+    lead = eng[lockstep_member(e, 0, cfg)]
     all_ctx, all_gen = True, True
     for k in range(a):
-        en = eng[lockstep_member(e, base, k, cfg)]
+        en = eng[lockstep_member(e, k, cfg)]
         all_ctx = all_ctx and en.head != -1 and en.running < cfg.max_seqs
         all_gen = all_gen and en.running > 0
     if all_ctx:
@@ -195,23 +136,23 @@ def _lockstep_balance(e, base, eng, cfg):
         if let_in:
             lead.balance_steps = 0.0
     for k in range(a):
-        eng[lockstep_member(e, base, k, cfg)].balance_open = 1 if let_in else 0
+        eng[lockstep_member(e, k, cfg)].balance_open = 1 if let_in else 0
 
 
 @kernel(cache=True)
-def lockstep_step(e, base, now, req, eng, slots, cfg, cost, draft, cache, ids):
+def lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
     """Schedule and cost one lock-step step of the attention-DP replica holding engine e (SGLang
     --enable-dp-attention, TRT-LLM enable_attention_dp, vLLM DP with EP): every rank builds its own
     batch, the MoE layers exchange every rank's tokens, so the ranks start together and the step
     lasts as long as the busiest rank's (`rank_step_time` with the replica's mean tokens through
     the experts); a rank with nothing to run joins with an empty batch (the engines' dummy
-    batches). Engines of this pool are numbered from `base`. Returns the requests refused."""
+    batches). Returns the requests refused."""
     a = cfg.adp_ranks
     refused = 0
     total = 0
-    _lockstep_balance(e, base, eng, cfg)
+    _lockstep_balance(e, eng, cfg)
     for r in range(a):
-        x = lockstep_member(e, base, r, cfg)
+        x = lockstep_member(e, r, cfg)
         ns, ref = _schedule(x, now, req, eng, slots, cfg, cache, ids)
         refused += ref
         eng[x].unfinished -= ref
@@ -226,7 +167,7 @@ def lockstep_step(e, base, now, req, eng, slots, cfg, cost, draft, cache, ids):
     start = now
     dt = 0.0
     for r in range(a):
-        x = lockstep_member(e, base, r, cfg)
+        x = lockstep_member(e, r, cfg)
         start = max(start, _host_start(x, now, eng, cfg))
         sh, dsh = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
         t, br = rank_step_time(cost, sh, moe_m)
@@ -234,7 +175,7 @@ def lockstep_step(e, base, now, req, eng, slots, cfg, cost, draft, cache, ids):
             t += cfg.draft_tokens * _draft_pass_s(draft, dsh)
         dt = max(dt, t)
     for r in range(a):                            # every rank is busy for the busiest rank's time
-        x = lockstep_member(e, base, r, cfg)
+        x = lockstep_member(e, r, cfg)
         sh, _ = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
         _, br = rank_step_time(cost, sh, moe_m)
         _start_step(x, start, dt, br, sh, eng, cfg, cost)
@@ -242,22 +183,52 @@ def lockstep_step(e, base, now, req, eng, slots, cfg, cost, draft, cache, ids):
 
 
 @kernel(cache=True, inline="always")
-def _lockstep_peers_end(e, now, req, eng, slots, cfg, next_release, cache, ids, accept):
-    """End the step of every other rank of engine e's attention-DP replica (they end together).
-    Returns the requests finished and the next request to release."""
-    finished = 0
-    for r in range(cfg.adp_ranks):
-        x = lockstep_member(e, 0, r, cfg)
-        if x != e and eng[x].busy_until_s == now:
-            f, next_release = _end_step(x, now, req, eng, slots, cfg, next_release, cache, ids, accept)
-            finished += f
+def end_replica_step(e, now, req, eng, slots, cfg, next_release, cache, ids, accept):
+    """End engine e's step and, on a lock-step attention-DP replica, the step of every other rank
+    (they end together). Returns the requests finished and the next request to release."""
+    finished, next_release = _end_step(e, now, req, eng, slots, cfg, next_release, cache, ids, accept)
+    if cfg.adp_lockstep and cfg.adp_ranks > 1:
+        for r in range(cfg.adp_ranks):
+            x = lockstep_member(e, r, cfg)
+            if x != e and eng[x].busy_until_s == now:
+                f, next_release = _end_step(x, now, req, eng, slots, cfg, next_release, cache, ids, accept)
+                finished += f
     return finished, next_release
 
 
-@kernel(cache=True)
-def _draft_pass_s(draft, sh):
-    """Seconds of one draft pass (a call, not inlined: the event loop stays small without drafts)."""
-    return step_time(draft, sh)[0]
+@kernel(cache=True, inline="always")
+def step_engine(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
+    """Schedule and cost idle engine e's next step at `now` (its whole replica's on a lock-step
+    attention-DP replica). Returns the requests refused (they can never fit)."""
+    if cfg.adp_lockstep and cfg.adp_ranks > 1:
+        return lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids)
+    ns, refused = _schedule(e, now, req, eng, slots, cfg, cache, ids)
+    eng[e].unfinished -= refused
+    if ns > 0:
+        _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft)
+    return refused
+
+
+@kernel(cache=True, inline="always")
+def earliest_engine(eng):
+    """The engine whose step in flight ends first, and when (-1, inf: every engine idle)."""
+    e_min = -1
+    t_e = INF
+    for e in range(eng.shape[0]):
+        if eng[e].busy_until_s < t_e:
+            t_e = eng[e].busy_until_s
+            e_min = e
+    return e_min, t_e
+
+
+@kernel(cache=True, inline="always")
+def count_finished(done, t_end, finished, now):
+    """Step bookkeeping: requests done so far and the time the last one finished."""
+    if finished > 0:
+        done += finished
+        if now > t_end:
+            t_end = now
+    return done, t_end
 
 
 @kernel(cache=True)
@@ -277,6 +248,7 @@ def _init(req, eng, cfg):
         q.next = -1
         q.cached_units = 0
         q.hit_tokens = 0
+        q.finishes = 0
         if closed > 0:
             q.sent_s = q.client_delay_s if i < closed else INF
         else:
@@ -335,13 +307,7 @@ def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
     rr = 0
     t_end = 0.0
     while done < n:
-        # earliest engine event
-        e_min = -1
-        t_e = INF
-        for e in range(ne):
-            if eng[e].busy_until_s < t_e:
-                t_e = eng[e].busy_until_s
-                e_min = e
+        e_min, t_e = earliest_engine(eng)
         t_a = req[next_req].sent_s if next_req < n else INF
         if t_a == INF and t_e == INF:
             break  # nothing can happen (should not occur)
@@ -360,29 +326,16 @@ def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
             if n_todo == 0:
                 continue
         else:
-            # ---- a step ends: apply its tokens ----------------------------------------------------
+            # ---- a step ends (every rank of a lock-step replica at once): apply its tokens --------
             now = t_e
-            finished, next_release = _end_step(e_min, now, req, eng, slots, cfg, next_release, cache, ids, accept)
-            if cfg.adp_lockstep and cfg.adp_ranks > 1:
-                f2, next_release = _lockstep_peers_end(e_min, now, req, eng, slots, cfg, next_release, cache, ids,
-                                                       accept)
-                finished += f2
-            if finished > 0:
-                done += finished
-                if now > t_end:
-                    t_end = now
+            finished, next_release = end_replica_step(e_min, now, req, eng, slots, cfg, next_release, cache, ids,
+                                                      accept)
+            done, t_end = count_finished(done, t_end, finished, now)
             todo[0] = e_min
             n_todo = 1
         # ---- schedule and cost the next step of each engine in `todo` at time `now` -------------
         for ti in range(n_todo):
             e = todo[ti]
-            if cfg.adp_lockstep and cfg.adp_ranks > 1:
-                if eng[e].busy_until_s == INF:    # a replica already stepped at this event is busy
-                    done += lockstep_step(e, 0, now, req, eng, slots, cfg, cost, draft, cache, ids)
-                continue
-            ns, refused = _schedule(e, now, req, eng, slots, cfg, cache, ids)
-            done += refused
-            eng[e].unfinished -= refused
-            if ns > 0:
-                _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft)
+            if eng[e].busy_until_s == INF:    # a lock-step replica already stepped at this event is busy
+                done += step_engine(e, now, req, eng, slots, cfg, cost, draft, cache, ids)
     return t_end

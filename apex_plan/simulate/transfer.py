@@ -1,7 +1,7 @@
 """KV-cache transfer from prefill to decode instances: bytes per request and the link between ranks.
 
 Bytes: what the prefill instance computed for the prompt and the decode instance needs to go on,
-exactly as the memory model counts it (`apex_plan.model.params.kv_cache_bytes_per_seq`): every
+exactly as the memory model counts it (`apex_plan.model.kv.kv_cache_bytes_per_seq`): every
 token's KV in full and sparse attention layers (plus the sparse indexer's keys), at most the window
 in sliding / chunked layers, and the fixed recurrent state of linear-attention and Mamba layers.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apex_plan.hardware.spec import ClusterSpec
-from apex_plan.model.params import kv_cache_bytes_per_seq
+from apex_plan.model.kv import kv_cache_bytes_per_seq
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.disagg import DisaggPlan
 from apex_plan.plan.spec import Plan

@@ -114,17 +114,19 @@ def _check_args(num_requests: int, turns: int, prefix_tokens: int, num_prefixes:
     check_real("--think-time", None, think_time_s, 0.0, 86_400.0, "e.g. --think-time 10s", low_open=False)
 
 
-def multiturn_trace(num_requests: int, message: LengthDist, output: LengthDist, rate_per_s: float, *,
-                    turns: int = 1, prefix_tokens: int = 0, num_prefixes: int = 1, think_time_s: float = 0.0,
-                    hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS, seed: int = 0,
-                    name: str = "multiturn") -> Trace:
+def multiturn_trace(num_requests: int, message: LengthDist, output: LengthDist, rate_per_s: float,
+                    sessions: SessionOptions = SessionOptions(), *, seed: int = 0, name: str = "multiturn") -> Trace:
     """Sessions of `turns` turns behind one of `num_prefixes` shared system prompts of
-    `prefix_tokens` tokens. Turn t's prompt is the system prompt, every earlier message and reply,
+    `prefix_tokens` tokens (the fields of `sessions`; prefix blocks of its block_tokens). Turn t's
+    prompt is the system prompt, every earlier message and reply,
     and its own new message (`message` tokens); replies are `output` tokens. Sessions start as a
     Poisson process at rate_per_s / turns (so requests arrive at about rate_per_s once sessions
     overlap; a finite trace ramps up and down over about turns x think time); each later turn comes
     an exponential think time (mean `think_time_s`) after the previous turn's arrival. The first
     `num_requests` requests by arrival are kept."""
+    turns, prefix_tokens, num_prefixes, think_time_s = (sessions.turns, sessions.prefix_tokens, sessions.num_prefixes,
+                                                        sessions.think_time_s)
+    hash_block_tokens = sessions.block_tokens
     _check_args(num_requests, turns, prefix_tokens, num_prefixes, think_time_s, hash_block_tokens)
     if not (math.isfinite(rate_per_s) and rate_per_s > 0):
         raise InputError("--rate", None, f"must be a positive number of requests per second, got {rate_per_s}", "e.g. 2")
