@@ -79,7 +79,7 @@ COST_FIELDS = (
     ("a2a_dispatch_bytes", F8, "bytes per hidden element dispatched (quantised dispatch: fp8 + block scales)"),
     ("a2a_rank_copies", F8, "alltoall: distinct expert-parallel ranks one token's top-k experts land on"),
     ("a2a_ll_decode", F8, "alltoall: 1 when decode-only steps run the low-latency kernels (a copy per routed expert)"),
-    ("moe_imbalance", F8, "busiest expert rank's load over the mean with many tokens per step (routing skew)"),
+    ("moe_imbalance", F8, "busiest expert rank's load over the mean with many tokens per step at this ep (routing skew)"),
     ("ep_max_z", F8, "expected maximum of ep standard normals (the busiest rank's sampling spread)"),
     ("experts_per_token", F8, "routed experts per token (top-k)"),
     ("host_step_s", F8, "engine CPU time per step, s"),

@@ -82,23 +82,27 @@ def run_fold(job) -> dict:
             e_train[tr] = errors([train[i] for i in tr], predict([train[i] for i in tr], gp, xg))
             ho = [i for i, c in enumerate(held) if c.cluster.gpu.name == gpu]
             e_held[ho] = errors([held[i] for i in ho], predict([held[i] for i in ho], gp, xg))
-    hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held])
+    hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held],
+                     [KEY["model"](c) for c in train])
     return {"profile": name, "kind": kind, "held_out": value, "train": len(train), "held": len(held),
             "fitted": {f"{p.target}.{p.field}": v for p, v in zip(params, x)},
             "gpus": [c.cluster.gpu.name for c in held], "models": [KEY["model"](c) for c in held],
             "errors": e_held.tolist(), "in_interval": hits.tolist()}
 
 
-def band_hits(e_train: np.ndarray, gpu_train: list, e_held: np.ndarray, gpu_held: list) -> np.ndarray:
+def band_hits(e_train: np.ndarray, gpu_train: list, e_held: np.ndarray, gpu_held: list,
+              model_train: list) -> np.ndarray:
     """(n, 2) 1/0: does each held-out measured value fall inside the 80 % band the profile would state for
-    its GPU (the training runs' error quantiles on that GPU, or on all GPUs when that GPU has fewer than
-    MIN_BAND_RUNS training runs: a GPU without its own band takes the profile's default); nan: no prediction."""
+    its GPU (the training runs' error quantiles on that GPU, every model weighing the same, or on all GPUs
+    when that GPU has fewer than MIN_BAND_RUNS training runs: a GPU without its own band takes the
+    profile's default); nan: no prediction."""
     hits = np.full(e_held.shape, np.nan)
-    gpu_train, gpu_held = np.array(gpu_train), np.array(gpu_held)
-    pooled = error_quantiles(e_train, len(e_train))
+    gpu_train, gpu_held, model_train = np.array(gpu_train), np.array(gpu_held), np.array(model_train)
+    pooled = error_quantiles(e_train, len(e_train), groups=model_train)
     for gpu in set(gpu_held.tolist()):
         own = gpu_train == gpu
-        q = error_quantiles(e_train[own], int(own.sum())) if own.sum() >= MIN_BAND_RUNS else pooled
+        q = (error_quantiles(e_train[own], int(own.sum()), groups=model_train[own]) if own.sum() >= MIN_BAND_RUNS
+             else pooled)
         rows = gpu_held == gpu
         for j, key in enumerate(("ttft", "tpot")):
             ok = rows & np.isfinite(e_held[:, j])
@@ -156,7 +160,8 @@ def fixed_folds(cases, names, kinds, jobs: int) -> list:
                 p_held = np.array([pred[id(c)] for c in held]).reshape(-1, 2)
                 _frontend_refit(train, p_train, held, p_held, kind)
                 e_train, e_held = errors(train, p_train), errors(held, p_held)
-                hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held])
+                hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held],
+                                 [KEY["model"](c) for c in train])
                 out.append({"profile": name, "kind": kind, "held_out": v, "train": len(train), "held": len(held),
                             "fitted": {}, "gpus": [c.cluster.gpu.name for c in held],
                             "models": [KEY["model"](c) for c in held], "errors": e_held.tolist(),
@@ -266,13 +271,15 @@ def bands(results: list) -> dict:
         model = [r for r in rs if r["kind"] == "config"] or [r for r in rs if r["kind"] == "model"]
         e = np.array([row for r in model for row in r["errors"]], float).reshape(-1, 2)
         g = np.array([gpu for r in model for gpu in r["gpus"]])
+        m = np.array([x for r in model for x in r["models"]])
         by_gpu = {}
         for gpu in sorted(set(g.tolist())):
             if (g == gpu).sum() >= MIN_BAND_RUNS:
-                by_gpu[gpu] = _rounded(error_quantiles(e[g == gpu], int((g == gpu).sum())))
+                by_gpu[gpu] = _rounded(error_quantiles(e[g == gpu], int((g == gpu).sum()), groups=m[g == gpu]))
         default = [r for r in rs if r["kind"] == "gpu"] or model
         e_d = np.array([row for r in default for row in r["errors"]], float).reshape(-1, 2)
-        out[name] = {"calibration_error": _rounded(error_quantiles(e_d, len(e_d))),
+        m_d = np.array([x for r in default for x in r["models"]])
+        out[name] = {"calibration_error": _rounded(error_quantiles(e_d, len(e_d), groups=m_d)),
                      "calibration_error_by_gpu": by_gpu}
     return out
 

@@ -286,18 +286,38 @@ def test_cross_validation_bands_are_per_gpu_from_held_out_errors():
     e_train = np.vstack([e_a, e_b])
     gpus = ["a"] * n + ["b"] * m
     held = np.array([[0.0, 0.0], [0.5, 0.0], [0.5, 0.0], [np.nan, 0.01]])
-    hits = cv.band_hits(e_train, gpus, held, ["a", "a", "b", "a"])
+    hits = cv.band_hits(e_train, gpus, held, ["a", "a", "b", "a"], ["m1"] * n + ["m2"] * m)
     # a's own 10th-90th percentile band holds 0 and not 0.5; b takes the pooled band, which reaches 2.0
     assert hits[:3, 0].tolist() == [1.0, 0.0, 1.0] and np.isnan(hits[3, 0]) and hits[3, 1] == 1.0
     # the stored bands: per GPU from the model folds' held-out errors, the default from the GPU folds'
-    results = [{"profile": "p", "kind": "model", "gpus": ["a"] * n, "errors": e_a.tolist()},
-               {"profile": "p", "kind": "model", "gpus": ["b"] * m, "errors": [[0.0, 0.0]] * m},
-               {"profile": "p", "kind": "gpu", "gpus": ["b"] * 2, "errors": [[-0.5, -0.2], [0.5, 0.2]]}]
+    results = [{"profile": "p", "kind": "model", "gpus": ["a"] * n, "errors": e_a.tolist(), "models": ["m1"] * n},
+               {"profile": "p", "kind": "model", "gpus": ["b"] * m, "errors": [[0.0, 0.0]] * m, "models": ["m2"] * m},
+               {"profile": "p", "kind": "gpu", "gpus": ["b"] * 2, "errors": [[-0.5, -0.2], [0.5, 0.2]],
+                "models": ["m1", "m2"]}]
     out = cv.bands(results)["p"]
     assert set(out["calibration_error_by_gpu"]) == {"a"}            # b has too few held-out runs of its own
     a = out["calibration_error_by_gpu"]["a"]
     assert a["ttft_low"] == pytest.approx(np.quantile(e_a[:, 0], 0.1), abs=1e-4) and a["held_out"] == 1.0
     assert out["calibration_error"]["ttft_high"] > 0.3 and out["calibration_error"]["runs"] == 2
+
+
+def test_band_weighs_a_model_of_n_runs_as_sqrt_n():
+    from apex_plan.calibrate.interval import error_quantiles, weighted_quantile
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=40)
+    for q in (0.0, 0.1, 0.5, 0.9, 1.0):                      # equal weights: numpy's default quantile, exactly
+        assert weighted_quantile(x, np.ones(40), q) == pytest.approx(np.quantile(x, q))
+    # 100 tightly predicted runs of one model, 4 runs of another 50 % over: the second model's bias is a
+    # new model's risk; weighted by run it falls outside the band, weighted sqrt(n) it sets the top
+    big = np.column_stack([np.linspace(-0.05, 0.05, 100)] * 2)
+    small = np.full((4, 2), 0.5)
+    e = np.vstack([big, small])
+    by_run = error_quantiles(e, len(e))
+    by_model = error_quantiles(e, len(e), groups=np.array(["big"] * 100 + ["small"] * 4))
+    assert by_run["ttft_high"] < 0.05 < 0.5 * 0.5 < by_model["ttft_high"] <= 0.5
+    assert by_model["ttft_low"] == pytest.approx(by_run["ttft_low"], abs=0.02)
+    one = error_quantiles(big, 100, groups=np.array(["big"] * 100))   # one model: the unweighted band
+    assert one["ttft_high"] == pytest.approx(np.quantile(big[:, 0], 0.9))
 
 
 def test_fit_frontend_minimises_ttft_mape_exactly():

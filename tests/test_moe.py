@@ -219,3 +219,38 @@ def test_lockstep_ranks_share_every_step():
     assert len(set(st["steps"].tolist())) == 1 and np.ptp(st["busy_s"]) < 1e-12
     assert st["tokens"].sum() == 6 * 256 + 6 * 31    # every prompt prefilled once, every later token decoded once
     assert st["tokens"].min() < st["tokens"].max()
+
+
+def test_popularity_skew_grows_with_ep_from_one_to_its_measured_plateau():
+    """The routing skew left with many tokens: none without EP, the GPU profile's value at ep 8,
+    growing by the same step per doubling of ep up to 32 and flat past it (module docstring)."""
+    c8 = H200.calibration.moe_imbalance
+    assert MOE.popularity_skew(c8, 1) == 1.0
+    assert MOE.popularity_skew(c8, 8) == pytest.approx(c8, rel=1e-12)
+    skews = [MOE.popularity_skew(c8, e) for e in (1, 2, 4, 8, 16, 32, 64, 256)]
+    steps = np.diff(skews[:6])
+    assert np.allclose(steps, (c8 - 1.0) / 3.0, rtol=1e-12)      # equal steps per doubling, 1 -> 32
+    assert skews[5] == skews[6] == skews[7]                       # flat past ep 32
+    for ep in (2, 4, 16):                                         # the step cost carries the plan's ep's skew
+        sc = build_step_cost(DSV3, H200, Plan(tp=ep, ep=ep, weight_dtype="fp8", kv_dtype="fp8"), profile=TRTLLM)
+        assert sc.cost.params[0]["moe_imbalance"] == pytest.approx(MOE.popularity_skew(c8, ep), rel=1e-12)
+
+
+def test_sglang_dp_buffer_bytes_exact_sum_len_and_max_len():
+    """SGLang DP attention (dp_buffer) on ADP8 in one H200 node: a step with a prefill all-reduces the
+    bf16 sum-of-tokens buffer twice (ring: 2 x 7/8 of it per GPU each); a balanced decode step takes the
+    padded all-gather + reduce-scatter (7/8 of 8 x max rows each way); a decode step whose busiest rank
+    holds most of the tokens (2 S <= 8 M) stays on the all-reduces, as DpPaddingMode picks."""
+    p = _adp_cost(8, dispatch="dp_buffer")
+    h, row = DSV3.hidden_size, DSV3.hidden_size * 2.0
+    lat, bw = p["a2a_latency_s"], p["a2a_bytes_per_s"]
+    m_mean = 100.0
+    s = 8 * m_mean
+    sum_len = 2 * (lat + 2 * 7 / 8 * s * row / bw)
+    assert MOE.comm_s(p, 400.0, m_mean, False, 1.0) == pytest.approx(sum_len, rel=1e-12)     # prefill in the step
+    max_len = 2 * (lat + 7 / 8 * 8 * 120.0 * row / bw)                                       # M = 120 < S / 4
+    assert MOE.comm_s(p, 120.0, m_mean, True, 1.0) == pytest.approx(max_len, rel=1e-12)
+    assert max_len < sum_len
+    assert MOE.comm_s(p, 400.0, m_mean, True, 1.0) == pytest.approx(sum_len, rel=1e-12)      # 2 S = 1600 <= 8 x 400
+    assert h == 7168
+    assert resolve_engine_profile("sglang").layouts.moe_dispatch == "dp_buffer"

@@ -69,17 +69,43 @@ def test_cover_pruning_simulates_the_skipped_plans_when_nothing_meets_the_demand
     assert on.stats["pruned_by_bound"] == 0
 
 
-def test_simulating_plans_in_waves_changes_no_figure(monkeypatch):
-    """Phase 2 simulates SIM_THREADS plans at once; one at a time gives the same deployments, and every
-    plan simulated both ways the same figures (the waves only change which plans the bounds skip)."""
+@pytest.mark.parametrize("objective,rate,gpus,model", [("gpus", 20.0, 4, "llama-3.1-8b"),
+                                                       ("throughput", None, 8, "llama-3.1-70b")])
+def test_simulating_plans_in_waves_gives_the_one_at_a_time_result(monkeypatch, objective, rate, gpus, model):
+    """Phase 2 simulates SIM_THREADS plans at once and keeps a result only where one plan at a time would
+    have simulated it: the plans, their statuses and figures and the deployments are the same."""
     import apex_plan.search.pipeline as P
-    waves = run_search(_inputs("gpus", 20.0, 4, True))
+    max_len = None if model == "llama-3.1-70b" else 8192
+    waves = run_search(_inputs(objective, rate, gpus, True, model=model, max_len=max_len))
     monkeypatch.setattr(P, "SIM_THREADS", 1)
-    serial = run_search(_inputs("gpus", 20.0, 4, True))
+    serial = run_search(_inputs(objective, rate, gpus, True, model=model, max_len=max_len))
     assert waves.deployments and _doc(waves) == _doc(serial)
-    one = {e.key: e for e in serial.plans if e.status == "ok"}
-    both = [e for e in waves.plans if e.status == "ok" and e.key in one]
-    assert both
-    for e in both:
-        assert e.goodput_rps == one[e.key].goodput_rps
-        assert e.at_demand.to_dict() == one[e.key].at_demand.to_dict()
+    assert waves.stats == serial.stats and waves.stats["pruned_by_bound"] > 0
+    for a, b in zip(waves.plans, serial.plans):
+        assert (a.key, a.status, a.reason, a.goodput_rps, a.simulations) == (b.key, b.status, b.reason, b.goodput_rps,
+                                                                               b.simulations)
+        assert (a.at_goodput and a.at_goodput.to_dict()) == (b.at_goodput and b.at_goodput.to_dict())
+
+
+def test_a_plan_whose_fit_raised_the_memory_fraction_simulates_with_it():
+    """fit_engine raises --gpu-memory-utilization when the default leaves no room for the longest request;
+    the plan's runs must use the raised fraction (with the default its lowered max_model_len does not fit)."""
+    from apex_plan.hardware.load import load_gpu, make_cluster
+    from apex_plan.model.load import load_model
+    from apex_plan.plan.spec import EngineConfig
+    from apex_plan.search.pipeline import SearchInputs
+    from apex_plan.workload.spec import Slo, Trace
+    rng = np.random.default_rng(0)
+    n = 2000
+    prompt = np.where(rng.random(n) < 0.01, 8000, 200).astype(np.int64)      # a few long prompts
+    output = np.where(prompt > 1000, 2000, 120).astype(np.int64)
+    trace = Trace(np.cumsum(rng.exponential(1 / 20.0, n)), prompt, output, "long-tail")
+    inp = SearchInputs(load_model("llama-3.1-70b"), make_cluster(load_gpu("h100-sxm-80gb"), 8, 8), trace, None,
+                       Slo(1.0, 0.1, 90.0), ("bf16",), ("bf16",), (EngineConfig(),), "throughput")
+    res = run_search(inp)
+    raised = [e for e in res.plans if e.engine is not None and e.engine.gpu_memory_utilization
+              != e.engine.profile.memory.gpu_memory_utilization]
+    assert raised, "expected a plan whose fit raised the memory fraction"
+    for e in raised:
+        assert e.run_cfg.gpu_memory_utilization == e.engine.gpu_memory_utilization
+        assert e.status != "pending"

@@ -25,7 +25,7 @@ _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("de
             "accounting": ("profile", "static_fraction", "free_fraction"), "activation_scales": ("dynamic", "static"),
             "batching_chunked": ("mixed", "prefill_first"), "batching_unchunked": ("mixed", "prefill_first"),
             "closed_loop": ("desync", "lockstep"), "speculative": ("mtp", "eagle3"),
-            "ep_degrees": ("divisors", "all"), "default_ep": ("none", "all"), "moe_dispatch": ("allgather", "alltoall"),
+            "ep_degrees": ("divisors", "all"), "default_ep": ("none", "all"), "moe_dispatch": ("allgather", "alltoall", "dp_buffer"),
             "a2a_decode_kernel": ("low_latency", "normal")}
 
 

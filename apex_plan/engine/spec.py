@@ -132,7 +132,9 @@ class Layouts:
                                           # instance) | all (ep = tp x adp)
     moe_dispatch: str = "allgather"       # with attention DP, tokens reach the experts by: allgather (every rank's
                                           # tokens gathered, the output reduce-scattered) | alltoall (each token
-                                          # sent to its experts' ranks and combined back: DeepEP-style)
+                                          # sent to its experts' ranks and combined back: DeepEP-style) |
+                                          # dp_buffer (SGLang: a global buffer all-reduced, or all-gathered
+                                          # padded and reduce-scattered, estimate.moe)
     a2a_decode_kernel: str = "low_latency"  # alltoall: kernels of decode-only steps: low_latency (a copy per routed
                                           # expert, point to point) | normal (a copy per destination rank, NVLink-
                                           # forwarded); prefill steps run the normal (high-throughput) kernels

@@ -8,15 +8,35 @@ where mean1 = k / ep and sd1^2 = k (1/ep)(1 - 1/ep)(E - k)/(E - 1) are the mean 
 copies one token sends to a given rank (a hypergeometric draw of k experts without replacement),
 z(ep) is the expected maximum of ep standard normals (Blom's approximation
 Phi^-1((ep - 0.375) / (ep + 0.25)); Blom 1958) and c is the skew of expert popularity that remains
-with many tokens per step (the GPU profile's `moe_imbalance`). So few tokens give a large statistical
-imbalance, and many tokens tend to the constant c. The distinct experts the busiest rank reads
-whole are e_local x (1 - (1 - k/E)^(T x imbalance)); at ep = 1 that is E (1 - (1 - k/E)^T), the
-expected number of experts touched by T tokens under uniform top-k routing.
+with many tokens per step (`popularity_skew`). So few tokens give a large statistical imbalance, and
+many tokens tend to the constant c.
+
+The skew grows with ep: the fewer experts a rank holds, the less their popularities average out.
+aiconfigurator-core 0.12.0 measures its MoE kernels (systems/data/<gpu>/moe/<engine>/<version>/
+moe_perf.parquet) under balanced routing and under the power-law expert popularity it assumes for
+DeepSeek-family models (alpha 1.01, sdk/models/deepseek.py). Their latency ratio at >= 4096 tokens,
+median over every GPU, engine and shape, is 1.105 / 1.187 / 1.261 / 1.327 / 1.401 at ep 2 / 4 / 8 /
+16 / 32 and 1.43-1.45 at ep 64-128: c(ep) = 1 + s log2(min(ep, 32)), s = 0.083 per doubling (least
+squares on those medians; 0.079-0.087 leaving any one of the 9 GPUs out; per engine SGLang 0.051,
+TRT-LLM 0.108, vLLM 0.080; `scripts/fit_moe_skew.py`). The GPU profile's `moe_imbalance` is c at
+ep = 8 (1 + 3 s = 1.25).
+
+The distinct experts the busiest rank reads whole are e_local x (1 - (1 - k/E)^(T x imbalance)); at
+ep = 1 that is E (1 - (1 - k/E)^T), the expected number of experts touched by T tokens under uniform
+top-k routing.
 
 Token movement (`comm_s`), when attention-DP ranks hold different tokens (COST.a2a_kind):
-* allgather (SGLang dp_gather/dp_scatter, TRT-LLM AllGather + ReduceScatter, vLLM
+* allgather (TRT-LLM AllGather + ReduceScatter, vLLM
   allgather_reducescatter): every GPU receives every other rank's tokens before the MoE and the
   reduce-scatter sends the output back: (all tokens - own) x hidden x bytes each way.
+* dp_buffer (SGLang --enable-dp-attention without DeepEP: srt/layers/dp_attention.py `_dp_gather`,
+  `dp_scatter`, DpPaddingMode): the ranks fill one global buffer of hidden states in the activation
+  dtype. A step with a prefill in it (SUM_LEN) all-reduces the zeroed sum-of-tokens buffer before
+  the MoE and all-reduces the MoE output before each rank copies its rows back: two all-reduces of
+  S x hidden x bytes (S: every rank's tokens), each GPU sending 2 (G - 1) / G of it per all-reduce
+  (a ring). A decode-only step takes the cheaper mode, as SGLang picks it: MAX_LEN (every rank
+  padded to the busiest rank's tokens M, all-gathered and reduce-scattered: (G - 1) / G x adp x M
+  rows each way) when 2 S > adp x M, else SUM_LEN.
 * alltoall (DeepEP dispatch/combine): a token goes to each rank holding one of its experts:
   one copy per destination rank with the high-throughput ("normal") kernels, one per routed expert
   with the low-latency kernels that decode-only steps use (SGLang --deepep-mode auto).
@@ -35,8 +55,8 @@ from statistics import NormalDist
 
 from apex_plan.jit import kernel
 
-A2A_NONE, A2A_ALLGATHER, A2A_ALLTOALL = 0.0, 1.0, 2.0   # values of COST.a2a_kind
-A2A_KINDS = {"allgather": A2A_ALLGATHER, "alltoall": A2A_ALLTOALL}
+A2A_NONE, A2A_ALLGATHER, A2A_ALLTOALL, A2A_DP_BUFFER = 0.0, 1.0, 2.0, 3.0   # values of COST.a2a_kind
+A2A_KINDS = {"allgather": A2A_ALLGATHER, "alltoall": A2A_ALLTOALL, "dp_buffer": A2A_DP_BUFFER}
 FP8_BLOCK_SCALE_BYTES = 4.0 / 128.0   # DeepEP FP8 dispatch: one fp32 scale per 128 hidden elements
 
 
@@ -45,6 +65,18 @@ def expected_max_z(n: int) -> float:
     if n <= 1:
         return 0.0
     return NormalDist().inv_cdf((n - 0.375) / (n + 0.25))
+
+
+SKEW_REF_EP = 8          # the ep at which the GPU profile's `moe_imbalance` is stated
+SKEW_MAX_EP = 32         # the measured skew stops growing past ep 32 (1.40 at 32, 1.43-1.45 at 64-128)
+
+
+def popularity_skew(imbalance_at_ref: float, ep: int) -> float:
+    """Busiest EP rank's load over the mean with many tokens per step, from the skew at ep = 8:
+    1 + (c8 - 1) log2(min(ep, 32)) / log2(8) (see the module docstring); 1 without EP."""
+    if ep <= 1:
+        return 1.0
+    return 1.0 + (imbalance_at_ref - 1.0) * math.log2(min(ep, SKEW_MAX_EP)) / math.log2(SKEW_REF_EP)
 
 
 def expected_distinct_experts(num_experts: int, top_k: int, tokens: float) -> float:
@@ -97,6 +129,26 @@ def _phase_s(p, msg_bytes):
 
 
 @kernel(cache=True, fastmath=False)
+def _dp_buffer_s(p, m_own, m_mean, decode_only):
+    """SGLang's DP-attention gather and scatter of one MoE layer (module docstring, dp_buffer): two
+    all-reduces of every rank's tokens after a prefill; the cheaper of that and the padded
+    all-gather + reduce-scatter (the busiest rank's tokens, here this rank's or the mean) when every
+    rank decodes."""
+    g = p.a2a_ranks
+    adp = g / p.tp                                      # attention-DP ranks
+    row = p.hidden * p.act_bytes                        # bytes of one token's hidden state
+    total = adp * m_mean                                # S: rows of the sum-of-tokens buffer
+    share = (g - 1.0) / g
+    # SUM_LEN: two ring all-reduces of S rows, each sending 2 (G - 1) / G of the buffer per GPU
+    sum_len = 2.0 * _phase_s(p, 2.0 * share * total * row)
+    longest = max(m_own, m_mean)                        # M: the busiest rank's rows
+    if decode_only and 2.0 * total > adp * longest:
+        # MAX_LEN: all-gather then reduce-scatter of adp x M padded rows, (G - 1) / G of them each way
+        return 2.0 * _phase_s(p, share * adp * longest * row)
+    return sum_len
+
+
+@kernel(cache=True, fastmath=False)
 def comm_s(p, m_own, m_mean, decode_only, imbalance):
     """Seconds of one MoE layer's token movement on the busiest GPU (dispatch + combine): m_own tokens
     on this attention rank, m_mean the mean over the replica's attention-DP ranks."""
@@ -111,6 +163,8 @@ def comm_s(p, m_own, m_mean, decode_only, imbalance):
         gather = others * h * p.a2a_dispatch_bytes      # received before the MoE
         scatter = others * h * p.act_bytes              # the output's reduce-scatter back
         return _phase_s(p, gather) + _phase_s(p, scatter)
+    if kind == A2A_DP_BUFFER:
+        return _dp_buffer_s(p, m_own, m_mean, decode_only)
     # alltoall: copies per token, one per destination rank (normal) or per routed expert (low latency)
     copies = p.experts_per_token if (decode_only and p.a2a_ll_decode > 0.0) else p.a2a_rank_copies
     remote = (ranks - 1.0) / ranks                      # share of the copies leaving this GPU

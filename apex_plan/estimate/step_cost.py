@@ -163,7 +163,7 @@ def moe_fields(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: ClusterSpec 
         a2a_dispatch_bytes=1.0 + MOE.FP8_BLOCK_SCALE_BYTES if quant else dtype_bytes(plan.act_dtype),
         a2a_rank_copies=MOE.expected_rank_copies(E, k, plan.ep),
         a2a_ll_decode=1.0 if lay.a2a_decode_kernel == "low_latency" else 0.0,
-        moe_imbalance=c.moe_imbalance,
+        moe_imbalance=MOE.popularity_skew(c.moe_imbalance, plan.ep),
         ep_max_z=MOE.expected_max_z(plan.ep),
     )
 

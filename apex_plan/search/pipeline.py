@@ -5,6 +5,7 @@ steady state."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +30,7 @@ from apex_plan.workload.spec import Slo, Workload
 
 OBJECTIVES = ("gpus", "energy", "cost", "latency", "throughput")
 GOODPUT_ITERATIONS = 5      # bisection steps in [bound/2, bound]: 2^(1/32), a 2.2% bracket
-SIM_THREADS = 2             # plans simulated at once in phase 2: the 2 cores the speed bar assumes (fixed,
-                            # so which plans the bounds skip does not depend on the machine)
+SIM_THREADS = 2             # plans simulated at once in phase 2: the 2 cores the speed bar assumes
 
 
 @dataclass
@@ -142,8 +142,15 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         ev.status = "pruned"
         return True
 
-    # waves of SIM_THREADS plans simulated at once (the kernel releases the GIL); each wave's plans are
-    # chosen by the rules on the waves before it, so the result does not depend on timing or cores
+    def simulated(ev: PlanEval) -> tuple[PlanEval, bool]:
+        """Phase 2 of `ev` on a copy, so that `ev` stays as it was until its result is taken."""
+        c = copy.copy(ev)
+        return c, simulate_plan(inp, c, costs[ev.key], mix)
+
+    # the next SIM_THREADS plans the rules keep are simulated at once (the kernel releases the GIL);
+    # each plan's result is taken in order only if the rules, given the results before it, still keep
+    # it (as one at a time would: the rules only tighten as results come in), else it is discarded,
+    # so the result is the one-at-a-time result whatever the timing or the cores
     pending, done = iter(todo), 0
     with ThreadPoolExecutor(SIM_THREADS) as pool:
         while True:
@@ -158,7 +165,13 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
                 break
             if progress:
                 progress(done - len(wave), len(todo))
-            for ev, ok in zip(wave, pool.map(lambda e: simulate_plan(inp, e, costs[e.key], mix), wave)):
+            runs = [pool.submit(simulated, ev) for ev in wave]
+            for i, (ev, run) in enumerate(zip(wave, runs)):
+                if i and skip(ev):
+                    run.cancel()
+                    continue
+                c, ok = run.result()
+                ev.__dict__.update(c.__dict__)
                 if not ok:
                     continue
                 found.setdefault(ev.pool, []).append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))

@@ -86,8 +86,14 @@ class PlanEval:
 
     @property
     def run_cfg(self) -> EngineConfig:
-        """The engine settings with the max_model_len this plan was fitted to."""
-        return dataclasses.replace(self.engine_cfg, max_model_len=self.engine.max_model_len)
+        """The engine settings with the max_model_len this plan was fitted to, and its memory fraction when
+        the fit raised it (`simulate.fit.fit_engine` step 2): what its simulations must run with."""
+        cfg = dataclasses.replace(self.engine_cfg, max_model_len=self.engine.max_model_len)
+        prof = self.engine.profile
+        default = prof.memory.gpu_memory_utilization if prof is not None else None
+        if cfg.gpu_memory_utilization is None and self.engine.gpu_memory_utilization != default:
+            cfg = dataclasses.replace(cfg, gpu_memory_utilization=self.engine.gpu_memory_utilization)
+        return cfg
 
     def lowered_max_model_len(self, model: ModelSpec) -> int | None:
         """max_model_len when the search lowered it below the model's to fit the KV cache, else None."""
