@@ -306,17 +306,8 @@ def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
     done = 0
     rr = 0
     t_end = 0.0
-    # The rules of `earliest_engine`, `end_replica_step`, `count_finished` and `step_engine` (the
-    # disaggregated loop's) are written out here: calling those inlined helpers from this loop measured
-    # 17.2 -> 20.8 ms kernel CPU on the chat trace (/tmp timing of `simulate`, min of 20), the numbers
-    # identical.
     while done < n:
-        e_min = -1
-        t_e = INF
-        for e in range(ne):
-            if eng[e].busy_until_s < t_e:
-                t_e = eng[e].busy_until_s
-                e_min = e
+        e_min, t_e = earliest_engine(eng)
         t_a = req[next_req].sent_s if next_req < n else INF
         if t_a == INF and t_e == INF:
             break  # nothing can happen (should not occur)
@@ -337,29 +328,14 @@ def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
         else:
             # ---- a step ends (every rank of a lock-step replica at once): apply its tokens --------
             now = t_e
-            finished, next_release = _end_step(e_min, now, req, eng, slots, cfg, next_release, cache, ids, accept)
-            if cfg.adp_lockstep and cfg.adp_ranks > 1:
-                for r in range(cfg.adp_ranks):
-                    x = lockstep_member(e_min, r, cfg)
-                    if x != e_min and eng[x].busy_until_s == now:
-                        f, next_release = _end_step(x, now, req, eng, slots, cfg, next_release, cache, ids, accept)
-                        finished += f
-            if finished > 0:
-                done += finished
-                if now > t_end:
-                    t_end = now
+            finished, next_release = end_replica_step(e_min, now, req, eng, slots, cfg, next_release, cache, ids,
+                                                      accept)
+            done, t_end = count_finished(done, t_end, finished, now)
             todo[0] = e_min
             n_todo = 1
         # ---- schedule and cost the next step of each engine in `todo` at time `now` -------------
         for ti in range(n_todo):
             e = todo[ti]
-            if cfg.adp_lockstep and cfg.adp_ranks > 1:
-                if eng[e].busy_until_s == INF:
-                    done += lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids)
-                continue
-            ns, refused = _schedule(e, now, req, eng, slots, cfg, cache, ids)
-            done += refused
-            eng[e].unfinished -= refused
-            if ns > 0:
-                _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft)
+            if eng[e].busy_until_s == INF:    # a lock-step replica already stepped at this event is busy
+                done += step_engine(e, now, req, eng, slots, cfg, cost, draft, cache, ids)
     return t_end
