@@ -18,7 +18,7 @@ from apex_plan.hardware.power import OperatingPoint, at_clock, hbm_power_w, powe
 from apex_plan.model.load import load_model
 from apex_plan.search.results import WindowEnergy, WindowThroughput
 from apex_plan.plan.spec import EngineConfig, Plan
-from apex_plan.rank.deploy import Candidate, Pool, brute_force_deployments, solve_deployments
+from apex_plan.rank.deploy import Candidate, DeployQuery, Pool, brute_force_deployments, solve_deployments
 from apex_plan.report.economics import deployment_economics, usd_per_mtok
 from apex_plan.search.pipeline import SearchInputs, run_search
 from apex_plan.simulate.run import simulate
@@ -51,8 +51,8 @@ def test_cp_sat_matches_brute_force_on_node_groups(seed):
     for objective in ("cost", "gpus", "energy", "throughput"):
         kw = dict(pools=pools, demand_rps=None if objective == "throughput" else demand, objective=objective,
                   max_power_w=budget, top_k=2)
-        got = solve_deployments(cands, method="cp-sat", **kw)
-        want = brute_force_deployments(cands, **kw)
+        got = solve_deployments(cands, DeployQuery(method="cp-sat", **kw))
+        want = brute_force_deployments(cands, DeployQuery(**kw))
         assert [d.objective_value for d in got] == pytest.approx([d.objective_value for d in want], rel=1e-6)
         for d in got:
             by = {c.key: c for c in cands}
@@ -68,7 +68,7 @@ def test_cp_sat_matches_brute_force_on_node_groups(seed):
 def test_cost_is_exact_sum_of_gpus_times_group_price():
     pools = [Pool(1, 8, 2.49, "h100"), Pool(1, 8, 3.71, "h200")]
     cands = [Candidate("a", 2, 3.0, 10.0, 0.1, 0.02, pool=0), Candidate("b", 2, 4.0, 10.0, 0.1, 0.02, pool=1)]
-    d = solve_deployments(cands, pools=pools, demand_rps=20.0, objective="cost")[0]
+    d = solve_deployments(cands, DeployQuery(pools=pools, demand_rps=20.0, objective="cost"))[0]
     counts = dict(d.replicas)
     # 4 x a fills the H100 node (12 req/s); 2 x b brings 8 more: 8 x 2.49 + 4 x 3.71 USD/h
     assert counts == {"a": 4, "b": 2}
@@ -81,8 +81,8 @@ def test_equal_prices_cost_objective_picks_the_gpu_count_optimum():
     for _ in range(10):
         cands, pools, demand, _ = _random_pools_case(rng)
         pools = [dataclasses.replace(p, price_per_gpu_hour=2.5) for p in pools]
-        by_cost = solve_deployments(cands, pools=pools, demand_rps=demand, objective="cost")
-        by_gpus = solve_deployments(cands, pools=pools, demand_rps=demand, objective="gpus")
+        by_cost = solve_deployments(cands, DeployQuery(pools=pools, demand_rps=demand, objective="cost"))
+        by_gpus = solve_deployments(cands, DeployQuery(pools=pools, demand_rps=demand, objective="gpus"))
         assert bool(by_cost) == bool(by_gpus)
         if by_cost:
             assert by_cost[0].gpus == by_gpus[0].gpus
@@ -91,21 +91,21 @@ def test_equal_prices_cost_objective_picks_the_gpu_count_optimum():
 
 def test_cost_objective_without_price_is_refused():
     with pytest.raises(InputError, match="price"):
-        solve_deployments([Candidate("a", 1, 1.0, 1.0, 0.1, 0.01)], pools=[Pool(1, 8, None, "h100")],
-                          demand_rps=0.5, objective="cost")
+        solve_deployments([Candidate("a", 1, 1.0, 1.0, 0.1, 0.01)], DeployQuery(pools=[Pool(1, 8, None, "h100")],
+                          demand_rps=0.5, objective="cost"))
     # other objectives run and report no price rather than 0
-    d = solve_deployments([Candidate("a", 1, 1.0, 1.0, 0.1, 0.01)], pools=[Pool(1, 8, None)], demand_rps=0.5)[0]
+    d = solve_deployments([Candidate("a", 1, 1.0, 1.0, 0.1, 0.01)], DeployQuery(pools=[Pool(1, 8, None)], demand_rps=0.5))[0]
     assert d.cost_per_hour is None
 
 
 def test_power_budget_binds():
     cands = [Candidate("fast", 2, 4.0, 10.0, 0.1, 0.02, power_w=1400.0),
              Candidate("lean", 2, 3.0, 6.0, 0.1, 0.02, power_w=800.0)]
-    free = solve_deployments(cands, num_nodes=1, gpus_per_node=8, demand_rps=8.0, objective="gpus")[0]
+    free = solve_deployments(cands, DeployQuery(num_nodes=1, gpus_per_node=8, demand_rps=8.0, objective="gpus"))[0]
     assert dict(free.replicas) == {"fast": 2}
-    capped = solve_deployments(cands, num_nodes=1, gpus_per_node=8, demand_rps=8.0, objective="gpus", max_power_w=2500)[0]
+    capped = solve_deployments(cands, DeployQuery(num_nodes=1, gpus_per_node=8, demand_rps=8.0, objective="gpus", max_power_w=2500))[0]
     assert capped.power_w <= 2500 and dict(capped.replicas) == {"lean": 3}
-    assert solve_deployments(cands, num_nodes=1, gpus_per_node=8, demand_rps=8.0, max_power_w=1000) == []
+    assert solve_deployments(cands, DeployQuery(num_nodes=1, gpus_per_node=8, demand_rps=8.0, max_power_w=1000)) == []
 
 
 # ---------------------------------------------------------------- $/Mtok arithmetic
@@ -121,8 +121,8 @@ def test_deployment_economics_exact():
     class Mix:
         mean_prompt, mean_output = 500.0, 200.0
 
-    dep = solve_deployments([Candidate("a", 2, 3.0, 10.0, 0.1, 0.02, power_w=900.0)], pools=[Pool(1, 8, 2.0)],
-                            demand_rps=5.0)[0]
+    dep = solve_deployments([Candidate("a", 2, 3.0, 10.0, 0.1, 0.02, power_w=900.0)], DeployQuery(pools=[Pool(1, 8, 2.0)],
+                            demand_rps=5.0))[0]
 
     class Dv:
         deployment = dep

@@ -34,6 +34,7 @@ Solves are deterministic: one worker, a fixed seed, a deterministic time limit.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -256,31 +257,9 @@ def _solve_best(p: _Problem, excluded, time_limit_s: float, seed: int):
     return run(_Fix(goodput_ge=total), "gpus") or first
 
 
-def _pools(pools, num_nodes, gpus_per_node, price_per_gpu_hour) -> tuple[Pool, ...]:
-    """The node groups: `pools`, or one group of `num_nodes` x `gpus_per_node` at one price."""
-    if pools is not None:
-        return tuple(pools)
-    return (Pool(num_nodes, gpus_per_node, price_per_gpu_hour),)
-
-
-def solve_deployments(
-    candidates: Sequence[Candidate],
-    *,
-    num_nodes: int = 0,
-    gpus_per_node: int = 0,
-    price_per_gpu_hour: float | None = 0.0,
-    demand_rps: float | None = None,
-    objective: str = "gpus",
-    homogeneous: bool = False,
-    top_k: int = 1,
-    time_limit_s: float = 3.0,
-    seed: int = 0,
-    groups: Sequence[int] | None = None,
-    method: str = "auto",
-    pools: Sequence[Pool] | None = None,
-    max_power_w: float | None = None,
-) -> list[Deployment]:
-    """Up to `top_k` distinct deployments that meet the demand, best first; [] if none does.
+@dataclass(frozen=True)
+class DeployQuery:
+    """What a deployment solve is asked: the cluster, the demand, the objective and the solver's limits.
 
     `pools`: the node groups (each candidate names its pool); without them one group of
     `num_nodes` x `gpus_per_node` priced `price_per_gpu_hour`. `max_power_w`: a budget on the
@@ -288,63 +267,64 @@ def solve_deployments(
     the set of groups they use, not only in replica counts. `method`: "cp-sat", "exhaustive"
     (enumerate replica vectors), or "auto" (exhaustive when there are at most
     EXHAUSTIVE_MAX_VECTORS, which is exact and spares loading the solver)."""
-    p = _problem(candidates, _pools(pools, num_nodes, gpus_per_node, price_per_gpu_hour), demand_rps,
-                 objective, homogeneous, groups, max_power_w)
-    if top_k < 1:
-        raise InputError("--top-k", None, f"must be >= 1, got {top_k}")
-    if method == "exhaustive" or (method == "auto" and _vectors(p) <= EXHAUSTIVE_MAX_VECTORS):
-        return _exhaustive(p, top_k)
+
+    num_nodes: int = 0
+    gpus_per_node: int = 0
+    price_per_gpu_hour: float | None = 0.0
+    demand_rps: float | None = None
+    objective: str = "gpus"
+    homogeneous: bool = False
+    top_k: int = 1
+    time_limit_s: float = 3.0
+    seed: int = 0
+    groups: Sequence[int] | None = None
+    method: str = "auto"
+    pools: Sequence[Pool] | None = None
+    max_power_w: float | None = None
+
+    def node_pools(self) -> tuple[Pool, ...]:
+        """The node groups: `pools`, or one group of `num_nodes` x `gpus_per_node` at one price."""
+        if self.pools is not None:
+            return tuple(self.pools)
+        return (Pool(self.num_nodes, self.gpus_per_node, self.price_per_gpu_hour),)
+
+
+def _query_problem(candidates: Sequence[Candidate], q: DeployQuery) -> _Problem:
+    """The solver's problem for `q` over `candidates`."""
+    return _problem(candidates, q.node_pools(), q.demand_rps, q.objective, q.homogeneous, q.groups, q.max_power_w)
+
+
+def solve_deployments(candidates: Sequence[Candidate], q: DeployQuery) -> list[Deployment]:
+    """Up to `q.top_k` distinct deployments that meet `q.demand_rps`, best first; [] if none does."""
+    p = _query_problem(candidates, q)
+    if q.top_k < 1:
+        raise InputError("--top-k", None, f"must be >= 1, got {q.top_k}")
+    if q.method == "exhaustive" or (q.method == "auto" and _vectors(p) <= EXHAUSTIVE_MAX_VECTORS):
+        return _exhaustive(p, q.top_k)
     found: list[tuple[tuple[int, ...], list[list[int]]]] = []
-    for _ in range(top_k):
-        got = _solve_best(p, [r for r, _ in found], time_limit_s, seed)
+    for _ in range(q.top_k):
+        got = _solve_best(p, [r for r, _ in found], q.time_limit_s, q.seed)
         if got is None:
             break
-        assert meets_demand(_metrics(p, got[0])["goodput"], demand_rps)
+        assert meets_demand(_metrics(p, got[0])["goodput"], q.demand_rps)
         found.append(got)
-    found.sort(key=lambda rp: objective_key(objective, _metrics(p, rp[0])))  # stable
+    found.sort(key=lambda rp: objective_key(q.objective, _metrics(p, rp[0])))  # stable
     return [_deployment(p, r, placement) for r, placement in found]
 
 
-def closest_deployment(
-    candidates: Sequence[Candidate],
-    *,
-    num_nodes: int = 0,
-    gpus_per_node: int = 0,
-    demand_rps: float,
-    price_per_gpu_hour: float | None = 0.0,
-    homogeneous: bool = False,
-    time_limit_s: float = 3.0,
-    seed: int = 0,
-    pools: Sequence[Pool] | None = None,
-    max_power_w: float | None = None,
-) -> Closest:
-    """The max-goodput deployment on the whole cluster and how far it falls short of the demand."""
-    best = solve_deployments(candidates, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-                             price_per_gpu_hour=price_per_gpu_hour, demand_rps=None,
-                             objective="throughput", homogeneous=homogeneous, top_k=1,
-                             time_limit_s=time_limit_s, seed=seed, pools=pools, max_power_w=max_power_w)
+def closest_deployment(candidates: Sequence[Candidate], q: DeployQuery) -> Closest:
+    """The max-goodput deployment on the whole cluster and how far it falls short of `q.demand_rps`."""
+    if q.demand_rps is None:
+        raise ValueError("closest_deployment needs the demand (DeployQuery.demand_rps)")
+    best = solve_deployments(candidates, dataclasses.replace(q, demand_rps=None, objective="throughput",
+                                                             top_k=1, groups=None, method="auto"))
     dep = best[0] if best else None
     goodput = dep.goodput_rps if dep else 0.0
-    return Closest(dep, demand_rps, max(0.0, demand_rps - goodput))
+    return Closest(dep, q.demand_rps, max(0.0, q.demand_rps - goodput))
 
 
 # ---------------------------------------------------------------- brute force (tests' reference)
 
-def brute_force_deployments(
-    candidates: Sequence[Candidate],
-    *,
-    num_nodes: int = 0,
-    gpus_per_node: int = 0,
-    price_per_gpu_hour: float | None = 0.0,
-    demand_rps: float | None = None,
-    objective: str = "gpus",
-    homogeneous: bool = False,
-    top_k: int = 1,
-    groups: Sequence[int] | None = None,
-    pools: Sequence[Pool] | None = None,
-    max_power_w: float | None = None,
-) -> list[Deployment]:
+def brute_force_deployments(candidates: Sequence[Candidate], q: DeployQuery) -> list[Deployment]:
     """Same contract as `solve_deployments`, by enumerating replica vectors (small cases only)."""
-    p = _problem(candidates, _pools(pools, num_nodes, gpus_per_node, price_per_gpu_hour), demand_rps,
-                 objective, homogeneous, groups, max_power_w)
-    return _exhaustive(p, top_k)
+    return _exhaustive(_query_problem(candidates, q), q.top_k)

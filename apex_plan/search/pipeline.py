@@ -14,7 +14,7 @@ from typing import Callable
 
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.spec import Plan
-from apex_plan.rank.deploy import Pool, closest_deployment, solve_deployments
+from apex_plan.rank.deploy import DeployQuery, Pool, closest_deployment, solve_deployments
 from apex_plan.search.bounds import PRUNE_OBJECTIVES, cannot_cover, dominated_by, gpus_needed, outranked
 from apex_plan.search.capacity import find_goodput
 from apex_plan.search.layouts import profile_caps
@@ -306,9 +306,10 @@ def run_agg(inp: SearchInputs, progress: Callable[[int, int], None] | None = Non
         deployments = latency_deployments(inp, ok, rate, inp.top_k, mix)
     elif ok:
         cands = [candidate(e) for e in ok]
-        found = solve_deployments(cands, pools=_pools(inp), max_power_w=inp.max_power_w, demand_rps=rate,
-                                  objective=inp.objective if rate or inp.objective == "throughput" else "throughput",
-                                  homogeneous=inp.homogeneous, top_k=inp.top_k + 3, groups=_layout_groups(ok))
+        q = DeployQuery(pools=_pools(inp), max_power_w=inp.max_power_w, demand_rps=rate,
+                        objective=inp.objective if rate or inp.objective == "throughput" else "throughput",
+                        homogeneous=inp.homogeneous, top_k=inp.top_k + 3, groups=_layout_groups(ok))
+        found = solve_deployments(cands, q)
         for dep in distinct_plans(found, by_key):
             dv = (rate and single_replica(dep, by_key[dep.replicas[0][0]], rate)) or \
                 verify_deployment(inp, dep, by_key, rate or dep.goodput_rps, mix)
@@ -335,8 +336,9 @@ def run_agg(inp: SearchInputs, progress: Callable[[int, int], None] | None = Non
     if not deployments:
         if ok and rate:
             cands = [candidate(e) for e in ok]
-            c = closest_deployment(cands, pools=_pools(inp), max_power_w=inp.max_power_w, demand_rps=rate,
-                                   homogeneous=inp.homogeneous)
+            q = DeployQuery(pools=_pools(inp), max_power_w=inp.max_power_w, demand_rps=rate,
+                            homogeneous=inp.homogeneous)
+            c = closest_deployment(cands, q)
             if c.deployment is not None:
                 dv = verify_deployment(inp, c.deployment, by_key, c.deployment.goodput_rps, mix)
                 _attach_launch(dv, by_key, inp.model, family)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from apex_plan.rank.deploy import Candidate, Deployment, solve_deployments
+from apex_plan.rank.deploy import Candidate, Deployment, DeployQuery, solve_deployments
 from apex_plan.search.results import SteadyMetrics, deployment_dict
 from apex_plan.search.steady import RequestMix, Window, horizon, steady_metrics, steady_trace, window_bounds, window_of
 from apex_plan.simulate.run import SimResult, simulate
@@ -167,9 +167,9 @@ def latency_deployments(inp, ok: list, rate: float, top_k: int, mix: RequestMix)
         n_max = ev.cluster.num_gpus // ev.plan.gpus_per_replica
         best = None
         for n in _doubling(n_min, n_max):
-            fit = solve_deployments([dataclasses.replace(candidate(ev), pool=0)], num_nodes=ev.cluster.num_nodes,
-                                    gpus_per_node=ev.cluster.gpus_per_node, demand_rps=n * ev.goodput_rps * (1 - 1e-6),
-                                    objective="gpus", top_k=1)
+            q = DeployQuery(num_nodes=ev.cluster.num_nodes, gpus_per_node=ev.cluster.gpus_per_node,
+                            demand_rps=n * ev.goodput_rps * (1 - 1e-6), objective="gpus", top_k=1)
+            fit = solve_deployments([dataclasses.replace(candidate(ev), pool=0)], q)
             if not fit or dict(fit[0].replicas)[ev.key] != n:
                 continue
             dv = verify_deployment(inp, fit[0], {ev.key: ev}, rate, mix)
