@@ -17,53 +17,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from apex_plan.simulate.metrics import Distribution
+from apex_plan.simulate.metrics import Distribution, Record
 
 
 @dataclass(frozen=True)
-class WindowThroughput:
+class WindowThroughput(Record):
     """What the window's arrivals ask for over its length (equal to what is served when stable)."""
     output_tokens_per_s: float
     requests_per_s: float
     input_tokens_per_s: float
 
-    def to_dict(self) -> dict:
-        return {"output_tokens_per_s": self.output_tokens_per_s, "requests_per_s": self.requests_per_s,
-                "input_tokens_per_s": self.input_tokens_per_s}
-
 
 @dataclass(frozen=True)
-class WindowEnergy:
+class WindowEnergy(Record):
     j_per_request: float              # dynamic J per completed request + idle watts over one mean gap
     j_per_output_token: float | None
     mean_power_w: float               # J per request x the rate
 
-    def to_dict(self) -> dict:
-        return {"j_per_request": self.j_per_request, "j_per_output_token": self.j_per_output_token,
-                "mean_power_w": self.mean_power_w}
-
 
 @dataclass(frozen=True)
-class KvPeak:
+class KvPeak(Record):
     peak_utilization: float           # the busiest simulation's most blocks held at once over its blocks
     preemptions: int
 
-    def to_dict(self) -> dict:
-        return {"peak_utilization": self.peak_utilization, "preemptions": self.preemptions}
-
 
 @dataclass(frozen=True)
-class PrefixSaving:
+class PrefixSaving(Record):
     enabled: bool
     hit_rate: float                   # saved prefill tokens over prompt tokens of completed requests
     saved_prefill_tokens: int
 
-    def to_dict(self) -> dict:
-        return {"enabled": self.enabled, "hit_rate": self.hit_rate, "saved_prefill_tokens": self.saved_prefill_tokens}
-
 
 @dataclass(frozen=True)
-class WindowSlo:
+class WindowSlo(Record):
     """The targets, latencies at their percentile over the window, attainment, and the miss shares
     plus their sampling error (`steady._miss_upper`) the verdict `met` is judged by."""
     ttft_ms: float | None
@@ -76,15 +62,9 @@ class WindowSlo:
     tpot_miss_upper: float
     met: bool
 
-    def to_dict(self) -> dict:
-        return {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "percentile": self.percentile,
-                "ttft_at_percentile_ms": self.ttft_at_percentile_ms, "tpot_at_percentile_ms": self.tpot_at_percentile_ms,
-                "attainment": self.attainment, "ttft_miss_upper": self.ttft_miss_upper,
-                "tpot_miss_upper": self.tpot_miss_upper, "met": self.met}
-
 
 @dataclass(frozen=True)
-class WindowTest:
+class WindowTest(Record):
     """The run's horizon (requests before, in and after the window) and its backlog test."""
     warmup_requests: int
     window_requests: int
@@ -99,25 +79,15 @@ class WindowTest:
         """Requests the run drew from the mix's stream."""
         return self.warmup_requests + self.window_requests + self.tail_requests
 
-    def to_dict(self) -> dict:
-        return {"warmup_requests": self.warmup_requests, "window_requests": self.window_requests,
-                "tail_requests": self.tail_requests, "window_s": self.window_s,
-                "backlog_growth_share": self.backlog_growth_share, "stable": self.stable,
-                "growth_tolerance_share": self.growth_tolerance_share}
-
 
 @dataclass(frozen=True)
-class DisaggFigures:
+class DisaggFigures(Record):
     """A disaggregated deployment's run: TTFT by phase over the window, and over the whole run the
     KV transfer volumes, pool use and conservation counts (`simulate.disagg`, plain figures)."""
     ttft_phases: dict[str, Any]
     kv_transfer: dict[str, Any]
     pools: dict[str, Any]
     conservation: dict[str, Any]
-
-    def to_dict(self) -> dict:
-        return {"ttft_phases": self.ttft_phases, "kv_transfer": self.kv_transfer, "pools": self.pools,
-                "conservation": self.conservation}
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,22 @@ caching or speculation block.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 
+class Record:
+    """A flat record (a dataclass): its wire form is its fields in declaration order, by name."""
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
 @dataclass(frozen=True)
-class Distribution:
+class Distribution(Record):
     """mean, p50, p90, p99 of a per-request figure, in the unit its name says (None: no request)."""
     mean: float | None
     p50: float | None
@@ -36,18 +44,12 @@ class Distribution:
         p50, p90, p99 = np.percentile(x, [50, 90, 99])
         return cls(float(x.mean()) * scale, float(p50) * scale, float(p90) * scale, float(p99) * scale)
 
-    def to_dict(self) -> dict:
-        return {"mean": self.mean, "p50": self.p50, "p90": self.p90, "p99": self.p99}
-
 
 @dataclass(frozen=True)
 class TokenGaps(Distribution):
     """Time per output token: percentiles over requests; `mean` token-weighted (all inter-token gaps
     over their count, vLLM's ITL mean), `mean_per_request` the plain mean over requests."""
     mean_per_request: float | None = None
-
-    def to_dict(self) -> dict:
-        return {**super().to_dict(), "mean_per_request": self.mean_per_request}
 
 
 @dataclass(frozen=True)
@@ -59,43 +61,31 @@ class Latency:
 
 
 @dataclass(frozen=True)
-class Throughput:
+class Throughput(Record):
     output_tokens_per_s: float
     total_tokens_per_s: float         # prompt + output tokens of completed requests over the makespan
     requests_per_s: float
 
-    def to_dict(self) -> dict:
-        return {"output_tokens_per_s": self.output_tokens_per_s, "total_tokens_per_s": self.total_tokens_per_s,
-                "requests_per_s": self.requests_per_s}
-
 
 @dataclass(frozen=True)
-class KvCacheUse:
+class KvCacheUse(Record):
     """Memory: KV-cache blocks of one engine and their use over the run."""
     blocks_per_engine: int
     mean_utilization: float           # block-seconds held over blocks x makespan, mean over engines
     peak_utilization: float           # most blocks held at once over blocks
     preemptions: int
 
-    def to_dict(self) -> dict:
-        return {"blocks_per_engine": self.blocks_per_engine, "mean_utilization": self.mean_utilization,
-                "peak_utilization": self.peak_utilization, "preemptions": self.preemptions}
-
 
 @dataclass(frozen=True)
-class Energy:
+class Energy(Record):
     total_j: float
     j_per_output_token: float | None
     j_per_request: float
     mean_power_w: float
 
-    def to_dict(self) -> dict:
-        return {"total_j": self.total_j, "j_per_output_token": self.j_per_output_token,
-                "j_per_request": self.j_per_request, "mean_power_w": self.mean_power_w}
-
 
 @dataclass(frozen=True)
-class SloResult:
+class SloResult(Record):
     """The targets, the latencies at their percentile, whether both are met, and the share of
     requests meeting both targets (attainment) with its rate (goodput)."""
     ttft_ms: float | None
@@ -106,12 +96,6 @@ class SloResult:
     met: bool
     attainment: float
     goodput_requests_per_s: float
-
-    def to_dict(self) -> dict:
-        return {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "percentile": self.percentile,
-                "ttft_at_percentile_ms": self.ttft_at_percentile_ms,
-                "tpot_at_percentile_ms": self.tpot_at_percentile_ms, "met": self.met,
-                "attainment": self.attainment, "goodput_requests_per_s": self.goodput_requests_per_s}
 
 
 @dataclass(frozen=True)
