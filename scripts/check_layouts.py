@@ -88,14 +88,21 @@ def main() -> int:
     ap.add_argument("--exclude-out", type=Path, help="write excluded.csv's ids plus the suspects' here")
     ap.add_argument("--no-predict", action="store_true", help="list the evidence only (no simulations)")
     args = ap.parse_args()
-    sys.path.insert(0, str(SHARED))
-    import run_silicon as rs  # noqa: E402  (the shared runner: its row reading, not a copy of it)
-
-    suspects = []
     for path in args.csv:
         if not Path(path).is_file():
             print(f"error: {path}: no such file; pass a silicon CSV", file=sys.stderr)
             return 2
+    rs = None
+    if not args.no_predict:
+        if not (SHARED / "run_silicon.py").is_file():
+            print(f"error: {SHARED / 'run_silicon.py'}: the shared runner is missing; check out ../shared beside "
+                  "the project or pass --no-predict", file=sys.stderr)
+            return 2
+        sys.path.insert(0, str(SHARED))
+        import run_silicon as rs  # noqa: E402  (the shared runner: its row reading, not a copy of it)
+
+    suspects = []
+    for path in args.csv:
         rows = list(csv.DictReader(open(path)))
         found = []
         for r in rows:
