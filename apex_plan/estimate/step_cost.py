@@ -132,7 +132,9 @@ def link_fields(gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: Eng
     nccl_s = c.allreduce_latency_us * 1e-6 + (0.0 if in_node else inter_lat_s)
     return dict(
         allreduce_nccl_latency_s=nccl_s,
-        allreduce_latency_s=c.custom_allreduce_latency_us * 1e-6 if custom else nccl_s,
+        # each engine runs its own one-shot kernel (vLLM custom_all_reduce.cu, SGLang's, TRT-LLM allReduceFusion),
+        # measured per chip: its small-message latency, the GPU's figure when the engine's is not known
+        allreduce_latency_s=c.custom_allreduce_us(prof.family) * 1e-6 if custom else nccl_s,
         custom_allreduce_max_bytes=coll.custom_allreduce_max_bytes if custom else 0.0,
         link_bytes_per_s=link_bw,
         p2p_latency_s=c.p2p_latency_us * 1e-6 + (inter_lat_s if pp_cross else 0.0),
