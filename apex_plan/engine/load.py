@@ -216,6 +216,7 @@ def profile_to_dict(profile: EngineProfile) -> dict:
         d.pop(key)
     d["collectives"]["custom_allreduce_tp"] = list(d["collectives"]["custom_allreduce_tp"])
     d["features"]["speculative"] = list(d["features"]["speculative"])
+    d["quantization"]["fused_quant_producers"] = list(d["quantization"]["fused_quant_producers"])
     if not d["calibration_error_by_gpu"]:
         d.pop("calibration_error_by_gpu")
     return d
