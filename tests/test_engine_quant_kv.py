@@ -65,8 +65,13 @@ def test_kv_default_prefers_the_attention_format_over_the_dtype():
     vllm = resolve_engine_profile("vllm")
     assert vllm.default_kv_dtype("fp4", "nvfp4") == "fp8"      # ModelOpt NVFP4 checkpoint: fp8 cache
     assert vllm.default_kv_dtype("fp4", "bf16") == "bf16"      # gpt-oss: bf16 attention beside mxfp4 experts
-    assert vllm.default_kv_dtype("fp8", "fp8") == "bf16"
+    assert vllm.default_kv_dtype("fp8", "fp8") == "fp8"        # per-tensor fp8 (ModelOpt): kv_cache_quant_algo FP8
+    assert vllm.default_kv_dtype("fp8", "fp8-block") == "bf16" # block-fp8 checkpoints state no KV format
     assert vllm.default_kv_dtype("bf16") == "bf16"
+    sglang = resolve_engine_profile("sglang")
+    assert sglang.default_kv_dtype("fp4", "nvfp4") == "fp8"    # model_runner configure_kv_cache_dtype
+    assert sglang.default_kv_dtype("fp8", "fp8-block") == "bf16"
+    assert sglang.default_kv_dtype("bf16", "bf16") == "bf16"
     trt = resolve_engine_profile("trtllm")
     assert trt.default_kv_dtype("fp8", "fp8-block") == "fp8"   # the dtype entry when no format entry exists
 
