@@ -81,7 +81,7 @@ class Shard:
     full_kv_bytes_per_token_layer: float = 0.0   # full-attention layers' KV bytes when they differ (Gemma 4); 0: same
     full_attn_flops_per_pair: float = 0.0        # full-attention layers' FLOPs per pair when they differ; 0: same
     prefill_flops_per_pair: float = 0.0          # MLA: prefill attention FLOPs per pair in the expanded form; 0: as decode
-    latent: bool = False                         # MLA: attention runs over the latent cache (the MLA kernels)
+    latent: bool = False                         # an MLA model: sparse attention too runs over the latent cache
     kv_variants: tuple[tuple[int, int, float], ...] = ()   # (LayerKind.kv_heads, KV heads on one GPU, KV bytes per
                                                            # token per layer on one GPU) of layers with their own KV heads
     topk_tokens: int = 0             # sparse attention: tokens of context its top-k rows span (index_topk x compress)
