@@ -103,7 +103,7 @@ def test_source_stamp_covers_every_kernel_file(tmp_path):
 def test_aggregate_counts_each_sequence_once():
     """A batch of 3 decodes at 1000 tokens and one 512-token chunk after 256 cached, window 128, top-k span 600."""
     batch = K.make_batch(decodes=3, context=1000, chunk=512, cached=256, samples=False)
-    sh = K.aggregate(batch, 128.0, 600.0, 0)
+    sh = K.aggregate(batch, 128.0, 600.0, 0.0, 0)
     assert (sh.tokens, sh.n_decode, sh.n_prefill, sh.n_logits) == (3 + 512, 3, 1, 3)
     assert sh.dec_ctx_tokens == 3000 and sh.dec_ctx_w == 3 * 128
     assert sh.pf_pairs == sum(256 + i for i in range(1, 513))
@@ -112,7 +112,7 @@ def test_aggregate_counts_each_sequence_once():
     # the top-k cap: the same sums at its own cap
     assert sh.dec_ctx_k == 3 * 600 and sh.pf_ctx_k == min(768, 600 + 512)
     assert sh.pf_pairs_k == sum(min(256 + i, 600) for i in range(1, 513))
-    unwindowed = K.aggregate(batch, 0.0, 0.0, 0)
+    unwindowed = K.aggregate(batch, 0.0, 0.0, 0.0, 0)
     assert (unwindowed.dec_ctx_w, unwindowed.pf_pairs_w) == (unwindowed.dec_ctx_tokens, unwindowed.pf_pairs)
     assert (unwindowed.dec_ctx_k, unwindowed.pf_pairs_k) == (unwindowed.dec_ctx_tokens, unwindowed.pf_pairs)
 

@@ -71,7 +71,7 @@ class LinearReplacement(Mixer):
 
 def _raw_window(shard, count, rereads) -> list[dict]:
     """A compressed layer's attention over its raw window (DeepSeek-V4: the last `raw_window` tokens
-    uncompressed, capped at COST.window_tokens), none for an uncompressed one."""
+    uncompressed, capped at its window's COST cap), none for an uncompressed one."""
     if not shard.compress:
         return []
     return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.attn_flops_per_pair,
@@ -234,6 +234,8 @@ def op_table(shard, gemm_rates, attention_rates, rereads: float) -> np.ndarray:
         kind_rereads = 1.0 if rereads == 1.0 else max(1.0, view.heads_per_gpu / view.kv_heads_per_gpu)
         for r in MIXERS[kind.mixer].rows(view, n, kind_rereads):
             latent = r.pop("latent", 0) == 1      # builder-side only: MLA rows run the MLA kernels
+            if r["windowed"] == 1 and kind.window != shard.window:
+                r["windowed"] = 3                 # a layer of the model's second window: its own cap
             if r["shape"] == OP_ATTENTION:
                 r.update(attention_rates(latent))
                 # prefill FLOPs per pair: the decode form's unless the row names its own (MLA expanded)

@@ -178,20 +178,20 @@ def lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
     if total == 0:
         return refused
     moe_m = total / a                             # tokens per rank through the experts (the replica's mean)
-    win, topk = cost.params[0].window_tokens, cost.params[0].topk_tokens
+    win, topk, win2 = cost.params[0].window_tokens, cost.params[0].topk_tokens, cost.params[0].window2_tokens
     start = now
     dt = 0.0
     for r in range(a):
         x = lockstep_member(e, r, cfg)
         start = max(start, _host_start(x, now, eng, cfg))
-        sh, dsh = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
+        sh, dsh = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk, win2)
         t, br = rank_step_time(cost, sh, moe_m)
         if dsh.tokens > 0:
             t += cfg.draft_tokens * _draft_pass_s(draft, dsh)
         dt = max(dt, t)
     for r in range(a):                            # every rank is busy for the busiest rank's time
         x = lockstep_member(e, r, cfg)
-        sh, _ = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
+        sh, _ = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk, win2)
         _, br = rank_step_time(cost, sh, moe_m)
         _start_step(x, start, dt, br, sh, eng, cfg, cost)
     return refused
