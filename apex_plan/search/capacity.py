@@ -90,55 +90,117 @@ class Capacity:
     binding: str = ""          # what stops it just above the goodput (`binding_constraint`)
 
 
+class _Runs:
+    """Runs of one replica by rate, each run once, and the verdicts more load never lowering latency implies:
+    a rate at or below one that met the SLO meets it, one at or above one that missed misses it (unless the
+    runs so far contradict that, when every rate is run)."""
+
+    def __init__(self, run: Callable[[float], SteadyMetrics | Metrics], slo: Slo):
+        self._run, self._slo = run, slo
+        self.metrics: dict[float, SteadyMetrics | Metrics] = {}
+        self.verdict: dict[float, bool] = {}
+
+    def measure(self, rate: float) -> SteadyMetrics | Metrics:
+        if rate not in self.metrics:
+            self.metrics[rate] = m = self._run(rate)
+            self.verdict[rate] = meets_slo(m, self._slo)
+        return self.metrics[rate]
+
+    def passes(self, rate: float) -> bool:
+        if rate not in self.verdict:
+            top_ok = max((r for r, v in self.verdict.items() if v), default=-math.inf)
+            low_bad = min((r for r, v in self.verdict.items() if not v), default=math.inf)
+            if top_ok < low_bad and (rate <= top_ok or rate >= low_bad):
+                return rate <= top_ok
+            self.measure(rate)
+        return self.verdict[rate]
+
+
+def _bisect(passes: Callable[[float], bool], start_rps: float, max_doublings: int, iterations: int, floor_rps: float,
+            ceiling_rps: float | None) -> tuple[str, float, float | None]:
+    """The rates find_goodput's search visits, given the verdict at each: (outcome, lo, hi) with outcome
+    "bracket" (goodput lo, the first missing rate above it hi; None when that is the untested ceiling),
+    "lower" (lo met the SLO at every doubling: a lower bound) or "none" (every rate missed, hi the lowest)."""
+    hi = max(ceiling_rps / 2 if ceiling_rps else start_rps, floor_rps)
+    if passes(hi) and ceiling_rps:
+        lo, hi = hi, None                             # the ceiling is the failing end, never run
+    elif passes(hi):
+        lo = hi
+        for _ in range(max_doublings):
+            if not passes(lo * 2):
+                hi = lo * 2
+                break
+            lo = lo * 2
+        else:
+            return "lower", lo, None
+    else:
+        lo = hi
+        while lo > floor_rps:
+            lo = lo / 4
+            if passes(lo):
+                break
+            hi = lo
+        else:
+            return "none", 0.0, hi
+    for _ in range(iterations):
+        mid = math.sqrt(lo * (ceiling_rps if hi is None else hi))
+        if passes(mid):
+            lo = mid
+        else:
+            hi = mid
+    return "bracket", lo, hi
+
+
+GUESS_PROBES = 4     # runs spent walking from a guess before the bisection takes over
+GUESS_STEPS = (1, 2, 4, 8, 16)   # bisection cells of each step of that walk
+
+
+def _probe(runs: _Runs, guess_rps: float, args: tuple) -> None:
+    """Run the rate the bisection would end on were the goodput `guess_rps`, then walk from it 1, 2, 4 ...
+    bisection cells (galloping) up while rates meet the SLO, or down while they miss it, until one
+    that meets it and one that misses it are known, or GUESS_PROBES runs are spent."""
+    def leaf(rate: float) -> tuple[float, float]:
+        """The rate the bisection ends on were the goodput `rate`, and one cell there as a ratio."""
+        _, lo, hi = _bisect(lambda r: r <= rate, *args)
+        return lo, (hi if hi is not None else args[4] or 2 * lo) / lo if lo else 1.0
+    at, width = leaf(guess_rps)
+    if not at:
+        return
+    up = runs.passes(at)
+    for cells in GUESS_STEPS[:GUESS_PROBES - 1]:
+        nxt, _ = leaf(at * width ** ((cells if up else -cells) + 0.5))
+        if not nxt or nxt == at:
+            return
+        if runs.passes(nxt) != up:
+            return                                     # a meeting and a missing rate: the bisection closes in
+        at = nxt
+
+
 def find_goodput(run: Callable[[float], SteadyMetrics | Metrics], slo: Slo, start_rps: float, *, max_doublings: int = 6,
-                 iterations: int = 7, floor_rps: float = 1e-3, ceiling_rps: float | None = None) -> Capacity:
+                 iterations: int = 7, floor_rps: float = 1e-3, ceiling_rps: float | None = None,
+                 guess_rps: float | None = None) -> Capacity:
     """Bisection (geometric) for the largest rate where `run(rate)` meets the SLO.
 
     Assumes more load never lowers latency (tested separately); precision is 2^(-iterations) of the
     bracketing ratio, about 1.1% for the default bracket of 2x. With `ceiling_rps`, an upper bound
     on the goodput (`bounds.goodput_bound_rps`), the search starts at half of it and takes the
     ceiling as the failing end instead of doubling.
+
+    With `guess_rps` (a prediction of the goodput), the rates the bisection would end between were the
+    goodput the guess are run first, walking from them until a meeting and a missing rate are known
+    (`_probe`); the bisection then runs only the rates those verdicts do not imply under that same
+    assumption. A guess within a cell takes 2 runs instead of 1 + `iterations`, and the result (the
+    rates the bisection ends between, hence the goodput, its metrics and the binding constraint) is
+    the one without a guess: the rates are computed the same way, so they are the same floats.
     """
-    sims = 0
-    best_rate, best_m = 0.0, None
-    fail_m = None                                  # the run at `hi` when it was run and missed
-    hi = max(ceiling_rps / 2 if ceiling_rps else start_rps, floor_rps)
-    m = run(hi)
-    sims += 1
-    if meets_slo(m, slo) and ceiling_rps:
-        best_rate, best_m, hi = hi, m, ceiling_rps
-    elif meets_slo(m, slo):
-        lo, lo_m = hi, m
-        for _ in range(max_doublings):
-            hi = lo * 2
-            m = run(hi)
-            sims += 1
-            if not meets_slo(m, slo):
-                fail_m = m
-                break
-            lo, lo_m = hi, m
-        else:
-            return Capacity(lo, lo_m, sims, BINDS_CEILING)   # never failed within the doublings: a lower bound
-        best_rate, best_m = lo, lo_m
-    else:
-        lo, fail_m = hi, m
-        while lo > floor_rps:
-            lo = lo / 4
-            m = run(lo)
-            sims += 1
-            if meets_slo(m, slo):
-                best_rate, best_m = lo, m
-                break
-            hi, fail_m = lo, m
-        if best_m is None:
-            return Capacity(0.0, None, sims, binding_constraint(fail_m, slo))
-    lo = best_rate
-    for _ in range(iterations):
-        mid = math.sqrt(lo * hi)
-        m = run(mid)
-        sims += 1
-        if meets_slo(m, slo):
-            lo, best_m = mid, m
-        else:
-            hi, fail_m = mid, m
-    return Capacity(lo, best_m, sims, binding_constraint(fail_m, slo))
+    runs = _Runs(run, slo)
+    args = (start_rps, max_doublings, iterations, floor_rps, ceiling_rps)
+    if guess_rps is not None and guess_rps > 0:
+        _probe(runs, guess_rps, args)
+    outcome, lo, hi = _bisect(runs.passes, *args)
+    fail_m = runs.measure(hi) if hi is not None else None
+    if outcome == "none":
+        return Capacity(0.0, None, len(runs.metrics), binding_constraint(fail_m, slo))
+    best_m = runs.measure(lo)
+    binding = BINDS_CEILING if outcome == "lower" else binding_constraint(fail_m, slo)
+    return Capacity(lo, best_m, len(runs.metrics), binding)

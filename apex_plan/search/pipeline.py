@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,6 +16,7 @@ from apex_plan.plan.spec import Plan
 from apex_plan.rank.deploy import DeployQuery, Pool, closest_deployment, solve_deployments
 from apex_plan.search.bounds import PRUNE_OBJECTIVES, cannot_cover, dominated_by, gpus_needed, outranked
 from apex_plan.search.capacity import find_goodput
+from apex_plan.search.inorder import simulate_in_order
 from apex_plan.search.layouts import profile_caps
 from apex_plan.search.results import ClosestDeployment, LaunchEntry, SteadyMetrics
 from apex_plan.search.spec import PlanEval, SearchInputs  # noqa: F401 (re-exported)
@@ -31,6 +31,8 @@ from apex_plan.workload.spec import Slo, Workload
 OBJECTIVES = ("gpus", "energy", "cost", "latency", "throughput")
 GOODPUT_ITERATIONS = 5      # bisection steps in [bound/2, bound]: 2^(1/32), a 2.2% bracket
 SIM_THREADS = 2             # plans simulated at once in phase 2: the 2 cores the speed bar assumes
+GUESSES = True              # goodput guesses (`find_goodput`): fewer runs, the same result
+SIM_LOOKAHEAD = 6           # how far past the next result to take a plan may start (`search.inorder`)
 
 
 @dataclass
@@ -66,11 +68,14 @@ def _one_replica_metrics(inp: SearchInputs, ev: PlanEval, sc, rate: float, mix: 
     return _one_replica_run(inp, ev, sc, rate, mix)[0]
 
 
-def simulate_plan(inp: SearchInputs, ev: PlanEval, sc, mix: RequestMix) -> bool:
-    """Phase 2 for one variant: its steady-state goodput (bisection under its bound) and, with a demand,
-    one replica at its share of it. Sets its status; True when it has a goodput."""
+def simulate_plan(inp: SearchInputs, ev: PlanEval, sc, mix: RequestMix, guess_rps: float | None = None) -> bool:
+    """Phase 2 for one variant: its steady-state goodput (bisection under its bound; `guess_rps` a
+    prediction that spares runs, not a change of result: `find_goodput`) and, with a demand, one replica
+    at its share of it. Sets its status; True when it has a goodput."""
+    if not GUESSES:
+        guess_rps = None
     cap = find_goodput(lambda r: _one_replica_metrics(inp, ev, sc, r, mix), inp.slo, ev.bound_rps / 2,
-                       ceiling_rps=ev.bound_rps, iterations=GOODPUT_ITERATIONS)
+                       ceiling_rps=ev.bound_rps, iterations=GOODPUT_ITERATIONS, guess_rps=guess_rps)
     ev.simulations += cap.simulations
     ev.goodput_rps, ev.at_goodput, ev.binding = cap.goodput_rps, cap.metrics, cap.binding
     if cap.goodput_rps <= 0:
@@ -84,6 +89,15 @@ def simulate_plan(inp: SearchInputs, ev: PlanEval, sc, mix: RequestMix) -> bool:
         ev.demand_run = tuple(run)
         ev.simulations += 1
     return True
+
+
+def goodput_guess(ev: PlanEval, taken: list[tuple[tuple, float]]) -> float | None:
+    """A prediction of `ev`'s goodput from the plans simulated before it, (layout, goodput / bound) each:
+    its bound times the ratio of the last one of its layout (an ep variant: the same parallel sizes and
+    settings, whose bound and goodput move together); None before any."""
+    same = [r for lay, r in taken if lay == layout_of(ev)]
+    # its goodput is the low end of a bisection cell: the guess is that cell's middle
+    return ev.bound_rps * same[-1] * 2 ** (0.5 / 2 ** GOODPUT_ITERATIONS) if same else None
 
 
 def _best_rps_by_size(evals: list[PlanEval]) -> dict[int, float]:
@@ -142,43 +156,30 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         ev.status = "pruned"
         return True
 
-    def simulated(ev: PlanEval) -> tuple[PlanEval, bool]:
-        """Phase 2 of `ev` on a copy, so that `ev` stays as it was until its result is taken."""
-        c = copy.copy(ev)
-        return c, simulate_plan(inp, c, costs[ev.key], mix)
+    taken: list[tuple[tuple, float]] = []       # (layout, goodput / bound) of the results taken, in order
 
-    # the next SIM_THREADS plans the rules keep are simulated at once (the kernel releases the GIL);
-    # each plan's result is taken in order only if the rules, given the results before it, still keep
-    # it (as one at a time would: the rules only tighten as results come in), else it is discarded,
-    # so the result is the one-at-a-time result whatever the timing or the cores
-    pending, done = iter(todo), 0
-    with ThreadPoolExecutor(SIM_THREADS) as pool:
-        while True:
-            wave = []
-            for ev in pending:
-                done += 1
-                if not skip(ev):
-                    wave.append(ev)
-                    if len(wave) == SIM_THREADS:
-                        break
-            if not wave:
-                break
-            if progress:
-                progress(done - len(wave), len(todo))
-            runs = [pool.submit(simulated, ev) for ev in wave]
-            for i, (ev, run) in enumerate(zip(wave, runs)):
-                if i and skip(ev):
-                    run.cancel()
-                    continue
-                c, ok = run.result()
-                ev.__dict__.update(c.__dict__)
-                if not ok:
-                    continue
-                found.setdefault(ev.pool, []).append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
-                need = gpus_needed(inp.demand_rps, ev.goodput_rps, ev.plan.gpus_per_replica) if inp.demand_rps else 0
-                layout = layout_of(ev)
-                if inp.demand_rps and need <= ev.cluster.num_gpus and need < homog.get(layout, math.inf):
-                    homog[layout] = need
+    def start(ev: PlanEval):
+        """Phase 2 of `ev` on a copy (`ev` stays as it was until its result is taken), guessed from the
+        results taken so far (`inorder`: its earlier variants of the same layout are all resolved)."""
+        guess, c = goodput_guess(ev, taken), copy.copy(ev)
+        return lambda: (c, simulate_plan(inp, c, costs[ev.key], mix, guess))
+
+    def take(ev: PlanEval, result: tuple[PlanEval, bool]) -> None:
+        c, ok = result
+        ev.__dict__.update(c.__dict__)
+        if not ok:
+            return
+        taken.append((layout_of(ev), ev.goodput_rps / ev.bound_rps))
+        found.setdefault(ev.pool, []).append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
+        need = gpus_needed(inp.demand_rps, ev.goodput_rps, ev.plan.gpus_per_replica) if inp.demand_rps else 0
+        layout = layout_of(ev)
+        if inp.demand_rps and need <= ev.cluster.num_gpus and need < homog.get(layout, math.inf):
+            homog[layout] = need
+
+    # plans simulated SIM_THREADS at once (the kernel releases the GIL), results taken in order
+    simulate_in_order(todo, skip, start, take, lambda a, b: layout_of(a) == layout_of(b), SIM_THREADS,
+                      SIM_LOOKAHEAD, progress)
+    deferred.sort(key=lambda d: todo.index(d[0]))       # skip order may vary with timing; the list does not
     if progress:
         progress(len(todo), len(todo))
     stats = {
