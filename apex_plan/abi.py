@@ -175,6 +175,12 @@ SCHED_FIELDS = (
     ("first_token_generated", I8, "tokens generated when the client sees its first token: 1 (the prompt's last "
                                   "step samples it); 2 on a disaggregated decode pool (the prefill's token "
                                   "arrives with the first decode step)"),
+    ("admit_ratio_init", F8, "SGLang admission (PrefillAdder): new_token_ratio at start and when idle, the fraction of "
+                             "each running request's remaining output held back for it (0: no such reservation)"),
+    ("admit_ratio_min", F8, "the ratio's floor"),
+    ("admit_ratio_decay", F8, "the ratio's decrease per decode step"),
+    ("admit_clip_tokens", I8, "outputs counted at most this many tokens in the reservation (CLIP_MAX_NEW_TOKENS)"),
+    ("admit_retract_steps", I8, "after a preemption the ratio restarts at (decoded + this x running) / outputs"),
 )
 
 ROUTE_ROUND_ROBIN, ROUTE_LEAST_LOADED, ROUTE_SESSION, ROUTE_PREFIX = 0, 1, 2, 3   # values of SCHED.routing
@@ -226,6 +232,7 @@ ENGINE_FIELDS = (
     ("verified_tokens", I8, "out: tokens those entries emitted (accepted drafts plus the target's own)"),
     ("balance_steps", F8, "state: on an attention-DP replica's first engine, steps toward the balance timeout"),
     ("balance_open", I8, "state: 1 when the balance timeout let this engine's held contexts in"),
+    ("new_token_ratio", F8, "state: SGLang admission's share of the running requests' remaining output reserved"),
 )
 
 # ---- disaggregated serving: per request, what happens between its prefill and its decode ------------

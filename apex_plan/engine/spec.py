@@ -37,6 +37,12 @@ class SchedulerPolicy:
                                           # batch of decodes: max(token_budget, ceil64(max_num_seqs + prompt + 64))
     closed_loop: str = "desync"           # how a benchmark's closed loop of identical requests evolves:
                                           # desync (requests drift apart) | lockstep (waves stay together)
+    new_token_ratio: float = 0.0          # SGLang admission: share of each running request's remaining output (at most
+                                          # clip_new_tokens) kept free for it when admitting; 0: none (other engines)
+    new_token_ratio_min_factor: float = 0.14  # its floor, as a fraction of the start value
+    new_token_ratio_decay_steps: int = 600    # decode steps from the start value to the floor
+    clip_new_tokens: int = 4096           # an output counts at most this many tokens in the reservation
+    retract_decode_steps: int = 20        # after a preemption the ratio restarts at (decoded + this x running) / outputs
 
 
 @dataclass(frozen=True)

@@ -91,13 +91,14 @@ def simulate_plan(inp: SearchInputs, ev: PlanEval, sc, mix: RequestMix, guess_rp
     return True
 
 
-def goodput_guess(ev: PlanEval, taken: list[tuple[tuple, float]]) -> float | None:
-    """A prediction of `ev`'s goodput from the plans simulated before it, (layout, goodput / bound) each:
-    its bound times the ratio of the last one of its layout (an ep variant: the same parallel sizes and
-    settings, whose bound and goodput move together); None before any."""
-    same = [r for lay, r in taken if lay == layout_of(ev)]
+def goodput_guess(ev: PlanEval, taken: list[tuple[tuple, int, float]]) -> float | None:
+    """A prediction of `ev`'s goodput from the plans simulated before it, (layout, ep, goodput / bound)
+    each: its bound times the ratio of the one of its layout (an ep variant: the same parallel sizes and
+    settings, whose bound and goodput move together) nearest in expert parallelism (the latest of
+    equals); None before any."""
+    same = [(abs(math.log2(ep / ev.plan.ep)), -i, r) for i, (lay, ep, r) in enumerate(taken) if lay == layout_of(ev)]
     # its goodput is the low end of a bisection cell: the guess is that cell's middle
-    return ev.bound_rps * same[-1] * 2 ** (0.5 / 2 ** GOODPUT_ITERATIONS) if same else None
+    return ev.bound_rps * min(same)[2] * 2 ** (0.5 / 2 ** GOODPUT_ITERATIONS) if same else None
 
 
 def _best_rps_by_size(evals: list[PlanEval]) -> dict[int, float]:
@@ -156,7 +157,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         ev.status = "pruned"
         return True
 
-    taken: list[tuple[tuple, float]] = []       # (layout, goodput / bound) of the results taken, in order
+    taken: list[tuple[tuple, int, float]] = []  # (layout, ep, goodput / bound) of the results taken, in order
 
     def start(ev: PlanEval):
         """Phase 2 of `ev` on a copy (`ev` stays as it was until its result is taken), guessed from the
@@ -169,7 +170,7 @@ def evaluate_plans(inp: SearchInputs, progress: Callable[[int, int], None] | Non
         ev.__dict__.update(c.__dict__)
         if not ok:
             return
-        taken.append((layout_of(ev), ev.goodput_rps / ev.bound_rps))
+        taken.append((layout_of(ev), ev.plan.ep, ev.goodput_rps / ev.bound_rps))
         found.setdefault(ev.pool, []).append((ev.key, ev.plan.gpus_per_replica, ev.goodput_rps))
         need = gpus_needed(inp.demand_rps, ev.goodput_rps, ev.plan.gpus_per_replica) if inp.demand_rps else 0
         layout = layout_of(ev)

@@ -15,9 +15,50 @@ from apex_plan.simulate.prefix_cache import (C_HIT_TOKENS, C_QUERY_TOKENS, E_EVI
 INF = np.inf
 
 
+def admission_fields(policy=None) -> dict:
+    """SCHED fields of SGLang's future-token admission (srt/managers/schedule_policy.py PrefillAdder, ratios from
+    srt/managers/scheduler.py and global_config.py) for an engine's `SchedulerPolicy`; all off for None or an
+    engine without it (`new_token_ratio` 0)."""
+    init = policy.new_token_ratio if policy is not None else 0.0
+    if init <= 0.0:
+        return dict(admit_ratio_init=0.0, admit_ratio_min=0.0, admit_ratio_decay=0.0, admit_clip_tokens=0,
+                    admit_retract_steps=0)
+    floor = min(init * policy.new_token_ratio_min_factor, 1.0)       # min_new_token_ratio
+    return dict(admit_ratio_init=init, admit_ratio_min=floor,
+                # new_token_ratio_decay: from the start value to the floor in decay_steps decode steps
+                admit_ratio_decay=(init - floor) / max(policy.new_token_ratio_decay_steps, 1),
+                admit_clip_tokens=policy.clip_new_tokens, admit_retract_steps=policy.retract_decode_steps)
+
+
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
 def _blocks_for(tokens, block):
     return (tokens + block - 1) // block
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _running_reserve_tokens(e, req, eng, slots, cfg):
+    """KV tokens SGLang's PrefillAdder holds back for engine e's running requests: each one's remaining output
+    (at most admit_clip_tokens) times the engine's new_token_ratio (0 when the engine reserves nothing)."""
+    if cfg.admit_ratio_init <= 0.0:
+        return 0.0
+    out = 0.0
+    for i in range(eng[e].running):
+        q = req[slots[e, i].running]
+        rest = q.output_tokens - q.generated
+        out += min(rest, cfg.admit_clip_tokens) if rest > 0 else 0
+    return out * eng[e].new_token_ratio
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _retract_ratio(e, req, eng, slots, cfg):
+    """SGLang's new_token_ratio after a preemption (schedule_batch.py retract_decode): the running requests'
+    decoded tokens plus admit_retract_steps each, over their output tokens, at most 1."""
+    done, total = 0.0, 1.0
+    for i in range(eng[e].running):
+        q = req[slots[e, i].running]
+        done += q.generated + cfg.admit_retract_steps
+        total += q.output_tokens
+    return min(1.0, done / total)
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
@@ -37,6 +78,7 @@ def _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids):
     en = eng[e]
     nblocks, watermark = cfg.kv_blocks, cfg.watermark_blocks
     ut, ub = cache.meta[M_UNIT_TOKENS], cache.meta[M_UNIT_BLOCKS]
+    reserved = _running_reserve_tokens(e, req, eng, slots, cfg)   # SGLang: KV tokens promised to running outputs
     while en.head != -1 and en.running < cfg.max_seqs and left > 0:
         r = en.head
         q = req[r]
@@ -55,9 +97,14 @@ def _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids):
                 h += 1
         private = need - h * ub                   # blocks the request allocates itself
         ntok = seq - h * ut
+        # SGLang add_one_req: the uncached prompt plus its output (clipped) must fit the free tokens less the
+        # running requests' reservation and what this step admitted before it (tokens)
+        future = min(q.output_tokens - q.generated, cfg.admit_clip_tokens) if cfg.admit_ratio_init > 0.0 else 0
+        short = (cfg.admit_ratio_init > 0.0 and en.running > 0
+                 and ntok + future >= en.free_blocks * cfg.block_tokens - reserved)   # an idle engine takes it
         if need > nblocks - watermark:
             pass
-        elif en.free_blocks - private - unref * ub < watermark or (not cfg.chunked and ntok > left):
+        elif en.free_blocks - private - unref * ub < watermark or (not cfg.chunked and ntok > left) or short:
             break
         en.head = q.next
         if en.head == -1:
@@ -84,7 +131,9 @@ def _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids):
             cache.eng[e, C_HIT_TOKENS] += h * ut
             cache.eng[e, C_QUERY_TOKENS] += q.prompt_tokens
         if ntok > left:
-            ntok = left
+            ntok = left                           # a chunk: SGLang counts its output only with the last chunk
+            future = 0
+        reserved += ntok + future
         slots[e, ns].req = r
         slots[e, ns].tokens = ntok
         left -= ntok
@@ -200,9 +249,18 @@ def _schedule(e, now, req, eng, slots, cfg, cache, ids):
         left, ns, preempted_now = _schedule_running(e, cfg.prefill_first, left, ns, req, eng, slots, cfg, cache, ids)
     if not preempted_now and not _balance_holds(e, eng, cfg):
         left, ns, refused = _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids)
-    if cfg.prefill_first and ns == 0:
+    decoding = cfg.prefill_first and ns == 0
+    if decoding:
         # no prompt to prefill: the running decodes get the step
         left, ns, preempted_now = _schedule_running(e, False, left, ns, req, eng, slots, cfg, cache, ids)
+    if cfg.admit_ratio_init > 0.0:               # SGLang's new_token_ratio (scheduler.py update_running_batch)
+        en = eng[e]
+        if preempted_now:                        # retracted: restart from the batch's decoded share
+            en.new_token_ratio = _retract_ratio(e, req, eng, slots, cfg)
+        elif ns == 0:                            # idle: back to the start value
+            en.new_token_ratio = cfg.admit_ratio_init
+        elif decoding or not cfg.prefill_first:  # a decode step: one decay step towards the floor
+            en.new_token_ratio = max(en.new_token_ratio - cfg.admit_ratio_decay, cfg.admit_ratio_min)
     eng[e].scheduled = ns
     ut = cache.meta[M_UNIT_TOKENS]
     if ut > 0:
