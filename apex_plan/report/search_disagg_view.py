@@ -18,7 +18,7 @@ def _role_doc(e) -> dict:
     return {"key": e.key, "role": e.role, "status": e.status, "reason": e.reason,
             "plan": {"tp": p.tp, "pp": p.pp, "ep": p.ep, "adp": p.adp, "weight_dtype": p.weight_dtype,
                      "kv_dtype": p.kv_dtype},
-            "gpus_per_instance": p.gpus_per_replica, "rate_rps_per_instance": e.rate_rps, "screen": e.detail or None}
+            "gpus_per_instance": p.gpus_per_replica, "rate_rps_per_instance": e.rate_rps, "screen": e.detail.to_dict() if e.detail is not None else None}
 
 
 def disagg_doc(res) -> dict | None:

@@ -24,7 +24,7 @@ from apex_plan.errors import InputError, did_you_mean
 from apex_plan.plan.disagg import DisaggPlan
 from apex_plan.rank.disagg import PoolChoice, RoleCandidate, size_pools
 from apex_plan.rank.problem import Deployment
-from apex_plan.search.disagg_roles import RoleEval, pareto, role_evals
+from apex_plan.search.disagg_roles import RoleEval, decode_tpot_s, pareto, role_evals
 from apex_plan.search.spec import SearchInputs
 from apex_plan.search.steady import horizon, operating_slo, steady_metrics, steady_trace, window_bounds, window_of
 from apex_plan.search.variants import enumerate_group
@@ -80,7 +80,7 @@ def _steady_run(inp: SearchInputs, mix, choice: PoolChoice, pe: RoleEval, de: Ro
                        dataclasses.replace(de.plan, dp=choice.decode_instances), decode_max_num_seqs=de.batch)
     slots = choice.decode_instances * de.plan.adp * de.plan.pp * de.batch
     # the run is sized by the deployment's analytic operating point, not the SLO (as aggregated runs are)
-    sizing = operating_slo(inp.slo, pe.step_s + de.step_s, de.detail.get("tpot_ms", 0.0) * 1e-3)
+    sizing = operating_slo(inp.slo, pe.step_s + de.step_s, decode_tpot_s(de))
     h = horizon(mix, rate, sizing, slots)
     tr = steady_trace(mix, rate, h.total, h.burst)
     links = rank_links(inp.cluster, dplan, decode_first_gpu=choice.prefill_nodes * gpn)

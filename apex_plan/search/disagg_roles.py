@@ -28,7 +28,6 @@ Plans one role cannot use are kept with their reason (memory, TPOT or TTFT floor
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -38,11 +37,35 @@ from apex_plan.abi import BATCH
 from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.search.fit import engine_label
 from apex_plan.search.spec import PlanEval, SearchInputs
+from apex_plan.simulate.metrics import Record
 from apex_plan.simulate.disagg import Role, _role
 from apex_plan.simulate.transfer import kv_transfer_bytes, nic_bytes
 
 RHO_STEPS = 40                    # bisection steps on the prefill utilisation (2^-40: exact to float noise)
 BATCH_POWERS = 12                 # decode batches tried per engine: powers of two up to 2^11, and the KV limit
+
+
+@dataclass(frozen=True)
+class DecodeScreen(Record):
+    """A decode role's analytic figures at its chosen batch (`screen_decode`)."""
+    batch_per_engine: int               # sequences per engine
+    slots: int                          # adp x pp x batch: sequences one instance holds
+    step_ms: float                      # step time at that batch (ms)
+    tpot_ms: float                      # step time or pp x host time, the larger (ms)
+    kv_batch_limit: int                 # sequences per engine the KV pool holds at their longest
+    waiting_beta: float                 # Halfin-Whitt beta for the waiting share allowed
+    rate_rps: float                     # requests/s one instance sustains
+
+
+@dataclass(frozen=True)
+class PrefillScreen(Record):
+    """A prefill role's analytic figures at the TTFT SLO (`screen_prefill`)."""
+    prompt_tokens_per_s: float          # prompt tokens/s one loaded instance prefills
+    service_rps: float                  # mu: requests/s it serves, loaded
+    utilization: float                  # rho at the rate kept
+    own_prefill_ms: float               # the p-th percentile prompt's own prefill (ms)
+    queue_budget_ms: float              # ms of the TTFT SLO left for queueing
+    rate_rps: float                     # requests/s one instance sustains
 
 
 @dataclass
@@ -55,7 +78,7 @@ class RoleEval(PlanEval):
     rate_rps: float = 0.0
     batch: int = 0                      # decode: sequences per engine (the --max-num-seqs it runs with)
     step_s: float = 0.0                 # decode: step time at that batch; prefill: the p-prompt's own prefill
-    detail: dict = dataclasses.field(default_factory=dict)
+    detail: DecodeScreen | PrefillScreen | None = None     # set once the role is screened "ok"
 
 
 def _mix_cv2(mix) -> tuple[float, float]:
@@ -135,8 +158,7 @@ def screen_decode(ev: RoleEval, inp: SearchInputs, mix, transfer_s: float) -> No
     ev.rate_rps, ev.batch, ev.step_s = best[0], best[1], best[2]
     ev.key += f" b{best[1]}"
     ev.status = "ok"
-    ev.detail = {"batch_per_engine": best[1], "slots": best[4], "step_ms": best[2] * 1e3, "tpot_ms": best[3] * 1e3,
-                 "kv_batch_limit": b_kv, "waiting_beta": beta, "rate_rps": best[0]}
+    ev.detail = DecodeScreen(best[1], best[4], best[2] * 1e3, best[3] * 1e3, b_kv, beta, best[0])
 
 
 def _prefill_rate(sc, budget: int, chunked: bool, prompt: float) -> tuple[float, float]:
@@ -183,8 +205,7 @@ def screen_prefill(ev: RoleEval, inp: SearchInputs, mix, fixed_s: float, ca2: fl
     ev.rate_rps = lo * mu
     ev.status = "ok" if ev.rate_rps > 0 else "screened"
     ev.reason = "" if ev.rate_rps > 0 else "prefill: no load keeps the TTFT SLO"
-    ev.detail = {"prompt_tokens_per_s": p.adp * p.pp * tok_s, "service_rps": mu, "utilization": lo,
-                 "own_prefill_ms": own_s * 1e3, "queue_budget_ms": budget_s * 1e3, "rate_rps": ev.rate_rps}
+    ev.detail = PrefillScreen(p.adp * p.pp * tok_s, mu, lo, own_s * 1e3, budget_s * 1e3, ev.rate_rps)
 
 
 def transfer_s(inp: SearchInputs, prefill: Plan, decode: Plan, prompt: int, memo: dict | None = None) -> float:
@@ -232,7 +253,12 @@ def role_evals(inp: SearchInputs, plans: list[Plan], mix) -> tuple[list[RoleEval
 
 def _latency_s(e: RoleEval) -> float:
     """What a role plan adds to a request's latency: prefill, the p-prompt's own prefill; decode, its TPOT."""
-    return e.step_s if e.role == "prefill" else e.detail.get("tpot_ms", 0.0) * 1e-3
+    return e.step_s if e.role == "prefill" else decode_tpot_s(e)
+
+
+def decode_tpot_s(e: RoleEval) -> float:
+    """A decode role plan's TPOT at its chosen batch (seconds); 0 before it is screened "ok"."""
+    return e.detail.tpot_ms * 1e-3 if isinstance(e.detail, DecodeScreen) else 0.0
 
 
 def pareto(evals: list[RoleEval]) -> list[RoleEval]:

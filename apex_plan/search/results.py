@@ -115,7 +115,7 @@ class PoolDoc(Record):
     adp: int
     gpus_per_instance: int
     rate_rps: float
-    screen: dict                      # the role's analytic figures (`search.disagg_roles.RoleEval.detail`)
+    screen: Record                    # the role's analytic figures (`search.disagg_roles.RoleEval.detail`)
     max_num_seqs: int
 
 
