@@ -113,6 +113,7 @@ def layer_fields(shard: Shard) -> dict:
     st = shard.largest_stage
     return dict(dense_layers=st.dense_layers, moe_layers=st.moe_layers, mlp_free_layers=st.mlp_free_layers,
                 mixerless_layers=st.count(S.NO_MIXER), window_tokens=shard.window, topk_tokens=shard.topk_tokens,
+                window2_tokens=shard.window2,
                 attn_heads=shard.heads_per_gpu)
 
 
