@@ -98,6 +98,7 @@ COST_FIELDS = (
     ("mixerless_layers", F8, "blocks without a token mixer (Nemotron-H MLP/MoE blocks)"),
     ("window_tokens", F8, "tokens a windowed layer attends to (sliding window, chunk, a compressed layer's raw window); 0: none"),
     ("topk_tokens", F8, "tokens of context a sparse layer's top-k rows span (index_topk x compress); 0: none"),
+    ("window2_tokens", F8, "the model's second, smaller window: tokens its layers of that window attend to; 0: none"),
 )
 
 GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, GRAPH_FULL = 0.0, 1.0, 2.0   # values of COST.graph_mode
@@ -141,7 +142,8 @@ OP_FIELDS = (
     ("decode_efficiency", F8, "attention: achievable fraction of the attention peak FLOP/s in decode"),
     ("bytes_per_unit", F8, "attention: KV bytes per cached token read; recurrent: state bytes per sequence"),
     ("rereads", F8, "attention: decode KV reads per KV head (1: GQA shared; query heads per KV head otherwise)"),
-    ("windowed", I8, "attention: 1 reads each sequence's context capped at COST.window_tokens, 2 at COST.topk_tokens"),
+    ("windowed", I8, "attention: 1 reads each sequence's context capped at COST.window_tokens, 2 at COST.topk_tokens, "
+                     "3 at COST.window2_tokens"),
 )
 
 # ---- engine / scheduler configuration of one simulation -----------------------------------------
@@ -303,14 +305,15 @@ BATCH = _dtype(BATCH_FIELDS)
 CostTables = namedtuple("CostTables", "params ops")   # COST record array (length 1), OP table
 Pool = namedtuple("Pool", "req sched cost")   # a disaggregated role: its REQUEST rows, SCHED record array, CostTables
 # batch aggregates of one step (filled by estimate.kernels.add_sequence; `_w` fields cap each
-# sequence's context at COST.window_tokens, `_k` at COST.topk_tokens, equal to the uncapped ones
-# when the model has no such cap)
+# sequence's context at COST.window_tokens, `_k` at COST.topk_tokens, `_v` at COST.window2_tokens,
+# equal to the uncapped ones when the model has no such cap)
 StepShape = namedtuple("StepShape", (
     "tokens n_decode n_prefill n_logits "          # query tokens; decode sequences; prefill chunks; sampled rows
     "pf_pairs pf_pad_pairs pf_pad_prefix_pairs "   # causal query x key pairs; over whole 128-row query tiles; of chunks with cache
     "pf_q_tiles dec_ctx_tokens pf_ctx_tokens "     # query tiles of the chunks; KV tokens read by decodes; by chunks
     "pf_pairs_w dec_ctx_w pf_ctx_w "              # windowed pairs / KV reads
-    "pf_pairs_k dec_ctx_k pf_ctx_k eager"))        # top-k capped pairs / KV reads; 1: every kernel host-launched
+    "pf_pairs_k dec_ctx_k pf_ctx_k "              # top-k capped pairs / KV reads
+    "pf_pairs_v dec_ctx_v pf_ctx_v eager"))        # second-window pairs / KV reads; 1: every kernel host-launched
 Breakdown = namedtuple("Breakdown", "gemm attention communication elementwise embed_lm_head engine_host flops bytes "
                                     "scheduler")   # seconds per part of the step; FLOPs, HBM bytes per GPU; host s
 

@@ -270,6 +270,9 @@ def calibration_block(gpu: str, version: str, fit_x: dict, fit_h: dict, vals: di
     row("kernel_latency_us", f"same GEMM fit {us('kernel_latency_us')}")
     row("allreduce_latency_us", f"NCCL, same fit {us('allreduce_latency_us')}; kept >= custom")
     row("custom_allreduce_latency_us", f"vLLM custom (CUDA graph), same fit {us('custom_allreduce_latency_us')}")
+    per = ", ".join(f"{e}: {v:.2f}" for e, v in vals.get("by_engine", ()))
+    lines.append(f"  custom_allreduce_latency_us_by_engine: {{{per}}}".ljust(38)
+                 + "# kept as written by scripts/fit_engine_allreduce.py (each engine's own kernel)")
     for key in ("p2p_latency_us", "alltoall_latency_us", "moe_imbalance"):
         lines.append(f"  {key}: {getattr(keep, key)}".ljust(38) + "# not fitted: as h100-sxm-80gb")
     return "\n".join(lines) + "\n"
@@ -340,6 +343,7 @@ def main() -> int:
               + ("  (anchor, unchanged)" if g == ANCHOR else "")
               + "".join(f"\n{'':16} {k}: {v}" for k, v in notes[name].items()))
         if args.write and g != ANCHOR:
+            vals[name]["by_engine"] = load_gpu(name).calibration.custom_allreduce_latency_us_by_engine
             write_profile(name, calibration_block(g, version, fits[g], fit_h[g], vals[name], anchor, notes[name]))
     if args.write:
         print("\nwrote the calibration sections of " + ", ".join(n for g, n in GPUS.items() if g != ANCHOR))

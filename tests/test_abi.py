@@ -103,7 +103,7 @@ def test_source_stamp_covers_every_kernel_file(tmp_path):
 def test_aggregate_counts_each_sequence_once():
     """A batch of 3 decodes at 1000 tokens and one 512-token chunk after 256 cached, window 128, top-k span 600."""
     batch = K.make_batch(decodes=3, context=1000, chunk=512, cached=256, samples=False)
-    sh = K.aggregate(batch, 128.0, 600.0, 0)
+    sh = K.aggregate(batch, 128.0, 600.0, 0.0, 0)
     assert (sh.tokens, sh.n_decode, sh.n_prefill, sh.n_logits) == (3 + 512, 3, 1, 3)
     assert sh.dec_ctx_tokens == 3000 and sh.dec_ctx_w == 3 * 128
     assert sh.pf_pairs == sum(256 + i for i in range(1, 513))
@@ -112,7 +112,7 @@ def test_aggregate_counts_each_sequence_once():
     # the top-k cap: the same sums at its own cap
     assert sh.dec_ctx_k == 3 * 600 and sh.pf_ctx_k == min(768, 600 + 512)
     assert sh.pf_pairs_k == sum(min(256 + i, 600) for i in range(1, 513))
-    unwindowed = K.aggregate(batch, 0.0, 0.0, 0)
+    unwindowed = K.aggregate(batch, 0.0, 0.0, 0.0, 0)
     assert (unwindowed.dec_ctx_w, unwindowed.pf_pairs_w) == (unwindowed.dec_ctx_tokens, unwindowed.pf_pairs)
     assert (unwindowed.dec_ctx_k, unwindowed.pf_pairs_k) == (unwindowed.dec_ctx_tokens, unwindowed.pf_pairs)
 
@@ -137,3 +137,39 @@ def test_one_request_simulation_equals_the_analytic_steps(name):
 
 def test_every_mixer_kind_is_registered():
     assert set(MIXERS) == set(S.MIXERS)
+
+
+def _all_models() -> list:
+    fixtures = sorted((Path(__file__).resolve().parent / "fixtures" / "configs").glob("*.json"))
+    return [load_model(n) for n in list_models()] + [load_model(str(p)) for p in fixtures]
+
+
+def test_latent_attention_is_the_mixer_of_every_mla_layer():
+    """A config with kv_lora_rank (attention "mla") reads as MLA layers, or sparse ones over the latent
+    cache, never as full attention; no other model has an MLA layer."""
+    seen = 0
+    for m in _all_models():
+        mixers = {k.mixer for k in m.layers()}
+        if m.attention == "mla":
+            assert S.FULL not in mixers and mixers & {S.MLA, S.SPARSE}, m.name
+            seen += S.MLA in mixers
+        else:
+            assert S.MLA not in mixers, m.name
+    assert seen >= 3          # DeepSeek-V3, Kimi-K2.5, the DeepSeek-V3 fixture at least
+
+
+def test_latent_attention_rows_are_the_latent_geometry():
+    """DeepSeek-V3 at tp 8: one MLA row per layer kind's layers, absorbed-form decode FLOPs per pair
+    2 x heads x (2 kv_lora + rope), expanded-form prefill 2 x heads x (nope + rope + v), the latent
+    (kv_lora + rope) bf16 bytes per token, run on the MLA kernels."""
+    from apex_plan.estimate.mixers import LatentAttention
+    from apex_plan.estimate.shard import build_shard
+    m = load_model("deepseek-v3")
+    sh = build_shard(m, Plan(1, 8, 1))
+    assert isinstance(MIXERS[S.MLA], LatentAttention)
+    (row,) = MIXERS[S.MLA].rows(sh, 58, 1.0)
+    heads = m.num_heads / 8
+    assert row["count"] == 58 and row["latent"] == 1 and row["windowed"] == 0
+    assert row["flops_per_unit"] == 2.0 * heads * (2 * 512 + 64)
+    assert row["pf_flops_per_unit"] == 2.0 * heads * (128 + 64 + 128)
+    assert row["bytes_per_unit"] == MIXERS[S.MLA].kv_bytes_per_token(sh) == (512 + 64) * 2

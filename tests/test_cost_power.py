@@ -130,11 +130,11 @@ def test_deployment_economics_exact():
                                   energy=WindowEnergy(240.0, 1.2, 1200.0))
 
     ec = deployment_economics(Dv, Mix)
-    assert ec["cost_per_hour"] == 8.0                                   # 2 replicas x 2 GPUs x $2
-    assert ec["usd_per_mtok_output_at_demand"] == 8.0 / 3.6
-    assert ec["usd_per_mtok_input_at_demand"] == 8.0 / 9.0
-    assert ec["usd_per_mtok_output_at_capacity"] == 8.0 / (6.0 * 200.0 * 3600 / 1e6)
-    assert ec["mean_power_w_at_capacity"] == 1800.0
+    assert ec.cost_per_hour == 8.0                                   # 2 replicas x 2 GPUs x $2
+    assert ec.usd_per_mtok_output_at_demand == 8.0 / 3.6
+    assert ec.usd_per_mtok_input_at_demand == 8.0 / 9.0
+    assert ec.usd_per_mtok_output_at_capacity == 8.0 / (6.0 * 200.0 * 3600 / 1e6)
+    assert ec.mean_power_w_at_capacity == 1800.0
 
 
 # ---------------------------------------------------------------- power model and clocks

@@ -83,18 +83,18 @@ def test_conservation_every_request_prefilled_transferred_decoded_once(engine):
     res = _sim(tr, DisaggPlan(Plan(2, 1, 1), Plan(2, 2, 1), decode_max_num_seqs=16), engine)
     assert res.feasible, res.reason
     assert (res.visits == 1).all()
-    assert res.metrics.disagg["conservation"] == {"prefilled": 300, "transferred": 300, "decoded": 300}
+    assert res.metrics.disagg.conservation.to_dict() == {"prefilled": 300, "transferred": 300, "decoded": 300}
     t, ph = res.times, res.phases
     # phases in order for every request
-    for a, b in ((t.arrival_s, t.scheduled_s), (t.scheduled_s, ph["prefill_done_s"]),
-                 (ph["prefill_done_s"], ph["decode_admit_s"]), (ph["decode_admit_s"], ph["transfer_start_s"]),
-                 (ph["transfer_start_s"], ph["transfer_end_s"]), (ph["transfer_end_s"], t.first_token_s),
+    for a, b in ((t.arrival_s, t.scheduled_s), (t.scheduled_s, ph.prefill_done_s),
+                 (ph.prefill_done_s, ph.decode_admit_s), (ph.decode_admit_s, ph.transfer_start_s),
+                 (ph.transfer_start_s, ph.transfer_end_s), (ph.transfer_end_s, t.first_token_s),
                  (t.first_token_s, t.finish_s)):
         assert (b >= a - 1e-12).all()
     # the phase means add up to the mean TTFT
     m = res.metrics
-    phases = m.disagg["ttft_phases"]
-    parts = sum(v["mean"] for v in phases.values() if isinstance(v, dict)) + phases["frontend_ms"]
+    phases = m.disagg.ttft_phases
+    parts = sum(v["mean"] for v in phases.to_dict().values() if isinstance(v, dict)) + phases.frontend_ms
     assert parts == pytest.approx(m.latency.ttft_ms.mean, rel=1e-9)
 
 
@@ -137,11 +137,11 @@ def test_full_decode_pool_holds_prefill_blocks_and_stops_prefill_admission(monke
     res = _sim(tr, dp, "vllm")
     t, ph = res.times, res.phases
     assert (res.visits == 1).all()
-    assert t.scheduled_s[2] >= ph["transfer_end_s"][0] - 1e-12
-    assert ph["decode_admit_s"][1] >= t.finish_s[0] - 1e-12
-    assert t.scheduled_s[3] >= ph["transfer_end_s"][1] - 1e-12
+    assert t.scheduled_s[2] >= ph.transfer_end_s[0] - 1e-12
+    assert ph.decode_admit_s[1] >= t.finish_s[0] - 1e-12
+    assert t.scheduled_s[3] >= ph.transfer_end_s[1] - 1e-12
     assert res.estats["kv_peak_blocks"][0] == 2 * (prompt // 16)    # two held prompts filled the prefill pool
-    assert res.metrics.disagg["ttft_phases"]["decode_admission_wait_ms"]["mean"] > 0
+    assert res.metrics.disagg.ttft_phases.decode_admission_wait_ms.mean > 0
 
 
 def test_closed_loop_keeps_concurrency_and_routing_spreads_decode():
@@ -193,10 +193,10 @@ def test_disagg_launch_round_trip():
     eng = resolve_engine(EngineConfig(name="sglang", profile=prof), m)
     dp = DisaggPlan(Plan(1, 1, 1, 8, "fp8", adp=8), Plan(2, 8, 1, 8, "fp8"))
     la = disagg_launch("sglang", "deepseek-ai/DeepSeek-V3", dp, eng, eng)
-    p, d = parse_launch(la["prefill"]), parse_launch(la["decode"])
+    p, d = parse_launch(la.prefill), parse_launch(la.decode)
     assert (p["tp"], p["adp"], p["ep"]) == (1, 8, 8) and (d["tp"], d["adp"], d["ep"]) == (8, 1, 8)
-    assert la["prefill_instances"] == 1 and la["decode_instances"] == 2
-    assert la["router"].count("--prefill ") == 1 and la["router"].count("--decode ") == 2
+    assert la.prefill_instances == 1 and la.decode_instances == 2
+    assert la.router.count("--prefill ") == 1 and la.router.count("--decode ") == 2
     for fam in ("vllm", "trtllm"):
         la = disagg_launch(fam, "deepseek-ai/DeepSeek-V3", dp, eng, eng)
-        assert parse_launch(la["decode"])["tp"] * parse_launch(la["decode"])["adp"] == 8
+        assert parse_launch(la.decode)["tp"] * parse_launch(la.decode)["adp"] == 8

@@ -134,3 +134,43 @@ def test_layout_check_names_a_missing_file():
     p = subprocess.run([sys.executable, "scripts/check_layouts.py", "nope.csv", "--no-predict"], capture_output=True,
                        text=True, cwd=ROOT, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 2 and "nope.csv" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_partly_fused_quantisation_counts_only_unfused_inputs():
+    """vLLM's default fusion passes quantise in RMSNorm and SiLU-and-mul but not after attention: of a dense
+    layer's four W8A8 GEMM inputs (qkv, o, gate_up, down) only o keeps its quantise kernel and bytes, exactly;
+    block-scaled fp8 keeps all four."""
+    from apex_plan.engine.load import resolve_engine_profile
+    from apex_plan.estimate.step_cost import gemm_input_producer, kernel_count_fields
+    from apex_plan.estimate.shard import build_shard
+    from apex_plan.model.load import load_model
+    from apex_plan.plan.spec import Plan
+    prof = resolve_engine_profile("vllm")
+    assert set(prof.quantization.fused_quant_producers) == {"norm", "activation"}
+    model = load_model("llama-3.1-70b")
+    plan = Plan(tp=2, weight_dtype="fp8")
+    shard = build_shard(model, plan)
+    none = dataclasses.replace(prof, quantization=dataclasses.replace(prof.quantization, fused_quant_producers=()))
+    part = kernel_count_fields(model, plan, shard, prof, "static")
+    full = kernel_count_fields(model, plan, shard, none, "static")
+    per = prof.quantization.kernels_per_gemm_static
+    assert full["kernels_per_dense_layer"] - part["kernels_per_dense_layer"] == 3 * per
+    assert full["elem_kernels_per_layer"] - part["elem_kernels_per_layer"] == 3 * per
+    o_k = sum(g.k for g in shard.gemms if gemm_input_producer(g) == "attention")
+    base = shard.elem_bytes_per_token_layer
+    assert part["elem_bytes_per_token"] - base == pytest.approx(o_k * (1 * 2.0 + 1.0))   # read bf16 once, write fp8
+    assert full["elem_bytes_per_token"] > part["elem_bytes_per_token"]
+    blocky = dataclasses.replace(shard, gemms=tuple(dataclasses.replace(g, fmt="fp8-block") for g in shard.gemms))
+    assert kernel_count_fields(model, plan, blocky, prof, "static")["kernels_per_dense_layer"] == full["kernels_per_dense_layer"]
+
+
+def test_fused_quant_producers_bad_value_is_one_line(tmp_path):
+    from apex_plan.errors import InputError
+    from apex_plan.engine.load import engine_dir, load_engine_file
+    text = (engine_dir() / "vllm-v1.yaml").read_text().replace("fused_quant_producers: [norm, activation]",
+                                                              "fused_quant_producers: [norm, silu]")
+    path = tmp_path / "eng.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as e:
+        load_engine_file(path)
+    assert "quantization.fused_quant_producers" in str(e.value) and "activation" in str(e.value)

@@ -60,7 +60,8 @@ def test_no_gemm_row_takes_the_plans_format_instead_of_its_own():
         assert r["peak_flops_per_s"] < B200.peak_flops("fp4")
     qkv = next(r for g, r in bf16_rows if g.name == "qkv")
     # the same qkv GEMM over a 4096-token prefill takes as long as in a plan whose weights are all bf16
-    sh = K.aggregate(K.make_batch(chunk=4096), sc.params["window_tokens"][0], sc.params["topk_tokens"][0], 0)
+    sh = K.aggregate(K.make_batch(chunk=4096), sc.params["window_tokens"][0], sc.params["topk_tokens"][0],
+                    sc.params["window2_tokens"][0], 0)
     t_fp4_plan = K._op_time(sc.cost.params[0], sh, qkv, 4096.0, 4096.0)[0]
     sc16 = build_step_cost(model, B200, Plan(tp=1, weight_dtype="bf16"))
     qkv16 = next(r for g, r in _gemm_rows(sc16) if g.name == "qkv")
@@ -92,7 +93,8 @@ def test_gemm_time_never_beats_each_formats_roofline(gpu, model, wd, tokens):
     m = load_model(model)
     sc = build_step_cost(m, gpu, Plan(tp=8 if "deepseek" in model else 4, weight_dtype=wd))
     m_tok = float(tokens)
-    sh = K.aggregate(K.make_batch(chunk=tokens), sc.params["window_tokens"][0], sc.params["topk_tokens"][0], 0)
+    sh = K.aggregate(K.make_batch(chunk=tokens), sc.params["window_tokens"][0], sc.params["topk_tokens"][0],
+                    sc.params["window2_tokens"][0], 0)
     bound = 0.0
     for g, r in _gemm_rows(sc):
         t, flops, byts = K._op_time(sc.cost.params[0], sh, r, m_tok, m_tok)

@@ -94,3 +94,34 @@ def test_fitted_profiles_cite_their_tables(name):
     cal = text[text.index("\ncalibration:"):]
     assert "aiconfigurator-core" in cal and "scripts/fit_gpu_constants.py" in cal and "ratio to H100" in cal
     assert "error" in cal and "default, not yet calibrated" not in cal and "NOT calibrated" not in cal
+
+
+def test_step_cost_charges_each_engine_its_own_allreduce():
+    """A TP plan's small all-reduce latency is the engine family's kernel on that GPU (B200: TRT-LLM's and
+    SGLang's one-shot kernels are faster than vLLM's), exactly as the profile lists it."""
+    from apex_plan.engine.load import resolve_engine_profile
+    model, gpu = load_model("llama-3.1-70b"), GPUS["b200-sxm-180gb"]
+    plan = Plan(tp=8, weight_dtype="fp8")
+    seen = {}
+    for fam in ("vllm", "sglang", "trtllm"):
+        prof = resolve_engine_profile(fam)
+        p = build_step_cost(model, gpu, plan, make_cluster(gpu, 8), profile=prof).params
+        seen[fam] = float(p["allreduce_latency_s"][0])
+        assert seen[fam] == pytest.approx(gpu.calibration.custom_allreduce_us(prof.family) * 1e-6)
+        assert float(p["allreduce_nccl_latency_s"][0]) >= seen[fam]
+    assert seen["trtllm"] < seen["vllm"] and seen["sglang"] < seen["vllm"]
+
+
+@pytest.mark.parametrize("value, fix", [("7.0", "mapping"), ("{tensorrt: 7.0}", "trtllm"), ("{vllm: -1}", "non-negative")])
+def test_engine_allreduce_bad_input_names_the_field(tmp_path, value, fix):
+    from apex_plan.errors import InputError
+    text = (hardware_dir() / "h100-sxm-80gb.yaml").read_text()
+    lines = [l for l in text.splitlines() if "custom_allreduce_latency_us_by_engine" not in l]
+    at = next(i for i, l in enumerate(lines) if l.strip().startswith("custom_allreduce_latency_us:"))
+    lines.insert(at + 1, f"  custom_allreduce_latency_us_by_engine: {value}")
+    path = tmp_path / "gpu.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as e:
+        load_gpu(str(path))
+    msg = str(e.value)
+    assert "custom_allreduce_latency_us_by_engine" in msg and fix in msg

@@ -80,7 +80,7 @@ def test_kimi_k3_kda_and_latent_moe():
     assert abs(c.total / K3_TOTAL - 1) <= 0.01, c.total
     kinds = spec.kind_counts()
     assert sum(n for k, n in kinds.items() if k.mixer == S.LINEAR) == 69
-    assert sum(n for k, n in kinds.items() if k.mixer == S.FULL) == 24
+    assert sum(n for k, n in kinds.items() if k.mixer == S.MLA) == 24          # its MLA layers: the latent mixer
     assert c.total == sum(component_params(spec).values())
     # experts in the 3584-wide latent: 3 x 3584 x 3072 each, plus the two latent projections per MoE layer
     assert c.routed_expert_each == 3 * 3584 * 3072

@@ -111,7 +111,7 @@ def test_impossible_slo_reports_binding_constraint():
 def test_demand_beyond_cluster_reports_closest():
     r = run_search(_inputs(rate=10_000.0))
     assert r.deployments == []
-    assert r.closest is not None and r.closest["shortfall_rps"] > 0
+    assert r.closest is not None and r.closest.shortfall_rps > 0
     assert "demand" in r.binding
 
 

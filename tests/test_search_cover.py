@@ -64,7 +64,7 @@ def test_cover_pruning_simulates_the_skipped_plans_when_nothing_meets_the_demand
     on = run_search(_inputs("gpus", 450.0, 4, True))         # beyond what 4 GPUs carry
     off = run_search(_inputs("gpus", 450.0, 4, False))
     assert not on.deployments and not off.deployments
-    assert on.closest is not None and json.dumps(on.closest, sort_keys=True) == json.dumps(off.closest, sort_keys=True)
+    assert on.closest is not None and on.closest.to_dict() == off.closest.to_dict()
     assert on.stats["simulations"] == off.stats["simulations"]
     assert on.stats["pruned_by_bound"] == 0
 

@@ -50,16 +50,16 @@ def test_pools_cover_the_demand_within_the_cluster(disagg):
     for d in disagg.deployments:
         assert d.serving == "disagg" and d.verified and d.metrics.slo.met
         x = d.disagg
-        pre, dec = x["prefill"], x["decode"]
-        assert pre["rate_rps"] >= inp.demand_rps * (1 - 1e-9) and dec["rate_rps"] >= inp.demand_rps * (1 - 1e-9)
-        gpus = pre["instances"] * pre["gpus_per_instance"] + dec["instances"] * dec["gpus_per_instance"]
+        pre, dec = x.prefill, x.decode
+        assert pre.rate_rps >= inp.demand_rps * (1 - 1e-9) and dec.rate_rps >= inp.demand_rps * (1 - 1e-9)
+        gpus = pre.instances * pre.gpus_per_instance + dec.instances * dec.gpus_per_instance
         assert gpus == d.deployment.gpus <= inp.cluster.num_gpus
         g = inp.cluster.gpus_per_node     # each pool on nodes of its own
-        assert math.ceil(pre["instances"] * pre["gpus_per_instance"] / g) + \
-            math.ceil(dec["instances"] * dec["gpus_per_instance"] / g) <= inp.cluster.num_nodes
-        c = x["conservation"]             # each transferred request decoded once (one-token outputs end at prefill)
-        assert 0 < c["transferred"] == c["decoded"] <= c["prefilled"]
-        roles = [item["plan"] for item in d.launch]
+        assert math.ceil(pre.instances * pre.gpus_per_instance / g) + \
+            math.ceil(dec.instances * dec.gpus_per_instance / g) <= inp.cluster.num_nodes
+        c = x.run.conservation            # each transferred request decoded once (one-token outputs end at prefill)
+        assert 0 < c.transferred == c.decoded <= c.prefilled
+        roles = [item.plan for item in d.launch]
         assert roles[-1] == "router" and "prefill" in roles[0] and "decode" in roles[1]
     assert [rank_key("gpus", d) for d in disagg.deployments] == sorted(rank_key("gpus", d) for d in disagg.deployments)
 

@@ -26,7 +26,7 @@ _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("de
             "batching_chunked": ("mixed", "prefill_first"), "batching_unchunked": ("mixed", "prefill_first"),
             "closed_loop": ("desync", "lockstep"), "speculative": ("mtp", "eagle3"),
             "ep_degrees": ("divisors", "all"), "default_ep": ("none", "all"), "moe_dispatch": ("allgather", "alltoall", "dp_buffer"),
-            "a2a_decode_kernel": ("low_latency", "normal")}
+            "a2a_decode_kernel": ("low_latency", "normal"), "fused_quant_producers": ("norm", "activation", "attention")}
 
 
 def engine_dir() -> Path:
@@ -216,6 +216,7 @@ def profile_to_dict(profile: EngineProfile) -> dict:
         d.pop(key)
     d["collectives"]["custom_allreduce_tp"] = list(d["collectives"]["custom_allreduce_tp"])
     d["features"]["speculative"] = list(d["features"]["speculative"])
+    d["quantization"]["fused_quant_producers"] = list(d["quantization"]["fused_quant_producers"])
     if not d["calibration_error_by_gpu"]:
         d.pop("calibration_error_by_gpu")
     return d

@@ -86,7 +86,10 @@ class Quantization:
     activation_scales: str = "static"     # dynamic (per-step scale: reduce + quantise) | static (quantise only)
     kernels_per_gemm_dynamic: int = 2     # extra kernels per weight GEMM with dynamic scales
     kernels_per_gemm_static: int = 1      # extra kernels per weight GEMM with static scales
-    fused_activation_quant: bool = False  # quantisation fused into the producing kernel (no extra pass)
+    fused_activation_quant: bool = False  # quantisation fused into every producing kernel (no extra pass)
+    # or only into these producers of a GEMM input: norm (RMSNorm -> qkv, gate_up, router), activation
+    # (SiLU-and-mul -> down), attention (attention output -> o); the other inputs keep their quant kernels
+    fused_quant_producers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

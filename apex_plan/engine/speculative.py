@@ -135,13 +135,13 @@ def draft_model(model, spec: Speculative):
     full-attention layer of the target's width with its own reduced-vocabulary LM head."""
     import dataclasses
 
-    from apex_plan.model.spec import DENSE, FULL, LayerGroup, LayerKind
+    from apex_plan.model.spec import DENSE, LayerGroup, LayerKind
     if spec.method == "mtp":
         last = model.layers()[-1]
         return dataclasses.replace(model, name=f"{model.name}-mtp", num_layers=1, layer_groups=(LayerGroup((last,), 1),),
                                    num_dense_layers=-1 if last.mlp == DENSE else 0, mtp_layers=0)
     width = model.intermediate_size or int(EAGLE3_FFN_RATIO * model.hidden_size)
     return dataclasses.replace(model, name=f"{model.name}-eagle3", num_layers=1,
-                               layer_groups=(LayerGroup((LayerKind(FULL, DENSE),), 1),), num_dense_layers=-1,
+                               layer_groups=(LayerGroup((LayerKind(model.global_mixer, DENSE),), 1),), num_dense_layers=-1,
                                intermediate_size=width, vocab_size=EAGLE3_DRAFT_VOCAB, tie_word_embeddings=False,
                                mtp_layers=0)

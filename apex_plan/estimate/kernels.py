@@ -66,7 +66,7 @@ def window_pairs(k0, c, win):
 @kernel(cache=True, inline="always")
 def empty_shape(eager):
     """The aggregates of a step with no sequence yet (eager: 1 forces host-launched kernels)."""
-    return StepShape(0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, eager)
+    return StepShape(0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, eager)
 
 
 @kernel(cache=True, inline="always")
@@ -80,21 +80,24 @@ def _capped(k0, c, cap):
 
 
 @kernel(cache=True, inline="always")
-def add_sequence(sh, win, topk, k0, c, decode, samples, count):
+def add_sequence(sh, win, topk, win2, k0, c, decode, samples, count):
     """`sh` with `count` identical sequences added: each computes c tokens after k0 cached ones, as a
     decode (decode=1: its context k0 + c is read) or a prefill chunk; samples: rows sampled per
     sequence (1 for a token; k + 1 for a speculative verification of k drafts, 0 for none).
-    Windowed fields cap each sequence's context at `win` tokens, top-k fields at `topk` (<= 0: no cap)."""
+    Windowed fields cap each sequence's context at `win` tokens, top-k fields at `topk`, second-window
+    fields at `win2` (<= 0: no cap)."""
     tokens = sh.tokens + count * c
     n_logits = sh.n_logits + count * samples       # sampled rows: 1 per sequence (k + 1 when verifying k drafts)
     pairs_w, ctx_w, dec_w = _capped(k0, c, win)
     pairs_k, ctx_k, dec_k = _capped(k0, c, topk)
+    pairs_v, ctx_v, dec_v = _capped(k0, c, win2)
     if decode:
         seq = k0 + c
         return StepShape(tokens, sh.n_decode + count, sh.n_prefill, n_logits, sh.pf_pairs, sh.pf_pad_pairs,
                          sh.pf_pad_prefix_pairs, sh.pf_q_tiles, sh.dec_ctx_tokens + count * seq, sh.pf_ctx_tokens,
                          sh.pf_pairs_w, sh.dec_ctx_w + count * dec_w, sh.pf_ctx_w,
-                         sh.pf_pairs_k, sh.dec_ctx_k + count * dec_k, sh.pf_ctx_k, sh.eager)
+                         sh.pf_pairs_k, sh.dec_ctx_k + count * dec_k, sh.pf_ctx_k,
+                         sh.pf_pairs_v, sh.dec_ctx_v + count * dec_v, sh.pf_ctx_v, sh.eager)
     pairs = c * (k0 + (c + 1) * 0.5)              # causal query x key pairs of this chunk
     pad = padded_pairs(c, k0)                     # the same over whole query tiles
     ctx = k0 + c                                  # KV tokens the chunk reads (its own included)
@@ -102,17 +105,18 @@ def add_sequence(sh, win, topk, k0, c, decode, samples, count):
                      sh.pf_pad_pairs + count * pad, sh.pf_pad_prefix_pairs + (count * pad if k0 > 0 else 0.0),
                      sh.pf_q_tiles + count * q_tiles(c), sh.dec_ctx_tokens, sh.pf_ctx_tokens + count * ctx,
                      sh.pf_pairs_w + count * pairs_w, sh.dec_ctx_w, sh.pf_ctx_w + count * ctx_w,
-                     sh.pf_pairs_k + count * pairs_k, sh.dec_ctx_k, sh.pf_ctx_k + count * ctx_k, sh.eager)
+                     sh.pf_pairs_k + count * pairs_k, sh.dec_ctx_k, sh.pf_ctx_k + count * ctx_k,
+                     sh.pf_pairs_v + count * pairs_v, sh.dec_ctx_v, sh.pf_ctx_v + count * ctx_v, sh.eager)
 
 
 @kernel(cache=True)
-def aggregate(batch, win, topk, eager):
+def aggregate(batch, win, topk, win2, eager):
     """StepShape of a `BATCH` table (rows of identical sequences) on a model windowed at `win` tokens
-    whose sparse layers' top-k rows span `topk` tokens."""
+    (and at `win2` in its layers of a second window) whose sparse layers' top-k rows span `topk` tokens."""
     sh = empty_shape(eager)
     for i in range(batch.shape[0]):
         b = batch[i]
-        sh = add_sequence(sh, win, topk, b.cached_tokens, b.new_tokens, b.decode, b.samples, b.count)
+        sh = add_sequence(sh, win, topk, win2, b.cached_tokens, b.new_tokens, b.decode, b.samples, b.count)
     return sh
 
 
@@ -148,24 +152,36 @@ def host_launched_kernels(p, sh, layer_kernels):
     return 0.0
 
 
+@kernel(cache=True, inline="always")
+def _capped_shape(sh, windowed):
+    """(prefill pairs, decode context, prefill KV reads) of a step as a row of `windowed` cap slot sees
+    them: 0 uncapped, 1 at the window, 2 at the top-k span, 3 at the second window."""
+    if windowed == 1:
+        return sh.pf_pairs_w, sh.dec_ctx_w, sh.pf_ctx_w
+    if windowed == 2:
+        return sh.pf_pairs_k, sh.dec_ctx_k, sh.pf_ctx_k
+    if windowed == 3:
+        return sh.pf_pairs_v, sh.dec_ctx_v, sh.pf_ctx_v
+    return sh.pf_pairs, sh.dec_ctx_tokens, sh.pf_ctx_tokens
+
+
 @kernel(cache=True, fastmath=False)
 def _attn_s(p, sh, o, windowed):
     """Seconds of one layer's attention row `o`. Prefill: tile-padded query x key pairs (o.pf_flops_per_unit
     each) at the row's prefill efficiency x the backend's scale x SM occupancy (query tiles x heads over
     SMs), or the KV read if slower. Decode: the KV read (o.rereads times per KV head without GQA sharing)
     at the row's bytes/s, or its FLOPs at its decode efficiency; o.latency_s per call.
-    windowed: 1 contexts capped at the window, 2 at the top-k span; the padded pairs shrink in the capped
-    pairs' ratio."""
+    windowed: 1 contexts capped at the window, 2 at the top-k span, 3 at the second window; the padded
+    pairs shrink in the capped pairs' ratio."""
     bw = p.hbm_bytes_per_s * p.hbm_efficiency
     kv_b = o.bytes_per_unit
     a_peak = p.attn_peak_flops_per_s * o.efficiency           # achievable prefill attention FLOP/s, full occupancy
     pf_pad, pf_pad_prefix = sh.pf_pad_pairs, sh.pf_pad_prefix_pairs
     dec_ctx, pf_ctx = sh.dec_ctx_tokens, sh.pf_ctx_tokens
     if windowed > 0:
-        capped = sh.pf_pairs_w if windowed == 1 else sh.pf_pairs_k
+        capped, dec_ctx, pf_ctx = _capped_shape(sh, windowed)
         wr = capped / sh.pf_pairs if sh.pf_pairs > 0.0 else 1.0
         pf_pad, pf_pad_prefix = pf_pad * wr, pf_pad_prefix * wr
-        dec_ctx, pf_ctx = (sh.dec_ctx_w, sh.pf_ctx_w) if windowed == 1 else (sh.dec_ctx_k, sh.pf_ctx_k)
     t = 0.0
     if sh.n_prefill > 0:
         occ = min(1.0, max(sh.pf_q_tiles, 1.0) * p.attn_heads / p.sms)
@@ -206,11 +222,7 @@ def _op_time(p, sh, o, m, moe_m):
         return max(flops / peak, byts / o.bytes_per_s) + o.latency_s, flops, byts
     if o.shape == OP_ATTENTION:
         windowed = o.windowed
-        dec_ctx, pf_ctx, pairs = sh.dec_ctx_tokens, sh.pf_ctx_tokens, sh.pf_pairs
-        if windowed == 1:
-            dec_ctx, pf_ctx, pairs = sh.dec_ctx_w, sh.pf_ctx_w, sh.pf_pairs_w
-        elif windowed == 2:
-            dec_ctx, pf_ctx, pairs = sh.dec_ctx_k, sh.pf_ctx_k, sh.pf_pairs_k
+        pairs, dec_ctx, pf_ctx = _capped_shape(sh, windowed)
         t = _attn_s(p, sh, o, windowed)
         flops = o.pf_flops_per_unit * pairs + o.flops_per_unit * dec_ctx        # QK^T and PV multiply-adds
         byts = o.bytes_per_unit * (dec_ctx * o.rereads + pf_ctx)                # KV cache read
@@ -334,7 +346,7 @@ def rank_step_time(cost, sh, moe_m):
 def batch_step_time(cost, batch, eager):
     """step_time of a `BATCH` table: the analytic callers' entry point (one dispatch per step)."""
     p = cost.params[0]
-    return step_time(cost, aggregate(batch, p.window_tokens, p.topk_tokens, eager))
+    return step_time(cost, aggregate(batch, p.window_tokens, p.topk_tokens, p.window2_tokens, eager))
 
 
 @kernel(cache=True)
@@ -342,7 +354,7 @@ def rank_batch_step_time(cost, batch, eager, moe_m):
     """rank_step_time of a `BATCH` table: one attention-DP rank of a lock-step replica whose ranks
     average `moe_m` tokens through the experts."""
     p = cost.params[0]
-    return rank_step_time(cost, aggregate(batch, p.window_tokens, p.topk_tokens, eager), moe_m)
+    return rank_step_time(cost, aggregate(batch, p.window_tokens, p.topk_tokens, p.window2_tokens, eager), moe_m)
 
 
 def make_batch(decodes: int = 0, context: int = 0, chunk: int = 0, cached: int = 0, samples: bool = True) -> np.ndarray:

@@ -5,8 +5,9 @@ per-GPU shard of a plan as one layer kind sees it (`Shard.view`: its own KV head
 the op rows one of its layers adds to the step (`rows`: attention over cached context, or a
 recurrent step with a per-sequence state), the KV bytes a token keeps in
 one of its layers (`kv_bytes_per_token`), and the bytes a sequence holds whatever its length
-(`seq_bytes`). MLA is an attention geometry (latent projections and cache) that `build_shard`
-folds into the full / sparse layers' figures, not a mixer of its own.
+(`seq_bytes`). Multi-head latent attention is its own mixer (`LatentAttention`); DeepSeek sparse
+attention over an MLA model's latent cache (DeepSeek-V3.2, GLM-5) runs the same latent kernels
+(`Shard.latent`).
 
 Adding a mixer that fits an existing cost shape (OP_ATTENTION, OP_RECURRENT): its class here
 (registered with `@register(name)`), its name in `model.spec.MIXERS`, its config reader in
@@ -70,7 +71,7 @@ class LinearReplacement(Mixer):
 
 def _raw_window(shard, count, rereads) -> list[dict]:
     """A compressed layer's attention over its raw window (DeepSeek-V4: the last `raw_window` tokens
-    uncompressed, capped at COST.window_tokens), none for an uncompressed one."""
+    uncompressed, capped at its window's COST cap), none for an uncompressed one."""
     if not shard.compress:
         return []
     return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.attn_flops_per_pair,
@@ -98,17 +99,30 @@ class FullAttention(Mixer):
     def rows(self, shard, count, rereads):
         c = max(shard.compress, 1)
         flops = shard.full_attn_flops_per_pair or shard.attn_flops_per_pair
-        # prefill FLOPs per pair: MLA's expanded form where it differs (0: as decode, see op_table)
-        pf = 0.0 if shard.full_attn_flops_per_pair else shard.prefill_flops_per_pair
-        return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=flops / c, pf_flops_per_unit=pf / c,
-                     bytes_per_unit=self._kv(shard) / c, rereads=rereads, latent=int(shard.latent))] + _raw_window(
-                         shard, count, rereads)
+        return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=flops / c, bytes_per_unit=self._kv(shard) / c,
+                     rereads=rereads)] + _raw_window(shard, count, rereads)
 
     def kv_bytes_per_token(self, shard):
         return self._kv(shard) / max(shard.compress, 1)
 
     def seq_bytes(self, shard, max_model_len, block_size):
         return _compressed_seq_bytes(shard, max_model_len, block_size)
+
+
+@register(S.MLA)
+class LatentAttention(Mixer):
+    """Multi-head latent attention (DeepSeek-V2/V3, Kimi-K2) over every cached token: each token keeps its
+    compressed latent and shared rope key (`model.kv`), the projections are `estimate.gemms._mla`'s.
+    Decode runs the absorbed form over the latent cache, prefill the expanded form (its own FLOPs per
+    pair), both on the engines' MLA kernels (`attention_rates(latent=True)`)."""
+
+    def rows(self, shard, count, rereads):
+        return [_row(shape=OP_ATTENTION, count=count, flops_per_unit=shard.attn_flops_per_pair,
+                     pf_flops_per_unit=shard.prefill_flops_per_pair, bytes_per_unit=shard.kv_bytes_per_token_layer,
+                     rereads=rereads, latent=1)]
+
+    def kv_bytes_per_token(self, shard):
+        return shard.kv_bytes_per_token_layer
 
 
 class WindowedAttention(Mixer):
@@ -220,6 +234,8 @@ def op_table(shard, gemm_rates, attention_rates, rereads: float) -> np.ndarray:
         kind_rereads = 1.0 if rereads == 1.0 else max(1.0, view.heads_per_gpu / view.kv_heads_per_gpu)
         for r in MIXERS[kind.mixer].rows(view, n, kind_rereads):
             latent = r.pop("latent", 0) == 1      # builder-side only: MLA rows run the MLA kernels
+            if r["windowed"] == 1 and kind.window != shard.window:
+                r["windowed"] = 3                 # a layer of the model's second window: its own cap
             if r["shape"] == OP_ATTENTION:
                 r.update(attention_rates(latent))
                 # prefill FLOPs per pair: the decode form's unless the row names its own (MLA expanded)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from apex_plan.estimate import gemms as G
 from apex_plan.estimate.gemms import Gemm
+from apex_plan.errors import InputError
 from apex_plan.estimate.mixers import MIXERS
 from apex_plan.model import spec as S
 from apex_plan.model.spec import LayerKind, ModelSpec
@@ -81,10 +82,11 @@ class Shard:
     full_kv_bytes_per_token_layer: float = 0.0   # full-attention layers' KV bytes when they differ (Gemma 4); 0: same
     full_attn_flops_per_pair: float = 0.0        # full-attention layers' FLOPs per pair when they differ; 0: same
     prefill_flops_per_pair: float = 0.0          # MLA: prefill attention FLOPs per pair in the expanded form; 0: as decode
-    latent: bool = False                         # MLA: attention runs over the latent cache (the MLA kernels)
+    latent: bool = False                         # an MLA model: sparse attention too runs over the latent cache
     kv_variants: tuple[tuple[int, int, float], ...] = ()   # (LayerKind.kv_heads, KV heads on one GPU, KV bytes per
                                                            # token per layer on one GPU) of layers with their own KV heads
     topk_tokens: int = 0             # sparse attention: tokens of context its top-k rows span (index_topk x compress)
+    window2: int = 0                 # a second, smaller window of some windowed layers (their own cap); 0: one window
     compress: int = 0                # in a view of a compressed layer kind: tokens pooled per cached row; 0 otherwise
     raw_window: int = 0              # in a view of a compressed layer kind: raw tokens kept beside the rows
     compressor_state_bytes: float = 0.0   # in a view of a compressed layer kind: its compressor's state per sequence
@@ -93,9 +95,10 @@ class Shard:
     def view(self, kind: LayerKind) -> "Shard":
         """This shard as one layer of `kind` sees it: its own KV heads (DeciLM) and compression (DeepSeek-V4);
         itself when the kind has neither."""
-        if not (kind.kv_heads or kind.compress):
+        own_window = kind.window != self.window and (kind.mixer in (S.SLIDING, S.CHUNKED) or kind.compress)
+        if not (kind.kv_heads or kind.compress or own_window):
             return self
-        fields = {}
+        fields = {"window": kind.window} if own_window else {}
         for value, heads, kv_b in self.kv_variants:
             if value == kind.kv_heads:
                 fields.update(kv_heads_per_gpu=heads, kv_bytes_per_token_layer=kv_b)
@@ -168,9 +171,15 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
     # output into them (read h and hc*h, write hc*h)
     resid = 2 * (2 + (model.hc_mult + 1) + (1 + 2 * model.hc_mult)) * h if model.hc_mult else 8 * h
     elem = (resid + 2 * (at.q_out + at.k_out) + 3 * act_inter) * dtype_bytes(plan.act_dtype) + at.kv_bytes_per_token
-    # one window cap for sliding / chunked layers and compressed layers' raw window, one for the span of
-    # sparse attention's top-k rows (index_topk rows of `compress` tokens each)
-    windows = [k.window for k in model.layers() if k.mixer in (S.SLIDING, S.CHUNKED) or k.compress]
+    # window caps for sliding / chunked layers and compressed layers' raw windows (the largest, and a
+    # second for layers of a smaller one), one for the span of sparse attention's top-k rows (index_topk
+    # rows of `compress` tokens each)
+    windows = sorted({k.window for k in model.layers() if k.mixer in (S.SLIDING, S.CHUNKED) or k.compress},
+                     reverse=True)
+    if len(windows) > 2:
+        raise InputError(model.source or model.name, "layer windows", f"{len(windows)} distinct attention windows "
+                         f"({', '.join(map(str, windows))} tokens); the estimator costs at most two per model",
+                         "give the layers at most two window sizes")
     sparse = [max(k.compress, 1) for k in model.layers() if k.mixer == S.SPARSE]
     return Shard(
         gemms=tuple(gemms),
@@ -182,7 +191,8 @@ def build_shard(model: ModelSpec, plan: Plan) -> Shard:
         elem_bytes_per_token_layer=elem,
         norm_params_per_layer=at.norm_params,
         vocab_per_gpu=math.ceil(model.vocab_size / tp),
-        window=max(windows) if windows else 0, index_kv_bytes_per_token=idx.bytes_per_unit,
+        window=windows[0] if windows else 0, window2=windows[1] if len(windows) > 1 else 0,
+        index_kv_bytes_per_token=idx.bytes_per_unit,
         index_flops_per_pair=idx.flops_per_unit,
         state_bytes_linear=lin.bytes_per_unit, state_bytes_mamba=mam.bytes_per_unit,
         linear_flops_per_token=lin.flops_per_unit, mamba_flops_per_token=mam.flops_per_unit,

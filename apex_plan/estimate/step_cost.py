@@ -113,6 +113,7 @@ def layer_fields(shard: Shard) -> dict:
     st = shard.largest_stage
     return dict(dense_layers=st.dense_layers, moe_layers=st.moe_layers, mlp_free_layers=st.mlp_free_layers,
                 mixerless_layers=st.count(S.NO_MIXER), window_tokens=shard.window, topk_tokens=shard.topk_tokens,
+                window2_tokens=shard.window2,
                 attn_heads=shard.heads_per_gpu)
 
 
@@ -132,7 +133,9 @@ def link_fields(gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: Eng
     nccl_s = c.allreduce_latency_us * 1e-6 + (0.0 if in_node else inter_lat_s)
     return dict(
         allreduce_nccl_latency_s=nccl_s,
-        allreduce_latency_s=c.custom_allreduce_latency_us * 1e-6 if custom else nccl_s,
+        # each engine runs its own one-shot kernel (vLLM custom_all_reduce.cu, SGLang's, TRT-LLM allReduceFusion),
+        # measured per chip: its small-message latency, the GPU's figure when the engine's is not known
+        allreduce_latency_s=c.custom_allreduce_us(prof.family) * 1e-6 if custom else nccl_s,
         custom_allreduce_max_bytes=coll.custom_allreduce_max_bytes if custom else 0.0,
         link_bytes_per_s=link_bw,
         p2p_latency_s=c.p2p_latency_us * 1e-6 + (inter_lat_s if pp_cross else 0.0),
@@ -178,25 +181,49 @@ def _variant_share(shard: Shard, g) -> float:
     return st.gemm_layers(g) / peers if peers else 0.0
 
 
+# the kernel that produces each quantised GEMM input of a layer (a fused engine quantises in it):
+# RMSNorm feeds qkv, gate_up and the router, the attention output feeds o, SiLU-and-mul feeds down
+QUANT_PRODUCERS = ("norm", "activation", "attention")
+DENSE_QUANT_INPUTS = ("norm", "attention", "norm", "activation")            # qkv, o, gate_up, down
+MOE_QUANT_INPUTS = ("norm", "attention", "norm", "norm", "activation")      # qkv, o, router, experts gate_up, down
+
+
+def gemm_input_producer(g: Gemm) -> str:
+    """The kernel whose output is `g`'s input: the attention output (o, o_a), the activation (down), another
+    GEMM (o_b after o_a: never fused), else a norm."""
+    if g.name in ("o", "o_a"):
+        return "attention"
+    return "activation" if g.name.startswith("down") else "gemm" if g.name == "o_b" else "norm"
+
+
+def fused_producers(q, block: bool) -> frozenset:
+    """Producers that quantise their output for the next GEMM (`q`: the profile's quantization section).
+    Block-scaled fp8 (1x128 activation scales) takes its own quantise kernel even on engines that fuse
+    per-tensor quantisation (TRT-LLM _torch/modules/linear.py FP8BlockScalesLinearMethod.apply:
+    fp8_quantize_1x128 before fp8_block_scaling_gemm)."""
+    if block:
+        return frozenset()
+    return frozenset(QUANT_PRODUCERS if q.fused_activation_quant else q.fused_quant_producers)
+
+
 def kernel_count_fields(model: ModelSpec, plan: Plan, shard: Shard, prof: EngineProfile, scales: str) -> dict:
     """COST fields of the kernels per layer and the activation-quantisation bytes."""
     # W8A8 (fp8/int8 weights): the engine quantises each GEMM's input on the fly; with dynamic scales
     # a reduction pass finds the scale first (vLLM 0.6 scaled_fp8_quant: 3 kernels), static scales
-    # need one quantise kernel, and fused kernels none
+    # need one quantise kernel, and an input whose producer fuses the quantisation none
     q = prof.quantization
-    # block-scaled fp8 (1x128 activation scales) takes its own quantise kernel even on engines that fuse
-    # per-tensor quantisation into the producing kernel (TRT-LLM _torch/modules/linear.py
-    # FP8BlockScalesLinearMethod.apply: fp8_quantize_1x128 before fp8_block_scaling_gemm)
     block = any(g.fmt == "fp8-block" for g in shard.gemms if g.kind in (GEMM_ATTENTION, GEMM_DENSE_MLP))
-    quant = plan.weight_dtype in ("fp8", "int8") and (block or not q.fused_activation_quant)
+    fused = fused_producers(q, block)
+    quant = plan.weight_dtype in ("fp8", "int8")
     per_gemm = (q.kernels_per_gemm_dynamic if scales == "dynamic" else q.kernels_per_gemm_static) if quant else 0
     passes = (2.0 if scales == "dynamic" else 1.0) if quant else 0.0   # reads of the GEMM input
-    # quantisation bytes per token: read each GEMM input (activation dtype) per pass, write it in 1 byte
-    quant_k = sum(g.k * _variant_share(shard, g) for g in shard.gemms if g.kind in (GEMM_ATTENTION, GEMM_DENSE_MLP))
+    # quantisation bytes per token: read each unfused GEMM input (activation dtype) per pass, write it in 1 byte
+    quant_k = sum(g.k * _variant_share(shard, g) for g in shard.gemms
+                  if g.kind in (GEMM_ATTENTION, GEMM_DENSE_MLP) and gemm_input_producer(g) not in fused)
     quant_b = quant_k * (passes * dtype_bytes(plan.act_dtype) + 1.0) if quant else 0.0
     # kernels per layer: 2 norms, qkv, rotary, KV write, attention, o, all-reduce, gate_up, act, down, all-reduce
-    n_quant_dense = 4 * per_gemm               # qkv, o, gate_up, down
-    n_quant_moe = 5 * per_gemm                 # qkv, o, router input, two expert GEMMs
+    n_quant_dense = per_gemm * sum(p not in fused for p in DENSE_QUANT_INPUTS)
+    n_quant_moe = per_gemm * sum(p not in fused for p in MOE_QUANT_INPUTS)
     return dict(
         elem_bytes_per_token=shard.elem_bytes_per_token_layer + quant_b,
         kernels_per_dense_layer=12 + n_quant_dense,

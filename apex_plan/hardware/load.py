@@ -219,9 +219,12 @@ def _calibration(doc: dict[str, Any], where: str) -> Calibration:
                              f"moved to the engine profile as '{MOVED_TO_ENGINE[key]}'",
                              f"delete it here; set {MOVED_TO_ENGINE[key]} in an engine profile YAML (--engine FILE)")
     _check_keys(raw, fields, where, prefix="calibration.")
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}
     for key in raw:
         field = f"calibration.{key}"
+        if key == "custom_allreduce_latency_us_by_engine":
+            values[key] = _by_engine(raw[key], where, field)
+            continue
         if key.endswith("_efficiency"):
             value = _number(raw, key, where, "fraction of peak", field=field)
             if value > 1.0:
@@ -235,6 +238,22 @@ def _calibration(doc: dict[str, Any], where: str) -> Calibration:
             value = _number(raw, key, where, _SUFFIX_UNITS.get(unit, unit), field=field, allow_min=True)
         values[key] = value
     return Calibration(**values)
+
+
+ENGINE_FAMILIES = ("vllm", "sglang", "trtllm")
+
+
+def _by_engine(raw: Any, where: str, field: str) -> tuple[tuple[str, float], ...]:
+    """A {engine family: microseconds} mapping of the calibration block, as sorted pairs."""
+    if not isinstance(raw, dict):
+        raise InputError(where, field, f"expected a mapping, got '{raw}'",
+                         "write e.g. '{vllm: 7.4, sglang: 5.9, trtllm: 5.7}'")
+    out = []
+    for fam in raw:
+        if fam not in ENGINE_FAMILIES:
+            raise InputError(where, f"{field}.{fam}", "unknown engine family", did_you_mean(str(fam), ENGINE_FAMILIES))
+        out.append((fam, _number(raw, fam, where, "us", field=f"{field}.{fam}", allow_min=True)))
+    return tuple(sorted(out))
 
 
 def _clocks(doc: dict[str, Any], where: str, tdp_w: float) -> Clocks | None:

@@ -21,9 +21,16 @@ class Calibration:
     kernel_latency_us: float = 4.0          # fixed GPU cost per kernel (launch gap + tail), CUDA graphs on
     allreduce_latency_us: float = 20.0      # NCCL all-reduce latency for a small message
     custom_allreduce_latency_us: float = 8.0  # one-shot custom all-reduce (vLLM/SGLang/TRT-LLM) latency, small message
+    # the same per engine family whose own all-reduce kernel was measured on this chip (vllm, sglang, trtllm:
+    # each engine ships its own one-shot kernel); a family not listed takes custom_allreduce_latency_us
+    custom_allreduce_latency_us_by_engine: tuple[tuple[str, float], ...] = ()
     p2p_latency_us: float = 10.0            # pipeline send/recv latency
     alltoall_latency_us: float = 25.0       # expert-parallel all-to-all latency
     moe_imbalance: float = 1.25             # busiest EP rank's load over the mean at ep 8 (estimate.moe.popularity_skew)
+
+    def custom_allreduce_us(self, family: str) -> float:
+        """Small-message latency of `family`'s own custom all-reduce kernel on this chip."""
+        return dict(self.custom_allreduce_latency_us_by_engine).get(family, self.custom_allreduce_latency_us)
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,7 @@ def kimi_k3_spec(cfg: dict, where: str, common: dict) -> ModelSpec:
     heads, dim = _int(lin, sub, "num_heads"), _int(lin, sub, "head_dim")
     first_k = _int(cfg, where, "first_k_dense_replace", 0, minimum=0)
     kda_set = set(kda)
-    layers = [LayerKind(S.LINEAR if i + 1 in kda_set else S.FULL, S.DENSE if i < first_k else S.MOE) for i in range(n)]
+    layers = [LayerKind(S.LINEAR if i + 1 in kda_set else S.MLA, S.DENSE if i < first_k else S.MOE) for i in range(n)]
     shared = _int(cfg, where, "num_shared_experts", 0, minimum=0)
     width = _int(cfg, where, "moe_intermediate_size")
     v_head_dim = _int(cfg, where, "v_head_dim")

@@ -4,7 +4,7 @@ memory model, the KV transfer of disaggregated serving and the reports count."""
 
 from __future__ import annotations
 
-from apex_plan.model.spec import CHUNKED, FULL, LINEAR, MAMBA, NO_MIXER, PROJ, SLIDING, SPARSE, LayerKind, ModelSpec
+from apex_plan.model.spec import CHUNKED, FULL, LINEAR, MLA, MAMBA, NO_MIXER, PROJ, SLIDING, SPARSE, LayerKind, ModelSpec
 from apex_plan.units import dtype_bytes
 
 
@@ -61,7 +61,7 @@ def kv_tokens_held(kind: LayerKind, context_tokens: int) -> int:
         return min(context_tokens, kind.window)
     if kind.mixer in (FULL, SPARSE) and kind.compress:     # raw window + one row per `compress` tokens
         return min(context_tokens, kind.window) + context_tokens // kind.compress
-    if kind.mixer in (FULL, SPARSE):
+    if kind.mixer in (FULL, MLA, SPARSE):
         return context_tokens
     return 0
 

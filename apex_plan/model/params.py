@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from apex_plan.model.spec import (
-    CHUNKED, DENSE, FULL, LINEAR, MAMBA, MOE, NO_MIXER, NO_MLP, PROJ, PROJ_MLP, SLIDING, SPARSE, LayerKind, ModelSpec,
+    ATTENTION_MIXERS, CHUNKED, DENSE, FULL, LINEAR, MAMBA, MOE, NO_MIXER, NO_MLP, PROJ, PROJ_MLP, SLIDING, SPARSE, LayerKind, ModelSpec,
 )
 from apex_plan.model.quant import component_format, format_bytes
 from apex_plan.units import dtype_bytes
@@ -265,7 +265,7 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
     """Exact parameter counts of `spec` (see module docstring for what is counted)."""
     h = spec.hidden_size
     counts = spec.kind_counts()
-    attn_kinds = [k for k in counts if k.mixer in (FULL, SLIDING, CHUNKED, SPARSE)]
+    attn_kinds = [k for k in counts if k.mixer in ATTENTION_MIXERS]
     attention = attention_params(spec, attn_kinds[0].mixer) if attn_kinds else 0
     n_dense, n_moe = spec.n_dense_layers, spec.n_moe_layers
     dense_mlp = mlp_params(spec, h, spec.intermediate_size) if n_dense else 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 # Token mixers a layer can have.
 FULL = "full"            # causal attention over every cached token
+MLA = "mla"              # multi-head latent attention over every cached token (DeepSeek-V2/V3, Kimi-K2)
 SLIDING = "sliding"      # attention over the last `window` tokens (gpt-oss, Gemma)
 CHUNKED = "chunked"      # attention inside fixed chunks of `window` tokens (Llama-4 local layers)
 SPARSE = "sparse"        # DeepSeek sparse attention: an indexer picks `index_topk` cached tokens
@@ -14,8 +15,8 @@ LINEAR = "linear"        # Gated DeltaNet linear attention: a fixed-size state p
 MAMBA = "mamba"          # Mamba-2 state-space mixer: a fixed-size state per sequence
 PROJ = "proj"            # one hidden x hidden linear in place of attention, no cache (DeciLM replace_with_linear)
 NO_MIXER = "none"        # a block with only an MLP (Nemotron-H '-' and 'E' blocks)
-MIXERS = (FULL, SLIDING, CHUNKED, SPARSE, LINEAR, MAMBA, PROJ, NO_MIXER)
-ATTENTION_MIXERS = (FULL, SLIDING, CHUNKED, SPARSE)   # mixers that keep a per-token KV cache
+MIXERS = (FULL, MLA, SLIDING, CHUNKED, SPARSE, LINEAR, MAMBA, PROJ, NO_MIXER)
+ATTENTION_MIXERS = (FULL, MLA, SLIDING, CHUNKED, SPARSE)   # mixers that keep a per-token KV cache
 STATE_MIXERS = (LINEAR, MAMBA)                        # mixers that keep a per-sequence state
 
 # MLPs a layer can have.
@@ -178,10 +179,16 @@ class ModelSpec:
         n_dense = self.num_layers if (self.num_dense_layers < 0 or not self.is_moe) else self.num_dense_layers
         out = []
         if n_dense:
-            out.append(LayerGroup((LayerKind(FULL, DENSE),), n_dense))
+            out.append(LayerGroup((LayerKind(self.global_mixer, DENSE),), n_dense))
         if self.num_layers - n_dense:
-            out.append(LayerGroup((LayerKind(FULL, MOE),), self.num_layers - n_dense))
+            out.append(LayerGroup((LayerKind(self.global_mixer, MOE),), self.num_layers - n_dense))
         return tuple(out)
+
+    @property
+    def global_mixer(self) -> str:
+        """The mixer of this model's attention over every cached token: MLA for a latent-attention model
+        (`attention == "mla"`, a config with kv_lora_rank), else full attention."""
+        return MLA if self.attention == "mla" else FULL
 
     def layers(self) -> tuple[LayerKind, ...]:
         """The kind of every layer, first to last."""

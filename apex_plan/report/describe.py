@@ -77,13 +77,20 @@ def models_table(models: list[ModelSpec], console: Console) -> None:
     print_table(console, t, ("architecture", "hidden", "heads/kv", "layers", "max ctx"))
 
 
+def calibration_doc(g: GpuSpec) -> dict:
+    """The calibration constants by name; per-engine figures as an {engine: value} mapping."""
+    d = dataclasses.asdict(g.calibration)
+    d["custom_allreduce_latency_us_by_engine"] = dict(g.calibration.custom_allreduce_latency_us_by_engine)
+    return d
+
+
 def gpu_doc(g: GpuSpec) -> dict:
     return {
         "name": g.name, "vendor": g.vendor, "source": g.source,
         "memory_gib": g.memory_bytes / GIB, "mem_bw_gbps": g.mem_bw_gbps, "peak_tflops": dict(g.peak_tflops),
         "intra_node_bw_gbps": g.intra_node_bw_gbps, "pcie_gbps": g.pcie_gbps, "tdp_w": g.tdp_w, "idle_w": g.idle_w,
         "num_sms": g.num_sms, "gpus_per_node": g.gpus_per_node, "nvlink_domain_gpus": g.nvlink_domain_gpus,
-        "calibration": dataclasses.asdict(g.calibration),
+        "calibration": calibration_doc(g),
         "clocks": dataclasses.asdict(g.clocks) if g.clocks else None,
         "ridge_point_flops_per_byte": {dt: v * 1e12 / (g.mem_bw_gbps * 1e9) for dt, v in g.peak_tflops.items()},
     }
@@ -110,8 +117,8 @@ def gpus_table(gpus: list[GpuSpec], console: Console) -> None:
 def gpu_table(g: GpuSpec, console: Console) -> None:
     gpus_table([g], console)
     t = table(f"{g.name} calibration", [("constant", "left"), ("value", "right")])
-    for k, v in dataclasses.asdict(g.calibration).items():
-        t.add_row(k, f"{v:g}")
+    for k, v in calibration_doc(g).items():
+        t.add_row(k, ", ".join(f"{e} {x:g}" for e, x in v.items()) or "-" if isinstance(v, dict) else f"{v:g}")
     print_table(console, t)
     console.print(f"source: {g.source}")
 

@@ -3,12 +3,15 @@ launch commands), CSV row, and a table."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from rich.console import Console
 
 from apex_plan.report.layout import print_table, table
 from apex_plan.report.output import SCHEMA_VERSION, flatten
 from apex_plan.report.simulate_view import latency_table
 from apex_plan.simulate.disagg import DisaggResult
+from apex_plan.simulate.metrics import Distribution
 
 
 def _role_doc(role) -> dict | None:
@@ -30,7 +33,7 @@ def disagg_json(res: DisaggResult, inputs: dict) -> dict:
            "plan": {"label": res.plan.label(), "gpus": res.plan.num_gpus, "prefill": _role_doc(res.prefill),
                     "decode": _role_doc(res.decode)},
            "feasible": res.feasible, "reason": res.reason,
-           "launch": (launch_doc(res, inputs.get("model_source") or inputs["model"])
+           "launch": (launch_doc(res, inputs.get("model_source") or inputs["model"]).to_dict()
                       if res.prefill and res.decode else None)}
     if res.feasible:
         doc["metrics"] = res.metrics.to_dict()
@@ -66,20 +69,21 @@ def disagg_table(res: DisaggResult, console: Console, model_repo: str = "MODEL")
     print_table(console, latency_table(m))
     ph = table("TTFT by phase (ms)", [(col, "right" if col != "phase" else "left") for col in ("phase", "mean", "p50", "p90")])
     d = m.disagg
-    for k, v in d["ttft_phases"].items():
-        if isinstance(v, dict):
-            ph.add_row(k.removesuffix("_ms").replace("_", " "), *(_f(v[s], ".2f") for s in ("mean", "p50", "p90")))
+    for f in dataclasses.fields(d.ttft_phases):
+        v = getattr(d.ttft_phases, f.name)
+        if isinstance(v, Distribution):
+            ph.add_row(f.name.removesuffix("_ms").replace("_", " "), *(_f(x, ".2f") for x in (v.mean, v.p50, v.p90)))
         else:
-            ph.add_row(k.removesuffix("_ms"), _f(v, ".2f"), "", "")
+            ph.add_row(f.name.removesuffix("_ms"), _f(v, ".2f"), "", "")
     print_table(console, ph)
-    kv, c, pools = d["kv_transfer"], d["conservation"], d["pools"]
-    console.print(f"KV transfer: {kv['bytes_per_request_mean'] / 2**20:.1f} MiB per request, links "
-                  f"{', '.join(f'{g:g}' for g in kv['link_gbps'])} GB/s, {kv['rank_pairs_over_nvlink']:.0%} of rank pairs "
+    kv, c, pools = d.kv_transfer, d.conservation, d.pools
+    console.print(f"KV transfer: {kv.bytes_per_request_mean / 2**20:.1f} MiB per request, links "
+                  f"{', '.join(f'{g:g}' for g in kv.link_gbps)} GB/s, {kv.rank_pairs_over_nvlink:.0%} of rank pairs "
                   f"over NVLink")
-    console.print(f"pools: prefill busy {pools['prefill']['busy_fraction']:.0%} (KV peak "
-                  f"{pools['prefill']['kv_peak_utilization']:.0%}), decode busy {pools['decode']['busy_fraction']:.0%} "
+    console.print(f"pools: prefill busy {pools.prefill.busy_fraction:.0%} (KV peak "
+                  f"{pools.prefill.kv_peak_utilization:.0%}), decode busy {pools.decode.busy_fraction:.0%} "
                   f"(KV peak {m.memory.peak_utilization:.0%}); {m.completed}/{m.requests} completed; "
-                  f"prefilled {c['prefilled']}, transferred {c['transferred']}, decoded {c['decoded']}")
+                  f"prefilled {c.prefilled}, transferred {c.transferred}, decoded {c.decoded}")
     th = m.throughput
     console.print(f"throughput: {th.output_tokens_per_s:.0f} output tok/s, {th.requests_per_s:.2f} req/s over "
                   f"{m.makespan_s:.0f} s")
@@ -89,6 +93,6 @@ def disagg_table(res: DisaggResult, console: Console, model_repo: str = "MODEL")
                       f"{s.tpot_at_percentile_ms:.2f} ms: {'met' if s.met else 'missed'}; goodput "
                       f"{s.goodput_requests_per_s:.2f} req/s")
     la = launch_doc(res, model_repo)
-    console.print(f"launch ({la['prefill_instances']} prefill instances): {la['prefill']}", soft_wrap=True)
-    console.print(f"launch ({la['decode_instances']} decode instances): {la['decode']}", soft_wrap=True)
-    console.print(f"router: {la['router']}", soft_wrap=True)
+    console.print(f"launch ({la.prefill_instances} prefill instances): {la.prefill}", soft_wrap=True)
+    console.print(f"launch ({la.decode_instances} decode instances): {la.decode}", soft_wrap=True)
+    console.print(f"router: {la.router}", soft_wrap=True)

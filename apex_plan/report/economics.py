@@ -10,6 +10,10 @@ request (what it would serve fully loaded within the SLO).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from apex_plan.simulate.metrics import Record
+
 SECONDS_PER_HOUR = 3600.0
 TOKENS_PER_MTOK = 1e6
 
@@ -21,7 +25,23 @@ def usd_per_mtok(cost_per_hour: float | None, tokens_per_s: float | None) -> flo
     return cost_per_hour / (tokens_per_s * SECONDS_PER_HOUR / TOKENS_PER_MTOK)
 
 
-def deployment_economics(dv, mix, by_key: dict | None = None, groups=None) -> dict:
+@dataclass(frozen=True)
+class Economics(Record):
+    """The `economics` block of a search deployment (module docstring): None where no price was given."""
+    cost_per_hour: float | None
+    price: str                                        # "priced" | "no price"
+    usd_per_mtok_output_at_demand: float | None
+    usd_per_mtok_input_at_demand: float | None
+    usd_per_mtok_output_at_capacity: float | None
+    usd_per_mtok_input_at_capacity: float | None
+    mean_power_w_at_demand: float | None
+    mean_power_w_at_capacity: float | None
+    provisioned_power_w: float | None                 # every GPU at its power limit (cap, else TDP)
+    energy_j_per_output_token: float | None
+    energy_j_per_request: float | None
+
+
+def deployment_economics(dv, mix, by_key: dict | None = None, groups=None) -> Economics:
     """The cost, power and energy block of one verified deployment (a `DeploymentEval`); `by_key`
     (plan key -> PlanEval) and `groups` (the node groups) add the provisioned power."""
     dep, m = dv.deployment, dv.metrics
@@ -39,19 +59,19 @@ def deployment_economics(dv, mix, by_key: dict | None = None, groups=None) -> di
             tdp_w = groups[ev.pool].cluster.gpu.tdp_w
             limit_w = min(ev.point.power_cap_w, tdp_w) if ev.point.power_cap_w is not None else tdp_w
             provisioned += n * ev.plan.gpus_per_replica * limit_w
-    return {
-        "cost_per_hour": cost,
-        "price": "priced" if cost is not None else "no price",
-        "usd_per_mtok_output_at_demand": usd_per_mtok(cost, out_demand),
-        "usd_per_mtok_input_at_demand": usd_per_mtok(cost, in_demand),
-        "usd_per_mtok_output_at_capacity": usd_per_mtok(cost, out_cap),
-        "usd_per_mtok_input_at_capacity": usd_per_mtok(cost, in_cap),
-        "mean_power_w_at_demand": m.energy.mean_power_w if m else None,
-        "mean_power_w_at_capacity": dep.power_w or None,
-        "provisioned_power_w": provisioned,
-        "energy_j_per_output_token": m.energy.j_per_output_token if m else None,
-        "energy_j_per_request": m.energy.j_per_request if m else None,
-    }
+    return Economics(
+        cost_per_hour=cost,
+        price="priced" if cost is not None else "no price",
+        usd_per_mtok_output_at_demand=usd_per_mtok(cost, out_demand),
+        usd_per_mtok_input_at_demand=usd_per_mtok(cost, in_demand),
+        usd_per_mtok_output_at_capacity=usd_per_mtok(cost, out_cap),
+        usd_per_mtok_input_at_capacity=usd_per_mtok(cost, in_cap),
+        mean_power_w_at_demand=m.energy.mean_power_w if m else None,
+        mean_power_w_at_capacity=dep.power_w or None,
+        provisioned_power_w=provisioned,
+        energy_j_per_output_token=m.energy.j_per_output_token if m else None,
+        energy_j_per_request=m.energy.j_per_request if m else None,
+    )
 
 
 def money(x: float | None, spec: str = ".2f") -> str:

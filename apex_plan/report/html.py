@@ -93,10 +93,10 @@ def search_html(d: SearchReportData) -> str:
                          F._fmt(m.ttft_ms.p50, ".0f") + " / " + F._fmt(m.ttft_ms.p90, ".0f"),
                          F._fmt(m.tpot_ms.p50) + " / " + F._fmt(m.tpot_ms.p90),
                          F._fmt(m.throughput.output_tokens_per_s, ".0f"), F._fmt(m.energy.j_per_output_token, ".2f"),
-                         F._fmt(dv.economics.get("mean_power_w_at_demand"), ".0f"),
-                         money(dv.cost_per_hour), money(dv.economics.get("usd_per_mtok_output_at_demand"), ".3g"),
-                         money(dv.economics.get("usd_per_mtok_input_at_demand"), ".3g"),
-                         money(dv.economics.get("usd_per_mtok_output_at_capacity"), ".3g")])
+                         F._fmt(dv.economics.mean_power_w_at_demand, ".0f"),
+                         money(dv.cost_per_hour), money(dv.economics.usd_per_mtok_output_at_demand, ".3g"),
+                         money(dv.economics.usd_per_mtok_input_at_demand, ".3g"),
+                         money(dv.economics.usd_per_mtok_output_at_capacity, ".3g")])
         body.append(_table(["#", "deployment", "GPUs", "capacity req/s", "simulated at req/s", "TTFT p50/p90 ms",
                             "TPOT p50/p90 ms", "output tok/s", "J/token", "mean W", "$/h", "$/Mtok out",
                             "$/Mtok in", "$/Mtok out at capacity"], rows, left=2))

@@ -31,8 +31,10 @@ in a trailing comment.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 
 from apex_plan.plan.spec import Plan
+from apex_plan.simulate.metrics import Record
 
 # KV-cache dtype names of each engine for the planner's dtypes
 _KV = {"vllm": {"fp8": "fp8"}, "sglang": {"fp8": "fp8_e4m3"}, "trtllm": {}}
@@ -169,8 +171,18 @@ def parse_launch(cmd: str) -> dict:
 _VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
 
 
+@dataclass(frozen=True)
+class DisaggLaunch(Record):
+    """A disaggregated deployment's commands: each role's (run on every one of its instances) and the router's."""
+    prefill: str
+    prefill_instances: int
+    decode: str
+    decode_instances: int
+    router: str
+
+
 def disagg_launch(family: str, model_repo: str, dplan, eng_prefill, eng_decode, prequantized: bool = False,
-                  remote_code: bool = False) -> dict:
+                  remote_code: bool = False) -> DisaggLaunch:
     """The commands that start a disaggregated deployment: one per role (run it on each of that
     role's instances), and the router or front end that joins them. `prequantized`, `remote_code`: as in
     `launch_command`."""
@@ -195,7 +207,7 @@ def disagg_launch(family: str, model_repo: str, dplan, eng_prefill, eng_decode, 
         dec += " --kv-transfer-config " + shlex.quote(_VLLM_KV_TRANSFER)
         router = (f"python -m dynamo.frontend --router-mode round-robin   # with {n_p} prefill and {n_d} decode "
                   "workers registered (python -m dynamo.vllm --is-prefill-worker ... for the prefill ones)")
-    return {"prefill": pre, "prefill_instances": n_p, "decode": dec, "decode_instances": n_d, "router": router}
+    return DisaggLaunch(pre, n_p, dec, n_d, router)
 
 
 def power_prefix(point) -> str:

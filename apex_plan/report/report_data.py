@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from apex_plan.report.economics import Economics
 from apex_plan.report.search_view import economics
 from apex_plan.search.results import SteadyMetrics
+from apex_plan.simulate.metrics import at_slo_percentile
 from apex_plan.simulate.run import SimResult
 
 TOP_DEPLOYMENTS = 3          # deployments whose latency distributions and breakdowns are drawn
@@ -65,7 +67,7 @@ class DeploymentView:
     goodput_rps: float
     rate_rps: float
     cost_per_hour: float | None          # None: no price given
-    economics: dict                      # $/Mtok, power and energy (`report.economics`)
+    economics: Economics                 # $/Mtok, power and energy (`report.economics`)
     tok_s_per_gpu: float                 # the whole deployment at the simulated rate
     ttft_ms: float | None                # at the SLO percentile
     tpot_ms: float | None
@@ -97,10 +99,7 @@ def _pct(m: SteadyMetrics | None, name: str, p: float) -> float | None:
     """A latency at the SLO percentile from steady-state metrics (the SLO block's when judged at `p`)."""
     if not m:
         return None
-    if m.slo.percentile == p:
-        return m.slo.ttft_at_percentile_ms if name == "ttft_ms" else m.slo.tpot_at_percentile_ms
-    dist = (m.ttft_ms if name == "ttft_ms" else m.tpot_ms).to_dict()
-    return dist.get(f"p{p:g}", dist.get("p90"))
+    return at_slo_percentile(m.ttft_ms if name == "ttft_ms" else m.tpot_ms, m.slo, name == "ttft_ms", p)
 
 
 def launch_commands(model_source: str, plan, eng: dict | None, replicas: int) -> tuple[str, ...]:
@@ -167,7 +166,7 @@ def from_search(res, inputs: dict, top: int = TOP_DEPLOYMENTS, curves: dict | No
     # aggregated deployments only (a disaggregated one is in the table and JSON)
     for i, dv in enumerate([d for d in res.deployments if d.serving == "agg"][:top]):
         ttft, tpot, runs, rate = _runs(dv)
-        launch: list[str] = [f"{item['replicas']} x: {item['command']}" for item in (dv.launch or [])]
+        launch: list[str] = [f"{item.replicas} x: {item.command}" for item in (dv.launch or [])]
         if not launch:
             for k, n in dv.deployment.replicas:
                 ev = by_key[k]

@@ -40,15 +40,15 @@ def disagg_lines(res, console: Console) -> None:
         if dv.serving != "disagg":
             continue
         x = dv.disagg
-        pools = "; ".join(f"{role}: {x[role]['instances']} x {x[role]['plan']} on {x[role]['nodes']} node(s), "
-                          f"{x[role]['rate_rps']:.3g} req/s" for role in ("prefill", "decode"))
+        pools = "; ".join(f"{role}: {r.instances} x {r.plan} on {r.nodes} node(s), {r.rate_rps:.3g} req/s"
+                          for role, r in (("prefill", x.prefill), ("decode", x.decode)))
         console.print(escape(f"  {i + 1}: {pools}"), soft_wrap=True)
         t = _table(f"{i + 1}: TTFT by phase (ms, measured window)", [("phase", "left"), ("mean", "right"),
                                                                    ("p50", "right"), (f"p{p:g}", "right")])
         for k, name in _PHASES:
-            ph = x["ttft_phases"][k]
-            t.add_row(name, _f(ph["mean"]), _f(ph["p50"]), _f(ph["p90"]))
-        t.add_row("frontend", _f(x["ttft_phases"]["frontend_ms"]), "", "")
+            ph = getattr(x.run.ttft_phases, k)
+            t.add_row(name, _f(ph.mean), _f(ph.p50), _f(ph.p90))
+        t.add_row("frontend", _f(x.run.ttft_phases.frontend_ms), "", "")
         console.print(t)
     st = d.stats
     console.print(escape(f"disaggregated: {st.get('role_plans', 0)} role plans, prefill {st.get('prefill_ok', 0)} "

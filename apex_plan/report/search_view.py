@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.markup import escape
 
-from apex_plan.report.economics import deployment_economics, money
+from apex_plan.report.economics import Economics, deployment_economics, money
 from apex_plan.report.layout import print_phrases, print_table, print_wrapped, table as _table
 from apex_plan.report.settings_view import settings_doc, settings_lines
 from apex_plan.report.output import SCHEMA_VERSION
@@ -74,7 +74,7 @@ def plans_by_key(res: SearchResult) -> dict:
     return out
 
 
-def economics(res: SearchResult, d) -> dict:
+def economics(res: SearchResult, d) -> Economics:
     """$/h, $/Mtok, power and energy of one deployment of this search."""
     by_key = plans_by_key(res)
     return deployment_economics(d, res.mix, by_key, res.inputs.groups)
@@ -119,20 +119,20 @@ def recommendation(res: SearchResult) -> str:
         m = d.metrics
         rate = f"{inp.demand_rps:g} req/s" if inp.demand_rps else f"{d.deployment.goodput_rps:.3g} req/s (max goodput)"
         ec = economics(res, d)
-        cost = ("" if ec["cost_per_hour"] is None else
-                f" ${ec['cost_per_hour']:.2f}/h, ${money(ec['usd_per_mtok_output_at_demand'], '.3g')} per million output tokens;")
+        cost = ("" if ec.cost_per_hour is None else
+                f" ${ec.cost_per_hour:.2f}/h, ${money(ec.usd_per_mtok_output_at_demand, '.3g')} per million output tokens;")
         total = sum(g.cluster.num_gpus for g in inp.groups)
         return (f"Deploy {reps} on {d.deployment.gpus} of {total} GPUs: at {rate}, steady-state p{p:g} TTFT "
                 f"{m.ttft_ms.p90:.0f} ms, p{p:g} TPOT {(m.tpot_ms.p90 or 0):.1f} ms;{cost} "
-                f"{_f(ec['energy_j_per_output_token'], '.2f')} J per output token at {_f(ec['mean_power_w_at_demand'], '.0f')} W; "
+                f"{_f(ec.energy_j_per_output_token, '.2f')} J per output token at {_f(ec.mean_power_w_at_demand, '.0f')} W; "
                 f"capacity {d.deployment.goodput_rps:.3g} req/s within the SLO."
                 + _lowered_note(res, [k for k, _ in d.deployment.replicas]))
     msg = f"No deployment meets the SLO at the demanded rate. Binding constraint: {res.binding}."
     if res.closest:
-        reps = " + ".join(f"{n} x {k}" for k, n in res.closest["replicas"])
-        msg += (f" Closest: {reps} on {res.closest['gpus']} GPUs, {res.closest['goodput_rps']:.3g} req/s "
-                f"({res.closest['shortfall_rps']:.3g} req/s short).")
-        msg += _lowered_note(res, [k for k, _ in res.closest["replicas"]])
+        c = res.closest
+        reps = " + ".join(f"{n} x {k}" for k, n in c.replicas)
+        msg += f" Closest: {reps} on {c.gpus} GPUs, {c.goodput_rps:.3g} req/s ({c.shortfall_rps:.3g} req/s short)."
+        msg += _lowered_note(res, [k for k, _ in c.replicas])
     return msg
 
 
@@ -157,12 +157,12 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
             "placement": d.placement,
             "verified": d.verified,
             "metrics": d.metrics_dict(),
-            "launch": d.launch,
+            "launch": [x.to_dict() for x in d.launch],
             "max_model_len_lowered": lowered(res, [k for k, _ in dep.replicas]),
-            "economics": economics(res, d),
+            "economics": economics(res, d).to_dict(),
             "groups": group_use(res, d),
             "serving": d.serving,
-            "disagg": d.disagg,
+            "disagg": d.disagg.to_dict() if d.disagg is not None else None,
         })
     return {
         "schema_version": SCHEMA_VERSION,
@@ -171,7 +171,7 @@ def search_json(res: SearchResult, inputs: dict, show_all: bool) -> dict:
         "statistics": res.stats,
         "recommendation": recommendation(res),
         "deployments": deps,
-        "closest": res.closest,
+        "closest": res.closest.to_dict() if res.closest is not None else None,
         "binding_constraint": res.binding or None,
         "plans": plans,
         "engine_settings": settings_doc(res),
@@ -199,40 +199,41 @@ def search_rows(res: SearchResult, show_all: bool) -> list[dict]:
             "output_tokens_per_s": m.throughput.output_tokens_per_s, "energy_j_per_output_token": m.energy.j_per_output_token,
             "weights_gib_per_gpu": "", "kv_cache_tokens": "",
             "max_model_len_lowered": ";".join(f"{k}={v}" for k, v in lowered(res, [k for k, _ in d.deployment.replicas]).items()),
-            "launch": " ; ".join(f"{x['replicas']} x: {x['command']}" for x in d.launch),
+            "launch": " ; ".join(f"{x.replicas} x: {x.command}" for x in d.launch),
             **_csv_money(ec),
         })
     for i, e in enumerate(res.plans):
         if e.status != "ok" and not show_all:
             continue
-        m = _summary(e.at_demand or e.at_goodput) or {}
+        m = e.at_demand or e.at_goodput
+        j_tok = m.energy.j_per_output_token if m else None
         rows.append({
             "kind": "plan", "rank": i + 1 if e.status == "ok" else "", "serving": "agg",
             "plan": e.key, "status": e.status, "reason": e.reason, "gpus": e.plan.gpus_per_replica * (e.replicas_for_demand or 1),
             "gpus_per_replica": e.plan.gpus_per_replica, "replicas_for_demand": e.replicas_for_demand,
             "goodput_rps": e.goodput_rps * (e.replicas_for_demand or 1), "goodput_rps_per_replica": e.goodput_rps,
-            "ttft_p50_ms": m.get("ttft_ms", {}).get("p50"), "ttft_p90_ms": m.get("ttft_ms", {}).get("p90"),
-            "tpot_p50_ms": m.get("tpot_ms", {}).get("p50"), "tpot_p90_ms": m.get("tpot_ms", {}).get("p90"),
-            "output_tokens_per_s": m.get("output_tokens_per_s"),
-            "energy_j_per_output_token": m.get("energy_j_per_output_token"),
+            "ttft_p50_ms": m.ttft_ms.p50 if m else None, "ttft_p90_ms": m.ttft_ms.p90 if m else None,
+            "tpot_p50_ms": m.tpot_ms.p50 if m else None, "tpot_p90_ms": m.tpot_ms.p90 if m else None,
+            "output_tokens_per_s": m.throughput.output_tokens_per_s if m else None,
+            "energy_j_per_output_token": j_tok,
             "weights_gib_per_gpu": e.memory.weights_bytes / GIB if e.memory else None,
             "kv_cache_tokens": e.memory.kv_tokens if e.memory else None,
             "max_model_len_lowered": e.lowered_max_model_len(res.inputs.model) or "",
             "launch": "",
-            **_csv_money(None, m.get("energy_j_per_output_token")),
+            **_csv_money(None, j_tok),
         })
     return rows
 
 
-def _csv_money(ec: dict | None, j_per_tok=None) -> dict:
+def _csv_money(ec: Economics | None, j_per_tok=None) -> dict:
     """The money and power columns of a CSV row: 'no price' where no price was given."""
     if ec is None:
         return {"cost_per_hour": "", "usd_per_mtok_output": "", "usd_per_mtok_input": "", "mean_power_w": ""}
     no = "no price"
-    return {"cost_per_hour": no if ec["cost_per_hour"] is None else ec["cost_per_hour"],
-            "usd_per_mtok_output": no if ec["usd_per_mtok_output_at_demand"] is None else ec["usd_per_mtok_output_at_demand"],
-            "usd_per_mtok_input": no if ec["usd_per_mtok_input_at_demand"] is None else ec["usd_per_mtok_input_at_demand"],
-            "mean_power_w": ec["mean_power_w_at_demand"]}
+    return {"cost_per_hour": no if ec.cost_per_hour is None else ec.cost_per_hour,
+            "usd_per_mtok_output": no if ec.usd_per_mtok_output_at_demand is None else ec.usd_per_mtok_output_at_demand,
+            "usd_per_mtok_input": no if ec.usd_per_mtok_input_at_demand is None else ec.usd_per_mtok_input_at_demand,
+            "mean_power_w": ec.mean_power_w_at_demand}
 
 
 def _f(x, spec=".1f"):
@@ -292,11 +293,11 @@ def search_table(res: SearchResult, console: Console, show_all: bool) -> None:
     settings_lines(res, console)
     if res.closest:
         c = res.closest
-        reps = " + ".join(f"{n} x {k}" for k, n in c["replicas"])
-        console.print(escape(f"closest: {reps} on {c['gpus']} GPUs sustains {c['goodput_rps']:.3g} req/s "
-                             f"({c['shortfall_rps']:.3g} req/s short of the demand)"))
-        for x in c.get("launch", []):
-            console.print(escape(f"  {x['replicas']} x {x['command']}"), soft_wrap=True)
+        reps = " + ".join(f"{n} x {k}" for k, n in c.replicas)
+        console.print(escape(f"closest: {reps} on {c.gpus} GPUs sustains {c.goodput_rps:.3g} req/s "
+                             f"({c.shortfall_rps:.3g} req/s short of the demand)"))
+        for x in c.launch:
+            console.print(escape(f"  {x.replicas} x {x.command}"), soft_wrap=True)
     _uncalibrated(res, console)
 
 
@@ -312,12 +313,12 @@ def _deployments(res: SearchResult, console: Console) -> None:
         t.add_row(str(i + 1), d.serving, " + ".join(f"{n} x {k}" for k, n in d.deployment.replicas), str(d.deployment.gpus),
                   f"{d.deployment.goodput_rps:.3g}", _f(m.ttft_ms.p90, ".0f"), _f(m.tpot_ms.p90),
                   f"{m.throughput.output_tokens_per_s:.0f}", _f(m.energy.j_per_output_token, ".2f"),
-                  _f(ec["mean_power_w_at_demand"], ".0f"), money(ec["cost_per_hour"]),
-                  money(ec["usd_per_mtok_output_at_demand"], ".3g"), money(ec["usd_per_mtok_input_at_demand"], ".3g"))
+                  _f(ec.mean_power_w_at_demand, ".0f"), money(ec.cost_per_hour),
+                  money(ec.usd_per_mtok_output_at_demand, ".3g"), money(ec.usd_per_mtok_input_at_demand, ".3g"))
     print_table(console, t, ("$/Mtok in", "$/Mtok out", "mean W", "$/h", "J/tok", "demand out tok/s"))
     for i, d in enumerate(res.deployments):
         for x in d.launch:
-            console.print(escape(f"  {i + 1}: {x['replicas']} x {x['command']}"), soft_wrap=True)
+            console.print(escape(f"  {i + 1}: {x.replicas} x {x.command}"), soft_wrap=True)
         low = lowered(res, [k for k, _ in d.deployment.replicas])
         if low:
             console.print(escape(f"  {i + 1}: max_model_len lowered to fit the KV cache: "
@@ -330,20 +331,19 @@ def _plans(res: SearchResult, console: Console, show_all: bool) -> None:
         ("#", "right"), ("plan", "left"), ("GPUs", "right"), ("reps", "right"), ("capacity req/s", "right"),
         (f"p{p:g} TTFT ms", "right"), (f"p{p:g} TPOT ms", "right"), ("J/tok", "right"),
         ("weights GiB/GPU", "right"), ("max len", "right"), ("binds at capacity", "left")])
-    by_key = {e.key: e for e in res.plans}
     notes = []
-    for row in search_rows(res, show_all):
-        if row["kind"] != "plan":
+    for i, e in enumerate(res.plans):
+        if e.status != "ok":
+            if show_all:
+                notes.append(f"  {e.key}: {e.status}: {e.reason}")
             continue
-        if row["status"] != "ok":
-            notes.append(f"  {row['plan']}: {row['status']}: {row['reason']}")
-            continue
-        ev = by_key.get(row["plan"])
-        t.add_row(str(row["rank"]), row["plan"], str(row["gpus_per_replica"]), str(row["replicas_for_demand"] or "-"),
-                  _f(row["goodput_rps_per_replica"], ".3g"), _f(row["ttft_p90_ms"], ".0f"), _f(row["tpot_p90_ms"]),
-                  _f(row["energy_j_per_output_token"], ".2f"), _f(row["weights_gib_per_gpu"]),
-                  f"{row['max_model_len_lowered']} (lowered)" if row["max_model_len_lowered"] else "model's",
-                  (ev.binding if ev else "") or "-")
+        m = e.at_demand or e.at_goodput
+        low = e.lowered_max_model_len(res.inputs.model)
+        t.add_row(str(i + 1), e.key, str(e.plan.gpus_per_replica), str(e.replicas_for_demand or "-"),
+                  _f(e.goodput_rps, ".3g"), _f(m.ttft_ms.p90 if m else None, ".0f"), _f(m.tpot_ms.p90 if m else None),
+                  _f(m.energy.j_per_output_token if m else None, ".2f"),
+                  _f(e.memory.weights_bytes / GIB if e.memory else None),
+                  f"{low} (lowered)" if low else "model's", e.binding or "-")
     if t.row_count:
         print_table(console, t, ("J/tok", "weights GiB/GPU", "reps", "max len"))
     if notes:

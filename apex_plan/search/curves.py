@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from apex_plan.search.capacity import scaled_trace
+from apex_plan.simulate.metrics import at_slo_percentile
 from apex_plan.simulate.run import simulate
 from apex_plan.workload.spec import Workload
 
@@ -16,13 +17,6 @@ CURVE_PLANS = 8              # plans (best ranked first, plus deployment plans) 
 CURVE_REQUESTS = 300         # requests simulated per extra operating point (the first of the trace)
 
 Point = tuple[float, float, float | None, float | None]    # (rate req/s, output tok/s per GPU, TTFT ms, TPOT ms)
-
-
-def _at_percentile(dist: dict, slo: dict | None, name: str, p: float) -> float | None:
-    """A latency at the SLO percentile: the SLO block's when it was judged at `p`, else the distribution's."""
-    if slo is not None and slo.get("percentile") == p:
-        return slo[f"{name}_at_percentile_ms"]
-    return dist.get(f"p{p:g}", dist.get("p90"))
 
 
 def load_curve(res, ev) -> tuple[Point, ...]:
@@ -38,14 +32,12 @@ def load_curve(res, ev) -> tuple[Point, ...]:
         sc = sim.step_cost
         if sim.feasible:
             m = sim.metrics
-            slo = m.slo.to_dict() if m.slo else None
             pts.append((ev.goodput_rps * f, m.throughput.output_tokens_per_s / ev.plan.gpus_per_replica,
-                        _at_percentile(m.latency.ttft_ms.to_dict(), slo, "ttft", p),
-                        _at_percentile(m.latency.tpot_ms.to_dict(), slo, "tpot", p)))
+                        at_slo_percentile(m.latency.ttft_ms, m.slo, True, p),
+                        at_slo_percentile(m.latency.tpot_ms, m.slo, False, p)))
     g = ev.at_goodput
-    slo = g.slo.to_dict()
     pts.append((ev.goodput_rps, g.throughput.output_tokens_per_s / ev.plan.gpus_per_replica,
-                _at_percentile(g.ttft_ms.to_dict(), slo, "ttft", p), _at_percentile(g.tpot_ms.to_dict(), slo, "tpot", p)))
+                at_slo_percentile(g.ttft_ms, g.slo, True, p), at_slo_percentile(g.tpot_ms, g.slo, False, p)))
     return tuple(pts)
 
 

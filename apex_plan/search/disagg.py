@@ -28,7 +28,7 @@ from apex_plan.search.disagg_roles import RoleEval, pareto, role_evals
 from apex_plan.search.spec import SearchInputs
 from apex_plan.search.steady import horizon, operating_slo, steady_metrics, steady_trace, window_bounds, window_of
 from apex_plan.search.variants import enumerate_group
-from apex_plan.search.results import DisaggFigures, SteadyMetrics
+from apex_plan.search.results import DeploymentDisagg, LaunchEntry, PoolDoc, SteadyMetrics
 from apex_plan.search.verify import DeploymentEval
 from apex_plan.simulate.disagg import simulate_disagg, ttft_phases
 from apex_plan.simulate.transfer import rank_links
@@ -90,8 +90,7 @@ def _steady_run(inp: SearchInputs, mix, choice: PoolChoice, pe: RoleEval, de: Ro
     t0, t1 = window_bounds(tr, h)
     m = steady_metrics([window_of(res, t0, t1, rate)], [res], t0, t1, rate, inp.slo, h, inp.cluster.gpu.idle_w)
     arr = res.times.arrival_s
-    d = res.metrics.disagg
-    extra = DisaggFigures(ttft_phases(res, (arr >= t0) & (arr < t1)), d["kv_transfer"], d["pools"], d["conservation"])
+    extra = dataclasses.replace(res.metrics.disagg, ttft_phases=ttft_phases(res, (arr >= t0) & (arr < t1)))
     return dataclasses.replace(m, disagg=extra), "", res
 
 
@@ -102,7 +101,7 @@ def _blamed(m: SteadyMetrics, slo) -> str:
     if m.slo.tpot_miss_upper > allowance:
         return "decode"
     ph = m.disagg.ttft_phases
-    return "decode" if (ph["decode_admission_wait_ms"]["p90"] or 0) > (ph["prefill_queue_ms"]["p90"] or 0) else "prefill"
+    return "decode" if (ph.decode_admission_wait_ms.p90 or 0) > (ph.prefill_queue_ms.p90 or 0) else "prefill"
 
 
 def _why(m: SteadyMetrics, slo) -> str:
@@ -119,8 +118,8 @@ def _why(m: SteadyMetrics, slo) -> str:
                          f"{allowance:.0%} allowed)")
     parts.append(f"p{slo.percentile:g} TTFT {s.ttft_at_percentile_ms:.0f} ms, TPOT {s.tpot_at_percentile_ms:.1f} ms")
     ph = m.disagg.ttft_phases
-    parts.append(f"TTFT p90 prefill queue {ph['prefill_queue_ms']['p90'] or 0:.0f} ms, decode admission wait "
-                 f"{ph['decode_admission_wait_ms']['p90'] or 0:.0f} ms")
+    parts.append(f"TTFT p90 prefill queue {ph.prefill_queue_ms.p90 or 0:.0f} ms, decode admission wait "
+                 f"{ph.decode_admission_wait_ms.p90 or 0:.0f} ms")
     return "; ".join(parts)
 
 
@@ -141,18 +140,17 @@ def _deployment(inp, choice: PoolChoice, m: SteadyMetrics, pe: RoleEval, de: Rol
                      choice.capacity_rps, value, (), j_req, cost, m.ttft_ms.p90 / 1e3,
                      (m.tpot_ms.p90 or 0.0) / 1e3, j_req * choice.capacity_rps)
     dv = DeploymentEval(dep, True, m, (), placement, serving="disagg", rate_rps=m.rate_per_s)
-    dv.disagg = {"prefill": _pool_doc(pe, choice.prefill_instances, choice.prefill_nodes, choice.prefill_rps),
-                 "decode": _pool_doc(de, choice.decode_instances, choice.decode_nodes, choice.decode_rps),
-                 "capacity_basis": "analytic pool rates (search/disagg_roles.py), verified at the demanded rate",
-                 **m.disagg.to_dict()}
+    dv.disagg = DeploymentDisagg(_pool_doc(pe, choice.prefill_instances, choice.prefill_nodes, choice.prefill_rps),
+                                 _pool_doc(de, choice.decode_instances, choice.decode_nodes, choice.decode_rps),
+                                 "analytic pool rates (search/disagg_roles.py), verified at the demanded rate",
+                                 m.disagg)
     return dv
 
 
-def _pool_doc(e: RoleEval, n: int, nodes: int, rate: float) -> dict:
+def _pool_doc(e: RoleEval, n: int, nodes: int, rate: float) -> PoolDoc:
     p = e.plan
-    return {"plan": e.key, "instances": n, "nodes": nodes, "tp": p.tp, "pp": p.pp, "ep": p.ep, "adp": p.adp,
-            "gpus_per_instance": p.gpus_per_replica, "rate_rps": rate, "screen": e.detail,
-            "max_num_seqs": e.batch or e.engine.max_num_seqs}
+    return PoolDoc(e.key, n, nodes, p.tp, p.pp, p.ep, p.adp, p.gpus_per_replica, rate, e.detail,
+                   e.batch or e.engine.max_num_seqs)
 
 
 def _attach_launch(inp: SearchInputs, dv: DeploymentEval, pe: RoleEval, de: RoleEval, choice: PoolChoice) -> None:
@@ -162,10 +160,9 @@ def _attach_launch(inp: SearchInputs, dv: DeploymentEval, pe: RoleEval, de: Role
                        dataclasses.replace(de.plan, dp=choice.decode_instances), decode_max_num_seqs=de.batch)
     cmds = disagg_launch(pe.engine.profile.family, repo or inp.model.name, dplan, pe.engine,
                          dataclasses.replace(de.engine, max_num_seqs=de.batch), prequantized, inp.model.remote_code)
-    dv.launch = [{"plan": pe.key, "replicas": choice.prefill_instances, "command": cmds["prefill"]},
-                 {"plan": de.key, "replicas": choice.decode_instances, "command": cmds["decode"]},
-                 {"plan": "router", "replicas": 1, "command": cmds["router"]}]
-    dv.disagg["launch"] = cmds
+    dv.launch = [LaunchEntry(pe.key, choice.prefill_instances, cmds.prefill),
+                 LaunchEntry(de.key, choice.decode_instances, cmds.decode), LaunchEntry("router", 1, cmds.router)]
+    dv.disagg = dataclasses.replace(dv.disagg, launch=cmds)
 
 
 def _verify_pair(inp, mix, choice: PoolChoice, pe: RoleEval, de: RoleEval, stats: dict):

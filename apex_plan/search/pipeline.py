@@ -18,7 +18,7 @@ from apex_plan.search.bounds import PRUNE_OBJECTIVES, cannot_cover, dominated_by
 from apex_plan.search.capacity import find_goodput
 from apex_plan.search.inorder import simulate_in_order
 from apex_plan.search.layouts import profile_caps
-from apex_plan.search.results import SteadyMetrics
+from apex_plan.search.results import ClosestDeployment, LaunchEntry, SteadyMetrics
 from apex_plan.search.spec import PlanEval, SearchInputs  # noqa: F401 (re-exported)
 from apex_plan.search.variants import make_evals, prepare
 from apex_plan.search.steady import RequestMix, horizon, request_mix, steady_metrics, steady_trace, window_bounds, window_of
@@ -42,7 +42,7 @@ class SearchResult:
     plans: list[PlanEval]
     rejected: list[tuple[Plan, str]]
     deployments: list[DeploymentEval]
-    closest: dict | None
+    closest: ClosestDeployment | None
     binding: str                        # which constraint binds when nothing meets the SLO
     mix: RequestMix | None = None
     disagg: object | None = None        # search.disagg.DisaggSearch when disaggregated serving was searched
@@ -255,7 +255,7 @@ def _attach_launch(d: DeploymentEval, by_key: dict, model: ModelSpec, family: st
         repo, prequantized = model.checkpoint_repo(by_key[k].plan.weight_dtype)   # the checkpoint in the plan's format
         return power_prefix(by_key[k].point) + launch_command(family, repo or model.name, by_key[k].plan,
                                                               by_key[k].engine, prequantized, model.remote_code)
-    d.launch = [{"plan": k, "replicas": n, "command": command(k)} for k, n in d.deployment.replicas]
+    d.launch = [LaunchEntry(k, n, command(k)) for k, n in d.deployment.replicas]
 
 
 def _pools(inp: SearchInputs) -> list[Pool]:
@@ -344,9 +344,8 @@ def run_agg(inp: SearchInputs, progress: Callable[[int, int], None] | None = Non
             if c.deployment is not None:
                 dv = verify_deployment(inp, c.deployment, by_key, c.deployment.goodput_rps, mix)
                 _attach_launch(dv, by_key, inp.model, family)
-                closest = {"replicas": [list(r) for r in c.deployment.replicas], "gpus": c.deployment.gpus,
-                           "goodput_rps": c.deployment.goodput_rps, "shortfall_rps": c.shortfall_rps,
-                           "verified_at_goodput": dv.verified, "launch": dv.launch}
+                closest = ClosestDeployment(tuple(c.deployment.replicas), c.deployment.gpus, c.deployment.goodput_rps,
+                                            c.shortfall_rps, dv.verified, tuple(dv.launch))
             within = f" within {inp.max_power_w / 1e3:g} kW" if inp.max_power_w else ""
             binding = (f"demand: the best deployment on {sum(g.cluster.num_gpus for g in inp.groups)} GPUs{within} sustains "
                        f"{c.deployment.goodput_rps if c.deployment else 0:.3g} req/s within the SLO, "

@@ -7,7 +7,10 @@ those blocks in `search --format json`, key for key in its order.
       ttft_ms, tpot_ms, e2e_s: Distribution (simulate.metrics)
       throughput: WindowThroughput   energy: WindowEnergy   kv_cache: KvPeak
       prefix_cache: PrefixSaving     slo: WindowSlo         steady: WindowTest
-      disagg: DisaggFigures | None   (disaggregated deployments: TTFT phases, transfer, pools, conservation)
+      disagg: DisaggRun | None   (disaggregated deployments: TTFT phases, transfer, pools, conservation)
+
+A disaggregated deployment's `disagg` document is a `DeploymentDisagg` (its two `PoolDoc`s, the run's
+figures, the launch commands).
 
 A deployment's JSON `metrics` adds four flat figures the tables and CSV read (`deployment_dict`).
 """
@@ -15,9 +18,8 @@ A deployment's JSON `metrics` adds four flat figures the tables and CSV read (`d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from apex_plan.simulate.metrics import Distribution, Record
+from apex_plan.simulate.metrics import DisaggRun, Distribution, Record
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,56 @@ class WindowTest(Record):
 
 
 @dataclass(frozen=True)
-class DisaggFigures(Record):
-    """A disaggregated deployment's run: TTFT by phase over the window, and over the whole run the
-    KV transfer volumes, pool use and conservation counts (`simulate.disagg`, plain figures)."""
-    ttft_phases: dict[str, Any]
-    kv_transfer: dict[str, Any]
-    pools: dict[str, Any]
-    conservation: dict[str, Any]
+class LaunchEntry(Record):
+    """How to start one plan of a deployment: its command, run on each of its replicas."""
+    plan: str                         # the plan key, or "router" for a disaggregated deployment's router
+    replicas: int
+    command: str
+
+
+@dataclass(frozen=True)
+class ClosestDeployment(Record):
+    """With no deployment meeting the demand, the one that comes closest: its replicas (plan key,
+    count), GPUs, goodput, how far short of the demand it falls, and its launch commands."""
+    replicas: tuple[tuple[str, int], ...]
+    gpus: int
+    goodput_rps: float
+    shortfall_rps: float
+    verified_at_goodput: bool
+    launch: tuple[LaunchEntry, ...]   # per plan (`DeploymentEval.launch`)
+
+
+@dataclass(frozen=True)
+class PoolDoc(Record):
+    """One pool of a disaggregated deployment: its plan, how many instances on how many nodes, the
+    rate each instance was sized for and its analytic screen."""
+    plan: str
+    instances: int
+    nodes: int
+    tp: int
+    pp: int
+    ep: int
+    adp: int
+    gpus_per_instance: int
+    rate_rps: float
+    screen: dict                      # the role's analytic figures (`search.disagg_roles.RoleEval.detail`)
+    max_num_seqs: int
+
+
+@dataclass(frozen=True)
+class DeploymentDisagg:
+    """A disaggregated deployment's `disagg` document: its pools, how their capacity was found, the
+    verifying run's figures and, once attached, the launch commands (`report.launch.DisaggLaunch`)."""
+    prefill: PoolDoc
+    decode: PoolDoc
+    capacity_basis: str
+    run: DisaggRun
+    launch: Record | None = None
+
+    def to_dict(self) -> dict:
+        d = {"prefill": self.prefill.to_dict(), "decode": self.decode.to_dict(),
+             "capacity_basis": self.capacity_basis, **self.run.to_dict()}
+        return {**d, "launch": self.launch.to_dict()} if self.launch is not None else d
 
 
 @dataclass(frozen=True)
@@ -105,7 +150,7 @@ class SteadyMetrics:
     speculative_tokens_per_step: float | None
     slo: WindowSlo
     steady: WindowTest
-    disagg: DisaggFigures | None = None
+    disagg: DisaggRun | None = None
 
     def to_dict(self) -> dict:
         d = {"rate_per_s": self.rate_per_s, "requests": self.requests, "completed": self.completed,

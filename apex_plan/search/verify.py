@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from apex_plan.rank.deploy import Candidate, Deployment, DeployQuery, solve_deployments
-from apex_plan.search.results import SteadyMetrics, deployment_dict
+from apex_plan.search.results import DeploymentDisagg, LaunchEntry, SteadyMetrics, deployment_dict
 from apex_plan.search.steady import RequestMix, Window, horizon, steady_metrics, steady_trace, window_bounds, window_of
 from apex_plan.simulate.run import SimResult, simulate
 from apex_plan.workload.spec import Trace, Workload
@@ -35,9 +35,9 @@ class DeploymentEval:
     metrics: SteadyMetrics | None       # the whole deployment at the demanded rate, steady state (None: nothing ran)
     runs: tuple[GroupRun, ...] = ()     # per plan group, the verifying simulation (aggregated deployments)
     placement: list[list[str]] = field(default_factory=list)   # per node, the plan key of each replica there
-    launch: list[dict] = field(default_factory=list)           # per plan: {"plan", "replicas", "command"}
+    launch: list[LaunchEntry] = field(default_factory=list)    # per plan: its launch command
     serving: str = "agg"                                       # agg | disagg (prefill and decode pools)
-    disagg: dict | None = None                                 # disagg: its pools, TTFT phases, launch commands
+    disagg: DeploymentDisagg | None = None                     # disagg: its pools, TTFT phases, launch commands
     rate_rps: float = 0.0                                      # the rate it was simulated at
 
     def metrics_dict(self) -> dict:

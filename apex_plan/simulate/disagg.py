@@ -28,8 +28,9 @@ from apex_plan.simulate import disagg_kernel as DK
 from apex_plan.simulate.scheduler import admission_fields, batch_wait_fields
 from apex_plan.simulate.engine import ResolvedEngine
 from apex_plan.simulate.fit import fit_engine
-from apex_plan.simulate.metrics import Metrics
-from apex_plan.simulate.run import RequestTimes, client_delays_s, compute_metrics, distribution
+from apex_plan.simulate.metrics import (Conservation, DecodePoolUse, DisaggRun, Distribution, KvTransfer, Metrics,
+                                        PoolUse, PrefillPoolUse, TtftPhases)
+from apex_plan.simulate.run import RequestTimes, client_delays_s, compute_metrics
 from apex_plan.simulate.transfer import Links, kv_transfer_bytes, nic_bytes, rank_links
 from apex_plan.workload.spec import Slo, Workload
 
@@ -45,6 +46,15 @@ class Role:
 
 
 @dataclass(frozen=True, eq=False)
+class PhaseTimes:
+    """Per-request absolute times (s) at which each disaggregated phase ended (-1: never reached)."""
+    prefill_done_s: np.ndarray
+    decode_admit_s: np.ndarray
+    transfer_start_s: np.ndarray
+    transfer_end_s: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class DisaggResult:
     plan: DisaggPlan
     prefill: Role | None
@@ -52,7 +62,7 @@ class DisaggResult:
     feasible: bool
     reason: str
     times: RequestTimes | None = None
-    phases: dict | None = None            # per-request absolute times of each phase (seconds)
+    phases: PhaseTimes | None = None      # per-request absolute times of each phase (seconds)
     visits: np.ndarray | None = None      # (requests, 3): prefilled, transferred, decoded
     transfer_bytes: np.ndarray | None = None
     links: Links | None = None
@@ -163,7 +173,7 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
         t, npre, visits, st, end = run(arrival, prompt, output, send_b, recv_b, conc, np.zeros(n))
     t_arr, t_first, t_fin, t_sched, t_pf, t_admit, t_xs, t_xe = t
     times = RequestTimes(t_arr, t_first, t_fin, t_sched, npre, output, prompt, dec.engine.profile.host.frontend_ms * 1e-3)
-    phases = {"prefill_done_s": t_pf, "decode_admit_s": t_admit, "transfer_start_s": t_xs, "transfer_end_s": t_xe}
+    phases = PhaseTimes(t_pf, t_admit, t_xs, t_xe)
     t0 = float(t_arr.min()) if n else 0.0
     makespan = max(float(end) - t0, 1e-9)
     energy = float(st["dynamic_j"].sum()) + gpu.idle_w * plan.num_gpus * makespan
@@ -174,48 +184,37 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
         disagg=disagg_metrics(res, n_pe, pre.memory.kv_blocks // plan.prefill.pp)))
 
 
-def disagg_metrics(res: DisaggResult, n_pe: int, nblocks_p: int) -> dict:
+def disagg_metrics(res: DisaggResult, n_pe: int, nblocks_p: int) -> DisaggRun:
     """Per-phase breakdown of TTFT (means and percentiles, ms), transfer volumes, each pool's load,
     and the conservation counts."""
-    phases = ttft_phases(res)
     st = res.estats
     n_de = res.decode.plan.dp * res.decode.plan.adp * res.decode.plan.pp
     pst, dst = st[:n_pe], st[st.shape[0] - n_de:]
     tb = res.transfer_bytes
-    return {
-        "serving": "disagg",
-        "ttft_phases": phases,
-        "kv_transfer": {
-            "bytes_per_request_mean": float(tb.mean()) if tb.size else 0.0,
-            "bytes_total": float(tb[res.visits[:, 1] > 0].sum()),
-            "rank_pairs_over_nvlink": float(res.links.over_nvlink.mean()),
-            "link_gbps": sorted({round(float(b) / 1e9, 3) for b in res.links.bw_bytes_per_s.ravel()}),
-        },
-        "pools": {
-            "prefill": {"busy_fraction": float(pst["busy_s"].sum() / res.makespan_s / max(n_pe, 1)),
-                        "kv_peak_utilization": float(pst["kv_peak_blocks"].max() / max(nblocks_p, 1)),
-                        "steps": int(pst["steps"].sum())},
-            "decode": {"busy_fraction": float(dst["busy_s"].sum() / res.makespan_s / max(n_de, 1)),
-                       "steps": int(dst["steps"].sum())},
-        },
-        "conservation": {k: int(v) for k, v in zip(("prefilled", "transferred", "decoded"), res.visits.sum(axis=0))},
-    }
+    kv = KvTransfer(bytes_per_request_mean=float(tb.mean()) if tb.size else 0.0,
+                    bytes_total=float(tb[res.visits[:, 1] > 0].sum()),
+                    rank_pairs_over_nvlink=float(res.links.over_nvlink.mean()),
+                    link_gbps=tuple(sorted({round(float(b) / 1e9, 3) for b in res.links.bw_bytes_per_s.ravel()})))
+    # busy seconds over makespan x engines of each pool; the prefill pool's fullest KV cache
+    pools = PoolUse(PrefillPoolUse(float(pst["busy_s"].sum() / res.makespan_s / max(n_pe, 1)),
+                                   float(pst["kv_peak_blocks"].max() / max(nblocks_p, 1)), int(pst["steps"].sum())),
+                    DecodePoolUse(float(dst["busy_s"].sum() / res.makespan_s / max(n_de, 1)), int(dst["steps"].sum())))
+    prefilled, transferred, decoded = (int(v) for v in res.visits.sum(axis=0))
+    return DisaggRun(ttft_phases(res), kv, pools, Conservation(prefilled, transferred, decoded))
 
 
-def ttft_phases(res: DisaggResult, mask: np.ndarray | None = None) -> dict:
+def ttft_phases(res: DisaggResult, mask: np.ndarray | None = None) -> TtftPhases:
     """Each phase of TTFT (ms: mean and percentiles) over the completed requests, or those in `mask`."""
     tm, ph = res.times, res.phases
-    ok = tm.ok & (ph["transfer_end_s"] >= 0)
+    ok = tm.ok & (ph.transfer_end_s >= 0)
     if mask is not None:
         ok &= mask
-    parts = {
-        "prefill_queue_ms": tm.scheduled_s - tm.arrival_s,
-        "prefill_ms": ph["prefill_done_s"] - tm.scheduled_s,
-        "decode_admission_wait_ms": ph["decode_admit_s"] - ph["prefill_done_s"],
-        "link_queue_ms": ph["transfer_start_s"] - ph["decode_admit_s"],
-        "kv_transfer_ms": ph["transfer_end_s"] - ph["transfer_start_s"],
-        "first_decode_step_ms": tm.first_token_s - ph["transfer_end_s"],
-    }
-    phases = {k: distribution(v[ok], 1e3) for k, v in parts.items()}
-    phases["frontend_ms"] = tm.frontend_s * 1e3
-    return phases
+    def ms(x: np.ndarray) -> Distribution:
+        return Distribution.of(x[ok], 1e3)
+    return TtftPhases(prefill_queue_ms=ms(tm.scheduled_s - tm.arrival_s),
+                      prefill_ms=ms(ph.prefill_done_s - tm.scheduled_s),
+                      decode_admission_wait_ms=ms(ph.decode_admit_s - ph.prefill_done_s),
+                      link_queue_ms=ms(ph.transfer_start_s - ph.decode_admit_s),
+                      kv_transfer_ms=ms(ph.transfer_end_s - ph.transfer_start_s),
+                      first_decode_step_ms=ms(tm.first_token_s - ph.transfer_end_s),
+                      frontend_ms=tm.frontend_s * 1e3)

@@ -28,7 +28,7 @@ import numpy as np
 from apex_plan.abi import ROUTE_LEAST_LOADED, SLOT
 from apex_plan.jit import kernel
 from apex_plan.simulate.kernels import (_init, count_finished, earliest_engine, end_replica_step, lockstep_member,
-                                        release_next, step_engine)
+                                        lockstep_ranks, peer_ending, release_next, step_engine)
 from apex_plan.simulate.prefix_cache import PrefixCache
 from apex_plan.simulate.routing import _route
 from apex_plan.simulate.scheduler import _blocks_for
@@ -167,9 +167,9 @@ def _admit_replica(e, now, req, eng, x, xe, cfg_d, cfg_p, link):
     """Decode engine e, or every rank of its lock-step attention-DP replica (each takes what it can
     before they step together), admits prefilled requests and starts their transfers. Returns the
     requests refused."""
-    lock = cfg_d.adp_lockstep and cfg_d.adp_ranks > 1
+    lock = lockstep_ranks(cfg_d)
     refused = 0
-    for k in range(cfg_d.adp_ranks if lock else 1):
+    for k in range(max(lock, 1)):
         e2 = lockstep_member(e, k, cfg_d) if lock else e
         ref = _admit_transfers(e2, now, req, eng, x, xe, cfg_d, cfg_p, link)
         eng[e2].unfinished -= ref
@@ -304,12 +304,11 @@ def disagg_kernel(pre, dec, x, eng, xe, link):
             # ---- a prefill step ends (every rank of a lock-step attention-DP instance at once) -------
             now = t_e
             finished, rr_d = _end_prefill(e_min, now, req_p, req_d, eng, slots, x, xe, rr_d, cfg_d)
-            if cfg_p.adp_lockstep and cfg_p.adp_ranks > 1:
-                for k in range(cfg_p.adp_ranks):
-                    e2 = lockstep_member(e_min, k, cfg_p)
-                    if e2 != e_min and eng[e2].busy_until_s == now:
-                        f2, rr_d = _end_prefill(e2, now, req_p, req_d, eng, slots, x, xe, rr_d, cfg_d)
-                        finished += f2
+            for r in range(lockstep_ranks(cfg_p)):
+                e2 = peer_ending(e_min, r, now, eng, cfg_p)
+                if e2 >= 0:
+                    f2, rr_d = _end_prefill(e2, now, req_p, req_d, eng, slots, x, xe, rr_d, cfg_d)
+                    finished += f2
             for f in range(finished):
                 next_release = release_next(now, next_release, req_d, cfg_d)
             done, t_end = count_finished(done, t_end, finished, now)

@@ -111,6 +111,21 @@ def lockstep_member(e, k, cfg):
 
 
 @kernel(cache=True, inline="always")
+def lockstep_ranks(cfg):
+    """Ranks of a replica that step in lock-step (attention-DP with a shared MoE step), else 0."""
+    return cfg.adp_ranks if cfg.adp_lockstep and cfg.adp_ranks > 1 else 0
+
+
+@kernel(cache=True, inline="always")
+def peer_ending(e, r, now, eng, cfg):
+    """Rank r of engine e's lock-step replica when it is not e and its step ends at `now` as e's does
+    (lock-step ranks end together: every step end of a replica ends each of them), else -1. Both event
+    loops end a replica's step as: end e, then each `peer_ending` of r < `lockstep_ranks(cfg)`."""
+    x = lockstep_member(e, r, cfg)
+    return x if x != e and eng[x].busy_until_s == now else -1
+
+
+@kernel(cache=True, inline="always")
 def _lockstep_balance(e, eng, cfg):
     """TRT-LLM's attention-DP balance (py_executor `_balance_adp_requests`, attention_dp_config
     enable_balance with batching_wait_iters 0), decided once per lock-step replica step before its ranks
@@ -163,20 +178,20 @@ def lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
     if total == 0:
         return refused
     moe_m = total / a                             # tokens per rank through the experts (the replica's mean)
-    win, topk = cost.params[0].window_tokens, cost.params[0].topk_tokens
+    win, topk, win2 = cost.params[0].window_tokens, cost.params[0].topk_tokens, cost.params[0].window2_tokens
     start = now
     dt = 0.0
     for r in range(a):
         x = lockstep_member(e, r, cfg)
         start = max(start, _host_start(x, now, eng, cfg))
-        sh, dsh = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
+        sh, dsh = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk, win2)
         t, br = rank_step_time(cost, sh, moe_m)
         if dsh.tokens > 0:
             t += cfg.draft_tokens * _draft_pass_s(draft, dsh)
         dt = max(dt, t)
     for r in range(a):                            # every rank is busy for the busiest rank's time
         x = lockstep_member(e, r, cfg)
-        sh, _ = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk)
+        sh, _ = _step_shapes(x, eng[x].scheduled, req, slots, cfg, win, topk, win2)
         _, br = rank_step_time(cost, sh, moe_m)
         _start_step(x, start, dt, br, sh, eng, cfg, cost)
     return refused
@@ -187,12 +202,11 @@ def end_replica_step(e, now, req, eng, slots, cfg, next_release, cache, ids, acc
     """End engine e's step and, on a lock-step attention-DP replica, the step of every other rank
     (they end together). Returns the requests finished and the next request to release."""
     finished, next_release = _end_step(e, now, req, eng, slots, cfg, next_release, cache, ids, accept)
-    if cfg.adp_lockstep and cfg.adp_ranks > 1:
-        for r in range(cfg.adp_ranks):
-            x = lockstep_member(e, r, cfg)
-            if x != e and eng[x].busy_until_s == now:
-                f, next_release = _end_step(x, now, req, eng, slots, cfg, next_release, cache, ids, accept)
-                finished += f
+    for r in range(lockstep_ranks(cfg)):
+        x = peer_ending(e, r, now, eng, cfg)
+        if x >= 0:
+            f, next_release = _end_step(x, now, req, eng, slots, cfg, next_release, cache, ids, accept)
+            finished += f
     return finished, next_release
 
 
@@ -200,7 +214,7 @@ def end_replica_step(e, now, req, eng, slots, cfg, next_release, cache, ids, acc
 def step_engine(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
     """Schedule and cost idle engine e's next step at `now` (its whole replica's on a lock-step
     attention-DP replica). Returns the requests refused (they can never fit)."""
-    if cfg.adp_lockstep and cfg.adp_ranks > 1:
+    if lockstep_ranks(cfg) > 0:
         return lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids)
     ns, refused = _schedule(e, now, req, eng, slots, cfg, cache, ids)
     eng[e].unfinished -= refused

@@ -5,27 +5,34 @@ gives the JSON wire format (`metrics` of `simulate --format json`), key for key 
     Metrics
       latency: Latency (ttft_ms, tpot_ms: TokenGaps, e2e_s, queue_ms: Distribution)
       throughput: Throughput   memory: KvCacheUse   energy: Energy   slo: SloResult | None
-      prefix_cache: PrefixCache | None   speculative: Speculation | None   disagg: dict | None
+      prefix_cache: PrefixCache | None   speculative: Speculation | None   disagg: DisaggRun | None
 
-A disaggregated run (`simulate.disagg`) carries its per-phase breakdown, transfer volumes, pools
-and conservation counts in `disagg` (plain figures, emitted after the shared ones) and no prefix
-caching or speculation block.
+A disaggregated run (`simulate.disagg`) carries its per-phase TTFT breakdown, transfer volumes,
+pools and conservation counts in `disagg` (a `DisaggRun`, emitted after the shared ones with
+`"serving": "disagg"`) and no prefix caching or speculation block.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 
 class Record:
-    """A flat record (a dataclass): its wire form is its fields in declaration order, by name."""
+    """A record (a dataclass): its wire form is its fields in declaration order, by name; a field
+    that is itself a record gives its own wire form, a tuple a JSON list."""
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {f.name: _wire(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _wire(v):
+    """The JSON form of one field's value."""
+    if isinstance(v, Record):
+        return v.to_dict()
+    return [_wire(x) for x in v] if isinstance(v, tuple) else v
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,18 @@ class Distribution(Record):
             return cls(None, None, None, None)
         p50, p90, p99 = np.percentile(x, [50, 90, 99])
         return cls(float(x.mean()) * scale, float(p50) * scale, float(p90) * scale, float(p99) * scale)
+
+    def at(self, p: float) -> float | None:
+        """The figure at percentile `p` when it is one recorded (50, 90, 99), else at p90."""
+        return {50.0: self.p50, 90.0: self.p90, 99.0: self.p99}.get(float(p), self.p90)
+
+
+def at_slo_percentile(dist: Distribution, slo, ttft: bool, p: float) -> float | None:
+    """A latency at percentile `p`: the SLO block's (`SloResult`, `search.results.WindowSlo`) when it was
+    judged at `p`, else the distribution's (`Distribution.at`)."""
+    if slo is not None and slo.percentile == p:
+        return slo.ttft_at_percentile_ms if ttft else slo.tpot_at_percentile_ms
+    return dist.at(p)
 
 
 @dataclass(frozen=True)
@@ -147,6 +166,63 @@ class Speculation:
 
 
 @dataclass(frozen=True)
+class TtftPhases(Record):
+    """Each phase of a disaggregated request's TTFT (ms) over its requests, arrival to first token."""
+    prefill_queue_ms: Distribution          # arrival to first prefill scheduling
+    prefill_ms: Distribution                # first scheduling to the prompt's last chunk
+    decode_admission_wait_ms: Distribution  # prefill done to a decode slot and KV blocks
+    link_queue_ms: Distribution             # admitted to the link free for its transfer
+    kv_transfer_ms: Distribution            # the KV cache over the link
+    first_decode_step_ms: Distribution      # transfer end to the first token
+    frontend_ms: float                      # the engine's frontend (tokenise, detokenise), per request
+
+
+@dataclass(frozen=True)
+class KvTransfer(Record):
+    """KV cache moved from the prefill pool to the decode pool over the run."""
+    bytes_per_request_mean: float
+    bytes_total: float                      # over requests that were transferred
+    rank_pairs_over_nvlink: float           # share of prefill-decode rank pairs on one NVLink domain
+    link_gbps: tuple[float, ...]            # the distinct link rates of the rank pairs, GB/s
+
+
+@dataclass(frozen=True)
+class PrefillPoolUse(Record):
+    busy_fraction: float                    # busy seconds over makespan x engines
+    kv_peak_utilization: float              # the busiest engine's most blocks held over its blocks
+    steps: int
+
+
+@dataclass(frozen=True)
+class DecodePoolUse(Record):
+    busy_fraction: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class PoolUse(Record):
+    prefill: PrefillPoolUse
+    decode: DecodePoolUse
+
+
+@dataclass(frozen=True)
+class Conservation(Record):
+    """Requests each phase handled: every request is prefilled, transferred and decoded once."""
+    prefilled: int
+    transferred: int
+    decoded: int
+
+
+@dataclass(frozen=True)
+class DisaggRun(Record):
+    """What a disaggregated run adds to its shared figures (`simulate.disagg.disagg_metrics`)."""
+    ttft_phases: TtftPhases
+    kv_transfer: KvTransfer
+    pools: PoolUse
+    conservation: Conservation
+
+
+@dataclass(frozen=True)
 class Metrics:
     """Aggregates a serving benchmark reports for one simulation, plus SLO attainment and energy."""
     requests: int
@@ -164,7 +240,7 @@ class Metrics:
     requests_refused_too_long: int = 0
     prefix_cache: PrefixCache | None = None
     speculative: Speculation | None = None
-    disagg: dict[str, Any] | None = None   # disaggregated runs: phases, transfer, pools, conservation
+    disagg: DisaggRun | None = None   # disaggregated runs: phases, transfer, pools, conservation
 
     def to_dict(self) -> dict:
         lat = self.latency
@@ -178,7 +254,7 @@ class Metrics:
             d["slo"] = self.slo.to_dict()
         d["requests_refused_too_long"] = self.requests_refused_too_long
         if self.disagg is not None:
-            return {**d, **self.disagg}
+            return {**d, "serving": "disagg", **self.disagg.to_dict()}
         d["prefix_cache"] = self.prefix_cache.to_dict() if self.prefix_cache else None
         d["speculative"] = self.speculative.to_dict() if self.speculative else None
         return d

@@ -10,11 +10,11 @@ from apex_plan.jit import kernel
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def _step_shapes(e, ns, req, slots, cfg, win, topk):
+def _step_shapes(e, ns, req, slots, cfg, win, topk, win2):
     """StepShape of engine e's scheduled step, and of its draft passes (one token per decoding
     sequence) under speculation: a decoding sequence's entry then verifies k drafts (k + 1 query
-    tokens, all sampled; the context read once). `win`, `topk`: the model's window and top-k caps
-    (COST.window_tokens, COST.topk_tokens; 0: none)."""
+    tokens, all sampled; the context read once). `win`, `topk`, `win2`: the model's window, top-k and
+    second-window caps (COST.window_tokens, COST.topk_tokens, COST.window2_tokens; 0: none)."""
     k = cfg.draft_tokens
     sh = empty_shape(0)
     dsh = empty_shape(0)
@@ -25,10 +25,10 @@ def _step_shapes(e, ns, req, slots, cfg, win, topk):
         k0 = q.computed
         dec = q.generated > 0 and seq - k0 == 1
         if dec and k > 0:
-            sh = add_sequence(sh, win, topk, k0, 1 + k, True, 1 + k, 1)   # every verified position is sampled
-            dsh = add_sequence(dsh, win, topk, k0, 1, True, 1, 1)
+            sh = add_sequence(sh, win, topk, win2, k0, 1 + k, True, 1 + k, 1)   # every verified position is sampled
+            dsh = add_sequence(dsh, win, topk, win2, k0, 1, True, 1, 1)
         else:
-            sh = add_sequence(sh, win, topk, k0, c, dec, k0 + c == seq, 1)
+            sh = add_sequence(sh, win, topk, win2, k0, c, dec, k0 + c == seq, 1)
     return sh, dsh
 
 
@@ -38,7 +38,7 @@ def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
     thread is free) and account busy time, KV use and dynamic energy; with speculation, after k
     passes of the draft model."""
     p = cost.params[0]
-    sh, dsh = _step_shapes(e, ns, req, slots, cfg, p.window_tokens, p.topk_tokens)
+    sh, dsh = _step_shapes(e, ns, req, slots, cfg, p.window_tokens, p.topk_tokens, p.window2_tokens)
     dt, br = step_time(cost, sh)
     if dsh.tokens > 0:
         dt += cfg.draft_tokens * _draft_pass_s(draft, dsh)
