@@ -111,5 +111,6 @@ def _check_batch_wait(cfg: EngineConfig, prof: EngineProfile) -> None:
         raise InputError("--batch-wait-max-tokens-ratio", None, f"{cfg.batch_wait_tokens_ratio} is outside [0, 1]",
                          "give a fraction of the token budget such as 0.9")
     if (cfg.batch_wait_iters or cfg.batch_wait_tokens_ratio) and prof.family != "trtllm":
-        raise InputError("--batch-wait-timeout-iters", None, f"batch waiting is a TRT-LLM setting, not {prof.family}'s",
+        flag = "--batch-wait-timeout-iters" if cfg.batch_wait_iters else "--batch-wait-max-tokens-ratio"
+        raise InputError(flag, None, f"batch waiting is a TRT-LLM setting, not {prof.family}'s",
                          "drop it, or use --engine trtllm")
