@@ -72,7 +72,7 @@ def test_bad_settings_are_refused(iters, ratio, engine):
 def test_cli_refuses_batch_wait_on_vllm_in_one_line():
     p = subprocess.run([sys.executable, "-m", "apex_plan", "simulate", "--model", "llama-3.1-8b", "--gpu",
                         "h100-sxm-80gb", "--gpus", "1", "--engine", "vllm", "--prompt-tokens", "512", "--output-tokens",
-                        "64", "--concurrency", "2", "--batch-wait-timeout-iters", "20"], capture_output=True, text=True)
+                        "64", "--concurrency", "2", "--batch-wait-iters", "20"], capture_output=True, text=True)
     assert p.returncode == 2
-    assert "--batch-wait-timeout-iters" in p.stderr and "Traceback" not in p.stderr
+    assert "--batch-wait-iters" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1

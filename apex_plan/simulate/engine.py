@@ -105,12 +105,12 @@ def resolve_engine(cfg: EngineConfig, model: ModelSpec) -> ResolvedEngine:
 def _check_batch_wait(cfg: EngineConfig, prof: EngineProfile) -> None:
     """TRT-LLM's batch waiting settings: whole steps >= 0, a ratio in [0, 1], and only on a TRT-LLM profile."""
     if cfg.batch_wait_iters < 0:
-        raise InputError("--batch-wait-timeout-iters", None, f"{cfg.batch_wait_iters} is negative",
+        raise InputError("--batch-wait-iters", None, f"{cfg.batch_wait_iters} is negative",
                          "give 0 (off) or a step count such as 20")
     if not 0.0 <= cfg.batch_wait_tokens_ratio <= 1.0:
-        raise InputError("--batch-wait-max-tokens-ratio", None, f"{cfg.batch_wait_tokens_ratio} is outside [0, 1]",
+        raise InputError("--batch-wait-ratio", None, f"{cfg.batch_wait_tokens_ratio} is outside [0, 1]",
                          "give a fraction of the token budget such as 0.9")
     if (cfg.batch_wait_iters or cfg.batch_wait_tokens_ratio) and prof.family != "trtllm":
-        flag = "--batch-wait-timeout-iters" if cfg.batch_wait_iters else "--batch-wait-max-tokens-ratio"
+        flag = "--batch-wait-iters" if cfg.batch_wait_iters else "--batch-wait-ratio"
         raise InputError(flag, None, f"batch waiting is a TRT-LLM setting, not {prof.family}'s",
                          "drop it, or use --engine trtllm")
