@@ -90,15 +90,22 @@ def run_fold(job) -> dict:
             "errors": e_held.tolist(), "in_interval": hits.tolist()}
 
 
+def cells(gpus: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """A (GPU, model) label per run: the groups whose runs share one bias (calibrate/interval.error_quantiles)."""
+    return np.array([f"{g}|{m}" for g, m in zip(np.asarray(gpus).tolist(), np.asarray(models).tolist())])
+
+
 def band_hits(e_train: np.ndarray, gpu_train: list, e_held: np.ndarray, gpu_held: list,
               model_train: list) -> np.ndarray:
     """(n, 2) 1/0: does each held-out measured value fall inside the 80 % band the profile would state for
-    its GPU (the training runs' error quantiles on that GPU, every model weighing the same, or on all GPUs
-    when that GPU has fewer than MIN_BAND_RUNS training runs: a GPU without its own band takes the
-    profile's default); nan: no prediction."""
+    its GPU (the training runs' error quantiles on that GPU, a model of n runs weighing sqrt(n), or on all
+    GPUs when that GPU has fewer than MIN_BAND_RUNS training runs, a (GPU, model) cell of n runs weighing
+    sqrt(n): a GPU without its own band takes the profile's default); nan: no prediction."""
     hits = np.full(e_held.shape, np.nan)
     gpu_train, gpu_held, model_train = np.array(gpu_train), np.array(gpu_held), np.array(model_train)
-    pooled = error_quantiles(e_train, len(e_train), groups=model_train)
+    # pooled over GPUs, a run's group is its (GPU, model) cell: runs of one model on one GPU share a bias,
+    # on another GPU the chip's physics add their own
+    pooled = error_quantiles(e_train, len(e_train), groups=cells(gpu_train, model_train))
     for gpu in set(gpu_held.tolist()):
         own = gpu_train == gpu
         q = (error_quantiles(e_train[own], int(own.sum()), groups=model_train[own]) if own.sum() >= MIN_BAND_RUNS
@@ -278,7 +285,7 @@ def bands(results: list) -> dict:
                 by_gpu[gpu] = _rounded(error_quantiles(e[g == gpu], int((g == gpu).sum()), groups=m[g == gpu]))
         default = [r for r in rs if r["kind"] == "gpu"] or model
         e_d = np.array([row for r in default for row in r["errors"]], float).reshape(-1, 2)
-        m_d = np.array([x for r in default for x in r["models"]])
+        m_d = cells(np.array([x for r in default for x in r["gpus"]]), np.array([x for r in default for x in r["models"]]))
         out[name] = {"calibration_error": _rounded(error_quantiles(e_d, len(e_d), groups=m_d)),
                      "calibration_error_by_gpu": by_gpu}
     return out
