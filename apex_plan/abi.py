@@ -181,6 +181,10 @@ SCHED_FIELDS = (
     ("admit_ratio_decay", F8, "the ratio's decrease per decode step"),
     ("admit_clip_tokens", I8, "outputs counted at most this many tokens in the reservation (CLIP_MAX_NEW_TOKENS)"),
     ("admit_retract_steps", I8, "after a preemption the ratio restarts at (decoded + this x running) / outputs"),
+    ("batch_wait_iters", I8, "TRT-LLM batch waiting: while generations run, new contexts wait at most this many steps "
+                             "(batch_wait_timeout_iters); 0 with batch_wait_ratio 0: off"),
+    ("batch_wait_ratio", F8, "... or until the step's tokens reach this fraction of budget_tokens "
+                             "(batch_wait_max_tokens_ratio)"),
 )
 
 ROUTE_ROUND_ROBIN, ROUTE_LEAST_LOADED, ROUTE_SESSION, ROUTE_PREFIX = 0, 1, 2, 3   # values of SCHED.routing
@@ -233,6 +237,7 @@ ENGINE_FIELDS = (
     ("balance_steps", F8, "state: on an attention-DP replica's first engine, steps toward the balance timeout"),
     ("balance_open", I8, "state: 1 when the balance timeout let this engine's held contexts in"),
     ("new_token_ratio", F8, "state: SGLang admission's share of the running requests' remaining output reserved"),
+    ("batch_wait_steps", I8, "state: TRT-LLM batch waiting: steps the waiting contexts have been held so far"),
 )
 
 # ---- disaggregated serving: per request, what happens between its prefill and its decode ------------

@@ -94,7 +94,7 @@ def options_of(cmd: str, base: list[str]) -> None:
                      ("--max-batched-tokens", "--max-num-batched-tokens"): ["0", "99999999999", "100"],
                      ("--tensor-parallel-size", "-tp"): ["0"], ("--pipeline-parallel-size", "-pp"): ["0"],
                      ("--prefill-replicas",): ["0", "99999999"], ("--decode-replicas",): ["0", "99999999"],
-                     ("--decode-max-num-seqs",): ["0", "100000000000"]})
+                     ("--decode-max-num-seqs",): ["0", "100000000000"], ("--batch-wait-iters",): ["100001"]})
     else:
         ints.update({("--top",): ["0", "1000"], ("--max-gpus-per-replica",): ["0", "99999999"]})
     for names, extra in ints.items():
@@ -176,6 +176,10 @@ def options_of(cmd: str, base: list[str]) -> None:
 
 options_of("simulate", SIM)
 options_of("search", SEARCH)
+for _v in ("abc", "", "nan", "inf", "-1", "1.5", "1e999"):     # 0 is valid (off), so not FLOAT_BAD
+    _aliases(("--batch-wait-ratio",), _v, SIM, "float")
+case("simulate:batch-wait-on-vllm", SIM + ["--batch-wait-iters", "20"], "--batch-wait-iters")
+case("simulate:batch-ratio-on-vllm", SIM + ["--batch-wait-ratio", "0.5"], "--batch-wait-ratio")
 case("search:cluster-too-big-to-search", with_opt(SEARCH, "--gpus", "8192"), "--gpus", "4,096")
 case("simulate:no-rate", with_opt(SIM, "--workload", "chat", drop=("--rate",)), "--rate")
 case("simulate:plan-too-big", with_opt(SIM, "--plan", "dp=2,tp=1"), "--plan")

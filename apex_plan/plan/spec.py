@@ -61,3 +61,5 @@ class EngineConfig:
     profile: Any = None                     # an EngineProfile already resolved from `name` (optional)
     prefix_caching: bool | None = None      # None: the profile's default (vLLM --[no-]enable-prefix-caching)
     speculative: Any = None                 # an engine.speculative.Speculative, or None (no speculation)
+    batch_wait_iters: int = 0               # TRT-LLM batch_wait_timeout_iters (0: off, llm_args.py default)
+    batch_wait_tokens_ratio: float = 0.0    # TRT-LLM batch_wait_max_tokens_ratio (0: off, llm_args.py default)

@@ -66,6 +66,15 @@ class SimulateRequest:
     max_batched_tokens: Optional[int] = option(None, "--max-batched-tokens", "--max-num-batched-tokens",
                                                help="token budget of one step; default: vLLM's rule",
                                                count=(1, L.MAX_BATCHED_TOKENS, "e.g. --max-batched-tokens 2048"))
+    batch_wait_iters: int = option(0, "--batch-wait-iters",
+                                           help="TRT-LLM: while generations run, new contexts wait up to this many "
+                                                "iterations to batch (batch_wait_timeout_iters; default 0: off)",
+                                           count=(0, 100000, "e.g. --batch-wait-iters 20"))
+    batch_wait_ratio: float = option(0.0, "--batch-wait-ratio",
+                                                help="TRT-LLM: ... or until the iteration holds this fraction of "
+                                                     "max_num_tokens (batch_wait_max_tokens_ratio; default 0)",
+                                                real=(0.0, 1.0, "e.g. --batch-wait-ratio 0.9"),
+                                                low_open=False)
     routing: str = option("round_robin", "--routing",
                           help="across replicas: round_robin | least_loaded | session (a session's turns stay on one "
                                "replica) | prefix (longest cached prefix); disaggregated: in both pools")
@@ -190,7 +199,8 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
         custom_allreduce=not req.no_custom_allreduce, chunked_prefill=chunked, max_num_seqs=req.max_num_seqs,
         max_batched_tokens=req.max_batched_tokens, routing=req.routing, activation_scales=req.activation_scales,
         prefix_caching=I.prefix_caching_mode(req.prefix_caching),
-        speculative=I.speculative_option(req.speculative, req.speculative_acceptance)))
+        speculative=I.speculative_option(req.speculative, req.speculative_acceptance),
+        batch_wait_iters=req.batch_wait_iters, batch_wait_tokens_ratio=req.batch_wait_ratio))
     I.check_engine(eng, m)
     weight_dtype = req.weight_dtype if req.weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = req.kv_dtype if req.kv_dtype is not None else eng.profile.default_kv_dtype(

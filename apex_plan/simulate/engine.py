@@ -36,6 +36,8 @@ class ResolvedEngine:
     notes: tuple[str, ...] = ()           # settings fitted to the plan's memory (max_model_len lowered, fraction raised)
     prefix_caching: bool = False
     speculative: Any = None          # engine.speculative.Speculative or None
+    batch_wait_iters: int = 0        # TRT-LLM batch waiting (simulate.scheduler._batch_wait_holds); 0 and 0.0: off
+    batch_wait_tokens_ratio: float = 0.0
 
     @property
     def watermark_fraction(self) -> float:
@@ -93,6 +95,22 @@ def resolve_engine(cfg: EngineConfig, model: ModelSpec) -> ResolvedEngine:
     from apex_plan.engine.speculative import check_supported
     check_supported(cfg.speculative, prof, model)
     caching = prof.features.prefix_caching if cfg.prefix_caching is None else bool(cfg.prefix_caching)
+    _check_batch_wait(cfg, prof)
     return ResolvedEngine(int(seqs), int(budget), bool(chunked), int(block), float(util), int(max_len),
                           cfg.custom_allreduce, cfg.routing, prof, scales, prefix_caching=caching,
-                          speculative=cfg.speculative)
+                          speculative=cfg.speculative, batch_wait_iters=int(cfg.batch_wait_iters),
+                          batch_wait_tokens_ratio=float(cfg.batch_wait_tokens_ratio))
+
+
+def _check_batch_wait(cfg: EngineConfig, prof: EngineProfile) -> None:
+    """TRT-LLM's batch waiting settings: whole steps >= 0, a ratio in [0, 1], and only on a TRT-LLM profile."""
+    if cfg.batch_wait_iters < 0:
+        raise InputError("--batch-wait-iters", None, f"{cfg.batch_wait_iters} is negative",
+                         "give 0 (off) or a step count such as 20")
+    if not 0.0 <= cfg.batch_wait_tokens_ratio <= 1.0:
+        raise InputError("--batch-wait-ratio", None, f"{cfg.batch_wait_tokens_ratio} is outside [0, 1]",
+                         "give a fraction of the token budget such as 0.9")
+    if (cfg.batch_wait_iters or cfg.batch_wait_tokens_ratio) and prof.family != "trtllm":
+        flag = "--batch-wait-iters" if cfg.batch_wait_iters else "--batch-wait-ratio"
+        raise InputError(flag, None, f"batch waiting is a TRT-LLM setting, not {prof.family}'s",
+                         "drop it, or use --engine trtllm")

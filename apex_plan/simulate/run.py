@@ -19,7 +19,7 @@ from apex_plan.simulate import kernels as SK
 from apex_plan.simulate import metrics as M
 from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
 from apex_plan.simulate.fit import fit_engine
-from apex_plan.simulate.scheduler import admission_fields
+from apex_plan.simulate.scheduler import admission_fields, batch_wait_fields
 from apex_plan.workload.spec import Slo, Workload
 
 
@@ -158,7 +158,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
         reserve_full=eng.profile.scheduler.reserve_full_sequence, closed_concurrency=0, tdp_w=gpu.tdp_w,
         idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp, adp_ranks=plan.adp, adp_lockstep=1,
         adp_balance_steps=eng.profile.scheduler.adp_balance_steps, draft_tokens=spec_k, seed=F.SPEC_SEED,
-        engine_base=0, first_token_generated=1, **admission_fields(eng.profile.scheduler))
+        engine_base=0, first_token_generated=1, **admission_fields(eng.profile.scheduler), **batch_wait_fields(eng))
 
     def run(arr, prm, out, closed, delay):
         """One pass of the event loop; per-request times and per-engine statistics."""

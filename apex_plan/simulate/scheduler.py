@@ -30,6 +30,14 @@ def admission_fields(policy=None) -> dict:
                 admit_clip_tokens=policy.clip_new_tokens, admit_retract_steps=policy.retract_decode_steps)
 
 
+def batch_wait_fields(engine=None) -> dict:
+    """SCHED fields of TRT-LLM's batch waiting (llm_args.py batch_wait_timeout_iters / batch_wait_max_tokens_ratio,
+    both 0 by default: off) for a ResolvedEngine; off for None."""
+    if engine is None:
+        return dict(batch_wait_iters=0, batch_wait_ratio=0.0)
+    return dict(batch_wait_iters=int(engine.batch_wait_iters), batch_wait_ratio=float(engine.batch_wait_tokens_ratio))
+
+
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
 def _blocks_for(tokens, block):
     return (tokens + block - 1) // block
@@ -236,6 +244,28 @@ def _balance_holds(e, eng, cfg):
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+def _batch_wait_holds(e, left, req, eng, cfg):
+    """TRT-LLM batch waiting (_torch/pyexecutor/py_executor.py `_waiting_requests`, checked only without attention
+    DP and when the step has both contexts and generations): the contexts wait unless the engine has already held
+    them `batch_wait_iters` steps, or the step's tokens (the generations' plus the waiting prompts that fit the
+    budget) reach batch_wait_ratio x budget_tokens. True when engine e's waiting contexts sit this step out."""
+    en = eng[e]
+    if (cfg.batch_wait_iters <= 0 and cfg.batch_wait_ratio <= 0.0) or cfg.adp_ranks > 1 or en.head == -1 \
+            or en.running == 0:
+        return False
+    tokens = cfg.budget_tokens - left             # tokens the running generations took (one each)
+    r = en.head
+    while r != -1 and tokens + req[r].prompt_tokens <= cfg.budget_tokens:
+        tokens += req[r].prompt_tokens            # prompt tokens of the contexts the step would take
+        r = req[r].next
+    if en.batch_wait_steps >= cfg.batch_wait_iters or tokens >= cfg.batch_wait_ratio * cfg.budget_tokens:
+        en.batch_wait_steps = 0
+        return False
+    en.batch_wait_steps += 1
+    return True
+
+
+@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
 def _schedule(e, now, req, eng, slots, cfg, cache, ids):
     """Build engine e's next step at `now`: running requests first (with prefill priority, as vLLM
     0.6 unchunked and SGLang, only the prompts in progress), then waiting ones, FCFS, in the budget
@@ -247,7 +277,7 @@ def _schedule(e, now, req, eng, slots, cfg, cache, ids):
     preempted_now = False
     if cfg.chunked or not cfg.prefill_first:
         left, ns, preempted_now = _schedule_running(e, cfg.prefill_first, left, ns, req, eng, slots, cfg, cache, ids)
-    if not preempted_now and not _balance_holds(e, eng, cfg):
+    if not preempted_now and not _balance_holds(e, eng, cfg) and not _batch_wait_holds(e, left, req, eng, cfg):
         left, ns, refused = _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids)
     decoding = cfg.prefill_first and ns == 0
     if decoding:
