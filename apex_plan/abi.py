@@ -166,6 +166,8 @@ SCHED_FIELDS = (
     ("draft_tokens", I8, "speculative decoding: draft tokens per decode step (0: none)"),
     ("seed", I8, "seed of the draft-acceptance draws"),
     ("adp_ranks", I8, "attention-DP ranks of one replica (consecutive ranks)"),
+    ("adp_routing", I8, "ROUTE_ROUND_ROBIN or ROUTE_LEAST_LOADED: how a replica hands a request to one of its "
+                        "attention-DP ranks (SCHED.routing picks the replica)"),
     ("adp_lockstep", I8, "1: a replica's attention-DP ranks step together, each step as long as the busiest rank's "
                          "(the MoE layers exchange every rank's tokens); 0: each rank steps on its own"),
     ("adp_balance_steps", I8, "attention-DP balance: new contexts wait until every rank of the replica has one, "
@@ -238,6 +240,7 @@ ENGINE_FIELDS = (
     ("balance_open", I8, "state: 1 when the balance timeout let this engine's held contexts in"),
     ("new_token_ratio", F8, "state: SGLang admission's share of the running requests' remaining output reserved"),
     ("batch_wait_steps", I8, "state: TRT-LLM batch waiting: steps the waiting contexts have been held so far"),
+    ("adp_next", I8, "state: on an attention-DP replica's first engine, requests handed out in turn (round robin)"),
 )
 
 # ---- disaggregated serving: per request, what happens between its prefill and its decode ------------

@@ -5,7 +5,8 @@ memory report (KV pool sized as the engine sizes it) and step costs; `disagg_ker
 workload through both pools together, so a decode pool that is full holds the prefill blocks of the
 requests waiting for it and stops the prefill admissions behind them (see its docstring). Requests
 go to instances round-robin (NVIDIA Dynamo's default `--router-mode round-robin`) or to the one with
-the fewest unfinished requests (`--routing least_loaded`), in both pools.
+the fewest unfinished requests (`--routing least_loaded`), in both pools; inside an attention-DP
+instance a request goes to one of its ranks as the engine hands it out (`routing.pick_rank`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.disagg import DisaggPlan
 from apex_plan.plan.spec import EngineConfig, Plan
-from apex_plan.abi import (ENGINE, LINK, REQUEST, ROUTE_LEAST_LOADED, ROUTE_ROUND_ROBIN, SCHED, XENGINE, XFER, Pool,
-                           make_record)
+from apex_plan.abi import (ENGINE, LINK, REQUEST, ROUTE_LEAST_LOADED, ROUTE_ROUND_ROBIN, ROUTES, SCHED, XENGINE, XFER,
+                           Pool, make_record)
 from apex_plan.simulate import disagg_kernel as DK
 from apex_plan.simulate.scheduler import admission_fields, batch_wait_fields
 from apex_plan.simulate.engine import ResolvedEngine
@@ -95,7 +96,7 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int, engine_base: int) -
         budget_tokens=e.max_batched_tokens, chunked=e.chunked_prefill, block_tokens=e.block_size, kv_blocks=nblocks,
         watermark_blocks=int(e.watermark_fraction * nblocks), prefill_first=e.profile.prefill_first(e.chunked_prefill),
         reserve_full=e.profile.scheduler.reserve_full_sequence, closed_concurrency=closed, tdp_w=gpu.tdp_w,
-        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp, adp_lockstep=1,
+        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp, adp_routing=ROUTES[e.profile.layouts.adp_routing], adp_lockstep=1,
         adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0, engine_base=engine_base,
         first_token_generated=2 if engine_base > 0 else 1,
         **admission_fields(None), **batch_wait_fields(e))   # SGLang's admission: aggregated engines only
