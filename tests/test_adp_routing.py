@@ -78,3 +78,24 @@ def test_replica_first_then_rank(routing):
     # in turn gives each rank two, and least loaded (every rank idle, the first wins ties) gives its first rank all
     want = [2 * per] * 4 if routing == "round_robin" else [4 * per, 0, 4 * per, 0]
     assert tokens.tolist() == want
+
+
+def test_sglang_disaggregated_prefill_ranks_follow_the_bootstrap_room():
+    """SGLang under disaggregation: a prefill instance runs each request on rank room % ranks, the room
+    drawn uniformly at random per request (the router's), so its ranks' prompt tokens are exactly the
+    sums over the requests whose room lands there; the decode instance hands requests out in turn."""
+    from apex_plan.plan.disagg import DisaggPlan
+    from apex_plan.simulate import disagg as D
+
+    n, out = 40, 6
+    trace = Trace(np.arange(n) * 0.5, np.full(n, PROMPT, np.int64), np.full(n, out, np.int64))
+    pre = Plan(tp=1, adp=4, ep=4, weight_dtype="fp8", kv_dtype="fp8")
+    dec = Plan(tp=1, adp=2, ep=2, weight_dtype="fp8", kv_dtype="fp8")
+    res = D.simulate_disagg(QWEN_MOE, make_cluster(H200, 8), DisaggPlan(pre, dec), EngineConfig(name="sglang"),
+                            Workload(trace))
+    assert res.feasible, res.reason
+    rooms = np.random.default_rng(D.BOOTSTRAP_ROOM_SEED).integers(0, 2 ** 62, n)
+    tok = res.estats["tokens"]
+    assert tok[:4].tolist() == [PROMPT * int((rooms % 4 == k).sum()) for k in range(4)]
+    assert tok[:4].tolist() != [PROMPT * n // 4] * 4                 # not the in-turn split
+    assert tok[-2:].tolist() == [(out - 1) * n // 2] * 2               # decode: in turn, every later token decoded

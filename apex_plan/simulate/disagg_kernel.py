@@ -37,12 +37,12 @@ INF = np.inf
 
 
 @kernel(cache=True, inline="always")
-def _route_decode(r, rr, eng, cfg):
-    """Queue prefilled request r at a decode engine (ranks from SCHED.engine_base: round robin or the
-    least loaded, then its virtual engine with the fewest unfinished), for admission. Returns the
-    engine and the round-robin counter."""
+def _route_decode(r, rr, req, eng, cfg):
+    """Queue prefilled request r at a decode engine (ranks from SCHED.engine_base, chosen by
+    `routing.pick_rank`; then its virtual engine with the fewest unfinished), for admission. Returns
+    the engine and the round-robin counter."""
     pp, base = cfg.pp, cfg.engine_base
-    rank, rr = pick_rank(rr, eng, cfg, base)
+    rank, rr = pick_rank(rr, eng, cfg, base, req[r].bootstrap_room)
     e = base + rank * pp
     for v in range(1, pp):
         if eng[base + rank * pp + v].unfinished < eng[e].unfinished:
@@ -86,7 +86,7 @@ def _end_prefill(ev, now, req_p, req_d, eng, slots, x, xe, rr_d, cfg_d):
         xr.held_blocks = q.kv_blocks
         xr.prefill_engine = ev
         q.kv_blocks = 0
-        e, rr_d = _route_decode(r, rr_d, eng, cfg_d)
+        e, rr_d = _route_decode(r, rr_d, req_d, eng, cfg_d)
         d.next = -1
         if xe[e].pend_tail == -1:
             xe[e].pend_head = r

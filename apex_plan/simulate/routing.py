@@ -6,7 +6,7 @@ the fewest unfinished requests. Inlined into the event loops (`simulate.kernels`
 
 from __future__ import annotations
 
-from apex_plan.abi import ROUTE_LEAST_LOADED, ROUTE_PREFIX, ROUTE_ROUND_ROBIN, ROUTE_SESSION
+from apex_plan.abi import ROUTE_BOOTSTRAP_ROOM, ROUTE_LEAST_LOADED, ROUTE_PREFIX, ROUTE_ROUND_ROBIN, ROUTE_SESSION
 from apex_plan.jit import kernel
 from apex_plan.simulate.prefix_cache import M_UNIT_TOKENS, lookup
 
@@ -28,12 +28,13 @@ def _rank_load(eng, base, rank, pp):
 
 
 @kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
-def pick_rank(rr, eng, cfg, base):
+def pick_rank(rr, eng, cfg, base, room):
     """Rank for a new request under round-robin or least-loaded routing (SCHED.routing), and the
     round-robin counter. Without attention DP: the next rank in turn, or the one with the fewest
     unfinished requests (the first such). With it, two levels: SCHED.routing picks the replica (its
     load: its ranks' sum), then the replica hands the request to one of its ranks as its engine does
-    (SCHED.adp_routing: in turn, counted on the replica's first engine, or the least loaded rank)."""
+    (SCHED.adp_routing: in turn, counted on the replica's first engine; the least loaded rank; or rank
+    `room` % ranks, the request's bootstrap room under SGLang's disaggregation)."""
     ranks, pp, a = cfg.ranks, cfg.pp, cfg.adp_ranks
     if a <= 1:
         if cfg.routing == ROUTE_ROUND_ROBIN:
@@ -59,6 +60,8 @@ def pick_rank(rr, eng, cfg, base):
             if load < best_load:
                 best_load = load
                 g = rep
+    if cfg.adp_routing == ROUTE_BOOTSTRAP_ROOM:
+        return g * a + room % a, rr
     lead = eng[base + g * a * pp]
     if cfg.adp_routing == ROUTE_ROUND_ROBIN:
         k = lead.adp_next % a
@@ -81,7 +84,7 @@ def _replica(r, rr, req, eng, cfg, cache, ids, sess_rep):
     caching the longest prefix of the prompt unless the load is imbalanced (SGLang router)."""
     dp, pp = cfg.ranks, cfg.pp
     if cfg.routing == ROUTE_ROUND_ROBIN or cfg.routing == ROUTE_LEAST_LOADED:
-        return pick_rank(rr, eng, cfg, 0)
+        return pick_rank(rr, eng, cfg, 0, req[r].bootstrap_room)
     best = 0
     best_load = 1 << 60
     worst_load = 0
