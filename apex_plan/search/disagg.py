@@ -211,13 +211,15 @@ def role_plans(inp: SearchInputs) -> list:
     """The replica plans of the aggregated enumeration plus every attention-DP / expert-parallel layout
     of the same instance sizes the engine profile runs (`plan.moe_layout.instance_layouts`)."""
     from apex_plan.plan.moe_layout import instance_layouts
+    from apex_plan.search.layouts import profile_caps, supported_layout
     from apex_plan.simulate.engine import resolve_engine
     plans, _, _ = enumerate_group(inp, inp.cluster)
     prof = resolve_engine(inp.engines[0], inp.model).profile
     out = set(plans)
     for g, pp, wd, kd in sorted({(p.tp * p.adp, p.pp, p.weight_dtype, p.kv_dtype) for p in plans}):
         out.update(instance_layouts(prof, inp.model, inp.cluster, g, pp, wd, kd, inp.allow_cross_node_tp))
-    return sorted(out)
+    caps = profile_caps(prof)
+    return sorted(p for p in out if supported_layout(caps, p) is None)
 
 
 def search_disagg(inp: SearchInputs, mix) -> DisaggSearch:
