@@ -87,13 +87,18 @@ def _assert_placed(c, cands, num_nodes: int, gpn: int) -> None:
 
 
 def test_pools_share_a_node_only_when_sizes_nest():
-    """One node of 8: two 2-GPU prefill instances and one 4-GPU decode instance share it (the decode
-    instance first, the prefill ones on GPUs 4-7); 2- and 3-GPU instances on nodes of 6 do not nest, so each
+    """Two 2-GPU prefill instances and one 4-GPU decode instance share one node of 8 (prefill on GPUs 0-3,
+    decode on 4-7); three prefill and two decode instances on two nodes go decode first (after 6 prefill
+    GPUs a 4-GPU instance would straddle a node); 2- and 3-GPU instances on nodes of 6 do not nest, so each
     pool takes nodes of its own and one node is too few."""
     pre, dec = [RoleCandidate("p", 2, 1.0)], [RoleCandidate("d", 4, 2.0)]
     (c,) = size_pools(pre, dec, num_nodes=1, gpus_per_node=8, demand_rps=2.0)
     assert (c.prefill_instances, c.decode_instances, c.gpus) == (2, 1, 8)
-    assert (c.decode_first_gpu, c.prefill_first_gpu, c.prefill_nodes, c.decode_nodes) == (0, 4, 1, 1)
+    assert (c.prefill_first_gpu, c.decode_first_gpu, c.prefill_nodes, c.decode_nodes) == (0, 4, 1, 1)
+    _assert_placed(c, pre + dec, 1, 8)
+    (c3,) = size_pools(pre, dec, num_nodes=2, gpus_per_node=8, demand_rps=3.0)
+    assert (c3.prefill_instances, c3.decode_instances, c3.decode_first_gpu, c3.prefill_first_gpu) == (3, 2, 0, 8)
+    _assert_placed(c3, pre + dec, 2, 8)
     _assert_placed(c, pre + dec, 1, 8)
     assert brute_force_pools(pre, dec, num_nodes=1, gpus_per_node=8, demand_rps=2.0).gpus == 8
     # on the shared node every prefill rank reaches every decode rank over NVLink; on nodes of their own, RDMA

@@ -6,9 +6,10 @@ Model
     np[i], nd[j]   instances of each (zero unless used, at least one if used);
     placement      an instance smaller than a node must divide it and one larger must be whole
                    nodes. When one pair's instance size divides the other's (`nested`), the pools may
-                   share a node: the larger instances go first from GPU 0 and the smaller right after
-                   (`placement`), so every instance starts at a multiple of its size, none straddles a
-                   node and no GPU is left between them: prefill + decode GPUs <= the cluster's.
+                   share a node: one pool from GPU 0 and the other right after it (`placement`; the
+                   larger instances first when the smaller pool's GPUs are not a multiple of them), so
+                   every instance starts at a multiple of its size, none straddles a node and no GPU is
+                   left between them: prefill + decode GPUs <= the cluster's.
                    Otherwise each pool takes nodes of its own: mp, md nodes with mp x gpus_per_node >=
                    prefill GPUs, md likewise, mp + md <= nodes. The engines allow a shared node: a
                    prefill and a decode server are separate processes on disjoint GPUs (SGLang
@@ -78,11 +79,13 @@ def nested(size_a: int, size_b: int) -> bool:
 
 
 def placement(prefill_gpus: int, size_p: int, decode_gpus: int, size_d: int, gpus_per_node: int) -> tuple[int, int]:
-    """(first GPU of the prefill pool, first GPU of the decode pool): nested sizes share nodes, the larger
-    instances first (prefill on a tie); otherwise the decode pool starts on the node after the prefill pool's."""
+    """(first GPU of the prefill pool, first GPU of the decode pool): nested sizes share nodes, the prefill pool
+    first when the decode instances can start right after it at a multiple of their size (or of a node, for
+    instances of whole nodes), else the decode pool first (its GPUs are then a multiple of the smaller
+    prefill size); sizes that do not nest: the decode pool on the node after the prefill pool's."""
     if not nested(size_p, size_d):
         return 0, _nodes(prefill_gpus, gpus_per_node) * gpus_per_node
-    return (0, prefill_gpus) if size_p >= size_d else (decode_gpus, 0)
+    return (0, prefill_gpus) if prefill_gpus % min(size_d, gpus_per_node) == 0 else (decode_gpus, 0)
 
 
 def _spanned(first: int, gpus: int, gpus_per_node: int) -> int:
