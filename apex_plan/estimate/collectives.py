@@ -6,8 +6,9 @@ as it is. Across nodes NCCL does two things the single-link ring does not:
 * it runs one ring per NIC, each entering and leaving a node through its own NIC (NVIDIA/nccl issue #601:
   "creates 4 rings, each using a different NIC"; "we can use NVLink to split the operations in N parts then
   balance the traffic onto the N NICs"), so a GPU's NIC carries 1/g of its ring traffic and NVLink the rest;
-* for latency-bound messages it takes the tree, whose latency is two passes over log2(nodes) network levels
-  (src/graph/tuning.cc ncclTopoTuneModel, NCCL_ALGO_TREE: 2 x (... + log2i(nNodes) x interLat)).
+* for latency-bound messages it takes the tree, whose latency is two passes over its network levels
+  (src/graph/tuning.cc ncclTopoTuneModel, NCCL_ALGO_TREE: 2 x (... + log2i(nNodes) x interLat)); here the
+  levels are a binary tree's depth, ceil(log2(nodes)), equal to NCCL's log2i on whole powers of two.
 """
 
 from __future__ import annotations

@@ -103,8 +103,12 @@ def attention_rates(gpu: GpuSpec):
     c = gpu.calibration
     bw = gpu.mem_bw_gbps * 1e9
 
+    mla = gpu.kernel_formats.mla
+
     def rates(latent: bool) -> dict:
-        return dict(efficiency=c.attention_efficiency, decode_efficiency=c.attention_efficiency,
+        # MLA prefill (expanded form) at the GPU's fitted MLA context efficiency when its tables have one
+        pf = mla.prefill_efficiency if (latent and mla is not None) else c.attention_efficiency
+        return dict(efficiency=pf, decode_efficiency=c.attention_efficiency,
                     bytes_per_s=bw * c.bandwidth_efficiency, latency_s=c.kernel_latency_us * 1e-6)
     return rates
 
