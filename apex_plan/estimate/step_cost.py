@@ -15,6 +15,7 @@ from apex_plan.engine.load import resolve_engine_profile
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
 from apex_plan.estimate import moe as MOE
+from apex_plan.estimate.collectives import multi_node_latency_s, multi_rail_bus_bytes_per_s
 from apex_plan.estimate.mixers import op_table
 from apex_plan.estimate.gemms import Gemm
 from apex_plan.estimate.shard import Shard, build_shard
@@ -107,8 +108,12 @@ def attention_rates(gpu: GpuSpec):
     c = gpu.calibration
     bw = gpu.mem_bw_gbps * 1e9
 
+    mla = gpu.kernel_formats.mla
+
     def rates(latent: bool) -> dict:
-        return dict(efficiency=c.attention_efficiency, decode_efficiency=c.attention_efficiency,
+        # MLA prefill (expanded form) at the GPU's fitted MLA context efficiency when its tables have one
+        pf = mla.prefill_efficiency if (latent and mla is not None) else c.attention_efficiency
+        return dict(efficiency=pf, decode_efficiency=c.attention_efficiency,
                     bytes_per_s=bw * c.bandwidth_efficiency, latency_s=c.kernel_latency_us * 1e-6)
     return rates
 
@@ -131,11 +136,12 @@ def link_fields(gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: Eng
     intra_bw = (cluster.intra_node_bw_gbps if cluster else gpu.intra_node_bw_gbps) * 1e9
     inter_bw = (cluster.inter_node_bw_gbps if cluster else DEFAULT_INTER_NODE_BW_GBPS) * 1e9
     inter_lat_s = (cluster.inter_node_latency_us if cluster else DEFAULT_INTER_NODE_LATENCY_US) * 1e-6
-    link_bw = (intra_bw if in_node else inter_bw) * c.link_efficiency
+    link_bw = (intra_bw if in_node else multi_rail_bus_bytes_per_s(intra_bw, inter_bw, gpn)) * c.link_efficiency
     pp_cross = plan.tp * plan.pp > gpn
     coll = prof.collectives
     custom = (custom_allreduce and in_node and plan.tp in coll.custom_allreduce_tp and gpu.vendor.lower() == "nvidia")
-    nccl_s = c.allreduce_latency_us * 1e-6 + (0.0 if in_node else inter_lat_s)
+    nodes = -(-plan.tp // gpn)                       # NVLink domains the tensor-parallel group spans
+    nccl_s = c.allreduce_latency_us * 1e-6 + multi_node_latency_s(nodes, inter_lat_s)
     return dict(
         allreduce_nccl_latency_s=nccl_s,
         # each engine runs its own one-shot kernel (vLLM custom_all_reduce.cu, SGLang's, TRT-LLM allReduceFusion),
