@@ -8,20 +8,25 @@ W4A16 kernel of the same table takes 1,183 us; on H200 (no fp4 tensor cores) eve
 weight-only W4A16 kernel at about 2.7 TB/s of the 4.8. One fit per format over the fastest kernel of
 any engine (scripts/fit_kernel_formats.py) charges each engine the best kernel any of them has.
 
-Which kernel an engine runs (the table's `kernel_source`, the module the collector drove), first match
-in `KERNELS` order, in any of the engine's table versions (nearest to `TARGET_VERSION` first):
-* TRT-LLM (PyTorch flow, tensorrt_llm/_torch/modules/fused_moe/create_moe.py: MoeConfig.backend
-  defaults to CUTLASS): CutlassFusedMoE (`moe_torch_flow_cutlass`) for bf16, fp8, nvfp4 and Hopper
-  fp8-block; on Blackwell fp8-block runs DeepGEMM (fused_moe_cutlass.py picks the DeepGEMM
-  block-scale method on SM100: table `deepgemm`); MXFP4 (gpt-oss) runs W4A8 MXFP4 x MXFP8 on
-  Blackwell (fused_moe_trtllm_gen.py, the gpt-oss deployment guide's `moe_config.backend: TRTLLM`)
-  and W4A16 on Hopper (`moe_torch_flow`).
-* vLLM (model_executor/layers/fused_moe: the quantisation method's `select_gemm_impl` /
-  modular_kernel): Triton fused_moe for bf16 and block fp8 on Hopper (`vllm_fused_moe`,
-  `*_triton_*`) and per-tensor fp8 (Fp8MoEMethod; FlashInfer CUTLASS, the ModelOpt path, only where no
-  Triton table exists), FlashInfer TRT-LLM-gen on Blackwell
-  (bf16, fp8, nvfp4, and gpt-oss MXFP4 with bf16 activations, quantization/mxfp4.py's SM100 default),
-  the OpenAI Triton MXFP4 kernel on Hopper (`oaitritonmxfp4`), Marlin for int4.
+Which kernel an engine runs: the one the measured deployments configure, else the engine's default (the
+table's `kernel_source` names the module the collector drove); first match in `KERNELS` order, in any
+of that table's versions (nearest `TARGET_VERSION` first). The deployments are the InferenceMAX launch
+scripts (SemiAnalysisAI/InferenceX benchmarks/*.sh):
+* TRT-LLM (PyTorch flow; tensorrt_llm/_torch/modules/fused_moe/create_moe.py, MoeConfig.backend default
+  CUTLASS): CutlassFusedMoE (`moe_torch_flow_cutlass`) for bf16, fp8 and Hopper fp8-block. On Blackwell
+  the DeepSeek and gpt-oss scripts set `moe_config.backend: TRTLLM` (dsr1_fp8_b200_trt.sh and
+  dsr1_fp4_b200_trt.sh below 256 concurrent requests, gptoss_fp4_b200_trt.sh after the gpt-oss deployment
+  guide): TRTLLMGenFusedMoE, the TRT-LLM-gen kernels FlashInfer also ships, read from vLLM's FlashInfer
+  TRT-LLM-gen tables for fp8-block and nvfp4 (TRT-LLM's own table holds DeepGEMM / CUTLASS for them)
+  and from TRT-LLM's W4A8 MXFP4 x MXFP8 table for gpt-oss. On Hopper gpt-oss runs `moe_config.backend:
+  TRITON` (gptoss_fp4_h200_trt.sh): the W4A16 table (`moe_torch_flow`).
+* vLLM (model_executor/layers/fused_moe, the quantisation method's kernel selection): Triton fused_moe
+  on Hopper for bf16, per-tensor and block fp8 (`vllm_fused_moe`); FlashInfer TRT-LLM-gen on Blackwell;
+  gpt-oss MXFP4 with MXFP8 activations on Blackwell (gptoss_fp4_b200.sh sets
+  VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1; quantization/mxfp4.py get_mxfp4_backend: SM100_FI_MXFP4_MXFP8_TRTLLM,
+  the TRT-LLM-gen W4A8 kernel, read from TRT-LLM's table of it: 12% fit error on 54 shapes against 43% for
+  vLLM's, whose modular path adds its own permute)
+  and Marlin W4A16 on Hopper (gptoss_fp4_h200.sh sets VLLM_MXFP4_USE_MARLIN=1); Marlin for int4.
 * SGLang (srt/layers/moe/moe_runner, server_args.py `moe_runner_backend` auto): Triton fused_moe on
   Hopper, FlashInfer TRT-LLM-gen on Blackwell (`sglang_flashinfer_trtllm_moe`), Marlin for int4.
 Kernels for non-gated MLPs (`nongated`, Nemotron) are another op and are never used.
@@ -71,30 +76,35 @@ DTYPES = {"bfloat16": ("bf16", 2.0, "bf16"), "fp8": ("fp8", 1.0, "fp8"),
           "fp8_block": ("fp8-block", 1.0 + 4.0 / (128 * 128), "fp8"), "nvfp4": ("nvfp4", 0.5 + 1.0 / 16, "fp4"),
           "int4_wo": ("int4", 0.5 + 2.0 / 128, "bf16"), "w4a16_mxfp4": ("mxfp4", 0.5 + 1.0 / 32, "bf16"),
           "w4a8_mxfp4_mxfp8": ("mxfp4", 0.5 + 1.0 / 32, "fp8")}
-# (engine, Blackwell?) -> apex format -> [(table dtype, kernel_source substring)], first found wins (docstring)
+# (engine, Blackwell?) -> apex format -> [(table engine, table dtype, kernel_source substring)], first found wins:
+# the kernel the measured deployments run (docstring); a kernel library two engines share (FlashInfer's
+# TRT-LLM-gen MoE) may be read from the other engine's table
 KERNELS = {
-    ("trtllm", False): {"bf16": [("bfloat16", "cutlass")], "fp8": [("fp8", "cutlass")],
-                        "fp8-block": [("fp8_block", "cutlass")], "mxfp4": [("w4a16_mxfp4", "moe_torch_flow")]},
-    ("trtllm", True): {"bf16": [("bfloat16", "cutlass")], "fp8": [("fp8", "cutlass")],
-                       "fp8-block": [("fp8_block", "deepgemm")], "nvfp4": [("nvfp4", "cutlass")],
-                       "mxfp4": [("w4a8_mxfp4_mxfp8", "moe_torch_flow")]},
-    ("vllm", False): {"bf16": [("bfloat16", "vllm_fused_moe"), ("bfloat16", "triton")],
-                      "fp8": [("fp8", "vllm_fused_moe"), ("fp8", "flashinfer_cutlass")],
-                      "fp8-block": [("fp8_block", "vllm_fused_moe"), ("fp8_block", "triton")],
-                      "mxfp4": [("w4a16_mxfp4", "oaitritonmxfp4"), ("w4a16_mxfp4", "vllm_mxfp4_moe")],
-                      "int4": [("int4_wo", "marlin")]},
-    ("vllm", True): {"bf16": [("bfloat16", "flashinfer_trtllm"), ("bfloat16", "vllm_fused_moe")],
-                     "fp8": [("fp8", "flashinfer_trtllm"), ("fp8", "vllm_fused_moe")],
-                     "fp8-block": [("fp8_block", "flashinfer_trtllm"), ("fp8_block", "vllm_fused_moe")],
-                     "nvfp4": [("nvfp4", "flashinfer_trtllm")],
-                     "mxfp4": [("w4a16_mxfp4", "flashinfer_trtllm_mxfp4_bf16")], "int4": [("int4_wo", "marlin")]},
-    ("sglang", False): {"bf16": [("bfloat16", "sglang_fused_moe_triton")],
-                        "fp8-block": [("fp8_block", "sglang_fused_moe_triton")],
-                        "mxfp4": [("w4a16_mxfp4", "sglang_fused_moe_triton")], "int4": [("int4_wo", "marlin")]},
-    ("sglang", True): {"bf16": [("bfloat16", "sglang_flashinfer_trtllm_moe")],
-                       "fp8-block": [("fp8_block", "sglang_flashinfer_trtllm_moe")],
-                       "nvfp4": [("nvfp4", "sglang_flashinfer_trtllm_moe")],
-                       "mxfp4": [("w4a8_mxfp4_mxfp8", "sglang_flashinfer_trtllm_moe")]},
+    ("trtllm", False): {"bf16": [("trtllm", "bfloat16", "cutlass")], "fp8": [("trtllm", "fp8", "cutlass")],
+                        "fp8-block": [("trtllm", "fp8_block", "cutlass")],
+                        "mxfp4": [("trtllm", "w4a16_mxfp4", "moe_torch_flow")]},
+    ("trtllm", True): {"bf16": [("trtllm", "bfloat16", "cutlass")], "fp8": [("trtllm", "fp8", "cutlass")],
+                       "fp8-block": [("vllm", "fp8_block", "flashinfer_trtllm"), ("trtllm", "fp8_block", "deepgemm")],
+                       "nvfp4": [("vllm", "nvfp4", "flashinfer_trtllm"), ("trtllm", "nvfp4", "cutlass")],
+                       "mxfp4": [("trtllm", "w4a8_mxfp4_mxfp8", "moe_torch_flow")]},
+    ("vllm", False): {"bf16": [("vllm", "bfloat16", "vllm_fused_moe"), ("vllm", "bfloat16", "triton")],
+                      "fp8": [("vllm", "fp8", "vllm_fused_moe"), ("vllm", "fp8", "flashinfer_cutlass")],
+                      "fp8-block": [("vllm", "fp8_block", "vllm_fused_moe"), ("vllm", "fp8_block", "triton")],
+                      "mxfp4": [("vllm", "w4a16_mxfp4", "marlin"), ("vllm", "w4a16_mxfp4", "vllm_mxfp4_moe")],
+                      "int4": [("vllm", "int4_wo", "marlin")]},
+    ("vllm", True): {"bf16": [("vllm", "bfloat16", "flashinfer_trtllm"), ("vllm", "bfloat16", "vllm_fused_moe")],
+                     "fp8": [("vllm", "fp8", "flashinfer_trtllm"), ("vllm", "fp8", "vllm_fused_moe")],
+                     "fp8-block": [("vllm", "fp8_block", "flashinfer_trtllm"), ("vllm", "fp8_block", "vllm_fused_moe")],
+                     "nvfp4": [("vllm", "nvfp4", "flashinfer_trtllm")],
+                     "mxfp4": [("trtllm", "w4a8_mxfp4_mxfp8", "moe_torch_flow"), ("vllm", "w4a8_mxfp4_mxfp8", "flashinfer_trtllm")],
+                     "int4": [("vllm", "int4_wo", "marlin")]},
+    ("sglang", False): {"bf16": [("sglang", "bfloat16", "sglang_fused_moe_triton")],
+                        "fp8-block": [("sglang", "fp8_block", "sglang_fused_moe_triton")],
+                        "mxfp4": [("sglang", "w4a16_mxfp4", "sglang_fused_moe_triton")], "int4": [("sglang", "int4_wo", "marlin")]},
+    ("sglang", True): {"bf16": [("sglang", "bfloat16", "sglang_flashinfer_trtllm_moe")],
+                       "fp8-block": [("sglang", "fp8_block", "sglang_flashinfer_trtllm_moe")],
+                       "nvfp4": [("sglang", "nvfp4", "sglang_flashinfer_trtllm_moe")],
+                       "mxfp4": [("sglang", "w4a8_mxfp4_mxfp8", "sglang_flashinfer_trtllm_moe")]},
 }
 TILES = (0, 16, 32, 64, 128)     # grouped-GEMM row tiles tried (Triton BLOCK_SIZE_M, CUTLASS / DeepGEMM tile M)
 ACT_B = 2.0                      # bf16 activations
@@ -173,27 +183,27 @@ def fit_gpu(root: Path, gpu: str, spec) -> dict:
     import pandas as pd
     out: dict = {}
     bw = spec.mem_bw_gbps * 1e9
+    frames = {e: [(p, pd.read_parquet(p)) for p in engine_tables(root, gpu, e)] for e in ("vllm", "sglang", "trtllm")}
     for engine in ("vllm", "sglang", "trtllm"):
-        frames = [(p, pd.read_parquet(p)) for p in engine_tables(root, gpu, engine)]
-        if not frames:
+        if not frames[engine]:
             continue
         for fmt, choices in KERNELS[(engine, gpu in BLACKWELL)].items():
-            for dtype, kernel in choices:
+            for table, dtype, kernel in choices:
                 _, wb, peak_dt = DTYPES[dtype]
                 if not spec.supports(peak_dt):
                     continue
-                d, source = kernel_rows(frames, dtype, kernel)
+                d, source = kernel_rows(frames[table], dtype, kernel)
                 if d is None:
                     continue
                 ce, be, lat, lat_e, tile, err, n = fit_kernel(d, wb, spec.peak_flops(peak_dt), bw)
                 pct = 100.0 * float(np.expm1(err))
                 if pct > MAX_ERROR_PCT:
-                    print(f"  {gpu} {engine} {fmt}: {source} fit error {pct:.0f}% > {MAX_ERROR_PCT:.0f}%, not written")
+                    print(f"  {gpu} {engine} {fmt}: {table} {source} fit error {pct:.0f}% > {MAX_ERROR_PCT:.0f}%, not written")
                     break
                 out.setdefault(engine, {})[fmt] = dict(peak=peak_dt, compute_efficiency=min(ce, MAX_FRACTION),
                                                        bandwidth_efficiency=min(be, MAX_FRACTION), latency_us=lat,
                                                        latency_per_expert_us=lat_e,
-                                                       tile_rows=tile, error_pct=pct, n=n, source=f"{engine} {source}")
+                                                       tile_rows=tile, error_pct=pct, n=n, source=f"{table} {source}")
                 break
     return out
 
