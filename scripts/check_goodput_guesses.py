@@ -2,7 +2,8 @@
 """Goodput guesses change how many runs a search takes, never what it finds.
 
 Runs each `scripts/bench_search.py` disaggregated case (DeepSeek-V3 fp8, SGLang, `--serving both`) in
-process twice, with goodput guesses (`search.pipeline.GUESSES`) and without, and compares the search's
+process twice, with goodput guesses (`search.pipeline.GUESSES`: from a plan's ep variants, and from its own
+first runs' latencies, `search.capacity.crossing_rps`) and without, and compares the search's
 JSON document (`report.search_view.search_json`) with the statistics and each plan's run count left
 out: the deployments, the closest deployment, the disaggregated section and every plan's status,
 goodput, binding constraint and metrics must be identical. Prints the aggregated simulations of each

@@ -180,6 +180,19 @@ for _v in ("abc", "", "nan", "inf", "-1", "1.5", "1e999"):     # 0 is valid (off
     _aliases(("--batch-wait-ratio",), _v, SIM, "float")
 case("simulate:batch-wait-on-vllm", SIM + ["--batch-wait-iters", "20"], "--batch-wait-iters")
 case("simulate:batch-ratio-on-vllm", SIM + ["--batch-wait-ratio", "0.5"], "--batch-wait-ratio")
+for _s, _base in (("simulate", SIM), ("search", SEARCH)):     # MoE all-to-all backends (engine.all2all)
+    for _v in ("", "pplx", "deepep", "DeepEP"):                # vLLM (the default engine) spells them its own way
+        case(f"{_s}:--all2all-backend={_v!r}", with_opt(_base, "--all2all-backend", _v), "--all2all-backend")
+    _sg = with_opt(_base, "--engine", "sglang")
+    for _v in ("", "deepep_low_latency", "mooncake"):
+        case(f"{_s}:--moe-a2a-backend={_v!r}", with_opt(_sg, "--moe-a2a-backend", _v), "--all2all-backend")
+    for _v in ("", "fast", "LOW_LATENCY"):
+        case(f"{_s}:--deepep-mode={_v!r}", with_opt(_sg, "--deepep-mode", _v), "--deepep-mode")
+    case(f"{_s}:--deepep-mode=auto-on-vllm", with_opt(_base, "--deepep-mode", "auto"), "--deepep-mode")
+    case(f"{_s}:--deepep-mode=auto-without-deepep", with_opt(with_opt(_sg, "--moe-a2a-backend", "none"),
+                                                             "--deepep-mode", "auto"), "--deepep-mode")
+    case(f"{_s}:--all2all-backend=trtllm", with_opt(with_opt(_base, "--engine", "trtllm"), "--all2all-backend",
+                                                    "deepep_low_latency"), "--all2all-backend")
 case("search:cluster-too-big-to-search", with_opt(SEARCH, "--gpus", "8192"), "--gpus", "4,096")
 case("simulate:no-rate", with_opt(SIM, "--workload", "chat", drop=("--rate",)), "--rate")
 case("simulate:plan-too-big", with_opt(SIM, "--plan", "dp=2,tp=1"), "--plan")

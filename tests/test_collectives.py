@@ -50,3 +50,32 @@ def test_a_64_gpu_tensor_parallel_prefill_reduces_over_every_nic_of_its_nodes():
     # the same GPUs in one NVLink node would reduce faster: crossing nodes never helps
     tp8 = build_step_cost(model, gpu, Plan(tp=8, weight_dtype="fp8", kv_dtype="fp8"), make_cluster(gpu, 8))
     assert tp8.params["link_bytes_per_s"][0] > sc.params["link_bytes_per_s"][0]
+
+
+def test_ring_crossings_one_per_further_node():
+    from apex_plan.estimate.collectives import ring_crossings_latency_s
+    assert ring_crossings_latency_s(1, 10e-6) == 0.0
+    assert ring_crossings_latency_s(2, 10e-6) == pytest.approx(10e-6)
+    assert ring_crossings_latency_s(8, 10e-6) == pytest.approx(70e-6)
+    lat = [ring_crossings_latency_s(n, 1.0) for n in range(1, 17)]
+    assert lat == sorted(lat) and lat[-1] == 15.0
+
+
+def test_attention_dp_exchange_over_nodes_by_collective():
+    # TRT-LLM's attention-DP all-gather (NCCL) spreads over every NIC of a node; DeepEP's all-to-all does not
+    import dataclasses
+    from apex_plan.engine.load import resolve_engine_profile
+    model, gpu = load_model("deepseek-v3"), load_gpu("b200-sxm-180gb")
+    cluster = make_cluster(gpu, 64)
+    plan = Plan(tp=1, ep=8, adp=64, weight_dtype="fp4", kv_dtype="fp8")
+    trt = resolve_engine_profile("trtllm")
+    eff = gpu.calibration.link_efficiency
+    gather = build_step_cost(model, gpu, plan, cluster, profile=trt)
+    assert gather.params["a2a_rdma_bytes_per_s"][0] == pytest.approx(8 * cluster.inter_node_bw_gbps * 1e9 * eff)
+    assert gather.params["a2a_latency_s"][0] == pytest.approx(
+        gpu.calibration.alltoall_latency_us * 1e-6 + 7 * cluster.inter_node_latency_us * 1e-6)
+    a2a = dataclasses.replace(trt, layouts=dataclasses.replace(trt.layouts, moe_dispatch="alltoall"))
+    deepep = build_step_cost(model, gpu, plan, cluster, profile=a2a)
+    assert deepep.params["a2a_rdma_bytes_per_s"][0] == pytest.approx(cluster.inter_node_bw_gbps * 1e9 * eff)
+    assert deepep.params["a2a_latency_s"][0] == pytest.approx(
+        gpu.calibration.alltoall_latency_us * 1e-6 + cluster.inter_node_latency_us * 1e-6)

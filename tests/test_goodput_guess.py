@@ -89,16 +89,59 @@ def _doc(res) -> str:
     return json.dumps([plans, deps], sort_keys=True, default=str)
 
 
-@pytest.mark.parametrize("objective,rate,gpus,model,fewer", [("energy", 20.0, 4, "qwen3-30b-a3b", True),
-                                                             ("throughput", None, 8, "llama-3.1-70b", False)])
-def test_search_with_and_without_guesses_is_the_same(monkeypatch, objective, rate, gpus, model, fewer):
-    """The plans (statuses, goodputs, binding constraints, metrics) and the deployments are the same; with
-    ep variants to guess from (a MoE model), fewer runs; without (a dense one), no guess and the same runs."""
+@pytest.mark.parametrize("objective,rate,gpus,model", [("energy", 20.0, 4, "qwen3-30b-a3b"),
+                                                       ("throughput", None, 8, "llama-3.1-70b")])
+def test_search_with_and_without_guesses_is_the_same(monkeypatch, objective, rate, gpus, model):
+    """The plans (statuses, goodputs, binding constraints, metrics) and the deployments are the same, with
+    fewer runs: with ep variants to guess from (a MoE model) and without (a dense one, whose guesses come
+    from each plan's own first runs, `capacity.crossing_rps`)."""
     import apex_plan.search.pipeline as P
     max_len = None if model == "llama-3.1-70b" else 8192
     guessed = run_search(_inputs(objective, rate, gpus, True, model=model, max_len=max_len))
     monkeypatch.setattr(P, "GUESSES", False)
     plain = run_search(_inputs(objective, rate, gpus, True, model=model, max_len=max_len))
     assert guessed.deployments and _doc(guessed) == _doc(plain)
-    assert (guessed.stats["simulations"] < plain.stats["simulations"]) if fewer else \
-        guessed.stats["simulations"] == plain.stats["simulations"]
+    assert guessed.stats["simulations"] < plain.stats["simulations"]
+
+
+class _QueueRun(_Run):
+    """A replica whose TPOT at the percentile grows like a queue's, floor / (1 - rate / saturation), and whose
+    SLO is met up to `goodput` (set apart from where the TPOT reaches its target when `offset` is not 1)."""
+
+    def __init__(self, saturation: float, floor_ms: float, target_ms: float, offset: float = 1.0):
+        self.saturation, self.floor_ms, self.target_ms = saturation, floor_ms, target_ms
+        super().__init__(saturation * (1 - floor_ms / target_ms) * offset)
+
+    def __call__(self, rate: float):
+        self.calls.append(rate)
+        tpot = self.floor_ms / max(1 - rate / self.saturation, 1e-3)
+        slo = SimpleNamespace(ttft_ms=None, tpot_ms=self.target_ms, ttft_at_percentile_ms=100.0,
+                              tpot_at_percentile_ms=tpot)
+        return SimpleNamespace(rate=rate, ok=rate <= self.goodput, slo=slo)
+
+
+@pytest.mark.parametrize("ceiling", [2.0, None])
+@pytest.mark.parametrize("seed", range(4))
+def test_interpolated_guesses_never_change_the_result(verdicts, ceiling, seed):
+    """With `interpolate`, the same goodput, metrics and binding as the plain bisection, whether the latencies
+    predict the verdicts (offset 1) or mislead (the SLO met well below or above where the TPOT reaches its
+    target), with and without a guess first; no rate is run twice."""
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        sat, floor = float(rng.uniform(0.2, 4.0)), float(rng.uniform(5, 40))
+        offset = 1.0 if rng.random() < 0.5 else float(rng.uniform(0.3, 1.6))
+        want = find_goodput(_QueueRun(sat, floor, 50.0, offset), None, 1.0, ceiling_rps=ceiling, iterations=5)
+        for guess in (None, want.goodput_rps * float(rng.uniform(0.7, 1.4)) or None):
+            run = _QueueRun(sat, floor, 50.0, offset)
+            got = find_goodput(run, None, 1.0, ceiling_rps=ceiling, iterations=5, guess_rps=guess, interpolate=True)
+            assert (got.goodput_rps, got.metrics, got.binding) == (want.goodput_rps, want.metrics, want.binding)
+            assert got.simulations == len(set(run.calls)) == len(run.calls)
+
+
+def test_a_queue_like_latency_takes_fewer_runs(verdicts):
+    """When the TPOT grows like a queue's and the SLO is met exactly up to where it reaches its target, the
+    guess from the first two runs lands in the goodput's cell: 4 runs (2 of the bisection, 2 to settle the
+    cell) where the plain bisection takes 6."""
+    plain = find_goodput(_QueueRun(2.0, 20.0, 50.0), None, 0.5, ceiling_rps=1.6, iterations=5)
+    got = find_goodput(_QueueRun(2.0, 20.0, 50.0), None, 0.5, ceiling_rps=1.6, iterations=5, interpolate=True)
+    assert plain.simulations == 6 and got.simulations == 4 and got.goodput_rps == plain.goodput_rps

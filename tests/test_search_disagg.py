@@ -17,7 +17,7 @@ import pytest
 from apex_plan.hardware.load import load_gpu, make_cluster
 from apex_plan.model.load import load_model
 from apex_plan.plan.spec import EngineConfig
-from apex_plan.rank.disagg import RoleCandidate, brute_force_pools, size_pools
+from apex_plan.rank.disagg import RoleCandidate, brute_force_pools, nested, size_pools
 from apex_plan.search.disagg import rank_key
 from apex_plan.search.disagg_roles import halfin_whitt_beta, offered_load, role_evals
 from apex_plan.search.pipeline import SearchInputs, run_search
@@ -54,14 +54,66 @@ def test_pools_cover_the_demand_within_the_cluster(disagg):
         assert pre.rate_rps >= inp.demand_rps * (1 - 1e-9) and dec.rate_rps >= inp.demand_rps * (1 - 1e-9)
         gpus = pre.instances * pre.gpus_per_instance + dec.instances * dec.gpus_per_instance
         assert gpus == d.deployment.gpus <= inp.cluster.num_gpus
-        g = inp.cluster.gpus_per_node     # each pool on nodes of its own
-        assert math.ceil(pre.instances * pre.gpus_per_instance / g) + \
-            math.ceil(dec.instances * dec.gpus_per_instance / g) <= inp.cluster.num_nodes
+        g = inp.cluster.gpus_per_node     # pools share a node only when one instance size divides the other
+        if not nested(pre.gpus_per_instance, dec.gpus_per_instance):
+            assert math.ceil(pre.instances * pre.gpus_per_instance / g) + \
+                math.ceil(dec.instances * dec.gpus_per_instance / g) <= inp.cluster.num_nodes
         c = x.run.conservation            # each transferred request decoded once (one-token outputs end at prefill)
         assert 0 < c.transferred == c.decoded <= c.prefilled
         roles = [item.plan for item in d.launch]
         assert roles[-1] == "router" and "prefill" in roles[0] and "decode" in roles[1]
     assert [rank_key("gpus", d) for d in disagg.deployments] == sorted(rank_key("gpus", d) for d in disagg.deployments)
+
+
+def _assert_placed(c, cands, num_nodes: int, gpn: int) -> None:
+    """The choice's instances sit on disjoint GPUs of the cluster, none straddling a node (an instance smaller
+    than a node inside one, a larger one on whole nodes), and pools share a node only when sizes nest."""
+    size = {x.key: x.gpus_per_instance for x in cands}
+    used: set[int] = set()
+    nodes = {}
+    for key, n, first in ((c.prefill, c.prefill_instances, c.prefill_first_gpu),
+                          (c.decode, c.decode_instances, c.decode_first_gpu)):
+        s = size[key]
+        for k in range(n):
+            g0 = first + k * s
+            gpus = set(range(g0, g0 + s))
+            assert not gpus & used and max(gpus) < num_nodes * gpn
+            assert (g0 // gpn == (g0 + s - 1) // gpn) if s <= gpn else g0 % gpn == 0
+            used |= gpus
+        nodes[key] = {g // gpn for g in range(first, first + n * s)}
+    assert (c.prefill_nodes, c.decode_nodes) == (len(nodes[c.prefill]), len(nodes[c.decode]))
+    if nodes[c.prefill] & nodes[c.decode]:
+        assert nested(size[c.prefill], size[c.decode])
+
+
+def test_pools_share_a_node_only_when_sizes_nest():
+    """Two 2-GPU prefill instances and one 4-GPU decode instance share one node of 8 (prefill on GPUs 0-3,
+    decode on 4-7); three prefill and two decode instances on two nodes go decode first (after 6 prefill
+    GPUs a 4-GPU instance would straddle a node); 2- and 3-GPU instances on nodes of 6 do not nest, so each
+    pool takes nodes of its own and one node is too few."""
+    pre, dec = [RoleCandidate("p", 2, 1.0)], [RoleCandidate("d", 4, 2.0)]
+    (c,) = size_pools(pre, dec, num_nodes=1, gpus_per_node=8, demand_rps=2.0)
+    assert (c.prefill_instances, c.decode_instances, c.gpus) == (2, 1, 8)
+    assert (c.prefill_first_gpu, c.decode_first_gpu, c.prefill_nodes, c.decode_nodes) == (0, 4, 1, 1)
+    _assert_placed(c, pre + dec, 1, 8)
+    (c3,) = size_pools(pre, dec, num_nodes=2, gpus_per_node=8, demand_rps=3.0)
+    assert (c3.prefill_instances, c3.decode_instances, c3.decode_first_gpu, c3.prefill_first_gpu) == (3, 2, 0, 8)
+    _assert_placed(c3, pre + dec, 2, 8)
+    _assert_placed(c, pre + dec, 1, 8)
+    assert brute_force_pools(pre, dec, num_nodes=1, gpus_per_node=8, demand_rps=2.0).gpus == 8
+    # on the shared node every prefill rank reaches every decode rank over NVLink; on nodes of their own, RDMA
+    from apex_plan.plan.disagg import DisaggPlan
+    from apex_plan.plan.spec import Plan
+    from apex_plan.simulate.transfer import rank_links
+    dplan = DisaggPlan(Plan(tp=2, dp=2), Plan(tp=4, dp=1))
+    cl = make_cluster(load_gpu("h100-sxm-80gb"), 16, 8)
+    assert rank_links(cl, dplan, decode_first_gpu=c.decode_first_gpu, prefill_first_gpu=c.prefill_first_gpu).over_nvlink.all()
+    assert not rank_links(cl, dplan, decode_first_gpu=8).over_nvlink.any()
+    odd_p, odd_d = [RoleCandidate("p", 2, 1.0)], [RoleCandidate("d", 3, 2.0)]
+    assert size_pools(odd_p, odd_d, num_nodes=1, gpus_per_node=6, demand_rps=1.0) == []
+    (c,) = size_pools(odd_p, odd_d, num_nodes=2, gpus_per_node=6, demand_rps=1.0)
+    assert (c.prefill_first_gpu, c.decode_first_gpu, c.gpus) == (0, 6, 5)
+    _assert_placed(c, odd_p + odd_d, 2, 6)
 
 
 def _random_candidates(rng, n, role):
@@ -79,7 +131,7 @@ def test_cp_sat_sizes_pools_as_enumeration_does(seed):
         assert (got[0] if got else None) is None if ref is None else got
         if ref is not None:
             assert got[0].gpus == ref.gpus and math.isclose(got[0].capacity_rps, ref.capacity_rps, rel_tol=1e-6)
-            assert got[0].prefill_nodes + got[0].decode_nodes <= 3
+            _assert_placed(got[0], pre + dec, 3, 8)
             if demand:
                 assert got[0].prefill_rps >= demand * (1 - 1e-9) and got[0].decode_rps >= demand * (1 - 1e-9)
 

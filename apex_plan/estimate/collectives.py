@@ -6,7 +6,9 @@ as it is. Across nodes NCCL does two things the single-link ring does not:
 * it runs one ring per NIC, each entering and leaving a node through its own NIC (NVIDIA/nccl issue #601:
   "creates 4 rings, each using a different NIC"; "we can use NVLink to split the operations in N parts then
   balance the traffic onto the N NICs"), so a GPU's NIC carries 1/g of its ring traffic and NVLink the rest;
-* for latency-bound messages it takes the tree, whose latency is two passes over its network levels
+* an all-gather or reduce-scatter runs the ring, crossing the network once per further node (tuning.cc:
+  nInterSteps = nNodes - 1 of its nRanks - 1 steps);
+* for latency-bound all-reduces it takes the tree, whose latency is two passes over its network levels
   (src/graph/tuning.cc ncclTopoTuneModel, NCCL_ALGO_TREE: 2 x (... + log2i(nNodes) x interLat)); here the
   levels are a binary tree's depth, ceil(log2(nodes)), equal to NCCL's log2i on whole powers of two.
 """
@@ -33,3 +35,10 @@ def multi_node_latency_s(nodes: int, inter_node_latency_s: float) -> float:
         return 0.0
     # 2 passes x ceil(log2(nodes)) network crossings, each one link latency
     return 2.0 * math.ceil(math.log2(nodes)) * inter_node_latency_s
+
+
+def ring_crossings_latency_s(nodes: int, inter_node_latency_s: float) -> float:
+    """Latency an all-gather or reduce-scatter ring over `nodes` nodes adds to the in-node one: one network
+    crossing per further node; 0 inside one node."""
+    # (nodes - 1) sequential network hops of the ring, each one link latency
+    return max(int(nodes) - 1, 0) * inter_node_latency_s

@@ -15,7 +15,7 @@ from apex_plan.engine.load import resolve_engine_profile
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
 from apex_plan.estimate import moe as MOE
-from apex_plan.estimate.collectives import multi_node_latency_s, multi_rail_bus_bytes_per_s
+from apex_plan.estimate.collectives import multi_node_latency_s, multi_rail_bus_bytes_per_s, ring_crossings_latency_s
 from apex_plan.estimate.mixers import op_table
 from apex_plan.estimate.gemms import Gemm
 from apex_plan.estimate.shard import Shard, build_shard
@@ -171,15 +171,30 @@ def moe_fields(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: ClusterSpec 
     E, k = (model.num_experts, model.experts_per_token) if model.is_moe else (1, 1)
     return dict(
         a2a_kind=kind, a2a_ranks=ranks, a2a_domain_gpus=dom,
-        a2a_latency_s=c.alltoall_latency_us * 1e-6 + (inter_lat_s if ranks > dom else 0.0),
+        a2a_latency_s=c.alltoall_latency_us * 1e-6 + _exchange_network_latency_s(kind, -(-ranks // dom), inter_lat_s),
         a2a_bytes_per_s=intra_bw * c.link_efficiency,
-        a2a_rdma_bytes_per_s=inter_bw * c.link_efficiency,
+        # NCCL's all-gather / all-reduce (allgather, dp_buffer) run a ring per NIC across domains, so every NIC of a
+        # domain carries the exchange; DeepEP's all-to-all sends each GPU's tokens through its own NIC
+        a2a_rdma_bytes_per_s=(inter_bw if kind == MOE.A2A_ALLTOALL else
+                              multi_rail_bus_bytes_per_s(intra_bw, inter_bw, domain)) * c.link_efficiency,
         a2a_dispatch_bytes=1.0 + MOE.FP8_BLOCK_SCALE_BYTES if quant else dtype_bytes(plan.act_dtype),
         a2a_rank_copies=MOE.expected_rank_copies(E, k, plan.ep),
         a2a_ll_decode=1.0 if lay.a2a_decode_kernel == "low_latency" else 0.0,
         moe_imbalance=MOE.popularity_skew(c.moe_imbalance, plan.ep),
         ep_max_z=MOE.expected_max_z(plan.ep),
     )
+
+
+def _exchange_network_latency_s(kind: float, domains: int, inter_lat_s: float) -> float:
+    """Network latency a MoE token exchange over `domains` NVLink domains adds: DeepEP's all-to-all one crossing,
+    NCCL's all-gather ring one per further domain, the DP buffer's all-reduce NCCL's tree."""
+    if domains <= 1:
+        return 0.0
+    if kind == MOE.A2A_ALLGATHER:
+        return ring_crossings_latency_s(domains, inter_lat_s)
+    if kind == MOE.A2A_DP_BUFFER:
+        return multi_node_latency_s(domains, inter_lat_s)
+    return inter_lat_s
 
 
 def _variant_share(shard: Shard, g) -> float:

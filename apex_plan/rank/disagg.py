@@ -4,9 +4,17 @@ Model
     up[i], ud[j]   one prefill plan i and one decode plan j are used (exactly one each), of the
                    same engine-settings group (a pair runs one engine configuration);
     np[i], nd[j]   instances of each (zero unless used, at least one if used);
-    mp, md         nodes each pool takes: prefill and decode instances run on nodes of their own
-                   (mp x gpus_per_node >= prefill GPUs), mp + md <= nodes. An instance smaller
-                   than a node must divide it and one larger must be whole nodes.
+    placement      an instance smaller than a node must divide it and one larger must be whole
+                   nodes. When one pair's instance size divides the other's (`nested`), the pools may
+                   share a node: one pool from GPU 0 and the other right after it (`placement`; the
+                   larger instances first when the smaller pool's GPUs are not a multiple of them), so
+                   every instance starts at a multiple of its size, none straddles a node and no GPU is
+                   left between them: prefill + decode GPUs <= the cluster's.
+                   Otherwise each pool takes nodes of its own: mp, md nodes with mp x gpus_per_node >=
+                   prefill GPUs, md likewise, mp + md <= nodes. The engines allow a shared node: a
+                   prefill and a decode server are separate processes on disjoint GPUs (SGLang
+                   --base-gpu-id, vLLM and TRT-LLM CUDA_VISIBLE_DEVICES), their KV moving over NVLink
+                   there (`simulate.transfer.rank_links` reads the placement).
 Steady-state goodput of the pair: the prefill pool's rate sum np[i] rate_p[i] and the decode
 pool's sum nd[j] rate_d[j] must each cover the demand (micro-requests/s: rates floored, the
 demand ceiled, so an integer solution truly meets it in floats).
@@ -49,6 +57,8 @@ class PoolChoice:
     decode_nodes: int
     prefill_rps: float           # the pools' analytic rates
     decode_rps: float
+    prefill_first_gpu: int = 0   # where each pool's instances start (`placement`)
+    decode_first_gpu: int = 0
 
     @property
     def capacity_rps(self) -> float:
@@ -61,6 +71,33 @@ def _placeable(size: int, gpus_per_node: int) -> bool:
 
 def _nodes(gpus: int, gpus_per_node: int) -> int:
     return -(-gpus // gpus_per_node)
+
+
+def nested(size_a: int, size_b: int) -> bool:
+    """One instance size divides the other: two pools of them pack with no GPU between (module docstring)."""
+    return max(size_a, size_b) % min(size_a, size_b) == 0
+
+
+def placement(prefill_gpus: int, size_p: int, decode_gpus: int, size_d: int, gpus_per_node: int) -> tuple[int, int]:
+    """(first GPU of the prefill pool, first GPU of the decode pool): nested sizes share nodes, the prefill pool
+    first when the decode instances can start right after it at a multiple of their size (or of a node, for
+    instances of whole nodes), else the decode pool first (its GPUs are then a multiple of the smaller
+    prefill size); sizes that do not nest: the decode pool on the node after the prefill pool's."""
+    if not nested(size_p, size_d):
+        return 0, _nodes(prefill_gpus, gpus_per_node) * gpus_per_node
+    return (0, prefill_gpus) if prefill_gpus % min(size_d, gpus_per_node) == 0 else (decode_gpus, 0)
+
+
+def _spanned(first: int, gpus: int, gpus_per_node: int) -> int:
+    """Nodes GPUs [first, first + gpus) touch."""
+    return _nodes(first + gpus, gpus_per_node) - first // gpus_per_node if gpus else 0
+
+
+def fits(prefill_gpus: int, size_p: int, decode_gpus: int, size_d: int, num_nodes: int, gpus_per_node: int) -> bool:
+    """The two pools fit the cluster (module docstring's placement)."""
+    if nested(size_p, size_d):
+        return prefill_gpus + decode_gpus <= num_nodes * gpus_per_node
+    return _nodes(prefill_gpus, gpus_per_node) + _nodes(decode_gpus, gpus_per_node) <= num_nodes
 
 
 def _demand_int(demand_rps: float | None) -> int:
@@ -91,10 +128,15 @@ class _PoolModel:
                     m.add_bool_or([self.up[i].Not(), self.ud[j].Not()])
         self.gp = sum(pre[i].gpus_per_instance * self.np[i] for i in self.ip)
         self.gd = sum(dec[j].gpus_per_instance * self.nd[j] for j in self.jd)
+        m.add(self.gp + self.gd <= gpus)
         self.mp, self.md = m.new_int_var(0, num_nodes, "mp"), m.new_int_var(0, num_nodes, "md")
-        m.add(self.mp * gpn >= self.gp)          # the pools' nodes: whole nodes each
-        m.add(self.md * gpn >= self.gd)
-        m.add(self.mp + self.md <= num_nodes)
+        for i in self.ip:                        # sizes that do not nest: whole nodes for each pool
+            for j in self.jd:
+                if not nested(pre[i].gpus_per_instance, dec[j].gpus_per_instance):
+                    both = [self.up[i], self.ud[j]]
+                    m.add(self.mp * gpn >= self.gp).only_enforce_if(both)
+                    m.add(self.md * gpn >= self.gd).only_enforce_if(both)
+                    m.add(self.mp + self.md <= num_nodes).only_enforce_if(both)
         self.rp = sum(_gp_int(pre[i].rate_rps) * self.np[i] for i in self.ip)
         self.rd = sum(_gp_int(dec[j].rate_rps) * self.nd[j] for j in self.jd)
         top = sum(_gp_int(c.rate_rps) * (gpus // c.gpus_per_instance) for c in list(pre) + list(dec)) + 1
@@ -125,9 +167,11 @@ class _PoolModel:
 
 def _choice(pre, dec, got, gpn) -> PoolChoice:
     i, n_p, j, n_d, _ = got
-    gp, gd = n_p * pre[i].gpus_per_instance, n_d * dec[j].gpus_per_instance
-    return PoolChoice(pre[i].key, n_p, dec[j].key, n_d, gp + gd, _nodes(gp, gpn), _nodes(gd, gpn),
-                      n_p * pre[i].rate_rps, n_d * dec[j].rate_rps)
+    sp, sd = pre[i].gpus_per_instance, dec[j].gpus_per_instance
+    gp, gd = n_p * sp, n_d * sd
+    fp, fd = placement(gp, sp, gd, sd, gpn)
+    return PoolChoice(pre[i].key, n_p, dec[j].key, n_d, gp + gd, _spanned(fp, gp, gpn), _spanned(fd, gd, gpn),
+                      n_p * pre[i].rate_rps, n_d * dec[j].rate_rps, fp, fd)
 
 
 def _best(pre, dec, num_nodes, gpn, demand_rps, objective, excluded, time_limit_s, seed):
@@ -182,7 +226,7 @@ def brute_force_pools(prefill: Sequence[RoleCandidate], decode: Sequence[RoleCan
             for n_p in range(1, num_nodes * gpus_per_node // p.gpus_per_instance + 1):
                 for n_d in range(1, num_nodes * gpus_per_node // d.gpus_per_instance + 1):
                     gp, gd = n_p * p.gpus_per_instance, n_d * d.gpus_per_instance
-                    if _nodes(gp, gpus_per_node) + _nodes(gd, gpus_per_node) > num_nodes:
+                    if not fits(gp, p.gpus_per_instance, gd, d.gpus_per_instance, num_nodes, gpus_per_node):
                         continue
                     rp, rd = _gp_int(p.rate_rps) * n_p, _gp_int(d.rate_rps) * n_d
                     if min(rp, rd) < _demand_int(demand_rps):

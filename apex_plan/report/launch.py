@@ -50,6 +50,13 @@ def _quant_flag(plan: Plan, prequantized: bool) -> list[str]:
     return ["--quantization", plan.weight_dtype]
 
 
+def _a2a_flags(family: str, engine, plan: Plan) -> list[str]:
+    """The MoE all-to-all backend flags of the engine's layouts (`engine.all2all.launch_flags`)."""
+    from apex_plan.engine.all2all import launch_flags
+    prof = getattr(engine, "profile", None)
+    return launch_flags(family, prof.layouts, plan.ep, getattr(plan, "adp", 1)) if prof is not None else []
+
+
 def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantized: bool = False,
                    remote_code: bool = False) -> str:
     """One replica's launch command. `engine` has the resolved settings: max_num_seqs,
@@ -76,6 +83,7 @@ def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantize
         a += _quant_flag(plan, prequantized)
         if not e.custom_allreduce:
             a += ["--disable-custom-all-reduce"]
+        a += _a2a_flags(family, e, plan)
     elif family == "trtllm":
         a = ["trtllm-serve", model_repo, "--backend", "pytorch", "--tp_size", str(plan.tp * getattr(plan, "adp", 1)),
              "--pp_size", str(plan.pp)]
@@ -101,6 +109,7 @@ def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantize
         a += _quant_flag(plan, prequantized)
         if not e.custom_allreduce:
             a += ["--disable-custom-all-reduce"]
+        a += _a2a_flags(family, e, plan)
     if remote_code:
         a += ["--trust_remote_code" if family == "trtllm" else "--trust-remote-code"]
     cmd = shlex.join(a)

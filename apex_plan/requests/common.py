@@ -26,6 +26,9 @@ HELP = {
     "gmu": "fraction of GPU memory the engine may use, in (0, 1] (vLLM: --gpu-memory-utilization)",
     "max_model_len": "longest request (prompt + output) in tokens; default: the model's (vLLM: --max-model-len)",
     "no_car": "no custom all-reduce kernel (vLLM: --disable-custom-all-reduce)",
+    "a2a": "MoE all-to-all backend with attention DP: vLLM allgather_reducescatter | deepep_high_throughput | "
+           "deepep_low_latency; SGLang (--moe-a2a-backend) none | deepep (default: the engine's)",
+    "deepep": "SGLang --deepep-mode with --moe-a2a-backend deepep: auto | normal | low_latency",
     "ttft": "time-to-first-token target, with a unit: 500ms, 0.5s",
     "tpot": "time-per-output-token target, with a unit: 50ms",
     "pct": "percentile of TTFT and TPOT that must meet the targets, in (0, 100]",
@@ -130,6 +133,21 @@ def no_car_opt():
     return option(False, "--no-custom-allreduce", "--disable-custom-all-reduce", help=HELP["no_car"])
 
 
+def all2all_opt():
+    return option(None, "--all2all-backend", "--moe-a2a-backend", help=HELP["a2a"])
+
+
+def deepep_mode_opt():
+    return option(None, "--deepep-mode", help=HELP["deepep"])
+
+
+def with_all2all(cfg, req):
+    """Engine settings `cfg` (profile resolved) with the request's --all2all-backend / --deepep-mode applied."""
+    import dataclasses
+    from apex_plan.engine.all2all import with_all2all as apply
+    return dataclasses.replace(cfg, profile=apply(cfg.profile, req.all2all_backend, req.deepep_mode))
+
+
 def slo_percentile_opt():
     return option(90.0, "--slo-percentile", help=HELP["pct"])
 
@@ -139,7 +157,9 @@ def engine_doc(profile) -> dict:
     return {"profile": profile.name, "family": profile.family, "version": profile.version,
             "versions": f"[{profile.min_version}, {profile.max_version})", "version_note": profile.version_note or None,
             "calibration": profile.calibration,
-            "calibration_error": profile.calibration_error or "uncalibrated (no measured error stored)"}
+            "calibration_error": profile.calibration_error or "uncalibrated (no measured error stored)",
+            # how attention-DP ranks' MoE tokens move (--all2all-backend / --moe-a2a-backend, engine.all2all)
+            "moe_all2all": {"dispatch": profile.layouts.moe_dispatch, "decode_kernel": profile.layouts.a2a_decode_kernel}}
 
 
 def slo_doc(slo) -> dict:

@@ -45,6 +45,8 @@ class SearchRequest:
     max_model_len: Optional[int] = C.max_model_len_opt("longest request in tokens; default: the model's, lowered to "
                                                        "what the KV cache holds")
     no_custom_allreduce: bool = C.no_car_opt()
+    all2all_backend: Optional[str] = C.all2all_opt()
+    deepep_mode: Optional[str] = C.deepep_mode_opt()
     chunked_prefill: str = option("auto", "--chunked-prefill",
                                   help="auto | on | off, or a list to sweep (on,off; 'both' = on,off)")
     max_num_seqs: Optional[str] = option(None, "--max-num-seqs", help="most sequences in one batch; list, e.g. "
@@ -168,6 +170,7 @@ def prepare_search(req: SearchRequest):
     base = I.engine_from_options(EngineConfig(name=req.engine, gpu_memory_utilization=req.gpu_memory_utilization,
                                               max_model_len=req.max_model_len,
                                               custom_allreduce=not req.no_custom_allreduce))
+    base = C.with_all2all(base, req)
     engines, rejected_engines = I.engine_sweep(base, m, req.max_num_seqs, req.max_batched_tokens, req.chunked_prefill,
                                                req.prefix_caching, req.speculative, req.speculative_acceptance)
     wl = _workload(req, m)

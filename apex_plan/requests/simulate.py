@@ -58,6 +58,8 @@ class SimulateRequest:
     gpu_memory_utilization: Optional[float] = C.gmu_opt()
     max_model_len: Optional[int] = C.max_model_len_opt(C.HELP["max_model_len"])
     no_custom_allreduce: bool = C.no_car_opt()
+    all2all_backend: Optional[str] = C.all2all_opt()
+    deepep_mode: Optional[str] = C.deepep_mode_opt()
     chunked_prefill: str = option("auto", "--chunked-prefill", help="auto | on | off; auto: the engine profile's "
                                                                     "rule (vLLM: --enable-chunked-prefill)")
     max_num_seqs: Optional[int] = option(None, "--max-num-seqs", help="most sequences in one batch (default: the "
@@ -201,6 +203,7 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
         prefix_caching=I.prefix_caching_mode(req.prefix_caching),
         speculative=I.speculative_option(req.speculative, req.speculative_acceptance),
         batch_wait_iters=req.batch_wait_iters, batch_wait_tokens_ratio=req.batch_wait_ratio))
+    eng = C.with_all2all(eng, req)
     I.check_engine(eng, m)
     weight_dtype = req.weight_dtype if req.weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = req.kv_dtype if req.kv_dtype is not None else eng.profile.default_kv_dtype(

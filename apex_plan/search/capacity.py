@@ -153,6 +153,13 @@ def _bisect(passes: Callable[[float], bool], start_rps: float, max_doublings: in
 
 GUESS_PROBES = 4     # runs spent walking from a guess before the bisection takes over
 GUESS_STEPS = (1, 2, 4, 8, 16)   # bisection cells of each step of that walk
+SECANT_PROBES = 4    # runs spent on guesses from the runs' own latencies (`crossing_rps`)
+
+
+def _leaf(rate: float, args: tuple) -> tuple[float, float]:
+    """The rate the bisection ends on were the goodput `rate`, and one cell there as a ratio."""
+    _, lo, hi = _bisect(lambda r: r <= rate, *args)
+    return lo, (hi if hi is not None else args[4] or 2 * lo) / lo if lo else 1.0
 
 
 def _probe(runs: _Runs, guess_rps: float, args: tuple) -> None:
@@ -160,9 +167,7 @@ def _probe(runs: _Runs, guess_rps: float, args: tuple) -> None:
     bisection cells (galloping) up while rates meet the SLO, or down while they miss it, until one
     that meets it and one that misses it are known, or GUESS_PROBES runs are spent."""
     def leaf(rate: float) -> tuple[float, float]:
-        """The rate the bisection ends on were the goodput `rate`, and one cell there as a ratio."""
-        _, lo, hi = _bisect(lambda r: r <= rate, *args)
-        return lo, (hi if hi is not None else args[4] or 2 * lo) / lo if lo else 1.0
+        return _leaf(rate, args)
     at, width = leaf(guess_rps)
     if not at:
         return
@@ -176,9 +181,76 @@ def _probe(runs: _Runs, guess_rps: float, args: tuple) -> None:
         at = nxt
 
 
+class _Informed(Exception):
+    """The runs so far can give a guess (`crossing_rps`)."""
+
+
+def _pair(runs: _Runs) -> tuple[float, float, bool] | None:
+    """The two runs a guess is drawn from, (a, b, bracketed): the highest rate that met the SLO and the lowest
+    that missed it, or else the two highest that met it; None while neither pair exists."""
+    met = sorted(r for r, v in runs.verdict.items() if v)
+    missed = [r for r, v in runs.verdict.items() if not v]
+    if met and missed and met[-1] < min(missed):
+        return met[-1], min(missed), True
+    return (met[-2], met[-1], False) if len(met) >= 2 else None
+
+
+def _until_informed(runs: _Runs) -> Callable[[float], bool]:
+    """`runs.passes` that stops the bisection (raises `_Informed`) once `_pair` has two runs."""
+    def passes(rate: float) -> bool:
+        verdict = runs.passes(rate)
+        if _pair(runs) is not None:
+            raise _Informed
+        return verdict
+    return passes
+
+
+def crossing_rps(runs: _Runs) -> float | None:
+    """A goodput guess from the runs themselves (the pair of `_pair`, a < b): a loaded server's latency grows
+    like 1 / (1 - load) (a queue's), so the reciprocal of each latency at the SLO percentile is taken to fall
+    linearly with the rate, and the guess is where the first of TTFT and TPOT reaches its target:
+    between a and b when b missed (b itself when neither of b's latencies is past its target: the miss
+    share's sampling error or a backlog failed it), beyond b when both met. None without such a pair, an
+    SLO in the metrics, or a latency that grows from a to b."""
+    pair = _pair(runs)
+    if pair is None:
+        return None
+    a, b, bracketed = pair
+    sa, sb = getattr(runs.metrics[a], "slo", None), getattr(runs.metrics[b], "slo", None)
+    if sa is None or sb is None:
+        return None
+    shares = []
+    for target_ms, at_a_ms, at_b_ms in ((sb.ttft_ms, sa.ttft_at_percentile_ms, sb.ttft_at_percentile_ms),
+                                        (sb.tpot_ms, sa.tpot_at_percentile_ms, sb.tpot_at_percentile_ms)):
+        if target_ms and at_b_ms > at_a_ms > 0:
+            # share of the way from a to b at which 1 / latency falls to 1 / target
+            share = (1 / at_a_ms - 1 / target_ms) / (1 / at_a_ms - 1 / at_b_ms)
+            shares.append(min(max(share, 0.0), 1.0) if bracketed else max(share, 0.0))
+    return a + (b - a) * min(shares) if shares else None
+
+
+def _secant(runs: _Runs, args: tuple) -> None:
+    """Guess from the runs' latencies (`crossing_rps`) and run the rate the bisection would end on were the
+    goodput the guess (or the cell above or below it), while that rate lies strictly between the two runs
+    the guess came from (only a run settles it), up to SECANT_PROBES runs; each run tightens the pair."""
+    for _ in range(SECANT_PROBES):
+        pair, guess = _pair(runs), crossing_rps(runs)
+        if guess is None:
+            return
+        a, b, bracketed = pair
+        at, width = _leaf(guess, args)
+        if not at:
+            return
+        tries = (at, _leaf(at * width ** 1.5, args)[0], _leaf(at / width ** 0.5, args)[0])
+        nxt = next((r for r in tries if r and a < r and (r < b or not bracketed) and r not in runs.verdict), None)
+        if nxt is None:
+            return                      # the guess's cell is settled: the bisection only reads verdicts now
+        runs.passes(nxt)
+
+
 def find_goodput(run: Callable[[float], SteadyMetrics | Metrics], slo: Slo, start_rps: float, *, max_doublings: int = 6,
                  iterations: int = 7, floor_rps: float = 1e-3, ceiling_rps: float | None = None,
-                 guess_rps: float | None = None) -> Capacity:
+                 guess_rps: float | None = None, interpolate: bool = False) -> Capacity:
     """Bisection (geometric) for the largest rate where `run(rate)` meets the SLO.
 
     Assumes more load never lowers latency (tested separately); precision is 2^(-iterations) of the
@@ -192,11 +264,21 @@ def find_goodput(run: Callable[[float], SteadyMetrics | Metrics], slo: Slo, star
     assumption. A guess within a cell takes 2 runs instead of 1 + `iterations`, and the result (the
     rates the bisection ends between, hence the goodput, its metrics and the binding constraint) is
     the one without a guess: the rates are computed the same way, so they are the same floats.
+
+    With `interpolate`, once the runs (the guess's walk, or the bisection's first steps) hold a rate that
+    met the SLO and one that missed it, or two that met it, the latencies of those two runs give a second
+    guess (`crossing_rps`), refined with each run it takes (`_secant`); the rates run are again
+    bisection rates, so the result is again the one without guesses.
     """
     runs = _Runs(run, slo)
     args = (start_rps, max_doublings, iterations, floor_rps, ceiling_rps)
     if guess_rps is not None and guess_rps > 0:
         _probe(runs, guess_rps, args)
+    if interpolate:
+        try:
+            _bisect(_until_informed(runs), *args)
+        except _Informed:
+            _secant(runs, args)
     outcome, lo, hi = _bisect(runs.passes, *args)
     fail_m = runs.measure(hi) if hi is not None else None
     if outcome == "none":

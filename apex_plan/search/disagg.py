@@ -4,7 +4,9 @@ sized, verified and ranked beside the aggregated ones.
 1. Role plans: every replica plan the engine runs, as a prefill and as a decode instance, each with
    the search's engine settings, screened analytically (`disagg_roles`), then the Pareto few kept.
 2. Pools: CP-SAT picks a (prefill plan, decode plan) pair and both instance counts that cover the
-   demand within the cluster's nodes (`rank.disagg.size_pools`), top-K distinct pairs.
+   demand within the cluster's nodes (`rank.disagg.size_pools`), top-K distinct pairs. Pools share a
+   node when one instance size divides the other (the engines run a prefill and a decode server on
+   disjoint GPUs of a node), else take nodes of their own (`rank.disagg.placement`).
 3. Verification: each sizing is simulated whole at steady state with the disaggregated simulator
    (`simulate.disagg`, the `steady` horizon and window). When it misses the SLO, the pool the phase
    breakdown blames (TPOT, or the TTFT's prefill queue against its decode admission wait) gets one
@@ -67,8 +69,6 @@ def _binding(pre: list[RoleEval], dec: list[RoleEval], inp: SearchInputs) -> str
         if not any(e.status in ("ok", "pruned") for e in evs):
             why = sorted({e.reason for e in evs})
             return f"disaggregated: no plan can serve as a {role} instance" + (": " + "; ".join(why[:2]) if why else "")
-    if inp.cluster.num_nodes < 2:
-        return "disaggregated: prefill and decode pools take nodes of their own, and the cluster has one node"
     return (f"disaggregated: no prefill and decode pools on {inp.cluster.num_gpus} GPUs cover "
             f"{inp.demand_rps:g} req/s" if inp.demand_rps else "disaggregated: no pools fit the cluster")
 
@@ -83,7 +83,8 @@ def _steady_run(inp: SearchInputs, mix, choice: PoolChoice, pe: RoleEval, de: Ro
     sizing = operating_slo(inp.slo, pe.step_s + de.step_s, decode_tpot_s(de))
     h = horizon(mix, rate, sizing, slots)
     tr = steady_trace(mix, rate, h.total, h.burst)
-    links = rank_links(inp.cluster, dplan, decode_first_gpu=choice.prefill_nodes * gpn)
+    links = rank_links(inp.cluster, dplan, decode_first_gpu=choice.decode_first_gpu,
+                       prefill_first_gpu=choice.prefill_first_gpu)
     res = simulate_disagg(inp.model, inp.cluster, dplan, pe.engine_cfg, Workload(tr), inp.slo, links)
     if not res.feasible:
         return None, res.reason, None
@@ -130,12 +131,14 @@ def _deployment(inp, choice: PoolChoice, m: SteadyMetrics, pe: RoleEval, de: Rol
     j_req = m.energy.j_per_request
     value = {"gpus": choice.gpus, "cost": cost or 0.0, "energy": j_req, "latency": m.ttft_ms.p90 / 1e3,
              "throughput": choice.capacity_rps}[inp.objective]
-    placement: list[list[str]] = []
-    for key, n, size, nodes in ((pe.key, choice.prefill_instances, pe.plan.gpus_per_replica, choice.prefill_nodes),
-                                (de.key, choice.decode_instances, de.plan.gpus_per_replica, choice.decode_nodes)):
-        per_node = max(gpn // size, 1)
-        for k in range(nodes):      # a multi-node instance is listed on each of its nodes
-            placement.append([key] * (min(per_node, n - k * per_node) if size <= gpn else 1))
+    nodes_of: dict[int, list[str]] = {}
+    for key, n, size, first in ((pe.key, choice.prefill_instances, pe.plan.gpus_per_replica, choice.prefill_first_gpu),
+                                (de.key, choice.decode_instances, de.plan.gpus_per_replica, choice.decode_first_gpu)):
+        for k in range(n):          # a multi-node instance is listed on each of its nodes
+            g0 = first + k * size
+            for node in range(g0 // gpn, (g0 + size - 1) // gpn + 1):
+                nodes_of.setdefault(node, []).append(key)
+    placement = [nodes_of[node] for node in sorted(nodes_of)]
     dep = Deployment(((pe.key, choice.prefill_instances), (de.key, choice.decode_instances)), choice.gpus,
                      choice.capacity_rps, value, (), j_req, cost, m.ttft_ms.p90 / 1e3,
                      (m.tpot_ms.p90 or 0.0) / 1e3, j_req * choice.capacity_rps)
@@ -211,13 +214,15 @@ def role_plans(inp: SearchInputs) -> list:
     """The replica plans of the aggregated enumeration plus every attention-DP / expert-parallel layout
     of the same instance sizes the engine profile runs (`plan.moe_layout.instance_layouts`)."""
     from apex_plan.plan.moe_layout import instance_layouts
+    from apex_plan.search.layouts import profile_caps, supported_layout
     from apex_plan.simulate.engine import resolve_engine
     plans, _, _ = enumerate_group(inp, inp.cluster)
     prof = resolve_engine(inp.engines[0], inp.model).profile
     out = set(plans)
     for g, pp, wd, kd in sorted({(p.tp * p.adp, p.pp, p.weight_dtype, p.kv_dtype) for p in plans}):
         out.update(instance_layouts(prof, inp.model, inp.cluster, g, pp, wd, kd, inp.allow_cross_node_tp))
-    return sorted(out)
+    caps = profile_caps(prof)
+    return sorted(p for p in out if supported_layout(caps, p) is None)
 
 
 def search_disagg(inp: SearchInputs, mix) -> DisaggSearch:

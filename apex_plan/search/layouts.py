@@ -27,12 +27,14 @@ class EngineCaps:
     supports_ep: bool
     supports_pp: bool
     supports_attention_dp: bool
+    moe_dispatch: str = "allgather"     # how attention-DP ranks' MoE tokens move (engine.all2all)
 
 
 def profile_caps(profile) -> EngineCaps:
     """The layouts an engine profile declares."""
     lay = profile.layouts
-    return EngineCaps(profile.family, profile.label, lay.expert_parallel, lay.pipeline_parallel, lay.attention_dp)
+    return EngineCaps(profile.family, profile.label, lay.expert_parallel, lay.pipeline_parallel, lay.attention_dp,
+                      lay.moe_dispatch)
 
 
 def engine_caps(name: str) -> EngineCaps:
@@ -58,4 +60,9 @@ def supported_layout(engine, plan: Plan) -> str | None:
         return f"engine {engine.name} has no pipeline parallelism"
     if getattr(plan, "adp", 1) > 1 and not engine.supports_attention_dp:
         return f"engine {engine.name} has no data-parallel attention"
+    if getattr(engine, "moe_dispatch", "") == "alltoall" and getattr(plan, "adp", 1) > 1 and plan.ep != ranks:
+        # DeepEP sends each token to the ranks holding its experts: SGLang sets ep_size = tp_size with
+        # --moe-a2a-backend deepep (srt/server_args.py _handle_a2a_moe), vLLM needs --enable-expert-parallel
+        return (f"engine {engine.name}: the DeepEP all-to-all spreads the experts over all {ranks} ranks "
+                f"(ep must equal tp x adp)")
     return None

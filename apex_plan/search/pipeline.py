@@ -31,7 +31,7 @@ from apex_plan.workload.spec import Slo, Workload
 OBJECTIVES = ("gpus", "energy", "cost", "latency", "throughput")
 GOODPUT_ITERATIONS = 5      # bisection steps in [bound/2, bound]: 2^(1/32), a 2.2% bracket
 SIM_THREADS = 2             # plans simulated at once in phase 2: the 2 cores the speed bar assumes
-GUESSES = True              # goodput guesses (`find_goodput`): fewer runs, the same result
+GUESSES = True              # goodput guesses (`find_goodput`: ep variants, own latencies): fewer runs, the same result
 SIM_LOOKAHEAD = 6           # how far past the next result to take a plan may start (`search.inorder`)
 
 
@@ -75,7 +75,8 @@ def simulate_plan(inp: SearchInputs, ev: PlanEval, sc, mix: RequestMix, guess_rp
     if not GUESSES:
         guess_rps = None
     cap = find_goodput(lambda r: _one_replica_metrics(inp, ev, sc, r, mix), inp.slo, ev.bound_rps / 2,
-                       ceiling_rps=ev.bound_rps, iterations=GOODPUT_ITERATIONS, guess_rps=guess_rps)
+                       ceiling_rps=ev.bound_rps, iterations=GOODPUT_ITERATIONS, guess_rps=guess_rps,
+                       interpolate=GUESSES)
     ev.simulations += cap.simulations
     ev.goodput_rps, ev.at_goodput, ev.binding = cap.goodput_rps, cap.metrics, cap.binding
     if cap.goodput_rps <= 0:

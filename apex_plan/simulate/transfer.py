@@ -78,13 +78,14 @@ def _rank_gpus(plan: Plan, base: int) -> list[np.ndarray]:
     return out
 
 
-def rank_links(cluster: ClusterSpec, dp: DisaggPlan, decode_first_gpu: int | None = None) -> Links:
+def rank_links(cluster: ClusterSpec, dp: DisaggPlan, decode_first_gpu: int | None = None,
+               prefill_first_gpu: int = 0) -> Links:
     """Links between every prefill attention rank and every decode attention rank. `decode_first_gpu`:
-    where the decode instances start (default: right after the prefill ones; a search that gives
-    each pool nodes of its own starts them on the first node after the prefill pool's)."""
+    where the decode instances start (default: right after the prefill ones; a search places the pools
+    with `rank.disagg.placement`), `prefill_first_gpu` where the prefill ones do."""
     dom = max(cluster.nvlink_gpus, 1)
     eff = cluster.gpu.calibration.link_efficiency
-    pr = _rank_gpus(dp.prefill, 0)
+    pr = _rank_gpus(dp.prefill, prefill_first_gpu)
     dr = _rank_gpus(dp.decode, dp.prefill.num_gpus if decode_first_gpu is None else decode_first_gpu)
     nv = np.zeros((len(pr), len(dr)), dtype=bool)
     for i, pg in enumerate(pr):
