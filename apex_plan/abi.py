@@ -137,6 +137,7 @@ OP_FIELDS = (
     ("experts", F8, "expert rows: routed experts held on one GPU"),
     ("route_frac", F8, "expert rows: expert-token assignments landing on this GPU per input token"),
     ("active_p", F8, "expert rows: probability that one token activates a given expert (topk / experts)"),
+    ("tile_rows", F8, "expert rows: grouped-GEMM row tile each touched expert's tokens are padded to (0: no padding)"),
     ("flops_per_unit", F8, "attention: FLOPs per (query x key) pair; recurrent: FLOPs per token (one GPU)"),
     ("pf_flops_per_unit", F8, "attention: prefill FLOPs per (query x key) pair (MLA: the expanded form; else as decode)"),
     ("decode_efficiency", F8, "attention: achievable fraction of the attention peak FLOP/s in decode"),

@@ -25,6 +25,8 @@ by `apex_plan.estimate.step_cost.build_step_cost`. Physical meaning of every ter
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from apex_plan.abi import (BATCH, GRAPH_DECODE_ONLY, GRAPH_PIECEWISE, OP_ATTENTION, OP_EXPERTS, OP_GEMM, Breakdown,
@@ -216,6 +218,11 @@ def _op_time(p, sh, o, m, moe_m):
             active = o.experts * (1.0 - (1.0 - o.active_p) ** (gathered * imb))
             flops = 2.0 * m_e * k * n                           # multiply-adds of the expert GEMMs
             byts = active * k * n * wb + m_e * (k + n) * act_b  # touched experts' weights + activations
+            tile = o.tile_rows
+            if tile > 0.0 and active > 0.0:
+                # the grouped GEMM computes whole row tiles: each touched expert's rows rounded up to tiles
+                padded = active * tile * math.ceil(m_e / active / tile)
+                return max(2.0 * padded * k * n / peak, byts / o.bytes_per_s) + o.latency_s, flops, byts
         else:
             flops = 2.0 * m * k * n                             # multiply-adds: 2 * M * K * N
             byts = k * n * wb + m * (k + n) * act_b             # weights once + in/out activations

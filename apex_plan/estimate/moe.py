@@ -25,6 +25,16 @@ The distinct experts the busiest rank reads whole are e_local x (1 - (1 - k/E)^(
 ep = 1 that is E (1 - (1 - k/E)^T), the expected number of experts touched by T tokens under uniform
 top-k routing.
 
+Kernel (`expert_rates`): the routed-expert rows run at the fit of the fused-MoE kernel the serving engine
+itself runs for the experts' weight format on this GPU (the GPU profile's `moe_kernels:` section,
+scripts/fit_moe_kernels.py, which names each engine's kernel and its source): its compute and bandwidth
+efficiency and its grouped-GEMM row tile. Not the tables' fixed time per layer (12-65 us, plus up to
+0.4 us per expert held): taken as measured it makes every B200 MoE group's TPOT slower than measured
+(TRT-LLM DeepSeek-R1 fp4 bias +33% -> +98%, vLLM gpt-oss +31% -> +87%, `calibration-h200-b200.csv`),
+so most of it is time the tables' timed calls spend outside what a CUDA-graph replay of the layer
+runs; the rows keep the calibrated in-service kernel latency per grouped GEMM. An engine x format x GPU
+without a measured kernel keeps the dense-GEMM calibration (estimate.step_cost.gemm_rates).
+
 Token movement (`comm_s`), when attention-DP ranks hold different tokens (COST.a2a_kind):
 * allgather (TRT-LLM AllGather + ReduceScatter, vLLM
   allgather_reducescatter): every GPU receives every other rank's tokens before the MoE and the
@@ -53,11 +63,24 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+from apex_plan.hardware.formats import engine_moe_fit
 from apex_plan.jit import kernel
 
 A2A_NONE, A2A_ALLGATHER, A2A_ALLTOALL, A2A_DP_BUFFER = 0.0, 1.0, 2.0, 3.0   # values of COST.a2a_kind
 A2A_KINDS = {"allgather": A2A_ALLGATHER, "alltoall": A2A_ALLTOALL, "dp_buffer": A2A_DP_BUFFER}
 FP8_BLOCK_SCALE_BYTES = 4.0 / 128.0   # DeepEP FP8 dispatch: one fp32 scale per 128 hidden elements
+
+
+def expert_rates(gpu, family: str, g) -> dict | None:
+    """OP-row rates of the routed-expert GEMM `g` (estimate.gemms.Gemm) on `gpu` under engine `family`'s own
+    fused-MoE kernel (module docstring); None where that kernel was not measured."""
+    fit = engine_moe_fit(gpu, family, g.fmt)
+    if fit is None:
+        return None
+    # fixed time per grouped-GEMM row: the calibrated in-service kernel latency, not the table's (module docstring)
+    return dict(peak_flops_per_s=gpu.peak_flops(fit.peak_dtype), efficiency=fit.compute_efficiency,
+                bytes_per_s=gpu.mem_bw_gbps * 1e9 * fit.bandwidth_efficiency,
+                latency_s=gpu.calibration.kernel_latency_us * 1e-6, tile_rows=fit.tile_rows)
 
 
 def expected_max_z(n: int) -> float:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apex_plan.abi import COST, GEMM_ATTENTION, GEMM_DENSE_MLP, GRAPH_MODES, CostTables, make_record
+from apex_plan.abi import COST, GEMM_ATTENTION, GEMM_DENSE_MLP, GEMM_ROUTED_EXPERTS, GRAPH_MODES, CostTables, make_record
 from apex_plan.engine.load import resolve_engine_profile
 from apex_plan.engine.spec import EngineProfile
 from apex_plan.estimate import kernels as K
@@ -83,14 +83,19 @@ class StepCost:
         return self.step_s(decodes=batch, context=context_tokens)[0]
 
 
-def gemm_rates(gpu: GpuSpec, act_dtype: str):
+def gemm_rates(gpu: GpuSpec, act_dtype: str, family: str = ""):
     """OP-row rates of a weight GEMM on `gpu`: the dense peak of the tensor cores its own weight format runs
     on (a mixed checkpoint's components each at theirs: bf16 attention beside fp4 experts runs at the bf16
-    peak), at the calibration's efficiency, bandwidth and fixed time per call."""
+    peak), at the calibration's efficiency, bandwidth and fixed time per call; routed experts at the
+    fused-MoE kernel engine `family` runs, where measured (estimate.moe.expert_rates)."""
     c = gpu.calibration
     bw = gpu.mem_bw_gbps * 1e9
 
     def rates(g: Gemm) -> dict:
+        if g.kind == GEMM_ROUTED_EXPERTS:
+            own = MOE.expert_rates(gpu, family, g)
+            if own is not None:
+                return own
         return dict(peak_flops_per_s=gpu.peak_flops(compute_dtype(gpu, g.fmt, act_dtype)),
                     efficiency=c.compute_efficiency, bytes_per_s=bw * c.bandwidth_efficiency,
                     latency_s=c.kernel_latency_us * 1e-6)
@@ -306,5 +311,5 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     )
     # decode KV reads: once per KV head with GQA sharing, else once per query head of its group
     rereads = 1.0 if backend.gqa_shared_kv else max(1.0, shard.heads_per_gpu / shard.kv_heads_per_gpu)
-    ops = op_table(shard, gemm_rates(gpu, plan.act_dtype), attention_rates(gpu), rereads)
+    ops = op_table(shard, gemm_rates(gpu, plan.act_dtype, prof.family), attention_rates(gpu), rereads)
     return StepCost(CostTables(params, ops), shard, gpu, plan, prof)

@@ -11,6 +11,10 @@ tables (GEMM, fused MoE, MLA), one entry per weight format (names of apex_plan.m
         fp8-block: {peak: fp8, compute_efficiency: 0.20, bandwidth_efficiency: 0.79, latency_us: 46.0, error_pct: 29}
       mla: {prefill_efficiency: 0.55, decode_compute_efficiency: 0.6, decode_bandwidth_efficiency: 0.7, latency_us: 12}
 
+A GPU profile's `moe_kernels:` section (scripts/fit_moe_kernels.py) holds each engine family's own
+fused-MoE kernel per format, with two more fields: `latency_per_expert_us` (fixed time per expert held)
+and `tile_rows` (the grouped GEMM's row tile): `engine_moe_fit` reads it, no fallback across formats.
+
 A format without its own fit takes its nearest measured relative (`FALLBACK`: fp8-block -> fp8,
 mxfp4 -> nvfp4 on GPUs with fp4 tensor cores, else the 4-bit weight-only kernels), and without any,
 the calibration's bf16 figures at the format's own tensor-core peak.
@@ -28,6 +32,8 @@ from apex_plan.units import DTYPE_BYTES
 
 _INT4_GROUP = re.compile(r"^int4-g\d+$")
 _FIT_KEYS = ("peak", "compute_efficiency", "bandwidth_efficiency", "latency_us", "error_pct")
+_MOE_KEYS = _FIT_KEYS + ("latency_per_expert_us", "tile_rows")
+_ENGINES = ("vllm", "sglang", "trtllm")
 _MLA_KEYS = ("prefill_efficiency", "decode_compute_efficiency", "decode_bandwidth_efficiency", "latency_us",
              "prefill_error_pct", "decode_error_pct")
 
@@ -74,10 +80,34 @@ def moe_fit(gpu: GpuSpec, fmt: str, act_dtype: str) -> KernelFit:
     return KernelFit(g.peak_dtype, g.compute_efficiency, g.bandwidth_efficiency, 2.0 * g.latency_us, g.error_pct)
 
 
-def kernel_formats(raw: Any, where: str, number: Callable[..., float]) -> KernelFormats:
-    """Parse a profile's `kernel_formats:` mapping; `number` is the loader's checked-number reader."""
+def engine_moe_fit(gpu: GpuSpec, family: str, fmt: str) -> KernelFit | None:
+    """The fit of the fused-MoE kernel engine `family` runs for `fmt` experts on `gpu` (`moe_kernels:`), if
+    measured; a group-size suffix (int4-g128) names its base format."""
+    fits = gpu.kernel_formats.moe_by_engine.get(family, {})
+    return fits.get(fmt) or fits.get("int4" if _INT4_GROUP.match(fmt) else fmt)
+
+
+def _engine_fits(raw: Any, where: str, number: Callable[..., float]) -> dict[str, dict[str, KernelFit]]:
+    """Parse a profile's `moe_kernels:` mapping: engine family -> weight format -> fit."""
     if raw is None:
-        return KernelFormats()
+        return {}
+    if not isinstance(raw, dict):
+        raise InputError(where, "moe_kernels", f"expected a mapping, got '{raw}'",
+                         "write 'moe_kernels:' then indented engine families (vllm, sglang, trtllm)")
+    out = {}
+    for engine, fits in raw.items():
+        if engine not in _ENGINES:
+            raise InputError(where, f"moe_kernels.{engine}", "unknown engine family", did_you_mean(str(engine), _ENGINES))
+        out[engine] = _fits(fits, where, f"moe_kernels.{engine}", number, _MOE_KEYS)
+    return out
+
+
+def kernel_formats(raw: Any, where: str, number: Callable[..., float], engines: Any = None) -> KernelFormats:
+    """Parse a profile's `kernel_formats:` mapping and its `moe_kernels:` mapping (`engines`); `number` is the
+    loader's checked-number reader."""
+    by_engine = _engine_fits(engines, where, number)
+    if raw is None:
+        return KernelFormats(moe_by_engine=by_engine)
     if not isinstance(raw, dict):
         raise InputError(where, "kernel_formats", f"expected a mapping, got '{raw}'",
                          "write 'kernel_formats:' then indented 'gemm:', 'moe:' and 'mla:' mappings")
@@ -97,7 +127,7 @@ def kernel_formats(raw: Any, where: str, number: Callable[..., float]) -> Kernel
                 raise InputError(where, f"{field}.{key}", "unknown field", did_you_mean(str(key), _MLA_KEYS))
         vals = {k: _value(m, k, where, f"{field}.{k}", number) for k in _MLA_KEYS if k in m or not k.endswith("_pct")}
         mla = MlaFit(**vals)
-    return KernelFormats(gemm, moe, mla)
+    return KernelFormats(gemm, moe, mla, by_engine)
 
 
 def _value(doc: dict, key: str, where: str, field: str, number: Callable[..., float]) -> float:
@@ -107,11 +137,11 @@ def _value(doc: dict, key: str, where: str, field: str, number: Callable[..., fl
         if v > 1.0:
             raise InputError(where, field, f"must be in (0, 1], got {v}", "write an efficiency as a fraction, e.g. 0.7")
         return v
-    unit = "microseconds" if key.endswith("_us") else "percent"
+    unit = "microseconds" if key.endswith("_us") else "rows" if key == "tile_rows" else "percent"
     return number(doc, key, where, unit, field=field, allow_min=True)
 
 
-def _fits(raw: Any, where: str, field: str, number: Callable[..., float]) -> dict[str, KernelFit]:
+def _fits(raw: Any, where: str, field: str, number: Callable[..., float], keys: tuple = _FIT_KEYS) -> dict[str, KernelFit]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -127,12 +157,12 @@ def _fits(raw: Any, where: str, field: str, number: Callable[..., float]) -> dic
             raise InputError(where, f, f"expected a mapping, got '{fit}'",
                              "write '{peak: fp8, compute_efficiency: 0.5, bandwidth_efficiency: 0.7, latency_us: 5}'")
         for key in fit:
-            if key not in _FIT_KEYS:
-                raise InputError(where, f"{f}.{key}", "unknown field", did_you_mean(str(key), _FIT_KEYS))
+            if key not in keys:
+                raise InputError(where, f"{f}.{key}", "unknown field", did_you_mean(str(key), keys))
         peak = str(fit.get("peak", ""))
         if peak not in DTYPE_BYTES:
             raise InputError(where, f"{f}.peak", f"unknown dtype '{peak}'", "use one of " + ", ".join(DTYPE_BYTES))
         vals = [_value(fit, k, where, f"{f}.{k}", number) for k in _FIT_KEYS[1:4]]
-        err = _value(fit, "error_pct", where, f"{f}.error_pct", number) if "error_pct" in fit else 0.0
-        out[name] = KernelFit(peak, *vals, err)
+        extra = {k: _value(fit, k, where, f"{f}.{k}", number) for k in ("error_pct",) + keys[len(_FIT_KEYS):] if k in fit}
+        out[name] = KernelFit(peak, *vals, **extra)
     return out

@@ -57,6 +57,8 @@ class KernelFit:
     bandwidth_efficiency: float      # achievable fraction of HBM bandwidth
     latency_us: float                # fixed GPU time per call (a GEMM; a whole fused-MoE layer)
     error_pct: float = 0.0           # rms log error of the fit against its table, as a percentage
+    latency_per_expert_us: float = 0.0   # fused-MoE layers: fixed time per expert held (moe_kernels)
+    tile_rows: float = 0.0           # fused-MoE layers: grouped-GEMM row tile each expert's tokens pad to (0: none)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class KernelFormats:
     gemm: dict[str, KernelFit] = field(default_factory=dict)   # weight format name (apex_plan.model.quant) -> fit
     moe: dict[str, KernelFit] = field(default_factory=dict)
     mla: MlaFit | None = None
+    moe_by_engine: dict[str, dict[str, KernelFit]] = field(default_factory=dict)  # `moe_kernels:`: engine family -> format -> fit
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,109 @@
+"""Each engine's own fused-MoE kernel (`moe_kernels:` of a GPU profile, scripts/fit_moe_kernels.py): parsing and
+bad input, the expert rows taking the engine's fit (and the calibration without one), and the grouped GEMM's
+row-tile padding as a bound on the expert rows' time."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from apex_plan.abi import OP_EXPERTS
+from apex_plan.engine.load import resolve_engine_profile
+from apex_plan.errors import InputError
+from apex_plan.estimate import kernels as K
+from apex_plan.estimate.step_cost import build_step_cost
+from apex_plan.hardware.formats import engine_moe_fit
+from apex_plan.hardware.load import gpu_from_dict, hardware_dir
+from apex_plan.model.load import load_model
+from apex_plan.plan.spec import Plan
+from apex_plan.yamlio import load_yaml
+
+FIT = {"peak": "fp8", "compute_efficiency": 0.3, "bandwidth_efficiency": 0.6, "latency_us": 30.0,
+       "latency_per_expert_us": 0.1, "tile_rows": 64, "error_pct": 20}
+
+
+def _h200(moe_kernels=None) -> dict:
+    doc = load_yaml((hardware_dir() / "h200-sxm-141gb.yaml").read_text())
+    doc.pop("moe_kernels", None)
+    if moe_kernels is not None:
+        doc["moe_kernels"] = moe_kernels
+    return doc
+
+
+def _expert_rows(gpu, engine: str):
+    model = load_model("deepseek-ai/DeepSeek-V3")
+    sc = build_step_cost(model, gpu, Plan(tp=8, weight_dtype="fp8"), profile=resolve_engine_profile(engine))
+    return sc, [o for o in sc.cost.ops if o["shape"] == OP_EXPERTS]
+
+
+def test_the_engine_fit_is_parsed_and_found_by_family_and_format():
+    gpu = gpu_from_dict(_h200({"vllm": {"fp8-block": FIT}}), "h200.yaml")
+    fit = engine_moe_fit(gpu, "vllm", "fp8-block")
+    assert fit is not None and fit.tile_rows == 64 and fit.latency_per_expert_us == pytest.approx(0.1)
+    assert engine_moe_fit(gpu, "sglang", "fp8-block") is None      # another engine: no fit of its own
+    assert engine_moe_fit(gpu, "vllm", "fp8") is None              # no fallback across formats
+
+
+def test_expert_rows_run_at_the_engines_own_kernel_and_others_keep_the_calibration():
+    gpu = gpu_from_dict(_h200({"vllm": {"fp8-block": FIT}}), "h200.yaml")
+    _, rows = _expert_rows(gpu, "vllm")
+    assert len(rows) == 2
+    for o in rows:
+        assert o["efficiency"] == pytest.approx(0.3) and o["tile_rows"] == 64
+        assert o["bytes_per_s"] == pytest.approx(gpu.mem_bw_gbps * 1e9 * 0.6)
+        assert o["peak_flops_per_s"] == pytest.approx(gpu.peak_flops("fp8"))
+    c = gpu.calibration
+    _, rows = _expert_rows(gpu, "trtllm")
+    for o in rows:
+        assert o["efficiency"] == pytest.approx(c.compute_efficiency) and o["tile_rows"] == 0
+        assert o["bytes_per_s"] == pytest.approx(gpu.mem_bw_gbps * 1e9 * c.bandwidth_efficiency)
+
+
+def test_tile_padding_never_makes_the_experts_faster_and_bounds_them_by_whole_tiles():
+    # a compute-bound kernel (low compute efficiency): the padded FLOPs set the time
+    base = _h200({"vllm": {"fp8-block": {**FIT, "compute_efficiency": 0.05, "bandwidth_efficiency": 0.9, "tile_rows": 0}}})
+    times = []
+    for tile in (0, 16, 64, 128):
+        doc = copy.deepcopy(base)
+        doc["moe_kernels"]["vllm"]["fp8-block"]["tile_rows"] = tile
+        sc, _ = _expert_rows(gpu_from_dict(doc, "h200.yaml"), "vllm")
+        t, br = sc.step_s(chunk=1500)              # 1500 x 8 / 256 = 47 rows per expert: padding matters
+        times.append(br["gemm"])
+    assert times == sorted(times)                  # a larger tile pads more rows
+    assert times[-1] > times[0]                    # 47 rows per expert in 128-row tiles: 2.7x the FLOPs
+    # one decode token: each touched expert computes a single row padded to a whole 128-row tile
+    doc = copy.deepcopy(base)
+    doc["moe_kernels"]["vllm"]["fp8-block"]["tile_rows"] = 128
+    sc, rows = _expert_rows(gpu_from_dict(doc, "h200.yaml"), "vllm")
+    o = rows[0]
+    m_e = o["route_frac"]                          # expert-token copies of one token on this GPU
+    active = o["experts"] * (1.0 - (1.0 - o["active_p"]) ** (m_e / (o["experts"] * o["active_p"])))
+    t, flops, byts = K._op_time(sc.cost.params[0], K.empty_shape(0), o, 1.0, 1.0)
+    padded_s = 2.0 * active * 128 * o["k"] * o["n"] / (o["peak_flops_per_s"] * o["efficiency"])
+    assert flops == pytest.approx(2.0 * m_e * o["k"] * o["n"])   # reported FLOPs: the real ones
+    assert t >= max(padded_s, byts / o["bytes_per_s"]) + o["latency_s"] - 1e-12
+
+
+@pytest.mark.parametrize("section,field", [
+    ({"tgi": {"fp8": FIT}}, "moe_kernels.tgi"),
+    ({"vllm": {"fp9": FIT}}, "moe_kernels.vllm.fp9"),
+    ({"vllm": {"fp8": {**FIT, "bandwidth_efficiency": 1.4}}}, "moe_kernels.vllm.fp8.bandwidth_efficiency"),
+    ({"vllm": {"fp8": {**FIT, "tile_rows": -16}}}, "moe_kernels.vllm.fp8.tile_rows"),
+    ({"vllm": {"fp8": {**FIT, "tile": 64}}}, "moe_kernels.vllm.fp8.tile"),
+    ("fast", "moe_kernels"),
+])
+def test_bad_moe_kernels_name_the_field(section, field):
+    with pytest.raises(InputError) as e:
+        gpu_from_dict(_h200(section), "my-gpu.yaml")
+    assert field in str(e.value) and "my-gpu.yaml" in str(e.value)
+
+
+def test_the_fit_script_refuses_a_folder_without_the_wheel(tmp_path: Path):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "fit_moe_kernels.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and str(tmp_path) in r.stderr and "Traceback" not in r.stderr
