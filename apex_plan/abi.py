@@ -167,6 +167,8 @@ SCHED_FIELDS = (
     ("draft_tokens", I8, "speculative decoding: draft tokens per decode step (0: none)"),
     ("seed", I8, "seed of the draft-acceptance draws"),
     ("adp_ranks", I8, "attention-DP ranks of one replica (consecutive ranks)"),
+    ("adp_routing", I8, "ROUTE_ROUND_ROBIN, ROUTE_LEAST_LOADED or ROUTE_BOOTSTRAP_ROOM: how a replica hands a "
+                        "request to one of its attention-DP ranks (SCHED.routing picks the replica)"),
     ("adp_lockstep", I8, "1: a replica's attention-DP ranks step together, each step as long as the busiest rank's "
                          "(the MoE layers exchange every rank's tokens); 0: each rank steps on its own"),
     ("adp_balance_steps", I8, "attention-DP balance: new contexts wait until every rank of the replica has one, "
@@ -191,6 +193,9 @@ SCHED_FIELDS = (
 ROUTE_ROUND_ROBIN, ROUTE_LEAST_LOADED, ROUTE_SESSION, ROUTE_PREFIX = 0, 1, 2, 3   # values of SCHED.routing
 ROUTES = {"round_robin": ROUTE_ROUND_ROBIN, "least_loaded": ROUTE_LEAST_LOADED, "session": ROUTE_SESSION,
           "prefix": ROUTE_PREFIX}
+ROUTE_BOOTSTRAP_ROOM = 4                 # SCHED.adp_routing only: the rank is REQUEST.bootstrap_room % ranks
+ADP_ROUTES = {"round_robin": ROUTE_ROUND_ROBIN, "least_loaded": ROUTE_LEAST_LOADED,
+              "bootstrap_room": ROUTE_BOOTSTRAP_ROOM}   # values of SCHED.adp_routing by profile name
 
 # ---- requests: one row each; inputs, results, and the event loop's own per-request state -----------
 REQUEST_FIELDS = (
@@ -214,6 +219,8 @@ REQUEST_FIELDS = (
     ("cached_units", I8, "state: leading prefix-cache units the request holds"),
     ("hit_tokens", I8, "out: prompt tokens found in the prefix cache when first scheduled"),
     ("finishes", I8, "out: times a step of this pool finished the request (conservation: once)"),
+    ("bootstrap_room", I8, "in: disaggregated prefill pool: the router's random bootstrap room; SCHED.adp_routing "
+                           "ROUTE_BOOTSTRAP_ROOM serves the request on rank room % attention-DP ranks"),
 )
 
 # ---- engines: one row per scheduler (replica x attention-DP rank x pipeline virtual engine) ----------
@@ -239,6 +246,7 @@ ENGINE_FIELDS = (
     ("balance_open", I8, "state: 1 when the balance timeout let this engine's held contexts in"),
     ("new_token_ratio", F8, "state: SGLang admission's share of the running requests' remaining output reserved"),
     ("batch_wait_steps", I8, "state: TRT-LLM batch waiting: steps the waiting contexts have been held so far"),
+    ("adp_next", I8, "state: on an attention-DP replica's first engine, requests handed out in turn (round robin)"),
 )
 
 # ---- disaggregated serving: per request, what happens between its prefill and its decode ------------

@@ -147,6 +147,10 @@ class Layouts:
     a2a_decode_kernel: str = "low_latency"  # alltoall: kernels of decode-only steps: low_latency (a copy per routed
                                           # expert, point to point) | normal (a copy per destination rank, NVLink-
                                           # forwarded); prefill steps run the normal (high-throughput) kernels
+    adp_routing: str = "round_robin"      # attention DP: how an instance hands a new request to one of its ranks:
+                                          # round_robin (in turn) | least_loaded (the rank with the fewest unfinished)
+    adp_routing_prefill: str = ""         # the same on a disaggregated prefill instance ('': as adp_routing) |
+                                          # bootstrap_room (the router's random room for the request, modulo the ranks)
 
 
 @dataclass(frozen=True)

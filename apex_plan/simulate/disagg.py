@@ -5,7 +5,8 @@ memory report (KV pool sized as the engine sizes it) and step costs; `disagg_ker
 workload through both pools together, so a decode pool that is full holds the prefill blocks of the
 requests waiting for it and stops the prefill admissions behind them (see its docstring). Requests
 go to instances round-robin (NVIDIA Dynamo's default `--router-mode round-robin`) or to the one with
-the fewest unfinished requests (`--routing least_loaded`), in both pools.
+the fewest unfinished requests (`--routing least_loaded`), in both pools; inside an attention-DP
+instance a request goes to one of its ranks as the engine hands it out (`routing.pick_rank`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from apex_plan.hardware.spec import ClusterSpec
 from apex_plan.model.spec import ModelSpec
 from apex_plan.plan.disagg import DisaggPlan
 from apex_plan.plan.spec import EngineConfig, Plan
-from apex_plan.abi import (ENGINE, LINK, REQUEST, ROUTE_LEAST_LOADED, ROUTE_ROUND_ROBIN, SCHED, XENGINE, XFER, Pool,
-                           make_record)
+from apex_plan.abi import (ADP_ROUTES, ENGINE, LINK, REQUEST, ROUTE_LEAST_LOADED, ROUTE_ROUND_ROBIN, SCHED, XENGINE, XFER,
+                           Pool, make_record)
 from apex_plan.simulate import disagg_kernel as DK
 from apex_plan.simulate.scheduler import admission_fields, batch_wait_fields
 from apex_plan.simulate.engine import ResolvedEngine
@@ -33,6 +34,9 @@ from apex_plan.simulate.metrics import (Conservation, DecodePoolUse, DisaggRun, 
 from apex_plan.simulate.run import RequestTimes, client_delays_s, compute_metrics
 from apex_plan.simulate.transfer import Links, kv_transfer_bytes, nic_bytes, rank_links
 from apex_plan.workload.spec import Slo, Workload
+
+
+BOOTSTRAP_ROOM_SEED = 0       # seed of the requests' bootstrap rooms (any fixed value: results are reproducible)
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +92,8 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int, engine_base: int) -
     """One role's SCHED record (the aggregated loop's fields, by name); its engines are numbered from
     `engine_base`, and a decode pool's (engine_base > 0) first token comes with its first step."""
     e, p = role.engine, role.plan
+    lay = e.profile.layouts
+    rank_routing = (lay.adp_routing_prefill if engine_base == 0 else "") or lay.adp_routing   # a prefill pool's own
     nblocks = role.memory.kv_blocks // p.pp        # the pool is shared out over the pp virtual engines
     return make_record(
         SCHED, ranks=p.dp * p.adp, pp=p.pp, routing=ROUTE_LEAST_LOADED if least_loaded else ROUTE_ROUND_ROBIN,
@@ -95,7 +101,8 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int, engine_base: int) -
         budget_tokens=e.max_batched_tokens, chunked=e.chunked_prefill, block_tokens=e.block_size, kv_blocks=nblocks,
         watermark_blocks=int(e.watermark_fraction * nblocks), prefill_first=e.profile.prefill_first(e.chunked_prefill),
         reserve_full=e.profile.scheduler.reserve_full_sequence, closed_concurrency=closed, tdp_w=gpu.tdp_w,
-        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp, adp_lockstep=1,
+        idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp,
+        adp_routing=ADP_ROUTES[rank_routing], adp_lockstep=1,
         adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0, engine_base=engine_base,
         first_token_generated=2 if engine_base > 0 else 1,
         **admission_fields(None), **batch_wait_fields(e))   # SGLang's admission: aggregated engines only
@@ -137,12 +144,16 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
     gpu = cluster.gpu
     link = np.zeros(links.bw_bytes_per_s.shape, LINK)
     link["bytes_per_s"], link["latency_s"] = links.bw_bytes_per_s, links.latency_s
+    # each request's bootstrap room, drawn uniformly as the router does (SGLang mini_lb / Dynamo's SGLang
+    # handler: random.randint(0, 2**63 - 1)); fixed seed, so a deployment always simulates the same
+    rooms = np.random.default_rng(BOOTSTRAP_ROOM_SEED).integers(0, 2 ** 62, n)
 
     def run(arr, prm, out, sb, rb, closed, delay):
         m = prm.size
         req_p, req_d = np.zeros(m, REQUEST), np.zeros(m, REQUEST)
         req_p["prompt_tokens"], req_p["output_tokens"] = prm, 1          # a prefill engine ends at the first token
         req_d["arrival_s"], req_d["prompt_tokens"], req_d["output_tokens"], req_d["client_delay_s"] = arr, prm, out, delay
+        req_p["bootstrap_room"] = rooms[:m]
         x = np.zeros(m, XFER)
         x["send_bytes"], x["recv_bytes"] = sb, rb
         eng, xe = np.zeros(ne, ENGINE), np.zeros(ne, XENGINE)

@@ -25,39 +25,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from apex_plan.abi import ROUTE_LEAST_LOADED, SLOT
+from apex_plan.abi import SLOT
 from apex_plan.jit import kernel
 from apex_plan.simulate.kernels import (_init, count_finished, earliest_engine, end_replica_step, lockstep_member,
                                         lockstep_ranks, peer_ending, release_next, step_engine)
 from apex_plan.simulate.prefix_cache import PrefixCache
-from apex_plan.simulate.routing import _route
+from apex_plan.simulate.routing import _route, pick_rank
 from apex_plan.simulate.scheduler import _blocks_for
 
 INF = np.inf
 
 
 @kernel(cache=True, inline="always")
-def _route_decode(r, rr, eng, cfg):
-    """Queue prefilled request r at a decode engine (ranks from SCHED.engine_base: round robin or the
-    least loaded, then its virtual engine with the fewest unfinished), for admission. Returns the
-    engine and the round-robin counter."""
-    ranks, pp, base = cfg.ranks, cfg.pp, cfg.engine_base
-    rank = rr % ranks
-    if cfg.routing == ROUTE_LEAST_LOADED:
-        best = 1 << 60
-        for k in range(ranks):
-            load = 0
-            for v in range(pp):
-                load += eng[base + k * pp + v].unfinished
-            if load < best:
-                best = load
-                rank = k
+def _route_decode(r, rr, req, eng, cfg):
+    """Queue prefilled request r at a decode engine (ranks from SCHED.engine_base, chosen by
+    `routing.pick_rank`; then its virtual engine with the fewest unfinished), for admission. Returns
+    the engine and the round-robin counter."""
+    pp, base = cfg.pp, cfg.engine_base
+    rank, rr = pick_rank(rr, eng, cfg, base, req[r].bootstrap_room)
     e = base + rank * pp
     for v in range(1, pp):
         if eng[base + rank * pp + v].unfinished < eng[e].unfinished:
             e = base + rank * pp + v
     eng[e].unfinished += 1
-    return e, rr + 1
+    return e, rr
 
 
 @kernel(cache=True, inline="always")
@@ -95,7 +86,7 @@ def _end_prefill(ev, now, req_p, req_d, eng, slots, x, xe, rr_d, cfg_d):
         xr.held_blocks = q.kv_blocks
         xr.prefill_engine = ev
         q.kv_blocks = 0
-        e, rr_d = _route_decode(r, rr_d, eng, cfg_d)
+        e, rr_d = _route_decode(r, rr_d, req_d, eng, cfg_d)
         d.next = -1
         if xe[e].pend_tail == -1:
             xe[e].pend_head = r

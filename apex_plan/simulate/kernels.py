@@ -290,6 +290,7 @@ def _init(req, eng, cfg):
         en.balance_open = 0
         en.new_token_ratio = cfg.admit_ratio_init
         en.batch_wait_steps = 0
+        en.adp_next = 0
 
 
 @kernel(cache=True, nogil=True)   # releases the GIL: search simulates plans on threads

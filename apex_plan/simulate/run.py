@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apex_plan.abi import ENGINE, REQUEST, ROUTES, SCHED, make_record
+from apex_plan.abi import ADP_ROUTES, ENGINE, REQUEST, ROUTES, SCHED, make_record
 from apex_plan.estimate.memory import MemoryReport
 from apex_plan.estimate.shard import build_shard
 from apex_plan.estimate.step_cost import StepCost, build_step_cost
@@ -156,7 +156,8 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
         budget_tokens=eng.max_batched_tokens, chunked=eng.chunked_prefill, block_tokens=eng.block_size,
         kv_blocks=nblocks, watermark_blocks=watermark, prefill_first=eng.profile.prefill_first(eng.chunked_prefill),
         reserve_full=eng.profile.scheduler.reserve_full_sequence, closed_concurrency=0, tdp_w=gpu.tdp_w,
-        idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp, adp_ranks=plan.adp, adp_lockstep=1,
+        idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp, adp_ranks=plan.adp,
+        adp_routing=ADP_ROUTES[eng.profile.layouts.adp_routing], adp_lockstep=1,
         adp_balance_steps=eng.profile.scheduler.adp_balance_steps, draft_tokens=spec_k, seed=F.SPEC_SEED,
         engine_base=0, first_token_generated=1, **admission_fields(eng.profile.scheduler), **batch_wait_fields(eng))
 
