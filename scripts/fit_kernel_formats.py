@@ -303,11 +303,16 @@ def formats_block(gpu: str, version: str, vals: dict, sources: list[str]) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_formats(path: Path, block: str) -> None:
-    """Replace the profile's `kernel_formats:` section, or insert it before `calibration:`."""
+def write_section(path: Path, name: str, block: str) -> None:
+    """Replace the profile's top-level `name:` section with block, or insert it before `calibration:`."""
     text = path.read_text()
-    text = re.sub(r"^kernel_formats:\n(?:(?:[ #].*)?\n)*", "", text, flags=re.M)
+    text = re.sub(rf"^{name}:\n(?:(?:[ #].*)?\n)*", "", text, flags=re.M)
     at = re.search(r"^calibration:", text, flags=re.M)
     if at is None:
-        raise SystemExit(f"{path}: no 'calibration:' section to put 'kernel_formats:' before; add one and rerun")
+        raise SystemExit(f"{path}: no 'calibration:' section to put '{name}:' before; add one and rerun")
     path.write_text(text[:at.start()] + block + text[at.start():])
+
+
+def write_formats(path: Path, block: str) -> None:
+    """Replace the profile's `kernel_formats:` section, or insert it before `calibration:`."""
+    write_section(path, "kernel_formats", block)

@@ -228,16 +228,6 @@ def section(gpu: str, version: str, fits: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, block: str) -> None:
-    """Replace the profile's `moe_kernels:` section, or insert it before `calibration:`."""
-    text = path.read_text()
-    text = re.sub(r"^moe_kernels:\n(?:(?:[ #].*)?\n)*", "", text, flags=re.M)
-    at = re.search(r"^calibration:", text, flags=re.M)
-    if at is None:
-        raise SystemExit(f"{path}: no 'calibration:' section to put 'moe_kernels:' before; add one and rerun")
-    path.write_text(text[:at.start()] + block + text[at.start():])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("wheel_dir", type=Path, help="unpacked aiconfigurator-core wheel (holds aiconfigurator_core/)")
@@ -248,6 +238,7 @@ def main() -> int:
               file=sys.stderr)
         return 2
     from apex_plan.hardware.load import hardware_dir, load_gpu
+    from fit_kernel_formats import write_section  # the one profile-section writer (same folder)
     meta = sorted(args.wheel_dir.glob("aiconfigurator_core-*.dist-info"))
     version = meta[-1].name.split("-")[1] if meta else "?"
     for gpu, name in GPUS.items():
@@ -258,7 +249,7 @@ def main() -> int:
         block = section(gpu, version, fits)
         print(block)
         if args.write:
-            write_section(hardware_dir() / f"{name}.yaml", block)
+            write_section(hardware_dir() / f"{name}.yaml", "moe_kernels", block)
     return 0
 
 
