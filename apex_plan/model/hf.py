@@ -10,7 +10,7 @@ from apex_plan.errors import InputError
 from apex_plan.model import spec as S
 from apex_plan.model.fields import _MISSING, _bool, _count_dense, _get, _int, _int_list, _str_list
 from apex_plan.model.hf2026 import MLA_FAMILIES, NO_DENSE_WIDTH, READERS
-from apex_plan.model.hf_config import aliases, check_dtype, checkpoint_formats, mtp_layers, text_config
+from apex_plan.model.hf_config import alias_formats, aliases, check_dtype, checkpoint_formats, mtp_layers, text_config
 from apex_plan.model.spec import LayerKind, ModelSpec, group_layers
 
 # ---------------------------------------------------------------- mapping
@@ -70,6 +70,7 @@ def spec_from_hf(cfg: dict, where: str, default_name: str = "model") -> ModelSpe
         mtp_layers=mtp_layers(cfg),
         aliases=aliases(cfg, where),
     )
+    common["alias_formats"] = alias_formats(cfg, where, common["aliases"], num_layers)
     check_dtype(cfg, where)
     qc = cfg.get("quantization_config")
     formats = checkpoint_formats(qc, where, num_layers)

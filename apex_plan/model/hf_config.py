@@ -57,6 +57,30 @@ def aliases(cfg: dict, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def alias_formats(cfg: dict, where: str, names: tuple[str, ...], num_layers: int) -> tuple:
+    """A model YAML's `alias_quantization`: alias repo id -> the quantization_config of that repo's own
+    config.json (or modelopt hf_quant_config.json), read as `checkpoint_formats` reads the model's own.
+    Returns ((alias, sorted formats), ...)."""
+    value = cfg.get("alias_quantization")
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise InputError(where, "alias_quantization", f"must be a mapping of alias to quantization_config, got {value!r:.60}",
+                         "write e.g. 'alias_quantization: {Qwen/Qwen3-32B-FP8: {quant_method: fp8, weight_block_size: [128, 128]}}'")
+    known = {a.lower() for a in names}
+    out = []
+    for alias, qc in value.items():
+        if not isinstance(alias, str) or alias.lower() not in known:
+            raise InputError(where, f"alias_quantization.{alias}", "not one of the model's aliases",
+                             "add it to 'aliases' or use one of: " + ", ".join(names))
+        formats = checkpoint_formats(qc, f"{where} alias_quantization.{alias}", num_layers)
+        if not formats:
+            raise InputError(where, f"alias_quantization.{alias}", "states no weight format",
+                             "copy that repo's quantization_config (quant_method fp8 / modelopt / ...), or remove the entry")
+        out.append((alias, tuple(sorted(formats.items()))))
+    return tuple(out)
+
+
 def text_config(cfg: dict, where: str) -> tuple[dict, list[str]]:
     """A multimodal config's text decoder fields merged over the top level (the architecture and
     `name`/`source` stay the top level's), and notes on what is not planned."""

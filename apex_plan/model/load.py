@@ -150,18 +150,20 @@ def load_model(name_or_path: str) -> ModelSpec:
 
 def as_checkpoint(spec: ModelSpec, repo_id: str) -> ModelSpec:
     """The built-in `spec` as the checkpoint `repo_id` names: its source becomes that repo (what a launch
-    command serves), and a quantised re-publication ('-FP8', '-NVFP4', ...) of bf16 weights gets the
-    formats its tag names (so it is planned in its own format, not as bf16)."""
+    command serves), and a quantised re-publication of the weights gets its own formats (`quant.repo_formats`:
+    the quantization_config the model file records for that alias, else its tag '-FP8', '-NVFP4', ...), so it
+    is planned in its own format, not the base checkpoint's."""
     import dataclasses
 
-    from apex_plan.model.quant import format_dtype, repo_format, tag_formats
+    from apex_plan.model.quant import checkpoint_dtype, repo_formats
     rid = repo_id.strip()
     if rid.lower() == spec.source.lower():
         return spec
-    fmt = repo_format(rid)
+    stated = spec.stated_formats(rid)
+    own = repo_formats(rid, stated)
     formats = dict(spec.weight_formats)
-    if fmt and spec.checkpoint_dtype != format_dtype(fmt):
-        formats = tag_formats(fmt)
+    if own and (stated or spec.checkpoint_dtype != checkpoint_dtype(own)):
+        formats = own
     others = tuple(a for a in (spec.source, *spec.aliases) if a.lower() != rid.lower())
     return dataclasses.replace(spec, source=rid, aliases=others, weight_formats=tuple(sorted(formats.items())),
                                aliases_dtype=spec.aliases_dtype or spec.checkpoint_dtype)

@@ -212,9 +212,10 @@ def formats_from_config(qc: Any, n_layers: int) -> dict[str, str]:
 
 # ---------------------------------------------------------------- a repo id's quantisation tag
 
-# the trailing tag of a quantised re-publication -> the format of its quantised weights (Qwen/...-FP8 and
-# RedHat FP8 repos are fp8; NVIDIA's -NVFP4 / -FP4 modelopt repos nvfp4; -MXFP4 mxfp4; AWQ / GPTQ /
-# -Int4 / W4A16 int4 weight-only; -Int8 / W8A8 int8)
+# the trailing tag of a quantised re-publication -> the format its tag names when the checkpoint's own
+# quantization_config is not known (-NVFP4 / -FP4 nvfp4; -MXFP4 mxfp4; -FP8 fp8 per-tensor; AWQ / GPTQ /
+# -Int4 / W4A16 int4 weight-only; -Int8 / W8A8 int8). A tag cannot tell per-tensor from block fp8
+# (Qwen/...-FP8 is block fp8 by its config.json), so a stated config always wins (`repo_formats`).
 _TAG_FORMAT = (("nvfp4", "nvfp4"), ("mxfp4", "mxfp4"), ("fp4", "nvfp4"), ("fp8", "fp8"), ("awq", "int4"),
                ("gptq", "int4"), ("int4", "int4"), ("w4a16", "int4"), ("int8", "int8"), ("w8a8", "int8"))
 
@@ -235,6 +236,16 @@ def tag_formats(fmt: str) -> dict[str, str]:
     out = {c: fmt for c in COMPONENTS if c not in ("router", "embedding", "lm_head")}
     out.update(router="bf16", embedding="bf16", lm_head="bf16")
     return out
+
+
+def repo_formats(repo_id: str, stated: dict[str, str] | None) -> dict[str, str]:
+    """Per-component formats of checkpoint `repo_id`: the one rule. Its own quantization_config decides
+    (`stated`: `formats_from_config` of it, as a model file records it); only without one does the repo
+    tag; {} when neither says anything (the weights are the base checkpoint's)."""
+    if stated:
+        return dict(stated)
+    fmt = repo_format(repo_id)
+    return tag_formats(fmt) if fmt else {}
 
 
 def checkpoint_dtype(formats: dict[str, str]) -> str:

@@ -164,6 +164,8 @@ class ModelSpec:
     mtp_layers: int = 0              # multi-token-prediction modules (num_nextn_predict_layers): MTP drafts
     aliases: tuple[str, ...] = ()    # other repo ids of the same weights in other formats (built-in YAML)
     aliases_dtype: str = ""          # dtype of the aliases without a quantisation tag ("": the checkpoint's)
+    alias_formats: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()   # alias -> the per-component
+                                     # formats its own quantization_config states (YAML alias_quantization)
     remote_code: bool = False        # the config names its own modelling code (auto_map): engines need
                                      # --trust-remote-code to load it (DeciLM, Kimi-K3)
 
@@ -226,17 +228,24 @@ class ModelSpec:
         from apex_plan.model.quant import checkpoint_dtype
         return checkpoint_dtype(dict(self.weight_formats))
 
+    def stated_formats(self, repo_id: str) -> dict[str, str]:
+        """The per-component formats alias `repo_id`'s own quantization_config states ({} when not recorded)."""
+        rid = repo_id.strip().lower()
+        return next((dict(f) for a, f in self.alias_formats if a.lower() == rid), {})
+
     def checkpoint_repo(self, weight_dtype: str) -> tuple[str, bool]:
         """(repo id to serve, True when its config already says the quantisation) for weights in `weight_dtype`:
-        the source when its checkpoint is in that dtype, else an alias whose tag names it, else the source."""
-        from apex_plan.model.quant import format_dtype, repo_format
+        the source when its checkpoint is in that dtype, else an alias whose formats (its stated config, else
+        its tag: `quant.repo_formats`) are in it, else the source."""
+        from apex_plan.model.quant import checkpoint_dtype, repo_formats
         if self.checkpoint_dtype == weight_dtype:
             return self.source, weight_dtype not in ("bf16", "fp16", "fp32")
         untagged = self.aliases_dtype or self.checkpoint_dtype
         for alias in self.aliases:
-            fmt = repo_format(alias)
-            if (format_dtype(fmt) if fmt else untagged) == weight_dtype:
-                return alias, (format_dtype(fmt) if fmt else untagged) not in ("bf16", "fp16", "fp32")
+            formats = repo_formats(alias, self.stated_formats(alias))
+            dtype = checkpoint_dtype(formats) if formats else untagged
+            if dtype == weight_dtype:
+                return alias, dtype not in ("bf16", "fp16", "fp32")
         return self.source, False
 
     def weight_format(self, component: str) -> str:
