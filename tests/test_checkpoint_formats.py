@@ -80,3 +80,19 @@ def test_alias_quantization_read_like_the_models_own():
     spec = spec_from_hf(dict(_BASE, alias_quantization={"org/m-FP8": {"quant_method": "fp8",
                                                                       "weight_block_size": [128, 128]}}), "m.yaml")
     assert spec.stated_formats("ORG/M-fp8")["mlp"] == "fp8-block"                     # repo ids: any case
+
+
+def test_moe_layer_counts_quantise_kernels_for_the_attention_gemms_only():
+    """The fused-MoE op quantises the experts' inputs inside itself (the per-op tables time it whole) and the
+    router runs in bf16: a block-fp8 MoE layer adds exactly one quantise kernel each for qkv and o."""
+    from apex_plan.engine.load import resolve_engine_profile
+    from apex_plan.estimate.step_cost import kernel_count_fields
+    model = load_model("Qwen/Qwen3-235B-A22B-FP8")
+    plan = Plan(tp=4, weight_dtype="fp8")
+    shard = build_shard(model, plan)
+    for engine in ("vllm", "sglang", "trtllm"):
+        prof = resolve_engine_profile(engine)
+        per = prof.quantization.kernels_per_gemm_dynamic
+        f = kernel_count_fields(model, plan, shard, prof, "dynamic")
+        assert f["kernels_per_moe_layer"] == 16 + 2 * per          # no shared expert; block fp8 fuses nothing
+        assert f["elem_kernels_per_layer"] == 5 + 2 * per

@@ -211,7 +211,11 @@ def _variant_share(shard: Shard, g) -> float:
 # RMSNorm feeds qkv, gate_up and the router, the attention output feeds o, SiLU-and-mul feeds down
 QUANT_PRODUCERS = ("norm", "activation", "attention")
 DENSE_QUANT_INPUTS = ("norm", "attention", "norm", "activation")            # qkv, o, gate_up, down
-MOE_QUANT_INPUTS = ("norm", "attention", "norm", "norm", "activation")      # qkv, o, router, experts gate_up, down
+# MoE layer: the attention GEMMs' inputs only. The router runs in bf16 (recipes leave it unquantised:
+# model.quant), and the fused-MoE op quantises the experts' inputs inside itself, which the per-op MoE tables
+# time whole (vLLM fused_moe/fused_moe.py fused_experts_impl: moe_kernel_quantize_input before each grouped
+# GEMM; SGLang fused_moe_triton/fused_moe.py per_token_group_quant_fp8; TRT-LLM's fused_moe op for block scales)
+MOE_QUANT_INPUTS = ("norm", "attention")                                    # qkv, o
 
 
 def gemm_input_producer(g: Gemm) -> str:
