@@ -55,8 +55,11 @@ What is written (`WRITTEN`), decided per engine x GPU x format on the measured r
 ../shared/bench/silicon (calibration.csv on H100, calibration-h200-b200.csv; TPOT / TTFT MAPE of each
 group against the dense calibration, 2026-12-04): the Hopper Triton fused-MoE kernels on H200, whose tables'
 fixed time shows in service (estimate/moe.py docstring). H200 TRT-LLM gpt-oss-120b TPOT 30.8 -> 16.6 %
-(bias -30.5 -> +3.4 %), H200 vLLM Qwen3-235B-A22B-FP8 TTFT 46.5 -> 32.1 %, TPOT 48.5 -> 39.4 %, H200
-SGLang Qwen3-235B-A22B-FP8 TPOT 28.0 -> 17.3 %. Left off, each with what it did when written:
+(bias -30.5 -> +3.4 %), H200 vLLM Qwen3-235B-A22B-FP8 TTFT 46.5 -> 32.1 %, TPOT 48.5 -> 39.4 %. Left off,
+each with what it did when written:
+* SGLang fp8-block on H200 (the same Triton kernel): Qwen3-235B-A22B-FP8 TPOT 28.0 -> 17.3 %, TTFT 64.9 -> 60.6 %,
+  but DeepSeek-R1 / V3 fp8 TPOT 5.6 / 3.7 -> 6.7 / 5.6 % and TTFT 5.0 / 14.1 -> 6.1 / 17.2 % (bias -2 -> +5 %);
+  off while no DeepSeek group may get worse. The kernel is one; what differs between the two models is elsewhere.
 * Blackwell (every engine's TRT-LLM-gen / FlashInfer kernels): B200 gpt-oss TPOT bias is already +18 % (TRT-LLM)
   and +21 % (vLLM) over the measured with the dense calibration; the kernels' fits took them to +26 / +29 %
   and TTFT 12.6 -> 16.9 %, 23.6 -> 30.3 %; the B200 DeepSeek groups moved both ways (R1 TPOT worse by 7-10
@@ -124,7 +127,7 @@ KERNELS = {
                        "mxfp4": [("sglang", "w4a8_mxfp4_mxfp8", "sglang_flashinfer_trtllm_moe")]},
 }
 # gpu -> engine -> formats whose fit is written (docstring: what is written and why); the rest are printed only
-WRITTEN = {"h200_sxm": {"vllm": {"bf16", "fp8-block"}, "sglang": {"bf16", "fp8-block", "mxfp4"}, "trtllm": {"mxfp4"}}}
+WRITTEN = {"h200_sxm": {"vllm": {"bf16", "fp8-block"}, "sglang": {"bf16", "mxfp4"}, "trtllm": {"mxfp4"}}}
 TILES = (0, 16, 32, 64, 128)     # grouped-GEMM row tiles tried (Triton BLOCK_SIZE_M, CUTLASS / DeepGEMM tile M)
 ACT_B = 2.0                      # bf16 activations
 MATS = 3.0                       # gate, up and down matrices of H x I per expert (SwiGLU)
