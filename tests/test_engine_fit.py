@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from apex_plan.engine.load import resolve_engine_profile
+from apex_plan.engine.speculative import parse_speculative
 from apex_plan.estimate.shard import build_shard
 from apex_plan.hardware.load import load_gpu, make_cluster
 from apex_plan.model.load import load_model
@@ -58,12 +59,12 @@ def test_sglang_mem_fraction_static_rule():
     assert (old.max_batched_tokens, old.gpu_memory_utilization, old.profile.graphs.max_batch) == (8192, 0.88, 256)
 
 
-def trt_run(prompt: int, conc: int, budget: int | None = None):
+def trt_run(prompt: int, conc: int, budget: int | None = None, speculative=None, engine: str = "trtllm@1.2.0"):
     model, gpu = load_model("llama-3.1-8b"), load_gpu("h100-sxm-80gb")
     tr = synthetic_trace(5 * conc, LengthDist("constant", mean=prompt), LengthDist("constant", mean=256), None,
                          "poisson", 1.0, 0)
-    res = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(name="trtllm@1.2.0", max_num_seqs=conc,
-                   max_batched_tokens=budget), closed_loop(tr, conc))
+    res = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(name=engine, max_num_seqs=conc,
+                   max_batched_tokens=budget, speculative=speculative), closed_loop(tr, conc))
     assert res.feasible, res.reason
     return res
 
@@ -72,6 +73,32 @@ def test_trtllm_budget_holds_the_prompt_beside_the_batch():
     res = trt_run(8192, 4)
     assert res.engine.max_batched_tokens == 8192 + 4 + 64 + 64 - (8192 + 4 + 64) % 64   # ceil64(8192 + 4 + 64)
     assert trt_run(1024, 16).engine.max_batched_tokens == 8192                         # the default floor
+
+
+def test_trtllm_budget_holds_the_prompt_beside_speculating_decodes():
+    """With k drafts every decode verifies k + 1 tokens, so the budget deployments size holds (k + 1) x batch
+    beside the prompt (InferenceX dsr1_*_trt_mtp.sh), and the scheduler charges them (microBatchScheduler.cpp)."""
+    spec = parse_speculative("eagle3:3", "0.7")
+    res = trt_run(8192, 64, speculative=spec)
+    assert res.engine.max_batched_tokens == 8512                       # ceil64(4 x 64 + 8192 + 64) = 8512
+    assert trt_run(8192, 64).engine.max_batched_tokens == 8320         # ceil64(64 + 8192 + 64) without drafts
+    assert res.metrics.completed == res.metrics.requests
+
+
+def test_speculating_decodes_take_their_drafts_from_the_step_budget():
+    """A closed loop of 8 long prompts at a budget of prompt + 8: without drafts the 8 decodes (one token each)
+    leave the prompt its room and a new context joins at once; with 3 drafts each the decodes take 32 tokens,
+    the prompt no longer fits beside them (TRT-LLM: a context that does not fit waits) and waits for
+    generations to finish, so the mean TTFT grows by a good part of a request lifetime."""
+    spec = parse_speculative("eagle3:3", "0.5")
+    plain = trt_run(4096, 8, budget=4096 + 8)
+    drafts = trt_run(4096, 8, budget=4096 + 8, speculative=spec)
+    lifetime_ms = 255 * drafts.metrics.latency.tpot_ms.mean
+    assert drafts.metrics.latency.ttft_ms.mean > plain.metrics.latency.ttft_ms.mean + 0.2 * lifetime_ms
+    # an SGLang-style prefill-first engine decodes outside the prefill budget: the drafts do not hold prompts back
+    sg_plain = trt_run(4096, 8, budget=4096 + 8, engine="sglang@0.5.9")
+    sg_drafts = trt_run(4096, 8, budget=4096 + 8, speculative=spec, engine="sglang@0.5.9")
+    assert sg_drafts.metrics.latency.ttft_ms.mean < sg_plain.metrics.latency.ttft_ms.mean + 0.2 * lifetime_ms
 
 
 def test_closed_loop_of_long_prompts_does_not_serialise_on_trtllm():
