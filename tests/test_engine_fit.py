@@ -155,6 +155,30 @@ def test_no_request_completing_is_a_reason_not_null_metrics():
     assert ok.feasible and ok.metrics.completed == 8 and np.isfinite(ok.metrics.latency.ttft_ms.mean)
 
 
+def test_balance_hold_spreads_closed_loop_replacements_over_its_window():
+    """Under TRT-LLM's attention-DP balance a de-synchronised loop sends each replacement within one balance
+    window (timeout steps x a full rank's decode step), so the loop does not lock into waves; elsewhere the
+    replacement jitter is the plain one (a tenth of lifetime / C)."""
+    import dataclasses
+    from apex_plan.estimate.step_cost import build_step_cost
+    from apex_plan.simulate.engine import resolve_engine
+    from apex_plan.simulate.run import STEADY_JITTER, _balance_window_s, client_delays_s
+    model, gpu = load_model("qwen3-30b-a3b"), load_gpu("h100-sxm-80gb")
+    cl = make_cluster(gpu, 2)
+    eng = resolve_engine(EngineConfig(name="trtllm@1.2.0", max_num_seqs=16), model)
+    prompt, output = np.full(8, 512), np.full(8, 128)
+    adp = Plan(tp=1, ep=2, adp=2, weight_dtype="bf16", kv_dtype="bf16")
+    sc = build_step_cost(model, gpu, adp, cl, engine=eng)
+    assert _balance_window_s(sc, eng, adp, prompt, output, 16) == 60 * sc.decode_time_s(16, 512 + 64)
+    assert _balance_window_s(sc, eng, Plan(tp=2, weight_dtype="bf16", kv_dtype="bf16"), prompt, output, 16) == 0.0
+    off = dataclasses.replace(eng, profile=dataclasses.replace(
+        eng.profile, scheduler=dataclasses.replace(eng.profile.scheduler, adp_balance_steps=0)))
+    assert _balance_window_s(sc, off, adp, prompt, output, 16) == 0.0
+    d = client_delays_s(400, 20, 10.0, jitter_s=2.0)
+    assert (d[20:] >= 0).all() and (d[20:] < 2.0).all() and d[20:].max() > 1.5
+    assert (client_delays_s(400, 20, 10.0)[20:] < STEADY_JITTER * 10.0 / 20).all()
+
+
 def test_attention_dp_balance_holds_contexts_at_most_its_timeout():
     """TRT-LLM with attention DP as the serving recipes run it: a new context waits until every rank
     has one or 60 iterations pass; the wait shows in TTFT, bounded by 60 steps, and off without ADP."""

@@ -241,7 +241,7 @@ def _op_time(p, sh, o, m, moe_m):
     return max(flops / a_peak, byts / bw) + klat, flops, byts
 
 
-@kernel(cache=True, fastmath=False)
+@kernel(cache=True, fastmath=False, refcounts=False)   # allocates nothing; the caller owns `ops`
 def _a2a_imbalance(p, ops, moe_m):
     """Busiest expert-parallel rank's load over the mean in the token exchange, from the expert rows."""
     for r in range(ops.shape[0]):

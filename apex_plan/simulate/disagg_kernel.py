@@ -258,18 +258,27 @@ def disagg_kernel(pre, dec, x, eng, xe, link):
     eng / xe: ENGINE and XENGINE rows of every engine (prefill from 0, decode from
     dec.sched.engine_base), link: LINK rows of each (prefill rank, decode rank). Fills the times (-1
     where a phase did not happen) and visit counts; returns the time the last request finished."""
-    req_p, req_d, cost_p, cost_d = pre.req, dec.req, pre.cost, dec.cost
     cfg_p, cfg_d = pre.sched[0], dec.sched[0]
-    n, ne, base_d = req_d.shape[0], eng.shape[0], cfg_d.engine_base
+    ne = eng.shape[0]
     # disaggregated pools run without prefix caching or speculation: an empty cache (unit 0 tokens)
     cache = PrefixCache(np.full((16, 3), -1, np.int64), np.full((1, 5), -1, np.int64),
                         np.array([-1, 15, 1, 0], np.int64), np.zeros((ne, 6), np.int64))
     ids = np.zeros(1, np.int64)
     sess_rep = np.full(1, -1, np.int64)
     accept = np.zeros(1)
-    _init_disagg(req_p, req_d, x, eng, xe, cfg_p, cfg_d)
     slots = np.zeros((ne, max(cfg_p.max_seqs, cfg_d.max_seqs)), SLOT)
     todo = np.zeros(ne + 2, np.int64)
+    return _disagg_loop(pre, dec, x, eng, xe, link, cache, ids, sess_rep, accept, slots, todo)
+
+
+@kernel(cache=True, refcounts=False)   # no reference counting: every array is disagg_kernel's or the caller's
+def _disagg_loop(pre, dec, x, eng, xe, link, cache, ids, sess_rep, accept, slots, todo):
+    """The event loop of `disagg_kernel`, given its empty prefix cache and working arrays (`jit.kernel`:
+    it allocates nothing). Returns the time the last request finished."""
+    req_p, req_d, cost_p, cost_d = pre.req, dec.req, pre.cost, dec.cost
+    cfg_p, cfg_d = pre.sched[0], dec.sched[0]
+    n, ne, base_d = req_d.shape[0], eng.shape[0], cfg_d.engine_base
+    _init_disagg(req_p, req_d, x, eng, xe, cfg_p, cfg_d)
     next_req, done, rr_p, rr_d, t_end = 0, 0, 0, 0, 0.0
     next_release = cfg_d.closed_concurrency if cfg_d.closed_concurrency > 0 else n
     while done < n:

@@ -154,7 +154,7 @@ def _lockstep_balance(e, eng, cfg):
         eng[lockstep_member(e, k, cfg)].balance_open = 1 if let_in else 0
 
 
-@kernel(cache=True)
+@kernel(cache=True, refcounts=False)   # called from the event loops, which own every array
 def lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
     """Schedule and cost one lock-step step of the attention-DP replica holding engine e (SGLang
     --enable-dp-attention, TRT-LLM enable_attention_dp, vLLM DP with EP): every rank builds its own
@@ -306,17 +306,30 @@ def simulate_kernel(req, sched, cost, eng, cache, ids, accept, draft):
     request replaced by the next after that request's client delay (send times then come from
     finishes, not from arrival_s). Requests that can never fit the KV cache are marked with
     finish -1. Returns the time the last request finished.
+
+    This function allocates the loop's working arrays; the loop itself (`_event_loop`) runs without
+    reference counting (`jit.kernel(refcounts=False)`), as it owns none of its arrays.
     """
     cfg = sched[0]
     n = req.shape[0]
     ne = eng.shape[0]
-    _init(req, eng, cfg)
     slots = np.zeros((ne, cfg.max_seqs), SLOT)   # read only below each engine's counts
     todo = np.zeros(ne, np.int64)       # engines to schedule at the current event
     n_sessions = 1
     for i in range(n):
         n_sessions = max(n_sessions, req[i].session + 1)
     sess_rep = np.full(n_sessions, -1, np.int64)   # replica of each session's first turn
+    return _event_loop(req, sched, cost, eng, cache, ids, accept, draft, slots, todo, sess_rep)
+
+
+@kernel(cache=True, nogil=True, refcounts=False)   # no reference counting: every array is the caller's
+def _event_loop(req, sched, cost, eng, cache, ids, accept, draft, slots, todo, sess_rep):
+    """The event loop of `simulate_kernel`: `slots` (SLOT rows per engine), `todo` (one int per engine)
+    and `sess_rep` (-1 per session) are its working arrays. Returns the time the last request finished."""
+    cfg = sched[0]
+    n = req.shape[0]
+    ne = eng.shape[0]
+    _init(req, eng, cfg)
     np.random.seed(cfg.seed)            # the fixed draw of draft acceptances
     next_req = 0
     next_release = cfg.closed_concurrency if cfg.closed_concurrency > 0 else n

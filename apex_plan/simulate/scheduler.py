@@ -176,7 +176,8 @@ def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg, cache, id
         # too (TRT-LLM microBatchScheduler.cpp: beam width + getNumDraftTokens(); vLLM V1 sched/scheduler.py:
         # num_tokens_with_spec - num_computed_tokens); prefill-first engines (SGLang) decode outside the budget
         cost = ntok + cfg.draft_tokens if (q.generated > 0 and rem == 1 and not cfg.prefill_first) else ntok
-        if cost > left:                           # its drafts do not fit beside what is scheduled: it waits
+        if cost > left:                           # drafts do not fit beside what is scheduled: it waits (TRT-LLM;
+            # vLLM V1 would trim the drafts to the budget left, a step this model does not take)
             i += 1
             continue
         held = seq + cfg.draft_tokens if (q.generated > 0 and rem == 1) else seq   # KV slots incl. drafts

@@ -76,7 +76,7 @@ def _start_step(e, start, dt, br, sh, eng, cfg, cost):
     en.dynamic_j += (cfg.tdp_w - cfg.idle_w) * u * busy_gpu * cfg.gpus_per_engine
 
 
-@kernel(cache=True)
+@kernel(cache=True, refcounts=False)   # called from the event loops, which own every array
 def _draft_pass_s(draft, sh):
     """Seconds of one draft pass (a call, not inlined: the event loop stays small without drafts)."""
     return step_time(draft, sh)[0]
