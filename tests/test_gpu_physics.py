@@ -60,7 +60,8 @@ def test_achievable_figures_keep_datasheet_order(a, b):
     ca, cb = ga.calibration, gb.calibration
     tol = 1 - 1e-9
     assert ga.peak_tflops["bf16"] * ca.attention_efficiency >= gb.peak_tflops["bf16"] * cb.attention_efficiency * tol
-    assert ga.peak_tflops["bf16"] * ca.prefill_attention >= gb.peak_tflops["bf16"] * cb.prefill_attention * tol
+    assert (ga.peak_tflops["bf16"] * ca.prefill_attention_efficiency
+            >= gb.peak_tflops["bf16"] * cb.prefill_attention_efficiency * tol)
     assert ga.intra_node_bw_gbps * ca.link_efficiency >= gb.intra_node_bw_gbps * cb.link_efficiency * tol
     if (ga.num_sms, ga.peak_tflops["bf16"], ga.intra_node_bw_gbps) == (gb.num_sms, gb.peak_tflops["bf16"],
                                                                       gb.intra_node_bw_gbps):   # same chip
@@ -72,7 +73,7 @@ def test_achievable_figures_keep_datasheet_order(a, b):
 def test_efficiencies_are_physical():
     for name, g in GPUS.items():
         c = g.calibration
-        for frac in (c.compute_efficiency, c.bandwidth_efficiency, c.attention_efficiency, c.prefill_attention,
+        for frac in (c.compute_efficiency, c.bandwidth_efficiency, c.attention_efficiency, c.prefill_attention_efficiency,
                      c.link_efficiency):
             assert 0.0 < frac <= 0.98, name
         assert c.kernel_latency_us >= 0 and c.custom_allreduce_latency_us >= 0, name

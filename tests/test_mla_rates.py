@@ -28,7 +28,7 @@ def test_mla_prefill_takes_the_fitted_mla_efficiency(gpu_name):
 
 def test_gqa_attention_takes_the_prefill_kernel_and_mla_without_tables_the_calibration():
     gpu, _, rows = _attention_rows("llama-3.1-70b", "b200-sxm-180gb")
-    assert {round(float(r["efficiency"]), 6) for r in rows} == {round(gpu.calibration.prefill_attention, 6)}
+    assert {round(float(r["efficiency"]), 6) for r in rows} == {round(gpu.calibration.prefill_attention_for("vllm"), 6)}
     a100 = load_gpu("a100-sxm-80gb")
     assert a100.kernel_formats.mla is None
     sc = build_step_cost(load_model("deepseek-v3"), a100, Plan(tp=8, weight_dtype="bf16", kv_dtype="bf16"),

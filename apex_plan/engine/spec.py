@@ -76,7 +76,7 @@ class AttentionBackend:
     name: str = "flash-attn"
     gqa_shared_kv: bool = True            # decode reads each KV head once for its query-head group
     # prefill by a FlashAttention-2-generation kernel (no Hopper wgmma/TMA): the GPU's attention_efficiency;
-    # else the chip's measured prefill-attention kernel (Calibration.prefill_attention)
+    # else the engine's measured prefill-attention kernel on the chip (Calibration.prefill_attention_for)
     fa2_prefill: bool = False
     prefill_efficiency_scale: float = 1.0  # x the GPU's prefill attention efficiency for fresh prefill
     prefix_efficiency_scale: float = 1.0   # x the same for chunks attending to cached context

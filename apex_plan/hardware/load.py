@@ -238,6 +238,8 @@ def _calibration(doc: dict[str, Any], where: str) -> Calibration:
             unit = key.rsplit("_", 1)[-1]
             value = _number(raw, key, where, _SUFFIX_UNITS.get(unit, unit), field=field, allow_min=True)
         values[key] = value
+    if "prefill_attention_efficiency" not in values:   # no measured prefill kernel: the chip's attention figure
+        values["prefill_attention_efficiency"] = values.get("attention_efficiency", Calibration.attention_efficiency)
     return Calibration(**values)
 
 

@@ -18,9 +18,9 @@ class Calibration:
     bandwidth_efficiency: float = 0.80      # achievable fraction of HBM bandwidth on streaming kernels
     attention_efficiency: float = 0.50      # achievable fraction of peak FLOP/s in attention (full SMs)
     # fresh causal prefill attention of the current engines' kernels (FlashAttention-3, FlashInfer, TRT-LLM FMHA),
-    # fraction of the bf16 peak with full SMs; 0: attention_efficiency (engine profiles scale it per backend);
+    # fraction of the bf16 peak with full SMs (a profile without it takes its attention_efficiency: hardware.load);
     # the same per engine family whose own context-attention kernel was measured on this chip
-    prefill_attention_efficiency: float = 0.0
+    prefill_attention_efficiency: float = 0.50
     prefill_attention_efficiency_by_engine: tuple[tuple[str, float], ...] = ()
     link_efficiency: float = 0.70           # achievable fraction of link bandwidth in collectives
     kernel_latency_us: float = 4.0          # fixed GPU cost per kernel (launch gap + tail), CUDA graphs on
@@ -33,14 +33,10 @@ class Calibration:
     alltoall_latency_us: float = 25.0       # expert-parallel all-to-all latency
     moe_imbalance: float = 1.25             # busiest EP rank's load over the mean at ep 8 (estimate.moe.popularity_skew)
 
-    @property
-    def prefill_attention(self) -> float:
-        """Achievable fraction of the bf16 peak in fresh causal prefill attention."""
-        return self.prefill_attention_efficiency or self.attention_efficiency
-
     def prefill_attention_for(self, family: str) -> float:
-        """The same for engine `family`'s own prefill-attention kernel on this chip (else the generic figure)."""
-        return dict(self.prefill_attention_efficiency_by_engine).get(family, self.prefill_attention)
+        """Achievable fraction of the bf16 peak in fresh causal prefill attention by engine `family`'s own kernel
+        on this chip (prefill_attention_efficiency when that engine's was not measured)."""
+        return dict(self.prefill_attention_efficiency_by_engine).get(family, self.prefill_attention_efficiency)
 
     def custom_allreduce_us(self, family: str) -> float:
         """Small-message latency of `family`'s own custom all-reduce kernel on this chip."""
