@@ -2,8 +2,9 @@
 """Find measured rows whose declared layout is m x m GPUs where the run used m, and show why, row by row.
 
 A silicon row declares moe_tp_size = moe_ep_size = m and tp_size (or attention_dp_size) = m^2: read
-literally, the MoE spans m^2 GPUs (m-way expert TP times m-way EP). Two facts say such a run used m GPUs
-(tp = ep = m, or adp = ep = m) and the converter wrote moe_tp x moe_ep into tp_size:
+literally, the MoE spans m^2 GPUs (m-way expert TP times m-way EP). Or it declares tp_size = attention_dp_size
+= m with moe_ep_size = m^2: m attention-DP ranks of TP m, the experts over all m^2 GPUs. Two facts say such a
+run used m GPUs (tp = ep = m, or adp = ep = m) and the converter multiplied the m-GPU layout by m:
 - its id names the m-GPU layout (`..._tp8_ep8_...` on a row declaring tp 64);
 - a twin row of the same GPU, engine, precision, prompt/output lengths and concurrency declares (or its id
   names) the m-GPU layout and carries the identical measured TTFT and TPOT (two layouts on 4x the GPUs cannot measure the
@@ -33,10 +34,15 @@ def _int(text: str, default: int = 1) -> int:
 
 
 def suspect_m(r: dict) -> int:
-    """m when the row declares moe_tp = moe_ep = m > 1 and m^2 GPUs of tp x adp, else 0."""
+    """m when the row declares m^2 GPUs of tp x adp as moe_tp = moe_ep = m > 1, or as tp = adp = m > 1 with
+    moe_ep = m^2 (moe_tp 1), else 0."""
     mtp, mep = _int(r["moe_tp_size"], 0), _int(r["moe_ep_size"], 0)
     tp, adp = _int(r["tp_size"]), _int(r["attention_dp_size"])
-    return mtp if (r["mode"] == "agg" and mtp == mep > 1 and tp * adp == mtp * mep) else 0
+    if r["mode"] != "agg":
+        return 0
+    if mtp == mep > 1 and tp * adp == mtp * mep:
+        return mtp
+    return tp if (tp == adp > 1 and mep == tp * adp and mtp <= 1) else 0
 
 
 def id_layout(r: dict) -> int:
@@ -66,11 +72,16 @@ def twins(rows: list[dict], r: dict, m: int) -> list[str]:
 
 
 def as_m_gpus(r: dict, m: int) -> dict:
-    """The row read as m GPUs: tp = ep = m (tensor-parallel rows) or adp = ep = m (attention-DP rows, whose
-    batch_size per rank is the concurrency over the m^2 declared ranks: m ranks hold m times as many)."""
+    """The row read as m GPUs: tp = ep = m (tensor-parallel rows, and tp m x adp m rows, whose batch_size per
+    rank is the concurrency over the m declared ranks: one engine holds m times as many) or adp = ep = m
+    (attention-DP rows of tp 1, whose batch_size per rank is the concurrency over the m^2 declared ranks: m
+    ranks hold m times as many)."""
     q = dict(r, moe_tp_size="1", moe_ep_size=str(m))
-    if _int(r["attention_dp_size"]) > 1:
-        q.update(tp_size="1", attention_dp_size=str(m), batch_size=str(_int(r["batch_size"]) * m))
+    tp, adp, batch = _int(r["tp_size"]), _int(r["attention_dp_size"]), _int(r["batch_size"])
+    if adp > 1 and tp == m:
+        q.update(tp_size=str(m), attention_dp_size="1", batch_size=str(batch * adp))
+    elif adp > 1:
+        q.update(tp_size="1", attention_dp_size=str(m), batch_size=str(batch * m))
     else:
         q.update(tp_size=str(m), attention_dp_size="1")
     return q
@@ -120,7 +131,8 @@ def main() -> int:
     errs = {"declared": [], "m": []}
     for r, m, named, twin in suspects:
         meas = (float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"]))
-        decl = (f"tp{r['tp_size']}" if _int(r["attention_dp_size"]) <= 1 else f"adp{r['attention_dp_size']}")
+        adp = _int(r["attention_dp_size"])
+        decl = f"tp{r['tp_size']}" if adp <= 1 else (f"adp{adp}" if _int(r["tp_size"]) <= 1 else f"tp{r['tp_size']}xadp{adp}")
         cells = []
         for label, row in (("declared", r), ("m", as_m_gpus(r, m))):
             p = None if args.no_predict else predict(rs, row)

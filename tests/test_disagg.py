@@ -153,6 +153,17 @@ def test_closed_loop_keeps_concurrency_and_routing_spreads_decode():
         assert (steps > 0).all()
 
 
+def test_closed_loop_replaces_each_finished_request_at_once():
+    # no start spreading: after the first wave (sent together at t = 0), every request is sent the instant
+    # an earlier one finished, so the sorted send times are the sorted finish times of the first n - C
+    conc, n = 12, 60
+    for engine in ("vllm", "trtllm", "sglang"):
+        res = _sim(closed_loop(_trace(n, 500, 40), conc), DisaggPlan(Plan(1, 1, 1), Plan(2, 1, 1)), engine=engine)
+        t = res.times
+        assert (t.arrival_s[:conc] == 0.0).all()
+        np.testing.assert_allclose(np.sort(t.arrival_s[conc:]), np.sort(t.finish_s)[:n - conc], rtol=0, atol=1e-12)
+
+
 # ---- CLI ------------------------------------------------------------------------------------------
 _BASE = ["simulate", "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb", "--gpus", "16", "--prompt-tokens", "500",
          "--output-tokens", "50", "--concurrency", "8"]

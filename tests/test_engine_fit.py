@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from apex_plan.engine.load import resolve_engine_profile
+from apex_plan.engine.speculative import parse_speculative
 from apex_plan.estimate.shard import build_shard
 from apex_plan.hardware.load import load_gpu, make_cluster
 from apex_plan.model.load import load_model
@@ -58,12 +59,12 @@ def test_sglang_mem_fraction_static_rule():
     assert (old.max_batched_tokens, old.gpu_memory_utilization, old.profile.graphs.max_batch) == (8192, 0.88, 256)
 
 
-def trt_run(prompt: int, conc: int, budget: int | None = None):
+def trt_run(prompt: int, conc: int, budget: int | None = None, speculative=None, engine: str = "trtllm@1.2.0"):
     model, gpu = load_model("llama-3.1-8b"), load_gpu("h100-sxm-80gb")
     tr = synthetic_trace(5 * conc, LengthDist("constant", mean=prompt), LengthDist("constant", mean=256), None,
                          "poisson", 1.0, 0)
-    res = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(name="trtllm@1.2.0", max_num_seqs=conc,
-                   max_batched_tokens=budget), closed_loop(tr, conc))
+    res = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(name=engine, max_num_seqs=conc,
+                   max_batched_tokens=budget, speculative=speculative), closed_loop(tr, conc))
     assert res.feasible, res.reason
     return res
 
@@ -72,6 +73,32 @@ def test_trtllm_budget_holds_the_prompt_beside_the_batch():
     res = trt_run(8192, 4)
     assert res.engine.max_batched_tokens == 8192 + 4 + 64 + 64 - (8192 + 4 + 64) % 64   # ceil64(8192 + 4 + 64)
     assert trt_run(1024, 16).engine.max_batched_tokens == 8192                         # the default floor
+
+
+def test_trtllm_budget_holds_the_prompt_beside_speculating_decodes():
+    """With k drafts every decode verifies k + 1 tokens, so the budget deployments size holds (k + 1) x batch
+    beside the prompt (InferenceX dsr1_*_trt_mtp.sh), and the scheduler charges them (microBatchScheduler.cpp)."""
+    spec = parse_speculative("eagle3:3", "0.7")
+    res = trt_run(8192, 64, speculative=spec)
+    assert res.engine.max_batched_tokens == 8512                       # ceil64(4 x 64 + 8192 + 64) = 8512
+    assert trt_run(8192, 64).engine.max_batched_tokens == 8320         # ceil64(64 + 8192 + 64) without drafts
+    assert res.metrics.completed == res.metrics.requests
+
+
+def test_speculating_decodes_take_their_drafts_from_the_step_budget():
+    """A closed loop of 8 long prompts at a budget of prompt + 8: without drafts the 8 decodes (one token each)
+    leave the prompt its room and a new context joins at once; with 3 drafts each the decodes take 32 tokens,
+    the prompt no longer fits beside them (TRT-LLM: a context that does not fit waits) and waits for
+    generations to finish, so the mean TTFT grows by a good part of a request lifetime."""
+    spec = parse_speculative("eagle3:3", "0.5")
+    plain = trt_run(4096, 8, budget=4096 + 8)
+    drafts = trt_run(4096, 8, budget=4096 + 8, speculative=spec)
+    lifetime_ms = 255 * drafts.metrics.latency.tpot_ms.mean
+    assert drafts.metrics.latency.ttft_ms.mean > plain.metrics.latency.ttft_ms.mean + 0.2 * lifetime_ms
+    # an SGLang-style prefill-first engine decodes outside the prefill budget: the drafts do not hold prompts back
+    sg_plain = trt_run(4096, 8, budget=4096 + 8, engine="sglang@0.5.9")
+    sg_drafts = trt_run(4096, 8, budget=4096 + 8, speculative=spec, engine="sglang@0.5.9")
+    assert sg_drafts.metrics.latency.ttft_ms.mean < sg_plain.metrics.latency.ttft_ms.mean + 0.2 * lifetime_ms
 
 
 def test_closed_loop_of_long_prompts_does_not_serialise_on_trtllm():
@@ -126,6 +153,30 @@ def test_no_request_completing_is_a_reason_not_null_metrics():
     assert res.metrics is None
     ok = simulate(model, make_cluster(gpu, 1), Plan(tp=1), EngineConfig(max_model_len=8192), Workload(tr))
     assert ok.feasible and ok.metrics.completed == 8 and np.isfinite(ok.metrics.latency.ttft_ms.mean)
+
+
+def test_balance_hold_spreads_closed_loop_replacements_over_its_window():
+    """Under TRT-LLM's attention-DP balance a de-synchronised loop sends each replacement within one balance
+    window (timeout steps x a full rank's decode step), so the loop does not lock into waves; elsewhere the
+    replacement jitter is the plain one (a tenth of lifetime / C)."""
+    import dataclasses
+    from apex_plan.estimate.step_cost import build_step_cost
+    from apex_plan.simulate.engine import resolve_engine
+    from apex_plan.simulate.run import STEADY_JITTER, _balance_window_s, client_delays_s
+    model, gpu = load_model("qwen3-30b-a3b"), load_gpu("h100-sxm-80gb")
+    cl = make_cluster(gpu, 2)
+    eng = resolve_engine(EngineConfig(name="trtllm@1.2.0", max_num_seqs=16), model)
+    prompt, output = np.full(8, 512), np.full(8, 128)
+    adp = Plan(tp=1, ep=2, adp=2, weight_dtype="bf16", kv_dtype="bf16")
+    sc = build_step_cost(model, gpu, adp, cl, engine=eng)
+    assert _balance_window_s(sc, eng, adp, prompt, output, 16) == 60 * sc.decode_time_s(16, 512 + 64)
+    assert _balance_window_s(sc, eng, Plan(tp=2, weight_dtype="bf16", kv_dtype="bf16"), prompt, output, 16) == 0.0
+    off = dataclasses.replace(eng, profile=dataclasses.replace(
+        eng.profile, scheduler=dataclasses.replace(eng.profile.scheduler, adp_balance_steps=0)))
+    assert _balance_window_s(sc, off, adp, prompt, output, 16) == 0.0
+    d = client_delays_s(400, 20, 10.0, jitter_s=2.0)
+    assert (d[20:] >= 0).all() and (d[20:] < 2.0).all() and d[20:].max() > 1.5
+    assert (client_delays_s(400, 20, 10.0)[20:] < STEADY_JITTER * 10.0 / 20).all()
 
 
 def test_attention_dp_balance_holds_contexts_at_most_its_timeout():

@@ -130,6 +130,26 @@ def test_layout_check_finds_the_twin_of_a_mislabeled_row(tmp_path):
     assert len(ids) == len(set(ids))
 
 
+@pytest.mark.skipif(not (SHARED / "calibration.csv").is_file(), reason="../shared absent")
+def test_layout_check_reads_tp_m_by_adp_m_rows_as_the_m_gpu_layout_their_id_names():
+    p = subprocess.run([sys.executable, "scripts/check_layouts.py", str(SHARED / "calibration.csv"), "--no-predict"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr
+    # declares tp 4 x adp 4 with the experts over 16 GPUs; its id names tp4_ep4
+    line = next(x for x in p.stdout.splitlines() if x.startswith("2026_04_06_minimax_m2_5_h100_sxm_vllm_fp8_agg_1024x1"))
+    assert "tp4xadp4 -> 4" in line and "id names tp4_ep4" in line
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("check_layouts", ROOT / "scripts" / "check_layouts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    row = {"mode": "agg", "tp_size": "4", "attention_dp_size": "4", "moe_tp_size": "1", "moe_ep_size": "16",
+           "batch_size": "16"}
+    assert mod.suspect_m(row) == 4 and mod.suspect_m(dict(row, moe_ep_size="4")) == 0
+    q = mod.as_m_gpus(row, 4)          # one TP4 EP4 engine holding all 4 x 16 requests
+    assert (q["tp_size"], q["attention_dp_size"], q["moe_ep_size"], q["batch_size"]) == ("4", "1", "4", "64")
+
+
 def test_layout_check_names_a_missing_file():
     p = subprocess.run([sys.executable, "scripts/check_layouts.py", "nope.csv", "--no-predict"], capture_output=True,
                        text=True, cwd=ROOT, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})

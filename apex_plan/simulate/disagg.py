@@ -31,7 +31,7 @@ from apex_plan.simulate.engine import ResolvedEngine
 from apex_plan.simulate.fit import fit_engine
 from apex_plan.simulate.metrics import (Conservation, DecodePoolUse, DisaggRun, Distribution, KvTransfer, Metrics,
                                         PoolUse, PrefillPoolUse, TtftPhases)
-from apex_plan.simulate.run import RequestTimes, client_delays_s, compute_metrics
+from apex_plan.simulate.run import RequestTimes, compute_metrics
 from apex_plan.simulate.transfer import Links, kv_transfer_bytes, nic_bytes, rank_links
 from apex_plan.workload.spec import Slo, Workload
 
@@ -148,11 +148,11 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
     # handler: random.randint(0, 2**63 - 1)); fixed seed, so a deployment always simulates the same
     rooms = np.random.default_rng(BOOTSTRAP_ROOM_SEED).integers(0, 2 ** 62, n)
 
-    def run(arr, prm, out, sb, rb, closed, delay):
+    def run(arr, prm, out, sb, rb, closed):
         m = prm.size
         req_p, req_d = np.zeros(m, REQUEST), np.zeros(m, REQUEST)
         req_p["prompt_tokens"], req_p["output_tokens"] = prm, 1          # a prefill engine ends at the first token
-        req_d["arrival_s"], req_d["prompt_tokens"], req_d["output_tokens"], req_d["client_delay_s"] = arr, prm, out, delay
+        req_d["arrival_s"], req_d["prompt_tokens"], req_d["output_tokens"], req_d["client_delay_s"] = arr, prm, out, 0.0
         req_p["bootstrap_room"] = rooms[:m]
         x = np.zeros(m, XFER)
         x["send_bytes"], x["recv_bytes"] = sb, rb
@@ -166,22 +166,13 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
         visits = np.stack([x["prefilled"], x["transferred"], req_d["finishes"]], axis=1)
         return t, req_p["preemptions"] + req_d["preemptions"], visits, eng, end
 
+    # A closed loop runs as the event loop evolves it: each finished request is replaced at once, the first
+    # wave sent together. The aggregated simulator spreads the C starts over one lifetime where an engine
+    # breaks the waves up (each prefill stalls the other requests' decodes separately: profile `closed_loop`);
+    # decode instances never prefill, so every request decodes in exactly osl - 1 steps of its instance and the
+    # groups the prefill batches form come back together a lifetime later, whatever the engine.
     conc = workload.concurrency if workload.mode == "closed" else 0
-    if conc and dec.engine.profile.scheduler.closed_loop != "lockstep":
-        # de-synchronised closed loop, as the aggregated simulator: starts spread over one lifetime,
-        # the first wave (sent at once) from its own lock-step pass
-        batch = max(1, min(conc, dec.engine.max_num_seqs))
-        life = (pre.step_cost.prefill_time_s(int(prompt.mean())) + float(output.mean())
-                * dec.step_cost.decode_time_s(batch, int(prompt.mean() + output.mean() / 2)))
-        t, npre, visits, st, end = run(arrival, prompt, output, send_b, recv_b, conc, client_delays_s(n, conc, life))
-        k = min(conc, n)
-        w = run(np.zeros(k), prompt[:k].copy(), output[:k].copy(), send_b[:k].copy(), recv_b[:k].copy(), 0, np.zeros(k))
-        for dst, src in zip(t, w[0]):
-            dst[:k] = src
-        npre[:k] = w[1]
-        visits[:k] = w[2]
-    else:
-        t, npre, visits, st, end = run(arrival, prompt, output, send_b, recv_b, conc, np.zeros(n))
+    t, npre, visits, st, end = run(arrival, prompt, output, send_b, recv_b, conc)
     t_arr, t_first, t_fin, t_sched, t_pf, t_admit, t_xs, t_xe = t
     times = RequestTimes(t_arr, t_first, t_fin, t_sched, npre, output, prompt, dec.engine.profile.host.frontend_ms * 1e-3)
     phases = PhaseTimes(t_pf, t_admit, t_xs, t_xe)

@@ -55,8 +55,11 @@ def plan_defaults(eng: ResolvedEngine, cfg: EngineConfig, plan: Plan, gpu, longe
         if sch.token_budget_large_gpu and gib >= sch.large_gpu_gib and eng.chunked_prefill:
             budget = sch.token_budget_large_gpu
         if sch.budget_fits_prompt and longest_prompt:
-            # ceil64(batch + longest prompt + 64): a whole prompt fits beside a full batch of decodes
-            budget = max(budget, _round_up(eng.max_num_seqs + longest_prompt + 64, 64))
+            # ceil64((k + 1) x batch + longest prompt + 64): a whole prompt fits beside a full batch of decodes,
+            # each verifying its k speculative drafts (InferenceX benchmarks/dsr1_fp4_b200_trt_mtp.sh:
+            # MAX_NUM_TOKENS = ceil64((MTP + 1) x MAX_BATCH_SIZE + ISL + 64); k = 0 without speculation)
+            k = eng.speculative.draft_tokens if eng.speculative is not None else 0
+            budget = max(budget, _round_up((k + 1) * eng.max_num_seqs + longest_prompt + 64, 64))
     util = eng.gpu_memory_utilization
     if cfg.gpu_memory_utilization is None and mem.reserved_base_mib > 0:
         util = reserved_fraction(mem, gpu.memory_bytes, budget, graph_batch, plan)

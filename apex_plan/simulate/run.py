@@ -105,10 +105,25 @@ def _lifetime_s(sc: StepCost, prompt: np.ndarray, output: np.ndarray, batch: int
     return sc.prefill_time_s(int(prompt.mean())) + float(output.mean()) * sc.decode_time_s(batch, ctx)
 
 
-def client_delays_s(n: int, concurrency: int, lifetime_s: float, seed: int = 0) -> np.ndarray:
+def _balance_window_s(sc: StepCost, eng: ResolvedEngine, plan: Plan, prompt: np.ndarray, output: np.ndarray,
+                      batch: int) -> float:
+    """How long TRT-LLM's attention-DP balance holds a context at most (seconds): its timeout in decode steps
+    of a full rank (`adp_balance_steps`), 0 without the hold. The hold releases every waiting context in one
+    step, so fixed-length requests would then finish in one step and come back together, and a de-synchronised
+    loop would lock into waves that never wait; the shared TRT-LLM attention-DP rows wait (TTFT 1.4-3.0 s at
+    1K prompts against ~0.15 s for such waves), so a replacement is sent within a spread at least this wide."""
+    steps = eng.profile.scheduler.adp_balance_steps
+    if plan.adp <= 1 or steps <= 0:
+        return 0.0
+    return steps * sc.decode_time_s(batch, int(prompt.mean() + output.mean() / 2))   # steps x one decode step
+
+
+def client_delays_s(n: int, concurrency: int, lifetime_s: float, seed: int = 0, jitter_s: float = 0.0) -> np.ndarray:
     """Dispatch delays of a de-synchronised closed loop (seconds): the first `concurrency` starts
-    spread evenly over one lifetime, each replacement sent after a small uniform jitter."""
-    d = np.random.default_rng(seed).uniform(0.0, STEADY_JITTER * lifetime_s / max(concurrency, 1), n)
+    spread evenly over one lifetime, each replacement sent after a small uniform jitter (at least
+    `jitter_s` wide)."""
+    width = max(STEADY_JITTER * lifetime_s / max(concurrency, 1), jitter_s)
+    d = np.random.default_rng(seed).uniform(0.0, width, n)
     k = min(concurrency, n)
     d[:k] = lifetime_s * np.arange(k) / max(k, 1)
     return d
@@ -181,9 +196,11 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
     if conc and eng.profile.scheduler.closed_loop == "lockstep":
         t_arr, t_first, t_fin, t_sched, n_pre, estats, t_end = run(arrival, prompt, output, conc, np.zeros(n))
     elif conc:
-        life = _lifetime_s(sc, prompt, output, max(1, min(conc, eng.max_num_seqs)))
+        batch = max(1, min(conc, eng.max_num_seqs))
+        life = _lifetime_s(sc, prompt, output, batch)
+        hold = _balance_window_s(sc, eng, plan, prompt, output, batch)
         t_arr, t_first, t_fin, t_sched, n_pre, estats, t_end = run(arrival, prompt, output, conc,
-                                                                   client_delays_s(n, conc, life))
+                                                                   client_delays_s(n, conc, life, jitter_s=hold))
         k = min(conc, n)
         # the first wave, sent at once: its own lock-step pass replaces the staggered starts
         w = run(np.zeros(k), prompt[:k].copy(), output[:k].copy(), 0, np.zeros(k))

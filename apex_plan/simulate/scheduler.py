@@ -172,6 +172,14 @@ def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg, cache, id
         if ntok <= 0:
             i += 1
             continue
+        # budget tokens of this entry: a speculating decode sharing the step with prompts verifies its k drafts
+        # too (TRT-LLM microBatchScheduler.cpp: beam width + getNumDraftTokens(); vLLM V1 sched/scheduler.py:
+        # num_tokens_with_spec - num_computed_tokens); prefill-first engines (SGLang) decode outside the budget
+        cost = ntok + cfg.draft_tokens if (q.generated > 0 and rem == 1 and not cfg.prefill_first) else ntok
+        if cost > left:                           # drafts do not fit beside what is scheduled: it waits (TRT-LLM;
+            # vLLM V1 would trim the drafts to the budget left, a step this model does not take)
+            i += 1
+            continue
         held = seq + cfg.draft_tokens if (q.generated > 0 and rem == 1) else seq   # KV slots incl. drafts
         need = _blocks_for(held, cfg.block_tokens) - q.kv_blocks - q.cached_units * ub
         self_preempted = False
@@ -204,7 +212,7 @@ def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg, cache, id
             q.kv_blocks += need
         slots[e, ns].req = r
         slots[e, ns].tokens = ntok
-        left -= ntok
+        left -= cost
         ns += 1
         i += 1
     return left, ns, preempted
@@ -253,7 +261,7 @@ def _batch_wait_holds(e, left, req, eng, cfg):
     if (cfg.batch_wait_iters <= 0 and cfg.batch_wait_ratio <= 0.0) or cfg.adp_ranks > 1 or en.head == -1 \
             or en.running == 0:
         return False
-    tokens = cfg.budget_tokens - left             # tokens the running generations took (one each)
+    tokens = cfg.budget_tokens - left             # tokens the running generations took (1 + drafts each)
     r = en.head
     while r != -1 and tokens + req[r].prompt_tokens <= cfg.budget_tokens:
         tokens += req[r].prompt_tokens            # prompt tokens of the contexts the step would take
