@@ -112,6 +112,22 @@ def fit_attention(df: pd.DataFrame, peak_flops: float, sms: int, klat_s: float):
     return solve(resid, [(0.5,), (0.2,), (0.9,)], [1e-3], [1.0])
 
 
+def prefill_attention_by_engine(root: Path, gpu: str, klat_us: float) -> dict[str, tuple[float, float, str]]:
+    """Each engine's own fresh-prefill attention kernel (its context attention table, fit_attention): engine
+    family -> (absolute efficiency, fit error %, table version). The profiles' prefill_attention_efficiency
+    (vLLM's table) and prefill_attention_efficiency_by_engine."""
+    spec = load_gpu(GPUS[gpu])
+    out = {}
+    for eng in ("vllm", "sglang", "trtllm"):
+        try:
+            df, v = table(root, gpu, f"attention/{eng}", "context_attention_perf.parquet")
+        except (FileNotFoundError, IndexError, ValueError):
+            continue
+        (ae,), err, _ = fit_attention(df, spec.peak_flops("bf16"), spec.num_sms, klat_us * 1e-6)
+        out[eng] = (ae, pct(err), v.split()[-1])
+    return out
+
+
 def fit_comm(nccl: pd.DataFrame, custom: pd.DataFrame, link_bytes_s: float, gpus: set[int]):
     """link_efficiency, allreduce_latency_us (NCCL), custom_allreduce_latency_us (vLLM, CUDA graph)."""
     a = nccl[(nccl.op_name == "all_reduce") & (nccl.nccl_dtype == "half") & nccl.num_gpus.isin(gpus)]
@@ -273,6 +289,12 @@ def calibration_block(gpu: str, version: str, fit_x: dict, fit_h: dict, vals: di
     per = ", ".join(f"{e}: {v:.2f}" for e, v in vals.get("by_engine", ()))
     lines.append(f"  custom_allreduce_latency_us_by_engine: {{{per}}}".ljust(38)
                  + "# kept as written by scripts/fit_engine_allreduce.py (each engine's own kernel)")
+    if vals.get("prefill_attention"):
+        pa, pa_by = vals["prefill_attention"]
+        lines.append(f"  prefill_attention_efficiency: {pa:.3f}".ljust(38) + "# kept as written (absolute, not ratio to "
+                     "H100: 'prefill attention per engine' above)")
+        per = ", ".join(f"{e}: {v:.3f}" for e, v in pa_by)
+        lines.append(f"  prefill_attention_efficiency_by_engine: {{{per}}}  # kept as written (each engine's own table)")
     for key in ("p2p_latency_us", "alltoall_latency_us", "moe_imbalance"):
         lines.append(f"  {key}: {getattr(keep, key)}".ljust(38) + "# not fitted: as h100-sxm-80gb")
     return "\n".join(lines) + "\n"
@@ -315,6 +337,11 @@ def main() -> int:
               f"{pct(f['attention'][1]):4.0f} | {f['link_efficiency']:6.3f} {f['allreduce_latency_us']:5.1f} "
               f"{f['custom_allreduce_latency_us']:5.1f} {pct(f['comm'][1]):4.0f} | {low}")
     print("tables: " + "; ".join(f"{g}: {', '.join(f['tables'])}" for g, f in fits.items()))
+    print("\nprefill attention per engine (each engine's context attention table; profiles: "
+          "prefill_attention_efficiency[_by_engine], absolute, same chip kept in datasheet order by hand):")
+    for g, f in fits.items():
+        by = prefill_attention_by_engine(args.wheel_dir, g, f["gemm_bfloat16"][0][2])
+        print(f"  {GPUS[g]:16} " + "  ".join(f"{e} {a:.3f} ({err:.0f}%, {v})" for e, (a, err, v) in by.items()))
     print("\nh100-sxm-80gb profile (end-to-end fit, the anchor, not written): " +
           ", ".join(f"{k}={getattr(anchor, k)}" for k in FITTED))
     vals, fit_h, comm_kept = {}, {}, []
@@ -344,6 +371,10 @@ def main() -> int:
               + "".join(f"\n{'':16} {k}: {v}" for k, v in notes[name].items()))
         if args.write and g != ANCHOR:
             vals[name]["by_engine"] = load_gpu(name).calibration.custom_allreduce_latency_us_by_engine
+            cal = load_gpu(name).calibration
+            vals[name]["prefill_attention"] = ((cal.prefill_attention_efficiency,
+                                                cal.prefill_attention_efficiency_by_engine)
+                                               if cal.prefill_attention_efficiency else None)
             write_profile(name, calibration_block(g, version, fits[g], fit_h[g], vals[name], anchor, notes[name]))
     if args.write:
         print("\nwrote the calibration sections of " + ", ".join(n for g, n in GPUS.items() if g != ANCHOR))

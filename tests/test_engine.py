@@ -144,11 +144,14 @@ def _physics(name: str):
     g = load_gpu(name)
     c = g.calibration
     return dict(flops=g.peak_tflops["bf16"] * c.compute_efficiency, attn=g.peak_tflops["bf16"] * c.attention_efficiency,
+                **{f"prefill_attn_{fam}": g.peak_tflops["bf16"] * c.prefill_attention_for(fam)
+                   for fam in ("vllm", "sglang", "trtllm")},
                 bw=g.mem_bw_gbps * c.bandwidth_efficiency, link=g.intra_node_bw_gbps * c.link_efficiency,
                 mem=g.memory_bytes, lat=-c.kernel_latency_us, ar=-c.custom_allreduce_latency_us,
                 nccl=-c.allreduce_latency_us, sms=g.num_sms,
                 # an under-filled kernel (a short prefill's attention) runs on part of the SMs: per-SM speed counts
-                per_sm=g.peak_tflops["bf16"] * c.attention_efficiency / g.num_sms)
+                per_sm=g.peak_tflops["bf16"] * min(c.attention_efficiency, *(c.prefill_attention_for(fam) for fam in
+                                                        ("vllm", "sglang", "trtllm"))) / g.num_sms)
 
 
 def _dominates(a, b):
@@ -181,7 +184,8 @@ def test_faster_gpu_never_predicts_slower_nor_beyond_physics(engine):
         # 0.1% slack: a faster step can regroup a batch (an earlier step boundary), the one discrete effect
         assert ta <= tb * (1 + 1e-3) and pa <= pb * (1 + 1e-3), (engine, a, b, ta, tb, pa, pb)
         phys_a, phys_b = _physics(a), _physics(b)
-        bound = max(phys_a[k] / phys_b[k] for k in ("flops", "bw", "attn", "link"))
+        fam = engine.split("@")[0]
+        bound = max(phys_a[k] / phys_b[k] for k in ("flops", "bw", "attn", f"prefill_attn_{fam}", "link"))
         assert tb / ta <= bound * (1 + 1e-6) and pb / pa <= bound * (1 + 1e-6), (engine, a, b)
 
 

@@ -129,10 +129,12 @@ def test_mla_prefill_counts_the_expanded_form_and_decode_the_absorbed_one():
     assert b["attention"] < layers * shard.attn_flops_per_pair * pairs / (H200.peak_flops("bf16") * c.attention_efficiency)
 
 
-def test_non_mla_attention_keeps_the_calibration():
+def test_non_mla_attention_prefills_at_the_measured_kernel():
     sc = build_step_cost(load_model("llama-3.1-8b"), H200, Plan(tp=1))
     c = H200.calibration
     (a,) = [r for r in sc.cost.ops if r["shape"] == OP_ATTENTION]
     assert a["pf_flops_per_unit"] == a["flops_per_unit"]
-    assert a["efficiency"] == a["decode_efficiency"] == c.attention_efficiency
+    # prefill at the tables' FlashAttention-3-class kernel, decode at the calibration's figure
+    assert a["efficiency"] == pytest.approx(c.prefill_attention_efficiency) and c.prefill_attention_efficiency > 0
+    assert a["decode_efficiency"] == c.attention_efficiency
     assert a["bytes_per_s"] == pytest.approx(H200.mem_bw_gbps * 1e9 * c.bandwidth_efficiency)

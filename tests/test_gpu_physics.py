@@ -60,6 +60,8 @@ def test_achievable_figures_keep_datasheet_order(a, b):
     ca, cb = ga.calibration, gb.calibration
     tol = 1 - 1e-9
     assert ga.peak_tflops["bf16"] * ca.attention_efficiency >= gb.peak_tflops["bf16"] * cb.attention_efficiency * tol
+    assert (ga.peak_tflops["bf16"] * ca.prefill_attention_efficiency
+            >= gb.peak_tflops["bf16"] * cb.prefill_attention_efficiency * tol)
     assert ga.intra_node_bw_gbps * ca.link_efficiency >= gb.intra_node_bw_gbps * cb.link_efficiency * tol
     if (ga.num_sms, ga.peak_tflops["bf16"], ga.intra_node_bw_gbps) == (gb.num_sms, gb.peak_tflops["bf16"],
                                                                       gb.intra_node_bw_gbps):   # same chip
@@ -71,7 +73,8 @@ def test_achievable_figures_keep_datasheet_order(a, b):
 def test_efficiencies_are_physical():
     for name, g in GPUS.items():
         c = g.calibration
-        for frac in (c.compute_efficiency, c.bandwidth_efficiency, c.attention_efficiency, c.link_efficiency):
+        for frac in (c.compute_efficiency, c.bandwidth_efficiency, c.attention_efficiency, c.prefill_attention_efficiency,
+                     c.link_efficiency):
             assert 0.0 < frac <= 0.98, name
         assert c.kernel_latency_us >= 0 and c.custom_allreduce_latency_us >= 0, name
         assert c.allreduce_latency_us >= c.custom_allreduce_latency_us, name
@@ -125,3 +128,48 @@ def test_engine_allreduce_bad_input_names_the_field(tmp_path, value, fix):
         load_gpu(str(path))
     msg = str(e.value)
     assert "custom_allreduce_latency_us_by_engine" in msg and fix in msg
+
+
+@pytest.mark.parametrize("a,b", PAIRS, ids=[f"{a}>={b}" for a, b in PAIRS])
+def test_each_engines_prefill_attention_keeps_datasheet_order(a, b):
+    ga, gb = GPUS[a], GPUS[b]
+    for fam in ("vllm", "sglang", "trtllm"):
+        fa, fb = ga.calibration.prefill_attention_for(fam), gb.calibration.prefill_attention_for(fam)
+        assert 0.0 < fa <= 0.98 and ga.peak_tflops["bf16"] * fa >= gb.peak_tflops["bf16"] * fb * (1 - 1e-9), fam
+
+
+def test_prefill_attention_runs_each_engines_own_kernel():
+    """A fresh prefill's attention rows take the engine family's measured prefill kernel on the chip (H100:
+    TRT-LLM's FMHA below FlashAttention-3); vLLM 0.6's FlashAttention-2 backend the calibration's figure; decode
+    the calibration's figure for all; a longer prefill's attention time scales inversely with that figure."""
+    from apex_plan.abi import OP_ATTENTION
+    from apex_plan.engine.load import resolve_engine_profile
+    model, gpu = load_model("llama-3.1-8b"), GPUS["h100-sxm-80gb"]
+    c = gpu.calibration
+    times = {}
+    for eng, want in (("vllm", c.prefill_attention_for("vllm")), ("sglang", c.prefill_attention_for("sglang")),
+                      ("trtllm", c.prefill_attention_for("trtllm")), ("vllm@0.6.0", c.attention_efficiency)):
+        sc = build_step_cost(model, gpu, Plan(tp=1), make_cluster(gpu, 1), profile=resolve_engine_profile(eng))
+        (row,) = [r for r in sc.cost.ops if r["shape"] == OP_ATTENTION]
+        assert row["efficiency"] == pytest.approx(want) and row["decode_efficiency"] == c.attention_efficiency
+        times[eng] = sc.step_s(chunk=8192)[1]["attention"]
+    assert c.prefill_attention_for("trtllm") < c.prefill_attention_for("vllm")
+    assert times["trtllm"] > times["vllm"] and times["vllm@0.6.0"] > times["vllm"]
+    # 8K tokens: compute-bound, so the time ratio is the efficiency ratio (latencies per layer aside)
+    assert times["vllm@0.6.0"] / times["vllm"] == pytest.approx(c.prefill_attention_for("vllm") / c.attention_efficiency,
+                                                               rel=0.02)
+
+
+@pytest.mark.parametrize("value, fix", [("0.5", "mapping"), ("{vllm: 1.5}", "(0, 1]"), ("{flashattn: 0.5}", "vllm")])
+def test_prefill_attention_bad_input_names_the_field(tmp_path, value, fix):
+    from apex_plan.errors import InputError
+    text = (hardware_dir() / "h100-sxm-80gb.yaml").read_text()
+    lines = [l for l in text.splitlines() if "prefill_attention_efficiency_by_engine" not in l]
+    at = next(i for i, l in enumerate(lines) if l.strip().startswith("prefill_attention_efficiency:"))
+    lines.insert(at + 1, f"  prefill_attention_efficiency_by_engine: {value}")
+    path = tmp_path / "gpu.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as e:
+        load_gpu(str(path))
+    msg = str(e.value)
+    assert "prefill_attention_efficiency_by_engine" in msg and fix in msg

@@ -26,9 +26,9 @@ def test_mla_prefill_takes_the_fitted_mla_efficiency(gpu_name):
     assert [r["decode_efficiency"] for r in rows] == [pytest.approx(gpu.calibration.attention_efficiency)]
 
 
-def test_gqa_attention_and_gpus_without_mla_tables_keep_the_calibration():
+def test_gqa_attention_takes_the_prefill_kernel_and_mla_without_tables_the_calibration():
     gpu, _, rows = _attention_rows("llama-3.1-70b", "b200-sxm-180gb")
-    assert {round(float(r["efficiency"]), 6) for r in rows} == {round(gpu.calibration.attention_efficiency, 6)}
+    assert {round(float(r["efficiency"]), 6) for r in rows} == {round(gpu.calibration.prefill_attention_for("vllm"), 6)}
     a100 = load_gpu("a100-sxm-80gb")
     assert a100.kernel_formats.mla is None
     sc = build_step_cost(load_model("deepseek-v3"), a100, Plan(tp=8, weight_dtype="bf16", kv_dtype="bf16"),

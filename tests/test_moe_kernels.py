@@ -107,3 +107,40 @@ def test_the_fit_script_refuses_a_folder_without_the_wheel(tmp_path: Path):
     r = subprocess.run([sys.executable, str(root / "scripts" / "fit_moe_kernels.py"), str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and str(tmp_path) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_expert_rows_carry_the_layers_fixed_time_over_its_two_grouped_gemms():
+    # 30 us + 0.1 us x 32 experts held (256 experts over ep 8) per layer, half on each grouped-GEMM row
+    gpu = gpu_from_dict(_h200({"vllm": {"fp8-block": FIT}}), "h200.yaml")
+    model = load_model("deepseek-ai/DeepSeek-V3")
+    sc = build_step_cost(model, gpu, Plan(tp=8, ep=8, weight_dtype="fp8"), profile=resolve_engine_profile("vllm"))
+    rows = [o for o in sc.cost.ops if o["shape"] == OP_EXPERTS]
+    assert len(rows) == 2
+    for o in rows:
+        assert o["experts"] == 32
+        assert o["latency_s"] == pytest.approx((30.0 + 0.1 * 32) / 2.0 * 1e-6)
+    # a fit whose fixed time is below the calibrated kernel latency keeps that latency
+    tiny = gpu_from_dict(_h200({"vllm": {"fp8-block": {**FIT, "latency_us": 0.0, "latency_per_expert_us": 0.0}}}), "h200.yaml")
+    _, rows = _expert_rows(tiny, "vllm")
+    assert all(o["latency_s"] == pytest.approx(tiny.calibration.kernel_latency_us * 1e-6) for o in rows)
+    # more fixed time never makes a decode step faster
+    slow = gpu_from_dict(_h200({"vllm": {"fp8-block": {**FIT, "latency_us": 90.0}}}), "h200.yaml")
+    fast_sc, _ = _expert_rows(gpu, "vllm")
+    slow_sc, _ = _expert_rows(slow, "vllm")
+    assert slow_sc.decode_time_s(8, 1000) > fast_sc.decode_time_s(8, 1000)
+
+
+def test_built_in_profiles_hold_only_the_kernels_the_fit_script_writes():
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    try:
+        import fit_moe_kernels as F
+    finally:
+        sys.path.pop(0)
+    for table_gpu, name in F.GPUS.items():
+        doc = load_yaml((hardware_dir() / f"{name}.yaml").read_text())
+        written = {e: set(f) for e, f in (doc.get("moe_kernels") or {}).items()}
+        allowed = F.WRITTEN.get(table_gpu, {})
+        for engine, fmts in written.items():
+            assert fmts <= set(allowed.get(engine, ())), (name, engine, fmts)

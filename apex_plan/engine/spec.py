@@ -75,7 +75,10 @@ class AttentionBackend:
 
     name: str = "flash-attn"
     gqa_shared_kv: bool = True            # decode reads each KV head once for its query-head group
-    prefill_efficiency_scale: float = 1.0  # x the GPU's attention_efficiency for fresh prefill
+    # prefill by a FlashAttention-2-generation kernel (no Hopper wgmma/TMA): the GPU's attention_efficiency;
+    # else the engine's measured prefill-attention kernel on the chip (Calibration.prefill_attention_for)
+    fa2_prefill: bool = False
+    prefill_efficiency_scale: float = 1.0  # x the GPU's prefill attention efficiency for fresh prefill
     prefix_efficiency_scale: float = 1.0   # x the same for chunks attending to cached context
 
 

@@ -28,12 +28,17 @@ top-k routing.
 Kernel (`expert_rates`): the routed-expert rows run at the fit of the fused-MoE kernel the serving engine
 itself runs for the experts' weight format on this GPU (the GPU profile's `moe_kernels:` section,
 scripts/fit_moe_kernels.py, which names each engine's kernel and its source): its compute and bandwidth
-efficiency and its grouped-GEMM row tile. Not the tables' fixed time per layer (12-65 us, plus up to
-0.4 us per expert held): taken as measured it makes every B200 MoE group's TPOT slower than measured
-(TRT-LLM DeepSeek-R1 fp4 bias +33% -> +98%, vLLM gpt-oss +31% -> +87%, `calibration-h200-b200.csv`),
-so most of it is time the tables' timed calls spend outside what a CUDA-graph replay of the layer
-runs; the rows keep the calibrated in-service kernel latency per grouped GEMM. An engine x format x GPU
-without a measured kernel keeps the dense-GEMM calibration (estimate.step_cost.gemm_rates).
+efficiency, its grouped-GEMM row tile and its fixed time per layer (`latency_us` + `latency_per_expert_us` x
+experts held), split evenly over the layer's two grouped-GEMM rows (gate/up and down), never below the
+calibrated kernel latency. The section holds only the kernels whose measured tables, fixed time included,
+match the served runs: the Hopper Triton fused-MoE paths (vLLM fused_moe.py `fused_experts`, SGLang
+fused_moe_triton, TRT-LLM `moe_config.backend: TRITON`), whose layer is a chain of separately launched
+kernels (align/sort, two grouped GEMMs, activation, reduction; block fp8 adds its activation quantisation),
+each paying its own fixed time inside the CUDA graph. H200 TRT-LLM gpt-oss-120b at 4 requests runs
+4.8-6.9 ms a token where the calibrated dense kernels give 3.1-4.6 ms; the Triton table's 125 us per layer at
+4 tokens (against 60 us by the dense calibration) is the 36-layer difference (scripts/fit_moe_kernels.py
+docstring: what is left off and why). An engine x format x GPU without a written kernel keeps the
+dense-GEMM calibration (estimate.step_cost.gemm_rates).
 
 Token movement (`comm_s`), when attention-DP ranks hold different tokens (COST.a2a_kind):
 * allgather (TRT-LLM AllGather + ReduceScatter, vLLM
@@ -71,16 +76,22 @@ A2A_KINDS = {"allgather": A2A_ALLGATHER, "alltoall": A2A_ALLTOALL, "dp_buffer": 
 FP8_BLOCK_SCALE_BYTES = 4.0 / 128.0   # DeepEP FP8 dispatch: one fp32 scale per 128 hidden elements
 
 
+MOE_GEMM_ROWS = 2.0      # grouped-GEMM rows of one MoE layer (estimate.gemms: experts_gate_up, experts_down)
+
+
 def expert_rates(gpu, family: str, g) -> dict | None:
     """OP-row rates of the routed-expert GEMM `g` (estimate.gemms.Gemm) on `gpu` under engine `family`'s own
     fused-MoE kernel (module docstring); None where that kernel was not measured."""
     fit = engine_moe_fit(gpu, family, g.fmt)
     if fit is None:
         return None
-    # fixed time per grouped-GEMM row: the calibrated in-service kernel latency, not the table's (module docstring)
+    # fixed time per grouped-GEMM row: the layer's measured fixed time (its experts held included) over its
+    # two grouped GEMMs, at least the calibrated kernel latency (module docstring)
+    layer_us = fit.latency_us + fit.latency_per_expert_us * g.experts
+    lat_us = max(gpu.calibration.kernel_latency_us, layer_us / MOE_GEMM_ROWS)
     return dict(peak_flops_per_s=gpu.peak_flops(fit.peak_dtype), efficiency=fit.compute_efficiency,
                 bytes_per_s=gpu.mem_bw_gbps * 1e9 * fit.bandwidth_efficiency,
-                latency_s=gpu.calibration.kernel_latency_us * 1e-6, tile_rows=fit.tile_rows)
+                latency_s=lat_us * 1e-6, tile_rows=fit.tile_rows)
 
 
 def expected_max_z(n: int) -> float:

@@ -102,17 +102,23 @@ def gemm_rates(gpu: GpuSpec, act_dtype: str, family: str = ""):
     return rates
 
 
-def attention_rates(gpu: GpuSpec):
+def attention_rates(gpu: GpuSpec, fa2_prefill: bool = False, family: str = ""):
     """OP-row rates of attention on `gpu` (prefill and decode efficiency, decode KV bytes/s, fixed time per
-    call): the calibration's, MLA rows included (their prefill runs the expanded form, see build_shard)."""
+    call): the calibration's, MLA rows included (their prefill runs the expanded form, see build_shard);
+    prefill at engine `family`'s measured prefill-attention kernel on the chip (Calibration.prefill_attention_for),
+    or for a backend of FlashAttention-2 kernels (`fa2_prefill`) at the calibration's attention_efficiency."""
     c = gpu.calibration
     bw = gpu.mem_bw_gbps * 1e9
 
     mla = gpu.kernel_formats.mla
 
     def rates(latent: bool) -> dict:
-        # MLA prefill (expanded form) at the GPU's fitted MLA context efficiency when its tables have one
-        pf = mla.prefill_efficiency if (latent and mla is not None) else c.attention_efficiency
+        # MLA prefill (expanded form) at the GPU's fitted MLA context efficiency when its tables have one (ratio to
+        # H100's attention_efficiency, as that figure: both unchanged); other attention at the engine's kernel
+        if latent:
+            pf = mla.prefill_efficiency if mla is not None else c.attention_efficiency
+        else:
+            pf = c.attention_efficiency if fa2_prefill else c.prefill_attention_for(family)
         return dict(efficiency=pf, decode_efficiency=c.attention_efficiency,
                     bytes_per_s=bw * c.bandwidth_efficiency, latency_s=c.kernel_latency_us * 1e-6)
     return rates
@@ -315,5 +321,6 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
     )
     # decode KV reads: once per KV head with GQA sharing, else once per query head of its group
     rereads = 1.0 if backend.gqa_shared_kv else max(1.0, shard.heads_per_gpu / shard.kv_heads_per_gpu)
-    ops = op_table(shard, gemm_rates(gpu, plan.act_dtype, prof.family), attention_rates(gpu), rereads)
+    ops = op_table(shard, gemm_rates(gpu, plan.act_dtype, prof.family), attention_rates(gpu, backend.fa2_prefill, prof.family),
+                   rereads)
     return StepCost(CostTables(params, ops), shard, gpu, plan, prof)

@@ -223,8 +223,8 @@ def _calibration(doc: dict[str, Any], where: str) -> Calibration:
     values: dict[str, Any] = {}
     for key in raw:
         field = f"calibration.{key}"
-        if key == "custom_allreduce_latency_us_by_engine":
-            values[key] = _by_engine(raw[key], where, field)
+        if key.endswith("_by_engine"):
+            values[key] = _by_engine(raw[key], where, field, fraction="_efficiency" in key)
             continue
         if key.endswith("_efficiency"):
             value = _number(raw, key, where, "fraction of peak", field=field)
@@ -238,22 +238,33 @@ def _calibration(doc: dict[str, Any], where: str) -> Calibration:
             unit = key.rsplit("_", 1)[-1]
             value = _number(raw, key, where, _SUFFIX_UNITS.get(unit, unit), field=field, allow_min=True)
         values[key] = value
+    if "prefill_attention_efficiency" not in values:   # no measured prefill kernel: the chip's attention figure
+        values["prefill_attention_efficiency"] = values.get("attention_efficiency", Calibration.attention_efficiency)
     return Calibration(**values)
 
 
 ENGINE_FAMILIES = ("vllm", "sglang", "trtllm")
 
 
-def _by_engine(raw: Any, where: str, field: str) -> tuple[tuple[str, float], ...]:
-    """A {engine family: microseconds} mapping of the calibration block, as sorted pairs."""
+def _by_engine(raw: Any, where: str, field: str, fraction: bool = False) -> tuple[tuple[str, float], ...]:
+    """A {engine family: microseconds, or a fraction of peak when `fraction`} mapping of the calibration block,
+    as sorted pairs."""
     if not isinstance(raw, dict):
         raise InputError(where, field, f"expected a mapping, got '{raw}'",
-                         "write e.g. '{vllm: 7.4, sglang: 5.9, trtllm: 5.7}'")
+                         "write e.g. '{vllm: 0.57, sglang: 0.56, trtllm: 0.47}'" if fraction
+                         else "write e.g. '{vllm: 7.4, sglang: 5.9, trtllm: 5.7}'")
     out = []
     for fam in raw:
         if fam not in ENGINE_FAMILIES:
             raise InputError(where, f"{field}.{fam}", "unknown engine family", did_you_mean(str(fam), ENGINE_FAMILIES))
-        out.append((fam, _number(raw, fam, where, "us", field=f"{field}.{fam}", allow_min=True)))
+        if fraction:
+            value = _number(raw, fam, where, "fraction of peak", field=f"{field}.{fam}")
+            if value > 1.0:
+                raise InputError(where, f"{field}.{fam}", f"must be in (0, 1], got {value}",
+                                 "write an efficiency as a fraction, e.g. 0.55 for 55%")
+        else:
+            value = _number(raw, fam, where, "us", field=f"{field}.{fam}", allow_min=True)
+        out.append((fam, value))
     return tuple(sorted(out))
 
 

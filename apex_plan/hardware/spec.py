@@ -16,7 +16,12 @@ class Calibration:
 
     compute_efficiency: float = 0.70        # achievable fraction of dense peak FLOP/s on large GEMMs
     bandwidth_efficiency: float = 0.80      # achievable fraction of HBM bandwidth on streaming kernels
-    attention_efficiency: float = 0.50      # achievable fraction of peak FLOP/s in prefill attention (full SMs)
+    attention_efficiency: float = 0.50      # achievable fraction of peak FLOP/s in attention (full SMs)
+    # fresh causal prefill attention of the current engines' kernels (FlashAttention-3, FlashInfer, TRT-LLM FMHA),
+    # fraction of the bf16 peak with full SMs (a profile without it takes its attention_efficiency: hardware.load);
+    # the same per engine family whose own context-attention kernel was measured on this chip
+    prefill_attention_efficiency: float = 0.50
+    prefill_attention_efficiency_by_engine: tuple[tuple[str, float], ...] = ()
     link_efficiency: float = 0.70           # achievable fraction of link bandwidth in collectives
     kernel_latency_us: float = 4.0          # fixed GPU cost per kernel (launch gap + tail), CUDA graphs on
     allreduce_latency_us: float = 20.0      # NCCL all-reduce latency for a small message
@@ -27,6 +32,11 @@ class Calibration:
     p2p_latency_us: float = 10.0            # pipeline send/recv latency
     alltoall_latency_us: float = 25.0       # expert-parallel all-to-all latency
     moe_imbalance: float = 1.25             # busiest EP rank's load over the mean at ep 8 (estimate.moe.popularity_skew)
+
+    def prefill_attention_for(self, family: str) -> float:
+        """Achievable fraction of the bf16 peak in fresh causal prefill attention by engine `family`'s own kernel
+        on this chip (prefill_attention_efficiency when that engine's was not measured)."""
+        return dict(self.prefill_attention_efficiency_by_engine).get(family, self.prefill_attention_efficiency)
 
     def custom_allreduce_us(self, family: str) -> float:
         """Small-message latency of `family`'s own custom all-reduce kernel on this chip."""
