@@ -8,8 +8,12 @@ constants are fitted (apex_plan.calibrate.fit, from the profile's values, inside
 every --train-every'th of the other runs, and the held-out runs are predicted with the fitted
 constants. Printed per profile and fold kind, over all held-out runs: coverage (predicted /
 attempted), MAPE, median |error| and bias of TTFT and TPOT, and how often the measured value falls
-inside the 80 % interval built from the training runs' error quantiles on the held-out run's GPU (the
-pooled quantiles when that GPU has fewer than MIN_BAND_RUNS training runs), as the profiles store them.
+inside the 80 % interval built from the training runs by the rule the profiles store them by
+(`bands`): the error quantiles on the held-out run's GPU, or, when that GPU has fewer than MIN_BAND_RUNS
+training runs (a held-out GPU has none), the default band: the quantiles of the training runs' errors as a
+GPU nobody calibrated sees them (each GPU's fitted front end replaced by the profile's own, as in the GPU
+folds the stored default comes from; `band_hits`). `scripts/refresh_bands.py` writes the bands into the
+profiles and prints this table.
 A fold whose held-out model or GPU is the profile's only one is skipped (nothing to train on).
 
 usage: python scripts/cross_validate.py [CSV ...] [--engine NAME,...] [--fit host.frontend_ms,...]
@@ -86,7 +90,7 @@ def run_fold(job) -> dict:
                      [KEY["model"](c) for c in train])
     return {"profile": name, "kind": kind, "held_out": value, "train": len(train), "held": len(held),
             "fitted": {f"{p.target}.{p.field}": v for p, v in zip(params, x)},
-            "gpus": [c.cluster.gpu.name for c in held], "models": [KEY["model"](c) for c in held],
+            "gpus": [c.cluster.gpu.name for c in held], "models": [KEY["model"](c) for c in held], "ids": [c.id for c in held],
             "errors": e_held.tolist(), "in_interval": hits.tolist()}
 
 
@@ -96,16 +100,20 @@ def cells(gpus: np.ndarray, models: np.ndarray) -> np.ndarray:
 
 
 def band_hits(e_train: np.ndarray, gpu_train: list, e_held: np.ndarray, gpu_held: list,
-              model_train: list) -> np.ndarray:
+              model_train: list, e_default: np.ndarray | None = None) -> np.ndarray:
     """(n, 2) 1/0: does each held-out measured value fall inside the 80 % band the profile would state for
-    its GPU (the training runs' error quantiles on that GPU, a model of n runs weighing sqrt(n), or on all
-    GPUs when that GPU has fewer than MIN_BAND_RUNS training runs, a (GPU, model) cell of n runs weighing
-    sqrt(n): a GPU without its own band takes the profile's default); nan: no prediction."""
+    its GPU, built by the rule `bands` stores them by, from the training runs only: the training runs'
+    error quantiles on that GPU (a model of n runs weighing sqrt(n)); when that GPU has fewer than
+    MIN_BAND_RUNS training runs (a held-out GPU has none), the profile's default band: the quantiles of
+    `e_default`, the training runs' errors as a GPU nobody calibrated sees them (each GPU's own front end
+    replaced by the profile's, as in the GPU folds the stored default comes from; `e_train` when None),
+    a (GPU, model) cell of n runs weighing sqrt(n). nan: no prediction."""
     hits = np.full(e_held.shape, np.nan)
     gpu_train, gpu_held, model_train = np.array(gpu_train), np.array(gpu_held), np.array(model_train)
     # pooled over GPUs, a run's group is its (GPU, model) cell: runs of one model on one GPU share a bias,
     # on another GPU the chip's physics add their own
-    pooled = error_quantiles(e_train, len(e_train), groups=cells(gpu_train, model_train))
+    e_def = e_train if e_default is None else e_default
+    pooled = error_quantiles(e_def, len(e_def), groups=cells(gpu_train, model_train))
     for gpu in set(gpu_held.tolist()):
         own = gpu_train == gpu
         q = (error_quantiles(e_train[own], int(own.sum()), groups=model_train[own]) if own.sum() >= MIN_BAND_RUNS
@@ -116,6 +124,20 @@ def band_hits(e_train: np.ndarray, gpu_train: list, e_held: np.ndarray, gpu_held
             # measured inside [pred / (1 + e_high), pred / (1 + e_low)]  <=>  e_low <= e <= e_high
             hits[ok, j] = (e_held[ok, j] >= q[f"{key}_low"]) & (e_held[ok, j] <= q[f"{key}_high"])
     return hits
+
+
+def uncalibrated(cases: list, p: np.ndarray) -> np.ndarray:
+    """Predictions `p` (n, 2) of `cases` (made with the profile's per-GPU front ends, host_by_gpu) as a GPU
+    nobody calibrated would get them: each run's TTFT with its GPU's front end replaced by the profile's own."""
+    out = p.copy()
+    if not cases:
+        return out
+    prof = cases[0].engine.profile
+    for i, c in enumerate(cases):
+        entry = prof.host_by_gpu.get(c.cluster.gpu.name)
+        if entry is not None:
+            out[i, 0] += prof.host.frontend_ms - entry.frontend_ms
+    return out
 
 
 def _predict_chunk(chunk: list) -> np.ndarray:
@@ -165,13 +187,14 @@ def fixed_folds(cases, names, kinds, jobs: int) -> list:
                 held = [c for c in rows if KEY[kind](c) == v]
                 p_train = np.array([pred[id(c)] for c in train]).reshape(-1, 2)
                 p_held = np.array([pred[id(c)] for c in held]).reshape(-1, 2)
+                e_default = errors(train, uncalibrated(train, p_train))   # before the refit: the GPU folds' errors
                 _frontend_refit(train, p_train, held, p_held, kind)
                 e_train, e_held = errors(train, p_train), errors(held, p_held)
                 hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held],
-                                 [KEY["model"](c) for c in train])
+                                 [KEY["model"](c) for c in train], e_default)
                 out.append({"profile": name, "kind": kind, "held_out": v, "train": len(train), "held": len(held),
                             "fitted": {}, "gpus": [c.cluster.gpu.name for c in held],
-                            "models": [KEY["model"](c) for c in held], "errors": e_held.tolist(),
+                            "models": [KEY["model"](c) for c in held], "ids": [c.id for c in held], "errors": e_held.tolist(),
                             "in_interval": hits.tolist()})
     return out
 

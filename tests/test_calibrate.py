@@ -301,6 +301,22 @@ def test_cross_validation_bands_are_per_gpu_from_held_out_errors():
     assert out["calibration_error"]["ttft_high"] > 0.3 and out["calibration_error"]["runs"] == 2
 
 
+def test_held_out_gpu_band_is_the_default_rule_from_uncalibrated_errors():
+    """A GPU without training runs takes the default band built as `bands` stores it: from the other GPUs'
+    errors with the profile's own front end (the GPU folds'), not from their calibrated errors."""
+    cv = _cross_validate_module()
+    n = max(cv.MIN_BAND_RUNS, 30)
+    e_cal = np.column_stack([np.linspace(-0.05, 0.05, n)] * 2)         # calibrated: tight
+    e_unc = e_cal + np.array([0.4, 0.0])                                # the profile's front end: TTFT 40 % over
+    held = np.array([[0.4, 0.0], [0.0, 0.0]])
+    gpus, models = ["a"] * n, ["m"] * n
+    with_default = cv.band_hits(e_cal, gpus, held, ["new", "new"], models, e_unc)
+    without = cv.band_hits(e_cal, gpus, held, ["new", "new"], models)
+    assert with_default[:, 0].tolist() == [1.0, 0.0] and without[:, 0].tolist() == [0.0, 1.0]
+    # a calibrated GPU keeps its own band from the calibrated errors
+    assert cv.band_hits(e_cal, gpus, held, ["a", "a"], models, e_unc)[:, 0].tolist() == [0.0, 1.0]
+
+
 def test_band_weighs_a_model_of_n_runs_as_sqrt_n():
     from apex_plan.calibrate.interval import error_quantiles, weighted_quantile
     rng = np.random.default_rng(5)
@@ -335,3 +351,26 @@ def test_fit_frontend_minimises_ttft_mape_exactly():
     assert fit_frontend_ms(base, base + 1e4, 0.0) == hi and fit_frontend_ms(base + 500, base, 0.0) == lo
     pred = np.append(base + 137.0, np.nan)
     assert fit_frontend_ms(pred, np.append(meas, 10.0), 137.0) == f
+
+
+def test_refresh_bands_replaces_only_the_band_blocks():
+    import importlib.util
+    from pathlib import Path
+    import yaml
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("refresh_bands", root / "scripts" / "refresh_bands.py")
+    rb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rb)
+    text = (root / "engine_profiles" / "trtllm-1.yaml").read_text()
+    band = {"calibration_error": {"level": 0.8, "runs": 7.0, "held_out": 1.0, "ttft_low": -0.25, "ttft_high": 0.5,
+                                  "tpot_low": -0.125, "tpot_high": 0.0625},
+            "calibration_error_by_gpu": {"h100-sxm-80gb": {"level": 0.8, "runs": 5.0, "held_out": 1.0, "ttft_low": -0.5,
+                                                           "ttft_high": 1.5, "tpot_low": -0.25, "tpot_high": 0.75}}}
+    out = rb.replace_blocks(text, rb.blocks(band, rb.PROVENANCE + " (test)"))
+    before, after = yaml.safe_load(text), yaml.safe_load(out)
+    assert after["calibration_error"] == {**band["calibration_error"], "runs": 7, "held_out": 1}
+    assert after["calibration_error_by_gpu"] == {"h100-sxm-80gb": {**band["calibration_error_by_gpu"]["h100-sxm-80gb"],
+                                                                   "runs": 5, "held_out": 1}}
+    rest = lambda d: {k: v for k, v in d.items() if not k.startswith("calibration_error")}  # noqa: E731
+    assert rest(after) == rest(before)
+    assert rb.replace_blocks(out, rb.blocks(band, rb.PROVENANCE + " (test)")) == out     # one provenance line, once
