@@ -80,7 +80,9 @@ def models_table(models: list[ModelSpec], console: Console) -> None:
 def calibration_doc(g: GpuSpec) -> dict:
     """The calibration constants by name; per-engine figures as an {engine: value} mapping."""
     d = dataclasses.asdict(g.calibration)
-    d["custom_allreduce_latency_us_by_engine"] = dict(g.calibration.custom_allreduce_latency_us_by_engine)
+    for k, v in d.items():          # every (engine, value) pair list, e.g. *_by_engine, as a mapping
+        if isinstance(v, (tuple, list)) and all(isinstance(x, (tuple, list)) and len(x) == 2 for x in v):
+            d[k] = {str(e): x for e, x in v}
     return d
 
 
