@@ -79,3 +79,48 @@ def test_attention_dp_exchange_over_nodes_by_collective():
     assert deepep.params["a2a_rdma_bytes_per_s"][0] == pytest.approx(cluster.inter_node_bw_gbps * 1e9 * eff)
     assert deepep.params["a2a_latency_s"][0] == pytest.approx(
         gpu.calibration.alltoall_latency_us * 1e-6 + cluster.inter_node_latency_us * 1e-6)
+
+
+# ---- each engine's custom all-reduce inside a node: one-shot or two-shot, whichever is faster -------------------
+
+def _ar_s(gpu_name: str, family: str, tp: int, msg_bytes: float) -> float:
+    from apex_plan.engine.load import resolve_engine_profile
+    from apex_plan.estimate.kernels import _allreduce_s
+    gpu = load_gpu(gpu_name)
+    sc = build_step_cost(load_model("llama-3.1-70b"), gpu, Plan(tp=tp, weight_dtype="fp8"), make_cluster(gpu, 8),
+                         profile=resolve_engine_profile(family))
+    return float(_allreduce_s(sc.params[0], msg_bytes))
+
+
+def test_one_shot_allreduce_reads_every_peer():
+    """B200 TRT-LLM, 1 MiB at TP8 (64 decode tokens x 8192 x bf16): a one-shot kernel reads 7 x the message, so it
+    takes the profile latency + 7 MiB / (NVLink x its fraction); aiconfigurator-core's trtllm 1.3.0rc20 table
+    measures 17.8 us (+ the in-service excess), where the ring term 2 x 7/8 x 1 MiB would give ~4 us of transfer."""
+    gpu = load_gpu("b200-sxm-180gb")
+    c = gpu.calibration
+    one_eff, _, _ = c.custom_allreduce_shots("trtllm")
+    t = _ar_s("b200-sxm-180gb", "trtllm", 8, 2.0 ** 20)
+    one_s = c.custom_allreduce_us("trtllm") * 1e-6 + 7 * 2.0 ** 20 / (900e9 * one_eff)
+    # NCCL's ring is as fast there (its table: 20.4 us), and the step never pays more than NCCL would
+    nccl_s = c.allreduce_latency_us * 1e-6 + 2 * 7 / 8 * 2.0 ** 20 / (900e9 * c.link_efficiency)
+    assert t == pytest.approx(min(one_s, nccl_s))
+    assert 17.8e-6 < t < 17.8e-6 + 4e-6
+    ring_s = c.custom_allreduce_us("trtllm") * 1e-6 + 2 * 7 / 8 * 2.0 ** 20 / (900e9 * c.link_efficiency)
+    assert t - ring_s > 5e-6                 # the ring term alone (the old model) misses the table by 6-8 us
+    # at two ranks one-shot reads one peer's buffer: the table's 6.4 us + the excess
+    assert _ar_s("b200-sxm-180gb", "trtllm", 2, 2.0 ** 20) < 10e-6
+
+
+@pytest.mark.parametrize("gpu_name", ["h100-sxm-80gb", "h200-sxm-141gb", "b200-sxm-180gb"])
+@pytest.mark.parametrize("family", ["vllm", "sglang", "trtllm"])
+def test_custom_allreduce_grows_with_size_and_ranks(gpu_name, family):
+    """Over 1 KiB - 64 MiB the all-reduce never gets cheaper with more bytes (across the custom kernel's limit to
+    NCCL too) or with more ranks."""
+    sizes = [2.0 ** k for k in range(10, 27)]
+    prev_tp = None
+    for tp in (2, 4, 8):
+        ts = [_ar_s(gpu_name, family, tp, b) for b in sizes]
+        assert all(b >= a for a, b in zip(ts, ts[1:]))
+        if prev_tp is not None:
+            assert all(t >= u for t, u in zip(ts, prev_tp))
+        prev_tp = ts

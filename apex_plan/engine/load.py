@@ -29,7 +29,8 @@ _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("de
             "a2a_decode_kernel": ("low_latency", "normal"),
             "adp_routing": ("round_robin", "least_loaded"),
             "adp_routing_prefill": ("", "round_robin", "least_loaded", "bootstrap_room"),
-            "fused_quant_producers": ("norm", "activation", "attention")}
+            "fused_quant_producers": ("norm", "activation", "attention"),
+            "allreduce_kernel": ("", "vllm", "sglang", "trtllm")}
 
 
 def engine_dir() -> Path:

@@ -101,6 +101,9 @@ class Collectives:
 
     custom_allreduce_max_bytes: float = 8 * 1024 * 1024   # messages strictly below go to the custom kernel
     custom_allreduce_tp: tuple[int, ...] = (2, 4, 6, 8)   # world sizes it supports
+    # engine family whose measured custom kernel runs those messages ("": the profile's own family), e.g. vLLM's
+    # fused AllReduce + RMSNorm pass calling FlashInfer's port of TRT-LLM's kernel
+    allreduce_kernel: str = ""
 
 
 @dataclass(frozen=True)

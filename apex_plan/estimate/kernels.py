@@ -130,10 +130,21 @@ def _allreduce_s(p, msg_bytes):
     tp = p.tp
     if tp <= 1.0:
         return 0.0
-    # vLLM 0.6.0 takes the custom kernel only for messages strictly below its buffer size
-    lat = p.allreduce_latency_s if msg_bytes < p.custom_allreduce_max_bytes else p.allreduce_nccl_latency_s
     # bytes each GPU sends in a ring all-reduce: 2 (tp-1)/tp of the message
-    return lat + 2.0 * (tp - 1.0) / tp * msg_bytes / p.link_bytes_per_s
+    ring_s = 2.0 * (tp - 1.0) / tp * msg_bytes / p.link_bytes_per_s
+    nccl_s = p.allreduce_nccl_latency_s + ring_s
+    # vLLM 0.6.0 takes the custom kernel only for messages strictly below its buffer size
+    if msg_bytes >= p.custom_allreduce_max_bytes:
+        return nccl_s
+    if p.allreduce_one_shot_bytes_per_s <= 0.0:
+        return p.allreduce_latency_s + ring_s
+    # one-shot: every rank reads the tp-1 peers' whole buffers (vLLM 1-stage, TRT-LLM ONESHOT)
+    one_s = p.allreduce_latency_s + (tp - 1.0) * msg_bytes / p.allreduce_one_shot_bytes_per_s
+    # two-shot: reduce-scatter + all-gather, 2 (tp-1)/tp of the message, one barrier more (2-stage, TWOSHOT)
+    two_s = p.allreduce_latency_s + p.allreduce_two_shot_latency_s + \
+        2.0 * (tp - 1.0) / tp * msg_bytes / p.allreduce_two_shot_bytes_per_s
+    # the engines pick the faster strategy by size and ranks; never slower than NCCL's ring at that size
+    return min(one_s, two_s, nccl_s)
 
 
 @kernel(cache=True)

@@ -133,6 +133,17 @@ def layer_fields(shard: Shard) -> dict:
                 attn_heads=shard.heads_per_gpu)
 
 
+def _shot_fields(c, family: str, intra_bw: float, custom: bool) -> dict:
+    """COST fields of the engine's one-shot / two-shot custom all-reduce on this chip (0: the ring term alone)."""
+    shots = c.custom_allreduce_shots(family) if custom else None
+    if shots is None:
+        return dict(allreduce_one_shot_bytes_per_s=0.0, allreduce_two_shot_latency_s=0.0,
+                    allreduce_two_shot_bytes_per_s=0.0)
+    one_eff, two_lat_us, two_eff = shots
+    return dict(allreduce_one_shot_bytes_per_s=intra_bw * one_eff, allreduce_two_shot_latency_s=two_lat_us * 1e-6,
+                allreduce_two_shot_bytes_per_s=intra_bw * two_eff)
+
+
 def link_fields(gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: EngineProfile,
                 custom_allreduce: bool) -> dict:
     """COST fields of the collectives: all-reduce, all-to-all and pipeline links."""
@@ -147,14 +158,16 @@ def link_fields(gpu: GpuSpec, plan: Plan, cluster: ClusterSpec | None, prof: Eng
     coll = prof.collectives
     custom = (custom_allreduce and in_node and plan.tp in coll.custom_allreduce_tp and gpu.vendor.lower() == "nvidia")
     nodes = -(-plan.tp // gpn)                       # NVLink domains the tensor-parallel group spans
+    kernel = coll.allreduce_kernel or prof.family    # whose measured custom kernel runs the small messages
     nccl_s = c.allreduce_latency_us * 1e-6 + multi_node_latency_s(nodes, inter_lat_s)
     return dict(
         allreduce_nccl_latency_s=nccl_s,
         # each engine runs its own one-shot kernel (vLLM custom_all_reduce.cu, SGLang's, TRT-LLM allReduceFusion),
         # measured per chip: its small-message latency, the GPU's figure when the engine's is not known
-        allreduce_latency_s=c.custom_allreduce_us(prof.family) * 1e-6 if custom else nccl_s,
+        allreduce_latency_s=c.custom_allreduce_us(kernel) * 1e-6 if custom else nccl_s,
         custom_allreduce_max_bytes=coll.custom_allreduce_max_bytes if custom else 0.0,
         link_bytes_per_s=link_bw,
+        **_shot_fields(c, kernel, intra_bw, custom),
         p2p_latency_s=c.p2p_latency_us * 1e-6 + (inter_lat_s if pp_cross else 0.0),
         p2p_bytes_per_s=(inter_bw if pp_cross else intra_bw) * c.link_efficiency,
     )

@@ -29,6 +29,12 @@ class Calibration:
     # the same per engine family whose own all-reduce kernel was measured on this chip (vllm, sglang, trtllm:
     # each engine ships its own one-shot kernel); a family not listed takes custom_allreduce_latency_us
     custom_allreduce_latency_us_by_engine: tuple[tuple[str, float], ...] = ()
+    # the same kernels' bandwidth per strategy (scripts/fit_engine_allreduce.py): one-shot reads (n-1) x the
+    # message at this fraction of NVLink, two-shot moves 2 (n-1)/n of it at its own fraction after an extra
+    # latency; an engine listed in all three takes the faster, one not listed the ring term at link_efficiency
+    custom_allreduce_one_shot_efficiency_by_engine: tuple[tuple[str, float], ...] = ()
+    custom_allreduce_two_shot_latency_us_by_engine: tuple[tuple[str, float], ...] = ()
+    custom_allreduce_two_shot_efficiency_by_engine: tuple[tuple[str, float], ...] = ()
     p2p_latency_us: float = 10.0            # pipeline send/recv latency
     alltoall_latency_us: float = 25.0       # expert-parallel all-to-all latency
     moe_imbalance: float = 1.25             # busiest EP rank's load over the mean at ep 8 (estimate.moe.popularity_skew)
@@ -41,6 +47,14 @@ class Calibration:
     def custom_allreduce_us(self, family: str) -> float:
         """Small-message latency of `family`'s own custom all-reduce kernel on this chip."""
         return dict(self.custom_allreduce_latency_us_by_engine).get(family, self.custom_allreduce_latency_us)
+
+    def custom_allreduce_shots(self, family: str) -> tuple[float, float, float] | None:
+        """(one-shot link fraction, two-shot extra latency us, two-shot link fraction) of `family`'s custom
+        all-reduce on this chip, or None when its tables were not fitted."""
+        one = dict(self.custom_allreduce_one_shot_efficiency_by_engine).get(family)
+        lat = dict(self.custom_allreduce_two_shot_latency_us_by_engine).get(family)
+        two = dict(self.custom_allreduce_two_shot_efficiency_by_engine).get(family)
+        return None if one is None or lat is None or two is None else (one, lat, two)
 
 
 @dataclass(frozen=True)
