@@ -127,9 +127,9 @@ def main() -> int:
             return "{" + ", ".join(f"{e}: {v}" for e, v in sorted(vals.items())) + "}"
         print(f"  {name}:")
         print(f"  custom_allreduce_latency_us_by_engine: {line({e: f'{v:.2f}' for e, v in lats.items()})}")
-        print(f"  custom_allreduce_one_shot_efficiency_by_engine: {line({e: f'{f[0][1]:.3f}' for e, f in ok.items()})}")
-        print(f"  custom_allreduce_two_shot_latency_us_by_engine: {line({e: f'{f[0][2]:.2f}' for e, f in ok.items()})}")
-        print(f"  custom_allreduce_two_shot_efficiency_by_engine: {line({e: f'{f[0][3]:.3f}' for e, f in ok.items()})}")
+        print(f"  allreduce_1shot_efficiency_by_engine: {line({e: f'{f[0][1]:.3f}' for e, f in ok.items()})}")
+        print(f"  allreduce_2shot_latency_us_by_engine: {line({e: f'{f[0][2]:.2f}' for e, f in ok.items()})}")
+        print(f"  allreduce_2shot_efficiency_by_engine: {line({e: f'{f[0][3]:.3f}' for e, f in ok.items()})}")
     return 0
 
 

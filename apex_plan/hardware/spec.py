@@ -32,9 +32,9 @@ class Calibration:
     # the same kernels' bandwidth per strategy (scripts/fit_engine_allreduce.py): one-shot reads (n-1) x the
     # message at this fraction of NVLink, two-shot moves 2 (n-1)/n of it at its own fraction after an extra
     # latency; an engine listed in all three takes the faster, one not listed the ring term at link_efficiency
-    custom_allreduce_one_shot_efficiency_by_engine: tuple[tuple[str, float], ...] = ()
-    custom_allreduce_two_shot_latency_us_by_engine: tuple[tuple[str, float], ...] = ()
-    custom_allreduce_two_shot_efficiency_by_engine: tuple[tuple[str, float], ...] = ()
+    allreduce_1shot_efficiency_by_engine: tuple[tuple[str, float], ...] = ()
+    allreduce_2shot_latency_us_by_engine: tuple[tuple[str, float], ...] = ()
+    allreduce_2shot_efficiency_by_engine: tuple[tuple[str, float], ...] = ()
     p2p_latency_us: float = 10.0            # pipeline send/recv latency
     alltoall_latency_us: float = 25.0       # expert-parallel all-to-all latency
     moe_imbalance: float = 1.25             # busiest EP rank's load over the mean at ep 8 (estimate.moe.popularity_skew)
@@ -51,9 +51,9 @@ class Calibration:
     def custom_allreduce_shots(self, family: str) -> tuple[float, float, float] | None:
         """(one-shot link fraction, two-shot extra latency us, two-shot link fraction) of `family`'s custom
         all-reduce on this chip, or None when its tables were not fitted."""
-        one = dict(self.custom_allreduce_one_shot_efficiency_by_engine).get(family)
-        lat = dict(self.custom_allreduce_two_shot_latency_us_by_engine).get(family)
-        two = dict(self.custom_allreduce_two_shot_efficiency_by_engine).get(family)
+        one = dict(self.allreduce_1shot_efficiency_by_engine).get(family)
+        lat = dict(self.allreduce_2shot_latency_us_by_engine).get(family)
+        two = dict(self.allreduce_2shot_efficiency_by_engine).get(family)
         return None if one is None or lat is None or two is None else (one, lat, two)
 
 
