@@ -53,3 +53,21 @@ def test_padding_makes_the_idle_rank_push_the_prefill_through_the_experts():
     padded, unpadded = _ttft_ms("vllm@0.12.0", None, 2000), _ttft_ms("vllm@0.12.0", "none", 2000)
     assert padded > 1.1 * unpadded
     assert _ttft_ms("vllm@0.18.0", None, 2000) == _ttft_ms("vllm@0.18.0", "none", 2000)
+
+
+def test_padded_replica_step_pushes_the_busiest_ranks_tokens_through_every_ranks_experts():
+    """The analytic replica step (StepCost.replica_step_s) pads as the simulator does: with a skewed
+    replica, padding makes the step longer than the replica's mean through the experts, equal to the
+    busiest rank's step at its own tokens, and balanced ranks are unchanged."""
+    from apex_plan.estimate import kernels as K
+    from apex_plan.estimate.step_cost import build_step_cost
+    prof = resolve_engine_profile("vllm@0.12.0")
+    sc = build_step_cost(QWEN_MOE, H200, PLAN, make_cluster(H200, PLAN.num_gpus), profile=prof)
+    skew = [K.make_batch(chunk=2000), K.make_batch()]   # one rank prefills, the other is idle
+    assert skew[1].size == 0
+    even = [K.make_batch(decodes=4, context=2000)] * 2
+    pad = _pad("vllm@0.12.0")
+    padded = sc.replica_step_s(skew, pad_tokens=pad)
+    assert padded > sc.replica_step_s(skew)
+    assert padded == float(K.rank_batch_step_time(sc.cost, skew[0], 0, 2000.0)[0])
+    assert sc.replica_step_s(even, pad_tokens=pad) == sc.replica_step_s(even)
