@@ -3,12 +3,13 @@
 
 For every aggregated row of a silicon CSV (Little's law on its measured TTFT and TPOT,
 `apex_plan.calibrate.physics`): requests/s, the share of the GPUs' dense tensor-core peak its prompt
-prefills need (matmuls at the weight format's peak, attention at bf16; then at the GPU profile's
-fitted GEMM and prefill-attention efficiencies), the share its decode tokens need, the requests
-decoding against the declared max batch, and the tokens in KV against the pool the engine allocates.
-With a runner JSON (`run_silicon.py --json`) the predicted TTFT and TPOT are shown beside the measured ones. Rows whose prefill needs more than --impossible of the peak (default 0.8;
-the GPUs' fitted GEMM tables reach about half) are marked IMPOSSIBLE: as declared, they cannot have
-computed every prompt token (a prefix cache hit, or shorter prompts).
+prefills need (matmuls at the weight format's peak, attention at bf16; then at the GPU profile's fitted
+GEMM and prefill-attention efficiencies), the share its decode tokens need, the requests decoding
+against the declared max batch, and the tokens in KV against the pool the engine allocates. With a
+runner JSON (`run_silicon.py --json`) the predicted TTFT and TPOT are shown beside the measured ones.
+Rows whose prefill needs more than --impossible of the peak (default 0.8; the GPUs' fitted GEMM tables
+reach about half) are marked IMPOSSIBLE: as declared, they cannot have computed every prompt token (a
+prefix cache hit, or shorter prompts).
 
 usage: PYTHONPATH=. python scripts/check_physics.py [CSV] [--json RUNNER.json] [--only SUBSTR,...]
            [--min-share 0.0] [--impossible 0.8]
