@@ -173,6 +173,8 @@ SCHED_FIELDS = (
                          "(the MoE layers exchange every rank's tokens); 0: each rank steps on its own"),
     ("adp_balance_steps", I8, "attention-DP balance: new contexts wait until every rank of the replica has one, "
                               "or this many steps (TRT-LLM attention_dp_config.timeout_iters); 0: off"),
+    ("adp_pad_tokens", I8, "attention-DP padding: a lock-step step whose busiest rank runs at most this many tokens "
+                           "pads every rank to that rank's tokens, all of them through the experts (vLLM DP); 0: none"),
     ("engine_base", I8, "first engine of this pool in the ENGINE rows (a disaggregated decode pool: after the "
                         "prefill engines; 0 otherwise)"),
     ("first_token_generated", I8, "tokens generated when the client sees its first token: 1 (the prompt's last "

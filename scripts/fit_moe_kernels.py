@@ -128,6 +128,10 @@ KERNELS = {
 }
 # gpu -> engine -> formats whose fit is written (docstring: what is written and why); the rest are printed only
 WRITTEN = {"h200_sxm": {"vllm": {"bf16", "fp8-block"}, "sglang": {"bf16", "mxfp4"}, "trtllm": {"mxfp4"}}}
+# gpu -> engine -> formats whose fit's compute rate alone is written (`moe_compute_kernels:`, estimate/moe.py
+# expert_rates): B200's block-fp8 and NVFP4 kernels, which the DeepSeek prefill decomposition checked against the
+# tables (scripts/check_prefill_ops.py); their bandwidth and fixed-time terms stay off (docstring: Blackwell)
+COMPUTE_WRITTEN = {"b200_sxm": {e: {"fp8-block", "nvfp4"} for e in ("vllm", "sglang", "trtllm")}}
 TILES = (0, 16, 32, 64, 128)     # grouped-GEMM row tiles tried (Triton BLOCK_SIZE_M, CUTLASS / DeepGEMM tile M)
 ACT_B = 2.0                      # bf16 activations
 MATS = 3.0                       # gate, up and down matrices of H x I per expert (SwiGLU)
@@ -230,9 +234,9 @@ def fit_gpu(root: Path, gpu: str, spec) -> dict:
     return out
 
 
-def section(gpu: str, version: str, fits: dict) -> str:
-    """The profile's `moe_kernels:` section, each value with its table and fit error."""
-    lines = ["moe_kernels:",
+def section(gpu: str, version: str, fits: dict, name: str = "moe_kernels") -> str:
+    """The profile's `moe_kernels:` (or `moe_compute_kernels:`) section, each value with its table and fit error."""
+    lines = [f"{name}:",
              f"  # each engine's own fused-MoE kernel per weight format: aiconfigurator-core {version} "
              f"systems/data/{gpu}/moe/<engine>/<version>/moe_perf.parquet,",
              "  # balanced routing, fitted by scripts/fit_moe_kernels.py (model and kernel choice with engine sources"
@@ -273,6 +277,12 @@ def main() -> int:
         kept = {e: fmts for e, fmts in kept.items() if fmts}
         if args.write and kept:
             write_section(hardware_dir() / f"{name}.yaml", "moe_kernels", section(gpu, version, kept))
+        comp = {e: {f: v for f, v in fmts.items() if f in COMPUTE_WRITTEN.get(gpu, {}).get(e, ())} for e, fmts in fits.items()}
+        comp = {e: fmts for e, fmts in comp.items() if fmts}
+        if args.write and comp:
+            block = section(gpu, version, comp, "moe_compute_kernels").replace(
+                "absolute figures.", "only compute_efficiency (x peak) is read: estimate/moe.py expert_rates.")
+            write_section(hardware_dir() / f"{name}.yaml", "moe_compute_kernels", block)
     return 0
 
 

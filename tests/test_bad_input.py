@@ -87,7 +87,7 @@ def options_of(cmd: str, base: list[str]) -> None:
         ("--seed",): ["99999999999999999999999"],
         ("--max-model-len",): ["0", "1", "99999999999", "200000"],
         ("--turns",): ["0", "100000"], ("--prefix-tokens",): ["99999999999"], ("--num-prefixes",): ["0"],
-        ("--hash-block-tokens",): ["0", "100000"],
+        ("--hash-block-tokens",): ["0", "100000"], ("--prompt-pool",): ["1000000000000"],
     }
     if s == "simulate":
         ints.update({("--concurrency",): ["0"], ("--max-num-seqs",): ["0", "100000000000"],

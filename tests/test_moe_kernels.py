@@ -144,3 +144,58 @@ def test_built_in_profiles_hold_only_the_kernels_the_fit_script_writes():
         allowed = F.WRITTEN.get(table_gpu, {})
         for engine, fmts in written.items():
             assert fmts <= set(allowed.get(engine, ())), (name, engine, fmts)
+
+
+def _b200(compute=None) -> dict:
+    doc = load_yaml((hardware_dir() / "b200-sxm-180gb.yaml").read_text())
+    doc.pop("moe_kernels", None)
+    doc.pop("moe_compute_kernels", None)
+    if compute is not None:
+        doc["moe_compute_kernels"] = compute
+    return doc
+
+
+def test_a_compute_only_fit_sets_the_experts_flop_rate_and_leaves_decode_where_it_was():
+    low = {**FIT, "compute_efficiency": 0.15}
+    gpu = gpu_from_dict(_b200({"sglang": {"fp8-block": low}}), "b200.yaml")
+    plain = gpu_from_dict(_b200(), "b200.yaml")
+    sc, rows = _expert_rows(gpu, "sglang")
+    base, _ = _expert_rows(plain, "sglang")
+    c = gpu.calibration
+    assert len(rows) == 2
+    for o in rows:
+        # the kernel's own FLOP rate; bytes/s, fixed time and tiles stay the dense calibration's
+        assert o["efficiency"] == pytest.approx(0.15) and o["tile_rows"] == 0
+        assert o["peak_flops_per_s"] == pytest.approx(gpu.peak_flops("fp8"))
+        assert o["bytes_per_s"] == pytest.approx(gpu.mem_bw_gbps * 1e9 * c.bandwidth_efficiency)
+        assert o["latency_s"] == pytest.approx(c.kernel_latency_us * 1e-6)
+    # a bandwidth-bound decode step costs what it did; a compute-bound 8K prefill costs more, and its expert
+    # rows at least their FLOPs at the kernel's rate
+    assert sc.decode_time_s(8, 1000) == pytest.approx(base.decode_time_s(8, 1000), rel=1e-9)
+    assert sc.prefill_time_s(8192) > base.prefill_time_s(8192)
+    p = sc.params[0]
+    sh = K.aggregate(K.make_batch(0, 0, 8192, 0, True), p["window_tokens"], p["topk_tokens"], p["window2_tokens"], 0)
+    model = load_model("deepseek-ai/DeepSeek-V3")
+    for o in rows:
+        t = K._op_time(p, sh, o, 8192.0, 8192.0)[0]
+        flops = 2.0 * 8192 * model.experts_per_token * o["k"] * o["n"]
+        assert t >= flops / (o["peak_flops_per_s"] * 0.15)
+    # another engine, or a format without a compute fit, keeps the calibration whole
+    _, rows = _expert_rows(gpu, "trtllm")
+    assert all(o["efficiency"] == pytest.approx(c.compute_efficiency) for o in rows)
+
+
+def test_built_in_profiles_hold_only_the_compute_fits_the_fit_script_writes():
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    try:
+        import fit_moe_kernels as F
+    finally:
+        sys.path.pop(0)
+    for table_gpu, name in F.GPUS.items():
+        doc = load_yaml((hardware_dir() / f"{name}.yaml").read_text())
+        written = {e: set(f) for e, f in (doc.get("moe_compute_kernels") or {}).items()}
+        allowed = F.COMPUTE_WRITTEN.get(table_gpu, {})
+        for engine, fmts in written.items():
+            assert fmts <= set(allowed.get(engine, ())), (name, engine, fmts)

@@ -29,6 +29,7 @@ _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("de
             "a2a_decode_kernel": ("low_latency", "normal"),
             "adp_routing": ("round_robin", "least_loaded"),
             "adp_routing_prefill": ("", "round_robin", "least_loaded", "bootstrap_room"),
+            "adp_padding": ("none", "every_step", "graph_steps"),
             "fused_quant_producers": ("norm", "activation", "attention")}
 
 

@@ -154,6 +154,23 @@ class Layouts:
                                           # round_robin (in turn) | least_loaded (the rank with the fewest unfinished)
     adp_routing_prefill: str = ""         # the same on a disaggregated prefill instance ('': as adp_routing) |
                                           # bootstrap_room (the router's random room for the request, modulo the ranks)
+    adp_padding: str = "none"             # attention DP: none (each rank runs its own tokens) | every_step (every rank
+                                          # padded to the busiest rank's token count, the padding through the experts) |
+                                          # graph_steps (the same, only in steps every rank replays as a CUDA graph)
+    adp_padding_graph_steps_from: str = ""  # release from which every_step becomes graph_steps ('' never)
+
+    def adp_pad_tokens(self, version: str, graph_max_tokens: int) -> int:
+        """Busiest-rank tokens up to which a lock-step attention-DP step pads every rank to them (SCHED.adp_pad_tokens):
+        0 without padding, every step's tokens with every_step, the largest CUDA-graph step with graph_steps."""
+        from apex_plan.engine.load import release
+        mode = self.adp_padding
+        if mode == "every_step" and self.adp_padding_graph_steps_from:
+            try:                              # no version, or a development build: the newest behaviour
+                newer = not version or release(version) >= release(self.adp_padding_graph_steps_from)
+            except ValueError:
+                newer = True
+            mode = "graph_steps" if newer else mode
+        return {"none": 0, "every_step": 1 << 40, "graph_steps": graph_max_tokens}[mode]
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,12 @@ each paying its own fixed time inside the CUDA graph. H200 TRT-LLM gpt-oss-120b 
 4.8-6.9 ms a token where the calibrated dense kernels give 3.1-4.6 ms; the Triton table's 125 us per layer at
 4 tokens (against 60 us by the dense calibration) is the 36-layer difference (scripts/fit_moe_kernels.py
 docstring: what is left off and why). An engine x format x GPU without a written kernel keeps the
-dense-GEMM calibration (estimate.step_cost.gemm_rates).
+dense-GEMM calibration (estimate.step_cost.gemm_rates), except for the compute rate where the profile's
+`moe_compute_kernels:` section names the engine's kernel: from ~1K tokens a DeepSeek MoE layer's grouped GEMMs
+are compute-bound, and Blackwell's block-fp8 kernels run them at 14-15 % of the fp8 peak (B200 SGLang
+FlashInfer TRT-LLM-gen 1.20 ms, TRT-LLM DeepGEMM 1.44 ms a layer at 8,192 tokens, tp 8; the dense calibration
+0.59 ms), while their bandwidth and fixed-time terms are those the served decode steps already match
+(`scripts/check_prefill_ops.py`).
 
 Token movement (`comm_s`), when attention-DP ranks hold different tokens (COST.a2a_kind):
 * allgather (TRT-LLM AllGather + ReduceScatter, vLLM
@@ -68,7 +73,7 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
-from apex_plan.hardware.formats import engine_moe_fit
+from apex_plan.hardware.formats import engine_moe_compute_fit, engine_moe_fit
 from apex_plan.jit import kernel
 
 A2A_NONE, A2A_ALLGATHER, A2A_ALLTOALL, A2A_DP_BUFFER = 0.0, 1.0, 2.0, 3.0   # values of COST.a2a_kind
@@ -84,7 +89,7 @@ def expert_rates(gpu, family: str, g) -> dict | None:
     fused-MoE kernel (module docstring); None where that kernel was not measured."""
     fit = engine_moe_fit(gpu, family, g.fmt)
     if fit is None:
-        return None
+        return _compute_rates(gpu, family, g)
     # fixed time per grouped-GEMM row: the layer's measured fixed time (its experts held included) over its
     # two grouped GEMMs, at least the calibrated kernel latency (module docstring)
     layer_us = fit.latency_us + fit.latency_per_expert_us * g.experts
@@ -92,6 +97,18 @@ def expert_rates(gpu, family: str, g) -> dict | None:
     return dict(peak_flops_per_s=gpu.peak_flops(fit.peak_dtype), efficiency=fit.compute_efficiency,
                 bytes_per_s=gpu.mem_bw_gbps * 1e9 * fit.bandwidth_efficiency,
                 latency_s=lat_us * 1e-6, tile_rows=fit.tile_rows)
+
+
+def _compute_rates(gpu, family: str, g) -> dict | None:
+    """Expert-row rates under a `moe_compute_kernels:` fit (module docstring): the kernel's own achievable FLOP/s
+    (what its tables show from ~1K tokens, where the grouped GEMMs are compute-bound), the dense calibration's
+    bytes/s and time per call (what the served decode steps, bandwidth-bound, match); None without such a fit."""
+    fit = engine_moe_compute_fit(gpu, family, g.fmt)
+    if fit is None:
+        return None
+    c = gpu.calibration
+    return dict(peak_flops_per_s=gpu.peak_flops(fit.peak_dtype), efficiency=fit.compute_efficiency,
+                bytes_per_s=gpu.mem_bw_gbps * 1e9 * c.bandwidth_efficiency, latency_s=c.kernel_latency_us * 1e-6)
 
 
 def expected_max_z(n: int) -> float:

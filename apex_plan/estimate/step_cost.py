@@ -54,12 +54,15 @@ class StepCost:
         t, br = K.batch_step_time(self.cost, batch, 1 if eager else 0)
         return float(t), {k: float(v) for k, v in br._asdict().items()}
 
-    def replica_step_s(self, rank_batches: list[np.ndarray], eager: bool = False) -> float:
+    def replica_step_s(self, rank_batches: list[np.ndarray], eager: bool = False, pad_tokens: int = 0) -> float:
         """Seconds of one lock-step step of an attention-DP replica whose ranks run these `BATCH`
         tables (one per rank; an empty table for an idle rank): the busiest rank's time, every rank
-        pushing the replica's mean tokens through the experts (as `simulate.kernels.lockstep_step`)."""
+        pushing the replica's mean tokens through the experts, or the busiest rank's when those are at
+        most `pad_tokens` (the engine pads every rank to them: as `simulate.kernels.lockstep_step`)."""
         tokens = [int((b["new_tokens"] * b["count"]).sum()) if b.size else 0 for b in rank_batches]
         moe_m = sum(tokens) / max(len(rank_batches), 1)
+        if tokens and max(tokens) <= pad_tokens:   # every rank padded to the busiest rank's tokens (vLLM DP)
+            moe_m = float(max(tokens))
         return max((float(K.rank_batch_step_time(self.cost, b, 1 if eager else 0, moe_m)[0])
                     for b in rank_batches if b.size), default=0.0)
 

@@ -14,6 +14,8 @@ tables (GEMM, fused MoE, MLA), one entry per weight format (names of apex_plan.m
 A GPU profile's `moe_kernels:` section (scripts/fit_moe_kernels.py) holds each engine family's own
 fused-MoE kernel per format, with two more fields: `latency_per_expert_us` (fixed time per expert held)
 and `tile_rows` (the grouped GEMM's row tile): `engine_moe_fit` reads it, no fallback across formats.
+Its `moe_compute_kernels:` section (same fields, same script) holds engine kernels whose compute rate alone is
+taken, the rest of the expert rows keeping the dense calibration (`engine_moe_compute_fit`, estimate/moe.py).
 
 A format without its own fit takes its nearest measured relative (`FALLBACK`: fp8-block -> fp8,
 mxfp4 -> nvfp4 on GPUs with fp4 tensor cores, else the 4-bit weight-only kernels), and without any,
@@ -87,27 +89,37 @@ def engine_moe_fit(gpu: GpuSpec, family: str, fmt: str) -> KernelFit | None:
     return fits.get(fmt) or fits.get("int4" if _INT4_GROUP.match(fmt) else fmt)
 
 
-def _engine_fits(raw: Any, where: str, number: Callable[..., float]) -> dict[str, dict[str, KernelFit]]:
-    """Parse a profile's `moe_kernels:` mapping: engine family -> weight format -> fit."""
+def engine_moe_compute_fit(gpu: GpuSpec, family: str, fmt: str) -> KernelFit | None:
+    """The fit of engine `family`'s fused-MoE kernel for `fmt` experts on `gpu` whose compute rate alone applies
+    (`moe_compute_kernels:`), if measured."""
+    fits = gpu.kernel_formats.moe_compute_by_engine.get(family, {})
+    return fits.get(fmt) or fits.get("int4" if _INT4_GROUP.match(fmt) else fmt)
+
+
+def _engine_fits(raw: Any, where: str, number: Callable[..., float],
+                 section: str = "moe_kernels") -> dict[str, dict[str, KernelFit]]:
+    """Parse a profile's `moe_kernels:` (or `moe_compute_kernels:`) mapping: engine family -> weight format -> fit."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise InputError(where, "moe_kernels", f"expected a mapping, got '{raw}'",
-                         "write 'moe_kernels:' then indented engine families (vllm, sglang, trtllm)")
+        raise InputError(where, section, f"expected a mapping, got '{raw}'",
+                         f"write '{section}:' then indented engine families (vllm, sglang, trtllm)")
     out = {}
     for engine, fits in raw.items():
         if engine not in _ENGINES:
-            raise InputError(where, f"moe_kernels.{engine}", "unknown engine family", did_you_mean(str(engine), _ENGINES))
-        out[engine] = _fits(fits, where, f"moe_kernels.{engine}", number, _MOE_KEYS)
+            raise InputError(where, f"{section}.{engine}", "unknown engine family", did_you_mean(str(engine), _ENGINES))
+        out[engine] = _fits(fits, where, f"{section}.{engine}", number, _MOE_KEYS)
     return out
 
 
-def kernel_formats(raw: Any, where: str, number: Callable[..., float], engines: Any = None) -> KernelFormats:
-    """Parse a profile's `kernel_formats:` mapping and its `moe_kernels:` mapping (`engines`); `number` is the
-    loader's checked-number reader."""
+def kernel_formats(raw: Any, where: str, number: Callable[..., float], engines: Any = None,
+                   compute_engines: Any = None) -> KernelFormats:
+    """Parse a profile's `kernel_formats:` mapping, its `moe_kernels:` mapping (`engines`) and its
+    `moe_compute_kernels:` mapping (`compute_engines`); `number` is the loader's checked-number reader."""
     by_engine = _engine_fits(engines, where, number)
+    compute = _engine_fits(compute_engines, where, number, "moe_compute_kernels")
     if raw is None:
-        return KernelFormats(moe_by_engine=by_engine)
+        return KernelFormats(moe_by_engine=by_engine, moe_compute_by_engine=compute)
     if not isinstance(raw, dict):
         raise InputError(where, "kernel_formats", f"expected a mapping, got '{raw}'",
                          "write 'kernel_formats:' then indented 'gemm:', 'moe:' and 'mla:' mappings")
@@ -127,7 +139,7 @@ def kernel_formats(raw: Any, where: str, number: Callable[..., float], engines: 
                 raise InputError(where, f"{field}.{key}", "unknown field", did_you_mean(str(key), _MLA_KEYS))
         vals = {k: _value(m, k, where, f"{field}.{k}", number) for k in _MLA_KEYS if k in m or not k.endswith("_pct")}
         mla = MlaFit(**vals)
-    return KernelFormats(gemm, moe, mla, by_engine)
+    return KernelFormats(gemm, moe, mla, by_engine, compute)
 
 
 def _value(doc: dict, key: str, where: str, field: str, number: Callable[..., float]) -> float:

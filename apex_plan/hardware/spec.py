@@ -94,6 +94,8 @@ class KernelFormats:
     moe: dict[str, KernelFit] = field(default_factory=dict)
     mla: MlaFit | None = None
     moe_by_engine: dict[str, dict[str, KernelFit]] = field(default_factory=dict)  # `moe_kernels:`: engine family -> format -> fit
+    # `moe_compute_kernels:`: engine family -> format -> fit whose compute rate alone is taken (estimate/moe.py expert_rates)
+    moe_compute_by_engine: dict[str, dict[str, KernelFit]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

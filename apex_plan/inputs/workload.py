@@ -124,19 +124,25 @@ def workload_from_options(o: WorkloadOptions) -> Workload:
             if name not in PRESETS:
                 raise InputError("--workload", None, f"unknown preset '{name}'", did_you_mean(name, PRESETS))
             tr = preset_trace(name, None if concurrency else rate, o.num_requests, o.seed, o.arrival, o.burstiness_cv)
+    if sessions.prompt_pool:
+        if o.trace is not None or sessions.active:
+            raise InputError("--prompt-pool", None, "given with a trace or sessions, which carry their own prompts",
+                             "drop --prompt-pool, or give a synthetic workload without --turns / --prefix-tokens")
+        from apex_plan.workload.prefix import prompt_pool_trace
+        tr = prompt_pool_trace(tr, sessions.prompt_pool, sessions.block_tokens)
     if concurrency:
         return closed_loop(tr, concurrency)
     return Workload(tr)
 
 
 def session_options(turns: int, prefix_tokens: int, num_prefixes: int, think_time: str,
-                    hash_block_tokens: int | None) -> SessionOptions:
-    """--turns, --prefix-tokens, --num-prefixes, --think-time, --hash-block-tokens as one spec."""
+                    hash_block_tokens: int | None, prompt_pool: int = 0) -> SessionOptions:
+    """--turns, --prefix-tokens, --num-prefixes, --think-time, --hash-block-tokens, --prompt-pool as one spec."""
     from apex_plan.units import parse_duration_s
     think_s = 0.0 if think_time.strip() in ("0", "0s", "0ms") else parse_duration_s(think_time, "--think-time")
     if think_s > 86_400:
         raise InputError("--think-time", None, f"'{think_time}' is above a day", "e.g. --think-time 10s")
-    return SessionOptions(turns, prefix_tokens, num_prefixes, think_s, hash_block_tokens)
+    return SessionOptions(turns, prefix_tokens, num_prefixes, think_s, hash_block_tokens, prompt_pool)
 
 
 

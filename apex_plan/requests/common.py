@@ -36,6 +36,8 @@ HELP = {
              "message (--prompt-tokens: the new message)",
     "prefix_tokens": "shared system prompt ahead of every synthetic session, tokens",
     "num_prefixes": "distinct system prompts the sessions are spread over",
+    "prompt_pool": "synthetic prompts drawn in turn from this many distinct ones (benchmark clients that reuse a "
+                   "dataset: genai-perf --num-dataset-entries, default 100); 0: every prompt distinct",
     "think_time": "mean think time between a session's turns (exponential), e.g. 10s",
     "prefix_caching": "automatic prefix caching (auto: the engine profile's default, on for vLLM V1, SGLang, "
                       "TRT-LLM, off for vLLM 0.6; vLLM: --[no-]enable-prefix-caching)",
@@ -106,6 +108,10 @@ def num_prefixes_opt():
     return option(1, "--num-prefixes", help=HELP["num_prefixes"], count=(1, 1 << 20, "e.g. --num-prefixes 4"))
 
 
+def prompt_pool_opt():
+    return option(0, "--prompt-pool", help=HELP["prompt_pool"], count=(0, L.MAX_REQUESTS, "e.g. --prompt-pool 100"))
+
+
 def think_time_opt():
     return option("0s", "--think-time", help=HELP["think_time"])
 
@@ -171,4 +177,5 @@ def slo_doc(slo) -> dict:
 def session_options(req):
     """The multi-turn session settings of a request (`inputs.session_options`)."""
     from apex_plan import inputs as I
-    return I.session_options(req.turns, req.prefix_tokens, req.num_prefixes, req.think_time, req.hash_block_tokens)
+    return I.session_options(req.turns, req.prefix_tokens, req.num_prefixes, req.think_time, req.hash_block_tokens,
+                             req.prompt_pool)

@@ -50,6 +50,7 @@ class SimulateRequest:
     turns: int = C.turns_opt()
     prefix_tokens: int = C.prefix_tokens_opt()
     num_prefixes: int = C.num_prefixes_opt()
+    prompt_pool: int = C.prompt_pool_opt()
     think_time: str = C.think_time_opt()
     hash_block_tokens: Optional[int] = C.hash_block_opt()
     engine: str = C.engine_opt()

@@ -160,24 +160,31 @@ def lockstep_step(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
     --enable-dp-attention, TRT-LLM enable_attention_dp, vLLM DP with EP): every rank builds its own
     batch, the MoE layers exchange every rank's tokens, so the ranks start together and the step
     lasts as long as the busiest rank's (`rank_step_time` with the replica's mean tokens through
-    the experts); a rank with nothing to run joins with an empty batch (the engines' dummy
-    batches). Returns the requests refused."""
+    the experts, or the busiest rank's where the engine pads every rank to it: SCHED.adp_pad_tokens);
+    a rank with nothing to run joins with an empty batch (the engines' dummy batches). Returns the
+    requests refused."""
     a = cfg.adp_ranks
     refused = 0
     total = 0
+    busiest = 0
     _lockstep_balance(e, eng, cfg)
     for r in range(a):
         x = lockstep_member(e, r, cfg)
         ns, ref = _schedule(x, now, req, eng, slots, cfg, cache, ids)
         refused += ref
         eng[x].unfinished -= ref
+        own = 0
         for j in range(ns):
             q = req[slots[x, j].req]
             dec = q.generated > 0 and q.prompt_tokens + q.generated - q.computed == 1
-            total += 1 + cfg.draft_tokens if (dec and cfg.draft_tokens > 0) else slots[x, j].tokens
+            own += 1 + cfg.draft_tokens if (dec and cfg.draft_tokens > 0) else slots[x, j].tokens
+        total += own
+        busiest = max(busiest, own)
     if total == 0:
         return refused
     moe_m = total / a                             # tokens per rank through the experts (the replica's mean)
+    if busiest <= cfg.adp_pad_tokens:             # every rank padded to the busiest rank's tokens (vLLM DP)
+        moe_m = float(busiest)
     win, topk, win2 = cost.params[0].window_tokens, cost.params[0].topk_tokens, cost.params[0].window2_tokens
     start = now
     dt = 0.0

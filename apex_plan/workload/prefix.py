@@ -94,6 +94,7 @@ class SessionOptions:
     num_prefixes: int = 1
     think_time_s: float = 0.0
     hash_block_tokens: int | None = None     # None: DEFAULT_HASH_BLOCK_TOKENS
+    prompt_pool: int = 0                     # synthetic prompts drawn in turn from this many distinct ones (0: all)
 
     @property
     def active(self) -> bool:
@@ -158,3 +159,23 @@ def multiturn_trace(num_requests: int, message: LengthDist, output: LengthDist, 
                  ids.astype(np.int64), b, np.repeat(np.arange(n_sess, dtype=np.int64), turns), True)
     trace = full.take(order)
     return trace.with_arrivals(trace.arrival_s - trace.arrival_s[0])
+
+
+def prompt_pool_trace(trace: Trace, pool: int, block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS) -> Trace:
+    """The trace's requests sending, in turn, one of `pool` distinct prompts, as benchmark clients that reuse a
+    fixed dataset do (genai-perf --num-dataset-entries, default 100: "unique payloads to sample from ... reused
+    until benchmarking is complete"): request i sends entry i mod pool, the prompt (and length) of the entry's
+    first request, so a prefix cache finds each repeat whole. Outputs and arrivals are kept."""
+    check_count("--prompt-pool", None, int(pool), 1, MAX_REQUESTS, "e.g. --prompt-pool 100")
+    check_count("--hash-block-tokens", None, int(block_tokens), 1, 1 << 16, "e.g. --hash-block-tokens 64")
+    n = len(trace)
+    entry = np.arange(n, dtype=np.int64) % pool
+    prompt = trace.prompt_tokens[entry].astype(np.int64)
+    nblk = -(-prompt // block_tokens)                             # blocks of each request's prompt
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(nblk, out=ptr[1:])
+    rows, j = _rows(ptr)
+    first = nblk[: min(pool, n)]                                  # each entry's blocks, once
+    base = np.concatenate(([0], np.cumsum(first)[:-1])).astype(np.int64)
+    ids = base[entry[rows]] + j                                   # an entry's j-th block id: equal across its repeats
+    return Trace(trace.arrival_s, prompt, trace.output_tokens, f"{trace.name}-pool{pool}", ptr, ids, block_tokens)
