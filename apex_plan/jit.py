@@ -14,19 +14,35 @@ a function touches is owned by its caller, and it allocates nothing (numba refus
 allocation without it). With counting on, numba increments and decrements an array's count (atomic
 instructions) each time an inlined helper receives it or a tuple member is read; `perf` put 85 % of
 the event loop's time in NRT_incref / NRT_decref (DeepSeek-V3 on 4 x 8 H100, 8K/1K search runs).
+
+`kernel(inline="always")` marks a helper of the event loops, and `APEX_PLAN_JIT_INLINE` picks how it
+is compiled (the results are the same bit for bit: nothing runs with fastmath):
+* unset or 0 (default): once, as a function of its own without reference counting, that every
+  caller calls (LLVM still inlines the small ones). A cold start compiles each helper once: ~26 s
+  CPU for both event loops and everything they call, 74 specialisations;
+* 1: numba inlines it into every caller (numba's `inline="always"`, on its IR): no call and no
+  argument passing per step, so the loops run about 2x faster (the chat trace of
+  `scripts/bench_simulate.py`: ~11 ms against ~22 ms), but numba types each inlined copy again, and
+  copies multiply (`add_sequence` in `_step_shapes` in `_cost_step` in `step_engine`, twice in the
+  disaggregated loop): a cold start costs ~250 s CPU. For long searches on a warm cache. Its cache
+  is kept apart (`__pycache__/inline/`), so switching does not recompile the other.
+Figures: README `## Speed`, `scripts/bench_kernel_cache.py`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from pathlib import Path
 
-from numba import njit
+from numba import types
 from numba.core import caching
+from numba.core.registry import CPUDispatcher
 
 PACKAGE = Path(__file__).resolve().parent
 KERNEL_FOLDERS = ("estimate", "simulate")      # where numba kernels live (data flows estimate -> simulate)
+INLINE = os.environ.get("APEX_PLAN_JIT_INLINE", "0") not in ("", "0")   # numba-inline the loops' helpers (docstring)
 
 
 def _kernel_files() -> tuple[Path, ...]:
@@ -63,6 +79,10 @@ class _TreeStamp:
     def get_source_stamp(self):
         return source_stamp()
 
+    def get_cache_path(self):
+        """numba's cache folder; its `inline` subfolder for the inlined build (APEX_PLAN_JIT_INLINE=1)."""
+        return os.path.join(super().get_cache_path(), "inline") if INLINE else super().get_cache_path()
+
 
 class _InTree(_TreeStamp, caching.InTreeCacheLocator):
     pass
@@ -80,15 +100,31 @@ class _KernelCache(caching.FunctionCache):
     _impl_class = _KernelCacheImpl
 
 
+class _KernelDispatcher(CPUDispatcher):
+    """A dispatcher that compiles one specialisation per argument type, never per constant: a kernel
+    called with a literal (`f(e, 0)`, `g(x, True)`) reuses the int64 / bool one (numba would compile
+    a Literal[int](0) specialisation beside the int64 one, each with all it calls)."""
+
+    def get_call_template(self, args, kws):
+        """numba's call template for a call from compiled code, for the arguments' non-literal types."""
+        return super().get_call_template(tuple(types.unliteral(a) for a in args),
+                                         {k: types.unliteral(v) for k, v in kws.items()})
+
+
 def kernel(**options):
-    """`numba.njit(**options)`; with cache=True, cached under the stamp of all `KERNEL_FILES`; with
-    refcounts=False, without reference counting (module docstring)."""
+    """`numba.njit(**options)` (a `_KernelDispatcher`: one specialisation per argument type); with
+    cache=True, cached under the stamp of all `KERNEL_FILES`; with refcounts=False, without
+    reference counting; with inline="always", inlined by numba only under APEX_PLAN_JIT_INLINE=1,
+    else called, without reference counting (module docstring)."""
     cache = options.pop("cache", False)
     if not options.pop("refcounts", True):
         options["_nrt"] = False
+    if options.get("inline") == "always" and not INLINE:
+        del options["inline"]
+        options["_nrt"] = False          # a helper of the loops: allocates nothing, its callers own every array
 
     def wrap(fn):
-        d = njit(**options)(fn)
+        d = _KernelDispatcher(py_func=fn, locals={}, targetoptions=dict(options, nopython=True, boundscheck=None))
         if cache:
             d._cache = _KernelCache(d.py_func)   # what Dispatcher.enable_caching sets, with our locators
         return d

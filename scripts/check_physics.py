@@ -3,12 +3,13 @@
 
 For every aggregated row of a silicon CSV (Little's law on its measured TTFT and TPOT,
 `apex_plan.calibrate.physics`): requests/s, the share of the GPUs' dense tensor-core peak its prompt
-prefills need (matmuls at the weight format's peak, attention at bf16; then at the GPU profile's
-fitted GEMM and prefill-attention efficiencies), the share its decode tokens need, the requests decoding against the declared max batch, and the tokens in KV against the pool the
-engine allocates. With a runner JSON (`run_silicon.py --json`) the predicted TTFT and TPOT are shown
-beside the measured ones. Rows whose prefill needs more than --impossible of the peak (default 0.8;
-the GPUs' fitted GEMM tables reach about half) are marked IMPOSSIBLE: as declared, they cannot have
-computed every prompt token (a prefix cache hit, or shorter prompts).
+prefills need (matmuls at the weight format's peak, attention at bf16; then at the GPU profile's fitted
+GEMM and prefill-attention efficiencies), the share its decode tokens need, the requests decoding
+against the declared max batch, and the tokens in KV against the pool the engine allocates. With a
+runner JSON (`run_silicon.py --json`) the predicted TTFT and TPOT are shown beside the measured ones.
+Rows whose prefill needs more than --impossible of the peak (default 0.8; the GPUs' fitted GEMM tables
+reach about half) are marked IMPOSSIBLE: as declared, they cannot have computed every prompt token (a
+prefix cache hit, or shorter prompts).
 
 usage: PYTHONPATH=. python scripts/check_physics.py [CSV] [--json RUNNER.json] [--only SUBSTR,...]
            [--min-share 0.0] [--impossible 0.8]
@@ -69,15 +70,18 @@ def main(argv=None) -> int:
             continue
         if p.prefill_peak_share >= args.min_share:
             out.append((p, r))
-    print(f"{'prefill':>7} {'at fit':>6} {'decode':>6} {'req/s':>6} {'gpus':>4} {'conc':>5} {'isl/osl':>10} {'TTFT ms':>8} "
-          f"{'pred':>7} {'TPOT ms':>7} {'pred':>6} {'TTFT/TPOT':>9} {'decoding':>8} {'cap':>4} {'KV held/pool':>12}  row")
+    print(f"{'prefill':>7} {'at fit':>6} {'decode':>6} {'req/s':>6} {'gpus':>4} {'conc':>5} {'isl/osl':>10} "
+          f"{'TTFT ms':>8} {'pred':>7} {'TPOT ms':>7} {'pred':>6} {'TTFT/TPOT':>9} {'decoding':>8} {'cap':>4} "
+          f"{'KV held/pool':>12}  row")
     for p, r in sorted(out, key=lambda t: -t[0].prefill_peak_share):
         pt, pp = preds.get(p.id, (None, None))
         mark = "IMPOSSIBLE " if p.prefill_peak_share > args.impossible else ""
         model = r.get("model_path", "").split("/")[-1][:28]
-        print(f"{p.prefill_peak_share:7.1%} {p.prefill_fit_share:6.0%} {p.decode_peak_share:6.1%} {p.requests_per_s:6.1f} {p.gpus:4d} "
-              f"{p.concurrency:5d} {p.isl:>5}/{p.osl:<4} {p.ttft_ms:8.1f} {pt or 0:7.1f} {p.tpot_ms:7.2f} {pp or 0:6.2f} "
-              f"{p.ttft_steps:9.1f} {p.decoding:8.1f} {p.cap:4d} {p.kv_tokens_held / max(p.kv_pool_tokens, 1):12.2f}  "
+        pts, pps = (f"{pt:7.1f}", f"{pp:6.2f}") if pt is not None and pp is not None else (f"{'-':>7}", f"{'-':>6}")
+        print(f"{p.prefill_peak_share:7.1%} {p.prefill_fit_share:6.0%} {p.decode_peak_share:6.1%} "
+              f"{p.requests_per_s:6.1f} {p.gpus:4d} {p.concurrency:5d} {p.isl:>5}/{p.osl:<4} {p.ttft_ms:8.1f} {pts} "
+              f"{p.tpot_ms:7.2f} {pps} {p.ttft_steps:9.1f} {p.decoding:8.1f} {p.cap:4d} "
+              f"{p.kv_tokens_held / max(p.kv_pool_tokens, 1):12.2f}  "
               f"{mark}{r.get('system')} {r.get('backend')} {model} {p.id[-40:]}")
     return 0
 

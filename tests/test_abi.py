@@ -100,6 +100,23 @@ def test_source_stamp_covers_every_kernel_file(tmp_path):
     assert all(f.is_file() for f in jit.KERNEL_FILES)
 
 
+@jit.kernel(refcounts=False)
+def _twice(x):
+    return 2 * x
+
+
+@jit.kernel()
+def _call_twice(n):
+    return _twice(0) + _twice(True) + _twice(n)      # literal int, literal bool, int64 argument
+
+
+def test_a_kernel_compiles_one_specialisation_per_argument_type():
+    """Called from compiled code with constants, a kernel compiles for their types (int64, bool),
+    not once per constant value (numba's Literal[int](0))."""
+    assert _call_twice(3) == 8
+    assert sorted(str(s[0]) for s in _twice.signatures) == ["bool", "int64"]
+
+
 def test_aggregate_counts_each_sequence_once():
     """A batch of 3 decodes at 1000 tokens and one 512-token chunk after 256 cached, window 128, top-k span 600."""
     batch = K.make_batch(decodes=3, context=1000, chunk=512, cached=256, samples=False)

@@ -42,7 +42,7 @@ class RunPhysics:
     tpot_ms: float
     requests_per_s: float          # closed-loop throughput C / lifetime
     prefill_tflop_per_req: float   # projections + causal attention of one prompt
-    prefill_peak_share: float      # prefill FLOP/s over the GPUs' dense peak (matmuls at the weight format's, attention at bf16)
+    prefill_peak_share: float      # prefill FLOP/s over the GPUs' dense peak (matmuls: format's, attention: bf16)
     prefill_fit_share: float       # the same at the GPU profile's fitted GEMM and prefill-attention efficiencies
     decode_peak_share: float       # the decode tokens' FLOP/s over the same peak
     decoding: float                # requests decoding (Little's law)
@@ -109,10 +109,12 @@ def run_physics(case: Case, cap: int = 0) -> RunPhysics:
     attn_eff = gpu.calibration.prefill_attention_for(case.engine.profile.family if case.engine.profile else "")
     fit_s = mm / (fmt_peak * fit.compute_efficiency * gpus) + attn / (attn_peak * attn_eff * gpus)
     dec_s = decode_flops(model, isl, osl) / (fmt_peak * gpus)
-    _, mem, _ = fit_engine(model, plan, build_shard(model, plan), case.engine, gpu, isl + osl, isl)   # as simulate sizes it
+    # the KV pool as simulate sizes it
+    _, mem, _ = fit_engine(model, plan, build_shard(model, plan), case.engine, gpu, isl + osl, isl)
     dec = decoding_requests(case.ttft_ms, case.tpot_ms, osl, conc, max(plan.adp, 1))
     return RunPhysics(
         id=case.id, gpus=gpus, concurrency=conc, isl=isl, osl=osl, ttft_ms=case.ttft_ms, tpot_ms=case.tpot_ms,
-        requests_per_s=rate, prefill_tflop_per_req=(mm + attn) / 1e12, prefill_peak_share=rate * peak_s, prefill_fit_share=rate * fit_s,
+        requests_per_s=rate, prefill_tflop_per_req=(mm + attn) / 1e12, prefill_peak_share=rate * peak_s,
+        prefill_fit_share=rate * fit_s,
         decode_peak_share=rate * dec_s, decoding=dec * max(plan.adp, 1), cap=cap,
         kv_tokens_held=conc * (isl + osl / 2.0), kv_pool_tokens=int(mem.kv_tokens) * max(plan.adp, 1))

@@ -39,7 +39,7 @@ from apex_plan.simulate.step import _cost_step, _draft_pass_s, _host_start, _sta
 INF = np.inf
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def release_next(now, next_release, req, cfg):
     """Closed loop: a finished request lets its client send the next one after that request's own
     dispatch delay, arrivals staying in release order. Returns the next request to release."""
@@ -52,7 +52,7 @@ def release_next(now, next_release, req, cfg):
     return next_release
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
     """Apply the tokens of engine ev's finished step at time `now`: first tokens, accepted drafts,
     finishes (KV freed, cached units given back; in a closed loop, the next request released after

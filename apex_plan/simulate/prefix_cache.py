@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
+
+from apex_plan.jit import kernel
 
 PrefixCache = namedtuple("PrefixCache", "tab slot meta eng")   # four int64 arrays (few for numba to refcount)
 # tab[T, TAB_*]: open-addressing table positions (eng -1: empty); slot[S, SLOT_*]: cached units, unused ones
@@ -61,14 +62,14 @@ def empty_cache(engines: int) -> PrefixCache:
     return c
 
 
-@njit(cache=True, inline="always")
+@kernel(cache=True, inline="always")
 def _home(c, hid, e):
     x = hid * _MIX1 + e * _MIX2
     x ^= x >> 29
     return x & c.meta[M_MASK]
 
 
-@njit(cache=True, inline="always")
+@kernel(cache=True, inline="always")
 def _position(c, hid, e):
     """Table position of (hid, e), or -1."""
     i = _home(c, hid, e)
@@ -80,14 +81,14 @@ def _position(c, hid, e):
     return -1
 
 
-@njit(cache=True, inline="always")
+@kernel(cache=True, inline="always")
 def find(c, hid, e):
     """Slot of unit `hid` in engine e's cache, or -1."""
     i = _position(c, hid, e)
     return -1 if i < 0 else c.tab[i, TAB_SLOT]
 
 
-@njit(cache=True)
+@kernel(cache=True)
 def _table_delete(c, i):
     """Remove table position i, shifting later entries of its probe run back (no tombstones)."""
     mask = c.meta[M_MASK]
@@ -108,7 +109,7 @@ def _table_delete(c, i):
     c.tab[i, TAB_SLOT] = -1
 
 
-@njit(cache=True)
+@kernel(cache=True)
 def _insert(c, hid, e):
     """A new unreferenced, unlisted slot for (hid, e); -1 when every slot is taken."""
     s = c.meta[M_FREE]
@@ -130,7 +131,7 @@ def _insert(c, hid, e):
     return s
 
 
-@njit(cache=True, inline="always")
+@kernel(cache=True, inline="always")
 def _unlink(c, s, e):
     p, q = c.slot[s, SLOT_PREV], c.slot[s, SLOT_NEXT]
     if p == -1:
@@ -145,7 +146,7 @@ def _unlink(c, s, e):
     c.slot[s, SLOT_NEXT] = -1
 
 
-@njit(cache=True, inline="always")
+@kernel(cache=True, inline="always")
 def _append(c, s, e):
     t = c.eng[e, E_LRU_TAIL]
     c.slot[s, SLOT_PREV] = t
@@ -157,7 +158,7 @@ def _append(c, s, e):
     c.eng[e, E_LRU_TAIL] = s
 
 
-@njit(cache=True)
+@kernel(cache=True)
 def lookup(c, e, ids, start, limit):
     """Leading units of ids[start:start + limit] cached in engine e: (count, how many of them
     nobody holds, i.e. blocks a hit takes out of the free pool / unit_blocks)."""
@@ -173,7 +174,7 @@ def lookup(c, e, ids, start, limit):
     return h, unref
 
 
-@njit(cache=True)
+@kernel(cache=True)
 def acquire(c, e, ids, start, h):
     """Hold the first h units of a request (a hit found by `lookup`)."""
     ub = c.meta[M_UNIT_BLOCKS]
@@ -185,7 +186,7 @@ def acquire(c, e, ids, start, h):
         c.slot[s, SLOT_REF] += 1
 
 
-@njit(cache=True)
+@kernel(cache=True)
 def release(c, e, ids, start, nref):
     """Let go of a request's first nref units, last first; returns the blocks this frees (units
     nobody holds any more, now evictable)."""
@@ -201,7 +202,7 @@ def release(c, e, ids, start, nref):
     return freed
 
 
-@njit(cache=True)
+@kernel(cache=True)
 def make_room(c, e, need, free_e):
     """Evict engine e's least recently freed units until `need` empty blocks exist (free_e counts
     empty plus evictable blocks; the caller has checked free_e >= need)."""
@@ -215,7 +216,7 @@ def make_room(c, e, need, free_e):
         c.eng[e, C_EVICTED] += 1
 
 
-@njit(cache=True)
+@kernel(cache=True)
 def register(c, e, ids, start, nref, upto):
     """Add a request's computed units nref .. upto-1 to engine e's cache, held by the request.
     Returns (units now held, change of the free counter): the request's own copy of a unit moves
@@ -240,7 +241,7 @@ def register(c, e, ids, start, nref, upto):
     return j, dfree
 
 
-@njit(cache=True)
+@kernel(cache=True)
 def best_match(c, ids, start, limit, first, count):
     """Engine among first .. first+count-1 whose cache holds the longest leading run of the ids
     (the first such engine), and that run's length in units."""

@@ -18,7 +18,7 @@ ROUTER_BALANCE_ABS = 32
 ROUTER_BALANCE_REL = 1.0001
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _rank_load(eng, base, rank, pp):
     """Unfinished requests of one rank (its pp virtual engines; engines numbered from `base`)."""
     load = 0
@@ -27,7 +27,7 @@ def _rank_load(eng, base, rank, pp):
     return load
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def pick_rank(rr, eng, cfg, base, room):
     """Rank for a new request under round-robin or least-loaded routing (SCHED.routing), and the
     round-robin counter. Without attention DP: the next rank in turn, or the one with the fewest
@@ -76,7 +76,7 @@ def pick_rank(rr, eng, cfg, base, room):
     return g * a + best, rr
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _replica(r, rr, req, eng, cfg, cache, ids, sess_rep):
     """Replica for arriving request r (SCHED.routing) and the round-robin counter: round robin; the
     least loaded (fewest unfinished requests); session affinity (a session's turns follow its first
@@ -115,7 +115,7 @@ def _replica(r, rr, req, eng, cfg, cache, ids, sess_rep):
     return best, rr
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _route(r, rr, req, eng, cfg, cache, ids, sess_rep):
     """Queue arriving request r on its replica's virtual engine with the fewest unfinished requests.
     Returns the round-robin counter."""

@@ -38,12 +38,12 @@ def batch_wait_fields(engine=None) -> dict:
     return dict(batch_wait_iters=int(engine.batch_wait_iters), batch_wait_ratio=float(engine.batch_wait_tokens_ratio))
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _blocks_for(tokens, block):
     return (tokens + block - 1) // block
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _running_reserve_tokens(e, req, eng, slots, cfg):
     """KV tokens SGLang's PrefillAdder holds back for engine e's running requests: each one's remaining output
     (at most admit_clip_tokens) times the engine's new_token_ratio (0 when the engine reserves nothing)."""
@@ -57,7 +57,7 @@ def _running_reserve_tokens(e, req, eng, slots, cfg):
     return out * eng[e].new_token_ratio
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _retract_ratio(e, req, eng, slots, cfg):
     """SGLang's new_token_ratio after a preemption (schedule_batch.py retract_decode): the running requests'
     decoded tokens plus admit_retract_steps each, over their output tokens, at most 1."""
@@ -69,7 +69,7 @@ def _retract_ratio(e, req, eng, slots, cfg):
     return min(1.0, done / total)
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids):
     """FCFS admission of waiting requests of engine e into the step being built.
 
@@ -149,7 +149,7 @@ def _admit_waiting(e, left, ns, now, req, eng, slots, cfg, cache, ids):
     return left, ns, refused
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg, cache, ids):
     """Schedule engine e's running requests in order (only those still in prefill when
     `only_prefill`), growing their KV blocks (a speculating decode also holds slots for its draft
@@ -218,7 +218,7 @@ def _schedule_running(e, only_prefill, left, ns, req, eng, slots, cfg, cache, id
     return left, ns, preempted
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _balance_holds(e, eng, cfg):
     """Attention-DP balance (TRT-LLM py_executor `_balance_adp_requests`): while generations run on
     every rank of the replica, new contexts wait until every rank has one, or until the replica has
@@ -251,7 +251,7 @@ def _balance_holds(e, eng, cfg):
     return True
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _batch_wait_holds(e, left, req, eng, cfg):
     """TRT-LLM batch waiting (_torch/pyexecutor/py_executor.py `_waiting_requests`, checked only without attention
     DP and when the step has both contexts and generations): the contexts wait unless the engine has already held
@@ -273,7 +273,7 @@ def _batch_wait_holds(e, left, req, eng, cfg):
     return True
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _schedule(e, now, req, eng, slots, cfg, cache, ids):
     """Build engine e's next step at `now`: running requests first (with prefill priority, as vLLM
     0.6 unchunked and SGLang, only the prompts in progress), then waiting ones, FCFS, in the budget
@@ -290,7 +290,7 @@ def _schedule(e, now, req, eng, slots, cfg, cache, ids):
     decoding = cfg.prefill_first and ns == 0
     if decoding:
         # no prompt to prefill: the running decodes get the step
-        left, ns, preempted_now = _schedule_running(e, False, left, ns, req, eng, slots, cfg, cache, ids)
+        left, ns, preempted_now = _schedule_running(e, 0, left, ns, req, eng, slots, cfg, cache, ids)
     if cfg.admit_ratio_init > 0.0:               # SGLang's new_token_ratio (scheduler.py update_running_batch)
         en = eng[e]
         if preempted_now:                        # retracted: restart from the batch's decoded share

@@ -1,4 +1,4 @@
-"""Cost one scheduled step of the event loops (numba, inlined): its StepShape from the scheduled
+"""Cost one scheduled step of the event loops (numba loop helpers): its StepShape from the scheduled
 entries (`estimate.kernels.add_sequence`, the one aggregation), its seconds (`estimate.kernels
 .step_time`), draft passes under speculation, the replica's host thread, and the engine's busy time,
 KV use and dynamic energy."""
@@ -9,7 +9,7 @@ from apex_plan.estimate.kernels import add_sequence, empty_shape, step_time
 from apex_plan.jit import kernel
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _step_shapes(e, ns, req, slots, cfg, win, topk, win2):
     """StepShape of engine e's scheduled step, and of its draft passes (one token per decoding
     sequence) under speculation: a decoding sequence's entry then verifies k drafts (k + 1 query
@@ -25,14 +25,14 @@ def _step_shapes(e, ns, req, slots, cfg, win, topk, win2):
         k0 = q.computed
         dec = q.generated > 0 and seq - k0 == 1
         if dec and k > 0:
-            sh = add_sequence(sh, win, topk, win2, k0, 1 + k, True, 1 + k, 1)   # every verified position is sampled
-            dsh = add_sequence(dsh, win, topk, win2, k0, 1, True, 1, 1)
+            sh = add_sequence(sh, win, topk, win2, k0, 1 + k, 1, 1 + k, 1)   # every verified position is sampled
+            dsh = add_sequence(dsh, win, topk, win2, k0, 1, 1, 1, 1)
         else:
-            sh = add_sequence(sh, win, topk, win2, k0, c, dec, k0 + c == seq, 1)
+            sh = add_sequence(sh, win, topk, win2, k0, c, 1 if dec else 0, 1 if k0 + c == seq else 0, 1)   # int64 flags, as BATCH rows
     return sh, dsh
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
     """Aggregate and cost engine e's scheduled step, start it at `now` (or when the replica's host
     thread is free) and account busy time, KV use and dynamic energy; with speculation, after k
@@ -45,7 +45,7 @@ def _cost_step(e, ns, now, req, eng, slots, cfg, cost, draft):
     _start_step(e, _host_start(e, now, eng, cfg), dt, br, sh, eng, cfg, cost)
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _host_start(e, now, eng, cfg):
     """When engine e's step can start: the scheduler part of a step runs on the replica's single
     engine thread; virtual engines of one replica (pipeline parallelism) queue for it."""
@@ -53,7 +53,7 @@ def _host_start(e, now, eng, cfg):
     return now if now > host.host_free_s else host.host_free_s
 
 
-@kernel(cache=True, inline="always")   # inlined: no per-step call and array refcount cost
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _start_step(e, start, dt, br, sh, eng, cfg, cost):
     """Start engine e's step of `dt` seconds at `start` and account busy time, KV use and energy."""
     p = cost.params[0]

@@ -94,7 +94,7 @@ class SessionOptions:
     num_prefixes: int = 1
     think_time_s: float = 0.0
     hash_block_tokens: int | None = None     # None: DEFAULT_HASH_BLOCK_TOKENS
-    prompt_pool: int = 0                     # synthetic prompts drawn in turn from this many distinct ones (0: all distinct)
+    prompt_pool: int = 0                     # synthetic prompts drawn in turn from this many distinct ones (0: all)
 
     @property
     def active(self) -> bool:
