@@ -122,6 +122,7 @@ def kernel(**options):
     if options.get("inline") == "always" and not INLINE:
         del options["inline"]
         options["_nrt"] = False          # a helper of the loops: allocates nothing, its callers own every array
+        options["forceinline"] = True    # LLVM inlines its body into each caller (alwaysinline), numba types it once
 
     def wrap(fn):
         d = _KernelDispatcher(py_func=fn, locals={}, targetoptions=dict(options, nopython=True, boundscheck=None))
