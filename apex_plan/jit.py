@@ -17,15 +17,19 @@ the event loop's time in NRT_incref / NRT_decref (DeepSeek-V3 on 4 x 8 H100, 8K/
 
 `kernel(inline="always")` marks a helper of the event loops, and `APEX_PLAN_JIT_INLINE` picks how it
 is compiled (the results are the same bit for bit: nothing runs with fastmath):
-* unset or 0 (default): once, as a function of its own without reference counting, that every
-  caller calls (LLVM still inlines the small ones). A cold start compiles each helper once: ~26 s
-  CPU for both event loops and everything they call, 74 specialisations;
-* 1: numba inlines it into every caller (numba's `inline="always"`, on its IR): no call and no
-  argument passing per step, so the loops run about 2x faster (the chat trace of
-  `scripts/bench_simulate.py`: ~11 ms against ~22 ms), but numba types each inlined copy again, and
-  copies multiply (`add_sequence` in `_step_shapes` in `_cost_step` in `step_engine`, twice in the
-  disaggregated loop): a cold start costs ~250 s CPU. For long searches on a warm cache. Its cache
-  is kept apart (`__pycache__/inline/`), so switching does not recompile the other.
+* unset or 0 (default): numba types and lowers it once, as a function of its own without reference
+  counting, marked for LLVM to inline into each caller (numba's `forceinline`, LLVM's
+  `alwaysinline`: the callee's module is linked into the caller's and optimised with it). So no call
+  and no argument passing per step (a call passes ~7 words per array: `step_engine` and `_schedule`
+  took 60-100, and the loops ran ~2x slower when the helpers were called), while numba's own
+  passes run once per helper. A cold start compiles both event loops and everything they call in
+  ~37 s CPU (9 silicon rows, 74 specialisations; ~19-26 s when called, ~250 s under numba inlining),
+  and the warm chat trace of `scripts/bench_simulate.py` runs in ~8 ms (~20 ms called, ~9 ms inlined);
+* 1: numba inlines it into every caller (numba's `inline="always"`, on its IR): the same speed, but
+  numba types each inlined copy again, and copies multiply (`add_sequence` in `_step_shapes` in
+  `_cost_step` in `step_engine`, twice in the disaggregated loop): a cold start costs ~250 s CPU.
+  Kept to compare against. Its cache is kept apart (`__pycache__/inline/`), so switching does not
+  recompile the other.
 Figures: README `## Speed`, `scripts/bench_kernel_cache.py`.
 """
 
@@ -115,7 +119,7 @@ def kernel(**options):
     """`numba.njit(**options)` (a `_KernelDispatcher`: one specialisation per argument type); with
     cache=True, cached under the stamp of all `KERNEL_FILES`; with refcounts=False, without
     reference counting; with inline="always", inlined by numba only under APEX_PLAN_JIT_INLINE=1,
-    else called, without reference counting (module docstring)."""
+    else typed once and inlined by LLVM, without reference counting (module docstring)."""
     cache = options.pop("cache", False)
     if not options.pop("refcounts", True):
         options["_nrt"] = False
