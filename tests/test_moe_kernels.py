@@ -130,7 +130,8 @@ def test_expert_rows_carry_the_layers_fixed_time_over_its_two_grouped_gemms():
     assert slow_sc.decode_time_s(8, 1000) > fast_sc.decode_time_s(8, 1000)
 
 
-def test_built_in_profiles_hold_only_the_kernels_the_fit_script_writes():
+@pytest.mark.parametrize("section, written_by", [("moe_kernels", "WRITTEN"), ("moe_compute_kernels", "COMPUTE_WRITTEN")])
+def test_built_in_profiles_hold_only_what_the_fit_script_writes(section, written_by):
     import sys
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "scripts"))
@@ -140,10 +141,10 @@ def test_built_in_profiles_hold_only_the_kernels_the_fit_script_writes():
         sys.path.pop(0)
     for table_gpu, name in F.GPUS.items():
         doc = load_yaml((hardware_dir() / f"{name}.yaml").read_text())
-        written = {e: set(f) for e, f in (doc.get("moe_kernels") or {}).items()}
-        allowed = F.WRITTEN.get(table_gpu, {})
+        written = {e: set(f) for e, f in (doc.get(section) or {}).items()}
+        allowed = getattr(F, written_by).get(table_gpu, {})
         for engine, fmts in written.items():
-            assert fmts <= set(allowed.get(engine, ())), (name, engine, fmts)
+            assert fmts <= set(allowed.get(engine, ())), (name, section, engine, fmts)
 
 
 def _b200(compute=None) -> dict:
@@ -183,19 +184,3 @@ def test_a_compute_only_fit_sets_the_experts_flop_rate_and_leaves_decode_where_i
     # another engine, or a format without a compute fit, keeps the calibration whole
     _, rows = _expert_rows(gpu, "trtllm")
     assert all(o["efficiency"] == pytest.approx(c.compute_efficiency) for o in rows)
-
-
-def test_built_in_profiles_hold_only_the_compute_fits_the_fit_script_writes():
-    import sys
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "scripts"))
-    try:
-        import fit_moe_kernels as F
-    finally:
-        sys.path.pop(0)
-    for table_gpu, name in F.GPUS.items():
-        doc = load_yaml((hardware_dir() / f"{name}.yaml").read_text())
-        written = {e: set(f) for e, f in (doc.get("moe_compute_kernels") or {}).items()}
-        allowed = F.COMPUTE_WRITTEN.get(table_gpu, {})
-        for engine, fmts in written.items():
-            assert fmts <= set(allowed.get(engine, ())), (name, engine, fmts)
