@@ -22,9 +22,13 @@ is compiled (the results are the same bit for bit: nothing runs with fastmath):
   `alwaysinline`: the callee's module is linked into the caller's and optimised with it). So no call
   and no argument passing per step (a call passes ~7 words per array: `step_engine` and `_schedule`
   took 60-100, and the loops ran ~2x slower when the helpers were called), while numba's own
-  passes run once per helper. A cold start compiles both event loops and everything they call in
-  ~37 s CPU (9 silicon rows, 74 specialisations; ~19-26 s when called, ~250 s under numba inlining),
-  and the warm chat trace of `scripts/bench_simulate.py` runs in ~8 ms (~20 ms called, ~9 ms inlined);
+  passes run once per helper. `kernel(inline="always", called=True)` (`step_engine`: a whole engine
+  step per call) is called instead: LLVM would copy it into every call site (twice in the
+  disaggregated loop), and the calls cost nothing next to a step's work (chat trace ~7.5 ms either
+  way; cold 22-24 s CPU against 37.3 s when it too is inlined). A cold start compiles both event loops and everything they call in
+  ~24 s CPU (9 silicon rows, 74 specialisations; ~19-26 s when every helper was called, ~250 s under
+  numba inlining), and the warm chat trace of `scripts/bench_simulate.py` runs in ~7.5 ms (~20 ms
+  when every helper was called, ~9 ms numba-inlined);
 * 1: numba inlines it into every caller (numba's `inline="always"`, on its IR): the same speed, but
   numba types each inlined copy again, and copies multiply (`add_sequence` in `_step_shapes` in
   `_cost_step` in `step_engine`, twice in the disaggregated loop): a cold start costs ~250 s CPU.
@@ -119,14 +123,17 @@ def kernel(**options):
     """`numba.njit(**options)` (a `_KernelDispatcher`: one specialisation per argument type); with
     cache=True, cached under the stamp of all `KERNEL_FILES`; with refcounts=False, without
     reference counting; with inline="always", inlined by numba only under APEX_PLAN_JIT_INLINE=1,
-    else typed once and inlined by LLVM, without reference counting (module docstring)."""
+    else typed once and inlined by LLVM (called, with called=True), without reference counting
+    (module docstring)."""
     cache = options.pop("cache", False)
+    called = options.pop("called", False)
     if not options.pop("refcounts", True):
         options["_nrt"] = False
+    options["forceinline"] = False       # explicit, so a kernel does not inherit it from a force-inlined caller
     if options.get("inline") == "always" and not INLINE:
         del options["inline"]
         options["_nrt"] = False          # a helper of the loops: allocates nothing, its callers own every array
-        options["forceinline"] = True    # LLVM inlines its body into each caller (alwaysinline), numba types it once
+        options["forceinline"] = not called   # LLVM inlines its body into each caller (alwaysinline), numba types it once
 
     def wrap(fn):
         d = _KernelDispatcher(py_func=fn, locals={}, targetoptions=dict(options, nopython=True, boundscheck=None))

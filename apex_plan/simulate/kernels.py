@@ -217,7 +217,7 @@ def end_replica_step(e, now, req, eng, slots, cfg, next_release, cache, ids, acc
     return finished, next_release
 
 
-@kernel(cache=True, inline="always")
+@kernel(cache=True, inline="always", called=True)   # one engine step per call: called, not copied (jit)
 def step_engine(e, now, req, eng, slots, cfg, cost, draft, cache, ids):
     """Schedule and cost idle engine e's next step at `now` (its whole replica's on a lock-step
     attention-DP replica). Returns the requests refused (they can never fit)."""
