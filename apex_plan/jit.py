@@ -25,10 +25,11 @@ is compiled (the results are the same bit for bit: nothing runs with fastmath):
   passes run once per helper. `kernel(inline="always", called=True)` (`step_engine`: a whole engine
   step per call) is called instead: LLVM would copy it into every call site (twice in the
   disaggregated loop), and the calls cost nothing next to a step's work (chat trace ~7.5 ms either
-  way; cold 22-24 s CPU against 37.3 s when it too is inlined). A cold start compiles both event loops and everything they call in
-  ~24 s CPU (9 silicon rows, 74 specialisations; ~19-26 s when every helper was called, ~250 s under
-  numba inlining), and the warm chat trace of `scripts/bench_simulate.py` runs in ~7.5 ms (~20 ms
-  when every helper was called, ~9 ms numba-inlined);
+  way; cold 22-24 s CPU against 37.3 s when it too is inlined). A cold start compiles both event
+  loops and everything they call in ~24 s CPU (9 silicon rows, 74 specialisations; ~19-26 s when
+  every helper was called, ~250 s under numba inlining), and the warm chat trace of
+  `scripts/bench_simulate.py` runs in ~7.5 ms (~20 ms when every helper was called, ~9 ms
+  numba-inlined);
 * 1: numba inlines it into every caller (numba's `inline="always"`, on its IR): the same speed, but
   numba types each inlined copy again, and copies multiply (`add_sequence` in `_step_shapes` in
   `_cost_step` in `step_engine`, twice in the disaggregated loop): a cold start costs ~250 s CPU.
