@@ -22,7 +22,7 @@ PLAN = Plan(tp=1, adp=2, weight_dtype="fp8", kv_dtype="bf16")
 
 def _pad(engine: str) -> int:
     prof = resolve_engine_profile(engine)
-    return prof.layouts.adp_pad_tokens(prof.version, prof.graphs.max_batch)
+    return prof.adp_pad_tokens()
 
 
 def test_profiles_say_who_pads_and_when():

@@ -215,6 +215,10 @@ class EngineProfile:
     version_note: str = ""                 # how an unnumbered build tag was resolved (set by resolve_engine_profile)
     path: str = ""
 
+    def adp_pad_tokens(self) -> int:
+        """SCHED.adp_pad_tokens at this profile's version (`Layouts.adp_pad_tokens`; graphs up to graphs.max_batch)."""
+        return self.layouts.adp_pad_tokens(self.version or "", self.graphs.max_batch)
+
     def on_gpu(self, gpu_name: str) -> "EngineProfile":
         """The profile with the host constants fitted on `gpu_name`'s platform and the error band measured
         there (each kept from the profile's own when that GPU has none)."""

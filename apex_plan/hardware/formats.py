@@ -85,14 +85,17 @@ def moe_fit(gpu: GpuSpec, fmt: str, act_dtype: str) -> KernelFit:
 def engine_moe_fit(gpu: GpuSpec, family: str, fmt: str) -> KernelFit | None:
     """The fit of the fused-MoE kernel engine `family` runs for `fmt` experts on `gpu` (`moe_kernels:`), if
     measured; a group-size suffix (int4-g128) names its base format."""
-    fits = gpu.kernel_formats.moe_by_engine.get(family, {})
-    return fits.get(fmt) or fits.get("int4" if _INT4_GROUP.match(fmt) else fmt)
+    return _by_format(gpu.kernel_formats.moe_by_engine.get(family, {}), fmt)
 
 
 def engine_moe_compute_fit(gpu: GpuSpec, family: str, fmt: str) -> KernelFit | None:
     """The fit of engine `family`'s fused-MoE kernel for `fmt` experts on `gpu` whose compute rate alone applies
     (`moe_compute_kernels:`), if measured."""
-    fits = gpu.kernel_formats.moe_compute_by_engine.get(family, {})
+    return _by_format(gpu.kernel_formats.moe_compute_by_engine.get(family, {}), fmt)
+
+
+def _by_format(fits: dict[str, KernelFit], fmt: str) -> KernelFit | None:
+    """The fit for `fmt` among one engine's fits; a group-size suffix (int4-g128) names its base format."""
     return fits.get(fmt) or fits.get("int4" if _INT4_GROUP.match(fmt) else fmt)
 
 

@@ -104,7 +104,7 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int, engine_base: int) -
         idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp,
         adp_routing=ADP_ROUTES[rank_routing], adp_lockstep=1,
         adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0, engine_base=engine_base,
-        adp_pad_tokens=e.profile.layouts.adp_pad_tokens(e.profile.version, e.profile.graphs.max_batch),
+        adp_pad_tokens=e.profile.adp_pad_tokens(),
         first_token_generated=2 if engine_base > 0 else 1,
         **admission_fields(None), **batch_wait_fields(e))   # SGLang's admission: aggregated engines only
 

@@ -174,7 +174,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
         idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp, adp_ranks=plan.adp,
         adp_routing=ADP_ROUTES[eng.profile.layouts.adp_routing], adp_lockstep=1,
         adp_balance_steps=eng.profile.scheduler.adp_balance_steps, draft_tokens=spec_k, seed=F.SPEC_SEED,
-        adp_pad_tokens=eng.profile.layouts.adp_pad_tokens(eng.profile.version, eng.profile.graphs.max_batch),
+        adp_pad_tokens=eng.profile.adp_pad_tokens(),
         engine_base=0, first_token_generated=1, **admission_fields(eng.profile.scheduler), **batch_wait_fields(eng))
 
     def run(arr, prm, out, closed, delay):
