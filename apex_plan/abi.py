@@ -135,6 +135,8 @@ OP_FIELDS = (
     ("latency_s", F8, "GEMM and attention rows: fixed GPU time per call inside a CUDA graph, s (routed experts: "
                       "half the fused-MoE layer's, over its two grouped GEMMs)"),
     ("k", F8, "GEMM rows: reduction dim (input features) on one GPU"),
+    ("k_overhead", F8, "GEMM rows: K-depth each output tile costs beyond its own (pipeline fill/drain, epilogue; "
+                       "GpuSpec.kernel_formats.gemm_shapes), 0: none"),
     ("n", F8, "GEMM rows: output features on one GPU"),
     ("w_bytes", F8, "GEMM rows: bytes per weight element, scales included"),
     ("experts", F8, "expert rows: routed experts held on one GPU"),

@@ -237,6 +237,9 @@ def _op_time(p, sh, o, m, moe_m):
         else:
             flops = 2.0 * m * k * n                             # multiply-adds: 2 * M * K * N
             byts = k * n * wb + m * (k + n) * act_b             # weights once + in/out activations
+            # tensor-core time over each output tile's K plus its fixed overhead (k_overhead, 0 without a fit)
+            busy = 2.0 * m * (k + o.k_overhead) * n
+            return max(busy / peak, byts / o.bytes_per_s) + o.latency_s, flops, byts
         return max(flops / peak, byts / o.bytes_per_s) + o.latency_s, flops, byts
     if o.shape == OP_ATTENTION:
         windowed = o.windowed

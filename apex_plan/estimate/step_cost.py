@@ -19,7 +19,7 @@ from apex_plan.estimate.collectives import multi_node_latency_s, multi_rail_bus_
 from apex_plan.estimate.mixers import op_table
 from apex_plan.estimate.gemms import Gemm
 from apex_plan.estimate.shard import Shard, build_shard
-from apex_plan.hardware.formats import compute_dtype
+from apex_plan.hardware.formats import compute_dtype, gemm_shape
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
 from apex_plan.model import spec as S
 from apex_plan.model.spec import ModelSpec
@@ -89,8 +89,10 @@ class StepCost:
 def gemm_rates(gpu: GpuSpec, act_dtype: str, family: str = ""):
     """OP-row rates of a weight GEMM on `gpu`: the dense peak of the tensor cores its own weight format runs
     on (a mixed checkpoint's components each at theirs: bf16 attention beside fp4 experts runs at the bf16
-    peak), at the calibration's efficiency, bandwidth and fixed time per call; routed experts at the
-    fused-MoE kernel engine `family` runs, where measured (estimate.moe.expert_rates)."""
+    peak), at the calibration's efficiency, bandwidth and fixed time per call; a dense GEMM whose format has a
+    measured shape term (`gemm_shapes:`, scripts/fit_gemm_shapes.py) at its compute efficiency plus its K-depth
+    overhead per output tile; routed experts at the fused-MoE kernel engine `family` runs, where measured
+    (estimate.moe.expert_rates), else at the calibration's figures."""
     c = gpu.calibration
     bw = gpu.mem_bw_gbps * 1e9
 
@@ -99,9 +101,11 @@ def gemm_rates(gpu: GpuSpec, act_dtype: str, family: str = ""):
             own = MOE.expert_rates(gpu, family, g)
             if own is not None:
                 return own
+        shape = gemm_shape(gpu, g.fmt, act_dtype) if g.kind != GEMM_ROUTED_EXPERTS else None
         return dict(peak_flops_per_s=gpu.peak_flops(compute_dtype(gpu, g.fmt, act_dtype)),
-                    efficiency=c.compute_efficiency, bytes_per_s=bw * c.bandwidth_efficiency,
-                    latency_s=c.kernel_latency_us * 1e-6)
+                    efficiency=shape.compute_efficiency if shape else c.compute_efficiency,
+                    k_overhead=shape.k_overhead if shape else 0.0,
+                    bytes_per_s=bw * c.bandwidth_efficiency, latency_s=c.kernel_latency_us * 1e-6)
     return rates
 
 

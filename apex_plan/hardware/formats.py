@@ -28,7 +28,7 @@ import re
 from typing import Any, Callable
 
 from apex_plan.errors import InputError, did_you_mean
-from apex_plan.hardware.spec import Calibration, GpuSpec, KernelFit, KernelFormats, MlaFit
+from apex_plan.hardware.spec import Calibration, GemmShape, GpuSpec, KernelFit, KernelFormats, MlaFit
 from apex_plan.model.quant import FORMATS
 from apex_plan.units import DTYPE_BYTES
 
@@ -36,6 +36,9 @@ _INT4_GROUP = re.compile(r"^int4-g\d+$")
 _FIT_KEYS = ("peak", "compute_efficiency", "bandwidth_efficiency", "latency_us", "error_pct")
 _MOE_KEYS = _FIT_KEYS + ("latency_per_expert_us", "tile_rows")
 _ENGINES = ("vllm", "sglang", "trtllm")
+_SHAPE_KEYS = ("compute_efficiency", "k_overhead", "error_pct")
+# the format whose GEMM shape stands in for a tensor-core dtype without a fit of its own format
+_BASE_FORMAT = {"bf16": "bf16", "fp16": "bf16", "fp8": "fp8", "int8": "fp8", "fp4": "nvfp4"}
 _MLA_KEYS = ("prefill_efficiency", "decode_compute_efficiency", "decode_bandwidth_efficiency", "latency_us",
              "prefill_error_pct", "decode_error_pct")
 
@@ -69,6 +72,17 @@ def gemm_fit(gpu: GpuSpec, fmt: str, act_dtype: str) -> KernelFit:
     c: Calibration = gpu.calibration
     return KernelFit(compute_dtype(gpu, fmt, act_dtype), c.compute_efficiency, c.bandwidth_efficiency,
                      c.kernel_latency_us)
+
+
+def gemm_shape(gpu: GpuSpec, fmt: str, act_dtype: str) -> GemmShape | None:
+    """The size-dependent term a dense GEMM with `fmt` weights runs at (`gemm_shapes:`): the format's own, a
+    fallback's (`_fallbacks`) or the base format's of the same tensor-core dtype; None without one."""
+    shapes = gpu.kernel_formats.gemm_shapes
+    dt = compute_dtype(gpu, fmt, act_dtype)
+    for f in _fallbacks(fmt, gpu.supports("fp4")) + (_BASE_FORMAT.get(dt, ""),):
+        if f in shapes and compute_dtype(gpu, f, act_dtype) == dt:
+            return shapes[f]
+    return None
 
 
 def moe_fit(gpu: GpuSpec, fmt: str, act_dtype: str) -> KernelFit:
@@ -115,14 +129,40 @@ def _engine_fits(raw: Any, where: str, number: Callable[..., float],
     return out
 
 
+def _gemm_shapes(raw: Any, where: str, number: Callable[..., float]) -> dict[str, GemmShape]:
+    """Parse a profile's `gemm_shapes:` mapping: weight format -> {compute_efficiency, k_overhead, error_pct}."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InputError(where, "gemm_shapes", f"expected a mapping, got '{raw}'",
+                         "write 'gemm_shapes:' then e.g. 'fp8: {compute_efficiency: 0.75, k_overhead: 400}'")
+    out = {}
+    for fmt, doc in raw.items():
+        name, f = str(fmt), f"gemm_shapes.{fmt}"
+        if name not in FORMATS:
+            raise InputError(where, f, "unknown weight format", did_you_mean(name, FORMATS))
+        if not isinstance(doc, dict):
+            raise InputError(where, f, f"expected a mapping, got '{doc}'", "write '{compute_efficiency: 0.75, k_overhead: 400}'")
+        for key in doc:
+            if key not in _SHAPE_KEYS:
+                raise InputError(where, f"{f}.{key}", "unknown field", did_you_mean(str(key), _SHAPE_KEYS))
+        ce = _value(doc, "compute_efficiency", where, f"{f}.compute_efficiency", number)
+        k0 = number(doc, "k_overhead", where, "elements", field=f"{f}.k_overhead", allow_min=True)
+        err = _value(doc, "error_pct", where, f"{f}.error_pct", number) if "error_pct" in doc else 0.0
+        out[name] = GemmShape(ce, k0, err)
+    return out
+
+
 def kernel_formats(raw: Any, where: str, number: Callable[..., float], engines: Any = None,
-                   compute_engines: Any = None) -> KernelFormats:
-    """Parse a profile's `kernel_formats:` mapping, its `moe_kernels:` mapping (`engines`) and its
-    `moe_compute_kernels:` mapping (`compute_engines`); `number` is the loader's checked-number reader."""
+                   compute_engines: Any = None, shapes: Any = None) -> KernelFormats:
+    """Parse a profile's `kernel_formats:` mapping, its `moe_kernels:` mapping (`engines`), its
+    `moe_compute_kernels:` mapping (`compute_engines`) and its `gemm_shapes:` mapping (`shapes`); `number` is the
+    loader's checked-number reader."""
     by_engine = _engine_fits(engines, where, number)
     compute = _engine_fits(compute_engines, where, number, "moe_compute_kernels")
+    gemm_shapes = _gemm_shapes(shapes, where, number)
     if raw is None:
-        return KernelFormats(moe_by_engine=by_engine, moe_compute_by_engine=compute)
+        return KernelFormats(moe_by_engine=by_engine, moe_compute_by_engine=compute, gemm_shapes=gemm_shapes)
     if not isinstance(raw, dict):
         raise InputError(where, "kernel_formats", f"expected a mapping, got '{raw}'",
                          "write 'kernel_formats:' then indented 'gemm:', 'moe:' and 'mla:' mappings")
@@ -142,7 +182,7 @@ def kernel_formats(raw: Any, where: str, number: Callable[..., float], engines: 
                 raise InputError(where, f"{field}.{key}", "unknown field", did_you_mean(str(key), _MLA_KEYS))
         vals = {k: _value(m, k, where, f"{field}.{k}", number) for k in _MLA_KEYS if k in m or not k.endswith("_pct")}
         mla = MlaFit(**vals)
-    return KernelFormats(gemm, moe, mla, by_engine, compute)
+    return KernelFormats(gemm, moe, mla, by_engine, compute, gemm_shapes)
 
 
 def _value(doc: dict, key: str, where: str, field: str, number: Callable[..., float]) -> float:

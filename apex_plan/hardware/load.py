@@ -46,6 +46,7 @@ _GPU_FIELDS: dict[str, tuple[str, bool]] = {
     "kernel_formats": ("mapping", False),
     "moe_kernels": ("mapping", False),
     "moe_compute_kernels": ("mapping", False),
+    "gemm_shapes": ("mapping", False),
     "gpus_per_node": ("count", False),
 }
 
@@ -323,7 +324,7 @@ def gpu_from_dict(doc: dict[str, Any], where: str) -> GpuSpec:
         nvlink_domain_gpus=int(num("nvlink_domain_gpus", integer=True, default=0, allow_min=True)),
         clocks=_clocks(doc, where, tdp_w),
         kernel_formats=kernel_formats(doc.get("kernel_formats"), where, _number, doc.get("moe_kernels"),
-                                      doc.get("moe_compute_kernels")),
+                                      doc.get("moe_compute_kernels"), doc.get("gemm_shapes")),
         gpus_per_node=int(num("gpus_per_node", integer=True, default=8)),
     )
 

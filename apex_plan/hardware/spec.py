@@ -86,6 +86,17 @@ class KernelFit:
 
 
 @dataclass(frozen=True)
+class GemmShape:
+    """A dense GEMM's size dependence in one weight format, fitted to measured GEMM tables (the profile's
+    `gemm_shapes:`, scripts/fit_gemm_shapes.py): compute time 2 M N (K + k_overhead) / (peak x
+    compute_efficiency); bytes and the fixed time per call stay the calibration's."""
+
+    compute_efficiency: float        # achievable fraction of the format's dense peak, deep-K limit
+    k_overhead: float                # K-depth each output tile costs beyond its own (fill/drain, epilogue), elements
+    error_pct: float = 0.0           # rms log error of the fit against its tables, as a percentage
+
+
+@dataclass(frozen=True)
 class MlaFit:
     """Multi-head latent attention (DeepSeek-V2/V3, Kimi K2) fitted to measured MLA tables.
     Prefill runs the expanded (MHA) form: per query x key pair and head, QK^T over qk_nope + rope and
@@ -110,6 +121,7 @@ class KernelFormats:
     moe_by_engine: dict[str, dict[str, KernelFit]] = field(default_factory=dict)  # `moe_kernels:`: engine family -> format -> fit
     # `moe_compute_kernels:`: engine family -> format -> fit whose compute rate alone is taken (estimate/moe.py expert_rates)
     moe_compute_by_engine: dict[str, dict[str, KernelFit]] = field(default_factory=dict)
+    gemm_shapes: dict[str, GemmShape] = field(default_factory=dict)   # `gemm_shapes:`: weight format -> shape term
 
 
 @dataclass(frozen=True)
