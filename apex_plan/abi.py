@@ -193,6 +193,9 @@ SCHED_FIELDS = (
                              "(batch_wait_timeout_iters); 0 with batch_wait_ratio 0: off"),
     ("batch_wait_ratio", F8, "... or until the step's tokens reach this fraction of budget_tokens "
                              "(batch_wait_max_tokens_ratio)"),
+    ("recv_interval", I8, "SGLang --scheduler-recv-interval: a busy scheduler takes the requests that arrived only "
+                          "when its counter (+1 per decode-only step, +RECV_WEIGHT_EXTEND after a step with prompt "
+                          "tokens) reaches this; an idle one at once; 1: every step (simulate.scheduler._receive)"),
 )
 
 ROUTE_ROUND_ROBIN, ROUTE_LEAST_LOADED, ROUTE_SESSION, ROUTE_PREFIX = 0, 1, 2, 3   # values of SCHED.routing
@@ -252,6 +255,11 @@ ENGINE_FIELDS = (
     ("new_token_ratio", F8, "state: SGLang admission's share of the running requests' remaining output reserved"),
     ("batch_wait_steps", I8, "state: TRT-LLM batch waiting: steps the waiting contexts have been held so far"),
     ("adp_next", I8, "state: on an attention-DP replica's first engine, requests handed out in turn (round robin)"),
+    ("inbox_head", I8, "state: SGLang receive interval: first request routed here the scheduler has not taken yet "
+                       "(-1: none)"),
+    ("inbox_tail", I8, "state: the last such request (-1: none)"),
+    ("recv_count", I8, "state: the receive counter (SGLang SchedulerRecvSkipper._counter)"),
+    ("last_step", I8, "state: the engine's last step: -1 none (idle), 0 decode-only, 1 with prompt tokens"),
 )
 
 # ---- disaggregated serving: per request, what happens between its prefill and its decode ------------

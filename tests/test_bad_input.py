@@ -180,6 +180,10 @@ for _v in ("abc", "", "nan", "inf", "-1", "1.5", "1e999"):     # 0 is valid (off
     _aliases(("--batch-wait-ratio",), _v, SIM, "float")
 case("simulate:batch-wait-on-vllm", SIM + ["--batch-wait-iters", "20"], "--batch-wait-iters")
 case("simulate:batch-ratio-on-vllm", SIM + ["--batch-wait-ratio", "0.5"], "--batch-wait-ratio")
+for _s, _base in (("simulate", SIM), ("search", SEARCH)):     # SGLang's receive interval: whole steps >= 1, SGLang only
+    for _v in INT_BAD + ["0", "100001"]:
+        _aliases(("--scheduler-recv-interval",), _v, _base, "int")
+    case(f"{_s}:recv-interval-on-vllm", _base + ["--scheduler-recv-interval", "10"], "--scheduler-recv-interval")
 for _s, _base in (("simulate", SIM), ("search", SEARCH)):     # MoE all-to-all backends (engine.all2all)
     for _v in ("", "pplx", "deepep", "DeepEP"):                # vLLM (the default engine) spells them its own way
         case(f"{_s}:--all2all-backend={_v!r}", with_opt(_base, "--all2all-backend", _v), "--all2all-backend")

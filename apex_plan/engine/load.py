@@ -195,6 +195,7 @@ _RANGES = {
     ("scheduler", "unchunked_min_budget"): (1, None, True, "a step needs a token budget"),
     ("scheduler", "long_context_tokens"): (1, None, True, "a context length in tokens"),
     ("scheduler", "block_size"): (1, None, True, "a KV block holds at least one token"),
+    ("scheduler", "recv_interval"): (1, None, True, "the scheduler receives at least every step"),
     ("scheduler", "watermark_fraction"): (0, 1, True, "a fraction of the KV blocks, below 1"),
     ("host", "overlap"): (0, 1, True, "the fraction of host time hidden behind the GPU, 0 to 1"),
     ("memory", "gpu_memory_utilization"): (0, 1, False, "a fraction of GPU memory, above 0 and at most 1"),

@@ -43,6 +43,8 @@ class SchedulerPolicy:
     new_token_ratio_decay_steps: int = 600    # decode steps from the start value to the floor
     clip_new_tokens: int = 4096           # an output counts at most this many tokens in the reservation
     retract_decode_steps: int = 20        # after a preemption the ratio restarts at (decoded + this x running) / outputs
+    recv_interval: int = 1                # SGLang --scheduler-recv-interval default: a busy scheduler takes new requests
+                                          # every this many decode steps (1: every step; simulate.scheduler._receive)
 
 
 @dataclass(frozen=True)

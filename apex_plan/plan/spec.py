@@ -63,3 +63,4 @@ class EngineConfig:
     speculative: Any = None                 # an engine.speculative.Speculative, or None (no speculation)
     batch_wait_iters: int = 0               # TRT-LLM batch_wait_timeout_iters (0: off, llm_args.py default)
     batch_wait_tokens_ratio: float = 0.0    # TRT-LLM batch_wait_max_tokens_ratio (0: off, llm_args.py default)
+    recv_interval: int | None = None        # SGLang --scheduler-recv-interval (None: the profile's, 1 by default)

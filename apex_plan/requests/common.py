@@ -147,6 +147,13 @@ def deepep_mode_opt():
     return option(None, "--deepep-mode", help=HELP["deepep"])
 
 
+def recv_interval_opt():
+    return option(None, "--scheduler-recv-interval",
+                  help="SGLang: a busy scheduler takes new requests every N decode steps (and after each prefill "
+                       "step); default: the engine profile's (SGLang's own: 1, every step)",
+                  count=(1, 100000, "e.g. --scheduler-recv-interval 10"))
+
+
 def with_all2all(cfg, req):
     """Engine settings `cfg` (profile resolved) with the request's --all2all-backend / --deepep-mode applied."""
     import dataclasses

@@ -48,6 +48,7 @@ class SearchRequest:
     no_custom_allreduce: bool = C.no_car_opt()
     all2all_backend: Optional[str] = C.all2all_opt()
     deepep_mode: Optional[str] = C.deepep_mode_opt()
+    recv_interval: Optional[int] = C.recv_interval_opt()
     chunked_prefill: str = option("auto", "--chunked-prefill",
                                   help="auto | on | off, or a list to sweep (on,off; 'both' = on,off)")
     max_num_seqs: Optional[str] = option(None, "--max-num-seqs", help="most sequences in one batch; list, e.g. "
@@ -170,7 +171,8 @@ def prepare_search(req: SearchRequest):
     weight_dtype = req.weight_dtype if req.weight_dtype is not None else I.default_weight_dtype(m, cl)
     base = I.engine_from_options(EngineConfig(name=req.engine, gpu_memory_utilization=req.gpu_memory_utilization,
                                               max_model_len=req.max_model_len,
-                                              custom_allreduce=not req.no_custom_allreduce))
+                                              custom_allreduce=not req.no_custom_allreduce,
+                                              recv_interval=req.recv_interval))
     base = C.with_all2all(base, req)
     engines, rejected_engines = I.engine_sweep(base, m, req.max_num_seqs, req.max_batched_tokens, req.chunked_prefill,
                                                req.prefix_caching, req.speculative, req.speculative_acceptance)

@@ -78,6 +78,7 @@ class SimulateRequest:
                                                      "max_num_tokens (batch_wait_max_tokens_ratio; default 0)",
                                                 real=(0.0, 1.0, "e.g. --batch-wait-ratio 0.9"),
                                                 low_open=False)
+    recv_interval: Optional[int] = C.recv_interval_opt()
     routing: str = option("round_robin", "--routing",
                           help="across replicas: round_robin | least_loaded | session (a session's turns stay on one "
                                "replica) | prefix (longest cached prefix); disaggregated: in both pools")
@@ -203,7 +204,8 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
         max_batched_tokens=req.max_batched_tokens, routing=req.routing, activation_scales=req.activation_scales,
         prefix_caching=I.prefix_caching_mode(req.prefix_caching),
         speculative=I.speculative_option(req.speculative, req.speculative_acceptance),
-        batch_wait_iters=req.batch_wait_iters, batch_wait_tokens_ratio=req.batch_wait_ratio))
+        batch_wait_iters=req.batch_wait_iters, batch_wait_tokens_ratio=req.batch_wait_ratio,
+        recv_interval=req.recv_interval))
     eng = C.with_all2all(eng, req)
     I.check_engine(eng, m)
     weight_dtype = req.weight_dtype if req.weight_dtype is not None else I.default_weight_dtype(m, cl)
@@ -213,6 +215,9 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
         if req.plan is not None or req.tp_size is not None or req.pp_size is not None:
             raise InputError("--plan", None, "given together with --prefill-plan/--decode-plan",
                              "use --plan for aggregated serving, or the two role plans for disaggregated serving")
+        if req.recv_interval is not None:
+            raise InputError("--scheduler-recv-interval", None, "modelled for aggregated serving only",
+                             "drop it, or use --plan")
         if drawn_by:
             raise InputError(drawn_by, None, "not drawn for disaggregated deployments yet",
                              "drop it (the JSON has every figure)")

@@ -26,7 +26,7 @@ from apex_plan.plan.spec import EngineConfig, Plan
 from apex_plan.abi import (ADP_ROUTES, ENGINE, LINK, REQUEST, ROUTE_LEAST_LOADED, ROUTE_ROUND_ROBIN, SCHED, XENGINE, XFER,
                            Pool, make_record)
 from apex_plan.simulate import disagg_kernel as DK
-from apex_plan.simulate.scheduler import admission_fields, batch_wait_fields
+from apex_plan.simulate.scheduler import admission_fields, batch_wait_fields, recv_fields
 from apex_plan.simulate.engine import ResolvedEngine
 from apex_plan.simulate.fit import fit_engine
 from apex_plan.simulate.metrics import (Conservation, DecodePoolUse, DisaggRun, Distribution, KvTransfer, Metrics,
@@ -106,7 +106,8 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int, engine_base: int) -
         adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0, engine_base=engine_base,
         adp_pad_tokens=e.profile.adp_pad_tokens(),
         first_token_generated=2 if engine_base > 0 else 1,
-        **admission_fields(None), **batch_wait_fields(e))   # SGLang's admission: aggregated engines only
+        **admission_fields(None), **batch_wait_fields(e), **recv_fields(None))   # SGLang's admission, receive
+        # interval: aggregated engines only
 
 
 def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, engine_cfg: EngineConfig,

@@ -38,6 +38,8 @@ class ResolvedEngine:
     speculative: Any = None          # engine.speculative.Speculative or None
     batch_wait_iters: int = 0        # TRT-LLM batch waiting (simulate.scheduler._batch_wait_holds); 0 and 0.0: off
     batch_wait_tokens_ratio: float = 0.0
+    recv_interval: int = 1           # SGLang receive interval (simulate.scheduler._receive); 1: every step
+    recv_interval_asked: bool = False  # given by the user (--scheduler-recv-interval), not the profile's default
 
     @property
     def watermark_fraction(self) -> float:
@@ -96,10 +98,25 @@ def resolve_engine(cfg: EngineConfig, model: ModelSpec) -> ResolvedEngine:
     check_supported(cfg.speculative, prof, model)
     caching = prof.features.prefix_caching if cfg.prefix_caching is None else bool(cfg.prefix_caching)
     _check_batch_wait(cfg, prof)
+    recv = _recv_interval(cfg, prof)
     return ResolvedEngine(int(seqs), int(budget), bool(chunked), int(block), float(util), int(max_len),
                           cfg.custom_allreduce, cfg.routing, prof, scales, prefix_caching=caching,
                           speculative=cfg.speculative, batch_wait_iters=int(cfg.batch_wait_iters),
-                          batch_wait_tokens_ratio=float(cfg.batch_wait_tokens_ratio))
+                          batch_wait_tokens_ratio=float(cfg.batch_wait_tokens_ratio), recv_interval=recv,
+                          recv_interval_asked=cfg.recv_interval is not None)
+
+
+def _recv_interval(cfg: EngineConfig, prof: EngineProfile) -> int:
+    """SGLang's --scheduler-recv-interval: the one given (at least 1, an SGLang profile only), else the profile's."""
+    if cfg.recv_interval is None:
+        return int(prof.scheduler.recv_interval)
+    if cfg.recv_interval < 1:
+        raise InputError("--scheduler-recv-interval", None, f"{cfg.recv_interval} is below 1",
+                         "give 1 (every step, the default) or a step count such as 10")
+    if cfg.recv_interval > 1 and prof.family != "sglang":
+        raise InputError("--scheduler-recv-interval", None, f"a receive interval is an SGLang setting, not "
+                         f"{prof.family}'s", "drop it, or use --engine sglang")
+    return int(cfg.recv_interval)
 
 
 def _check_batch_wait(cfg: EngineConfig, prof: EngineProfile) -> None:

@@ -298,6 +298,10 @@ def _init(req, eng, cfg):
         en.new_token_ratio = cfg.admit_ratio_init
         en.batch_wait_steps = 0
         en.adp_next = 0
+        en.inbox_head = -1
+        en.inbox_tail = -1
+        en.recv_count = 0
+        en.last_step = -1
 
 
 @kernel(cache=True, nogil=True)   # releases the GIL: search simulates plans on threads
@@ -357,7 +361,7 @@ def _event_loop(req, sched, cost, eng, cache, ids, accept, draft, slots, todo, s
             now = t_a
             n_todo = 0
             for e2 in range(ne):
-                if eng[e2].busy_until_s == INF and eng[e2].head != -1:
+                if eng[e2].busy_until_s == INF and (eng[e2].head != -1 or eng[e2].inbox_head != -1):
                     todo[n_todo] = e2
                     n_todo += 1
             if n_todo == 0:

@@ -117,8 +117,8 @@ def _replica(r, rr, req, eng, cfg, cache, ids, sess_rep):
 
 @kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _route(r, rr, req, eng, cfg, cache, ids, sess_rep):
-    """Queue arriving request r on its replica's virtual engine with the fewest unfinished requests.
-    Returns the round-robin counter."""
+    """Queue arriving request r on its replica's virtual engine with the fewest unfinished requests (in
+    its inbox when the engine receives only every SCHED.recv_interval steps). Returns the round-robin counter."""
     pp = cfg.pp
     rep, rr = _replica(r, rr, req, eng, cfg, cache, ids, sess_rep)
     e = rep * pp
@@ -127,10 +127,17 @@ def _route(r, rr, req, eng, cfg, cache, ids, sess_rep):
             e = rep * pp + v
     en = eng[e]
     req[r].next = -1
-    if en.tail == -1:
-        en.head = r
+    if cfg.recv_interval > 1:                     # SGLang: it waits for the scheduler's next receive (_receive)
+        if en.inbox_tail == -1:
+            en.inbox_head = r
+        else:
+            req[en.inbox_tail].next = r
+        en.inbox_tail = r
     else:
-        req[en.tail].next = r
-    en.tail = r
+        if en.tail == -1:
+            en.head = r
+        else:
+            req[en.tail].next = r
+        en.tail = r
     en.unfinished += 1
     return rr

@@ -19,7 +19,7 @@ from apex_plan.simulate import kernels as SK
 from apex_plan.simulate import metrics as M
 from apex_plan.simulate.engine import ResolvedEngine, resolve_engine
 from apex_plan.simulate.fit import fit_engine
-from apex_plan.simulate.scheduler import admission_fields, batch_wait_fields
+from apex_plan.simulate.scheduler import admission_fields, batch_wait_fields, recv_fields
 from apex_plan.workload.spec import Slo, Workload
 
 
@@ -146,6 +146,11 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
     if plan.num_gpus > cluster.num_gpus:
         reason = f"plan needs {plan.num_gpus} GPUs, the cluster has {cluster.num_gpus}"
         return SimResult(plan, eng, mem, False, reason, step_cost=sc)
+    if plan.adp > 1 and eng.recv_interval > 1 and eng.recv_interval_asked:
+        # SGLang 0.5.3-0.5.9 srt/managers/scheduler_recv_skipper.py: assert not server_args.enable_dp_attention
+        reason = (f"SGLang does not start with --scheduler-recv-interval {eng.recv_interval} and attention DP "
+                  f"(SchedulerRecvSkipper asserts not enable_dp_attention)")
+        return SimResult(plan, eng, mem, False, reason, step_cost=sc)
     # a prompt that does not fit max_model_len (or, unchunked, the step's token budget) is refused, as the
     # engines do; outputs stop at max_model_len
     valid = tr.prompt_tokens < eng.max_model_len
@@ -175,7 +180,8 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
         adp_routing=ADP_ROUTES[eng.profile.layouts.adp_routing], adp_lockstep=1,
         adp_balance_steps=eng.profile.scheduler.adp_balance_steps, draft_tokens=spec_k, seed=F.SPEC_SEED,
         adp_pad_tokens=eng.profile.adp_pad_tokens(),
-        engine_base=0, first_token_generated=1, **admission_fields(eng.profile.scheduler), **batch_wait_fields(eng))
+        engine_base=0, first_token_generated=1, **admission_fields(eng.profile.scheduler), **batch_wait_fields(eng),
+        **recv_fields(eng, plan.adp))
 
     def run(arr, prm, out, closed, delay):
         """One pass of the event loop; per-request times and per-engine statistics."""

@@ -38,6 +38,60 @@ def batch_wait_fields(engine=None) -> dict:
     return dict(batch_wait_iters=int(engine.batch_wait_iters), batch_wait_ratio=float(engine.batch_wait_tokens_ratio))
 
 
+# SGLang's receive counter (srt/managers/scheduler_recv_skipper.py, 0.5.3-0.5.9): each loop adds the weight of the
+# last batch's forward mode, DECODE / TARGET_VERIFY / none 1 (SGLANG_SCHEDULER_RECV_SKIPPER_WEIGHT_DECODE etc.),
+# any other mode (EXTEND, MIXED) SGLANG_SCHEDULER_RECV_SKIPPER_WEIGHT_DEFAULT 1000 (srt/environ.py)
+RECV_WEIGHT_DECODE = 1
+RECV_WEIGHT_EXTEND = 1000
+
+
+def recv_fields(engine=None, adp: int = 1) -> dict:
+    """SCHED fields of SGLang's receive interval (--scheduler-recv-interval) for a ResolvedEngine: 1 (every step)
+    for None, and with attention DP, where 0.5.x refuses any other value (SchedulerRecvSkipper asserts
+    not enable_dp_attention; simulate.run refuses an interval asked for there)."""
+    n = int(engine.recv_interval) if engine is not None else 1
+    return dict(recv_interval=n if adp <= 1 else 1)
+
+
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
+def _receive(e, req, eng, cfg):
+    """SGLang's receive interval (scheduler.py recv_requests with its SchedulerRecvSkipper): before building a
+    step the counter grows by the last step's weight (1 decode-only, RECV_WEIGHT_EXTEND with prompt tokens); when
+    it reaches SCHED.recv_interval it restarts and the requests that arrived (engine e's inbox) join the waiting
+    queue. An engine with nothing to run spins its loop (microseconds a turn) and takes them at once."""
+    en = eng[e]
+    if cfg.recv_interval <= 1:
+        return
+    idle = en.last_step < 0 or (en.running == 0 and en.head == -1)
+    if not idle:
+        en.recv_count += RECV_WEIGHT_DECODE if en.last_step == 0 else RECV_WEIGHT_EXTEND
+        if en.recv_count < cfg.recv_interval:
+            return
+    en.recv_count = 0
+    if en.inbox_head == -1:
+        return
+    if en.tail == -1:                              # the inbox, in arrival order, after the waiting queue
+        en.head = en.inbox_head
+    else:
+        req[en.tail].next = en.inbox_head
+    en.tail = en.inbox_tail
+    en.inbox_head = -1
+    en.inbox_tail = -1
+
+
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
+def _step_kind(e, ns, req, slots):
+    """engine e's step just built: -1 empty, 0 decode-only (every entry one token of a sequence that has
+    generated), 1 with prompt tokens."""
+    if ns == 0:
+        return -1
+    for j in range(ns):
+        q = req[slots[e, j].req]
+        if not (q.generated > 0 and q.prompt_tokens + q.generated - q.computed == 1):
+            return 1
+    return 0
+
+
 @kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _blocks_for(tokens, block):
     return (tokens + block - 1) // block
@@ -275,7 +329,8 @@ def _batch_wait_holds(e, left, req, eng, cfg):
 
 @kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _schedule(e, now, req, eng, slots, cfg, cache, ids):
-    """Build engine e's next step at `now`: running requests first (with prefill priority, as vLLM
+    """Build engine e's next step at `now`: the requests it receives now join the waiting queue (`_receive`);
+    running requests first (with prefill priority, as vLLM
     0.6 unchunked and SGLang, only the prompts in progress), then waiting ones, FCFS, in the budget
     left (chunked: cut to fit); then cache the full units the step's entries complete. Returns the
     entries scheduled and the requests refused."""
@@ -283,6 +338,7 @@ def _schedule(e, now, req, eng, slots, cfg, cache, ids):
     ns = 0
     refused = 0
     preempted_now = False
+    _receive(e, req, eng, cfg)
     if cfg.chunked or not cfg.prefill_first:
         left, ns, preempted_now = _schedule_running(e, cfg.prefill_first, left, ns, req, eng, slots, cfg, cache, ids)
     if not preempted_now and not _balance_holds(e, eng, cfg) and not _batch_wait_holds(e, left, req, eng, cfg):
@@ -300,6 +356,8 @@ def _schedule(e, now, req, eng, slots, cfg, cache, ids):
         elif decoding or not cfg.prefill_first:  # a decode step: one decay step towards the floor
             en.new_token_ratio = max(en.new_token_ratio - cfg.admit_ratio_decay, cfg.admit_ratio_min)
     eng[e].scheduled = ns
+    if cfg.recv_interval > 1:
+        eng[e].last_step = _step_kind(e, ns, req, slots)
     ut = cache.meta[M_UNIT_TOKENS]
     if ut > 0:
         for j in range(ns):

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Re-run silicon rows with SGLang's receive interval switched on, as a serving recipe launched them.
+
+Reads the JSON of `run_silicon.py --json FILE` (each row's apex-plan command and measured figures), keeps the
+aggregated SGLang rows of --system (b200_sxm by default) without attention DP (SGLang 0.5.3-0.5.9 refuses the
+interval there), runs each command again with `--scheduler-recv-interval N`, N = --low below --from-conc
+concurrent requests and --high from it (SemiAnalysisAI/InferenceX benchmarks/dsr1_fp8_b200.sh,
+dsr1_fp4_b200.sh, gptoss_fp4_b200_sglang.sh: 10 below 16, 30 from 16), and prints measured, before and after
+TTFT/TPOT per row and the MAPE, median |error| and bias over them.
+
+usage: python scripts/check_recv_interval.py RUN.json [--system b200_sxm] [--low 10] [--high 30] [--from-conc 16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+
+
+def _flag(cmd: str, name: str) -> str | None:
+    m = re.search(re.escape(name) + r" (\S+)", cmd)
+    return m.group(1) if m else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_json")
+    ap.add_argument("--system", default="b200_sxm")
+    ap.add_argument("--low", type=int, default=10)
+    ap.add_argument("--high", type=int, default=30)
+    ap.add_argument("--from-conc", type=int, default=16)
+    a = ap.parse_args()
+    rows = []
+    for r in json.load(open(a.run_json)):
+        c = r.get("cmd", "")
+        if (r.get("status") != "ok" or r["group"][1] != "sglang" or r["group"][4] != "agg"
+                or r["group"][0] != a.system or "adp=" in c):
+            continue
+        n = a.low if int(_flag(c, "--concurrency")) < a.from_conc else a.high
+        argv = [sys.executable, "-m", "apex_plan"] + shlex.split(c)[1:] + ["--scheduler-recv-interval", str(n)]
+        m = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)["metrics"]
+        after = (m["ttft_ms"]["mean"], m["tpot_ms"]["mean"])
+        rows.append((r["meas_ttft"], r["pred_ttft"], after[0], r["meas_tpot"], r["pred_tpot"], after[1]))
+        print(f"{r['id'][:70]:70s} c={_flag(c, '--concurrency'):>4s} N={n:3d} TTFT meas {r['meas_ttft']:7.0f} "
+              f"before {r['pred_ttft']:7.0f} after {after[0]:7.0f} | TPOT {r['meas_tpot']:5.1f} "
+              f"{r['pred_tpot']:5.1f} {after[1]:5.1f}", flush=True)
+    if not rows:
+        sys.exit("check_recv_interval: no row matches; check --system")
+    for name, k in (("TTFT", 0), ("TPOT", 3)):
+        e0 = [x[k + 1] / x[k] - 1 for x in rows]      # signed relative error before
+        e1 = [x[k + 2] / x[k] - 1 for x in rows]      # and after
+        print(f"{name}: {len(rows)} rows, MAPE {100 * statistics.mean(map(abs, e0)):.1f} -> "
+              f"{100 * statistics.mean(map(abs, e1)):.1f} %, median {100 * statistics.median(map(abs, e0)):.1f} -> "
+              f"{100 * statistics.median(map(abs, e1)):.1f} %, bias {100 * statistics.mean(e0):+.1f} -> "
+              f"{100 * statistics.mean(e1):+.1f} %")
+
+
+if __name__ == "__main__":
+    main()
