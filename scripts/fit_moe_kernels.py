@@ -66,6 +66,9 @@ each with what it did when written:
   points). Their gap is not the MoE kernel.
 * vLLM Marlin MXFP4 on Hopper: its table is Kimi-K3's shapes under a "situ-as-silu" stand-in (collection_meta
   of vllm 0.24.0); on gpt-oss it triples the prefill (H200 vLLM gpt-oss TTFT 17.2 -> 49.2 %, H100 23.9 -> 54.9 %).
+  The measured rows ask for that rate (README 'vLLM serving recipes against the profile': the H100 0.18 rows'
+  prefill scales as 1/tp at ~183 TFLOP/s of experts, the compute fit's 0.183 x peak); what breaks TTFT with it is
+  the vLLM front end fitted around the dense rate and the 5 x C window's first wave, not the kernel.
 * TRT-LLM CUTLASS on Hopper (fp8-block): H100 Qwen3-235B TTFT 15.3 -> 21.9 %; H200 DeepSeek TPOT both ways.
 * H100: its engines' host constants were fitted on the H100 rows with the dense MoE cost (engine_profiles
   calibration notes); with its Triton kernels on, H100 vLLM MiniMax-M2.5 TPOT 15.0 -> 19.2 % (bias -10.3 ->

@@ -194,3 +194,37 @@ def test_fused_quant_producers_bad_value_is_one_line(tmp_path):
     with pytest.raises(InputError) as e:
         load_engine_file(path)
     assert "quantization.fused_quant_producers" in str(e.value) and "activation" in str(e.value)
+
+
+def test_kv_default_per_gpu_wins_where_the_deployments_pass_one_and_only_there():
+    vllm = resolve_engine_profile("vllm")
+    # InferenceX's vLLM recipes on B200 pass --kv-cache-dtype fp8 for every checkpoint, gpt-oss's bf16 attention too
+    assert vllm.default_kv_dtype("fp4", "bf16", "b200-sxm-180gb") == "fp8"
+    assert vllm.default_kv_dtype("fp8", "fp8-block", "b200-sxm-180gb") == "fp8"
+    # elsewhere the checkpoint's rule holds (H100 / H200 recipes differ by model)
+    for gpu in ("h100-sxm-80gb", "h200-sxm-141gb", ""):
+        assert vllm.default_kv_dtype("fp4", "bf16", gpu) == "bf16"
+        assert vllm.default_kv_dtype("fp4", "nvfp4", gpu) == "fp8"
+    # other engines carry no per-GPU entry
+    assert resolve_engine_profile("sglang").default_kv_dtype("bf16", "bf16", "b200-sxm-180gb") == "bf16"
+
+
+def test_kv_by_gpu_is_validated_and_round_trips():
+    from apex_plan.engine.load import profile_from_dict, profile_to_dict
+    from apex_plan.errors import InputError
+    doc = profile_to_dict(resolve_engine_profile("vllm-v1"))
+    assert doc["kv_cache_dtype_by_gpu"] == {"b200-sxm-180gb": "fp8"}
+    assert profile_from_dict(doc, "x.yaml").kv_cache_dtype_by_gpu == {"b200-sxm-180gb": "fp8"}
+    with pytest.raises(InputError, match="kv_cache_dtype_by_gpu"):
+        profile_from_dict({**doc, "kv_cache_dtype_by_gpu": {"b200-sxm-180gb": "fp16"}}, "x.yaml")
+    assert "kv_cache_dtype_by_gpu" not in profile_to_dict(resolve_engine_profile("sglang"))
+
+
+def test_simulate_takes_the_gpus_kv_default_and_an_explicit_dtype_still_wins():
+    base = [sys.executable, "-m", "apex_plan", "simulate", "--model", "openai/gpt-oss-120b", "--gpu", "b200-sxm-180gb",
+            "--gpus", "1", "--weight-dtype", "fp4", "--engine", "vllm@0.15.1", "--prompt-tokens", "256",
+            "--output-tokens", "16", "--concurrency", "2", "--format", "json"]
+    for extra, want in (([], "fp8"), (["--kv-cache-dtype", "bf16"], "bf16")):
+        out = subprocess.run(base + extra, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert f'"kv_dtype": "{want}"' in out.stdout

@@ -52,7 +52,7 @@ class Case:
 
 
 def _row_plan(where: str, r: dict, keys: tuple[str, str, str], weight_dtype: str, kv_dtype: str | None,
-              profile: EngineProfile, adp: int = 1, ep: int = 1, weight_format: str = "") -> Plan:
+              profile: EngineProfile, adp: int = 1, ep: int = 1, weight_format: str = "", gpu_name: str = "") -> Plan:
     """The plan of one row from its (dp, tp, pp) columns: whole numbers of at least 1."""
     dp, tp, pp = (F.count(where, k, r.get(k), 1, MAX_GPUS, f"write '{k}' as a whole number of at least 1",
                           default=1) for k in keys)
@@ -60,7 +60,8 @@ def _row_plan(where: str, r: dict, keys: tuple[str, str, str], weight_dtype: str
     for key, dt in (("weight_dtype", weight_dtype), ("kv_dtype", kv_dtype)):
         if dt is not None and dt not in DTYPE_BYTES:
             raise InputError(where, key, f"unknown dtype '{dt}'", did_you_mean(dt, DTYPE_BYTES))
-    return Plan(dp, tp, pp, ep, weight_dtype, kv_dtype or profile.default_kv_dtype(weight_dtype, weight_format), adp=adp)
+    return Plan(dp, tp, pp, ep, weight_dtype, kv_dtype or profile.default_kv_dtype(weight_dtype, weight_format, gpu_name),
+                adp=adp)
 
 
 def case_from_row(r: dict, requests_per_slot: int, seed: int = 0, where: str | None = None) -> Case:
@@ -87,7 +88,8 @@ def case_from_row(r: dict, requests_per_slot: int, seed: int = 0, where: str | N
     wd = PRECISION.get(r.get("precision", ""), r.get("precision", ""))
     plan = _row_plan(where, {"tp_size": r.get("tp_size"), "pp_size": r.get("pp_size")},
                      ("dp_size", "tp_size", "pp_size"), wd, None, profile, adp=1, ep=1,
-                     weight_format=component_format(dict(model.weight_formats), "attention", wd, "bf16"))
+                     weight_format=component_format(dict(model.weight_formats), "attention", wd, "bf16"),
+                     gpu_name=gpu.name)
     tp = plan.tp
     if adp <= 1 and mtp * mep > tp:
         adp = mtp * mep // tp

@@ -18,6 +18,7 @@ from apex_plan.errors import InputError, did_you_mean
 from apex_plan.hardware.load import _read_yaml
 
 FAMILIES = ("vllm", "sglang", "trtllm")
+KV_DTYPES = ("bf16", "fp8")                   # what an engine's --kv-cache-dtype can set per GPU
 _ALIASES = {"tensorrt-llm": "trtllm", "tensorrt_llm": "trtllm", "trt-llm": "trtllm", "trt_llm": "trtllm"}
 _SECTIONS = {"scheduler": SchedulerPolicy, "host": HostModel, "graphs": GraphPolicy, "quantization": Quantization,
              "collectives": Collectives, "memory": MemoryPolicy, "layouts": Layouts, "features": Features}
@@ -130,6 +131,10 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
     kv = doc.get("kv_cache_dtype") or {}
     if not isinstance(kv, dict) or not all(isinstance(v, str) for v in kv.values()):
         raise InputError(where, "kv_cache_dtype", "expected a mapping of weight dtype to KV dtype", "write e.g. {fp8: fp8}")
+    kv_gpu = doc.get("kv_cache_dtype_by_gpu") or {}
+    if not isinstance(kv_gpu, dict) or not all(v in KV_DTYPES for v in kv_gpu.values()):
+        raise InputError(where, "kv_cache_dtype_by_gpu", "expected a mapping of GPU profile name to a KV dtype "
+                         f"({' | '.join(KV_DTYPES)})", "write e.g. {b200-sxm-180gb: fp8}")
     by_gpu = doc.get("host_by_gpu") or {}
     if not isinstance(by_gpu, dict):
         raise InputError(where, "host_by_gpu", "expected a mapping of GPU profile name to host constants",
@@ -145,6 +150,7 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
     return EngineProfile(name=str(doc["name"]), family=family, min_version=str(doc["min_version"]),
                          max_version=str(doc["max_version"]), source=str(doc.get("source", "")),
                          attention=attention, kv_cache_dtype={str(k): v for k, v in kv.items()},
+                         kv_cache_dtype_by_gpu={str(k): v for k, v in kv_gpu.items()},
                          calibration=str(doc.get("calibration", "")).strip(),
                          calibration_error=cal_err, calibration_error_by_gpu=by_gpu_err, path=where,
                          host_by_gpu=host_by_gpu, **sections)
@@ -223,6 +229,8 @@ def profile_to_dict(profile: EngineProfile) -> dict:
     d["collectives"]["custom_allreduce_tp"] = list(d["collectives"]["custom_allreduce_tp"])
     d["features"]["speculative"] = list(d["features"]["speculative"])
     d["quantization"]["fused_quant_producers"] = list(d["quantization"]["fused_quant_producers"])
+    if not d["kv_cache_dtype_by_gpu"]:
+        d.pop("kv_cache_dtype_by_gpu")
     if not d["calibration_error_by_gpu"]:
         d.pop("calibration_error_by_gpu")
     return d

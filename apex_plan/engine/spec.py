@@ -204,6 +204,9 @@ class EngineProfile:
     quantization: Quantization = field(default_factory=Quantization)
     collectives: Collectives = field(default_factory=Collectives)
     kv_cache_dtype: dict[str, str] = field(default_factory=dict)   # weight dtype or format -> default KV dtype ('' = activation dtype)
+    kv_cache_dtype_by_gpu: dict[str, str] = field(default_factory=dict)  # GPU profile name -> the KV dtype the engine's
+                                           # deployments on that GPU pass for every checkpoint (--kv-cache-dtype), over
+                                           # kv_cache_dtype
     memory: MemoryPolicy = field(default_factory=MemoryPolicy)
     layouts: Layouts = field(default_factory=Layouts)
     features: Features = field(default_factory=Features)
@@ -235,10 +238,12 @@ class EngineProfile:
         """Backend for a KV dtype (falls back to the bf16 entry)."""
         return self.attention.get(kv_dtype) or self.attention.get("bf16") or AttentionBackend()
 
-    def default_kv_dtype(self, weight_dtype: str, weight_format: str = "") -> str:
-        """KV-cache dtype the engine picks for `weight_dtype` weights when none is given; an entry for the
-        attention weights' format (e.g. nvfp4, apex_plan.model.quant.FORMATS) wins over one for the dtype."""
-        return self.kv_cache_dtype.get(weight_format) or self.kv_cache_dtype.get(weight_dtype) or "bf16"
+    def default_kv_dtype(self, weight_dtype: str, weight_format: str = "", gpu_name: str = "") -> str:
+        """KV-cache dtype the engine picks for `weight_dtype` weights when none is given: the one its deployments
+        on GPU `gpu_name` pass (kv_cache_dtype_by_gpu), else an entry for the attention weights' format (e.g.
+        nvfp4, apex_plan.model.quant.FORMATS), which wins over one for the dtype."""
+        return (self.kv_cache_dtype_by_gpu.get(gpu_name) or self.kv_cache_dtype.get(weight_format)
+                or self.kv_cache_dtype.get(weight_dtype) or "bf16")
 
     def prefill_first(self, chunked: bool) -> bool:
         """True when waiting prompts run in prefill-only steps ahead of decodes."""

@@ -210,7 +210,7 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
     I.check_engine(eng, m)
     weight_dtype = req.weight_dtype if req.weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = req.kv_dtype if req.kv_dtype is not None else eng.profile.default_kv_dtype(
-        weight_dtype, component_format(dict(m.weight_formats), "attention", weight_dtype, "bf16"))
+        weight_dtype, component_format(dict(m.weight_formats), "attention", weight_dtype, "bf16"), cl.gpu.name)
     if req.disaggregated:
         if req.plan is not None or req.tp_size is not None or req.pp_size is not None:
             raise InputError("--plan", None, "given together with --prefill-plan/--decode-plan",
