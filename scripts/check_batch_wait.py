@@ -18,13 +18,12 @@ import json
 import re
 import shlex
 import statistics
-import subprocess
 import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from silicon_rows import flag, rerun_metrics  # noqa: E402
 
-def _flag(cmd: str, name: str) -> str | None:
-    m = re.search(re.escape(name) + r" (\S+)", cmd)
-    return m.group(1) if m else None
 
 
 def main() -> None:
@@ -43,15 +42,14 @@ def main() -> None:
         c = r.get("cmd", "")
         tp = re.search(r"tp=(\d+)", c)
         if (r.get("status") != "ok" or r["group"][1] != "trtllm" or a.only not in r["id"] or not tp
-                or int(tp.group(1)) >= a.tp_below or _flag(c, "--prompt-tokens") != a.isl
-                or _flag(c, "--output-tokens") != a.osl):
+                or int(tp.group(1)) >= a.tp_below or flag(c, "--prompt-tokens") != a.isl
+                or flag(c, "--output-tokens") != a.osl):
             continue
-        argv = [sys.executable, "-m", "apex_plan"] + shlex.split(c)[1:] + [
-            "--batch-wait-iters", str(a.iters), "--batch-wait-ratio", str(a.ratio)] + shlex.split(a.extra)
-        m = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)["metrics"]
+        m = rerun_metrics(c, ["--batch-wait-iters", str(a.iters), "--batch-wait-ratio", str(a.ratio)]
+                          + shlex.split(a.extra))
         after = (m["ttft_ms"]["mean"], m["tpot_ms"]["mean"])
         rows.append((r["meas_ttft"], r["pred_ttft"], after[0], r["meas_tpot"], r["pred_tpot"], after[1]))
-        print(f"{r['id'][:70]:70s} c={_flag(c, '--concurrency'):>4s} TTFT meas {r['meas_ttft']:7.0f} "
+        print(f"{r['id'][:70]:70s} c={flag(c, '--concurrency'):>4s} TTFT meas {r['meas_ttft']:7.0f} "
               f"before {r['pred_ttft']:7.0f} after {after[0]:7.0f} | TPOT {r['meas_tpot']:5.1f} "
               f"{r['pred_tpot']:5.1f} {after[1]:5.1f}", flush=True)
     if not rows:

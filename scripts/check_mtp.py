@@ -21,17 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
 import statistics
-import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from silicon_rows import flag, rerun  # noqa: E402
 
 from apex_plan.model.load import load_model
 
-
-def _flag(cmd: str, name: str) -> str | None:
-    m = re.search(re.escape(name) + r" (\S+)", cmd)
-    return m.group(1) if m else None
 
 
 def _has_mtp(model: str, cache: dict) -> bool:
@@ -66,14 +64,13 @@ def main() -> None:
     for r in json.load(open(a.run_json)):
         c = r.get("cmd", "")
         if (r.get("status") != "ok" or r["group"][1] != "trtllm" or a.only not in r["id"] or "--plan " not in c
-                or not _has_mtp(_flag(c, "--model") or "", models)):
+                or not _has_mtp(flag(c, "--model") or "", models)):
             continue
         k = a.k_adp if re.search(r"adp=(\d+)", c) and int(re.search(r"adp=(\d+)", c).group(1)) > 1 else a.k
         extra = ["--speculative", f"mtp:{k}"]
         if k > 1 or a.acceptance is not None:
             extra += ["--speculative-acceptance", acc]
-        argv = [sys.executable, "-m", "apex_plan"] + shlex.split(c)[1:] + extra
-        out = subprocess.run(argv, capture_output=True, text=True)
+        out = rerun(c, extra)
         if out.returncode != 0:
             print(f"{r['id'][:70]:70s} failed: {out.stderr.strip()[-200:]}", flush=True)
             continue

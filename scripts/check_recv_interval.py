@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import shlex
 import statistics
-import subprocess
 import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from silicon_rows import flag, rerun_metrics  # noqa: E402
 
-def _flag(cmd: str, name: str) -> str | None:
-    m = re.search(re.escape(name) + r" (\S+)", cmd)
-    return m.group(1) if m else None
 
 
 def main() -> None:
@@ -40,12 +37,11 @@ def main() -> None:
         if (r.get("status") != "ok" or r["group"][1] != "sglang" or r["group"][4] != "agg"
                 or r["group"][0] != a.system or "adp=" in c):
             continue
-        n = a.low if int(_flag(c, "--concurrency")) < a.from_conc else a.high
-        argv = [sys.executable, "-m", "apex_plan"] + shlex.split(c)[1:] + ["--scheduler-recv-interval", str(n)]
-        m = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)["metrics"]
+        n = a.low if int(flag(c, "--concurrency")) < a.from_conc else a.high
+        m = rerun_metrics(c, ["--scheduler-recv-interval", str(n)])
         after = (m["ttft_ms"]["mean"], m["tpot_ms"]["mean"])
         rows.append((r["meas_ttft"], r["pred_ttft"], after[0], r["meas_tpot"], r["pred_tpot"], after[1]))
-        print(f"{r['id'][:70]:70s} c={_flag(c, '--concurrency'):>4s} N={n:3d} TTFT meas {r['meas_ttft']:7.0f} "
+        print(f"{r['id'][:70]:70s} c={flag(c, '--concurrency'):>4s} N={n:3d} TTFT meas {r['meas_ttft']:7.0f} "
               f"before {r['pred_ttft']:7.0f} after {after[0]:7.0f} | TPOT {r['meas_tpot']:5.1f} "
               f"{r['pred_tpot']:5.1f} {after[1]:5.1f}", flush=True)
     if not rows:
