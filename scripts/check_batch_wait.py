@@ -17,12 +17,11 @@ import argparse
 import json
 import re
 import shlex
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from silicon_rows import flag, rerun_metrics  # noqa: E402
+from silicon_rows import before_after, flag, print_summary, rerun_metrics  # noqa: E402
 
 
 
@@ -47,18 +46,10 @@ def main() -> None:
             continue
         m = rerun_metrics(c, ["--batch-wait-iters", str(a.iters), "--batch-wait-ratio", str(a.ratio)]
                           + shlex.split(a.extra))
-        after = (m["ttft_ms"]["mean"], m["tpot_ms"]["mean"])
-        rows.append((r["meas_ttft"], r["pred_ttft"], after[0], r["meas_tpot"], r["pred_tpot"], after[1]))
-        print(f"{r['id'][:70]:70s} c={flag(c, '--concurrency'):>4s} TTFT meas {r['meas_ttft']:7.0f} "
-              f"before {r['pred_ttft']:7.0f} after {after[0]:7.0f} | TPOT {r['meas_tpot']:5.1f} "
-              f"{r['pred_tpot']:5.1f} {after[1]:5.1f}", flush=True)
+        rows.append(before_after(r, m))
     if not rows:
         sys.exit("check_batch_wait: no row matches; check --only/--isl/--osl/--tp-below")
-    for name, k in (("TTFT", 0), ("TPOT", 3)):
-        e0 = [abs(x[k + 1] / x[k] - 1) for x in rows]      # relative error before
-        e1 = [abs(x[k + 2] / x[k] - 1) for x in rows]      # relative error after
-        print(f"{name}: {len(rows)} rows, MAPE {100 * statistics.mean(e0):.1f} -> {100 * statistics.mean(e1):.1f} %, "
-              f"median {100 * statistics.median(e0):.1f} -> {100 * statistics.median(e1):.1f} %")
+    print_summary(rows)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from silicon_rows import flag, rerun_metrics  # noqa: E402
+from silicon_rows import before_after, flag, print_summary, rerun_metrics  # noqa: E402
 
 
 
@@ -39,20 +38,10 @@ def main() -> None:
             continue
         n = a.low if int(flag(c, "--concurrency")) < a.from_conc else a.high
         m = rerun_metrics(c, ["--scheduler-recv-interval", str(n)])
-        after = (m["ttft_ms"]["mean"], m["tpot_ms"]["mean"])
-        rows.append((r["meas_ttft"], r["pred_ttft"], after[0], r["meas_tpot"], r["pred_tpot"], after[1]))
-        print(f"{r['id'][:70]:70s} c={flag(c, '--concurrency'):>4s} N={n:3d} TTFT meas {r['meas_ttft']:7.0f} "
-              f"before {r['pred_ttft']:7.0f} after {after[0]:7.0f} | TPOT {r['meas_tpot']:5.1f} "
-              f"{r['pred_tpot']:5.1f} {after[1]:5.1f}", flush=True)
+        rows.append(before_after(r, m, f" N={n:3d}"))
     if not rows:
         sys.exit("check_recv_interval: no row matches; check --system")
-    for name, k in (("TTFT", 0), ("TPOT", 3)):
-        e0 = [x[k + 1] / x[k] - 1 for x in rows]      # signed relative error before
-        e1 = [x[k + 2] / x[k] - 1 for x in rows]      # and after
-        print(f"{name}: {len(rows)} rows, MAPE {100 * statistics.mean(map(abs, e0)):.1f} -> "
-              f"{100 * statistics.mean(map(abs, e1)):.1f} %, median {100 * statistics.median(map(abs, e0)):.1f} -> "
-              f"{100 * statistics.median(map(abs, e1)):.1f} %, bias {100 * statistics.mean(e0):+.1f} -> "
-              f"{100 * statistics.mean(e1):+.1f} %")
+    print_summary(rows)
 
 
 if __name__ == "__main__":
