@@ -92,6 +92,31 @@ def fit_gemm(df: pd.DataFrame, peak_flops: float, bw_bytes_s: float, dtype: str)
     return solve(resid, [(0.7, 0.8, 4.0), (0.5, 0.5, 10.0), (0.9, 0.9, 2.0)], [1e-3, 1e-3, 0.0], [1.0, 1.0, 100.0])
 
 
+DECODE_M_MAX = 32                       # memory-bound GEMM rows: a decode step's tokens
+DECODE_MIN_WEIGHT_BYTES = 64e6          # weights of >= 64 MB: the fixed time per call <~ 15 % of the row
+
+
+def fit_gemm_decode(df: pd.DataFrame, bw_bytes_s: float, dtype: str):
+    """bandwidth_efficiency (and its fixed time, us) from the memory-bound rows alone: t = lat + bytes /
+    (HBM x be) over M <= DECODE_M_MAX, weights >= DECODE_MIN_WEIGHT_BYTES, soft-L1 on log time (a few rows
+    far off the line, a kernel choice gone wrong, do not set the level). The whole-table fit's be trades
+    bytes against the compute side's shape dependence; a decode step reads its weights in this regime."""
+    d = df[df.gemm_dtype == dtype].groupby(["m", "n", "k"], as_index=False).latency.min()
+    m, n, k = (d[c].to_numpy(float) for c in "mnk")
+    t_s = d.latency.to_numpy(float) * 1e-3                   # tables give milliseconds
+    byts = k * n * WEIGHT_B[dtype] + m * (k + n) * ACT_B     # weights once + in/out activations
+    keep = (m <= DECODE_M_MAX) & (k * n * WEIGHT_B[dtype] >= DECODE_MIN_WEIGHT_BYTES) & (byts / t_s <= bw_bytes_s)
+    byts, t_s = byts[keep], t_s[keep]
+
+    def resid(x):
+        return np.log(x[1] * 1e-6 + byts / (bw_bytes_s * x[0])) - np.log(t_s)   # fixed time + bytes at be x HBM
+
+    best = min((least_squares(resid, x0, bounds=([1e-3, 0.0], [1.0, 100.0]), loss="soft_l1", f_scale=0.1)
+                for x0 in ((0.8, 4.0), (0.6, 10.0))), key=lambda r: r.cost)
+    res = resid(best.x)
+    return best.x, float(np.sqrt(np.mean(res ** 2))), len(res)
+
+
 def fit_attention(df: pd.DataFrame, peak_flops: float, sms: int, klat_s: float):
     """attention_efficiency: fresh causal prefill, bf16 KV, head_dim 128, isl >= 4096, SMs full."""
     if "window_size" in df:
@@ -163,8 +188,10 @@ def fit_gpu(root: Path, gpu: str, comm_gpus: set[int] | None = None) -> dict:
         key = PEAK_KEY[dtype]
         if (gemm.gemm_dtype == dtype).any() and key in spec.peak_tflops:
             out[f"gemm_{dtype}"] = fit_gemm(gemm, spec.peak_flops(key), bw, dtype)
-    (ce, be, klat), _, _ = out["gemm_bfloat16"]
-    out.update(compute_efficiency=ce, bandwidth_efficiency=be, kernel_latency_us=klat)
+    (ce, be_all, klat), _, _ = out["gemm_bfloat16"]
+    out["gemm_decode"] = fit_gemm_decode(gemm, bw, "bfloat16")
+    out.update(compute_efficiency=ce, bandwidth_efficiency=out["gemm_decode"][0][0], kernel_latency_us=klat,
+               bandwidth_efficiency_all=be_all)
     attn, v = table(root, gpu, "attention/vllm", "context_attention_perf.parquet")
     out["tables"].append(f"context attention vllm {v.split()[-1]}")
     out["attention"] = fit_attention(attn, spec.peak_flops("bf16"), spec.num_sms, klat * 1e-6)
@@ -278,7 +305,10 @@ def calibration_block(gpu: str, version: str, fit_x: dict, fit_h: dict, vals: di
     f = lambda k: f"{fit_x[k]:.3f} vs H100 {fit_h[k]:.3f}"            # noqa: E731
     us = lambda k: f"{fit_x[k]:.2f} vs H100 {fit_h[k]:.2f} us"         # noqa: E731
     row("compute_efficiency", f"bf16 GEMM fit {f('compute_efficiency')} ({g_n} shapes, error {g_err:.0f}%)")
-    row("bandwidth_efficiency", f"same GEMM fit {f('bandwidth_efficiency')}")
+    d_err, d_n = pct(fit_x["gemm_decode"][1]), fit_x["gemm_decode"][2]
+    row("bandwidth_efficiency", f"same table's memory-bound rows (M <= {DECODE_M_MAX}, weights >= "
+        f"{DECODE_MIN_WEIGHT_BYTES / 1e6:.0f} MB) {f('bandwidth_efficiency')} ({d_n} shapes, error {d_err:.0f}%; "
+        f"whole-table fit {f('bandwidth_efficiency_all')})")
     row("attention_efficiency", f"context attention hd{ATTN_HEAD_DIM} isl>={ATTN_MIN_ISL} fit "
         f"{f('attention_efficiency')} ({a_n} shapes, error {a_err:.0f}%)")
     comm = f"all-reduce fit ({ng} GPUs, {c_n} sizes, error {c_err:.0f}%)"
@@ -300,15 +330,42 @@ def calibration_block(gpu: str, version: str, fit_x: dict, fit_h: dict, vals: di
     return "\n".join(lines) + "\n"
 
 
+# calibration fields this script does not fit: the profile's own lines (and their comment lines) are kept verbatim
+KEPT_FIELDS = ("prefill_attention_efficiency", "prefill_attention_efficiency_by_engine",
+               "custom_allreduce_latency_us_by_engine", "p2p_latency_us", "alltoall_latency_us", "moe_imbalance")
+
+
+def _entries(lines: list[str]) -> dict[str, list[str]]:
+    """The `  field: value` entries of a calibration section, each with the indented comment lines under it."""
+    out: dict[str, list[str]] = {}
+    key = None
+    for line in lines:
+        m = re.match(r"^  (\w+):", line)
+        if m:
+            key = m.group(1)
+            out[key] = [line]
+        elif key is not None and line.lstrip().startswith("#") and line.startswith("   "):
+            out[key].append(line)
+    return out
+
+
 def write_profile(name: str, block: str) -> Path:
-    """Replace the profile's trailing `calibration:` section (the last one in every built-in file)."""
+    """Replace the profile's trailing `calibration:` section (the last one in every built-in file) with `block`,
+    keeping verbatim the fields it does not fit (KEPT_FIELDS) and any field it does not write (other scripts':
+    fit_engine_allreduce.py's per-engine all-reduce terms)."""
     path = hardware_dir() / f"{name}.yaml"
     text = path.read_text()
     at = re.search(r"^calibration:", text, flags=re.M)
     tail = text[at.start():].splitlines()[1:] if at else []
     if at is None or any(line and not line.startswith(" ") for line in tail):
         raise SystemExit(f"{path}: field 'calibration' must be the last section; move it to the end and rerun")
-    path.write_text(text[:at.start()] + block)
+    old, new = _entries(tail), _entries(block.splitlines()[1:])
+    lines = block.splitlines()
+    out = [ln for ln in lines if not any(ln.startswith(f"  {k}:") for k in KEPT_FIELDS if k in old)]
+    for key, entry in old.items():
+        if key in KEPT_FIELDS or key not in new:
+            out += entry
+    path.write_text(text[:at.start()] + "\n".join(out) + "\n")
     return path
 
 

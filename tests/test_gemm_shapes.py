@@ -1,5 +1,5 @@
 """Dense GEMMs with a measured shape term (`gemm_shapes:`): the roofline lower bounds hold, time rises with M,
-efficiency rises with K, the numpy mirror (estimate.gemm_time) is the step-cost kernel's GEMM rows, the lookup
+efficiency rises with K, a decode GEMM's weight bytes run at the format's measured ratio to bf16's bytes/s, the numpy mirror (estimate.gemm_time) is the step-cost kernel's GEMM rows, the lookup
 keeps a format's tensor-core dtype, and the loader names bad fields."""
 
 from __future__ import annotations
@@ -61,6 +61,20 @@ def test_compute_bound_efficiency_rises_with_k(gpu):
     assert rate[-1] < gpu.peak_flops("fp8") * gpu.kernel_formats.gemm_shapes["fp8"].compute_efficiency
 
 
+@pytest.mark.parametrize("gpu", GPUS, ids=lambda g: g.name)
+def test_decode_weight_bytes_run_at_the_formats_ratio_to_bf16(gpu):
+    """One token through a 64 MB+ weight: memory-bound, so time = latency + bytes / (HBM x calibration x ratio)."""
+    k, n, cal = 8192, 28672, gpu.calibration
+    for fmt, shape in gpu.kernel_formats.gemm_shapes.items():
+        assert 0.5 < shape.bandwidth_ratio < 1.2            # the tables' small-M fits: 0.78-1.04 of bf16's bytes/s
+        byts = k * n * format_bytes(fmt) + (k + n) * 2.0
+        t = float(gemm_time_s(_rates(gpu, fmt, k, n), 1, k, n, format_bytes(fmt)))
+        want = byts / (gpu.mem_bw_gbps * 1e9 * cal.bandwidth_efficiency * shape.bandwidth_ratio)
+        assert t - cal.kernel_latency_us * 1e-6 == pytest.approx(want, rel=1e-12)
+    if gpu.supports("fp4"):                                  # Blackwell nvfp4 decode GEMMs: ~0.8 of bf16's bytes/s
+        assert gpu.kernel_formats.gemm_shapes["nvfp4"].bandwidth_ratio < 0.9
+
+
 def test_mirror_is_the_kernels_gemm_rows():
     model, gpu = load_model("llama-3.1-8b"), GPUS[1]
     sc = build_step_cost(model, gpu, Plan(tp=2, weight_dtype="fp8"))
@@ -97,8 +111,15 @@ def _doc(shapes):
     ({"fp8": {"compute_efficiency": 0.5, "k_overhead": -1}}, "gemm_shapes.fp8.k_overhead"),
     ({"fp8": {"compute_efficiency": 0.5, "k_overhead": 1, "tile": 2}}, "gemm_shapes.fp8.tile"),
     ({"fp8": {"compute_efficiency": 0.5}}, "gemm_shapes.fp8.k_overhead"),
+    ({"fp8": {"compute_efficiency": 0.5, "k_overhead": 1, "bandwidth_ratio": 3.0}}, "gemm_shapes.fp8.bandwidth_ratio"),
+    ({"fp8": {"compute_efficiency": 0.5, "k_overhead": 1, "bandwidth_ratio": "x"}}, "gemm_shapes.fp8.bandwidth_ratio"),
 ])
 def test_bad_gemm_shapes_name_the_field(shapes, field):
     with pytest.raises(InputError) as e:
         gpu_from_dict(_doc(shapes), "my-gpu.yaml")
     assert field in str(e.value) and "my-gpu.yaml" in str(e.value)
+
+
+def test_bandwidth_ratio_defaults_to_one():
+    gpu = gpu_from_dict(_doc({"fp8": {"compute_efficiency": 0.5, "k_overhead": 100}}), "my-gpu.yaml")
+    assert gpu.kernel_formats.gemm_shapes["fp8"].bandwidth_ratio == 1.0

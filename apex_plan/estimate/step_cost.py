@@ -91,7 +91,8 @@ def gemm_rates(gpu: GpuSpec, act_dtype: str, family: str = ""):
     on (a mixed checkpoint's components each at theirs: bf16 attention beside fp4 experts runs at the bf16
     peak), at the calibration's efficiency, bandwidth and fixed time per call; a dense GEMM whose format has a
     measured shape term (`gemm_shapes:`, scripts/fit_gemm_shapes.py) at its compute efficiency plus its K-depth
-    overhead per output tile; routed experts at the fused-MoE kernel engine `family` runs, where measured
+    overhead per output tile and its weight bytes at its memory-bound ratio to bf16; routed experts at the
+    fused-MoE kernel engine `family` runs, where measured
     (estimate.moe.expert_rates), else at the calibration's figures."""
     c = gpu.calibration
     bw = gpu.mem_bw_gbps * 1e9
@@ -105,7 +106,9 @@ def gemm_rates(gpu: GpuSpec, act_dtype: str, family: str = ""):
         return dict(peak_flops_per_s=gpu.peak_flops(compute_dtype(gpu, g.fmt, act_dtype)),
                     efficiency=shape.compute_efficiency if shape else c.compute_efficiency,
                     k_overhead=shape.k_overhead if shape else 0.0,
-                    bytes_per_s=bw * c.bandwidth_efficiency, latency_s=c.kernel_latency_us * 1e-6)
+                    # weight bytes at the calibration's bytes/s, scaled by the format's small-M ratio to bf16's
+                    bytes_per_s=bw * c.bandwidth_efficiency * (shape.bandwidth_ratio if shape else 1.0),
+                    latency_s=c.kernel_latency_us * 1e-6)
     return rates
 
 

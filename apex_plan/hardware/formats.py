@@ -36,7 +36,7 @@ _INT4_GROUP = re.compile(r"^int4-g\d+$")
 _FIT_KEYS = ("peak", "compute_efficiency", "bandwidth_efficiency", "latency_us", "error_pct")
 _MOE_KEYS = _FIT_KEYS + ("latency_per_expert_us", "tile_rows")
 _ENGINES = ("vllm", "sglang", "trtllm")
-_SHAPE_KEYS = ("compute_efficiency", "k_overhead", "error_pct")
+_SHAPE_KEYS = ("compute_efficiency", "k_overhead", "error_pct", "bandwidth_ratio")
 # the format whose GEMM shape stands in for a tensor-core dtype without a fit of its own format
 _BASE_FORMAT = {"bf16": "bf16", "fp16": "bf16", "fp8": "fp8", "int8": "fp8", "fp4": "nvfp4"}
 _MLA_KEYS = ("prefill_efficiency", "decode_compute_efficiency", "decode_bandwidth_efficiency", "latency_us",
@@ -130,7 +130,8 @@ def _engine_fits(raw: Any, where: str, number: Callable[..., float],
 
 
 def _gemm_shapes(raw: Any, where: str, number: Callable[..., float]) -> dict[str, GemmShape]:
-    """Parse a profile's `gemm_shapes:` mapping: weight format -> {compute_efficiency, k_overhead, error_pct}."""
+    """Parse a profile's `gemm_shapes:` mapping: weight format -> {compute_efficiency, k_overhead, error_pct,
+    bandwidth_ratio (optional, 1)}."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -149,7 +150,12 @@ def _gemm_shapes(raw: Any, where: str, number: Callable[..., float]) -> dict[str
         ce = _value(doc, "compute_efficiency", where, f"{f}.compute_efficiency", number)
         k0 = number(doc, "k_overhead", where, "elements", field=f"{f}.k_overhead", allow_min=True)
         err = _value(doc, "error_pct", where, f"{f}.error_pct", number) if "error_pct" in doc else 0.0
-        out[name] = GemmShape(ce, k0, err)
+        ratio = number(doc, "bandwidth_ratio", where, "ratio to bf16's bytes/s", field=f"{f}.bandwidth_ratio",
+                       default=1.0, required=False)
+        if not 0.25 <= ratio <= 2.0:
+            raise InputError(where, f"{f}.bandwidth_ratio", f"must be in [0.25, 2], got {ratio}",
+                             "write the format's memory-bound bytes/s over bf16's, e.g. 0.86")
+        out[name] = GemmShape(ce, k0, err, ratio)
     return out
 
 

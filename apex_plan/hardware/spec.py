@@ -89,11 +89,13 @@ class KernelFit:
 class GemmShape:
     """A dense GEMM's size dependence in one weight format, fitted to measured GEMM tables (the profile's
     `gemm_shapes:`, scripts/fit_gemm_shapes.py): compute time 2 M N (K + k_overhead) / (peak x
-    compute_efficiency); bytes and the fixed time per call stay the calibration's."""
+    compute_efficiency); weight bytes at the calibration's bytes/s x bandwidth_ratio; the fixed time per
+    call stays the calibration's."""
 
     compute_efficiency: float        # achievable fraction of the format's dense peak, deep-K limit
     k_overhead: float                # K-depth each output tile costs beyond its own (fill/drain, epilogue), elements
     error_pct: float = 0.0           # rms log error of the fit against its tables, as a percentage
+    bandwidth_ratio: float = 1.0     # the format's memory-bound (small-M) bytes/s over bf16's on the same tables
 
 
 @dataclass(frozen=True)
