@@ -199,13 +199,14 @@ def test_ttft_and_tpot_lower_bounds(chunked, dp, tp, pp):
 
 
 def test_single_request_matches_step_costs():
-    """A lone request: TTFT = its prefill + frontend, and its decode steps are batch-1 steps."""
+    """A lone request: TTFT = its serial front end + prefill + frontend, and its decode steps are batch-1 steps."""
     tr = Trace(np.array([0.0]), np.array([1000], np.int64), np.array([50], np.int64))
     res = simulate(model(), cluster(), Plan(1, 8, 1), EngineConfig(max_model_len=8192, chunked_prefill=False),
                    Workload(tr))
     check_conservation(res, tr)
     sc = res.step_cost
-    frontend = res.engine.profile.host.frontend_ms * 1e-3
+    host = res.engine.profile.host
+    frontend = host.frontend_ms * 1e-3 + host.serial_frontend_s(1000)
     assert res.times.ttft_s[0] == pytest.approx(sc.prefill_time_s(1000) + frontend, rel=1e-9)
     decode = sum(sc.decode_time_s(1, 1000 + i) for i in range(1, 50))
     assert res.times.finish_s[0] - res.times.first_token_s[0] == pytest.approx(decode, rel=1e-9)

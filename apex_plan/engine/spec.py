@@ -57,6 +57,13 @@ class HostModel:
     overlap: float = 0.0                  # fraction of the step's host time that overlaps the previous GPU step
     eager_kernel_us: float = 20.0         # host time to launch one kernel outside a CUDA graph
     frontend_ms: float = 10.0             # API server, tokenizer, streaming added to TTFT
+    # the API server's serial part, one request at a time in send order (simulate.kernels.frontend_ready):
+    frontend_serial_us: float = 0.0       # per request: HTTP parse, validation, hand-off to the engine, us
+    frontend_token_us: float = 0.0        # per prompt token: tokenisation, us
+
+    def serial_frontend_s(self, prompt_tokens: int) -> float:
+        """Seconds one request of `prompt_tokens` spends in the serial front end when it waits for no other."""
+        return (self.frontend_serial_us + self.frontend_token_us * prompt_tokens) * 1e-6   # fixed + tokenise
 
 
 @dataclass(frozen=True)

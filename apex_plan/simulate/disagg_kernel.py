@@ -27,8 +27,8 @@ import numpy as np
 
 from apex_plan.abi import SLOT
 from apex_plan.jit import kernel
-from apex_plan.simulate.kernels import (_init, count_finished, earliest_engine, end_replica_step, lockstep_member,
-                                        lockstep_ranks, peer_ending, release_next, step_engine)
+from apex_plan.simulate.kernels import (_init, count_finished, earliest_engine, end_replica_step, frontend_ready,
+                                        lockstep_member, lockstep_ranks, peer_ending, release_next, step_engine)
 from apex_plan.simulate.prefix_cache import PrefixCache
 from apex_plan.simulate.routing import _route, pick_rank
 from apex_plan.simulate.scheduler import _blocks_for
@@ -280,19 +280,22 @@ def _disagg_loop(pre, dec, x, eng, xe, link, cache, ids, sess_rep, accept, slots
     n, ne, base_d = req_d.shape[0], eng.shape[0], cfg_d.engine_base
     _init_disagg(req_p, req_d, x, eng, xe, cfg_p, cfg_d)
     next_req, done, rr_p, rr_d, t_end = 0, 0, 0, 0, 0.0
+    fe_free = 0.0                       # when the serial front end is free for the next request
     next_release = cfg_d.closed_concurrency if cfg_d.closed_concurrency > 0 else n
     while done < n:
         e_min, t_e = earliest_engine(eng)
         x_min, t_x = _earliest_transfer(x, xe, base_d)
-        t_a = req_d[next_req].sent_s if next_req < n else INF
+        t_a = frontend_ready(req_d[next_req], fe_free, cfg_d) if next_req < n else INF
         if t_a == INF and t_e == INF and t_x == INF:
             break
         if t_a <= t_e and t_a <= t_x:
             # ---- arrival: to a prefill engine's waiting queue -------------------------------------
+            req_d[next_req].frontend_s = t_a - req_d[next_req].sent_s
+            fe_free = t_a
             req_p[next_req].sent_s = t_a
             rr_p = _route(next_req, rr_p, req_p, eng, cfg_p, cache, ids, sess_rep)
             next_req += 1
-            if next_req < n and req_d[next_req].sent_s <= t_a:
+            if next_req < n and frontend_ready(req_d[next_req], fe_free, cfg_d) <= t_a:
                 continue   # queue every request arriving at this instant first
             now = t_a
             n_todo = _idle_with_work(eng, xe, 0, base_d, False, todo, 0)

@@ -53,6 +53,18 @@ def release_next(now, next_release, req, cfg):
 
 
 @kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
+def frontend_ready(q, fe_free, cfg):
+    """When request q leaves the API server's serial front end and reaches the engine (seconds; INF until sent):
+    the front end takes requests one at a time in send order (vLLM's OpenAI server tokenises on a single-thread
+    executor, serving_engine.py `ThreadPoolExecutor(max_workers=1)`; SGLang's TokenizerManager is one process),
+    each for a fixed time plus a time per prompt token, starting when it is sent or when the one before it leaves."""
+    if q.sent_s == INF:
+        return INF
+    start = q.sent_s if q.sent_s > fe_free else fe_free
+    return start + cfg.frontend_serial_s + cfg.frontend_token_s * q.prompt_tokens   # seconds: fixed + tokenise
+
+
+@kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)
 def _end_step(ev, now, req, eng, slots, cfg, next_release, cache, ids, accept):
     """Apply the tokens of engine ev's finished step at time `now`: first tokens, accepted drafts,
     finishes (KV freed, cached units given back; in a closed loop, the next request released after
@@ -270,6 +282,7 @@ def _init(req, eng, cfg):
         q.cached_units = 0
         q.hit_tokens = 0
         q.finishes = 0
+        q.frontend_s = 0.0
         if closed > 0:
             q.sent_s = q.client_delay_s if i < closed else INF
         else:
@@ -347,16 +360,19 @@ def _event_loop(req, sched, cost, eng, cache, ids, accept, draft, slots, todo, s
     done = 0
     rr = 0
     t_end = 0.0
+    fe_free = 0.0                       # when the serial front end is free for the next request
     while done < n:
         e_min, t_e = earliest_engine(eng)
-        t_a = req[next_req].sent_s if next_req < n else INF
+        t_a = frontend_ready(req[next_req], fe_free, cfg) if next_req < n else INF
         if t_a == INF and t_e == INF:
             break  # nothing can happen (should not occur)
         if t_a <= t_e:
-            # ---- arrival: route to a replica, then to its least-loaded virtual engine -----------
+            # ---- arrival: through the front end, routed to a replica, then to its least-loaded virtual engine
+            req[next_req].frontend_s = t_a - req[next_req].sent_s
+            fe_free = t_a
             rr = _route(next_req, rr, req, eng, cfg, cache, ids, sess_rep)
             next_req += 1
-            if next_req < n and req[next_req].sent_s <= t_a:
+            if next_req < n and frontend_ready(req[next_req], fe_free, cfg) <= t_a:
                 continue   # queue every request arriving at this instant before anything is scheduled
             now = t_a
             n_todo = 0
