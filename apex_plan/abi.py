@@ -50,6 +50,8 @@ COST_FIELDS = (
     ("attn_efficiency", F8, "achievable fraction of peak FLOP/s in prefill attention"),
     ("kernel_latency_s", F8, "GPU latency per kernel, s"),
     ("eager_launch_s", F8, "host launch time per kernel without CUDA graphs, s"),
+    ("eager_latent_layer_s", F8, "host time per latent-attention layer without CUDA graphs beyond its launches, s"),
+    ("latent_layers", F8, "latent-attention (MLA, sparse MLA) layers on the largest stage"),
     ("allreduce_latency_s", F8, "all-reduce latency, s (custom or NCCL as configured)"),
     ("allreduce_nccl_latency_s", F8, "NCCL all-reduce latency, s (messages above the custom limit)"),
     ("custom_allreduce_max_bytes", F8, "largest message the custom all-reduce takes, bytes (0: off)"),

@@ -56,6 +56,8 @@ class HostModel:
     per_prefill_token_us: float = 0.0     # per prefill token per step (input preparation)
     overlap: float = 0.0                  # fraction of the step's host time that overlaps the previous GPU step
     eager_kernel_us: float = 20.0         # host time to launch one kernel outside a CUDA graph
+    eager_latent_layer_us: float = 0.0    # host time of one latent-attention (MLA) layer outside a CUDA graph beyond
+                                          # its kernels' launches: the Python of its latent projections and routing
     frontend_ms: float = 10.0             # API server, tokenizer, streaming added to TTFT
     # the API server's serial part, one request at a time in send order (simulate.kernels.frontend_ready):
     frontend_serial_us: float = 0.0       # per request: HTTP parse, validation, hand-off to the engine, us

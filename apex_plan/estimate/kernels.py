@@ -351,6 +351,8 @@ def rank_step_time(cost, sh, moe_m):
     gpu = pp * (st_gemm + st_attn + st_elem + st_comm) + t_head + t_embed + t_p2p
     launched = host_launched_kernels(p, sh, st_kernels)
     host_launch = pp * launched * p.eager_launch_s    # the host enqueues these kernels itself
+    if launched >= st_kernels > 0.0:
+        host_launch += pp * p.latent_layers * p.eager_latent_layer_s   # an eager step: each latent layer's Python
     busy = max(gpu, host_launch)                      # the GPU cannot run ahead of the launches
     # engine CPU time of the step: fixed + per scheduled sequence + per prefill token
     host = p.host_step_s + p.host_per_seq_s * (sh.n_decode + sh.n_prefill) + p.host_per_prefill_token_s * (m - sh.n_decode)

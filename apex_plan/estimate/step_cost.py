@@ -138,7 +138,8 @@ def layer_fields(shard: Shard) -> dict:
     """COST fields of the largest stage's layer counts (each mixer's count is on its OP rows)."""
     st = shard.largest_stage
     return dict(dense_layers=st.dense_layers, moe_layers=st.moe_layers, mlp_free_layers=st.mlp_free_layers,
-                mixerless_layers=st.count(S.NO_MIXER), window_tokens=shard.window, topk_tokens=shard.topk_tokens,
+                mixerless_layers=st.count(S.NO_MIXER), latent_layers=st.count(S.MLA, S.SPARSE),
+                window_tokens=shard.window, topk_tokens=shard.topk_tokens,
                 window2_tokens=shard.window2,
                 attn_heads=shard.heads_per_gpu)
 
@@ -320,7 +321,7 @@ def build_step_cost(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: Cluster
         hbm_efficiency=c.bandwidth_efficiency,
         attn_efficiency=c.attention_efficiency,
         kernel_latency_s=c.kernel_latency_us * 1e-6,
-        eager_launch_s=host.eager_kernel_us * 1e-6,
+        eager_launch_s=host.eager_kernel_us * 1e-6, eager_latent_layer_s=host.eager_latent_layer_us * 1e-6,
         tp=plan.tp, pp=plan.pp, ep=plan.ep,
         hidden=model.hidden_size,
         act_bytes=dtype_bytes(plan.act_dtype),
