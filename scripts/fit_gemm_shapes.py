@@ -46,8 +46,6 @@ GPUS = {"h100_sxm": "h100-sxm-80gb", "h200_sxm": "h200-sxm-141gb", "b200_sxm": "
 Q_MAX_BYTES = 6.0        # quantisation bytes per input element: two bf16 reads + one 1-byte write, plus scales
 K0_MAX = 4096.0          # bounds the tile overhead at one 4K-deep tile
 M_MAX = 16384            # the tokens a step holds (16K-token budgets at most)
-DECODE_M_MAX = 32        # small-M rows: a decode step's tokens, where the weights' bytes set the time
-DECODE_MIN_WEIGHT_BYTES = 64e6   # weights of >= 64 MB (4096 x 8192 bf16): the fixed time per call <~ 15 % (16 MB: ratios within 0.05)
 # formats written to the profiles: bf16 keeps the calibration's own plain figures (the end-to-end H100 anchor was
 # fitted in that form, and the bf16 tables gain nothing from the shape term: rms error 15-22 % either way)
 WRITTEN = ("fp8", "fp8-block", "nvfp4")
@@ -85,23 +83,9 @@ def fit(m, n, k, t_s, byts, peak, bw, shaped: bool, quant: bool):
 
 
 def decode_bandwidth(r) -> tuple[float, float, int]:
-    """(be, rms log error, rows) of the memory-bound side alone: least squares on log time of
-    t = lat + bytes / (HBM x be) over a format's small-M rows (M <= DECODE_M_MAX, weights of at least
-    DECODE_MIN_WEIGHT_BYTES: the bytes, not the fixed time, set the time); the quantise pass sits in lat."""
+    """(be, rms log error, rows) of a format's memory-bound rows (kf.fit_decode_bandwidth) from `rows` + (HBM, w)."""
     m, n, k, t_s, byts, bw, wb = r
-    keep = (m <= DECODE_M_MAX) & (k * n * wb >= DECODE_MIN_WEIGHT_BYTES)
-    if keep.sum() < 20:
-        return float("nan"), float("nan"), int(keep.sum())
-    b, t = byts[keep], t_s[keep]
-
-    def resid(x):
-        return np.log(x[1] * 1e-6 + b / (bw * x[0])) - np.log(t)   # fixed time + bytes at be x HBM
-    from scipy.optimize import least_squares
-    # soft-L1 loss: the tables' few rows far off the line (a kernel choice gone wrong) do not set the level
-    best = min((least_squares(resid, x0, bounds=([1e-3, 0.0], [1.0, 100.0]), loss="soft_l1", f_scale=0.1)
-                for x0 in ((0.8, 4.0), (0.6, 10.0))), key=lambda r: r.cost)
-    res = resid(best.x)
-    return float(best.x[0]), float(np.sqrt(np.mean(res ** 2))), len(res)
+    return kf.fit_decode_bandwidth(m, n, k, t_s, byts, wb, bw)
 
 
 def grid_neighbours(df, shapes) -> set:
@@ -177,7 +161,7 @@ def block(gpu_dir: str, version: str, fits: dict, sources: list[str]) -> str:
              "  # bandwidth_efficiency x bandwidth_ratio)) + calibration kernel_latency_us; compute_efficiency = calibration compute_efficiency",
              "  # x (this fit's ce / the same format's fit with k_overhead 0): the tables give each format's size dependence,",
              "  # the end-to-end calibration its level. The tables' activation-quantise pass is fitted apart (q; the step counts it).",
-             f"  # bandwidth_ratio: the format's small-M (M <= {DECODE_M_MAX}, weights >= {DECODE_MIN_WEIGHT_BYTES / 1e6:.0f} MB) fit t = lat + bytes / (HBM x be),",
+             f"  # bandwidth_ratio: the format's small-M (M <= {kf.DECODE_M_MAX}, weights >= {kf.DECODE_MIN_WEIGHT_BYTES / 1e6:.0f} MB) fit t = lat + bytes / (HBM x be),",
              "  # soft-L1, over bf16's on the same tables: the tables give each format's decode bytes/s relative to bf16's.",
              "  # Tables: " + "; ".join(sources) + "."]
     for fmt, f in ((fmt, f) for fmt, f in fits.items() if fmt in WRITTEN):

@@ -92,29 +92,15 @@ def fit_gemm(df: pd.DataFrame, peak_flops: float, bw_bytes_s: float, dtype: str)
     return solve(resid, [(0.7, 0.8, 4.0), (0.5, 0.5, 10.0), (0.9, 0.9, 2.0)], [1e-3, 1e-3, 0.0], [1.0, 1.0, 100.0])
 
 
-DECODE_M_MAX = 32                       # memory-bound GEMM rows: a decode step's tokens
-DECODE_MIN_WEIGHT_BYTES = 64e6          # weights of >= 64 MB: the fixed time per call <~ 15 % of the row
-
-
 def fit_gemm_decode(df: pd.DataFrame, bw_bytes_s: float, dtype: str):
-    """bandwidth_efficiency (and its fixed time, us) from the memory-bound rows alone: t = lat + bytes /
-    (HBM x be) over M <= DECODE_M_MAX, weights >= DECODE_MIN_WEIGHT_BYTES, soft-L1 on log time (a few rows
-    far off the line, a kernel choice gone wrong, do not set the level). The whole-table fit's be trades
-    bytes against the compute side's shape dependence; a decode step reads its weights in this regime."""
+    """bandwidth_efficiency from one dtype's memory-bound rows alone (kf.fit_decode_bandwidth): the whole-table
+    fit's be trades bytes against the compute side's shape dependence; a decode step reads its weights there."""
     d = df[df.gemm_dtype == dtype].groupby(["m", "n", "k"], as_index=False).latency.min()
     m, n, k = (d[c].to_numpy(float) for c in "mnk")
     t_s = d.latency.to_numpy(float) * 1e-3                   # tables give milliseconds
     byts = k * n * WEIGHT_B[dtype] + m * (k + n) * ACT_B     # weights once + in/out activations
-    keep = (m <= DECODE_M_MAX) & (k * n * WEIGHT_B[dtype] >= DECODE_MIN_WEIGHT_BYTES) & (byts / t_s <= bw_bytes_s)
-    byts, t_s = byts[keep], t_s[keep]
-
-    def resid(x):
-        return np.log(x[1] * 1e-6 + byts / (bw_bytes_s * x[0])) - np.log(t_s)   # fixed time + bytes at be x HBM
-
-    best = min((least_squares(resid, x0, bounds=([1e-3, 0.0], [1.0, 100.0]), loss="soft_l1", f_scale=0.1)
-                for x0 in ((0.8, 4.0), (0.6, 10.0))), key=lambda r: r.cost)
-    res = resid(best.x)
-    return best.x, float(np.sqrt(np.mean(res ** 2))), len(res)
+    be, err, rows = kf.fit_decode_bandwidth(m, n, k, t_s, byts, WEIGHT_B[dtype], bw_bytes_s)
+    return (be,), err, rows
 
 
 def fit_attention(df: pd.DataFrame, peak_flops: float, sms: int, klat_s: float):
@@ -306,8 +292,8 @@ def calibration_block(gpu: str, version: str, fit_x: dict, fit_h: dict, vals: di
     us = lambda k: f"{fit_x[k]:.2f} vs H100 {fit_h[k]:.2f} us"         # noqa: E731
     row("compute_efficiency", f"bf16 GEMM fit {f('compute_efficiency')} ({g_n} shapes, error {g_err:.0f}%)")
     d_err, d_n = pct(fit_x["gemm_decode"][1]), fit_x["gemm_decode"][2]
-    row("bandwidth_efficiency", f"same table's memory-bound rows (M <= {DECODE_M_MAX}, weights >= "
-        f"{DECODE_MIN_WEIGHT_BYTES / 1e6:.0f} MB) {f('bandwidth_efficiency')} ({d_n} shapes, error {d_err:.0f}%; "
+    row("bandwidth_efficiency", f"same table's memory-bound rows (M <= {kf.DECODE_M_MAX}, weights >= "
+        f"{kf.DECODE_MIN_WEIGHT_BYTES / 1e6:.0f} MB) {f('bandwidth_efficiency')} ({d_n} shapes, error {d_err:.0f}%; "
         f"whole-table fit {f('bandwidth_efficiency_all')})")
     row("attention_efficiency", f"context attention hd{ATTN_HEAD_DIM} isl>={ATTN_MIN_ISL} fit "
         f"{f('attention_efficiency')} ({a_n} shapes, error {a_err:.0f}%)")

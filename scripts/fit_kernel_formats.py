@@ -65,6 +65,29 @@ def best_table(root: Path, gpu: str, op: str, name: str, keys: list[str]) -> tup
     return df.groupby(keys, as_index=False).latency.min(), sources
 
 
+DECODE_M_MAX = 32                # memory-bound GEMM rows: a decode step's tokens
+DECODE_MIN_WEIGHT_BYTES = 64e6   # weights of >= 64 MB (4096 x 8192 bf16): the fixed time per call <~ 15 % of a row
+
+
+def fit_decode_bandwidth(m, n, k, t_s, byts, wb: float, hbm_bytes_s: float):
+    """(be, rms log error, rows) of the memory-bound side of GEMM table rows alone: t = lat + bytes / (HBM x be)
+    over M <= DECODE_M_MAX and weights >= DECODE_MIN_WEIGHT_BYTES (a 16 MB floor moves the ratios by <= 0.05),
+    soft-L1 on log time (a few rows far off the line, a kernel choice gone wrong, do not set the level); the
+    quantise pass of a quantised table sits in lat. (nan, nan, rows) below 20 rows."""
+    from scipy.optimize import least_squares
+    keep = (m <= DECODE_M_MAX) & (k * n * wb >= DECODE_MIN_WEIGHT_BYTES) & (byts / t_s <= hbm_bytes_s)
+    if keep.sum() < 20:
+        return float("nan"), float("nan"), int(keep.sum())
+    b, t = byts[keep], t_s[keep]
+
+    def resid(x):
+        return np.log(x[1] * 1e-6 + b / (hbm_bytes_s * x[0])) - np.log(t)   # fixed time + bytes at be x HBM
+    best = min((least_squares(resid, x0, bounds=([1e-3, 0.0], [1.0, 100.0]), loss="soft_l1", f_scale=0.1)
+                for x0 in ((0.8, 4.0), (0.6, 10.0))), key=lambda r: r.cost)
+    res = resid(best.x)
+    return float(best.x[0]), float(np.sqrt(np.mean(res ** 2))), len(res)
+
+
 def _solve(resid, starts, lo, hi):
     from scipy.optimize import least_squares
     best = None
