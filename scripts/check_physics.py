@@ -9,12 +9,16 @@ against the declared max batch, and the tokens in KV against the pool the engine
 runner JSON (`run_silicon.py --json`) the predicted TTFT and TPOT are shown beside the measured ones.
 Rows whose prefill needs more than --impossible of the peak (default 0.8; the GPUs' fitted GEMM tables
 reach about half) are marked IMPOSSIBLE: as declared, they cannot have computed every prompt token (a
-prefix cache hit, or shorter prompts).
+prefix cache hit, or shorter prompts). Rows decoding more requests than the declared batch (`batch_size`, per
+attention-DP rank) allows are marked ABOVE_CAP: as declared, the engine cannot have run them at once.
 
 usage: PYTHONPATH=. python scripts/check_physics.py [CSV] [--json RUNNER.json] [--only SUBSTR,...]
            [--min-share 0.0] [--impossible 0.8]
 """
 from __future__ import annotations
+
+ABOVE_CAP = 1.15   # decoding above this x the declared batch x attention-DP ranks is marked ABOVE_CAP (15 % slack:
+                   # Little's law on mean TTFT / TPOT, not an instantaneous count)
 
 import argparse
 import csv
@@ -76,6 +80,10 @@ def main(argv=None) -> int:
     for p, r in sorted(out, key=lambda t: -t[0].prefill_peak_share):
         pt, pp = preds.get(p.id, (None, None))
         mark = "IMPOSSIBLE " if p.prefill_peak_share > args.impossible else ""
+        # more requests decoding (Little's law) than the declared batch allows on every attention-DP rank
+        adp = max(int(float(r.get("attention_dp_size") or 1)), 1)
+        if p.cap > 0 and p.decoding > ABOVE_CAP * p.cap * adp:
+            mark += "ABOVE_CAP "
         model = r.get("model_path", "").split("/")[-1][:28]
         pts, pps = (f"{pt:7.1f}", f"{pp:6.2f}") if pt is not None and pp is not None else (f"{'-':>7}", f"{'-':>6}")
         print(f"{p.prefill_peak_share:7.1%} {p.prefill_fit_share:6.0%} {p.decode_peak_share:6.1%} "
