@@ -14,7 +14,11 @@ prints each row's measured, as-sent and re-run TTFT / TPOT, then MAPE / median /
 leading word or date: dsr1_, 2026_04_06_, nvidia_, ...) and over all rows. Varying lengths also break up the
 closed loop's lock-step waves that fixed lengths keep (README "Closed loops").
 
-usage: python scripts/check_range_ratio.py RUN.json [--ratio 0.8] [--symmetric] [--only SUBSTR] [--jobs 2]
+--requests-per-slot N also sends N x C requests (`--num-requests`; InferenceMAX's client sends 10 x C, the
+simulator's default is 5 x C, README "Closed loops"), --ratio 0 keeps the lengths fixed.
+
+usage: python scripts/check_range_ratio.py RUN.json [--ratio 0.8] [--symmetric] [--requests-per-slot N]
+                                           [--only SUBSTR] [--jobs 2]
 """
 from __future__ import annotations
 
@@ -56,6 +60,7 @@ def main() -> None:
     ap.add_argument("run_json")
     ap.add_argument("--ratio", type=float, default=0.8)
     ap.add_argument("--symmetric", action="store_true", help="vllm bench serve's newer [L(1-R), L(1+R)] form")
+    ap.add_argument("--requests-per-slot", type=int, default=0, help="send N x C requests (0: the default)")
     ap.add_argument("--only", default="")
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()
@@ -63,7 +68,10 @@ def main() -> None:
             and a.only in r["id"] and flag(r["cmd"], "--concurrency")]
 
     def one(r):
-        return r, rerun_metrics(with_lengths(r["cmd"], a.ratio, a.symmetric), [])
+        extra = []
+        if a.requests_per_slot > 0:
+            extra = ["--num-requests", str(a.requests_per_slot * int(flag(r["cmd"], "--concurrency")))]
+        return r, rerun_metrics(with_lengths(r["cmd"], a.ratio, a.symmetric), extra)
     by_family: dict[str, list] = {}
     everything = []
     with ThreadPoolExecutor(a.jobs) as pool:
