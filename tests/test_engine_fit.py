@@ -201,3 +201,38 @@ def test_attention_dp_balance_holds_contexts_at_most_its_timeout():
     wait_s = (held.latency.ttft_ms.mean - free.latency.ttft_ms.mean) / 1e3
     assert wait_s > 0
     assert wait_s < 60 * held.latency.tpot_ms.mean / 1e3 * 1.5
+
+
+# ---- per-sequence state crowding out the KV pool: max_num_seqs fitted ----------------------------
+
+@pytest.mark.parametrize("engine", ["sglang@0.5.9", "trtllm"])
+def test_windowed_state_for_the_default_batch_lowers_max_num_seqs(engine):
+    """Llama-4-Maverick's chunked local attention keeps an 8K-token window per sequence: set aside for the
+    engine's default batch (1024 / 2048) it leaves no KV, so the default batch is lowered to the largest
+    that holds the whole context beside every window, and one more sequence would not fit."""
+    from apex_plan.estimate.memory import memory_report
+    model, plan, gpu = load_model("llama-4-maverick"), Plan(tp=8, weight_dtype="fp8"), load_gpu("b200-sxm-180gb")
+    shard = build_shard(model, plan)
+    eng, mem, why = fit_engine(model, plan, shard, EngineConfig(name=engine), gpu, 2176, 2048)
+    assert eng is not None, why
+    default = resolve_engine_profile(engine).scheduler.max_num_seqs
+    assert eng.max_num_seqs < default and any("max_num_seqs lowered" in n for n in eng.notes)
+    assert eng.max_model_len == model.max_context and mem.kv_tokens >= eng.max_model_len
+    st = shard.stages[0]
+    seq_b = shard.seq_bytes_stage(st, eng.max_model_len, eng.block_size)
+    # exact: every running sequence's window plus the per-token blocks fit the pool
+    assert eng.max_num_seqs * seq_b + mem.kv_blocks * eng.block_size * shard.kv_bytes_per_token_stage(st) <= mem.kv_pool_bytes
+    one_more = memory_report(model, gpu, plan, shard, gpu_memory_utilization=eng.gpu_memory_utilization,
+                             max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs + 1,
+                             block_size=eng.block_size, max_model_len=eng.max_model_len, policy=eng.profile.memory)
+    assert not one_more.feasible
+
+
+def test_a_given_max_num_seqs_is_kept_or_refused_with_the_reason():
+    model, plan, gpu = load_model("llama-4-maverick"), Plan(tp=8, weight_dtype="fp8"), load_gpu("b200-sxm-180gb")
+    shard = build_shard(model, plan)
+    eng, _, why = fit_engine(model, plan, shard, EngineConfig(name="sglang@0.5.9", max_num_seqs=16), gpu, 2176, 2048)
+    assert eng is not None and eng.max_num_seqs == 16, why
+    eng, mem, why = fit_engine(model, plan, shard, EngineConfig(name="sglang@0.5.9", max_num_seqs=4096,
+                                                                max_model_len=1048576), gpu, 2176, 2048)
+    assert eng is None and "KV cache holds" in why

@@ -100,6 +100,36 @@ def _fit_len(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gpu,
     return eng, mem, False
 
 
+def _fit_seqs(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gpu, need_len: int,
+              longest_prompt: int) -> tuple[ResolvedEngine, MemoryReport, bool] | None:
+    """Windowed, compressed and recurrent layers set aside a fixed state per sequence for max_num_seqs sequences
+    (estimate.memory); when the default max_num_seqs (not given) leaves no room for the longest request, the most
+    sequences whose state and KV fit (the engines' paged pools hold a window per running sequence, never for
+    sequences that cannot run): the largest such max_num_seqs, by bisection. None when even one does not fit."""
+    if cfg.max_num_seqs is not None:
+        return None
+    eng, _ = engine_memory(model, plan, shard, cfg, gpu, longest_prompt)
+
+    def largest(fits):
+        lo, hi, best = 1, eng.max_num_seqs - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            got = fits(dataclasses.replace(cfg, max_num_seqs=mid))
+            if got[2]:
+                best, lo = got, mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    def at_full_length(c):                 # the context as resolved, kept whole
+        e, m = engine_memory(model, plan, shard, c, gpu, longest_prompt)
+        return e, m, m.feasible
+
+    # keep the context whole when some batch allows it; else trade it down too (never below need_len)
+    return largest(at_full_length) or largest(
+        lambda c: _fit_len(model, plan, shard, c, gpu, need_len, longest_prompt))
+
+
 def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gpu, need_len: int,
                longest_prompt: int = 0) -> tuple[ResolvedEngine | None, MemoryReport, str]:
     """Engine settings for `plan` fitted to its memory, as an operator (or the engine) does:
@@ -111,7 +141,9 @@ def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gp
     2. without --gpu-memory-utilization, when the default fraction still leaves no room for the
        longest request, the fraction is raised to what leaves the activation peak, graph pool and
        reserve free (--gpu-memory-utilization / --mem-fraction-static /
-       --kv_cache_free_gpu_memory_fraction, as the launch command then says).
+       --kv_cache_free_gpu_memory_fraction, as the launch command then says);
+    3. without --max-num-seqs, when per-sequence state (windowed / recurrent layers) set aside for the
+       default batch still crowds the longest request out, max_num_seqs is lowered to what fits.
     Returns (engine or None, memory, reason when None); the engine's `notes` say what was fitted."""
     eng, mem, ok = _fit_len(model, plan, shard, cfg, gpu, need_len, longest_prompt)
     if (not ok and mem.kv_tokens < need_len and cfg.gpu_memory_utilization is None
@@ -125,6 +157,14 @@ def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gp
                 note = (f"memory fraction raised from {eng.gpu_memory_utilization:g} to {top:g}: the default leaves "
                         f"{max(mem.kv_tokens, 0)} KV tokens, fewer than the longest request ({need_len})")
                 eng, mem, ok = dataclasses.replace(eng2, notes=eng2.notes + (note,)), mem2, True
+    if not ok and mem.kv_tokens < need_len and shard.seq_bytes_stage(shard.stages[0], 1, 1) > 0:
+        fitted = _fit_seqs(model, plan, shard, cfg, gpu, need_len, longest_prompt)
+        if fitted is not None:
+            eng2, mem2, _ = fitted
+            note = (f"max_num_seqs lowered from {eng.max_num_seqs} to {eng2.max_num_seqs}: the per-sequence state "
+                    f"of windowed / recurrent layers for {eng.max_num_seqs} sequences leaves {max(mem.kv_tokens, 0)} "
+                    f"KV tokens, fewer than the longest request ({need_len})")
+            eng, mem, ok = dataclasses.replace(eng2, notes=eng2.notes + (note,)), mem2, True
     if not ok:
         reason = (f"KV cache holds {mem.kv_tokens} tokens per replica, fewer than the longest request "
                   f"({need_len} tokens)" if 0 < mem.kv_tokens < need_len else mem.reason)
