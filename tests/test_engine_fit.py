@@ -236,3 +236,25 @@ def test_a_given_max_num_seqs_is_kept_or_refused_with_the_reason():
     eng, mem, why = fit_engine(model, plan, shard, EngineConfig(name="sglang@0.5.9", max_num_seqs=4096,
                                                                 max_model_len=1048576), gpu, 2176, 2048)
     assert eng is None and "KV cache holds" in why
+
+
+# ---- engines and GPU vendors ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [
+    ["simulate", "--model", "llama-3.1-8b", "--gpu", "mi300x", "--gpus", "1", "--plan", "tp=1", "--engine", "trtllm",
+     "--prompt-tokens", "512", "--output-tokens", "16", "--concurrency", "2"],
+    ["search", "--model", "llama-3.1-8b", "--gpu", "mi300x", "--gpus", "8", "--engine", "trtllm", "--rate", "1",
+     "--ttft-slo", "1s", "--tpot-slo", "50ms"],
+])
+def test_trtllm_on_an_amd_gpu_is_one_line_exit_2(command, capsys, monkeypatch):
+    code, out, err = run_main(command, capsys, monkeypatch)
+    assert code == 2 and out == ""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--engine" in lines[0] and "NVIDIA GPUs only" in lines[0] and "mi300x" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_vllm_and_sglang_run_on_amd_gpus():
+    assert resolve_engine_profile("trtllm").features.gpu_vendors == ("nvidia",)
+    for engine in ("vllm", "sglang"):
+        assert resolve_engine_profile(engine).features.gpu_vendors == ()     # CUDA and ROCm builds

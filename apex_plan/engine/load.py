@@ -25,7 +25,7 @@ _SECTIONS = {"scheduler": SchedulerPolicy, "host": HostModel, "graphs": GraphPol
 _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("decode_only", "piecewise", "full"),
             "accounting": ("profile", "static_fraction", "free_fraction"), "activation_scales": ("dynamic", "static"),
             "batching_chunked": ("mixed", "prefill_first"), "batching_unchunked": ("mixed", "prefill_first"),
-            "closed_loop": ("desync", "lockstep"), "speculative": ("mtp", "eagle3"),
+            "closed_loop": ("desync", "lockstep"), "speculative": ("mtp", "eagle3"), "gpu_vendors": ("nvidia", "amd"),
             "ep_degrees": ("divisors", "all"), "default_ep": ("none", "all"), "moe_dispatch": ("allgather", "alltoall", "dp_buffer"),
             "a2a_decode_kernel": ("low_latency", "normal"),
             "adp_routing": ("round_robin", "least_loaded"),
@@ -228,6 +228,7 @@ def profile_to_dict(profile: EngineProfile) -> dict:
         d.pop(key)
     d["collectives"]["custom_allreduce_tp"] = list(d["collectives"]["custom_allreduce_tp"])
     d["features"]["speculative"] = list(d["features"]["speculative"])
+    d["features"]["gpu_vendors"] = list(d["features"]["gpu_vendors"])
     d["quantization"]["fused_quant_producers"] = list(d["quantization"]["fused_quant_producers"])
     if not d["kv_cache_dtype_by_gpu"]:
         d.pop("kv_cache_dtype_by_gpu")

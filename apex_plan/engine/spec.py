@@ -193,6 +193,7 @@ class Features:
 
     prefix_caching: bool = False          # automatic prefix caching on unless turned off
     speculative: tuple[str, ...] = ()     # speculative-decoding methods the engine runs: mtp, eagle3
+    gpu_vendors: tuple[str, ...] = ()     # GPU vendors the engine's builds run on (empty: any)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,16 @@ def engine_from_options(settings: EngineConfig) -> EngineConfig:
     return dataclasses.replace(settings, routing=settings.routing.replace("-", "_"), profile=profile)
 
 
+def check_engine_gpu(cfg: EngineConfig, gpu, option: str = "--engine") -> None:
+    """An engine whose builds do not run on the cluster's GPU vendor (features.gpu_vendors), as one InputError."""
+    vendors = cfg.profile.features.gpu_vendors if cfg.profile is not None else ()
+    if vendors and gpu.vendor.lower() not in vendors:
+        names = {"nvidia": "NVIDIA", "amd": "AMD"}
+        raise InputError(option, None, f"{cfg.profile.family} runs on {' / '.join(names[v] for v in vendors)} GPUs "
+                         f"only; {gpu.name} is {names.get(gpu.vendor.lower(), gpu.vendor)}",
+                         "use --engine vllm or --engine sglang, which build for ROCm")
+
+
 def check_engine(cfg: EngineConfig, model: ModelSpec) -> None:
     """Engine settings vLLM itself would refuse for this model, as one InputError."""
     from apex_plan.simulate.engine import resolve_engine

@@ -174,6 +174,8 @@ def prepare_search(req: SearchRequest):
                                               custom_allreduce=not req.no_custom_allreduce,
                                               recv_interval=req.recv_interval))
     base = C.with_all2all(base, req)
+    for group in fleet.groups:
+        I.check_engine_gpu(base, group.cluster.gpu)
     engines, rejected_engines = I.engine_sweep(base, m, req.max_num_seqs, req.max_batched_tokens, req.chunked_prefill,
                                                req.prefix_caching, req.speculative, req.speculative_acceptance)
     wl = _workload(req, m)

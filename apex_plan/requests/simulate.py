@@ -208,6 +208,7 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
         recv_interval=req.recv_interval))
     eng = C.with_all2all(eng, req)
     I.check_engine(eng, m)
+    I.check_engine_gpu(eng, cl.gpu)
     weight_dtype = req.weight_dtype if req.weight_dtype is not None else I.default_weight_dtype(m, cl)
     kv_dtype = req.kv_dtype if req.kv_dtype is not None else eng.profile.default_kv_dtype(
         weight_dtype, component_format(dict(m.weight_formats), "attention", weight_dtype, "bf16"), cl.gpu.name)
