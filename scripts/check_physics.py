@@ -17,9 +17,6 @@ usage: PYTHONPATH=. python scripts/check_physics.py [CSV] [--json RUNNER.json] [
 """
 from __future__ import annotations
 
-ABOVE_CAP = 1.15   # decoding above this x the declared batch x attention-DP ranks is marked ABOVE_CAP (15 % slack:
-                   # Little's law on mean TTFT / TPOT, not an instantaneous count)
-
 import argparse
 import csv
 import json
@@ -33,6 +30,9 @@ from apex_plan.calibrate.runs import case_from_row   # noqa: E402
 from apex_plan.errors import InputError              # noqa: E402
 
 SILICON = Path(__file__).resolve().parents[2] / "shared" / "bench" / "silicon"
+
+ABOVE_CAP = 1.15   # decoding above this x the declared batch x attention-DP ranks is marked ABOVE_CAP (15 % slack:
+                   # Little's law on mean TTFT / TPOT, not an instantaneous count)
 
 
 def _rows(path: Path, only: list[str]):

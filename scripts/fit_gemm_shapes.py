@@ -82,12 +82,6 @@ def fit(m, n, k, t_s, byts, peak, bw, shaped: bool, quant: bool):
     return kf._solve(resid, [np.minimum(s, hi) for s in starts], [1e-3, 1e-3, 0.0, 0.0, 0.0], hi)
 
 
-def decode_bandwidth(r) -> tuple[float, float, int]:
-    """(be, rms log error, rows) of a format's memory-bound rows (kf.fit_decode_bandwidth) from `rows` + (HBM, w)."""
-    m, n, k, t_s, byts, bw, wb = r
-    return kf.fit_decode_bandwidth(m, n, k, t_s, byts, wb, bw)
-
-
 def grid_neighbours(df, shapes) -> set:
     """The table's (n, k) grid points bracketing each (k, n) of `shapes` (what interpolating them reads)."""
     ns, ks = np.sort(df.n.unique()), np.sort(df.k.unique())
@@ -126,7 +120,7 @@ def fit_gpu(root: Path, gpu_dir: str, holdout: str):
     fam = cg.model_shapes(holdout.split(","), [1, 2, 4, 8]) if holdout else None
     drop = grid_neighbours(df, fam) if holdout else None
     out = {}
-    bf16_be = decode_bandwidth(rows(df, "bfloat16", spec) + (bw, kf.DTYPES["bfloat16"][1]))[0]
+    bf16_be = kf.fit_decode_bandwidth(*rows(df, "bfloat16", spec), kf.DTYPES["bfloat16"][1], bw)[0]
     for dtype, (fmt, _, peak_dt) in kf.DTYPES.items():
         if df[df.gemm_dtype == dtype].empty or not spec.supports(peak_dt) or peak_dt != kf.DTYPES[dtype][2]:
             continue
@@ -144,7 +138,7 @@ def fit_gpu(root: Path, gpu_dir: str, holdout: str):
                   "shaped_held_out": family_error(df, dtype, fam, x_ho, spec, peak),
                   "shaped_all": family_error(df, dtype, fam, x, spec, peak), "x_held_out": x_ho}
         ce_prof = min(kf.MAX_FRACTION, cal.compute_efficiency * x[0] / x0[0])
-        be_dec, err_dec, n_dec = decode_bandwidth(r + (bw, kf.DTYPES[dtype][1]))
+        be_dec, err_dec, n_dec = kf.fit_decode_bandwidth(*r, kf.DTYPES[dtype][1], bw)
         ratio = be_dec / bf16_be if np.isfinite(be_dec) and np.isfinite(bf16_be) else 1.0
         out[fmt] = dict(ce=ce_prof, k0=float(x[3]), err=kf.pct(err), x=x, x0=x0, err_plain=kf.pct(err0), rows=n_rows,
                         holdout=ho, ratio=ratio, be_dec=be_dec, err_dec=kf.pct(err_dec) if np.isfinite(err_dec) else

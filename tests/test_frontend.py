@@ -1,4 +1,4 @@
-"""The API server's serial front end (host.frontend_serial_us + host.frontend_token_us x prompt tokens,
+"""The API server's serial front end (host.frontend_token_us x prompt tokens,
 simulate.kernels.frontend_ready): requests pass it one at a time in send order before the engine sees them, so a
 burst reaches the engine spread out by the service times; zero service is the simulation without it exactly;
 every request is still served once, open and closed loop."""
@@ -23,12 +23,12 @@ from test_simulate import check_conservation
 PROMPT, OUTPUT, N = 2000, 4, 8
 
 
-def _profile(tmp_path: Path, serial_us: float, token_us: float) -> str:
-    """A copy of the vLLM V1 profile with the front end's service times set."""
+def _profile(tmp_path: Path, token_us: float) -> str:
+    """A copy of the vLLM V1 profile with the front end's time per prompt token set."""
     src = engine_dir() / "vllm-v1.yaml"
     doc = yaml.safe_load(src.read_text())
-    doc["host"]["frontend_serial_us"], doc["host"]["frontend_token_us"] = serial_us, token_us
-    out = tmp_path / f"vllm-fe-{serial_us:g}-{token_us:g}.yaml"
+    doc["host"]["frontend_token_us"] = token_us
+    out = tmp_path / f"vllm-fe-{token_us:g}.yaml"
     out.write_text(yaml.safe_dump(doc))
     return str(out)
 
@@ -40,10 +40,10 @@ def _sim(workload: Workload, engine: str):
 
 
 def test_a_burst_reaches_the_engine_one_service_time_apart(tmp_path):
-    serial_us, token_us = 1000.0, 50.0
-    service_s = (serial_us + token_us * PROMPT) * 1e-6          # 0.101 s a request
+    token_us = 50.5
+    service_s = token_us * PROMPT * 1e-6                         # 0.101 s a request
     tr = Trace(np.zeros(N), np.full(N, PROMPT), np.full(N, OUTPUT))
-    res = _sim(Workload(tr), _profile(tmp_path, serial_us, token_us))
+    res = _sim(Workload(tr), _profile(tmp_path, token_us))
     check_conservation(res, tr)
     order = np.argsort(res.times.scheduled_s, kind="stable")
     np.testing.assert_array_equal(order, np.arange(N))          # first come, first served through the front end
@@ -56,11 +56,10 @@ def test_a_burst_reaches_the_engine_one_service_time_apart(tmp_path):
 def test_zero_service_is_the_simulation_without_it(tmp_path):
     tr = synthetic_trace(40, LengthDist("uniform", low=300, high=900), LengthDist("uniform", low=60, high=180),
                          20.0, seed=3)
-    base = _sim(Workload(tr), _profile(tmp_path, 0.0, 0.0))
+    base = _sim(Workload(tr), _profile(tmp_path, 0.0))
     src = engine_dir() / "vllm-v1.yaml"
     doc = yaml.safe_load(src.read_text())
-    for key in ("frontend_serial_us", "frontend_token_us"):
-        doc["host"].pop(key, None)                              # absent fields: their defaults, 0
+    doc["host"].pop("frontend_token_us", None)                  # an absent field: its default, 0
     plain = tmp_path / "vllm-no-fe.yaml"
     plain.write_text(yaml.safe_dump(doc))
     other = _sim(Workload(tr), str(plain))
@@ -71,5 +70,5 @@ def test_zero_service_is_the_simulation_without_it(tmp_path):
 
 def test_closed_loop_conserves_requests_through_the_front_end(tmp_path):
     tr = synthetic_trace(48, LengthDist("constant", mean=PROMPT), LengthDist("constant", mean=32), 1.0, seed=1)
-    res = _sim(closed_loop(tr, 8), _profile(tmp_path, 500.0, 20.0))
+    res = _sim(closed_loop(tr, 8), _profile(tmp_path, 20.0))
     check_conservation(res, tr, closed=True)

@@ -59,13 +59,12 @@ class HostModel:
     eager_latent_layer_us: float = 0.0    # host time of one latent-attention (MLA) layer outside a CUDA graph beyond
                                           # its kernels' launches: the Python of its latent projections and routing
     frontend_ms: float = 10.0             # API server, tokenizer, streaming added to TTFT
-    # the API server's serial part, one request at a time in send order (simulate.kernels.frontend_ready):
-    frontend_serial_us: float = 0.0       # per request: HTTP parse, validation, hand-off to the engine, us
-    frontend_token_us: float = 0.0        # per prompt token: tokenisation, us
+    frontend_token_us: float = 0.0        # per prompt token, tokenisation in the API server's serial front end, one
+                                          # request at a time in send order (simulate.kernels.frontend_ready), us
 
     def serial_frontend_s(self, prompt_tokens: int) -> float:
         """Seconds one request of `prompt_tokens` spends in the serial front end when it waits for no other."""
-        return (self.frontend_serial_us + self.frontend_token_us * prompt_tokens) * 1e-6   # fixed + tokenise
+        return self.frontend_token_us * prompt_tokens * 1e-6   # tokenise the prompt
 
 
 @dataclass(frozen=True)

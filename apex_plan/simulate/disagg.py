@@ -103,7 +103,7 @@ def _sched(role: Role, gpu, least_loaded: bool, closed: int, engine_base: int) -
         reserve_full=e.profile.scheduler.reserve_full_sequence, closed_concurrency=closed,
         # the engine's own Python API server is not on this path: disaggregated deployments are fronted by the
         # serving stack's router (NVIDIA Dynamo's frontend, SGLang's router), whose serial time is not modelled
-        frontend_serial_s=0.0, frontend_token_s=0.0, tdp_w=gpu.tdp_w,
+        frontend_token_s=0.0, tdp_w=gpu.tdp_w,
         idle_w=gpu.idle_w, gpus_per_engine=p.tp * p.pp, adp_ranks=p.adp,
         adp_routing=ADP_ROUTES[rank_routing], adp_lockstep=1,
         adp_balance_steps=e.profile.scheduler.adp_balance_steps, draft_tokens=0, seed=0, engine_base=engine_base,

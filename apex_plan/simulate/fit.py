@@ -101,17 +101,17 @@ def _fit_len(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gpu,
 
 
 def _fit_seqs(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gpu, need_len: int,
-              longest_prompt: int) -> tuple[ResolvedEngine, MemoryReport, bool] | None:
+              longest_prompt: int, default_seqs: int) -> tuple[ResolvedEngine, MemoryReport, bool] | None:
     """Windowed, compressed and recurrent layers set aside a fixed state per sequence for max_num_seqs sequences
     (estimate.memory); when the default max_num_seqs (not given) leaves no room for the longest request, the most
     sequences whose state and KV fit (the engines' paged pools hold a window per running sequence, never for
-    sequences that cannot run): the largest such max_num_seqs, by bisection. None when even one does not fit."""
+    sequences that cannot run): the largest such max_num_seqs below `default_seqs`, by bisection. None when even
+    one does not fit."""
     if cfg.max_num_seqs is not None:
         return None
-    eng, _ = engine_memory(model, plan, shard, cfg, gpu, longest_prompt)
 
     def largest(fits):
-        lo, hi, best = 1, eng.max_num_seqs - 1, None
+        lo, hi, best = 1, default_seqs - 1, None
         while lo <= hi:
             mid = (lo + hi) // 2
             got = fits(dataclasses.replace(cfg, max_num_seqs=mid))
@@ -157,8 +157,8 @@ def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gp
                 note = (f"memory fraction raised from {eng.gpu_memory_utilization:g} to {top:g}: the default leaves "
                         f"{max(mem.kv_tokens, 0)} KV tokens, fewer than the longest request ({need_len})")
                 eng, mem, ok = dataclasses.replace(eng2, notes=eng2.notes + (note,)), mem2, True
-    if not ok and mem.kv_tokens < need_len and shard.seq_bytes_stage(shard.stages[0], 1, 1) > 0:
-        fitted = _fit_seqs(model, plan, shard, cfg, gpu, need_len, longest_prompt)
+    if not ok and mem.kv_tokens < need_len and any(shard.seq_bytes_stage(st, 1, 1) > 0 for st in shard.stages):
+        fitted = _fit_seqs(model, plan, shard, cfg, gpu, need_len, longest_prompt, eng.max_num_seqs)
         if fitted is not None:
             eng2, mem2, _ = fitted
             note = (f"max_num_seqs lowered from {eng.max_num_seqs} to {eng2.max_num_seqs}: the per-sequence state "

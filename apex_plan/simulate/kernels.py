@@ -57,11 +57,11 @@ def frontend_ready(q, fe_free, cfg):
     """When request q leaves the API server's serial front end and reaches the engine (seconds; INF until sent):
     the front end takes requests one at a time in send order (vLLM's OpenAI server tokenises on a single-thread
     executor, serving_engine.py `ThreadPoolExecutor(max_workers=1)`; SGLang's TokenizerManager is one process),
-    each for a fixed time plus a time per prompt token, starting when it is sent or when the one before it leaves."""
+    each for a time per prompt token (tokenisation), starting when it is sent or when the one before it leaves."""
     if q.sent_s == INF:
         return INF
     start = q.sent_s if q.sent_s > fe_free else fe_free
-    return start + cfg.frontend_serial_s + cfg.frontend_token_s * q.prompt_tokens   # seconds: fixed + tokenise
+    return start + cfg.frontend_token_s * q.prompt_tokens   # seconds: tokenise the prompt
 
 
 @kernel(cache=True, inline="always")   # a loop helper: called, or inlined (jit.kernel, APEX_PLAN_JIT_INLINE)

@@ -176,7 +176,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, engine_cfg: Eng
         budget_tokens=eng.max_batched_tokens, chunked=eng.chunked_prefill, block_tokens=eng.block_size,
         kv_blocks=nblocks, watermark_blocks=watermark, prefill_first=eng.profile.prefill_first(eng.chunked_prefill),
         reserve_full=eng.profile.scheduler.reserve_full_sequence, closed_concurrency=0,
-        frontend_serial_s=eng.profile.host.frontend_serial_us * 1e-6, frontend_token_s=eng.profile.host.frontend_token_us * 1e-6,
+        frontend_token_s=eng.profile.host.frontend_token_us * 1e-6,
         tdp_w=gpu.tdp_w,
         idle_w=gpu.idle_w, gpus_per_engine=plan.tp * plan.pp, adp_ranks=plan.adp,
         adp_routing=ADP_ROUTES[eng.profile.layouts.adp_routing], adp_lockstep=1,
