@@ -20,6 +20,10 @@ least --min-gpu-runs runs the per-request front-end time (host.frontend_ms) is s
 minimises that GPU's TTFT MAPE (exact: the front end adds to every TTFT after the engine loop;
 apex_plan.calibrate.fit.fit_frontend_ms), jointly over all its models. Each GPU's choice is checked
 leave-one-model-out (refitted on the other models' runs of that GPU, the held-out model predicted).
+It then gives the default for GPUs without an entry (host.frontend_ms): the value that minimises the
+mean over those GPUs of each GPU's TTFT MAPE (each GPU weighs the same, whatever its run count), checked
+leave-one-GPU-out (each GPU predicted with the default refitted on the other GPUs) against the
+profile's current default.
 
 usage: python scripts/calibrate.py [CSV ...] --engine vllm [--fit host.step_ms,host.per_seq_ms,...]
        [--train-every 3] [--rounds 2] [--requests-per-slot 5] [--by-gpu] [--min-gpu-runs 20]
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apex_plan.calibrate.fit import BOUNDS, errors, fit, fit_frontend_ms, make_params, predict
+from apex_plan.calibrate.fit import BOUNDS, errors, fit, fit_default_frontend_ms, fit_frontend_ms, make_params, predict
 from apex_plan.calibrate.runs import read_runs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "bench"
@@ -160,8 +164,23 @@ def frontend_by_gpu(cases, min_runs: int) -> int:
         print(f"  {g}: {{frontend_ms: {f:.1f}}}   # {on.sum()} runs, {len(set(model[on].tolist()))} models: "
               f"{_mape(meas[on], pred[on])} -> {_mape(meas[on], fitted)}; held-out models "
               f"{_mape(meas[on], pred[on])} -> {_mape(meas[on], held)}")
+    default_frontend(pred - now, meas, gpu, min_runs, cases[0].engine.profile.host.frontend_ms)
     return 0
 
+
+def default_frontend(base: np.ndarray, meas: np.ndarray, gpu: np.ndarray, min_runs: int, now_ms: float) -> float:
+    """Print host.frontend_ms for GPUs without an entry (fit_default_frontend_ms on runs whose TTFT without a
+    front end is `base`) and its leave-one-GPU-out check against the profile's `now_ms`."""
+    f = fit_default_frontend_ms(base, meas, gpu, min_runs, now_ms)
+    print(f"host.frontend_ms (GPUs without an entry): {f:.1f}   # now {now_ms:g}; "
+          f"each GPU predicted with the default fitted on the others:")
+    names = [g for g in sorted(set(gpu.tolist())) if (gpu == g).sum() >= min_runs]
+    for g in names if len(names) > 1 else ():
+        on = gpu == g
+        fo = fit_default_frontend_ms(base[~on], meas[~on], gpu[~on], min_runs, now_ms)
+        print(f"  # {g}: default {now_ms:g} ms {_mape(meas[on], base[on] + now_ms)} -> "
+              f"{fo:.1f} ms from the other GPUs {_mape(meas[on], base[on] + fo)}")
+    return f
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,7 +23,8 @@ usage: python scripts/cross_validate.py [CSV ...] [--engine NAME,...] [--fit hos
 --rounds 0 searches nothing: every run is predicted once with the profiles' constants; in each fold
 the front ends a profile fitted per GPU (host_by_gpu frontend_ms, scripts/calibrate.py --frontend-by-gpu)
 are refitted without the held-out runs (exactly: the front end adds to every TTFT), a held-out GPU
-takes the profile's own front end, and each fold's band comes from the other runs. --bands writes the
+takes the default front end refitted on the other GPUs (as scripts/calibrate.py --frontend-by-gpu fits
+the profiles' default), and each fold's band comes from the other runs. --bands writes the
 80 % bands of each profile from the held-out errors (per GPU from the config folds, else the model
 folds; the default from the GPU folds), the `calibration_error` / `calibration_error_by_gpu` blocks of
 engine_profiles/.
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apex_plan.calibrate.fit import BOUNDS, errors, fit, fit_frontend_ms, make_params, predict
+from apex_plan.calibrate.fit import BOUNDS, errors, fit, fit_default_frontend_ms, fit_frontend_ms, make_params, predict
 from apex_plan.calibrate.interval import error_quantiles
 from apex_plan.calibrate.runs import read_silicon_csv
 
@@ -126,17 +127,28 @@ def band_hits(e_train: np.ndarray, gpu_train: list, e_held: np.ndarray, gpu_held
     return hits
 
 
-def uncalibrated(cases: list, p: np.ndarray) -> np.ndarray:
+def _frontends(cases: list) -> np.ndarray:
+    """Each run's front end as its profile states it on its GPU (the GPU's host_by_gpu entry, else host)."""
+    return np.array([c.engine.profile.on_gpu(c.cluster.gpu.name).host.frontend_ms for c in cases])
+
+
+def default_frontend(cases: list, p: np.ndarray) -> float:
+    """The default front end (host.frontend_ms of GPUs without an entry) as scripts/calibrate.py
+    --frontend-by-gpu fits it (fit_default_frontend_ms), from `cases` and their predictions `p` alone."""
+    return fit_default_frontend_ms(p[:, 0] - _frontends(cases), np.array([c.ttft_ms for c in cases]),
+                                   np.array([c.cluster.gpu.name for c in cases]), MIN_BAND_RUNS,
+                                   cases[0].engine.profile.host.frontend_ms)
+
+
+def uncalibrated(cases: list, p: np.ndarray, frontend_ms: float | None = None) -> np.ndarray:
     """Predictions `p` (n, 2) of `cases` (made with the profile's per-GPU front ends, host_by_gpu) as a GPU
-    nobody calibrated would get them: each run's TTFT with its GPU's front end replaced by the profile's own."""
+    nobody calibrated would get them: each run's TTFT with its GPU's front end replaced by `frontend_ms`
+    (default: the profile's own default)."""
     out = p.copy()
     if not cases:
         return out
-    prof = cases[0].engine.profile
-    for i, c in enumerate(cases):
-        entry = prof.host_by_gpu.get(c.cluster.gpu.name)
-        if entry is not None:
-            out[i, 0] += prof.host.frontend_ms - entry.frontend_ms
+    f = cases[0].engine.profile.host.frontend_ms if frontend_ms is None else frontend_ms
+    out[:, 0] += f - _frontends(cases)
     return out
 
 
@@ -145,18 +157,20 @@ def _predict_chunk(chunk: list) -> np.ndarray:
 
 
 def _frontend_refit(train: list, p_train: np.ndarray, held: list, p_held: np.ndarray, kind: str) -> None:
-    """Refit, in place, the front ends the profile fitted per GPU (its host_by_gpu frontend_ms) as the fold
-    allows: in a model fold from the training runs of the held-out runs' GPU (exact, fit_frontend_ms); in
-    a GPU fold the held-out GPU has no entry, so its runs take the profile's own front end."""
+    """Refit, in place, the front ends as the fold allows. In a GPU fold the held-out GPU is one nobody
+    calibrated: its runs take the default refitted on the training GPUs (`default_frontend`). In a model
+    fold the front end the profile fitted for the held-out runs' GPU (its host_by_gpu frontend_ms) is
+    refitted from that GPU's training runs (exact, fit_frontend_ms)."""
     prof = (train or held)[0].engine.profile
+    if kind == "gpu":
+        if train:
+            p_held[:, 0] += default_frontend(train, p_train) - _frontends(held)
+        return
     for gpu in {c.cluster.gpu.name for c in held}:
         entry = prof.host_by_gpu.get(gpu)
         if entry is None or entry.frontend_ms == prof.host.frontend_ms:
             continue
         ho = np.array([c.cluster.gpu.name == gpu for c in held])
-        if kind == "gpu":
-            p_held[ho, 0] += prof.host.frontend_ms - entry.frontend_ms
-            continue
         tr = np.array([c.cluster.gpu.name == gpu for c in train])
         if tr.sum() < MIN_BAND_RUNS:
             continue
@@ -187,7 +201,8 @@ def fixed_folds(cases, names, kinds, jobs: int) -> list:
                 held = [c for c in rows if KEY[kind](c) == v]
                 p_train = np.array([pred[id(c)] for c in train]).reshape(-1, 2)
                 p_held = np.array([pred[id(c)] for c in held]).reshape(-1, 2)
-                e_default = errors(train, uncalibrated(train, p_train))   # before the refit: the GPU folds' errors
+                f_default = default_frontend(train, p_train) if kind == "gpu" else None
+                e_default = errors(train, uncalibrated(train, p_train, f_default))   # before the refit: the GPU folds' errors
                 _frontend_refit(train, p_train, held, p_held, kind)
                 e_train, e_held = errors(train, p_train), errors(held, p_held)
                 hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held],

@@ -353,6 +353,23 @@ def test_fit_frontend_minimises_ttft_mape_exactly():
     assert fit_frontend_ms(pred, np.append(meas, 10.0), 137.0) == f
 
 
+def test_fit_frontend_weights_each_gpu_the_same():
+    """Per-run weights (1 / the runs of its GPU) minimise the mean over GPUs of each GPU's TTFT MAPE."""
+    from apex_plan.calibrate.fit import fit_frontend_ms
+    rng = np.random.default_rng(5)
+    base = rng.uniform(50, 300, 50)
+    gpu = np.array(["a"] * 30 + ["b"] * 10 + ["c"] * 10)
+    meas = base + np.where(gpu == "a", 20.0, 120.0)          # a's 30 runs ask for 20 ms, b's and c's 20 for 120 ms
+    w = np.array([1.0 / (gpu == g).sum() for g in gpu])
+    mape = lambda f, g: np.mean(np.abs(base[gpu == g] + f - meas[gpu == g]) / meas[gpu == g])  # noqa: E731
+    per_gpu = lambda f: sum(mape(f, g) for g in "abc")                                      # noqa: E731
+    f = fit_frontend_ms(base, meas, 0.0, w)
+    grid = np.linspace(0, 250, 25001)
+    assert per_gpu(f) <= min(per_gpu(g) for g in grid) + 1e-12
+    assert fit_frontend_ms(base, meas, 0.0) == pytest.approx(20.0)   # by runs: a's 30 win
+    assert f == pytest.approx(120.0)                                 # by GPUs: b and c win
+
+
 def test_refresh_bands_replaces_only_the_band_blocks():
     import importlib.util
     from pathlib import Path

@@ -149,14 +149,32 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(values[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
-def fit_frontend_ms(pred_ttft_ms: np.ndarray, meas_ttft_ms: np.ndarray, frontend_ms: float) -> float:
+def fit_frontend_ms(pred_ttft_ms: np.ndarray, meas_ttft_ms: np.ndarray, frontend_ms: float,
+                    weights: np.ndarray | None = None) -> float:
     """The per-request front-end time (ms) that minimises the TTFT MAPE of runs predicted with
     `frontend_ms`, inside its BOUNDS. The front end is added to every request's TTFT after the
     engine loop (simulate.run.RequestTimes), so a run's TTFT is base + f with base = pred - frontend_ms,
-    and mean |base + f - m| / m is minimised by the median of m - base weighted by 1 / m (exact)."""
+    and mean |base + f - m| / m is minimised by the median of m - base weighted by 1 / m (exact).
+    `weights` (one per run) scale each run's share, e.g. 1 / runs of its GPU to weigh GPUs equally."""
     ok = np.isfinite(pred_ttft_ms) & np.isfinite(meas_ttft_ms)
     if not ok.any():
         return frontend_ms
     lo, hi, _ = BOUNDS["host.frontend_ms"]
     need = meas_ttft_ms[ok] - (pred_ttft_ms[ok] - frontend_ms)     # the front end each run asks for
-    return min(hi, max(lo, weighted_median(need, 1.0 / meas_ttft_ms[ok])))
+    w = 1.0 / meas_ttft_ms[ok] * (1.0 if weights is None else np.asarray(weights, dtype=float)[ok])
+    return min(hi, max(lo, weighted_median(need, w)))
+
+
+def fit_default_frontend_ms(base_ttft_ms: np.ndarray, meas_ttft_ms: np.ndarray, gpu: np.ndarray, min_runs: int,
+                            frontend_ms: float) -> float:
+    """host.frontend_ms for GPUs without a host_by_gpu entry: the front end (ms) that minimises the mean over
+    GPUs of each GPU's TTFT MAPE, exactly (fit_frontend_ms with weights 1 / the runs of the GPU), over the GPUs
+    with at least `min_runs` runs; `base_ttft_ms` is each run's TTFT without a front end. `frontend_ms` when
+    no GPU has enough runs."""
+    gpu = np.asarray(gpu)
+    runs = {g: int((gpu == g).sum()) for g in set(gpu.tolist())}
+    big = np.array([runs[g] >= min_runs for g in gpu.tolist()], dtype=bool)
+    if not big.any():
+        return frontend_ms
+    w = np.array([1.0 / runs[g] for g in gpu[big].tolist()])
+    return fit_frontend_ms(np.asarray(base_ttft_ms)[big], np.asarray(meas_ttft_ms)[big], 0.0, w)  # base: front end 0
