@@ -246,7 +246,7 @@ def case_from_summary(s: Summary, opts: RunDefaults, where: str) -> Case:
     gpu = load_gpu(opts.gpu)
     plan = I.parse_plan(opts.plan, opts.weight_dtype, profile.default_kv_dtype(opts.weight_dtype))
     cluster = make_cluster(gpu, plan.num_gpus, min(8, plan.num_gpus))
-    I.check_plan_fits(plan, cluster, model)
+    I.check_plan_fits(plan, cluster, model, redundant_experts=profile.layouts.redundant_experts)
     # the simulated requests: the measured lengths (or means), at most max_requests of them
     n = s.requests
     if s.concurrency:

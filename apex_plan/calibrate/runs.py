@@ -95,7 +95,7 @@ def case_from_row(r: dict, requests_per_slot: int, seed: int = 0, where: str | N
         adp = mtp * mep // tp
     plan = dataclasses.replace(plan, ep=mep if mep > 1 else 1, adp=adp)
     cluster = row_cluster(where, "tp_size", gpu, plan.num_gpus)
-    I.check_plan_fits(plan, cluster, model, where=where)
+    I.check_plan_fits(plan, cluster, model, where=where, redundant_experts=profile.layouts.redundant_experts)
     eng = EngineConfig(max_num_seqs=seqs, name=engine_text, profile=profile)
     isl = F.count(where, "isl", r.get("isl"), 1, MAX_TOKENS_PER_REQUEST, "give the prompt length in tokens")
     osl = F.count(where, "osl", r.get("osl"), 1, MAX_TOKENS_PER_REQUEST, "give the output length in tokens")

@@ -171,6 +171,8 @@ class Layouts:
                                           # padded to the busiest rank's token count, the padding through the experts) |
                                           # graph_steps (the same, only in steps every rank replays as a CUDA graph)
     adp_padding_graph_steps_from: str = ""  # release from which every_step becomes graph_steps ('' never)
+    redundant_experts: bool = False       # an ep that does not divide the experts runs with redundant expert slots
+                                          # (EPLB), the fewest that make them a multiple of ep (plan.spec.expert_slots)
 
     def adp_pad_tokens(self, version: str, graph_max_tokens: int) -> int:
         """Busiest-rank tokens up to which a lock-step attention-DP step pads every rank to them (SCHED.adp_pad_tokens):

@@ -16,7 +16,7 @@ from apex_plan.model import spec as S
 from apex_plan.model.kv import compressor_state_bytes, state_bytes_per_seq_per_layer
 from apex_plan.model.quant import component_format, format_bytes
 from apex_plan.model.spec import LayerKind, ModelSpec
-from apex_plan.plan.spec import Plan
+from apex_plan.plan.spec import Plan, expert_slots
 from apex_plan.units import dtype_bytes
 
 
@@ -271,11 +271,13 @@ def moe(model: ModelSpec, plan: Plan) -> list[Gemm]:
     h, tp, ep, adp = model.hidden_size, plan.tp, plan.ep, plan.adp
     n_mlp = 2 if model.mlp_gated else 1
     E, k = model.num_experts, model.experts_per_token
-    e_local = E // ep                              # whole experts per expert-parallel rank
+    slots = expert_slots(E, ep)                    # the experts, padded with redundant copies to a multiple of ep
+    e_local = slots // ep                          # whole expert slots per expert-parallel rank
     e_inter = model.expert_intermediate_size / (tp * adp // ep)  # each expert sharded over tp*adp/ep GPUs
     # expert-token copies landing here per local input token: the MoE layer gathers the tokens of
-    # all adp attention ranks, so this GPU sees adp x its own share
-    route = k * e_local / E * adp
+    # all adp attention ranks, so this GPU sees adp x its own share (a logical expert's tokens split
+    # evenly over its slots)
+    route = k * e_local / slots * adp
     width = model.moe_latent_size or h             # experts may work in a latent space
     we = weights(model, plan, "experts")
     wr = weights(model, plan, "router")
@@ -283,9 +285,10 @@ def moe(model: ModelSpec, plan: Plan) -> list[Gemm]:
     if model.moe_latent_size:
         gemms.append(Gemm("latent_in", h, model.moe_latent_size, GEMM_MOE_DENSE, w_bytes=we.bytes, fmt=we.fmt))
         gemms.append(Gemm("latent_out", model.moe_latent_size, h, GEMM_MOE_DENSE, w_bytes=we.bytes, fmt=we.fmt))
-    gemms.append(Gemm("experts_gate_up", width, int(n_mlp * e_inter), GEMM_ROUTED_EXPERTS, e_local, route, k / E, e_local,
+    gemms.append(Gemm("experts_gate_up", width, int(n_mlp * e_inter), GEMM_ROUTED_EXPERTS, e_local, route, k / slots,
+                      e_local, w_bytes=we.bytes, fmt=we.fmt))
+    gemms.append(Gemm("experts_down", int(e_inter), width, GEMM_ROUTED_EXPERTS, e_local, route, k / slots, e_local,
                       w_bytes=we.bytes, fmt=we.fmt))
-    gemms.append(Gemm("experts_down", int(e_inter), width, GEMM_ROUTED_EXPERTS, e_local, route, k / E, e_local, w_bytes=we.bytes, fmt=we.fmt))
     if model.moe_with_dense_mlp:                   # the dense MLP runs beside the experts (Gemma 4)
         inter = model.intermediate_size / tp
         wd = weights(model, plan, "mlp")

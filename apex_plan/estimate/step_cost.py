@@ -23,7 +23,7 @@ from apex_plan.hardware.formats import compute_dtype, gemm_shape
 from apex_plan.hardware.spec import ClusterSpec, GpuSpec
 from apex_plan.model import spec as S
 from apex_plan.model.spec import ModelSpec
-from apex_plan.plan.spec import Plan
+from apex_plan.plan.spec import Plan, expert_slots
 from apex_plan.units import dtype_bytes
 
 CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 1024 * 1024   # vLLM custom all-reduce buffer (max_size = 8 MiB)
@@ -208,7 +208,7 @@ def moe_fields(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: ClusterSpec 
         a2a_rdma_bytes_per_s=(inter_bw if kind == MOE.A2A_ALLTOALL else
                               multi_rail_bus_bytes_per_s(intra_bw, inter_bw, domain)) * c.link_efficiency,
         a2a_dispatch_bytes=1.0 + MOE.FP8_BLOCK_SCALE_BYTES if quant else dtype_bytes(plan.act_dtype),
-        a2a_rank_copies=MOE.expected_rank_copies(E, k, plan.ep),
+        a2a_rank_copies=MOE.expected_rank_copies(expert_slots(E, plan.ep), k, plan.ep),
         a2a_ll_decode=1.0 if lay.a2a_decode_kernel == "low_latency" else 0.0,
         moe_imbalance=MOE.popularity_skew(c.moe_imbalance, plan.ep),
         ep_max_z=MOE.expected_max_z(plan.ep),

@@ -59,11 +59,13 @@ def parse_plan(text: str | None, weight_dtype: str, kv_dtype: str, tp: int | Non
 
 
 
-def check_plan_fits(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where: str = "--plan") -> None:
+def check_plan_fits(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where: str = "--plan",
+                    redundant_experts: bool = False) -> None:
     """A given plan must pass the rules `search` enumerates with (`plan.enumerate.plan_reason`); an explicit
-    plan may span nodes with tensor parallelism (whole nodes only)."""
+    plan may span nodes with tensor parallelism (whole nodes only). `redundant_experts`: the engine pads the
+    experts to a multiple of ep (its profile's layouts.redundant_experts)."""
     from apex_plan.plan.enumerate import plan_reason
-    why = plan_reason(model, cluster, plan, allow_cross_node_tp=True)
+    why = plan_reason(model, cluster, plan, allow_cross_node_tp=True, redundant_experts=redundant_experts)
     if why is None:
         return
     kind, reason = why
@@ -78,9 +80,11 @@ def check_plan_fits(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where: s
 
 def parse_disagg_plan(prefill_plan: str | None, prefill_replicas: int | None, decode_plan: str | None,
                       decode_replicas: int | None, decode_max_num_seqs: int | None, weight_dtype: str, kv_dtype: str,
-                      cluster: ClusterSpec, model: ModelSpec, gpus: int | None = None):
+                      cluster: ClusterSpec, model: ModelSpec, gpus: int | None = None,
+                      redundant_experts: bool = False):
     """`--prefill-plan tp=..,pp=..[,ep=..][,adp=..] --prefill-replicas NP --decode-plan ... --decode-replicas ND`
-    -> DisaggPlan (each role's Plan with dp = its replica count), checked against the model and the GPUs."""
+    -> DisaggPlan (each role's Plan with dp = its replica count), checked against the model and the GPUs
+    (`redundant_experts`: as in check_plan_fits)."""
     from apex_plan.plan.disagg import DisaggPlan
     roles = {}
     for role, text, reps in (("prefill", prefill_plan, prefill_replicas), ("decode", decode_plan, decode_replicas)):
@@ -94,7 +98,7 @@ def parse_disagg_plan(prefill_plan: str | None, prefill_replicas: int | None, de
                 raise InputError(opt, "dp", f"dp={p.dp}: instances of a role are counted by --{role}-replicas",
                                  f"drop dp and pass --{role}-replicas {p.dp}")
             p = dataclasses.replace(p, dp=reps or 1)
-            check_plan_fits(dataclasses.replace(p, dp=1), cluster, model, where=opt)
+            check_plan_fits(dataclasses.replace(p, dp=1), cluster, model, where=opt, redundant_experts=redundant_experts)
         except InputError as e:
             raise InputError(opt, e.field, e.problem, e.fix) from None
         roles[role] = p

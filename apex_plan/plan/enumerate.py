@@ -158,14 +158,16 @@ def _pp_reason(model: ModelSpec, cluster: ClusterSpec, tp: int, pp: int,
     return None
 
 
-def _ep_reason(model: ModelSpec, tp: int, ep: int, adp: int = 1) -> tuple[str, str] | None:
+def _ep_reason(model: ModelSpec, tp: int, ep: int, adp: int = 1,
+               redundant_experts: bool = False) -> tuple[str, str] | None:
     """Experts spread over ep of a stage's tp x adp GPUs (expert TP = tp x adp / ep): ep must divide both
-    those GPUs and the expert count; a dense model has ep = 1."""
+    those GPUs and the expert count, unless the engine adds redundant expert slots (`redundant_experts`,
+    plan.spec.expert_slots); a dense model has ep = 1."""
     if ep == 1:
         return None
     if not model.is_moe:
         return "divisibility", f"ep={ep} on a dense model (it has no experts to spread)"
-    if model.num_experts % ep:
+    if model.num_experts % ep and not redundant_experts:
         return "divisibility", f"ep={ep} does not divide {model.num_experts} experts"
     if (tp * adp) % ep:
         return "divisibility", f"ep={ep} does not divide the tp x adp = {tp * adp} GPUs of a stage"
@@ -173,15 +175,17 @@ def _ep_reason(model: ModelSpec, tp: int, ep: int, adp: int = 1) -> tuple[str, s
 
 
 def plan_reason(model: ModelSpec, cluster: ClusterSpec, plan: Plan, allow_cross_node_tp: bool = False,
-                max_gpus_per_replica: int | None = None) -> tuple[str, str] | None:
+                max_gpus_per_replica: int | None = None, redundant_experts: bool = False) -> tuple[str, str] | None:
     """Why `plan` cannot run `model` on `cluster` as (kind, one-line reason), or None. The one set of
-    rules: `search` enumerates with it, `simulate`, `validate` and `calibrate` check a given plan with it."""
+    rules: `search` enumerates with it, `simulate`, `validate` and `calibrate` check a given plan with it.
+    `redundant_experts`: the engine pads the experts to a multiple of ep with redundant slots (its profile's
+    layouts.redundant_experts)."""
     if plan.num_gpus > cluster.num_gpus:
         return "limit", (f"needs dp x tp x pp{' x adp' if plan.adp > 1 else ''} = {plan.num_gpus} GPUs but the "
                          f"cluster has {cluster.num_gpus}")
     why = (_tp_reason(model, cluster, plan.tp, allow_cross_node_tp)
            or _pp_reason(model, cluster, plan.tp, plan.pp, max_gpus_per_replica, plan.adp)
-           or _ep_reason(model, plan.tp, plan.ep, plan.adp))
+           or _ep_reason(model, plan.tp, plan.ep, plan.adp, redundant_experts))
     if why:
         return why
     dtype = _dtype_reason(cluster, plan.weight_dtype, plan.kv_dtype)

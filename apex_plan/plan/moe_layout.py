@@ -35,7 +35,8 @@ def _layouts(profile):
 def ep_degrees(profile, model: ModelSpec, tp: int, adp: int = 1) -> list[int]:
     """Expert-parallel degrees the engine runs for attention tp x adp (ascending): 1 for a dense model
     or an engine without EP; every divisor of tp x adp that divides the experts ('divisors'); or
-    1 and tp x adp ('all': vLLM's --enable-expert-parallel is all or nothing)."""
+    1 and tp x adp ('all': vLLM's --enable-expert-parallel is all or nothing); a degree that does not divide
+    the experts only on an engine that adds redundant expert slots (layouts.redundant_experts)."""
     lay = _layouts(profile)
     ranks = tp * adp
     if not model.is_moe or not getattr(lay, "expert_parallel", True):
@@ -44,7 +45,8 @@ def ep_degrees(profile, model: ModelSpec, tp: int, adp: int = 1) -> list[int]:
         cands = [1, ranks]
     else:
         cands = _divisors(ranks)
-    return sorted({e for e in cands if e == 1 or model.num_experts % e == 0})
+    pads = getattr(lay, "redundant_experts", False)
+    return sorted({e for e in cands if e == 1 or pads or model.num_experts % e == 0})
 
 
 def default_ep(profile, model: ModelSpec, tp: int, adp: int = 1) -> int:
@@ -54,7 +56,8 @@ def default_ep(profile, model: ModelSpec, tp: int, adp: int = 1) -> int:
     if not model.is_moe or not getattr(lay, "expert_parallel", True):
         return 1
     ranks = tp * adp
-    if getattr(lay, "default_ep", "none") == "all" and model.num_experts % ranks == 0:
+    pads = getattr(lay, "redundant_experts", False)
+    if getattr(lay, "default_ep", "none") == "all" and (pads or model.num_experts % ranks == 0):
         return ranks
     return 1
 
@@ -76,6 +79,7 @@ def instance_layouts(profile, model: ModelSpec, cluster: ClusterSpec, gpus: int,
     for tp, adp in attention_splits(profile, gpus):
         for ep in ep_degrees(profile, model, tp, adp):
             plan = Plan(tp=tp, pp=pp, ep=ep, adp=adp, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
-            if plan_reason(model, cluster, plan, allow_cross_node_tp) is None:
+            if plan_reason(model, cluster, plan, allow_cross_node_tp,
+                           redundant_experts=getattr(_layouts(profile), "redundant_experts", False)) is None:
                 out.append(plan)
     return out

@@ -43,6 +43,17 @@ class Plan:
         return s + f" w:{self.weight_dtype} kv:{self.kv_dtype}"
 
 
+def expert_slots(num_experts: int, ep: int) -> int:
+    """Routed-expert slots of a MoE layer spread ep-way: the experts themselves when ep divides them, else
+    the fewest slots that are a multiple of ep, the extra ones redundant copies (EPLB): vLLM's
+    EPLBConfig.num_redundant_experts = -1 computes that count (tests/distributed/test_eplb_*: 256 experts at
+    ep 10 take 4), and TRT-LLM's wide-EP configs set moe_load_balancer num_slots 288 for DeepSeek's 256 at
+    ep 36, 48 or 72 (examples/wide_ep). Each slot serves its share of its logical expert's tokens."""
+    if ep <= 1 or num_experts <= 0 or num_experts % ep == 0:
+        return num_experts
+    return -(-num_experts // ep) * ep                  # experts rounded up to a multiple of ep
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Settings a user gives a serving engine; None takes the engine profile's default

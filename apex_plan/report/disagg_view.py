@@ -24,7 +24,8 @@ def _role_doc(role) -> dict | None:
 
 def launch_doc(res: DisaggResult, model_repo: str) -> dict:
     from apex_plan.report.launch import disagg_launch
-    return disagg_launch(res.decode.engine.profile.family, model_repo, res.plan, res.prefill.engine, res.decode.engine)
+    return disagg_launch(res.decode.engine.profile.family, model_repo, res.plan, res.prefill.engine, res.decode.engine,
+                         num_experts=res.model_experts)
 
 
 def disagg_json(res: DisaggResult, inputs: dict) -> dict:

@@ -30,10 +30,11 @@ in a trailing comment.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 
-from apex_plan.plan.spec import Plan
+from apex_plan.plan.spec import Plan, expert_slots
 from apex_plan.simulate.metrics import Record
 
 # KV-cache dtype names of each engine for the planner's dtypes
@@ -57,14 +58,30 @@ def _a2a_flags(family: str, engine, plan: Plan) -> list[str]:
     return launch_flags(family, prof.layouts, plan.ep, getattr(plan, "adp", 1)) if prof is not None else []
 
 
+def _eplb_flags(family: str, num_experts: int, ep: int) -> tuple[list[str], str]:
+    """Flags (and, for trtllm-serve, a comment) that give an ep which does not divide the experts its
+    redundant expert slots (plan.spec.expert_slots; the engine profiles' layouts.redundant_experts)."""
+    slots = expert_slots(num_experts, ep)
+    extra = slots - num_experts
+    if extra <= 0:
+        return [], ""
+    if family == "sglang":
+        return ["--enable-eplb", "--ep-num-redundant-experts", str(extra)], ""
+    if family == "trtllm":
+        return [], f"  # with moe_config: {{load_balancer: {{num_slots: {slots}}}}} in --extra_llm_api_options"
+    return ["--enable-eplb", "--eplb-config", json.dumps({"num_redundant_experts": extra})], ""
+
+
 def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantized: bool = False,
-                   remote_code: bool = False) -> str:
+                   remote_code: bool = False, num_experts: int = 0) -> str:
     """One replica's launch command. `engine` has the resolved settings: max_num_seqs,
     max_batched_tokens, chunked_prefill, block_size, gpu_memory_utilization, max_model_len,
     custom_allreduce; `prequantized`: `model_repo`'s checkpoint is already in the plan's weight dtype;
     `remote_code`: its config names its own modelling code (ModelSpec.remote_code), which vLLM and SGLang
-    load with --trust-remote-code and trtllm-serve with --trust_remote_code."""
+    load with --trust-remote-code and trtllm-serve with --trust_remote_code; `num_experts`: the model's
+    routed experts (redundant slots are asked for when plan.ep does not divide them)."""
     e = engine
+    eplb, eplb_note = _eplb_flags(family, num_experts, plan.ep)
     if family == "sglang":
         adp = getattr(plan, "adp", 1)
         # attention-DP: --tp-size counts every GPU of a stage, --dp-size the attention ranks among them
@@ -110,9 +127,10 @@ def launch_command(family: str, model_repo: str, plan: Plan, engine, prequantize
         if not e.custom_allreduce:
             a += ["--disable-custom-all-reduce"]
         a += _a2a_flags(family, e, plan)
+    a += eplb
     if remote_code:
         a += ["--trust_remote_code" if family == "trtllm" else "--trust-remote-code"]
-    cmd = shlex.join(a)
+    cmd = shlex.join(a) + eplb_note
     online = ONLINE_QUANT if family in ("vllm", "sglang") else ()
     if not prequantized and plan.weight_dtype not in _UNQUANTISED + online:
         cmd += (f"  # needs a {plan.weight_dtype} checkpoint of {model_repo} ({family} does not quantise weights to "
@@ -190,30 +208,36 @@ class DisaggLaunch(Record):
     router: str
 
 
+def _with_flags(cmd: str, flags: str) -> str:
+    """`cmd` with `flags` added to the command, ahead of its trailing '  # ' comment if it has one."""
+    head, sep, note = cmd.partition("  # ")
+    return head + flags + sep + note
+
+
 def disagg_launch(family: str, model_repo: str, dplan, eng_prefill, eng_decode, prequantized: bool = False,
-                  remote_code: bool = False) -> DisaggLaunch:
+                  remote_code: bool = False, num_experts: int = 0) -> DisaggLaunch:
     """The commands that start a disaggregated deployment: one per role (run it on each of that
-    role's instances), and the router or front end that joins them. `prequantized`, `remote_code`: as in
-    `launch_command`."""
-    pre = launch_command(family, model_repo, dplan.prefill, eng_prefill, prequantized, remote_code)
-    dec = launch_command(family, model_repo, dplan.decode, eng_decode, prequantized, remote_code)
+    role's instances), and the router or front end that joins them. `prequantized`, `remote_code`,
+    `num_experts`: as in `launch_command`."""
+    pre = launch_command(family, model_repo, dplan.prefill, eng_prefill, prequantized, remote_code, num_experts)
+    dec = launch_command(family, model_repo, dplan.decode, eng_decode, prequantized, remote_code, num_experts)
     n_p, n_d = dplan.prefill_replicas, dplan.decode_replicas
     if family == "sglang":
-        pre += " --disaggregation-mode prefill --disaggregation-transfer-backend mooncake"
-        dec += " --disaggregation-mode decode --disaggregation-transfer-backend mooncake"
+        pre = _with_flags(pre, " --disaggregation-mode prefill --disaggregation-transfer-backend mooncake")
+        dec = _with_flags(dec, " --disaggregation-mode decode --disaggregation-transfer-backend mooncake")
         router = ("python -m sglang_router.launch_router --pd-disaggregation "
                   + " ".join(f"--prefill http://PREFILL_{i}:30000 8998" for i in range(n_p)) + " "
                   + " ".join(f"--decode http://DECODE_{i}:30000" for i in range(n_d)))
     elif family == "trtllm":
-        pre += " --extra_llm_api_options prefill.yaml"
-        dec += " --extra_llm_api_options decode.yaml"
+        pre = _with_flags(pre, " --extra_llm_api_options prefill.yaml")
+        dec = _with_flags(dec, " --extra_llm_api_options decode.yaml")
         router = ("trtllm-serve disaggregated -c disagg.yaml   # context_servers: num_instances "
                   f"{n_p}; generation_servers: num_instances {n_d}; both YAMLs: "
                   "cache_transceiver_config: {backend: UCX}"
                   + ("; enable_attention_dp: true where adp > 1" if max(dplan.prefill.adp, dplan.decode.adp) > 1 else ""))
     else:
-        pre += " --kv-transfer-config " + shlex.quote(_VLLM_KV_TRANSFER)
-        dec += " --kv-transfer-config " + shlex.quote(_VLLM_KV_TRANSFER)
+        pre = _with_flags(pre, " --kv-transfer-config " + shlex.quote(_VLLM_KV_TRANSFER))
+        dec = _with_flags(dec, " --kv-transfer-config " + shlex.quote(_VLLM_KV_TRANSFER))
         router = (f"python -m dynamo.frontend --router-mode round-robin   # with {n_p} prefill and {n_d} decode "
                   "workers registered (python -m dynamo.vllm --is-prefill-worker ... for the prefill ones)")
     return DisaggLaunch(pre, n_p, dec, n_d, router)

@@ -147,11 +147,11 @@ def _workload(req: SimulateRequest, m):
     return wl
 
 
-def _aggregated_plan(req: SimulateRequest, weight_dtype: str, kv_dtype: str, cl, m):
+def _aggregated_plan(req: SimulateRequest, weight_dtype: str, kv_dtype: str, cl, m, redundant_experts: bool):
     """--plan (with -tp/-pp), refused when it does not fit the cluster; a warning when it leaves GPUs idle."""
     from apex_plan import inputs as I
     p = I.parse_plan(req.plan, weight_dtype, kv_dtype, req.tp_size, req.pp_size)
-    I.check_plan_fits(p, cl, m)
+    I.check_plan_fits(p, cl, m, redundant_experts=redundant_experts)
     if p.num_gpus < cl.num_gpus:                       # say so: the other GPUs are not simulated
         warnings.warn(f"--plan {p.label().split()[0]} uses {p.num_gpus} of the {cl.num_gpus} GPUs; the figures are "
                       f"for those only (give --plan dp=..,tp=..,pp=.. to use all {cl.num_gpus})")
@@ -222,9 +222,10 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
         if drawn_by:
             raise InputError(drawn_by, None, "not drawn for disaggregated deployments yet",
                              "drop it (the JSON has every figure)")
-        plan = I.parse_disagg_plan(*req.roles, weight_dtype, kv_dtype, cl, m, req.gpus or cl.num_gpus)
+        plan = I.parse_disagg_plan(*req.roles, weight_dtype, kv_dtype, cl, m, req.gpus or cl.num_gpus,
+                                   eng.profile.layouts.redundant_experts)
     else:
-        plan = _aggregated_plan(req, weight_dtype, kv_dtype, cl, m)
+        plan = _aggregated_plan(req, weight_dtype, kv_dtype, cl, m, eng.profile.layouts.redundant_experts)
     wl = _workload(req, m)
     slo = parse_slo(req.ttft_slo, req.tpot_slo, req.slo_percentile)
     run = _disaggregated if req.disaggregated else _aggregated

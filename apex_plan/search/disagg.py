@@ -162,7 +162,8 @@ def _attach_launch(inp: SearchInputs, dv: DeploymentEval, pe: RoleEval, de: Role
     dplan = DisaggPlan(dataclasses.replace(pe.plan, dp=choice.prefill_instances),
                        dataclasses.replace(de.plan, dp=choice.decode_instances), decode_max_num_seqs=de.batch)
     cmds = disagg_launch(pe.engine.profile.family, repo or inp.model.name, dplan, pe.engine,
-                         dataclasses.replace(de.engine, max_num_seqs=de.batch), prequantized, inp.model.remote_code)
+                         dataclasses.replace(de.engine, max_num_seqs=de.batch), prequantized, inp.model.remote_code,
+                         inp.model.num_experts)
     dv.launch = [LaunchEntry(pe.key, choice.prefill_instances, cmds.prefill),
                  LaunchEntry(de.key, choice.decode_instances, cmds.decode), LaunchEntry("router", 1, cmds.router)]
     dv.disagg = dataclasses.replace(dv.disagg, launch=cmds)

@@ -255,7 +255,8 @@ def _attach_launch(d: DeploymentEval, by_key: dict, model: ModelSpec, family: st
     def command(k: str) -> str:
         repo, prequantized = model.checkpoint_repo(by_key[k].plan.weight_dtype)   # the checkpoint in the plan's format
         return power_prefix(by_key[k].point) + launch_command(family, repo or model.name, by_key[k].plan,
-                                                              by_key[k].engine, prequantized, model.remote_code)
+                                                              by_key[k].engine, prequantized, model.remote_code,
+                                                              model.num_experts)
     d.launch = [LaunchEntry(k, n, command(k)) for k, n in d.deployment.replicas]
 
 

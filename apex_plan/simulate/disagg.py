@@ -74,6 +74,7 @@ class DisaggResult:
     makespan_s: float = 0.0
     energy_j: float = 0.0
     metrics: Metrics | None = None        # None when infeasible
+    model_experts: int = 0                # the model's routed experts (launch: redundant slots when ep does not divide them)
 
 
 def _role(model: ModelSpec, cluster: ClusterSpec, plan: Plan, cfg: EngineConfig, need_len: int,
@@ -126,10 +127,10 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
         engine_cfg, max_num_seqs=plan.decode_max_num_seqs or engine_cfg.max_num_seqs), need, longest)
     if pre is None or dec is None:
         return DisaggResult(plan, pre, dec, False, f"prefill instances: {why_p}" if pre is None
-                            else f"decode instances: {why_d}")
+                            else f"decode instances: {why_d}", model_experts=model.num_experts)
     if plan.num_gpus > cluster.num_gpus:
         return DisaggResult(plan, pre, dec, False, f"the deployment needs {plan.num_gpus} GPUs, the cluster has "
-                                                   f"{cluster.num_gpus}")
+                                                   f"{cluster.num_gpus}", model_experts=model.num_experts)
     max_len = min(pre.engine.max_model_len, dec.engine.max_model_len)
     valid = tr.prompt_tokens < max_len
     if not pre.engine.chunked_prefill:
@@ -185,7 +186,8 @@ def simulate_disagg(model: ModelSpec, cluster: ClusterSpec, plan: DisaggPlan, en
     makespan = max(float(end) - t0, 1e-9)
     energy = float(st["dynamic_j"].sum()) + gpu.idle_w * plan.num_gpus * makespan
     metrics = compute_metrics(times, st[base_d:], makespan, energy, dec.memory.kv_blocks // plan.decode.pp, slo)
-    res = DisaggResult(plan, pre, dec, True, "", times, phases, visits, total_b, links, st, makespan, energy)
+    res = DisaggResult(plan, pre, dec, True, "", times, phases, visits, total_b, links, st, makespan, energy,
+                       model_experts=model.num_experts)
     return dataclasses.replace(res, metrics=dataclasses.replace(
         metrics, requests_refused_too_long=int((~valid).sum()),
         disagg=disagg_metrics(res, n_pe, pre.memory.kv_blocks // plan.prefill.pp)))

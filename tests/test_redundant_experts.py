@@ -1,0 +1,70 @@
+"""Redundant expert slots: an ep that does not divide a model's experts runs where the engine pads them
+(EPLB: vLLM num_redundant_experts, SGLang --ep-num-redundant-experts, TRT-LLM num_slots)."""
+
+from __future__ import annotations
+
+import pytest
+
+from apex_plan.engine.load import resolve_engine_profile
+from apex_plan.estimate import gemms as G
+from apex_plan.hardware.load import load_gpu, make_cluster
+from apex_plan.model.load import load_model
+from apex_plan.plan.enumerate import plan_reason
+from apex_plan.plan.moe_layout import ep_degrees
+from apex_plan.plan.spec import Plan, expert_slots
+from apex_plan.report.launch import launch_command, parse_launch
+from apex_plan.simulate.engine import resolve_engine
+from apex_plan.plan.spec import EngineConfig
+
+
+@pytest.mark.parametrize("experts,ep,slots", [(256, 48, 288), (256, 72, 288), (256, 36, 288), (256, 10, 260),
+                                              (256, 32, 256), (256, 8, 256), (128, 1, 128), (7, 4, 8)])
+def test_slots_are_the_fewest_multiple_of_ep(experts, ep, slots):
+    assert expert_slots(experts, ep) == slots            # vLLM's auto count: 256 at ep 10 takes 4 redundant
+    assert slots % ep == 0 and slots - experts < ep
+
+
+def _routed(model, plan):
+    return [g for g in G.moe(model, plan) if g.name.startswith("experts_")]
+
+
+def test_expert_weights_and_routing_per_gpu_with_slots():
+    ds = load_model("deepseek-r1")
+    for ep, per_gpu in ((32, 8), (48, 6), (72, 4)):      # 256 experts, or 288 slots at ep 48 / 72
+        plan = Plan(tp=1, ep=ep, adp=ep, weight_dtype="fp4", kv_dtype="fp8")
+        gu, down = _routed(ds, plan)
+        inter = ds.expert_intermediate_size            # expert TP = tp x adp / ep = 1
+        assert gu.copies == down.copies == gu.experts == per_gpu
+        assert gu.weight_params == per_gpu * ds.hidden_size * 2 * inter      # gate and up, exact
+        assert down.weight_params == per_gpu * inter * ds.hidden_size
+        # each token's top-k copies land on the ranks in proportion to their slots: k x adp / ep per local token
+        assert gu.route_frac == pytest.approx(ds.experts_per_token * ep / ep)
+        assert gu.active_p == pytest.approx(ds.experts_per_token / expert_slots(ds.num_experts, ep))
+
+
+def test_plan_rule_refuses_without_redundant_slots_and_takes_them_with():
+    ds = load_model("deepseek-r1")
+    cl = make_cluster(load_gpu("gb200-nvl72"), 48, 4)
+    plan = Plan(tp=1, ep=48, adp=48, weight_dtype="fp4", kv_dtype="fp8")
+    kind, why = plan_reason(ds, cl, plan)
+    assert kind == "divisibility" and "ep=48 does not divide 256 experts" in why
+    assert plan_reason(ds, cl, plan, redundant_experts=True) is None
+    for name in ("trtllm", "sglang", "vllm"):
+        assert resolve_engine_profile(name).layouts.redundant_experts
+        assert 48 in ep_degrees(resolve_engine_profile(name), ds, 1, 48)
+
+
+@pytest.mark.parametrize("family,needle", [("sglang", "--enable-eplb --ep-num-redundant-experts 32"),
+                                           ("vllm", "--enable-eplb --eplb-config '{\"num_redundant_experts\": 32}'"),
+                                           ("trtllm", "num_slots: 288")])
+def test_launch_asks_for_the_redundant_slots(family, needle):
+    ds = load_model("deepseek-r1")
+    plan = Plan(tp=1, ep=48, adp=48, weight_dtype="fp4", kv_dtype="fp8")
+    eng = resolve_engine(EngineConfig(name=family, max_num_seqs=64), ds)
+    cmd = launch_command(family, "deepseek-ai/DeepSeek-R1", plan, eng, True, False, ds.num_experts)
+    assert needle in cmd
+    got = parse_launch(cmd)
+    assert got["ep"] == 48 and got["tp"] * got["adp"] == 48        # trtllm-serve: tp_size counts every GPU
+    even = launch_command(family, "deepseek-ai/DeepSeek-R1", Plan(tp=1, ep=32, adp=32, weight_dtype="fp4",
+                                                                    kv_dtype="fp8"), eng, True, False, ds.num_experts)
+    assert "eplb" not in even and "num_slots" not in even
