@@ -194,10 +194,11 @@ def test_engine_layout_rules():
 
 
 def test_exchange_inside_an_nvl72_domain_stays_on_nvlink():
-    """ADP16 on an NVL72 rack spans 4 compute trays of 4 GPUs but one NVLink domain: no RDMA share."""
+    """ADP16 on an NVL72 rack spans 4 compute trays of 4 GPUs but one NVLink domain: no RDMA share. TRT-LLM at
+    ep 8 (= top-k: its MNNVL all-to-all needs more) all-gathers there."""
     gb200 = load_gpu("gb200-nvl72")
     cluster = make_cluster(gb200, 16)
-    plan = Plan(tp=1, adp=16, ep=16, weight_dtype="fp8", kv_dtype="fp8")
+    plan = Plan(tp=1, adp=16, ep=8, weight_dtype="fp8", kv_dtype="fp8")
     p = build_step_cost(DSV3, gb200, plan, cluster, profile=TRTLLM).cost.params[0]
     assert cluster.num_nodes == 4 and p["a2a_domain_gpus"] == 16
     m, h = 16.0, DSV3.hidden_size

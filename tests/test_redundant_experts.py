@@ -68,3 +68,27 @@ def test_launch_asks_for_the_redundant_slots(family, needle):
     even = launch_command(family, "deepseek-ai/DeepSeek-R1", Plan(tp=1, ep=32, adp=32, weight_dtype="fp4",
                                                                     kv_dtype="fp8"), eng, True, False, ds.num_experts)
     assert "eplb" not in even and "num_slots" not in even
+
+
+def test_trtllm_runs_the_mnnvl_alltoall_only_on_nvl72_above_top_k():
+    """TRT-LLM select_alltoall_method_type: attention DP with moe_ep_size > top_k on an MNNVL system (NVL72)
+    takes the all-to-all; on HGX nodes, or at ep <= top_k, the AllGather."""
+    from apex_plan.estimate import moe as MOE
+    from apex_plan.estimate.step_cost import moe_fields
+    ds = load_model("deepseek-r1")
+    prof = resolve_engine_profile("trtllm")
+    for gpu_name, per_node, ep, want in (("gb200-nvl72", 4, 32, "alltoall"), ("gb200-nvl72", 4, 8, "allgather"),
+                                         ("b200-sxm-180gb", 8, 32, "allgather")):
+        gpu = load_gpu(gpu_name)
+        cl = make_cluster(gpu, 32, per_node)
+        plan = Plan(tp=1, ep=ep, adp=32, weight_dtype="fp4", kv_dtype="fp8")
+        got = moe_fields(ds, gpu, plan, cl, prof)
+        assert got["a2a_kind"] == MOE.A2A_KINDS[want], (gpu_name, ep)
+        if want == "alltoall":
+            assert got["a2a_ll_decode"] == 0.0           # one copy per destination rank
+    # SGLang and vLLM keep their own dispatch on NVL72 (their all-to-all is DeepEP's, asked for by flag)
+    gpu = load_gpu("gb200-nvl72")
+    for name in ("sglang", "vllm"):
+        got = moe_fields(ds, gpu, Plan(tp=1, ep=32, adp=32, weight_dtype="fp4", kv_dtype="fp8"),
+                         make_cluster(gpu, 32, 4), resolve_engine_profile(name))
+        assert got["a2a_kind"] == MOE.A2A_KINDS[resolve_engine_profile(name).layouts.moe_dispatch]

@@ -27,6 +27,7 @@ _CHOICES = {"chunked_prefill": ("always", "never", "long_context"), "mode": ("de
             "batching_chunked": ("mixed", "prefill_first"), "batching_unchunked": ("mixed", "prefill_first"),
             "closed_loop": ("desync", "lockstep"), "speculative": ("mtp", "eagle3"), "gpu_vendors": ("nvidia", "amd"),
             "ep_degrees": ("divisors", "all"), "default_ep": ("none", "all"), "moe_dispatch": ("allgather", "alltoall", "dp_buffer"),
+            "moe_dispatch_mnnvl": ("", "allgather", "alltoall", "dp_buffer"),
             "a2a_decode_kernel": ("low_latency", "normal"),
             "adp_routing": ("round_robin", "least_loaded"),
             "adp_routing_prefill": ("", "round_robin", "least_loaded", "bootstrap_room"),

@@ -171,8 +171,18 @@ class Layouts:
                                           # padded to the busiest rank's token count, the padding through the experts) |
                                           # graph_steps (the same, only in steps every rank replays as a CUDA graph)
     adp_padding_graph_steps_from: str = ""  # release from which every_step becomes graph_steps ('' never)
+    moe_dispatch_mnnvl: str = ""          # attention DP on a multi-node NVLink domain (NVL72: the domain spans more GPUs
+                                          # than a tray) with ep above the experts per token: the dispatch there ('' as
+                                          # moe_dispatch); its all-to-all sends a copy per destination rank
     redundant_experts: bool = False       # an ep that does not divide the experts runs with redundant expert slots
                                           # (EPLB), the fewest that make them a multiple of ep (plan.spec.expert_slots)
+
+    def dispatch(self, ep: int, experts_per_token: int, mnnvl: bool) -> tuple[str, str]:
+        """(moe_dispatch, a2a_decode_kernel) of an attention-DP replica with `ep`-way experts, `mnnvl` when its
+        GPUs share a multi-node NVLink domain: moe_dispatch_mnnvl there when ep > the experts per token."""
+        if self.moe_dispatch_mnnvl and mnnvl and ep > experts_per_token:
+            return self.moe_dispatch_mnnvl, "normal"
+        return self.moe_dispatch, self.a2a_decode_kernel
 
     def adp_pad_tokens(self, version: str, graph_max_tokens: int) -> int:
         """Busiest-rank tokens up to which a lock-step attention-DP step pads every rank to them (SCHED.adp_pad_tokens):

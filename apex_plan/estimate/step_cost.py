@@ -194,7 +194,11 @@ def moe_fields(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: ClusterSpec 
     inter_bw = (cluster.inter_node_bw_gbps if cluster else DEFAULT_INTER_NODE_BW_GBPS) * 1e9
     inter_lat_s = (cluster.inter_node_latency_us if cluster else DEFAULT_INTER_NODE_LATENCY_US) * 1e-6
     lay = prof.layouts
-    kind = MOE.A2A_KINDS[lay.moe_dispatch] if (model.is_moe and plan.adp > 1) else MOE.A2A_NONE
+    # a multi-node NVLink domain (NVL72: 72 GPUs over trays of 4), where TRT-LLM's MNNVL all-to-all runs
+    mnnvl = ((cluster.nvlink_domain_gpus if cluster else gpu.nvlink_domain_gpus) or 0) > (
+        cluster.gpus_per_node if cluster else gpu.gpus_per_node)
+    dispatch, decode_kernel = lay.dispatch(plan.ep, model.experts_per_token if model.is_moe else 1, mnnvl)
+    kind = MOE.A2A_KINDS[dispatch] if (model.is_moe and plan.adp > 1) else MOE.A2A_NONE
     # dispatched activations: quantised to fp8 with 128-element block scales under fp8/fp4 weights
     # (DeepSeek-V3 report sec. 3.3: FP8 dispatch, BF16 combine; TRT-LLM quantises before its AllGather)
     quant = plan.weight_dtype in ("fp8", "fp4")
@@ -209,7 +213,7 @@ def moe_fields(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: ClusterSpec 
                               multi_rail_bus_bytes_per_s(intra_bw, inter_bw, domain)) * c.link_efficiency,
         a2a_dispatch_bytes=1.0 + MOE.FP8_BLOCK_SCALE_BYTES if quant else dtype_bytes(plan.act_dtype),
         a2a_rank_copies=MOE.expected_rank_copies(expert_slots(E, plan.ep), k, plan.ep),
-        a2a_ll_decode=1.0 if lay.a2a_decode_kernel == "low_latency" else 0.0,
+        a2a_ll_decode=1.0 if decode_kernel == "low_latency" else 0.0,
         moe_imbalance=MOE.popularity_skew(c.moe_imbalance, plan.ep),
         ep_max_z=MOE.expected_max_z(plan.ep),
     )
