@@ -14,6 +14,8 @@ from apex_plan.estimate import kernels as K
 from apex_plan.estimate.mixers import MIXERS
 from apex_plan.estimate.step_cost import build_step_cost
 from apex_plan.hardware.load import load_gpu, make_cluster
+from apex_plan.model.params import param_counts
+from apex_plan.units import DTYPE_BYTES
 from apex_plan.model.load import list_models, load_model
 from apex_plan.model import spec as S
 from apex_plan.model.quant import FORMATS, format_dtype
@@ -30,10 +32,13 @@ PROMPT = 20000          # longer than every built-in window (gpt-oss 128, Llama 
 
 
 def _weight_dtype(model) -> str:
-    """The dtype of the checkpoint's expert (else MLP) weights; fp8 for unquantised checkpoints."""
+    """The dtype of the checkpoint's expert (else MLP) weights; fp8 for unquantised checkpoints, fp4 for
+    those whose fp8 weights outgrow 8 x B200 (DeepSeek-V4-Pro's 1.6T)."""
     fmts = dict(model.weight_formats)
     fmt = fmts.get("experts") or fmts.get("mlp")
-    return format_dtype(fmt) if fmt and format_dtype(fmt) not in ("bf16", "fp16") else "fp8"
+    dtype = format_dtype(fmt) if fmt and format_dtype(fmt) not in ("bf16", "fp16") else "fp8"
+    # weights bytes at that dtype against 8 x B200's ~1.2 TB: DeepSeek-V4-Pro's fp8 experts do not fit
+    return "fp4" if param_counts(model).total_non_embedding * DTYPE_BYTES[dtype] > 1.1e12 else dtype
 
 
 def _plan(name: str) -> tuple:
