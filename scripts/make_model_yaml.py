@@ -93,8 +93,8 @@ def build(config: Path, name: str, source: str, aliases: list[str], note: str) -
     """The YAML text of the built-in."""
     cfg = json.loads(config.read_text())
     quant, _ = _quantization(config)
-    if quant and "quantization_config" not in cfg:
-        cfg["quantization_config"] = quant
+    if quant:
+        cfg["quantization_config"] = condense(quant, _layers(cfg))
     head = [f"# {name}: fields copied from {source} config.json, as {WHEEL_NOTE} holds it"
             + (f" ({note})." if note else "."),
             "# Written by scripts/make_model_yaml.py; loading it gives the same model as that config.json.",
