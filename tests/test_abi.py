@@ -42,8 +42,12 @@ def _weight_dtype(model) -> str:
 
 
 def _plan(name: str) -> tuple:
+    """tp 8 at the checkpoint's dtype (`_weight_dtype`), with two pipeline stages for a model whose fp4
+    weights still outgrow 8 x B200 (Kimi-K3's 2.8T)."""
     model = load_model(name)
-    return model, Plan(tp=8, weight_dtype=_weight_dtype(model), kv_dtype="fp8")
+    dtype = _weight_dtype(model)
+    pp = 2 if param_counts(model).total_non_embedding * DTYPE_BYTES[dtype] > 1.1e12 else 1
+    return model, Plan(tp=8, pp=pp, weight_dtype=dtype, kv_dtype="fp8")
 
 
 def test_make_record_refuses_missing_and_unknown_fields():
@@ -144,7 +148,7 @@ def test_one_request_simulation_equals_the_analytic_steps(name):
     """One request alone: after the serial front end, the simulator's prefill steps and its decode step cost
     exactly what StepCost.prefill_time_s / decode_time_s say (windowed and hybrid models included)."""
     model, plan = _plan(name)
-    cluster = make_cluster(B200, 8)
+    cluster = make_cluster(B200, plan.num_gpus)
     eng = EngineConfig(max_model_len=32768, gpu_memory_utilization=0.9)
     trace = Trace(np.zeros(1), np.array([PROMPT], np.int64), np.array([2], np.int64))
     res = simulate(model, cluster, plan, eng, Workload(trace))
