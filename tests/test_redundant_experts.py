@@ -92,3 +92,21 @@ def test_trtllm_runs_the_mnnvl_alltoall_only_on_nvl72_above_top_k():
         got = moe_fields(ds, gpu, Plan(tp=1, ep=32, adp=32, weight_dtype="fp4", kv_dtype="fp8"),
                          make_cluster(gpu, 32, 4), resolve_engine_profile(name))
         assert got["a2a_kind"] == MOE.A2A_KINDS[resolve_engine_profile(name).layouts.moe_dispatch]
+
+
+def test_disaggregated_role_flags_stay_ahead_of_the_command_comments():
+    """The role flags a disaggregated deployment adds go into the command, not into its trailing '# ...' notes
+    (the redundant-slot note of trtllm-serve, the checkpoint note)."""
+    from apex_plan.plan.disagg import DisaggPlan
+    from apex_plan.report.launch import disagg_launch
+    ds = load_model("deepseek-r1")
+    pre = Plan(dp=1, tp=1, ep=4, adp=4, weight_dtype="fp4", kv_dtype="fp8")
+    dec = Plan(dp=1, tp=1, ep=48, adp=48, weight_dtype="fp4", kv_dtype="fp8")
+    for family, flag in (("trtllm", "--extra_llm_api_options decode.yaml"), ("sglang", "--disaggregation-mode decode"),
+                         ("vllm", "--kv-transfer-config")):
+        eng = resolve_engine(EngineConfig(name=family, max_num_seqs=64), ds)
+        la = disagg_launch(family, "deepseek-ai/DeepSeek-R1", DisaggPlan(pre, dec, 64), eng, eng, prequantized=False,
+                           num_experts=ds.num_experts)
+        command = la.decode.split("  # ", 1)[0]
+        assert flag in command, (family, la.decode)
+        assert "  # " in la.decode                       # the checkpoint note (and trtllm's slots) kept after it
