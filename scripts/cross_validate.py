@@ -46,6 +46,7 @@ import numpy as np
 
 from apex_plan.calibrate.fit import BOUNDS, errors, fit, fit_default_frontend_ms, fit_frontend_ms, make_params, predict
 from apex_plan.calibrate.interval import error_quantiles
+from apex_plan.engine.spec import widen
 from apex_plan.calibrate.runs import read_silicon_csv
 
 SILICON = Path(__file__).resolve().parents[2] / "shared" / "bench" / "silicon"
@@ -101,24 +102,29 @@ def cells(gpus: np.ndarray, models: np.ndarray) -> np.ndarray:
 
 
 def band_hits(e_train: np.ndarray, gpu_train: list, e_held: np.ndarray, gpu_held: list,
-              model_train: list, e_default: np.ndarray | None = None) -> np.ndarray:
+              model_train: list, e_default: np.ndarray | None = None, new_model: bool = False) -> np.ndarray:
     """(n, 2) 1/0: does each held-out measured value fall inside the 80 % band the profile would state for
     its GPU, built by the rule `bands` stores them by, from the training runs only: the training runs'
     error quantiles on that GPU (a model of n runs weighing sqrt(n)); when that GPU has fewer than
     MIN_BAND_RUNS training runs (a held-out GPU has none), the profile's default band: the quantiles of
     `e_default`, the training runs' errors as a GPU nobody calibrated sees them (each GPU's own front end
     replaced by the profile's, as in the GPU folds the stored default comes from; `e_train` when None),
-    a (GPU, model) cell of n runs weighing sqrt(n). nan: no prediction."""
+    a (GPU, model) cell of n runs weighing sqrt(n). `new_model` (a model fold: the held-out runs' model is in no
+    training run): the new-model band on every GPU, the training runs' errors pooled over GPUs by (GPU, model)
+    cell, replaces each calibrated GPU's band and widens the default (EngineProfile.for_model). nan: no prediction."""
     hits = np.full(e_held.shape, np.nan)
     gpu_train, gpu_held, model_train = np.array(gpu_train), np.array(gpu_held), np.array(model_train)
     # pooled over GPUs, a run's group is its (GPU, model) cell: runs of one model on one GPU share a bias,
     # on another GPU the chip's physics add their own
     e_def = e_train if e_default is None else e_default
     pooled = error_quantiles(e_def, len(e_def), groups=cells(gpu_train, model_train))
+    fresh = error_quantiles(e_train, len(e_train), groups=cells(gpu_train, model_train)) if new_model else None
     for gpu in set(gpu_held.tolist()):
         own = gpu_train == gpu
         q = (error_quantiles(e_train[own], int(own.sum()), groups=model_train[own]) if own.sum() >= MIN_BAND_RUNS
              else pooled)
+        if fresh is not None:                          # a new model: on a calibrated GPU the new-model band
+            q = fresh if own.sum() >= MIN_BAND_RUNS else widen(q, fresh)
         rows = gpu_held == gpu
         for j, key in enumerate(("ttft", "tpot")):
             ok = rows & np.isfinite(e_held[:, j])
@@ -206,10 +212,11 @@ def fixed_folds(cases, names, kinds, jobs: int) -> list:
                 _frontend_refit(train, p_train, held, p_held, kind)
                 e_train, e_held = errors(train, p_train), errors(held, p_held)
                 hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held],
-                                 [KEY["model"](c) for c in train], e_default)
+                                 [KEY["model"](c) for c in train], e_default, new_model=kind == "model")
                 out.append({"profile": name, "kind": kind, "held_out": v, "train": len(train), "held": len(held),
                             "fitted": {}, "gpus": [c.cluster.gpu.name for c in held],
-                            "models": [KEY["model"](c) for c in held], "ids": [c.id for c in held], "errors": e_held.tolist(),
+                            "models": [KEY["model"](c) for c in held], "builtins": [c.model.name for c in held],
+                            "ids": [c.id for c in held], "errors": e_held.tolist(),
                             "in_interval": hits.tolist()})
     return out
 
@@ -324,8 +331,16 @@ def bands(results: list) -> dict:
         default = [r for r in rs if r["kind"] == "gpu"] or model
         e_d = np.array([row for r in default for row in r["errors"]], float).reshape(-1, 2)
         m_d = cells(np.array([x for r in default for x in r["gpus"]]), np.array([x for r in default for x in r["models"]]))
+        # a model the bands did not see: the leave-one-model-out folds' held-out errors pooled over GPUs by
+        # (GPU, model) cell (EngineProfile.for_model), and the built-in models those folds hold
+        fresh = [r for r in rs if r["kind"] == "model"]
+        e_n = np.array([row for r in fresh for row in r["errors"]], float).reshape(-1, 2)
+        m_n = cells(np.array([x for r in fresh for x in r["gpus"]]), np.array([x for r in fresh for x in r["models"]]))
         out[name] = {"calibration_error": _rounded(error_quantiles(e_d, len(e_d), groups=m_d)),
-                     "calibration_error_by_gpu": by_gpu}
+                     "calibration_error_by_gpu": by_gpu,
+                     "calibration_error_new_model": (_rounded(error_quantiles(e_n, len(e_n), groups=m_n))
+                                                     if len(e_n) else {}),
+                     "calibrated_models": sorted({b for r in rs for b in r.get("builtins", ())})}
     return out
 
 

@@ -49,12 +49,16 @@ def _flow(band: dict) -> str:
 
 
 def blocks(band: dict, provenance: str) -> list[str]:
-    """The provenance line and the two blocks of one profile, as YAML lines."""
+    """The provenance line and the band blocks of one profile (default, per GPU, new model and the models
+    calibrated), as YAML lines."""
     out = [provenance, f"calibration_error: {_flow(band['calibration_error'])}"]
     by_gpu = band["calibration_error_by_gpu"]
     if by_gpu:
         out.append("calibration_error_by_gpu:")
         out += [f"  {gpu}: {_flow(b)}" for gpu, b in sorted(by_gpu.items())]
+    if band.get("calibration_error_new_model") and band.get("calibrated_models"):
+        out.append(f"calibration_error_new_model: {_flow(band['calibration_error_new_model'])}")
+        out.append(f"calibrated_models: [{', '.join(band['calibrated_models'])}]")
     return out
 
 
@@ -68,7 +72,7 @@ def replace_blocks(text: str, new: list[str]) -> str:
         if line.startswith(PROVENANCE):
             i += 1
             continue
-        if re.match(r"calibration_error(_by_gpu)?:", line):
+        if re.match(r"(calibration_error(_by_gpu|_new_model)?|calibrated_models):", line):
             at = len(keep) if at is None else at
             i += 1
             while i < len(lines) and lines[i].startswith("  "):      # the block's indented entries

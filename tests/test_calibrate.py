@@ -382,12 +382,58 @@ def test_refresh_bands_replaces_only_the_band_blocks():
     band = {"calibration_error": {"level": 0.8, "runs": 7.0, "held_out": 1.0, "ttft_low": -0.25, "ttft_high": 0.5,
                                   "tpot_low": -0.125, "tpot_high": 0.0625},
             "calibration_error_by_gpu": {"h100-sxm-80gb": {"level": 0.8, "runs": 5.0, "held_out": 1.0, "ttft_low": -0.5,
-                                                           "ttft_high": 1.5, "tpot_low": -0.25, "tpot_high": 0.75}}}
+                                                           "ttft_high": 1.5, "tpot_low": -0.25, "tpot_high": 0.75}},
+            "calibration_error_new_model": {"level": 0.8, "runs": 9.0, "held_out": 1.0, "ttft_low": -0.75,
+                                            "ttft_high": 0.5, "tpot_low": -0.5, "tpot_high": 0.25},
+            "calibrated_models": ["deepseek-r1", "llama-3.1-8b"]}
     out = rb.replace_blocks(text, rb.blocks(band, rb.PROVENANCE + " (test)"))
     before, after = yaml.safe_load(text), yaml.safe_load(out)
     assert after["calibration_error"] == {**band["calibration_error"], "runs": 7, "held_out": 1}
     assert after["calibration_error_by_gpu"] == {"h100-sxm-80gb": {**band["calibration_error_by_gpu"]["h100-sxm-80gb"],
                                                                    "runs": 5, "held_out": 1}}
-    rest = lambda d: {k: v for k, v in d.items() if not k.startswith("calibration_error")}  # noqa: E731
+    assert after["calibration_error_new_model"] == {**band["calibration_error_new_model"], "runs": 9, "held_out": 1}
+    assert after["calibrated_models"] == band["calibrated_models"]
+    rest = lambda d: {k: v for k, v in d.items() if not k.startswith(("calibration_error", "calibrated_models"))}  # noqa: E731
     assert rest(after) == rest(before)
     assert rb.replace_blocks(out, rb.blocks(band, rb.PROVENANCE + " (test)")) == out     # one provenance line, once
+
+
+def test_a_new_model_takes_the_new_model_band():
+    """EngineProfile.for_model: a calibrated model keeps the stored bands; another one takes the new-model band
+    on every calibrated GPU and, on a GPU nobody calibrated, the default widened to cover it."""
+    import dataclasses
+    from apex_plan.engine.load import resolve_engine_profile
+    from apex_plan.engine.spec import widen
+    base = resolve_engine_profile("vllm")
+    band = lambda lo, hi: {"level": 0.8, "runs": 50.0, "held_out": 1.0, "ttft_low": lo, "ttft_high": hi,  # noqa: E731
+                           "tpot_low": lo / 2, "tpot_high": hi / 2}
+    prof = dataclasses.replace(base, calibration_error=band(-0.3, 0.2), calibration_error_by_gpu={"h100-sxm-80gb": band(-0.1, 0.1)},
+                               calibration_error_new_model=band(-0.5, 0.15), calibrated_models=("llama-3.1-8b",))
+    assert prof.for_model("llama-3.1-8b") is prof
+    new = prof.for_model("qwen3-8b")
+    assert new.on_gpu("h100-sxm-80gb").calibration_error == band(-0.5, 0.15)
+    other = new.on_gpu("b300-sxm-288gb").calibration_error
+    assert other == widen(band(-0.3, 0.2), band(-0.5, 0.15))
+    assert (other["ttft_low"], other["ttft_high"], other["tpot_low"], other["tpot_high"]) == (-0.5, 0.2, -0.25, 0.1)
+    assert new.for_model("qwen3-8b").on_gpu("h100-sxm-80gb").calibration_error == band(-0.5, 0.15)  # idempotent
+    assert dataclasses.replace(prof, calibration_error_new_model={}).for_model("qwen3-8b").calibration_error == band(-0.3, 0.2)
+
+
+def test_simulate_states_a_new_models_interval_from_its_band(capsys, monkeypatch):
+    """A built-in the bands did not see (qwen3-8b on vLLM) gets its interval from the new-model band."""
+    import json
+    from apex_plan.calibrate.interval import interval
+    from apex_plan.engine.load import resolve_engine_profile
+    prof = resolve_engine_profile("vllm")
+    assert prof.calibration_error_new_model and "qwen3-8b" not in prof.calibrated_models
+    code, out, _ = run_main(["simulate", "--model", "Qwen/Qwen3-8B", "--gpu", "h100-sxm-80gb", "--gpus", "1",
+                             "--engine", "vllm", "--prompt-tokens", "512", "--output-tokens", "64", "--concurrency", "2",
+                             "--format", "json"], capsys, monkeypatch)
+    assert code == 0
+    doc = json.loads(out)
+    ttft = doc["metrics"]["ttft_ms"]["mean"]
+    got = doc["metrics"]["interval"]["ttft_ms"]["mean"]
+    want = interval(prof.for_model("qwen3-8b").on_gpu("h100-sxm-80gb"), "ttft", ttft)
+    assert (got["low"], got["high"]) == pytest.approx((want["low"], want["high"]))
+    band = prof.calibration_error_new_model
+    assert got["low"] == pytest.approx(ttft / (1 + band["ttft_high"])) and got["high"] == pytest.approx(ttft / (1 + band["ttft_low"]))

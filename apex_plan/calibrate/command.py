@@ -113,7 +113,10 @@ def calibrate(cases: Sequence[Case], names: Sequence[str], sources: Sequence[str
                                  calibration_error=quant,
                                  host_by_gpu={g: h for g, h in profile.host_by_gpu.items() if g != gpu},
                                  calibration_error_by_gpu={g: b for g, b in profile.calibration_error_by_gpu.items()
-                                                           if g != gpu})
+                                                           if g != gpu},
+                                 # the fitted band is these runs' models' own: they are calibrated models now
+                                 calibrated_models=tuple(sorted(set(profile.calibrated_models)
+                                                                | {c.model.name for c in cases})))
     return Calibration(profile, fitted, params, x, before, after, cv, gpu)
 
 
@@ -164,7 +167,8 @@ def validate_doc(cases: Sequence[Case], skipped: Sequence[tuple[str, str]]) -> d
     meas = np.array([[c.ttft_ms, c.tpot_ms] for c in cases]).reshape(-1, 2)
     cov = np.full((len(cases), 2), np.nan)
     for i, c in enumerate(cases):
-        cov[i] = covered(c.engine.profile.on_gpu(c.cluster.gpu.name), pred[i:i + 1], meas[i:i + 1])[0]   # its GPU's band
+        band = c.engine.profile.for_model(c.model.name).on_gpu(c.cluster.gpu.name)   # its model's and GPU's band
+        cov[i] = covered(band, pred[i:i + 1], meas[i:i + 1])[0]
     runs = []
     for i, c in enumerate(cases):
         runs.append({"id": c.id, "group": "/".join(c.group), "engine": c.engine.profile.label,

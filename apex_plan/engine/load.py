@@ -148,12 +148,18 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
         raise InputError(where, "calibration_error_by_gpu", "expected a mapping of GPU profile name to an error band",
                          "write e.g. 'calibration_error_by_gpu: {h200-sxm-141gb: {level: 0.8, ttft_low: -0.2, ...}}'")
     by_gpu_err = {str(g): _error_band(v, where, f"calibration_error_by_gpu.{g}") for g, v in by_gpu_err.items()}
+    new_err = _error_band(doc.get("calibration_error_new_model"), where, "calibration_error_new_model")
+    models = doc.get("calibrated_models") or []
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise InputError(where, "calibrated_models", "expected a list of built-in model names",
+                         "write e.g. 'calibrated_models: [deepseek-r1, llama-3.1-8b]'")
     return EngineProfile(name=str(doc["name"]), family=family, min_version=str(doc["min_version"]),
                          max_version=str(doc["max_version"]), source=str(doc.get("source", "")),
                          attention=attention, kv_cache_dtype={str(k): v for k, v in kv.items()},
                          kv_cache_dtype_by_gpu={str(k): v for k, v in kv_gpu.items()},
                          calibration=str(doc.get("calibration", "")).strip(),
-                         calibration_error=cal_err, calibration_error_by_gpu=by_gpu_err, path=where,
+                         calibration_error=cal_err, calibration_error_by_gpu=by_gpu_err,
+                         calibration_error_new_model=new_err, calibrated_models=tuple(models), path=where,
                          host_by_gpu=host_by_gpu, **sections)
 
 
@@ -235,6 +241,10 @@ def profile_to_dict(profile: EngineProfile) -> dict:
         d.pop("kv_cache_dtype_by_gpu")
     if not d["calibration_error_by_gpu"]:
         d.pop("calibration_error_by_gpu")
+    d["calibrated_models"] = list(d["calibrated_models"])
+    for key in ("calibration_error_new_model", "calibrated_models"):
+        if not d[key]:
+            d.pop(key)
     return d
 
 

@@ -207,6 +207,17 @@ class Features:
     gpu_vendors: tuple[str, ...] = ()     # GPU vendors the engine's builds run on (empty: any)
 
 
+def widen(band: dict[str, float], other: dict[str, float]) -> dict[str, float]:
+    """`band` (a calibration_error block) with each interval end moved out to cover `other`'s too."""
+    out = dict(band) or dict(other)
+    for key in ("ttft", "tpot"):
+        lo, hi = f"{key}_low", f"{key}_high"
+        if lo in other and hi in other:
+            out[lo] = min(out.get(lo, other[lo]), other[lo])
+            out[hi] = max(out.get(hi, other[hi]), other[hi])
+    return out
+
+
 @dataclass(frozen=True)
 class EngineProfile:
     """One engine family over a range of versions [min_version, max_version)."""
@@ -237,6 +248,9 @@ class EngineProfile:
                                            # (the band of a GPU without its own entry below)
     calibration_error_by_gpu: dict[str, dict[str, float]] = field(default_factory=dict)  # GPU profile name ->
                                            # the same block from that GPU's held-out runs
+    calibration_error_new_model: dict[str, float] = field(default_factory=dict)  # the same block for a model the
+                                           # bands did not see: leave-one-model-out errors pooled over GPUs
+    calibrated_models: tuple[str, ...] = ()  # the built-in models whose runs the bands came from
     version: str | None = None             # the version asked for (set by resolve_engine_profile)
     version_note: str = ""                 # how an unnumbered build tag was resolved (set by resolve_engine_profile)
     path: str = ""
@@ -254,6 +268,18 @@ class EngineProfile:
             return self
         return dataclasses.replace(self, host=host or self.host,
                                    calibration_error=dict(band) if band is not None else self.calibration_error)
+
+    def for_model(self, model_name: str) -> "EngineProfile":
+        """The profile whose error bands fit a run of `model_name`: as stored for a calibrated model; for another
+        one (a new model) the new-model band on every calibrated GPU (a new model's runs share a bias that the
+        per-GPU bands, set by new configurations of the calibrated models, do not show), and on any other GPU
+        the default band widened to cover it (a new model on a GPU nobody calibrated). Unchanged without a
+        new-model band."""
+        band = self.calibration_error_new_model
+        if not band or not self.calibrated_models or model_name in self.calibrated_models:
+            return self
+        return dataclasses.replace(self, calibration_error=widen(self.calibration_error, band),
+                                   calibration_error_by_gpu={g: dict(band) for g in self.calibration_error_by_gpu})
 
     def attention_backend(self, kv_dtype: str) -> AttentionBackend:
         """Backend for a KV dtype (falls back to the bf16 entry)."""

@@ -60,7 +60,7 @@ def engine_profile(cfg: EngineConfig) -> EngineProfile:
 
 def resolve_engine(cfg: EngineConfig, model: ModelSpec) -> ResolvedEngine:
     """Fill the profile's defaults: chunking rule, token budget, batch cap, block size, memory fraction."""
-    prof = engine_profile(cfg)
+    prof = engine_profile(cfg).for_model(model.name)   # the error bands of this model (a new one's: wider)
     sch = prof.scheduler
     max_len = cfg.max_model_len or model.max_context
     if max_len > model.max_context:
