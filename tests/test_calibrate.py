@@ -297,7 +297,8 @@ def test_cross_validation_bands_are_per_gpu_from_held_out_errors():
     out = cv.bands(results)["p"]
     assert set(out["calibration_error_by_gpu"]) == {"a"}            # b has too few held-out runs of its own
     a = out["calibration_error_by_gpu"]["a"]
-    assert a["ttft_low"] == pytest.approx(np.quantile(e_a[:, 0], 0.1), abs=1e-4) and a["held_out"] == 1.0
+    from apex_plan.calibrate.interval import tail_levels
+    assert a["ttft_low"] == pytest.approx(np.quantile(e_a[:, 0], tail_levels(0.8, n)[0]), abs=1e-4) and a["held_out"] == 1.0
     assert out["calibration_error"]["ttft_high"] > 0.3 and out["calibration_error"]["runs"] == 2
 
 
@@ -318,7 +319,7 @@ def test_held_out_gpu_band_is_the_default_rule_from_uncalibrated_errors():
 
 
 def test_band_weighs_a_model_of_n_runs_as_sqrt_n():
-    from apex_plan.calibrate.interval import error_quantiles, weighted_quantile
+    from apex_plan.calibrate.interval import error_quantiles, tail_levels, weighted_quantile
     rng = np.random.default_rng(5)
     x = rng.normal(size=40)
     for q in (0.0, 0.1, 0.5, 0.9, 1.0):                      # equal weights: numpy's default quantile, exactly
@@ -333,7 +334,28 @@ def test_band_weighs_a_model_of_n_runs_as_sqrt_n():
     assert by_run["ttft_high"] < 0.05 < 0.5 * 0.5 < by_model["ttft_high"] <= 0.5
     assert by_model["ttft_low"] == pytest.approx(by_run["ttft_low"], abs=0.02)
     one = error_quantiles(big, 100, groups=np.array(["big"] * 100))   # one model: the unweighted band
-    assert one["ttft_high"] == pytest.approx(np.quantile(big[:, 0], 0.9))
+    lo_q, hi_q = tail_levels(0.8, 100)                                 # split-conformal: 0.9 x 101 / 100
+    assert (lo_q, hi_q) == pytest.approx((1 - 0.909, 0.909))
+    assert one["ttft_high"] == pytest.approx(np.quantile(big[:, 0], hi_q))
+    assert one["ttft_low"] == pytest.approx(np.quantile(big[:, 0], lo_q))
+
+
+def test_band_levels_hold_the_next_run_with_the_finite_sample_correction():
+    """tail_levels: (1 - a/2)(n + 1)/n per tail, capped at the sample's ends; it tends to the plain level."""
+    from apex_plan.calibrate.interval import tail_levels
+    assert tail_levels(0.8, 9) == pytest.approx((0.0, 1.0))            # 0.9 x 10 / 9 > 1: the extremes
+    assert tail_levels(0.8, 1e9) == pytest.approx((0.1, 0.9))
+    # over many draws of 20 errors, the band's next-run coverage is at least 80 % (plain percentiles: below)
+    rng = np.random.default_rng(7)
+    from apex_plan.calibrate.interval import weighted_quantile
+    hits, plain = [], []
+    for _ in range(4000):
+        e, new = rng.standard_normal(20), rng.standard_normal()
+        lo, hi = tail_levels(0.8, 20)
+        q = (weighted_quantile(e, np.ones(20), lo), weighted_quantile(e, np.ones(20), hi))
+        hits.append(q[0] <= new <= q[1])
+        plain.append(np.quantile(e, 0.1) <= new <= np.quantile(e, 0.9))
+    assert np.mean(hits) >= 0.8 > np.mean(plain)
 
 
 def test_fit_frontend_minimises_ttft_mape_exactly():
