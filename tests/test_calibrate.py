@@ -433,11 +433,11 @@ def test_a_new_model_takes_the_new_model_band():
                                calibration_error_new_model=band(-0.5, 0.15), calibrated_models=("llama-3.1-8b",))
     assert prof.for_model("llama-3.1-8b") is prof
     new = prof.for_model("qwen3-8b")
-    assert new.on_gpu("h100-sxm-80gb").calibration_error == band(-0.5, 0.15)
+    assert new.on_gpu("h100-sxm-80gb").calibration_error == {**band(-0.5, 0.15), "new_model": 1.0}
     other = new.on_gpu("b300-sxm-288gb").calibration_error
-    assert other == widen(band(-0.3, 0.2), band(-0.5, 0.15))
+    assert other == {**widen(band(-0.3, 0.2), band(-0.5, 0.15)), "new_model": 1.0}
     assert (other["ttft_low"], other["ttft_high"], other["tpot_low"], other["tpot_high"]) == (-0.5, 0.2, -0.25, 0.1)
-    assert new.for_model("qwen3-8b").on_gpu("h100-sxm-80gb").calibration_error == band(-0.5, 0.15)  # idempotent
+    assert new.for_model("qwen3-8b").on_gpu("h100-sxm-80gb").calibration_error == {**band(-0.5, 0.15), "new_model": 1.0}
     assert dataclasses.replace(prof, calibration_error_new_model={}).for_model("qwen3-8b").calibration_error == band(-0.3, 0.2)
 
 
@@ -459,3 +459,4 @@ def test_simulate_states_a_new_models_interval_from_its_band(capsys, monkeypatch
     assert (got["low"], got["high"]) == pytest.approx((want["low"], want["high"]))
     band = prof.calibration_error_new_model
     assert got["low"] == pytest.approx(ttft / (1 + band["ttft_high"])) and got["high"] == pytest.approx(ttft / (1 + band["ttft_low"]))
+    assert "not among the calibrated models" in got["basis"]

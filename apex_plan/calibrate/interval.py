@@ -92,8 +92,9 @@ def interval(profile: EngineProfile, key: str, predicted: float | None) -> dict:
     # measured = pred / (1 + e): the largest over-prediction gives the low end (e > -1 always: pred > 0)
     low = predicted / (1.0 + max(hi, -0.99))
     high = predicted / (1.0 + max(lo, -0.99))
+    new = " of models other than this one (it is not among the calibrated models)" if ce.get("new_model") else ""
     return {"level": ce.get("level", LEVEL), "low": low, "high": high,
-            "basis": f"held-out error of {int(ce.get('runs', 0))} runs ({profile.label})"}
+            "basis": f"held-out error of {int(ce.get('runs', 0))} runs{new} ({profile.label})"}
 
 
 def metric_intervals(profile: EngineProfile, metrics: dict) -> dict:

@@ -163,8 +163,9 @@ def profile_from_dict(doc: dict, where: str) -> EngineProfile:
                          host_by_gpu=host_by_gpu, **sections)
 
 
-BAND_KEYS = ("level", "runs", "held_out", "ttft_low", "ttft_high", "tpot_low", "tpot_high")   # held_out: 1 when
-# the quantiles come from runs the fit did not see (0: in-sample)
+BAND_KEYS = ("level", "runs", "held_out", "ttft_low", "ttft_high", "tpot_low", "tpot_high", "new_model")   # held_out:
+# 1 when the quantiles come from runs the fit did not see (0: in-sample); new_model: 1 in a band EngineProfile.for_model
+# gave a model the bands did not see
 
 
 def _error_band(raw, where: str, field: str) -> dict[str, float]:

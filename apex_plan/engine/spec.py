@@ -278,8 +278,9 @@ class EngineProfile:
         band = self.calibration_error_new_model
         if not band or not self.calibrated_models or model_name in self.calibrated_models:
             return self
-        return dataclasses.replace(self, calibration_error=widen(self.calibration_error, band),
-                                   calibration_error_by_gpu={g: dict(band) for g in self.calibration_error_by_gpu})
+        mark = {"new_model": 1.0}                     # read by calibrate.interval for the basis it states
+        return dataclasses.replace(self, calibration_error={**widen(self.calibration_error, band), **mark},
+                                   calibration_error_by_gpu={g: {**band, **mark} for g in self.calibration_error_by_gpu})
 
     def attention_backend(self, kv_dtype: str) -> AttentionBackend:
         """Backend for a KV dtype (falls back to the bf16 entry)."""
