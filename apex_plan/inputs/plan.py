@@ -78,14 +78,14 @@ def check_plan_fits(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where: s
 
 
 
-def parse_disagg_plan(prefill_plan: str | None, prefill_replicas: int | None, decode_plan: str | None,
-                      decode_replicas: int | None, decode_max_num_seqs: int | None, weight_dtype: str, kv_dtype: str,
-                      cluster: ClusterSpec, model: ModelSpec, gpus: int | None = None,
-                      redundant_experts: bool = False):
+def parse_disagg_plan(options: tuple, weight_dtype: str, kv_dtype: str, cluster: ClusterSpec, model: ModelSpec,
+                      gpus: int | None = None, redundant_experts: bool = False):
     """`--prefill-plan tp=..,pp=..[,ep=..][,adp=..] --prefill-replicas NP --decode-plan ... --decode-replicas ND`
-    -> DisaggPlan (each role's Plan with dp = its replica count), checked against the model and the GPUs
-    (`redundant_experts`: as in check_plan_fits)."""
+    -> DisaggPlan (each role's Plan with dp = its replica count), checked against the model and the GPUs.
+    `options`: (prefill plan, prefill replicas, decode plan, decode replicas, decode max_num_seqs), as given;
+    `redundant_experts`: as in check_plan_fits."""
     from apex_plan.plan.disagg import DisaggPlan
+    prefill_plan, prefill_replicas, decode_plan, decode_replicas, decode_max_num_seqs = options
     roles = {}
     for role, text, reps in (("prefill", prefill_plan, prefill_replicas), ("decode", decode_plan, decode_replicas)):
         opt = f"--{role}-plan"

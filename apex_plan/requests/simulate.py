@@ -222,7 +222,7 @@ def run_simulate(req: SimulateRequest, drawn_by: str | None = None) -> SimulateO
         if drawn_by:
             raise InputError(drawn_by, None, "not drawn for disaggregated deployments yet",
                              "drop it (the JSON has every figure)")
-        plan = I.parse_disagg_plan(*req.roles, weight_dtype, kv_dtype, cl, m, req.gpus or cl.num_gpus,
+        plan = I.parse_disagg_plan(req.roles, weight_dtype, kv_dtype, cl, m, req.gpus or cl.num_gpus,
                                    eng.profile.layouts.redundant_experts)
     else:
         plan = _aggregated_plan(req, weight_dtype, kv_dtype, cl, m, eng.profile.layouts.redundant_experts)
