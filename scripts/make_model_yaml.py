@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from apex_plan.model.hf import spec_from_hf  # noqa: E402
-from apex_plan.model.load import load_model  # noqa: E402
+from apex_plan.model.load import load_model, quant_companion  # noqa: E402
 from apex_plan.model.quant import formats_from_config  # noqa: E402
 
 _LAYER = re.compile(r"^(.*\.layers\.)(\d+)(\..+|\*)$")
@@ -46,18 +45,15 @@ def _repo_of(config: Path) -> str:
 
 
 def _quantization(config: Path) -> tuple[dict | None, str]:
-    """The quantization_config of a config file (its own, else its modelopt companion) and where it is from
-    (None when there is no such file)."""
+    """The quantization_config of a config file (its own, else its modelopt companion, found as the loader finds
+    it: model.load.quant_companion) and where it is from (None when there is no such file)."""
     if not config.is_file():
         return None, ""
     cfg = json.loads(config.read_text())
     if cfg.get("quantization_config"):
         return cfg["quantization_config"], "config.json"
-    companion = config.with_name(config.name.replace("_config.json", "_hf_quant_config.json"))
-    if companion.is_file():
-        q = json.loads(companion.read_text())
-        return q.get("quantization", q), "hf_quant_config.json"
-    return None, ""
+    companion = quant_companion(config)
+    return (companion["quantization"], "hf_quant_config.json") if companion else (None, "")
 
 
 def condense(quant: dict, n_layers: int) -> dict:
@@ -138,11 +134,7 @@ def main(argv=None) -> int:
     source = args.source or _repo_of(args.config)
     out = args.out or Path(__file__).resolve().parents[1] / "models" / f"{args.name}.yaml"
     out.write_text(build(args.config, args.name, source, args.alias, args.note))
-    cfg = json.loads(args.config.read_text())
-    quant, _ = _quantization(args.config)
-    if quant and "quantization_config" not in cfg:
-        cfg["quantization_config"] = quant
-    want = spec_from_hf(dict(cfg, source=source), str(args.config), default_name=args.name)
+    want = load_model(str(args.config))               # the config.json as the loader reads it, companion included
     got = load_model(str(out))
     diff = _same(want, got)
     if diff:
