@@ -162,16 +162,11 @@ def _predict_chunk(chunk: list) -> np.ndarray:
     return predict(chunk)
 
 
-def _frontend_refit(train: list, p_train: np.ndarray, held: list, p_held: np.ndarray, kind: str) -> None:
-    """Refit, in place, the front ends as the fold allows. In a GPU fold the held-out GPU is one nobody
-    calibrated: its runs take the default refitted on the training GPUs (`default_frontend`). In a model
-    fold the front end the profile fitted for the held-out runs' GPU (its host_by_gpu frontend_ms) is
-    refitted from that GPU's training runs (exact, fit_frontend_ms)."""
+def _frontend_refit(train: list, p_train: np.ndarray, held: list, p_held: np.ndarray) -> None:
+    """Refit, in place, the front end the profile fitted for the held-out runs' GPU (its host_by_gpu frontend_ms)
+    from that GPU's training runs (exact, fit_frontend_ms): a model or config fold. (In a GPU fold the held-out
+    GPU takes the default refitted on the training GPUs: `default_frontend`, `uncalibrated`.)"""
     prof = (train or held)[0].engine.profile
-    if kind == "gpu":
-        if train:
-            p_held[:, 0] += default_frontend(train, p_train) - _frontends(held)
-        return
     for gpu in {c.cluster.gpu.name for c in held}:
         entry = prof.host_by_gpu.get(gpu)
         if entry is None or entry.frontend_ms == prof.host.frontend_ms:
@@ -209,7 +204,10 @@ def fixed_folds(cases, names, kinds, jobs: int) -> list:
                 p_held = np.array([pred[id(c)] for c in held]).reshape(-1, 2)
                 f_default = default_frontend(train, p_train) if kind == "gpu" else None
                 e_default = errors(train, uncalibrated(train, p_train, f_default))   # before the refit: the GPU folds' errors
-                _frontend_refit(train, p_train, held, p_held, kind)
+                if kind == "gpu":                  # the held-out GPU is one nobody calibrated: the refitted default
+                    p_held = uncalibrated(held, p_held, f_default)
+                else:
+                    _frontend_refit(train, p_train, held, p_held)
                 e_train, e_held = errors(train, p_train), errors(held, p_held)
                 hits = band_hits(e_train, [c.cluster.gpu.name for c in train], e_held, [c.cluster.gpu.name for c in held],
                                  [KEY["model"](c) for c in train], e_default, new_model=kind == "model")

@@ -193,16 +193,15 @@ def moe_fields(model: ModelSpec, gpu: GpuSpec, plan: Plan, cluster: ClusterSpec 
     intra_bw = (cluster.intra_node_bw_gbps if cluster else gpu.intra_node_bw_gbps) * 1e9
     inter_bw = (cluster.inter_node_bw_gbps if cluster else DEFAULT_INTER_NODE_BW_GBPS) * 1e9
     inter_lat_s = (cluster.inter_node_latency_us if cluster else DEFAULT_INTER_NODE_LATENCY_US) * 1e-6
-    lay = prof.layouts
-    # a multi-node NVLink domain (NVL72: 72 GPUs over trays of 4), where TRT-LLM's MNNVL all-to-all runs
+    E, k = (model.num_experts, model.experts_per_token) if model.is_moe else (1, 1)
+    # a system whose NVLink fabric spans nodes (NVL72: 72 GPUs over trays of 4), where TRT-LLM's MNNVL all-to-all runs
     mnnvl = ((cluster.nvlink_domain_gpus if cluster else gpu.nvlink_domain_gpus) or 0) > (
         cluster.gpus_per_node if cluster else gpu.gpus_per_node)
-    dispatch, decode_kernel = lay.dispatch(plan.ep, model.experts_per_token if model.is_moe else 1, mnnvl)
+    dispatch, decode_kernel = prof.layouts.dispatch(plan.ep, k, mnnvl)
     kind = MOE.A2A_KINDS[dispatch] if (model.is_moe and plan.adp > 1) else MOE.A2A_NONE
     # dispatched activations: quantised to fp8 with 128-element block scales under fp8/fp4 weights
     # (DeepSeek-V3 report sec. 3.3: FP8 dispatch, BF16 combine; TRT-LLM quantises before its AllGather)
     quant = plan.weight_dtype in ("fp8", "fp4")
-    E, k = (model.num_experts, model.experts_per_token) if model.is_moe else (1, 1)
     return dict(
         a2a_kind=kind, a2a_ranks=ranks, a2a_domain_gpus=dom,
         a2a_latency_s=c.alltoall_latency_us * 1e-6 + _exchange_network_latency_s(kind, -(-ranks // dom), inter_lat_s),

@@ -32,6 +32,11 @@ def _layouts(profile):
     return getattr(profile, "layouts", profile)
 
 
+def _pads(profile) -> bool:
+    """Whether the engine pads the experts to a multiple of ep with redundant slots (layouts.redundant_experts)."""
+    return getattr(_layouts(profile), "redundant_experts", False)
+
+
 def ep_degrees(profile, model: ModelSpec, tp: int, adp: int = 1) -> list[int]:
     """Expert-parallel degrees the engine runs for attention tp x adp (ascending): 1 for a dense model
     or an engine without EP; every divisor of tp x adp that divides the experts ('divisors'); or
@@ -45,8 +50,7 @@ def ep_degrees(profile, model: ModelSpec, tp: int, adp: int = 1) -> list[int]:
         cands = [1, ranks]
     else:
         cands = _divisors(ranks)
-    pads = getattr(lay, "redundant_experts", False)
-    return sorted({e for e in cands if e == 1 or pads or model.num_experts % e == 0})
+    return sorted({e for e in cands if e == 1 or _pads(profile) or model.num_experts % e == 0})
 
 
 def default_ep(profile, model: ModelSpec, tp: int, adp: int = 1) -> int:
@@ -56,8 +60,7 @@ def default_ep(profile, model: ModelSpec, tp: int, adp: int = 1) -> int:
     if not model.is_moe or not getattr(lay, "expert_parallel", True):
         return 1
     ranks = tp * adp
-    pads = getattr(lay, "redundant_experts", False)
-    if getattr(lay, "default_ep", "none") == "all" and (pads or model.num_experts % ranks == 0):
+    if getattr(lay, "default_ep", "none") == "all" and (_pads(profile) or model.num_experts % ranks == 0):
         return ranks
     return 1
 
@@ -79,7 +82,6 @@ def instance_layouts(profile, model: ModelSpec, cluster: ClusterSpec, gpus: int,
     for tp, adp in attention_splits(profile, gpus):
         for ep in ep_degrees(profile, model, tp, adp):
             plan = Plan(tp=tp, pp=pp, ep=ep, adp=adp, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
-            if plan_reason(model, cluster, plan, allow_cross_node_tp,
-                           redundant_experts=getattr(_layouts(profile), "redundant_experts", False)) is None:
+            if plan_reason(model, cluster, plan, allow_cross_node_tp, redundant_experts=_pads(profile)) is None:
                 out.append(plan)
     return out
