@@ -228,14 +228,40 @@ def test_windowed_state_for_the_default_batch_lowers_max_num_seqs(engine):
     assert not one_more.feasible
 
 
-def test_a_given_max_num_seqs_is_kept_or_refused_with_the_reason():
+@pytest.mark.parametrize("engine", ["sglang@0.5.9", "vllm"])
+def test_a_given_max_num_seqs_is_a_cap_kept_lowered_to_memory_or_refused_with_the_reason(engine):
+    """A given --max-num-seqs is a cap, not a reservation: kept where every sequence's window fits; above
+    that the engines admit what their pools hold (vLLM's scheduler, SGLang's SWA pool), so the running
+    count is lowered to the most sequences whose windows fit beside the given context, and said so."""
+    from apex_plan.estimate.memory import memory_report
     model, plan, gpu = load_model("llama-4-maverick"), Plan(tp=8, weight_dtype="fp8"), load_gpu("b200-sxm-180gb")
     shard = build_shard(model, plan)
-    eng, _, why = fit_engine(model, plan, shard, EngineConfig(name="sglang@0.5.9", max_num_seqs=16), gpu, 2176, 2048)
+    eng, _, why = fit_engine(model, plan, shard, EngineConfig(name=engine, max_num_seqs=16), gpu, 2176, 2048)
     assert eng is not None and eng.max_num_seqs == 16, why
-    eng, mem, why = fit_engine(model, plan, shard, EngineConfig(name="sglang@0.5.9", max_num_seqs=4096,
+    eng, mem, why = fit_engine(model, plan, shard, EngineConfig(name=engine, max_num_seqs=4096,
                                                                 max_model_len=1048576), gpu, 2176, 2048)
-    assert eng is None and "KV cache holds" in why
+    assert eng is not None and 16 < eng.max_num_seqs < 4096, why
+    assert eng.max_model_len == 1048576 and any(n.startswith(f"at most {eng.max_num_seqs} of the 4096 sequences asked") for n in eng.notes)
+    one_more = memory_report(model, gpu, plan, shard, gpu_memory_utilization=eng.gpu_memory_utilization,
+                             max_batched_tokens=eng.max_batched_tokens, max_num_seqs=eng.max_num_seqs + 1,
+                             block_size=eng.block_size, max_model_len=eng.max_model_len, policy=eng.profile.memory)
+    assert not one_more.feasible
+    small = Plan(tp=2, weight_dtype="fp8")         # 400 GB of fp8 weights on two 180 GB GPUs: no pool at all
+    eng, mem, why = fit_engine(model, small, build_shard(model, small), EngineConfig(name=engine, max_num_seqs=16),
+                               gpu, 2176, 2048)
+    assert eng is None and "exceed" in why
+
+
+def test_a_traded_context_holds_every_running_sequence_at_the_longest_request():
+    """Llama-4-Scout bf16 on one GB300 (10M-token context, 8K chunked windows): with 64 sequences asked the
+    windows leave no KV, so the context is traded down to the most sequences that can each hold the
+    longest request (9216 tokens), not to one such request beside a full batch of windows."""
+    model, plan, gpu = load_model("llama-4-scout"), Plan(tp=1), load_gpu("gb300-nvl72")
+    shard = build_shard(model, plan)
+    eng, mem, why = fit_engine(model, plan, shard, EngineConfig(name="vllm", max_num_seqs=64), gpu, 9216, 8192)
+    assert eng is not None, why
+    assert 1 < eng.max_num_seqs < 64 and eng.max_model_len < model.max_context
+    assert mem.kv_tokens >= eng.max_num_seqs * 9216           # every running sequence at full length
 
 
 # ---- engines and GPU vendors ---------------------------------------------------------------------

@@ -103,12 +103,11 @@ def _fit_len(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gpu,
 def _fit_seqs(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gpu, need_len: int,
               longest_prompt: int, default_seqs: int) -> tuple[ResolvedEngine, MemoryReport, bool] | None:
     """Windowed, compressed and recurrent layers set aside a fixed state per sequence for max_num_seqs sequences
-    (estimate.memory); when the default max_num_seqs (not given) leaves no room for the longest request, the most
-    sequences whose state and KV fit (the engines' paged pools hold a window per running sequence, never for
-    sequences that cannot run): the largest such max_num_seqs below `default_seqs`, by bisection. None when even
-    one does not fit."""
-    if cfg.max_num_seqs is not None:
-        return None
+    (estimate.memory); when max_num_seqs (the default, or a given one: a cap, not a reservation) leaves no room
+    for the longest request, the most sequences whose state and KV fit (the engines' paged pools hold a window
+    per running sequence, never for sequences that cannot run: vLLM's scheduler and SGLang's SWA pool admit what
+    the blocks hold): the largest such max_num_seqs below `default_seqs`, by bisection. None when even one does
+    not fit."""
 
     def largest(fits):
         lo, hi, best = 1, default_seqs - 1, None
@@ -125,8 +124,13 @@ def _fit_seqs(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gpu
         e, m = engine_memory(model, plan, shard, c, gpu, longest_prompt)
         return e, m, m.feasible
 
-    # keep the context whole when some batch allows it; else trade it down too (never below need_len)
-    return largest(at_full_length) or largest(
+    def every_seq_at_need_len(c):          # the context traded down: each running sequence holds its longest request
+        e, m, ok = _fit_len(model, plan, shard, c, gpu, need_len, longest_prompt)
+        return e, m, ok and m.kv_tokens >= c.max_num_seqs * need_len
+
+    # keep the context whole when some batch allows it; else trade it down too (never below need_len), to the
+    # most sequences that can all run at the longest request's length, else to what one such request leaves
+    return largest(at_full_length) or largest(every_seq_at_need_len) or largest(
         lambda c: _fit_len(model, plan, shard, c, gpu, need_len, longest_prompt))
 
 
@@ -146,25 +150,31 @@ def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gp
        default batch still crowds the longest request out, max_num_seqs is lowered to what fits.
     Returns (engine or None, memory, reason when None); the engine's `notes` say what was fitted."""
     eng, mem, ok = _fit_len(model, plan, shard, cfg, gpu, need_len, longest_prompt)
+    raised = None                          # the settings with the memory fraction raised to what must stay free
     if (not ok and mem.kv_tokens < need_len and cfg.gpu_memory_utilization is None
             and mem.weights_bytes < mem.total_bytes):
         # what must stay free beside the pool: activations + graph pool + reserve, as a fraction (floored to 0.01)
         top = math.floor(100.0 * (1.0 - (mem.activation_bytes + mem.reserve_bytes) / mem.total_bytes)) / 100.0
         if top > eng.gpu_memory_utilization:
-            eng2, mem2, ok2 = _fit_len(model, plan, shard, dataclasses.replace(cfg, gpu_memory_utilization=top), gpu,
-                                       need_len, longest_prompt)
+            raised = dataclasses.replace(cfg, gpu_memory_utilization=top)
+            raise_note = (f"memory fraction raised from {eng.gpu_memory_utilization:g} to {top:g}: the default leaves "
+                          f"{max(mem.kv_tokens, 0)} KV tokens, fewer than the longest request ({need_len})")
+            eng2, mem2, ok2 = _fit_len(model, plan, shard, raised, gpu, need_len, longest_prompt)
             if ok2:
-                note = (f"memory fraction raised from {eng.gpu_memory_utilization:g} to {top:g}: the default leaves "
-                        f"{max(mem.kv_tokens, 0)} KV tokens, fewer than the longest request ({need_len})")
-                eng, mem, ok = dataclasses.replace(eng2, notes=eng2.notes + (note,)), mem2, True
+                eng, mem, ok = dataclasses.replace(eng2, notes=eng2.notes + (raise_note,)), mem2, True
     if not ok and mem.kv_tokens < need_len and any(shard.seq_bytes_stage(st, 1, 1) > 0 for st in shard.stages):
-        fitted = _fit_seqs(model, plan, shard, cfg, gpu, need_len, longest_prompt, eng.max_num_seqs)
+        fitted, extra = _fit_seqs(model, plan, shard, cfg, gpu, need_len, longest_prompt, eng.max_num_seqs), ()
+        if fitted is None and raised is not None:          # both: the fraction raised and the batch lowered
+            fitted, extra = _fit_seqs(model, plan, shard, raised, gpu, need_len, longest_prompt, eng.max_num_seqs), \
+                (raise_note,)
         if fitted is not None:
             eng2, mem2, _ = fitted
-            note = (f"max_num_seqs lowered from {eng.max_num_seqs} to {eng2.max_num_seqs}: the per-sequence state "
-                    f"of windowed / recurrent layers for {eng.max_num_seqs} sequences leaves {max(mem.kv_tokens, 0)} "
-                    f"KV tokens, fewer than the longest request ({need_len})")
-            eng, mem, ok = dataclasses.replace(eng2, notes=eng2.notes + (note,)), mem2, True
+            what = (f"at most {eng2.max_num_seqs} of the {eng.max_num_seqs} sequences asked run at once"
+                    if cfg.max_num_seqs is not None else
+                    f"max_num_seqs lowered from {eng.max_num_seqs} to {eng2.max_num_seqs}")
+            note = (f"{what}: the per-sequence state of windowed / recurrent layers for {eng.max_num_seqs} sequences "
+                    f"leaves {max(mem.kv_tokens, 0)} KV tokens, fewer than the longest request ({need_len})")
+            eng, mem, ok = dataclasses.replace(eng2, notes=eng2.notes + extra + (note,)), mem2, True
     if not ok:
         reason = (f"KV cache holds {mem.kv_tokens} tokens per replica, fewer than the longest request "
                   f"({need_len} tokens)" if 0 < mem.kv_tokens < need_len else mem.reason)
