@@ -153,13 +153,13 @@ def simulate(**options) -> int:
         from apex_plan.report import disagg_view as D
         emit(fmt, output, lambda: D.disagg_json(res, inputs), lambda: D.disagg_rows(res, inputs),
              lambda c: D.disagg_table(res, c, inputs["model_source"]))
-        return 0
-    from apex_plan.report import simulate_view as V
-    emit(fmt, output, lambda: V.simulate_json(res, inputs), lambda: V.simulate_rows(res, inputs),
-         lambda c: V.simulate_table(res, c))
-    if report or plot:
-        from apex_plan.report.html import simulate_outputs
-        simulate_outputs(res, inputs, report, plot, out.model_source, out.gpu_source)
+    else:
+        from apex_plan.report import simulate_view as V
+        emit(fmt, output, lambda: V.simulate_json(res, inputs), lambda: V.simulate_rows(res, inputs),
+             lambda c: V.simulate_table(res, c))
+        if report or plot:
+            from apex_plan.report.html import simulate_outputs
+            simulate_outputs(res, inputs, report, plot, out.model_source, out.gpu_source)
     if not res.feasible:                 # exit status 1: the plan does not run, or no request completes
         print(f"apex-plan simulate: {res.reason}", file=sys.stderr)
         return 1

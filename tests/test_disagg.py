@@ -184,6 +184,16 @@ def test_cli_disagg_json(capsys, monkeypatch):
     assert code == 0 and "TTFT by phase" in out and "router:" in out
 
 
+def test_cli_disagg_infeasible_exits_1_with_the_reason(capsys, monkeypatch):
+    """As an aggregated plan that does not run: exit status 1, the reason on stderr and in the JSON, no metrics."""
+    args = ["simulate", "--model", "llama-3.1-70b", "--gpu", "h100-sxm-80gb", "--gpus", "4", "--prefill-plan", "tp=1", "--prefill-replicas", "2",
+            "--decode-plan", "tp=2", "--prompt-tokens", "512", "--output-tokens", "16", "--concurrency", "4"]
+    code, out, err = run_main(args + ["--format", "json"], capsys, monkeypatch)
+    doc = json.loads(out)
+    assert code == 1 and doc["feasible"] is False and doc["exit_status"] == 1 and "metrics" not in doc
+    assert doc["reason"].startswith("prefill instances: weights") and doc["reason"] in err
+
+
 @pytest.mark.parametrize("extra,needle", [
     (["--plan", "tp=2", "--prefill-plan", "tp=2", "--decode-plan", "tp=2"], "--plan"),
     (["--prefill-plan", "tp=2"], "--decode-plan"),

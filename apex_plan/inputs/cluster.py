@@ -12,7 +12,8 @@ from apex_plan.limits import MAX_SEARCH_GPUS
 def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int | None, cluster: str | None,
                          partial_last_node: bool = False) -> ClusterSpec:
     """`--cluster FILE` or `--gpu NAME --gpus N [--gpus-per-node G]`. `partial_last_node`: N GPUs may
-    leave part of the last node unused (a disaggregated deployment of 7 x 4 + 2 x 8 GPUs): the
+    leave part of the last (or only) node unused (a disaggregated deployment of 7 x 4 + 2 x 8 GPUs, or of
+    3 x 1 + 1 x 4 on one node of 8): the
     cluster is the whole nodes that hold them."""
     if cluster:
         if gpu or gpus:
@@ -24,7 +25,7 @@ def cluster_from_options(gpu: str | None, gpus: int | None, gpus_per_node: int |
         raise InputError("--gpus", None, "number of GPUs missing", "e.g. --gpus 8")
     g = load_gpu(gpu)
     per = g.gpus_per_node if gpus_per_node is None else gpus_per_node
-    if partial_last_node and isinstance(per, int) and per > 0 and gpus > per:
+    if partial_last_node and isinstance(per, int) and per > 0 and gpus % per:
         gpus = -(-gpus // per) * per
     return make_cluster(g, gpus, gpus_per_node)
 

@@ -33,7 +33,7 @@ def disagg_json(res: DisaggResult, inputs: dict) -> dict:
     doc = {"schema_version": SCHEMA_VERSION, "command": "simulate", "serving": "disagg", "inputs": inputs,
            "plan": {"label": res.plan.label(), "gpus": res.plan.num_gpus, "prefill": _role_doc(res.prefill),
                     "decode": _role_doc(res.decode)},
-           "feasible": res.feasible, "reason": res.reason,
+           "feasible": res.feasible, "reason": res.reason, "exit_status": 0 if res.feasible else 1,
            "launch": (launch_doc(res, inputs.get("model_source") or inputs["model"]).to_dict()
                       if res.prefill and res.decode else None)}
     if res.feasible:
