@@ -133,8 +133,11 @@ KERNELS = {
 WRITTEN = {"h200_sxm": {"vllm": {"bf16", "fp8-block"}, "sglang": {"bf16", "mxfp4"}, "trtllm": {"mxfp4"}}}
 # gpu -> engine -> formats whose fit's compute rate alone is written (`moe_compute_kernels:`, estimate/moe.py
 # expert_rates): B200's block-fp8 and NVFP4 kernels, which the DeepSeek prefill decomposition checked against the
-# tables (scripts/check_prefill_ops.py); their bandwidth and fixed-time terms stay off (docstring: Blackwell)
-COMPUTE_WRITTEN = {"b200_sxm": {e: {"fp8-block", "nvfp4"} for e in ("vllm", "sglang", "trtllm")}}
+# tables (scripts/check_prefill_ops.py) and the B200 rows took; their bandwidth and fixed-time terms stay off
+# (docstring: Blackwell). The Blackwell GPUs without measured runs (B300, GB200, GB300) take the same rule from
+# their own tables: the same TRT-LLM-gen / FlashInfer kernels, 13.5-15.7 % of the fp8 peak there too, where the
+# fastest-kernel fit of every engine (kernel_formats.moe) gave them 2.5x B200's block-fp8 expert rate.
+COMPUTE_WRITTEN = {gpu: {e: {"fp8-block", "nvfp4"} for e in ("vllm", "sglang", "trtllm")} for gpu in sorted(BLACKWELL)}
 TILES = (0, 16, 32, 64, 128)     # grouped-GEMM row tiles tried (Triton BLOCK_SIZE_M, CUTLASS / DeepGEMM tile M)
 ACT_B = 2.0                      # bf16 activations
 MATS = 3.0                       # gate, up and down matrices of H x I per expert (SwiGLU)
