@@ -121,7 +121,9 @@ def memory_report(model: ModelSpec, gpu: GpuSpec, plan: Plan, shard: Shard, *, g
     blocks, w, pool, kv_tok = worst
     tokens = blocks * block_size
     reason = ""
-    if pool <= 0:
+    if w >= total:
+        reason = f"weights {w / GIB:.1f} GiB per GPU exceed the GPU's {total / GIB:.1f} GiB"
+    elif pool <= 0:
         reason = (f"weights {w / GIB:.1f} GiB + activations {act / GIB:.1f} GiB + reserve {reserve / GIB:.1f} GiB "
                   f"exceed {gpu_memory_utilization:.2f} x {total / GIB:.1f} GiB = {budget / GIB:.1f} GiB per GPU")
     elif tokens < max_model_len:
