@@ -146,11 +146,12 @@ def fit_engine(model: ModelSpec, plan: Plan, shard: Shard, cfg: EngineConfig, gp
        longest request, the fraction is raised to what leaves the activation peak, graph pool and
        reserve free (--gpu-memory-utilization / --mem-fraction-static /
        --kv_cache_free_gpu_memory_fraction, as the launch command then says);
-    3. without --max-num-seqs, when per-sequence state (windowed / recurrent layers) set aside for the
-       default batch still crowds the longest request out, max_num_seqs is lowered to what fits.
+    3. when per-sequence state (windowed / recurrent layers) set aside for max_num_seqs sequences (the
+       default, or a given one: a cap) still crowds the longest request out, max_num_seqs is lowered to
+       what fits, with the fraction of step 2 where the default one does not do.
     Returns (engine or None, memory, reason when None); the engine's `notes` say what was fitted."""
     eng, mem, ok = _fit_len(model, plan, shard, cfg, gpu, need_len, longest_prompt)
-    raised = None                          # the settings with the memory fraction raised to what must stay free
+    raised, raise_note = None, ""          # the settings with the memory fraction raised to what must stay free
     if (not ok and mem.kv_tokens < need_len and cfg.gpu_memory_utilization is None
             and mem.weights_bytes < mem.total_bytes):
         # what must stay free beside the pool: activations + graph pool + reserve, as a fraction (floored to 0.01)
