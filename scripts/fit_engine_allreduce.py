@@ -41,6 +41,9 @@ ENGINES = {"vllm": "vllm_graph", "sglang": "sglang_graph", "trtllm": "trtllm"}  
 GPUS = {"h100_sxm": "h100-sxm-80gb", "h200_sxm": "h200-sxm-141gb", "b200_sxm": "b200-sxm-180gb",
         "b300_sxm": "b300-sxm-288gb", "gb200": "gb200-nvl72", "gb300": "gb300-nvl72"}
 SAME_CHIP = {"h200-sxm-141gb": "h100-sxm-80gb"}     # GH100 with HBM3e: latencies at most H100's
+# an engine whose table on this GPU does not fit (error > MAX_ERROR_PCT) takes the same chip's fit: the NVL72 trays carry
+# the HGX board's GPU and NVLink 5 switch ports (GB300: B300's Blackwell Ultra, GB200: B200's)
+FALLBACK_CHIP = {"gb300-nvl72": "b300-sxm-288gb", "gb200-nvl72": "b200-sxm-180gb"}
 ANCHOR = "h100_sxm"
 CUSTOM_MAX_BYTES = {"vllm": 8 * 2**20, "sglang": 8 * 2**20,   # vLLM custom_all_reduce.py max_size (SGLang the same);
                     "trtllm": 16 * 2**20}                     # TRT-LLM custom AllReduce up to 16 MiB; rows above run NCCL
@@ -115,6 +118,11 @@ def main() -> int:
     for name, per in fits.items():
         ok = {e: f for e, f in per.items() if f[1] <= MAX_ERROR_PCT}
         lats = {e: round(f[0][0] + excess, 2) for e, f in ok.items()}
+        for e in ENGINES:                  # no usable table here: the same chip's fit, if it has one
+            twin = fits.get(FALLBACK_CHIP.get(name, ""), {}).get(e)
+            if e not in ok and twin is not None and twin[1] <= MAX_ERROR_PCT:
+                ok[e], lats[e] = twin, round(twin[0][0] + excess, 2)
+                print(f"{name:16} {e:7} -> {FALLBACK_CHIP[name]}'s fit (same chip)")
         if name in SAME_CHIP:
             ref = load_gpu(SAME_CHIP[name]).calibration.custom_allreduce_us
             lats = {e: min(v, ref(e)) for e, v in lats.items()}

@@ -72,7 +72,9 @@ each with what it did when written:
 * TRT-LLM CUTLASS on Hopper (fp8-block): H100 Qwen3-235B TTFT 15.3 -> 21.9 %; H200 DeepSeek TPOT both ways.
 * H100: its engines' host constants were fitted on the H100 rows with the dense MoE cost (engine_profiles
   calibration notes); with its Triton kernels on, H100 vLLM MiniMax-M2.5 TPOT 15.0 -> 19.2 % (bias -10.3 ->
-  +6.0 %). Switching H100 on needs that joint refit.
+  +6.0 %). Switching H100 vLLM on needs that joint refit. H100 SGLang and TRT-LLM take the H200 rule (their bf16 and
+  MXFP4 Triton kernels from H100's own tables): no H100 row runs them (the H100 TRT-LLM gpt-oss-120b rows declare
+  fp8), and without them H100 ran gpt-oss-120b 1.4-2.3x faster than H200 end to end (scripts/check_gpu_order.py).
 
 usage: python scripts/fit_moe_kernels.py WHEEL_DIR [--write]     (needs pandas, pyarrow, scipy)
 """
@@ -130,7 +132,8 @@ KERNELS = {
                        "mxfp4": [("sglang", "w4a8_mxfp4_mxfp8", "sglang_flashinfer_trtllm_moe")]},
 }
 # gpu -> engine -> formats whose fit is written (docstring: what is written and why); the rest are printed only
-WRITTEN = {"h200_sxm": {"vllm": {"bf16", "fp8-block"}, "sglang": {"bf16", "mxfp4"}, "trtllm": {"mxfp4"}}}
+WRITTEN = {"h200_sxm": {"vllm": {"bf16", "fp8-block"}, "sglang": {"bf16", "mxfp4"}, "trtllm": {"mxfp4"}},
+           "h100_sxm": {"sglang": {"bf16", "mxfp4"}, "trtllm": {"mxfp4"}}}   # H100: the H200 rule where no H100 row objects
 # gpu -> engine -> formats whose fit's compute rate alone is written (`moe_compute_kernels:`, estimate/moe.py
 # expert_rates): B200's block-fp8 and NVFP4 kernels, which the DeepSeek prefill decomposition checked against the
 # tables (scripts/check_prefill_ops.py) and the B200 rows took; their bandwidth and fixed-time terms stay off

@@ -91,6 +91,44 @@ def test_h200_steps_are_never_slower_than_h100():
         assert h200.prefill_time_s(prompt) <= h100.prefill_time_s(prompt) * (1 + 1e-9)
 
 
+# (stronger, weaker): datasheet order (matches_or_beats) on the same or an older chip; each engine's own kernels
+ENGINE_ORDER_PAIRS = [("h200-sxm-141gb", "h100-sxm-80gb"), ("b300-sxm-288gb", "b200-sxm-180gb"),
+                      ("gb200-nvl72", "b200-sxm-180gb"), ("gb300-nvl72", "b300-sxm-288gb")]
+ORDER_CASES = [("llama-3.1-70b", Plan(tp=8, weight_dtype="fp8", kv_dtype="fp8")),
+               ("gpt-oss-120b", Plan(tp=2, weight_dtype="fp4", kv_dtype="fp8")),
+               ("qwen3-235b-a22b", Plan(tp=8, ep=8, weight_dtype="fp8", kv_dtype="fp8")),
+               ("deepseek-r1", Plan(tp=8, weight_dtype="fp8", kv_dtype="fp8"))]
+
+
+# H200 vLLM runs the block-fp8 Triton MoE kernel of its tables (the H200 vLLM Qwen3-235B-A22B-FP8 rows took it), H100
+# vLLM the dense calibration its MiniMax-M2.5 rows took (with the kernel: TP4 EP4 TPOT +11..+24 % over the measured
+# where it is -13..+10 % now; scripts/fit_moe_kernels.py docstring): DeepSeek-R1 decode at batch 1 is 15 % slower
+# on H200. Known, not fixed: the two campaigns disagree on one kernel. Strict: it fails once the order holds.
+_KNOWN = {("h200-sxm-141gb", "h100-sxm-80gb", "vllm"): "H200 vLLM block-fp8 MoE: Triton tables; H100: dense calibration"}
+ORDER_PARAMS = [pytest.param(a, b, e, id=f"{a}>={b}-{e}",
+                             marks=[pytest.mark.xfail(strict=True, reason=_KNOWN[(a, b, e)])] if (a, b, e) in _KNOWN else [])
+                for a, b in ENGINE_ORDER_PAIRS for e in ("vllm", "sglang", "trtllm")]
+
+
+@pytest.mark.parametrize("strong,weak,engine", ORDER_PARAMS)
+def test_each_engines_steps_keep_datasheet_order(strong, weak, engine):
+    """With each engine's own kernels (MoE, all-reduce) a GPU in datasheet order runs no step slower than the
+    other (3 % slack: per-op fits of two tables). Caught H200 gpt-oss-120b on SGLang 1.7x and TRT-LLM 1.4x
+    slower than H100 (H200 ran the Triton MXFP4 MoE kernel of its tables, H100 the dense calibration) and
+    GB300 SGLang decode 10 % slower than B300 (no SGLang all-reduce fit on GB300)."""
+    from apex_plan.engine.load import resolve_engine_profile
+    assert matches_or_beats(GPUS[strong], GPUS[weak])
+    prof = resolve_engine_profile(engine)
+    for name, plan in ORDER_CASES:
+        model = load_model(name)
+        s, w = (build_step_cost(model, GPUS[g], plan, make_cluster(GPUS[g], plan.num_gpus), profile=prof)
+                for g in (strong, weak))
+        for batch, ctx in ((1, 1024), (16, 2048), (64, 4096)):
+            assert s.decode_time_s(batch, ctx) <= w.decode_time_s(batch, ctx) * 1.03, (name, batch)
+        for prompt in (1024, 8192):
+            assert s.prefill_time_s(prompt) <= w.prefill_time_s(prompt) * 1.03, (name, prompt)
+
+
 @pytest.mark.parametrize("name", TABLE_FITTED)
 def test_fitted_profiles_cite_their_tables(name):
     text = (hardware_dir() / f"{name}.yaml").read_text()
