@@ -6,9 +6,9 @@ order (bf16 peak, HBM and NVLink bandwidth all >= the other's). This script chec
 the same `apex-plan simulate` run (model, engine, plan, closed loop) on each GPU of an ordered pair, in process,
 and prints per (pair, engine, model) the median and worst ratio stronger / weaker of TPOT and of TTFT without
 the engine's per-request front end (`host.frontend_ms`, fitted per GPU where measured runs exist, a host and
-benchmark-harness constant rather than GPU physics: it is printed apart). Rows where the stronger GPU runs more
-sequences at once (more memory: a larger batch is slower per step and not a physics inversion) are counted apart.
-A ratio above 1 + --tolerance is a finding: the stronger GPU predicted slower.
+benchmark-harness constant rather than GPU physics: it is printed apart). The loads are small enough (at most
+64 requests) that memory binds on neither GPU. A ratio above 1 + --tolerance is a finding: the stronger GPU
+predicted slower. Each run goes through the shared silicon runner's in-process CLI call (`run_cli`).
 
     python scripts/check_gpu_order.py [--tolerance 0.02] [--jobs 2]
 """
@@ -22,7 +22,9 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT.parent / "shared" / "bench"))   # run_silicon.run_cli
 
 PAIRS = [("b300-sxm-288gb", "b200-sxm-180gb"), ("gb200-nvl72", "b200-sxm-180gb"), ("gb300-nvl72", "b300-sxm-288gb"),
          ("gb300-nvl72", "gb200-nvl72"), ("h200-sxm-141gb", "h100-sxm-80gb"), ("b200-sxm-180gb", "h200-sxm-141gb")]
@@ -42,29 +44,17 @@ def _frontend_ms(engine: str, gpu: str) -> float:
 
 
 def _run(args):
-    """One simulate run: (TTFT - front end, TPOT, running sequences) in ms, or None when it does not run."""
-    import contextlib
-    import io
-    from apex_plan import cli
+    """One simulate run: (TTFT - front end, TPOT) in ms, or None when it does not run."""
+    from run_silicon import run_cli
     model, wd, plan, engine, gpu, isl, osl, c = args
     argv = ["simulate", "--model", model, "--gpu", gpu, "--gpus", "8", "--plan", plan, "--weight-dtype", wd,
             "--engine", engine, "--prompt-tokens", str(isl), "--output-tokens", str(osl), "--concurrency", str(c),
             "--format", "json"]
-    out, err = io.StringIO(), io.StringIO()
-    sys.argv = ["apex-plan"] + argv
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli.main()
-        except SystemExit as e:
-            if e.code not in (0, None):
-                return args, None
-    try:
-        d = json.loads(out.getvalue())
-        m = d["metrics"]
-        running = d.get("engine", {}).get("max_num_seqs")
-        return args, (m["ttft_ms"]["mean"] - _frontend_ms(engine, gpu), m["tpot_ms"]["mean"], running)
-    except (ValueError, KeyError, TypeError):
+    code, out, _ = run_cli(argv, None)
+    if code != 0:
         return args, None
+    m = json.loads(out)["metrics"]
+    return args, (m["ttft_ms"]["mean"] - _frontend_ms(engine, gpu), m["tpot_ms"]["mean"])
 
 
 def main(argv=None) -> int:
@@ -90,7 +80,7 @@ def main(argv=None) -> int:
             rows[key][0].append(tt)
             rows[key][1].append(tp)
             if max(tt, tp) > 1 + a.tolerance:
-                bad.append((key, plan, f"{isl}/{osl} c{c}", tt, tp, s[2], r[2]))
+                bad.append((key, plan, f"{isl}/{osl} c{c}", tt, tp))
     print(f"{'pair / engine / model':72s} {'runs':>4s}  TTFT-front end ratio med [max]   TPOT ratio med [max]")
     for key in sorted(rows):
         tt, tp = rows[key]
@@ -102,8 +92,8 @@ def main(argv=None) -> int:
         print(f"  {g:18s} {e:7s} {f:6.1f} ms")
     print(f"\nstronger GPU predicted slower by more than {a.tolerance:.0%}: {len(bad)} of "
           f"{sum(len(v[0]) for v in rows.values())} runs")
-    for key, plan, load, tt, tp, rs, rw in sorted(bad, key=lambda b: -max(b[3], b[4])):
-        print(f"  {' / '.join(key)} {plan} {load}: TTFT-fe x{tt:.3f} TPOT x{tp:.3f} (max_num_seqs {rs} vs {rw})")
+    for key, plan, load, tt, tp in sorted(bad, key=lambda b: -max(b[3], b[4])):
+        print(f"  {' / '.join(key)} {plan} {load}: TTFT-fe x{tt:.3f} TPOT x{tp:.3f}")
     return 0
 
 
